@@ -1,0 +1,31 @@
+//! The example components compiled into the binary, and the embedded default configuration
+//! that serves them. `build.rs` builds them from `tools/` for `wasm32-wasip2`.
+
+/// The configuration `airlock serve` uses when given none.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Where `build.rs` put the components it built (the bundled examples and the test fixtures).
+pub const WASM_DIR: &str = env!("AIRLOCK_WASM_DIR");
+
+const COMPONENTS: [(&str, &[u8]); 3] = [
+    (
+        "text",
+        include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/text.wasm")),
+    ),
+    (
+        "json",
+        include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/json.wasm")),
+    ),
+    (
+        "time",
+        include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/time.wasm")),
+    ),
+];
+
+/// Names usable as `component = "bundled:<name>"`.
+pub const NAMES: [&str; 3] = [COMPONENTS[0].0, COMPONENTS[1].0, COMPONENTS[2].0];
+
+/// The bundled component called `name`.
+pub fn component(name: &str) -> Option<(&'static str, &'static [u8])> {
+    COMPONENTS.iter().copied().find(|(n, _)| *n == name)
+}

@@ -1,0 +1,238 @@
+//! The `airlock` command line: `serve`, `tools`, `check`.
+
+use crate::pipeline::Airlock;
+use crate::policy::Policy;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "A sandboxed tool-execution runtime for MCP"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file (default: $AIRLOCK_CONFIG, else the embedded default serving the
+    /// bundled example tools).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// State directory (compile cache); overrides `[server] state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP on stdio or Streamable HTTP.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Speak MCP on stdin/stdout.
+        #[arg(long, conflicts_with = "http", required_unless_present = "http")]
+        stdio: bool,
+        /// Serve Streamable HTTP at http://ADDR/mcp (loopback only), e.g. 127.0.0.1:8787.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+    },
+    /// List the loaded components, their tools and limits.
+    Tools {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration, compile its components and check what they declare, without serving.
+    Check {
+        /// Configuration file (default: as for `serve`).
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the `airlock` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("airlock: error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_policy(config: Option<&Path>, state_dir: Option<&Path>) -> Result<Policy> {
+    let env = std::env::var_os("AIRLOCK_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let policy = match config.map(Path::to_path_buf).or(env) {
+        Some(path) => Policy::load(&path, state_dir)?,
+        None => Policy::embedded_default(state_dir)?,
+    };
+    Ok(policy)
+}
+
+async fn load(config: Option<&Path>, state_dir: Option<&Path>) -> Result<Arc<Airlock>> {
+    let policy = load_policy(config, state_dir)?;
+    tracing::info!(config = %policy.origin, components = policy.components.len(), "loading");
+    Ok(Arc::new(Airlock::load(policy).await?))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            stdio,
+            http,
+        } => {
+            let airlock = load(config.config.as_deref(), config.state_dir.as_deref()).await?;
+            tracing::info!(tools = airlock.tools().len(), "loaded");
+            if stdio {
+                crate::mcp::serve_stdio(airlock).await
+            } else {
+                let addr = http.expect("clap requires --stdio or --http");
+                let shutdown = CancellationToken::new();
+                let trigger = shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutting down");
+                    trigger.cancel();
+                });
+                crate::mcp::serve_http(airlock, addr, shutdown).await
+            }
+        }
+        Command::Tools { config, json } => {
+            let airlock = load(config.config.as_deref(), config.state_dir.as_deref()).await?;
+            print_tools(&airlock, json)
+        }
+        Command::Check { config, state_dir } => {
+            let airlock = load(config.as_deref(), state_dir.as_deref()).await?;
+            let c = airlock.catalog();
+            println!(
+                "OK: {} is valid: {} components, {} tools",
+                c.policy.origin,
+                c.components.len(),
+                airlock.tools().len()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
+    let catalog = airlock.catalog();
+    if json {
+        let components: Vec<serde_json::Value> = catalog
+            .components
+            .iter()
+            .map(|c| {
+                let l = &c.entry.limits;
+                serde_json::json!({
+                    "name": c.entry.name,
+                    "component": c.entry.source.to_string(),
+                    "sha256": hex::encode(c.entry.digest),
+                    "pinned": c.entry.pinned,
+                    "tools": c.tools,
+                    "limits": {
+                        "fuel": l.fuel,
+                        "memory_bytes": l.memory.bytes(),
+                        "timeout_ms": l.timeout.0.as_millis() as u64,
+                        "wasm_stack_bytes": l.wasm_stack.bytes(),
+                        "max_argument_bytes": l.max_argument_bytes.bytes(),
+                        "max_output_bytes": l.max_output_bytes.bytes(),
+                        "max_in_flight": l.max_in_flight,
+                        "capture_bytes": l.capture_bytes.bytes(),
+                    },
+                    "grants": { "fs": [], "net": [], "secrets": [] },
+                })
+            })
+            .collect();
+        let out = serde_json::json!({ "config": catalog.policy.origin, "components": components });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("cannot render JSON")?
+        );
+        return Ok(());
+    }
+    println!("config: {}", catalog.policy.origin);
+    for c in &catalog.components {
+        let l = &c.entry.limits;
+        println!();
+        println!("{}  ({})", c.entry.name, c.entry.source);
+        println!(
+            "  sha256   {}{}",
+            hex::encode(c.entry.digest),
+            if c.entry.pinned {
+                " (pinned)"
+            } else {
+                " (not pinned)"
+            }
+        );
+        println!("  tools    {}", c.tools.join(", "));
+        println!(
+            "  limits   fuel {}, memory {}, timeout {}, wasm stack {}, arguments {}, output {}, {} in flight, capture {}",
+            l.fuel,
+            l.memory,
+            l.timeout,
+            l.wasm_stack,
+            l.max_argument_bytes,
+            l.max_output_bytes,
+            l.max_in_flight,
+            l.capture_bytes
+        );
+        println!("  grants   none: no filesystem, no network, no environment, no secrets");
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Every way a call can end other than with the tool's output: one variant per named outcome.
+//! The display text is what the client reads; [`CallFailure::kind`] is the stable name logs and
+//! tests use.
+
+use crate::units::{ByteSize, Span};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallFailure {
+    /// No loaded component declares this tool (a protocol error, not a tool result).
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    #[error("server busy: {limit} calls already in flight, try again shortly")]
+    ServerBusy { limit: u32 },
+    #[error("tool {tool} busy: {limit} calls already in flight, try again shortly")]
+    ToolBusy { tool: String, limit: u32 },
+    #[error("arguments larger than {limit}")]
+    ArgumentsTooLarge { limit: ByteSize },
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("cpu budget exhausted")]
+    CpuBudgetExhausted,
+    #[error("memory limit of {limit} exceeded")]
+    MemoryLimitExceeded { limit: ByteSize },
+    #[error("timed out after {after}")]
+    TimedOut { after: Span },
+    #[error("stack overflow")]
+    StackOverflow,
+    #[error("output larger than {limit}")]
+    OutputTooLarge { limit: ByteSize },
+    #[error("tool returned malformed output: {0}")]
+    InvalidOutput(String),
+    #[error("tool trapped: {0}")]
+    Trapped(String),
+    #[error("cancelled by the client")]
+    Cancelled,
+    /// The tool ran and reported that it could not do the job.
+    #[error("{0}")]
+    ToolFailed(String),
+    /// The host could not start the call (for example, no instance slot was free).
+    #[error("the host could not run the tool: {0}")]
+    HostError(String),
+}
+
+impl CallFailure {
+    /// A stable, machine-readable name for logs and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::UnknownTool(_) => "unknown_tool",
+            CallFailure::ServerBusy { .. } => "server_busy",
+            CallFailure::ToolBusy { .. } => "tool_busy",
+            CallFailure::ArgumentsTooLarge { .. } => "arguments_too_large",
+            CallFailure::InvalidArguments(_) => "invalid_arguments",
+            CallFailure::CpuBudgetExhausted => "cpu_budget_exhausted",
+            CallFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
+            CallFailure::TimedOut { .. } => "timed_out",
+            CallFailure::StackOverflow => "stack_overflow",
+            CallFailure::OutputTooLarge { .. } => "output_too_large",
+            CallFailure::InvalidOutput(_) => "invalid_output",
+            CallFailure::Trapped(_) => "trapped",
+            CallFailure::Cancelled => "cancelled",
+            CallFailure::ToolFailed(_) => "tool_failed",
+            CallFailure::HostError(_) => "host_error",
+        }
+    }
+}

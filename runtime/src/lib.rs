@@ -1,0 +1,17 @@
+//! Airlock: a sandboxed tool-execution runtime for the Model Context Protocol.
+//!
+//! Tools are WASI components; every call runs in a fresh wasmtime store under CPU, memory, time
+//! and stack limits. The call path is [`pipeline::Airlock::call`].
+
+pub mod bundled;
+pub mod capture;
+pub mod catalog;
+pub mod cli;
+pub mod engine;
+pub mod failure;
+pub mod mcp;
+pub mod output;
+pub mod pipeline;
+pub mod policy;
+pub mod sandbox;
+pub mod units;

@@ -1,0 +1,250 @@
+//! The MCP face of the host: an rmcp `ServerHandler` over the [`Airlock`] pipeline, served on
+//! stdio or Streamable HTTP.
+
+#![allow(deprecated)] // MCP logging is deprecated (SEP-2577) but still what clients use.
+
+use crate::failure::CallFailure;
+use crate::pipeline::{Airlock, CallContext};
+use crate::sandbox::GuestEvent;
+use airlock_host_api::LogLevel;
+use anyhow::{Context, Result, bail};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, MetaObject,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The `_meta` key carrying the named outcome of a failed call (`cpu_budget_exhausted`, …).
+pub const OUTCOME_META_KEY: &str = "airlock/outcome";
+
+/// One MCP session (stdio has one; HTTP one per session or stateless request).
+#[derive(Clone)]
+pub struct McpServer {
+    airlock: Arc<Airlock>,
+    /// The level set with `logging/setLevel` (pre-2026-07-28 clients).
+    session_log_level: Arc<Mutex<Option<LoggingLevel>>>,
+}
+
+impl McpServer {
+    pub fn new(airlock: Arc<Airlock>) -> Self {
+        McpServer {
+            airlock,
+            session_log_level: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Messages at or above this level are forwarded to the client, if any.
+    fn log_level(&self, ctx: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
+        ctx.meta.log_level().or(*self
+            .session_log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn rank(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+fn mcp_level(l: LogLevel) -> LoggingLevel {
+    match l {
+        LogLevel::Debug => LoggingLevel::Debug,
+        LogLevel::Info => LoggingLevel::Info,
+        LogLevel::Warn => LoggingLevel::Warning,
+        LogLevel::Error => LoggingLevel::Error,
+    }
+}
+
+/// A tool-error result naming the failure, with its kind in `_meta`.
+fn failure_result(f: &CallFailure) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(f.to_string())]);
+    let mut meta = serde_json::Map::new();
+    meta.insert(OUTCOME_META_KEY.into(), f.kind().into());
+    r.meta = Some(MetaObject(meta));
+    r
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Tools hosted by Airlock run sandboxed under CPU, memory and time limits. A result \
+                 starting with \"blocked by policy\" or naming an exceeded limit is final.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            self.airlock.tools().as_ref().clone(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.airlock
+            .catalog()
+            .tool(name)
+            .ok()
+            .map(|t| t.tool.clone())
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self
+            .session_log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(request.level);
+        Ok(())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let progress_token = context.meta.get_progress_token();
+        let log_level = self.log_level(&context);
+        let (events, forwarder) = if progress_token.is_some() || log_level.is_some() {
+            let (tx, mut rx) = mpsc::channel::<GuestEvent>(64);
+            let peer = context.peer.clone();
+            let tool = request.name.to_string();
+            let task = tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    match event {
+                        GuestEvent::Progress {
+                            progress,
+                            total,
+                            message,
+                        } => {
+                            if let Some(token) = &progress_token {
+                                let mut p = ProgressNotificationParam::new(token.clone(), progress);
+                                if let Some(t) = total {
+                                    p = p.with_total(t);
+                                }
+                                if let Some(m) = message {
+                                    p = p.with_message(m);
+                                }
+                                let _ = peer.notify_progress(p).await;
+                            }
+                        }
+                        GuestEvent::Log { level, message } => {
+                            let level = mcp_level(level);
+                            if log_level.is_some_and(|min| rank(level) >= rank(min)) {
+                                let p = LoggingMessageNotificationParam::new(level, message.into())
+                                    .with_logger(&tool);
+                                let _ = peer.notify_logging_message(p).await;
+                            }
+                        }
+                    }
+                }
+            });
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
+
+        let ctx = CallContext {
+            cancel: context.ct.clone(),
+            events,
+        };
+        let result = self
+            .airlock
+            .call(&request.name, request.arguments.as_ref(), ctx)
+            .await;
+        // The sender went with the call's store; wait for the last notifications to go out so
+        // that none follows the response.
+        if let Some(task) = forwarder {
+            let _ = task.await;
+        }
+        match result {
+            Ok(r) => Ok(r.into()),
+            Err(CallFailure::UnknownTool(name)) => Err(ErrorData::invalid_params(
+                format!("unknown tool `{name}`"),
+                None,
+            )),
+            Err(f) => Ok(failure_result(&f).into()),
+        }
+    }
+}
+
+/// Serve MCP on stdin/stdout until the client closes the stream.
+pub async fn serve_stdio(airlock: Arc<Airlock>) -> Result<()> {
+    let service = McpServer::new(airlock)
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("MCP initialisation on stdio failed")?;
+    service
+        .waiting()
+        .await
+        .context("the stdio session failed")?;
+    Ok(())
+}
+
+/// Serve MCP over Streamable HTTP at `http://<addr>/mcp` until `shutdown` fires.
+pub async fn serve_http(
+    airlock: Arc<Airlock>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {addr}: Airlock has no client authentication yet, so it serves HTTP \
+             on loopback addresses only (127.0.0.1, ::1)"
+        );
+    }
+    let server = &airlock.catalog().policy.server;
+    let mut config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(server.allowed_hosts.clone())
+        .with_allowed_origins(server.allowed_origins.clone())
+        .with_cancellation_token(shutdown.child_token());
+    // With no allowed origins configured, any request that carries an Origin (a browser) is refused.
+    config = config.enforce_origin_validation();
+    let factory_airlock = airlock.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(McpServer::new(factory_airlock.clone())),
+        LocalSessionManager::default().into(),
+        config,
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Printed (not only logged) so scripts and tests can find an ephemeral port.
+    eprintln!("airlock: serving MCP on http://{local}/mcp");
+    tracing::info!(address = %local, "serving MCP over Streamable HTTP");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("the HTTP server failed")
+}

@@ -1,0 +1,74 @@
+//! A tool's output, checked against the output limit and turned into an MCP result.
+
+use crate::failure::CallFailure;
+use crate::units::ByteSize;
+use airlock_host_api::{Content, ResourceBody, ToolOutput};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rmcp::model::{CallToolResult, ContentBlock, ResourceContents};
+
+/// Bytes of content in `out`, counted before any encoding.
+fn size(out: &ToolOutput) -> usize {
+    let content: usize = out
+        .content
+        .iter()
+        .map(|c| match c {
+            Content::Text(t) => t.len(),
+            Content::Image(m) | Content::Audio(m) => m.data.len() + m.mime_type.len(),
+            Content::Resource(r) => {
+                r.uri.len()
+                    + r.mime_type.as_ref().map_or(0, String::len)
+                    + match &r.body {
+                        ResourceBody::Text(t) => t.len(),
+                        ResourceBody::Blob(b) => b.len(),
+                    }
+            }
+        })
+        .sum();
+    content + out.structured.as_ref().map_or(0, String::len)
+}
+
+/// Convert the tool's output, refusing it when it is larger than `limit` or malformed.
+pub fn to_mcp(out: ToolOutput, limit: ByteSize) -> Result<CallToolResult, CallFailure> {
+    if size(&out) as u64 > limit.bytes() {
+        return Err(CallFailure::OutputTooLarge { limit });
+    }
+    let structured = out
+        .structured
+        .map(|s| serde_json::from_str::<serde_json::Value>(&s))
+        .transpose()
+        .map_err(|e| CallFailure::InvalidOutput(format!("structured content is not JSON: {e}")))?;
+    let content = out
+        .content
+        .into_iter()
+        .map(|c| match c {
+            Content::Text(t) => ContentBlock::text(t),
+            Content::Image(m) => ContentBlock::image(STANDARD.encode(&m.data), m.mime_type),
+            Content::Audio(m) => ContentBlock::audio(STANDARD.encode(&m.data), m.mime_type),
+            Content::Resource(r) => {
+                let contents = match r.body {
+                    ResourceBody::Text(t) => ResourceContents::TextResourceContents {
+                        uri: r.uri,
+                        mime_type: r.mime_type,
+                        text: t,
+                        meta: None,
+                    },
+                    ResourceBody::Blob(b) => ResourceContents::BlobResourceContents {
+                        uri: r.uri,
+                        mime_type: r.mime_type,
+                        blob: STANDARD.encode(&b),
+                        meta: None,
+                    },
+                };
+                ContentBlock::resource(contents)
+            }
+        })
+        .collect();
+    let mut result = if out.is_error {
+        CallToolResult::error(content)
+    } else {
+        CallToolResult::success(content)
+    };
+    result.structured_content = structured;
+    Ok(result)
+}

@@ -1,0 +1,176 @@
+//! The call path. Every `tools/call` goes through [`Airlock::call`], which runs the steps in
+//! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
+//!
+//! Steps present so far: look up → admit (in-flight limits) → validate input → execute in the
+//! sandbox → check output → record. Authentication, authorization, the kill switch, rate
+//! limits, approval and the audit log slot in at their places as they land.
+
+use crate::catalog::{Catalog, CatalogTool};
+use crate::failure::CallFailure;
+use crate::output;
+use crate::policy::{ConfigError, Policy};
+use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport};
+use rmcp::model::{CallToolResult, JsonObject, Tool};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// What the transport knows about a call.
+pub struct CallContext {
+    /// Fires when the client cancels the request or goes away.
+    pub cancel: CancellationToken,
+    /// Where the tool's log and progress messages go, when the client wants them.
+    pub events: Option<mpsc::Sender<GuestEvent>>,
+}
+
+/// The host: a loaded catalog and the server-wide limits.
+pub struct Airlock {
+    catalog: Catalog,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Airlock {
+    /// Load every component of `policy`.
+    pub async fn load(policy: Policy) -> Result<Airlock, ConfigError> {
+        let in_flight = Arc::new(Semaphore::new(policy.server.max_in_flight as usize));
+        Ok(Airlock {
+            catalog: Catalog::load(policy).await?,
+            in_flight,
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The tools every caller sees.
+    pub fn tools(&self) -> Arc<Vec<Tool>> {
+        self.catalog.listed()
+    }
+
+    /// Run one call through the pipeline.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: Option<&JsonObject>,
+        ctx: CallContext,
+    ) -> Result<CallToolResult, CallFailure> {
+        let started = Instant::now();
+        let tool = self.catalog.tool(name)?;
+        let _permits = self.admit(tool)?;
+        let arguments = validate_input(tool, arguments)?;
+        let report = self.execute(tool, &arguments, ctx).await;
+        let result = report.result.and_then(|answer| match answer {
+            Answer::Called(out) => {
+                output::to_mcp(out, tool.component.entry.limits.max_output_bytes)
+            }
+            Answer::Described(_) => unreachable!("a call answers with output"),
+        });
+        record(
+            tool,
+            &result,
+            started,
+            report.fuel_used,
+            report.peak_memory,
+            &report.stdout,
+            &report.stderr,
+        );
+        result
+    }
+
+    /// Take a server-wide and a per-component in-flight slot, or refuse at once.
+    fn admit(&self, tool: &CatalogTool) -> Result<[OwnedSemaphorePermit; 2], CallFailure> {
+        let server =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| CallFailure::ServerBusy {
+                    limit: self.catalog.policy.server.max_in_flight,
+                })?;
+        let component = tool
+            .component
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CallFailure::ToolBusy {
+                tool: tool.tool.name.to_string(),
+                limit: tool.component.entry.limits.max_in_flight,
+            })?;
+        Ok([server, component])
+    }
+
+    async fn execute(
+        &self,
+        tool: &CatalogTool,
+        arguments: &str,
+        ctx: CallContext,
+    ) -> RunReport<Answer> {
+        let c = &tool.component;
+        let invocation = Invocation::Call {
+            tool: &tool.tool.name,
+            arguments,
+        };
+        sandbox::run(
+            &c.engine,
+            &c.pre,
+            &c.name,
+            &c.entry.limits,
+            invocation,
+            ctx.events,
+            &ctx.cancel,
+        )
+        .await
+    }
+}
+
+/// Serialise the arguments once, for the guest, and enforce their size limit.
+fn validate_input(
+    tool: &CatalogTool,
+    arguments: Option<&JsonObject>,
+) -> Result<String, CallFailure> {
+    let limit = tool.component.entry.limits.max_argument_bytes;
+    let text = match arguments {
+        None => "{}".to_owned(),
+        Some(a) => {
+            serde_json::to_string(a).map_err(|e| CallFailure::InvalidArguments(e.to_string()))?
+        }
+    };
+    if text.len() as u64 > limit.bytes() {
+        return Err(CallFailure::ArgumentsTooLarge { limit });
+    }
+    Ok(text)
+}
+
+/// The structured log event of a finished call, and the guest's captured output.
+fn record(
+    tool: &CatalogTool,
+    result: &Result<CallToolResult, CallFailure>,
+    started: Instant,
+    fuel_used: u64,
+    peak_memory: usize,
+    stdout: &(Vec<u8>, u64),
+    stderr: &(Vec<u8>, u64),
+) {
+    let name = tool.tool.name.as_ref();
+    let component = &*tool.component.name;
+    let duration_us = started.elapsed().as_micros() as u64;
+    match result {
+        Ok(r) => tracing::info!(
+            target: "airlock::call", tool = name, component, outcome = "completed",
+            is_error = r.is_error.unwrap_or(false), duration_us, fuel_used, peak_memory, "call completed"
+        ),
+        Err(f) => tracing::warn!(
+            target: "airlock::call", tool = name, component, outcome = f.kind(),
+            duration_us, fuel_used, peak_memory, reason = %f, "call failed"
+        ),
+    }
+    for (stream, (kept, discarded)) in [("stdout", stdout), ("stderr", stderr)] {
+        if !kept.is_empty() || *discarded > 0 {
+            tracing::info!(
+                target: "airlock::guest", tool = name, component, stream, kept = kept.len(), discarded,
+                text = %String::from_utf8_lossy(kept), "guest output"
+            );
+        }
+    }
+}

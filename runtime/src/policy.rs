@@ -1,0 +1,512 @@
+//! `airlock.toml`: the configuration model, its validation, and the resolved [`Policy`] the rest
+//! of the host works from. Everything that can be checked is checked here, at load time, so a
+//! bad configuration stops the start with a message naming the file, the key and the problem.
+
+use crate::bundled;
+use crate::units::{ByteSize, Span};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file, or `<embedded default>`.
+    pub file: String,
+    /// The key at fault, such as `tool "json" › sha256`; empty when the whole file is at fault.
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default, rename = "tool")]
+    tools: Vec<ToolSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    state_dir: Option<PathBuf>,
+    max_in_flight: Option<u32>,
+    epoch_tick: Option<Span>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    fuel: Option<u64>,
+    memory: Option<ByteSize>,
+    timeout: Option<Span>,
+    wasm_stack: Option<ByteSize>,
+    max_argument_bytes: Option<ByteSize>,
+    max_output_bytes: Option<ByteSize>,
+    max_in_flight: Option<u32>,
+    capture_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSection {
+    name: String,
+    component: String,
+    sha256: Option<String>,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+/// Resource limits of one component's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wasm fuel per call (roughly one unit per instruction).
+    pub fuel: u64,
+    /// Linear memory of the whole instance.
+    pub memory: ByteSize,
+    /// Wall-clock time per call.
+    pub timeout: Span,
+    /// Maximum wasm stack.
+    pub wasm_stack: ByteSize,
+    /// Size of the serialised JSON arguments.
+    pub max_argument_bytes: ByteSize,
+    /// Size of the result's content.
+    pub max_output_bytes: ByteSize,
+    /// Calls of this component running at once.
+    pub max_in_flight: u32,
+    /// Guest stdout and stderr kept (each) for the log; the rest is discarded.
+    pub capture_bytes: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 2_000_000_000,
+            memory: ByteSize::mib(64),
+            timeout: Span(Duration::from_secs(5)),
+            wasm_stack: ByteSize::kib(512),
+            max_argument_bytes: ByteSize::kib(256),
+            max_output_bytes: ByteSize::mib(1),
+            max_in_flight: 16,
+            capture_bytes: ByteSize::kib(16),
+        }
+    }
+}
+
+/// Server-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Compile cache and (later) persistent state.
+    pub state_dir: PathBuf,
+    /// Calls running at once across all tools.
+    pub max_in_flight: u32,
+    /// Interval of the epoch ticker: the granularity of timeouts and cancellation.
+    pub epoch_tick: Duration,
+    /// `Host` header values accepted on HTTP (DNS-rebinding defense).
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` header values accepted on HTTP; requests from any other origin get 403.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Where a component's bytes came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    File(PathBuf),
+    /// One of the example components compiled into the binary (`bundled:<name>`).
+    Bundled(&'static str),
+}
+
+impl fmt::Display for ComponentSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComponentSource::File(p) => write!(f, "{}", p.display()),
+            ComponentSource::Bundled(n) => write!(f, "bundled:{n}"),
+        }
+    }
+}
+
+/// One `[[tool]]` entry: a component and the limits its tools run under.
+#[derive(Debug, Clone)]
+pub struct ComponentEntry {
+    pub name: String,
+    pub source: ComponentSource,
+    pub bytes: Arc<[u8]>,
+    /// sha256 of `bytes` (checked against the pin when there is one).
+    pub digest: [u8; 32],
+    pub pinned: bool,
+    pub limits: Limits,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The file it came from, or `<embedded default>`.
+    pub origin: String,
+    pub server: ServerSettings,
+    pub components: Vec<ComponentEntry>,
+}
+
+const EMBEDDED: &str = "<embedded default>";
+
+impl Policy {
+    /// Load and validate a configuration file.
+    pub fn load(path: &Path, state_dir: Option<&Path>) -> Result<Policy, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: origin.clone(),
+            key: String::new(),
+            problem: format!("cannot read the configuration: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Policy::parse(&text, &origin, &base, state_dir)
+    }
+
+    /// The embedded default: the bundled example tools with default limits.
+    pub fn embedded_default(state_dir: Option<&Path>) -> Result<Policy, ConfigError> {
+        Policy::parse(bundled::DEFAULT_CONFIG, EMBEDDED, Path::new("."), state_dir)
+    }
+
+    /// Parse and validate configuration text. Relative component paths resolve against `base`;
+    /// `state_dir`, when given, overrides `[server] state_dir`.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        state_dir: Option<&Path>,
+    ) -> Result<Policy, ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: origin.to_owned(),
+            key,
+            problem,
+        };
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            err(String::new(), format!("{message}{at}"))
+        })?;
+
+        let server = resolve_server(&file.server, state_dir).map_err(|(k, p)| err(k, p))?;
+        let defaults = apply_limits(Limits::default(), &file.limits)
+            .map_err(|(k, p)| err(format!("limits › {k}"), p))?;
+
+        let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
+        for (i, t) in file.tools.iter().enumerate() {
+            let key = |k: &str| format!("tool \"{}\" (entry {}) › {k}", t.name, i + 1);
+            check_entry_name(&t.name).map_err(|p| err(key("name"), p))?;
+            if components.iter().any(|c| c.name == t.name) {
+                return Err(err(
+                    key("name"),
+                    format!("another [[tool]] entry is already named \"{}\"", t.name),
+                ));
+            }
+            let limits = apply_limits(defaults, &t.limits)
+                .map_err(|(k, p)| err(key(&format!("limits › {k}")), p))?;
+            let (source, bytes) =
+                read_component(&t.component, base).map_err(|p| err(key("component"), p))?;
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let pinned = match &t.sha256 {
+                None => false,
+                Some(pin) => {
+                    let want = parse_digest(pin).map_err(|p| err(key("sha256"), p))?;
+                    if want != digest {
+                        return Err(err(
+                            key("sha256"),
+                            format!(
+                                "pinned digest {} does not match {source}, whose sha256 is {}",
+                                hex::encode(want),
+                                hex::encode(digest)
+                            ),
+                        ));
+                    }
+                    true
+                }
+            };
+            components.push(ComponentEntry {
+                name: t.name.clone(),
+                source,
+                bytes,
+                digest,
+                pinned,
+                limits,
+            });
+        }
+        if components.is_empty() {
+            return Err(err(
+                "tool".into(),
+                "no [[tool]] entries: there is nothing to serve".into(),
+            ));
+        }
+        Ok(Policy {
+            origin: origin.to_owned(),
+            server,
+            components,
+        })
+    }
+}
+
+fn resolve_server(
+    s: &ServerSection,
+    state_dir: Option<&Path>,
+) -> Result<ServerSettings, (String, String)> {
+    let state_dir = match (state_dir, &s.state_dir) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => default_state_dir().ok_or_else(|| {
+            (
+                "server › state_dir".to_owned(),
+                "not set, and neither XDG_STATE_HOME nor HOME is set".to_owned(),
+            )
+        })?,
+    };
+    let max_in_flight = s.max_in_flight.unwrap_or(64);
+    if max_in_flight == 0 || max_in_flight > 10_000 {
+        return Err((
+            "server › max_in_flight".into(),
+            format!("{max_in_flight} is outside 1..=10000"),
+        ));
+    }
+    let epoch_tick = s.epoch_tick.map_or(Duration::from_millis(10), |t| t.0);
+    if epoch_tick < Duration::from_millis(1) || epoch_tick > Duration::from_millis(100) {
+        return Err((
+            "server › epoch_tick".into(),
+            "must be between 1ms and 100ms".into(),
+        ));
+    }
+    let allowed_hosts = s
+        .allowed_hosts
+        .clone()
+        .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    if allowed_hosts.is_empty() {
+        return Err((
+            "server › allowed_hosts".into(),
+            "must not be empty: an empty list would accept any Host header".into(),
+        ));
+    }
+    let allowed_origins = s.allowed_origins.clone().unwrap_or_default();
+    Ok(ServerSettings {
+        state_dir,
+        max_in_flight,
+        epoch_tick,
+        allowed_hosts,
+        allowed_origins,
+    })
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|h| PathBuf::from(h).join(".local/state"))
+    };
+    xdg.or_else(home).map(|d| d.join("airlock"))
+}
+
+fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, String)> {
+    fn range<T: PartialOrd + fmt::Display>(
+        key: &str,
+        v: T,
+        lo: T,
+        hi: T,
+        show: impl Fn(&T) -> String,
+    ) -> Result<T, (String, String)> {
+        if v < lo || v > hi {
+            return Err((
+                key.to_owned(),
+                format!("{} is outside {}..={}", show(&v), show(&lo), show(&hi)),
+            ));
+        }
+        Ok(v)
+    }
+    let size = |v: &ByteSize| v.to_string();
+    let span = |v: &Span| v.to_string();
+    let num = |v: &u64| v.to_string();
+    Ok(Limits {
+        fuel: range(
+            "fuel",
+            s.fuel.unwrap_or(base.fuel),
+            1_000,
+            u64::MAX / 2,
+            num,
+        )?,
+        memory: range(
+            "memory",
+            s.memory.unwrap_or(base.memory),
+            ByteSize::mib(1),
+            ByteSize::mib(4096),
+            size,
+        )?,
+        timeout: range(
+            "timeout",
+            s.timeout.unwrap_or(base.timeout),
+            Span(Duration::from_millis(10)),
+            Span(Duration::from_secs(3600)),
+            span,
+        )?,
+        wasm_stack: range(
+            "wasm_stack",
+            s.wasm_stack.unwrap_or(base.wasm_stack),
+            ByteSize::kib(64),
+            ByteSize::mib(16),
+            size,
+        )?,
+        max_argument_bytes: range(
+            "max_argument_bytes",
+            s.max_argument_bytes.unwrap_or(base.max_argument_bytes),
+            ByteSize(2),
+            ByteSize::mib(64),
+            size,
+        )?,
+        max_output_bytes: range(
+            "max_output_bytes",
+            s.max_output_bytes.unwrap_or(base.max_output_bytes),
+            ByteSize(1),
+            ByteSize::mib(256),
+            size,
+        )?,
+        max_in_flight: range(
+            "max_in_flight",
+            s.max_in_flight.unwrap_or(base.max_in_flight),
+            1,
+            10_000,
+            |v: &u32| v.to_string(),
+        )?,
+        capture_bytes: range(
+            "capture_bytes",
+            s.capture_bytes.unwrap_or(base.capture_bytes),
+            ByteSize(0),
+            ByteSize::mib(16),
+            size,
+        )?,
+    })
+}
+
+fn check_entry_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - ."
+        ))
+    }
+}
+
+fn parse_digest(pin: &str) -> Result<[u8; 32], String> {
+    let bytes =
+        hex::decode(pin.trim()).map_err(|_| format!("\"{pin}\" is not a hex sha256 digest"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("\"{pin}\" is not 64 hex characters (a sha256 digest)"))
+}
+
+fn read_component(spec: &str, base: &Path) -> Result<(ComponentSource, Arc<[u8]>), String> {
+    if let Some(name) = spec.strip_prefix("bundled:") {
+        let (name, bytes) = bundled::component(name).ok_or_else(|| {
+            format!(
+                "no bundled component \"{name}\" (bundled: {})",
+                bundled::NAMES.join(", ")
+            )
+        })?;
+        return Ok((ComponentSource::Bundled(name), Arc::from(bytes)));
+    }
+    let path = base.join(spec);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read component {}: {e}", path.display()))?;
+    Ok((ComponentSource::File(path), Arc::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, ConfigError> {
+        Policy::parse(
+            text,
+            "test.toml",
+            Path::new("."),
+            Some(Path::new("/tmp/airlock-test-state")),
+        )
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let p = Policy::embedded_default(Some(Path::new("/tmp/x"))).unwrap();
+        assert_eq!(p.components.len(), bundled::NAMES.len());
+        assert!(p.components.iter().all(|c| c.limits == Limits::default()));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let e = parse("[server]\nmax_in_flihgt = 3\n").unwrap_err();
+        assert!(e.problem.contains("unknown field `max_in_flihgt`"), "{e}");
+        assert!(e.problem.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn limits_override_and_validate() {
+        let p = parse(
+            "[limits]\nmemory = \"32MiB\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.limits]\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.components[0].limits.memory, ByteSize::mib(32));
+        assert_eq!(p.components[0].limits.timeout, Span(Duration::from_secs(2)));
+        let e = parse("[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.limits]\nmemory = \"8GiB\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "tool \"t\" (entry 1) › limits › memory");
+    }
+
+    #[test]
+    fn wrong_pin_and_duplicate_names_are_errors() {
+        let e = parse(&format!(
+            "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        ))
+        .unwrap_err();
+        assert!(e.problem.starts_with("pinned digest 0000"), "{e}");
+        let e = parse("[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:json\"\n")
+            .unwrap_err();
+        assert!(e.problem.contains("already named"), "{e}");
+    }
+
+    #[test]
+    fn empty_allowed_hosts_is_an_error() {
+        let e = parse(
+            "[server]\nallowed_hosts = []\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server › allowed_hosts");
+    }
+}

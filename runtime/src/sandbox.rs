@@ -1,0 +1,287 @@
+//! One call in a fresh store: the WASI context (nothing ambient), the resource limits, the host
+//! imports, and the mapping of every way wasm can stop into a named [`CallFailure`].
+
+use crate::capture::Capture;
+use crate::failure::CallFailure;
+use crate::policy::Limits;
+use crate::units::ByteSize;
+use airlock_host_api::{LogLevel, ToolOutput, ToolPre, ToolSpec};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Longest `host.log` message passed on; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+/// Most elements a guest table may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Something a running tool sent through the `host` interface, for the MCP layer to forward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuestEvent {
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Progress {
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
+}
+
+/// The store data of one call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    events: Option<mpsc::Sender<GuestEvent>>,
+    component: std::sync::Arc<str>,
+    last_progress: f64,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+// The `types` interface holds only types; its host trait has nothing to implement.
+impl airlock_host_api::airlock::tool::types::Host for HostState {}
+
+impl airlock_host_api::Host for HostState {
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut end = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        let component = &*self.component;
+        match level {
+            LogLevel::Debug => tracing::debug!(target: "airlock::guest", component, "{message}"),
+            LogLevel::Info => tracing::info!(target: "airlock::guest", component, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "airlock::guest", component, "{message}"),
+            LogLevel::Error => tracing::error!(target: "airlock::guest", component, "{message}"),
+        }
+        if let Some(tx) = &self.events {
+            // A slow client loses messages rather than stalling the tool.
+            let _ = tx.try_send(GuestEvent::Log { level, message });
+        }
+    }
+
+    fn progress(&mut self, progress: f64, total: Option<f64>, message: Option<String>) {
+        // MCP requires progress to increase; anything else is dropped rather than forwarded.
+        if !progress.is_finite() || progress <= self.last_progress {
+            return;
+        }
+        self.last_progress = progress;
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(GuestEvent::Progress {
+                progress,
+                total: total.filter(|t| t.is_finite()),
+                message,
+            });
+        }
+    }
+}
+
+/// The memory of the whole instance (all its linear memories together) against the tool's limit.
+struct MemoryLimiter {
+    limit: usize,
+    total: usize,
+    peak: usize,
+}
+
+/// Raised from the limiter so that the trap can be told apart from a guest abort.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {limit} exceeded")]
+pub struct MemoryLimitExceeded {
+    pub limit: ByteSize,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total - current.min(self.total) + desired;
+        if total > self.limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                limit: ByteSize(self.limit as u64),
+            }));
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        crate::engine::CORE_INSTANCES_PER_COMPONENT as usize
+    }
+    fn memories(&self) -> usize {
+        crate::engine::MEMORIES_PER_COMPONENT as usize
+    }
+    fn tables(&self) -> usize {
+        crate::engine::TABLES_PER_COMPONENT as usize
+    }
+}
+
+/// What one run produced, besides its result.
+#[derive(Debug)]
+pub struct RunReport<T> {
+    pub result: Result<T, CallFailure>,
+    pub fuel_used: u64,
+    pub peak_memory: usize,
+    pub stdout: (Vec<u8>, u64),
+    pub stderr: (Vec<u8>, u64),
+}
+
+/// What the guest is asked to do.
+pub enum Invocation<'a> {
+    Describe,
+    Call { tool: &'a str, arguments: &'a str },
+}
+
+/// The guest's answer to an [`Invocation`].
+pub enum Answer {
+    Described(Vec<ToolSpec>),
+    Called(ToolOutput),
+}
+
+/// Run one invocation in a fresh store. The store is dropped at the end whatever happened, so a
+/// trapped instance is never entered again.
+pub async fn run(
+    engine: &Engine,
+    pre: &ToolPre<HostState>,
+    component: &std::sync::Arc<str>,
+    limits: &Limits,
+    invocation: Invocation<'_>,
+    events: Option<mpsc::Sender<GuestEvent>>,
+    cancel: &CancellationToken,
+) -> RunReport<Answer> {
+    let cap = limits.capture_bytes.as_usize();
+    let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
+    // Deliberately empty: no env, no args, no preopens, no network, no name lookup.
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            limit: limits.memory.as_usize(),
+            total: 0,
+            peak: 0,
+        },
+        events,
+        component: component.clone(),
+        last_progress: f64::NEG_INFINITY,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let fuel_set = store.set_fuel(limits.fuel);
+    // Yield to the executor at every epoch tick: a busy guest then never holds a worker thread
+    // for longer than a tick, and the deadline and cancellation below take effect at the yield.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+
+    let result = match fuel_set {
+        Err(e) => Err(CallFailure::HostError(e.to_string())),
+        Ok(()) => {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(CallFailure::Cancelled),
+                _ = tokio::time::sleep(limits.timeout.0) => Err(CallFailure::TimedOut { after: limits.timeout }),
+                r = invoke(&mut store, pre, invocation) => r,
+            }
+        }
+    };
+    let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    let peak_memory = store.data().limiter.peak;
+    drop(store);
+    RunReport {
+        result,
+        fuel_used,
+        peak_memory,
+        stdout: stdout.take(),
+        stderr: stderr.take(),
+    }
+}
+
+async fn invoke(
+    store: &mut Store<HostState>,
+    pre: &ToolPre<HostState>,
+    invocation: Invocation<'_>,
+) -> Result<Answer, CallFailure> {
+    let instance = match pre.instantiate_async(&mut *store).await {
+        Ok(i) => i,
+        Err(e) => return Err(classify(e, Stage::Instantiate)),
+    };
+    match invocation {
+        Invocation::Describe => instance
+            .call_describe(&mut *store)
+            .await
+            .map(Answer::Described)
+            .map_err(|e| classify(e, Stage::Run)),
+        Invocation::Call { tool, arguments } => match instance
+            .call_call(&mut *store, tool, arguments)
+            .await
+        {
+            Ok(Ok(out)) => Ok(Answer::Called(out)),
+            Ok(Err(airlock_host_api::CallError::InvalidArguments(m))) => {
+                Err(CallFailure::InvalidArguments(m))
+            }
+            Ok(Err(airlock_host_api::CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
+            Ok(Err(airlock_host_api::CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(
+                format!("the component does not implement tool `{t}` it declared"),
+            )),
+            Err(e) => Err(classify(e, Stage::Run)),
+        },
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    Instantiate,
+    Run,
+}
+
+fn classify(err: wasmtime::Error, stage: Stage) -> CallFailure {
+    if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return CallFailure::MemoryLimitExceeded { limit: m.limit };
+    }
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return CallFailure::Trapped(format!("the tool exited with status {}", exit.0));
+    }
+    match (err.downcast_ref::<Trap>(), stage) {
+        (Some(Trap::OutOfFuel), _) => CallFailure::CpuBudgetExhausted,
+        (Some(Trap::StackOverflow), _) => CallFailure::StackOverflow,
+        (Some(trap), _) => CallFailure::Trapped(trap.to_string()),
+        (None, Stage::Instantiate) => {
+            CallFailure::HostError(format!("cannot instantiate the component: {err:#}"))
+        }
+        (None, Stage::Run) => CallFailure::Trapped(format!("{err:#}")),
+    }
+}

@@ -1,0 +1,401 @@
+//! Write [Airlock](../README.md) tools as plain Rust functions.
+//!
+//! A tool is a function from a typed argument (anything `serde::Deserialize` +
+//! `schemars::JsonSchema`) to an [`Output`] (or anything convertible into one, such as `String`
+//! or [`Json`]). The SDK derives the JSON Schema, parses the arguments, and implements the
+//! `airlock:tool` world for you:
+//!
+//! ```ignore
+//! use airlock_sdk::{export_tools, JsonSchema, Tool, ToolError, Toolbox};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! struct Shout {
+//!     /// The text to shout.
+//!     text: String,
+//! }
+//!
+//! fn shout(args: Shout) -> Result<String, ToolError> {
+//!     Ok(args.text.to_uppercase())
+//! }
+//!
+//! fn toolbox() -> Toolbox {
+//!     Toolbox::new().with(Tool::new("shout", "Upper-case the text", shout).read_only())
+//! }
+//!
+//! export_tools!(toolbox());
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
+//! `target/wasm32-wasip2/release/` is the component Airlock loads. The crate must be a
+//! `cdylib`.
+//!
+//! Every call runs in a fresh instance, so keep no state between calls. Standard output and
+//! standard error are captured by the host for its log; they never reach the client.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use schemars::{self, JsonSchema};
+pub use serde_json;
+
+/// Bindings generated from the `airlock:tool` WIT package.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../host-api/wit",
+        world: "tool",
+        pub_export_macro: true,
+        export_macro_name: "export_component",
+        default_bindings_module: "airlock_sdk::bindings",
+    });
+}
+
+use bindings::airlock::tool::host;
+use bindings::airlock::tool::types as wit;
+
+/// Severity of a message sent with [`log`].
+pub use host::LogLevel;
+
+/// Send a diagnostic message to the host's log (and to the MCP client when it asked for them).
+pub fn log(level: LogLevel, message: &str) {
+    host::log(level, message);
+}
+
+/// Report progress of the current call. `progress` must increase between reports.
+pub fn progress(progress: f64, total: Option<f64>, message: Option<&str>) {
+    host::progress(progress, total, message);
+}
+
+/// One item of content in a tool's result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// An image: bytes and media type (for example `image/png`).
+    Image { data: Vec<u8>, mime_type: String },
+    /// Audio: bytes and media type (for example `audio/wav`).
+    Audio { data: Vec<u8>, mime_type: String },
+    /// An embedded text resource.
+    TextResource {
+        uri: String,
+        mime_type: Option<String>,
+        text: String,
+    },
+    /// An embedded binary resource.
+    BlobResource {
+        uri: String,
+        mime_type: Option<String>,
+        data: Vec<u8>,
+    },
+}
+
+/// The result of a tool call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    content: Vec<Content>,
+    structured: Option<serde_json::Value>,
+    is_error: bool,
+}
+
+impl Output {
+    /// A result holding one text item.
+    pub fn text(text: impl Into<String>) -> Self {
+        Output::default().with(Content::Text(text.into()))
+    }
+
+    /// A structured result: the JSON value as `structuredContent`, plus its text form so that
+    /// clients without structured output see the same data.
+    pub fn json<T: Serialize>(value: &T) -> Result<Self, ToolError> {
+        let value = serde_json::to_value(value)
+            .map_err(|e| ToolError::failed(format!("result is not serialisable: {e}")))?;
+        let text = value.to_string();
+        Ok(Output {
+            content: vec![Content::Text(text)],
+            structured: Some(value),
+            is_error: false,
+        })
+    }
+
+    /// A result the model should read as a failure of the task (MCP `isError: true`), as opposed
+    /// to a [`ToolError`], which reports that the tool itself could not run.
+    pub fn error(text: impl Into<String>) -> Self {
+        Output {
+            is_error: true,
+            ..Output::text(text)
+        }
+    }
+
+    /// Append a content item.
+    pub fn with(mut self, content: Content) -> Self {
+        self.content.push(content);
+        self
+    }
+}
+
+/// A structured result: `Json(value)` returns `value` as `structuredContent` and as text.
+pub struct Json<T>(pub T);
+
+/// Anything a tool function may return on success.
+pub trait IntoOutput {
+    /// Convert into the result sent to the host.
+    fn into_output(self) -> Result<Output, ToolError>;
+}
+
+impl IntoOutput for Output {
+    fn into_output(self) -> Result<Output, ToolError> {
+        Ok(self)
+    }
+}
+
+impl IntoOutput for String {
+    fn into_output(self) -> Result<Output, ToolError> {
+        Ok(Output::text(self))
+    }
+}
+
+impl IntoOutput for &str {
+    fn into_output(self) -> Result<Output, ToolError> {
+        Ok(Output::text(self))
+    }
+}
+
+impl<T: Serialize> IntoOutput for Json<T> {
+    fn into_output(self) -> Result<Output, ToolError> {
+        Output::json(&self.0)
+    }
+}
+
+/// Why a tool could not run. The message is shown to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolError {
+    /// The arguments are unusable (beyond what the schema can say).
+    InvalidArguments(String),
+    /// The tool failed.
+    Failed(String),
+}
+
+impl ToolError {
+    /// The arguments are unusable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ToolError::InvalidArguments(message.into())
+    }
+
+    /// The tool failed.
+    pub fn failed(message: impl Into<String>) -> Self {
+        ToolError::Failed(message.into())
+    }
+}
+
+impl From<String> for ToolError {
+    fn from(message: String) -> Self {
+        ToolError::Failed(message)
+    }
+}
+
+impl From<&str> for ToolError {
+    fn from(message: &str) -> Self {
+        ToolError::Failed(message.to_owned())
+    }
+}
+
+type Handler = Box<dyn Fn(&str) -> Result<Output, ToolError>>;
+
+/// A tool: its name, description, hints, argument schema and the function that runs it.
+pub struct Tool {
+    name: &'static str,
+    title: Option<&'static str>,
+    description: &'static str,
+    input_schema: fn() -> serde_json::Value,
+    output_schema: Option<fn() -> serde_json::Value>,
+    hints: wit::Hints,
+    handler: Handler,
+}
+
+impl Tool {
+    /// A tool named `name` running `f`. Names are 1 to 128 characters from
+    /// `A-Z a-z 0-9 _ - .`, unique across everything the host serves.
+    ///
+    /// Hints start at MCP's cautious defaults (not read-only, destructive, not idempotent,
+    /// open world); narrow them with the builder methods.
+    pub fn new<A, R, F>(name: &'static str, description: &'static str, f: F) -> Self
+    where
+        A: DeserializeOwned + JsonSchema + 'static,
+        R: IntoOutput,
+        F: Fn(A) -> Result<R, ToolError> + 'static,
+    {
+        Tool {
+            name,
+            title: None,
+            description,
+            input_schema: schema_of::<A>,
+            output_schema: None,
+            hints: wit::Hints {
+                read_only: false,
+                destructive: true,
+                idempotent: false,
+                open_world: true,
+            },
+            handler: Box::new(move |arguments| {
+                let args: A = serde_json::from_str(arguments)
+                    .map_err(|e| ToolError::InvalidArguments(e.to_string()))?;
+                f(args)?.into_output()
+            }),
+        }
+    }
+
+    /// A human-readable title.
+    pub fn title(mut self, title: &'static str) -> Self {
+        self.title = Some(title);
+        self
+    }
+
+    /// Declare the schema of the structured output (see [`Json`]).
+    pub fn output<T: JsonSchema>(mut self) -> Self {
+        self.output_schema = Some(schema_of::<T>);
+        self
+    }
+
+    /// The tool does not modify anything (implies not destructive).
+    pub fn read_only(mut self) -> Self {
+        self.hints.read_only = true;
+        self.hints.destructive = false;
+        self
+    }
+
+    /// The tool's changes are additive only.
+    pub fn non_destructive(mut self) -> Self {
+        self.hints.destructive = false;
+        self
+    }
+
+    /// Repeating a call with the same arguments has no further effect.
+    pub fn idempotent(mut self) -> Self {
+        self.hints.idempotent = true;
+        self
+    }
+
+    /// The tool works only on what it is given, not on an open world of external entities.
+    pub fn closed_world(mut self) -> Self {
+        self.hints.open_world = false;
+        self
+    }
+
+    fn spec(&self) -> wit::ToolSpec {
+        wit::ToolSpec {
+            name: self.name.to_owned(),
+            title: self.title.map(str::to_owned),
+            description: self.description.to_owned(),
+            input_schema: (self.input_schema)().to_string(),
+            output_schema: self.output_schema.map(|s| s().to_string()),
+            hints: self.hints,
+        }
+    }
+}
+
+fn schema_of<T: JsonSchema>() -> serde_json::Value {
+    schemars::schema_for!(T).to_value()
+}
+
+/// The set of tools a component offers.
+#[derive(Default)]
+pub struct Toolbox {
+    tools: Vec<Tool>,
+}
+
+impl Toolbox {
+    /// An empty toolbox.
+    pub fn new() -> Self {
+        Toolbox::default()
+    }
+
+    /// Add a tool.
+    pub fn with(mut self, tool: Tool) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn describe(&self) -> Vec<wit::ToolSpec> {
+        self.tools.iter().map(Tool::spec).collect()
+    }
+
+    #[doc(hidden)]
+    pub fn call(&self, name: &str, arguments: &str) -> Result<wit::ToolOutput, wit::CallError> {
+        let tool = self
+            .tools
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| wit::CallError::UnknownTool(name.to_owned()))?;
+        match (tool.handler)(arguments) {
+            Ok(output) => Ok(to_wit(output)),
+            Err(ToolError::InvalidArguments(m)) => Err(wit::CallError::InvalidArguments(m)),
+            Err(ToolError::Failed(m)) => Err(wit::CallError::Failed(m)),
+        }
+    }
+}
+
+fn to_wit(output: Output) -> wit::ToolOutput {
+    let content = output
+        .content
+        .into_iter()
+        .map(|c| match c {
+            Content::Text(t) => wit::Content::Text(t),
+            Content::Image { data, mime_type } => {
+                wit::Content::Image(wit::Media { data, mime_type })
+            }
+            Content::Audio { data, mime_type } => {
+                wit::Content::Audio(wit::Media { data, mime_type })
+            }
+            Content::TextResource {
+                uri,
+                mime_type,
+                text,
+            } => wit::Content::Resource(wit::EmbeddedResource {
+                uri,
+                mime_type,
+                body: wit::ResourceBody::Text(text),
+            }),
+            Content::BlobResource {
+                uri,
+                mime_type,
+                data,
+            } => wit::Content::Resource(wit::EmbeddedResource {
+                uri,
+                mime_type,
+                body: wit::ResourceBody::Blob(data),
+            }),
+        })
+        .collect();
+    wit::ToolOutput {
+        content,
+        structured: output.structured.map(|v| v.to_string()),
+        is_error: output.is_error,
+    }
+}
+
+/// Export a [`Toolbox`] as this component's tools. Takes an expression that builds the toolbox;
+/// it is evaluated in each (fresh) instance.
+#[macro_export]
+macro_rules! export_tools {
+    ($toolbox:expr) => {
+        struct AirlockComponent;
+
+        impl $crate::bindings::Guest for AirlockComponent {
+            fn describe() -> ::std::vec::Vec<$crate::bindings::ToolSpec> {
+                let toolbox: $crate::Toolbox = $toolbox;
+                toolbox.describe()
+            }
+
+            fn call(
+                name: ::std::string::String,
+                arguments: ::std::string::String,
+            ) -> ::std::result::Result<$crate::bindings::ToolOutput, $crate::bindings::CallError> {
+                let toolbox: $crate::Toolbox = $toolbox;
+                toolbox.call(&name, &arguments)
+            }
+        }
+
+        $crate::bindings::export_component!(AirlockComponent with_types_in $crate::bindings);
+    };
+}
