@@ -11,8 +11,14 @@ pub enum CallFailure {
     UnknownTool(String),
     #[error("server busy: {limit} calls already in flight, try again shortly")]
     ServerBusy { limit: u32 },
-    #[error("tool {tool} busy: {limit} calls already in flight, try again shortly")]
-    ToolBusy { tool: String, limit: u32 },
+    #[error(
+        "tool {tool} busy: {limit} calls of component {component} already in flight, try again shortly"
+    )]
+    ToolBusy {
+        tool: String,
+        component: String,
+        limit: u32,
+    },
     #[error("arguments larger than {limit}")]
     ArgumentsTooLarge { limit: ByteSize },
     #[error("invalid arguments: {0}")]

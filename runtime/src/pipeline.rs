@@ -49,7 +49,8 @@ impl Airlock {
         self.catalog.listed()
     }
 
-    /// Run one call through the pipeline.
+    /// Run one call through the pipeline. Every outcome, including refusals before the
+    /// sandbox, leaves a structured log event.
     pub async fn call(
         &self,
         name: &str,
@@ -57,26 +58,34 @@ impl Airlock {
         ctx: CallContext,
     ) -> Result<CallToolResult, CallFailure> {
         let started = Instant::now();
+        let mut usage = Usage::default();
+        let result = self.steps(name, arguments, ctx, &mut usage).await;
+        record(name, &result, started, &usage);
+        result
+    }
+
+    async fn steps(
+        &self,
+        name: &str,
+        arguments: Option<&JsonObject>,
+        ctx: CallContext,
+        usage: &mut Usage,
+    ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
+        usage.component = Some(tool.component.name.clone());
         let _permits = self.admit(tool)?;
         let arguments = validate_input(tool, arguments)?;
         let report = self.execute(tool, &arguments, ctx).await;
-        let result = report.result.and_then(|answer| match answer {
+        usage.fuel_used = report.fuel_used;
+        usage.peak_memory = report.peak_memory;
+        usage.stdout = report.stdout;
+        usage.stderr = report.stderr;
+        match report.result? {
             Answer::Called(out) => {
                 output::to_mcp(out, tool.component.entry.limits.max_output_bytes)
             }
             Answer::Described(_) => unreachable!("a call answers with output"),
-        });
-        record(
-            tool,
-            &result,
-            started,
-            report.fuel_used,
-            report.peak_memory,
-            &report.stdout,
-            &report.stderr,
-        );
-        result
+        }
     }
 
     /// Take a server-wide and a per-component in-flight slot, or refuse at once.
@@ -95,6 +104,7 @@ impl Airlock {
             .try_acquire_owned()
             .map_err(|_| CallFailure::ToolBusy {
                 tool: tool.tool.name.to_string(),
+                component: tool.component.entry.name.clone(),
                 limit: tool.component.entry.limits.max_in_flight,
             })?;
         Ok([server, component])
@@ -142,33 +152,40 @@ fn validate_input(
     Ok(text)
 }
 
+/// What a call consumed, for its log event.
+#[derive(Default)]
+struct Usage {
+    component: Option<Arc<str>>,
+    fuel_used: Option<u64>,
+    peak_memory: usize,
+    stdout: (Vec<u8>, u64),
+    stderr: (Vec<u8>, u64),
+}
+
 /// The structured log event of a finished call, and the guest's captured output.
 fn record(
-    tool: &CatalogTool,
+    tool: &str,
     result: &Result<CallToolResult, CallFailure>,
     started: Instant,
-    fuel_used: u64,
-    peak_memory: usize,
-    stdout: &(Vec<u8>, u64),
-    stderr: &(Vec<u8>, u64),
+    usage: &Usage,
 ) {
-    let name = tool.tool.name.as_ref();
-    let component = &*tool.component.name;
+    let component = usage.component.as_deref().unwrap_or("-");
     let duration_us = started.elapsed().as_micros() as u64;
+    let (fuel_used, peak_memory) = (usage.fuel_used, usage.peak_memory);
     match result {
         Ok(r) => tracing::info!(
-            target: "airlock::call", tool = name, component, outcome = "completed",
+            target: "airlock::call", tool, component, outcome = "completed",
             is_error = r.is_error.unwrap_or(false), duration_us, fuel_used, peak_memory, "call completed"
         ),
         Err(f) => tracing::warn!(
-            target: "airlock::call", tool = name, component, outcome = f.kind(),
+            target: "airlock::call", tool, component, outcome = f.kind(),
             duration_us, fuel_used, peak_memory, reason = %f, "call failed"
         ),
     }
-    for (stream, (kept, discarded)) in [("stdout", stdout), ("stderr", stderr)] {
+    for (stream, (kept, discarded)) in [("stdout", &usage.stdout), ("stderr", &usage.stderr)] {
         if !kept.is_empty() || *discarded > 0 {
             tracing::info!(
-                target: "airlock::guest", tool = name, component, stream, kept = kept.len(), discarded,
+                target: "airlock::guest", tool, component, stream, kept = kept.len(), discarded,
                 text = %String::from_utf8_lossy(kept), "guest output"
             );
         }

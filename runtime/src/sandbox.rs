@@ -148,7 +148,8 @@ impl ResourceLimiter for MemoryLimiter {
 #[derive(Debug)]
 pub struct RunReport<T> {
     pub result: Result<T, CallFailure>,
-    pub fuel_used: u64,
+    /// Fuel consumed; `None` when the call was dropped mid-run and the count is unknown.
+    pub fuel_used: Option<u64>,
     pub peak_memory: usize,
     pub stdout: (Vec<u8>, u64),
     pub stderr: (Vec<u8>, u64),
@@ -218,7 +219,12 @@ pub async fn run(
             }
         }
     };
-    let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    // The store's fuel count is brought up to date only when wasm returns to the host, so it is
+    // unknown for a call dropped while suspended (timed out or cancelled).
+    let fuel_used = match &result {
+        Err(CallFailure::TimedOut { .. } | CallFailure::Cancelled) => None,
+        _ => Some(limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))),
+    };
     let peak_memory = store.data().limiter.peak;
     drop(store);
     RunReport {

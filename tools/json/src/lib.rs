@@ -2,7 +2,7 @@
 
 use airlock_sdk::{Json, Tool, ToolError, Toolbox, export_tools, serde_json};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Deserialize, JsonSchema)]
@@ -14,7 +14,14 @@ struct QueryArgs {
     pointer: String,
 }
 
-fn query(args: QueryArgs) -> Result<Json<Value>, ToolError> {
+/// Structured results are objects (clients before MCP 2026-07-28 accept nothing else), so the
+/// selected value is wrapped.
+#[derive(Serialize, JsonSchema)]
+struct Selected {
+    value: Value,
+}
+
+fn query(args: QueryArgs) -> Result<Json<Selected>, ToolError> {
     if !args.pointer.is_empty() && !args.pointer.starts_with('/') {
         return Err(ToolError::invalid(
             "a JSON Pointer is empty or starts with `/`",
@@ -23,7 +30,7 @@ fn query(args: QueryArgs) -> Result<Json<Value>, ToolError> {
     args.document
         .pointer(&args.pointer)
         .cloned()
-        .map(Json)
+        .map(|value| Json(Selected { value }))
         .ok_or_else(|| ToolError::failed(format!("nothing at pointer `{}`", args.pointer)))
 }
 
@@ -74,10 +81,15 @@ fn merge(target: &mut Value, patch: Value) {
     }
 }
 
-fn merge_patch(args: MergeArgs) -> Result<Json<Value>, ToolError> {
-    let mut doc = args.document;
-    merge(&mut doc, args.patch);
-    Ok(Json(doc))
+#[derive(Serialize, JsonSchema)]
+struct Patched {
+    document: Value,
+}
+
+fn merge_patch(args: MergeArgs) -> Result<Json<Patched>, ToolError> {
+    let mut document = args.document;
+    merge(&mut document, args.patch);
+    Ok(Json(Patched { document }))
 }
 
 fn toolbox() -> Toolbox {

@@ -1,0 +1,261 @@
+//! Shared helpers for the integration tests: the real `airlock` binary, the real Python MCP
+//! client, temporary configurations, and an HTTP server started on an ephemeral port.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn airlock() -> &'static str {
+    env!("CARGO_BIN_EXE_airlock")
+}
+
+/// The hostile test component built by `build.rs`.
+pub fn hostile_wasm() -> PathBuf {
+    Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm")
+}
+
+/// A state directory shared by all tests, so each component is compiled once per run.
+pub fn shared_state_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-state")
+}
+
+/// The Python interpreter with `mcp==2.3.0` (made by `scripts/test`).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("AIRLOCK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var("HOME").expect("HOME is set"))
+                .join(".cache/airlock/venv/bin/python")
+        });
+    assert!(
+        p.is_file(),
+        "no Python MCP client at {}: run ./scripts/test (it creates the venv), or set AIRLOCK_TEST_PYTHON",
+        p.display()
+    );
+    p
+}
+
+fn client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/py/mcp_client.py")
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Write `airlock.toml` in this directory and return its path.
+    pub fn config(&self, body: &str) -> PathBuf {
+        let p = self.0.join("airlock.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A configuration serving the hostile fixture with `limits` (TOML lines) added.
+pub fn hostile_config(dir: &TempDir, limits: &str) -> PathBuf {
+    dir.config(&format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\n{limits}\n",
+        hostile_wasm().display()
+    ))
+}
+
+/// Run `airlock ARGS` to completion.
+pub fn run_airlock(args: &[&str]) -> Output {
+    Command::new(airlock())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("airlock runs")
+}
+
+/// How the client reaches the server.
+pub enum Transport<'a> {
+    /// The client starts `airlock serve --stdio` with this config (`None`: the embedded default).
+    Stdio(Option<&'a Path>),
+    Http(&'a str),
+}
+
+/// What the Python client reported, and the client's stderr (which holds the server's log
+/// for stdio sessions).
+pub struct Session {
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl Session {
+    pub fn call(&self, id: &str) -> &Value {
+        let c = &self.report["calls"][id];
+        assert!(!c.is_null(), "no call `{id}` in {}", self.report);
+        c
+    }
+}
+
+/// Run the Python MCP client with `plan` (see tests/py/mcp_client.py) in `mode` (`legacy` or `auto`).
+pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
+    let mut cmd = Command::new(python());
+    cmd.arg(client_script()).args(["--mode", mode]);
+    let state = shared_state_dir();
+    match transport {
+        Transport::Stdio(config) => {
+            cmd.arg("--stdio")
+                .arg(airlock())
+                .args(["serve", "--stdio", "--state-dir"])
+                .arg(&state);
+            if let Some(config) = config {
+                cmd.arg("--config").arg(config);
+            }
+        }
+        Transport::Http(url) => {
+            cmd.args(["--http", url]);
+        }
+    }
+    cmd.arg("--").arg(plan.to_string());
+    cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    let out = cmd.output().expect("the Python client runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "the MCP client failed ({}):\n{stderr}",
+        out.status
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad client report ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    Session { report, stderr }
+}
+
+/// The named outcome of a failed call (`_meta["airlock/outcome"]`).
+pub fn outcome(call: &Value) -> &str {
+    call["meta"]["airlock/outcome"]
+        .as_str()
+        .unwrap_or("completed")
+}
+
+/// `airlock serve --http 127.0.0.1:0`, killed on drop.
+pub struct HttpServer {
+    child: Child,
+    pub url: String,
+    pub addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl HttpServer {
+    pub fn start(config: &Path) -> HttpServer {
+        let mut child = Command::new(airlock())
+            .args(["serve", "--http", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(shared_state_dir())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("airlock starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("airlock: serving MCP on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "airlock did not start serving HTTP:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp")
+            .to_owned();
+        HttpServer {
+            child,
+            url,
+            addr,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the server log contains `needle` at least `n` times.
+    pub fn wait_for_log_count(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` never appeared in the server log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send one raw HTTP request and return the status code.
+pub fn raw_post(addr: &str, host: &str, origin: Option<&str>, body: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}

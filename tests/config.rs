@@ -1,0 +1,196 @@
+//! Configuration errors stop the start with a message naming the file, the key and the problem;
+//! good configurations pass `check` and are reported by `tools`.
+
+mod common;
+
+use common::{TempDir, hostile_wasm, run_airlock, shared_state_dir};
+use std::path::Path;
+
+/// Run `airlock check CONFIG` and `airlock serve --stdio --config CONFIG`; both must fail with
+/// a message containing every one of `needles`.
+fn assert_rejected(config: &Path, needles: &[&str]) {
+    let state = shared_state_dir();
+    let (config, state) = (config.to_str().unwrap(), state.to_str().unwrap());
+    for args in [
+        vec!["check", config, "--state-dir", state],
+        vec!["serve", "--stdio", "--config", config, "--state-dir", state],
+    ] {
+        let out = run_airlock(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded on a bad config");
+        for n in needles {
+            assert!(
+                stderr.contains(n),
+                "{args:?}: `{n}` missing from:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_toml_is_rejected_with_its_line() {
+    let d = TempDir::new("cfg");
+    let c = d.config("[server]\nmax_in_flight = 4\n[[tool]\nname = \"x\"\n");
+    assert_rejected(&c, &[c.to_str().unwrap(), "line 3"]);
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let d = TempDir::new("cfg");
+    let c = d.config(&format!(
+        "[[tool]]\nname = \"h\"\ncomponent = \"{}\"\n[tool.limits]\nmemroy = \"1MiB\"\n",
+        hostile_wasm().display()
+    ));
+    assert_rejected(
+        &c,
+        &[c.to_str().unwrap(), "unknown field `memroy`", "line 5"],
+    );
+}
+
+#[test]
+fn missing_component_is_rejected() {
+    let d = TempDir::new("cfg");
+    let c = d.config("[[tool]]\nname = \"gone\"\ncomponent = \"nowhere/gone.wasm\"\n");
+    assert_rejected(
+        &c,
+        &[
+            c.to_str().unwrap(),
+            "tool \"gone\" (entry 1) › component",
+            "cannot read component",
+            "nowhere/gone.wasm",
+        ],
+    );
+}
+
+#[test]
+fn wrong_sha256_pin_is_rejected() {
+    let d = TempDir::new("cfg");
+    let c = d.config(&format!(
+        "[[tool]]\nname = \"h\"\ncomponent = \"{}\"\nsha256 = \"{}\"\n",
+        hostile_wasm().display(),
+        "ab".repeat(32)
+    ));
+    assert_rejected(
+        &c,
+        &[
+            c.to_str().unwrap(),
+            "tool \"h\" (entry 1) › sha256",
+            &format!("pinned digest {} does not match", "ab".repeat(32)),
+        ],
+    );
+}
+
+#[test]
+fn correct_sha256_pin_is_accepted() {
+    use sha2::{Digest, Sha256};
+    let d = TempDir::new("cfg");
+    let pin = hex::encode(Sha256::digest(std::fs::read(hostile_wasm()).unwrap()));
+    let c = d.config(&format!(
+        "[[tool]]\nname = \"h\"\ncomponent = \"{}\"\nsha256 = \"{pin}\"\n",
+        hostile_wasm().display()
+    ));
+    let out = run_airlock(&[
+        "check",
+        c.to_str().unwrap(),
+        "--state-dir",
+        shared_state_dir().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn not_a_component_is_rejected() {
+    let d = TempDir::new("cfg");
+    std::fs::write(d.0.join("junk.wasm"), b"this is not wasm").unwrap();
+    let c = d.config("[[tool]]\nname = \"junk\"\ncomponent = \"junk.wasm\"\n");
+    assert_rejected(&c, &["tool \"junk\" › component", "invalid component"]);
+}
+
+#[test]
+fn duplicate_tool_names_across_components_are_rejected() {
+    let d = TempDir::new("cfg");
+    let w = hostile_wasm();
+    let c = d.config(&format!(
+        "[[tool]]\nname = \"first\"\ncomponent = \"{0}\"\n[[tool]]\nname = \"second\"\ncomponent = \"{0}\"\n",
+        w.display()
+    ));
+    assert_rejected(
+        &c,
+        &[
+            "tool name \"hostile_spin\" is declared by both \"first\"",
+            "and \"second\"",
+            "must be unique",
+        ],
+    );
+}
+
+#[test]
+fn out_of_range_limit_is_rejected() {
+    let d = TempDir::new("cfg");
+    let c = d.config(
+        "[limits]\ntimeout = \"2h\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n",
+    );
+    assert_rejected(
+        &c,
+        &["limits › timeout", "7200 s is outside 10 ms..=3600 s"],
+    );
+}
+
+#[test]
+fn http_refuses_non_loopback_addresses() {
+    let out = run_airlock(&[
+        "serve",
+        "--http",
+        "0.0.0.0:0",
+        "--state-dir",
+        shared_state_dir().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn embedded_default_checks_and_lists_the_bundled_tools() {
+    let state = shared_state_dir();
+    let out = run_airlock(&["check", "--state-dir", state.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "OK: <embedded default> is valid: 3 components, 9 tools"
+    );
+
+    let out = run_airlock(&["tools", "--json", "--state-dir", state.to_str().unwrap()]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["text", "json", "time"]);
+    let text = &v["components"][0];
+    assert_eq!(text["component"], "bundled:text");
+    assert_eq!(
+        text["tools"],
+        serde_json::json!(["text_stats", "text_transform", "text_replace"])
+    );
+    assert_eq!(text["limits"]["memory_bytes"], 64 << 20);
+    assert_eq!(text["limits"]["timeout_ms"], 5000);
+    assert_eq!(
+        text["grants"],
+        serde_json::json!({"fs": [], "net": [], "secrets": []})
+    );
+}

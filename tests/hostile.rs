@@ -1,0 +1,235 @@
+//! Every hostile fixture ends with its exact, named outcome, and the server keeps answering:
+//! a benign call made while the hostile one runs and one made right after both succeed.
+
+mod common;
+
+use common::{HttpServer, Session, TempDir, Transport, client, hostile_config, outcome};
+use serde_json::{Value, json};
+
+/// Run `tool` with `args` under `limits`, with an echo during it and another right after.
+fn run_hostile(limits: &str, tool: &str, args: Value) -> Session {
+    let dir = TempDir::new(tool);
+    let config = hostile_config(&dir, limits);
+    let plan = json!({
+        "calls": [
+            {"id": "hostile", "tool": tool, "args": args},
+            {"id": "during", "tool": "fixture_echo", "args": {"message": "during"}, "delay_ms": 30}
+        ],
+        "then": [{"id": "after", "tool": "fixture_echo", "args": {"message": "after"}}]
+    });
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(s.call("during")["text"], "during", "{}", s.report);
+    assert_eq!(s.call("after")["text"], "after", "{}", s.report);
+    s
+}
+
+fn assert_outcome(s: &Session, kind: &str, text: &str) {
+    let h = s.call("hostile");
+    assert_eq!(h["is_error"], true, "{h}");
+    assert_eq!(outcome(h), kind, "{h}");
+    assert_eq!(h["text"], text, "{h}");
+    assert!(
+        s.stderr.contains(&format!("outcome=\"{kind}\"")),
+        "no `{kind}` log event:\n{}",
+        s.stderr
+    );
+}
+
+/// The benign call finished while the hostile one was still running.
+fn assert_answered_during(s: &Session) {
+    let (during, hostile) = (
+        &s.call("during")["finished_ms"],
+        &s.call("hostile")["finished_ms"],
+    );
+    assert!(
+        during.as_f64().unwrap() < hostile.as_f64().unwrap(),
+        "during {during} ms, hostile {hostile} ms"
+    );
+}
+
+#[test]
+fn infinite_loop_exhausts_the_cpu_budget() {
+    let s = run_hostile("fuel = 4_000_000_000", "hostile_spin", json!({}));
+    assert_outcome(&s, "cpu_budget_exhausted", "cpu budget exhausted");
+    assert_answered_during(&s);
+}
+
+#[test]
+fn infinite_loop_with_ample_fuel_times_out_on_the_epoch_deadline() {
+    let s = run_hostile(
+        "fuel = 1_000_000_000_000_000\ntimeout = \"1s\"",
+        "hostile_spin",
+        json!({}),
+    );
+    assert_outcome(&s, "timed_out", "timed out after 1 s");
+    assert_answered_during(&s);
+}
+
+#[test]
+fn sleeping_past_the_timeout_times_out() {
+    let s = run_hostile(
+        "timeout = \"500ms\"",
+        "hostile_sleep",
+        json!({"ms": 60_000}),
+    );
+    assert_outcome(&s, "timed_out", "timed out after 500 ms");
+    assert_answered_during(&s);
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit() {
+    let s = run_hostile("memory = \"32MiB\"", "hostile_hog", json!({}));
+    assert_outcome(
+        &s,
+        "memory_limit_exceeded",
+        "memory limit of 32 MiB exceeded",
+    );
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack() {
+    let s = run_hostile("wasm_stack = \"256KiB\"", "hostile_recurse", json!({}));
+    assert_outcome(&s, "stack_overflow", "stack overflow");
+}
+
+#[test]
+fn panic_is_a_trap() {
+    let s = run_hostile("", "hostile_panic", json!({}));
+    assert_outcome(
+        &s,
+        "trapped",
+        "tool trapped: wasm trap: wasm `unreachable` instruction executed",
+    );
+    // The panic message went to the captured stderr, which is logged, not sent to the client.
+    assert!(
+        s.stderr.contains("the fixture panicked on purpose"),
+        "{}",
+        s.stderr
+    );
+}
+
+#[test]
+fn oversized_output_is_refused() {
+    let s = run_hostile(
+        "max_output_bytes = \"64KiB\"",
+        "hostile_big_output",
+        json!({"bytes": 70_000}),
+    );
+    assert_outcome(&s, "output_too_large", "output larger than 64 KiB");
+}
+
+#[test]
+fn oversized_arguments_are_refused_before_the_sandbox() {
+    let s = run_hostile(
+        "max_argument_bytes = \"1KiB\"",
+        "fixture_echo",
+        json!({"message": "x".repeat(2000)}),
+    );
+    assert_outcome(&s, "arguments_too_large", "arguments larger than 1 KiB");
+}
+
+#[test]
+fn stdout_flood_is_capped_and_the_call_completes() {
+    let s = run_hostile(
+        "capture_bytes = \"4KiB\"",
+        "hostile_flood",
+        json!({"bytes": 4_000_000}),
+    );
+    let h = s.call("hostile");
+    assert_eq!(h["is_error"], false, "{h}");
+    assert_eq!(h["text"], "flooded 4000768 bytes");
+    // Both streams kept 4 KiB for the log and discarded the rest; none of it reached the client.
+    let discarded = format!("kept=4096 discarded={}", 4_000_768 - 4096);
+    assert_eq!(
+        s.stderr.matches(&discarded).count(),
+        2,
+        "{}",
+        &s.stderr[s.stderr.len().saturating_sub(3000)..]
+    );
+}
+
+#[test]
+fn a_tool_error_is_a_tool_result() {
+    let s = run_hostile("", "fixture_fails", json!({}));
+    assert_outcome(&s, "tool_failed", "the fixture reports a failure");
+}
+
+#[test]
+fn tools_list_is_answered_while_a_runaway_call_runs() {
+    let dir = TempDir::new("list-during");
+    let config = hostile_config(&dir, "fuel = 1_000_000_000_000_000\ntimeout = \"2s\"");
+    let plan = json!({"calls": [
+        {"id": "hostile", "tool": "hostile_spin", "args": {}},
+        {"id": "list", "op": "list", "delay_ms": 50}
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(outcome(s.call("hostile")), "timed_out");
+    assert!(
+        s.call("list")["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("fixture_echo"))
+    );
+    assert!(
+        s.call("list")["finished_ms"].as_f64().unwrap()
+            < s.call("hostile")["finished_ms"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn per_component_in_flight_limit_answers_busy() {
+    let dir = TempDir::new("busy-tool");
+    let config = hostile_config(&dir, "max_in_flight = 1\ntimeout = \"10s\"");
+    let plan = json!({"calls": [
+        {"id": "first", "tool": "hostile_sleep", "args": {"ms": 1500}},
+        {"id": "second", "tool": "fixture_echo", "args": {"message": "x"}, "delay_ms": 300}
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(s.call("first")["text"], "slept 1500 ms");
+    let second = s.call("second");
+    assert_eq!(outcome(second), "tool_busy");
+    assert_eq!(
+        second["text"],
+        "tool fixture_echo busy: 1 calls of component hostile already in flight, try again shortly"
+    );
+}
+
+#[test]
+fn server_in_flight_limit_answers_busy() {
+    let dir = TempDir::new("busy-server");
+    let config = dir.config(&format!(
+        "[server]\nmax_in_flight = 1\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+        common::hostile_wasm().display()
+    ));
+    let plan = json!({"calls": [
+        {"id": "first", "tool": "hostile_sleep", "args": {"ms": 1500}},
+        {"id": "second", "tool": "fixture_echo", "args": {"message": "x"}, "delay_ms": 300}
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(s.call("first")["text"], "slept 1500 ms");
+    assert_eq!(outcome(s.call("second")), "server_busy");
+    assert_eq!(
+        s.call("second")["text"],
+        "server busy: 1 calls already in flight, try again shortly"
+    );
+}
+
+#[test]
+fn hostile_calls_over_http_get_the_same_outcomes() {
+    let dir = TempDir::new("hostile-http");
+    let config = hostile_config(&dir, "memory = \"32MiB\"");
+    let server = HttpServer::start(&config);
+    let plan = json!({"calls": [
+        {"id": "spin", "tool": "hostile_spin", "args": {}},
+        {"id": "hog", "tool": "hostile_hog", "args": {}},
+        {"id": "recurse", "tool": "hostile_recurse", "args": {}},
+        {"id": "echo", "tool": "fixture_echo", "args": {"message": "fine"}, "delay_ms": 30}
+    ]});
+    for mode in ["legacy", "auto"] {
+        let s = client(mode, Transport::Http(&server.url), plan.clone());
+        assert_eq!(outcome(s.call("spin")), "cpu_budget_exhausted");
+        assert_eq!(s.call("hog")["text"], "memory limit of 32 MiB exceeded");
+        assert_eq!(outcome(s.call("recurse")), "stack_overflow");
+        assert_eq!(s.call("echo")["text"], "fine");
+    }
+}
