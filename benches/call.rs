@@ -1,0 +1,69 @@
+//! Per-call cost inside the host: a fresh instance plus one call of a trivial tool, alone
+//! (`sandbox_run`) and through the whole pipeline (`pipeline_call`: admission, argument
+//! serialisation, sandbox, output conversion, log event).
+//!
+//! Run: `cargo bench -p airlock-benches --bench call`
+
+use airlock::pipeline::{Airlock, CallContext};
+use airlock::policy::Policy;
+use airlock::sandbox::{self, Invocation};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+
+fn load() -> (tokio::runtime::Runtime, Airlock) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let config = format!(
+        "[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\n",
+        wasm.display()
+    );
+    let state = std::env::temp_dir().join("airlock-bench-state");
+    let policy = Policy::parse(&config, "bench.toml", Path::new("."), Some(&state)).unwrap();
+    let airlock = rt.block_on(Airlock::load(policy)).unwrap();
+    (rt, airlock)
+}
+
+fn bench(c: &mut Criterion) {
+    let (rt, airlock) = load();
+    let tool = airlock.catalog().tool("fixture_echo").unwrap();
+    let component = tool.component.clone();
+    let never = CancellationToken::new();
+    c.bench_function("sandbox_run: fresh instance + call (fixture_echo)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = sandbox::run(
+                &component.engine,
+                &component.pre,
+                &component.name,
+                &component.entry.limits,
+                Invocation::Call {
+                    tool: "fixture_echo",
+                    arguments: r#"{"message":"hi"}"#,
+                },
+                None,
+                &never,
+            )
+            .await;
+            assert!(r.result.is_ok());
+        })
+    });
+
+    let args: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"message":"hi"}"#).unwrap();
+    c.bench_function("pipeline_call: Airlock::call (fixture_echo)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let ctx = CallContext {
+                cancel: CancellationToken::new(),
+                events: None,
+            };
+            let r = airlock.call("fixture_echo", Some(&args), ctx).await;
+            assert!(r.is_ok());
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
