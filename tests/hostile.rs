@@ -197,10 +197,7 @@ fn per_component_in_flight_limit_answers_busy() {
 #[test]
 fn server_in_flight_limit_answers_busy() {
     let dir = TempDir::new("busy-server");
-    let config = dir.config(&format!(
-        "[server]\nmax_in_flight = 1\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
-        common::hostile_wasm().display()
-    ));
+    let config = common::hostile_config_with_server(&dir, "max_in_flight = 1", "");
     let plan = json!({"calls": [
         {"id": "first", "tool": "hostile_sleep", "args": {"ms": 1500}},
         {"id": "second", "tool": "fixture_echo", "args": {"message": "x"}, "delay_ms": 300}
@@ -232,4 +229,19 @@ fn hostile_calls_over_http_get_the_same_outcomes() {
         assert_eq!(outcome(s.call("recurse")), "stack_overflow");
         assert_eq!(s.call("echo")["text"], "fine");
     }
+}
+
+#[test]
+fn nothing_ambient_is_reachable() {
+    let s = run_hostile("", "fixture_ambient", json!({}));
+    let a = &s.call("hostile")["structured"];
+    assert_eq!(a["env"], json!([]), "{a}");
+    assert_eq!(a["args"], json!([]), "{a}");
+    // No preopened directory: every path is outside the (empty) filesystem.
+    assert_eq!(a["read_root"], "denied: NotFound", "{a}");
+    assert_eq!(a["read_etc_passwd"], "denied: NotFound", "{a}");
+    assert_eq!(a["write_tmp"], "denied: NotFound", "{a}");
+    // No socket grant: connect is refused by the host, and there is no name lookup.
+    assert_eq!(a["tcp_connect"], "denied: PermissionDenied", "{a}");
+    assert_eq!(a["name_lookup"], "denied: Uncategorized", "{a}");
 }

@@ -37,10 +37,11 @@ fn host_and_origin_are_validated() {
 #[test]
 fn configured_origins_are_accepted() {
     let dir = TempDir::new("http-origin");
-    let config = dir.config(&format!(
-        "[server]\nallowed_origins = [\"http://app.example.com\"]\n[[tool]]\nname = \"h\"\ncomponent = \"{}\"\n",
-        common::hostile_wasm().display()
-    ));
+    let config = common::hostile_config_with_server(
+        &dir,
+        "allowed_origins = [\"http://app.example.com\"]",
+        "",
+    );
     let server = HttpServer::start(&config);
     let host = format!("127.0.0.1:{}", server.addr.rsplit(':').next().unwrap());
     assert_eq!(

@@ -284,11 +284,12 @@ fn resolve_server(
             )
         })?,
     };
+    // Each slot reserves address space for its linear memories in the pooling allocator.
     let max_in_flight = s.max_in_flight.unwrap_or(64);
-    if max_in_flight == 0 || max_in_flight > 10_000 {
+    if max_in_flight == 0 || max_in_flight > 1_000 {
         return Err((
             "server › max_in_flight".into(),
-            format!("{max_in_flight} is outside 1..=10000"),
+            format!("{max_in_flight} is outside 1..=1000"),
         ));
     }
     let epoch_tick = s.epoch_tick.map_or(Duration::from_millis(10), |t| t.0);
@@ -396,7 +397,7 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             "max_in_flight",
             s.max_in_flight.unwrap_or(base.max_in_flight),
             1,
-            10_000,
+            1_000,
             |v: &u32| v.to_string(),
         )?,
         capture_bytes: range(

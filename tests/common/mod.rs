@@ -77,8 +77,13 @@ impl Drop for TempDir {
 
 /// A configuration serving the hostile fixture with `limits` (TOML lines) added.
 pub fn hostile_config(dir: &TempDir, limits: &str) -> PathBuf {
+    hostile_config_with_server(dir, "", limits)
+}
+
+/// The same, with `[server]` lines as well.
+pub fn hostile_config_with_server(dir: &TempDir, server: &str, limits: &str) -> PathBuf {
     dir.config(&format!(
-        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\n{limits}\n",
+        "[server]\n{server}\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\n{limits}\n",
         hostile_wasm().display()
     ))
 }
