@@ -35,10 +35,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("sandbox_run: fresh instance + call (fixture_echo)", |b| {
         b.to_async(&rt).iter(|| async {
             let r = sandbox::run(
-                &component.engine,
-                &component.pre,
-                &component.name,
-                &component.entry.limits,
+                &component.prepared,
                 Invocation::Call {
                     tool: "fixture_echo",
                     arguments: r#"{"message":"hi"}"#,

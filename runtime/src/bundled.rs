@@ -7,7 +7,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 /// Where `build.rs` put the components it built (the bundled examples and the test fixtures).
 pub const WASM_DIR: &str = env!("AIRLOCK_WASM_DIR");
 
-const COMPONENTS: [(&str, &[u8]); 3] = [
+const COMPONENTS: [(&str, &[u8]); 4] = [
     (
         "text",
         include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/text.wasm")),
@@ -20,10 +20,20 @@ const COMPONENTS: [(&str, &[u8]); 3] = [
         "time",
         include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/time.wasm")),
     ),
+    // Useful only with filesystem grants, so not in the default configuration.
+    (
+        "files",
+        include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/files.wasm")),
+    ),
 ];
 
 /// Names usable as `component = "bundled:<name>"`.
-pub const NAMES: [&str; 3] = [COMPONENTS[0].0, COMPONENTS[1].0, COMPONENTS[2].0];
+pub const NAMES: [&str; 4] = [
+    COMPONENTS[0].0,
+    COMPONENTS[1].0,
+    COMPONENTS[2].0,
+    COMPONENTS[3].0,
+];
 
 /// The bundled component called `name`.
 pub fn component(name: &str) -> Option<(&'static str, &'static [u8])> {

@@ -5,7 +5,7 @@
 use crate::engine::{Engines, load_component, private_dir};
 use crate::failure::CallFailure;
 use crate::policy::{ComponentEntry, ConfigError, Policy};
-use crate::sandbox::{self, Answer, HostState, Invocation};
+use crate::sandbox::{self, Answer, HostState, Invocation, Prepared};
 use airlock_host_api::{Tool as ToolWorld, ToolPre, ToolSpec};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use std::collections::HashMap;
@@ -18,10 +18,8 @@ use wasmtime::component::{HasSelf, Linker};
 /// A component ready to be called.
 pub struct LoadedComponent {
     pub entry: ComponentEntry,
-    /// The entry name, shared into every call's store for log lines.
-    pub name: Arc<str>,
-    pub engine: Engine,
-    pub pre: ToolPre<HostState>,
+    /// What the sandbox needs for each call.
+    pub prepared: Prepared,
     /// Per-component in-flight limit.
     pub in_flight: Arc<Semaphore>,
     /// Names of the tools it declared.
@@ -89,15 +87,19 @@ impl Catalog {
                         ),
                     )
                 })?;
-            let name: Arc<str> = Arc::from(entry.name.as_str());
-            let specs = describe(&engine, &pre, &name, entry)
+            let prepared = Prepared {
+                engine,
+                pre,
+                name: Arc::from(entry.name.as_str()),
+                limits: entry.limits,
+                grants: entry.grants.clone(),
+            };
+            let specs = describe(&prepared)
                 .await
                 .map_err(|e| fail(key(), format!("{}: describe() failed: {e}", entry.source)))?;
             let component = Arc::new(LoadedComponent {
                 entry: entry.clone(),
-                name,
-                engine,
-                pre,
+                prepared,
                 in_flight: Arc::new(Semaphore::new(entry.limits.max_in_flight as usize)),
                 tools: specs.iter().map(|s| s.name.clone()).collect(),
             });
@@ -160,23 +162,9 @@ fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-async fn describe(
-    engine: &Engine,
-    pre: &ToolPre<HostState>,
-    name: &Arc<str>,
-    entry: &ComponentEntry,
-) -> Result<Vec<ToolSpec>, CallFailure> {
+async fn describe(prepared: &Prepared) -> Result<Vec<ToolSpec>, CallFailure> {
     let never = CancellationToken::new();
-    let report = sandbox::run(
-        engine,
-        pre,
-        name,
-        &entry.limits,
-        Invocation::Describe,
-        None,
-        &never,
-    )
-    .await;
+    let report = sandbox::run(prepared, Invocation::Describe, None, &never).await;
     match report.result? {
         Answer::Described(specs) => Ok(specs),
         Answer::Called(_) => unreachable!("describe answers with specs"),

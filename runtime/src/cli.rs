@@ -198,7 +198,16 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                         "max_in_flight": l.max_in_flight,
                         "capture_bytes": l.capture_bytes.bytes(),
                     },
-                    "grants": { "fs": [], "net": [], "secrets": [] },
+                    "grants": {
+                        "fs": c.entry.grants.fs.iter().map(|g| serde_json::json!({
+                            "id": g.id,
+                            "host": g.host.display().to_string(),
+                            "guest": g.guest,
+                            "mode": g.mode.to_string(),
+                        })).collect::<Vec<_>>(),
+                        "net": [],
+                        "secrets": [],
+                    },
                 })
             })
             .collect();
@@ -235,7 +244,12 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
             l.max_in_flight,
             l.capture_bytes
         );
-        println!("  grants   none: no filesystem, no network, no environment, no secrets");
+        if c.entry.grants.is_empty() {
+            println!("  grants   none: no filesystem, no network, no environment, no secrets");
+        }
+        for g in &c.entry.grants.fs {
+            println!("  grant    {}  {} ({})", g.id, g.host.display(), g.mode);
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod engine;
 pub mod failure;
+pub mod grants;
 pub mod mcp;
 pub mod output;
 pub mod pipeline;

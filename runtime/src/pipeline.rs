@@ -72,7 +72,7 @@ impl Airlock {
         usage: &mut Usage,
     ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
-        usage.component = Some(tool.component.name.clone());
+        usage.component = Some(tool.component.prepared.name.clone());
         let _permits = self.admit(tool)?;
         let arguments = validate_input(tool, arguments)?;
         let report = self.execute(tool, &arguments, ctx).await;
@@ -116,16 +116,12 @@ impl Airlock {
         arguments: &str,
         ctx: CallContext,
     ) -> RunReport<Answer> {
-        let c = &tool.component;
         let invocation = Invocation::Call {
             tool: &tool.tool.name,
             arguments,
         };
         sandbox::run(
-            &c.engine,
-            &c.pre,
-            &c.name,
-            &c.entry.limits,
+            &tool.component.prepared,
             invocation,
             ctx.events,
             &ctx.cancel,

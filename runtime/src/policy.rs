@@ -3,6 +3,7 @@
 //! bad configuration stops the start with a message naming the file, the key and the problem.
 
 use crate::bundled;
+use crate::grants::{self, Grants, GrantsSection};
 use crate::units::{ByteSize, Span};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -75,6 +76,8 @@ struct ToolSection {
     sha256: Option<String>,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    grants: GrantsSection,
 }
 
 /// Resource limits of one component's calls.
@@ -155,6 +158,7 @@ pub struct ComponentEntry {
     pub digest: [u8; 32],
     pub pinned: bool,
     pub limits: Limits,
+    pub grants: Grants,
 }
 
 /// A validated configuration.
@@ -247,6 +251,9 @@ impl Policy {
                     true
                 }
             };
+            let protected = [grants::comparable(&server.state_dir)];
+            let grants =
+                grants::resolve(&t.grants, base, &protected).map_err(|(k, p)| err(key(&k), p))?;
             components.push(ComponentEntry {
                 name: t.name.clone(),
                 source,
@@ -254,6 +261,7 @@ impl Policy {
                 digest,
                 pinned,
                 limits,
+                grants,
             });
         }
         if components.is_empty() {
@@ -465,7 +473,7 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         let p = Policy::embedded_default(Some(Path::new("/tmp/x"))).unwrap();
-        assert_eq!(p.components.len(), bundled::NAMES.len());
+        assert_eq!(p.components.len(), 3);
         assert!(p.components.iter().all(|c| c.limits == Limits::default()));
     }
 

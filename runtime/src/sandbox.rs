@@ -3,6 +3,7 @@
 
 use crate::capture::Capture;
 use crate::failure::CallFailure;
+use crate::grants::{FsMode, Grants};
 use crate::policy::Limits;
 use crate::units::ByteSize;
 use airlock_host_api::{LogLevel, ToolOutput, ToolPre, ToolSpec};
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Longest `host.log` message passed on; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -155,6 +156,16 @@ pub struct RunReport<T> {
     pub stderr: (Vec<u8>, u64),
 }
 
+/// A component ready to run: what every call of it needs, resolved at load.
+pub struct Prepared {
+    pub engine: Engine,
+    pub pre: ToolPre<HostState>,
+    /// The `[[tool]]` entry name, for log lines.
+    pub name: std::sync::Arc<str>,
+    pub limits: Limits,
+    pub grants: Grants,
+}
+
 /// What the guest is asked to do.
 pub enum Invocation<'a> {
     Describe,
@@ -170,24 +181,28 @@ pub enum Answer {
 /// Run one invocation in a fresh store. The store is dropped at the end whatever happened, so a
 /// trapped instance is never entered again.
 pub async fn run(
-    engine: &Engine,
-    pre: &ToolPre<HostState>,
-    component: &std::sync::Arc<str>,
-    limits: &Limits,
+    prepared: &Prepared,
     invocation: Invocation<'_>,
     events: Option<mpsc::Sender<GuestEvent>>,
     cancel: &CancellationToken,
 ) -> RunReport<Answer> {
+    let limits = &prepared.limits;
     let cap = limits.capture_bytes.as_usize();
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
-    // Deliberately empty: no env, no args, no preopens, no network, no name lookup.
-    let wasi = WasiCtxBuilder::new()
+    // Nothing beyond the grants: no env, no args, no network, no name lookup. `describe()`
+    // gets no grants at all.
+    let mut builder = WasiCtxBuilder::new();
+    builder
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build();
+        .allow_ip_name_lookup(false);
+    let granted = match invocation {
+        Invocation::Describe => Ok(()),
+        Invocation::Call { .. } => preopen(&mut builder, &prepared.grants),
+    };
+    let wasi = builder.build();
     let state = HostState {
         wasi,
         table: ResourceTable::new(),
@@ -197,10 +212,10 @@ pub async fn run(
             peak: 0,
         },
         events,
-        component: component.clone(),
+        component: prepared.name.clone(),
         last_progress: f64::NEG_INFINITY,
     };
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
     let fuel_set = store.set_fuel(limits.fuel);
     // Yield to the executor at every epoch tick: a busy guest then never holds a worker thread
@@ -208,14 +223,17 @@ pub async fn run(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
 
-    let result = match fuel_set {
-        Err(e) => Err(CallFailure::HostError(e.to_string())),
+    let result = match fuel_set
+        .map_err(|e| CallFailure::HostError(e.to_string()))
+        .and(granted)
+    {
+        Err(f) => Err(f),
         Ok(()) => {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Err(CallFailure::Cancelled),
                 _ = tokio::time::sleep(limits.timeout.0) => Err(CallFailure::TimedOut { after: limits.timeout }),
-                r = invoke(&mut store, pre, invocation) => r,
+                r = invoke(&mut store, &prepared.pre, invocation) => r,
             }
         }
     };
@@ -234,6 +252,27 @@ pub async fn run(
         stdout: stdout.take(),
         stderr: stderr.take(),
     }
+}
+
+/// Preopen each filesystem grant with its mode. A granted directory that can no longer be
+/// opened fails the call rather than running the tool without it.
+fn preopen(builder: &mut WasiCtxBuilder, grants: &Grants) -> Result<(), CallFailure> {
+    for g in &grants.fs {
+        let perms = match g.mode {
+            FsMode::Ro => FsPerms::ReadOnly,
+            FsMode::Rw => FsPerms::ReadWrite,
+        };
+        builder
+            .preopened_dir(&g.host, &g.guest, perms)
+            .map_err(|e| {
+                CallFailure::HostError(format!(
+                    "grant {} cannot open {}: {e}",
+                    g.id,
+                    g.host.display()
+                ))
+            })?;
+    }
+    Ok(())
 }
 
 async fn invoke(

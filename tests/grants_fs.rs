@@ -1,0 +1,243 @@
+//! Filesystem grants: the `files` example tool sees exactly its preopened directories, with
+//! their modes, and nothing else. Every denial is asserted as the tool reports it.
+
+mod common;
+
+use common::{Session, TempDir, Transport, client};
+use serde_json::{Value, json};
+
+/// reports/ (granted ro), scratch/ (granted rw), outside/ (not granted), and a symlink inside
+/// the ro grant that points outside it.
+fn tree(dir: &TempDir) -> std::path::PathBuf {
+    let root = &dir.0;
+    std::fs::create_dir_all(root.join("reports/sub")).unwrap();
+    std::fs::create_dir_all(root.join("scratch")).unwrap();
+    std::fs::create_dir_all(root.join("outside")).unwrap();
+    std::fs::write(root.join("reports/q3.txt"), "revenue 42\ncosts 17\n").unwrap();
+    std::fs::write(root.join("reports/sub/q4.txt"), "revenue 51\n").unwrap();
+    std::fs::write(root.join("outside/secret.txt"), "top secret\n").unwrap();
+    std::os::unix::fs::symlink(
+        root.join("outside/secret.txt"),
+        root.join("reports/escape.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(root.join("outside"), root.join("reports/escape-dir")).unwrap();
+    dir.config(
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\n\
+         fs = [{ host = \"reports\", guest = \"/reports\", mode = \"ro\" },\n      \
+               { host = \"scratch\", guest = \"/scratch\", mode = \"rw\" }]\n",
+    )
+}
+
+fn call(id: &str, tool: &str, args: Value) -> Value {
+    json!({"id": id, "tool": tool, "args": args})
+}
+
+fn failed(s: &Session, id: &str) -> String {
+    let c = s.call(id);
+    assert_eq!(c["is_error"], true, "{id}: {c}");
+    assert_eq!(c["meta"]["airlock/outcome"], "tool_failed", "{id}: {c}");
+    c["text"].as_str().unwrap().to_owned()
+}
+
+const NOT_FOUND: &str = "not found (or outside the granted directories)";
+const DENIED: &str = "permission denied by the host";
+
+#[test]
+fn files_inside_grants_are_reachable_with_their_modes() {
+    let dir = TempDir::new("fs-ok");
+    let config = tree(&dir);
+    let plan = json!({"calls": [
+        call("read", "files_read", json!({"path": "/reports/q3.txt"})),
+        call("list", "files_list", json!({"path": "/reports"})),
+        call("search", "files_search", json!({"path": "/reports", "text": "revenue"})),
+    ], "then": [
+        call("write", "files_write", json!({"path": "/scratch/out.txt", "content": "hello"})),
+        call("append", "files_write", json!({"path": "/scratch/out.txt", "content": " world", "append": true})),
+        call("move", "files_move", json!({"from": "/scratch/out.txt", "to": "/scratch/renamed.txt"})),
+        call("readback", "files_read", json!({"path": "/scratch/renamed.txt"})),
+        call("list2", "files_list", json!({"path": "/scratch"})),
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(s.call("read")["text"], "revenue 42\ncosts 17\n");
+    let names: Vec<&str> = s.call("list")["structured"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["escape-dir", "escape.txt", "q3.txt", "sub"]);
+    assert_eq!(
+        s.call("search")["structured"]["matches"],
+        json!([
+            {"path": "/reports/q3.txt", "line": 1, "text": "revenue 42"},
+            {"path": "/reports/sub/q4.txt", "line": 1, "text": "revenue 51"}
+        ])
+    );
+    assert_eq!(s.call("write")["text"], "wrote 5 bytes to /scratch/out.txt");
+    assert_eq!(
+        s.call("move")["text"],
+        "moved /scratch/out.txt to /scratch/renamed.txt"
+    );
+    assert_eq!(s.call("readback")["text"], "hello world");
+    assert_eq!(
+        s.call("list2")["structured"]["entries"],
+        json!([{"name": "renamed.txt", "kind": "file", "bytes": 11}])
+    );
+    // The write really happened on the host, in the granted directory only.
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("scratch/renamed.txt")).unwrap(),
+        "hello world"
+    );
+    assert!(!dir.0.join("scratch/out.txt").exists());
+}
+
+#[test]
+fn everything_outside_the_grants_is_denied() {
+    let dir = TempDir::new("fs-deny");
+    let config = tree(&dir);
+    let state = common::shared_state_dir();
+    let plan = json!({"calls": [
+        call("ro_write", "files_write", json!({"path": "/reports/new.txt", "content": "x"})),
+        call("ro_move", "files_move", json!({"from": "/reports/q3.txt", "to": "/reports/q3-old.txt"})),
+        call("dotdot", "files_read", json!({"path": "/reports/../outside/secret.txt"})),
+        call("dotdot_sub", "files_read", json!({"path": "/reports/sub/../../outside/secret.txt"})),
+        call("absolute", "files_read", json!({"path": dir.0.join("outside/secret.txt")})),
+        call("symlink", "files_read", json!({"path": "/reports/escape.txt"})),
+        call("symlink_dir", "files_list", json!({"path": "/reports/escape-dir"})),
+        call("proc", "files_read", json!({"path": "/proc/self/environ"})),
+        call("etc", "files_read", json!({"path": "/etc/passwd"})),
+        call("state", "files_list", json!({"path": state})),
+        call("cross", "files_move", json!({"from": "/reports/q3.txt", "to": "/scratch/q3.txt"})),
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(
+        failed(&s, "ro_write"),
+        format!("cannot write /reports/new.txt: {DENIED}")
+    );
+    assert_eq!(
+        failed(&s, "ro_move"),
+        format!("cannot move /reports/q3.txt: {DENIED}")
+    );
+    assert_eq!(
+        failed(&s, "dotdot"),
+        format!("cannot read /reports/../outside/secret.txt: {DENIED}")
+    );
+    assert_eq!(
+        failed(&s, "dotdot_sub"),
+        format!("cannot read /reports/sub/../../outside/secret.txt: {DENIED}")
+    );
+    let abs = dir.0.join("outside/secret.txt");
+    assert_eq!(
+        failed(&s, "absolute"),
+        format!("cannot read {}: {NOT_FOUND}", abs.display())
+    );
+    assert_eq!(
+        failed(&s, "symlink"),
+        format!("cannot read /reports/escape.txt: {DENIED}")
+    );
+    assert_eq!(
+        failed(&s, "symlink_dir"),
+        format!("cannot list /reports/escape-dir: {DENIED}")
+    );
+    assert_eq!(
+        failed(&s, "proc"),
+        format!("cannot read /proc/self/environ: {NOT_FOUND}")
+    );
+    assert_eq!(
+        failed(&s, "etc"),
+        format!("cannot read /etc/passwd: {NOT_FOUND}")
+    );
+    assert_eq!(
+        failed(&s, "state"),
+        format!("cannot list {}: {NOT_FOUND}", state.display())
+    );
+    assert_eq!(
+        failed(&s, "cross"),
+        format!("cannot move /reports/q3.txt: {DENIED}")
+    );
+    // Nothing changed on the host.
+    assert!(!dir.0.join("reports/new.txt").exists());
+    assert!(dir.0.join("reports/q3.txt").exists());
+}
+
+#[test]
+fn a_tool_without_fs_grants_sees_no_files() {
+    let dir = TempDir::new("fs-none");
+    tree(&dir);
+    let config = dir.config("[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n");
+    let plan = json!({"calls": [
+        call("read", "files_read", json!({"path": "/reports/q3.txt"})),
+        call("list", "files_list", json!({"path": "/"})),
+        call("host", "files_read", json!({"path": dir.0.join("reports/q3.txt")})),
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(
+        failed(&s, "read"),
+        format!("cannot read /reports/q3.txt: {NOT_FOUND}")
+    );
+    assert_eq!(failed(&s, "list"), format!("cannot list /: {NOT_FOUND}"));
+    let host = dir.0.join("reports/q3.txt");
+    assert_eq!(
+        failed(&s, "host"),
+        format!("cannot read {}: {NOT_FOUND}", host.display())
+    );
+}
+
+#[test]
+fn bad_fs_grants_stop_the_start() {
+    let dir = TempDir::new("fs-bad");
+    std::fs::write(dir.0.join("plain-file"), "x").unwrap();
+    let state = common::shared_state_dir();
+    let cases = [
+        (
+            "{ host = \"missing\", guest = \"/m\", mode = \"ro\" }",
+            "grants › fs[0] › host",
+            "No such file or directory",
+        ),
+        (
+            "{ host = \"plain-file\", guest = \"/m\", mode = \"ro\" }",
+            "grants › fs[0] › host",
+            "is not a directory",
+        ),
+        (
+            "{ host = \".\", guest = \"m\", mode = \"ro\" }",
+            "grants › fs[0] › guest",
+            "must be an absolute path",
+        ),
+        (
+            "{ host = \".\", guest = \"/m\", mode = \"rwx\" }",
+            "",
+            "unknown variant `rwx`",
+        ),
+    ];
+    for (grant, key, problem) in cases {
+        let config = dir.config(&format!(
+            "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{grant}]\n"
+        ));
+        let out = common::run_airlock(&[
+            "check",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{grant} was accepted");
+        assert!(err.contains(key) && err.contains(problem), "{grant}: {err}");
+    }
+    // A grant that would expose the state directory (here: its parent) is refused.
+    let config = dir.config("[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \".\", guest = \"/all\", mode = \"ro\" }]\n");
+    let inner_state = dir.0.join("state");
+    let out = common::run_airlock(&[
+        "check",
+        config.to_str().unwrap(),
+        "--state-dir",
+        inner_state.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("would expose airlock's own state directory"),
+        "{err}"
+    );
+}
