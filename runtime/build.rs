@@ -68,7 +68,7 @@ fn main() {
         );
     }
     let wasm_dir = target_dir.join("wasm32-wasip2/release");
-    for name in ["text", "json", "time", "files", "hostile"] {
+    for name in ["text", "json", "time", "files", "http_fetch", "hostile"] {
         let file = wasm_dir.join(format!("{name}.wasm"));
         assert!(
             Path::new(&file).is_file(),

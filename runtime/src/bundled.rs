@@ -7,7 +7,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 /// Where `build.rs` put the components it built (the bundled examples and the test fixtures).
 pub const WASM_DIR: &str = env!("AIRLOCK_WASM_DIR");
 
-const COMPONENTS: [(&str, &[u8]); 4] = [
+const COMPONENTS: [(&str, &[u8]); 5] = [
     (
         "text",
         include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/text.wasm")),
@@ -25,14 +25,20 @@ const COMPONENTS: [(&str, &[u8]); 4] = [
         "files",
         include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/files.wasm")),
     ),
+    // Useful only with network grants.
+    (
+        "http-fetch",
+        include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/http_fetch.wasm")),
+    ),
 ];
 
 /// Names usable as `component = "bundled:<name>"`.
-pub const NAMES: [&str; 4] = [
+pub const NAMES: [&str; 5] = [
     COMPONENTS[0].0,
     COMPONENTS[1].0,
     COMPONENTS[2].0,
     COMPONENTS[3].0,
+    COMPONENTS[4].0,
 ];
 
 /// The bundled component called `name`.

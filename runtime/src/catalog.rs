@@ -92,7 +92,7 @@ impl Catalog {
                 pre,
                 name: Arc::from(entry.name.as_str()),
                 limits: entry.limits,
-                grants: entry.grants.clone(),
+                grants: Arc::new(entry.grants.clone()),
             };
             let specs = describe(&prepared)
                 .await
@@ -158,6 +158,8 @@ impl Catalog {
 fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Linked for every component; the per-call egress gate decides each request.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ToolWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }

@@ -197,6 +197,9 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                         "max_output_bytes": l.max_output_bytes.bytes(),
                         "max_in_flight": l.max_in_flight,
                         "capture_bytes": l.capture_bytes.bytes(),
+                        "egress_timeout_ms": l.egress_timeout.0.as_millis() as u64,
+                        "max_request_bytes": l.max_request_bytes.bytes(),
+                        "max_response_bytes": l.max_response_bytes.bytes(),
                     },
                     "grants": {
                         "fs": c.entry.grants.fs.iter().map(|g| serde_json::json!({
@@ -205,7 +208,11 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                             "guest": g.guest,
                             "mode": g.mode.to_string(),
                         })).collect::<Vec<_>>(),
-                        "net": [],
+                        "net": c.entry.grants.net.iter().map(|g| serde_json::json!({
+                            "id": g.id,
+                            "methods": g.methods,
+                            "addresses": g.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
                         "secrets": [],
                     },
                 })
@@ -249,6 +256,20 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
         }
         for g in &c.entry.grants.fs {
             println!("  grant    {}  {} ({})", g.id, g.host.display(), g.mode);
+        }
+        for g in &c.entry.grants.net {
+            let methods = if g.methods.is_empty() {
+                "any method".to_owned()
+            } else {
+                g.methods.join(", ")
+            };
+            let addresses: Vec<String> = g.addresses.iter().map(ToString::to_string).collect();
+            let extra = if addresses.is_empty() {
+                String::new()
+            } else {
+                format!(", may resolve to {}", addresses.join(", "))
+            };
+            println!("  grant    {}  ({methods}{extra})", g.id);
         }
     }
     Ok(())

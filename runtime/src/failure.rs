@@ -37,6 +37,13 @@ pub enum CallFailure {
     InvalidOutput(String),
     #[error("tool trapped: {0}")]
     Trapped(String),
+    /// A grant check refused something the tool tried; the call ends here, whatever the tool
+    /// did with the refusal.
+    #[error("blocked by policy: {denial} to tool {tool} — do not retry by another route")]
+    Blocked {
+        tool: String,
+        denial: crate::egress::Denial,
+    },
     #[error("cancelled by the client")]
     Cancelled,
     /// The tool ran and reported that it could not do the job.
@@ -63,6 +70,7 @@ impl CallFailure {
             CallFailure::OutputTooLarge { .. } => "output_too_large",
             CallFailure::InvalidOutput(_) => "invalid_output",
             CallFailure::Trapped(_) => "trapped",
+            CallFailure::Blocked { .. } => "blocked_by_policy",
             CallFailure::Cancelled => "cancelled",
             CallFailure::ToolFailed(_) => "tool_failed",
             CallFailure::HostError(_) => "host_error",

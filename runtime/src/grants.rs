@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 /// `[tool.grants]` as written.
@@ -12,6 +13,26 @@ use std::path::{Component, Path, PathBuf};
 pub(crate) struct GrantsSection {
     #[serde(default)]
     fs: Vec<FsGrantSection>,
+    #[serde(default)]
+    net: Vec<NetGrantSection>,
+}
+
+/// `"https://api.example.com"` or `{ url = "…", methods = ["GET"], addresses = ["10.0.0.0/8"] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum NetGrantSection {
+    Url(String),
+    Full(NetGrantTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetGrantTable {
+    url: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,17 +73,228 @@ pub struct FsGrant {
     pub mode: FsMode,
 }
 
+/// How a network grant names hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Exactly this name or IP literal (lower case).
+    Exact(String),
+    /// Any subdomain of this suffix (`*.example.com` matches `a.example.com`, not `example.com`).
+    Subdomains(String),
+}
+
+/// Outgoing HTTP the component may make: scheme, host, port, optionally methods, and the
+/// non-public address ranges the names may resolve to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetGrant {
+    /// `net:<url as written>`.
+    pub id: String,
+    pub https: bool,
+    pub host: HostPattern,
+    pub port: u16,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    /// Non-public ranges explicitly allowed (an IP-literal host allows itself).
+    pub addresses: Vec<ipnet::IpNet>,
+}
+
+impl NetGrant {
+    /// Does this grant cover a request to `host:port` over `https` with `method`?
+    pub fn covers(&self, https: bool, host: &str, port: u16, method: &str) -> bool {
+        self.https == https
+            && self.port == port
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && match &self.host {
+                HostPattern::Exact(h) => h == host,
+                HostPattern::Subdomains(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.ends_with(suffix.as_str())
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                }
+            }
+    }
+
+    /// May a connection under this grant go to `ip`? Public addresses always may; loopback,
+    /// private, link-local, unique-local, metadata and other special ranges only when the grant
+    /// names them (as its IP-literal host or in `addresses`).
+    pub fn allows_address(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        special_range(ip).is_none()
+            || matches!(&self.host, HostPattern::Exact(h) if h.parse::<IpAddr>().ok().map(canonical_ip) == Some(ip))
+            || self.addresses.iter().any(|n| n.contains(&ip))
+    }
+}
+
 /// Everything one component is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     pub fs: Vec<FsGrant>,
+    pub net: Vec<NetGrant>,
 }
 
 impl Grants {
     /// True when the component can reach nothing outside itself.
     pub fn is_empty(&self) -> bool {
-        self.fs.is_empty()
+        self.fs.is_empty() && self.net.is_empty()
     }
+}
+
+/// IPv4-mapped and NAT64 IPv6 addresses are judged as the IPv4 address they carry.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return IpAddr::V4(std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                ));
+            }
+            ip
+        }
+        v4 => v4,
+    }
+}
+
+/// The name of the non-public range `ip` is in, if any.
+pub fn special_range(ip: IpAddr) -> Option<&'static str> {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some(match o {
+                [127, ..] => "loopback",
+                [10, ..] | [192, 168, ..] => "private",
+                [172, b, ..] if (16..32).contains(&b) => "private",
+                [169, 254, 169, 254] => "cloud metadata",
+                [169, 254, ..] => "link-local",
+                [100, b, ..] if (64..128).contains(&b) => "shared (CGNAT)",
+                [0, ..] => "unspecified",
+                [192, 0, 0, _] => "IETF protocol assignments",
+                [198, b, ..] if b == 18 || b == 19 => "benchmarking",
+                [a, ..] if a >= 224 => "multicast or reserved",
+                _ => return None,
+            })
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(if v6.is_loopback() {
+                "loopback"
+            } else if v6.is_unspecified() {
+                "unspecified"
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                "unique-local"
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                "link-local"
+            } else if s[0] & 0xff00 == 0xff00 {
+                "multicast"
+            } else {
+                return None;
+            })
+        }
+    }
+}
+
+fn parse_net_grant(section: &NetGrantSection) -> Result<NetGrant, String> {
+    let (url, methods, addresses) = match section {
+        NetGrantSection::Url(u) => (u.as_str(), &[][..], &[][..]),
+        NetGrantSection::Full(t) => (t.url.as_str(), &t.methods[..], &t.addresses[..]),
+    };
+    let bad = |why: &str| {
+        format!("\"{url}\": {why} (expected scheme://host[:port], e.g. https://api.example.com)")
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let https = match scheme.to_ascii_lowercase().as_str() {
+        "https" => true,
+        "http" => false,
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(bad("only scheme, host and port may be given"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("bad port"))?,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid_name = |h: &str| {
+        !h.is_empty()
+            && h.split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    };
+    let host = if let Some(suffix) = host.strip_prefix("*.") {
+        if !valid_name(suffix) || !suffix.contains('.') {
+            return Err(bad(
+                "a wildcard must cover subdomains of a domain with a dot, like *.example.com",
+            ));
+        }
+        HostPattern::Subdomains(suffix.to_owned())
+    } else if host.parse::<IpAddr>().is_ok() || valid_name(&host) {
+        HostPattern::Exact(host)
+    } else {
+        return Err(bad("bad host"));
+    };
+    let methods = methods
+        .iter()
+        .map(|m| {
+            let m = m.to_ascii_uppercase();
+            if matches!(
+                m.as_str(),
+                "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+            ) {
+                Ok(m)
+            } else {
+                Err(format!("\"{url}\": unknown method \"{m}\""))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = addresses
+        .iter()
+        .map(|a| {
+            a.parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("\"{url}\": \"{a}\" is not an address or CIDR range"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for a in &addresses {
+        if special_range(a.network()).is_none() && special_range(a.broadcast()).is_none() {
+            return Err(format!(
+                "\"{url}\": \"{a}\" is public address space, which needs no `addresses` entry; list only the \
+                 loopback, private or other special ranges the host may resolve to"
+            ));
+        }
+    }
+    Ok(NetGrant {
+        id: format!("net:{url}"),
+        https,
+        host,
+        port,
+        methods,
+        addresses,
+    })
 }
 
 /// Resolve and check the grants of one component. `base` is the configuration's directory;
@@ -116,7 +348,24 @@ pub(crate) fn resolve(
             mode: g.mode,
         });
     }
-    Ok(Grants { fs })
+    let mut net: Vec<NetGrant> = Vec::with_capacity(section.net.len());
+    for (i, g) in section.net.iter().enumerate() {
+        let grant = parse_net_grant(g).map_err(|p| (format!("grants › net[{i}]"), p))?;
+        if net
+            .iter()
+            .any(|n| n.https == grant.https && n.host == grant.host && n.port == grant.port)
+        {
+            return Err((
+                format!("grants › net[{i}]"),
+                format!(
+                    "{} repeats an earlier grant for the same scheme, host and port",
+                    grant.id
+                ),
+            ));
+        }
+        net.push(grant);
+    }
+    Ok(Grants { fs, net })
 }
 
 /// Guest paths are absolute and plain: no `.`, `..` or empty segments.
@@ -158,6 +407,85 @@ mod tests {
 
     fn section(toml_text: &str) -> GrantsSection {
         toml::from_str(toml_text).unwrap()
+    }
+
+    fn net(url: &str) -> Result<NetGrant, String> {
+        parse_net_grant(&NetGrantSection::Url(url.to_owned()))
+    }
+
+    #[test]
+    fn net_grants_parse_and_match() {
+        let g = net("https://API.example.com").unwrap();
+        assert_eq!(
+            (g.https, g.port, &g.host),
+            (true, 443, &HostPattern::Exact("api.example.com".into()))
+        );
+        assert!(g.covers(true, "api.example.com", 443, "GET"));
+        assert!(!g.covers(false, "api.example.com", 443, "GET"));
+        assert!(!g.covers(true, "api.example.com", 8443, "GET"));
+        assert!(!g.covers(true, "evil-api.example.com", 443, "GET"));
+        let w = net("http://*.example.com:8080").unwrap();
+        assert!(w.covers(false, "a.b.example.com", 8080, "POST"));
+        assert!(!w.covers(false, "example.com", 8080, "POST"));
+        assert!(!w.covers(false, "badexample.com", 8080, "POST"));
+        let m = parse_net_grant(&NetGrantSection::Full(NetGrantTable {
+            url: "https://x.example.com".into(),
+            methods: vec!["get".into()],
+            addresses: vec!["10.0.0.0/8".into()],
+        }))
+        .unwrap();
+        assert!(m.covers(true, "x.example.com", 443, "GET"));
+        assert!(!m.covers(true, "x.example.com", 443, "DELETE"));
+        assert!(m.allows_address("10.1.2.3".parse().unwrap()));
+        assert!(!m.allows_address("192.168.1.1".parse().unwrap()));
+        for bad in [
+            "ftp://x.com",
+            "https://x.com/path",
+            "https://*.com",
+            "https://x.com:0",
+            "https://user@x.com",
+            "x.com",
+        ] {
+            assert!(net(bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_net_grant(&NetGrantSection::Full(NetGrantTable {
+                url: "https://x.example.com".into(),
+                methods: vec![],
+                addresses: vec!["8.8.8.0/24".into()],
+            }))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn special_ranges_are_refused_unless_named() {
+        let g = net("https://api.example.com").unwrap();
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!g.allows_address(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(g.allows_address("93.184.216.34".parse().unwrap()));
+        assert!(g.allows_address("2606:2800:220:1::1".parse().unwrap()));
+        assert_eq!(
+            special_range("169.254.169.254".parse().unwrap()),
+            Some("cloud metadata")
+        );
+        let lit = net("http://127.0.0.1:8080").unwrap();
+        assert!(lit.allows_address("127.0.0.1".parse().unwrap()));
+        assert!(!lit.allows_address("127.0.0.2".parse().unwrap()));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bundled;
 pub mod capture;
 pub mod catalog;
 pub mod cli;
+pub mod egress;
 pub mod engine;
 pub mod failure;
 pub mod grants;

@@ -66,6 +66,9 @@ struct LimitsSection {
     max_output_bytes: Option<ByteSize>,
     max_in_flight: Option<u32>,
     capture_bytes: Option<ByteSize>,
+    egress_timeout: Option<Span>,
+    max_request_bytes: Option<ByteSize>,
+    max_response_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +102,22 @@ pub struct Limits {
     pub max_in_flight: u32,
     /// Guest stdout and stderr kept (each) for the log; the rest is discarded.
     pub capture_bytes: ByteSize,
+    /// Outgoing HTTP: name resolution, connect and response headers, each.
+    pub egress_timeout: Span,
+    /// Outgoing HTTP request body.
+    pub max_request_bytes: ByteSize,
+    /// Outgoing HTTP response body.
+    pub max_response_bytes: ByteSize,
+}
+
+impl Limits {
+    pub fn egress(&self) -> crate::egress::EgressLimits {
+        crate::egress::EgressLimits {
+            timeout: self.egress_timeout,
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -112,6 +131,9 @@ impl Default for Limits {
             max_output_bytes: ByteSize::mib(1),
             max_in_flight: 16,
             capture_bytes: ByteSize::kib(16),
+            egress_timeout: Span(Duration::from_secs(30)),
+            max_request_bytes: ByteSize::mib(1),
+            max_response_bytes: ByteSize::mib(8),
         }
     }
 }
@@ -413,6 +435,27 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             s.capture_bytes.unwrap_or(base.capture_bytes),
             ByteSize(0),
             ByteSize::mib(16),
+            size,
+        )?,
+        egress_timeout: range(
+            "egress_timeout",
+            s.egress_timeout.unwrap_or(base.egress_timeout),
+            Span(Duration::from_millis(100)),
+            Span(Duration::from_secs(600)),
+            span,
+        )?,
+        max_request_bytes: range(
+            "max_request_bytes",
+            s.max_request_bytes.unwrap_or(base.max_request_bytes),
+            ByteSize(0),
+            ByteSize::mib(1024),
+            size,
+        )?,
+        max_response_bytes: range(
+            "max_response_bytes",
+            s.max_response_bytes.unwrap_or(base.max_response_bytes),
+            ByteSize(0),
+            ByteSize::mib(1024),
             size,
         )?,
     })

@@ -2,16 +2,19 @@
 //! imports, and the mapping of every way wasm can stop into a named [`CallFailure`].
 
 use crate::capture::Capture;
+use crate::egress::EgressGate;
 use crate::failure::CallFailure;
 use crate::grants::{FsMode, Grants};
 use crate::policy::Limits;
 use crate::units::ByteSize;
 use airlock_host_api::{LogLevel, ToolOutput, ToolPre, ToolSpec};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Longest `host.log` message passed on; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -40,6 +43,18 @@ pub struct HostState {
     events: Option<mpsc::Sender<GuestEvent>>,
     component: std::sync::Arc<str>,
     last_progress: f64,
+    http: WasiHttpCtx,
+    gate: EgressGate,
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -163,7 +178,7 @@ pub struct Prepared {
     /// The `[[tool]]` entry name, for log lines.
     pub name: std::sync::Arc<str>,
     pub limits: Limits,
-    pub grants: Grants,
+    pub grants: Arc<Grants>,
 }
 
 /// What the guest is asked to do.
@@ -198,9 +213,16 @@ pub async fn run(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    let granted = match invocation {
-        Invocation::Describe => Ok(()),
-        Invocation::Call { .. } => preopen(&mut builder, &prepared.grants),
+    let (granted, grants) = match invocation {
+        Invocation::Describe => (Ok(()), Arc::new(Grants::default())),
+        Invocation::Call { .. } => (
+            preopen(&mut builder, &prepared.grants),
+            prepared.grants.clone(),
+        ),
+    };
+    let called = match invocation {
+        Invocation::Describe => None,
+        Invocation::Call { tool, .. } => Some(tool.to_owned()),
     };
     let wasi = builder.build();
     let state = HostState {
@@ -214,6 +236,8 @@ pub async fn run(
         events,
         component: prepared.name.clone(),
         last_progress: f64::NEG_INFINITY,
+        http: WasiHttpCtx::new(),
+        gate: EgressGate::new(grants, limits.egress(), prepared.name.clone()),
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -244,6 +268,11 @@ pub async fn run(
         _ => Some(limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))),
     };
     let peak_memory = store.data().limiter.peak;
+    // A refused request ends the call as blocked, whatever the tool made of the refusal.
+    let result = match (store.data().gate.denial(), called) {
+        (Some(denial), Some(tool)) => Err(CallFailure::Blocked { tool, denial }),
+        _ => result,
+    };
     drop(store);
     RunReport {
         result,

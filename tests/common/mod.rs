@@ -264,3 +264,95 @@ pub fn raw_post(addr: &str, host: &str, origin: Option<&str>, body: &str) -> u16
     s.read_exact(&mut head).unwrap();
     std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
+
+/// One request the test HTTP server received.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case, with their values.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 for egress tests. Routes:
+/// `/hello` (200, text), `/headers` (200, the request's headers, one per line),
+/// `/big` (200, 4096 bytes), `/redirect?to=URL` (302 to URL), anything else 404.
+pub struct TestHttpServer {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+impl TestHttpServer {
+    pub fn start() -> TestHttpServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let log = log.clone();
+                std::thread::spawn(move || serve_one(stream, &log));
+            }
+        });
+        TestHttpServer { port, seen }
+    }
+
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let (status, extra, body) = if path == "/hello" {
+        (
+            "200 OK",
+            String::new(),
+            "hello from the test server".to_owned(),
+        )
+    } else if path == "/headers" {
+        let body: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        ("200 OK", String::new(), body.join("\n"))
+    } else if path == "/big" {
+        ("200 OK", String::new(), "y".repeat(4096))
+    } else if let Some(to) = path.strip_prefix("/redirect?to=") {
+        ("302 Found", format!("Location: {to}\r\n"), String::new())
+    } else {
+        ("404 Not Found", String::new(), "no such route".to_owned())
+    };
+    log.lock().unwrap().push(SeenRequest {
+        method: method.clone(),
+        path,
+        headers,
+    });
+    let body = if method == "HEAD" {
+        String::new()
+    } else {
+        body
+    };
+    let mut w = stream;
+    let _ = write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        if method == "HEAD" { 26 } else { body.len() }
+    );
+}

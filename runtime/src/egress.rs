@@ -1,0 +1,346 @@
+//! Outgoing HTTP (`wasi:http/outgoing-handler`). Every request a component makes comes here and
+//! is checked against its network grants: scheme, host, port and method, then every address the
+//! name resolves to. The host resolves names itself and connects to the address it checked, so
+//! a name cannot be re-pointed between the check and the connection (DNS rebinding). Redirects
+//! are new requests from the guest and are checked again.
+
+use crate::grants::{Grants, NetGrant, special_range};
+use crate::units::{ByteSize, Span};
+use bytes::Bytes;
+use http::uri::Scheme;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// A request the policy refused. The first one of a call ends the call as blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No grant covers the scheme, host, port and method.
+    NotGranted { method: String, target: String },
+    /// A grant covers the name, but it resolves only to addresses the grant does not allow.
+    Address {
+        target: String,
+        address: IpAddr,
+        range: &'static str,
+    },
+}
+
+impl Denial {
+    /// The grant kind, for log events.
+    pub fn grant_kind(&self) -> &'static str {
+        "net"
+    }
+
+    /// What was refused, for log events.
+    pub fn target(&self) -> &str {
+        match self {
+            Denial::NotGranted { target, .. } | Denial::Address { target, .. } => target,
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::NotGranted { method, target } => {
+                write!(f, "network egress to {target} ({method}) is not granted")
+            }
+            Denial::Address {
+                target,
+                address,
+                range,
+            } => write!(
+                f,
+                "network egress to {target} resolves to {address}, a {range} address, which is not granted"
+            ),
+        }
+    }
+}
+
+/// Per-component egress limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimits {
+    /// Name resolution, connection and TLS handshake, and the wait for response headers, each.
+    pub timeout: Span,
+    pub max_request_bytes: ByteSize,
+    pub max_response_bytes: ByteSize,
+}
+
+/// The per-call egress gate, installed as the call's `WasiHttpHooks`.
+pub struct EgressGate {
+    grants: Arc<Grants>,
+    limits: EgressLimits,
+    component: Arc<str>,
+    denial: Arc<OnceLock<Denial>>,
+}
+
+impl EgressGate {
+    pub fn new(grants: Arc<Grants>, limits: EgressLimits, component: Arc<str>) -> Self {
+        EgressGate {
+            grants,
+            limits,
+            component,
+            denial: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The first request this call had refused, if any.
+    pub fn denial(&self) -> Option<Denial> {
+        self.denial.get().cloned()
+    }
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
+
+fn refuse(denial: &OnceLock<Denial>, component: &str, d: Denial) -> Error {
+    tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), target = d.target(), "{d}");
+    let _ = denial.set(d);
+    Error::HttpRequestDenied
+}
+
+impl WasiHttpHooks for EgressGate {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let uri = request.uri();
+        let https = uri.scheme() == Some(&Scheme::HTTPS);
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let method = request.method().as_str().to_owned();
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let Some(grant) = self
+            .grants
+            .net
+            .iter()
+            .find(|g| g.covers(https, &host, port, &method))
+            .cloned()
+        else {
+            let e = refuse(
+                &self.denial,
+                &self.component,
+                Denial::NotGranted { method, target },
+            );
+            return Box::new(async move { Err(e) });
+        };
+        let (denial, component, limits) =
+            (self.denial.clone(), self.component.clone(), self.limits);
+        Box::new(async move {
+            let address = match checked_address(&grant, &host, port, limits.timeout).await? {
+                Ok(a) => a,
+                Err((address, range)) => {
+                    return Err(refuse(
+                        &denial,
+                        &component,
+                        Denial::Address {
+                            target,
+                            address,
+                            range,
+                        },
+                    ));
+                }
+            };
+            tracing::debug!(target: "airlock::egress", %component, grant = %grant.id, %address, "egress allowed");
+            send(address, https, &host, request, limits).await
+        })
+    }
+}
+
+/// Resolve `host` and pick an address the grant allows. `Ok(Err(..))` names the first refused
+/// address when none is allowed.
+async fn checked_address(
+    grant: &NetGrant,
+    host: &str,
+    port: u16,
+    timeout: Span,
+) -> Result<Result<SocketAddr, (IpAddr, &'static str)>, Error> {
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(timeout.0, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| Error::DnsTimeout)?
+            .map_err(|e| Error::DnsError {
+                rcode: Some(e.to_string()),
+                info_code: None,
+            })?
+            .collect(),
+    };
+    if let Some(ok) = addresses.iter().find(|a| grant.allows_address(a.ip())) {
+        return Ok(Ok(*ok));
+    }
+    let first = addresses.first().ok_or(Error::DestinationNotFound)?.ip();
+    Ok(Err((first, special_range(first).unwrap_or("non-public"))))
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// Connect to the checked `address` (TLS verified against `host`), send, and return the
+/// response with its body capped.
+async fn send(
+    address: SocketAddr,
+    https: bool,
+    host: &str,
+    mut request: http::Request<WasiBody>,
+    limits: EgressLimits,
+) -> SendResult {
+    let wait = limits.timeout.0;
+    let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
+            _ => Error::Connect(e),
+        })?;
+    let io: Box<dyn Io> = if https {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(Error::InvalidDnsNameError)?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config());
+        let stream = tokio::time::timeout(wait, connector.connect(name, tcp))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(Error::Tls)?;
+        Box::new(stream)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut sender, connection) = tokio::time::timeout(
+        wait,
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)??;
+    // Origin-form on the wire: the authority travels in the Host header.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = http::Uri::try_from(path).map_err(|_| Error::HttpRequestUriInvalid)?;
+    let limit = limits.max_request_bytes.bytes();
+    let request = request.map(|b| Capped::new(b, limit, Error::HttpRequestBodySize).boxed_unsync());
+    // The connection does the I/O: drive it while waiting for the response head, then leave it
+    // to the worker future wasi-http polls alongside the body.
+    let mut connection = Box::pin(connection);
+    let mut connection_done = false;
+    let send = sender.send_request(request);
+    tokio::pin!(send);
+    let response = tokio::time::timeout(wait, async {
+        loop {
+            tokio::select! {
+                r = &mut send => break r.map_err(Error::from),
+                r = &mut connection, if !connection_done => {
+                    connection_done = true;
+                    r.map_err(Error::from)?;
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::ConnectionReadTimeout)??;
+    let limit = limits.max_response_bytes.bytes();
+    let response = response.map(|b| {
+        Capped::new(b.map_err(Error::from), limit, Error::HttpResponseBodySize).boxed_unsync()
+    });
+    let worker = async move {
+        if connection_done {
+            Ok(())
+        } else {
+            connection.await.map_err(Error::from)
+        }
+    };
+    Ok((response, Box::new(worker)))
+}
+
+/// A body that fails once more than `limit` bytes have passed.
+struct Capped<B> {
+    inner: B,
+    left: u64,
+    limit: u64,
+    too_large: fn(Option<u64>) -> Error,
+}
+
+impl<B> Capped<B> {
+    fn new(inner: B, limit: u64, too_large: fn(Option<u64>) -> Error) -> Self {
+        Capped {
+            inner,
+            left: limit,
+            limit,
+            too_large,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Capped<B> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            if n > self.left {
+                return Poll::Ready(Some(Err((self.too_large)(Some(self.limit)))));
+            }
+            self.left -= n;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
