@@ -58,6 +58,7 @@ impl Catalog {
         let mut components = Vec::with_capacity(policy.components.len());
         let mut tools: HashMap<String, CatalogTool> = HashMap::new();
         let mut listed = Vec::new();
+        let redactor = Arc::new(policy.secrets.redactor());
         for entry in &policy.components {
             let key = || format!("tool \"{}\" › component", entry.name);
             let engine = engines.for_stack(entry.limits.wasm_stack).clone();
@@ -93,6 +94,7 @@ impl Catalog {
                 name: Arc::from(entry.name.as_str()),
                 limits: entry.limits,
                 grants: Arc::new(entry.grants.clone()),
+                redactor: redactor.clone(),
             };
             let specs = describe(&prepared)
                 .await

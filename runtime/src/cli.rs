@@ -1,5 +1,6 @@
 //! The `airlock` command line: `serve`, `tools`, `check`.
 
+use crate::grants::SecretUse;
 use crate::pipeline::Airlock;
 use crate::policy::Policy;
 use anyhow::{Context, Result};
@@ -213,8 +214,25 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                             "methods": g.methods,
                             "addresses": g.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         })).collect::<Vec<_>>(),
-                        "secrets": [],
+                        "tcp": c.entry.grants.tcp.iter().map(|g| serde_json::json!({
+                            "id": g.id,
+                            "address": g.address.to_string(),
+                        })).collect::<Vec<_>>(),
+                        "secrets": c.entry.grants.secrets.iter().map(|g| match &g.usage {
+                            SecretUse::Header { host, header, .. } => serde_json::json!({
+                                "id": g.id,
+                                "name": g.name,
+                                "host": host.to_string(),
+                                "header": header.as_str(),
+                            }),
+                            SecretUse::Env => serde_json::json!({
+                                "id": g.id,
+                                "name": g.name,
+                                "expose": "env",
+                            }),
+                        }).collect::<Vec<_>>(),
                     },
+                    "holds_readable_secret": c.entry.grants.holds_readable_secret(),
                 })
             })
             .collect();
@@ -270,6 +288,24 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                 format!(", may resolve to {}", addresses.join(", "))
             };
             println!("  grant    {}  ({methods}{extra})", g.id);
+        }
+        for g in &c.entry.grants.tcp {
+            println!("  grant    {}  (raw TCP connections)", g.id);
+        }
+        for g in &c.entry.grants.secrets {
+            match &g.usage {
+                SecretUse::Header { host, header, .. } => println!(
+                    "  grant    {}  (sent as {header} to {host}; the tool cannot read it)",
+                    g.id
+                ),
+                SecretUse::Env => println!(
+                    "  grant    {}  (environment variable {}: THE TOOL CAN READ THIS SECRET)",
+                    g.id, g.name
+                ),
+            }
+        }
+        if c.entry.grants.holds_readable_secret() {
+            println!("  warning  holds a readable secret");
         }
     }
     Ok(())

@@ -1,10 +1,13 @@
-//! Outgoing HTTP (`wasi:http/outgoing-handler`). Every request a component makes comes here and
-//! is checked against its network grants: scheme, host, port and method, then every address the
-//! name resolves to. The host resolves names itself and connects to the address it checked, so
-//! a name cannot be re-pointed between the check and the connection (DNS rebinding). Redirects
-//! are new requests from the guest and are checked again.
+//! Network egress. Outgoing HTTP (`wasi:http/outgoing-handler`): every request a component makes
+//! comes here and is checked against its network grants: scheme, host, port and method, then
+//! every address the name resolves to. The host resolves names itself and connects to the
+//! address it checked, so a name cannot be re-pointed between the check and the connection (DNS
+//! rebinding). Redirects are new requests from the guest and are checked again. Secrets granted
+//! as headers are set here, on the way out, so the component never holds them.
+//!
+//! Raw TCP (`wasi:sockets`) is checked by [`tcp_check`] against the TCP grants.
 
-use crate::grants::{Grants, NetGrant, special_range};
+use crate::grants::{Grants, NetGrant, SecretUse, special_range};
 use crate::units::{ByteSize, Span};
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -30,18 +33,34 @@ pub enum Denial {
         address: IpAddr,
         range: &'static str,
     },
+    /// A `wasi:sockets` use no TCP grant allows.
+    Socket { usage: SocketUse, target: String },
+}
+
+/// What a component tried to do with a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketUse {
+    Connect,
+    Bind,
+    Listen,
+    Udp,
 }
 
 impl Denial {
     /// The grant kind, for log events.
     pub fn grant_kind(&self) -> &'static str {
-        "net"
+        match self {
+            Denial::NotGranted { .. } | Denial::Address { .. } => "net",
+            Denial::Socket { .. } => "tcp",
+        }
     }
 
     /// What was refused, for log events.
     pub fn target(&self) -> &str {
         match self {
-            Denial::NotGranted { target, .. } | Denial::Address { target, .. } => target,
+            Denial::NotGranted { target, .. }
+            | Denial::Address { target, .. }
+            | Denial::Socket { target, .. } => target,
         }
     }
 }
@@ -60,6 +79,15 @@ impl fmt::Display for Denial {
                 f,
                 "network egress to {target} resolves to {address}, a {range} address, which is not granted"
             ),
+            Denial::Socket { usage, target } => match usage {
+                SocketUse::Connect => write!(f, "a TCP connection to {target} is not granted"),
+                SocketUse::Bind => write!(f, "binding a TCP socket to {target} is not granted"),
+                SocketUse::Listen => write!(
+                    f,
+                    "listening for TCP connections on {target} is not granted"
+                ),
+                SocketUse::Udp => write!(f, "UDP to {target} is not granted"),
+            },
         }
     }
 }
@@ -81,19 +109,59 @@ pub struct EgressGate {
     denial: Arc<OnceLock<Denial>>,
 }
 
+/// The first refusal of a call, shared by the HTTP gate and the socket check.
+pub type DenialCell = Arc<OnceLock<Denial>>;
+
 impl EgressGate {
-    pub fn new(grants: Arc<Grants>, limits: EgressLimits, component: Arc<str>) -> Self {
+    pub fn new(
+        grants: Arc<Grants>,
+        limits: EgressLimits,
+        component: Arc<str>,
+        denial: DenialCell,
+    ) -> Self {
         EgressGate {
             grants,
             limits,
             component,
-            denial: Arc::new(OnceLock::new()),
+            denial,
         }
     }
+}
 
-    /// The first request this call had refused, if any.
-    pub fn denial(&self) -> Option<Denial> {
-        self.denial.get().cloned()
+type CheckFuture = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
+
+/// The `socket_addr_check` of a call: TCP connections only to granted addresses, binds only the
+/// implicit wildcard bind a connect makes, no listening, no UDP.
+pub fn tcp_check(
+    grants: Arc<Grants>,
+    component: Arc<str>,
+    denial: DenialCell,
+) -> impl Fn(SocketAddr, wasmtime_wasi::sockets::SocketAddrUse) -> CheckFuture + Send + Sync + 'static
+{
+    use wasmtime_wasi::sockets::SocketAddrUse;
+    move |address, usage| {
+        let (allowed, usage) = match usage {
+            SocketAddrUse::TcpConnect => (grants.allows_tcp(address), SocketUse::Connect),
+            SocketAddrUse::TcpBind => (
+                address.ip().is_unspecified() && address.port() == 0,
+                SocketUse::Bind,
+            ),
+            SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => (false, SocketUse::Listen),
+            SocketAddrUse::UdpBind | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+                (false, SocketUse::Udp)
+            }
+        };
+        if !allowed {
+            let _ = refuse(
+                &denial,
+                &component,
+                Denial::Socket {
+                    usage,
+                    target: address.to_string(),
+                },
+            );
+        }
+        Box::pin(std::future::ready(allowed))
     }
 }
 
@@ -114,7 +182,7 @@ fn refuse(denial: &OnceLock<Denial>, component: &str, d: Denial) -> Error {
 impl WasiHttpHooks for EgressGate {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -148,6 +216,18 @@ impl WasiHttpHooks for EgressGate {
             );
             return Box::new(async move { Err(e) });
         };
+        // Set after the guest built the request, so a header of the same name it set is replaced.
+        for secret in &self.grants.secrets {
+            if let SecretUse::Header {
+                host: pattern,
+                header,
+                value,
+            } = &secret.usage
+                && pattern.matches(&host)
+            {
+                request.headers_mut().insert(header.clone(), value.clone());
+            }
+        }
         let (denial, component, limits) =
             (self.denial.clone(), self.component.clone(), self.limits);
         Box::new(async move {

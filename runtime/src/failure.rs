@@ -55,6 +55,19 @@ pub enum CallFailure {
 }
 
 impl CallFailure {
+    /// The same failure with secret values replaced in the text the tool supplied.
+    pub fn redacted(self, redactor: &crate::secrets::Redactor) -> CallFailure {
+        let clean = |m: String| redactor.redact(&m).into_owned();
+        match self {
+            CallFailure::InvalidArguments(m) => CallFailure::InvalidArguments(clean(m)),
+            CallFailure::InvalidOutput(m) => CallFailure::InvalidOutput(clean(m)),
+            CallFailure::Trapped(m) => CallFailure::Trapped(clean(m)),
+            CallFailure::ToolFailed(m) => CallFailure::ToolFailed(clean(m)),
+            CallFailure::HostError(m) => CallFailure::HostError(clean(m)),
+            other => other,
+        }
+    }
+
     /// A stable, machine-readable name for logs and tests.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -2,9 +2,10 @@
 //! stable ids (`fs:/reports`) so that the operator plane can name and revoke one of them.
 //! Everything is resolved and checked at load time.
 
+use crate::secrets::{SecretStore, SecretValue};
 use serde::Deserialize;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
 /// `[tool.grants]` as written.
@@ -15,6 +16,27 @@ pub(crate) struct GrantsSection {
     fs: Vec<FsGrantSection>,
     #[serde(default)]
     net: Vec<NetGrantSection>,
+    #[serde(default)]
+    tcp: Vec<String>,
+    #[serde(default)]
+    secrets: Vec<SecretGrantSection>,
+}
+
+/// `{ name, host, header, format }` (injected at egress) or `{ name, expose = "env" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretGrantSection {
+    name: String,
+    host: Option<String>,
+    header: Option<String>,
+    format: Option<String>,
+    expose: Option<Expose>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Expose {
+    Env,
 }
 
 /// `"https://api.example.com"` or `{ url = "…", methods = ["GET"], addresses = ["10.0.0.0/8"] }`.
@@ -82,6 +104,39 @@ pub enum HostPattern {
     Subdomains(String),
 }
 
+impl HostPattern {
+    /// Does this pattern name `host` (lower case, no trailing dot)?
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Subdomains(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix.as_str())
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        }
+    }
+
+    /// Does every host this pattern names also match `other`?
+    fn within(&self, other: &HostPattern) -> bool {
+        match self {
+            HostPattern::Exact(h) => other.matches(h),
+            HostPattern::Subdomains(s) => {
+                matches!(other, HostPattern::Subdomains(o) if o == s) || other.matches(s)
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Subdomains(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
 /// Outgoing HTTP the component may make: scheme, host, port, optionally methods, and the
 /// non-public address ranges the names may resolve to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,14 +158,7 @@ impl NetGrant {
         self.https == https
             && self.port == port
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && match &self.host {
-                HostPattern::Exact(h) => h == host,
-                HostPattern::Subdomains(suffix) => {
-                    host.len() > suffix.len() + 1
-                        && host.ends_with(suffix.as_str())
-                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                }
-            }
+            && self.host.matches(host)
     }
 
     /// May a connection under this grant go to `ip`? Public addresses always may; loopback,
@@ -124,17 +172,65 @@ impl NetGrant {
     }
 }
 
+/// A raw TCP connection the component may open through `wasi:sockets`, to one address and
+/// port. Names are not grantable: `wasi:sockets` name lookup cannot be limited to one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpGrant {
+    /// `tcp:<address>:<port>`.
+    pub id: String,
+    pub address: SocketAddr,
+}
+
+/// How a granted secret reaches the component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretUse {
+    /// Set as `header` on every allowed request to `host`; the component never sees it.
+    Header {
+        host: HostPattern,
+        header: http::HeaderName,
+        /// The formatted value, built at load and marked sensitive.
+        value: http::HeaderValue,
+    },
+    /// Passed as an environment variable of the same name: the component can read it.
+    Env,
+}
+
+/// One secret granted to a component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretGrant {
+    /// `secret:<NAME>@<host>` or `secret:<NAME>:env`.
+    pub id: String,
+    pub name: String,
+    pub value: SecretValue,
+    pub usage: SecretUse,
+}
+
 /// Everything one component is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     pub fs: Vec<FsGrant>,
     pub net: Vec<NetGrant>,
+    pub tcp: Vec<TcpGrant>,
+    pub secrets: Vec<SecretGrant>,
 }
 
 impl Grants {
     /// True when the component can reach nothing outside itself.
     pub fn is_empty(&self) -> bool {
-        self.fs.is_empty() && self.net.is_empty()
+        self.fs.is_empty() && self.net.is_empty() && self.tcp.is_empty() && self.secrets.is_empty()
+    }
+
+    /// True when a secret is passed where the component can read it.
+    pub fn holds_readable_secret(&self) -> bool {
+        self.secrets.iter().any(|s| s.usage == SecretUse::Env)
+    }
+
+    /// Does a TCP grant allow connecting to `address`?
+    pub fn allows_tcp(&self, address: SocketAddr) -> bool {
+        let ip = canonical_ip(address.ip());
+        self.tcp
+            .iter()
+            .any(|g| g.address.port() == address.port() && canonical_ip(g.address.ip()) == ip)
     }
 }
 
@@ -297,13 +393,121 @@ fn parse_net_grant(section: &NetGrantSection) -> Result<NetGrant, String> {
     })
 }
 
+fn parse_tcp_grant(target: &str) -> Result<TcpGrant, String> {
+    let address: SocketAddr = target.parse().map_err(|_| {
+        format!(
+            "\"{target}\" is not an IP address and port such as 10.0.0.5:5432 or [fd00::5]:5432; \
+             host names cannot be granted because wasi:sockets name lookup cannot be limited to one name"
+        )
+    })?;
+    if address.port() == 0 || address.ip().is_unspecified() {
+        return Err(format!(
+            "\"{target}\" must name one address and a non-zero port"
+        ));
+    }
+    Ok(TcpGrant {
+        id: format!("tcp:{address}"),
+        address,
+    })
+}
+
+/// Headers a secret may not be injected as: they frame or route the request.
+const RESERVED_HEADERS: [&str; 6] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+];
+
+fn parse_secret_grant(
+    g: &SecretGrantSection,
+    store: &SecretStore,
+    net: &[NetGrant],
+) -> Result<SecretGrant, String> {
+    let name = &g.name;
+    let value = store
+        .get(name)
+        .ok_or_else(|| {
+            format!("secret {name} is not declared in [secrets] (declare it under env or files)")
+        })?
+        .clone();
+    match (g.expose, &g.host, &g.header) {
+        (Some(Expose::Env), None, None) => {
+            if g.format.is_some() {
+                return Err(format!(
+                    "secret {name}: `format` applies only to a header grant"
+                ));
+            }
+            Ok(SecretGrant {
+                id: format!("secret:{name}:env"),
+                name: name.clone(),
+                value,
+                usage: SecretUse::Env,
+            })
+        }
+        (None, Some(host), Some(header)) => {
+            let pattern = match parse_net_grant(&NetGrantSection::Url(format!("https://{host}"))) {
+                Ok(g) if !host.contains(':') => g.host,
+                _ => {
+                    return Err(format!(
+                        "secret {name}: \"{host}\" is not a host name (such as api.example.com or *.example.com) or IP address"
+                    ));
+                }
+            };
+            if !net.iter().any(|n| pattern.within(&n.host)) {
+                return Err(format!(
+                    "secret {name}: no net grant of this tool covers {pattern}, so the header would never be sent"
+                ));
+            }
+            let header = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("secret {name}: \"{header}\" is not a valid header name"))?;
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                return Err(format!(
+                    "secret {name}: {header} frames or routes the request and cannot carry a secret"
+                ));
+            }
+            let format = g.format.as_deref().unwrap_or("{}");
+            let (prefix, suffix) = match format.split_once("{}") {
+                Some((p, s)) if !s.contains("{}") => (p, s),
+                _ => {
+                    return Err(format!(
+                        "secret {name}: format \"{format}\" must contain `{{}}` exactly once, where the value goes"
+                    ));
+                }
+            };
+            let mut formatted =
+                http::HeaderValue::from_str(&format!("{prefix}{}{suffix}", value.expose()))
+                    .map_err(|_| {
+                        format!("secret {name}: the formatted value is not a valid header value")
+                    })?;
+            formatted.set_sensitive(true);
+            Ok(SecretGrant {
+                id: format!("secret:{name}@{pattern}"),
+                name: name.clone(),
+                value,
+                usage: SecretUse::Header {
+                    host: pattern,
+                    header,
+                    value: formatted,
+                },
+            })
+        }
+        _ => Err(format!(
+            "secret {name}: give either host and header (injected at egress) or expose = \"env\""
+        )),
+    }
+}
+
 /// Resolve and check the grants of one component. `base` is the configuration's directory;
-/// `protected` are host directories no grant may expose (the state directory).
-/// Errors are (key, problem).
+/// `protected` are host directories no grant may expose (the state directory); `secrets` are
+/// the loaded `[secrets]`. Errors are (key, problem).
 pub(crate) fn resolve(
     section: &GrantsSection,
     base: &Path,
     protected: &[PathBuf],
+    secrets: &SecretStore,
 ) -> Result<Grants, (String, String)> {
     let mut fs: Vec<FsGrant> = Vec::with_capacity(section.fs.len());
     for (i, g) in section.fs.iter().enumerate() {
@@ -365,7 +569,40 @@ pub(crate) fn resolve(
         }
         net.push(grant);
     }
-    Ok(Grants { fs, net })
+    let mut tcp: Vec<TcpGrant> = Vec::with_capacity(section.tcp.len());
+    for (i, t) in section.tcp.iter().enumerate() {
+        let key = || format!("grants › tcp[{i}]");
+        let grant = parse_tcp_grant(t).map_err(|p| (key(), p))?;
+        if tcp.iter().any(|g| g.id == grant.id) {
+            return Err((key(), format!("{} is granted twice", grant.id)));
+        }
+        tcp.push(grant);
+    }
+    let mut granted: Vec<SecretGrant> = Vec::with_capacity(section.secrets.len());
+    for (i, g) in section.secrets.iter().enumerate() {
+        let key = || format!("grants › secrets[{i}]");
+        let grant = parse_secret_grant(g, secrets, &net).map_err(|p| (key(), p))?;
+        if granted.iter().any(|s| s.id == grant.id) {
+            return Err((key(), format!("{} is granted twice", grant.id)));
+        }
+        if let SecretUse::Header { host, header, .. } = &grant.usage
+            && granted.iter().any(|s| {
+                matches!(&s.usage, SecretUse::Header { host: h, header: n, .. } if h == host && n == header)
+            })
+        {
+            return Err((
+                key(),
+                format!("another secret is already injected as {header} for {host}"),
+            ));
+        }
+        granted.push(grant);
+    }
+    Ok(Grants {
+        fs,
+        net,
+        tcp,
+        secrets: granted,
+    })
 }
 
 /// Guest paths are absolute and plain: no `.`, `..` or empty segments.
@@ -505,6 +742,7 @@ mod tests {
             &section("fs = [{ host = \"data\", guest = \"/d\", mode = \"ro\" }]"),
             &dir,
             &[],
+            &SecretStore::default(),
         )
         .unwrap();
         assert_eq!(g.fs[0].id, "fs:/d");
@@ -514,6 +752,7 @@ mod tests {
             &section("fs = [{ host = \"file\", guest = \"/d\", mode = \"ro\" }]"),
             &dir,
             &[],
+            &SecretStore::default(),
         )
         .unwrap_err();
         assert!(e.1.ends_with("is not a directory"), "{e:?}");
@@ -521,6 +760,7 @@ mod tests {
             &section("fs = [{ host = \"nope\", guest = \"/d\", mode = \"ro\" }]"),
             &dir,
             &[],
+            &SecretStore::default(),
         )
         .unwrap_err();
         assert_eq!(e.0, "grants › fs[0] › host");
@@ -529,6 +769,7 @@ mod tests {
             &section("fs = [{ host = \".\", guest = \"/d\", mode = \"rw\" }]"),
             &dir,
             &[state],
+            &SecretStore::default(),
         )
         .unwrap_err();
         assert!(
@@ -539,9 +780,130 @@ mod tests {
             &section("fs = [{ host = \"data\", guest = \"/d\", mode = \"ro\" }, { host = \"data\", guest = \"/d/\", mode = \"rw\" }]"),
             &dir,
             &[],
+            &SecretStore::default(),
         )
         .unwrap_err();
         assert!(e.1.contains("granted twice"), "{e:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn store() -> SecretStore {
+        let mut s = SecretStore::default();
+        s.insert("TOKEN", "token-value-123".into()).unwrap();
+        s
+    }
+
+    fn secret_error(grant: &str) -> String {
+        let text = format!(
+            "net = [\"https://api.example.com\", \"https://*.corp.example\"]\nsecrets = [{grant}]"
+        );
+        resolve(&section(&text), Path::new("."), &[], &store())
+            .unwrap_err()
+            .1
+    }
+
+    #[test]
+    fn secret_grants_resolve_and_are_checked() {
+        let g = resolve(
+            &section(
+                "net = [\"https://*.example.com\"]\nsecrets = [{ name = \"TOKEN\", host = \"api.example.com\", header = \"Authorization\", format = \"Bearer {}\" }, { name = \"TOKEN\", expose = \"env\" }]",
+            ),
+            Path::new("."),
+            &[],
+            &store(),
+        )
+        .unwrap();
+        assert_eq!(g.secrets[0].id, "secret:TOKEN@api.example.com");
+        match &g.secrets[0].usage {
+            SecretUse::Header { header, value, .. } => {
+                assert_eq!(header, "authorization");
+                assert_eq!(value, "Bearer token-value-123");
+                assert!(value.is_sensitive());
+            }
+            SecretUse::Env => panic!("a header grant"),
+        }
+        assert_eq!(g.secrets[1].id, "secret:TOKEN:env");
+        assert!(g.holds_readable_secret());
+
+        let h = "host = \"api.example.com\", header = \"Authorization\"";
+        assert!(
+            secret_error(&format!("{{ name = \"OTHER\", {h} }}"))
+                .contains("not declared in [secrets]")
+        );
+        assert!(
+            secret_error("{ name = \"TOKEN\", host = \"api.other.com\", header = \"X-Key\" }")
+                .contains("no net grant of this tool covers api.other.com")
+        );
+        assert!(
+            secret_error("{ name = \"TOKEN\", host = \"*.example.com\", header = \"X-Key\" }")
+                .contains("no net grant")
+        );
+        // A subdomain pattern inside a wildcard grant is covered.
+        let ok = "net = [\"https://*.corp.example\"]\nsecrets = [{ name = \"TOKEN\", host = \"*.a.corp.example\", header = \"X-Key\" }]";
+        assert!(resolve(&section(ok), Path::new("."), &[], &store()).is_ok());
+        assert!(
+            secret_error(&format!("{{ name = \"TOKEN\", {h}, format = \"Bearer\" }}"))
+                .contains("exactly once")
+        );
+        assert!(
+            secret_error(&format!(
+                "{{ name = \"TOKEN\", {h}, format = \"{{}}{{}}\" }}"
+            ))
+            .contains("exactly once")
+        );
+        assert!(
+            secret_error("{ name = \"TOKEN\", host = \"api.example.com\", header = \"Host\" }")
+                .contains("cannot carry a secret")
+        );
+        assert!(
+            secret_error(
+                "{ name = \"TOKEN\", host = \"api.example.com\", header = \"Bad Header\" }"
+            )
+            .contains("not a valid header name")
+        );
+        assert!(
+            secret_error("{ name = \"TOKEN\", host = \"api.example.com\" }")
+                .contains("either host and header")
+        );
+        assert!(
+            secret_error(&format!("{{ name = \"TOKEN\", {h}, expose = \"env\" }}"))
+                .contains("either host and header")
+        );
+        assert!(
+            secret_error(&format!(
+                "{{ name = \"TOKEN\", {h} }}, {{ name = \"TOKEN\", {h} }}"
+            ))
+            .contains("granted twice")
+        );
+    }
+
+    #[test]
+    fn tcp_grants_name_one_address_and_port() {
+        let g = resolve(
+            &section("tcp = [\"127.0.0.1:5432\", \"[::1]:22\"]"),
+            Path::new("."),
+            &[],
+            &SecretStore::default(),
+        )
+        .unwrap();
+        assert_eq!(g.tcp[0].id, "tcp:127.0.0.1:5432");
+        assert!(g.allows_tcp("127.0.0.1:5432".parse().unwrap()));
+        assert!(g.allows_tcp("[::ffff:127.0.0.1]:5432".parse().unwrap()));
+        assert!(!g.allows_tcp("127.0.0.1:5433".parse().unwrap()));
+        assert!(!g.allows_tcp("127.0.0.2:5432".parse().unwrap()));
+        assert!(g.allows_tcp("[::1]:22".parse().unwrap()));
+        for bad in ["db.internal:5432", "127.0.0.1", "127.0.0.1:0", "0.0.0.0:80"] {
+            let text = format!("tcp = [\"{bad}\"]");
+            assert!(
+                resolve(
+                    &section(&text),
+                    Path::new("."),
+                    &[],
+                    &SecretStore::default()
+                )
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 }

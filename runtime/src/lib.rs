@@ -16,4 +16,5 @@ pub mod output;
 pub mod pipeline;
 pub mod policy;
 pub mod sandbox;
+pub mod secrets;
 pub mod units;

@@ -1,6 +1,7 @@
 //! A tool's output, checked against the output limit and turned into an MCP result.
 
 use crate::failure::CallFailure;
+use crate::secrets::Redactor;
 use crate::units::ByteSize;
 use airlock_host_api::{Content, ResourceBody, ToolOutput};
 use base64::Engine as _;
@@ -26,6 +27,25 @@ fn size(out: &ToolOutput) -> usize {
         })
         .sum();
     content + out.structured.as_ref().map_or(0, String::len)
+}
+
+/// Replace secret values in every piece of text in `result`. Binary content (images, audio,
+/// blobs) is passed as is: a value hidden in encoded bytes is beyond a text scan.
+pub fn redact(result: &mut CallToolResult, redactor: &Redactor) {
+    for block in &mut result.content {
+        match block {
+            ContentBlock::Text(t) => redactor.redact_in_place(&mut t.text),
+            ContentBlock::Resource(r) => {
+                if let ResourceContents::TextResourceContents { text, .. } = &mut r.resource {
+                    redactor.redact_in_place(text);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = &mut result.structured_content {
+        redactor.redact_json(s);
+    }
 }
 
 /// Convert the tool's output, refusing it when it is larger than `limit` or malformed.

@@ -2,7 +2,7 @@
 //! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
 //!
 //! Steps present so far: look up → admit (in-flight limits) → validate input → execute in the
-//! sandbox → check output → record. Authentication, authorization, the kill switch, rate
+//! sandbox → check output → redact secrets → record. Authentication, authorization, the kill switch, rate
 //! limits, approval and the audit log slot in at their places as they land.
 
 use crate::catalog::{Catalog, CatalogTool};
@@ -10,7 +10,9 @@ use crate::failure::CallFailure;
 use crate::output;
 use crate::policy::{ConfigError, Policy};
 use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport};
+use crate::secrets::Redactor;
 use rmcp::model::{CallToolResult, JsonObject, Tool};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -60,6 +62,10 @@ impl Airlock {
         let started = Instant::now();
         let mut usage = Usage::default();
         let result = self.steps(name, arguments, ctx, &mut usage).await;
+        let result = match usage.redactor.clone() {
+            Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
+            _ => result,
+        };
         record(name, &result, started, &usage);
         result
     }
@@ -73,6 +79,7 @@ impl Airlock {
     ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
+        usage.redactor = Some(tool.component.prepared.redactor.clone());
         let _permits = self.admit(tool)?;
         let arguments = validate_input(tool, arguments)?;
         let report = self.execute(tool, &arguments, ctx).await;
@@ -148,10 +155,34 @@ fn validate_input(
     Ok(text)
 }
 
+/// The scan of what leaves the host: every secret value in the result, the failure message
+/// or the captured output is replaced by `[REDACTED:NAME]`.
+fn redact(
+    redactor: &Redactor,
+    result: Result<CallToolResult, CallFailure>,
+    usage: &mut Usage,
+) -> Result<CallToolResult, CallFailure> {
+    for (captured, _) in [&mut usage.stdout, &mut usage.stderr] {
+        if !captured.is_empty()
+            && let Cow::Owned(clean) = redactor.redact(&String::from_utf8_lossy(captured))
+        {
+            *captured = clean.into_bytes();
+        }
+    }
+    match result {
+        Ok(mut r) => {
+            output::redact(&mut r, redactor);
+            Ok(r)
+        }
+        Err(f) => Err(f.redacted(redactor)),
+    }
+}
+
 /// What a call consumed, for its log event.
 #[derive(Default)]
 struct Usage {
     component: Option<Arc<str>>,
+    redactor: Option<Arc<Redactor>>,
     fuel_used: Option<u64>,
     peak_memory: usize,
     stdout: (Vec<u8>, u64),

@@ -4,6 +4,7 @@
 
 use crate::bundled;
 use crate::grants::{self, Grants, GrantsSection};
+use crate::secrets::{self, SecretStore, SecretsSection};
 use crate::units::{ByteSize, Span};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -41,6 +42,8 @@ struct ConfigFile {
     server: ServerSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    secrets: SecretsSection,
     #[serde(default, rename = "tool")]
     tools: Vec<ToolSection>,
 }
@@ -189,6 +192,8 @@ pub struct Policy {
     /// The file it came from, or `<embedded default>`.
     pub origin: String,
     pub server: ServerSettings,
+    /// Every secret `[secrets]` declares, loaded.
+    pub secrets: SecretStore,
     pub components: Vec<ComponentEntry>,
 }
 
@@ -240,6 +245,7 @@ impl Policy {
         let server = resolve_server(&file.server, state_dir).map_err(|(k, p)| err(k, p))?;
         let defaults = apply_limits(Limits::default(), &file.limits)
             .map_err(|(k, p)| err(format!("limits › {k}"), p))?;
+        let secrets = secrets::load(&file.secrets, base).map_err(|(k, p)| err(k, p))?;
 
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
         for (i, t) in file.tools.iter().enumerate() {
@@ -274,8 +280,8 @@ impl Policy {
                 }
             };
             let protected = [grants::comparable(&server.state_dir)];
-            let grants =
-                grants::resolve(&t.grants, base, &protected).map_err(|(k, p)| err(key(&k), p))?;
+            let grants = grants::resolve(&t.grants, base, &protected, &secrets)
+                .map_err(|(k, p)| err(key(&k), p))?;
             components.push(ComponentEntry {
                 name: t.name.clone(),
                 source,
@@ -295,6 +301,7 @@ impl Policy {
         Ok(Policy {
             origin: origin.to_owned(),
             server,
+            secrets,
             components,
         })
     }

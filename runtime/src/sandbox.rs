@@ -2,10 +2,11 @@
 //! imports, and the mapping of every way wasm can stop into a named [`CallFailure`].
 
 use crate::capture::Capture;
-use crate::egress::EgressGate;
+use crate::egress::{self, DenialCell, EgressGate};
 use crate::failure::CallFailure;
-use crate::grants::{FsMode, Grants};
+use crate::grants::{FsMode, Grants, SecretUse};
 use crate::policy::Limits;
+use crate::secrets::Redactor;
 use crate::units::ByteSize;
 use airlock_host_api::{LogLevel, ToolOutput, ToolPre, ToolSpec};
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct HostState {
     last_progress: f64,
     http: WasiHttpCtx,
     gate: EgressGate,
+    denial: DenialCell,
+    redactor: Arc<Redactor>,
 }
 
 impl WasiHttpView for HostState {
@@ -71,6 +74,7 @@ impl airlock_host_api::airlock::tool::types::Host for HostState {}
 
 impl airlock_host_api::Host for HostState {
     fn log(&mut self, level: LogLevel, mut message: String) {
+        self.redactor.redact_in_place(&mut message);
         if message.len() > MAX_LOG_MESSAGE {
             let mut end = MAX_LOG_MESSAGE;
             while !message.is_char_boundary(end) {
@@ -92,12 +96,15 @@ impl airlock_host_api::Host for HostState {
         }
     }
 
-    fn progress(&mut self, progress: f64, total: Option<f64>, message: Option<String>) {
+    fn progress(&mut self, progress: f64, total: Option<f64>, mut message: Option<String>) {
         // MCP requires progress to increase; anything else is dropped rather than forwarded.
         if !progress.is_finite() || progress <= self.last_progress {
             return;
         }
         self.last_progress = progress;
+        if let Some(m) = &mut message {
+            self.redactor.redact_in_place(m);
+        }
         if let Some(tx) = &self.events {
             let _ = tx.try_send(GuestEvent::Progress {
                 progress,
@@ -179,6 +186,8 @@ pub struct Prepared {
     pub name: std::sync::Arc<str>,
     pub limits: Limits,
     pub grants: Arc<Grants>,
+    /// Replaces secret values in everything the component sends out.
+    pub redactor: Arc<Redactor>,
 }
 
 /// What the guest is asked to do.
@@ -213,10 +222,11 @@ pub async fn run(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    let denial = DenialCell::default();
     let (granted, grants) = match invocation {
         Invocation::Describe => (Ok(()), Arc::new(Grants::default())),
         Invocation::Call { .. } => (
-            preopen(&mut builder, &prepared.grants),
+            grant(&mut builder, prepared, &denial),
             prepared.grants.clone(),
         ),
     };
@@ -237,7 +247,14 @@ pub async fn run(
         component: prepared.name.clone(),
         last_progress: f64::NEG_INFINITY,
         http: WasiHttpCtx::new(),
-        gate: EgressGate::new(grants, limits.egress(), prepared.name.clone()),
+        gate: EgressGate::new(
+            grants,
+            limits.egress(),
+            prepared.name.clone(),
+            denial.clone(),
+        ),
+        denial,
+        redactor: prepared.redactor.clone(),
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -269,7 +286,7 @@ pub async fn run(
     };
     let peak_memory = store.data().limiter.peak;
     // A refused request ends the call as blocked, whatever the tool made of the refusal.
-    let result = match (store.data().gate.denial(), called) {
+    let result = match (store.data().denial.get().cloned(), called) {
         (Some(denial), Some(tool)) => Err(CallFailure::Blocked { tool, denial }),
         _ => result,
     };
@@ -283,9 +300,28 @@ pub async fn run(
     }
 }
 
-/// Preopen each filesystem grant with its mode. A granted directory that can no longer be
-/// opened fails the call rather than running the tool without it.
-fn preopen(builder: &mut WasiCtxBuilder, grants: &Grants) -> Result<(), CallFailure> {
+/// Give the context what the grants say: each filesystem grant as a preopen with its mode, TCP
+/// behind the socket check, secrets exposed as environment variables.
+/// A granted directory that can no longer be opened fails the call rather than running the
+/// tool without it.
+fn grant(
+    builder: &mut WasiCtxBuilder,
+    prepared: &Prepared,
+    denial: &DenialCell,
+) -> Result<(), CallFailure> {
+    let grants = &prepared.grants;
+    // TCP is on for every call, behind the check: with no TCP grant every connect is refused
+    // there, so the attempt becomes a named denial instead of a silent error.
+    builder.allow_tcp(true).socket_addr_check(egress::tcp_check(
+        grants.clone(),
+        prepared.name.clone(),
+        denial.clone(),
+    ));
+    for s in &grants.secrets {
+        if s.usage == SecretUse::Env {
+            builder.env(&s.name, s.value.expose());
+        }
+    }
     for g in &grants.fs {
         let perms = match g.mode {
             FsMode::Ro => FsPerms::ReadOnly,

@@ -173,11 +173,17 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(config: &Path) -> HttpServer {
+        HttpServer::start_with_env(config, &[])
+    }
+
+    /// The same, with `env` added to airlock's environment.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> HttpServer {
         let mut child = Command::new(airlock())
             .args(["serve", "--http", "127.0.0.1:0", "--config"])
             .arg(config)
             .arg("--state-dir")
             .arg(shared_state_dir())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,225 @@
+//! Secrets: values airlock reads at load time from its own environment or from files in a
+//! secrets directory (`[secrets]`), handed to tools only as grants say, and redacted from
+//! everything that leaves the host. A value is never printed, logged or shown in a `Debug`.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Shortest value accepted: shorter ones cannot be redacted without mangling ordinary text.
+const MIN_LEN: usize = 8;
+
+/// `[secrets]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretsSection {
+    /// Directory of secret files, one per secret, named after it.
+    dir: Option<PathBuf>,
+    /// Secrets read from airlock's own environment.
+    #[serde(default)]
+    env: Vec<String>,
+    /// Secrets read from `<dir>/<NAME>` (a trailing newline is dropped).
+    #[serde(default)]
+    files: Vec<String>,
+}
+
+/// A secret's value. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Arc<str>);
+
+impl SecretValue {
+    /// The value itself, for injection and redaction only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[secret]")
+    }
+}
+
+/// The secrets declared in `[secrets]`, loaded.
+#[derive(Debug, Default, Clone)]
+pub struct SecretStore {
+    secrets: Vec<(String, SecretValue)>,
+}
+
+impl SecretStore {
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
+        self.secrets.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// A redactor for every loaded secret. All of them, not only a tool's own: a tool may come
+    /// upon another's value (in a granted file, say), and it must not leave the host either.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.secrets.iter().map(|(n, v)| (n.as_str(), v)))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl SecretStore {
+    /// Add one secret, refusing bad names, repeats and values too short to redact.
+    pub(crate) fn insert(&mut self, name: &str, value: String) -> Result<(), String> {
+        if !valid_name(name) {
+            return Err(format!("\"{name}\" must be letters, digits and _"));
+        }
+        if self.get(name).is_some() {
+            return Err(format!("secret {name} is declared twice"));
+        }
+        if value.len() < MIN_LEN {
+            return Err(format!(
+                "secret {name} is shorter than {MIN_LEN} bytes, too short to redact reliably"
+            ));
+        }
+        self.secrets
+            .push((name.to_owned(), SecretValue(Arc::from(value))));
+        Ok(())
+    }
+}
+
+/// Load every declared secret; `dir` resolves against `base`. Errors are (key, problem) and
+/// never contain a value.
+pub(crate) fn load(section: &SecretsSection, base: &Path) -> Result<SecretStore, (String, String)> {
+    let mut store = SecretStore::default();
+    for name in &section.env {
+        let key = || "secrets › env".to_owned();
+        let value = std::env::var(name).map_err(|_| {
+            (
+                key(),
+                format!("secret {name} is not set in airlock's environment"),
+            )
+        })?;
+        store.insert(name, value).map_err(|p| (key(), p))?;
+    }
+    if section.files.is_empty() {
+        return Ok(store);
+    }
+    let dir = section.dir.as_ref().map(|d| base.join(d)).ok_or_else(|| {
+        (
+            "secrets › dir".to_owned(),
+            "`files` needs `dir`, the directory holding them".to_owned(),
+        )
+    })?;
+    for name in &section.files {
+        let key = || "secrets › files".to_owned();
+        if !valid_name(name) {
+            return Err((key(), format!("\"{name}\" must be letters, digits and _")));
+        }
+        let path = dir.join(name);
+        let mut value = std::fs::read_to_string(&path).map_err(|e| {
+            (
+                key(),
+                format!("cannot read secret {name} from {}: {e}", path.display()),
+            )
+        })?;
+        // Files written by editors and `echo` end with a newline that is not part of the value.
+        if value.ends_with('\n') {
+            value.pop();
+            if value.ends_with('\r') {
+                value.pop();
+            }
+        }
+        store.insert(name, value).map_err(|p| (key(), p))?;
+    }
+    Ok(store)
+}
+
+/// Replaces granted secret values with `[REDACTED:NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// Longest values first, so that a value containing another is replaced whole.
+    pairs: Vec<(SecretValue, String)>,
+}
+
+impl Redactor {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a SecretValue)>) -> Self {
+        let mut pairs: Vec<(SecretValue, String)> = secrets
+            .into_iter()
+            .map(|(n, v)| (v.clone(), format!("[REDACTED:{n}]")))
+            .collect();
+        pairs.sort_by_key(|(v, _)| std::cmp::Reverse(v.expose().len()));
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        Redactor { pairs }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// `text` with every secret value replaced; borrowed when there is nothing to replace.
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for (value, mark) in &self.pairs {
+            if out.contains(value.expose()) {
+                out = std::borrow::Cow::Owned(out.replace(value.expose(), mark));
+            }
+        }
+        out
+    }
+
+    /// Redact a string in place.
+    pub fn redact_in_place(&self, text: &mut String) {
+        if let std::borrow::Cow::Owned(r) = self.redact(text) {
+            *text = r;
+        }
+    }
+
+    /// Redact every string inside a JSON value.
+    pub fn redact_json(&self, v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => self.redact_in_place(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|x| self.redact_json(x)),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_replaces_every_value_and_debug_hides_them() {
+        let a = SecretValue(Arc::from("s3cr3t-value-1"));
+        let b = SecretValue(Arc::from("s3cr3t-value-1-longer"));
+        let r = Redactor::new([("A", &a), ("B", &b)]);
+        assert_eq!(
+            r.redact("x s3cr3t-value-1-longer y s3cr3t-value-1"),
+            "x [REDACTED:B] y [REDACTED:A]"
+        );
+        assert!(matches!(
+            r.redact("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let mut j = serde_json::json!({"k": ["s3cr3t-value-1", 3]});
+        r.redact_json(&mut j);
+        assert_eq!(j, serde_json::json!({"k": ["[REDACTED:A]", 3]}));
+        assert_eq!(format!("{a:?}"), "[secret]");
+    }
+
+    #[test]
+    fn short_or_missing_secrets_are_load_errors() {
+        let s: SecretsSection =
+            toml::from_str("env = [\"AIRLOCK_TEST_SURELY_UNSET_VAR\"]").unwrap();
+        let e = load(&s, Path::new(".")).unwrap_err();
+        assert!(e.1.contains("is not set"), "{e:?}");
+        let s: SecretsSection = toml::from_str("files = [\"X\"]").unwrap();
+        assert!(
+            load(&s, Path::new("."))
+                .unwrap_err()
+                .1
+                .contains("needs `dir`")
+        );
+    }
+}
