@@ -191,6 +191,7 @@ fn embedded_default_checks_and_lists_the_bundled_tools() {
     assert_eq!(text["limits"]["timeout_ms"], 5000);
     assert_eq!(
         text["grants"],
-        serde_json::json!({"fs": [], "net": [], "secrets": []})
+        serde_json::json!({"fs": [], "net": [], "tcp": [], "secrets": []})
     );
+    assert_eq!(text["holds_readable_secret"], false);
 }

@@ -48,12 +48,24 @@ fn blocked(s: &Session) -> String {
     let c = s.call("t");
     assert_eq!(c["is_error"], true, "{c}");
     assert_eq!(outcome(c), "blocked_by_policy", "{c}");
+    // The call's log event names the tool, the grant kind and the target.
+    let event = s
+        .stderr
+        .lines()
+        .find(|l| l.contains("call blocked by policy"))
+        .unwrap_or_else(|| panic!("no policy log event:\n{}", s.stderr));
     assert!(
-        s.stderr.contains("grant_kind=\"tcp\""),
-        "no policy log event:\n{}",
-        s.stderr
+        event.contains("tool=\"fixture_tcp\"") && event.contains("grant_kind=\"tcp\""),
+        "{event}"
     );
-    c["text"].as_str().unwrap().to_owned()
+    let text = c["text"].as_str().unwrap().to_owned();
+    let target = event
+        .split("target=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap();
+    assert!(text.contains(target), "{event}\n{text}");
+    text
 }
 
 #[test]

@@ -179,6 +179,85 @@ fn refuse(denial: &OnceLock<Denial>, component: &str, d: Denial) -> Error {
     Error::HttpRequestDenied
 }
 
+/// A request the grants admit, before its name is resolved.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Index of the covering grant in `Grants::net`.
+    pub grant: usize,
+    pub https: bool,
+    /// Lower case, without brackets or a trailing dot.
+    pub host: String,
+    pub port: u16,
+}
+
+/// `host:port` as denials show it.
+fn target(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The policy check of one request, without I/O: the network grant covering its scheme, host,
+/// port and method, and the secret headers granted for its host, set on the request (after
+/// the guest built it, so a header of the same name the guest set is replaced).
+pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admitted, Denial> {
+    let uri = request.uri();
+    let https = uri.scheme() == Some(&Scheme::HTTPS);
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let method = request.method().as_str();
+    let Some(grant) = grants
+        .net
+        .iter()
+        .position(|g| g.covers(https, &host, port, method))
+    else {
+        return Err(Denial::NotGranted {
+            method: method.to_owned(),
+            target: target(&host, port),
+        });
+    };
+    for secret in &grants.secrets {
+        if let SecretUse::Header {
+            host: pattern,
+            header,
+            value,
+        } = &secret.usage
+            && pattern.matches(&host)
+        {
+            request.headers_mut().insert(header.clone(), value.clone());
+        }
+    }
+    Ok(Admitted {
+        grant,
+        https,
+        host,
+        port,
+    })
+}
+
+/// The first of `addresses` (the resolved name) the grant allows; otherwise the first refused
+/// address and its range (an empty list is refused as the unspecified address).
+pub fn pick_address(
+    grant: &NetGrant,
+    addresses: &[SocketAddr],
+) -> Result<SocketAddr, (IpAddr, &'static str)> {
+    if let Some(ok) = addresses.iter().find(|a| grant.allows_address(a.ip())) {
+        return Ok(*ok);
+    }
+    let first = addresses
+        .first()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    Err((first, special_range(first).unwrap_or("non-public")))
+}
+
 impl WasiHttpHooks for EgressGate {
     fn send_request(
         &mut self,
@@ -186,59 +265,36 @@ impl WasiHttpHooks for EgressGate {
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let uri = request.uri();
-        let https = uri.scheme() == Some(&Scheme::HTTPS);
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let method = request.method().as_str().to_owned();
-        let target = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let Some(grant) = self
-            .grants
-            .net
-            .iter()
-            .find(|g| g.covers(https, &host, port, &method))
-            .cloned()
-        else {
-            let e = refuse(
-                &self.denial,
-                &self.component,
-                Denial::NotGranted { method, target },
-            );
-            return Box::new(async move { Err(e) });
-        };
-        // Set after the guest built the request, so a header of the same name it set is replaced.
-        for secret in &self.grants.secrets {
-            if let SecretUse::Header {
-                host: pattern,
-                header,
-                value,
-            } = &secret.usage
-                && pattern.matches(&host)
-            {
-                request.headers_mut().insert(header.clone(), value.clone());
+        let admitted = match admit(&self.grants, &mut request) {
+            Ok(a) => a,
+            Err(d) => {
+                let e = refuse(&self.denial, &self.component, d);
+                return Box::new(async move { Err(e) });
             }
-        }
-        let (denial, component, limits) =
-            (self.denial.clone(), self.component.clone(), self.limits);
+        };
+        let (grants, denial, component, limits) = (
+            self.grants.clone(),
+            self.denial.clone(),
+            self.component.clone(),
+            self.limits,
+        );
         Box::new(async move {
-            let address = match checked_address(&grant, &host, port, limits.timeout).await? {
+            let Admitted {
+                grant,
+                https,
+                host,
+                port,
+            } = admitted;
+            let grant = &grants.net[grant];
+            let addresses = resolve(&host, port, limits.timeout).await?;
+            let address = match pick_address(grant, &addresses) {
                 Ok(a) => a,
                 Err((address, range)) => {
                     return Err(refuse(
                         &denial,
                         &component,
                         Denial::Address {
-                            target,
+                            target: target(&host, port),
                             address,
                             range,
                         },
@@ -251,14 +307,8 @@ impl WasiHttpHooks for EgressGate {
     }
 }
 
-/// Resolve `host` and pick an address the grant allows. `Ok(Err(..))` names the first refused
-/// address when none is allowed.
-async fn checked_address(
-    grant: &NetGrant,
-    host: &str,
-    port: u16,
-    timeout: Span,
-) -> Result<Result<SocketAddr, (IpAddr, &'static str)>, Error> {
+/// The addresses of `host` (itself when it is an IP literal), resolved by the host.
+async fn resolve(host: &str, port: u16, timeout: Span) -> Result<Vec<SocketAddr>, Error> {
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::time::timeout(timeout.0, tokio::net::lookup_host((host, port)))
@@ -270,11 +320,10 @@ async fn checked_address(
             })?
             .collect(),
     };
-    if let Some(ok) = addresses.iter().find(|a| grant.allows_address(a.ip())) {
-        return Ok(Ok(*ok));
+    if addresses.is_empty() {
+        return Err(Error::DestinationNotFound);
     }
-    let first = addresses.first().ok_or(Error::DestinationNotFound)?.ip();
-    Ok(Err((first, special_range(first).unwrap_or("non-public"))))
+    Ok(addresses)
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

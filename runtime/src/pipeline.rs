@@ -204,6 +204,11 @@ fn record(
             target: "airlock::call", tool, component, outcome = "completed",
             is_error = r.is_error.unwrap_or(false), duration_us, fuel_used, peak_memory, "call completed"
         ),
+        Err(CallFailure::Blocked { denial, .. }) => tracing::warn!(
+            target: "airlock::call", tool, component, outcome = "blocked_by_policy",
+            grant_kind = denial.grant_kind(), target = denial.target(),
+            duration_us, fuel_used, peak_memory, reason = %denial, "call blocked by policy"
+        ),
         Err(f) => tracing::warn!(
             target: "airlock::call", tool, component, outcome = f.kind(),
             duration_us, fuel_used, peak_memory, reason = %f, "call failed"

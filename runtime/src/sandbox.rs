@@ -213,28 +213,16 @@ pub async fn run(
     let limits = &prepared.limits;
     let cap = limits.capture_bytes.as_usize();
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
-    // Nothing beyond the grants: no env, no args, no network, no name lookup. `describe()`
-    // gets no grants at all.
-    let mut builder = WasiCtxBuilder::new();
-    builder
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
     let denial = DenialCell::default();
-    let (granted, grants) = match invocation {
-        Invocation::Describe => (Ok(()), Arc::new(Grants::default())),
-        Invocation::Call { .. } => (
-            grant(&mut builder, prepared, &denial),
-            prepared.grants.clone(),
-        ),
+    let (granted, grants, called) = match invocation {
+        Invocation::Describe => (false, Arc::new(Grants::default()), None),
+        Invocation::Call { tool, .. } => (true, prepared.grants.clone(), Some(tool.to_owned())),
     };
-    let called = match invocation {
-        Invocation::Describe => None,
-        Invocation::Call { tool, .. } => Some(tool.to_owned()),
+    let (wasi, granted) = match wasi_context(prepared, granted, &stdout, &stderr, &denial) {
+        Ok(w) => (w, Ok(())),
+        // The call fails before the guest runs; an empty context stands in for the store.
+        Err(f) => (WasiCtxBuilder::new().build(), Err(f)),
     };
-    let wasi = builder.build();
     let state = HostState {
         wasi,
         table: ResourceTable::new(),
@@ -300,10 +288,31 @@ pub async fn run(
     }
 }
 
-/// Give the context what the grants say: each filesystem grant as a preopen with its mode, TCP
-/// behind the socket check, secrets exposed as environment variables.
-/// A granted directory that can no longer be opened fails the call rather than running the
-/// tool without it.
+/// The WASI context of one invocation: captured stdout and stderr and nothing ambient (no env,
+/// no args, no directories, no network, no name lookup). With `granted` (a call; `describe()`
+/// gets nothing), also what the grants say: each filesystem grant as a preopen with its mode,
+/// TCP behind the socket check, secrets exposed as environment variables. A granted directory
+/// that can no longer be opened fails the call rather than running the tool without it.
+pub fn wasi_context(
+    prepared: &Prepared,
+    granted: bool,
+    stdout: &Capture,
+    stderr: &Capture,
+    denial: &DenialCell,
+) -> Result<WasiCtx, CallFailure> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if granted {
+        grant(&mut builder, prepared, denial)?;
+    }
+    Ok(builder.build())
+}
+
 fn grant(
     builder: &mut WasiCtxBuilder,
     prepared: &Prepared,
