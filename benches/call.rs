@@ -4,11 +4,13 @@
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
-use airlock::pipeline::{Airlock, CallContext};
+use airlock::audit::AuditLog;
+use airlock::pipeline::{Airlock, CallContext, Caller};
 use airlock::policy::Policy;
 use airlock::sandbox::{self, Invocation};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 fn load() -> (tokio::runtime::Runtime, Airlock) {
@@ -23,7 +25,7 @@ fn load() -> (tokio::runtime::Runtime, Airlock) {
     );
     let state = std::env::temp_dir().join("airlock-bench-state");
     let policy = Policy::parse(&config, "bench.toml", Path::new("."), Some(&state)).unwrap();
-    let airlock = rt.block_on(Airlock::load(policy)).unwrap();
+    let airlock = rt.block_on(Airlock::load(policy, AuditLog::off())).unwrap();
     (rt, airlock)
 }
 
@@ -56,7 +58,10 @@ fn bench(c: &mut Criterion) {
                 cancel: CancellationToken::new(),
                 events: None,
             };
-            let r = airlock.call("fixture_echo", Some(&args), ctx).await;
+            let caller = Caller::new(Arc::from("bench"), None);
+            let r = airlock
+                .call("fixture_echo", Some(&args), &caller, ctx)
+                .await;
             assert!(r.is_ok());
         })
     });

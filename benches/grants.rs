@@ -6,6 +6,7 @@
 //!
 //! Run: `cargo bench -p airlock-benches --bench grants`
 
+use airlock::audit::AuditLog;
 use airlock::capture::Capture;
 use airlock::egress::{self, DenialCell};
 use airlock::pipeline::Airlock;
@@ -82,7 +83,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let airlock = rt.block_on(Airlock::load(policy)).unwrap();
+    let airlock = rt.block_on(Airlock::load(policy, AuditLog::off())).unwrap();
     let component = airlock
         .catalog()
         .tool("fixture_echo")

@@ -1,5 +1,6 @@
-//! The `airlock` command line: `serve`, `tools`, `check`.
+//! The `airlock` command line: `serve`, `tools`, `check`, `audit`.
 
+use crate::audit::{self, AuditLog};
 use crate::grants::SecretUse;
 use crate::pipeline::Airlock;
 use crate::policy::Policy;
@@ -37,9 +38,12 @@ struct ConfigArgs {
     /// bundled example tools).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// State directory (compile cache); overrides `[server] state_dir`.
+    /// State directory (compile cache, audit key); overrides `[server] state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Audit log directory; overrides `[audit] dir`.
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +73,42 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         state_dir: Option<PathBuf>,
+    },
+    /// The audit log: verify it, print the checkpoint key, follow it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and checkpoint signatures of FILEs (default: the configured log);
+    /// prints counts and OK, or the first broken, missing or reordered record, and fails.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The checkpoint public key, hex (default: the state directory's key).
+        #[arg(long)]
+        key: Option<String>,
+        /// Log files, oldest first.
+        files: Vec<PathBuf>,
+    },
+    /// Print the public key that verifies checkpoints (created on first use).
+    Key {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print the last records of the log and follow new ones.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Records to print before following.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
     },
 }
 
@@ -120,10 +160,23 @@ fn load_policy(config: Option<&Path>, state_dir: Option<&Path>) -> Result<Policy
     Ok(policy)
 }
 
-async fn load(config: Option<&Path>, state_dir: Option<&Path>) -> Result<Arc<Airlock>> {
-    let policy = load_policy(config, state_dir)?;
+fn load_policy_args(args: &ConfigArgs) -> Result<Policy> {
+    let mut policy = load_policy(args.config.as_deref(), args.state_dir.as_deref())?;
+    if let Some(dir) = &args.audit_dir {
+        policy.audit.dir = dir.clone();
+    }
+    Ok(policy)
+}
+
+/// Load the catalog. Only a serving process opens the audit log; the others record nothing.
+async fn load(policy: Policy, serving: bool) -> Result<Arc<Airlock>> {
     tracing::info!(config = %policy.origin, components = policy.components.len(), "loading");
-    Ok(Arc::new(Airlock::load(policy).await?))
+    let audit = if serving {
+        AuditLog::open(&policy.audit, &policy.server.state_dir)?
+    } else {
+        AuditLog::off()
+    };
+    Ok(Arc::new(Airlock::load(policy, audit).await?))
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -133,7 +186,7 @@ async fn run(command: Command) -> Result<()> {
             stdio,
             http,
         } => {
-            let airlock = load(config.config.as_deref(), config.state_dir.as_deref()).await?;
+            let airlock = load(load_policy_args(&config)?, true).await?;
             tracing::info!(tools = airlock.tools().len(), "loaded");
             if stdio {
                 crate::mcp::serve_stdio(airlock).await
@@ -150,11 +203,12 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Tools { config, json } => {
-            let airlock = load(config.config.as_deref(), config.state_dir.as_deref()).await?;
+            let airlock = load(load_policy_args(&config)?, false).await?;
             print_tools(&airlock, json)
         }
         Command::Check { config, state_dir } => {
-            let airlock = load(config.as_deref(), state_dir.as_deref()).await?;
+            let airlock =
+                load(load_policy(config.as_deref(), state_dir.as_deref())?, false).await?;
             let c = airlock.catalog();
             println!(
                 "OK: {} is valid: {} components, {} tools",
@@ -162,6 +216,60 @@ async fn run(command: Command) -> Result<()> {
                 c.components.len(),
                 airlock.tools().len()
             );
+            Ok(())
+        }
+        Command::Audit { command } => run_audit(command).await,
+    }
+}
+
+async fn run_audit(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Key { config } => {
+            let policy = load_policy_args(&config)?;
+            println!("{}", audit::public_key(&policy.server.state_dir)?);
+            Ok(())
+        }
+        AuditCommand::Verify { config, key, files } => {
+            let (files, key) = if files.is_empty() || key.is_none() {
+                let policy = load_policy_args(&config)?;
+                let files = if files.is_empty() {
+                    audit::log_files(&policy.audit.dir)
+                        .with_context(|| format!("cannot list {}", policy.audit.dir.display()))?
+                } else {
+                    files
+                };
+                let key = match key {
+                    Some(k) => k,
+                    None => audit::public_key(&policy.server.state_dir)?,
+                };
+                (files, key)
+            } else {
+                (files, key.unwrap_or_default())
+            };
+            anyhow::ensure!(!files.is_empty(), "no audit log files to verify");
+            let v = audit::verify(&files, &key)
+                .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))?;
+            println!(
+                "OK: {} records, {} checkpoints, {} files, last record {}{}",
+                v.records,
+                v.checkpoints,
+                v.files,
+                v.last_seq,
+                if v.sealed {
+                    " (sealed by a checkpoint)"
+                } else {
+                    " (not sealed: the log is in use, or its writer stopped without closing it)"
+                }
+            );
+            Ok(())
+        }
+        AuditCommand::Tail {
+            config,
+            lines,
+            no_follow,
+        } => {
+            let policy = load_policy_args(&config)?;
+            audit::tail(&policy.audit.dir, lines, !no_follow).await?;
             Ok(())
         }
     }

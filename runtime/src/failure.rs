@@ -52,6 +52,9 @@ pub enum CallFailure {
     /// The host could not start the call (for example, no instance slot was free).
     #[error("the host could not run the tool: {0}")]
     HostError(String),
+    /// The call's audit record could not be made durable, so its result is withheld.
+    #[error("the audit log is unavailable, so the result is withheld: {0}")]
+    AuditUnavailable(String),
 }
 
 impl CallFailure {
@@ -87,6 +90,20 @@ impl CallFailure {
             CallFailure::Cancelled => "cancelled",
             CallFailure::ToolFailed(_) => "tool_failed",
             CallFailure::HostError(_) => "host_error",
+            CallFailure::AuditUnavailable(_) => "audit_unavailable",
+        }
+    }
+
+    /// `denied` when a policy or limit refused the call before or while it ran, `failed` when
+    /// it ran and did not finish well.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            CallFailure::UnknownTool(_)
+            | CallFailure::ServerBusy { .. }
+            | CallFailure::ToolBusy { .. }
+            | CallFailure::ArgumentsTooLarge { .. }
+            | CallFailure::Blocked { .. } => "denied",
+            _ => "failed",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Tools are WASI components; every call runs in a fresh wasmtime store under CPU, memory, time
 //! and stack limits. The call path is [`pipeline::Airlock::call`].
 
+pub mod audit;
 pub mod bundled;
 pub mod capture;
 pub mod catalog;

@@ -4,7 +4,7 @@
 #![allow(deprecated)] // MCP logging is deprecated (SEP-2577) but still what clients use.
 
 use crate::failure::CallFailure;
-use crate::pipeline::{Airlock, CallContext};
+use crate::pipeline::{Airlock, CallContext, Caller};
 use crate::sandbox::GuestEvent;
 use airlock_host_api::LogLevel;
 use anyhow::{Context, Result, bail};
@@ -25,19 +25,31 @@ use tokio_util::sync::CancellationToken;
 
 /// The `_meta` key carrying the named outcome of a failed call (`cpu_budget_exhausted`, …).
 pub const OUTCOME_META_KEY: &str = "airlock/outcome";
+/// The `_meta` key carrying the call's id, as in its audit record.
+pub const CALL_ID_META_KEY: &str = "airlock/call_id";
+/// The `_meta` key carrying the correlation id (the request's W3C trace id, else generated).
+pub const CORRELATION_META_KEY: &str = "airlock/correlation_id";
+
+/// The principal of stdio sessions.
+pub const LOCAL_PRINCIPAL: &str = "local";
+/// The principal of HTTP requests until client authentication exists (loopback only).
+pub const ANONYMOUS_PRINCIPAL: &str = "anonymous";
 
 /// One MCP session (stdio has one; HTTP one per session or stateless request).
 #[derive(Clone)]
 pub struct McpServer {
     airlock: Arc<Airlock>,
+    /// Who calls through this session.
+    principal: Arc<str>,
     /// The level set with `logging/setLevel` (pre-2026-07-28 clients).
     session_log_level: Arc<Mutex<Option<LoggingLevel>>>,
 }
 
 impl McpServer {
-    pub fn new(airlock: Arc<Airlock>) -> Self {
+    pub fn new(airlock: Arc<Airlock>, principal: Arc<str>) -> Self {
         McpServer {
             airlock,
+            principal,
             session_log_level: Arc::new(Mutex::new(None)),
         }
     }
@@ -79,6 +91,20 @@ fn failure_result(f: &CallFailure) -> CallToolResult {
     let mut meta = serde_json::Map::new();
     meta.insert(OUTCOME_META_KEY.into(), f.kind().into());
     r.meta = Some(MetaObject(meta));
+    r
+}
+
+/// Put the call's ids in the result's `_meta`.
+fn with_ids(mut r: CallToolResult, caller: &Caller) -> CallToolResult {
+    let meta = &mut r
+        .meta
+        .get_or_insert_with(|| MetaObject(serde_json::Map::new()))
+        .0;
+    meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());
+    meta.insert(
+        CORRELATION_META_KEY.into(),
+        caller.correlation_id.clone().into(),
+    );
     r
 }
 
@@ -173,13 +199,19 @@ impl ServerHandler for McpServer {
             (None, None)
         };
 
+        let traceparent = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let caller = Caller::new(self.principal.clone(), traceparent);
         let ctx = CallContext {
             cancel: context.ct.clone(),
             events,
         };
         let result = self
             .airlock
-            .call(&request.name, request.arguments.as_ref(), ctx)
+            .call(&request.name, request.arguments.as_ref(), &caller, ctx)
             .await;
         // The sender went with the call's store; wait for the last notifications to go out so
         // that none follows the response.
@@ -187,19 +219,20 @@ impl ServerHandler for McpServer {
             let _ = task.await;
         }
         match result {
-            Ok(r) => Ok(r.into()),
+            Ok(r) => Ok(with_ids(r, &caller).into()),
             Err(CallFailure::UnknownTool(name)) => Err(ErrorData::invalid_params(
                 format!("unknown tool `{name}`"),
                 None,
             )),
-            Err(f) => Ok(failure_result(&f).into()),
+            Err(f) => Ok(with_ids(failure_result(&f), &caller).into()),
         }
     }
 }
 
-/// Serve MCP on stdin/stdout until the client closes the stream.
+/// Serve MCP on stdin/stdout until the client closes the stream. Calls are made by the local
+/// principal: whoever started the process.
 pub async fn serve_stdio(airlock: Arc<Airlock>) -> Result<()> {
-    let service = McpServer::new(airlock)
+    let service = McpServer::new(airlock, Arc::from(LOCAL_PRINCIPAL))
         .serve(rmcp::transport::stdio())
         .await
         .context("MCP initialisation on stdio failed")?;
@@ -231,7 +264,12 @@ pub async fn serve_http(
     config = config.enforce_origin_validation();
     let factory_airlock = airlock.clone();
     let service = StreamableHttpService::new(
-        move || Ok(McpServer::new(factory_airlock.clone())),
+        move || {
+            Ok(McpServer::new(
+                factory_airlock.clone(),
+                Arc::from(ANONYMOUS_PRINCIPAL),
+            ))
+        },
         LocalSessionManager::default().into(),
         config,
     );

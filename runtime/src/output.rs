@@ -29,6 +29,30 @@ fn size(out: &ToolOutput) -> usize {
     content + out.structured.as_ref().map_or(0, String::len)
 }
 
+/// Bytes of content in an MCP result as sent (binary content counted base64-encoded).
+pub fn size_of_result(result: &CallToolResult) -> usize {
+    let content: usize = result
+        .content
+        .iter()
+        .map(|c| match c {
+            ContentBlock::Text(t) => t.text.len(),
+            ContentBlock::Image(i) => i.data.len(),
+            ContentBlock::Audio(a) => a.data.len(),
+            ContentBlock::Resource(r) => match &r.resource {
+                ResourceContents::TextResourceContents { text, .. } => text.len(),
+                ResourceContents::BlobResourceContents { blob, .. } => blob.len(),
+                _ => 0,
+            },
+            _ => 0,
+        })
+        .sum();
+    let structured = result
+        .structured_content
+        .as_ref()
+        .map_or(0, |s| serde_json::to_vec(s).map_or(0, |v| v.len()));
+    content + structured
+}
+
 /// Replace secret values in every piece of text in `result`. Binary content (images, audio,
 /// blobs) is passed as is: a value hidden in encoded bytes is beyond a text scan.
 pub fn redact(result: &mut CallToolResult, redactor: &Redactor) {

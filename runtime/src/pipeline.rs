@@ -2,16 +2,19 @@
 //! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
 //!
 //! Steps present so far: look up → admit (in-flight limits) → validate input → execute in the
-//! sandbox → check output → redact secrets → record. Authentication, authorization, the kill switch, rate
-//! limits, approval and the audit log slot in at their places as they land.
+//! sandbox → check output → redact secrets → audit record (durable before the response) → log
+//! event. Authentication, authorization, the kill switch, rate limits and approval slot in at
+//! their places as they land.
 
+use crate::audit::AuditLog;
 use crate::catalog::{Catalog, CatalogTool};
 use crate::failure::CallFailure;
 use crate::output;
-use crate::policy::{ConfigError, Policy};
+use crate::policy::{AuditArguments, ConfigError, Policy};
 use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport};
-use crate::secrets::Redactor;
+use crate::secrets::{Redactor, Shapes};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
+use sha2::Digest;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,19 +29,89 @@ pub struct CallContext {
     pub events: Option<mpsc::Sender<GuestEvent>>,
 }
 
-/// The host: a loaded catalog and the server-wide limits.
+/// Who makes a call and how the call is known, for the audit record.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<str>,
+    /// Unique per call; returned to the client in `_meta`.
+    pub call_id: String,
+    /// The W3C trace id the request carried, else generated; returned to the client in `_meta`.
+    pub correlation_id: String,
+    /// The calling tool's call, for nested calls.
+    pub parent_call_id: Option<String>,
+}
+
+impl Caller {
+    /// A top-level call by `principal`, correlated with `traceparent` when it is a valid W3C
+    /// trace context header.
+    pub fn new(principal: Arc<str>, traceparent: Option<&str>) -> Caller {
+        let call_id = random_id();
+        let correlation_id = traceparent
+            .and_then(trace_id)
+            .unwrap_or_else(|| call_id.clone());
+        Caller {
+            principal,
+            call_id,
+            correlation_id,
+            parent_call_id: None,
+        }
+    }
+}
+
+/// 128 random bits, hex.
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    // getrandom fails only without any entropy source; a time-and-counter id still keeps calls
+    // apart in the record.
+    if getrandom::getrandom(&mut b).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b[..8].copy_from_slice(&t.to_be_bytes());
+        b[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    hex::encode(b)
+}
+
+/// The trace id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
+fn trace_id(header: &str) -> Option<String> {
+    let mut parts = header.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0'))
+    .then(|| trace.to_ascii_lowercase())
+}
+
+/// The host: a loaded catalog, the server-wide limits and the audit log.
 pub struct Airlock {
     catalog: Catalog,
     in_flight: Arc<Semaphore>,
+    audit: AuditLog,
+    shapes: Shapes,
 }
 
 impl Airlock {
-    /// Load every component of `policy`.
-    pub async fn load(policy: Policy) -> Result<Airlock, ConfigError> {
+    /// Load every component of `policy`; decisions go to `audit`.
+    pub async fn load(policy: Policy, audit: AuditLog) -> Result<Airlock, ConfigError> {
         let in_flight = Arc::new(Semaphore::new(policy.server.max_in_flight as usize));
+        let shapes = Shapes::new(&policy.audit.redact_patterns).map_err(|e| ConfigError {
+            file: policy.origin.clone(),
+            key: "audit › redact_patterns".into(),
+            problem: e.to_string(),
+        })?;
         Ok(Airlock {
             catalog: Catalog::load(policy).await?,
             in_flight,
+            audit,
+            shapes,
         })
     }
 
@@ -52,11 +125,13 @@ impl Airlock {
     }
 
     /// Run one call through the pipeline. Every outcome, including refusals before the
-    /// sandbox, leaves a structured log event.
+    /// sandbox, leaves an audit record (on disk before this returns) and a structured log
+    /// event. When the record cannot be written the call fails: no result leaves unrecorded.
     pub async fn call(
         &self,
         name: &str,
         arguments: Option<&JsonObject>,
+        caller: &Caller,
         ctx: CallContext,
     ) -> Result<CallToolResult, CallFailure> {
         let started = Instant::now();
@@ -66,8 +141,98 @@ impl Airlock {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
             _ => result,
         };
-        record(name, &result, started, &usage);
+        let audited = self
+            .audit_call(name, arguments, caller, &result, started, &usage)
+            .await;
+        let result = match audited {
+            Ok(_) => result,
+            Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
+        };
+        record(name, caller, &result, started, &usage);
         result
+    }
+
+    /// Write the call's audit record and wait until it is durable.
+    async fn audit_call(
+        &self,
+        tool: &str,
+        arguments: Option<&JsonObject>,
+        caller: &Caller,
+        result: &Result<CallToolResult, CallFailure>,
+        started: Instant,
+        usage: &Usage,
+    ) -> Result<u64, crate::audit::AuditError> {
+        if !self.audit.is_on() {
+            return Ok(0);
+        }
+        let empty = JsonObject::new();
+        let arguments = arguments.unwrap_or(&empty);
+        let mut canonical = Vec::with_capacity(256);
+        write_canonical(
+            &serde_json::Value::Object(arguments.clone()),
+            &mut canonical,
+        );
+        let kept = match usage.audit_arguments {
+            AuditArguments::None => None,
+            AuditArguments::Full => Some(serde_json::Value::Object(arguments.clone())),
+            AuditArguments::Redacted => {
+                let mut v = serde_json::Value::Object(arguments.clone());
+                self.scrub_json(&mut v, usage.redactor.as_deref());
+                Some(v)
+            }
+        };
+        let (decision, outcome, reason, tool_error, output_bytes) = match result {
+            Ok(r) => (
+                "completed",
+                "completed",
+                None,
+                r.is_error.unwrap_or(false),
+                output::size_of_result(r),
+            ),
+            Err(f) => (
+                f.decision(),
+                f.kind(),
+                Some(self.scrub(&f.to_string(), usage.redactor.as_deref())),
+                false,
+                0,
+            ),
+        };
+        let record = CallRecord {
+            principal: &caller.principal,
+            tool,
+            component: usage.component.as_deref(),
+            call_id: &caller.call_id,
+            parent_call_id: caller.parent_call_id.as_deref(),
+            correlation_id: &caller.correlation_id,
+            decision,
+            outcome,
+            reason,
+            tool_error,
+            arguments_sha256: hex::encode(sha2::Sha256::digest(&canonical)),
+            arguments: kept,
+            duration_us: started.elapsed().as_micros() as u64,
+            fuel_used: usage.fuel_used,
+            peak_memory: usage.peak_memory,
+            output_bytes,
+        };
+        self.audit.append("call", &record).await
+    }
+
+    /// Secret values, then secret shapes, out of `text`.
+    fn scrub(&self, text: &str, redactor: Option<&Redactor>) -> String {
+        let text = redactor.map_or(Cow::Borrowed(text), |r| r.redact(text));
+        self.shapes.redact(&text).into_owned()
+    }
+
+    fn scrub_json(&self, v: &mut serde_json::Value, redactor: Option<&Redactor>) {
+        match v {
+            serde_json::Value::String(s) => *s = self.scrub(s, redactor),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.scrub_json(x, redactor)),
+            serde_json::Value::Object(o) => {
+                o.values_mut().for_each(|x| self.scrub_json(x, redactor))
+            }
+            _ => {}
+        }
     }
 
     async fn steps(
@@ -79,6 +244,7 @@ impl Airlock {
     ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
+        usage.audit_arguments = tool.component.entry.audit_arguments;
         usage.redactor = Some(tool.component.prepared.redactor.clone());
         let _permits = self.admit(tool)?;
         let arguments = validate_input(tool, arguments)?;
@@ -178,9 +344,71 @@ fn redact(
     }
 }
 
+/// One call's audit record (the fields after `kind`).
+#[derive(serde::Serialize)]
+struct CallRecord<'a> {
+    principal: &'a str,
+    tool: &'a str,
+    component: Option<&'a str>,
+    call_id: &'a str,
+    parent_call_id: Option<&'a str>,
+    correlation_id: &'a str,
+    /// `completed`, `denied` or `failed`.
+    decision: &'static str,
+    /// The named outcome (`completed`, `blocked_by_policy`, `cpu_budget_exhausted`, …).
+    outcome: &'static str,
+    reason: Option<String>,
+    /// The tool ran and returned an error result of its own.
+    tool_error: bool,
+    /// sha256 of the arguments as canonical JSON (sorted keys, no whitespace).
+    arguments_sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<serde_json::Value>,
+    duration_us: u64,
+    fuel_used: Option<u64>,
+    peak_memory: usize,
+    output_bytes: usize,
+}
+
+/// JSON with object keys sorted and no whitespace, so that equal arguments hash equally
+/// whatever order the client sent them in.
+fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Serialising a string or a JSON value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                write_canonical(&o[k], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
+}
+
 /// What a call consumed, for its log event.
 #[derive(Default)]
 struct Usage {
+    audit_arguments: AuditArguments,
     component: Option<Arc<str>>,
     redactor: Option<Arc<Redactor>>,
     fuel_used: Option<u64>,
@@ -192,25 +420,27 @@ struct Usage {
 /// The structured log event of a finished call, and the guest's captured output.
 fn record(
     tool: &str,
+    caller: &Caller,
     result: &Result<CallToolResult, CallFailure>,
     started: Instant,
     usage: &Usage,
 ) {
     let component = usage.component.as_deref().unwrap_or("-");
+    let (principal, call_id) = (&*caller.principal, caller.call_id.as_str());
     let duration_us = started.elapsed().as_micros() as u64;
     let (fuel_used, peak_memory) = (usage.fuel_used, usage.peak_memory);
     match result {
         Ok(r) => tracing::info!(
-            target: "airlock::call", tool, component, outcome = "completed",
+            target: "airlock::call", tool, component, principal, call_id, outcome = "completed",
             is_error = r.is_error.unwrap_or(false), duration_us, fuel_used, peak_memory, "call completed"
         ),
         Err(CallFailure::Blocked { denial, .. }) => tracing::warn!(
-            target: "airlock::call", tool, component, outcome = "blocked_by_policy",
+            target: "airlock::call", tool, component, principal, call_id, outcome = "blocked_by_policy",
             grant_kind = denial.grant_kind(), target = denial.target(),
             duration_us, fuel_used, peak_memory, reason = %denial, "call blocked by policy"
         ),
         Err(f) => tracing::warn!(
-            target: "airlock::call", tool, component, outcome = f.kind(),
+            target: "airlock::call", tool, component, principal, call_id, outcome = f.kind(),
             duration_us, fuel_used, peak_memory, reason = %f, "call failed"
         ),
     }
@@ -221,5 +451,42 @@ fn record(
                 text = %String::from_utf8_lossy(kept), "guest output"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"b": [1, {"z": 1, "a": "x"}], "a": null}"#).unwrap();
+        let mut out = Vec::new();
+        write_canonical(&v, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":null,"b":[1,{"a":"x","z":1}]}"#
+        );
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        assert_eq!(
+            trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id("garbage"), None);
+        let c = Caller::new(Arc::from("p"), None);
+        assert_eq!(c.call_id.len(), 32);
+        assert_eq!(c.correlation_id, c.call_id);
     }
 }

@@ -2,6 +2,7 @@
 //! of the host works from. Everything that can be checked is checked here, at load time, so a
 //! bad configuration stops the start with a message naming the file, the key and the problem.
 
+use crate::audit::{self, AuditSection, AuditSettings};
 use crate::bundled;
 use crate::grants::{self, Grants, GrantsSection};
 use crate::secrets::{self, SecretStore, SecretsSection};
@@ -44,6 +45,8 @@ struct ConfigFile {
     limits: LimitsSection,
     #[serde(default)]
     secrets: SecretsSection,
+    #[serde(default)]
+    audit: AuditSection,
     #[serde(default, rename = "tool")]
     tools: Vec<ToolSection>,
 }
@@ -84,6 +87,21 @@ struct ToolSection {
     limits: LimitsSection,
     #[serde(default)]
     grants: GrantsSection,
+    /// What the audit log keeps of each call's arguments (their digest is always kept).
+    audit_arguments: Option<AuditArguments>,
+}
+
+/// What the audit record of a call keeps of its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditArguments {
+    /// Only their sha256.
+    #[default]
+    None,
+    /// The arguments with secret values and secret-shaped strings replaced.
+    Redacted,
+    /// The arguments as sent.
+    Full,
 }
 
 /// Resource limits of one component's calls.
@@ -184,6 +202,7 @@ pub struct ComponentEntry {
     pub pinned: bool,
     pub limits: Limits,
     pub grants: Grants,
+    pub audit_arguments: AuditArguments,
 }
 
 /// A validated configuration.
@@ -194,6 +213,7 @@ pub struct Policy {
     pub server: ServerSettings,
     /// Every secret `[secrets]` declares, loaded.
     pub secrets: SecretStore,
+    pub audit: AuditSettings,
     pub components: Vec<ComponentEntry>,
 }
 
@@ -246,6 +266,8 @@ impl Policy {
         let defaults = apply_limits(Limits::default(), &file.limits)
             .map_err(|(k, p)| err(format!("limits › {k}"), p))?;
         let secrets = secrets::load(&file.secrets, base).map_err(|(k, p)| err(k, p))?;
+        let audit =
+            audit::resolve(&file.audit, base, &server.state_dir).map_err(|(k, p)| err(k, p))?;
 
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
         for (i, t) in file.tools.iter().enumerate() {
@@ -290,6 +312,7 @@ impl Policy {
                 pinned,
                 limits,
                 grants,
+                audit_arguments: t.audit_arguments.unwrap_or_default(),
             });
         }
         if components.is_empty() {
@@ -302,6 +325,7 @@ impl Policy {
             origin: origin.to_owned(),
             server,
             secrets,
+            audit,
             components,
         })
     }

@@ -25,6 +25,17 @@ pub fn shared_state_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-state")
 }
 
+/// A fresh audit log directory for one server process (each log has a single writer).
+pub fn fresh_audit_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "audit-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// The Python interpreter with `mcp==2.3.0` (made by `scripts/test`).
 pub fn python() -> PathBuf {
     let p = std::env::var_os("AIRLOCK_TEST_PYTHON")
@@ -109,6 +120,8 @@ pub enum Transport<'a> {
 pub struct Session {
     pub report: Value,
     pub stderr: String,
+    /// The audit log directory of the server the client started (stdio only).
+    pub audit_dir: Option<PathBuf>,
 }
 
 impl Session {
@@ -124,12 +137,17 @@ pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
     let mut cmd = Command::new(python());
     cmd.arg(client_script()).args(["--mode", mode]);
     let state = shared_state_dir();
+    let mut audit_dir = None;
     match transport {
         Transport::Stdio(config) => {
+            let audit = fresh_audit_dir();
             cmd.arg("--stdio")
                 .arg(airlock())
                 .args(["serve", "--stdio", "--state-dir"])
-                .arg(&state);
+                .arg(&state)
+                .arg("--audit-dir")
+                .arg(&audit);
+            audit_dir = Some(audit);
             if let Some(config) = config {
                 cmd.arg("--config").arg(config);
             }
@@ -153,7 +171,11 @@ pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
             String::from_utf8_lossy(&out.stdout)
         )
     });
-    Session { report, stderr }
+    Session {
+        report,
+        stderr,
+        audit_dir,
+    }
 }
 
 /// The named outcome of a failed call (`_meta["airlock/outcome"]`).
@@ -168,6 +190,7 @@ pub struct HttpServer {
     child: Child,
     pub url: String,
     pub addr: String,
+    pub audit_dir: PathBuf,
     log: Arc<Mutex<String>>,
 }
 
@@ -178,11 +201,18 @@ impl HttpServer {
 
     /// The same, with `env` added to airlock's environment.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> HttpServer {
+        HttpServer::start_in(config, env, &fresh_audit_dir())
+    }
+
+    /// The same, with the audit log in `audit_dir` (to restart a server on its log).
+    pub fn start_in(config: &Path, env: &[(&str, &str)], audit_dir: &Path) -> HttpServer {
         let mut child = Command::new(airlock())
             .args(["serve", "--http", "127.0.0.1:0", "--config"])
             .arg(config)
             .arg("--state-dir")
             .arg(shared_state_dir())
+            .arg("--audit-dir")
+            .arg(audit_dir)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -221,6 +251,7 @@ impl HttpServer {
             child,
             url,
             addr,
+            audit_dir: audit_dir.to_path_buf(),
             log,
         }
     }

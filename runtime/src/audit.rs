@@ -1,0 +1,676 @@
+//! The audit log: one JSON line per decision, hash-chained, group-committed with fsync by a
+//! single writer thread, with signed checkpoints and size-based rotation.
+//!
+//! A line is `{"seq":N,"time":"…","prev":"<hash of N-1>","kind":…,<fields>,"hash":"<hash>"}`
+//! where `hash` is the sha256 of the line up to (not including) `,"hash"` closed by `}`. The
+//! previous hash inside each line chains the records; a checkpoint signs the chain's head with
+//! the ed25519 key kept in the state directory. [`verify`] checks all of it.
+
+use crate::units::ByteSize;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::SystemTime;
+use tokio::sync::oneshot;
+
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HASH_FIELD: &str = ",\"hash\":\"";
+/// Most records written (and fsynced) together.
+const MAX_BATCH: usize = 4096;
+const KEY_FILE: &str = "audit-key";
+const PUBLIC_KEY_FILE: &str = "audit-key.pub";
+
+/// `[audit]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditSection {
+    mode: Option<AuditMode>,
+    dir: Option<PathBuf>,
+    checkpoint_every: Option<u64>,
+    max_file_bytes: Option<ByteSize>,
+    #[serde(default)]
+    redact_patterns: Vec<String>,
+}
+
+/// Whether decisions are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditMode {
+    /// Every decision is written and fsynced before the response leaves.
+    Durable,
+    /// No audit log (benchmarks, throwaway setups); a warning is logged at start.
+    Off,
+}
+
+/// `[audit]`, resolved.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub mode: AuditMode,
+    /// Directory of the log files (default: `<state_dir>/audit`).
+    pub dir: PathBuf,
+    /// A signed checkpoint after every this many records.
+    pub checkpoint_every: u64,
+    /// A file is closed (with a checkpoint) and a new one started past this size.
+    pub max_file_bytes: ByteSize,
+    /// Extra secret shapes (regular expressions) redacted from audited arguments and reasons.
+    pub redact_patterns: Vec<String>,
+}
+
+pub(crate) fn resolve(
+    section: &AuditSection,
+    base: &Path,
+    state_dir: &Path,
+) -> Result<AuditSettings, (String, String)> {
+    let checkpoint_every = section.checkpoint_every.unwrap_or(1000);
+    if !(1..=1_000_000).contains(&checkpoint_every) {
+        return Err((
+            "audit › checkpoint_every".into(),
+            format!("{checkpoint_every} is outside 1..=1000000"),
+        ));
+    }
+    let max_file_bytes = section.max_file_bytes.unwrap_or(ByteSize::mib(64));
+    if max_file_bytes < ByteSize::kib(4) {
+        return Err((
+            "audit › max_file_bytes".into(),
+            "must be at least 4KiB".into(),
+        ));
+    }
+    for (i, p) in section.redact_patterns.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(p) {
+            return Err((format!("audit › redact_patterns[{i}]"), e.to_string()));
+        }
+    }
+    Ok(AuditSettings {
+        mode: section.mode.unwrap_or(AuditMode::Durable),
+        dir: section
+            .dir
+            .as_ref()
+            .map_or_else(|| state_dir.join("audit"), |d| base.join(d)),
+        checkpoint_every,
+        max_file_bytes,
+        redact_patterns: section.redact_patterns.clone(),
+    })
+}
+
+/// Why a record could not be made durable. The call it belongs to fails with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log is unavailable: {0}")]
+pub struct AuditError(pub String);
+
+/// A record on its way to the writer: its fields as a JSON object, serialised by the caller.
+struct Pending {
+    body: Vec<u8>,
+    durable: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// The handle calls append through. Cloning shares the one writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: Option<mpsc::Sender<Pending>>,
+}
+
+impl AuditLog {
+    /// A log that records nothing (`mode = "off"`).
+    pub fn off() -> AuditLog {
+        AuditLog { tx: None }
+    }
+
+    /// Open (or create) the log in `settings.dir`, recover its tail, and start the writer.
+    /// The signing key is created in `state_dir` on first use.
+    pub fn open(settings: &AuditSettings, state_dir: &Path) -> Result<AuditLog, AuditError> {
+        if settings.mode == AuditMode::Off {
+            tracing::warn!("audit log is off ([audit] mode = \"off\"): decisions are not recorded");
+            return Ok(AuditLog::off());
+        }
+        let key = signing_key(state_dir)?;
+        let writer = Writer::open(settings, key)?;
+        let (tx, rx) = mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("airlock-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
+        Ok(AuditLog { tx: Some(tx) })
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Append a record and wait until it is on disk. Returns its sequence number (0 when off).
+    pub async fn append<T: Serialize>(&self, kind: &str, record: &T) -> Result<u64, AuditError> {
+        let Some(tx) = &self.tx else { return Ok(0) };
+        let mut body = Vec::with_capacity(512);
+        body.extend_from_slice(b"\"kind\":");
+        serde_json::to_writer(&mut body, kind).map_err(|e| AuditError(e.to_string()))?;
+        let fields = serde_json::to_vec(record).map_err(|e| AuditError(e.to_string()))?;
+        // `{…}` → `,…` appended after the kind; an empty object adds nothing.
+        if fields.len() > 2 {
+            body.push(b',');
+            body.extend_from_slice(&fields[1..fields.len() - 1]);
+        }
+        let (durable, done) = oneshot::channel();
+        tx.send(Pending { body, durable })
+            .map_err(|_| AuditError("the audit writer has stopped".into()))?;
+        done.await
+            .map_err(|_| AuditError("the audit writer has stopped".into()))?
+    }
+}
+
+/// The ed25519 key signing checkpoints, created (mode 0600) on first start.
+fn signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
+    let path = state_dir.join(KEY_FILE);
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        AuditError(format!("{what} {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| fail("bad audit key in", &"not 32 hex bytes"))?;
+            Ok(SigningKey::from_bytes(&bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            getrandom::getrandom(&mut seed).map_err(|e| fail("cannot create", &e))?;
+            let key = SigningKey::from_bytes(&seed);
+            std::fs::create_dir_all(state_dir).map_err(|e| fail("cannot create", &e))?;
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&path).map_err(|e| fail("cannot create", &e))?;
+            f.write_all(hex::encode(seed).as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| fail("cannot write", &e))?;
+            std::fs::write(
+                state_dir.join(PUBLIC_KEY_FILE),
+                format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+            )
+            .map_err(|e| fail("cannot write the public key beside", &e))?;
+            tracing::info!(key = %hex::encode(key.verifying_key().as_bytes()), "created the audit signing key");
+            Ok(key)
+        }
+        Err(e) => Err(fail("cannot read", &e)),
+    }
+}
+
+/// The public half of the state directory's audit key, hex.
+pub fn public_key(state_dir: &Path) -> Result<String, AuditError> {
+    Ok(hex::encode(
+        signing_key(state_dir)?.verifying_key().as_bytes(),
+    ))
+}
+
+fn file_name(first_seq: u64) -> String {
+    format!("audit-{first_seq:012}.jsonl")
+}
+
+/// The log files in `dir`, oldest first.
+pub fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What a checkpoint signs: the chain's head at its sequence number.
+fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
+    let mut m = b"airlock-audit-checkpoint\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(prev.as_bytes());
+    m
+}
+
+/// The single writer: owns the open file and the chain's head.
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    file_bytes: u64,
+    max_file_bytes: u64,
+    checkpoint_every: u64,
+    seq: u64,
+    head: String,
+    key: SigningKey,
+    /// Set after a failed write: the chain's state on disk is unknown, so nothing more is
+    /// accepted (fail closed) until a restart recovers it.
+    broken: Option<String>,
+    /// Held (locked) for the writer's life: one writer per log.
+    _lock: File,
+}
+
+impl Writer {
+    fn open(settings: &AuditSettings, key: SigningKey) -> Result<Writer, AuditError> {
+        let dir = &settings.dir;
+        let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let lock = File::create(dir.join(".lock")).map_err(fail)?;
+        lock.try_lock().map_err(|_| {
+            AuditError(format!(
+                "{} is in use by another airlock process; give each server its own [audit] dir",
+                dir.display()
+            ))
+        })?;
+        let (seq, head, path) = recover(dir)?;
+        let path = path.unwrap_or_else(|| dir.join(file_name(seq + 1)));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(fail)?;
+        let file_bytes = file.metadata().map_err(fail)?.len();
+        // The new file's directory entry must survive a crash too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+        tracing::info!(dir = %dir.display(), next = seq + 1, "audit log open");
+        Ok(Writer {
+            dir: dir.clone(),
+            file,
+            file_bytes,
+            max_file_bytes: settings.max_file_bytes.bytes(),
+            checkpoint_every: settings.checkpoint_every,
+            seq,
+            head,
+            key,
+            broken: None,
+            _lock: lock,
+        })
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Pending>) {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        while let Ok(first) = rx.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            match self.commit(&batch, &mut buf) {
+                Ok(seqs) => {
+                    for (p, seq) in batch.drain(..).zip(seqs) {
+                        let _ = p.durable.send(Ok(seq));
+                    }
+                }
+                Err(e) => {
+                    for p in batch.drain(..) {
+                        let _ = p.durable.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        // Every handle is gone: the server is shutting down. Seal the log.
+        if self.broken.is_none() {
+            buf.clear();
+            self.push_checkpoint(&mut buf);
+            let _ = self
+                .file
+                .write_all(&buf)
+                .and_then(|_| self.file.sync_data());
+        }
+    }
+
+    /// Write the batch (and any checkpoint it reaches) and fsync. Returns the sequence number
+    /// of each of the batch's records.
+    fn commit(&mut self, batch: &[Pending], buf: &mut Vec<u8>) -> Result<Vec<u64>, AuditError> {
+        if let Some(why) = &self.broken {
+            return Err(AuditError(why.clone()));
+        }
+        let (seq0, head0) = (self.seq, self.head.clone());
+        buf.clear();
+        let mut seqs = Vec::with_capacity(batch.len());
+        for p in batch {
+            self.push_line(buf, &p.body);
+            seqs.push(self.seq);
+            if self.seq % self.checkpoint_every == 0 {
+                self.push_checkpoint(buf);
+            }
+        }
+        let written = self.file.write_all(buf).and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            let why = format!("writing the audit log failed: {e}");
+            tracing::error!("{why}; calls are refused until airlock restarts");
+            self.broken = Some(why.clone());
+            (self.seq, self.head) = (seq0, head0);
+            return Err(AuditError(why));
+        }
+        self.file_bytes += buf.len() as u64;
+        if self.file_bytes >= self.max_file_bytes
+            && let Err(e) = self.rotate(buf)
+        {
+            // The batch is durable; only the next file could not be started.
+            let why = format!("rotating the audit log failed: {e}");
+            tracing::error!("{why}; calls are refused until airlock restarts");
+            self.broken = Some(why);
+        }
+        Ok(seqs)
+    }
+
+    /// Append one record line (with sequence number, time, chain and hash) to `buf`.
+    fn push_line(&mut self, buf: &mut Vec<u8>, body: &[u8]) {
+        self.seq += 1;
+        let start = buf.len();
+        let _ = write!(
+            buf,
+            "{{\"seq\":{},\"time\":\"{}\",\"prev\":\"{}\",",
+            self.seq,
+            now(),
+            self.head
+        );
+        buf.extend_from_slice(body);
+        buf.push(b'}');
+        let hash = sha256_hex(&buf[start..]);
+        buf.pop();
+        buf.extend_from_slice(HASH_FIELD.as_bytes());
+        buf.extend_from_slice(hash.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
+        self.head = hash;
+    }
+
+    /// Append a checkpoint signing the current head.
+    fn push_checkpoint(&mut self, buf: &mut Vec<u8>) {
+        let signature = self.key.sign(&checkpoint_message(self.seq + 1, &self.head));
+        let body = format!(
+            "\"kind\":\"checkpoint\",\"key\":\"{}\",\"signature\":\"{}\"",
+            hex::encode(self.key.verifying_key().as_bytes()),
+            hex::encode(signature.to_bytes())
+        );
+        self.push_line(buf, body.as_bytes());
+    }
+
+    /// Seal the current file with a checkpoint and continue the chain in a new one.
+    fn rotate(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        self.push_checkpoint(buf);
+        self.file.write_all(buf)?;
+        self.file.sync_data()?;
+        let path = self.dir.join(file_name(self.seq + 1));
+        self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file_bytes = 0;
+        tracing::info!(file = %path.display(), "audit log rotated");
+        Ok(())
+    }
+}
+
+/// Find the chain's head: the last complete record of the newest file. A torn last line (a
+/// crash mid-write: never acknowledged) is cut off. Returns (seq, hash, file to append to).
+fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
+    let files = log_files(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;
+    for path in files.iter().rev() {
+        let fail = |e: &dyn std::fmt::Display| AuditError(format!("{}: {e}", path.display()));
+        let mut bytes = std::fs::read(path).map_err(|e| fail(&e))?;
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            tracing::warn!(file = %path.display(), bytes = bytes.len() - complete, "cutting a torn last audit record (written, never acknowledged)");
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| fail(&e))?;
+            f.set_len(complete as u64)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| fail(&e))?;
+            bytes.truncate(complete);
+        }
+        let Some(last) = bytes[..complete.saturating_sub(1)]
+            .split(|b| *b == b'\n')
+            .next_back()
+            .filter(|l| !l.is_empty())
+        else {
+            continue;
+        };
+        let line = std::str::from_utf8(last).map_err(|e| fail(&e))?;
+        let record = check_line(line).map_err(|e| {
+            AuditError(format!(
+                "{}: the last record is damaged ({e}); run `airlock audit verify` and move the damaged file aside",
+                path.display()
+            ))
+        })?;
+        return Ok((record.seq, record.hash, Some(path.clone())));
+    }
+    Ok((0, GENESIS.to_owned(), None))
+}
+
+/// The chain fields of a line.
+struct Checked {
+    seq: u64,
+    prev: String,
+    hash: String,
+    kind: String,
+    value: serde_json::Value,
+}
+
+/// Parse a line and check its own hash.
+fn check_line(line: &str) -> Result<Checked, String> {
+    let at = line
+        .rfind(HASH_FIELD)
+        .ok_or_else(|| "no hash field".to_owned())?;
+    let claimed = line[at + HASH_FIELD.len()..]
+        .strip_suffix("\"}")
+        .ok_or_else(|| "malformed hash field".to_owned())?;
+    let mut hashed = line[..at].to_owned();
+    hashed.push('}');
+    if sha256_hex(hashed.as_bytes()) != claimed {
+        return Err("its hash does not match its content (edited)".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let seq = value["seq"]
+        .as_u64()
+        .ok_or_else(|| "no sequence number".to_owned())?;
+    let prev = value["prev"]
+        .as_str()
+        .ok_or_else(|| "no previous hash".to_owned())?
+        .to_owned();
+    let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+    Ok(Checked {
+        seq,
+        prev,
+        hash: claimed.to_owned(),
+        kind,
+        value,
+    })
+}
+
+/// What [`verify`] found in an intact log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub files: usize,
+    pub last_seq: u64,
+    /// Whether the last record is a checkpoint (the log was closed cleanly or just rotated).
+    pub sealed: bool,
+}
+
+/// Check `files` (in order) as one chain starting at record 1: every line's hash, sequence
+/// numbers without gaps or reordering, each `prev` equal to the previous line's hash, and every
+/// checkpoint's signature against `key` (hex public key). The error names the first bad record.
+pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
+    let key: [u8; 32] = hex::decode(key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the public key is not 32 hex bytes")?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|e| format!("bad public key: {e}"))?;
+    let mut v = Verified::default();
+    let mut head = GENESIS.to_owned();
+    for path in files {
+        v.files += 1;
+        let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut reader = BufReader::new(f);
+        let mut line = String::new();
+        let mut n = 0u64;
+        loop {
+            line.clear();
+            let read = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            let expected = v.last_seq + 1;
+            let at = format!("{} line {n}", path.display());
+            let Some(text) = line.strip_suffix('\n') else {
+                return Err(format!(
+                    "record {expected} ({at}) is truncated: the line does not end"
+                ));
+            };
+            let r = check_line(text).map_err(|e| format!("record {expected} ({at}): {e}"))?;
+            if r.seq != expected {
+                return Err(format!(
+                    "record {expected} ({at}) is missing or out of order: found record {} instead",
+                    r.seq
+                ));
+            }
+            if r.prev != head {
+                return Err(format!(
+                    "record {expected} ({at}) does not follow record {}: the chain is broken",
+                    v.last_seq
+                ));
+            }
+            if r.kind == "checkpoint" {
+                let signature = r.value["signature"]
+                    .as_str()
+                    .and_then(|s| hex::decode(s).ok())
+                    .and_then(|b| Signature::from_slice(&b).ok())
+                    .ok_or_else(|| {
+                        format!("checkpoint {expected} ({at}) has no valid signature")
+                    })?;
+                key.verify(&checkpoint_message(r.seq, &r.prev), &signature)
+                    .map_err(|_| {
+                        format!(
+                            "checkpoint {expected} ({at}) is not signed by the given key (forged)"
+                        )
+                    })?;
+                v.checkpoints += 1;
+            } else {
+                v.records += 1;
+            }
+            v.sealed = r.kind == "checkpoint";
+            v.last_seq = r.seq;
+            head = r.hash;
+        }
+    }
+    Ok(v)
+}
+
+/// Print the last `lines` records of the log in `dir` and, with `follow`, every record written
+/// after them, across rotations.
+pub async fn tail(dir: &Path, lines: usize, follow: bool) -> std::io::Result<()> {
+    let mut current = log_files(dir)?.pop();
+    let mut offset = 0u64;
+    if let Some(path) = &current {
+        let text = read_complete(path, &mut offset)?;
+        let all: Vec<&str> = text.lines().collect();
+        for line in &all[all.len().saturating_sub(lines)..] {
+            println!("{line}");
+        }
+    }
+    while follow {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Some(path) = &current {
+            print!("{}", read_complete(path, &mut offset)?);
+            std::io::stdout().flush()?;
+        }
+        // A newer file means the current one was sealed: finish it, then go on in the new one.
+        let newest = log_files(dir)?.pop();
+        if newest.is_some() && newest != current {
+            if let Some(path) = &current {
+                print!("{}", read_complete(path, &mut offset)?);
+            }
+            current = newest;
+            offset = 0;
+        }
+    }
+    Ok(())
+}
+
+/// The complete lines of `path` from `offset`, which moves past them.
+fn read_complete(path: &Path, offset: &mut u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(*offset))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+    *offset += text.len() as u64;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, checkpoint_every: u64, max: ByteSize) -> AuditSettings {
+        AuditSettings {
+            mode: AuditMode::Durable,
+            dir: dir.join("audit"),
+            checkpoint_every,
+            max_file_bytes: max,
+            redact_patterns: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn records_chain_rotate_recover_and_verify() {
+        let dir = std::env::temp_dir().join(format!("airlock-audit-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, 3, ByteSize::kib(4));
+        let log = AuditLog::open(&s, &dir).unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..40 {
+            let padding = "x".repeat(200);
+            seqs.push(
+                log.append("call", &serde_json::json!({ "i": i, "pad": padding }))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+        drop(log);
+        // The writer seals the log when the last handle goes; give it a moment.
+        let key = public_key(&dir).unwrap();
+        let mut v = Verified::default();
+        for _ in 0..100 {
+            v = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
+            if v.sealed {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(v.records, 40);
+        assert!(v.files > 1, "{v:?}");
+        assert!(v.checkpoints >= 13, "{v:?}");
+        assert!(v.sealed);
+
+        // Reopening continues the chain.
+        let log = AuditLog::open(&s, &dir).unwrap();
+        let next = log.append("call", &serde_json::json!({})).await.unwrap();
+        assert_eq!(next, v.last_seq + 1);
+        let v2 = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
+        assert_eq!(v2.records, 41);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
