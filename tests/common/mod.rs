@@ -260,6 +260,12 @@ impl HttpServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// Kill the server with SIGKILL (no shutdown of any kind) and wait for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait until the server log contains `needle` at least `n` times.
     pub fn wait_for_log_count(&self, needle: &str, n: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -300,6 +306,65 @@ pub fn raw_post(addr: &str, host: &str, origin: Option<&str>, body: &str) -> u16
     let mut head = [0u8; 12];
     s.read_exact(&mut head).unwrap();
     std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// One MCP 2026-07-28 `tools/call` over a raw HTTP connection (no client library), with
+/// extra `headers` lines. Returns the HTTP status and the response body, or `None` when the
+/// server could not be reached or did not answer completely.
+pub fn raw_call(
+    addr: &str,
+    tool: &str,
+    arguments: &Value,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": tool, "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    })
+    .to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: {tool}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some((status, body.to_owned()))
+}
+
+/// The audit records in `dir` (all files, oldest first), parsed.
+pub fn audit_records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
 }
 
 /// One request the test HTTP server received.

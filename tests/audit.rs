@@ -1,0 +1,313 @@
+//! The audit log, through the real binary: a durable, hash-chained record of every decision,
+//! verified by `airlock audit verify`, which names the first damaged record however the log
+//! was tampered with, and which survives `kill -9` without losing an acknowledged record.
+
+mod common;
+
+use common::{
+    HttpServer, Session, TempDir, Transport, audit_records, client, hostile_wasm, raw_call,
+    run_airlock, shared_state_dir,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+fn config(dir: &TempDir, extra: &str) -> PathBuf {
+    dir.config(&format!(
+        "[audit]\ncheckpoint_every = 3\n\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\naudit_arguments = \"redacted\"\n[tool.limits]\nfuel = 50_000_000\nmax_argument_bytes = \"1KiB\"\n{extra}",
+        hostile_wasm().display()
+    ))
+}
+
+/// `airlock audit verify` over the files of `audit_dir`, with the shared state's key.
+fn verify(files: &[PathBuf]) -> (bool, String) {
+    let state = shared_state_dir();
+    let key = run_airlock(&["audit", "key", "--state-dir", state.to_str().unwrap()]);
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let key = String::from_utf8(key.stdout).unwrap();
+    let mut args = vec!["audit", "verify", "--key", key.trim()];
+    let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    args.extend(names);
+    let out = run_airlock(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn files_of(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn session(dir: &TempDir) -> Session {
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz";
+    client(
+        "auto",
+        Transport::Stdio(Some(&config(dir, ""))),
+        json!({"calls": [
+            {"id": "echo", "tool": "fixture_echo", "args": {"message": format!("token {jwt}")}},
+            {"id": "fails", "tool": "fixture_fails", "args": {}},
+            {"id": "spin", "tool": "hostile_spin", "args": {}},
+            {"id": "big", "tool": "fixture_echo", "args": {"message": "x".repeat(2000)}},
+        ]}),
+    )
+}
+
+fn record_of<'a>(records: &'a [Value], s: &Session, id: &str) -> &'a Value {
+    let call_id = s.call(id)["meta"]["airlock/call_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no call id in {}", s.call(id)));
+    records
+        .iter()
+        .find(|r| r["call_id"] == call_id)
+        .unwrap_or_else(|| panic!("no audit record for {id} ({call_id})"))
+}
+
+#[test]
+fn every_decision_is_recorded_and_the_chain_verifies() {
+    let dir = TempDir::new("audit-calls");
+    let s = session(&dir);
+    let audit_dir = s.audit_dir.clone().unwrap();
+    let records = audit_records(&audit_dir);
+
+    let echo = record_of(&records, &s, "echo");
+    assert_eq!(echo["kind"], "call");
+    assert_eq!(echo["principal"], "local");
+    assert_eq!(echo["tool"], "fixture_echo");
+    assert_eq!(echo["component"], "hostile");
+    assert_eq!(echo["decision"], "completed");
+    assert_eq!(echo["outcome"], "completed");
+    assert_eq!(echo["correlation_id"], echo["call_id"]);
+    assert!(echo["fuel_used"].as_u64().unwrap() > 0);
+    assert!(echo["output_bytes"].as_u64().unwrap() > 0);
+    // Arguments are kept redacted (audit_arguments = "redacted"); their digest is of the
+    // canonical JSON of what was sent.
+    assert_eq!(echo["arguments"]["message"], "token [REDACTED:jwt]");
+    let sent =
+        json!({"message": "token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"});
+    assert_eq!(
+        echo["arguments_sha256"],
+        hex::encode(Sha256::digest(sent.to_string()))
+    );
+
+    let fails = record_of(&records, &s, "fails");
+    assert_eq!(
+        (&fails["decision"], &fails["outcome"]),
+        (&json!("failed"), &json!("tool_failed"))
+    );
+    assert_eq!(fails["reason"], "the fixture reports a failure");
+    let spin = record_of(&records, &s, "spin");
+    assert_eq!(spin["outcome"], "cpu_budget_exhausted");
+    let big = record_of(&records, &s, "big");
+    assert_eq!(
+        (&big["decision"], &big["outcome"]),
+        (&json!("denied"), &json!("arguments_too_large"))
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "checkpoint"),
+        "checkpoint_every = 3 wrote none: {records:?}"
+    );
+
+    let (ok, text) = verify(&files_of(&audit_dir));
+    assert!(ok, "{text}");
+    assert!(text.starts_with("OK: 4 records, "), "{text}");
+}
+
+/// Rewrite line `from` of `file` with `edit`, then recompute the hash of that line and the
+/// chain after it, as a forger who knows the format would.
+fn rechain(file: &Path, from: usize, edit: impl Fn(&str) -> String) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut prev: Option<String> = None;
+    for (i, line) in lines.iter_mut().enumerate().skip(from) {
+        let mut l = if i == from { edit(line) } else { line.clone() };
+        if let Some(p) = &prev {
+            let start = l.find("\"prev\":\"").unwrap() + 8;
+            l.replace_range(start..start + 64, p);
+        }
+        let at = l.rfind(",\"hash\":\"").unwrap();
+        let body = l[..at].to_owned();
+        let hash = hex::encode(Sha256::digest(format!("{body}}}")));
+        *line = format!("{body},\"hash\":\"{hash}\"}}");
+        prev = Some(hash);
+    }
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn tampering_is_found_and_the_record_named() {
+    let dir = TempDir::new("audit-tamper");
+    let s = session(&dir);
+    let original = files_of(s.audit_dir.as_ref().unwrap());
+    assert_eq!(original.len(), 1);
+    let text = std::fs::read_to_string(&original[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6, "{text}");
+    let scratch = TempDir::new("audit-tamper-copy");
+    let copy = scratch.0.join("audit-000000000001.jsonl");
+    let write = |content: &str| std::fs::write(&copy, content).unwrap();
+    let check = |expect: &str| {
+        let (ok, out) = verify(std::slice::from_ref(&copy));
+        assert!(!ok, "tampering not found ({expect}):\n{out}");
+        assert!(out.contains(expect), "expected `{expect}` in:\n{out}");
+    };
+
+    // One byte edited inside a record.
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"tool\":\"fixture_fails\""))
+        .unwrap();
+    let edited = text.replacen(
+        "\"tool\":\"fixture_fails\"",
+        "\"tool\":\"fixture_failz\"",
+        1,
+    );
+    write(&edited);
+    check(&format!("record {} (", at + 1));
+    check("its hash does not match its content (edited)");
+
+    // Record 2 deleted.
+    let mut without: Vec<&str> = lines.clone();
+    without.remove(1);
+    write(&(without.join("\n") + "\n"));
+    check("record 2 (");
+    check("is missing or out of order: found record 3 instead");
+
+    // Records 2 and 3 swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    write(&(swapped.join("\n") + "\n"));
+    check("record 2 (");
+    check("found record 3 instead");
+
+    // The tail cut mid-record.
+    write(&text[..text.len() - 20]);
+    check(&format!("record {} (", lines.len()));
+    check("is truncated");
+
+    // A checkpoint whose signature was altered, the chain recomputed around it.
+    write(&text);
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"kind\":\"checkpoint\""))
+        .unwrap();
+    rechain(&copy, at, |line| {
+        let start = line.find("\"signature\":\"").unwrap() + 13;
+        let flipped = if &line[start..start + 1] == "0" {
+            "1"
+        } else {
+            "0"
+        };
+        let mut forged = line.to_owned();
+        forged.replace_range(start..start + 1, flipped);
+        forged
+    });
+    check(&format!("checkpoint {} (", at + 1));
+    check("is not signed by the given key (forged)");
+
+    // The untouched log still verifies.
+    write(&text);
+    let (ok, out) = verify(std::slice::from_ref(&copy));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn traceparent_sets_the_correlation_id() {
+    let dir = TempDir::new("audit-trace");
+    let server = HttpServer::start(&config(&dir, ""));
+    let (status, body) = raw_call(
+        &server.addr,
+        "fixture_echo",
+        &json!({"message": "traced"}),
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+    )
+    .expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"airlock/correlation_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+        "{body}"
+    );
+    let records = audit_records(&server.audit_dir);
+    let r = records.iter().find(|r| r["kind"] == "call").unwrap();
+    assert_eq!(r["correlation_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(r["principal"], "anonymous");
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_record() {
+    let dir = TempDir::new("audit-crash");
+    let cfg = config(&dir, "");
+    let mut server = HttpServer::start(&cfg);
+    let audit_dir = server.audit_dir.clone();
+    let addr = server.addr.clone();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (addr, answered) = (addr.clone(), answered.clone());
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let args = json!({"message": format!("w{w} call {i}")});
+                    let Some((200, body)) = raw_call(&addr, "fixture_echo", &args, &[]) else {
+                        return;
+                    };
+                    let Some(id) = body
+                        .split("\"airlock/call_id\":\"")
+                        .nth(1)
+                        .and_then(|t| t.get(..32))
+                    else {
+                        return;
+                    };
+                    answered.lock().unwrap().push(id.to_owned());
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while answered.lock().unwrap().len() < 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls were not answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.kill9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+
+    // Restarting on the same log recovers its tail and continues the chain.
+    let restarted = HttpServer::start_in(&cfg, &[], &audit_dir);
+    let (status, _) = raw_call(
+        &restarted.addr,
+        "fixture_echo",
+        &json!({"message": "after"}),
+        &[],
+    )
+    .expect("the restarted server answers");
+    assert_eq!(status, 200);
+    let (ok, out) = verify(&files_of(&audit_dir));
+    assert!(ok, "{out}");
+    let recorded: std::collections::HashSet<String> = audit_records(&audit_dir)
+        .iter()
+        .filter_map(|r| r["call_id"].as_str().map(str::to_owned))
+        .collect();
+    for id in &answered {
+        assert!(recorded.contains(id), "answered call {id} has no record");
+    }
+}
