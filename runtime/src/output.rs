@@ -53,17 +53,36 @@ pub fn size_of_result(result: &CallToolResult) -> usize {
     content + structured
 }
 
-/// Replace secret values in every piece of text in `result`. Binary content (images, audio,
-/// blobs) is passed as is: a value hidden in encoded bytes is beyond a text scan.
+/// Replace secret values in every piece of text in `result`: text, resource URIs and text,
+/// MIME types, structured content (keys too). Binary data (images, audio, blobs) is passed as
+/// is: a value hidden in encoded bytes is beyond a text scan.
 pub fn redact(result: &mut CallToolResult, redactor: &Redactor) {
     for block in &mut result.content {
         match block {
             ContentBlock::Text(t) => redactor.redact_in_place(&mut t.text),
-            ContentBlock::Resource(r) => {
-                if let ResourceContents::TextResourceContents { text, .. } = &mut r.resource {
+            ContentBlock::Image(i) => redactor.redact_in_place(&mut i.mime_type),
+            ContentBlock::Audio(a) => redactor.redact_in_place(&mut a.mime_type),
+            ContentBlock::Resource(r) => match &mut r.resource {
+                ResourceContents::TextResourceContents {
+                    uri,
+                    mime_type,
+                    text,
+                    ..
+                } => {
+                    redactor.redact_in_place(uri);
+                    mime_type
+                        .iter_mut()
+                        .for_each(|m| redactor.redact_in_place(m));
                     redactor.redact_in_place(text);
                 }
-            }
+                ResourceContents::BlobResourceContents { uri, mime_type, .. } => {
+                    redactor.redact_in_place(uri);
+                    mime_type
+                        .iter_mut()
+                        .for_each(|m| redactor.redact_in_place(m));
+                }
+                _ => {}
+            },
             _ => {}
         }
     }

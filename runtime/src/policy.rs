@@ -301,7 +301,16 @@ impl Policy {
                     true
                 }
             };
-            let protected = [grants::comparable(&server.state_dir)];
+            // Airlock's own files: its state (compile cache, keys), the audit log, secrets.
+            let protected: Vec<PathBuf> = [
+                Some(&server.state_dir),
+                Some(&audit.dir),
+                secrets.dir.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|p| grants::comparable(p))
+            .collect();
             let grants = grants::resolve(&t.grants, base, &protected, &secrets)
                 .map_err(|(k, p)| err(key(&k), p))?;
             components.push(ComponentEntry {
@@ -315,6 +324,7 @@ impl Policy {
                 audit_arguments: t.audit_arguments.unwrap_or_default(),
             });
         }
+        check_nested_writable(&components).map_err(|(k, p)| err(k, p))?;
         if components.is_empty() {
             return Err(err(
                 "tool".into(),
@@ -329,6 +339,33 @@ impl Policy {
             components,
         })
     }
+}
+
+/// A directory granted inside another that some tool may write could be swapped for a symlink
+/// by that tool, and the next preopen of the inner grant would follow it anywhere. Refused.
+fn check_nested_writable(components: &[ComponentEntry]) -> Result<(), (String, String)> {
+    let all = || {
+        components
+            .iter()
+            .flat_map(|c| c.grants.fs.iter().map(move |g| (c, g)))
+    };
+    for (outer_c, outer) in all().filter(|(_, g)| g.mode == grants::FsMode::Rw) {
+        if let Some((inner_c, inner)) =
+            all().find(|(_, g)| g.host != outer.host && g.host.starts_with(&outer.host))
+        {
+            return Err((
+                format!("tool \"{}\" › grants › {}", inner_c.name, inner.id),
+                format!(
+                    "{} lies inside {}, which tool \"{}\" may write ({}); a writer could replace it with a symlink. Grant directories that do not nest",
+                    inner.host.display(),
+                    outer.host.display(),
+                    outer_c.name,
+                    outer.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn resolve_server(

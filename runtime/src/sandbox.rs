@@ -240,6 +240,7 @@ pub async fn run(
             limits.egress(),
             prepared.name.clone(),
             denial.clone(),
+            prepared.redactor.clone(),
         ),
         denial,
         redactor: prepared.redactor.clone(),

@@ -45,6 +45,8 @@ impl fmt::Debug for SecretValue {
 #[derive(Debug, Default, Clone)]
 pub struct SecretStore {
     secrets: Vec<(String, SecretValue)>,
+    /// The directory secret files are read from, if any (no filesystem grant may expose it).
+    pub dir: Option<PathBuf>,
 }
 
 impl SecretStore {
@@ -110,6 +112,7 @@ pub(crate) fn load(section: &SecretsSection, base: &Path) -> Result<SecretStore,
             "`files` needs `dir`, the directory holding them".to_owned(),
         )
     })?;
+    store.dir = Some(dir.clone());
     for name in &section.files {
         let key = || "secrets › files".to_owned();
         if !valid_name(name) {
@@ -174,12 +177,22 @@ impl Redactor {
         }
     }
 
-    /// Redact every string inside a JSON value.
+    /// Redact every string inside a JSON value, object keys included.
     pub fn redact_json(&self, v: &mut serde_json::Value) {
         match v {
             serde_json::Value::String(s) => self.redact_in_place(s),
             serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
-            serde_json::Value::Object(o) => o.values_mut().for_each(|x| self.redact_json(x)),
+            serde_json::Value::Object(o) => {
+                if o.keys()
+                    .any(|k| matches!(self.redact(k), std::borrow::Cow::Owned(_)))
+                {
+                    *o = std::mem::take(o)
+                        .into_iter()
+                        .map(|(k, v)| (self.redact(&k).into_owned(), v))
+                        .collect();
+                }
+                o.values_mut().for_each(|x| self.redact_json(x));
+            }
             _ => {}
         }
     }
@@ -251,9 +264,12 @@ mod tests {
             r.redact("nothing here"),
             std::borrow::Cow::Borrowed(_)
         ));
-        let mut j = serde_json::json!({"k": ["s3cr3t-value-1", 3]});
+        let mut j = serde_json::json!({"k": ["s3cr3t-value-1", 3], "s3cr3t-value-1": true});
         r.redact_json(&mut j);
-        assert_eq!(j, serde_json::json!({"k": ["[REDACTED:A]", 3]}));
+        assert_eq!(
+            j,
+            serde_json::json!({"k": ["[REDACTED:A]", 3], "[REDACTED:A]": true})
+        );
         assert_eq!(format!("{a:?}"), "[secret]");
     }
 
