@@ -1,6 +1,7 @@
 //! Per-call cost inside the host: a fresh instance plus one call of a trivial tool, alone
 //! (`sandbox_run`) and through the whole pipeline (`pipeline_call`: admission, argument
-//! serialisation, sandbox, output conversion, log event).
+//! serialisation, sandbox, output conversion, log event), with the audit log off and with a
+//! durable (fsynced) audit record per call.
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-fn load() -> (tokio::runtime::Runtime, Airlock) {
+fn load(audit: bool) -> (tokio::runtime::Runtime, Airlock) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,13 +25,19 @@ fn load() -> (tokio::runtime::Runtime, Airlock) {
         wasm.display()
     );
     let state = std::env::temp_dir().join("airlock-bench-state");
-    let policy = Policy::parse(&config, "bench.toml", Path::new("."), Some(&state)).unwrap();
-    let airlock = rt.block_on(Airlock::load(policy, AuditLog::off())).unwrap();
+    let mut policy = Policy::parse(&config, "bench.toml", Path::new("."), Some(&state)).unwrap();
+    let log = if audit {
+        policy.audit.dir = std::env::temp_dir().join(format!("airlock-bench-audit-{}", std::process::id()));
+        AuditLog::open(&policy.audit, &state).unwrap()
+    } else {
+        AuditLog::off()
+    };
+    let airlock = rt.block_on(Airlock::load(policy, log)).unwrap();
     (rt, airlock)
 }
 
 fn bench(c: &mut Criterion) {
-    let (rt, airlock) = load();
+    let (rt, airlock) = load(false);
     let tool = airlock.catalog().tool("fixture_echo").unwrap();
     let component = tool.component.clone();
     let never = CancellationToken::new();
@@ -62,6 +69,20 @@ fn bench(c: &mut Criterion) {
             let r = airlock
                 .call("fixture_echo", Some(&args), &caller, ctx)
                 .await;
+            assert!(r.is_ok());
+        })
+    });
+
+    // The same with a durable audit record per call (written and fsynced before returning).
+    let (rt, airlock) = load(true);
+    c.bench_function("pipeline_call: Airlock::call, durable audit (fixture_echo)", |b| {
+        b.to_async(&rt).iter(|| async {
+            let ctx = CallContext {
+                cancel: CancellationToken::new(),
+                events: None,
+            };
+            let caller = Caller::new(Arc::from("bench"), None);
+            let r = airlock.call("fixture_echo", Some(&args), &caller, ctx).await;
             assert!(r.is_ok());
         })
     });

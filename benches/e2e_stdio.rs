@@ -1,5 +1,5 @@
 //! End-to-end load run over stdio: the release `airlock` binary, JSON-RPC over its stdin and
-//! stdout, exactly as an MCP client speaks to it.
+//! stdout, exactly as an MCP client speaks to it, with the durable audit log on.
 //!
 //! - sequential: one `tools/call` at a time, N round trips; p50/p90/p99 latency and calls/s.
 //! - pipelined: W requests kept outstanding; calls/s.
@@ -57,6 +57,9 @@ fn main() {
         .arg(&config)
         .arg("--state-dir")
         .arg(std::env::temp_dir().join("airlock-bench-state"))
+        // Each run its own log: every call's record is fsynced before its response.
+        .arg("--audit-dir")
+        .arg(dir.join("audit"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
