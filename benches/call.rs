@@ -6,6 +6,7 @@
 //! Run: `cargo bench -p airlock-benches --bench call`
 
 use airlock::audit::AuditLog;
+use airlock::auth::{Access, Principal};
 use airlock::pipeline::{Airlock, CallContext, Caller};
 use airlock::policy::Policy;
 use airlock::sandbox::{self, Invocation};
@@ -27,7 +28,8 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Airlock) {
     let state = std::env::temp_dir().join("airlock-bench-state");
     let mut policy = Policy::parse(&config, "bench.toml", Path::new("."), Some(&state)).unwrap();
     let log = if audit {
-        policy.audit.dir = std::env::temp_dir().join(format!("airlock-bench-audit-{}", std::process::id()));
+        policy.audit.dir =
+            std::env::temp_dir().join(format!("airlock-bench-audit-{}", std::process::id()));
         AuditLog::open(&policy.audit, &state).unwrap()
     } else {
         AuditLog::off()
@@ -65,7 +67,13 @@ fn bench(c: &mut Criterion) {
                 cancel: CancellationToken::new(),
                 events: None,
             };
-            let caller = Caller::new(Arc::from("bench"), None);
+            let caller = Caller::new(
+                Principal {
+                    name: Arc::from("bench"),
+                    access: Access::All,
+                },
+                None,
+            );
             let r = airlock
                 .call("fixture_echo", Some(&args), &caller, ctx)
                 .await;
@@ -75,17 +83,28 @@ fn bench(c: &mut Criterion) {
 
     // The same with a durable audit record per call (written and fsynced before returning).
     let (rt, airlock) = load(true);
-    c.bench_function("pipeline_call: Airlock::call, durable audit (fixture_echo)", |b| {
-        b.to_async(&rt).iter(|| async {
-            let ctx = CallContext {
-                cancel: CancellationToken::new(),
-                events: None,
-            };
-            let caller = Caller::new(Arc::from("bench"), None);
-            let r = airlock.call("fixture_echo", Some(&args), &caller, ctx).await;
-            assert!(r.is_ok());
-        })
-    });
+    c.bench_function(
+        "pipeline_call: Airlock::call, durable audit (fixture_echo)",
+        |b| {
+            b.to_async(&rt).iter(|| async {
+                let ctx = CallContext {
+                    cancel: CancellationToken::new(),
+                    events: None,
+                };
+                let caller = Caller::new(
+                    Principal {
+                        name: Arc::from("bench"),
+                        access: Access::All,
+                    },
+                    None,
+                );
+                let r = airlock
+                    .call("fixture_echo", Some(&args), &caller, ctx)
+                    .await;
+                assert!(r.is_ok());
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

@@ -171,6 +171,12 @@ fn load_policy_args(args: &ConfigArgs) -> Result<Policy> {
 /// Load the catalog. Only a serving process opens the audit log; the others record nothing.
 async fn load(policy: Policy, serving: bool) -> Result<Arc<Airlock>> {
     tracing::info!(config = %policy.origin, components = policy.components.len(), "loading");
+    for name in policy.unreachable_components() {
+        tracing::warn!(
+            component = name,
+            "[[tool]] \"{name}\" names no roles: no HTTP caller can list or call its tools, only the local (stdio) principal"
+        );
+    }
     let audit = if serving {
         AuditLog::open(&policy.audit, &policy.server.state_dir)?
     } else {

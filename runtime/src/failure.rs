@@ -9,6 +9,9 @@ pub enum CallFailure {
     /// No loaded component declares this tool (a protocol error, not a tool result).
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
+    /// The caller's roles do not reach this tool.
+    #[error("not authorized: principal {principal} may not call {tool}")]
+    NotAuthorized { principal: String, tool: String },
     #[error("server busy: {limit} calls already in flight, try again shortly")]
     ServerBusy { limit: u32 },
     #[error(
@@ -75,6 +78,7 @@ impl CallFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             CallFailure::UnknownTool(_) => "unknown_tool",
+            CallFailure::NotAuthorized { .. } => "not_authorized",
             CallFailure::ServerBusy { .. } => "server_busy",
             CallFailure::ToolBusy { .. } => "tool_busy",
             CallFailure::ArgumentsTooLarge { .. } => "arguments_too_large",
@@ -99,6 +103,7 @@ impl CallFailure {
     pub fn decision(&self) -> &'static str {
         match self {
             CallFailure::UnknownTool(_)
+            | CallFailure::NotAuthorized { .. }
             | CallFailure::ServerBusy { .. }
             | CallFailure::ToolBusy { .. }
             | CallFailure::ArgumentsTooLarge { .. }

@@ -4,6 +4,7 @@
 //! and stack limits. The call path is [`pipeline::Airlock::call`].
 
 pub mod audit;
+pub mod auth;
 pub mod bundled;
 pub mod capture;
 pub mod catalog;

@@ -3,6 +3,7 @@
 
 #![allow(deprecated)] // MCP logging is deprecated (SEP-2577) but still what clients use.
 
+use crate::auth::{Access, AuthError, AuthMode, AuthSettings, Principal};
 use crate::failure::CallFailure;
 use crate::pipeline::{Airlock, CallContext, Caller};
 use crate::sandbox::GuestEvent;
@@ -30,28 +31,36 @@ pub const CALL_ID_META_KEY: &str = "airlock/call_id";
 /// The `_meta` key carrying the correlation id (the request's W3C trace id, else generated).
 pub const CORRELATION_META_KEY: &str = "airlock/correlation_id";
 
-/// The principal of stdio sessions.
-pub const LOCAL_PRINCIPAL: &str = "local";
-/// The principal of HTTP requests until client authentication exists (loopback only).
+/// The principal of HTTP requests with `[auth] mode = "none"` (loopback only).
 pub const ANONYMOUS_PRINCIPAL: &str = "anonymous";
 
 /// One MCP session (stdio has one; HTTP one per session or stateless request).
 #[derive(Clone)]
 pub struct McpServer {
     airlock: Arc<Airlock>,
-    /// Who calls through this session.
-    principal: Arc<str>,
+    /// Who calls when the request does not say (stdio: the local principal; HTTP requests
+    /// always carry the principal their credentials proved).
+    principal: Principal,
     /// The level set with `logging/setLevel` (pre-2026-07-28 clients).
     session_log_level: Arc<Mutex<Option<LoggingLevel>>>,
 }
 
 impl McpServer {
-    pub fn new(airlock: Arc<Airlock>, principal: Arc<str>) -> Self {
+    pub fn new(airlock: Arc<Airlock>, principal: Principal) -> Self {
         McpServer {
             airlock,
             principal,
             session_log_level: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The caller of this request.
+    fn principal(&self, ctx: &RequestContext<RoleServer>) -> Principal {
+        ctx.extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Principal>())
+            .unwrap_or(&self.principal)
+            .clone()
     }
 
     /// Messages at or above this level are forwarded to the client, if any.
@@ -126,10 +135,10 @@ impl ServerHandler for McpServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         Ok(ListToolsResult::with_all_items(
-            self.airlock.tools().as_ref().clone(),
+            self.airlock.tools_for(&self.principal(&context)),
         ))
     }
 
@@ -204,7 +213,7 @@ impl ServerHandler for McpServer {
             .get::<http::request::Parts>()
             .and_then(|p| p.headers.get("traceparent"))
             .and_then(|v| v.to_str().ok());
-        let caller = Caller::new(self.principal.clone(), traceparent);
+        let caller = Caller::new(self.principal(&context), traceparent);
         let ctx = CallContext {
             cancel: context.ct.clone(),
             events,
@@ -229,10 +238,65 @@ impl ServerHandler for McpServer {
     }
 }
 
+/// The auth layer in front of `/mcp`: the request goes on with its [`Principal`] in its
+/// extensions, or is answered 401 / 403 with the `WWW-Authenticate` challenge of RFC 6750 and
+/// RFC 9728.
+async fn authenticate(
+    axum::extract::State(auth): axum::extract::State<Arc<AuthSettings>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let error = match auth.authenticate(header) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            return next.run(request).await;
+        }
+        Err(e) => e,
+    };
+    tracing::warn!(target: "airlock::auth", reason = %error, "request refused");
+    let resource = auth
+        .jwt
+        .as_ref()
+        .map(|j| format!("resource_metadata=\"{}\"", j.metadata_url()))
+        .unwrap_or_else(|| "realm=\"airlock\"".to_owned());
+    let quoted = |s: &str| s.replace(['"', '\\'], "'");
+    let (status, challenge) = match &error {
+        AuthError::Missing => (http::StatusCode::UNAUTHORIZED, format!("Bearer {resource}")),
+        AuthError::InvalidToken(why) => (
+            http::StatusCode::UNAUTHORIZED,
+            format!(
+                "Bearer {resource}, error=\"invalid_token\", error_description=\"{}\"",
+                quoted(why)
+            ),
+        ),
+        AuthError::InsufficientScope => (
+            http::StatusCode::FORBIDDEN,
+            format!("Bearer {resource}, error=\"insufficient_scope\""),
+        ),
+    };
+    let body = serde_json::json!({ "error": error.to_string() }).to_string();
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+        headers.insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
 /// Serve MCP on stdin/stdout until the client closes the stream. Calls are made by the local
 /// principal: whoever started the process.
 pub async fn serve_stdio(airlock: Arc<Airlock>) -> Result<()> {
-    let service = McpServer::new(airlock, Arc::from(LOCAL_PRINCIPAL))
+    let local = airlock.catalog().policy.auth.local_principal.clone();
+    let service = McpServer::new(airlock, local)
         .serve(rmcp::transport::stdio())
         .await
         .context("MCP initialisation on stdio failed")?;
@@ -249,13 +313,19 @@ pub async fn serve_http(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    if !addr.ip().is_loopback() {
+    let policy = &airlock.catalog().policy;
+    if !addr.ip().is_loopback() && policy.auth.mode == AuthMode::None {
         bail!(
-            "refusing to listen on {addr}: Airlock has no client authentication yet, so it serves HTTP \
-             on loopback addresses only (127.0.0.1, ::1)"
+            "refusing to listen on {addr}: with [auth] mode = \"none\" Airlock serves HTTP on \
+             loopback addresses only (127.0.0.1, ::1); configure mode = \"jwt\" or \"api-key\""
         );
     }
-    let server = &airlock.catalog().policy.server;
+    if policy.auth.mode == AuthMode::None {
+        tracing::warn!(
+            "[auth] mode = \"none\": HTTP callers are not authenticated (loopback only)"
+        );
+    }
+    let server = &policy.server;
     let mut config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(server.allowed_hosts.clone())
         .with_allowed_origins(server.allowed_origins.clone())
@@ -265,15 +335,48 @@ pub async fn serve_http(
     let factory_airlock = airlock.clone();
     let service = StreamableHttpService::new(
         move || {
-            Ok(McpServer::new(
-                factory_airlock.clone(),
-                Arc::from(ANONYMOUS_PRINCIPAL),
-            ))
+            // Every request carries the principal the auth layer proved; should one not, it
+            // can do nothing.
+            let nobody = Principal {
+                name: Arc::from("unauthenticated"),
+                access: Access::Roles(Vec::new()),
+            };
+            Ok(McpServer::new(factory_airlock.clone(), nobody))
         },
         LocalSessionManager::default().into(),
         config,
     );
-    let app = axum::Router::new().nest_service("/mcp", service);
+    let auth = Arc::new(policy.auth.clone());
+    let mcp = axum::Router::new().nest_service("/mcp", service).layer(
+        axum::middleware::from_fn_with_state(auth.clone(), authenticate),
+    );
+    let mut app = mcp;
+    if let Some(jwt) = &policy.auth.jwt {
+        let metadata = serde_json::json!({
+            "resource": jwt.resource,
+            "authorization_servers": jwt.authorization_servers,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Airlock",
+            "scopes_supported": if matches!(jwt.roles_claim.as_str(), "scope" | "scp") {
+                policy.auth.claim_values()
+            } else {
+                Vec::new()
+            },
+        });
+        let serve = move || {
+            let m = metadata.clone();
+            async move { axum::Json(m) }
+        };
+        app = app
+            .route(
+                "/.well-known/oauth-protected-resource",
+                axum::routing::get(serve.clone()),
+            )
+            .route(
+                "/.well-known/oauth-protected-resource/{*path}",
+                axum::routing::get(serve),
+            );
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

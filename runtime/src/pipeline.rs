@@ -7,6 +7,7 @@
 //! their places as they land.
 
 use crate::audit::AuditLog;
+use crate::auth::Principal;
 use crate::catalog::{Catalog, CatalogTool};
 use crate::failure::CallFailure;
 use crate::output;
@@ -32,7 +33,7 @@ pub struct CallContext {
 /// Who makes a call and how the call is known, for the audit record.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub principal: Arc<str>,
+    pub principal: Principal,
     /// Unique per call; returned to the client in `_meta`.
     pub call_id: String,
     /// The W3C trace id the request carried, else generated; returned to the client in `_meta`.
@@ -44,7 +45,7 @@ pub struct Caller {
 impl Caller {
     /// A top-level call by `principal`, correlated with `traceparent` when it is a valid W3C
     /// trace context header.
-    pub fn new(principal: Arc<str>, traceparent: Option<&str>) -> Caller {
+    pub fn new(principal: Principal, traceparent: Option<&str>) -> Caller {
         let call_id = random_id();
         let correlation_id = traceparent
             .and_then(trace_id)
@@ -119,9 +120,25 @@ impl Airlock {
         &self.catalog
     }
 
-    /// The tools every caller sees.
+    /// Every tool, as the local principal sees them.
     pub fn tools(&self) -> Arc<Vec<Tool>> {
         self.catalog.listed()
+    }
+
+    /// The tools `principal` may see (and so call).
+    pub fn tools_for(&self, principal: &Principal) -> Vec<Tool> {
+        let all = self.catalog.listed();
+        if principal.access == crate::auth::Access::All {
+            return all.as_ref().clone();
+        }
+        all.iter()
+            .filter(|t| {
+                self.catalog
+                    .tool(&t.name)
+                    .is_ok_and(|c| principal.may_use(&c.component.entry.roles))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Run one call through the pipeline. Every outcome, including refusals before the
@@ -136,7 +153,7 @@ impl Airlock {
     ) -> Result<CallToolResult, CallFailure> {
         let started = Instant::now();
         let mut usage = Usage::default();
-        let result = self.steps(name, arguments, ctx, &mut usage).await;
+        let result = self.steps(name, arguments, caller, ctx, &mut usage).await;
         let result = match usage.redactor.clone() {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
             _ => result,
@@ -198,7 +215,7 @@ impl Airlock {
             ),
         };
         let record = CallRecord {
-            principal: &caller.principal,
+            principal: &caller.principal.name,
             tool,
             component: usage.component.as_deref(),
             call_id: &caller.call_id,
@@ -239,11 +256,13 @@ impl Airlock {
         &self,
         name: &str,
         arguments: Option<&JsonObject>,
+        caller: &Caller,
         ctx: CallContext,
         usage: &mut Usage,
     ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
+        authorize(&caller.principal, tool)?;
         usage.audit_arguments = tool.component.entry.audit_arguments;
         usage.redactor = Some(tool.component.prepared.redactor.clone());
         let _permits = self.admit(tool)?;
@@ -300,6 +319,19 @@ impl Airlock {
             &ctx.cancel,
         )
         .await
+    }
+}
+
+/// The same rule as `tools/list`, applied again: a tool a principal cannot see is not a tool it
+/// can call.
+fn authorize(principal: &Principal, tool: &CatalogTool) -> Result<(), CallFailure> {
+    if principal.may_use(&tool.component.entry.roles) {
+        Ok(())
+    } else {
+        Err(CallFailure::NotAuthorized {
+            principal: principal.name.to_string(),
+            tool: tool.tool.name.to_string(),
+        })
     }
 }
 
@@ -426,7 +458,7 @@ fn record(
     usage: &Usage,
 ) {
     let component = usage.component.as_deref().unwrap_or("-");
-    let (principal, call_id) = (&*caller.principal, caller.call_id.as_str());
+    let (principal, call_id) = (&*caller.principal.name, caller.call_id.as_str());
     let duration_us = started.elapsed().as_micros() as u64;
     let (fuel_used, peak_memory) = (usage.fuel_used, usage.peak_memory);
     match result {
@@ -485,7 +517,13 @@ mod tests {
             None
         );
         assert_eq!(trace_id("garbage"), None);
-        let c = Caller::new(Arc::from("p"), None);
+        let c = Caller::new(
+            Principal {
+                name: Arc::from("p"),
+                access: crate::auth::Access::All,
+            },
+            None,
+        );
         assert_eq!(c.call_id.len(), 32);
         assert_eq!(c.correlation_id, c.call_id);
     }

@@ -3,12 +3,14 @@
 //! bad configuration stops the start with a message naming the file, the key and the problem.
 
 use crate::audit::{self, AuditSection, AuditSettings};
+use crate::auth::{self, AuthSection, AuthSettings};
 use crate::bundled;
 use crate::grants::{self, Grants, GrantsSection};
 use crate::secrets::{self, SecretStore, SecretsSection};
 use crate::units::{ByteSize, Span};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +49,11 @@ struct ConfigFile {
     secrets: SecretsSection,
     #[serde(default)]
     audit: AuditSection,
+    #[serde(default)]
+    auth: AuthSection,
+    /// Role → the claim values that carry it.
+    #[serde(default)]
+    roles: BTreeMap<String, Vec<String>>,
     #[serde(default, rename = "tool")]
     tools: Vec<ToolSection>,
 }
@@ -89,6 +96,9 @@ struct ToolSection {
     grants: GrantsSection,
     /// What the audit log keeps of each call's arguments (their digest is always kept).
     audit_arguments: Option<AuditArguments>,
+    /// Roles whose principals may list and call this component's tools.
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 /// What the audit record of a call keeps of its arguments.
@@ -203,6 +213,8 @@ pub struct ComponentEntry {
     pub limits: Limits,
     pub grants: Grants,
     pub audit_arguments: AuditArguments,
+    /// Roles whose principals may list and call its tools (the local principal always may).
+    pub roles: Vec<String>,
 }
 
 /// A validated configuration.
@@ -214,6 +226,7 @@ pub struct Policy {
     /// Every secret `[secrets]` declares, loaded.
     pub secrets: SecretStore,
     pub audit: AuditSettings,
+    pub auth: AuthSettings,
     pub components: Vec<ComponentEntry>,
 }
 
@@ -268,6 +281,7 @@ impl Policy {
         let secrets = secrets::load(&file.secrets, base).map_err(|(k, p)| err(k, p))?;
         let audit =
             audit::resolve(&file.audit, base, &server.state_dir).map_err(|(k, p)| err(k, p))?;
+        let auth = auth::resolve(&file.auth, &file.roles, base).map_err(|(k, p)| err(k, p))?;
 
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
         for (i, t) in file.tools.iter().enumerate() {
@@ -322,7 +336,16 @@ impl Policy {
                 limits,
                 grants,
                 audit_arguments: t.audit_arguments.unwrap_or_default(),
+                roles: t.roles.clone(),
             });
+            for r in &t.roles {
+                if !auth.has_role(r) {
+                    return Err(err(
+                        key("roles"),
+                        format!("role \"{r}\" is not declared in [roles]"),
+                    ));
+                }
+            }
         }
         check_nested_writable(&components).map_err(|(k, p)| err(k, p))?;
         if components.is_empty() {
@@ -336,8 +359,24 @@ impl Policy {
             server,
             secrets,
             audit,
+            auth,
             components,
         })
+    }
+}
+
+impl Policy {
+    /// `[[tool]]` entries no authenticated principal can reach (no `roles`), when HTTP callers
+    /// are authenticated; only the local principal (stdio) can use them.
+    pub fn unreachable_components(&self) -> Vec<&str> {
+        if self.auth.mode == crate::auth::AuthMode::None {
+            return Vec::new();
+        }
+        self.components
+            .iter()
+            .filter(|c| c.roles.is_empty())
+            .map(|c| c.name.as_str())
+            .collect()
     }
 }
 

@@ -1,0 +1,474 @@
+//! Who is calling: `[auth]` and `[roles]`. Over HTTP airlock is an OAuth 2.1 resource server
+//! (bearer JWTs checked against a JWKS) and accepts hashed API keys for service principals;
+//! stdio sessions are the configured local principal. A principal's roles decide which tools it
+//! may list and call.
+
+use crate::units::Span;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// `[auth]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    mode: Option<AuthMode>,
+    /// This server's resource URI (RFC 8707): the audience tokens must name.
+    resource: Option<String>,
+    issuer: Option<String>,
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    algorithms: Vec<String>,
+    leeway: Option<Span>,
+    max_token_lifetime: Option<Span>,
+    roles_claim: Option<String>,
+    #[serde(default)]
+    required_claims: Vec<String>,
+    #[serde(default)]
+    authorization_servers: Vec<String>,
+    local_principal: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<ApiKeySection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeySection {
+    principal: String,
+    /// sha256 of the key, hex; the key itself is never in the configuration.
+    sha256: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// How HTTP callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Nobody is asked: HTTP only on loopback, every caller the anonymous principal.
+    None,
+    /// Bearer JWTs (and API keys, when configured).
+    Jwt,
+    /// API keys only.
+    ApiKey,
+}
+
+/// What a principal may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Every tool: the local principal, and everyone when `mode = "none"`.
+    All,
+    /// The tools of these roles.
+    Roles(Vec<String>),
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: Arc<str>,
+    pub access: Access,
+}
+
+impl Principal {
+    /// May this principal use a component whose tools are granted to `roles`?
+    pub fn may_use(&self, roles: &[String]) -> bool {
+        match &self.access {
+            Access::All => true,
+            Access::Roles(mine) => mine.iter().any(|r| roles.contains(r)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ApiKey {
+    principal: Arc<str>,
+    digest: [u8; 32],
+    roles: Vec<String>,
+}
+
+/// JWT settings, resolved.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub resource: String,
+    pub issuer: String,
+    keys: Arc<JwkSet>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    max_token_lifetime: Duration,
+    pub roles_claim: String,
+    required_claims: Vec<String>,
+    pub authorization_servers: Vec<String>,
+}
+
+impl JwtSettings {
+    /// Where this resource's RFC 9728 metadata is served: the resource URI's origin, then
+    /// `/.well-known/oauth-protected-resource`, then the resource's path.
+    pub fn metadata_url(&self) -> String {
+        let (scheme, rest) = self
+            .resource
+            .split_once("://")
+            .unwrap_or(("https", &self.resource));
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let path = path.trim_end_matches('/');
+        if path.is_empty() {
+            format!("{scheme}://{authority}/.well-known/oauth-protected-resource")
+        } else {
+            format!("{scheme}://{authority}/.well-known/oauth-protected-resource/{path}")
+        }
+    }
+}
+
+/// `[auth]` and `[roles]`, resolved.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub jwt: Option<JwtSettings>,
+    api_keys: Vec<ApiKey>,
+    /// Role → the claim values that carry it.
+    roles: BTreeMap<String, Vec<String>>,
+    /// The principal of stdio sessions.
+    pub local_principal: Principal,
+}
+
+const ALLOWED_ALGORITHMS: [(&str, Algorithm); 3] = [
+    ("RS256", Algorithm::RS256),
+    ("ES256", Algorithm::ES256),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// Resolve `[auth]` and `[roles]`. Errors are (key, problem).
+pub(crate) fn resolve(
+    section: &AuthSection,
+    roles: &BTreeMap<String, Vec<String>>,
+    base: &Path,
+) -> Result<AuthSettings, (String, String)> {
+    let key = |k: &str| format!("auth › {k}");
+    for (role, values) in roles {
+        if values.is_empty() {
+            return Err((
+                format!("roles › {role}"),
+                "lists no claim values, so no token can carry it".into(),
+            ));
+        }
+    }
+    let known_roles = |list: &[String], at: String| -> Result<Vec<String>, (String, String)> {
+        for r in list {
+            if !roles.contains_key(r) {
+                return Err((at, format!("role \"{r}\" is not declared in [roles]")));
+            }
+        }
+        Ok(list.to_vec())
+    };
+    let mode = section.mode.unwrap_or(AuthMode::None);
+    let mut api_keys = Vec::with_capacity(section.api_keys.len());
+    for (i, k) in section.api_keys.iter().enumerate() {
+        let at = format!("auth › api_keys[{i}]");
+        if mode == AuthMode::None {
+            return Err((at, "API keys need mode = \"jwt\" or \"api-key\"".into()));
+        }
+        let digest: [u8; 32] = hex::decode(&k.sha256)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                (
+                    format!("{at} › sha256"),
+                    "must be 64 hex digits: the sha256 of the key (`printf %s KEY | sha256sum`)"
+                        .to_owned(),
+                )
+            })?;
+        if api_keys.iter().any(|a: &ApiKey| a.digest == digest) {
+            return Err((
+                format!("{at} › sha256"),
+                "the same key is listed twice".into(),
+            ));
+        }
+        if k.roles.is_empty() {
+            return Err((
+                format!("{at} › roles"),
+                "a key without roles can call nothing".into(),
+            ));
+        }
+        api_keys.push(ApiKey {
+            principal: Arc::from(k.principal.as_str()),
+            digest,
+            roles: known_roles(&k.roles, format!("{at} › roles"))?,
+        });
+    }
+    if mode == AuthMode::ApiKey && api_keys.is_empty() {
+        return Err((
+            key("mode"),
+            "\"api-key\" needs at least one [[auth.api_keys]]".into(),
+        ));
+    }
+    let jwt = match mode {
+        AuthMode::Jwt => Some(resolve_jwt(section, base)?),
+        _ => {
+            if section.issuer.is_some() || section.jwks_file.is_some() {
+                return Err((
+                    key("mode"),
+                    "JWT settings are given but mode is not \"jwt\"".into(),
+                ));
+            }
+            None
+        }
+    };
+    let local = section.local_principal.as_deref().unwrap_or("local");
+    Ok(AuthSettings {
+        mode,
+        jwt,
+        api_keys,
+        roles: roles.clone(),
+        local_principal: Principal {
+            name: Arc::from(local),
+            access: Access::All,
+        },
+    })
+}
+
+fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (String, String)> {
+    let key = |k: &str| format!("auth › {k}");
+    let need = |v: &Option<String>, k: &str| {
+        v.clone()
+            .ok_or_else(|| (key(k), "required when mode = \"jwt\"".to_owned()))
+    };
+    let resource = need(&section.resource, "resource")?;
+    let issuer = need(&section.issuer, "issuer")?;
+    let path = section
+        .jwks_file
+        .as_ref()
+        .map(|p| base.join(p))
+        .ok_or_else(|| (key("jwks_file"), "required when mode = \"jwt\"".to_owned()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
+    let keys: JwkSet = serde_json::from_str(&text).map_err(|e| {
+        (
+            key("jwks_file"),
+            format!("{}: not a JWK set: {e}", path.display()),
+        )
+    })?;
+    if keys.keys.is_empty() {
+        return Err((
+            key("jwks_file"),
+            format!("{} holds no keys", path.display()),
+        ));
+    }
+    for (i, k) in keys.keys.iter().enumerate() {
+        if k.common.key_id.is_none() {
+            return Err((key("jwks_file"), format!("key {i} has no `kid`")));
+        }
+        if let AlgorithmParameters::OctetKey(_) = k.algorithm {
+            return Err((
+                key("jwks_file"),
+                format!("key {i} is a symmetric (oct) key; only public keys are accepted"),
+            ));
+        }
+        DecodingKey::from_jwk(k).map_err(|e| (key("jwks_file"), format!("key {i}: {e}")))?;
+    }
+    let algorithms = if section.algorithms.is_empty() {
+        ALLOWED_ALGORITHMS.iter().map(|(_, a)| *a).collect()
+    } else {
+        section
+            .algorithms
+            .iter()
+            .map(|name| {
+                ALLOWED_ALGORITHMS
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| {
+                        (
+                            key("algorithms"),
+                            format!("\"{name}\" is not one of RS256, ES256, EdDSA"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let leeway = section.leeway.map_or(Duration::from_secs(30), |s| s.0);
+    if leeway > Duration::from_secs(300) {
+        return Err((key("leeway"), "must be at most 5m".into()));
+    }
+    let max_token_lifetime = section
+        .max_token_lifetime
+        .map_or(Duration::from_secs(3600), |s| s.0);
+    let roles_claim = section
+        .roles_claim
+        .clone()
+        .unwrap_or_else(|| "roles".into());
+    if !matches!(roles_claim.as_str(), "roles" | "groups" | "scope" | "scp") {
+        return Err((
+            key("roles_claim"),
+            format!("\"{roles_claim}\" is not one of roles, groups, scope, scp"),
+        ));
+    }
+    let authorization_servers = if section.authorization_servers.is_empty() {
+        vec![issuer.clone()]
+    } else {
+        section.authorization_servers.clone()
+    };
+    Ok(JwtSettings {
+        resource,
+        issuer,
+        keys: Arc::new(keys),
+        algorithms,
+        leeway,
+        max_token_lifetime,
+        roles_claim,
+        required_claims: section.required_claims.clone(),
+        authorization_servers,
+    })
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials (401 without an error code).
+    #[error("no bearer token in the Authorization header")]
+    Missing,
+    /// Credentials that do not hold (401 `invalid_token`).
+    #[error("{0}")]
+    InvalidToken(String),
+    /// A valid token that carries none of the roles any tool is granted to (403).
+    #[error("the token carries no role that grants any tool")]
+    InsufficientScope,
+}
+
+impl AuthSettings {
+    /// Identify the caller of an HTTP request from its `Authorization` header (the only place
+    /// a token is taken from).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(Principal {
+                name: Arc::from(crate::mcp::ANONYMOUS_PRINCIPAL),
+                access: Access::All,
+            });
+        }
+        let token = authorization
+            .and_then(|h| {
+                let (scheme, rest) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        if let Some(p) = self.api_key(token) {
+            return Ok(p);
+        }
+        let jwt = self
+            .jwt
+            .as_ref()
+            .ok_or_else(|| AuthError::InvalidToken("unknown API key".into()))?;
+        let principal = self.check_jwt(jwt, token)?;
+        match &principal.access {
+            Access::Roles(r) if r.is_empty() => Err(AuthError::InsufficientScope),
+            _ => Ok(principal),
+        }
+    }
+
+    /// The principal whose key hashes to the token's digest, compared in constant time.
+    fn api_key(&self, token: &str) -> Option<Principal> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        // Every key is compared, so the time taken does not tell which one matched.
+        for k in &self.api_keys {
+            if bool::from(k.digest.ct_eq(&digest)) {
+                found = Some(k);
+            }
+        }
+        found.map(|k| Principal {
+            name: k.principal.clone(),
+            access: Access::Roles(k.roles.clone()),
+        })
+    }
+
+    fn check_jwt(&self, jwt: &JwtSettings, token: &str) -> Result<Principal, AuthError> {
+        let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
+        if !jwt.algorithms.contains(&header.alg) {
+            return Err(invalid(&format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("the token names no key (kid)"))?;
+        let jwk = jwt
+            .keys
+            .find(&kid)
+            .ok_or_else(|| invalid("the token's key (kid) is unknown"))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("unusable key"))?;
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[&jwt.issuer]);
+        v.set_audience(&[&jwt.resource]);
+        v.leeway = jwt.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            invalid(match e.kind() {
+                K::ExpiredSignature => "the token has expired",
+                K::ImmatureSignature => "the token is not valid yet",
+                K::InvalidIssuer => "wrong issuer",
+                K::InvalidAudience => "the token is not for this resource (audience)",
+                K::InvalidSignature => "bad signature",
+                K::InvalidAlgorithm => "the key does not fit the token's algorithm",
+                K::MissingRequiredClaim(_) => "a required claim is missing",
+                _ => "invalid token",
+            })
+        })?;
+        let claims = data.claims;
+        let iat = claims["iat"]
+            .as_u64()
+            .ok_or_else(|| invalid("a required claim is missing (iat)"))?;
+        let exp = claims["exp"].as_u64().unwrap_or(0);
+        if exp.saturating_sub(iat) > jwt.max_token_lifetime.as_secs() {
+            return Err(invalid(&format!(
+                "the token lives longer than the {} s allowed",
+                jwt.max_token_lifetime.as_secs()
+            )));
+        }
+        for c in &jwt.required_claims {
+            if claims.get(c).is_none_or(serde_json::Value::is_null) {
+                return Err(invalid(&format!("a required claim is missing ({c})")));
+            }
+        }
+        let sub = claims["sub"]
+            .as_str()
+            .ok_or_else(|| invalid("`sub` is not a string"))?;
+        let values: Vec<&str> = match &claims[jwt.roles_claim.as_str()] {
+            serde_json::Value::String(s) => s.split_whitespace().collect(),
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        let roles = self
+            .roles
+            .iter()
+            .filter(|(_, carried_by)| carried_by.iter().any(|c| values.contains(&c.as_str())))
+            .map(|(r, _)| r.clone())
+            .collect();
+        Ok(Principal {
+            name: Arc::from(sub),
+            access: Access::Roles(roles),
+        })
+    }
+
+    /// Every claim value that carries a role, for `scopes_supported`.
+    pub fn claim_values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.roles.values().flatten().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Is `role` declared in `[roles]`?
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+}
