@@ -362,7 +362,8 @@ impl AuthSettings {
         let jwt = self
             .jwt
             .as_ref()
-            .ok_or_else(|| AuthError::InvalidToken("unknown API key".into()))?;
+            .filter(|_| token.split('.').count() == 3)
+            .ok_or_else(|| AuthError::InvalidToken("not a known API key or a JWT".into()))?;
         let principal = self.check_jwt(jwt, token)?;
         match &principal.access {
             Access::Roles(r) if r.is_empty() => Err(AuthError::InsufficientScope),

@@ -308,43 +308,93 @@ pub fn raw_post(addr: &str, host: &str, origin: Option<&str>, body: &str) -> u16
     std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
 
-/// One MCP 2026-07-28 `tools/call` over a raw HTTP connection (no client library), with
-/// extra `headers` lines. Returns the HTTP status and the response body, or `None` when the
-/// server could not be reached or did not answer completely.
-pub fn raw_call(
-    addr: &str,
-    tool: &str,
-    arguments: &Value,
-    headers: &[(&str, &str)],
-) -> Option<(u16, String)> {
+/// An HTTP response read whole.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Send one raw HTTP/1.1 request (`Connection: close`) and read the whole response.
+pub fn raw_http(addr: &str, request_head: &str, body: &str) -> Option<RawResponse> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let body = serde_json::json!({
-        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {
-            "name": tool, "arguments": arguments,
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {}
-            }
-        }
-    })
-    .to_string();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
     write!(
         s,
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: {tool}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{request_head}Host: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
     let mut response = String::new();
     s.read_to_string(&mut response).ok()?;
     let status = response.get(9..12)?.parse().ok()?;
-    let (_, body) = response.split_once("\r\n\r\n")?;
-    Some((status, body.to_owned()))
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some(RawResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// One MCP 2026-07-28 request (`method` with `params`, to which the protocol `_meta` is added)
+/// over a raw HTTP connection, with extra `headers`.
+pub fn raw_mcp(
+    addr: &str,
+    method: &str,
+    mut params: Value,
+    headers: &[(&str, &str)],
+) -> Option<RawResponse> {
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let name = params["name"]
+        .as_str()
+        .map(|n| format!("Mcp-Name: {n}\r\n"))
+        .unwrap_or_default();
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    raw_http(
+        addr,
+        &format!(
+            "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {method}\r\n{name}{extra}"
+        ),
+        &body,
+    )
+}
+
+/// One MCP 2026-07-28 `tools/call` over a raw HTTP connection (no client library). Returns the
+/// HTTP status and the response body, or `None` when the server could not be reached or did
+/// not answer completely.
+pub fn raw_call(
+    addr: &str,
+    tool: &str,
+    arguments: &Value,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    raw_mcp(
+        addr,
+        "tools/call",
+        serde_json::json!({"name": tool, "arguments": arguments}),
+        headers,
+    )
+    .map(|r| (r.status, r.body))
 }
 
 /// The audit records in `dir` (all files, oldest first), parsed.

@@ -1,0 +1,426 @@
+//! Authentication and authorization over Streamable HTTP, through the real binary: bearer JWTs
+//! minted here with keys generated here, API keys, the RFC 9728 challenge, and per-principal
+//! tool visibility and call enforcement.
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::{HttpServer, RawResponse, TempDir, audit_records, hostile_wasm, raw_http, raw_mcp};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const RESOURCE: &str = "https://airlock.test/mcp";
+const ISSUER: &str = "https://idp.test/";
+const API_KEY: &str = "ak-test-key-0123456789";
+
+struct Keys {
+    ed: Vec<u8>,
+    ed_public: Vec<u8>,
+    ec: Vec<u8>,
+    other_ed: Vec<u8>,
+}
+
+fn keys() -> Keys {
+    let rng = SystemRandom::new();
+    let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let ed_public = Ed25519KeyPair::from_pkcs8(ed.as_ref())
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let other = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    Keys {
+        ed: ed.as_ref().to_vec(),
+        ed_public,
+        ec: ec.as_ref().to_vec(),
+        other_ed: other.as_ref().to_vec(),
+    }
+}
+
+fn jwks(k: &Keys) -> Value {
+    let ec = EcdsaKeyPair::from_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &k.ec,
+        &SystemRandom::new(),
+    )
+    .unwrap();
+    let point = ec.public_key().as_ref();
+    json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "x": B64.encode(&k.ed_public), "kid": "ed1", "use": "sig"},
+        {"kty": "EC", "crv": "P-256", "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65]), "kid": "ec1", "use": "sig"}
+    ]})
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str, roles: &[&str]) -> Value {
+    json!({"iss": ISSUER, "aud": RESOURCE, "sub": sub, "roles": roles, "iat": now(), "exp": now() + 600})
+}
+
+fn ed_token(k: &Keys, claims: &Value) -> String {
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some("ed1".into());
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&k.ed)).unwrap()
+}
+
+struct Fixture {
+    _dir: TempDir,
+    server: HttpServer,
+    keys: Keys,
+}
+
+fn start() -> Fixture {
+    let keys = keys();
+    let dir = TempDir::new("auth");
+    std::fs::write(dir.0.join("jwks.json"), jwks(&keys).to_string()).unwrap();
+    let config = dir.config(&format!(
+        r#"[auth]
+mode = "jwt"
+resource = "{RESOURCE}"
+issuer = "{ISSUER}"
+jwks_file = "jwks.json"
+max_token_lifetime = "1h"
+[[auth.api_keys]]
+principal = "ci-bot"
+sha256 = "{}"
+roles = ["readers"]
+
+[roles]
+readers = ["analysts"]
+admins = ["airlock-admins"]
+
+[[tool]]
+name = "text"
+component = "bundled:text"
+roles = ["readers", "admins"]
+
+[[tool]]
+name = "hostile"
+component = "{}"
+roles = ["admins"]
+"#,
+        hex::encode(Sha256::digest(API_KEY)),
+        hostile_wasm().display()
+    ));
+    let server = HttpServer::start(&config);
+    Fixture {
+        _dir: dir,
+        server,
+        keys,
+    }
+}
+
+fn list(f: &Fixture, token: &str) -> RawResponse {
+    raw_mcp(
+        &f.server.addr,
+        "tools/list",
+        json!({}),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .unwrap()
+}
+
+fn call(f: &Fixture, token: &str, tool: &str, args: Value) -> RawResponse {
+    raw_mcp(
+        &f.server.addr,
+        "tools/call",
+        json!({"name": tool, "arguments": args}),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .unwrap()
+}
+
+/// Assert a 401 whose challenge points at the metadata and carries `description`.
+fn refused(r: &RawResponse, description: &str) {
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r
+        .header("WWW-Authenticate")
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        challenge.starts_with(
+            "Bearer resource_metadata=\"https://airlock.test/.well-known/oauth-protected-resource/mcp\""
+        ),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("error=\"invalid_token\"")
+            && challenge.contains(&format!("error_description=\"{description}")),
+        "{description}: {challenge}"
+    );
+}
+
+#[test]
+fn tokens_are_checked_claim_by_claim() {
+    let f = start();
+    let k = &f.keys;
+
+    // No credentials: 401 with the metadata pointer and no error code.
+    let r = raw_mcp(&f.server.addr, "tools/list", json!({}), &[]).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("WWW-Authenticate"),
+        Some(
+            "Bearer resource_metadata=\"https://airlock.test/.well-known/oauth-protected-resource/mcp\""
+        )
+    );
+
+    // A good token, with either accepted algorithm.
+    assert_eq!(
+        list(&f, &ed_token(k, &claims("alice", &["analysts"]))).status,
+        200
+    );
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("ec1".into());
+    let es = jsonwebtoken::encode(
+        &h,
+        &claims("alice", &["analysts"]),
+        &EncodingKey::from_ec_der(&k.ec),
+    )
+    .unwrap();
+    assert_eq!(list(&f, &es).status, 200);
+
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut c = claims("alice", &["analysts"]);
+        edit(&mut c);
+        ed_token(k, &c)
+    };
+    refused(
+        &list(&f, &with(&|c| c["iss"] = json!("https://evil.test/"))),
+        "wrong issuer",
+    );
+    refused(
+        &list(&f, &with(&|c| c["aud"] = json!("https://other.test/mcp"))),
+        "the token is not for this resource (audience)",
+    );
+    refused(
+        &list(
+            &f,
+            &with(&|c| {
+                c["iat"] = json!(now() - 900);
+                c["exp"] = json!(now() - 120);
+            }),
+        ),
+        "the token has expired",
+    );
+    refused(
+        &list(&f, &with(&|c| c["nbf"] = json!(now() + 300))),
+        "the token is not valid yet",
+    );
+    refused(
+        &list(&f, &with(&|c| c["exp"] = json!(now() + 7200))),
+        "the token lives longer than the 3600 s allowed",
+    );
+    refused(
+        &list(
+            &f,
+            &with(&|c| {
+                c.as_object_mut().unwrap().remove("iat");
+            }),
+        ),
+        "a required claim is missing (iat)",
+    );
+
+    // alg: none, unsigned.
+    let none = format!(
+        "{}.{}.",
+        B64.encode(r#"{"alg":"none","kid":"ed1","typ":"JWT"}"#),
+        B64.encode(claims("alice", &["analysts"]).to_string())
+    );
+    refused(&list(&f, &none), "malformed token or unsupported algorithm");
+
+    // Signed by a key that is not in the JWKS, under a kid that is.
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some("ed1".into());
+    let forged = jsonwebtoken::encode(
+        &h,
+        &claims("alice", &["analysts"]),
+        &EncodingKey::from_ed_der(&k.other_ed),
+    )
+    .unwrap();
+    refused(&list(&f, &forged), "bad signature");
+
+    // A kid the JWKS does not have.
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some("nope".into());
+    let unknown = jsonwebtoken::encode(
+        &h,
+        &claims("alice", &["analysts"]),
+        &EncodingKey::from_ed_der(&k.ed),
+    )
+    .unwrap();
+    refused(&list(&f, &unknown), "the token's key (kid) is unknown");
+
+    // HS256 with the public key as the shared secret (key confusion).
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("ed1".into());
+    let confused = jsonwebtoken::encode(
+        &h,
+        &claims("alice", &["analysts"]),
+        &EncodingKey::from_secret(&k.ed_public),
+    )
+    .unwrap();
+    refused(&list(&f, &confused), "algorithm HS256 is not accepted");
+
+    // A token in the query string is not looked at.
+    let good = ed_token(k, &claims("alice", &["analysts"]));
+    let r = raw_http(
+        &f.server.addr,
+        &format!("POST /mcp?access_token={good} HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/list\r\n"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+
+    // A valid token whose claims carry no role: 403 insufficient_scope.
+    let r = list(&f, &ed_token(k, &claims("mallory", &["strangers"])));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.header("WWW-Authenticate")
+            .unwrap()
+            .contains("error=\"insufficient_scope\""),
+        "{r:?}"
+    );
+
+    // API keys: the right one is a principal, any other is refused.
+    assert_eq!(list(&f, API_KEY).status, 200);
+    refused(
+        &list(&f, "ak-wrong-key-0000000000"),
+        "not a known API key or a JWT",
+    );
+}
+
+/// The JSON-RPC message in a (possibly chunked) SSE response body.
+fn sse_json(body: &str) -> Value {
+    let line = body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: {").map(|rest| format!("{{{rest}")))
+        .unwrap_or_else(|| panic!("no JSON event in {body}"));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[test]
+fn roles_decide_what_is_listed_and_what_may_be_called() {
+    let f = start();
+    let alice = ed_token(&f.keys, &claims("alice", &["analysts"]));
+    let admin = ed_token(&f.keys, &claims("root", &["airlock-admins"]));
+
+    let names = |r: &RawResponse| -> Vec<String> {
+        let v = sse_json(&r.body);
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let seen = names(&list(&f, &alice));
+    assert!(seen.contains(&"text_stats".to_owned()), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|n| n.starts_with("fixture_") || n.starts_with("hostile_")),
+        "{seen:?}"
+    );
+    assert!(names(&list(&f, &admin)).contains(&"fixture_echo".to_owned()));
+    assert_eq!(
+        names(&list(&f, API_KEY)),
+        seen,
+        "the readers' key sees what alice sees"
+    );
+
+    // Calling a tool the principal cannot see is refused by the pipeline, and recorded.
+    let r = call(&f, &alice, "fixture_echo", json!({"message": "hi"}));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body
+            .contains("not authorized: principal alice may not call fixture_echo"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("\"airlock/outcome\":\"not_authorized\""),
+        "{}",
+        r.body
+    );
+    let r = call(&f, &alice, "text_stats", json!({"text": "one two"}));
+    assert!(r.body.contains("\"isError\":false"), "{}", r.body);
+    let r = call(&f, &admin, "fixture_echo", json!({"message": "hi"}));
+    assert!(r.body.contains("\"isError\":false"), "{}", r.body);
+
+    let records = audit_records(&f.server.audit_dir);
+    let denied = records
+        .iter()
+        .find(|r| r["outcome"] == "not_authorized")
+        .expect("a record of the refusal");
+    assert_eq!(
+        (&denied["principal"], &denied["tool"], &denied["decision"]),
+        (&json!("alice"), &json!("fixture_echo"), &json!("denied"))
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["principal"] == "root" && r["outcome"] == "completed")
+    );
+
+    // The protected resource metadata, at the path-suffixed and the plain location.
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let r = raw_http(&f.server.addr, &format!("GET {path} HTTP/1.1\r\n"), "").unwrap();
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let m: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(m["resource"], RESOURCE);
+        assert_eq!(m["authorization_servers"], json!([ISSUER]));
+    }
+}
+
+#[test]
+fn bad_auth_configuration_stops_the_start() {
+    let dir = TempDir::new("auth-bad");
+    let state = common::shared_state_dir();
+    let cases = [
+        (
+            "[roles]\nreaders = [\"analysts\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"writers\"]\n",
+            "tool \"text\" (entry 1) › roles: role \"writers\" is not declared in [roles]",
+        ),
+        (
+            "[auth]\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"00\"\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › api_keys[0]: API keys need mode = \"jwt\" or \"api-key\"",
+        ),
+        (
+            "[auth]\nmode = \"jwt\"\nissuer = \"https://idp.test/\"\njwks_file = \"missing.json\"\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › resource: required when mode = \"jwt\"",
+        ),
+        (
+            "[auth]\nmode = \"jwt\"\nresource = \"https://a.test/mcp\"\nissuer = \"https://idp.test/\"\njwks_file = \"missing.json\"\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › jwks_file:",
+        ),
+        (
+            "[auth]\nmode = \"api-key\"\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"abc\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › api_keys[0] › sha256: must be 64 hex digits",
+        ),
+    ];
+    for (config, problem) in cases {
+        let cfg = dir.config(config);
+        let out = common::run_airlock(&[
+            "check",
+            cfg.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{config}");
+        assert!(err.contains(problem), "{problem}\n---\n{err}");
+    }
+}
