@@ -424,3 +424,60 @@ fn bad_auth_configuration_stops_the_start() {
         assert!(err.contains(problem), "{problem}\n---\n{err}");
     }
 }
+
+#[test]
+fn rate_limits_refuse_with_a_retry_after_and_are_audited() {
+    use common::{Transport, client, outcome};
+    let dir = TempDir::new("ratelimit");
+    let config = dir.config(&format!(
+        "[rate_limits]\nper_principal = \"3/m\"\n\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nrate_limit = \"1/h\"\n",
+        hostile_wasm().display()
+    ));
+    let calls: Vec<Value> = (0..4)
+        .map(|i| json!({"id": format!("c{i}"), "tool": "fixture_echo", "args": {"message": "hi"}}))
+        .collect();
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": calls}),
+    );
+    let outcomes: Vec<&str> = (0..4).map(|i| outcome(s.call(&format!("c{i}")))).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "completed").count(),
+        3,
+        "{outcomes:?}"
+    );
+    let limited = (0..4)
+        .map(|i| s.call(&format!("c{i}")))
+        .find(|c| outcome(c) == "rate_limited")
+        .expect("one call over the limit");
+    let text = limited["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("rate limited: principal local is over 3/m; retry after "),
+        "{text}"
+    );
+    assert!(limited["meta"]["airlock/retry_after_ms"].as_u64().unwrap() > 0);
+    let records = audit_records(s.audit_dir.as_ref().unwrap());
+    let r = records
+        .iter()
+        .find(|r| r["outcome"] == "rate_limited")
+        .expect("an audit record of the refusal");
+    assert_eq!(r["decision"], "denied");
+
+    // A tool's own limit holds across principals' budgets.
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [{"id": "a", "tool": "text_stats", "args": {"text": "x"}}],
+               "then": [{"id": "b", "tool": "text_stats", "args": {"text": "y"}}]}),
+    );
+    assert_eq!(outcome(s.call("a")), "completed");
+    assert!(
+        s.call("b")["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate limited: tool text_stats is over 1/h"),
+        "{}",
+        s.call("b")
+    );
+}

@@ -4,7 +4,7 @@
 
 use crate::units::{ByteSize, Span};
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallFailure {
     /// No loaded component declares this tool (a protocol error, not a tool result).
     #[error("unknown tool `{0}`")]
@@ -12,6 +12,13 @@ pub enum CallFailure {
     /// The caller's roles do not reach this tool.
     #[error("not authorized: principal {principal} may not call {tool}")]
     NotAuthorized { principal: String, tool: String },
+    /// A token bucket is empty.
+    #[error("rate limited: {scope} is over {rate}; retry after {:.2} s", retry_after.as_secs_f64())]
+    RateLimited {
+        scope: String,
+        rate: crate::ratelimit::Rate,
+        retry_after: std::time::Duration,
+    },
     #[error("server busy: {limit} calls already in flight, try again shortly")]
     ServerBusy { limit: u32 },
     #[error(
@@ -79,6 +86,7 @@ impl CallFailure {
         match self {
             CallFailure::UnknownTool(_) => "unknown_tool",
             CallFailure::NotAuthorized { .. } => "not_authorized",
+            CallFailure::RateLimited { .. } => "rate_limited",
             CallFailure::ServerBusy { .. } => "server_busy",
             CallFailure::ToolBusy { .. } => "tool_busy",
             CallFailure::ArgumentsTooLarge { .. } => "arguments_too_large",
@@ -104,6 +112,7 @@ impl CallFailure {
         match self {
             CallFailure::UnknownTool(_)
             | CallFailure::NotAuthorized { .. }
+            | CallFailure::RateLimited { .. }
             | CallFailure::ServerBusy { .. }
             | CallFailure::ToolBusy { .. }
             | CallFailure::ArgumentsTooLarge { .. }

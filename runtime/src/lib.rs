@@ -17,6 +17,7 @@ pub mod mcp;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod secrets;
 pub mod units;

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The `_meta` key carrying the named outcome of a failed call (`cpu_budget_exhausted`, …).
 pub const OUTCOME_META_KEY: &str = "airlock/outcome";
+/// The `_meta` key carrying, on a `rate_limited` result, the milliseconds to wait.
+pub const RETRY_AFTER_META_KEY: &str = "airlock/retry_after_ms";
 /// The `_meta` key carrying the call's id, as in its audit record.
 pub const CALL_ID_META_KEY: &str = "airlock/call_id";
 /// The `_meta` key carrying the correlation id (the request's W3C trace id, else generated).
@@ -99,6 +101,12 @@ fn failure_result(f: &CallFailure) -> CallToolResult {
     let mut r = CallToolResult::error(vec![ContentBlock::text(f.to_string())]);
     let mut meta = serde_json::Map::new();
     meta.insert(OUTCOME_META_KEY.into(), f.kind().into());
+    if let CallFailure::RateLimited { retry_after, .. } = f {
+        meta.insert(
+            RETRY_AFTER_META_KEY.into(),
+            (retry_after.as_millis() as u64).into(),
+        );
+    }
     r.meta = Some(MetaObject(meta));
     r
 }

@@ -1,10 +1,10 @@
 //! The call path. Every `tools/call` goes through [`Airlock::call`], which runs the steps in
 //! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
 //!
-//! Steps present so far: look up → admit (in-flight limits) → validate input → execute in the
-//! sandbox → check output → redact secrets → audit record (durable before the response) → log
-//! event. Authentication, authorization, the kill switch, rate limits and approval slot in at
-//! their places as they land.
+//! Steps present so far: (authentication, in the transport) → look up → authorize → rate limit
+//! → admit (in-flight limits) → validate input → execute in the sandbox → check output → redact
+//! secrets → audit record (durable before the response) → log event. The kill switch and
+//! approval slot in at their places as they land.
 
 use crate::audit::AuditLog;
 use crate::auth::Principal;
@@ -12,6 +12,7 @@ use crate::catalog::{Catalog, CatalogTool};
 use crate::failure::CallFailure;
 use crate::output;
 use crate::policy::{AuditArguments, ConfigError, Policy};
+use crate::ratelimit::RateLimits;
 use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport};
 use crate::secrets::{Redactor, Shapes};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
@@ -95,6 +96,7 @@ fn trace_id(header: &str) -> Option<String> {
 pub struct Airlock {
     catalog: Catalog,
     in_flight: Arc<Semaphore>,
+    rate_limits: RateLimits,
     audit: AuditLog,
     shapes: Shapes,
 }
@@ -108,9 +110,18 @@ impl Airlock {
             key: "audit › redact_patterns".into(),
             problem: e.to_string(),
         })?;
+        let catalog = Catalog::load(policy).await?;
+        let rate_limits = RateLimits::new(
+            &catalog.policy.rate_limits,
+            catalog
+                .components
+                .iter()
+                .flat_map(|c| c.tools.iter().map(|t| (t.as_str(), c.entry.rate_limit))),
+        );
         Ok(Airlock {
-            catalog: Catalog::load(policy).await?,
+            catalog,
             in_flight,
+            rate_limits,
             audit,
             shapes,
         })
@@ -263,6 +274,7 @@ impl Airlock {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
         authorize(&caller.principal, tool)?;
+        self.rate_limits.check(&caller.principal.name, name)?;
         usage.audit_arguments = tool.component.entry.audit_arguments;
         usage.redactor = Some(tool.component.prepared.redactor.clone());
         let _permits = self.admit(tool)?;

@@ -6,6 +6,7 @@ use crate::audit::{self, AuditSection, AuditSettings};
 use crate::auth::{self, AuthSection, AuthSettings};
 use crate::bundled;
 use crate::grants::{self, Grants, GrantsSection};
+use crate::ratelimit::{Rate, RateLimitSettings};
 use crate::secrets::{self, SecretStore, SecretsSection};
 use crate::units::{ByteSize, Span};
 use serde::Deserialize;
@@ -51,6 +52,8 @@ struct ConfigFile {
     audit: AuditSection,
     #[serde(default)]
     auth: AuthSection,
+    #[serde(default)]
+    rate_limits: RateLimitSettings,
     /// Role → the claim values that carry it.
     #[serde(default)]
     roles: BTreeMap<String, Vec<String>>,
@@ -99,6 +102,8 @@ struct ToolSection {
     /// Roles whose principals may list and call this component's tools.
     #[serde(default)]
     roles: Vec<String>,
+    /// Calls of each of its tools, across principals (overrides `[rate_limits] per_tool`).
+    rate_limit: Option<Rate>,
 }
 
 /// What the audit record of a call keeps of its arguments.
@@ -215,6 +220,7 @@ pub struct ComponentEntry {
     pub audit_arguments: AuditArguments,
     /// Roles whose principals may list and call its tools (the local principal always may).
     pub roles: Vec<String>,
+    pub rate_limit: Option<Rate>,
 }
 
 /// A validated configuration.
@@ -227,6 +233,7 @@ pub struct Policy {
     pub secrets: SecretStore,
     pub audit: AuditSettings,
     pub auth: AuthSettings,
+    pub rate_limits: RateLimitSettings,
     pub components: Vec<ComponentEntry>,
 }
 
@@ -337,6 +344,7 @@ impl Policy {
                 grants,
                 audit_arguments: t.audit_arguments.unwrap_or_default(),
                 roles: t.roles.clone(),
+                rate_limit: t.rate_limit,
             });
             for r in &t.roles {
                 if !auth.has_role(r) {
@@ -360,6 +368,7 @@ impl Policy {
             secrets,
             audit,
             auth,
+            rate_limits: file.rate_limits.clone(),
             components,
         })
     }

@@ -1,0 +1,170 @@
+//! Rate limits: token buckets per principal and per tool (`[rate_limits]`, `[[tool]]
+//! rate_limit`). The per-tool concurrency limit is `max_in_flight` (pipeline admission).
+
+use crate::failure::CallFailure;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `"N/s"`, `"N/m"` or `"N/h"`: N calls per window, and a burst of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub calls: NonZeroU32,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || format!("\"{s}\" is not a rate such as \"10/s\", \"600/m\" or \"5000/h\"");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let calls = n
+            .trim()
+            .replace('_', "")
+            .parse::<u32>()
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(bad)?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        Ok(Rate { calls, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.calls)
+    }
+}
+
+impl Rate {
+    fn quota(&self) -> Quota {
+        let period = self.per / self.calls.get();
+        Quota::with_period(period.max(Duration::from_nanos(1)))
+            .expect("a non-zero period")
+            .allow_burst(self.calls)
+    }
+}
+
+/// `[rate_limits]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Each principal, across all tools.
+    pub per_principal: Option<Rate>,
+    /// Each tool, across all principals, unless its `[[tool]]` entry sets `rate_limit`.
+    pub per_tool: Option<Rate>,
+}
+
+/// The live buckets.
+pub struct RateLimits {
+    principal: Option<(Rate, DefaultKeyedRateLimiter<Arc<str>>)>,
+    tools: HashMap<String, (Rate, DefaultDirectRateLimiter)>,
+    clock: DefaultClock,
+}
+
+impl RateLimits {
+    /// Buckets for `settings` and each tool's rate (`None`: the `per_tool` default, if any).
+    pub fn new<'a>(
+        settings: &RateLimitSettings,
+        tools: impl IntoIterator<Item = (&'a str, Option<Rate>)>,
+    ) -> RateLimits {
+        RateLimits {
+            principal: settings
+                .per_principal
+                .map(|r| (r, RateLimiter::keyed(r.quota()))),
+            tools: tools
+                .into_iter()
+                .filter_map(|(name, own)| {
+                    own.or(settings.per_tool)
+                        .map(|r| (name.to_owned(), (r, RateLimiter::direct(r.quota()))))
+                })
+                .collect(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Take one call from the principal's and the tool's buckets, or say when to retry.
+    pub fn check(&self, principal: &Arc<str>, tool: &str) -> Result<(), CallFailure> {
+        if let Some((rate, limiter)) = &self.principal
+            && let Err(not_until) = limiter.check_key(principal)
+        {
+            return Err(CallFailure::RateLimited {
+                scope: format!("principal {principal}"),
+                rate: *rate,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            });
+        }
+        if let Some((rate, limiter)) = self.tools.get(tool)
+            && let Err(not_until) = limiter.check()
+        {
+            return Err(CallFailure::RateLimited {
+                scope: format!("tool {tool}"),
+                rate: *rate,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_limit() {
+        assert_eq!("10/s".parse::<Rate>().unwrap().to_string(), "10/s");
+        assert_eq!("1_000/h".parse::<Rate>().unwrap().to_string(), "1000/h");
+        for bad in ["0/s", "10", "10/d", "x/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let limits = RateLimits::new(
+            &RateLimitSettings {
+                per_principal: Some("2/m".parse().unwrap()),
+                per_tool: None,
+            },
+            [("t", Some("3/m".parse().unwrap()))],
+        );
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert!(limits.check(&a, "t").is_ok());
+        assert!(limits.check(&a, "t").is_ok());
+        match limits.check(&a, "t") {
+            Err(CallFailure::RateLimited {
+                scope, retry_after, ..
+            }) => {
+                assert_eq!(scope, "principal a");
+                assert!(retry_after > Duration::ZERO);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another principal still has its own bucket, but the tool's is now empty.
+        assert!(limits.check(&b, "t").is_ok());
+        assert!(matches!(
+            limits.check(&b, "t"),
+            Err(CallFailure::RateLimited { ref scope, .. }) if scope == "tool t"
+        ));
+    }
+}
