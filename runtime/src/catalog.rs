@@ -6,6 +6,7 @@ use crate::engine::{Engines, load_component, private_dir};
 use crate::failure::CallFailure;
 use crate::policy::{ComponentEntry, ConfigError, Policy};
 use crate::sandbox::{self, Answer, HostState, Invocation, Prepared};
+use crate::secrets::Shapes;
 use airlock_host_api::{Tool as ToolWorld, ToolPre, ToolSpec};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Compile (or load from cache), instantiate-prepare and describe every component.
-    pub async fn load(policy: Policy) -> Result<Catalog, ConfigError> {
+    pub async fn load(policy: Policy, shapes: Arc<Shapes>) -> Result<Catalog, ConfigError> {
         let fail = |key: String, problem: String| ConfigError {
             file: policy.origin.clone(),
             key,
@@ -95,6 +96,7 @@ impl Catalog {
                 limits: entry.limits,
                 grants: Arc::new(entry.grants.clone()),
                 redactor: redactor.clone(),
+                shapes: shapes.clone(),
             };
             let specs = describe(&prepared)
                 .await

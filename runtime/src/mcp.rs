@@ -392,6 +392,12 @@ pub async fn serve_http(
     // Printed (not only logged) so scripts and tests can find an ephemeral port.
     eprintln!("airlock: serving MCP on http://{local}/mcp");
     tracing::info!(address = %local, "serving MCP over Streamable HTTP");
+    // Small JSON-RPC responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

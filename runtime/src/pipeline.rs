@@ -98,7 +98,7 @@ pub struct Airlock {
     in_flight: Arc<Semaphore>,
     rate_limits: RateLimits,
     audit: AuditLog,
-    shapes: Shapes,
+    shapes: Arc<Shapes>,
 }
 
 impl Airlock {
@@ -110,7 +110,8 @@ impl Airlock {
             key: "audit › redact_patterns".into(),
             problem: e.to_string(),
         })?;
-        let catalog = Catalog::load(policy).await?;
+        let shapes = Arc::new(shapes);
+        let catalog = Catalog::load(policy, shapes.clone()).await?;
         let rate_limits = RateLimits::new(
             &catalog.policy.rate_limits,
             catalog
@@ -176,7 +177,7 @@ impl Airlock {
             Ok(_) => result,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
-        record(name, caller, &result, started, &usage);
+        record(name, caller, &result, started, &usage, &self.shapes);
         result
     }
 
@@ -468,6 +469,7 @@ fn record(
     result: &Result<CallToolResult, CallFailure>,
     started: Instant,
     usage: &Usage,
+    shapes: &Shapes,
 ) {
     let component = usage.component.as_deref().unwrap_or("-");
     let (principal, call_id) = (&*caller.principal.name, caller.call_id.as_str());
@@ -485,14 +487,14 @@ fn record(
         ),
         Err(f) => tracing::warn!(
             target: "airlock::call", tool, component, principal, call_id, outcome = f.kind(),
-            duration_us, fuel_used, peak_memory, reason = %f, "call failed"
+            duration_us, fuel_used, peak_memory, reason = %shapes.redact(&f.to_string()), "call failed"
         ),
     }
     for (stream, (kept, discarded)) in [("stdout", &usage.stdout), ("stderr", &usage.stderr)] {
         if !kept.is_empty() || *discarded > 0 {
             tracing::info!(
                 target: "airlock::guest", tool, component, stream, kept = kept.len(), discarded,
-                text = %String::from_utf8_lossy(kept), "guest output"
+                text = %shapes.redact(&String::from_utf8_lossy(kept)), "guest output"
             );
         }
     }

@@ -6,7 +6,7 @@ use crate::egress::{self, DenialCell, EgressGate};
 use crate::failure::CallFailure;
 use crate::grants::{FsMode, Grants, SecretUse};
 use crate::policy::Limits;
-use crate::secrets::Redactor;
+use crate::secrets::{Redactor, Shapes};
 use crate::units::ByteSize;
 use airlock_host_api::{LogLevel, ToolOutput, ToolPre, ToolSpec};
 use std::sync::Arc;
@@ -48,6 +48,7 @@ pub struct HostState {
     gate: EgressGate,
     denial: DenialCell,
     redactor: Arc<Redactor>,
+    shapes: Arc<Shapes>,
 }
 
 impl WasiHttpView for HostState {
@@ -84,11 +85,12 @@ impl airlock_host_api::Host for HostState {
             message.push('…');
         }
         let component = &*self.component;
+        let logged = self.shapes.redact(&message);
         match level {
-            LogLevel::Debug => tracing::debug!(target: "airlock::guest", component, "{message}"),
-            LogLevel::Info => tracing::info!(target: "airlock::guest", component, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "airlock::guest", component, "{message}"),
-            LogLevel::Error => tracing::error!(target: "airlock::guest", component, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "airlock::guest", component, "{logged}"),
+            LogLevel::Info => tracing::info!(target: "airlock::guest", component, "{logged}"),
+            LogLevel::Warn => tracing::warn!(target: "airlock::guest", component, "{logged}"),
+            LogLevel::Error => tracing::error!(target: "airlock::guest", component, "{logged}"),
         }
         if let Some(tx) = &self.events {
             // A slow client loses messages rather than stalling the tool.
@@ -188,6 +190,8 @@ pub struct Prepared {
     pub grants: Arc<Grants>,
     /// Replaces secret values in everything the component sends out.
     pub redactor: Arc<Redactor>,
+    /// Secret-shaped strings, kept out of airlock's own log lines.
+    pub shapes: Arc<Shapes>,
 }
 
 /// What the guest is asked to do.
@@ -244,6 +248,7 @@ pub async fn run(
         ),
         denial,
         redactor: prepared.redactor.clone(),
+        shapes: prepared.shapes.clone(),
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);

@@ -1,0 +1,205 @@
+//! End-to-end load run over Streamable HTTP: the release `airlock` binary with JWT
+//! authentication (an Ed25519 key generated here, a JWKS file) and the audit log durable or off,
+//! driven by C concurrent keep-alive connections each sending MCP 2026-07-28 `tools/call`s.
+//! Prints calls/s and p50/p99 latency per concurrency, and the cost of durable audit.
+//!
+//! Run: `cargo build --release -p airlock && cargo bench -p airlock-benches --bench e2e_http`
+//! (`scripts/bench` does both). Environment: `E2E_CALLS` per run (default 4000),
+//! `E2E_CONCURRENCY` (comma-separated, default `1,4,16,64`).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("airlock");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --release -p airlock` first",
+        bin.display()
+    );
+    bin
+}
+
+const RESOURCE: &str = "https://airlock.bench/mcp";
+const ISSUER: &str = "https://idp.bench/";
+
+/// Start the server; returns it and its `host:port`.
+fn start(dir: &Path, audit: &str) -> (Child, String) {
+    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let config = dir.join(format!("airlock-{audit}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nmax_in_flight = 256\n[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\njwks_file = \"jwks.json\"\n[roles]\nusers = [\"bench\"]\n[audit]\nmode = \"{audit}\"\n[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\nroles = [\"users\"]\n[tool.limits]\nmax_in_flight = 256\n",
+            wasm.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--http", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(std::env::temp_dir().join("airlock-bench-state"))
+        .arg("--audit-dir")
+        .arg(dir.join(format!("audit-{audit}")))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("airlock starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = loop {
+        let line = lines.next().expect("airlock prints its address").unwrap();
+        if let Some(url) = line.strip_prefix("airlock: serving MCP on http://") {
+            break url.trim_end_matches("/mcp").to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn token(dir: &Path) -> String {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let public = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": B64.encode(public), "kid": "k"}]});
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": ISSUER, "aud": RESOURCE, "sub": "bench", "roles": ["bench"], "iat": now, "exp": now + 3000});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+    )
+    .unwrap()
+}
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fixture_echo","arguments":{"message":"hi"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+
+/// `calls` calls over `concurrency` connections; returns (elapsed, sorted latencies).
+async fn run(
+    addr: &str,
+    token: &str,
+    calls: usize,
+    concurrency: usize,
+) -> (Duration, Vec<Duration>) {
+    let per = calls / concurrency;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (addr, auth) = (addr.to_owned(), format!("Bearer {token}"));
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let request = http::Request::post("/mcp")
+                        .header("host", &addr)
+                        .header("authorization", &auth)
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-protocol-version", "2026-07-28")
+                        .header("mcp-method", "tools/call")
+                        .header("mcp-name", "fixture_echo")
+                        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                        .unwrap();
+                    let t = Instant::now();
+                    let response = sender.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    assert!(
+                        body.windows(11).any(|w| w == br#""text":"hi""#),
+                        "unexpected reply: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(calls);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    (elapsed, all)
+}
+
+fn main() {
+    let calls: usize = std::env::var("E2E_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let levels: Vec<usize> = std::env::var("E2E_CONCURRENCY")
+        .unwrap_or_else(|_| "1,4,16,64".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("airlock-e2e-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = token(&dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pct =
+        |v: &[Duration], p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6;
+    println!("e2e HTTP tools/call (fixture_echo) with JWT auth, {calls} calls per run");
+    let mut rates = Vec::new();
+    for audit in ["off", "durable"] {
+        let (mut child, addr) = start(&dir, audit);
+        rt.block_on(run(&addr, &token, 200, 4)); // warm-up
+        for &c in &levels {
+            let (elapsed, lat) = rt.block_on(run(&addr, &token, calls, c));
+            let rate = lat.len() as f64 / elapsed.as_secs_f64();
+            println!(
+                "  audit {audit:>7}, concurrency {c:>3}: {rate:>6.0} calls/s, p50 {:.0} us, p99 {:.0} us",
+                pct(&lat, 0.5),
+                pct(&lat, 0.99)
+            );
+            rates.push((audit, c, rate));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for &c in &levels {
+        let off = rates.iter().find(|r| r.0 == "off" && r.1 == c).unwrap().2;
+        let on = rates
+            .iter()
+            .find(|r| r.0 == "durable" && r.1 == c)
+            .unwrap()
+            .2;
+        println!(
+            "  durable audit costs {:.0}% of throughput at concurrency {c}",
+            (1.0 - on / off) * 100.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
