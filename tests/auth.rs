@@ -481,3 +481,86 @@ fn rate_limits_refuse_with_a_retry_after_and_are_audited() {
         s.call("b")
     );
 }
+
+/// Serves `jwks` at any path and counts requests.
+fn jwks_server(
+    jwks: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = jwks.lock().unwrap().clone();
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn keys_from_a_jwks_url_are_refetched_on_an_unknown_kid_at_a_bounded_rate() {
+    use std::sync::atomic::Ordering;
+    let (first, second) = (keys(), keys());
+    let with_kid = |k: &Keys, kid: &str| {
+        let mut set = jwks(k);
+        set["keys"][0]["kid"] = json!(kid);
+        set.to_string()
+    };
+    let served = std::sync::Arc::new(std::sync::Mutex::new(with_kid(&first, "old")));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = jwks_server(served.clone(), hits.clone());
+    let dir = TempDir::new("auth-jwks-url");
+    let config = dir.config(&format!(
+        "[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\njwks_url = \"http://127.0.0.1:{port}/jwks.json\"\njwks_refresh_min_interval = \"1s\"\n[roles]\nreaders = [\"analysts\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n"
+    ));
+    let server = HttpServer::start(&config);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once at start");
+    let token = |k: &Keys, kid: &str| {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &h,
+            &claims("alice", &["analysts"]),
+            &EncodingKey::from_ed_der(&k.ed),
+        )
+        .unwrap()
+    };
+    let list = |t: &str| {
+        raw_mcp(
+            &server.addr,
+            "tools/list",
+            json!({}),
+            &[("Authorization", &format!("Bearer {t}"))],
+        )
+        .unwrap()
+    };
+    assert_eq!(list(&token(&first, "old")).status, 200);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "known keys are not fetched again"
+    );
+
+    // The issuer rotates its key: the first token with the new kid makes airlock fetch again.
+    *served.lock().unwrap() = with_kid(&second, "new");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(list(&token(&second, "new")).status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Unknown kids right after do not make it fetch again: refused without a request.
+    for _ in 0..3 {
+        refused(
+            &list(&token(&second, "bogus")),
+            "the token's key (kid) is unknown",
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "refreshes are rate limited");
+}

@@ -23,6 +23,9 @@ pub(crate) struct AuthSection {
     resource: Option<String>,
     issuer: Option<String>,
     jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    /// Least time between two fetches of `jwks_url` (a token with an unknown `kid` triggers one).
+    jwks_refresh_min_interval: Option<Span>,
     #[serde(default)]
     algorithms: Vec<String>,
     leeway: Option<Span>,
@@ -97,7 +100,11 @@ struct ApiKey {
 pub struct JwtSettings {
     pub resource: String,
     pub issuer: String,
-    keys: Arc<JwkSet>,
+    keys: Arc<std::sync::RwLock<Arc<JwkSet>>>,
+    /// Where keys come from when not from a file.
+    jwks_url: Option<String>,
+    refresh_min_interval: Duration,
+    last_fetch: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
     max_token_lifetime: Duration,
@@ -239,37 +246,27 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
     };
     let resource = need(&section.resource, "resource")?;
     let issuer = need(&section.issuer, "issuer")?;
-    let path = section
-        .jwks_file
-        .as_ref()
-        .map(|p| base.join(p))
-        .ok_or_else(|| (key("jwks_file"), "required when mode = \"jwt\"".to_owned()))?;
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
-    let keys: JwkSet = serde_json::from_str(&text).map_err(|e| {
-        (
-            key("jwks_file"),
-            format!("{}: not a JWK set: {e}", path.display()),
-        )
-    })?;
-    if keys.keys.is_empty() {
-        return Err((
-            key("jwks_file"),
-            format!("{} holds no keys", path.display()),
-        ));
-    }
-    for (i, k) in keys.keys.iter().enumerate() {
-        if k.common.key_id.is_none() {
-            return Err((key("jwks_file"), format!("key {i} has no `kid`")));
+    let (keys, jwks_url) = match (&section.jwks_file, &section.jwks_url) {
+        (Some(file), None) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
+            let keys = parse_jwks(&text)
+                .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
+            (keys, None)
         }
-        if let AlgorithmParameters::OctetKey(_) = k.algorithm {
+        (None, Some(url)) => {
+            check_jwks_url(url).map_err(|e| (key("jwks_url"), e))?;
+            // Fetched when the server starts; nothing is accepted before that.
+            (JwkSet { keys: Vec::new() }, Some(url.clone()))
+        }
+        _ => {
             return Err((
                 key("jwks_file"),
-                format!("key {i} is a symmetric (oct) key; only public keys are accepted"),
+                "give exactly one of jwks_file and jwks_url when mode = \"jwt\"".to_owned(),
             ));
         }
-        DecodingKey::from_jwk(k).map_err(|e| (key("jwks_file"), format!("key {i}: {e}")))?;
-    }
+    };
     let algorithms = if section.algorithms.is_empty() {
         ALLOWED_ALGORITHMS.iter().map(|(_, a)| *a).collect()
     } else {
@@ -312,10 +309,16 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
     } else {
         section.authorization_servers.clone()
     };
+    let refresh_min_interval = section
+        .jwks_refresh_min_interval
+        .map_or(Duration::from_secs(30), |s| s.0);
     Ok(JwtSettings {
         resource,
         issuer,
-        keys: Arc::new(keys),
+        keys: Arc::new(std::sync::RwLock::new(Arc::new(keys))),
+        jwks_url,
+        refresh_min_interval,
+        last_fetch: Arc::new(std::sync::Mutex::new(None)),
         algorithms,
         leeway,
         max_token_lifetime,
@@ -323,6 +326,128 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
         required_claims: section.required_claims.clone(),
         authorization_servers,
     })
+}
+
+/// A JWK set with usable public keys only, each with a `kid`.
+fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    let keys: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK set: {e}"))?;
+    if keys.keys.is_empty() {
+        return Err("the JWK set holds no keys".into());
+    }
+    for (i, k) in keys.keys.iter().enumerate() {
+        if k.common.key_id.is_none() {
+            return Err(format!("key {i} has no `kid`"));
+        }
+        if let AlgorithmParameters::OctetKey(_) = k.algorithm {
+            return Err(format!(
+                "key {i} is a symmetric (oct) key; only public keys are accepted"
+            ));
+        }
+        DecodingKey::from_jwk(k).map_err(|e| format!("key {i}: {e}"))?;
+    }
+    Ok(keys)
+}
+
+/// `https://…`, or `http://` to a loopback address only.
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http")
+            if host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "\"{url}\" must be https:// (http:// only to a loopback address)"
+        )),
+    }
+}
+
+/// GET the JWK set at `url` (10 s, 1 MiB at most).
+async fn fetch_jwks(url: &str) -> Result<JwkSet, String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let io: Box<dyn AsyncIo> = if https {
+            let name =
+                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(crate::egress::tls_config())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = http::Request::get(path)
+            .header(
+                http::header::HOST,
+                uri.authority().map_or("", |a| a.as_str()),
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        parse_jwks(std::str::from_utf8(&body).map_err(|e| e.to_string())?)
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "timed out after 10 s".to_owned())?
+}
+
+trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+impl JwtSettings {
+    /// Fetch the keys from `jwks_url` (no-op for a file), at most once per
+    /// `jwks_refresh_min_interval` unless `force`. Returns whether new keys were installed.
+    pub async fn refresh_keys(&self, force: bool) -> Result<bool, String> {
+        let Some(url) = &self.jwks_url else {
+            return Ok(false);
+        };
+        {
+            let mut last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && last.is_some_and(|t| t.elapsed() < self.refresh_min_interval) {
+                return Ok(false);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let keys = fetch_jwks(url).await.map_err(|e| format!("{url}: {e}"))?;
+        tracing::info!(target: "airlock::auth", url, keys = keys.keys.len(), "JWKS fetched");
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(true)
+    }
 }
 
 /// Why a request was not let in.
@@ -334,6 +459,10 @@ pub enum AuthError {
     /// Credentials that do not hold (401 `invalid_token`).
     #[error("{0}")]
     InvalidToken(String),
+    /// A token naming a key the JWKS does not hold (401 `invalid_token`; with a JWKS URL the
+    /// keys are fetched again, at a bounded rate, and the token checked once more).
+    #[error("the token's key (kid) is unknown")]
+    UnknownKey,
     /// A valid token that carries none of the roles any tool is granted to (403).
     #[error("the token carries no role that grants any tool")]
     InsufficientScope,
@@ -400,10 +529,8 @@ impl AuthSettings {
         let kid = header
             .kid
             .ok_or_else(|| invalid("the token names no key (kid)"))?;
-        let jwk = jwt
-            .keys
-            .find(&kid)
-            .ok_or_else(|| invalid("the token's key (kid) is unknown"))?;
+        let keys = jwt.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let jwk = keys.find(&kid).ok_or(AuthError::UnknownKey)?;
         let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("unusable key"))?;
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[&jwt.issuer]);

@@ -258,7 +258,18 @@ async fn authenticate(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let error = match auth.authenticate(header) {
+    let mut outcome = auth.authenticate(header);
+    if outcome == Err(AuthError::UnknownKey)
+        && let Some(jwt) = &auth.jwt
+    {
+        // The issuer may have rotated its keys: fetch them again (at a bounded rate) and retry.
+        match jwt.refresh_keys(false).await {
+            Ok(true) => outcome = auth.authenticate(header),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(target: "airlock::auth", "cannot refresh the JWKS: {e}"),
+        }
+    }
+    let error = match outcome {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             return next.run(request).await;
@@ -274,6 +285,10 @@ async fn authenticate(
     let quoted = |s: &str| s.replace(['"', '\\'], "'");
     let (status, challenge) = match &error {
         AuthError::Missing => (http::StatusCode::UNAUTHORIZED, format!("Bearer {resource}")),
+        AuthError::UnknownKey => (
+            http::StatusCode::UNAUTHORIZED,
+            format!("Bearer {resource}, error=\"invalid_token\", error_description=\"{error}\""),
+        ),
         AuthError::InvalidToken(why) => (
             http::StatusCode::UNAUTHORIZED,
             format!(
@@ -327,6 +342,12 @@ pub async fn serve_http(
             "refusing to listen on {addr}: with [auth] mode = \"none\" Airlock serves HTTP on \
              loopback addresses only (127.0.0.1, ::1); configure mode = \"jwt\" or \"api-key\""
         );
+    }
+    if let Some(jwt) = &policy.auth.jwt {
+        // Without keys no token can be checked: a JWKS that cannot be fetched stops the start.
+        jwt.refresh_keys(true)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS: {e}"))?;
     }
     if policy.auth.mode == AuthMode::None {
         tracing::warn!(
