@@ -154,7 +154,9 @@ fn tampering_is_found_and_the_record_named() {
     assert_eq!(original.len(), 1);
     let text = std::fs::read_to_string(&original[0]).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() >= 6, "{text}");
+    // 4 calls, a checkpoint after the third record, and the seal at the session's end.
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines[5].contains("\"kind\":\"checkpoint\""), "{text}");
     let scratch = TempDir::new("audit-tamper-copy");
     let copy = scratch.0.join("audit-000000000001.jsonl");
     let write = |content: &str| std::fs::write(&copy, content).unwrap();

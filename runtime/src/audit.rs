@@ -105,6 +105,8 @@ pub struct AuditError(pub String);
 /// A record on its way to the writer: its fields as a JSON object, serialised by the caller.
 struct Pending {
     body: Vec<u8>,
+    /// A request to write a checkpoint now (the body is empty).
+    seal: bool,
     durable: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -153,9 +155,24 @@ impl AuditLog {
             body.push(b',');
             body.extend_from_slice(&fields[1..fields.len() - 1]);
         }
+        self.send(body, false).await
+    }
+
+    /// Write a checkpoint now and wait until it is on disk (a server stopping cleanly ends its
+    /// log sealed). Returns the checkpoint's sequence number (0 when off).
+    pub async fn seal(&self) -> Result<u64, AuditError> {
+        self.send(Vec::new(), true).await
+    }
+
+    async fn send(&self, body: Vec<u8>, seal: bool) -> Result<u64, AuditError> {
+        let Some(tx) = &self.tx else { return Ok(0) };
         let (durable, done) = oneshot::channel();
-        tx.send(Pending { body, durable })
-            .map_err(|_| AuditError("the audit writer has stopped".into()))?;
+        tx.send(Pending {
+            body,
+            seal,
+            durable,
+        })
+        .map_err(|_| AuditError("the audit writer has stopped".into()))?;
         done.await
             .map_err(|_| AuditError("the audit writer has stopped".into()))?
     }
@@ -255,6 +272,8 @@ struct Writer {
     /// Set after a failed write: the chain's state on disk is unknown, so nothing more is
     /// accepted (fail closed) until a restart recovers it.
     broken: Option<String>,
+    /// The last record written is a checkpoint.
+    sealed: bool,
     /// Held (locked) for the writer's life: one writer per log.
     _lock: File,
 }
@@ -292,6 +311,7 @@ impl Writer {
             head,
             key,
             broken: None,
+            sealed: false,
             _lock: lock,
         })
     }
@@ -300,35 +320,64 @@ impl Writer {
         let mut batch: Vec<Pending> = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         while let Ok(first) = rx.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            match self.commit(&batch, &mut buf) {
-                Ok(seqs) => {
-                    for (p, seq) in batch.drain(..).zip(seqs) {
-                        let _ = p.durable.send(Ok(seq));
-                    }
-                }
-                Err(e) => {
-                    for p in batch.drain(..) {
-                        let _ = p.durable.send(Err(e.clone()));
+            let mut seal = None;
+            if first.seal {
+                seal = Some(first);
+            } else {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) if p.seal => {
+                            seal = Some(p);
+                            break;
+                        }
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
                     }
                 }
             }
+            if !batch.is_empty() {
+                match self.commit(&batch, &mut buf) {
+                    Ok(seqs) => {
+                        for (p, seq) in batch.drain(..).zip(seqs) {
+                            let _ = p.durable.send(Ok(seq));
+                        }
+                    }
+                    Err(e) => {
+                        for p in batch.drain(..) {
+                            let _ = p.durable.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            if let Some(p) = seal {
+                let _ = p.durable.send(self.seal(&mut buf));
+            }
         }
-        // Every handle is gone: the server is shutting down. Seal the log.
-        if self.broken.is_none() {
-            buf.clear();
-            self.push_checkpoint(&mut buf);
-            let _ = self
-                .file
-                .write_all(&buf)
-                .and_then(|_| self.file.sync_data());
+        // Every handle is gone: seal on the way out, if there is time and no seal came last.
+        if !self.sealed {
+            let _ = self.seal(&mut buf);
         }
+    }
+
+    /// Write a checkpoint and fsync it.
+    fn seal(&mut self, buf: &mut Vec<u8>) -> Result<u64, AuditError> {
+        if let Some(why) = &self.broken {
+            return Err(AuditError(why.clone()));
+        }
+        buf.clear();
+        self.push_checkpoint(buf);
+        self.file
+            .write_all(buf)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| {
+                let why = format!("writing the audit log failed: {e}");
+                self.broken = Some(why.clone());
+                AuditError(why)
+            })?;
+        self.file_bytes += buf.len() as u64;
+        self.sealed = true;
+        Ok(self.seq)
     }
 
     /// Write the batch (and any checkpoint it reaches) and fsync. Returns the sequence number
@@ -356,6 +405,7 @@ impl Writer {
             return Err(AuditError(why));
         }
         self.file_bytes += buf.len() as u64;
+        self.sealed = false;
         if self.file_bytes >= self.max_file_bytes
             && let Err(e) = self.rotate(buf)
         {
@@ -651,17 +701,10 @@ mod tests {
             );
         }
         assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+        log.seal().await.unwrap();
         drop(log);
-        // The writer seals the log when the last handle goes; give it a moment.
         let key = public_key(&dir).unwrap();
-        let mut v = Verified::default();
-        for _ in 0..100 {
-            v = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
-            if v.sealed {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let v = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
         assert_eq!(v.records, 40);
         assert!(v.files > 1, "{v:?}");
         assert!(v.checkpoints >= 13, "{v:?}");

@@ -194,8 +194,15 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let airlock = load(load_policy_args(&config)?, true).await?;
             tracing::info!(tools = airlock.tools().len(), "loaded");
-            if stdio {
-                crate::mcp::serve_stdio(airlock).await
+            let audit = airlock.audit().clone();
+            let served = if stdio {
+                tokio::select! {
+                    r = crate::mcp::serve_stdio(airlock) => r,
+                    _ = shutdown_signal() => {
+                        tracing::info!("shutting down");
+                        Ok(())
+                    }
+                }
             } else {
                 let addr = http.expect("clap requires --stdio or --http");
                 let shutdown = CancellationToken::new();
@@ -206,7 +213,12 @@ async fn run(command: Command) -> Result<()> {
                     trigger.cancel();
                 });
                 crate::mcp::serve_http(airlock, addr, shutdown).await
+            };
+            // A clean stop leaves the audit log sealed by a signed checkpoint.
+            if let Err(e) = audit.seal().await {
+                tracing::error!("cannot seal the audit log: {e}");
             }
+            served
         }
         Command::Tools { config, json } => {
             let airlock = load(load_policy_args(&config)?, false).await?;

@@ -128,6 +128,11 @@ impl Airlock {
         })
     }
 
+    /// The audit log decisions go to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
