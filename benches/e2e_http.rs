@@ -13,20 +13,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("airlock");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --release -p airlock` first",
-        bin.display()
-    );
-    bin
-}
+#[path = "support.rs"]
+mod support;
+use support::binary;
 
 const RESOURCE: &str = "https://airlock.bench/mcp";
 const ISSUER: &str = "https://idp.bench/";

@@ -8,21 +8,13 @@
 //! (`scripts/bench` does both). Environment: `E2E_CALLS` (default 5000), `E2E_WINDOW` (8).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn binary() -> PathBuf {
-    // target/release/deps/e2e_stdio-<hash> -> target/release/airlock
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("airlock");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --release -p airlock` first",
-        bin.display()
-    );
-    bin
-}
+#[path = "support.rs"]
+mod support;
+use support::binary;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

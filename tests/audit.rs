@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    HttpServer, Session, TempDir, Transport, audit_records, client, hostile_wasm, raw_call,
-    run_airlock, shared_state_dir,
+    HttpServer, Session, TempDir, Transport, audit_files, audit_records, client, hostile_wasm,
+    raw_call, run_airlock, shared_state_dir,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -39,16 +39,6 @@ fn verify(files: &[PathBuf]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-fn files_of(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn session(dir: &TempDir) -> Session {
@@ -120,7 +110,7 @@ fn every_decision_is_recorded_and_the_chain_verifies() {
         "checkpoint_every = 3 wrote none: {records:?}"
     );
 
-    let (ok, text) = verify(&files_of(&audit_dir));
+    let (ok, text) = verify(&audit_files(&audit_dir));
     assert!(ok, "{text}");
     assert!(text.starts_with("OK: 4 records, "), "{text}");
 }
@@ -150,7 +140,7 @@ fn rechain(file: &Path, from: usize, edit: impl Fn(&str) -> String) {
 fn tampering_is_found_and_the_record_named() {
     let dir = TempDir::new("audit-tamper");
     let s = session(&dir);
-    let original = files_of(s.audit_dir.as_ref().unwrap());
+    let original = audit_files(s.audit_dir.as_ref().unwrap());
     assert_eq!(original.len(), 1);
     let text = std::fs::read_to_string(&original[0]).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -303,7 +293,7 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     )
     .expect("the restarted server answers");
     assert_eq!(status, 200);
-    let (ok, out) = verify(&files_of(&audit_dir));
+    let (ok, out) = verify(&audit_files(&audit_dir));
     assert!(ok, "{out}");
     let recorded: std::collections::HashSet<String> = audit_records(&audit_dir)
         .iter()

@@ -413,14 +413,8 @@ fn bad_auth_configuration_stops_the_start() {
     ];
     for (config, problem) in cases {
         let cfg = dir.config(config);
-        let out = common::run_airlock(&[
-            "check",
-            cfg.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted:\n{config}");
+        let (ok, err) = common::check(&cfg, &state);
+        assert!(!ok, "accepted:\n{config}");
         assert!(err.contains(problem), "{problem}\n---\n{err}");
     }
 }

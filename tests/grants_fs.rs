@@ -215,54 +215,30 @@ fn bad_fs_grants_stop_the_start() {
         let config = dir.config(&format!(
             "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{grant}]\n"
         ));
-        let out = common::run_airlock(&[
-            "check",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{grant} was accepted");
+        let (ok, err) = common::check(&config, &state);
+        assert!(!ok, "{grant} was accepted");
         assert!(err.contains(key) && err.contains(problem), "{grant}: {err}");
     }
     // A grant that would expose the state directory (here: its parent) is refused.
     let config = dir.config("[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \".\", guest = \"/all\", mode = \"ro\" }]\n");
     let inner_state = dir.0.join("state");
-    let out = common::run_airlock(&[
-        "check",
-        config.to_str().unwrap(),
-        "--state-dir",
-        inner_state.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = common::check(&config, &inner_state);
+    assert!(!ok);
     assert!(err.contains("would expose airlock's own files"), "{err}");
 
     // The secrets directory is airlock's own too.
     std::fs::create_dir_all(dir.0.join("secrets")).unwrap();
     std::fs::write(dir.0.join("secrets/TOKEN"), "a-long-enough-value").unwrap();
     let config = dir.config("[secrets]\ndir = \"secrets\"\nfiles = [\"TOKEN\"]\n[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"secrets\", guest = \"/s\", mode = \"ro\" }]\n");
-    let out = common::run_airlock(&[
-        "check",
-        config.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
     assert!(err.contains("would expose airlock's own files"), "{err}");
 
     // A directory inside one that a tool may write could be swapped for a symlink: refused.
     std::fs::create_dir_all(dir.0.join("outer/inner")).unwrap();
     let config = dir.config("[[tool]]\nname = \"writer\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"outer\", guest = \"/o\", mode = \"rw\" }]\n[[tool]]\nname = \"reader\"\ncomponent = \"bundled:http-fetch\"\n[tool.grants]\nfs = [{ host = \"outer/inner\", guest = \"/i\", mode = \"ro\" }]\n");
-    let out = common::run_airlock(&[
-        "check",
-        config.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
     assert!(
         err.contains("tool \"reader\" › grants › fs:/i")
             && err.contains("which tool \"writer\" may write (fs:/o)"),

@@ -130,14 +130,8 @@ fn a_host_name_cannot_be_granted() {
     let dir = TempDir::new("tcp-name");
     let cfg = hostile_config(&dir, "[tool.grants]\ntcp = [\"db.internal:5432\"]");
     let state = common::shared_state_dir();
-    let out = common::run_airlock(&[
-        "check",
-        cfg.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = common::check(&cfg, &state);
+    assert!(!ok);
     assert!(
         err.contains("tool \"hostile\" (entry 1) › grants › tcp[0]: \"db.internal:5432\" is not an IP address and port"),
         "{err}"

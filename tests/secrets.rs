@@ -210,14 +210,8 @@ fn a_secret_from_the_environment_is_injected_over_http() {
 
     // Without the variable the configuration does not load.
     let state = common::shared_state_dir();
-    let out = common::run_airlock(&[
-        "check",
-        cfg.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = common::check(&cfg, &state);
+    assert!(!ok);
     assert!(
         err.contains(
             "secrets › env: secret AIRLOCK_TEST_API_KEY is not set in airlock's environment"
@@ -281,14 +275,8 @@ fn bad_secret_configuration_stops_the_start() {
     ];
     for (config, problem) in cases {
         let cfg = dir.config(&config);
-        let out = common::run_airlock(&[
-            "check",
-            cfg.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted:\n{config}");
+        let (ok, err) = common::check(&cfg, &state);
+        assert!(!ok, "accepted:\n{config}");
         assert!(err.contains(problem), "{problem}\n---\n{err}");
         assert!(!err.contains(TOKEN), "{err}");
     }

@@ -9,6 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +68,8 @@ pub enum AuthMode {
 pub enum Access {
     /// Every tool: the local principal, and everyone when `mode = "none"`.
     All,
-    /// The tools of these roles.
-    Roles(Vec<String>),
+    /// The tools of these roles (shared: a principal is cloned into every request).
+    Roles(Arc<[String]>),
 }
 
 /// An authenticated caller.
@@ -92,7 +93,7 @@ impl Principal {
 struct ApiKey {
     principal: Arc<str>,
     digest: [u8; 32],
-    roles: Vec<String>,
+    roles: Arc<[String]>,
 }
 
 /// JWT settings, resolved.
@@ -100,13 +101,13 @@ struct ApiKey {
 pub struct JwtSettings {
     pub resource: String,
     pub issuer: String,
-    keys: Arc<std::sync::RwLock<Arc<JwkSet>>>,
+    keys: Arc<std::sync::RwLock<Arc<KeySet>>>,
+    /// One validation per accepted algorithm (the allow-list), built at load.
+    validations: Vec<(Algorithm, Validation)>,
     /// Where keys come from when not from a file.
     jwks_url: Option<String>,
     refresh_min_interval: Duration,
     last_fetch: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    algorithms: Vec<Algorithm>,
-    leeway: Duration,
     max_token_lifetime: Duration,
     pub roles_claim: String,
     required_claims: Vec<String>,
@@ -204,7 +205,7 @@ pub(crate) fn resolve(
         api_keys.push(ApiKey {
             principal: Arc::from(k.principal.as_str()),
             digest,
-            roles: known_roles(&k.roles, format!("{at} › roles"))?,
+            roles: known_roles(&k.roles, format!("{at} › roles"))?.into(),
         });
     }
     if mode == AuthMode::ApiKey && api_keys.is_empty() {
@@ -258,7 +259,7 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
         (None, Some(url)) => {
             check_jwks_url(url).map_err(|e| (key("jwks_url"), e))?;
             // Fetched when the server starts; nothing is accepted before that.
-            (JwkSet { keys: Vec::new() }, Some(url.clone()))
+            (KeySet::default(), Some(url.clone()))
         }
         _ => {
             return Err((
@@ -312,15 +313,26 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
     let refresh_min_interval = section
         .jwks_refresh_min_interval
         .map_or(Duration::from_secs(30), |s| s.0);
+    let validations = algorithms
+        .iter()
+        .map(|&alg| {
+            let mut v = Validation::new(alg);
+            v.set_issuer(&[&issuer]);
+            v.set_audience(&[&resource]);
+            v.leeway = leeway.as_secs();
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            (alg, v)
+        })
+        .collect();
     Ok(JwtSettings {
+        validations,
         resource,
         issuer,
         keys: Arc::new(std::sync::RwLock::new(Arc::new(keys))),
         jwks_url,
         refresh_min_interval,
         last_fetch: Arc::new(std::sync::Mutex::new(None)),
-        algorithms,
-        leeway,
         max_token_lifetime,
         roles_claim,
         required_claims: section.required_claims.clone(),
@@ -328,24 +340,38 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
     })
 }
 
+/// Public keys by `kid`, decoded once when loaded.
+#[derive(Clone, Default)]
+struct KeySet(HashMap<String, DecodingKey>);
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// A JWK set with usable public keys only, each with a `kid`.
-fn parse_jwks(text: &str) -> Result<JwkSet, String> {
-    let keys: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK set: {e}"))?;
-    if keys.keys.is_empty() {
+fn parse_jwks(text: &str) -> Result<KeySet, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK set: {e}"))?;
+    if set.keys.is_empty() {
         return Err("the JWK set holds no keys".into());
     }
-    for (i, k) in keys.keys.iter().enumerate() {
-        if k.common.key_id.is_none() {
-            return Err(format!("key {i} has no `kid`"));
-        }
+    let mut keys = HashMap::with_capacity(set.keys.len());
+    for (i, k) in set.keys.iter().enumerate() {
+        let kid = k
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| format!("key {i} has no `kid`"))?;
         if let AlgorithmParameters::OctetKey(_) = k.algorithm {
             return Err(format!(
                 "key {i} is a symmetric (oct) key; only public keys are accepted"
             ));
         }
-        DecodingKey::from_jwk(k).map_err(|e| format!("key {i}: {e}"))?;
+        let key = DecodingKey::from_jwk(k).map_err(|e| format!("key {i}: {e}"))?;
+        keys.insert(kid, key);
     }
-    Ok(keys)
+    Ok(KeySet(keys))
 }
 
 /// `https://…`, or `http://` to a loopback address only.
@@ -368,7 +394,7 @@ fn check_jwks_url(url: &str) -> Result<(), String> {
 }
 
 /// GET the JWK set at `url` (10 s, 1 MiB at most).
-async fn fetch_jwks(url: &str) -> Result<JwkSet, String> {
+async fn fetch_jwks(url: &str) -> Result<KeySet, String> {
     use http_body_util::{BodyExt, Empty, Limited};
     let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
     let https = uri.scheme_str() == Some("https");
@@ -444,7 +470,7 @@ impl JwtSettings {
             *last = Some(std::time::Instant::now());
         }
         let keys = fetch_jwks(url).await.map_err(|e| format!("{url}: {e}"))?;
-        tracing::info!(target: "airlock::auth", url, keys = keys.keys.len(), "JWKS fetched");
+        tracing::info!(target: "airlock::auth", url, keys = keys.0.len(), "JWKS fetched");
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         Ok(true)
     }
@@ -520,25 +546,17 @@ impl AuthSettings {
         let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
-        if !jwt.algorithms.contains(&header.alg) {
-            return Err(invalid(&format!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
-        }
+        let (_, v) = jwt
+            .validations
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .ok_or_else(|| invalid(&format!("algorithm {:?} is not accepted", header.alg)))?;
         let kid = header
             .kid
             .ok_or_else(|| invalid("the token names no key (kid)"))?;
         let keys = jwt.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let jwk = keys.find(&kid).ok_or(AuthError::UnknownKey)?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("unusable key"))?;
-        let mut v = Validation::new(header.alg);
-        v.set_issuer(&[&jwt.issuer]);
-        v.set_audience(&[&jwt.resource]);
-        v.leeway = jwt.leeway.as_secs();
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
+        let key = keys.0.get(&kid).ok_or(AuthError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, key, v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             invalid(match e.kind() {
                 K::ExpiredSignature => "the token has expired",
@@ -580,7 +598,8 @@ impl AuthSettings {
             .iter()
             .filter(|(_, carried_by)| carried_by.iter().any(|c| values.contains(&c.as_str())))
             .map(|(r, _)| r.clone())
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         Ok(Principal {
             name: Arc::from(sub),
             access: Access::Roles(roles),

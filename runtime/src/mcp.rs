@@ -368,7 +368,7 @@ pub async fn serve_http(
             // can do nothing.
             let nobody = Principal {
                 name: Arc::from("unauthenticated"),
-                access: Access::Roles(Vec::new()),
+                access: Access::Roles(Arc::from([])),
             };
             Ok(McpServer::new(factory_airlock.clone(), nobody))
         },

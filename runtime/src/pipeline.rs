@@ -202,10 +202,7 @@ impl Airlock {
         let empty = JsonObject::new();
         let arguments = arguments.unwrap_or(&empty);
         let mut canonical = Vec::with_capacity(256);
-        write_canonical(
-            &serde_json::Value::Object(arguments.clone()),
-            &mut canonical,
-        );
+        write_canonical_object(arguments, &mut canonical);
         let kept = match usage.audit_arguments {
             AuditArguments::None => None,
             AuditArguments::Full => Some(serde_json::Value::Object(arguments.clone())),
@@ -226,7 +223,10 @@ impl Airlock {
             Err(f) => (
                 f.decision(),
                 f.kind(),
-                Some(self.scrub(&f.to_string(), usage.redactor.as_deref())),
+                Some(
+                    self.scrub(&f.to_string(), usage.redactor.as_deref())
+                        .into_owned(),
+                ),
                 false,
                 0,
             ),
@@ -253,20 +253,17 @@ impl Airlock {
     }
 
     /// Secret values, then secret shapes, out of `text`.
-    fn scrub(&self, text: &str, redactor: Option<&Redactor>) -> String {
+    fn scrub<'t>(&self, text: &'t str, redactor: Option<&Redactor>) -> Cow<'t, str> {
         let text = redactor.map_or(Cow::Borrowed(text), |r| r.redact(text));
-        self.shapes.redact(&text).into_owned()
+        if let Cow::Owned(clean) = self.shapes.redact(&text) {
+            Cow::Owned(clean)
+        } else {
+            text
+        }
     }
 
     fn scrub_json(&self, v: &mut serde_json::Value, redactor: Option<&Redactor>) {
-        match v {
-            serde_json::Value::String(s) => *s = self.scrub(s, redactor),
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.scrub_json(x, redactor)),
-            serde_json::Value::Object(o) => {
-                o.values_mut().for_each(|x| self.scrub_json(x, redactor))
-            }
-            _ => {}
-        }
+        crate::secrets::rewrite_json_strings(v, &|s| self.scrub(s, redactor));
     }
 
     async fn steps(
@@ -424,21 +421,7 @@ struct CallRecord<'a> {
 /// whatever order the client sent them in.
 fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
     match v {
-        serde_json::Value::Object(o) => {
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                // Serialising a string or a JSON value into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                write_canonical(&o[k], out);
-            }
-            out.push(b'}');
-        }
+        serde_json::Value::Object(o) => write_canonical_object(o, out),
         serde_json::Value::Array(a) => {
             out.push(b'[');
             for (i, x) in a.iter().enumerate() {
@@ -450,9 +433,25 @@ fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         scalar => {
+            // Serialising a JSON value into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
+}
+
+fn write_canonical_object(o: &JsonObject, out: &mut Vec<u8>) {
+    let mut keys: Vec<&String> = o.keys().collect();
+    keys.sort();
+    out.push(b'{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        write_canonical(&o[k], out);
+    }
+    out.push(b'}');
 }
 
 /// What a call consumed, for its log event.

@@ -179,22 +179,34 @@ impl Redactor {
 
     /// Redact every string inside a JSON value, object keys included.
     pub fn redact_json(&self, v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::String(s) => self.redact_in_place(s),
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
-            serde_json::Value::Object(o) => {
-                if o.keys()
-                    .any(|k| matches!(self.redact(k), std::borrow::Cow::Owned(_)))
-                {
-                    *o = std::mem::take(o)
-                        .into_iter()
-                        .map(|(k, v)| (self.redact(&k).into_owned(), v))
-                        .collect();
-                }
-                o.values_mut().for_each(|x| self.redact_json(x));
+        rewrite_json_strings(v, &|s| self.redact(s));
+    }
+}
+
+/// Apply `f` to every string in `v`, object keys included; a borrowed result leaves the string
+/// as it was.
+pub fn rewrite_json_strings(
+    v: &mut serde_json::Value,
+    f: &dyn for<'s> Fn(&'s str) -> std::borrow::Cow<'s, str>,
+) {
+    use std::borrow::Cow;
+    match v {
+        serde_json::Value::String(s) => {
+            if let Cow::Owned(new) = f(s) {
+                *s = new;
             }
-            _ => {}
         }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| rewrite_json_strings(x, f)),
+        serde_json::Value::Object(o) => {
+            if o.keys().any(|k| matches!(f(k), Cow::Owned(_))) {
+                *o = std::mem::take(o)
+                    .into_iter()
+                    .map(|(k, v)| (f(&k).into_owned(), v))
+                    .collect();
+            }
+            o.values_mut().for_each(|x| rewrite_json_strings(x, f));
+        }
+        _ => {}
     }
 }
 

@@ -108,6 +108,32 @@ pub fn run_airlock(args: &[&str]) -> Output {
         .expect("airlock runs")
 }
 
+/// Run `airlock check CONFIG --state-dir STATE`: whether it accepted the configuration, and
+/// its stderr.
+pub fn check(config: &Path, state_dir: &Path) -> (bool, String) {
+    let out = run_airlock(&[
+        "check",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The audit log files in `dir`, oldest first.
+pub fn audit_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// How the client reaches the server.
 pub enum Transport<'a> {
     /// The client starts `airlock serve --stdio` with this config (`None`: the embedded default).
@@ -399,13 +425,7 @@ pub fn raw_call(
 
 /// The audit records in `dir` (all files, oldest first), parsed.
 pub fn audit_records(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
+    audit_files(dir)
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)
