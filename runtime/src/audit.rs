@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 /// `prev` of the first record.
@@ -22,6 +23,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HASH_FIELD: &str = ",\"hash\":\"";
 /// Most records written (and fsynced) together.
 const MAX_BATCH: usize = 4096;
+/// Longest a batch waits for the records of calls still running before its fsync.
+const LINGER: Duration = Duration::from_micros(1000);
+/// How often a lingering writer looks again at the number of records still coming.
+const LINGER_STEP: Duration = Duration::from_micros(50);
 const KEY_FILE: &str = "audit-key";
 const PUBLIC_KEY_FILE: &str = "audit-key.pub";
 
@@ -114,12 +119,37 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: Option<mpsc::Sender<Pending>>,
+    /// Records announced with [`AuditLog::expect`] and not sent yet.
+    expected: Arc<AtomicUsize>,
+}
+
+/// A record that will be appended soon: a call in progress. While any are outstanding the
+/// writer lingers briefly before an fsync so that concurrent calls share it.
+pub struct Expected {
+    log: AuditLog,
+}
+
+impl Expected {
+    /// Append the announced record and wait until it is on disk (see [`AuditLog::append`]).
+    pub async fn append<T: Serialize>(self, kind: &str, record: &T) -> Result<u64, AuditError> {
+        let log = self.log.clone();
+        log.append_inner(kind, record, Some(self)).await
+    }
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.log.expected.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl AuditLog {
     /// A log that records nothing (`mode = "off"`).
     pub fn off() -> AuditLog {
-        AuditLog { tx: None }
+        AuditLog {
+            tx: None,
+            expected: Arc::default(),
+        }
     }
 
     /// Open (or create) the log in `settings.dir`, recover its tail, and start the writer.
@@ -130,21 +160,40 @@ impl AuditLog {
             return Ok(AuditLog::off());
         }
         let key = signing_key(state_dir)?;
-        let writer = Writer::open(settings, key)?;
+        let expected = Arc::new(AtomicUsize::new(0));
+        let writer = Writer::open(settings, key, expected.clone())?;
         let (tx, rx) = mpsc::channel::<Pending>();
         std::thread::Builder::new()
             .name("airlock-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
-        Ok(AuditLog { tx: Some(tx) })
+        Ok(AuditLog {
+            tx: Some(tx),
+            expected,
+        })
     }
 
     pub fn is_on(&self) -> bool {
         self.tx.is_some()
     }
 
+    /// Announce a record that will follow (a call that has started).
+    pub fn expect(&self) -> Expected {
+        self.expected.fetch_add(1, Ordering::AcqRel);
+        Expected { log: self.clone() }
+    }
+
     /// Append a record and wait until it is on disk. Returns its sequence number (0 when off).
     pub async fn append<T: Serialize>(&self, kind: &str, record: &T) -> Result<u64, AuditError> {
+        self.append_inner(kind, record, None).await
+    }
+
+    async fn append_inner<T: Serialize>(
+        &self,
+        kind: &str,
+        record: &T,
+        expected: Option<Expected>,
+    ) -> Result<u64, AuditError> {
         if self.tx.is_none() {
             return Ok(0);
         }
@@ -157,16 +206,21 @@ impl AuditLog {
             body.push(b',');
             body.extend_from_slice(&fields[1..fields.len() - 1]);
         }
-        self.send(body, false).await
+        self.send(body, false, expected).await
     }
 
     /// Write a checkpoint now and wait until it is on disk (a server stopping cleanly ends its
     /// log sealed). Returns the checkpoint's sequence number (0 when off).
     pub async fn seal(&self) -> Result<u64, AuditError> {
-        self.send(Vec::new(), true).await
+        self.send(Vec::new(), true, None).await
     }
 
-    async fn send(&self, body: Vec<u8>, seal: bool) -> Result<u64, AuditError> {
+    async fn send(
+        &self,
+        body: Vec<u8>,
+        seal: bool,
+        expected: Option<Expected>,
+    ) -> Result<u64, AuditError> {
         let Some(tx) = &self.tx else { return Ok(0) };
         let (durable, done) = oneshot::channel();
         tx.send(Pending {
@@ -175,6 +229,8 @@ impl AuditLog {
             durable,
         })
         .map_err(|_| AuditError("the audit writer has stopped".into()))?;
+        // Only now, with the record in the writer's queue, is it no longer "coming".
+        drop(expected);
         done.await
             .map_err(|_| AuditError("the audit writer has stopped".into()))?
     }
@@ -276,12 +332,18 @@ struct Writer {
     broken: Option<String>,
     /// The last record written is a checkpoint.
     sealed: bool,
+    /// Records of calls in progress (see [`Expected`]).
+    expected: Arc<AtomicUsize>,
     /// Held (locked) for the writer's life: one writer per log.
     _lock: File,
 }
 
 impl Writer {
-    fn open(settings: &AuditSettings, key: SigningKey) -> Result<Writer, AuditError> {
+    fn open(
+        settings: &AuditSettings,
+        key: SigningKey,
+        expected: Arc<AtomicUsize>,
+    ) -> Result<Writer, AuditError> {
         let dir = &settings.dir;
         let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(fail)?;
@@ -314,6 +376,7 @@ impl Writer {
             key,
             broken: None,
             sealed: false,
+            expected,
             _lock: lock,
         })
     }
@@ -327,14 +390,29 @@ impl Writer {
                 seal = Some(first);
             } else {
                 batch.push(first);
+                // While other calls are on their way to a record, wait a little for them so
+                // they share this fsync (each one costs a disk flush and, on a VM, an exit).
+                // A lone caller is never delayed.
+                let until = Instant::now() + LINGER;
                 while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) if p.seal => {
+                    let next = match rx.try_recv() {
+                        Ok(p) => Some(p),
+                        Err(_) if self.expected.load(Ordering::Acquire) > 0 => {
+                            let left = until.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            rx.recv_timeout(left.min(LINGER_STEP)).ok()
+                        }
+                        Err(_) => break,
+                    };
+                    match next {
+                        Some(p) if p.seal => {
                             seal = Some(p);
                             break;
                         }
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
+                        Some(p) => batch.push(p),
+                        None => {}
                     }
                 }
             }

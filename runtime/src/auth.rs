@@ -4,6 +4,7 @@
 //! may list and call.
 
 use crate::units::Span;
+use crate::verified_tokens::VerifiedTokens;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -109,6 +110,9 @@ pub struct JwtSettings {
     refresh_min_interval: Duration,
     last_fetch: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     max_token_lifetime: Duration,
+    leeway: Duration,
+    /// Tokens already verified, so a client's repeated token is not verified again.
+    verified: Arc<VerifiedTokens>,
     pub roles_claim: String,
     required_claims: Vec<String>,
     pub authorization_servers: Vec<String>,
@@ -334,6 +338,8 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
         refresh_min_interval,
         last_fetch: Arc::new(std::sync::Mutex::new(None)),
         max_token_lifetime,
+        leeway,
+        verified: Arc::default(),
         roles_claim,
         required_claims: section.required_claims.clone(),
         authorization_servers,
@@ -472,6 +478,8 @@ impl JwtSettings {
         let keys = fetch_jwks(url).await.map_err(|e| format!("{url}: {e}"))?;
         tracing::info!(target: "airlock::auth", url, keys = keys.0.len(), "JWKS fetched");
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        // A remembered token may have been signed by a key that is gone now.
+        self.verified.clear();
         Ok(true)
     }
 }
@@ -511,7 +519,8 @@ impl AuthSettings {
             })
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
-        if let Some(p) = self.api_key(token) {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = self.api_key(&digest) {
             return Ok(p);
         }
         let jwt = self
@@ -519,7 +528,15 @@ impl AuthSettings {
             .as_ref()
             .filter(|_| token.split('.').count() == 3)
             .ok_or_else(|| AuthError::InvalidToken("not a known API key or a JWT".into()))?;
-        let principal = self.check_jwt(jwt, token)?;
+        let principal = match jwt.verified.get(&digest) {
+            Some(p) => p,
+            None => {
+                let (principal, exp) = self.check_jwt(jwt, token)?;
+                let good_until = exp.saturating_add(jwt.leeway.as_secs());
+                jwt.verified.insert(digest, principal.clone(), good_until);
+                principal
+            }
+        };
         match &principal.access {
             Access::Roles(r) if r.is_empty() => Err(AuthError::InsufficientScope),
             _ => Ok(principal),
@@ -527,12 +544,11 @@ impl AuthSettings {
     }
 
     /// The principal whose key hashes to the token's digest, compared in constant time.
-    fn api_key(&self, token: &str) -> Option<Principal> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    fn api_key(&self, digest: &[u8; 32]) -> Option<Principal> {
         let mut found = None;
         // Every key is compared, so the time taken does not tell which one matched.
         for k in &self.api_keys {
-            if bool::from(k.digest.ct_eq(&digest)) {
+            if bool::from(k.digest.ct_eq(digest)) {
                 found = Some(k);
             }
         }
@@ -542,7 +558,8 @@ impl AuthSettings {
         })
     }
 
-    fn check_jwt(&self, jwt: &JwtSettings, token: &str) -> Result<Principal, AuthError> {
+    /// Verify a JWT in full; returns its principal and `exp`.
+    fn check_jwt(&self, jwt: &JwtSettings, token: &str) -> Result<(Principal, u64), AuthError> {
         let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
@@ -600,10 +617,11 @@ impl AuthSettings {
             .map(|(r, _)| r.clone())
             .collect::<Vec<_>>()
             .into();
-        Ok(Principal {
+        let principal = Principal {
             name: Arc::from(sub),
             access: Access::Roles(roles),
-        })
+        };
+        Ok((principal, exp))
     }
 
     /// Every claim value that carries a role, for `scopes_supported`.

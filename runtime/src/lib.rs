@@ -21,3 +21,4 @@ pub mod ratelimit;
 pub mod sandbox;
 pub mod secrets;
 pub mod units;
+pub mod verified_tokens;

@@ -6,7 +6,7 @@
 //! secrets → audit record (durable before the response) → log event. The kill switch and
 //! approval slot in at their places as they land.
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Expected};
 use crate::auth::Principal;
 use crate::catalog::{Catalog, CatalogTool};
 use crate::failure::CallFailure;
@@ -169,6 +169,7 @@ impl Airlock {
         ctx: CallContext,
     ) -> Result<CallToolResult, CallFailure> {
         let started = Instant::now();
+        let expected = self.audit.expect();
         let mut usage = Usage::default();
         let result = self.steps(name, arguments, caller, ctx, &mut usage).await;
         let result = match usage.redactor.clone() {
@@ -176,7 +177,7 @@ impl Airlock {
             _ => result,
         };
         let audited = self
-            .audit_call(name, arguments, caller, &result, started, &usage)
+            .audit_call(expected, name, arguments, caller, &result, started, &usage)
             .await;
         let result = match audited {
             Ok(_) => result,
@@ -187,8 +188,10 @@ impl Airlock {
     }
 
     /// Write the call's audit record and wait until it is durable.
+    #[allow(clippy::too_many_arguments)]
     async fn audit_call(
         &self,
+        expected: Expected,
         tool: &str,
         arguments: Option<&JsonObject>,
         caller: &Caller,
@@ -249,7 +252,7 @@ impl Airlock {
             peak_memory: usage.peak_memory,
             output_bytes,
         };
-        self.audit.append("call", &record).await
+        expected.append("call", &record).await
     }
 
     /// Secret values, then secret shapes, out of `text`.
