@@ -7,8 +7,10 @@
 
 use airlock::audit::AuditLog;
 use airlock::auth::{Access, Principal};
+use airlock::operator::Operator;
+use airlock::overrides::LiveGrants;
 use airlock::pipeline::{Airlock, CallContext, Caller};
-use airlock::policy::Policy;
+use airlock::policy::{Dirs, Policy};
 use airlock::sandbox::{self, Invocation};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
@@ -26,7 +28,8 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Airlock) {
         wasm.display()
     );
     let state = std::env::temp_dir().join("airlock-bench-state");
-    let mut policy = Policy::parse(&config, "bench.toml", Path::new("."), Some(&state)).unwrap();
+    let mut policy =
+        Policy::parse(&config, "bench.toml", Path::new("."), &Dirs::state(&state)).unwrap();
     let log = if audit {
         policy.audit.dir =
             std::env::temp_dir().join(format!("airlock-bench-audit-{}", std::process::id()));
@@ -34,7 +37,9 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Airlock) {
     } else {
         AuditLog::off()
     };
-    let airlock = rt.block_on(Airlock::load(policy, log)).unwrap();
+    let airlock = rt
+        .block_on(Airlock::load(policy, log, Operator::in_memory()))
+        .unwrap();
     (rt, airlock)
 }
 
@@ -42,7 +47,8 @@ fn bench(c: &mut Criterion) {
     let (rt, airlock) = load(false);
     let tool = airlock.catalog().tool("fixture_echo").unwrap();
     let component = tool.component.clone();
-    let never = CancellationToken::new();
+    let signals = sandbox::RunSignals::default();
+    let grants = LiveGrants::fixed(component.prepared.grants.clone());
     c.bench_function("sandbox_run: fresh instance + call (fixture_echo)", |b| {
         b.to_async(&rt).iter(|| async {
             let r = sandbox::run(
@@ -50,9 +56,10 @@ fn bench(c: &mut Criterion) {
                 Invocation::Call {
                     tool: "fixture_echo",
                     arguments: r#"{"message":"hi"}"#,
+                    grants: grants.clone(),
                 },
                 None,
-                &never,
+                &signals,
             )
             .await;
             assert!(r.result.is_ok());

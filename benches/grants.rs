@@ -9,8 +9,10 @@
 use airlock::audit::AuditLog;
 use airlock::capture::Capture;
 use airlock::egress::{self, DenialCell};
+use airlock::operator::Operator;
+use airlock::overrides::LiveGrants;
 use airlock::pipeline::Airlock;
-use airlock::policy::Policy;
+use airlock::policy::{Dirs, Policy};
 use airlock::sandbox;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::net::SocketAddr;
@@ -53,7 +55,13 @@ secrets = [{{ name = "REPORTS_TOKEN", host = "api.example.com", header = "Author
 fn bench(c: &mut Criterion) {
     let dir = scratch();
     let state = std::env::temp_dir().join("airlock-bench-state");
-    let policy = Policy::parse(&config(&dir), "bench.toml", Path::new("."), Some(&state)).unwrap();
+    let policy = Policy::parse(
+        &config(&dir),
+        "bench.toml",
+        Path::new("."),
+        &Dirs::state(&state),
+    )
+    .unwrap();
     let grants = policy.components[0].grants.clone();
 
     let resolved: [SocketAddr; 2] = [
@@ -83,7 +91,13 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let airlock = rt.block_on(Airlock::load(policy, AuditLog::off())).unwrap();
+    let airlock = rt
+        .block_on(Airlock::load(
+            policy,
+            AuditLog::off(),
+            Operator::in_memory(),
+        ))
+        .unwrap();
     let component = airlock
         .catalog()
         .tool("fixture_echo")
@@ -91,6 +105,7 @@ fn bench(c: &mut Criterion) {
         .component
         .clone();
     let prepared = &component.prepared;
+    let granted = LiveGrants::fixed(prepared.grants.clone());
     let cap = prepared.limits.capture_bytes.as_usize();
     c.bench_function(
         "wasi_context: build with grants (2 dirs, net, tcp, env secret)",
@@ -98,7 +113,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
                 let denial = DenialCell::default();
-                sandbox::wasi_context(prepared, true, &stdout, &stderr, &denial).unwrap()
+                sandbox::wasi_context(&prepared.name, Some(&granted), &stdout, &stderr, &denial)
+                    .unwrap()
             })
         },
     );
@@ -106,7 +122,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
             let denial = DenialCell::default();
-            sandbox::wasi_context(prepared, false, &stdout, &stderr, &denial).unwrap()
+            sandbox::wasi_context(&prepared.name, None, &stdout, &stderr, &denial).unwrap()
         })
     });
     let _ = std::fs::remove_dir_all(&dir);

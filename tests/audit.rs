@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     HttpServer, Session, TempDir, Transport, audit_files, audit_records, client, hostile_wasm,
-    raw_call, run_airlock, shared_state_dir,
+    raw_call, run_airlock, state_dir_for,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -19,9 +19,9 @@ fn config(dir: &TempDir, extra: &str) -> PathBuf {
     ))
 }
 
-/// `airlock audit verify` over the files of `audit_dir`, with the shared state's key.
-fn verify(files: &[PathBuf]) -> (bool, String) {
-    let state = shared_state_dir();
+/// `airlock audit verify` over `files`, with the key of the server that wrote `audit_dir`.
+fn verify(audit_dir: &Path, files: &[PathBuf]) -> (bool, String) {
+    let state = state_dir_for(audit_dir);
     let key = run_airlock(&["audit", "key", "--state-dir", state.to_str().unwrap()]);
     assert!(
         key.status.success(),
@@ -110,7 +110,7 @@ fn every_decision_is_recorded_and_the_chain_verifies() {
         "checkpoint_every = 3 wrote none: {records:?}"
     );
 
-    let (ok, text) = verify(&audit_files(&audit_dir));
+    let (ok, text) = verify(&audit_dir, &audit_files(&audit_dir));
     assert!(ok, "{text}");
     assert!(text.starts_with("OK: 4 records, "), "{text}");
 }
@@ -151,7 +151,7 @@ fn tampering_is_found_and_the_record_named() {
     let copy = scratch.0.join("audit-000000000001.jsonl");
     let write = |content: &str| std::fs::write(&copy, content).unwrap();
     let check = |expect: &str| {
-        let (ok, out) = verify(std::slice::from_ref(&copy));
+        let (ok, out) = verify(s.audit_dir.as_ref().unwrap(), std::slice::from_ref(&copy));
         assert!(!ok, "tampering not found ({expect}):\n{out}");
         assert!(out.contains(expect), "expected `{expect}` in:\n{out}");
     };
@@ -211,7 +211,7 @@ fn tampering_is_found_and_the_record_named() {
 
     // The untouched log still verifies.
     write(&text);
-    let (ok, out) = verify(std::slice::from_ref(&copy));
+    let (ok, out) = verify(s.audit_dir.as_ref().unwrap(), std::slice::from_ref(&copy));
     assert!(ok, "{out}");
 }
 
@@ -293,7 +293,7 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     )
     .expect("the restarted server answers");
     assert_eq!(status, 200);
-    let (ok, out) = verify(&audit_files(&audit_dir));
+    let (ok, out) = verify(&audit_dir, &audit_files(&audit_dir));
     assert!(ok, "{out}");
     let recorded: std::collections::HashSet<String> = audit_records(&audit_dir)
         .iter()

@@ -6,7 +6,9 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{HttpServer, RawResponse, TempDir, audit_records, hostile_wasm, raw_http, raw_mcp};
+use common::{
+    HttpServer, RawResponse, TempDir, audit_records, hostile_wasm, raw_http, raw_mcp, sse_json,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -297,15 +299,6 @@ fn tokens_are_checked_claim_by_claim() {
         &list(&f, "ak-wrong-key-0000000000"),
         "not a known API key or a JWT",
     );
-}
-
-/// The JSON-RPC message in a (possibly chunked) SSE response body.
-fn sse_json(body: &str) -> Value {
-    let line = body
-        .lines()
-        .find_map(|l| l.strip_prefix("data: {").map(|rest| format!("{{{rest}")))
-        .unwrap_or_else(|| panic!("no JSON event in {body}"));
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 #[test]

@@ -53,7 +53,7 @@ pub enum AuditMode {
 }
 
 /// `[audit]`, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditSettings {
     pub mode: AuditMode,
     /// Directory of the log files (default: `<state_dir>/audit`).

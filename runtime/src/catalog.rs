@@ -12,7 +12,6 @@ use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -51,8 +50,8 @@ impl Catalog {
             key,
             problem,
         };
-        let cache_dir = policy.server.state_dir.join("cache");
-        private_dir(&cache_dir).map_err(|e| fail("server › state_dir".into(), format!("{e:#}")))?;
+        let cache_dir = policy.server.cache_dir.clone();
+        private_dir(&cache_dir).map_err(|e| fail("server › cache_dir".into(), format!("{e:#}")))?;
         let engines = Engines::new(&policy).map_err(|e| fail(String::new(), format!("{e:#}")))?;
 
         let mut linkers: Vec<(Engine, Linker<HostState>)> = Vec::new();
@@ -169,8 +168,8 @@ fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
 }
 
 async fn describe(prepared: &Prepared) -> Result<Vec<ToolSpec>, CallFailure> {
-    let never = CancellationToken::new();
-    let report = sandbox::run(prepared, Invocation::Describe, None, &never).await;
+    let signals = sandbox::RunSignals::default();
+    let report = sandbox::run(prepared, Invocation::Describe, None, &signals).await;
     match report.result? {
         Answer::Described(specs) => Ok(specs),
         Answer::Called(_) => unreachable!("describe answers with specs"),

@@ -1,15 +1,20 @@
 //! The `airlock` command line: `serve`, `tools`, `check`, `audit`.
 
+use crate::admin;
 use crate::audit::{self, AuditLog};
 use crate::grants::SecretUse;
+use crate::live::{Live, Source};
+use crate::operator::Operator;
+use crate::overrides::OverrideStore;
 use crate::pipeline::Airlock;
-use crate::policy::Policy;
+use crate::policy::{Dirs, Policy};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -44,6 +49,9 @@ struct ConfigArgs {
     /// Audit log directory; overrides `[audit] dir`.
     #[arg(long)]
     audit_dir: Option<PathBuf>,
+    /// Compiled-component cache; overrides `[server] cache_dir`.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +66,27 @@ enum Command {
         /// Serve Streamable HTTP at http://ADDR/mcp (loopback only), e.g. 127.0.0.1:8787.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        /// Discard the operator overrides in the state directory (kills, revocations) and start
+        /// clean. Needed when the state file is unreadable: airlock will not guess.
+        #[arg(long)]
+        reset_state: bool,
+    },
+    /// Operate a running server through its admin socket.
+    Ctl {
+        /// The admin socket (default: `admin.sock` in the state directory).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Configuration file, to find the state directory (default: as for `serve`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// State directory of the server.
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: crate::ctl::CtlCommand,
     },
     /// List the loaded components, their tools and limits.
     Tools {
@@ -149,27 +178,31 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn load_policy(config: Option<&Path>, state_dir: Option<&Path>) -> Result<Policy> {
-    let env = std::env::var_os("AIRLOCK_CONFIG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    let policy = match config.map(Path::to_path_buf).or(env) {
-        Some(path) => Policy::load(&path, state_dir)?,
-        None => Policy::embedded_default(state_dir)?,
-    };
-    Ok(policy)
-}
-
-fn load_policy_args(args: &ConfigArgs) -> Result<Policy> {
-    let mut policy = load_policy(args.config.as_deref(), args.state_dir.as_deref())?;
-    if let Some(dir) = &args.audit_dir {
-        policy.audit.dir = dir.clone();
+impl ConfigArgs {
+    fn source(&self) -> Source {
+        source(self.config.as_deref(), self.state_dir.clone())
+            .with_dirs(self.audit_dir.clone(), self.cache_dir.clone())
     }
-    Ok(policy)
 }
 
-/// Load the catalog. Only a serving process opens the audit log; the others record nothing.
-async fn load(policy: Policy, serving: bool) -> Result<Arc<Airlock>> {
+/// The configuration named by `config`, else $AIRLOCK_CONFIG, else the embedded default.
+fn source(config: Option<&Path>, state_dir: Option<PathBuf>) -> Source {
+    Source {
+        config: config_path(config),
+        dirs: Dirs {
+            state_dir,
+            ..Dirs::default()
+        },
+    }
+}
+
+/// Load the catalog for a command that does not serve: no audit log, no operator state.
+async fn load(policy: Policy) -> Result<Airlock> {
+    warn_unreachable(&policy);
+    Ok(Airlock::load(policy, AuditLog::off(), Operator::in_memory()).await?)
+}
+
+fn warn_unreachable(policy: &Policy) {
     tracing::info!(config = %policy.origin, components = policy.components.len(), "loading");
     for name in policy.unreachable_components() {
         tracing::warn!(
@@ -177,12 +210,54 @@ async fn load(policy: Policy, serving: bool) -> Result<Arc<Airlock>> {
             "[[tool]] \"{name}\" names no roles: no HTTP caller can list or call its tools, only the local (stdio) principal"
         );
     }
-    let audit = if serving {
-        AuditLog::open(&policy.audit, &policy.server.state_dir)?
-    } else {
-        AuditLog::off()
-    };
-    Ok(Arc::new(Airlock::load(policy, audit).await?))
+}
+
+/// Load everything a serving process needs: the operator state (refusing to start on a bad
+/// state file), the audit log, the catalog; then the admin socket, the reload triggers (file
+/// change, SIGHUP) and their tasks.
+async fn start_serving(
+    config: &ConfigArgs,
+    reset_state: bool,
+    http_loopback: Option<bool>,
+) -> Result<Arc<Live>> {
+    let source = config.source();
+    let policy = source.load()?;
+    warn_unreachable(&policy);
+    let state_dir = policy.server.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let overrides = OverrideStore::open(&state_dir, reset_state)?;
+    let audit = AuditLog::open(&policy.audit, &state_dir)?;
+    let airlock = Airlock::load(policy, audit, Operator::new(overrides)).await?;
+    let live = Live::new(airlock, source, http_loopback);
+    let listener = admin::bind(&state_dir).await?;
+    tokio::spawn(admin::serve(
+        listener,
+        live.clone(),
+        admin::socket_path(&state_dir),
+    ));
+    tokio::spawn(live.clone().watch_file(Duration::from_secs(1)));
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let live = live.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = live.reload().await {
+                    tracing::error!("reload refused, the running configuration stays: {e:#}");
+                }
+            }
+        });
+    }
+    Ok(live)
+}
+
+/// The configuration file: `--config`, else $AIRLOCK_CONFIG, else none (the embedded default).
+fn config_path(config: Option<&Path>) -> Option<PathBuf> {
+    config.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("AIRLOCK_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -191,13 +266,15 @@ async fn run(command: Command) -> Result<()> {
             config,
             stdio,
             http,
+            reset_state,
         } => {
-            let airlock = load(load_policy_args(&config)?, true).await?;
-            tracing::info!(tools = airlock.tools().len(), "loaded");
-            let audit = airlock.audit().clone();
+            let loopback = http.map(|a| a.ip().is_loopback());
+            let live = start_serving(&config, reset_state, loopback).await?;
+            tracing::info!(tools = live.current().tools().len(), "loaded");
+            let audit = live.current().audit().clone();
             let served = if stdio {
                 tokio::select! {
-                    r = crate::mcp::serve_stdio(airlock) => r,
+                    r = crate::mcp::serve_stdio(live.clone()) => r,
                     _ = shutdown_signal() => {
                         tracing::info!("shutting down");
                         Ok(())
@@ -212,8 +289,11 @@ async fn run(command: Command) -> Result<()> {
                     tracing::info!("shutting down");
                     trigger.cancel();
                 });
-                crate::mcp::serve_http(airlock, addr, shutdown).await
+                crate::mcp::serve_http(live.clone(), addr, shutdown).await
             };
+            let _ = std::fs::remove_file(admin::socket_path(
+                &live.current().catalog().policy.server.state_dir,
+            ));
             // A clean stop leaves the audit log sealed by a signed checkpoint.
             if let Err(e) = audit.seal().await {
                 tracing::error!("cannot seal the audit log: {e}");
@@ -221,12 +301,11 @@ async fn run(command: Command) -> Result<()> {
             served
         }
         Command::Tools { config, json } => {
-            let airlock = load(load_policy_args(&config)?, false).await?;
+            let airlock = load(config.source().load()?).await?;
             print_tools(&airlock, json)
         }
         Command::Check { config, state_dir } => {
-            let airlock =
-                load(load_policy(config.as_deref(), state_dir.as_deref())?, false).await?;
+            let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
             let c = airlock.catalog();
             println!(
                 "OK: {} is valid: {} components, {} tools",
@@ -237,19 +316,38 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => run_audit(command).await,
+        Command::Ctl {
+            socket,
+            config,
+            state_dir,
+            json,
+            command,
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let dir = match state_dir {
+                        Some(d) => d,
+                        None => source(config.as_deref(), None).load()?.server.state_dir,
+                    };
+                    admin::socket_path(&dir)
+                }
+            };
+            crate::ctl::run(&socket, command, json).await
+        }
     }
 }
 
 async fn run_audit(command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Key { config } => {
-            let policy = load_policy_args(&config)?;
+            let policy = config.source().load()?;
             println!("{}", audit::public_key(&policy.server.state_dir)?);
             Ok(())
         }
         AuditCommand::Verify { config, key, files } => {
             let (files, key) = if files.is_empty() || key.is_none() {
-                let policy = load_policy_args(&config)?;
+                let policy = config.source().load()?;
                 let files = if files.is_empty() {
                     audit::log_files(&policy.audit.dir)
                         .with_context(|| format!("cannot list {}", policy.audit.dir.display()))?
@@ -286,7 +384,7 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             lines,
             no_follow,
         } => {
-            let policy = load_policy_args(&config)?;
+            let policy = config.source().load()?;
             audit::tail(&policy.audit.dir, lines, !no_follow).await?;
             Ok(())
         }

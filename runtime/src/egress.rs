@@ -8,6 +8,7 @@
 //! Raw TCP (`wasi:sockets`) is checked by [`tcp_check`] against the TCP grants.
 
 use crate::grants::{Grants, SecretUse, special_range};
+use crate::overrides::LiveGrants;
 use crate::secrets::Redactor;
 use crate::units::{ByteSize, Span};
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub enum Denial {
     },
     /// A `wasi:sockets` use no TCP grant allows.
     Socket { usage: SocketUse, target: String },
+    /// A grant that covered the request was revoked by an operator.
+    Revoked { grant: String, target: String },
 }
 
 /// What a component tried to do with a socket.
@@ -53,6 +56,8 @@ impl Denial {
         match self {
             Denial::NotGranted { .. } | Denial::Address { .. } => "net",
             Denial::Socket { .. } => "tcp",
+            Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
+            Denial::Revoked { .. } => "net",
         }
     }
 
@@ -76,6 +81,10 @@ impl Denial {
                 address,
                 range,
             },
+            Denial::Revoked { grant, target } => Denial::Revoked {
+                grant,
+                target: clean(target),
+            },
             socket => socket,
         }
     }
@@ -85,7 +94,8 @@ impl Denial {
         match self {
             Denial::NotGranted { target, .. }
             | Denial::Address { target, .. }
-            | Denial::Socket { target, .. } => target,
+            | Denial::Socket { target, .. }
+            | Denial::Revoked { target, .. } => target,
         }
     }
 }
@@ -113,6 +123,10 @@ impl fmt::Display for Denial {
                 ),
                 SocketUse::Udp => write!(f, "UDP to {target} is not granted"),
             },
+            Denial::Revoked { grant, target } => write!(
+                f,
+                "network egress to {target} was granted by {grant}, which an operator revoked"
+            ),
         }
     }
 }
@@ -128,7 +142,7 @@ pub struct EgressLimits {
 
 /// The per-call egress gate, installed as the call's `WasiHttpHooks`.
 pub struct EgressGate {
-    grants: Arc<Grants>,
+    grants: LiveGrants,
     limits: EgressLimits,
     component: Arc<str>,
     denial: Arc<OnceLock<Denial>>,
@@ -141,7 +155,7 @@ pub type DenialCell = Arc<OnceLock<Denial>>;
 
 impl EgressGate {
     pub fn new(
-        grants: Arc<Grants>,
+        grants: LiveGrants,
         limits: EgressLimits,
         component: Arc<str>,
         denial: DenialCell,
@@ -162,7 +176,7 @@ type CheckFuture = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 /// The `socket_addr_check` of a call: TCP connections only to granted addresses, binds only the
 /// implicit wildcard bind a connect makes, no listening, no UDP.
 pub fn tcp_check(
-    grants: Arc<Grants>,
+    grants: LiveGrants,
     component: Arc<str>,
     denial: DenialCell,
 ) -> impl Fn(SocketAddr, wasmtime_wasi::sockets::SocketAddrUse) -> CheckFuture + Send + Sync + 'static
@@ -170,7 +184,7 @@ pub fn tcp_check(
     use wasmtime_wasi::sockets::SocketAddrUse;
     move |address, usage| {
         let (allowed, usage) = match usage {
-            SocketAddrUse::TcpConnect => (grants.allows_tcp(address), SocketUse::Connect),
+            SocketAddrUse::TcpConnect => (grants.current().allows_tcp(address), SocketUse::Connect),
             SocketAddrUse::TcpBind => (
                 address.ip().is_unspecified() && address.port() == 0,
                 SocketUse::Bind,
@@ -181,14 +195,24 @@ pub fn tcp_check(
             }
         };
         if !allowed {
-            let _ = refuse(
-                &denial,
-                &component,
-                Denial::Socket {
-                    usage,
-                    target: address.to_string(),
+            let target = address.to_string();
+            let revoked = (usage == SocketUse::Connect)
+                .then(|| {
+                    grants
+                        .configured()
+                        .tcp
+                        .iter()
+                        .find(|g| g.address == address)
+                })
+                .flatten();
+            let d = match revoked {
+                Some(g) => Denial::Revoked {
+                    grant: g.id.clone(),
+                    target,
                 },
-            );
+                None => Denial::Socket { usage, target },
+            };
+            let _ = refuse(&denial, &component, d);
         }
         Box::pin(std::future::ready(allowed))
     }
@@ -286,6 +310,18 @@ pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admit
     })
 }
 
+/// The revocation that refuses `request`, when the grants as configured would have covered it.
+fn revoked<B>(configured: &Grants, request: &http::Request<B>) -> Option<Denial> {
+    let mut probe = http::Request::new(());
+    *probe.method_mut() = request.method().clone();
+    *probe.uri_mut() = request.uri().clone();
+    let admitted = admit(configured, &mut probe).ok()?;
+    Some(Denial::Revoked {
+        grant: configured.net[admitted.covering[0]].id.clone(),
+        target: target(&admitted.host, admitted.port),
+    })
+}
+
 /// The first of `addresses` (the resolved name) that one of the `covering` grants allows;
 /// otherwise the first refused address and its range (an empty list is refused as the
 /// unspecified address).
@@ -311,15 +347,17 @@ impl WasiHttpHooks for EgressGate {
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let admitted = match admit(&self.grants, &mut request) {
+        // Looked up per request: a grant revoked while the call runs stops its next request.
+        let grants = self.grants.current();
+        let admitted = match admit(&grants, &mut request) {
             Ok(a) => a,
             Err(d) => {
+                let d = revoked(self.grants.configured(), &request).unwrap_or(d);
                 let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
                 return Box::new(async move { Err(e) });
             }
         };
-        let (grants, denial, component, limits, redactor) = (
-            self.grants.clone(),
+        let (denial, component, limits, redactor) = (
             self.denial.clone(),
             self.component.clone(),
             self.limits,

@@ -12,6 +12,12 @@ pub enum CallFailure {
     /// The caller's roles do not reach this tool.
     #[error("not authorized: principal {principal} may not call {tool}")]
     NotAuthorized { principal: String, tool: String },
+    /// An operator's kill switch covers the call.
+    #[error("disabled by operator: {scope}")]
+    Disabled { scope: crate::overrides::KillScope },
+    /// An operator stopped the call while it ran (`airlock ctl … --interrupt`).
+    #[error("stopped by operator")]
+    StoppedByOperator,
     /// A token bucket is empty.
     #[error("rate limited: {scope} is over {rate}; retry after {:.2} s", retry_after.as_secs_f64())]
     RateLimited {
@@ -86,6 +92,8 @@ impl CallFailure {
         match self {
             CallFailure::UnknownTool(_) => "unknown_tool",
             CallFailure::NotAuthorized { .. } => "not_authorized",
+            CallFailure::Disabled { .. } => "disabled_by_operator",
+            CallFailure::StoppedByOperator => "stopped_by_operator",
             CallFailure::RateLimited { .. } => "rate_limited",
             CallFailure::ServerBusy { .. } => "server_busy",
             CallFailure::ToolBusy { .. } => "tool_busy",
@@ -112,6 +120,8 @@ impl CallFailure {
         match self {
             CallFailure::UnknownTool(_)
             | CallFailure::NotAuthorized { .. }
+            | CallFailure::Disabled { .. }
+            | CallFailure::StoppedByOperator
             | CallFailure::RateLimited { .. }
             | CallFailure::ServerBusy { .. }
             | CallFailure::ToolBusy { .. }

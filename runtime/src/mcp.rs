@@ -3,19 +3,21 @@
 
 #![allow(deprecated)] // MCP logging is deprecated (SEP-2577) but still what clients use.
 
-use crate::auth::{Access, AuthError, AuthMode, AuthSettings, Principal};
+use crate::auth::{Access, AuthError, AuthMode, Principal};
 use crate::failure::CallFailure;
-use crate::pipeline::{Airlock, CallContext, Caller};
+use crate::live::Live;
+use crate::pipeline::{CallContext, Caller};
 use crate::sandbox::GuestEvent;
 use airlock_host_api::LogLevel;
 use anyhow::{Context, Result, bail};
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, MetaObject,
     PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig,
     SetLevelRequestParams, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -39,7 +41,8 @@ pub const ANONYMOUS_PRINCIPAL: &str = "anonymous";
 /// One MCP session (stdio has one; HTTP one per session or stateless request).
 #[derive(Clone)]
 pub struct McpServer {
-    airlock: Arc<Airlock>,
+    /// The policy in force; each request takes the current one (hot reload).
+    live: Arc<Live>,
     /// Who calls when the request does not say (stdio: the local principal; HTTP requests
     /// always carry the principal their credentials proved).
     principal: Principal,
@@ -48,9 +51,9 @@ pub struct McpServer {
 }
 
 impl McpServer {
-    pub fn new(airlock: Arc<Airlock>, principal: Principal) -> Self {
+    pub fn new(live: Arc<Live>, principal: Principal) -> Self {
         McpServer {
-            airlock,
+            live,
             principal,
             session_log_level: Arc::new(Mutex::new(None)),
         }
@@ -130,6 +133,7 @@ impl ServerHandler for McpServer {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_logging()
                 .build(),
         )
@@ -146,16 +150,55 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         Ok(ListToolsResult::with_all_items(
-            self.airlock.tools_for(&self.principal(&context)),
+            self.live.current().tools_for(&self.principal(&context)),
         ))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.airlock
+        self.live
+            .current()
             .catalog()
             .tool(name)
             .ok()
             .map(|t| t.tool.clone())
+    }
+
+    /// Sessions of the revisions before 2026-07-28 hear of tool-list changes (operator kills,
+    /// reloads) as `notifications/tools/list_changed` for as long as they last.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.live.watch_tools();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// 2026-07-28 clients subscribe with `subscriptions/listen`: only tool-list changes are
+    /// offered.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        (requested.tools_list_changed == Some(true))
+            .then(|| SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.live.watch_tools();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     async fn set_level(
@@ -226,8 +269,8 @@ impl ServerHandler for McpServer {
             cancel: context.ct.clone(),
             events,
         };
-        let result = self
-            .airlock
+        let airlock = self.live.current();
+        let result = airlock
             .call(&request.name, request.arguments.as_ref(), &caller, ctx)
             .await;
         // The sender went with the call's store; wait for the last notifications to go out so
@@ -248,12 +291,14 @@ impl ServerHandler for McpServer {
 
 /// The auth layer in front of `/mcp`: the request goes on with its [`Principal`] in its
 /// extensions, or is answered 401 / 403 with the `WWW-Authenticate` challenge of RFC 6750 and
-/// RFC 9728.
+/// RFC 9728. The settings are those of the policy in force.
 async fn authenticate(
-    axum::extract::State(auth): axum::extract::State<Arc<AuthSettings>>,
+    axum::extract::State(live): axum::extract::State<Arc<Live>>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let airlock = live.current();
+    let auth = &airlock.catalog().policy.auth;
     let header = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -315,11 +360,33 @@ async fn authenticate(
     response
 }
 
+/// RFC 9728 metadata of the policy in force (404 without JWT authentication).
+fn protected_resource_metadata(live: &Live) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let airlock = live.current();
+    let auth = &airlock.catalog().policy.auth;
+    let Some(jwt) = &auth.jwt else {
+        return http::StatusCode::NOT_FOUND.into_response();
+    };
+    axum::Json(serde_json::json!({
+        "resource": jwt.resource,
+        "authorization_servers": jwt.authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Airlock",
+        "scopes_supported": if matches!(jwt.roles_claim.as_str(), "scope" | "scp") {
+            auth.claim_values()
+        } else {
+            Vec::new()
+        },
+    }))
+    .into_response()
+}
+
 /// Serve MCP on stdin/stdout until the client closes the stream. Calls are made by the local
 /// principal: whoever started the process.
-pub async fn serve_stdio(airlock: Arc<Airlock>) -> Result<()> {
-    let local = airlock.catalog().policy.auth.local_principal.clone();
-    let service = McpServer::new(airlock, local)
+pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
+    let local = live.current().catalog().policy.auth.local_principal.clone();
+    let service = McpServer::new(live, local)
         .serve(rmcp::transport::stdio())
         .await
         .context("MCP initialisation on stdio failed")?;
@@ -332,10 +399,11 @@ pub async fn serve_stdio(airlock: Arc<Airlock>) -> Result<()> {
 
 /// Serve MCP over Streamable HTTP at `http://<addr>/mcp` until `shutdown` fires.
 pub async fn serve_http(
-    airlock: Arc<Airlock>,
+    live: Arc<Live>,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let airlock = live.current();
     let policy = &airlock.catalog().policy;
     if !addr.ip().is_loopback() && policy.auth.mode == AuthMode::None {
         bail!(
@@ -361,7 +429,7 @@ pub async fn serve_http(
         .with_cancellation_token(shutdown.child_token());
     // With no allowed origins configured, any request that carries an Origin (a browser) is refused.
     config = config.enforce_origin_validation();
-    let factory_airlock = airlock.clone();
+    let factory_live = live.clone();
     let service = StreamableHttpService::new(
         move || {
             // Every request carries the principal the auth layer proved; should one not, it
@@ -370,42 +438,28 @@ pub async fn serve_http(
                 name: Arc::from("unauthenticated"),
                 access: Access::Roles(Arc::from([])),
             };
-            Ok(McpServer::new(factory_airlock.clone(), nobody))
+            Ok(McpServer::new(factory_live.clone(), nobody))
         },
         LocalSessionManager::default().into(),
         config,
     );
-    let auth = Arc::new(policy.auth.clone());
     let mcp = axum::Router::new().nest_service("/mcp", service).layer(
-        axum::middleware::from_fn_with_state(auth.clone(), authenticate),
+        axum::middleware::from_fn_with_state(live.clone(), authenticate),
     );
-    let mut app = mcp;
-    if let Some(jwt) = &policy.auth.jwt {
-        let metadata = serde_json::json!({
-            "resource": jwt.resource,
-            "authorization_servers": jwt.authorization_servers,
-            "bearer_methods_supported": ["header"],
-            "resource_name": "Airlock",
-            "scopes_supported": if matches!(jwt.roles_claim.as_str(), "scope" | "scp") {
-                policy.auth.claim_values()
-            } else {
-                Vec::new()
-            },
-        });
-        let serve = move || {
-            let m = metadata.clone();
-            async move { axum::Json(m) }
-        };
-        app = app
-            .route(
-                "/.well-known/oauth-protected-resource",
-                axum::routing::get(serve.clone()),
-            )
-            .route(
-                "/.well-known/oauth-protected-resource/{*path}",
-                axum::routing::get(serve),
-            );
-    }
+    let metadata_live = live.clone();
+    let serve = move || {
+        let live = metadata_live.clone();
+        async move { protected_resource_metadata(&live) }
+    };
+    let app = mcp
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(serve.clone()),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*path}",
+            axum::routing::get(serve),
+        );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

@@ -1,24 +1,29 @@
 //! The call path. Every `tools/call` goes through [`Airlock::call`], which runs the steps in
 //! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
 //!
-//! Steps present so far: (authentication, in the transport) → look up → authorize → rate limit
-//! → admit (in-flight limits) → validate input → execute in the sandbox → check output → redact
-//! secrets → audit record (durable before the response) → log event. The kill switch and
-//! approval slot in at their places as they land.
+//! Steps present so far: (authentication, in the transport) → look up → authorize → operator
+//! kill switch → rate limit → admit (in-flight limits) → validate input → execute in the sandbox
+//! (with the grants the operator's revocations leave) → check output → redact secrets → audit
+//! record (durable before the response) → log event. Approval slots in at its place when it
+//! lands.
 
 use crate::audit::{AuditLog, Expected};
 use crate::auth::Principal;
 use crate::catalog::{Catalog, CatalogTool};
 use crate::failure::CallFailure;
+use crate::operator::Operator;
 use crate::output;
+use crate::overrides::LiveGrants;
 use crate::policy::{AuditArguments, ConfigError, Policy};
 use crate::ratelimit::RateLimits;
-use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport};
+use crate::running::Running;
+use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport, RunSignals};
 use crate::secrets::{Redactor, Shapes};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use sha2::Digest;
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -95,6 +100,7 @@ fn trace_id(header: &str) -> Option<String> {
 /// The host: a loaded catalog, the server-wide limits and the audit log.
 pub struct Airlock {
     catalog: Catalog,
+    operator: Arc<Operator>,
     in_flight: Arc<Semaphore>,
     rate_limits: RateLimits,
     audit: AuditLog,
@@ -102,8 +108,13 @@ pub struct Airlock {
 }
 
 impl Airlock {
-    /// Load every component of `policy`; decisions go to `audit`.
-    pub async fn load(policy: Policy, audit: AuditLog) -> Result<Airlock, ConfigError> {
+    /// Load every component of `policy`; decisions go to `audit`; `operator` holds the
+    /// overrides and running calls, which outlive a policy (reloads).
+    pub async fn load(
+        policy: Policy,
+        audit: AuditLog,
+        operator: Arc<Operator>,
+    ) -> Result<Airlock, ConfigError> {
         let in_flight = Arc::new(Semaphore::new(policy.server.max_in_flight as usize));
         let shapes = Shapes::new(&policy.audit.redact_patterns).map_err(|e| ConfigError {
             file: policy.origin.clone(),
@@ -121,6 +132,7 @@ impl Airlock {
         );
         Ok(Airlock {
             catalog,
+            operator,
             in_flight,
             rate_limits,
             audit,
@@ -133,6 +145,11 @@ impl Airlock {
         &self.audit
     }
 
+    /// The operator state this host obeys.
+    pub fn operator(&self) -> &Arc<Operator> {
+        &self.operator
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
@@ -142,17 +159,23 @@ impl Airlock {
         self.catalog.listed()
     }
 
-    /// The tools `principal` may see (and so call).
+    /// The tools `principal` may see (and so call): those its roles reach and no operator
+    /// kill covers.
     pub fn tools_for(&self, principal: &Principal) -> Vec<Tool> {
         let all = self.catalog.listed();
-        if principal.access == crate::auth::Access::All {
+        let overrides = self.operator.overrides.current();
+        if principal.access == crate::auth::Access::All && overrides.is_empty() {
             return all.as_ref().clone();
+        }
+        if overrides.all || overrides.principals.contains(&*principal.name) {
+            return Vec::new();
         }
         all.iter()
             .filter(|t| {
-                self.catalog
-                    .tool(&t.name)
-                    .is_ok_and(|c| principal.may_use(&c.component.entry.roles))
+                self.catalog.tool(&t.name).is_ok_and(|c| {
+                    principal.may_use(&c.component.entry.roles)
+                        && overrides.tool_listed(&t.name, &c.component.entry.name)
+                })
             })
             .cloned()
             .collect()
@@ -280,12 +303,26 @@ impl Airlock {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
         authorize(&caller.principal, tool)?;
+        self.check_kill(caller, tool)?;
         self.rate_limits.check(&caller.principal.name, name)?;
         usage.audit_arguments = tool.component.entry.audit_arguments;
         usage.redactor = Some(tool.component.prepared.redactor.clone());
         let _permits = self.admit(tool)?;
+        let running = self.operator.running.register(Running {
+            call_id: caller.call_id.clone(),
+            tool: Arc::from(name),
+            component: tool.component.prepared.name.clone(),
+            principal: caller.principal.name.clone(),
+            started: Instant::now(),
+            fuel_left: Arc::new(AtomicU64::new(tool.component.entry.limits.fuel)),
+            fuel_budget: tool.component.entry.limits.fuel,
+            stop: CancellationToken::new(),
+        });
+        // Checked again now that the call is registered: a kill given between the first check
+        // and here either sees this call (and interrupts it) or is seen by this check.
+        self.check_kill(caller, tool)?;
         let arguments = validate_input(tool, arguments)?;
-        let report = self.execute(tool, &arguments, ctx).await;
+        let report = self.execute(tool, &arguments, ctx, &running.call).await;
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
         usage.stdout = report.stdout;
@@ -295,6 +332,18 @@ impl Airlock {
                 output::to_mcp(out, tool.component.entry.limits.max_output_bytes)
             }
             Answer::Described(_) => unreachable!("a call answers with output"),
+        }
+    }
+
+    /// The operator's kill switch: everything, the principal, the tool or its component.
+    fn check_kill(&self, caller: &Caller, tool: &CatalogTool) -> Result<(), CallFailure> {
+        match self.operator.overrides.current().kill_for(
+            &caller.principal.name,
+            &tool.tool.name,
+            &tool.component.entry.name,
+        ) {
+            None => Ok(()),
+            Some(scope) => Err(CallFailure::Disabled { scope }),
         }
     }
 
@@ -325,18 +374,24 @@ impl Airlock {
         tool: &CatalogTool,
         arguments: &str,
         ctx: CallContext,
+        running: &Running,
     ) -> RunReport<Answer> {
+        let prepared = &tool.component.prepared;
         let invocation = Invocation::Call {
             tool: &tool.tool.name,
             arguments,
+            grants: LiveGrants::new(
+                prepared.grants.clone(),
+                prepared.name.clone(),
+                self.operator.overrides.clone(),
+            ),
         };
-        sandbox::run(
-            &tool.component.prepared,
-            invocation,
-            ctx.events,
-            &ctx.cancel,
-        )
-        .await
+        let signals = RunSignals {
+            cancel: ctx.cancel,
+            stop: running.stop.clone(),
+            fuel_left: Some(running.fuel_left.clone()),
+        };
+        sandbox::run(prepared, invocation, ctx.events, &signals).await
     }
 }
 

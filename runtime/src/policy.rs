@@ -65,6 +65,7 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 struct ServerSection {
     state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
     max_in_flight: Option<u32>,
     epoch_tick: Option<Span>,
     allowed_hosts: Option<Vec<String>>,
@@ -177,8 +178,10 @@ impl Default for Limits {
 /// Server-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
-    /// Compile cache and (later) persistent state.
+    /// Operator state, the audit key, the admin socket: one serving process per directory.
     pub state_dir: PathBuf,
+    /// Compiled components (default `<state_dir>/cache`); servers may share it.
+    pub cache_dir: PathBuf,
     /// Calls running at once across all tools.
     pub max_in_flight: u32,
     /// Interval of the epoch ticker: the granularity of timeouts and cancellation.
@@ -239,9 +242,26 @@ pub struct Policy {
 
 const EMBEDDED: &str = "<embedded default>";
 
+/// Directories given on the command line; each replaces its setting in the file.
+#[derive(Debug, Clone, Default)]
+pub struct Dirs {
+    pub state_dir: Option<PathBuf>,
+    pub audit_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Dirs {
+    pub fn state(dir: &Path) -> Dirs {
+        Dirs {
+            state_dir: Some(dir.to_path_buf()),
+            ..Dirs::default()
+        }
+    }
+}
+
 impl Policy {
     /// Load and validate a configuration file.
-    pub fn load(path: &Path, state_dir: Option<&Path>) -> Result<Policy, ConfigError> {
+    pub fn load(path: &Path, dirs: &Dirs) -> Result<Policy, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: origin.clone(),
@@ -249,21 +269,21 @@ impl Policy {
             problem: format!("cannot read the configuration: {e}"),
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Policy::parse(&text, &origin, &base, state_dir)
+        Policy::parse(&text, &origin, &base, dirs)
     }
 
     /// The embedded default: the bundled example tools with default limits.
-    pub fn embedded_default(state_dir: Option<&Path>) -> Result<Policy, ConfigError> {
-        Policy::parse(bundled::DEFAULT_CONFIG, EMBEDDED, Path::new("."), state_dir)
+    pub fn embedded_default(dirs: &Dirs) -> Result<Policy, ConfigError> {
+        Policy::parse(bundled::DEFAULT_CONFIG, EMBEDDED, Path::new("."), dirs)
     }
 
     /// Parse and validate configuration text. Relative component paths resolve against `base`;
-    /// `state_dir`, when given, overrides `[server] state_dir`.
+    /// `dirs` replace the directories the file names.
     pub fn parse(
         text: &str,
         origin: &str,
         base: &Path,
-        state_dir: Option<&Path>,
+        dirs: &Dirs,
     ) -> Result<Policy, ConfigError> {
         let err = |key: String, problem: String| ConfigError {
             file: origin.to_owned(),
@@ -282,12 +302,15 @@ impl Policy {
             err(String::new(), format!("{message}{at}"))
         })?;
 
-        let server = resolve_server(&file.server, state_dir).map_err(|(k, p)| err(k, p))?;
+        let server = resolve_server(&file.server, base, dirs).map_err(|(k, p)| err(k, p))?;
         let defaults = apply_limits(Limits::default(), &file.limits)
             .map_err(|(k, p)| err(format!("limits › {k}"), p))?;
         let secrets = secrets::load(&file.secrets, base).map_err(|(k, p)| err(k, p))?;
-        let audit =
+        let mut audit =
             audit::resolve(&file.audit, base, &server.state_dir).map_err(|(k, p)| err(k, p))?;
+        if let Some(dir) = &dirs.audit_dir {
+            audit.dir = dir.clone();
+        }
         let auth = auth::resolve(&file.auth, &file.roles, base).map_err(|(k, p)| err(k, p))?;
 
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
@@ -322,9 +345,11 @@ impl Policy {
                     true
                 }
             };
-            // Airlock's own files: its state (compile cache, keys), the audit log, secrets.
+            // Airlock's own files: its state (keys, overrides), the compile cache, the audit
+            // log, secrets.
             let protected: Vec<PathBuf> = [
                 Some(&server.state_dir),
+                Some(&server.cache_dir),
                 Some(&audit.dir),
                 secrets.dir.as_ref(),
             ]
@@ -418,9 +443,10 @@ fn check_nested_writable(components: &[ComponentEntry]) -> Result<(), (String, S
 
 fn resolve_server(
     s: &ServerSection,
-    state_dir: Option<&Path>,
+    base: &Path,
+    dirs: &Dirs,
 ) -> Result<ServerSettings, (String, String)> {
-    let state_dir = match (state_dir, &s.state_dir) {
+    let state_dir = match (&dirs.state_dir, &s.state_dir) {
         (Some(d), _) => d.to_path_buf(),
         (None, Some(d)) => d.clone(),
         (None, None) => default_state_dir().ok_or_else(|| {
@@ -456,8 +482,14 @@ fn resolve_server(
         ));
     }
     let allowed_origins = s.allowed_origins.clone().unwrap_or_default();
+    let cache_dir = match (&dirs.cache_dir, &s.cache_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => base.join(d),
+        (None, None) => state_dir.join("cache"),
+    };
     Ok(ServerSettings {
         state_dir,
+        cache_dir,
         max_in_flight,
         epoch_tick,
         allowed_hosts,
@@ -625,13 +657,13 @@ mod tests {
             text,
             "test.toml",
             Path::new("."),
-            Some(Path::new("/tmp/airlock-test-state")),
+            &Dirs::state(Path::new("/tmp/airlock-test-state")),
         )
     }
 
     #[test]
     fn embedded_default_is_valid() {
-        let p = Policy::embedded_default(Some(Path::new("/tmp/x"))).unwrap();
+        let p = Policy::embedded_default(&Dirs::state(Path::new("/tmp/x"))).unwrap();
         assert_eq!(p.components.len(), 3);
         assert!(p.components.iter().all(|c| c.limits == Limits::default()));
     }

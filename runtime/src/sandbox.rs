@@ -5,6 +5,7 @@ use crate::capture::Capture;
 use crate::egress::{self, DenialCell, EgressGate};
 use crate::failure::CallFailure;
 use crate::grants::{FsMode, Grants, SecretUse};
+use crate::overrides::LiveGrants;
 use crate::policy::Limits;
 use crate::secrets::{Redactor, Shapes};
 use crate::units::ByteSize;
@@ -197,7 +198,23 @@ pub struct Prepared {
 /// What the guest is asked to do.
 pub enum Invocation<'a> {
     Describe,
-    Call { tool: &'a str, arguments: &'a str },
+    Call {
+        tool: &'a str,
+        arguments: &'a str,
+        /// The component's grants, as the operator's revocations leave them.
+        grants: LiveGrants,
+    },
+}
+
+/// How the rest of the host reaches into a running call.
+#[derive(Default)]
+pub struct RunSignals {
+    /// Fires when the client cancels or goes away.
+    pub cancel: CancellationToken,
+    /// Fires when an operator stops the call.
+    pub stop: CancellationToken,
+    /// Where the fuel left is published at every epoch tick, for `ctl calls`.
+    pub fuel_left: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The guest's answer to an [`Invocation`].
@@ -212,17 +229,19 @@ pub async fn run(
     prepared: &Prepared,
     invocation: Invocation<'_>,
     events: Option<mpsc::Sender<GuestEvent>>,
-    cancel: &CancellationToken,
+    signals: &RunSignals,
 ) -> RunReport<Answer> {
     let limits = &prepared.limits;
     let cap = limits.capture_bytes.as_usize();
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
     let denial = DenialCell::default();
-    let (granted, grants, called) = match invocation {
-        Invocation::Describe => (false, Arc::new(Grants::default()), None),
-        Invocation::Call { tool, .. } => (true, prepared.grants.clone(), Some(tool.to_owned())),
+    let (live, called) = match &invocation {
+        Invocation::Describe => (LiveGrants::fixed(Arc::new(Grants::default())), None),
+        Invocation::Call { tool, grants, .. } => (grants.clone(), Some(tool.to_string())),
     };
-    let (wasi, granted) = match wasi_context(prepared, granted, &stdout, &stderr, &denial) {
+    let granted = called.is_some().then_some(&live);
+    let context = wasi_context(&prepared.name, granted, &stdout, &stderr, &denial);
+    let (wasi, granted) = match context {
         Ok(w) => (w, Ok(())),
         // The call fails before the guest runs; an empty context stands in for the store.
         Err(f) => (WasiCtxBuilder::new().build(), Err(f)),
@@ -240,7 +259,7 @@ pub async fn run(
         last_progress: f64::NEG_INFINITY,
         http: WasiHttpCtx::new(),
         gate: EgressGate::new(
-            grants,
+            live,
             limits.egress(),
             prepared.name.clone(),
             denial.clone(),
@@ -255,8 +274,18 @@ pub async fn run(
     let fuel_set = store.set_fuel(limits.fuel);
     // Yield to the executor at every epoch tick: a busy guest then never holds a worker thread
     // for longer than a tick, and the deadline and cancellation below take effect at the yield.
+    // The same tick publishes the fuel left, so an operator sees a running call's CPU use.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    let gauge = signals.fuel_left.clone();
+    store.epoch_deadline_callback(move |ctx| {
+        if let Some(g) = &gauge {
+            g.store(
+                ctx.get_fuel().unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
 
     let result = match fuel_set
         .map_err(|e| CallFailure::HostError(e.to_string()))
@@ -266,7 +295,8 @@ pub async fn run(
         Ok(()) => {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => Err(CallFailure::Cancelled),
+                _ = signals.stop.cancelled() => Err(CallFailure::StoppedByOperator),
+                _ = signals.cancel.cancelled() => Err(CallFailure::Cancelled),
                 _ = tokio::time::sleep(limits.timeout.0) => Err(CallFailure::TimedOut { after: limits.timeout }),
                 r = invoke(&mut store, &prepared.pre, invocation) => r,
             }
@@ -275,7 +305,9 @@ pub async fn run(
     // The store's fuel count is brought up to date only when wasm returns to the host, so it is
     // unknown for a call dropped while suspended (timed out or cancelled).
     let fuel_used = match &result {
-        Err(CallFailure::TimedOut { .. } | CallFailure::Cancelled) => None,
+        Err(
+            CallFailure::TimedOut { .. } | CallFailure::Cancelled | CallFailure::StoppedByOperator,
+        ) => None,
         _ => Some(limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))),
     };
     let peak_memory = store.data().limiter.peak;
@@ -295,13 +327,13 @@ pub async fn run(
 }
 
 /// The WASI context of one invocation: captured stdout and stderr and nothing ambient (no env,
-/// no args, no directories, no network, no name lookup). With `granted` (a call; `describe()`
-/// gets nothing), also what the grants say: each filesystem grant as a preopen with its mode,
-/// TCP behind the socket check, secrets exposed as environment variables. A granted directory
-/// that can no longer be opened fails the call rather than running the tool without it.
+/// no args, no directories, no network, no name lookup), then, for a call (`describe()` gets
+/// nothing), what `grants` say: each filesystem grant as a preopen with its mode, TCP behind the socket check,
+/// secrets exposed as environment variables. A granted directory that can no longer be opened
+/// fails the call rather than running the tool without it.
 pub fn wasi_context(
-    prepared: &Prepared,
-    granted: bool,
+    component: &Arc<str>,
+    grants: Option<&LiveGrants>,
     stdout: &Capture,
     stderr: &Capture,
     denial: &DenialCell,
@@ -313,23 +345,24 @@ pub fn wasi_context(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    if granted {
-        grant(&mut builder, prepared, denial)?;
+    if let Some(grants) = grants {
+        grant(&mut builder, component, grants, denial)?;
     }
     Ok(builder.build())
 }
 
 fn grant(
     builder: &mut WasiCtxBuilder,
-    prepared: &Prepared,
+    component: &Arc<str>,
+    live: &LiveGrants,
     denial: &DenialCell,
 ) -> Result<(), CallFailure> {
-    let grants = &prepared.grants;
+    let grants = live.current();
     // TCP is on for every call, behind the check: with no TCP grant every connect is refused
     // there, so the attempt becomes a named denial instead of a silent error.
     builder.allow_tcp(true).socket_addr_check(egress::tcp_check(
-        grants.clone(),
-        prepared.name.clone(),
+        live.clone(),
+        component.clone(),
         denial.clone(),
     ));
     for s in &grants.secrets {
@@ -370,10 +403,9 @@ async fn invoke(
             .await
             .map(Answer::Described)
             .map_err(|e| classify(e, Stage::Run)),
-        Invocation::Call { tool, arguments } => match instance
-            .call_call(&mut *store, tool, arguments)
-            .await
-        {
+        Invocation::Call {
+            tool, arguments, ..
+        } => match instance.call_call(&mut *store, tool, arguments).await {
             Ok(Ok(out)) => Ok(Answer::Called(out)),
             Ok(Err(airlock_host_api::CallError::InvalidArguments(m))) => {
                 Err(CallFailure::InvalidArguments(m))

@@ -25,6 +25,19 @@ pub fn shared_state_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-state")
 }
 
+/// The state directory of the server whose audit log is in `audit_dir`: one per server (it
+/// holds the admin socket and the operator state), the same again for a restart on that log.
+pub fn state_dir_for(audit_dir: &Path) -> PathBuf {
+    let mut name = audit_dir.file_name().unwrap().to_os_string();
+    name.push("-state");
+    audit_dir.with_file_name(name)
+}
+
+/// The compile cache every test server shares, so each component is compiled once per run.
+pub fn shared_cache_dir() -> PathBuf {
+    shared_state_dir().join("cache")
+}
+
 /// A fresh audit log directory for one server process (each log has a single writer).
 pub fn fresh_audit_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -162,7 +175,6 @@ impl Session {
 pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
     let mut cmd = Command::new(python());
     cmd.arg(client_script()).args(["--mode", mode]);
-    let state = shared_state_dir();
     let mut audit_dir = None;
     match transport {
         Transport::Stdio(config) => {
@@ -170,7 +182,9 @@ pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
             cmd.arg("--stdio")
                 .arg(airlock())
                 .args(["serve", "--stdio", "--state-dir"])
-                .arg(&state)
+                .arg(state_dir_for(&audit))
+                .arg("--cache-dir")
+                .arg(shared_cache_dir())
                 .arg("--audit-dir")
                 .arg(&audit);
             audit_dir = Some(audit);
@@ -217,6 +231,7 @@ pub struct HttpServer {
     pub url: String,
     pub addr: String,
     pub audit_dir: PathBuf,
+    pub state_dir: PathBuf,
     log: Arc<Mutex<String>>,
 }
 
@@ -232,11 +247,25 @@ impl HttpServer {
 
     /// The same, with the audit log in `audit_dir` (to restart a server on its log).
     pub fn start_in(config: &Path, env: &[(&str, &str)], audit_dir: &Path) -> HttpServer {
+        HttpServer::start_with_args(config, env, audit_dir, &[])
+    }
+
+    /// The same, with extra `serve` arguments.
+    pub fn start_with_args(
+        config: &Path,
+        env: &[(&str, &str)],
+        audit_dir: &Path,
+        args: &[&str],
+    ) -> HttpServer {
+        let state_dir = state_dir_for(audit_dir);
         let mut child = Command::new(airlock())
             .args(["serve", "--http", "127.0.0.1:0", "--config"])
             .arg(config)
+            .args(args)
             .arg("--state-dir")
-            .arg(shared_state_dir())
+            .arg(&state_dir)
+            .arg("--cache-dir")
+            .arg(shared_cache_dir())
             .arg("--audit-dir")
             .arg(audit_dir)
             .envs(env.iter().copied())
@@ -278,6 +307,7 @@ impl HttpServer {
             url,
             addr,
             audit_dir: audit_dir.to_path_buf(),
+            state_dir,
             log,
         }
     }
@@ -421,6 +451,15 @@ pub fn raw_call(
         headers,
     )
     .map(|r| (r.status, r.body))
+}
+
+/// The JSON-RPC message in a (possibly chunked) SSE response body.
+pub fn sse_json(body: &str) -> Value {
+    let line = body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: {").map(|rest| format!("{{{rest}")))
+        .unwrap_or_else(|| panic!("no JSON event in {body}"));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 /// The audit records in `dir` (all files, oldest first), parsed.

@@ -1,0 +1,228 @@
+//! The admin listener: a unix socket in the state directory (mode 0600, and only the server's
+//! own uid is answered), one JSON request and one JSON response per connection. It is never an
+//! MCP endpoint. `airlock ctl` is its client.
+
+use crate::live::{Live, Reloaded};
+use crate::operator::{self, Change, ChangeOutcome};
+use crate::overrides::Overrides;
+use crate::running::CallView;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// The socket, in the state directory.
+pub const SOCKET: &str = "admin.sock";
+/// Longest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// What `airlock ctl` asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Calls,
+    Change { change: Change },
+    Reload,
+}
+
+/// The answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Answer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Status(Status),
+    Calls { calls: Vec<CallView> },
+    Changed(ChangeOutcome),
+    Reloaded(Reloaded),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub config: String,
+    pub uptime_s: u64,
+    pub components: usize,
+    pub tools: usize,
+    pub running_calls: usize,
+    pub audit: bool,
+    pub overrides: Overrides,
+}
+
+/// The socket path of a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET)
+}
+
+/// Bind the admin socket: mode 0600, created under a temporary name and renamed into place so
+/// that it is never reachable with looser permissions. A live socket at the path means another
+/// server uses this state directory: that stops the start.
+pub async fn bind(state_dir: &Path) -> Result<UnixListener> {
+    let path = socket_path(state_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            bail!(
+                "{} is in use: another airlock serves with this state directory",
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let tmp = state_dir.join(format!(".{SOCKET}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)
+        .with_context(|| format!("cannot bind the admin socket {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot install the admin socket {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Answer admin connections until the process ends.
+pub async fn serve(listener: UnixListener, live: Arc<Live>, path: PathBuf) {
+    let started = Instant::now();
+    let me = rustix::process::geteuid().as_raw();
+    tracing::info!(socket = %path.display(), "admin socket listening");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("admin socket: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let uid = match stream.peer_cred() {
+            Ok(c) => c.uid(),
+            Err(e) => {
+                tracing::warn!("admin socket: cannot read the peer's credentials, refused: {e}");
+                continue;
+            }
+        };
+        if uid != me {
+            tracing::warn!(uid, "admin socket: connection from another uid refused");
+            continue;
+        }
+        let live = live.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &live, uid, started).await {
+                tracing::warn!("admin socket: {e:#}");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, live: &Live, uid: u32, started: Instant) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => match handle(request, live, &format!("uid:{uid}"), started).await {
+            Ok(answer) => Response {
+                ok: true,
+                result: Some(answer),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                result: None,
+                error: Some(format!("{e:#}")),
+            },
+        },
+        Err(e) => Response {
+            ok: false,
+            result: None,
+            error: Some(format!("malformed request: {e}")),
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Result<Answer> {
+    let operator = live.operator();
+    match request {
+        Request::Status => {
+            let airlock = live.current();
+            Ok(Answer::Status(Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                config: airlock.catalog().policy.origin.clone(),
+                uptime_s: started.elapsed().as_secs(),
+                components: airlock.catalog().components.len(),
+                tools: airlock.tools().len(),
+                running_calls: operator.running.len(),
+                audit: airlock.audit().is_on(),
+                overrides: Overrides::clone(&operator.overrides.current()),
+            }))
+        }
+        Request::Calls => Ok(Answer::Calls {
+            calls: operator.running.list(),
+        }),
+        Request::Change { change } => {
+            let airlock = live.current();
+            let outcome = operator::apply(&airlock, operator, &change, by).await?;
+            if outcome.changed && matches!(change, Change::Kill { .. } | Change::Revive { .. }) {
+                live.tools_changed();
+            }
+            Ok(Answer::Changed(outcome))
+        }
+        Request::Reload => {
+            let result = live.reload().await;
+            let record = serde_json::json!({
+                "by": by,
+                "action": "reload",
+                "ok": result.is_ok(),
+                "error": result.as_ref().err().map(|e| format!("{e:#}")),
+            });
+            live.current()
+                .audit()
+                .append("operator", &record)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Answer::Reloaded(result?))
+        }
+    }
+}
+
+/// Send one request to the admin socket at `path` and wait for the answer.
+pub async fn request(path: &Path, request: &Request) -> Result<Answer> {
+    let stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot reach the admin socket {} (is airlock serving with this state directory?)",
+            path.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(request)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    if line.is_empty() {
+        bail!("the admin socket closed without an answer (refused: another uid?)");
+    }
+    let response: Response =
+        serde_json::from_str(&line).context("malformed answer from the admin socket")?;
+    match (response.ok, response.result, response.error) {
+        (true, Some(answer), _) => Ok(answer),
+        (_, _, Some(e)) => bail!("{e}"),
+        _ => bail!("malformed answer from the admin socket"),
+    }
+}

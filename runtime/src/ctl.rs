@@ -1,0 +1,240 @@
+//! `airlock ctl`: the operator's client of the admin socket.
+
+use crate::admin::{self, Answer, Request};
+use crate::operator::Change;
+use crate::overrides::{GrantRef, KillScope};
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::Path;
+
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// The server: configuration, tools, calls running, overrides in force.
+    Status,
+    /// The calls running now: id, tool, principal, age, fuel used.
+    Calls,
+    /// Disable a tool, a principal or everything, for every call that starts from now on.
+    Kill {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Also stop the calls of that scope running now.
+        #[arg(long)]
+        interrupt: bool,
+    },
+    /// Undo a kill.
+    Revive {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Take one grant away from one tool's component; network and secret revocations also
+    /// reach its running calls at their next request.
+    Revoke {
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// Also stop the component's calls running now.
+        #[arg(long)]
+        interrupt: bool,
+    },
+    /// Give a revoked grant back.
+    Restore {
+        #[command(flatten)]
+        grant: GrantArgs,
+    },
+    /// Load the configuration file again and, if it is valid, put it in force.
+    Reload,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct ScopeArgs {
+    /// A tool name, or a [[tool]] entry name (all of its tools).
+    #[arg(long)]
+    tool: Option<String>,
+    /// A principal (the token's `sub`, an API key's principal, or the local principal).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Every tool.
+    #[arg(long)]
+    all: bool,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> KillScope {
+        match (&self.tool, &self.principal) {
+            (Some(t), _) => KillScope::Tool(t.clone()),
+            (_, Some(p)) => KillScope::Principal(p.clone()),
+            _ => KillScope::All,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GrantArgs {
+    /// The tool (or [[tool]] entry) whose component holds the grant.
+    #[arg(long)]
+    tool: String,
+    #[command(flatten)]
+    which: WhichGrant,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct WhichGrant {
+    /// A filesystem grant, by its guest path (`/data`) or id (`fs:/data`).
+    #[arg(long, value_name = "GRANT")]
+    fs: Option<String>,
+    /// A network grant, by its URL as configured (`https://api.example.com`), or a TCP grant by
+    /// its address (`10.0.0.5:5432`), or either by id (`net:…`, `tcp:…`).
+    #[arg(long, value_name = "GRANT")]
+    net: Option<String>,
+    /// Every grant of the secret of this name.
+    #[arg(long, value_name = "NAME")]
+    secret: Option<String>,
+}
+
+impl WhichGrant {
+    fn grant(&self) -> GrantRef {
+        let prefixed = |kind: &str, v: &str| {
+            if v.starts_with(&format!("{kind}:")) {
+                v.to_owned()
+            } else {
+                format!("{kind}:{v}")
+            }
+        };
+        match (&self.fs, &self.net, &self.secret) {
+            (Some(fs), _, _) => GrantRef::Grant(prefixed("fs", fs)),
+            (_, Some(net), _) if net.starts_with("tcp:") || net.starts_with("net:") => {
+                GrantRef::Grant(net.clone())
+            }
+            (_, Some(net), _) if net.parse::<std::net::SocketAddr>().is_ok() => {
+                GrantRef::Grant(format!("tcp:{net}"))
+            }
+            (_, Some(net), _) => GrantRef::Grant(format!("net:{net}")),
+            (_, _, Some(name)) => GrantRef::Secret(name.clone()),
+            _ => unreachable!("clap requires one of --fs, --net, --secret"),
+        }
+    }
+}
+
+pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
+    let request = match command {
+        CtlCommand::Status => Request::Status,
+        CtlCommand::Calls => Request::Calls,
+        CtlCommand::Kill { scope, interrupt } => Request::Change {
+            change: Change::Kill {
+                scope: scope.scope(),
+                interrupt,
+            },
+        },
+        CtlCommand::Revive { scope } => Request::Change {
+            change: Change::Revive {
+                scope: scope.scope(),
+            },
+        },
+        CtlCommand::Revoke { grant, interrupt } => Request::Change {
+            change: Change::Revoke {
+                tool: grant.tool,
+                grant: grant.which.grant(),
+                interrupt,
+            },
+        },
+        CtlCommand::Restore { grant } => Request::Change {
+            change: Change::Restore {
+                tool: grant.tool,
+                grant: grant.which.grant(),
+            },
+        },
+        CtlCommand::Reload => Request::Reload,
+    };
+    let answer = admin::request(socket, &request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    print(&request, &answer);
+    Ok(())
+}
+
+fn print(request: &Request, answer: &Answer) {
+    match answer {
+        Answer::Status(s) => {
+            println!("airlock {}, up {} s", s.version, s.uptime_s);
+            println!("config      {}", s.config);
+            println!("tools       {} in {} components", s.tools, s.components);
+            println!("running     {} calls", s.running_calls);
+            println!("audit       {}", if s.audit { "on" } else { "OFF" });
+            let o = &s.overrides;
+            if o.is_empty() {
+                println!("overrides   none");
+            }
+            if o.all {
+                println!("killed      ALL TOOLS");
+            }
+            for t in &o.tools {
+                println!("killed      tool {t}");
+            }
+            for p in &o.principals {
+                println!("killed      principal {p}");
+            }
+            for (component, r) in &o.revoked {
+                for g in &r.grants {
+                    println!("revoked     {component}: {g}");
+                }
+                for name in &r.secrets {
+                    println!("revoked     {component}: secret {name}");
+                }
+            }
+        }
+        Answer::Calls { calls } => {
+            if calls.is_empty() {
+                println!("no calls running");
+                return;
+            }
+            println!(
+                "{:<32}  {:<24}  {:<16}  {:>9}  {:>14}",
+                "CALL", "TOOL", "PRINCIPAL", "AGE", "FUEL USED"
+            );
+            for c in calls {
+                println!(
+                    "{:<32}  {:<24}  {:<16}  {:>7}ms  {:>14}",
+                    c.call_id, c.tool, c.principal, c.age_ms, c.fuel_used
+                );
+            }
+        }
+        Answer::Changed(outcome) => {
+            let what = match request {
+                Request::Change { change } => describe(change),
+                _ => String::new(),
+            };
+            if outcome.changed {
+                println!("OK: {what}");
+            } else {
+                println!("OK: {what} (it already was)");
+            }
+            if !outcome.interrupted.is_empty() {
+                println!("interrupted {} running calls:", outcome.interrupted.len());
+                for id in &outcome.interrupted {
+                    println!("  {id}");
+                }
+            }
+        }
+        Answer::Reloaded(r) => println!(
+            "OK: reloaded {}: {} tools in {} components",
+            r.origin, r.tools, r.components
+        ),
+    }
+}
+
+fn describe(change: &Change) -> String {
+    let scope = |s: &KillScope| match s {
+        KillScope::All => "all tools".to_owned(),
+        KillScope::Tool(t) => format!("tool {t}"),
+        KillScope::Principal(p) => format!("principal {p}"),
+    };
+    match change {
+        Change::Kill { scope: s, .. } => format!("{} disabled", scope(s)),
+        Change::Revive { scope: s } => format!("{} enabled", scope(s)),
+        Change::Revoke { tool, grant, .. } => format!("{grant} revoked from {tool}"),
+        Change::Restore { tool, grant } => format!("{grant} restored to {tool}"),
+    }
+}

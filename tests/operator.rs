@@ -1,0 +1,488 @@
+//! The operator plane through the real binary: `airlock ctl` over the real admin socket against
+//! a real server, with calls made by an MCP client over HTTP while the operator acts.
+
+mod common;
+
+use common::{
+    HttpServer, TempDir, TestHttpServer, audit_records, fresh_audit_dir, hostile_wasm, raw_mcp,
+    run_airlock, sse_json,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+
+/// `airlock ctl --state-dir STATE ARGS…`: success, and stdout + stderr.
+fn ctl(server: &HttpServer, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["ctl", "--state-dir", server.state_dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run_airlock(&all);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn ctl_ok(server: &HttpServer, args: &[&str]) -> String {
+    let (ok, out) = ctl(server, args);
+    assert!(ok, "ctl {args:?} failed:\n{out}\n{}", server.log());
+    out
+}
+
+/// One `tools/call` as `key` (an API key, or none): the result object.
+fn call(server: &HttpServer, key: Option<&str>, tool: &str, args: Value) -> Value {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let r = raw_mcp(
+        &server.addr,
+        "tools/call",
+        json!({"name": tool, "arguments": args}),
+        &headers,
+    )
+    .expect("the server answers");
+    assert_eq!(r.status, 200, "{r:?}");
+    sse_json(&r.body)["result"].clone()
+}
+
+fn outcome(result: &Value) -> &str {
+    result["_meta"]["airlock/outcome"]
+        .as_str()
+        .unwrap_or("completed")
+}
+
+fn text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or("")
+}
+
+fn listed(server: &HttpServer, key: Option<&str>) -> Vec<String> {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let r = raw_mcp(&server.addr, "tools/list", json!({}), &headers).unwrap();
+    sse_json(&r.body)["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Wait until `ctl calls --json` shows a call of `tool`; returns its id.
+fn running_call(server: &HttpServer, tool: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ctl_ok(server, &["--json", "calls"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        if let Some(c) = v["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["tool"] == tool)
+        {
+            return c["call_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no running {tool} call: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hostile(dir: &TempDir, extra: &str) -> std::path::PathBuf {
+    dir.config(&format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\ntimeout = \"60s\"\nfuel = 1_000_000_000_000\n{extra}",
+        hostile_wasm().display()
+    ))
+}
+
+#[test]
+fn kill_with_interrupt_stops_a_running_call_and_revive_restores_the_tool() {
+    let dir = TempDir::new("op-kill");
+    let server = HttpServer::start(&hostile(&dir, ""));
+    let runner = {
+        let addr = server.addr.clone();
+        std::thread::spawn(move || {
+            let r = raw_mcp(
+                &addr,
+                "tools/call",
+                json!({"name": "hostile_spin", "arguments": {}}),
+                &[],
+            )
+            .unwrap();
+            sse_json(&r.body)["result"].clone()
+        })
+    };
+    let id = running_call(&server, "hostile_spin");
+    let calls = ctl_ok(&server, &["calls"]);
+    assert!(
+        calls.contains(&id) && calls.contains("hostile_spin") && calls.contains("anonymous"),
+        "{calls}"
+    );
+
+    let out = ctl_ok(&server, &["kill", "--tool", "hostile_spin", "--interrupt"]);
+    assert!(out.contains("OK: tool hostile_spin disabled"), "{out}");
+    assert!(out.contains(&id), "the interrupted call is named: {out}");
+    let stopped = runner.join().unwrap();
+    assert_eq!(outcome(&stopped), "stopped_by_operator", "{stopped}");
+    assert_eq!(text(&stopped), "stopped by operator");
+
+    // The next call is refused before it runs, and the tool is no longer listed.
+    let refused = call(&server, None, "hostile_spin", json!({}));
+    assert_eq!(outcome(&refused), "disabled_by_operator", "{refused}");
+    assert_eq!(
+        text(&refused),
+        "disabled by operator: tool hostile_spin is disabled"
+    );
+    let tools = listed(&server, None);
+    assert!(!tools.contains(&"hostile_spin".to_owned()), "{tools:?}");
+    assert!(tools.contains(&"fixture_echo".to_owned()), "{tools:?}");
+    let echo = call(&server, None, "fixture_echo", json!({"message": "hi"}));
+    assert_eq!(outcome(&echo), "completed", "{echo}");
+
+    // A name that is neither a tool nor a [[tool]] entry protects nothing: refused.
+    let (ok, out) = ctl(&server, &["kill", "--tool", "hostile_spn"]);
+    assert!(
+        !ok && out.contains("no tool or [[tool]] entry is named hostile_spn"),
+        "{out}"
+    );
+
+    ctl_ok(&server, &["revive", "--tool", "hostile_spin"]);
+    assert!(listed(&server, None).contains(&"hostile_spin".to_owned()));
+
+    // Everything is on the record, with who did it.
+    let records = audit_records(&server.audit_dir);
+    let uid = euid();
+    let kill = records
+        .iter()
+        .find(|r| r["kind"] == "operator" && r["action"] == "kill")
+        .expect("the kill is recorded");
+    assert_eq!(kill["by"], format!("uid:{uid}"));
+    assert_eq!(kill["scope"], json!({"tool": "hostile_spin"}));
+    assert_eq!(kill["interrupted"], json!([id]));
+    let call_record = records
+        .iter()
+        .find(|r| r["call_id"] == id.as_str())
+        .expect("the stopped call is recorded");
+    assert_eq!(call_record["outcome"], "stopped_by_operator");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["outcome"] == "disabled_by_operator")
+    );
+    assert!(records.iter().any(|r| r["action"] == "revive"));
+}
+
+/// The effective uid, as the admin socket sees the test.
+fn euid() -> u32 {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn api_key_config(dir: &TempDir) -> (std::path::PathBuf, String, String) {
+    let (alice, bob) = ("alice-key-0123456789abcdef", "bob-key-0123456789abcdef");
+    let hash = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
+    let config = dir.config(&format!(
+        "[auth]\nmode = \"api-key\"\n[[auth.api_keys]]\nprincipal = \"alice\"\nsha256 = \"{}\"\nroles = [\"users\"]\n[[auth.api_keys]]\nprincipal = \"bob\"\nsha256 = \"{}\"\nroles = [\"users\"]\n[roles]\nusers = [\"users\"]\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\nroles = [\"users\"]\n",
+        hash(alice),
+        hash(bob),
+        hostile_wasm().display()
+    ));
+    (config, alice.to_owned(), bob.to_owned())
+}
+
+#[test]
+fn kills_of_a_principal_and_of_everything_survive_a_restart() {
+    let dir = TempDir::new("op-principal");
+    let (config, alice, bob) = api_key_config(&dir);
+    let audit = fresh_audit_dir();
+    let echo = json!({"message": "hi"});
+    {
+        let server = HttpServer::start_in(&config, &[], &audit);
+        ctl_ok(&server, &["kill", "--principal", "alice"]);
+        let r = call(&server, Some(&alice), "fixture_echo", echo.clone());
+        assert_eq!(
+            text(&r),
+            "disabled by operator: principal alice is disabled",
+            "{r}"
+        );
+        assert!(listed(&server, Some(&alice)).is_empty());
+        assert_eq!(
+            outcome(&call(&server, Some(&bob), "fixture_echo", echo.clone())),
+            "completed"
+        );
+        ctl_ok(&server, &["kill", "--all"]);
+        let r = call(&server, Some(&bob), "fixture_echo", echo.clone());
+        assert_eq!(
+            text(&r),
+            "disabled by operator: all tools are disabled",
+            "{r}"
+        );
+    }
+    // A restart on the same state directory keeps both.
+    let server = HttpServer::start_in(&config, &[], &audit);
+    let status = ctl_ok(&server, &["status"]);
+    assert!(
+        status.contains("killed      ALL TOOLS") && status.contains("killed      principal alice"),
+        "{status}"
+    );
+    let r = call(&server, Some(&bob), "fixture_echo", echo.clone());
+    assert_eq!(outcome(&r), "disabled_by_operator", "{r}");
+    ctl_ok(&server, &["revive", "--all"]);
+    assert_eq!(
+        outcome(&call(&server, Some(&bob), "fixture_echo", echo.clone())),
+        "completed"
+    );
+    assert_eq!(
+        outcome(&call(&server, Some(&alice), "fixture_echo", echo)),
+        "disabled_by_operator"
+    );
+}
+
+#[test]
+fn revoking_a_network_grant_denies_the_next_request_of_a_running_call() {
+    let web = TestHttpServer::start();
+    let dir = TempDir::new("op-revoke");
+    let grant = format!("http://127.0.0.1:{}", web.port);
+    let server = HttpServer::start(&hostile(
+        &dir,
+        &format!("[tool.grants]\nnet = [\"{grant}\"]\n"),
+    ));
+    let authority = format!("127.0.0.1:{}", web.port);
+    let runner = {
+        let addr = server.addr.clone();
+        let authority = authority.clone();
+        std::thread::spawn(move || {
+            let r = raw_mcp(
+                &addr,
+                "tools/call",
+                json!({"name": "fixture_poll", "arguments": {"authority": authority, "times": 600, "interval_ms": 50}}),
+                &[],
+            )
+            .unwrap();
+            sse_json(&r.body)["result"].clone()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while web.seen().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the tool never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = ctl_ok(
+        &server,
+        &["revoke", "--tool", "fixture_poll", "--net", &grant],
+    );
+    assert!(
+        out.contains(&format!("net:{grant} revoked from fixture_poll")),
+        "{out}"
+    );
+    let at_revoke = web.seen().len();
+    let r = runner.join().unwrap();
+    assert_eq!(outcome(&r), "blocked_by_policy", "{r}");
+    assert!(
+        text(&r).contains(&format!(
+            "network egress to {authority} was granted by net:{grant}, which an operator revoked"
+        )),
+        "{r}"
+    );
+    // At most the request already on its way when the revocation landed got through.
+    assert!(
+        web.seen().len() <= at_revoke + 1,
+        "requests after the revocation"
+    );
+    assert!(ctl_ok(&server, &["status"]).contains(&format!("revoked     hostile: net:{grant}")));
+
+    // New calls start without the grant; restoring it gives it back.
+    let r = call(
+        &server,
+        None,
+        "fixture_poll",
+        json!({"authority": authority, "times": 1, "interval_ms": 0}),
+    );
+    assert_eq!(outcome(&r), "blocked_by_policy", "{r}");
+    let (ok, out) = ctl(
+        &server,
+        &[
+            "revoke",
+            "--tool",
+            "fixture_poll",
+            "--net",
+            "http://nowhere",
+        ],
+    );
+    assert!(
+        !ok && out
+            .contains("[[tool]] hostile has no grant net:http://nowhere; its grants are: net:"),
+        "{out}"
+    );
+    ctl_ok(&server, &["restore", "--tool", "hostile", "--net", &grant]);
+    let r = call(
+        &server,
+        None,
+        "fixture_poll",
+        json!({"authority": authority, "times": 1, "interval_ms": 0}),
+    );
+    assert_eq!(outcome(&r), "completed", "{r}");
+}
+
+#[test]
+fn a_corrupt_state_file_stops_the_start_until_reset() {
+    let dir = TempDir::new("op-corrupt");
+    let config = hostile(&dir, "");
+    let audit = fresh_audit_dir();
+    let state = common::state_dir_for(&audit);
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("overrides.json"),
+        b"{\"version\": 1, \"all\": tr",
+    )
+    .unwrap();
+    let out = run_airlock(&[
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot use the operator state file")
+            && stderr.contains("overrides.json: it is not valid")
+            && stderr.contains("--reset-state"),
+        "{stderr}"
+    );
+    let server = HttpServer::start_with_args(&config, &[], &audit, &["--reset-state"]);
+    assert!(ctl_ok(&server, &["status"]).contains("overrides   none"));
+    let r = call(&server, None, "fixture_echo", json!({"message": "hi"}));
+    assert_eq!(outcome(&r), "completed");
+}
+
+#[test]
+fn a_broken_reload_keeps_the_running_policy_and_a_good_one_loses_no_call() {
+    let dir = TempDir::new("op-reload");
+    let config = hostile(&dir, "");
+    let server = HttpServer::start(&config);
+    let good = std::fs::read_to_string(&config).unwrap();
+
+    std::fs::write(&config, format!("{good}\n[tool.limits]\nfuel = \"lots\"\n")).unwrap();
+    let (ok, out) = ctl(&server, &["reload"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&config.display().to_string()),
+        "the error names the file: {out}"
+    );
+    let r = call(
+        &server,
+        None,
+        "fixture_echo",
+        json!({"message": "still here"}),
+    );
+    assert_eq!(outcome(&r), "completed", "{r}");
+
+    // A good configuration, swapped in while four clients keep calling.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (server.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = raw_mcp(
+                        &addr,
+                        "tools/call",
+                        json!({"name": "fixture_echo", "arguments": {"message": "x"}}),
+                        &[],
+                    );
+                    results.push(r.map(|r| sse_json(&r.body)["result"].clone()));
+                }
+                results
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(
+        &config,
+        format!("{good}\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n"),
+    )
+    .unwrap();
+    let out = ctl_ok(&server, &["reload"]);
+    assert!(out.contains("OK: reloaded"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        for r in c.join().unwrap() {
+            let r = r.expect("every call is answered");
+            assert_eq!(outcome(&r), "completed", "{r}");
+            total += 1;
+        }
+    }
+    assert!(total > 4, "calls ran across the reload");
+    assert!(listed(&server, None).contains(&"text_stats".to_owned()));
+    // The rejected reload and the accepted one are on the record.
+    let records = audit_records(&server.audit_dir);
+    let reloads: Vec<&Value> = records.iter().filter(|r| r["action"] == "reload").collect();
+    assert!(reloads.iter().any(|r| r["ok"] == false), "{reloads:?}");
+    assert!(reloads.iter().any(|r| r["ok"] == true), "{reloads:?}");
+}
+
+#[test]
+fn the_admin_socket_answers_only_its_own_uid() {
+    let dir = TempDir::new("op-socket");
+    // Under /tmp, so that another uid can reach the socket's directory.
+    let audit =
+        std::env::temp_dir().join(format!("airlock-op-socket-{}/audit", std::process::id()));
+    let server = HttpServer::start_in(&hostile(&dir, ""), &[], &audit);
+    let socket = server.state_dir.join("admin.sock");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    if euid() != 0 {
+        eprintln!("skipped the other-uid connection: the test cannot switch uid without root");
+        return;
+    }
+    // Open the socket up (as a careless chmod would) and connect as another uid: the server
+    // itself refuses by the peer's credentials.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ntry:\n  s.sendall(b'{\"command\":\"status\"}\\n')\n  print(repr(s.recv(4096)))\nexcept (BrokenPipeError, ConnectionResetError):\n  print('closed')",
+        )
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(audit.parent().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(stdout.trim(), "b''" | "closed"),
+        "another uid got an answer: {stdout}"
+    );
+    server.wait_for_log_count("connection from another uid refused", 1);
+}
