@@ -12,14 +12,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 #[path = "support.rs"]
 mod support;
-use support::binary;
+use support::start_http;
 
 const RESOURCE: &str = "https://airlock.bench/mcp";
 const ISSUER: &str = "https://idp.bench/";
@@ -36,30 +35,11 @@ fn start(dir: &Path, audit: &str) -> (Child, String) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(binary())
-        .args(["serve", "--http", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(std::env::temp_dir().join("airlock-bench-state"))
-        .arg("--audit-dir")
-        .arg(dir.join(format!("audit-{audit}")))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("airlock starts");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let addr = loop {
-        let line = lines.next().expect("airlock prints its address").unwrap();
-        if let Some(url) = line.strip_prefix("airlock: serving MCP on http://") {
-            break url.trim_end_matches("/mcp").to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    start_http(
+        &config,
+        &std::env::temp_dir().join("airlock-bench-state"),
+        &dir.join(format!("audit-{audit}")),
+    )
 }
 
 fn token(dir: &Path) -> String {
