@@ -95,7 +95,9 @@ fn interrupt_latency(rt: &tokio::runtime::Runtime, dir: &Path, tick_ms: u64, tri
         // Wait until the call is registered and has run for a moment.
         loop {
             if let Answer::Calls { calls } = ask(rt, &socket, Request::Calls)
-                && calls.iter().any(|c| c.tool == "hostile_spin" && c.age_ms >= 5)
+                && calls
+                    .iter()
+                    .any(|c| c.tool == "hostile_spin" && c.age_ms >= 5)
             {
                 break;
             }

@@ -162,7 +162,8 @@ fn kill_with_interrupt_stops_a_running_call_and_revive_restores_the_tool() {
         .iter()
         .find(|r| r["kind"] == "operator" && r["action"] == "kill")
         .expect("the kill is recorded");
-    assert_eq!(kill["by"], format!("uid:{uid}"));
+    let by = kill["by"].as_str().unwrap();
+    assert!(by.starts_with(&format!("uid:{uid} pid:")), "{by}");
     assert_eq!(kill["scope"], json!({"tool": "hostile_spin"}));
     assert_eq!(kill["interrupted"], json!([id]));
     let call_record = records
@@ -396,6 +397,21 @@ fn a_broken_reload_keeps_the_running_policy_and_a_good_one_loses_no_call() {
     );
     assert_eq!(outcome(&r), "completed", "{r}");
 
+    // A reload that renames the [[tool]] entry would lift a kill of it: refused.
+    ctl_ok(&server, &["kill", "--tool", "hostile"]);
+    std::fs::write(
+        &config,
+        good.replace("name = \"hostile\"", "name = \"hostile2\""),
+    )
+    .unwrap();
+    let (ok, out) = ctl(&server, &["reload"]);
+    assert!(
+        !ok && out.contains("would silently lift the kill of hostile, a name it no longer has"),
+        "{out}"
+    );
+    ctl_ok(&server, &["revive", "--tool", "hostile"]);
+    std::fs::write(&config, &good).unwrap();
+
     // A good configuration, swapped in while four clients keep calling.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -449,6 +465,7 @@ fn the_admin_socket_answers_only_its_own_uid() {
     // Under /tmp, so that another uid can reach the socket's directory.
     let audit =
         std::env::temp_dir().join(format!("airlock-op-socket-{}/audit", std::process::id()));
+    std::fs::create_dir_all(audit.parent().unwrap()).unwrap();
     let server = HttpServer::start_in(&hostile(&dir, ""), &[], &audit);
     let socket = server.state_dir.join("admin.sock");
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -456,12 +473,15 @@ fn the_admin_socket_answers_only_its_own_uid() {
     let meta = std::fs::metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let state = std::fs::metadata(&server.state_dir).unwrap();
+    assert_eq!(state.permissions().mode() & 0o777, 0o700);
     if euid() != 0 {
         eprintln!("skipped the other-uid connection: the test cannot switch uid without root");
         return;
     }
-    // Open the socket up (as a careless chmod would) and connect as another uid: the server
-    // itself refuses by the peer's credentials.
+    // Open the directory and the socket up (as a careless chmod would) and connect as another
+    // uid: the server itself refuses by the peer's credentials.
+    std::fs::set_permissions(&server.state_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = std::process::Command::new("python3")
         .arg("-c")

@@ -66,6 +66,37 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET)
 }
 
+/// Create the state directory (mode 0700) or check an existing one: it holds the admin socket
+/// and the operator state, so nobody else may be able to write in it.
+pub fn private_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the state directory {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "the state directory {} belongs to uid {}, not to this process (uid {me})",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "the state directory {} is writable by other users (mode {:o}); make it 0700",
+            dir.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
 /// Bind the admin socket: mode 0600, created under a temporary name and renamed into place so
 /// that it is never reachable with looser permissions. A live socket at the path means another
 /// server uses this state directory: that stops the start.
@@ -105,8 +136,8 @@ pub async fn serve(listener: UnixListener, live: Arc<Live>, path: PathBuf) {
                 continue;
             }
         };
-        let uid = match stream.peer_cred() {
-            Ok(c) => c.uid(),
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(c) => (c.uid(), c.pid()),
             Err(e) => {
                 tracing::warn!("admin socket: cannot read the peer's credentials, refused: {e}");
                 continue;
@@ -118,20 +149,24 @@ pub async fn serve(listener: UnixListener, live: Arc<Live>, path: PathBuf) {
         }
         let live = live.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &live, uid, started).await {
+            let by = match pid {
+                Some(pid) => format!("uid:{uid} pid:{pid}"),
+                None => format!("uid:{uid}"),
+            };
+            if let Err(e) = connection(stream, &live, &by, started).await {
                 tracing::warn!("admin socket: {e:#}");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, live: &Live, uid: u32, started: Instant) -> Result<()> {
+async fn connection(stream: UnixStream, live: &Live, by: &str, started: Instant) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => match handle(request, live, &format!("uid:{uid}"), started).await {
+        Ok(request) => match handle(request, live, by, started).await {
             Ok(answer) => Response {
                 ok: true,
                 result: Some(answer),
@@ -183,26 +218,25 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
             }
             Ok(Answer::Changed(outcome))
         }
-        Request::Reload => {
-            let result = live.reload().await;
-            let record = serde_json::json!({
-                "by": by,
-                "action": "reload",
-                "ok": result.is_ok(),
-                "error": result.as_ref().err().map(|e| format!("{e:#}")),
-            });
-            live.current()
-                .audit()
-                .append("operator", &record)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(Answer::Reloaded(result?))
-        }
+        Request::Reload => Ok(Answer::Reloaded(live.reload(by).await?)),
     }
 }
 
-/// Send one request to the admin socket at `path` and wait for the answer.
+/// Send one request to the admin socket at `path` and wait for the answer. The socket must
+/// belong to this uid: an answer from anyone else's socket could claim a kill that never
+/// happened.
 pub async fn request(path: &Path, request: &Request) -> Result<Answer> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.uid() != me
+    {
+        bail!(
+            "{} belongs to uid {}, not to you (uid {me}); refusing to talk to it",
+            path.display(),
+            meta.uid()
+        );
+    }
     let stream = UnixStream::connect(path).await.with_context(|| {
         format!(
             "cannot reach the admin socket {} (is airlock serving with this state directory?)",

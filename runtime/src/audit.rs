@@ -25,8 +25,8 @@ const HASH_FIELD: &str = ",\"hash\":\"";
 const MAX_BATCH: usize = 4096;
 /// Longest a batch waits for the records of calls still running before its fsync.
 const LINGER: Duration = Duration::from_micros(1000);
-/// How often a lingering writer looks again at the number of records still coming.
-const LINGER_STEP: Duration = Duration::from_micros(50);
+/// A lingering writer stops when no record arrived for this long.
+const LINGER_STEP: Duration = Duration::from_micros(200);
 const KEY_FILE: &str = "audit-key";
 const PUBLIC_KEY_FILE: &str = "audit-key.pub";
 
@@ -390,9 +390,10 @@ impl Writer {
                 seal = Some(first);
             } else {
                 batch.push(first);
-                // While other calls are on their way to a record, wait a little for them so
-                // they share this fsync (each one costs a disk flush and, on a VM, an exit).
-                // A lone caller is never delayed.
+                // While other calls are on their way to a record and records keep arriving,
+                // wait a little for them so they share this fsync (each one costs a disk flush
+                // and, on a VM, an exit). A lone caller is never delayed; one beside calls
+                // that run long waits at most one step.
                 let until = Instant::now() + LINGER;
                 while batch.len() < MAX_BATCH {
                     let next = match rx.try_recv() {
@@ -412,7 +413,7 @@ impl Writer {
                             break;
                         }
                         Some(p) => batch.push(p),
-                        None => {}
+                        None => break,
                     }
                 }
             }

@@ -531,9 +531,13 @@ impl AuthSettings {
         let principal = match jwt.verified.get(&digest) {
             Some(p) => p,
             None => {
-                let (principal, exp) = self.check_jwt(jwt, token)?;
+                let keys = jwt.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let (principal, exp) = self.check_jwt(jwt, &keys, token)?;
                 let good_until = exp.saturating_add(jwt.leeway.as_secs());
-                jwt.verified.insert(digest, principal.clone(), good_until);
+                jwt.verified
+                    .insert(digest, principal.clone(), good_until, || {
+                        Arc::ptr_eq(&keys, &jwt.keys.read().unwrap_or_else(|p| p.into_inner()))
+                    });
                 principal
             }
         };
@@ -559,7 +563,12 @@ impl AuthSettings {
     }
 
     /// Verify a JWT in full; returns its principal and `exp`.
-    fn check_jwt(&self, jwt: &JwtSettings, token: &str) -> Result<(Principal, u64), AuthError> {
+    fn check_jwt(
+        &self,
+        jwt: &JwtSettings,
+        keys: &KeySet,
+        token: &str,
+    ) -> Result<(Principal, u64), AuthError> {
         let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
@@ -571,7 +580,6 @@ impl AuthSettings {
         let kid = header
             .kid
             .ok_or_else(|| invalid("the token names no key (kid)"))?;
-        let keys = jwt.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
         let key = keys.0.get(&kid).ok_or(AuthError::UnknownKey)?;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, key, v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;

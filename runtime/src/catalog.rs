@@ -43,8 +43,14 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Compile (or load from cache), instantiate-prepare and describe every component.
-    pub async fn load(policy: Policy, shapes: Arc<Shapes>) -> Result<Catalog, ConfigError> {
+    /// Compile (or load from cache), instantiate-prepare and describe every component. A
+    /// component named as one of `previous` (a reload) keeps its in-flight slots, so calls
+    /// still running under the old policy count against the new one.
+    pub async fn load(
+        policy: Policy,
+        shapes: Arc<Shapes>,
+        previous: Option<&Catalog>,
+    ) -> Result<Catalog, ConfigError> {
         let fail = |key: String, problem: String| ConfigError {
             file: policy.origin.clone(),
             key,
@@ -103,7 +109,12 @@ impl Catalog {
             let component = Arc::new(LoadedComponent {
                 entry: entry.clone(),
                 prepared,
-                in_flight: Arc::new(Semaphore::new(entry.limits.max_in_flight as usize)),
+                in_flight: previous
+                    .and_then(|p| p.components.iter().find(|c| c.entry.name == entry.name))
+                    .map_or_else(
+                        || Arc::new(Semaphore::new(entry.limits.max_in_flight as usize)),
+                        |c| c.in_flight.clone(),
+                    ),
                 tools: specs.iter().map(|s| s.name.clone()).collect(),
             });
             if specs.is_empty() {

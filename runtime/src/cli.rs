@@ -224,13 +224,14 @@ async fn start_serving(
     let policy = source.load()?;
     warn_unreachable(&policy);
     let state_dir = policy.server.state_dir.clone();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    admin::private_state_dir(&state_dir)?;
+    // The socket first: it is what finds another server on this state directory, before
+    // anything in it (the overrides, with --reset-state) is touched.
+    let listener = admin::bind(&state_dir).await?;
     let overrides = OverrideStore::open(&state_dir, reset_state)?;
     let audit = AuditLog::open(&policy.audit, &state_dir)?;
     let airlock = Airlock::load(policy, audit, Operator::new(overrides)).await?;
     let live = Live::new(airlock, source, http_loopback);
-    let listener = admin::bind(&state_dir).await?;
     tokio::spawn(admin::serve(
         listener,
         live.clone(),
@@ -242,7 +243,7 @@ async fn start_serving(
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
-                if let Err(e) = live.reload().await {
+                if let Err(e) = live.reload("sighup").await {
                     tracing::error!("reload refused, the running configuration stays: {e:#}");
                 }
             }

@@ -26,8 +26,10 @@ pub enum CtlCommand {
         #[command(flatten)]
         scope: ScopeArgs,
     },
-    /// Take one grant away from one tool's component; network and secret revocations also
-    /// reach its running calls at their next request.
+    /// Take one grant away from one tool's component. Network grants and secrets sent as
+    /// headers are also withdrawn from its running calls at their next request; filesystem
+    /// grants and secrets exposed as environment variables only from the next call (use
+    /// --interrupt to end the running ones).
     Revoke {
         #[command(flatten)]
         grant: GrantArgs,
@@ -171,17 +173,17 @@ fn print(request: &Request, answer: &Answer) {
                 println!("killed      ALL TOOLS");
             }
             for t in &o.tools {
-                println!("killed      tool {t}");
+                println!("killed      tool {}", shown(t));
             }
             for p in &o.principals {
-                println!("killed      principal {p}");
+                println!("killed      principal {}", shown(p));
             }
             for (component, r) in &o.revoked {
                 for g in &r.grants {
-                    println!("revoked     {component}: {g}");
+                    println!("revoked     {component}: {}", shown(g));
                 }
                 for name in &r.secrets {
-                    println!("revoked     {component}: secret {name}");
+                    println!("revoked     {component}: secret {}", shown(name));
                 }
             }
         }
@@ -197,7 +199,11 @@ fn print(request: &Request, answer: &Answer) {
             for c in calls {
                 println!(
                     "{:<32}  {:<24}  {:<16}  {:>7}ms  {:>14}",
-                    c.call_id, c.tool, c.principal, c.age_ms, c.fuel_used
+                    shown(&c.call_id),
+                    shown(&c.tool),
+                    shown(&c.principal),
+                    c.age_ms,
+                    c.fuel_used
                 );
             }
         }
@@ -214,7 +220,7 @@ fn print(request: &Request, answer: &Answer) {
             if !outcome.interrupted.is_empty() {
                 println!("interrupted {} running calls:", outcome.interrupted.len());
                 for id in &outcome.interrupted {
-                    println!("  {id}");
+                    println!("  {}", shown(id));
                 }
             }
         }
@@ -223,6 +229,21 @@ fn print(request: &Request, answer: &Answer) {
             r.origin, r.tools, r.components
         ),
     }
+}
+
+/// Text from callers (principal names come from tokens) with control characters escaped, so
+/// that nothing printed can drive the operator's terminal.
+fn shown(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn describe(change: &Change) -> String {

@@ -4,11 +4,14 @@
 //! configuration that does not load leaves the running one in place and says why.
 
 use crate::audit::AuditLog;
+use crate::catalog::Catalog;
 use crate::operator::Operator;
+use crate::overrides::Overrides;
 use crate::pipeline::Airlock;
 use crate::policy::{Dirs, Policy};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -96,19 +99,32 @@ impl Live {
         self.tools_changed.subscribe()
     }
 
-    /// Load the configuration again and, if it is good, put it in force.
-    pub async fn reload(&self) -> anyhow::Result<Reloaded> {
+    /// Load the configuration again and, if it is good, put it in force. `by` says who asked
+    /// (`uid:… pid:…`, `sighup`, `file-change`); the attempt is recorded in the audit log, and
+    /// a new policy is put in force only once its record is durable.
+    pub async fn reload(&self, by: &str) -> anyhow::Result<Reloaded> {
         let _one = self.reloading.lock().await;
-        let policy = self.source.load()?;
         let running = self.current();
-        let old = &running.catalog().policy;
-        restart_only(old, &policy, self.http_loopback)?;
-        if let Some(jwt) = &policy.auth.jwt {
-            jwt.refresh_keys(true)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS: {e}"))?;
-        }
-        let airlock = Airlock::load(policy, self.audit.clone(), self.operator.clone()).await?;
+        let result = self.prepare(running.clone()).await;
+        let record = ReloadRecord {
+            by,
+            action: "reload",
+            ok: result.is_ok(),
+            config: result
+                .as_ref()
+                .map(|a| a.catalog().policy.origin.as_str())
+                .unwrap_or(running.catalog().policy.origin.as_str()),
+            sha256: result
+                .as_ref()
+                .ok()
+                .map(|a| a.catalog().policy.sha256.as_str()),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        };
+        self.audit
+            .append("operator", &record)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; nothing was reloaded"))?;
+        let airlock = result?;
         let done = Reloaded {
             origin: airlock.catalog().policy.origin.clone(),
             components: airlock.catalog().components.len(),
@@ -116,12 +132,31 @@ impl Live {
         };
         self.current.store(Arc::new(airlock));
         self.tools_changed();
-        tracing::info!(origin = %done.origin, components = done.components, tools = done.tools, "configuration reloaded");
+        tracing::info!(by, origin = %done.origin, components = done.components, tools = done.tools, "configuration reloaded");
         Ok(done)
     }
 
-    /// Reload whenever the configuration file's modification time or size changes, checking
-    /// every `every`. Failures are logged; the running policy stays.
+    /// Parse, check and compile the configuration, on a blocking thread: compiling must not
+    /// hold up the runtime's workers, which serve calls meanwhile.
+    async fn prepare(&self, running: Arc<Airlock>) -> anyhow::Result<Airlock> {
+        let policy = self.source.load()?;
+        let old = &running.catalog().policy;
+        restart_only(old, &policy, self.http_loopback)?;
+        if let Some(jwt) = &policy.auth.jwt {
+            jwt.refresh_keys(true)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS: {e}"))?;
+        }
+        let handle = tokio::runtime::Handle::current();
+        let next = tokio::task::spawn_blocking(move || handle.block_on(running.successor(policy)))
+            .await
+            .map_err(|e| anyhow::anyhow!("the reload task failed: {e}"))??;
+        orphaned_overrides(&self.operator.overrides.current(), next.catalog())?;
+        Ok(next)
+    }
+
+    /// Reload whenever the configuration file's content changes (checked every `every`).
+    /// Failures are logged and recorded; the running policy stays.
     pub async fn watch_file(self: Arc<Live>, every: Duration) {
         let Some(path) = self.source.config.clone() else {
             return;
@@ -138,12 +173,86 @@ impl Live {
                 continue;
             }
             last = now;
+            // A touch or a rewrite with the same content is not a change.
+            let digest = std::fs::read(&path).map(|b| hex::encode(Sha256::digest(&b)));
+            if digest.as_deref().ok() == Some(self.current().catalog().policy.sha256.as_str()) {
+                continue;
+            }
             tracing::info!(path = %path.display(), "configuration file changed; reloading");
-            if let Err(e) = self.reload().await {
+            if let Err(e) = self.reload("file-change").await {
                 tracing::error!("reload refused, the running configuration stays: {e:#}");
             }
         }
     }
+}
+
+/// The operator record of a reload attempt.
+#[derive(Serialize)]
+struct ReloadRecord<'a> {
+    by: &'a str,
+    action: &'static str,
+    ok: bool,
+    config: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Overrides the new configuration would no longer match: a renamed `[[tool]]` entry or a
+/// rewritten grant would silently give back what an operator took away, so such a reload is
+/// refused until the override is lifted (or the name kept).
+fn orphaned_overrides(overrides: &Overrides, catalog: &Catalog) -> anyhow::Result<()> {
+    let mut orphans = Vec::new();
+    for name in &overrides.tools {
+        let known =
+            catalog.tool(name).is_ok() || catalog.components.iter().any(|c| &c.entry.name == name);
+        if !known {
+            orphans.push(format!("the kill of {name}, a name it no longer has"));
+        }
+    }
+    for (component, revoked) in &overrides.revoked {
+        let Some(entry) = catalog
+            .components
+            .iter()
+            .find(|c| &c.entry.name == component)
+            .map(|c| &c.entry)
+        else {
+            orphans.push(format!(
+                "revocations of [[tool]] {component}, which it no longer has"
+            ));
+            continue;
+        };
+        let g = &entry.grants;
+        let ids: Vec<&str> =
+            g.fs.iter()
+                .map(|x| x.id.as_str())
+                .chain(g.net.iter().map(|x| x.id.as_str()))
+                .chain(g.tcp.iter().map(|x| x.id.as_str()))
+                .collect();
+        for id in &revoked.grants {
+            if !ids.contains(&id.as_str()) {
+                orphans.push(format!(
+                    "the revocation of {id} from {component}, a grant it no longer has"
+                ));
+            }
+        }
+        for name in &revoked.secrets {
+            if !g.secrets.iter().any(|s| &s.name == name) {
+                orphans.push(format!(
+                    "the revocation of secret {name} from {component}, which it no longer has"
+                ));
+            }
+        }
+    }
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the new configuration would silently lift {}; restore them with `airlock ctl restore` \
+         first, or keep the names (nothing was reloaded)",
+        orphans.join("; ")
+    )
 }
 
 /// Settings a reload cannot change: they are bound at start (state and audit files, listeners'

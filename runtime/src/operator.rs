@@ -75,7 +75,10 @@ pub enum CommandError {
     },
     #[error("cannot persist the operator state, nothing changed: {0}")]
     Persist(std::io::Error),
-    #[error("the audit log is unavailable: {0}")]
+    #[error(
+        "the change is in force, but its audit record could not be written (calls fail until \
+         the audit log is back): {0}"
+    )]
     Audit(String),
 }
 

@@ -282,7 +282,11 @@ fn persist(path: &Path, overrides: &Overrides) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    // The new state is in place; a failed directory sync only weakens its durability.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), "cannot sync the state directory: {e}");
+    }
+    Ok(())
 }
 
 /// The grants of one component as the operator's revocations leave them, looked up again at

@@ -115,20 +115,62 @@ impl Airlock {
         audit: AuditLog,
         operator: Arc<Operator>,
     ) -> Result<Airlock, ConfigError> {
-        let in_flight = Arc::new(Semaphore::new(policy.server.max_in_flight as usize));
+        Airlock::build(policy, audit, operator, None).await
+    }
+
+    /// The host for `policy` that replaces this one (a reload): the same audit log and
+    /// operator state, and this one's in-flight slots and rate buckets, resized where the new
+    /// limits differ, so that calls still running and recent calls keep counting.
+    pub async fn successor(&self, policy: Policy) -> Result<Airlock, ConfigError> {
+        let next = Airlock::build(
+            policy,
+            self.audit.clone(),
+            self.operator.clone(),
+            Some(self),
+        )
+        .await?;
+        let old = &self.catalog;
+        resize(
+            &next.in_flight,
+            old.policy.server.max_in_flight,
+            next.catalog.policy.server.max_in_flight,
+        );
+        for c in &next.catalog.components {
+            if let Some(was) = old.components.iter().find(|o| o.entry.name == c.entry.name) {
+                resize(
+                    &c.in_flight,
+                    was.entry.limits.max_in_flight,
+                    c.entry.limits.max_in_flight,
+                );
+            }
+        }
+        Ok(next)
+    }
+
+    async fn build(
+        policy: Policy,
+        audit: AuditLog,
+        operator: Arc<Operator>,
+        previous: Option<&Airlock>,
+    ) -> Result<Airlock, ConfigError> {
+        let in_flight = previous.map_or_else(
+            || Arc::new(Semaphore::new(policy.server.max_in_flight as usize)),
+            |p| p.in_flight.clone(),
+        );
         let shapes = Shapes::new(&policy.audit.redact_patterns).map_err(|e| ConfigError {
             file: policy.origin.clone(),
             key: "audit › redact_patterns".into(),
             problem: e.to_string(),
         })?;
         let shapes = Arc::new(shapes);
-        let catalog = Catalog::load(policy, shapes.clone()).await?;
-        let rate_limits = RateLimits::new(
+        let catalog = Catalog::load(policy, shapes.clone(), previous.map(|p| &p.catalog)).await?;
+        let rate_limits = RateLimits::inheriting(
             &catalog.policy.rate_limits,
             catalog
                 .components
                 .iter()
                 .flat_map(|c| c.tools.iter().map(|t| (t.as_str(), c.entry.rate_limit))),
+            previous.map(|p| &p.rate_limits),
         );
         Ok(Airlock {
             catalog,
@@ -392,6 +434,25 @@ impl Airlock {
             fuel_left: Some(running.fuel_left.clone()),
         };
         sandbox::run(prepared, invocation, ctx.events, &signals).await
+    }
+}
+
+/// Make `slots`, sized for `from` permits, hold `to`, without disturbing the calls holding some:
+/// permits not free now are taken as they are released.
+fn resize(slots: &Arc<Semaphore>, from: u32, to: u32) {
+    if to >= from {
+        slots.add_permits((to - from) as usize);
+        return;
+    }
+    let excess = (from - to) as usize;
+    let owed = excess - slots.forget_permits(excess);
+    if owed > 0 {
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = slots.acquire_many_owned(owed as u32).await {
+                p.forget();
+            }
+        });
     }
 }
 

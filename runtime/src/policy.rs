@@ -231,6 +231,8 @@ pub struct ComponentEntry {
 pub struct Policy {
     /// The file it came from, or `<embedded default>`.
     pub origin: String,
+    /// sha256 of the configuration text, hex (recorded with every reload).
+    pub sha256: String,
     pub server: ServerSettings,
     /// Every secret `[secrets]` declares, loaded.
     pub secrets: SecretStore,
@@ -389,6 +391,7 @@ impl Policy {
         }
         Ok(Policy {
             origin: origin.to_owned(),
+            sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
             server,
             secrets,
             audit,

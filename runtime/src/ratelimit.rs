@@ -80,8 +80,8 @@ pub struct RateLimitSettings {
 
 /// The live buckets.
 pub struct RateLimits {
-    principal: Option<(Rate, DefaultKeyedRateLimiter<Arc<str>>)>,
-    tools: HashMap<String, (Rate, DefaultDirectRateLimiter)>,
+    principal: Option<(Rate, Arc<DefaultKeyedRateLimiter<Arc<str>>>)>,
+    tools: HashMap<String, (Rate, Arc<DefaultDirectRateLimiter>)>,
     clock: DefaultClock,
 }
 
@@ -91,17 +91,37 @@ impl RateLimits {
         settings: &RateLimitSettings,
         tools: impl IntoIterator<Item = (&'a str, Option<Rate>)>,
     ) -> RateLimits {
-        RateLimits {
-            principal: settings
+        RateLimits::inheriting(settings, tools, None)
+    }
+
+    /// The same, keeping the buckets of `previous` (a reload) wherever the rate is unchanged,
+    /// so a reload does not refill them.
+    pub fn inheriting<'a>(
+        settings: &RateLimitSettings,
+        tools: impl IntoIterator<Item = (&'a str, Option<Rate>)>,
+        previous: Option<&RateLimits>,
+    ) -> RateLimits {
+        let principal =
+            settings
                 .per_principal
-                .map(|r| (r, RateLimiter::keyed(r.quota()))),
-            tools: tools
-                .into_iter()
-                .filter_map(|(name, own)| {
-                    own.or(settings.per_tool)
-                        .map(|r| (name.to_owned(), (r, RateLimiter::direct(r.quota()))))
-                })
-                .collect(),
+                .map(|r| match previous.and_then(|p| p.principal.as_ref()) {
+                    Some((old, limiter)) if *old == r => (r, limiter.clone()),
+                    _ => (r, Arc::new(RateLimiter::keyed(r.quota()))),
+                });
+        let tools = tools
+            .into_iter()
+            .filter_map(|(name, own)| {
+                let r = own.or(settings.per_tool)?;
+                let limiter = match previous.and_then(|p| p.tools.get(name)) {
+                    Some((old, limiter)) if *old == r => limiter.clone(),
+                    _ => Arc::new(RateLimiter::direct(r.quota())),
+                };
+                Some((name.to_owned(), (r, limiter)))
+            })
+            .collect();
+        RateLimits {
+            principal,
+            tools,
             clock: DefaultClock::default(),
         }
     }

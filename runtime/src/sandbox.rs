@@ -312,8 +312,11 @@ pub async fn run(
     };
     let peak_memory = store.data().limiter.peak;
     // A refused request ends the call as blocked, whatever the tool made of the refusal.
+    // An operator's stop is what ended the call, whatever it was refused before.
     let result = match (store.data().denial.get().cloned(), called) {
-        (Some(denial), Some(tool)) => Err(CallFailure::Blocked { tool, denial }),
+        (Some(denial), Some(tool)) if !matches!(result, Err(CallFailure::StoppedByOperator)) => {
+            Err(CallFailure::Blocked { tool, denial })
+        }
         _ => result,
     };
     drop(store);

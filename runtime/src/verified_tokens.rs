@@ -51,8 +51,20 @@ impl VerifiedTokens {
         Some(entry.principal.clone())
     }
 
-    pub fn insert(&self, digest: [u8; 32], principal: Principal, good_until: u64) {
+    /// Remember a verified token, if `keys_unchanged` still holds once the cache is locked: a
+    /// token verified with keys that were replaced meanwhile is not remembered (the
+    /// replacement clears the cache under the same lock, before or after this).
+    pub fn insert(
+        &self,
+        digest: [u8; 32],
+        principal: Principal,
+        good_until: u64,
+        keys_unchanged: impl FnOnce() -> bool,
+    ) {
         let mut entries = self.lock();
+        if !keys_unchanged() {
+            return;
+        }
         if entries.len() >= CAPACITY {
             let now = now_secs();
             entries.retain(|_, e| e.good_until >= now);
@@ -95,8 +107,10 @@ mod tests {
     #[test]
     fn remembers_until_expiry() {
         let cache = VerifiedTokens::default();
-        cache.insert([1; 32], principal("alice"), now_secs() + 60);
-        cache.insert([2; 32], principal("bob"), now_secs() - 1);
+        cache.insert([1; 32], principal("alice"), now_secs() + 60, || true);
+        cache.insert([2; 32], principal("bob"), now_secs() - 1, || true);
+        cache.insert([4; 32], principal("eve"), now_secs() + 60, || false);
+        assert!(cache.get(&[4; 32]).is_none(), "verified with replaced keys");
         assert_eq!(&*cache.get(&[1; 32]).unwrap().name, "alice");
         assert!(cache.get(&[2; 32]).is_none(), "expired entry is not used");
         assert!(cache.get(&[3; 32]).is_none());
@@ -111,7 +125,7 @@ mod tests {
         for i in 0..(CAPACITY as u32 + 10) {
             let mut d = [0u8; 32];
             d[..4].copy_from_slice(&i.to_be_bytes());
-            cache.insert(d, principal("p"), later);
+            cache.insert(d, principal("p"), later, || true);
         }
         assert!(cache.lock().len() <= CAPACITY);
     }
