@@ -506,3 +506,71 @@ fn the_admin_socket_answers_only_its_own_uid() {
     );
     server.wait_for_log_count("connection from another uid refused", 1);
 }
+
+/// A kill changes the tool list, and a listening client hears of it: on 2026-07-28 through its
+/// `subscriptions/listen` stream, before it as `notifications/tools/list_changed`.
+#[test]
+fn a_kill_tells_listening_clients_that_the_tool_list_changed() {
+    use std::io::BufRead;
+    let dir = TempDir::new("op-listen");
+    let config = hostile(&dir, "");
+    for mode in ["auto", "legacy"] {
+        let plan = json!({"list": true, "await_tools_changed": true});
+        let (mut cmd, audit) =
+            common::client_command(mode, common::Transport::Stdio(Some(&config)), &plan);
+        let state = common::state_dir_for(audit.as_ref().unwrap());
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line == "LISTENING" {
+                break;
+            }
+        }
+        assert!(
+            seen.ends_with("LISTENING\n"),
+            "{mode}: the client never listened:\n{seen}"
+        );
+        let out = run_airlock(&[
+            "ctl",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "kill",
+            "--tool",
+            "fixture_echo",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+        let out = child.wait_with_output().unwrap();
+        let stderr = rest.join().unwrap().join("\n");
+        assert!(out.status.success(), "{mode}: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().or(t["name"].as_str()).unwrap().to_owned())
+                .collect()
+        };
+        assert!(
+            names(&report["tools"]).contains(&"fixture_echo".to_owned()),
+            "{report}"
+        );
+        assert!(
+            !names(&report["tools_after"]).contains(&"fixture_echo".to_owned()),
+            "{mode}: {report}"
+        );
+    }
+}

@@ -173,6 +173,18 @@ impl Session {
 
 /// Run the Python MCP client with `plan` (see tests/py/mcp_client.py) in `mode` (`legacy` or `auto`).
 pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
+    let (mut cmd, audit_dir) = client_command(mode, transport, &plan);
+    let out = cmd.output().expect("the Python client runs");
+    finish_client(out, audit_dir)
+}
+
+/// The command that runs the Python MCP client, and the audit directory of the stdio server it
+/// starts (whose state directory is [`state_dir_for`] it).
+pub fn client_command(
+    mode: &str,
+    transport: Transport<'_>,
+    plan: &Value,
+) -> (Command, Option<PathBuf>) {
     let mut cmd = Command::new(python());
     cmd.arg(client_script()).args(["--mode", mode]);
     let mut audit_dir = None;
@@ -198,7 +210,11 @@ pub fn client(mode: &str, transport: Transport<'_>, plan: Value) -> Session {
     }
     cmd.arg("--").arg(plan.to_string());
     cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
-    let out = cmd.output().expect("the Python client runs");
+    (cmd, audit_dir)
+}
+
+/// The session report of a client that ended with `out`.
+pub fn finish_client(out: Output, audit_dir: Option<PathBuf>) -> Session {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),

@@ -8,9 +8,14 @@ PLAN_JSON: {"list": true, "log_level": "debug"|null,
             "calls": [{"id": "a", "tool": "...", "args": {...}, "delay_ms": 0,
                        "cancel_after_ms": null, "progress": false},
                       {"id": "l", "op": "list", "delay_ms": 20}],
-            "then": [ ...calls run one after another once all of "calls" ended... ]}
+            "then": [ ...calls run one after another once all of "calls" ended... ],
+            "await_tools_changed": false}
 The calls run concurrently, each after its delay. The report, one JSON object on stdout:
     {"protocol": "...", "tools": [...], "calls": {"a": {...}}, "logs": [...]}
+With "await_tools_changed", once the calls are done the client waits (up to 60 s) for the
+server to say the tool list changed (2026-07-28: a `subscriptions/listen` event; before it:
+`notifications/tools/list_changed`), printing "LISTENING" on stderr when it is ready, then lists
+the tools again into "tools_after".
 Each call's report has "finished_ms", its end time since the session started, so tests can
 check the order in which calls ended without relying on durations.
 """
@@ -99,7 +104,13 @@ async def main():
     async def on_log(params):
         logs.append({"level": params.level, "logger": params.logger, "data": params.data})
 
-    kwargs = {"mode": args.mode, "logging_callback": on_log}
+    tools_changed = asyncio.Event()
+
+    async def on_message(message):
+        if isinstance(message, mcp.types.ToolListChangedNotification):
+            tools_changed.set()
+
+    kwargs = {"mode": args.mode, "logging_callback": on_log, "message_handler": on_message}
     if plan.get("log_level"):
         kwargs["log_level"] = plan["log_level"]
     out = {}
@@ -116,6 +127,15 @@ async def main():
         for spec in plan.get("then", []):
             key, report = await run_call(client, spec, epoch)
             out["calls"][key] = report
+        if plan.get("await_tools_changed"):
+            if args.mode == "legacy":
+                print("LISTENING", file=sys.stderr, flush=True)
+                await asyncio.wait_for(tools_changed.wait(), 60)
+            else:
+                async with client.listen(tools_list_changed=True) as sub:
+                    print("LISTENING", file=sys.stderr, flush=True)
+                    await asyncio.wait_for(sub.__anext__(), 60)
+            out["tools_after"] = [t.name for t in (await client.list_tools()).tools]
         out["logs"] = logs
     print(json.dumps(out))
 
