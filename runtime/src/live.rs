@@ -12,6 +12,7 @@ use crate::policy::{Dirs, Policy};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -148,10 +149,15 @@ impl Live {
                 .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS: {e}"))?;
         }
         let handle = tokio::runtime::Handle::current();
-        let next = tokio::task::spawn_blocking(move || handle.block_on(running.successor(policy)))
+        let previous = running.clone();
+        let next = tokio::task::spawn_blocking(move || handle.block_on(previous.successor(policy)))
             .await
             .map_err(|e| anyhow::anyhow!("the reload task failed: {e}"))??;
-        orphaned_overrides(&self.operator.overrides.current(), next.catalog())?;
+        orphaned_overrides(
+            &self.operator.overrides.current(),
+            running.catalog(),
+            next.catalog(),
+        )?;
         Ok(next)
     }
 
@@ -199,48 +205,70 @@ struct ReloadRecord<'a> {
     error: Option<String>,
 }
 
-/// Overrides the new configuration would no longer match: a renamed `[[tool]]` entry or a
-/// rewritten grant would silently give back what an operator took away, so such a reload is
-/// refused until the override is lifted (or the name kept).
-fn orphaned_overrides(overrides: &Overrides, catalog: &Catalog) -> anyhow::Result<()> {
+/// Overrides the new configuration would no longer match while it adds something in their
+/// place: a renamed `[[tool]]` entry or a rewritten grant would silently give back what an
+/// operator took away, so such a reload is refused until the override is lifted. An override
+/// whose target is simply gone is moot and does not stop the reload.
+fn orphaned_overrides(overrides: &Overrides, old: &Catalog, new: &Catalog) -> anyhow::Result<()> {
+    let names = |c: &Catalog| -> BTreeSet<String> {
+        c.components
+            .iter()
+            .flat_map(|k| std::iter::once(k.entry.name.clone()).chain(k.tools.iter().cloned()))
+            .collect()
+    };
+    let (old_names, new_names) = (names(old), names(new));
+    let added_names: Vec<&String> = new_names.difference(&old_names).collect();
     let mut orphans = Vec::new();
     for name in &overrides.tools {
-        let known =
-            catalog.tool(name).is_ok() || catalog.components.iter().any(|c| &c.entry.name == name);
-        if !known {
-            orphans.push(format!("the kill of {name}, a name it no longer has"));
+        if !new_names.contains(name) && !added_names.is_empty() {
+            orphans.push(format!(
+                "the kill of {name} (the new configuration drops that name and adds {})",
+                join(&added_names)
+            ));
         }
     }
+    let grant_ids =
+        |c: &Catalog, component: &str| -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+            let g = &c
+                .components
+                .iter()
+                .find(|k| k.entry.name == component)?
+                .entry
+                .grants;
+            let ids =
+                g.fs.iter()
+                    .map(|x| x.id.clone())
+                    .chain(g.net.iter().map(|x| x.id.clone()))
+                    .chain(g.tcp.iter().map(|x| x.id.clone()))
+                    .collect();
+            Some((ids, g.secrets.iter().map(|s| s.name.clone()).collect()))
+        };
     for (component, revoked) in &overrides.revoked {
-        let Some(entry) = catalog
-            .components
-            .iter()
-            .find(|c| &c.entry.name == component)
-            .map(|c| &c.entry)
-        else {
-            orphans.push(format!(
-                "revocations of [[tool]] {component}, which it no longer has"
-            ));
+        let Some((new_ids, new_secrets)) = grant_ids(new, component) else {
+            if !added_names.is_empty() {
+                orphans.push(format!(
+                    "the revocations of [[tool]] {component} (the new configuration drops it and adds {})",
+                    join(&added_names)
+                ));
+            }
             continue;
         };
-        let g = &entry.grants;
-        let ids: Vec<&str> =
-            g.fs.iter()
-                .map(|x| x.id.as_str())
-                .chain(g.net.iter().map(|x| x.id.as_str()))
-                .chain(g.tcp.iter().map(|x| x.id.as_str()))
-                .collect();
-        for id in &revoked.grants {
-            if !ids.contains(&id.as_str()) {
+        let (old_ids, old_secrets) = grant_ids(old, component).unwrap_or_default();
+        let added: Vec<&String> = new_ids.difference(&old_ids).collect();
+        for id in revoked.grants.iter().filter(|id| !new_ids.contains(*id)) {
+            if !added.is_empty() {
                 orphans.push(format!(
-                    "the revocation of {id} from {component}, a grant it no longer has"
+                    "the revocation of {id} from {component} (the new configuration drops that grant and adds {})",
+                    join(&added)
                 ));
             }
         }
-        for name in &revoked.secrets {
-            if !g.secrets.iter().any(|s| &s.name == name) {
+        let added: Vec<&String> = new_secrets.difference(&old_secrets).collect();
+        for name in revoked.secrets.iter().filter(|n| !new_secrets.contains(*n)) {
+            if !added.is_empty() {
                 orphans.push(format!(
-                    "the revocation of secret {name} from {component}, which it no longer has"
+                    "the revocation of secret {name} from {component} (the new configuration drops it and adds secret {})",
+                    join(&added)
                 ));
             }
         }
@@ -249,10 +277,18 @@ fn orphaned_overrides(overrides: &Overrides, catalog: &Catalog) -> anyhow::Resul
         return Ok(());
     }
     anyhow::bail!(
-        "the new configuration would silently lift {}; restore them with `airlock ctl restore` \
-         first, or keep the names (nothing was reloaded)",
+        "the new configuration could silently lift {}; keep the names, or lift the override with \
+         `airlock ctl revive` / `restore` first (nothing was reloaded)",
         orphans.join("; ")
     )
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Settings a reload cannot change: they are bound at start (state and audit files, listeners'
