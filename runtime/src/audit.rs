@@ -317,6 +317,27 @@ fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
     m
 }
 
+/// Move what is queued into `batch` (up to [`MAX_BATCH`]), stopping at a seal request.
+/// Returns how many records were taken.
+fn drain(
+    rx: &mpsc::Receiver<Pending>,
+    batch: &mut Vec<Pending>,
+    seal: &mut Option<Pending>,
+) -> usize {
+    let before = batch.len();
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) if p.seal => {
+                *seal = Some(p);
+                break;
+            }
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    batch.len() - before
+}
+
 /// The single writer: owns the open file and the chain's head.
 struct Writer {
     dir: PathBuf,
@@ -392,29 +413,23 @@ impl Writer {
                 batch.push(first);
                 // While other calls are on their way to a record and records keep arriving,
                 // wait a little for them so they share this fsync (each one costs a disk flush
-                // and, on a VM, an exit). A lone caller is never delayed; one beside calls
-                // that run long waits at most one step.
+                // and, on a VM, an exit). The writer sleeps rather than blocking on the
+                // channel, so arriving records do not wake it one by one. A lone caller is
+                // never delayed; one beside calls that run long waits at most one step.
                 let until = Instant::now() + LINGER;
-                while batch.len() < MAX_BATCH {
-                    let next = match rx.try_recv() {
-                        Ok(p) => Some(p),
-                        Err(_) if self.expected.load(Ordering::Acquire) > 0 => {
-                            let left = until.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                break;
-                            }
-                            rx.recv_timeout(left.min(LINGER_STEP)).ok()
-                        }
-                        Err(_) => break,
-                    };
-                    match next {
-                        Some(p) if p.seal => {
-                            seal = Some(p);
-                            break;
-                        }
-                        Some(p) => batch.push(p),
-                        None => break,
+                let mut lingered = false;
+                loop {
+                    let arrived = drain(&rx, &mut batch, &mut seal);
+                    if seal.is_some()
+                        || batch.len() >= MAX_BATCH
+                        || (lingered && arrived == 0)
+                        || self.expected.load(Ordering::Acquire) == 0
+                        || Instant::now() + LINGER_STEP > until
+                    {
+                        break;
                     }
+                    std::thread::sleep(LINGER_STEP);
+                    lingered = true;
                 }
             }
             if !batch.is_empty() {
