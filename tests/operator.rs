@@ -576,3 +576,50 @@ fn a_kill_tells_listening_clients_that_the_tool_list_changed() {
         );
     }
 }
+
+/// The reload triggers besides `ctl reload`: a change of the file's content, and SIGHUP (which
+/// reloads even an unchanged file). Each is recorded with what triggered it.
+#[test]
+fn a_file_change_and_sighup_reload_and_are_recorded_as_such() {
+    let dir = TempDir::new("op-triggers");
+    let config = hostile(&dir, "");
+    let server = HttpServer::start(&config);
+    let good = std::fs::read_to_string(&config).unwrap();
+    let reloads_by = |by: &str| {
+        audit_records(&server.audit_dir)
+            .into_iter()
+            .filter(|r| r["action"] == "reload" && r["by"] == by && r["ok"] == true)
+            .count()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never happened:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    std::fs::write(
+        &config,
+        format!("{good}\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n"),
+    )
+    .unwrap();
+    wait_for("the reload on a file change", &|| {
+        listed(&server, None).contains(&"text_stats".to_owned())
+    });
+    assert_eq!(reloads_by("file-change"), 1);
+
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for("the reload on SIGHUP", &|| reloads_by("sighup") == 1);
+    // An unchanged file is not reloaded by the watcher: still one file-change reload.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reloads_by("file-change"), 1);
+}

@@ -332,6 +332,10 @@ impl HttpServer {
         self.log.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kill the server with SIGKILL (no shutdown of any kind) and wait for it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
