@@ -107,6 +107,8 @@ pub struct JwtSettings {
     validations: Vec<(Algorithm, Validation)>,
     /// Where keys come from when not from a file.
     jwks_url: Option<String>,
+    /// The file keys come from, when not from a URL.
+    pub jwks_file: Option<PathBuf>,
     refresh_min_interval: Duration,
     last_fetch: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     max_token_lifetime: Duration,
@@ -119,6 +121,15 @@ pub struct JwtSettings {
 }
 
 impl JwtSettings {
+    /// The JWKS URL's host port, when keys come from a URL.
+    pub fn jwks_port(&self) -> Option<u16> {
+        let url: http::Uri = self.jwks_url.as_ref()?.parse().ok()?;
+        url.port_u16().or(match url.scheme_str() {
+            Some("https") => Some(443),
+            _ => Some(80),
+        })
+    }
+
     /// Where this resource's RFC 9728 metadata is served: the resource URI's origin, then
     /// `/.well-known/oauth-protected-resource`, then the resource's path.
     pub fn metadata_url(&self) -> String {
@@ -251,19 +262,19 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
     };
     let resource = need(&section.resource, "resource")?;
     let issuer = need(&section.issuer, "issuer")?;
-    let (keys, jwks_url) = match (&section.jwks_file, &section.jwks_url) {
+    let (keys, jwks_url, jwks_file) = match (&section.jwks_file, &section.jwks_url) {
         (Some(file), None) => {
             let path = base.join(file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
             let keys = parse_jwks(&text)
                 .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
-            (keys, None)
+            (keys, None, Some(path))
         }
         (None, Some(url)) => {
             check_jwks_url(url).map_err(|e| (key("jwks_url"), e))?;
             // Fetched when the server starts; nothing is accepted before that.
-            (KeySet::default(), Some(url.clone()))
+            (KeySet::default(), Some(url.clone()), None)
         }
         _ => {
             return Err((
@@ -335,6 +346,7 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
         issuer,
         keys: Arc::new(std::sync::RwLock::new(Arc::new(keys))),
         jwks_url,
+        jwks_file,
         refresh_min_interval,
         last_fetch: Arc::new(std::sync::Mutex::new(None)),
         max_token_lifetime,

@@ -2,6 +2,7 @@
 
 use crate::admin;
 use crate::audit::{self, AuditLog};
+use crate::confine::{self, ConfineMode, Plan};
 use crate::grants::SecretUse;
 use crate::live::{Live, Source};
 use crate::operator::Operator;
@@ -103,6 +104,19 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// What confinement this machine can enforce for a configuration, and what each tool
+    /// reaches; exits 1 when required confinement could not hold.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Check as for `serve --http ADDR` (the listen port, and confinement required).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+        /// Confine this process as serve would, then try to read a file, connect to a port and
+        /// start a process outside what is allowed, and report what the kernel did.
+        #[arg(long)]
+        probe: bool,
+    },
     /// The audit log: verify it, print the checkpoint key, follow it.
     Audit {
         #[command(subcommand)]
@@ -145,6 +159,32 @@ enum AuditCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    if let Command::Doctor {
+        config,
+        http,
+        probe,
+    } = &cli.command
+    {
+        // Before any thread, as for serve: the probe confines this process.
+        let source = config.source();
+        return match source
+            .load()
+            .and_then(|p| crate::doctor::run(&p, source.config.as_deref(), *http, *probe))
+        {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => fail(&e),
+        };
+    }
+    // `serve` confines itself here, before any thread exists: landlock does not reach threads
+    // started earlier, and the runtime and wasmtime start threads.
+    let confined = match &cli.command {
+        Command::Serve { config, http, .. } => match confine_for_serving(config, *http) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(&e),
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,7 +192,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, confined)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -215,23 +255,49 @@ fn warn_unreachable(policy: &Policy) {
 /// Load everything a serving process needs: the operator state (refusing to start on a bad
 /// state file), the audit log, the catalog; then the admin socket, the reload triggers (file
 /// change, SIGHUP) and their tasks.
+/// A serving process's configuration, loaded, and the confinement it put itself under.
+struct Confined {
+    policy: Policy,
+    /// The plan in force, when landlock holds (a reload may not need more).
+    plan: Option<Plan>,
+}
+
+/// Load the configuration, create the directories it names, and confine the process by it.
+fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<Confined> {
+    let source = config.source();
+    let policy = source.load()?;
+    admin::private_state_dir(&policy.server.state_dir)?;
+    for dir in [&policy.server.cache_dir, &policy.audit.dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mode = policy.confine.mode.unwrap_or(if http.is_some() {
+        ConfineMode::Required
+    } else {
+        ConfineMode::BestEffort
+    });
+    let plan = Plan::for_policy(&policy, source.config.as_deref(), http);
+    let report = confine::apply(&plan, mode)?;
+    let plan = matches!(report.landlock, confine::Layer::Enforced(_)).then_some(plan);
+    Ok(Confined { policy, plan })
+}
+
 async fn start_serving(
     config: &ConfigArgs,
     reset_state: bool,
-    http_loopback: Option<bool>,
+    listen: Option<SocketAddr>,
+    confined: Confined,
 ) -> Result<Arc<Live>> {
     let source = config.source();
-    let policy = source.load()?;
+    let Confined { policy, plan } = confined;
     warn_unreachable(&policy);
     let state_dir = policy.server.state_dir.clone();
-    admin::private_state_dir(&state_dir)?;
     // The socket first: it is what finds another server on this state directory, before
     // anything in it (the overrides, with --reset-state) is touched.
     let listener = admin::bind(&state_dir).await?;
     let overrides = OverrideStore::open(&state_dir, reset_state)?;
     let audit = AuditLog::open(&policy.audit, &state_dir)?;
     let airlock = Airlock::load(policy, audit, Operator::new(overrides)).await?;
-    let live = Live::new(airlock, source, http_loopback);
+    let live = Live::new(airlock, source, listen, plan);
     tokio::spawn(admin::serve(
         listener,
         live.clone(),
@@ -261,7 +327,7 @@ fn config_path(config: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
-async fn run(command: Command) -> Result<()> {
+async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
     match command {
         Command::Serve {
             config,
@@ -269,8 +335,8 @@ async fn run(command: Command) -> Result<()> {
             http,
             reset_state,
         } => {
-            let loopback = http.map(|a| a.ip().is_loopback());
-            let live = start_serving(&config, reset_state, loopback).await?;
+            let confined = confined.expect("serve confines itself before the runtime starts");
+            let live = start_serving(&config, reset_state, http, confined).await?;
             tracing::info!(tools = live.current().tools().len(), "loaded");
             let audit = live.current().audit().clone();
             let served = if stdio {
@@ -317,6 +383,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => run_audit(command).await,
+        Command::Doctor { .. } => unreachable!("doctor runs before the runtime starts"),
         Command::Ctl {
             socket,
             config,

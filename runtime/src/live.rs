@@ -5,6 +5,7 @@
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
+use crate::confine::Plan;
 use crate::operator::Operator;
 use crate::overrides::Overrides;
 use crate::pipeline::Airlock;
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -56,8 +58,10 @@ pub struct Live {
     source: Source,
     audit: AuditLog,
     operator: Arc<Operator>,
-    /// Whether every HTTP listener is on loopback (`None`: stdio), for the `mode = "none"` rule.
-    http_loopback: Option<bool>,
+    /// The HTTP listener (`None`: stdio), for the `mode = "none"` rule and the confinement plan.
+    listen: Option<SocketAddr>,
+    /// The landlock plan in force, if any: a reload may not need more.
+    confined: Option<Plan>,
     /// Bumped whenever the tools a caller may see can have changed (reload, kill, revive).
     tools_changed: watch::Sender<u64>,
     /// One reload at a time.
@@ -65,13 +69,19 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(airlock: Airlock, source: Source, http_loopback: Option<bool>) -> Arc<Live> {
+    pub fn new(
+        airlock: Airlock,
+        source: Source,
+        listen: Option<SocketAddr>,
+        confined: Option<Plan>,
+    ) -> Arc<Live> {
         Arc::new(Live {
             audit: airlock.audit().clone(),
             operator: airlock.operator().clone(),
             current: ArcSwap::from_pointee(airlock),
             source,
-            http_loopback,
+            listen,
+            confined,
             tools_changed: watch::channel(0).0,
             reloading: tokio::sync::Mutex::new(()),
         })
@@ -142,7 +152,18 @@ impl Live {
     async fn prepare(&self, running: Arc<Airlock>) -> anyhow::Result<Airlock> {
         let policy = self.source.load()?;
         let old = &running.catalog().policy;
-        restart_only(old, &policy, self.http_loopback)?;
+        restart_only(old, &policy, self.listen.map(|a| a.ip().is_loopback()))?;
+        if let Some(confined) = &self.confined {
+            let needed = Plan::for_policy(&policy, self.source.config.as_deref(), self.listen);
+            let missing = confined.missing_from(&needed);
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "the new configuration needs {}, outside the landlock ruleset this process \
+                     confined itself to; a restart is required for that (nothing was reloaded)",
+                    missing.join(", ")
+                );
+            }
+        }
         if let Some(jwt) = &policy.auth.jwt {
             jwt.refresh_keys(true)
                 .await
@@ -171,7 +192,9 @@ impl Live {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len()))
         };
-        let mut last = stamp(&path);
+        // The first look compares the content with what was loaded: the file may have changed
+        // between the load and this task's start.
+        let mut last = None;
         loop {
             tokio::time::sleep(every).await;
             let now = stamp(&path);

@@ -59,6 +59,8 @@ struct ConfigFile {
     roles: BTreeMap<String, Vec<String>>,
     #[serde(default, rename = "tool")]
     tools: Vec<ToolSection>,
+    #[serde(default)]
+    confine: crate::confine::ConfineSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +242,7 @@ pub struct Policy {
     pub auth: AuthSettings,
     pub rate_limits: RateLimitSettings,
     pub components: Vec<ComponentEntry>,
+    pub confine: crate::confine::ConfineSettings,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -398,6 +401,7 @@ impl Policy {
             auth,
             rate_limits: file.rate_limits.clone(),
             components,
+            confine: crate::confine::resolve(&file.confine),
         })
     }
 }

@@ -1,0 +1,439 @@
+//! The second wall: the host process confines itself, so that even a bug in the host or in
+//! wasmtime cannot reach files, ports or syscalls the configuration does not need.
+//!
+//! - landlock: read access to the configuration's and components' directories (a reload reads
+//!   them again), read-write to the state, cache and audit directories, each filesystem grant
+//!   with its own mode, a few system files name resolution reads; TCP binds only on the listen
+//!   port (and ephemeral ports) and connects only to ports an egress grant or the JWKS URL
+//!   names.
+//! - seccomp: a deny-list of what a tool host never needs (process creation and exec, ptrace,
+//!   mounts, kernel modules, keyrings, raw and packet sockets, …), refused with EPERM.
+//!
+//! Both are applied before any thread exists (landlock on this kernel's ABI does not reach
+//! threads created earlier), so `serve` loads its configuration, confines itself, and only then
+//! starts the async runtime and wasmtime.
+
+use crate::grants::FsMode;
+use crate::policy::Policy;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// `[confine]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfineSection {
+    mode: Option<ConfineMode>,
+}
+
+/// Whether confinement must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfineMode {
+    /// Refuse to start unless every layer is enforced (the default for `serve --http`).
+    Required,
+    /// Start with what can be enforced and say exactly what is missing (the default for stdio).
+    BestEffort,
+    /// No confinement (a warning at start).
+    Off,
+}
+
+impl fmt::Display for ConfineMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConfineMode::Required => "required",
+            ConfineMode::BestEffort => "best-effort",
+            ConfineMode::Off => "off",
+        })
+    }
+}
+
+/// `[confine]`, resolved: `None` takes the transport's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfineSettings {
+    pub mode: Option<ConfineMode>,
+}
+
+pub(crate) fn resolve(section: &ConfineSection) -> ConfineSettings {
+    ConfineSettings { mode: section.mode }
+}
+
+/// Files name resolution and the C library read (missing ones are skipped).
+const SYSTEM_READ: [&str; 7] = [
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+    "/etc/localtime",
+    "/dev/urandom",
+];
+
+/// What the process needs, from its configuration and command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub read: BTreeSet<PathBuf>,
+    pub read_write: BTreeSet<PathBuf>,
+    pub bind: BTreeSet<u16>,
+    pub connect: BTreeSet<u16>,
+}
+
+impl Plan {
+    /// The plan for serving `policy` (from `config`, if a file) on `listen` (HTTP; stdio: none).
+    pub fn for_policy(policy: &Policy, config: Option<&Path>, listen: Option<SocketAddr>) -> Plan {
+        let mut plan = Plan::default();
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf);
+        // Directories, not files: an editor replaces a file by renaming a new one over it, and
+        // a rule holds the inode it was made for.
+        if let Some(dir) = config.and_then(|c| parent(&absolute(c))) {
+            plan.read.insert(dir);
+        }
+        for c in &policy.components {
+            if let crate::policy::ComponentSource::File(path) = &c.source
+                && let Some(dir) = parent(path)
+            {
+                plan.read.insert(dir);
+            }
+            for g in &c.grants.fs {
+                match g.mode {
+                    FsMode::Ro => plan.read.insert(g.host.clone()),
+                    FsMode::Rw => plan.read_write.insert(g.host.clone()),
+                };
+            }
+            plan.connect.extend(c.grants.net.iter().map(|g| g.port));
+            plan.connect
+                .extend(c.grants.tcp.iter().map(|g| g.address.port()));
+        }
+        if let Some(dir) = &policy.secrets.dir {
+            plan.read.insert(dir.clone());
+        }
+        if let Some(jwt) = &policy.auth.jwt {
+            if let Some(dir) = jwt.jwks_file.as_deref().and_then(parent) {
+                plan.read.insert(dir);
+            }
+            plan.connect.extend(jwt.jwks_port());
+        }
+        for dir in [
+            &policy.server.state_dir,
+            &policy.server.cache_dir,
+            &policy.audit.dir,
+        ] {
+            plan.read_write.insert(dir.clone());
+        }
+        plan.read
+            .extend(SYSTEM_READ.iter().map(PathBuf::from).filter(|p| p.exists()));
+        plan.read_write.insert(PathBuf::from("/dev/null"));
+        plan.bind.extend(listen.map(|a| a.port()));
+        // Ephemeral ports: a tool's explicit bind of the unspecified address must reach the
+        // host's socket check for listening, which refuses it by name; listening is refused
+        // there, not by the kernel (landlock has no right for it).
+        plan.bind.insert(0);
+        plan
+    }
+
+    /// Does this plan (the one in force) allow everything `other` needs? A reload cannot
+    /// widen a ruleset: the kernel would refuse what it does not cover.
+    pub fn missing_from(&self, other: &Plan) -> Vec<String> {
+        let covered = |p: &Path, set: &BTreeSet<PathBuf>| set.iter().any(|a| p.starts_with(a));
+        let mut missing = Vec::new();
+        for p in &other.read {
+            if !covered(p, &self.read) && !covered(p, &self.read_write) {
+                missing.push(format!("read access to {}", p.display()));
+            }
+        }
+        for p in &other.read_write {
+            if !covered(p, &self.read_write) {
+                missing.push(format!("write access to {}", p.display()));
+            }
+        }
+        for port in other.connect.difference(&self.connect) {
+            missing.push(format!("TCP connections to port {port}"));
+        }
+        missing
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// What each layer achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub landlock: Layer,
+    pub seccomp: Layer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layer {
+    Enforced(String),
+    Partial(String),
+    Missing(String),
+    Off,
+}
+
+impl Layer {
+    fn holds(&self) -> bool {
+        matches!(self, Layer::Enforced(_))
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layer::Enforced(d) => write!(f, "enforced ({d})"),
+            Layer::Partial(d) => write!(f, "PARTIAL: {d}"),
+            Layer::Missing(d) => write!(f, "NOT ENFORCED: {d}"),
+            Layer::Off => f.write_str("off"),
+        }
+    }
+}
+
+impl Report {
+    pub fn holds(&self) -> bool {
+        self.landlock.holds() && self.seccomp.holds()
+    }
+}
+
+/// Confine the calling process (which must have no other thread yet) by `plan`. With
+/// `Required`, a layer that cannot be enforced fully is an error; with `BestEffort` the report
+/// says what is missing.
+pub fn apply(plan: &Plan, mode: ConfineMode) -> anyhow::Result<Report> {
+    if mode == ConfineMode::Off {
+        tracing::warn!("[confine] mode = \"off\": the host process is not confined");
+        return Ok(Report {
+            landlock: Layer::Off,
+            seccomp: Layer::Off,
+        });
+    }
+    let landlock = landlock_layer(plan);
+    let seccomp = seccomp_layer();
+    let report = Report { landlock, seccomp };
+    if mode == ConfineMode::Required && !report.holds() {
+        anyhow::bail!(
+            "confinement is required ([confine] mode = \"required\", the default for serve --http) \
+             but does not hold: landlock {}; seccomp {}. Run `airlock doctor` for details, or set \
+             [confine] mode = \"best-effort\"",
+            report.landlock,
+            report.seccomp
+        );
+    }
+    for (name, layer) in [("landlock", &report.landlock), ("seccomp", &report.seccomp)] {
+        if layer.holds() {
+            tracing::info!(layer = name, "{layer}");
+        } else {
+            tracing::warn!(layer = name, "confinement incomplete: {layer}");
+        }
+    }
+    Ok(report)
+}
+
+fn landlock_layer(plan: &Plan) -> Layer {
+    use landlock::{
+        ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
+        RulesetCreatedAttr, RulesetStatus, path_beneath_rules,
+    };
+    let abi = ABI::V4;
+    let tcp = AccessNet::BindTcp | AccessNet::ConnectTcp;
+    let result = (|| -> Result<landlock::RestrictionStatus, landlock::RulesetError> {
+        let mut created = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(AccessFs::from_all(abi))?
+            .handle_access(tcp)?
+            .create()?
+            .add_rules(path_beneath_rules(&plan.read, AccessFs::from_read(abi)))?
+            .add_rules(path_beneath_rules(
+                &plan.read_write,
+                AccessFs::from_all(abi),
+            ))?;
+        for port in &plan.bind {
+            created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp))?;
+        }
+        for port in &plan.connect {
+            created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
+        }
+        created.restrict_self()
+    })();
+    let summary = format!(
+        "{} read, {} read-write paths; bind {:?}; connect {:?}",
+        plan.read.len(),
+        plan.read_write.len(),
+        plan.bind,
+        plan.connect
+    );
+    match result {
+        Ok(status) => match status.ruleset {
+            RulesetStatus::FullyEnforced => Layer::Enforced(summary),
+            RulesetStatus::PartiallyEnforced => Layer::Partial(format!(
+                "the kernel's landlock ABI lacks some rights (network rules need ABI 4): {summary}"
+            )),
+            RulesetStatus::NotEnforced => {
+                Layer::Missing("landlock is not available in this kernel".into())
+            }
+        },
+        Err(e) => Layer::Missing(format!("landlock failed: {e}")),
+    }
+}
+
+/// Syscalls a tool host never makes. Threads are created with clone(CLONE_THREAD); a clone
+/// without it would be a new process and is refused by argument.
+fn denied_syscalls() -> Vec<i64> {
+    vec![
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_fork,
+        libc::SYS_vfork,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_keyctl,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_reboot,
+        libc::SYS_acct,
+        libc::SYS_quotactl,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_iopl,
+        libc::SYS_ioperm,
+    ]
+}
+
+fn seccomp_layer() -> Layer {
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule,
+    };
+    let build = || -> Result<BpfProgram, seccompiler::BackendError> {
+        let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+            denied_syscalls().into_iter().map(|s| (s, vec![])).collect();
+        // A new process: clone without CLONE_THREAD (flags are an unsigned long).
+        rules.insert(
+            libc::SYS_clone,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+                0,
+            )?])?],
+        );
+        // Raw and packet sockets (domain and type are ints).
+        rules.insert(
+            libc::SYS_socket,
+            vec![
+                SeccompRule::new(vec![SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    libc::AF_PACKET as u64,
+                )?])?,
+                SeccompRule::new(vec![SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(0xf),
+                    libc::SOCK_RAW as u64,
+                )?])?,
+            ],
+        );
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
+            std::env::consts::ARCH
+                .try_into()
+                .map_err(|_| seccompiler::BackendError::InvalidTargetArch("unsupported".into()))?,
+        )?;
+        filter.try_into()
+    };
+    // clone3 passes its flags in memory a filter cannot read: it is answered "not
+    // implemented", and the C library falls back to clone, whose flags are checked above.
+    let program = match build() {
+        Ok(p) => p,
+        Err(e) => return Layer::Missing(format!("the seccomp filter could not be built: {e}")),
+    };
+    let clone3 = clone3_filter();
+    let applied = seccompiler::apply_filter(&program).and_then(|_| match &clone3 {
+        Some(p) => seccompiler::apply_filter(p),
+        None => Ok(()),
+    });
+    match applied {
+        Ok(()) if clone3.is_some() => Layer::Enforced(format!(
+            "{} syscalls refused, process-creating clone, raw and packet sockets",
+            denied_syscalls().len()
+        )),
+        Ok(()) => Layer::Partial("clone3 could not be filtered".into()),
+        Err(e) => Layer::Missing(format!("seccomp failed: {e}")),
+    }
+}
+
+/// A second filter: clone3 → ENOSYS.
+fn clone3_filter() -> Option<seccompiler::BpfProgram> {
+    use seccompiler::{SeccompAction, SeccompFilter};
+    let rules = [(libc::SYS_clone3, vec![])].into_iter().collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        std::env::consts::ARCH.try_into().ok()?,
+    )
+    .ok()?;
+    filter.try_into().ok()
+}
+
+/// Try what confinement must refuse and say what happened to each attempt: read a file
+/// outside the plan, connect to a port outside it, start a process. `Ok` means refused.
+pub fn probe(outside_file: &Path, outside_port: u16) -> Vec<(String, Result<String, String>)> {
+    let refused = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::ENOSYS)
+        )
+    };
+    let mut out = Vec::new();
+    let read = std::fs::read(outside_file);
+    out.push((
+        format!("read {}", outside_file.display()),
+        match read {
+            Err(e) if refused(&e) => Ok(format!("refused: {e}")),
+            Err(e) => Err(format!("failed, but not by confinement: {e}")),
+            Ok(_) => Err("ALLOWED".into()),
+        },
+    ));
+    let connect = std::net::TcpStream::connect(("127.0.0.1", outside_port));
+    out.push((
+        format!("connect 127.0.0.1:{outside_port}"),
+        match connect {
+            Err(e) if refused(&e) => Ok(format!("refused: {e}")),
+            Err(e) => Err(format!("failed, but not by confinement: {e}")),
+            Ok(_) => Err("ALLOWED".into()),
+        },
+    ));
+    let spawn = std::process::Command::new("/bin/true").status();
+    out.push((
+        "run /bin/true".into(),
+        match spawn {
+            Err(e) if refused(&e) => Ok(format!("refused: {e}")),
+            Err(e) => Err(format!("failed, but not by confinement: {e}")),
+            Ok(_) => Err("ALLOWED".into()),
+        },
+    ));
+    out
+}

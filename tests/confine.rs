@@ -1,0 +1,129 @@
+//! The second wall: the host process confined by landlock and seccomp. The regular suite runs
+//! every HTTP server confined (`required` is the default for `serve --http`) and every stdio
+//! server best-effort; these tests check the confinement itself, through the real binary.
+
+mod common;
+
+use common::{HttpServer, TempDir, hostile_wasm, run_airlock};
+
+fn doctor(config: &std::path::Path, state: &std::path::Path, probe: bool) -> (bool, String) {
+    let mut args = vec![
+        "doctor",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:8787",
+    ];
+    if probe {
+        args.push("--probe");
+    }
+    let out = run_airlock(&args);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_kernel_refuses_what_the_configuration_does_not_need() {
+    let dir = TempDir::new("confine-probe");
+    let config = dir.config(&format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+        hostile_wasm().display()
+    ));
+    let state = dir.0.join("state");
+    let (ok, report) = doctor(&config, &state, false);
+    let abi: u32 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("landlock    ABI "))
+        .and_then(|l| l.split(':').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("this machine has no landlock:\n{report}"));
+    assert!(ok, "{report}");
+    assert!(report.contains("mode        required"), "{report}");
+    assert!(report.contains("tcp bind    {0, 8787}"), "{report}");
+    assert!(report.contains("tool hostile ("), "{report}");
+
+    let (ok, probed) = doctor(&config, &state, true);
+    assert!(ok, "{probed}");
+    // Plain reads, connects and spawns, with no host-side check in the way: what refuses them
+    // is the kernel (landlock: EACCES; seccomp: EPERM).
+    assert!(
+        probed.contains("read /etc/passwd: refused: Permission denied (os error 13)"),
+        "{probed}"
+    );
+    assert!(
+        probed.contains("run /bin/true: refused: Operation not permitted (os error 1)"),
+        "{probed}"
+    );
+    // What doctor said of landlock is what the probe saw: TCP rules need ABI 4.
+    let connect_refused = probed.contains("connect 127.0.0.1:1: refused: Permission denied");
+    assert_eq!(connect_refused, abi >= 4, "{report}\n{probed}");
+
+    // The same probe unconfined: each attempt goes through, so the refusals above are real.
+    let open = TempDir::new("confine-off");
+    let config = open.config(&format!(
+        "[confine]\nmode = \"off\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+        hostile_wasm().display()
+    ));
+    let (_, unconfined) = doctor(&config, &open.0.join("state"), true);
+    assert!(
+        unconfined.contains("read /etc/passwd: ALLOWED"),
+        "{unconfined}"
+    );
+    assert!(
+        unconfined.contains("run /bin/true: ALLOWED"),
+        "{unconfined}"
+    );
+}
+
+#[test]
+fn a_served_process_is_confined_and_a_reload_cannot_widen_it() {
+    let dir = TempDir::new("confine-serve");
+    let body = format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+        hostile_wasm().display()
+    );
+    let config = dir.config(&body);
+    let server = HttpServer::start(&config);
+    let log = server.log();
+    assert!(
+        log.contains("enforced (")
+            && log.contains("layer=\"landlock\"")
+            && log.contains("layer=\"seccomp\""),
+        "{log}"
+    );
+    assert!(!log.contains("confinement incomplete"), "{log}");
+
+    // A directory the running ruleset does not cover: only a restart could grant it.
+    let outside = TempDir::new("confine-outside");
+    std::fs::write(
+        &config,
+        format!(
+            "{body}[tool.grants]\nfs = [{{ host = \"{}\", guest = \"/data\", mode = \"ro\" }}]\n",
+            outside.0.display()
+        ),
+    )
+    .unwrap();
+    let out = run_airlock(&[
+        "ctl",
+        "--state-dir",
+        server.state_dir.to_str().unwrap(),
+        "reload",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "the new configuration needs read access to {}, outside the landlock ruleset this process confined itself to; a restart is required",
+            outside.0.display()
+        )),
+        "{stderr}"
+    );
+}
