@@ -9,16 +9,14 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::path::Path;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "support.rs"]
 mod support;
-use support::start_http;
+use support::{load, start_http};
 
 const RESOURCE: &str = "https://airlock.bench/mcp";
 const ISSUER: &str = "https://idp.bench/";
@@ -67,64 +65,6 @@ fn token(dir: &Path) -> String {
     .unwrap()
 }
 
-const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fixture_echo","arguments":{"message":"hi"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
-
-/// `calls` calls over `concurrency` connections; returns (elapsed, sorted latencies).
-async fn run(
-    addr: &str,
-    token: &str,
-    calls: usize,
-    concurrency: usize,
-) -> (Duration, Vec<Duration>) {
-    let per = calls / concurrency;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (addr, auth) = (addr.to_owned(), format!("Bearer {token}"));
-            tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
-                let mut lat = Vec::with_capacity(per);
-                for _ in 0..per {
-                    let request = http::Request::post("/mcp")
-                        .header("host", &addr)
-                        .header("authorization", &auth)
-                        .header("content-type", "application/json")
-                        .header("accept", "application/json, text/event-stream")
-                        .header("mcp-protocol-version", "2026-07-28")
-                        .header("mcp-method", "tools/call")
-                        .header("mcp-name", "fixture_echo")
-                        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
-                        .unwrap();
-                    let t = Instant::now();
-                    let response = sender.send_request(request).await.unwrap();
-                    assert_eq!(response.status(), 200);
-                    let body = response.into_body().collect().await.unwrap().to_bytes();
-                    assert!(
-                        body.windows(11).any(|w| w == br#""text":"hi""#),
-                        "unexpected reply: {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::with_capacity(calls);
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    all.sort();
-    (elapsed, all)
-}
-
 fn main() {
     let calls: usize = std::env::var("E2E_CALLS")
         .ok()
@@ -148,9 +88,9 @@ fn main() {
     let mut rates = Vec::new();
     for audit in ["off", "durable"] {
         let (mut child, addr) = start(&dir, audit);
-        rt.block_on(run(&addr, &token, 200, 4)); // warm-up
+        rt.block_on(load(&addr, Some(&token), 200, 4)); // warm-up
         for &c in &levels {
-            let (elapsed, lat) = rt.block_on(run(&addr, &token, calls, c));
+            let (elapsed, lat) = rt.block_on(load(&addr, Some(&token), calls, c));
             let rate = lat.len() as f64 / elapsed.as_secs_f64();
             println!(
                 "  audit {audit:>7}, concurrency {c:>3}: {rate:>6.0} calls/s, p50 {:.0} us, p99 {:.0} us",

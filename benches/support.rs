@@ -2,7 +2,10 @@
 
 #![allow(dead_code)] // each bench uses a part
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -46,3 +49,66 @@ pub fn start_http(config: &Path, state_dir: &Path, audit_dir: &Path) -> (Child, 
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fixture_echo","arguments":{"message":"hi"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+
+/// `calls` MCP 2026-07-28 `tools/call`s of `fixture_echo` over `concurrency` keep-alive
+/// connections, with `token` as bearer credentials if given; returns (elapsed, sorted
+/// latencies).
+pub async fn load(
+    addr: &str,
+    token: Option<&str>,
+    calls: usize,
+    concurrency: usize,
+) -> (Duration, Vec<Duration>) {
+    let per = calls / concurrency;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (addr, auth) = (addr.to_owned(), token.map(|t| format!("Bearer {t}")));
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let mut request = http::Request::post("/mcp").header("host", &addr);
+                    if let Some(auth) = &auth {
+                        request = request.header("authorization", auth);
+                    }
+                    let request = request
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json, text/event-stream")
+                        .header("mcp-protocol-version", "2026-07-28")
+                        .header("mcp-method", "tools/call")
+                        .header("mcp-name", "fixture_echo")
+                        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                        .unwrap();
+                    let t = Instant::now();
+                    let response = sender.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    assert!(
+                        body.windows(11).any(|w| w == br#""text":"hi""#),
+                        "unexpected reply: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(calls);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    (elapsed, all)
+}
+

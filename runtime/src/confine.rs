@@ -60,8 +60,11 @@ pub(crate) fn resolve(section: &ConfineSection) -> ConfineSettings {
     ConfineSettings { mode: section.mode }
 }
 
-/// Files name resolution and the C library read (missing ones are skipped).
-const SYSTEM_READ: [&str; 7] = [
+/// Files name resolution and the C library read, and the page map wasmtime scans to reset only
+/// the pages a call touched (without it every call resets its whole memory: 40% slower).
+/// Missing ones are skipped.
+const SYSTEM_READ: [&str; 8] = [
+    "/proc/self/pagemap",
     "/etc/resolv.conf",
     "/etc/hosts",
     "/etc/nsswitch.conf",
