@@ -46,7 +46,9 @@ fn main() {
         rt.block_on(load(&addr, None, 500, 4)); // warm-up
         servers.push((mode, child, addr));
     }
-    println!("confinement per call: HTTP tools/call (fixture_echo), audit off, {calls} calls per run");
+    println!(
+        "confinement per call: HTTP tools/call (fixture_echo), audit off, {calls} calls per run"
+    );
     for concurrency in [1, 16] {
         let mut rates = [Vec::new(), Vec::new()];
         let mut p50s = [Vec::new(), Vec::new()];

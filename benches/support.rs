@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::io::{BufRead, BufReader};
-use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The release `airlock` binary beside this bench executable.
 pub fn binary() -> PathBuf {
@@ -111,4 +111,3 @@ pub async fn load(
     all.sort();
     (elapsed, all)
 }
-

@@ -127,3 +127,49 @@ fn a_served_process_is_confined_and_a_reload_cannot_widen_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_cgroup_memory_limit_ends_the_host_by_the_kernel() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("confine-cgroup");
+    // The tool may grow to 2 GiB; the whole host process may use 300 MiB.
+    let config = dir.config(&format!(
+        "[confine]\nmode = \"best-effort\"\n[confine.cgroup]\nmemory = \"300MiB\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\nmemory = \"2GiB\"\ntimeout = \"60s\"\nfuel = 1_000_000_000_000\n",
+        hostile_wasm().display()
+    ));
+    let mut server = HttpServer::start(&config);
+    let log = server.log();
+    if !log.contains("memory 300 MiB) layer=\"cgroup\"") {
+        eprintln!("skipped: this machine cannot give the process a cgroup memory limit:\n{log}");
+        return;
+    }
+    let answer = common::raw_call(&server.addr, "hostile_hog", &serde_json::json!({}), &[]);
+    assert!(
+        answer.is_none(),
+        "the host answered instead of being stopped: {answer:?}"
+    );
+    let status = server
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("the host was ended");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "killed by the kernel's OOM killer: {status:?}"
+    );
+    // The cgroup is named after the state directory; remove it now that it is empty.
+    use sha2::Digest;
+    let tag =
+        hex::encode(&sha2::Sha256::digest(server.state_dir.as_os_str().as_encoded_bytes())[..6]);
+    let _ = std::process::Command::new("find")
+        .args([
+            "/sys/fs/cgroup",
+            "-maxdepth",
+            "6",
+            "-mindepth",
+            "1",
+            "-type",
+            "d",
+        ])
+        .args(["-name", &format!("airlock-{tag}"), "-delete"])
+        .status();
+}

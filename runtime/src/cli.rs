@@ -276,7 +276,12 @@ fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<
         ConfineMode::BestEffort
     });
     let plan = Plan::for_policy(&policy, source.config.as_deref(), http);
-    let report = confine::apply(&plan, mode)?;
+    let cgroup = policy
+        .confine
+        .cgroup
+        .as_ref()
+        .map(|c| (c, policy.server.state_dir.as_path()));
+    let report = confine::apply(&plan, mode, cgroup)?;
     let plan = matches!(report.landlock, confine::Layer::Enforced(_)).then_some(plan);
     Ok(Confined { policy, plan })
 }

@@ -15,6 +15,7 @@
 
 use crate::grants::FsMode;
 use crate::policy::Policy;
+use crate::units::ByteSize;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -26,6 +27,24 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfineSection {
     mode: Option<ConfineMode>,
+    cgroup: Option<CgroupSection>,
+}
+
+/// `[confine.cgroup]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CgroupSection {
+    memory: Option<ByteSize>,
+    /// `"150%"`: CPU time as a share of one CPU.
+    cpu: Option<String>,
+}
+
+/// `[confine.cgroup]`, resolved: limits of the whole host process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub memory: Option<ByteSize>,
+    /// Percent of one CPU.
+    pub cpu_percent: Option<u32>,
 }
 
 /// Whether confinement must hold.
@@ -50,14 +69,55 @@ impl fmt::Display for ConfineMode {
     }
 }
 
-/// `[confine]`, resolved: `None` takes the transport's default.
+/// `[confine]`, resolved: `mode` `None` takes the transport's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConfineSettings {
     pub mode: Option<ConfineMode>,
+    pub cgroup: Option<CgroupLimits>,
 }
 
-pub(crate) fn resolve(section: &ConfineSection) -> ConfineSettings {
-    ConfineSettings { mode: section.mode }
+pub(crate) fn resolve(section: &ConfineSection) -> Result<ConfineSettings, (String, String)> {
+    let cgroup = match &section.cgroup {
+        None => None,
+        Some(c) => {
+            if let Some(m) = c.memory
+                && m < ByteSize::mib(32)
+            {
+                return Err((
+                    "confine › cgroup › memory".into(),
+                    "must be at least 32MiB".into(),
+                ));
+            }
+            let cpu_percent = match &c.cpu {
+                None => None,
+                Some(text) => Some(
+                    text.strip_suffix('%')
+                        .and_then(|n| n.trim().parse::<u32>().ok())
+                        .filter(|n| (1..=100_000).contains(n))
+                        .ok_or_else(|| {
+                            (
+                                "confine › cgroup › cpu".to_owned(),
+                                format!("\"{text}\" is not a percentage of one CPU like \"150%\""),
+                            )
+                        })?,
+                ),
+            };
+            if c.memory.is_none() && cpu_percent.is_none() {
+                return Err((
+                    "confine › cgroup".into(),
+                    "sets no limit: give memory, cpu or both".into(),
+                ));
+            }
+            Some(CgroupLimits {
+                memory: c.memory,
+                cpu_percent,
+            })
+        }
+    };
+    Ok(ConfineSettings {
+        mode: section.mode,
+        cgroup,
+    })
 }
 
 /// Files name resolution and the C library read, and the page map wasmtime scans to reset only
@@ -167,6 +227,8 @@ fn absolute(p: &Path) -> PathBuf {
 pub struct Report {
     pub landlock: Layer,
     pub seccomp: Layer,
+    /// `Off` when no `[confine.cgroup]` is configured.
+    pub cgroup: Layer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,34 +258,58 @@ impl fmt::Display for Layer {
 
 impl Report {
     pub fn holds(&self) -> bool {
-        self.landlock.holds() && self.seccomp.holds()
+        self.landlock.holds()
+            && self.seccomp.holds()
+            && matches!(self.cgroup, Layer::Enforced(_) | Layer::Off)
     }
 }
 
 /// Confine the calling process (which must have no other thread yet) by `plan`. With
 /// `Required`, a layer that cannot be enforced fully is an error; with `BestEffort` the report
 /// says what is missing.
-pub fn apply(plan: &Plan, mode: ConfineMode) -> anyhow::Result<Report> {
+pub fn apply(
+    plan: &Plan,
+    mode: ConfineMode,
+    cgroup: Option<(&CgroupLimits, &Path)>,
+) -> anyhow::Result<Report> {
     if mode == ConfineMode::Off {
         tracing::warn!("[confine] mode = \"off\": the host process is not confined");
         return Ok(Report {
             landlock: Layer::Off,
             seccomp: Layer::Off,
+            cgroup: Layer::Off,
         });
     }
+    // The cgroup first: landlock then closes /sys/fs/cgroup to this process.
+    let cgroup = match cgroup {
+        Some((limits, state_dir)) => cgroup_layer(limits, state_dir),
+        None => Layer::Off,
+    };
     let landlock = landlock_layer(plan);
     let seccomp = seccomp_layer();
-    let report = Report { landlock, seccomp };
+    let report = Report {
+        landlock,
+        seccomp,
+        cgroup,
+    };
     if mode == ConfineMode::Required && !report.holds() {
         anyhow::bail!(
             "confinement is required ([confine] mode = \"required\", the default for serve --http) \
-             but does not hold: landlock {}; seccomp {}. Run `airlock doctor` for details, or set \
-             [confine] mode = \"best-effort\"",
+             but does not hold: landlock {}; seccomp {}; cgroup {}. Run `airlock doctor` for \
+             details, or set [confine] mode = \"best-effort\"",
             report.landlock,
-            report.seccomp
+            report.seccomp,
+            report.cgroup
         );
     }
-    for (name, layer) in [("landlock", &report.landlock), ("seccomp", &report.seccomp)] {
+    for (name, layer) in [
+        ("landlock", &report.landlock),
+        ("seccomp", &report.seccomp),
+        ("cgroup", &report.cgroup),
+    ] {
+        if *layer == Layer::Off {
+            continue;
+        }
         if layer.holds() {
             tracing::info!(layer = name, "{layer}");
         } else {
@@ -231,6 +317,51 @@ pub fn apply(plan: &Plan, mode: ConfineMode) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// Put this process in a cgroup of its own (named after the state directory, so a restart
+/// reuses it) with `limits`, on cgroup v2 where the controllers are there and v1 otherwise.
+fn cgroup_layer(limits: &CgroupLimits, state_dir: &Path) -> Layer {
+    use cgroups_rs::CgroupPid;
+    use cgroups_rs::fs::cgroup::get_cgroups_relative_paths;
+    use cgroups_rs::fs::cpu::CpuController;
+    use cgroups_rs::fs::memory::MemController;
+    use cgroups_rs::fs::{Cgroup, hierarchies};
+    use sha2::Digest;
+    let tag = hex::encode(&sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes())[..6]);
+    let name = format!("airlock-{tag}");
+    let hierarchy = hierarchies::auto();
+    let version = if hierarchy.v2() { "v2" } else { "v1" };
+    let result = (|| -> Result<String, String> {
+        let relative = get_cgroups_relative_paths().map_err(|e| e.to_string())?;
+        let cg = Cgroup::new_with_relative_paths(hierarchy, name.as_str(), relative).map_err(|e| {
+            format!("cannot create cgroup {name} ({version}): {e} (the cgroup hierarchy is not writable by this process)")
+        })?;
+        let mut set = Vec::new();
+        if let Some(m) = limits.memory {
+            let mem: &MemController = cg
+                .controller_of()
+                .ok_or("no memory controller in this hierarchy")?;
+            mem.set_limit(m.bytes() as i64)
+                .map_err(|e| format!("cannot set the memory limit: {e}"))?;
+            set.push(format!("memory {m}"));
+        }
+        if let Some(p) = limits.cpu_percent {
+            let cpu: &CpuController = cg
+                .controller_of()
+                .ok_or("no cpu controller in this hierarchy")?;
+            cpu.set_cfs_quota_and_period(Some(i64::from(p) * 1000), Some(100_000))
+                .map_err(|e| format!("cannot set the cpu limit: {e}"))?;
+            set.push(format!("cpu {p}%"));
+        }
+        cg.add_task_by_tgid(CgroupPid::from(u64::from(std::process::id())))
+            .map_err(|e| format!("cannot move this process into {name}: {e}"))?;
+        Ok(format!("{name} ({version}): {}", set.join(", ")))
+    })();
+    match result {
+        Ok(summary) => Layer::Enforced(summary),
+        Err(why) => Layer::Missing(why),
+    }
 }
 
 fn landlock_layer(plan: &Plan) -> Layer {

@@ -168,9 +168,15 @@ pub fn run(
     } else {
         ConfineMode::BestEffort
     };
-    let report = confine::apply(&plan, effort)?;
+    let cgroup = policy
+        .confine
+        .cgroup
+        .as_ref()
+        .map(|c| (c, policy.server.state_dir.as_path()));
+    let report = confine::apply(&plan, effort, cgroup)?;
     println!("  landlock    {}", report.landlock);
     println!("  seccomp     {}", report.seccomp);
+    println!("  cgroup      {}", report.cgroup);
     let outside = ["/etc/passwd", "/etc/hostname", "/proc/version"]
         .into_iter()
         .map(Path::new)

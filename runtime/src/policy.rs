@@ -401,7 +401,7 @@ impl Policy {
             auth,
             rate_limits: file.rate_limits.clone(),
             components,
-            confine: crate::confine::resolve(&file.confine),
+            confine: crate::confine::resolve(&file.confine).map_err(|(k, p)| err(k, p))?,
         })
     }
 }

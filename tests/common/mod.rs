@@ -336,6 +336,18 @@ impl HttpServer {
         self.child.id()
     }
 
+    /// Wait up to `timeout` for the server to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Kill the server with SIGKILL (no shutdown of any kind) and wait for it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
