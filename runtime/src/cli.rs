@@ -2,7 +2,7 @@
 
 use crate::admin;
 use crate::audit::{self, AuditLog};
-use crate::confine::{self, ConfineMode, Plan};
+use crate::confine::{self, Plan};
 use crate::grants::SecretUse;
 use crate::live::{Live, Source};
 use crate::operator::Operator;
@@ -270,18 +270,8 @@ fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<
     for dir in [&policy.server.cache_dir, &policy.audit.dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mode = policy.confine.mode.unwrap_or(if http.is_some() {
-        ConfineMode::Required
-    } else {
-        ConfineMode::BestEffort
-    });
     let plan = Plan::for_policy(&policy, source.config.as_deref(), http);
-    let cgroup = policy
-        .confine
-        .cgroup
-        .as_ref()
-        .map(|c| (c, policy.server.state_dir.as_path()));
-    let report = confine::apply(&plan, mode, cgroup)?;
+    let report = confine::apply_for(&policy, &plan, confine::mode_for(&policy, http))?;
     let plan = matches!(report.landlock, confine::Layer::Enforced(_)).then_some(plan);
     Ok(Confined { policy, plan })
 }

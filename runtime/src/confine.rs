@@ -264,6 +264,25 @@ impl Report {
     }
 }
 
+/// The mode in force: the configured one, else `required` for HTTP and `best-effort` for stdio.
+pub fn mode_for(policy: &Policy, http: Option<SocketAddr>) -> ConfineMode {
+    policy.confine.mode.unwrap_or(if http.is_some() {
+        ConfineMode::Required
+    } else {
+        ConfineMode::BestEffort
+    })
+}
+
+/// [`apply`] with the policy's cgroup limits, if any.
+pub fn apply_for(policy: &Policy, plan: &Plan, mode: ConfineMode) -> anyhow::Result<Report> {
+    let cgroup = policy
+        .confine
+        .cgroup
+        .as_ref()
+        .map(|c| (c, policy.server.state_dir.as_path()));
+    apply(plan, mode, cgroup)
+}
+
 /// Confine the calling process (which must have no other thread yet) by `plan`. With
 /// `Required`, a layer that cannot be enforced fully is an error; with `BestEffort` the report
 /// says what is missing.

@@ -87,11 +87,7 @@ pub fn run(
     http: Option<SocketAddr>,
     probe: bool,
 ) -> anyhow::Result<bool> {
-    let mode = policy.confine.mode.unwrap_or(if http.is_some() {
-        ConfineMode::Required
-    } else {
-        ConfineMode::BestEffort
-    });
+    let mode = confine::mode_for(policy, http);
     let plan = Plan::for_policy(policy, config, http);
     let abi = landlock_abi();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -168,12 +164,7 @@ pub fn run(
     } else {
         ConfineMode::BestEffort
     };
-    let cgroup = policy
-        .confine
-        .cgroup
-        .as_ref()
-        .map(|c| (c, policy.server.state_dir.as_path()));
-    let report = confine::apply(&plan, effort, cgroup)?;
+    let report = confine::apply_for(policy, &plan, effort)?;
     println!("  landlock    {}", report.landlock);
     println!("  seccomp     {}", report.seccomp);
     println!("  cgroup      {}", report.cgroup);
