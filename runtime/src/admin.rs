@@ -99,11 +99,12 @@ pub fn private_state_dir(dir: &Path) -> Result<()> {
 
 /// Bind the admin socket: mode 0600, created under a temporary name and renamed into place so
 /// that it is never reachable with looser permissions. A live socket at the path means another
-/// server uses this state directory: that stops the start.
-pub async fn bind(state_dir: &Path) -> Result<UnixListener> {
+/// server uses this state directory: that stops the start. Bound before the process confines
+/// itself (no unix socket can be made after that) and before any thread exists.
+pub fn bind(state_dir: &Path) -> Result<std::os::unix::net::UnixListener> {
     let path = socket_path(state_dir);
     if path.exists() {
-        if UnixStream::connect(&path).await.is_ok() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             bail!(
                 "{} is in use: another airlock serves with this state directory",
                 path.display()
@@ -114,8 +115,11 @@ pub async fn bind(state_dir: &Path) -> Result<UnixListener> {
     }
     let tmp = state_dir.join(format!(".{SOCKET}.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
         .with_context(|| format!("cannot bind the admin socket {}", tmp.display()))?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the admin socket non-blocking")?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .and_then(|_| std::fs::rename(&tmp, &path))
         .with_context(|| format!("cannot install the admin socket {}", path.display()))?;
@@ -123,7 +127,14 @@ pub async fn bind(state_dir: &Path) -> Result<UnixListener> {
 }
 
 /// Answer admin connections until the process ends.
-pub async fn serve(listener: UnixListener, live: Arc<Live>, path: PathBuf) {
+pub async fn serve(listener: std::os::unix::net::UnixListener, live: Arc<Live>, path: PathBuf) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin socket unusable, operators cannot reach this server: {e}");
+            return;
+        }
+    };
     let started = Instant::now();
     let me = rustix::process::geteuid().as_raw();
     tracing::info!(socket = %path.display(), "admin socket listening");

@@ -185,10 +185,11 @@ pub fn main() -> ExitCode {
         },
         _ => None,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(c) = &confined {
+        builder.worker_threads(c.workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
@@ -258,22 +259,44 @@ fn warn_unreachable(policy: &Policy) {
 /// A serving process's configuration, loaded, and the confinement it put itself under.
 struct Confined {
     policy: Policy,
-    /// The plan in force, when landlock holds (a reload may not need more).
+    /// The plan in force, when landlock holds in part or in full (a reload may not need more).
     plan: Option<Plan>,
+    /// The admin socket, bound before confinement (no unix socket can be made after it).
+    admin: std::os::unix::net::UnixListener,
+    /// CPUs this process may use, read before landlock hides /proc/self/cgroup from the runtime.
+    workers: usize,
 }
 
 /// Load the configuration, create the directories it names, and confine the process by it.
 fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<Confined> {
     let source = config.source();
     let policy = source.load()?;
-    admin::private_state_dir(&policy.server.state_dir)?;
-    for dir in [&policy.server.cache_dir, &policy.audit.dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    confine::prepare_dirs(&policy)?;
+    // The socket first: it is what finds another server on this state directory, before
+    // anything in it (the overrides, with --reset-state) is touched.
+    let admin = admin::bind(&policy.server.state_dir)?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let plan = Plan::for_policy(&policy, source.config.as_deref(), http);
+    if let Some(dir) = plan.broad_config_dir() {
+        tracing::warn!(
+            "the configuration is in {}, so all of it is readable by this process; keep \
+             airlock.toml in a directory of its own",
+            dir.display()
+        );
+    }
+    confine::warm_name_resolution();
     let report = confine::apply_for(&policy, &plan, confine::mode_for(&policy, http))?;
-    let plan = matches!(report.landlock, confine::Layer::Enforced(_)).then_some(plan);
-    Ok(Confined { policy, plan })
+    let plan = matches!(
+        report.landlock,
+        confine::Layer::Enforced(_) | confine::Layer::Partial(_)
+    )
+    .then_some(plan);
+    Ok(Confined {
+        policy,
+        plan,
+        admin,
+        workers,
+    })
 }
 
 async fn start_serving(
@@ -283,12 +306,14 @@ async fn start_serving(
     confined: Confined,
 ) -> Result<Arc<Live>> {
     let source = config.source();
-    let Confined { policy, plan } = confined;
+    let Confined {
+        policy,
+        plan,
+        admin: listener,
+        ..
+    } = confined;
     warn_unreachable(&policy);
     let state_dir = policy.server.state_dir.clone();
-    // The socket first: it is what finds another server on this state directory, before
-    // anything in it (the overrides, with --reset-state) is touched.
-    let listener = admin::bind(&state_dir).await?;
     let overrides = OverrideStore::open(&state_dir, reset_state)?;
     let audit = AuditLog::open(&policy.audit, &state_dir)?;
     let airlock = Airlock::load(policy, audit, Operator::new(overrides)).await?;

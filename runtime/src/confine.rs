@@ -137,6 +137,8 @@ const SYSTEM_READ: [&str; 8] = [
 /// What the process needs, from its configuration and command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// The configuration file's directory (also in `read`).
+    pub config_dir: Option<PathBuf>,
     pub read: BTreeSet<PathBuf>,
     pub read_write: BTreeSet<PathBuf>,
     pub bind: BTreeSet<u16>,
@@ -151,7 +153,8 @@ impl Plan {
         // Directories, not files: an editor replaces a file by renaming a new one over it, and
         // a rule holds the inode it was made for.
         if let Some(dir) = config.and_then(|c| parent(&absolute(c))) {
-            plan.read.insert(dir);
+            plan.read.insert(dir.clone());
+            plan.config_dir = Some(dir);
         }
         for c in &policy.components {
             if let crate::policy::ComponentSource::File(path) = &c.source
@@ -166,6 +169,14 @@ impl Plan {
                 };
             }
             plan.connect.extend(c.grants.net.iter().map(|g| g.port));
+            // A name is looked up; a large answer comes back over TCP.
+            let by_name = c.grants.net.iter().any(|g| match &g.host {
+                crate::grants::HostPattern::Exact(h) => h.parse::<std::net::IpAddr>().is_err(),
+                crate::grants::HostPattern::Subdomains(_) => true,
+            });
+            if by_name {
+                plan.connect.insert(53);
+            }
             plan.connect
                 .extend(c.grants.tcp.iter().map(|g| g.address.port()));
         }
@@ -176,7 +187,9 @@ impl Plan {
             if let Some(dir) = jwt.jwks_file.as_deref().and_then(parent) {
                 plan.read.insert(dir);
             }
-            plan.connect.extend(jwt.jwks_port());
+            if let Some(port) = jwt.jwks_port() {
+                plan.connect.extend([port, 53]);
+            }
         }
         for dir in [
             &policy.server.state_dir,
@@ -187,6 +200,14 @@ impl Plan {
         }
         plan.read
             .extend(SYSTEM_READ.iter().map(PathBuf::from).filter(|p| p.exists()));
+        // A resolv.conf that is a symlink (systemd-resolved) is replaced by rename in its
+        // target's directory: the rule goes there.
+        if let Ok(target) = std::fs::canonicalize("/etc/resolv.conf")
+            && target != Path::new("/etc/resolv.conf")
+            && let Some(dir) = target.parent()
+        {
+            plan.read.insert(dir.to_path_buf());
+        }
         plan.read_write.insert(PathBuf::from("/dev/null"));
         plan.bind.extend(listen.map(|a| a.port()));
         // Ephemeral ports: a tool's explicit bind of the unspecified address must reach the
@@ -196,12 +217,22 @@ impl Plan {
         plan
     }
 
+    /// The configuration's directory when it is one whose whole content should not be
+    /// readable (the root, `/etc`, a home directory).
+    pub fn broad_config_dir(&self) -> Option<&Path> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        self.config_dir.as_deref().filter(|d| {
+            *d == Path::new("/") || *d == Path::new("/etc") || Some(d.to_path_buf()) == home
+        })
+    }
+
     /// Does this plan (the one in force) allow everything `other` needs? A reload cannot
-    /// widen a ruleset: the kernel would refuse what it does not cover.
+    /// widen a ruleset: the kernel would refuse what it does not cover. System files are the
+    /// same for both (one appearing later does not stop reloads).
     pub fn missing_from(&self, other: &Plan) -> Vec<String> {
         let covered = |p: &Path, set: &BTreeSet<PathBuf>| set.iter().any(|a| p.starts_with(a));
         let mut missing = Vec::new();
-        for p in &other.read {
+        for p in other.read.iter().filter(|p| !is_system(p)) {
             if !covered(p, &self.read) && !covered(p, &self.read_write) {
                 missing.push(format!("read access to {}", p.display()));
             }
@@ -216,6 +247,17 @@ impl Plan {
         }
         missing
     }
+}
+
+fn is_system(p: &Path) -> bool {
+    SYSTEM_READ.iter().any(|s| Path::new(s) == p) || p.starts_with("/run")
+}
+
+/// Resolve a name once while nothing is confined: the C library loads its name-service modules
+/// on first use, which it could not do afterwards.
+pub fn warm_name_resolution() {
+    use std::net::ToSocketAddrs;
+    let _ = ("localhost", 0).to_socket_addrs();
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -264,6 +306,17 @@ impl Report {
     }
 }
 
+/// Create the directories a serving process writes (the state directory private), so that
+/// landlock has something to make their rules for.
+pub fn prepare_dirs(policy: &Policy) -> anyhow::Result<()> {
+    use anyhow::Context;
+    crate::admin::private_state_dir(&policy.server.state_dir)?;
+    for dir in [&policy.server.cache_dir, &policy.audit.dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The mode in force: the configured one, else `required` for HTTP and `best-effort` for stdio.
 pub fn mode_for(policy: &Policy, http: Option<SocketAddr>) -> ConfineMode {
     policy.confine.mode.unwrap_or(if http.is_some() {
@@ -298,6 +351,13 @@ pub fn apply(
             seccomp: Layer::Off,
             cgroup: Layer::Off,
         });
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    if threads > 1 {
+        anyhow::bail!(
+            "confinement must be applied before any thread starts, but this process already has \
+             {threads}: landlock would not reach them"
+        );
     }
     // The cgroup first: landlock then closes /sys/fs/cgroup to this process.
     let cgroup = match cgroup {
@@ -352,10 +412,29 @@ fn cgroup_layer(limits: &CgroupLimits, state_dir: &Path) -> Layer {
     let hierarchy = hierarchies::auto();
     let version = if hierarchy.v2() { "v2" } else { "v1" };
     let result = (|| -> Result<String, String> {
-        let relative = get_cgroups_relative_paths().map_err(|e| e.to_string())?;
-        let cg = Cgroup::new_with_relative_paths(hierarchy, name.as_str(), relative).map_err(|e| {
-            format!("cannot create cgroup {name} ({version}): {e} (the cgroup hierarchy is not writable by this process)")
-        })?;
+        let not_writable = |e: cgroups_rs::fs::error::Error| {
+            format!(
+                "cannot create cgroup {name} ({version}): {e} (the cgroup hierarchy is not writable by this process)"
+            )
+        };
+        // Under the process's own cgroup, never at the root: leaving a service manager's
+        // cgroup would also leave its limits. (v1: per-controller relative paths; v2: the
+        // one unified path, which the crate does not apply by itself.)
+        let cg = if hierarchy.v2() {
+            let own = std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                })
+                .ok_or("cannot read this process's cgroup v2 path")?;
+            let nested = format!("{}/{name}", own.trim().trim_matches('/'));
+            Cgroup::new(hierarchy, nested.trim_start_matches('/')).map_err(not_writable)?
+        } else {
+            let relative = get_cgroups_relative_paths().map_err(|e| e.to_string())?;
+            Cgroup::new_with_relative_paths(hierarchy, name.as_str(), relative)
+                .map_err(not_writable)?
+        };
         let mut set = Vec::new();
         if let Some(m) = limits.memory {
             let mem: &MemController = cg
@@ -386,8 +465,22 @@ fn cgroup_layer(limits: &CgroupLimits, state_dir: &Path) -> Layer {
 fn landlock_layer(plan: &Plan) -> Layer {
     use landlock::{
         ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
-        RulesetCreatedAttr, RulesetStatus, path_beneath_rules,
+        RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
     };
+    // A path that cannot be opened gets no rule (the crate skips it): say so instead.
+    let absent: Vec<String> = plan
+        .read
+        .iter()
+        .chain(&plan.read_write)
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !absent.is_empty() {
+        return Layer::Missing(format!(
+            "these paths do not exist, so no rule could be made for them: {}",
+            absent.join(", ")
+        ));
+    }
     let abi = ABI::V4;
     let tcp = AccessNet::BindTcp | AccessNet::ConnectTcp;
     let result = (|| -> Result<landlock::RestrictionStatus, landlock::RulesetError> {
@@ -395,6 +488,9 @@ fn landlock_layer(plan: &Plan) -> Layer {
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(abi))?
             .handle_access(tcp)?
+            // No abstract unix sockets and no signals outside this process (ABI 6; best
+            // effort below it).
+            .scope(Scope::AbstractUnixSocket | Scope::Signal)?
             .create()?
             .add_rules(path_beneath_rules(&plan.read, AccessFs::from_read(abi)))?
             .add_rules(path_beneath_rules(
@@ -433,16 +529,21 @@ fn landlock_layer(plan: &Plan) -> Layer {
 /// Syscalls a tool host never makes. Threads are created with clone(CLONE_THREAD); a clone
 /// without it would be a new process and is refused by argument.
 fn denied_syscalls() -> Vec<i64> {
-    vec![
+    let mut denied = vec![
         libc::SYS_execve,
         libc::SYS_execveat,
-        libc::SYS_fork,
-        libc::SYS_vfork,
         libc::SYS_ptrace,
+        libc::SYS_pidfd_getfd,
         libc::SYS_process_vm_readv,
         libc::SYS_process_vm_writev,
         libc::SYS_mount,
         libc::SYS_umount2,
+        libc::SYS_fsopen,
+        libc::SYS_fsconfig,
+        libc::SYS_fsmount,
+        libc::SYS_move_mount,
+        libc::SYS_open_tree,
+        libc::SYS_mount_setattr,
         libc::SYS_pivot_root,
         libc::SYS_chroot,
         libc::SYS_unshare,
@@ -458,6 +559,7 @@ fn denied_syscalls() -> Vec<i64> {
         libc::SYS_bpf,
         libc::SYS_perf_event_open,
         libc::SYS_userfaultfd,
+        libc::SYS_io_uring_setup,
         libc::SYS_swapon,
         libc::SYS_swapoff,
         libc::SYS_reboot,
@@ -465,9 +567,15 @@ fn denied_syscalls() -> Vec<i64> {
         libc::SYS_quotactl,
         libc::SYS_open_by_handle_at,
         libc::SYS_name_to_handle_at,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    denied.extend([
+        libc::SYS_fork,
+        libc::SYS_vfork,
         libc::SYS_iopl,
         libc::SYS_ioperm,
-    ]
+    ]);
+    denied
 }
 
 fn seccomp_layer() -> Layer {
@@ -478,20 +586,40 @@ fn seccomp_layer() -> Layer {
     let build = || -> Result<BpfProgram, seccompiler::BackendError> {
         let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
             denied_syscalls().into_iter().map(|s| (s, vec![])).collect();
-        // A new process: clone without CLONE_THREAD (flags are an unsigned long).
-        rules.insert(
-            libc::SYS_clone,
-            vec![SeccompRule::new(vec![SeccompCondition::new(
+        // A new process: clone without CLONE_THREAD; and any clone into new namespaces
+        // (flags are an unsigned long).
+        let flag = |mask: u64, value: u64| -> Result<SeccompRule, seccompiler::BackendError> {
+            SeccompRule::new(vec![SeccompCondition::new(
                 0,
                 SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
-                0,
-            )?])?],
-        );
-        // Raw and packet sockets (domain and type are ints).
+                SeccompCmpOp::MaskedEq(mask),
+                value,
+            )?])
+        };
+        let mut clone = vec![flag(libc::CLONE_THREAD as u64, 0)?];
+        for ns in [
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWCGROUP,
+        ] {
+            clone.push(flag(ns as u64, ns as u64)?);
+        }
+        rules.insert(libc::SYS_clone, clone);
+        // Unix sockets (the admin socket is bound before this), raw and packet sockets
+        // (domain and type are ints).
         rules.insert(
             libc::SYS_socket,
             vec![
+                SeccompRule::new(vec![SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    libc::AF_UNIX as u64,
+                )?])?,
                 SeccompRule::new(vec![SeccompCondition::new(
                     0,
                     SeccompCmpArgLen::Dword,
@@ -529,7 +657,7 @@ fn seccomp_layer() -> Layer {
     });
     match applied {
         Ok(()) if clone3.is_some() => Layer::Enforced(format!(
-            "{} syscalls refused, process-creating clone, raw and packet sockets",
+            "{} syscalls refused, process-creating or namespace clone, unix, raw and packet sockets",
             denied_syscalls().len()
         )),
         Ok(()) => Layer::Partial("clone3 could not be filtered".into()),

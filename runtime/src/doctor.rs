@@ -164,7 +164,9 @@ pub fn run(
     } else {
         ConfineMode::BestEffort
     };
-    let report = confine::apply_for(policy, &plan, effort)?;
+    confine::prepare_dirs(policy)?;
+    // Not the cgroup: joining it would change a running server's (same state directory).
+    let report = confine::apply(&plan, effort, None)?;
     println!("  landlock    {}", report.landlock);
     println!("  seccomp     {}", report.seccomp);
     println!("  cgroup      {}", report.cgroup);

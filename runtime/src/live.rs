@@ -332,6 +332,9 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
     if old.audit != new.audit {
         return Err(restart("[audit]"));
     }
+    if old.confine != new.confine {
+        return Err(restart("[confine]"));
+    }
     if http_loopback == Some(false) && new.auth.mode == crate::auth::AuthMode::None {
         anyhow::bail!(
             "[auth] mode = \"none\" is refused: this server listens on a non-loopback address \
