@@ -152,7 +152,14 @@ fn kill_with_interrupt_stops_a_running_call_and_revive_restores_the_tool() {
         "{out}"
     );
 
-    ctl_ok(&server, &["revive", "--tool", "hostile_spin"]);
+    // A revive that another kill still overrides says so.
+    ctl_ok(&server, &["kill", "--tool", "hostile"]);
+    let out = ctl_ok(&server, &["revive", "--tool", "hostile_spin"]);
+    assert!(
+        out.contains("but it stays disabled: tool hostile is disabled"),
+        "{out}"
+    );
+    ctl_ok(&server, &["revive", "--tool", "hostile"]);
     assert!(listed(&server, None).contains(&"hostile_spin".to_owned()));
 
     // Everything is on the record, with who did it.

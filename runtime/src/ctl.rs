@@ -217,6 +217,9 @@ fn print(request: &Request, answer: &Answer) {
             } else {
                 println!("OK: {what} (it already was)");
             }
+            if let Some(scope) = &outcome.still_disabled {
+                println!("but it stays disabled: {}", shown(&scope.to_string()));
+            }
             if !outcome.interrupted.is_empty() {
                 println!("interrupted {} running calls:", outcome.interrupted.len());
                 for id in &outcome.interrupted {

@@ -60,6 +60,9 @@ pub struct ChangeOutcome {
     /// The component a `--tool` name resolved to (revoke/restore).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
+    /// After a revive: another kill that still disables the revived tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_disabled: Option<KillScope>,
 }
 
 /// Why a command was refused.
@@ -155,10 +158,22 @@ pub async fn apply(
         .append("operator", &record)
         .await
         .map_err(|e| CommandError::Audit(e.0))?;
+    let still_disabled = match change {
+        Change::Revive {
+            scope: KillScope::Tool(t),
+        } => {
+            let overrides = operator.overrides.current();
+            let owner = component_of(airlock, t).unwrap_or_default();
+            // Any principal would do: a principal kill is not about the tool.
+            overrides.kill_for("", t, &owner)
+        }
+        _ => None,
+    };
     Ok(ChangeOutcome {
         changed,
         interrupted,
         component,
+        still_disabled,
     })
 }
 
