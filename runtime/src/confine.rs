@@ -682,39 +682,32 @@ fn clone3_filter() -> Option<seccompiler::BpfProgram> {
 /// Try what confinement must refuse and say what happened to each attempt: read a file
 /// outside the plan, connect to a port outside it, start a process. `Ok` means refused.
 pub fn probe(outside_file: &Path, outside_port: u16) -> Vec<(String, Result<String, String>)> {
-    let refused = |e: &std::io::Error| {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::ENOSYS)
-        )
-    };
-    let mut out = Vec::new();
-    let read = std::fs::read(outside_file);
-    out.push((
-        format!("read {}", outside_file.display()),
-        match read {
-            Err(e) if refused(&e) => Ok(format!("refused: {e}")),
+    fn verdict<T>(attempt: std::io::Result<T>) -> Result<String, String> {
+        match attempt {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::ENOSYS)
+                ) =>
+            {
+                Ok(format!("refused: {e}"))
+            }
             Err(e) => Err(format!("failed, but not by confinement: {e}")),
             Ok(_) => Err("ALLOWED".into()),
-        },
-    ));
-    let connect = std::net::TcpStream::connect(("127.0.0.1", outside_port));
-    out.push((
-        format!("connect 127.0.0.1:{outside_port}"),
-        match connect {
-            Err(e) if refused(&e) => Ok(format!("refused: {e}")),
-            Err(e) => Err(format!("failed, but not by confinement: {e}")),
-            Ok(_) => Err("ALLOWED".into()),
-        },
-    ));
-    let spawn = std::process::Command::new("/bin/true").status();
-    out.push((
-        "run /bin/true".into(),
-        match spawn {
-            Err(e) if refused(&e) => Ok(format!("refused: {e}")),
-            Err(e) => Err(format!("failed, but not by confinement: {e}")),
-            Ok(_) => Err("ALLOWED".into()),
-        },
-    ));
-    out
+        }
+    }
+    vec![
+        (
+            format!("read {}", outside_file.display()),
+            verdict(std::fs::read(outside_file)),
+        ),
+        (
+            format!("connect 127.0.0.1:{outside_port}"),
+            verdict(std::net::TcpStream::connect(("127.0.0.1", outside_port))),
+        ),
+        (
+            "run /bin/true".into(),
+            verdict(std::process::Command::new("/bin/true").status()),
+        ),
+    ]
 }

@@ -220,6 +220,15 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// The ids of the filesystem, network and TCP grants (what an operator revokes by id).
+    pub fn ids(&self) -> impl Iterator<Item = &str> + Clone {
+        self.fs
+            .iter()
+            .map(|g| g.id.as_str())
+            .chain(self.net.iter().map(|g| g.id.as_str()))
+            .chain(self.tcp.iter().map(|g| g.id.as_str()))
+    }
+
     /// True when the component can reach nothing outside itself.
     pub fn is_empty(&self) -> bool {
         self.fs.is_empty() && self.net.is_empty() && self.tcp.is_empty() && self.secrets.is_empty()

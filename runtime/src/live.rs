@@ -258,12 +258,7 @@ fn orphaned_overrides(overrides: &Overrides, old: &Catalog, new: &Catalog) -> an
                 .find(|k| k.entry.name == component)?
                 .entry
                 .grants;
-            let ids =
-                g.fs.iter()
-                    .map(|x| x.id.clone())
-                    .chain(g.net.iter().map(|x| x.id.clone()))
-                    .chain(g.tcp.iter().map(|x| x.id.clone()))
-                    .collect();
+            let ids = g.ids().map(str::to_owned).collect();
             Some((ids, g.secrets.iter().map(|s| s.name.clone()).collect()))
         };
     for (component, revoked) in &overrides.revoked {

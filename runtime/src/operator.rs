@@ -218,20 +218,16 @@ fn resolve_grant(airlock: &Airlock, tool: &str, grant: &GrantRef) -> Result<Stri
         .find(|c| c.entry.name == component)
         .expect("component_of names a loaded component");
     let grants = &entry.prepared.grants;
-    let ids = grants
-        .fs
-        .iter()
-        .map(|g| g.id.clone())
-        .chain(grants.net.iter().map(|g| g.id.clone()))
-        .chain(grants.tcp.iter().map(|g| g.id.clone()));
     let known = match grant {
-        GrantRef::Grant(id) => ids.clone().any(|i| i == *id),
+        GrantRef::Grant(id) => grants.ids().any(|i| i == id),
         GrantRef::Secret(name) => grants.secrets.iter().any(|s| s.name == *name),
     };
     if known {
         return Ok(component);
     }
-    let available: Vec<String> = ids
+    let available: Vec<String> = grants
+        .ids()
+        .map(str::to_owned)
         .chain(grants.secrets.iter().map(|s| format!("secret {}", s.name)))
         .collect();
     Err(CommandError::UnknownGrant {
