@@ -15,9 +15,8 @@ use airlock::sandbox::{self, Invocation};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
-fn load(audit: bool) -> (tokio::runtime::Runtime, Airlock) {
+fn load(audit: bool) -> (tokio::runtime::Runtime, Arc<Airlock>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,7 +39,7 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Airlock) {
     let airlock = rt
         .block_on(Airlock::load(policy, log, Operator::in_memory()))
         .unwrap();
-    (rt, airlock)
+    (rt, Arc::new(airlock))
 }
 
 fn bench(c: &mut Criterion) {
@@ -57,6 +56,7 @@ fn bench(c: &mut Criterion) {
                     tool: "fixture_echo",
                     arguments: r#"{"message":"hi"}"#,
                     grants: grants.clone(),
+                    services: None,
                 },
                 None,
                 &signals,
@@ -82,22 +82,22 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-fn pipeline_call(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, airlock: &Airlock) {
+fn pipeline_call(
+    c: &mut Criterion,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    airlock: &Arc<Airlock>,
+) {
     let args: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(r#"{"message":"hi"}"#).unwrap();
     c.bench_function(name, |b| {
         b.to_async(rt).iter(|| async {
-            let ctx = CallContext {
-                cancel: CancellationToken::new(),
-                events: None,
+            let principal = Principal {
+                name: Arc::from("bench"),
+                access: Access::All,
             };
-            let caller = Caller::new(
-                Principal {
-                    name: Arc::from("bench"),
-                    access: Access::All,
-                },
-                None,
-            );
+            let ctx = CallContext::unattended(&principal);
+            let caller = Caller::new(principal, None);
             let r = airlock
                 .call("fixture_echo", Some(&args), &caller, ctx)
                 .await;

@@ -113,8 +113,15 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
                 let denial = DenialCell::default();
-                sandbox::wasi_context(&prepared.name, Some(&granted), &stdout, &stderr, &denial)
-                    .unwrap()
+                sandbox::wasi_context(
+                    &prepared.name,
+                    Some(&granted),
+                    false,
+                    &stdout,
+                    &stderr,
+                    &denial,
+                )
+                .unwrap()
             })
         },
     );
@@ -122,7 +129,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
             let denial = DenialCell::default();
-            sandbox::wasi_context(&prepared.name, None, &stdout, &stderr, &denial).unwrap()
+            sandbox::wasi_context(&prepared.name, None, false, &stdout, &stderr, &denial).unwrap()
         })
     });
     let _ = std::fs::remove_dir_all(&dir);

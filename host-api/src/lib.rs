@@ -10,10 +10,17 @@ pub const WIT: &str = include_str!("../wit/tool.wit");
 wasmtime::component::bindgen!({
     path: "wit",
     world: "tool",
-    // Exports are awaited so a call can yield at epoch ticks and be cancelled; the host imports
-    // are cheap and never block, so they stay synchronous.
+    // Exports are awaited so a call can yield at epoch ticks and be cancelled. `log`,
+    // `progress` and `cancelled` are cheap and never block, so they stay synchronous; the
+    // imports that wait for a human or run a nested call are async, and may end the run
+    // (a trap carrying the reason) when the call cannot go on.
     exports: { default: async },
+    imports: {
+        "airlock:tool/host.confirm": async | trappable,
+        "airlock:tool/host.elicit": async | trappable,
+        "airlock:tool/host.call-tool": async | trappable,
+    },
 });
 
-pub use airlock::tool::host::{Host, LogLevel};
+pub use airlock::tool::host::{ElicitAnswer, Host, LogLevel, NestedFailure};
 pub use airlock::tool::types::{Content, EmbeddedResource, Hints, Media, ResourceBody};

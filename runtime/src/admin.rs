@@ -26,8 +26,21 @@ const MAX_REQUEST: u64 = 64 * 1024;
 pub enum Request {
     Status,
     Calls,
-    Change { change: Change },
+    Change {
+        change: Change,
+    },
     Reload,
+    /// The calls waiting for an operator's answer.
+    Approvals,
+    /// Approve or deny one, as `operator` (the name the four-eyes rule compares with the
+    /// caller).
+    Answer {
+        id: String,
+        approve: bool,
+        operator: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// The answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
@@ -44,9 +57,18 @@ pub struct Response {
 #[serde(untagged)]
 pub enum Answer {
     Status(Status),
-    Calls { calls: Vec<CallView> },
+    Calls {
+        calls: Vec<CallView>,
+    },
     Changed(ChangeOutcome),
     Reloaded(Reloaded),
+    Approvals {
+        approvals: Vec<crate::approval::PendingView>,
+    },
+    Answered {
+        answered: crate::approval::PendingView,
+        approve: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -230,6 +252,37 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
             Ok(Answer::Changed(outcome))
         }
         Request::Reload => Ok(Answer::Reloaded(live.reload(by).await?)),
+        Request::Approvals => Ok(Answer::Approvals {
+            approvals: operator.approvals.queue.list(),
+        }),
+        Request::Answer {
+            id,
+            approve,
+            operator: name,
+            reason,
+        } => {
+            let by = format!("operator {name} ({by})");
+            match operator
+                .approvals
+                .queue
+                .answer(&id, approve, &name, by.clone(), reason)
+            {
+                Ok(answered) => Ok(Answer::Answered { answered, approve }),
+                Err(refused) => {
+                    // A refused answer is recorded too: someone tried.
+                    let record = serde_json::json!({
+                        "event": "refused", "ticket": id, "by": by, "reason": refused.to_string(),
+                    });
+                    let audit = live.current().audit().clone();
+                    if audit.is_on() {
+                        audit.append("approval", &record).await.map_err(|e| {
+                            anyhow::anyhow!("{refused} (and its audit record failed: {e})")
+                        })?;
+                    }
+                    Err(refused.into())
+                }
+            }
+        }
     }
 }
 

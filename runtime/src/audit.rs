@@ -238,41 +238,23 @@ impl AuditLog {
 
 /// The ed25519 key signing checkpoints, created (mode 0600) on first start.
 fn signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
-    let path = state_dir.join(KEY_FILE);
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        AuditError(format!("{what} {}: {e}", path.display()))
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes: [u8; 32] = hex::decode(text.trim())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| fail("bad audit key in", &"not 32 hex bytes"))?;
-            Ok(SigningKey::from_bytes(&bytes))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut seed = [0u8; 32];
-            getrandom::getrandom(&mut seed).map_err(|e| fail("cannot create", &e))?;
-            let key = SigningKey::from_bytes(&seed);
-            std::fs::create_dir_all(state_dir).map_err(|e| fail("cannot create", &e))?;
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&path).map_err(|e| fail("cannot create", &e))?;
-            f.write_all(hex::encode(seed).as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| fail("cannot write", &e))?;
-            std::fs::write(
-                state_dir.join(PUBLIC_KEY_FILE),
-                format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
-            )
-            .map_err(|e| fail("cannot write the public key beside", &e))?;
-            tracing::info!(key = %hex::encode(key.verifying_key().as_bytes()), "created the audit signing key");
-            Ok(key)
-        }
-        Err(e) => Err(fail("cannot read", &e)),
+    let (seed, created) =
+        crate::keyfile::load_or_create(&state_dir.join(KEY_FILE)).map_err(AuditError)?;
+    let key = SigningKey::from_bytes(&seed);
+    if created {
+        std::fs::write(
+            state_dir.join(PUBLIC_KEY_FILE),
+            format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+        )
+        .map_err(|e| {
+            AuditError(format!(
+                "cannot write the public key beside {}: {e}",
+                state_dir.join(KEY_FILE).display()
+            ))
+        })?;
+        tracing::info!(key = %hex::encode(key.verifying_key().as_bytes()), "created the audit signing key");
     }
+    Ok(key)
 }
 
 /// The public half of the state directory's audit key, hex.

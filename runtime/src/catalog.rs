@@ -24,6 +24,8 @@ pub struct LoadedComponent {
     pub in_flight: Arc<Semaphore>,
     /// Names of the tools it declared.
     pub tools: Vec<String>,
+    /// Its tier and approval rule, checked against the tools it declared.
+    pub approval: crate::risk::CompiledRule,
 }
 
 /// One MCP tool and the component that serves it.
@@ -102,10 +104,22 @@ impl Catalog {
                 grants: Arc::new(entry.grants.clone()),
                 redactor: redactor.clone(),
                 shapes: shapes.clone(),
+                shadow: entry.approval.tier == crate::risk::Tier::Shadow,
             };
             let specs = describe(&prepared)
                 .await
                 .map_err(|e| fail(key(), format!("{}: describe() failed: {e}", entry.source)))?;
+            if specs.is_empty() {
+                return Err(fail(key(), format!("{} declares no tools", entry.source)));
+            }
+            let declared = specs
+                .iter()
+                .cloned()
+                .map(to_mcp_tool)
+                .collect::<Result<Vec<Tool>, String>>()
+                .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
+            let approval = crate::risk::CompiledRule::compile(entry.approval.clone(), &declared)
+                .map_err(|p| fail(format!("tool \"{}\"", entry.name), p))?;
             let component = Arc::new(LoadedComponent {
                 entry: entry.clone(),
                 prepared,
@@ -116,13 +130,9 @@ impl Catalog {
                         |c| c.in_flight.clone(),
                     ),
                 tools: specs.iter().map(|s| s.name.clone()).collect(),
+                approval,
             });
-            if specs.is_empty() {
-                return Err(fail(key(), format!("{} declares no tools", entry.source)));
-            }
-            for spec in specs {
-                let tool =
-                    to_mcp_tool(spec).map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
+            for tool in declared {
                 if let Some(other) = tools.get(tool.name.as_ref()) {
                     return Err(fail(
                         key(),

@@ -316,7 +316,8 @@ async fn start_serving(
     let state_dir = policy.server.state_dir.clone();
     let overrides = OverrideStore::open(&state_dir, reset_state)?;
     let audit = AuditLog::open(&policy.audit, &state_dir)?;
-    let airlock = Airlock::load(policy, audit, Operator::new(overrides)).await?;
+    let approvals = crate::approval::Approvals::open(&state_dir).map_err(anyhow::Error::msg)?;
+    let airlock = Airlock::load(policy, audit, Operator::new(overrides, approvals)).await?;
     let live = Live::new(airlock, source, listen, plan);
     tokio::spawn(admin::serve(
         listener,

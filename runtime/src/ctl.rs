@@ -44,6 +44,51 @@ pub enum CtlCommand {
     },
     /// Load the configuration file again and, if it is valid, put it in force.
     Reload,
+    /// Calls waiting for an operator's approval (`via = "operator"`).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// What is waiting: id, tool, caller, the question, time left.
+    List,
+    /// Let the call go ahead.
+    Approve {
+        /// The id `list` shows.
+        id: String,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
+    /// Refuse it.
+    Deny {
+        id: String,
+        /// Told to the caller and recorded.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
+}
+
+#[derive(Args)]
+pub struct OperatorName {
+    /// Who answers, as recorded and as the four-eyes rule compares it with the caller
+    /// (default: your login name).
+    #[arg(long = "as", value_name = "NAME")]
+    name: Option<String>,
+}
+
+impl OperatorName {
+    fn resolve(self) -> String {
+        self.name
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("uid:{}", rustix::process::geteuid().as_raw()))
+    }
 }
 
 #[derive(Args)]
@@ -147,6 +192,25 @@ pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
             },
         },
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Approvals { command } => match command {
+            ApprovalsCommand::List => Request::Approvals,
+            ApprovalsCommand::Approve { id, operator } => Request::Answer {
+                id,
+                approve: true,
+                operator: operator.resolve(),
+                reason: None,
+            },
+            ApprovalsCommand::Deny {
+                id,
+                reason,
+                operator,
+            } => Request::Answer {
+                id,
+                approve: false,
+                operator: operator.resolve(),
+                reason,
+            },
+        },
     };
     let answer = admin::request(socket, &request).await?;
     if json {
@@ -230,6 +294,35 @@ fn print(request: &Request, answer: &Answer) {
         Answer::Reloaded(r) => println!(
             "OK: reloaded {}: {} tools in {} components",
             r.origin, r.tools, r.components
+        ),
+        Answer::Approvals { approvals } => {
+            if approvals.is_empty() {
+                println!("nothing waiting for approval");
+                return;
+            }
+            for a in approvals {
+                println!(
+                    "{}  {} of {} by {}  (call {}, waiting {} s, {} s left{})",
+                    shown(&a.id),
+                    a.asking,
+                    shown(&a.tool),
+                    shown(&a.principal),
+                    shown(&a.call_id),
+                    a.age_ms / 1000,
+                    a.expires_in_ms / 1000,
+                    if a.four_eyes { ", four-eyes" } else { "" }
+                );
+                for line in a.message.lines() {
+                    println!("    {}", shown(line));
+                }
+            }
+        }
+        Answer::Answered { answered, approve } => println!(
+            "OK: {} {} of {} by {}",
+            if *approve { "approved" } else { "denied" },
+            answered.asking,
+            shown(&answered.tool),
+            shown(&answered.principal)
         ),
     }
 }

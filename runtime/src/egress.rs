@@ -39,6 +39,9 @@ pub enum Denial {
     Socket { usage: SocketUse, target: String },
     /// A grant that covered the request was revoked by an operator.
     Revoked { grant: String, target: String },
+    /// The tool runs in the shadow tier, where nothing may be written: HTTP other than GET
+    /// and HEAD, and raw TCP, are withheld.
+    Shadow { what: String, target: String },
 }
 
 /// What a component tried to do with a socket.
@@ -58,6 +61,7 @@ impl Denial {
             Denial::Socket { .. } => "tcp",
             Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
             Denial::Revoked { .. } => "net",
+            Denial::Shadow { .. } => "tier",
         }
     }
 
@@ -85,6 +89,10 @@ impl Denial {
                 grant,
                 target: clean(target),
             },
+            Denial::Shadow { what, target } => Denial::Shadow {
+                what,
+                target: clean(target),
+            },
             socket => socket,
         }
     }
@@ -95,7 +103,8 @@ impl Denial {
             Denial::NotGranted { target, .. }
             | Denial::Address { target, .. }
             | Denial::Socket { target, .. }
-            | Denial::Revoked { target, .. } => target,
+            | Denial::Revoked { target, .. }
+            | Denial::Shadow { target, .. } => target,
         }
     }
 }
@@ -127,6 +136,10 @@ impl fmt::Display for Denial {
                 f,
                 "network egress to {target} was granted by {grant}, which an operator revoked"
             ),
+            Denial::Shadow { what, target } => write!(
+                f,
+                "{what} to {target} is withheld in the shadow tier (read-only: HTTP GET and HEAD only)"
+            ),
         }
     }
 }
@@ -148,6 +161,7 @@ pub struct EgressGate {
     denial: Arc<OnceLock<Denial>>,
     /// Hosts and methods in denials are the guest's text: secret values are taken out.
     redactor: Arc<Redactor>,
+    shadow: bool,
 }
 
 /// The first refusal of a call, shared by the HTTP gate and the socket check.
@@ -160,6 +174,7 @@ impl EgressGate {
         component: Arc<str>,
         denial: DenialCell,
         redactor: Arc<Redactor>,
+        shadow: bool,
     ) -> Self {
         EgressGate {
             grants,
@@ -167,6 +182,7 @@ impl EgressGate {
             component,
             denial,
             redactor,
+            shadow,
         }
     }
 }
@@ -179,10 +195,19 @@ pub fn tcp_check(
     grants: LiveGrants,
     component: Arc<str>,
     denial: DenialCell,
+    shadow: bool,
 ) -> impl Fn(SocketAddr, wasmtime_wasi::sockets::SocketAddrUse) -> CheckFuture + Send + Sync + 'static
 {
     use wasmtime_wasi::sockets::SocketAddrUse;
     move |address, usage| {
+        if shadow && matches!(usage, SocketAddrUse::TcpConnect) {
+            let d = Denial::Shadow {
+                what: "a TCP connection".into(),
+                target: address.to_string(),
+            };
+            let _ = refuse(&denial, &component, d);
+            return Box::pin(std::future::ready(false));
+        }
         let (allowed, usage) = match usage {
             SocketAddrUse::TcpConnect => (grants.current().allows_tcp(address), SocketUse::Connect),
             SocketAddrUse::TcpBind => (
@@ -347,6 +372,21 @@ impl WasiHttpHooks for EgressGate {
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
+        if self.shadow && !matches!(request.method().as_str(), "GET" | "HEAD") {
+            let method = request.method().as_str();
+            let what = if crate::grants::METHODS.contains(&method) {
+                format!("HTTP {method}")
+            } else {
+                "an HTTP request with a non-standard method".to_owned()
+            };
+            let uri = request.uri();
+            let d = Denial::Shadow {
+                what,
+                target: target(uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(0)),
+            };
+            let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
+            return Box::new(async move { Err(e) });
+        }
         // Looked up per request: a grant revoked while the call runs stops its next request.
         let grants = self.grants.current();
         let admitted = match admit(&grants, &mut request) {

@@ -35,6 +35,52 @@ pub enum CallFailure {
         component: String,
         limit: u32,
     },
+    /// The call needs answers from the client's user: a 2026-07-28 `input_required` round.
+    #[error("waiting for the client's user to answer")]
+    InputRequired,
+    /// A person said no to the call (or to running it at all).
+    #[error("approval denied by {by}{}: tool {tool} was not run", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    ApprovalDenied {
+        tool: String,
+        by: String,
+        reason: Option<String>,
+    },
+    /// The person dismissed the approval request without deciding.
+    #[error("approval cancelled by {by}: tool {tool} was not run")]
+    ApprovalCancelled { tool: String, by: String },
+    /// No one answered in time; no answer is a no.
+    #[error("{asking} for tool {tool} not answered within {after}: denied")]
+    ApprovalTimedOut {
+        tool: String,
+        asking: crate::approval::Asking,
+        after: Span,
+    },
+    /// The rule asks the client's user, and this client cannot ask.
+    #[error("{asking} required for tool {tool}; this client cannot ask its user")]
+    CannotAsk {
+        tool: String,
+        asking: crate::approval::Asking,
+    },
+    /// The request state a retry presented is not a ticket for this call.
+    #[error("approval ticket refused: {problem}")]
+    TicketRefused { problem: TicketProblem },
+    /// A nested `call-tool` beyond the depth cap.
+    #[error("nested call to {tool} refused: depth {depth} is beyond the cap of {limit}")]
+    NestingTooDeep {
+        tool: String,
+        depth: u32,
+        limit: u32,
+    },
+    /// A nested `call-tool` beyond the top-level call's budget.
+    #[error(
+        "nested call to {tool} refused: the top-level call has used its budget of {budget} nested calls"
+    )]
+    NestedBudgetExhausted { tool: String, budget: u32 },
+    /// A nested `call-tool` of a tool already on the call stack with the same arguments.
+    #[error(
+        "nested call to {tool} refused: it is already on the call stack with the same arguments (a cycle)"
+    )]
+    CallCycle { tool: String },
     #[error("arguments larger than {limit}")]
     ArgumentsTooLarge { limit: ByteSize },
     #[error("invalid arguments: {0}")]
@@ -97,6 +143,15 @@ impl CallFailure {
             CallFailure::RateLimited { .. } => "rate_limited",
             CallFailure::ServerBusy { .. } => "server_busy",
             CallFailure::ToolBusy { .. } => "tool_busy",
+            CallFailure::InputRequired => "input_required",
+            CallFailure::ApprovalDenied { .. } => "approval_denied",
+            CallFailure::ApprovalCancelled { .. } => "approval_cancelled",
+            CallFailure::ApprovalTimedOut { .. } => "approval_timed_out",
+            CallFailure::CannotAsk { .. } => "approval_unavailable",
+            CallFailure::TicketRefused { .. } => "ticket_refused",
+            CallFailure::NestingTooDeep { .. } => "nesting_too_deep",
+            CallFailure::NestedBudgetExhausted { .. } => "nested_budget_exhausted",
+            CallFailure::CallCycle { .. } => "call_cycle",
             CallFailure::ArgumentsTooLarge { .. } => "arguments_too_large",
             CallFailure::InvalidArguments(_) => "invalid_arguments",
             CallFailure::CpuBudgetExhausted => "cpu_budget_exhausted",
@@ -126,8 +181,36 @@ impl CallFailure {
             | CallFailure::ServerBusy { .. }
             | CallFailure::ToolBusy { .. }
             | CallFailure::ArgumentsTooLarge { .. }
+            | CallFailure::ApprovalDenied { .. }
+            | CallFailure::ApprovalCancelled { .. }
+            | CallFailure::ApprovalTimedOut { .. }
+            | CallFailure::CannotAsk { .. }
+            | CallFailure::TicketRefused { .. }
+            | CallFailure::NestingTooDeep { .. }
+            | CallFailure::NestedBudgetExhausted { .. }
+            | CallFailure::CallCycle { .. }
             | CallFailure::Blocked { .. } => "denied",
+            CallFailure::InputRequired => "pending",
             _ => "failed",
         }
     }
+}
+
+/// Why a ticket (sealed request state) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TicketProblem {
+    #[error("it is not one this server issued, or it was altered")]
+    Forged,
+    #[error("it was issued to another caller")]
+    OtherCaller,
+    #[error("it was issued for another tool")]
+    OtherTool,
+    #[error("it was issued for other arguments")]
+    OtherArguments,
+    #[error("it has expired; call again to be asked again")]
+    Expired,
+    #[error("it was issued before this server restarted; call again to be asked again")]
+    BeforeRestart,
+    #[error("it was already used")]
+    Replayed,
 }

@@ -4,6 +4,7 @@
 //! and stack limits. The call path is [`pipeline::Airlock::call`].
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod bundled;
@@ -17,6 +18,7 @@ pub mod egress;
 pub mod engine;
 pub mod failure;
 pub mod grants;
+pub mod keyfile;
 pub mod live;
 pub mod mcp;
 pub mod operator;
@@ -25,6 +27,7 @@ pub mod overrides;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod risk;
 pub mod running;
 pub mod sandbox;
 pub mod secrets;

@@ -130,6 +130,10 @@ impl Live {
                 .ok()
                 .map(|a| a.catalog().policy.sha256.as_str()),
             error: result.as_ref().err().map(|e| format!("{e:#}")),
+            tiers: result
+                .as_ref()
+                .map(|next| tier_changes(&running, next))
+                .unwrap_or_default(),
         };
         self.audit
             .append("operator", &record)
@@ -226,6 +230,43 @@ struct ReloadRecord<'a> {
     sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Components whose risk tier the reload changes (promotions and demotions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tiers: Vec<TierChange>,
+}
+
+#[derive(Serialize)]
+struct TierChange {
+    component: String,
+    from: Option<crate::risk::Tier>,
+    to: crate::risk::Tier,
+}
+
+/// Every `[[tool]]` entry whose tier differs between `old` and `new` (or that `new` adds with
+/// a tier other than the default).
+fn tier_changes(old: &Airlock, new: &Airlock) -> Vec<TierChange> {
+    let tier_of = |a: &Airlock, name: &str| {
+        a.catalog()
+            .components
+            .iter()
+            .find(|c| c.entry.name == name)
+            .map(|c| c.approval.policy.tier)
+    };
+    new.catalog()
+        .components
+        .iter()
+        .filter_map(|c| {
+            let to = c.approval.policy.tier;
+            let from = tier_of(old, &c.entry.name);
+            (from != Some(to) && (from.is_some() || to != crate::risk::Tier::default())).then(
+                || TierChange {
+                    component: c.entry.name.clone(),
+                    from,
+                    to,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Overrides the new configuration would no longer match while it adds something in their

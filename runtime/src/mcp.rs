@@ -3,19 +3,20 @@
 
 #![allow(deprecated)] // MCP logging is deprecated (SEP-2577) but still what clients use.
 
+use crate::approval::{ClientChannel, Elicitor, Interaction, Retry};
 use crate::auth::{Access, AuthError, AuthMode, Principal};
 use crate::failure::CallFailure;
 use crate::live::Live;
-use crate::pipeline::{CallContext, Caller};
+use crate::pipeline::{CallContext, Caller, arguments_digest};
 use crate::sandbox::GuestEvent;
 use airlock_host_api::LogLevel;
 use anyhow::{Context, Result, bail};
 use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, MetaObject,
-    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig,
-    SetLevelRequestParams, Tool,
+    InputRequiredResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    MetaObject, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -265,9 +266,20 @@ impl ServerHandler for McpServer {
             .and_then(|p| p.headers.get("traceparent"))
             .and_then(|v| v.to_str().ok());
         let caller = Caller::new(self.principal(&context), traceparent);
+        let retry = request.request_state.clone().map(|state| Retry {
+            request_state: state,
+            input_responses: request.input_responses.clone().unwrap_or_default(),
+        });
+        let interaction = Arc::new(Interaction::new(
+            caller.principal.name.clone(),
+            client_channel(&context),
+            retry,
+        ));
         let ctx = CallContext {
             cancel: context.ct.clone(),
             events,
+            interaction: interaction.clone(),
+            deadline: None,
         };
         let airlock = self.live.current();
         let result = airlock
@@ -280,12 +292,64 @@ impl ServerHandler for McpServer {
         }
         match result {
             Ok(r) => Ok(with_ids(r, &caller).into()),
+            Err(CallFailure::InputRequired) => {
+                let digest = arguments_digest(request.arguments.as_ref());
+                let (requests, state) = interaction
+                    .input_required(&airlock.operator().approvals, &request.name, &digest)
+                    .map_err(|e| ErrorData::internal_error(e, None))?;
+                let mut meta = serde_json::Map::new();
+                meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());
+                meta.insert(
+                    CORRELATION_META_KEY.into(),
+                    caller.correlation_id.clone().into(),
+                );
+                Ok(InputRequiredResult::new(Some(requests), Some(state))
+                    .with_meta(MetaObject(meta))
+                    .into())
+            }
             Err(CallFailure::UnknownTool(name)) => Err(ErrorData::invalid_params(
                 format!("unknown tool `{name}`"),
                 None,
             )),
             Err(f) => Ok(with_ids(failure_result(&f), &caller).into()),
         }
+    }
+}
+
+/// How this request's client can ask its user: inline on revisions that allow server
+/// requests, by `input_required` rounds on 2026-07-28, not at all without the capability.
+fn client_channel(context: &RequestContext<RoleServer>) -> ClientChannel {
+    let can_elicit = context
+        .client_capabilities()
+        .is_some_and(|c| c.elicitation.is_some());
+    if !can_elicit {
+        return ClientChannel::Unable;
+    }
+    if context.protocol_version() >= Some(ProtocolVersion::V_2026_07_28) {
+        ClientChannel::Rounds
+    } else {
+        ClientChannel::Inline(Arc::new(PeerElicitor(context.peer.clone())))
+    }
+}
+
+/// Server-initiated elicitation on a session that allows it.
+struct PeerElicitor(rmcp::Peer<RoleServer>);
+
+impl Elicitor for PeerElicitor {
+    fn elicit(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>,
+    > {
+        let peer = self.0.clone();
+        Box::pin(async move {
+            let answer = peer
+                .create_elicitation(params)
+                .await
+                .map_err(|e| format!("the client did not answer: {e}"))?;
+            serde_json::to_value(answer).map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! commands (`kill`, `revive`, `revoke`, `restore`), each persisted before it is acknowledged
 //! and recorded in the audit log with who gave it. The transport is in [`crate::admin`].
 
+use crate::approval::Approvals;
 use crate::overrides::{GrantRef, KillScope, OverrideStore, Overrides};
 use crate::pipeline::Airlock;
 use crate::running::RunningCalls;
@@ -12,19 +13,22 @@ use std::sync::Arc;
 pub struct Operator {
     pub overrides: Arc<OverrideStore>,
     pub running: RunningCalls,
+    /// Approval tickets and the operator queue.
+    pub approvals: Approvals,
 }
 
 impl Operator {
-    pub fn new(overrides: OverrideStore) -> Arc<Operator> {
+    pub fn new(overrides: OverrideStore, approvals: Approvals) -> Arc<Operator> {
         Arc::new(Operator {
             overrides: Arc::new(overrides),
             running: RunningCalls::default(),
+            approvals,
         })
     }
 
-    /// Overrides kept in memory only (library use, benches).
+    /// State kept in memory only (library use, benches).
     pub fn in_memory() -> Arc<Operator> {
-        Operator::new(OverrideStore::in_memory())
+        Operator::new(OverrideStore::in_memory(), Approvals::ephemeral())
     }
 }
 

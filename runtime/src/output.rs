@@ -135,3 +135,55 @@ pub fn to_mcp(out: ToolOutput, limit: ByteSize) -> Result<CallToolResult, CallFa
     result.structured_content = structured;
     Ok(result)
 }
+
+/// An MCP result handed back to a tool (a nested `call-tool`): the same content in the
+/// contract's types. Binary content that is not valid base64 (never produced here) becomes
+/// empty; content kinds the contract lacks (resource links) become their text form.
+pub fn to_tool_output(result: &CallToolResult) -> ToolOutput {
+    use airlock_host_api::{EmbeddedResource, Media};
+    let decode = |b: &str| STANDARD.decode(b).unwrap_or_default();
+    let content = result
+        .content
+        .iter()
+        .map(|c| match c {
+            ContentBlock::Text(t) => Content::Text(t.text.clone()),
+            ContentBlock::Image(i) => Content::Image(Media {
+                data: decode(&i.data),
+                mime_type: i.mime_type.clone(),
+            }),
+            ContentBlock::Audio(a) => Content::Audio(Media {
+                data: decode(&a.data),
+                mime_type: a.mime_type.clone(),
+            }),
+            ContentBlock::Resource(r) => match &r.resource {
+                ResourceContents::TextResourceContents {
+                    uri,
+                    mime_type,
+                    text,
+                    ..
+                } => Content::Resource(EmbeddedResource {
+                    uri: uri.clone(),
+                    mime_type: mime_type.clone(),
+                    body: ResourceBody::Text(text.clone()),
+                }),
+                ResourceContents::BlobResourceContents {
+                    uri,
+                    mime_type,
+                    blob,
+                    ..
+                } => Content::Resource(EmbeddedResource {
+                    uri: uri.clone(),
+                    mime_type: mime_type.clone(),
+                    body: ResourceBody::Blob(decode(blob)),
+                }),
+                other => Content::Text(serde_json::to_string(other).unwrap_or_default()),
+            },
+            other => Content::Text(serde_json::to_string(other).unwrap_or_default()),
+        })
+        .collect();
+    ToolOutput {
+        content,
+        structured: result.structured_content.as_ref().map(|v| v.to_string()),
+        is_error: result.is_error.unwrap_or(false),
+    }
+}

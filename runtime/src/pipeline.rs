@@ -1,15 +1,19 @@
 //! The call path. Every `tools/call` goes through [`Airlock::call`], which runs the steps in
 //! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
 //!
-//! Steps present so far: (authentication, in the transport) → look up → authorize → operator
-//! kill switch → rate limit → admit (in-flight limits) → validate input → execute in the sandbox
-//! (with the grants the operator's revocations leave) → check output → redact secrets → audit
-//! record (durable before the response) → log event. Approval slots in at its place when it
-//! lands.
+//! Steps: (authentication, in the transport) → look up → authorize → operator kill switch →
+//! nesting caps (nested calls) → rate limit → admit (in-flight limits) → validate input →
+//! redeem a retry's ticket → approval (tier or rule) → execute in the sandbox (with the grants
+//! the operator's revocations and the tier leave) → check output → redact secrets → audit
+//! record (durable before the response) → log event.
+//!
+//! A tool's `call-tool` import comes back in here: nested calls take every step, as the same
+//! caller, with the calling call as their parent.
 
+use crate::approval::{AskingCall, Interaction, Question, Reply};
 use crate::audit::{AuditLog, Expected};
 use crate::auth::Principal;
-use crate::catalog::{Catalog, CatalogTool};
+use crate::catalog::{Catalog, CatalogTool, LoadedComponent};
 use crate::failure::CallFailure;
 use crate::operator::Operator;
 use crate::output;
@@ -17,7 +21,9 @@ use crate::overrides::LiveGrants;
 use crate::policy::{AuditArguments, ConfigError, Policy};
 use crate::ratelimit::RateLimits;
 use crate::running::Running;
-use crate::sandbox::{self, Answer, GuestEvent, Invocation, RunReport, RunSignals};
+use crate::sandbox::{
+    self, Answer, CallServices, Clock, GuestEvent, Invocation, RunReport, RunSignals, Served,
+};
 use crate::secrets::{Redactor, Shapes};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use sha2::Digest;
@@ -34,6 +40,39 @@ pub struct CallContext {
     pub cancel: CancellationToken,
     /// Where the tool's log and progress messages go, when the client wants them.
     pub events: Option<mpsc::Sender<GuestEvent>>,
+    /// The people the call can ask, shared with its nested calls.
+    pub interaction: Arc<Interaction>,
+    /// A nested call's parent's deadline.
+    pub deadline: Option<Instant>,
+}
+
+impl CallContext {
+    /// A call with no one to ask and no one listening (library use, benches).
+    pub fn unattended(principal: &Principal) -> CallContext {
+        CallContext {
+            cancel: CancellationToken::new(),
+            events: None,
+            interaction: Arc::new(Interaction::unattended(principal.name.clone())),
+            deadline: None,
+        }
+    }
+}
+
+/// Where a call sits in a tree of nested calls.
+#[derive(Debug, Clone, Default)]
+pub struct Nesting {
+    /// The calls above this one, outermost first.
+    frames: Vec<Frame>,
+    /// Nested calls allowed beneath the top-level call (its tool's `max_nested_calls`).
+    budget: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Frame {
+    tool: Arc<str>,
+    arguments_sha256: String,
+    /// The deepest level this frame's `max_depth` lets calls beneath it reach.
+    reach: u32,
 }
 
 /// Who makes a call and how the call is known, for the audit record.
@@ -46,6 +85,7 @@ pub struct Caller {
     pub correlation_id: String,
     /// The calling tool's call, for nested calls.
     pub parent_call_id: Option<String>,
+    pub nesting: Nesting,
 }
 
 impl Caller {
@@ -61,12 +101,48 @@ impl Caller {
             call_id,
             correlation_id,
             parent_call_id: None,
+            nesting: Nesting::default(),
         }
+    }
+
+    /// The caller of a call that this call's tool makes (`call-tool`).
+    fn nested(
+        &self,
+        tool: &Arc<str>,
+        arguments_sha256: &str,
+        limits: &crate::policy::Limits,
+    ) -> Caller {
+        let depth = self.nesting.frames.len() as u32;
+        let mut frames = self.nesting.frames.clone();
+        frames.push(Frame {
+            tool: tool.clone(),
+            arguments_sha256: arguments_sha256.to_owned(),
+            reach: depth + limits.max_depth,
+        });
+        Caller {
+            principal: self.principal.clone(),
+            call_id: random_id(),
+            correlation_id: self.correlation_id.clone(),
+            parent_call_id: Some(self.call_id.clone()),
+            nesting: Nesting {
+                frames,
+                budget: if depth == 0 {
+                    limits.max_nested_calls
+                } else {
+                    self.nesting.budget
+                },
+            },
+        }
+    }
+
+    /// A top-level call (not made by a tool).
+    pub fn is_top_level(&self) -> bool {
+        self.nesting.frames.is_empty()
     }
 }
 
 /// 128 random bits, hex.
-fn random_id() -> String {
+pub fn random_id() -> String {
     let mut b = [0u8; 16];
     // getrandom fails only without any entropy source; a time-and-counter id still keeps calls
     // apart in the record.
@@ -227,7 +303,7 @@ impl Airlock {
     /// sandbox, leaves an audit record (on disk before this returns) and a structured log
     /// event. When the record cannot be written the call fails: no result leaves unrecorded.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         arguments: Option<&JsonObject>,
         caller: &Caller,
@@ -235,7 +311,10 @@ impl Airlock {
     ) -> Result<CallToolResult, CallFailure> {
         let started = Instant::now();
         let expected = self.audit.expect();
-        let mut usage = Usage::default();
+        let mut usage = Usage {
+            arguments_sha256: arguments_digest(arguments),
+            ..Usage::default()
+        };
         let result = self.steps(name, arguments, caller, ctx, &mut usage).await;
         let result = match usage.redactor.clone() {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
@@ -245,6 +324,7 @@ impl Airlock {
             .audit_call(expected, name, arguments, caller, &result, started, &usage)
             .await;
         let result = match audited {
+            Ok(_) if usage.tier == Some(crate::risk::Tier::Shadow) => result.map(mark_shadow),
             Ok(_) => result,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
@@ -269,8 +349,6 @@ impl Airlock {
         }
         let empty = JsonObject::new();
         let arguments = arguments.unwrap_or(&empty);
-        let mut canonical = Vec::with_capacity(256);
-        write_canonical_object(arguments, &mut canonical);
         let kept = match usage.audit_arguments {
             AuditArguments::None => None,
             AuditArguments::Full => Some(serde_json::Value::Object(arguments.clone())),
@@ -310,8 +388,11 @@ impl Airlock {
             outcome,
             reason,
             tool_error,
-            arguments_sha256: hex::encode(sha2::Sha256::digest(&canonical)),
+            arguments_sha256: &usage.arguments_sha256,
             arguments: kept,
+            tier: usage.tier,
+            ticket: usage.ticket.as_deref(),
+            approved_by: usage.approved_by.as_deref(),
             duration_us: started.elapsed().as_micros() as u64,
             fuel_used: usage.fuel_used,
             peak_memory: usage.peak_memory,
@@ -335,7 +416,7 @@ impl Airlock {
     }
 
     async fn steps(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         arguments: Option<&JsonObject>,
         caller: &Caller,
@@ -344,8 +425,10 @@ impl Airlock {
     ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
+        usage.tier = Some(tool.component.approval.policy.tier);
         authorize(&caller.principal, tool)?;
         self.check_kill(caller, tool)?;
+        check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
         self.rate_limits.check(&caller.principal.name, name)?;
         usage.audit_arguments = tool.component.entry.audit_arguments;
         usage.redactor = Some(tool.component.prepared.redactor.clone());
@@ -363,8 +446,24 @@ impl Airlock {
         // Checked again now that the call is registered: a kill given between the first check
         // and here either sees this call (and interrupts it) or is seen by this check.
         self.check_kill(caller, tool)?;
-        let arguments = validate_input(tool, arguments)?;
-        let report = self.execute(tool, &arguments, ctx, &running.call).await;
+        let text = validate_input(tool, arguments)?;
+        if caller.is_top_level() {
+            usage.ticket =
+                ctx.interaction
+                    .redeem(&self.operator.approvals, name, &usage.arguments_sha256)?;
+        }
+        self.approve(tool, arguments, caller, &ctx, &running.call, usage)
+            .await?;
+        let report = self
+            .execute(
+                tool,
+                &text,
+                ctx,
+                &running.call,
+                caller,
+                &usage.arguments_sha256,
+            )
+            .await;
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
         usage.stdout = report.stdout;
@@ -387,6 +486,75 @@ impl Airlock {
             None => Ok(()),
             Some(scope) => Err(CallFailure::Disabled { scope }),
         }
+    }
+
+    /// Ask for approval when the tool's tier or rule wants it; only a yes lets the call go on.
+    async fn approve(
+        &self,
+        tool: &CatalogTool,
+        arguments: Option<&JsonObject>,
+        caller: &Caller,
+        ctx: &CallContext,
+        running: &Running,
+        usage: &mut Usage,
+    ) -> Result<(), CallFailure> {
+        let rule = &tool.component.approval;
+        if !rule.needs_approval(&tool.tool.name, arguments) {
+            return Ok(());
+        }
+        let shown = self.shown_arguments(arguments, &tool.component.prepared.redactor);
+        let question = Question::approval(
+            &tool.tool.name,
+            &caller.principal.name,
+            &shown,
+            &usage.arguments_sha256,
+        );
+        let call = AskingCall {
+            call_id: &caller.call_id,
+            digest: &usage.arguments_sha256,
+            events: ctx.events.as_ref(),
+        };
+        let asked = ctx.interaction.ask(
+            &self.operator.approvals,
+            &self.audit,
+            &call,
+            question,
+            &rule.policy,
+        );
+        let answered = tokio::select! {
+            biased;
+            _ = running.stop.cancelled() => return Err(CallFailure::StoppedByOperator),
+            _ = ctx.cancel.cancelled() => return Err(CallFailure::Cancelled),
+            a = asked => a?,
+        };
+        let tool = tool.tool.name.to_string();
+        let by = answered.by.clone();
+        usage.approved_by = Some(answered.by);
+        match answered.reply {
+            r if r.is_yes() => Ok(()),
+            Reply::Cancel => Err(CallFailure::ApprovalCancelled { tool, by }),
+            _ => Err(CallFailure::ApprovalDenied {
+                tool,
+                by,
+                reason: answered.reason,
+            }),
+        }
+    }
+
+    /// The arguments as a person approving the call reads them: secrets out, at most 2 KiB.
+    fn shown_arguments(&self, arguments: Option<&JsonObject>, redactor: &Redactor) -> String {
+        let mut v = serde_json::Value::Object(arguments.cloned().unwrap_or_default());
+        self.scrub_json(&mut v, Some(redactor));
+        let mut text = v.to_string();
+        if text.len() > 2048 {
+            let mut end = 2048;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        text
     }
 
     /// Take a server-wide and a per-component in-flight slot, or refuse at once.
@@ -412,13 +580,31 @@ impl Airlock {
     }
 
     async fn execute(
-        &self,
+        self: &Arc<Self>,
         tool: &CatalogTool,
         arguments: &str,
         ctx: CallContext,
         running: &Running,
+        caller: &Caller,
+        arguments_sha256: &str,
     ) -> RunReport<Answer> {
         let prepared = &tool.component.prepared;
+        let clock = Clock::start(
+            prepared.limits.timeout.0,
+            ctx.deadline,
+            ctx.interaction.pause.clone(),
+        );
+        let services = Services(Arc::new(ServicesOf {
+            airlock: self.clone(),
+            caller: caller.clone(),
+            tool: Arc::from(&*tool.tool.name),
+            arguments_sha256: arguments_sha256.to_owned(),
+            component: tool.component.clone(),
+            interaction: ctx.interaction.clone(),
+            cancel: ctx.cancel.clone(),
+            events: ctx.events.clone(),
+            clock: clock.clone(),
+        }));
         let invocation = Invocation::Call {
             tool: &tool.tool.name,
             arguments,
@@ -427,14 +613,179 @@ impl Airlock {
                 prepared.name.clone(),
                 self.operator.overrides.clone(),
             ),
+            services: Some(Arc::new(services)),
         };
         let signals = RunSignals {
             cancel: ctx.cancel,
             stop: running.stop.clone(),
             fuel_left: Some(running.fuel_left.clone()),
+            clock: Some(clock),
         };
         sandbox::run(prepared, invocation, ctx.events, &signals).await
     }
+}
+
+/// The host imports of one running call that reach people and other tools.
+struct Services(Arc<ServicesOf>);
+
+struct ServicesOf {
+    airlock: Arc<Airlock>,
+    caller: Caller,
+    tool: Arc<str>,
+    arguments_sha256: String,
+    component: Arc<LoadedComponent>,
+    interaction: Arc<Interaction>,
+    cancel: CancellationToken,
+    events: Option<mpsc::Sender<GuestEvent>>,
+    clock: Clock,
+}
+
+impl ServicesOf {
+    async fn ask(&self, question: Question) -> Result<crate::approval::Answered, CallFailure> {
+        let call = AskingCall {
+            call_id: &self.caller.call_id,
+            digest: &self.arguments_sha256,
+            events: self.events.as_ref(),
+        };
+        self.interaction
+            .ask(
+                &self.airlock.operator.approvals,
+                &self.airlock.audit,
+                &call,
+                question,
+                &self.component.approval.policy,
+            )
+            .await
+    }
+}
+
+impl CallServices for Services {
+    fn confirm(&self, prompt: String, details: String) -> Served<bool> {
+        let me = self.0.clone();
+        Box::pin(async move {
+            match me.ask(Question::confirm(&me.tool, &prompt, &details)).await {
+                Ok(a) => Ok(a.reply.is_yes()),
+                // No answer in time is a no; the tool decides what a no means.
+                Err(CallFailure::ApprovalTimedOut { .. }) => Ok(false),
+                Err(f) => Err(f),
+            }
+        })
+    }
+
+    fn elicit(&self, message: String, schema: String) -> Served<Result<Reply, String>> {
+        let me = self.0.clone();
+        Box::pin(async move {
+            let schema = match serde_json::from_str::<serde_json::Value>(&schema) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => return Ok(Err("the schema is not a JSON object".to_owned())),
+            };
+            let question = Question::elicit(&me.tool, &message, schema);
+            if let Err(e) = question.elicitation() {
+                return Ok(Err(e));
+            }
+            match me.ask(question).await {
+                Ok(a) => Ok(Ok(a.reply)),
+                Err(CallFailure::ApprovalTimedOut { .. }) => Ok(Ok(Reply::Cancel)),
+                Err(f) => Err(f),
+            }
+        })
+    }
+
+    fn call_tool(
+        &self,
+        name: String,
+        arguments: String,
+    ) -> Served<Result<CallToolResult, CallFailure>> {
+        let me = self.0.clone();
+        Box::pin(async move {
+            let arguments = match serde_json::from_str::<serde_json::Value>(&arguments) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => {
+                    return Ok(Err(CallFailure::InvalidArguments(
+                        "call-tool arguments must be a JSON object".into(),
+                    )));
+                }
+            };
+            let caller =
+                me.caller
+                    .nested(&me.tool, &me.arguments_sha256, &me.component.entry.limits);
+            let ctx = CallContext {
+                cancel: me.cancel.clone(),
+                events: me.events.clone(),
+                interaction: me.interaction.clone(),
+                deadline: Some(me.clock.end()),
+            };
+            match me.airlock.call(&name, Some(&arguments), &caller, ctx).await {
+                // Only the client can answer; this run ends and the call is retried.
+                Err(CallFailure::InputRequired) => Err(CallFailure::InputRequired),
+                r => Ok(r),
+            }
+        })
+    }
+}
+
+/// The caps on nested calls: depth (the smallest `max_depth` reach of the calls above),
+/// cycles (a tool already on the stack with the same arguments) and the top-level call's
+/// budget.
+fn check_nesting(
+    caller: &Caller,
+    tool: &str,
+    arguments_sha256: &str,
+    interaction: &Interaction,
+) -> Result<(), CallFailure> {
+    let frames = &caller.nesting.frames;
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let depth = frames.len() as u32;
+    let limit = frames.iter().map(|f| f.reach).min().unwrap_or(0);
+    if depth > limit {
+        return Err(CallFailure::NestingTooDeep {
+            tool: tool.to_owned(),
+            depth,
+            limit,
+        });
+    }
+    if frames
+        .iter()
+        .any(|f| &*f.tool == tool && f.arguments_sha256 == arguments_sha256)
+    {
+        return Err(CallFailure::CallCycle {
+            tool: tool.to_owned(),
+        });
+    }
+    let used = interaction
+        .nested_calls
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+        + 1;
+    if used > caller.nesting.budget {
+        return Err(CallFailure::NestedBudgetExhausted {
+            tool: tool.to_owned(),
+            budget: caller.nesting.budget,
+        });
+    }
+    Ok(())
+}
+
+/// sha256 of the arguments as canonical JSON, hex: what approvals and the audit record bind.
+pub fn arguments_digest(arguments: Option<&JsonObject>) -> String {
+    let mut canonical = Vec::with_capacity(256);
+    match arguments {
+        Some(a) => write_canonical_object(a, &mut canonical),
+        None => canonical.extend_from_slice(b"{}"),
+    }
+    hex::encode(sha2::Sha256::digest(&canonical))
+}
+
+/// The `_meta` key marking a result of a shadow-tier call.
+pub const SHADOW_META_KEY: &str = "airlock/shadow";
+
+fn mark_shadow(mut r: CallToolResult) -> CallToolResult {
+    r.meta
+        .get_or_insert_with(|| rmcp::model::MetaObject(serde_json::Map::new()))
+        .0
+        .insert(SHADOW_META_KEY.into(), true.into());
+    r
 }
 
 /// Make `slots`, sized for `from` permits, hold `to`, without disturbing the calls holding some:
@@ -527,9 +878,17 @@ struct CallRecord<'a> {
     /// The tool ran and returned an error result of its own.
     tool_error: bool,
     /// sha256 of the arguments as canonical JSON (sorted keys, no whitespace).
-    arguments_sha256: String,
+    arguments_sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     arguments: Option<serde_json::Value>,
+    /// The tool's tier; `shadow` calls ran with write capabilities withheld.
+    tier: Option<crate::risk::Tier>,
+    /// The ticket a retry redeemed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticket: Option<&'a str>,
+    /// Who approved the call, when it needed approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_by: Option<&'a str>,
     duration_us: u64,
     fuel_used: Option<u64>,
     peak_memory: usize,
@@ -576,6 +935,10 @@ fn write_canonical_object(o: &JsonObject, out: &mut Vec<u8>) {
 /// What a call consumed, for its log event.
 #[derive(Default)]
 struct Usage {
+    arguments_sha256: String,
+    tier: Option<crate::risk::Tier>,
+    ticket: Option<String>,
+    approved_by: Option<String>,
     audit_arguments: AuditArguments,
     component: Option<Arc<str>>,
     redactor: Option<Arc<Redactor>>,

@@ -88,6 +88,8 @@ struct LimitsSection {
     egress_timeout: Option<Span>,
     max_request_bytes: Option<ByteSize>,
     max_response_bytes: Option<ByteSize>,
+    max_depth: Option<u32>,
+    max_nested_calls: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +109,8 @@ struct ToolSection {
     roles: Vec<String>,
     /// Calls of each of its tools, across principals (overrides `[rate_limits] per_tool`).
     rate_limit: Option<Rate>,
+    tier: Option<crate::risk::Tier>,
+    approval: Option<crate::risk::ApprovalSection>,
 }
 
 /// What the audit record of a call keeps of its arguments.
@@ -147,6 +151,10 @@ pub struct Limits {
     pub max_request_bytes: ByteSize,
     /// Outgoing HTTP response body.
     pub max_response_bytes: ByteSize,
+    /// Nested `call-tool` levels beneath a call of this component.
+    pub max_depth: u32,
+    /// Nested calls, at every level together, beneath one top-level call of this component.
+    pub max_nested_calls: u32,
 }
 
 impl Limits {
@@ -173,6 +181,8 @@ impl Default for Limits {
             egress_timeout: Span(Duration::from_secs(30)),
             max_request_bytes: ByteSize::mib(1),
             max_response_bytes: ByteSize::mib(8),
+            max_depth: 4,
+            max_nested_calls: 32,
         }
     }
 }
@@ -226,6 +236,8 @@ pub struct ComponentEntry {
     /// Roles whose principals may list and call its tools (the local principal always may).
     pub roles: Vec<String>,
     pub rate_limit: Option<Rate>,
+    /// Tier and approval rule, before they are checked against the declared tools.
+    pub approval: crate::risk::ApprovalPolicy,
 }
 
 /// A validated configuration.
@@ -375,6 +387,8 @@ impl Policy {
                 audit_arguments: t.audit_arguments.unwrap_or_default(),
                 roles: t.roles.clone(),
                 rate_limit: t.rate_limit,
+                approval: crate::risk::resolve(t.tier, t.approval.as_ref())
+                    .map_err(|(k, p)| err(key(&k), p))?,
             });
             for r in &t.roles {
                 if !auth.has_role(r) {
@@ -612,6 +626,20 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             ByteSize(0),
             ByteSize::mib(1024),
             size,
+        )?,
+        max_depth: range(
+            "max_depth",
+            s.max_depth.unwrap_or(base.max_depth),
+            0,
+            16,
+            |v: &u32| v.to_string(),
+        )?,
+        max_nested_calls: range(
+            "max_nested_calls",
+            s.max_nested_calls.unwrap_or(base.max_nested_calls),
+            0,
+            10_000,
+            |v: &u32| v.to_string(),
         )?,
     })
 }

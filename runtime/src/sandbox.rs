@@ -9,8 +9,12 @@ use crate::overrides::LiveGrants;
 use crate::policy::Limits;
 use crate::secrets::{Redactor, Shapes};
 use crate::units::ByteSize;
-use airlock_host_api::{LogLevel, ToolOutput, ToolPre, ToolSpec};
+use airlock_host_api::{ElicitAnswer, LogLevel, NestedFailure, ToolOutput, ToolPre, ToolSpec};
+use rmcp::model::CallToolResult;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
@@ -37,6 +41,72 @@ pub enum GuestEvent {
     },
 }
 
+/// What the host imports that reach beyond the store need: people (`confirm`, `elicit`) and
+/// other tools (`call-tool`). An `Err` ends the run with that failure.
+pub trait CallServices: Send + Sync {
+    fn confirm(&self, prompt: String, details: String) -> Served<bool>;
+    /// `Ok(Err(why))` when the form is unusable (the tool's mistake, returned to it).
+    fn elicit(
+        &self,
+        message: String,
+        schema: String,
+    ) -> Served<Result<crate::approval::Reply, String>>;
+    fn call_tool(
+        &self,
+        name: String,
+        arguments: String,
+    ) -> Served<Result<CallToolResult, CallFailure>>;
+}
+
+pub type Served<T> = Pin<Box<dyn Future<Output = Result<T, CallFailure>> + Send + 'static>>;
+
+/// Ends the run from inside a host import, carrying the reason out of the trap.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct EndRun(CallFailure);
+
+/// A call's wall-clock deadline: its timeout (or the deadline it inherits, if sooner), moved
+/// later by the time spent waiting for people.
+#[derive(Clone)]
+pub struct Clock {
+    end: Instant,
+    pause: Arc<crate::approval::Pause>,
+    waited_at_start: Duration,
+}
+
+impl Clock {
+    pub fn start(
+        timeout: Duration,
+        inherited: Option<Instant>,
+        pause: Arc<crate::approval::Pause>,
+    ) -> Clock {
+        let own = Instant::now() + timeout;
+        Clock {
+            end: inherited.map_or(own, |d| d.min(own)),
+            waited_at_start: pause.waited(),
+            pause,
+        }
+    }
+
+    /// The deadline as it stands now.
+    pub fn end(&self) -> Instant {
+        self.end + self.pause.waited().saturating_sub(self.waited_at_start)
+    }
+
+    /// Resolves once the deadline has passed with no one being waited for.
+    async fn expired(&self) {
+        loop {
+            let end = self.end();
+            tokio::time::sleep_until(end.into()).await;
+            if self.pause.waiting() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else if Instant::now() >= self.end() {
+                return;
+            }
+        }
+    }
+}
+
 /// The store data of one call.
 pub struct HostState {
     wasi: WasiCtx,
@@ -50,6 +120,33 @@ pub struct HostState {
     denial: DenialCell,
     redactor: Arc<Redactor>,
     shapes: Arc<Shapes>,
+    services: Option<Arc<dyn CallServices>>,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+    /// The tool has asked `cancelled()`: it gets [`STOP_GRACE`] to stop by itself.
+    cooperative: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a tool that watches `cancelled()` may run on after a stop or cancellation.
+const STOP_GRACE: Duration = Duration::from_millis(250);
+
+impl HostState {
+    fn services(&self) -> wasmtime::Result<Arc<dyn CallServices>> {
+        self.services.clone().ok_or_else(|| {
+            wasmtime::Error::new(EndRun(CallFailure::HostError(
+                "this host import is available only to calls made through the pipeline".into(),
+            )))
+        })
+    }
+
+    fn clean(&self, mut text: String) -> String {
+        self.redactor.redact_in_place(&mut text);
+        text
+    }
+}
+
+fn end_run(f: CallFailure) -> wasmtime::Error {
+    wasmtime::Error::new(EndRun(f))
 }
 
 impl WasiHttpView for HostState {
@@ -115,6 +212,50 @@ impl airlock_host_api::Host for HostState {
                 message,
             });
         }
+    }
+
+    async fn confirm(&mut self, prompt: String, details: String) -> wasmtime::Result<bool> {
+        let services = self.services()?;
+        let (prompt, details) = (self.clean(prompt), self.clean(details));
+        services.confirm(prompt, details).await.map_err(end_run)
+    }
+
+    async fn elicit(
+        &mut self,
+        message: String,
+        schema: String,
+    ) -> wasmtime::Result<Result<ElicitAnswer, String>> {
+        let services = self.services()?;
+        let message = self.clean(message);
+        let answer = services.elicit(message, schema).await.map_err(end_run)?;
+        Ok(answer.map(|reply| match reply {
+            crate::approval::Reply::Accept { content } => {
+                ElicitAnswer::Accept(serde_json::Value::Object(content).to_string())
+            }
+            crate::approval::Reply::Decline => ElicitAnswer::Decline,
+            crate::approval::Reply::Cancel => ElicitAnswer::Cancel,
+        }))
+    }
+
+    async fn call_tool(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<ToolOutput, NestedFailure>> {
+        let services = self.services()?;
+        match services.call_tool(name, arguments).await.map_err(end_run)? {
+            Ok(result) => Ok(Ok(crate::output::to_tool_output(&result))),
+            Err(f) => Ok(Err(NestedFailure {
+                outcome: f.kind().to_owned(),
+                message: f.to_string(),
+            })),
+        }
+    }
+
+    fn cancelled(&mut self) -> bool {
+        self.cooperative
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.cancel.is_cancelled() || self.stop.is_cancelled()
     }
 }
 
@@ -193,6 +334,8 @@ pub struct Prepared {
     pub redactor: Arc<Redactor>,
     /// Secret-shaped strings, kept out of airlock's own log lines.
     pub shapes: Arc<Shapes>,
+    /// Shadow tier: write capabilities withheld.
+    pub shadow: bool,
 }
 
 /// What the guest is asked to do.
@@ -203,6 +346,9 @@ pub enum Invocation<'a> {
         arguments: &'a str,
         /// The component's grants, as the operator's revocations leave them.
         grants: LiveGrants,
+        /// People and other tools, for the host imports that reach them; without them those
+        /// imports end the run.
+        services: Option<Arc<dyn CallServices>>,
     },
 }
 
@@ -215,6 +361,8 @@ pub struct RunSignals {
     pub stop: CancellationToken,
     /// Where the fuel left is published at every epoch tick, for `ctl calls`.
     pub fuel_left: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The wall-clock deadline; without one, the component's timeout from now.
+    pub clock: Option<Clock>,
 }
 
 /// The guest's answer to an [`Invocation`].
@@ -235,17 +383,30 @@ pub async fn run(
     let cap = limits.capture_bytes.as_usize();
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
     let denial = DenialCell::default();
-    let (live, called) = match &invocation {
-        Invocation::Describe => (LiveGrants::fixed(Arc::new(Grants::default())), None),
-        Invocation::Call { tool, grants, .. } => (grants.clone(), Some(tool.to_string())),
+    let (live, called, services) = match &invocation {
+        Invocation::Describe => (LiveGrants::fixed(Arc::new(Grants::default())), None, None),
+        Invocation::Call {
+            tool,
+            grants,
+            services,
+            ..
+        } => (grants.clone(), Some(tool.to_string()), services.clone()),
     };
     let granted = called.is_some().then_some(&live);
-    let context = wasi_context(&prepared.name, granted, &stdout, &stderr, &denial);
+    let context = wasi_context(
+        &prepared.name,
+        granted,
+        prepared.shadow,
+        &stdout,
+        &stderr,
+        &denial,
+    );
     let (wasi, granted) = match context {
         Ok(w) => (w, Ok(())),
         // The call fails before the guest runs; an empty context stands in for the store.
         Err(f) => (WasiCtxBuilder::new().build(), Err(f)),
     };
+    let cooperative = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = HostState {
         wasi,
         table: ResourceTable::new(),
@@ -264,10 +425,15 @@ pub async fn run(
             prepared.name.clone(),
             denial.clone(),
             prepared.redactor.clone(),
+            prepared.shadow,
         ),
         denial,
         redactor: prepared.redactor.clone(),
         shapes: prepared.shapes.clone(),
+        services,
+        cancel: signals.cancel.clone(),
+        stop: signals.stop.clone(),
+        cooperative: cooperative.clone(),
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -287,18 +453,35 @@ pub async fn run(
         Ok(UpdateDeadline::Yield(1))
     });
 
+    let clock = signals
+        .clock
+        .clone()
+        .unwrap_or_else(|| Clock::start(limits.timeout.0, None, Arc::default()));
     let result = match fuel_set
         .map_err(|e| CallFailure::HostError(e.to_string()))
         .and(granted)
     {
         Err(f) => Err(f),
         Ok(()) => {
-            tokio::select! {
+            let invoked = invoke(&mut store, &prepared.pre, invocation);
+            tokio::pin!(invoked);
+            let stopped = tokio::select! {
                 biased;
                 _ = signals.stop.cancelled() => Err(CallFailure::StoppedByOperator),
                 _ = signals.cancel.cancelled() => Err(CallFailure::Cancelled),
-                _ = tokio::time::sleep(limits.timeout.0) => Err(CallFailure::TimedOut { after: limits.timeout }),
-                r = invoke(&mut store, &prepared.pre, invocation) => r,
+                _ = clock.expired() => Ok(Err(CallFailure::TimedOut { after: limits.timeout })),
+                r = &mut invoked => Ok(r),
+            };
+            match stopped {
+                Ok(r) => r,
+                Err(f) => {
+                    // A tool that watches `cancelled()` gets a moment to stop at a safe point;
+                    // one that never asked is dropped at once.
+                    if cooperative.load(std::sync::atomic::Ordering::Acquire) {
+                        let _ = tokio::time::timeout(STOP_GRACE, &mut invoked).await;
+                    }
+                    Err(f)
+                }
             }
         }
     };
@@ -337,6 +520,7 @@ pub async fn run(
 pub fn wasi_context(
     component: &Arc<str>,
     grants: Option<&LiveGrants>,
+    shadow: bool,
     stdout: &Capture,
     stderr: &Capture,
     denial: &DenialCell,
@@ -349,7 +533,7 @@ pub fn wasi_context(
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     if let Some(grants) = grants {
-        grant(&mut builder, component, grants, denial)?;
+        grant(&mut builder, component, grants, shadow, denial)?;
     }
     Ok(builder.build())
 }
@@ -358,6 +542,7 @@ fn grant(
     builder: &mut WasiCtxBuilder,
     component: &Arc<str>,
     live: &LiveGrants,
+    shadow: bool,
     denial: &DenialCell,
 ) -> Result<(), CallFailure> {
     let grants = live.current();
@@ -367,6 +552,7 @@ fn grant(
         live.clone(),
         component.clone(),
         denial.clone(),
+        shadow,
     ));
     for s in &grants.secrets {
         if s.usage == SecretUse::Env {
@@ -375,6 +561,7 @@ fn grant(
     }
     for g in &grants.fs {
         let perms = match g.mode {
+            _ if shadow => FsPerms::ReadOnly,
             FsMode::Ro => FsPerms::ReadOnly,
             FsMode::Rw => FsPerms::ReadWrite,
         };
@@ -429,6 +616,9 @@ enum Stage {
 }
 
 fn classify(err: wasmtime::Error, stage: Stage) -> CallFailure {
+    if let Some(EndRun(f)) = err.downcast_ref::<EndRun>() {
+        return f.clone();
+    }
     if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
         return CallFailure::MemoryLimitExceeded { limit: m.limit };
     }

@@ -67,6 +67,149 @@ pub fn progress(progress: f64, total: Option<f64>, message: Option<&str>) {
     host::progress(progress, total, message);
 }
 
+/// Ask a person to approve the next step, and wait for the answer: true only for an explicit
+/// yes. `prompt` is the question in one line; `details` says exactly what will happen.
+///
+/// The host asks through the channel the operator configured for this tool (the caller's user
+/// through MCP elicitation, or an operator with `airlock ctl approvals`). A no, a dismissal or
+/// no answer before the configured timeout is false. When nobody can be asked, the call ends
+/// with a denial and this function does not return.
+///
+/// **Put every side effect after `confirm`, never before.** With MCP 2026-07-28 clients the
+/// host ends the run to ask, and the client's retry runs the tool again from the start; the
+/// repeated `confirm` with the same prompt and details then returns the answer at once.
+///
+/// ```ignore
+/// if !airlock_sdk::confirm("Delete 3 files?", "reports/2024-*.csv in /data") {
+///     return Ok(Output::text("left the files alone"));
+/// }
+/// // … delete them …
+/// ```
+pub fn confirm(prompt: &str, details: &str) -> bool {
+    host::confirm(prompt, details)
+}
+
+/// The user's answer to [`elicit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elicited<T> {
+    /// The user filled in the form.
+    Accepted(T),
+    /// The user refused.
+    Declined,
+    /// The user dismissed the request (or did not answer in time).
+    Cancelled,
+}
+
+/// Ask the user to fill in a form whose fields are those of `T` (a flat struct of strings,
+/// numbers, integers, booleans and unit enums), with the same mechanics as [`confirm`]. Never
+/// ask for passwords or keys this way.
+pub fn elicit<T: DeserializeOwned + JsonSchema>(message: &str) -> Result<Elicited<T>, ToolError> {
+    let schema = form_schema(schema_of::<T>());
+    match elicit_with_schema(message, &schema)? {
+        Elicited::Accepted(v) => serde_json::from_value(v)
+            .map(Elicited::Accepted)
+            .map_err(|e| ToolError::failed(format!("the answer does not fit the form: {e}"))),
+        Elicited::Declined => Ok(Elicited::Declined),
+        Elicited::Cancelled => Ok(Elicited::Cancelled),
+    }
+}
+
+/// [`elicit`] with a JSON Schema written by hand (an MCP form: a flat object of primitives).
+pub fn elicit_with_schema(
+    message: &str,
+    schema: &serde_json::Value,
+) -> Result<Elicited<serde_json::Value>, ToolError> {
+    match host::elicit(message, &schema.to_string()) {
+        Ok(host::ElicitAnswer::Accept(json)) => serde_json::from_str(&json)
+            .map(Elicited::Accepted)
+            .map_err(|e| ToolError::failed(format!("the host sent an unreadable answer: {e}"))),
+        Ok(host::ElicitAnswer::Decline) => Ok(Elicited::Declined),
+        Ok(host::ElicitAnswer::Cancel) => Ok(Elicited::Cancelled),
+        Err(why) => Err(ToolError::failed(format!("cannot ask the user: {why}"))),
+    }
+}
+
+/// An MCP form from a schemars schema: only the keywords MCP forms know.
+fn form_schema(schema: serde_json::Value) -> serde_json::Value {
+    const KEPT: [&str; 12] = [
+        "type",
+        "title",
+        "description",
+        "enum",
+        "default",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "format",
+        "oneOf",
+        "items",
+    ];
+    let mut properties = serde_json::Map::new();
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, p) in props {
+            let mut kept = serde_json::Map::new();
+            if let Some(p) = p.as_object() {
+                for (k, v) in p {
+                    let is_number_format = k == "format"
+                        && !matches!(v.as_str(), Some("email" | "uri" | "date" | "date-time"));
+                    if KEPT.contains(&k.as_str()) && !is_number_format {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            properties.insert(name.clone(), serde_json::Value::Object(kept));
+        }
+    }
+    serde_json::json!({
+        "type": "object",
+        "properties": properties,
+        "required": schema.get("required").cloned().unwrap_or_else(|| serde_json::json!([])),
+    })
+}
+
+/// Why a nested [`call_tool`] produced no output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NestedError {
+    /// The stable name of the outcome (`nesting_too_deep`, `nested_budget_exhausted`,
+    /// `call_cycle`, `not_authorized`, `approval_denied`, `timed_out`, …).
+    pub outcome: String,
+    /// What happened, for a human.
+    pub message: String,
+}
+
+impl std::fmt::Display for NestedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.outcome)
+    }
+}
+
+impl From<NestedError> for ToolError {
+    fn from(e: NestedError) -> Self {
+        ToolError::Failed(e.to_string())
+    }
+}
+
+/// Call another tool hosted by the same Airlock, as the same caller. The call goes through
+/// the host's whole pipeline (authorization, rate limits, approval, audit with this call as its
+/// parent) and is refused beyond the depth cap, beyond the top-level call's budget of nested
+/// calls, and when it would repeat a call already on the stack with the same arguments.
+pub fn call_tool(name: &str, arguments: &serde_json::Value) -> Result<Output, NestedError> {
+    match host::call_tool(name, &arguments.to_string()) {
+        Ok(out) => Ok(from_wit(out)),
+        Err(e) => Err(NestedError {
+            outcome: e.outcome,
+            message: e.message,
+        }),
+    }
+}
+
+/// True once the caller cancelled the call or an operator stopped it: return early. The host
+/// gives a tool a short grace period after a stop to notice.
+pub fn cancelled() -> bool {
+    host::cancelled()
+}
+
 /// One item of content in a tool's result.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
@@ -130,6 +273,33 @@ impl Output {
     pub fn with(mut self, content: Content) -> Self {
         self.content.push(content);
         self
+    }
+
+    /// The content items.
+    pub fn content(&self) -> &[Content] {
+        &self.content
+    }
+
+    /// The text items, joined by newlines.
+    pub fn text_content(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|c| match c {
+                Content::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The structured result, if any.
+    pub fn structured(&self) -> Option<&serde_json::Value> {
+        self.structured.as_ref()
+    }
+
+    /// Whether the result reports a failure of the task (MCP `isError`).
+    pub fn is_error(&self) -> bool {
+        self.is_error
     }
 }
 
@@ -332,6 +502,41 @@ impl Toolbox {
             Err(ToolError::InvalidArguments(m)) => Err(wit::CallError::InvalidArguments(m)),
             Err(ToolError::Failed(m)) => Err(wit::CallError::Failed(m)),
         }
+    }
+}
+
+fn from_wit(out: wit::ToolOutput) -> Output {
+    let content = out
+        .content
+        .into_iter()
+        .map(|c| match c {
+            wit::Content::Text(t) => Content::Text(t),
+            wit::Content::Image(m) => Content::Image {
+                data: m.data,
+                mime_type: m.mime_type,
+            },
+            wit::Content::Audio(m) => Content::Audio {
+                data: m.data,
+                mime_type: m.mime_type,
+            },
+            wit::Content::Resource(r) => match r.body {
+                wit::ResourceBody::Text(text) => Content::TextResource {
+                    uri: r.uri,
+                    mime_type: r.mime_type,
+                    text,
+                },
+                wit::ResourceBody::Blob(data) => Content::BlobResource {
+                    uri: r.uri,
+                    mime_type: r.mime_type,
+                    data,
+                },
+            },
+        })
+        .collect();
+    Output {
+        content,
+        structured: out.structured.and_then(|s| serde_json::from_str(&s).ok()),
+        is_error: out.is_error,
     }
 }
 

@@ -444,10 +444,17 @@ pub fn raw_mcp(
     mut params: Value,
     headers: &[(&str, &str)],
 ) -> Option<RawResponse> {
-    params["_meta"] = serde_json::json!({
+    // `_meta` keys the caller set (capabilities, a progress token) are kept.
+    let mut meta = serde_json::json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}
     });
+    if let Some(given) = params.get("_meta").and_then(|m| m.as_object()) {
+        for (k, v) in given {
+            meta[k] = v.clone();
+        }
+    }
+    params["_meta"] = meta;
     let name = params["name"]
         .as_str()
         .map(|n| format!("Mcp-Name: {n}\r\n"))

@@ -9,13 +9,17 @@ PLAN_JSON: {"list": true, "log_level": "debug"|null,
                        "cancel_after_ms": null, "progress": false},
                       {"id": "l", "op": "list", "delay_ms": 20}],
             "then": [ ...calls run one after another once all of "calls" ended... ],
-            "await_tools_changed": false}
+            "await_tools_changed": false,
+            "elicit": [{"action": "accept"|"decline"|"cancel", "content": {...}, "delay_ms": 0}]}
 The calls run concurrently, each after its delay. The report, one JSON object on stdout:
     {"protocol": "...", "tools": [...], "calls": {"a": {...}}, "logs": [...]}
 With "await_tools_changed", once the calls are done the client waits (up to 60 s) for the
 server to say the tool list changed (2026-07-28: a `subscriptions/listen` event; before it:
 `notifications/tools/list_changed`), printing "LISTENING" on stderr when it is ready, then lists
 the tools again into "tools_after".
+With "elicit", the client declares elicitation support and answers each request with the next
+answer of the list (the last one repeats), after its delay; the messages it was asked are in
+"elicitations". Without it, the client declares no elicitation support.
 Each call's report has "finished_ms", its end time since the session started, so tests can
 check the order in which calls ended without relying on durations.
 """
@@ -111,6 +115,17 @@ async def main():
             tools_changed.set()
 
     kwargs = {"mode": args.mode, "logging_callback": on_log, "message_handler": on_message}
+    elicitations = []
+    if plan.get("elicit") is not None:
+        answers = list(plan["elicit"])
+
+        async def on_elicit(ctx, params):
+            elicitations.append(params.message)
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+            await asyncio.sleep(answer.get("delay_ms", 0) / 1000)
+            return mcp.types.ElicitResult(action=answer["action"], content=answer.get("content"))
+
+        kwargs["elicitation_callback"] = on_elicit
     if plan.get("log_level"):
         kwargs["log_level"] = plan["log_level"]
     out = {}
@@ -137,6 +152,7 @@ async def main():
                     await asyncio.wait_for(sub.__anext__(), 60)
             out["tools_after"] = [t.name for t in (await client.list_tools()).tools]
         out["logs"] = logs
+        out["elicitations"] = elicitations
     print(json.dumps(out))
 
 
