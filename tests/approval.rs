@@ -664,3 +664,90 @@ fn a_tool_watching_cancelled_stops_cleanly_when_interrupted() {
     assert!(body.contains("stopped by operator"), "{body}");
     server.wait_for_log_count("stopping cleanly", 1);
 }
+
+#[test]
+fn files_delete_asks_before_deleting_in_both_eras() {
+    for mode in ["legacy", "auto"] {
+        let dir = TempDir::new("approval-delete");
+        let data = dir.0.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("keep.txt"), "k").unwrap();
+        std::fs::write(data.join("drop.txt"), "d").unwrap();
+        let config = dir.config(
+            "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"data\", guest = \"/data\", mode = \"rw\" }]\n",
+        );
+        let s = client(
+            mode,
+            Transport::Stdio(Some(&config)),
+            json!({
+                "calls": [{"id": "keep", "tool": "files_delete", "args": {"path": "/data/keep.txt"}}],
+                "then": [{"id": "drop", "tool": "files_delete", "args": {"path": "/data/drop.txt"}}],
+                "elicit": [{"action": "decline"}, {"action": "accept", "content": {"approve": true}}],
+            }),
+        );
+        assert_eq!(
+            s.call("keep")["text"],
+            "kept /data/keep.txt: deletion not confirmed",
+            "{mode}"
+        );
+        assert_eq!(s.call("drop")["text"], "deleted /data/drop.txt", "{mode}");
+        assert!(data.join("keep.txt").exists());
+        assert!(!data.join("drop.txt").exists());
+        assert_eq!(
+            s.report["elicitations"][1],
+            "files_delete: Delete /data/drop.txt?\n\n1 bytes; this cannot be undone."
+        );
+    }
+}
+
+#[test]
+fn approval_rules_that_can_never_match_stop_the_start() {
+    let dir = TempDir::new("approval-config");
+    let state = dir.0.join("state");
+    for (lines, expected) in [
+        (
+            "[tool.approval]\nwhen = { tools = [\"fixture_ech\"] }\n",
+            "tool \"hostile\": approval › when › tools: the component declares no tool \"fixture_ech\"",
+        ),
+        (
+            "[tool.approval]\nwhen = { arguments = { mesage = \"x\" } }\n",
+            "approval › when › arguments › mesage: no tool the rule covers has an argument `mesage`",
+        ),
+        (
+            "[tool.approval]\nwhen = { tools = [\"fixture_echo\"], arguments = { message = 3 } }\n",
+            "approval › when › arguments › message: 3 can never be a value of `message`",
+        ),
+        (
+            "tier = \"supervised\"\n[tool.approval]\nwhen = \"never\"\n",
+            "tool \"hostile\" (entry 1) › approval › when: tier \"supervised\" asks for approval of every call",
+        ),
+        (
+            "[tool.approval]\nwhen = { tools = [] }\n",
+            "approval › when: `tools` is empty, so the rule can never match",
+        ),
+    ] {
+        let config = hostile_with(&dir, lines);
+        let (ok, out) = common::check(&config, &state);
+        assert!(!ok, "{lines}: accepted");
+        assert!(out.contains(expected), "{lines}:\n{out}");
+    }
+}
+
+#[test]
+fn a_tier_change_is_recorded_by_the_reload() {
+    let dir = TempDir::new("approval-promotion");
+    let config = hostile_with(&dir, "tier = \"shadow\"\n");
+    let server = HttpServer::start(&config);
+    hostile_with(&dir, "tier = \"autonomous\"\n");
+    let (ok, out) = ctl(&server, &["reload"]);
+    assert!(ok, "{out}");
+    let reload = audit_records(&server.audit_dir)
+        .into_iter()
+        .find(|r| r["kind"] == "operator" && r["action"] == "reload")
+        .expect("the reload's record");
+    assert_eq!(
+        reload["tiers"],
+        json!([{"component": "hostile", "from": "shadow", "to": "autonomous"}]),
+        "{reload}"
+    );
+}

@@ -264,7 +264,7 @@ pub struct Interaction {
     /// Questions asked this round that only a retry can answer, with the shortest timeout.
     unanswered: Mutex<(Vec<Question>, Option<Duration>)>,
     /// The ticket this round will issue if it ends with questions; named in its records.
-    next_ticket: String,
+    next_ticket: std::sync::OnceLock<String>,
     /// The ticket a retry redeemed, whose answers this round uses.
     redeemed: Mutex<Option<String>>,
     pub pause: Arc<Pause>,
@@ -284,11 +284,16 @@ impl Interaction {
             retry: Mutex::new(retry),
             answers: Mutex::new(HashMap::new()),
             unanswered: Mutex::new((Vec::new(), None)),
-            next_ticket: crate::pipeline::random_id(),
+            next_ticket: std::sync::OnceLock::new(),
             redeemed: Mutex::new(None),
             pause: Arc::default(),
             nested_calls: AtomicU32::new(0),
         }
+    }
+
+    /// Made only when a call asks (most never do): it costs a system call.
+    fn next_ticket(&self) -> &str {
+        self.next_ticket.get_or_init(crate::pipeline::random_id)
     }
 
     /// A call with no one to ask (library use, benches).
@@ -334,7 +339,7 @@ impl Interaction {
         }
         let state = approvals.tickets.issue(Ticket {
             v: 1,
-            id: self.next_ticket.clone(),
+            id: self.next_ticket().to_owned(),
             principal: self.principal.to_string(),
             tool: tool.to_owned(),
             arguments_sha256: digest.to_owned(),
@@ -410,7 +415,7 @@ impl Interaction {
                 });
             }
             (Via::Client, ClientChannel::Rounds) => {
-                record("requested", &self.next_ticket, None, None).await?;
+                record("requested", self.next_ticket(), None, None).await?;
                 let mut pending = lock(&self.unanswered);
                 pending.1 = Some(
                     pending

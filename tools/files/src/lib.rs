@@ -1,4 +1,4 @@
-//! Files in the directories the operator granted: list, read, write, move, search.
+//! Files in the directories the operator granted: list, read, write, move, search, delete.
 //!
 //! The tool sees only its grants (WASI preopens such as `/reports`); every path is checked by
 //! the host, so an error here names what the host refused.
@@ -135,6 +135,26 @@ fn rename(args: MoveArgs) -> Result<String, ToolError> {
     ))
 }
 
+/// Deletes one file, after a person confirms: the check comes before the only side effect,
+/// so that a re-run (MCP 2026-07-28 asks by ending the run and retrying it) deletes once.
+fn delete(args: PathArgs) -> Result<String, ToolError> {
+    let p = &args.path;
+    let meta = std::fs::metadata(p).map_err(|e| io_err("delete", p, e))?;
+    if !meta.is_file() {
+        return Err(ToolError::invalid(format!(
+            "{} is not a file; files_delete removes one file",
+            p.display()
+        )));
+    }
+    let prompt = format!("Delete {}?", p.display());
+    let details = format!("{} bytes; this cannot be undone.", meta.len());
+    if !airlock_sdk::confirm(&prompt, &details) {
+        return Ok(format!("kept {}: deletion not confirmed", p.display()));
+    }
+    std::fs::remove_file(p).map_err(|e| io_err("delete", p, e))?;
+    Ok(format!("deleted {}", p.display()))
+}
+
 #[derive(Deserialize, JsonSchema)]
 struct SearchArgs {
     /// Directory to search, recursively.
@@ -238,6 +258,15 @@ fn toolbox() -> Toolbox {
                 "Move or rename a file inside a read-write grant.",
                 rename,
             )
+            .closed_world(),
+        )
+        .with(
+            Tool::new(
+                "files_delete",
+                "Delete one file inside a read-write grant, after a person confirms it.",
+                delete,
+            )
+            .idempotent()
             .closed_world(),
         )
         .with(
