@@ -2,8 +2,9 @@
 //! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
 //!
 //! Steps: (authentication, in the transport) → look up → authorize → operator kill switch →
-//! nesting caps (nested calls) → rate limit → admit (in-flight limits) → validate input →
-//! redeem a retry's ticket → approval (tier or rule) → execute in the sandbox (with the grants
+//! nesting caps (nested calls) → rate limit → validate input → redeem a retry's ticket →
+//! approval (tier or rule) → admit (in-flight limits) → operator kill switch again, once the
+//! call is registered as running → execute in the sandbox (with the grants
 //! the operator's revocations and the tier leave) → check output → redact secrets → audit
 //! record (durable before the response) → log event.
 //!
@@ -432,6 +433,15 @@ impl Airlock {
         self.rate_limits.check(&caller.principal.name, name)?;
         usage.audit_arguments = tool.component.entry.audit_arguments;
         usage.redactor = Some(tool.component.prepared.redactor.clone());
+        let text = validate_input(tool, arguments)?;
+        if caller.is_top_level() {
+            usage.ticket =
+                ctx.interaction
+                    .redeem(&self.operator.approvals, name, &usage.arguments_sha256)?;
+        }
+        // Before admission: a call waiting for a person holds no in-flight slot, so pending
+        // approvals cannot starve the server.
+        self.approve(tool, arguments, caller, &ctx, usage).await?;
         let _permits = self.admit(tool)?;
         let running = self.operator.running.register(Running {
             call_id: caller.call_id.clone(),
@@ -446,14 +456,6 @@ impl Airlock {
         // Checked again now that the call is registered: a kill given between the first check
         // and here either sees this call (and interrupts it) or is seen by this check.
         self.check_kill(caller, tool)?;
-        let text = validate_input(tool, arguments)?;
-        if caller.is_top_level() {
-            usage.ticket =
-                ctx.interaction
-                    .redeem(&self.operator.approvals, name, &usage.arguments_sha256)?;
-        }
-        self.approve(tool, arguments, caller, &ctx, &running.call, usage)
-            .await?;
         let report = self
             .execute(
                 tool,
@@ -495,7 +497,6 @@ impl Airlock {
         arguments: Option<&JsonObject>,
         caller: &Caller,
         ctx: &CallContext,
-        running: &Running,
         usage: &mut Usage,
     ) -> Result<(), CallFailure> {
         let rule = &tool.component.approval;
@@ -523,7 +524,6 @@ impl Airlock {
         );
         let answered = tokio::select! {
             biased;
-            _ = running.stop.cancelled() => return Err(CallFailure::StoppedByOperator),
             _ = ctx.cancel.cancelled() => return Err(CallFailure::Cancelled),
             a = asked => a?,
         };
