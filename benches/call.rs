@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
                     arguments: r#"{"message":"hi"}"#,
                     grants: grants.clone(),
                     services: None,
+                    shadow: false,
                 },
                 None,
                 &signals,

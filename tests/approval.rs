@@ -509,27 +509,40 @@ fn shadow_tier_withholds_writes_and_marks_calls() {
     std::fs::create_dir_all(dir.0.join("data")).unwrap();
     let upstream = TestHttpServer::start();
     let port = upstream.port;
+    // files is autonomous: a shadow call reaches it only through hostile's nested calls.
     let config = dir.config(&format!(
-        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\ntier = \"shadow\"\n[tool.grants]\nfs = [{{ host = \"data\", guest = \"/data\", mode = \"rw\" }}]\n\
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{{ host = \"data\", guest = \"/data\", mode = \"rw\" }}]\n\
          [[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\ntier = \"shadow\"\n[tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n",
         hostile_wasm().display()
     ));
     let poll = |method: &str| json!({"authority": format!("127.0.0.1:{port}"), "times": 1, "interval_ms": 0, "method": method});
+    let write = json!({"path": "/data/x.txt", "content": "x"});
     let s = client(
         "auto",
         Transport::Stdio(Some(&config)),
         json!({"calls": [
-            {"id": "write", "tool": "files_write", "args": {"path": "/data/x.txt", "content": "x"}},
+            {"id": "write", "tool": "fixture_nest", "args": {"tool": "files_write", "arguments": write}},
             {"id": "post", "tool": "fixture_poll", "args": poll("POST")},
             {"id": "get", "tool": "fixture_poll", "args": poll("GET")},
+        ],
+        "then": [
+            {"id": "direct", "tool": "files_write", "args": {"path": "/data/y.txt", "content": "y"}},
         ]}),
     );
-    let write = s.call("write");
-    assert!(write["is_error"].as_bool().unwrap(), "{write}");
+    // A shadow call's nested call runs in the shadow tier too, whatever its own tier.
+    let nested = s.call("write");
+    assert!(
+        nested["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("call 1 refused: tool_failed: cannot write /data/x.txt"),
+        "{nested}"
+    );
     assert!(
         !dir.0.join("data/x.txt").exists(),
         "the shadow write reached the disk"
     );
+    assert_eq!(s.call("direct")["text"], "wrote 1 bytes to /data/y.txt");
     let post = s.call("post");
     assert_eq!(outcome(post), "blocked_by_policy", "{post}");
     assert!(
@@ -543,11 +556,18 @@ fn shadow_tier_withholds_writes_and_marks_calls() {
     assert_eq!(get["meta"]["airlock/shadow"], true, "{get}");
     assert!(upstream.seen().iter().all(|r| r.method == "GET"));
     let records = audit_records(s.audit_dir.as_ref().unwrap());
+    let tiers: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["kind"] == "call")
+        .map(|r| (r["tool"].as_str().unwrap(), r["tier"].as_str().unwrap()))
+        .collect();
+    assert!(tiers.contains(&("files_write", "shadow")), "{tiers:?}");
+    assert!(tiers.contains(&("files_write", "autonomous")), "{tiers:?}");
     assert!(
-        records
+        tiers
             .iter()
-            .filter(|r| r["kind"] == "call")
-            .all(|r| r["tier"] == "shadow")
+            .filter(|(t, _)| t.starts_with("fixture"))
+            .all(|(_, tier)| *tier == "shadow")
     );
 }
 

@@ -26,6 +26,13 @@ use tokio::sync::oneshot;
 
 /// The file in the state directory holding the key that seals request state.
 pub const STATE_KEY_FILE: &str = "request-state.key";
+/// Questions one top-level call (with its nested calls) may ask; a tool asking in a loop is
+/// refused beyond it.
+pub const MAX_QUESTIONS: u32 = 16;
+/// Calls one principal may have waiting in the operator queue at once.
+pub const MAX_QUEUED_PER_PRINCIPAL: usize = 32;
+/// Calls waiting in the operator queue at once, all principals together.
+pub const MAX_QUEUED: usize = 1024;
 
 /// What a call asks a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +131,18 @@ impl Question {
             message,
             schema,
         }
+    }
+
+    /// The same question bound to the arguments of the call asking it and to how often this
+    /// run asked it before: the second `confirm` with the same text is another question.
+    pub fn bound_to(mut self, arguments_sha256: &str, occurrence: u32) -> Question {
+        self.key = key(
+            self.asking,
+            &self.tool,
+            &self.key,
+            &format!("{arguments_sha256}#{occurrence}"),
+        );
+        self
     }
 
     /// The MCP form of the question.
@@ -225,6 +244,9 @@ pub struct Retry {
 pub struct Pause {
     waiting: AtomicU32,
     waited_ns: AtomicU64,
+    /// Waits that ended without an answer: they count against the clock after all, so that
+    /// a tool asking again and again cannot run on for ever.
+    forfeited_ns: AtomicU64,
 }
 
 impl Pause {
@@ -235,7 +257,16 @@ impl Pause {
 
     /// Total time waited so far.
     pub fn waited(&self) -> Duration {
-        Duration::from_nanos(self.waited_ns.load(Ordering::Acquire))
+        Duration::from_nanos(
+            self.waited_ns
+                .load(Ordering::Acquire)
+                .saturating_sub(self.forfeited_ns.load(Ordering::Acquire)),
+        )
+    }
+
+    fn forfeit(&self, d: Duration) {
+        self.forfeited_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::AcqRel);
     }
 
     async fn during<T>(&self, f: impl Future<Output = T>) -> T {
@@ -270,6 +301,8 @@ pub struct Interaction {
     pub pause: Arc<Pause>,
     /// Nested calls made beneath the top-level call so far.
     pub nested_calls: AtomicU32,
+    /// Questions put to people so far (answers a retry brought back are not counted again).
+    questions: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,6 +321,7 @@ impl Interaction {
             redeemed: Mutex::new(None),
             pause: Arc::default(),
             nested_calls: AtomicU32::new(0),
+            questions: AtomicU32::new(0),
         }
     }
 
@@ -400,6 +434,29 @@ impl Interaction {
             .await?;
             return Ok(answered);
         }
+        if self.questions.fetch_add(1, Ordering::AcqRel) >= MAX_QUESTIONS {
+            record("refused", "", None, Some("too many questions in one call")).await?;
+            return Err(CallFailure::TooManyQuestions {
+                tool: question.tool.clone(),
+                limit: MAX_QUESTIONS,
+            });
+        }
+        // What the record says if the call ends while the question waits.
+        let abandoned = |ticket: &str| {
+            let r = ApprovalRecord {
+                event: "abandoned",
+                asking: question.asking,
+                ticket: ticket.to_owned(),
+                principal: &self.principal,
+                tool: &question.tool,
+                call_id: call.call_id,
+                arguments_sha256: call.digest,
+                via,
+                by: None,
+                reason: Some("the call ended while waiting".to_owned()),
+            };
+            (audit.clone(), serde_json::to_value(&r).unwrap_or_default())
+        };
         let answered = match (via, &self.client) {
             (Via::Client, ClientChannel::Unable) => {
                 record(
@@ -429,10 +486,14 @@ impl Interaction {
             }
             (Via::Client, ClientChannel::Inline(elicitor)) => {
                 let id = crate::pipeline::random_id();
-                record("requested", &id, None, None).await?;
                 let params = question
                     .elicitation()
                     .map_err(|e| CallFailure::InvalidArguments(format!("elicit: {e}")))?;
+                record("requested", &id, None, None).await?;
+                let mut open = Open {
+                    queue: None,
+                    record: Some(abandoned(&id)),
+                };
                 let asked = self
                     .pause
                     .during(tokio::time::timeout(
@@ -440,9 +501,11 @@ impl Interaction {
                         elicitor.elicit(params),
                     ))
                     .await;
+                open.settle();
                 let by = format!("client user of {}", self.principal);
                 match asked {
                     Err(_) => {
+                        self.pause.forfeit(policy.timeout.0);
                         record("timed_out", &id, None, None).await?;
                         return Err(timed_out(&question, policy.timeout));
                     }
@@ -468,7 +531,11 @@ impl Interaction {
             (Via::Operator, _) => {
                 let (id, rx) = approvals
                     .queue
-                    .enqueue(&question, &self.principal, call, policy);
+                    .enqueue(&question, &self.principal, call, policy)?;
+                let mut open = Open {
+                    queue: Some((&approvals.queue, id.clone())),
+                    record: Some(abandoned(&id)),
+                };
                 record("requested", &id, None, None).await?;
                 if let Some(events) = call.events {
                     let _ = events.try_send(crate::sandbox::GuestEvent::Progress {
@@ -484,7 +551,8 @@ impl Interaction {
                     .pause
                     .during(tokio::time::timeout(policy.timeout.0, rx))
                     .await;
-                approvals.queue.remove(&id);
+                open.settle();
+                drop(open);
                 match waited {
                     Ok(Ok(a)) => {
                         record(
@@ -497,6 +565,7 @@ impl Interaction {
                         a
                     }
                     _ => {
+                        self.pause.forfeit(policy.timeout.0);
                         record("timed_out", &id, None, None).await?;
                         return Err(timed_out(&question, policy.timeout));
                     }
@@ -505,6 +574,39 @@ impl Interaction {
         };
         lock(&self.answers).insert(question.key.clone(), answered.clone());
         Ok(answered)
+    }
+}
+
+/// A question put to someone and not answered yet. Should the call end while it waits (its
+/// future dropped: stopped, cancelled, timed out), the queue entry goes and the record says
+/// the question was abandoned.
+struct Open<'a> {
+    queue: Option<(&'a Queue, String)>,
+    record: Option<(AuditLog, serde_json::Value)>,
+}
+
+impl Open<'_> {
+    /// The wait ended; its own record follows.
+    fn settle(&mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if let Some((queue, id)) = &self.queue {
+            queue.remove(id);
+        }
+        if let Some((audit, record)) = self.record.take()
+            && audit.is_on()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = audit.append("approval", &record).await {
+                    tracing::error!("cannot record an abandoned approval: {}", e.0);
+                }
+            });
+        }
     }
 }
 
@@ -576,8 +678,17 @@ impl Approvals {
     /// A key of this process only (library use, benches).
     pub fn ephemeral() -> Approvals {
         let mut key = [0u8; 32];
-        // Without entropy the key is still unknown to clients: it never leaves the process.
-        let _ = getrandom::getrandom(&mut key);
+        if getrandom::getrandom(&mut key).is_err() {
+            // No entropy source: a key from what this process alone knows. Such a host serves
+            // no one (ephemeral keys are for commands that do not serve), but it is not zero.
+            let seed = format!(
+                "{:?} {} {:p}",
+                std::time::SystemTime::now(),
+                std::process::id(),
+                &key
+            );
+            key = sha2::Sha256::digest(seed.as_bytes()).into();
+        }
         Approvals::with_key(&key).expect("32 bytes is RequestStateCodec::MIN_KEY_LENGTH")
     }
 
@@ -730,11 +841,26 @@ impl Queue {
         principal: &str,
         call: &AskingCall<'_>,
         policy: &ApprovalPolicy,
-    ) -> (String, oneshot::Receiver<Answered>) {
+    ) -> Result<(String, oneshot::Receiver<Answered>), CallFailure> {
         // Short enough to type, random enough not to guess.
         let id = crate::pipeline::random_id()[..12].to_owned();
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(
+        let mut waiting = lock(&self.waiting);
+        let mine = waiting
+            .values()
+            .filter(|w| w.view.principal == principal)
+            .count();
+        if waiting.len() >= MAX_QUEUED || mine >= MAX_QUEUED_PER_PRINCIPAL {
+            return Err(CallFailure::ApprovalQueueFull {
+                principal: principal.to_owned(),
+                limit: if mine >= MAX_QUEUED_PER_PRINCIPAL {
+                    MAX_QUEUED_PER_PRINCIPAL
+                } else {
+                    MAX_QUEUED
+                },
+            });
+        }
+        waiting.insert(
             id.clone(),
             Waiting {
                 view: PendingView {
@@ -754,7 +880,7 @@ impl Queue {
                 answer: tx,
             },
         );
-        (id, rx)
+        Ok((id, rx))
     }
 
     fn remove(&self, id: &str) {
@@ -804,8 +930,10 @@ impl Queue {
         } else {
             Reply::Decline
         };
-        // The call may have just timed out; its own record says so.
-        let _ = w.answer.send(Answered { reply, by, reason });
+        // The call may have ended a moment ago; then this answer reached no one.
+        w.answer
+            .send(Answered { reply, by, reason })
+            .map_err(|_| AnswerRefused::NotWaiting(id.to_owned()))?;
         Ok(w.view)
     }
 }
@@ -888,6 +1016,18 @@ mod tests {
     }
 
     #[test]
+    fn a_question_asked_again_is_another_question() {
+        let q = Question::confirm("t", "Proceed?", "");
+        let first = q.clone().bound_to("d1", 1);
+        assert_eq!(
+            first,
+            Question::confirm("t", "Proceed?", "").bound_to("d1", 1)
+        );
+        assert_ne!(first.key, q.clone().bound_to("d1", 2).key);
+        assert_ne!(first.key, q.bound_to("d2", 1).key);
+    }
+
+    #[test]
     fn four_eyes_refuses_the_caller() {
         let q = Queue::default();
         let policy = ApprovalPolicy {
@@ -900,7 +1040,7 @@ mod tests {
             events: None,
         };
         let question = Question::approval("write", "alice", "{}", "d");
-        let (id, _rx) = q.enqueue(&question, "alice", &call, &policy);
+        let (id, _rx) = q.enqueue(&question, "alice", &call, &policy).unwrap();
         assert_eq!(
             q.answer(&id, true, "alice", "alice".into(), None)
                 .unwrap_err(),

@@ -104,7 +104,6 @@ impl Catalog {
                 grants: Arc::new(entry.grants.clone()),
                 redactor: redactor.clone(),
                 shapes: shapes.clone(),
-                shadow: entry.approval.tier == crate::risk::Tier::Shadow,
             };
             let specs = describe(&prepared)
                 .await

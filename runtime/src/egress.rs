@@ -178,7 +178,15 @@ impl EgressGate {
     ) -> Self {
         EgressGate {
             grants,
-            limits,
+            // A shadow call sends no request body at all.
+            limits: if shadow {
+                EgressLimits {
+                    max_request_bytes: ByteSize(0),
+                    ..limits
+                }
+            } else {
+                limits
+            },
             component,
             denial,
             redactor,

@@ -64,6 +64,12 @@ pub enum CallFailure {
     /// The request state a retry presented is not a ticket for this call.
     #[error("approval ticket refused: {problem}")]
     TicketRefused { problem: TicketProblem },
+    /// A call (with its nested calls) asked people more questions than allowed.
+    #[error("tool {tool} asked more than {limit} questions in one call: denied")]
+    TooManyQuestions { tool: String, limit: u32 },
+    /// Too many calls wait for an operator already.
+    #[error("approval queue full: {limit} calls{} already wait for an operator; try again later", if *limit == crate::approval::MAX_QUEUED_PER_PRINCIPAL { format!(" of principal {principal}") } else { String::new() })]
+    ApprovalQueueFull { principal: String, limit: usize },
     /// A nested `call-tool` beyond the depth cap.
     #[error("nested call to {tool} refused: depth {depth} is beyond the cap of {limit}")]
     NestingTooDeep {
@@ -149,6 +155,8 @@ impl CallFailure {
             CallFailure::ApprovalTimedOut { .. } => "approval_timed_out",
             CallFailure::CannotAsk { .. } => "approval_unavailable",
             CallFailure::TicketRefused { .. } => "ticket_refused",
+            CallFailure::TooManyQuestions { .. } => "too_many_questions",
+            CallFailure::ApprovalQueueFull { .. } => "approval_queue_full",
             CallFailure::NestingTooDeep { .. } => "nesting_too_deep",
             CallFailure::NestedBudgetExhausted { .. } => "nested_budget_exhausted",
             CallFailure::CallCycle { .. } => "call_cycle",
@@ -186,6 +194,8 @@ impl CallFailure {
             | CallFailure::ApprovalTimedOut { .. }
             | CallFailure::CannotAsk { .. }
             | CallFailure::TicketRefused { .. }
+            | CallFailure::TooManyQuestions { .. }
+            | CallFailure::ApprovalQueueFull { .. }
             | CallFailure::NestingTooDeep { .. }
             | CallFailure::NestedBudgetExhausted { .. }
             | CallFailure::CallCycle { .. }

@@ -279,7 +279,7 @@ impl ServerHandler for McpServer {
             cancel: context.ct.clone(),
             events,
             interaction: interaction.clone(),
-            deadline: None,
+            parent_clock: None,
         };
         let airlock = self.live.current();
         let result = airlock

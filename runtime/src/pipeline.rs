@@ -29,8 +29,9 @@ use crate::secrets::{Redactor, Shapes};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use sha2::Digest;
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -43,8 +44,8 @@ pub struct CallContext {
     pub events: Option<mpsc::Sender<GuestEvent>>,
     /// The people the call can ask, shared with its nested calls.
     pub interaction: Arc<Interaction>,
-    /// A nested call's parent's deadline.
-    pub deadline: Option<Instant>,
+    /// A nested call's caller's deadline, which it may not outlast.
+    pub parent_clock: Option<Clock>,
 }
 
 impl CallContext {
@@ -54,7 +55,7 @@ impl CallContext {
             cancel: CancellationToken::new(),
             events: None,
             interaction: Arc::new(Interaction::unattended(principal.name.clone())),
-            deadline: None,
+            parent_clock: None,
         }
     }
 }
@@ -66,6 +67,8 @@ pub struct Nesting {
     frames: Vec<Frame>,
     /// Nested calls allowed beneath the top-level call (its tool's `max_nested_calls`).
     budget: u32,
+    /// A call above runs in the shadow tier: so does this one, whatever its own tier.
+    shadow: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +115,7 @@ impl Caller {
         tool: &Arc<str>,
         arguments_sha256: &str,
         limits: &crate::policy::Limits,
+        shadow: bool,
     ) -> Caller {
         let depth = self.nesting.frames.len() as u32;
         let mut frames = self.nesting.frames.clone();
@@ -132,6 +136,7 @@ impl Caller {
                 } else {
                     self.nesting.budget
                 },
+                shadow,
             },
         }
     }
@@ -426,7 +431,14 @@ impl Airlock {
     ) -> Result<CallToolResult, CallFailure> {
         let tool = self.catalog.tool(name)?;
         usage.component = Some(tool.component.prepared.name.clone());
-        usage.tier = Some(tool.component.approval.policy.tier);
+        let shadow = caller.nesting.shadow
+            || tool.component.approval.policy.tier == crate::risk::Tier::Shadow;
+        // The tier the call runs under: shadow when a shadow call made it.
+        usage.tier = Some(if shadow {
+            crate::risk::Tier::Shadow
+        } else {
+            tool.component.approval.policy.tier
+        });
         authorize(&caller.principal, tool)?;
         self.check_kill(caller, tool)?;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
@@ -457,14 +469,7 @@ impl Airlock {
         // and here either sees this call (and interrupts it) or is seen by this check.
         self.check_kill(caller, tool)?;
         let report = self
-            .execute(
-                tool,
-                &text,
-                ctx,
-                &running.call,
-                caller,
-                &usage.arguments_sha256,
-            )
+            .execute(tool, &text, ctx, &running.call, caller, usage)
             .await;
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
@@ -541,18 +546,24 @@ impl Airlock {
         }
     }
 
-    /// The arguments as a person approving the call reads them: secrets out, at most 2 KiB.
+    /// The arguments as a person approving the call reads them: secrets out, at most 8 KiB,
+    /// and when cut, a warning saying how much is not shown (the approval still binds all of
+    /// them, by digest).
     fn shown_arguments(&self, arguments: Option<&JsonObject>, redactor: &Redactor) -> String {
+        const SHOWN: usize = 8 * 1024;
         let mut v = serde_json::Value::Object(arguments.cloned().unwrap_or_default());
         self.scrub_json(&mut v, Some(redactor));
         let mut text = v.to_string();
-        if text.len() > 2048 {
-            let mut end = 2048;
+        let total = text.len();
+        if total > SHOWN {
+            let mut end = SHOWN;
             while !text.is_char_boundary(end) {
                 end -= 1;
             }
             text.truncate(end);
-            text.push('…');
+            text.push_str(&format!(
+                "… [WARNING: only the first {end} of {total} bytes are shown; deny unless you know the rest]"
+            ));
         }
         text
     }
@@ -586,12 +597,16 @@ impl Airlock {
         ctx: CallContext,
         running: &Running,
         caller: &Caller,
-        arguments_sha256: &str,
+        usage: &Usage,
     ) -> RunReport<Answer> {
+        let (arguments_sha256, shadow) = (
+            usage.arguments_sha256.as_str(),
+            usage.tier == Some(crate::risk::Tier::Shadow),
+        );
         let prepared = &tool.component.prepared;
         let clock = Clock::start(
             prepared.limits.timeout.0,
-            ctx.deadline,
+            ctx.parent_clock,
             ctx.interaction.pause.clone(),
         );
         let services = Services(Arc::new(ServicesOf {
@@ -604,6 +619,8 @@ impl Airlock {
             cancel: ctx.cancel.clone(),
             events: ctx.events.clone(),
             clock: clock.clone(),
+            shadow,
+            asked: Mutex::new(HashMap::new()),
         }));
         let invocation = Invocation::Call {
             tool: &tool.tool.name,
@@ -614,6 +631,7 @@ impl Airlock {
                 self.operator.overrides.clone(),
             ),
             services: Some(Arc::new(services)),
+            shadow,
         };
         let signals = RunSignals {
             cancel: ctx.cancel,
@@ -638,9 +656,22 @@ struct ServicesOf {
     cancel: CancellationToken,
     events: Option<mpsc::Sender<GuestEvent>>,
     clock: Clock,
+    shadow: bool,
+    /// How often each question has been asked in this run: the n-th asking of the same text
+    /// is its own question (a tool confirming two steps with one prompt), and a re-run asks
+    /// them in the same order.
+    asked: Mutex<HashMap<String, u32>>,
 }
 
 impl ServicesOf {
+    /// `question`, bound to this call's arguments and to how often it was asked before.
+    fn occurrence(&self, question: Question) -> Question {
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        let n = asked.entry(question.key.clone()).or_insert(0);
+        *n += 1;
+        question.bound_to(&self.arguments_sha256, *n)
+    }
+
     async fn ask(&self, question: Question) -> Result<crate::approval::Answered, CallFailure> {
         let call = AskingCall {
             call_id: &self.caller.call_id,
@@ -663,7 +694,8 @@ impl CallServices for Services {
     fn confirm(&self, prompt: String, details: String) -> Served<bool> {
         let me = self.0.clone();
         Box::pin(async move {
-            match me.ask(Question::confirm(&me.tool, &prompt, &details)).await {
+            let question = me.occurrence(Question::confirm(&me.tool, &prompt, &details));
+            match me.ask(question).await {
                 Ok(a) => Ok(a.reply.is_yes()),
                 // No answer in time is a no; the tool decides what a no means.
                 Err(CallFailure::ApprovalTimedOut { .. }) => Ok(false),
@@ -675,11 +707,17 @@ impl CallServices for Services {
     fn elicit(&self, message: String, schema: String) -> Served<Result<Reply, String>> {
         let me = self.0.clone();
         Box::pin(async move {
-            let schema = match serde_json::from_str::<serde_json::Value>(&schema) {
-                Ok(serde_json::Value::Object(o)) => o,
+            let mut schema = match serde_json::from_str::<serde_json::Value>(&schema) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
                 _ => return Ok(Err("the schema is not a JSON object".to_owned())),
             };
-            let question = Question::elicit(&me.tool, &message, schema);
+            // Titles and descriptions reach the client: no secret values in them.
+            let redactor = &me.component.prepared.redactor;
+            crate::secrets::rewrite_json_strings(&mut schema, &|s| redactor.redact(s));
+            let serde_json::Value::Object(schema) = schema else {
+                unreachable!("checked above")
+            };
+            let question = me.occurrence(Question::elicit(&me.tool, &message, schema));
             if let Err(e) = question.elicitation() {
                 return Ok(Err(e));
             }
@@ -706,19 +744,35 @@ impl CallServices for Services {
                     )));
                 }
             };
-            let caller =
-                me.caller
-                    .nested(&me.tool, &me.arguments_sha256, &me.component.entry.limits);
+            let caller = me.caller.nested(
+                &me.tool,
+                &me.arguments_sha256,
+                &me.component.entry.limits,
+                me.shadow,
+            );
+            // The nested call runs as its own task and ends (cancelled, and recorded as such)
+            // when this run ends first: stopped, timed out or cancelled, the calling run drops
+            // this future and the guard cancels the nested call's token.
+            let cancel = me.cancel.child_token();
+            let _ends_with_caller = cancel.clone().drop_guard();
             let ctx = CallContext {
-                cancel: me.cancel.clone(),
+                cancel,
                 events: me.events.clone(),
                 interaction: me.interaction.clone(),
-                deadline: Some(me.clock.end()),
+                parent_clock: Some(me.clock.clone()),
             };
-            match me.airlock.call(&name, Some(&arguments), &caller, ctx).await {
+            let airlock = me.airlock.clone();
+            let nested =
+                tokio::spawn(
+                    async move { airlock.call(&name, Some(&arguments), &caller, ctx).await },
+                );
+            match nested.await {
                 // Only the client can answer; this run ends and the call is retried.
-                Err(CallFailure::InputRequired) => Err(CallFailure::InputRequired),
-                r => Ok(r),
+                Ok(Err(CallFailure::InputRequired)) => Err(CallFailure::InputRequired),
+                Ok(r) => Ok(r),
+                Err(e) => Err(CallFailure::HostError(format!(
+                    "the nested call failed: {e}"
+                ))),
             }
         })
     }

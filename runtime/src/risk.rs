@@ -400,17 +400,16 @@ fn numbers_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 /// `*` matches any run of characters (including none); everything else matches itself.
 fn glob(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
     if parts.len() == 1 {
         return pattern == text;
     }
-    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    let Some(mut rest) = text
+        .strip_prefix(first)
+        .and_then(|rest| rest.strip_suffix(last))
+    else {
         return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    if !text.ends_with(last) {
-        return false;
-    }
+    };
     for middle in &parts[1..parts.len() - 1] {
         match rest.find(middle) {
             Some(i) => rest = &rest[i + middle.len()..],
@@ -446,6 +445,10 @@ mod tests {
         assert!(!glob("a*b*c", "ac"));
         assert!(glob("*", ""));
         assert!(!glob("ab*ba", "aba"));
+        assert!(glob("ab*ba", "abba"));
+        // Multi-byte text never splits a character.
+        assert!(!glob("/etc/*.conf", "/etc/ééé"));
+        assert!(glob("/é*é", "/ééé"));
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub enum GuestEvent {
 /// other tools (`call-tool`). An `Err` ends the run with that failure.
 pub trait CallServices: Send + Sync {
     fn confirm(&self, prompt: String, details: String) -> Served<bool>;
+    /// `schema` is the guest's text, not yet checked.
     /// `Ok(Err(why))` when the form is unusable (the tool's mistake, returned to it).
     fn elicit(
         &self,
@@ -65,32 +66,34 @@ pub type Served<T> = Pin<Box<dyn Future<Output = Result<T, CallFailure>> + Send 
 #[error("{0}")]
 struct EndRun(CallFailure);
 
-/// A call's wall-clock deadline: its timeout (or the deadline it inherits, if sooner), moved
-/// later by the time spent waiting for people.
+/// A call's wall-clock deadline: its timeout, moved later by the time spent waiting for people
+/// who answered, and never later than its calling call's deadline (a nested call).
 #[derive(Clone)]
 pub struct Clock {
     end: Instant,
     pause: Arc<crate::approval::Pause>,
     waited_at_start: Duration,
+    parent: Option<Arc<Clock>>,
 }
 
 impl Clock {
     pub fn start(
         timeout: Duration,
-        inherited: Option<Instant>,
+        parent: Option<Clock>,
         pause: Arc<crate::approval::Pause>,
     ) -> Clock {
-        let own = Instant::now() + timeout;
         Clock {
-            end: inherited.map_or(own, |d| d.min(own)),
+            end: Instant::now() + timeout,
             waited_at_start: pause.waited(),
             pause,
+            parent: parent.map(Arc::new),
         }
     }
 
     /// The deadline as it stands now.
     pub fn end(&self) -> Instant {
-        self.end + self.pause.waited().saturating_sub(self.waited_at_start)
+        let own = self.end + self.pause.waited().saturating_sub(self.waited_at_start);
+        self.parent.as_ref().map_or(own, |p| p.end().min(own))
     }
 
     /// Resolves once the deadline has passed with no one being waited for.
@@ -334,8 +337,6 @@ pub struct Prepared {
     pub redactor: Arc<Redactor>,
     /// Secret-shaped strings, kept out of airlock's own log lines.
     pub shapes: Arc<Shapes>,
-    /// Shadow tier: write capabilities withheld.
-    pub shadow: bool,
 }
 
 /// What the guest is asked to do.
@@ -349,6 +350,8 @@ pub enum Invocation<'a> {
         /// People and other tools, for the host imports that reach them; without them those
         /// imports end the run.
         services: Option<Arc<dyn CallServices>>,
+        /// Write capabilities withheld: the tool's tier is shadow, or a shadow call made it.
+        shadow: bool,
     },
 }
 
@@ -383,24 +386,28 @@ pub async fn run(
     let cap = limits.capture_bytes.as_usize();
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
     let denial = DenialCell::default();
-    let (live, called, services) = match &invocation {
-        Invocation::Describe => (LiveGrants::fixed(Arc::new(Grants::default())), None, None),
+    let (live, called, services, shadow) = match &invocation {
+        Invocation::Describe => (
+            LiveGrants::fixed(Arc::new(Grants::default())),
+            None,
+            None,
+            true,
+        ),
         Invocation::Call {
             tool,
             grants,
             services,
+            shadow,
             ..
-        } => (grants.clone(), Some(tool.to_string()), services.clone()),
+        } => (
+            grants.clone(),
+            Some(tool.to_string()),
+            services.clone(),
+            *shadow,
+        ),
     };
     let granted = called.is_some().then_some(&live);
-    let context = wasi_context(
-        &prepared.name,
-        granted,
-        prepared.shadow,
-        &stdout,
-        &stderr,
-        &denial,
-    );
+    let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial);
     let (wasi, granted) = match context {
         Ok(w) => (w, Ok(())),
         // The call fails before the guest runs; an empty context stands in for the store.
@@ -425,7 +432,7 @@ pub async fn run(
             prepared.name.clone(),
             denial.clone(),
             prepared.redactor.clone(),
-            prepared.shadow,
+            shadow,
         ),
         denial,
         redactor: prepared.redactor.clone(),
