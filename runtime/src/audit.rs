@@ -1,11 +1,13 @@
-//! The audit log: one JSON line per decision, hash-chained, group-committed with fsync by a
-//! single writer thread, with signed checkpoints and size-based rotation.
+//! The audit log: one JSON line per decision, hash-chained, group-committed by a single writer
+//! thread, with signed checkpoints and size-based rotation. Each batch is durable in the
+//! [`crate::journal`] before its calls are answered; the log file is flushed in bulk.
 //!
 //! A line is `{"seq":N,"time":"…","prev":"<hash of N-1>","kind":…,<fields>,"hash":"<hash>"}`
 //! where `hash` is the sha256 of the line up to (not including) `,"hash"` closed by `}`. The
 //! previous hash inside each line chains the records; a checkpoint signs the chain's head with
 //! the ed25519 key kept in the state directory. [`verify`] checks all of it.
 
+use crate::journal::{self, Journal};
 use crate::units::ByteSize;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -337,6 +339,8 @@ struct Writer {
     sealed: bool,
     /// Records of calls in progress (see [`Expected`]).
     expected: Arc<AtomicUsize>,
+    /// Where each batch is made durable before it is acknowledged.
+    journal: Journal,
     /// Held (locked) for the writer's life: one writer per log.
     _lock: File,
 }
@@ -357,13 +361,16 @@ impl Writer {
                 dir.display()
             ))
         })?;
-        let (seq, head, path) = recover(dir)?;
+        let (mut seq, mut head, path) = recover(dir)?;
         let path = path.unwrap_or_else(|| dir.join(file_name(seq + 1)));
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(fail)?;
+        let mut journal = Journal::open(dir).map_err(fail)?;
+        replay(&journal, &mut file, &mut seq, &mut head)?;
+        journal.reset();
         let file_bytes = file.metadata().map_err(fail)?.len();
         // The new file's directory entry must survive a crash too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
@@ -380,6 +387,7 @@ impl Writer {
             broken: None,
             sealed: false,
             expected,
+            journal,
             _lock: lock,
         })
     }
@@ -455,17 +463,19 @@ impl Writer {
             })?;
         self.file_bytes += buf.len() as u64;
         self.sealed = true;
+        // The log is flushed: nothing journaled is needed any more.
+        self.journal.reset();
         Ok(self.seq)
     }
 
-    /// Write the batch (and any checkpoint it reaches) and fsync. Returns the sequence number
+    /// Write the batch (and any checkpoint it reaches), durably. Returns the sequence number
     /// of each of the batch's records.
     fn commit(&mut self, batch: &[Pending], buf: &mut Vec<u8>) -> Result<Vec<u64>, AuditError> {
         if let Some(why) = &self.broken {
             return Err(AuditError(why.clone()));
         }
         let (seq0, head0) = (self.seq, self.head.clone());
-        buf.clear();
+        Journal::begin(buf);
         let mut seqs = Vec::with_capacity(batch.len());
         for p in batch {
             self.push_line(buf, &p.body);
@@ -474,7 +484,7 @@ impl Writer {
                 self.push_checkpoint(buf);
             }
         }
-        let written = self.file.write_all(buf).and_then(|_| self.file.sync_data());
+        let written = self.make_durable(buf);
         if let Err(e) = written {
             let why = format!("writing the audit log failed: {e}");
             tracing::error!("{why}; calls are refused until airlock restarts");
@@ -482,7 +492,7 @@ impl Writer {
             (self.seq, self.head) = (seq0, head0);
             return Err(AuditError(why));
         }
-        self.file_bytes += buf.len() as u64;
+        self.file_bytes += (buf.len() - journal::HEADER) as u64;
         self.sealed = false;
         if self.file_bytes >= self.max_file_bytes
             && let Err(e) = self.rotate(buf)
@@ -493,6 +503,26 @@ impl Writer {
             self.broken = Some(why);
         }
         Ok(seqs)
+    }
+
+    /// Make the lines in `frame` (a journal frame begun with [`Journal::begin`]) durable and
+    /// append them to the log. Through the journal, one in-place write; a batch too large for
+    /// it goes to the log with a flush.
+    fn make_durable(&mut self, frame: &mut [u8]) -> std::io::Result<()> {
+        let lines = frame.len() - journal::HEADER;
+        if !Journal::fits(lines) {
+            self.file.write_all(&frame[journal::HEADER..])?;
+            self.file.sync_data()?;
+            self.journal.reset();
+            return Ok(());
+        }
+        if self.journal.must_wrap(frame.len()) {
+            // The frames about to be overwritten must be in the log for good first.
+            self.file.sync_data()?;
+            self.journal.reset();
+        }
+        self.journal.write(frame)?;
+        self.file.write_all(&frame[journal::HEADER..])
     }
 
     /// Append one record line (with sequence number, time, chain and hash) to `buf`.
@@ -536,10 +566,64 @@ impl Writer {
         let path = self.dir.join(file_name(self.seq + 1));
         self.file = OpenOptions::new().create(true).append(true).open(&path)?;
         File::open(&self.dir)?.sync_all()?;
+        self.journal.reset();
         self.file_bytes = 0;
         tracing::info!(file = %path.display(), "audit log rotated");
         Ok(())
     }
+}
+
+/// Append to the log (`file`, whose last record is `seq` with hash `head`) the acknowledged
+/// records the journal holds beyond it, in order and chained; then flush it. A crash of the
+/// machine may have lost the log's unflushed tail, never the journal's.
+fn replay(
+    journal: &Journal,
+    file: &mut File,
+    seq: &mut u64,
+    head: &mut String,
+) -> Result<(), AuditError> {
+    let fail = |e: std::io::Error| AuditError(format!("replaying the audit journal: {e}"));
+    let mut ahead = std::collections::BTreeMap::new();
+    for frame in journal.frames().map_err(fail)? {
+        for line in frame.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(text) = std::str::from_utf8(line) else {
+                continue;
+            };
+            if let Ok(r) = check_line(text)
+                && r.seq > *seq
+            {
+                ahead.insert(r.seq, (text.to_owned(), r));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut replayed = 0u64;
+    while let Some((line, r)) = ahead.remove(&(*seq + 1)) {
+        if r.prev != *head {
+            break;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        (*seq, *head) = (r.seq, r.hash);
+        replayed += 1;
+    }
+    if replayed > 0 {
+        file.write_all(&out)
+            .and_then(|_| file.sync_data())
+            .map_err(fail)?;
+        tracing::warn!(
+            records = replayed,
+            last = *seq,
+            "recovered acknowledged audit records from the journal (the machine stopped before the log was flushed)"
+        );
+    }
+    if !ahead.is_empty() {
+        tracing::warn!(
+            records = ahead.len(),
+            "the audit journal holds records that do not continue the log; ignored"
+        );
+    }
+    Ok(())
 }
 
 /// Find the chain's head: the last complete record of the newest file. A torn last line (a
@@ -794,6 +878,49 @@ mod tests {
         assert_eq!(next, v.last_seq + 1);
         let v2 = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
         assert_eq!(v2.records, 41);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the machine's crash does to an unflushed log: its tail is gone (here: cut mid-way
+    /// through a record). The journal puts every acknowledged record back.
+    #[test]
+    fn the_journal_restores_records_the_log_lost() {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-audit-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, 1000, ByteSize::mib(64));
+        let key = signing_key(&dir).unwrap();
+        let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
+        let mut buf = Vec::new();
+        for batch in 0..5 {
+            let records: Vec<Pending> = (0..3)
+                .map(|i| Pending {
+                    body: format!("\"kind\":\"call\",\"n\":{}", batch * 3 + i).into_bytes(),
+                    seal: false,
+                    durable: oneshot::channel().0,
+                })
+                .collect();
+            w.commit(&records, &mut buf).unwrap();
+        }
+        let path = log_files(&s.dir).unwrap().pop().unwrap();
+        drop(w);
+        let text = std::fs::read(&path).unwrap();
+        // Keep 4 records and half of the 5th.
+        let cut = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(3)
+            .unwrap()
+            .0
+            + 40;
+        std::fs::write(&path, &text[..cut]).unwrap();
+        let w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
+        assert_eq!(w.seq, 15);
+        drop(w);
+        assert_eq!(std::fs::read(&path).unwrap(), text);
+        let v = verify(&log_files(&s.dir).unwrap(), &public_key(&dir).unwrap()).unwrap();
+        assert_eq!(v.records, 15);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

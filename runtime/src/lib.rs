@@ -18,6 +18,7 @@ pub mod egress;
 pub mod engine;
 pub mod failure;
 pub mod grants;
+pub mod journal;
 pub mod keyfile;
 pub mod live;
 pub mod mcp;
