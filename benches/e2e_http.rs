@@ -1,11 +1,14 @@
 //! End-to-end load run over Streamable HTTP: the release `airlock` binary with JWT
 //! authentication (an Ed25519 key generated here, a JWKS file) and the audit log durable or off,
 //! driven by C concurrent keep-alive connections each sending MCP 2026-07-28 `tools/call`s.
-//! Prints calls/s and p50/p99 latency per concurrency, and the cost of durable audit.
+//! Both servers run side by side and the runs alternate between them, round after round, so
+//! that the machine's changing load falls on both alike. Prints, per concurrency, the median
+//! calls/s and p50/p99 latency over the rounds, and the cost of durable audit (the median of
+//! each round's cost, with its range).
 //!
 //! Run: `cargo build --release -p airlock && cargo bench -p airlock-benches --bench e2e_http`
 //! (`scripts/bench` does both). Environment: `E2E_CALLS` per run (default 4000),
-//! `E2E_CONCURRENCY` (comma-separated, default `1,4,16,64`).
+//! `E2E_CONCURRENCY` (comma-separated, default `1,4,16,64`), `E2E_ROUNDS` (default 3).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -35,7 +38,7 @@ fn start(dir: &Path, audit: &str) -> (Child, String) {
     .unwrap();
     start_http(
         &config,
-        &std::env::temp_dir().join("airlock-bench-state"),
+        &dir.join(format!("state-{audit}")),
         &dir.join(format!("audit-{audit}")),
     )
 }
@@ -82,37 +85,63 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let rounds: usize = std::env::var("E2E_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let pct =
         |v: &[Duration], p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6;
-    println!("e2e HTTP tools/call (fixture_echo) with JWT auth, {calls} calls per run");
-    let mut rates = Vec::new();
-    for audit in ["off", "durable"] {
-        let (mut child, addr) = start(&dir, audit);
-        rt.block_on(load(&addr, Some(&token), 200, 4)); // warm-up
-        for &c in &levels {
-            let (elapsed, lat) = rt.block_on(load(&addr, Some(&token), calls, c));
-            let rate = lat.len() as f64 / elapsed.as_secs_f64();
-            println!(
-                "  audit {audit:>7}, concurrency {c:>3}: {rate:>6.0} calls/s, p50 {:.0} us, p99 {:.0} us",
-                pct(&lat, 0.5),
-                pct(&lat, 0.99)
-            );
-            rates.push((audit, c, rate));
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "e2e HTTP tools/call (fixture_echo) with JWT auth, {calls} calls per run, {rounds} rounds alternating audit off and durable"
+    );
+    let servers: Vec<(&str, Child, String)> = ["off", "durable"]
+        .into_iter()
+        .map(|audit| {
+            let (child, addr) = start(&dir, audit);
+            rt.block_on(load(&addr, Some(&token), 200, 4)); // warm-up
+            (audit, child, addr)
+        })
+        .collect();
+    for &c in &levels {
+        // (calls/s, p50 µs, p99 µs) per server, per round.
+        let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); servers.len()];
+        for _ in 0..rounds {
+            for (i, (_, _, addr)) in servers.iter().enumerate() {
+                let (elapsed, lat) = rt.block_on(load(addr, Some(&token), calls, c));
+                let rate = lat.len() as f64 / elapsed.as_secs_f64();
+                runs[i].push((rate, pct(&lat, 0.5), pct(&lat, 0.99)));
+            }
         }
+        for (i, (audit, _, _)) in servers.iter().enumerate() {
+            let col = |f: fn(&(f64, f64, f64)) -> f64| median(runs[i].iter().map(f).collect());
+            println!(
+                "  audit {audit:>7}, concurrency {c:>3}: {:>6.0} calls/s, p50 {:.0} us, p99 {:.0} us (medians)",
+                col(|r| r.0),
+                col(|r| r.1),
+                col(|r| r.2)
+            );
+        }
+        let costs: Vec<f64> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(off, on)| (1.0 - on.0 / off.0) * 100.0)
+            .collect();
+        let (lo, hi) = costs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+        println!(
+            "  durable audit costs {:.0}% of throughput at concurrency {c} (median of {rounds} rounds; {lo:.0}% to {hi:.0}%)",
+            median(costs.clone())
+        );
+    }
+    for (_, mut child, _) in servers {
         let _ = child.kill();
         let _ = child.wait();
-    }
-    for &c in &levels {
-        let off = rates.iter().find(|r| r.0 == "off" && r.1 == c).unwrap().2;
-        let on = rates
-            .iter()
-            .find(|r| r.0 == "durable" && r.1 == c)
-            .unwrap()
-            .2;
-        println!(
-            "  durable audit costs {:.0}% of throughput at concurrency {c}",
-            (1.0 - on / off) * 100.0
-        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
