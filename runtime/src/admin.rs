@@ -79,6 +79,9 @@ pub struct Status {
     pub components: usize,
     pub tools: usize,
     pub running_calls: usize,
+    /// Calls waiting for an operator's answer.
+    #[serde(default)]
+    pub approvals_waiting: usize,
     pub audit: bool,
     pub overrides: Overrides,
 }
@@ -236,6 +239,7 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
                 components: airlock.catalog().components.len(),
                 tools: airlock.tools().len(),
                 running_calls: operator.running.len(),
+                approvals_waiting: operator.approvals.queue.list().len(),
                 audit: airlock.audit().is_on(),
                 overrides: Overrides::clone(&operator.overrides.current()),
             }))

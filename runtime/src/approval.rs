@@ -737,6 +737,12 @@ impl Tickets {
             .map_err(|e| format!("cannot seal the request state: {e}"))
     }
 
+    /// Give back a redeemed ticket whose call was refused before it ran (the server was busy),
+    /// so that the client's next retry can use it.
+    pub fn release(&self, id: &str) {
+        lock(&self.used).remove(id);
+    }
+
     fn redeem(
         &self,
         retry: &Retry,
@@ -988,6 +994,13 @@ mod tests {
         let (id, answers) = r("alice", "write", "d1").unwrap();
         assert_eq!(id, "t1");
         assert!(answers["k"].reply.is_yes());
+        assert_eq!(
+            r("alice", "write", "d1").unwrap_err(),
+            TicketProblem::Replayed
+        );
+        // A call refused before it ran gives its ticket back, once.
+        a.tickets.release(&id);
+        assert!(r("alice", "write", "d1").is_ok());
         assert_eq!(
             r("alice", "write", "d1").unwrap_err(),
             TicketProblem::Replayed

@@ -228,6 +228,10 @@ fn print(request: &Request, answer: &Answer) {
             println!("config      {}", s.config);
             println!("tools       {} in {} components", s.tools, s.components);
             println!("running     {} calls", s.running_calls);
+            println!(
+                "waiting     {} for an operator's approval",
+                s.approvals_waiting
+            );
             println!("audit       {}", if s.audit { "on" } else { "OFF" });
             let o = &s.overrides;
             if o.is_empty() {

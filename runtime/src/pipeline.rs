@@ -454,7 +454,12 @@ impl Airlock {
         // Before admission: a call waiting for a person holds no in-flight slot, so pending
         // approvals cannot starve the server.
         self.approve(tool, arguments, caller, &ctx, usage).await?;
-        let _permits = self.admit(tool)?;
+        let _permits = self.admit(tool).inspect_err(|_| {
+            // Refused before it ran: the ticket the call redeemed may be presented again.
+            if let Some(id) = &usage.ticket {
+                self.operator.approvals.tickets.release(id);
+            }
+        })?;
         let running = self.operator.running.register(Running {
             call_id: caller.call_id.clone(),
             tool: Arc::from(name),
