@@ -27,6 +27,8 @@ const HASH_FIELD: &str = ",\"hash\":\"";
 const MAX_BATCH: usize = 4096;
 /// Longest a batch waits for the records of calls still running before its fsync.
 const LINGER: Duration = Duration::from_micros(1000);
+/// The log is flushed at least this often while records arrive.
+const LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// A lingering writer stops when no record arrived for this long.
 const LINGER_STEP: Duration = Duration::from_micros(200);
 const KEY_FILE: &str = "audit-key";
@@ -341,6 +343,9 @@ struct Writer {
     expected: Arc<AtomicUsize>,
     /// Where each batch is made durable before it is acknowledged.
     journal: Journal,
+    /// When the log was last flushed: at least once a second, so that little of it depends
+    /// on the journal at any time.
+    flushed: Instant,
     /// Held (locked) for the writer's life: one writer per log.
     _lock: File,
 }
@@ -370,7 +375,12 @@ impl Writer {
             .map_err(fail)?;
         let mut journal = Journal::open(dir).map_err(fail)?;
         replay(&journal, &mut file, &mut seq, &mut head)?;
-        journal.reset();
+        // Whatever the last process appended may still be only in the page cache (it was
+        // killed): flush it before the journal that covers it is overwritten, and erase the
+        // journal so that its frames never come back.
+        file.sync_data()
+            .and_then(|_| journal.invalidate())
+            .map_err(fail)?;
         let file_bytes = file.metadata().map_err(fail)?.len();
         // The new file's directory entry must survive a crash too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
@@ -388,6 +398,7 @@ impl Writer {
             sealed: false,
             expected,
             journal,
+            flushed: Instant::now(),
             _lock: lock,
         })
     }
@@ -463,8 +474,10 @@ impl Writer {
             })?;
         self.file_bytes += buf.len() as u64;
         self.sealed = true;
-        // The log is flushed: nothing journaled is needed any more.
-        self.journal.reset();
+        // The log is flushed: nothing journaled is needed any more, nor may it come back.
+        if let Err(e) = self.journal.invalidate() {
+            tracing::warn!("cannot erase the audit journal after a checkpoint: {e}");
+        }
         Ok(self.seq)
     }
 
@@ -522,7 +535,13 @@ impl Writer {
             self.journal.reset();
         }
         self.journal.write(frame)?;
-        self.file.write_all(&frame[journal::HEADER..])
+        self.file.write_all(&frame[journal::HEADER..])?;
+        if self.flushed.elapsed() >= LOG_FLUSH_INTERVAL {
+            self.file.sync_data()?;
+            self.journal.reset();
+            self.flushed = Instant::now();
+        }
+        Ok(())
     }
 
     /// Append one record line (with sequence number, time, chain and hash) to `buf`.
@@ -592,7 +611,8 @@ fn replay(
             if let Ok(r) = check_line(text)
                 && r.seq > *seq
             {
-                ahead.insert(r.seq, (text.to_owned(), r));
+                // After a wrap the newest frames come first: the first copy of a record wins.
+                ahead.entry(r.seq).or_insert((text.to_owned(), r));
             }
         }
     }
@@ -630,12 +650,15 @@ fn replay(
 /// crash mid-write: never acknowledged) is cut off. Returns (seq, hash, file to append to).
 fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
     let files = log_files(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;
+    // A newest file without a complete record (a machine crash right after a rotation lost
+    // its content) is still where the chain continues, if its name says so.
+    let mut empty_newest: Option<&PathBuf> = None;
     for path in files.iter().rev() {
         let fail = |e: &dyn std::fmt::Display| AuditError(format!("{}: {e}", path.display()));
         let mut bytes = std::fs::read(path).map_err(|e| fail(&e))?;
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {
-            tracing::warn!(file = %path.display(), bytes = bytes.len() - complete, "cutting a torn last audit record (written, never acknowledged)");
+            tracing::warn!(file = %path.display(), bytes = bytes.len() - complete, "cutting a torn last audit record (the journal puts back any that was acknowledged)");
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
@@ -650,6 +673,9 @@ fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
             .next_back()
             .filter(|l| !l.is_empty())
         else {
+            if empty_newest.is_none() && Some(path) == files.last() {
+                empty_newest = Some(path);
+            }
             continue;
         };
         let line = std::str::from_utf8(last).map_err(|e| fail(&e))?;
@@ -659,9 +685,12 @@ fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
                 path.display()
             ))
         })?;
-        return Ok((record.seq, record.hash, Some(path.clone())));
+        let next = empty_newest
+            .filter(|p| p.file_name() == Some(std::ffi::OsStr::new(&file_name(record.seq + 1))))
+            .unwrap_or(path);
+        return Ok((record.seq, record.hash, Some(next.clone())));
     }
-    Ok((0, GENESIS.to_owned(), None))
+    Ok((0, GENESIS.to_owned(), empty_newest.cloned()))
 }
 
 /// The chain fields of a line.
@@ -878,6 +907,29 @@ mod tests {
         assert_eq!(next, v.last_seq + 1);
         let v2 = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
         assert_eq!(v2.records, 41);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rotation that a crash cut short of any record: the chain continues in the new file.
+    #[test]
+    fn an_empty_newest_file_is_where_the_chain_continues() {
+        let dir = std::env::temp_dir().join(format!("airlock-audit-empty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, 1000, ByteSize(1));
+        let mut w = Writer::open(&s, signing_key(&dir).unwrap(), Arc::default()).unwrap();
+        let record = Pending {
+            body: b"\"kind\":\"call\"".to_vec(),
+            seal: false,
+            durable: oneshot::channel().0,
+        };
+        w.commit(&[record], &mut Vec::new()).unwrap();
+        drop(w);
+        let files = log_files(&s.dir).unwrap();
+        let newest = files.last().unwrap();
+        assert_eq!(newest.file_name().unwrap(), file_name(3).as_str());
+        assert_eq!(std::fs::metadata(newest).unwrap().len(), 0);
+        let (seq, _, path) = recover(&s.dir).unwrap();
+        assert_eq!((seq, path.as_ref()), (2, Some(newest)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,7 +12,8 @@
 //!
 //! A frame is `ALJRNL01`, the payload's length (u32, little-endian), the payload's sha256, then
 //! the payload: the batch's log lines exactly as appended to the log. A torn frame fails its
-//! checksum and was never acknowledged.
+//! checksum and was never acknowledged. Frames start on 4 KiB boundaries, so that writing one
+//! never rewrites a block of the acknowledged frame before it.
 
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
@@ -26,6 +27,12 @@ pub const HEADER: usize = 8 + 4 + 32;
 /// The journal's size. A batch larger than half of it is written to the log and flushed
 /// directly instead.
 const CAPACITY: u64 = 2 << 20;
+/// Frames start at multiples of this.
+const ALIGN: u64 = 4096;
+
+fn aligned(offset: u64) -> u64 {
+    offset.div_ceil(ALIGN) * ALIGN
+}
 
 pub struct Journal {
     file: File,
@@ -79,6 +86,15 @@ impl Journal {
         self.offset = 0;
     }
 
+    /// Everything journaled so far is in the flushed log, and the frames must not come back at
+    /// the next start (a clean stop, a start's own recovery): the first frame's header is
+    /// erased, which ends every later scan at once.
+    pub fn invalidate(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&[0u8; HEADER], 0)?;
+        self.offset = 0;
+        Ok(())
+    }
+
     /// Write the frame `buf` (begun with [`Journal::begin`]); durable when this returns.
     pub fn write(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
         let (header, payload) = buf.split_at_mut(HEADER);
@@ -86,7 +102,7 @@ impl Journal {
         header[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         header[12..].copy_from_slice(&Sha256::digest(&*payload));
         self.file.write_all_at(buf, self.offset)?;
-        self.offset += buf.len() as u64;
+        self.offset = aligned(self.offset + buf.len() as u64);
         Ok(())
     }
 
@@ -109,7 +125,7 @@ impl Journal {
                 break;
             }
             frames.push(payload.to_vec());
-            at = start + len;
+            at = aligned((start + len) as u64) as usize;
         }
         Ok(frames)
     }
@@ -131,6 +147,7 @@ mod tests {
             j.write(&mut buf).unwrap();
         }
         let end = j.offset;
+        assert_eq!(end, 2 * ALIGN);
         assert_eq!(
             j.frames().unwrap(),
             vec![b"one\n".to_vec(), b"two\nthree\n".to_vec()]
@@ -148,6 +165,9 @@ mod tests {
         j.write(&mut buf).unwrap();
         assert_eq!(j.frames().unwrap()[0], b"five\n".to_vec());
         assert!(Journal::fits(512 << 10) && !Journal::fits(2 << 20));
+        // Invalidated: nothing comes back.
+        j.invalidate().unwrap();
+        assert!(j.frames().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
