@@ -481,6 +481,27 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
     assert_eq!(events[2].0, "granted");
     assert!(events[2].1.starts_with("operator bob (uid:"), "{events:?}");
     assert_eq!(events[4].0, "denied");
+
+    // A reload while a call waits: approving it afterwards does not run it under the old
+    // configuration.
+    let pending = background("outlived");
+    let id = waiting_approval(&server)["id"].as_str().unwrap().to_owned();
+    with_api_keys(
+        &dir,
+        &hostile_entry(
+            "[tool.approval]\nwhen = { tools = [\"fixture_echo\"] }\nvia = \"operator\"\nfour_eyes = true\ntimeout = \"31s\"\n",
+        ),
+    );
+    let (ok, out) = ctl(&server, &["reload"]);
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(&server, &["approvals", "approve", &id, "--as", "bob"]);
+    assert!(ok, "{out}");
+    let result = final_result(&pending.join().unwrap());
+    assert_eq!(
+        result_outcome(&result),
+        "reloaded_while_waiting",
+        "{result}"
+    );
 }
 
 #[test]

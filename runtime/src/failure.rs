@@ -61,6 +61,10 @@ pub enum CallFailure {
         tool: String,
         asking: crate::approval::Asking,
     },
+    /// The configuration was reloaded while the call waited for approval: it is not run under
+    /// the one it started with.
+    #[error("the configuration was reloaded while tool {tool} waited for approval; call again")]
+    ReloadedWhileWaiting { tool: String },
     /// The request state a retry presented is not a ticket for this call.
     #[error("approval ticket refused: {problem}")]
     TicketRefused { problem: TicketProblem },
@@ -155,6 +159,7 @@ impl CallFailure {
             CallFailure::ApprovalTimedOut { .. } => "approval_timed_out",
             CallFailure::CannotAsk { .. } => "approval_unavailable",
             CallFailure::TicketRefused { .. } => "ticket_refused",
+            CallFailure::ReloadedWhileWaiting { .. } => "reloaded_while_waiting",
             CallFailure::TooManyQuestions { .. } => "too_many_questions",
             CallFailure::ApprovalQueueFull { .. } => "approval_queue_full",
             CallFailure::NestingTooDeep { .. } => "nesting_too_deep",
@@ -194,6 +199,7 @@ impl CallFailure {
             | CallFailure::ApprovalTimedOut { .. }
             | CallFailure::CannotAsk { .. }
             | CallFailure::TicketRefused { .. }
+            | CallFailure::ReloadedWhileWaiting { .. }
             | CallFailure::TooManyQuestions { .. }
             | CallFailure::ApprovalQueueFull { .. }
             | CallFailure::NestingTooDeep { .. }

@@ -146,6 +146,9 @@ impl Live {
             tools: airlock.tools().len(),
         };
         self.current.store(Arc::new(airlock));
+        self.operator()
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.tools_changed();
         tracing::info!(by, origin = %done.origin, components = done.components, tools = done.tools, "configuration reloaded");
         Ok(done)

@@ -15,6 +15,9 @@ pub struct Operator {
     pub running: RunningCalls,
     /// Approval tickets and the operator queue.
     pub approvals: Approvals,
+    /// Configurations put in force since the start: a call that waited for a person across a
+    /// reload is refused rather than run under the configuration it started with.
+    pub reloads: std::sync::atomic::AtomicU64,
 }
 
 impl Operator {
@@ -23,6 +26,7 @@ impl Operator {
             overrides: Arc::new(overrides),
             running: RunningCalls::default(),
             approvals,
+            reloads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -525,6 +525,12 @@ impl Airlock {
             digest: &usage.arguments_sha256,
             events: ctx.events.as_ref(),
         };
+        let reloads = || {
+            self.operator
+                .reloads
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        let before = reloads();
         let asked = ctx.interaction.ask(
             &self.operator.approvals,
             &self.audit,
@@ -538,6 +544,9 @@ impl Airlock {
             a = asked => a?,
         };
         let tool = tool.tool.name.to_string();
+        if reloads() != before {
+            return Err(CallFailure::ReloadedWhileWaiting { tool });
+        }
         let by = answered.by.clone();
         usage.approved_by = Some(answered.by);
         match answered.reply {
