@@ -792,3 +792,31 @@ fn a_tier_change_is_recorded_by_the_reload() {
         "{reload}"
     );
 }
+
+#[test]
+fn client_approval_over_streamable_http_in_both_eras() {
+    let dir = TempDir::new("approval-http");
+    let config = hostile_with(&dir, "[tool.approval]\nwhen = \"always\"\n");
+    let server = HttpServer::start(&config);
+    for mode in ["legacy", "auto"] {
+        let s = client(
+            mode,
+            Transport::Http(&server.url),
+            json!({
+                "calls": [{"id": "yes", "tool": "fixture_echo", "args": {"message": mode}}],
+                "then": [{"id": "no", "tool": "fixture_echo", "args": {"message": mode}}],
+                "elicit": [{"action": "accept", "content": {"approve": true}}, {"action": "decline"}],
+            }),
+        );
+        assert_eq!(s.call("yes")["text"], mode, "{mode}: {}", s.report);
+        assert_eq!(outcome(s.call("no")), "approval_denied", "{mode}");
+        assert!(
+            s.call("no")["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("approval denied by client user of anonymous"),
+            "{}",
+            s.call("no")
+        );
+    }
+}
