@@ -227,14 +227,15 @@ impl AuditLog {
     ) -> Result<u64, AuditError> {
         let Some(tx) = &self.tx else { return Ok(0) };
         let (durable, done) = oneshot::channel();
+        // No longer "coming" once it is sent: the count drops first, so that a writer woken by
+        // this very record does not linger for it (a lone caller would wait a linger step).
+        drop(expected);
         tx.send(Pending {
             body,
             seal,
             durable,
         })
         .map_err(|_| AuditError("the audit writer has stopped".into()))?;
-        // Only now, with the record in the writer's queue, is it no longer "coming".
-        drop(expected);
         done.await
             .map_err(|_| AuditError("the audit writer has stopped".into()))?
     }
