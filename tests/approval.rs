@@ -820,3 +820,39 @@ fn client_approval_over_streamable_http_in_both_eras() {
         );
     }
 }
+
+#[test]
+fn a_nested_call_outlived_by_its_caller_is_cancelled_and_recorded() {
+    let dir = TempDir::new("approval-nested-timeout");
+    let config = hostile_with(&dir, "[tool.limits]\ntimeout = \"600ms\"\n");
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [{"id": "a", "tool": "fixture_nest",
+                          "args": {"tool": "hostile_sleep", "arguments": {"ms": 5000}}}]}),
+    );
+    assert_eq!(outcome(s.call("a")), "timed_out", "{}", s.call("a"));
+    // The nested call's record is written by its own task, after the caller's.
+    let audit_dir = s.audit_dir.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records = audit_records(audit_dir);
+        if records.iter().any(|r| r["tool"] == "hostile_sleep") || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let parent = records
+        .iter()
+        .find(|r| r["tool"] == "fixture_nest")
+        .unwrap();
+    let nested = records
+        .iter()
+        .find(|r| r["tool"] == "hostile_sleep")
+        .expect("the nested call has a record");
+    assert_eq!(nested["parent_call_id"], parent["call_id"]);
+    assert!(
+        matches!(nested["outcome"].as_str(), Some("cancelled" | "timed_out")),
+        "{nested}"
+    );
+}
