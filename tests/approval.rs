@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    HttpServer, TempDir, TestHttpServer, Transport, audit_records, client, hostile_wasm, outcome,
-    raw_mcp, run_airlock, sse_json,
+    HttpServer, TempDir, TestHttpServer, Transport, audit_records, client, ctl, hostile_wasm,
+    outcome, raw_mcp, result_outcome, result_text, sse_json,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -66,30 +66,6 @@ fn final_result(body: &str) -> Value {
         .find(|v| v.get("id").is_some())
         .unwrap_or_else(|| panic!("no response in {body}"))["result"]
         .clone()
-}
-
-fn result_outcome(r: &Value) -> &str {
-    r["_meta"]["airlock/outcome"]
-        .as_str()
-        .unwrap_or("completed")
-}
-
-fn result_text(r: &Value) -> &str {
-    r["content"][0]["text"].as_str().unwrap_or("")
-}
-
-fn ctl(server: &HttpServer, args: &[&str]) -> (bool, String) {
-    let mut all = vec!["ctl", "--state-dir", server.state_dir.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = run_airlock(&all);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// The id of the one approval waiting (polls `ctl approvals list --json`).

@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     HttpServer, Session, TempDir, Transport, audit_files, audit_records, client, hostile_wasm,
-    raw_call, run_airlock, state_dir_for,
+    raw_call, run_airlock, run_airlock_text, state_dir_for,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -32,13 +32,7 @@ fn verify(audit_dir: &Path, files: &[PathBuf]) -> (bool, String) {
     let mut args = vec!["audit", "verify", "--key", key.trim()];
     let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
     args.extend(names);
-    let out = run_airlock(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_airlock_text(&args)
 }
 
 fn session(dir: &TempDir) -> Session {

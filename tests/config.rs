@@ -3,7 +3,25 @@
 
 mod common;
 
-use common::{TempDir, hostile_wasm, run_airlock, shared_state_dir};
+use common::{
+    TempDir, fresh_audit_dir, hostile_wasm, run_airlock, shared_cache_dir, shared_state_dir,
+    state_dir_for,
+};
+
+/// `serve`'s directories for one test process: its own state (admin socket) and audit log
+/// (locked while it runs), so that servers of tests running at once do not refuse each other.
+fn own_serve_dirs() -> Vec<String> {
+    let audit = fresh_audit_dir();
+    [
+        "--state-dir".to_owned(),
+        state_dir_for(&audit).display().to_string(),
+        "--cache-dir".to_owned(),
+        shared_cache_dir().display().to_string(),
+        "--audit-dir".to_owned(),
+        audit.display().to_string(),
+    ]
+    .into()
+}
 use std::path::Path;
 
 /// Run `airlock check CONFIG` and `airlock serve --stdio --config CONFIG`; both must fail with
@@ -11,10 +29,10 @@ use std::path::Path;
 fn assert_rejected(config: &Path, needles: &[&str]) {
     let state = shared_state_dir();
     let (config, state) = (config.to_str().unwrap(), state.to_str().unwrap());
-    for args in [
-        vec!["check", config, "--state-dir", state],
-        vec!["serve", "--stdio", "--config", config, "--state-dir", state],
-    ] {
+    let serve_dirs = own_serve_dirs();
+    let mut serve = vec!["serve", "--stdio", "--config", config];
+    serve.extend(serve_dirs.iter().map(String::as_str));
+    for args in [vec!["check", config, "--state-dir", state], serve] {
         let out = run_airlock(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded on a bad config");
@@ -142,13 +160,10 @@ fn out_of_range_limit_is_rejected() {
 
 #[test]
 fn http_refuses_non_loopback_addresses() {
-    let out = run_airlock(&[
-        "serve",
-        "--http",
-        "0.0.0.0:0",
-        "--state-dir",
-        shared_state_dir().to_str().unwrap(),
-    ]);
+    let dirs = own_serve_dirs();
+    let mut args = vec!["serve", "--http", "0.0.0.0:0"];
+    args.extend(dirs.iter().map(String::as_str));
+    let out = run_airlock(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

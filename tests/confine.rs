@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HttpServer, TempDir, hostile_wasm, run_airlock};
+use common::{HttpServer, TempDir, hostile_wasm, run_airlock, run_airlock_text};
 
 fn doctor(config: &std::path::Path, state: &std::path::Path, probe: bool) -> (bool, String) {
     let mut args = vec![
@@ -19,15 +19,7 @@ fn doctor(config: &std::path::Path, state: &std::path::Path, probe: bool) -> (bo
     if probe {
         args.push("--probe");
     }
-    let out = run_airlock(&args);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    run_airlock_text(&args)
 }
 
 #[test]

@@ -4,27 +4,12 @@
 mod common;
 
 use common::{
-    HttpServer, TempDir, TestHttpServer, audit_records, fresh_audit_dir, hostile_wasm, raw_mcp,
-    run_airlock, sse_json,
+    HttpServer, TempDir, TestHttpServer, audit_records, ctl, fresh_audit_dir, hostile_wasm,
+    raw_mcp, result_outcome as outcome, result_text as text, run_airlock, sse_json,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-
-/// `airlock ctl --state-dir STATE ARGS…`: success, and stdout + stderr.
-fn ctl(server: &HttpServer, args: &[&str]) -> (bool, String) {
-    let mut all = vec!["ctl", "--state-dir", server.state_dir.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = run_airlock(&all);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn ctl_ok(server: &HttpServer, args: &[&str]) -> String {
     let (ok, out) = ctl(server, args);
@@ -48,16 +33,6 @@ fn call(server: &HttpServer, key: Option<&str>, tool: &str, args: Value) -> Valu
     .expect("the server answers");
     assert_eq!(r.status, 200, "{r:?}");
     sse_json(&r.body)["result"].clone()
-}
-
-fn outcome(result: &Value) -> &str {
-    result["_meta"]["airlock/outcome"]
-        .as_str()
-        .unwrap_or("completed")
-}
-
-fn text(result: &Value) -> &str {
-    result["content"][0]["text"].as_str().unwrap_or("")
 }
 
 fn listed(server: &HttpServer, key: Option<&str>) -> Vec<String> {

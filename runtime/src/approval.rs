@@ -406,7 +406,7 @@ impl Interaction {
             Via::Client if !client_can_ask && policy.fallback_operator => Via::Operator,
             via => via,
         };
-        let record = |event: &'static str, ticket: &str, by: Option<&str>, reason: Option<&str>| {
+        let make = |event: &'static str, ticket: &str, by: Option<&str>, reason: Option<&str>| {
             ApprovalRecord {
                 event,
                 asking: question.asking,
@@ -419,7 +419,9 @@ impl Interaction {
                 by: by.map(str::to_owned),
                 reason: reason.map(str::to_owned),
             }
-            .write(audit)
+        };
+        let record = |event: &'static str, ticket: &str, by: Option<&str>, reason: Option<&str>| {
+            make(event, ticket, by, reason).write(audit)
         };
         if let Some(answered) = known {
             // An answer the retry brought back in its ticket.
@@ -443,18 +445,12 @@ impl Interaction {
         }
         // What the record says if the call ends while the question waits.
         let abandoned = |ticket: &str| {
-            let r = ApprovalRecord {
-                event: "abandoned",
-                asking: question.asking,
-                ticket: ticket.to_owned(),
-                principal: &self.principal,
-                tool: &question.tool,
-                call_id: call.call_id,
-                arguments_sha256: call.digest,
-                via,
-                by: None,
-                reason: Some("the call ended while waiting".to_owned()),
-            };
+            let r = make(
+                "abandoned",
+                ticket,
+                None,
+                Some("the call ended while waiting"),
+            );
             (audit.clone(), serde_json::to_value(&r).unwrap_or_default())
         };
         let answered = match (via, &self.client) {

@@ -570,10 +570,7 @@ impl Airlock {
         let mut text = v.to_string();
         let total = text.len();
         if total > SHOWN {
-            let mut end = SHOWN;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = text.floor_char_boundary(SHOWN);
             text.truncate(end);
             text.push_str(&format!(
                 "… [WARNING: only the first {end} of {total} bytes are shown; deny unless you know the rest]"

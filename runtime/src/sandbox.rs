@@ -178,11 +178,7 @@ impl airlock_host_api::Host for HostState {
     fn log(&mut self, level: LogLevel, mut message: String) {
         self.redactor.redact_in_place(&mut message);
         if message.len() > MAX_LOG_MESSAGE {
-            let mut end = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
+            message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
             message.push('…');
         }
         let component = &*self.component;

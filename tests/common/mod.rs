@@ -121,6 +121,19 @@ pub fn run_airlock(args: &[&str]) -> Output {
         .expect("airlock runs")
 }
 
+/// Run `airlock ARGS` to completion: whether it succeeded, and its stdout then stderr.
+pub fn run_airlock_text(args: &[&str]) -> (bool, String) {
+    let out = run_airlock(args);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Run `airlock check CONFIG --state-dir STATE`: whether it accepted the configuration, and
 /// its stderr.
 pub fn check(config: &Path, state_dir: &Path) -> (bool, String) {
@@ -605,4 +618,23 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         if method == "HEAD" { 26 } else { body.len() }
     );
+}
+
+/// `airlock ctl --state-dir STATE ARGS…` against `server`: success, and stdout + stderr.
+pub fn ctl(server: &HttpServer, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["ctl", "--state-dir", server.state_dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_airlock_text(&all)
+}
+
+/// The named outcome of a tool result as sent on the wire (`_meta["airlock/outcome"]`).
+pub fn result_outcome(result: &Value) -> &str {
+    result["_meta"]["airlock/outcome"]
+        .as_str()
+        .unwrap_or("completed")
+}
+
+/// The first text item of a tool result as sent on the wire.
+pub fn result_text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or("")
 }
