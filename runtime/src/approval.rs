@@ -298,6 +298,8 @@ pub struct Interaction {
     next_ticket: std::sync::OnceLock<String>,
     /// The ticket a retry redeemed, whose answers this round uses.
     redeemed: Mutex<Option<String>>,
+    /// The top-level call's tool and argument digest, which a ticket issued by this round binds.
+    root: std::sync::OnceLock<(String, String)>,
     pub pause: Arc<Pause>,
     /// Nested calls made beneath the top-level call so far.
     pub nested_calls: AtomicU32,
@@ -319,6 +321,7 @@ impl Interaction {
             unanswered: Mutex::new((Vec::new(), None)),
             next_ticket: std::sync::OnceLock::new(),
             redeemed: Mutex::new(None),
+            root: std::sync::OnceLock::new(),
             pause: Arc::default(),
             nested_calls: AtomicU32::new(0),
             questions: AtomicU32::new(0),
@@ -343,6 +346,7 @@ impl Interaction {
         tool: &str,
         digest: &str,
     ) -> Result<Option<String>, CallFailure> {
+        let _ = self.root.set((tool.to_owned(), digest.to_owned()));
         let Some(retry) = lock(&self.retry).take() else {
             return Ok(None);
         };
@@ -357,12 +361,11 @@ impl Interaction {
 
     /// The questions this round ended with, as an MCP `input_required` result's requests and
     /// sealed state (carrying every answer so far).
-    pub fn input_required(
-        &self,
-        approvals: &Approvals,
-        tool: &str,
-        digest: &str,
-    ) -> Result<(InputRequests, String), String> {
+    pub fn input_required(&self, approvals: &Approvals) -> Result<(InputRequests, String), String> {
+        let (tool, digest) = self
+            .root
+            .get()
+            .ok_or("no top-level call asked a question")?;
         let (questions, timeout) = std::mem::take(&mut *lock(&self.unanswered));
         let mut requests = InputRequests::new();
         for q in &questions {

@@ -7,7 +7,7 @@ use crate::approval::{ClientChannel, Elicitor, Interaction, Retry};
 use crate::auth::{Access, AuthError, AuthMode, Principal};
 use crate::failure::CallFailure;
 use crate::live::Live;
-use crate::pipeline::{CallContext, Caller, arguments_digest};
+use crate::pipeline::{CallContext, Caller};
 use crate::sandbox::GuestEvent;
 use airlock_host_api::LogLevel;
 use anyhow::{Context, Result, bail};
@@ -293,9 +293,8 @@ impl ServerHandler for McpServer {
         match result {
             Ok(r) => Ok(with_ids(r, &caller).into()),
             Err(CallFailure::InputRequired) => {
-                let digest = arguments_digest(request.arguments.as_ref());
                 let (requests, state) = interaction
-                    .input_required(&airlock.operator().approvals, &request.name, &digest)
+                    .input_required(&airlock.operator().approvals)
                     .map_err(|e| ErrorData::internal_error(e, None))?;
                 let mut meta = serde_json::Map::new();
                 meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());

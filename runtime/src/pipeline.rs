@@ -833,7 +833,7 @@ fn check_nesting(
 }
 
 /// sha256 of the arguments as canonical JSON, hex: what approvals and the audit record bind.
-pub fn arguments_digest(arguments: Option<&JsonObject>) -> String {
+fn arguments_digest(arguments: Option<&JsonObject>) -> String {
     let mut canonical = Vec::with_capacity(256);
     match arguments {
         Some(a) => write_canonical_object(a, &mut canonical),
