@@ -4,7 +4,10 @@
 //! Both servers run side by side and the runs alternate between them, round after round, so
 //! that the machine's changing load falls on both alike. Prints, per concurrency, the median
 //! calls/s and p50/p99 latency over the rounds, and the cost of durable audit (the median of
-//! each round's cost, with its range).
+//! each round's cost, with its range). The server's CPU time per call (user and system, all
+//! threads, from `/proc`) is printed beside, steadier than throughput on a shared machine, and
+//! the disks' cache flushes per call (from `/sys/block`): how many calls share a durable batch,
+//! and the cores the server and this client kept busy together.
 //!
 //! Run: `cargo build --release -p airlock && cargo bench -p airlock-benches --bench e2e_http`
 //! (`scripts/bench` does both). Environment: `E2E_CALLS` per run (default 4000),
@@ -68,6 +71,35 @@ fn token(dir: &Path) -> String {
     .unwrap()
 }
 
+/// CPU time the process `pid` has used (all its threads, user and system), in µs.
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks * 1e6 / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Cache flushes the machine's disks have completed (field 16 of `/sys/block/*/stat`): each
+/// durable audit batch costs one, so flushes per call tell how many calls share a batch.
+fn disk_flushes() -> f64 {
+    let Ok(disks) = std::fs::read_dir("/sys/block") else {
+        return 0.0;
+    };
+    disks
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("stat")).ok())
+        .filter_map(|stat| stat.split_whitespace().nth(15)?.parse::<f64>().ok())
+        .sum()
+}
+
 fn main() {
     let calls: usize = std::env::var("E2E_CALLS")
         .ok()
@@ -108,22 +140,40 @@ fn main() {
         })
         .collect();
     for &c in &levels {
-        // (calls/s, p50 µs, p99 µs) per server, per round.
-        let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); servers.len()];
+        // (calls/s, p50 µs, p99 µs, server CPU µs per call, disk flushes per call, machine
+        // CPU use in cores: server and this client) per server, per round.
+        type Run = (f64, f64, f64, f64, f64, f64);
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
         for _ in 0..rounds {
-            for (i, (_, _, addr)) in servers.iter().enumerate() {
+            for (i, (_, child, addr)) in servers.iter().enumerate() {
+                let me = std::process::id();
+                let (cpu, mine, flushes) = (cpu_us(child.id()), cpu_us(me), disk_flushes());
                 let (elapsed, lat) = rt.block_on(load(addr, Some(&token), calls, c));
-                let rate = lat.len() as f64 / elapsed.as_secs_f64();
-                runs[i].push((rate, pct(&lat, 0.5), pct(&lat, 0.99)));
+                let n = lat.len() as f64;
+                let cpu = cpu_us(child.id()) - cpu;
+                let cores = (cpu + cpu_us(me) - mine) / elapsed.as_secs_f64() / 1e6;
+                let flushes = (disk_flushes() - flushes) / n;
+                let rate = n / elapsed.as_secs_f64();
+                runs[i].push((
+                    rate,
+                    pct(&lat, 0.5),
+                    pct(&lat, 0.99),
+                    cpu / n,
+                    flushes,
+                    cores,
+                ));
             }
         }
         for (i, (audit, _, _)) in servers.iter().enumerate() {
-            let col = |f: fn(&(f64, f64, f64)) -> f64| median(runs[i].iter().map(f).collect());
+            let col = |f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
             println!(
-                "  audit {audit:>7}, concurrency {c:>3}: {:>6.0} calls/s, p50 {:.0} us, p99 {:.0} us (medians)",
+                "  audit {audit:>7}, concurrency {c:>3}: {:>6.0} calls/s, p50 {:.0} us, p99 {:.0} us, server CPU {:.0} us/call, {:.2} disk flushes/call, {:.2} cores busy (medians)",
                 col(|r| r.0),
                 col(|r| r.1),
-                col(|r| r.2)
+                col(|r| r.2),
+                col(|r| r.3),
+                col(|r| r.4),
+                col(|r| r.5)
             );
         }
         let costs: Vec<f64> = runs[0]

@@ -7,7 +7,7 @@
 //! previous hash inside each line chains the records; a checkpoint signs the chain's head with
 //! the ed25519 key kept in the state directory. [`verify`] checks all of it.
 
-use crate::journal::{self, Journal};
+use crate::journal::Journal;
 use crate::units::ByteSize;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -15,8 +15,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
@@ -25,12 +24,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HASH_FIELD: &str = ",\"hash\":\"";
 /// Most records written (and fsynced) together.
 const MAX_BATCH: usize = 4096;
-/// Longest a batch waits for the records of calls still running before its fsync.
-const LINGER: Duration = Duration::from_micros(1000);
 /// The log is flushed at least this often while records arrive.
 const LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// A lingering writer stops when no record arrived for this long.
-const LINGER_STEP: Duration = Duration::from_micros(200);
 const KEY_FILE: &str = "audit-key";
 const PUBLIC_KEY_FILE: &str = "audit-key.pub";
 
@@ -123,37 +118,12 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: Option<mpsc::Sender<Pending>>,
-    /// Records announced with [`AuditLog::expect`] and not sent yet.
-    expected: Arc<AtomicUsize>,
-}
-
-/// A record that will be appended soon: a call in progress. While any are outstanding the
-/// writer lingers briefly before an fsync so that concurrent calls share it.
-pub struct Expected {
-    log: AuditLog,
-}
-
-impl Expected {
-    /// Append the announced record and wait until it is on disk (see [`AuditLog::append`]).
-    pub async fn append<T: Serialize>(self, kind: &str, record: &T) -> Result<u64, AuditError> {
-        let log = self.log.clone();
-        log.append_inner(kind, record, Some(self)).await
-    }
-}
-
-impl Drop for Expected {
-    fn drop(&mut self) {
-        self.log.expected.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl AuditLog {
     /// A log that records nothing (`mode = "off"`).
     pub fn off() -> AuditLog {
-        AuditLog {
-            tx: None,
-            expected: Arc::default(),
-        }
+        AuditLog { tx: None }
     }
 
     /// Open (or create) the log in `settings.dir`, recover its tail, and start the writer.
@@ -164,40 +134,21 @@ impl AuditLog {
             return Ok(AuditLog::off());
         }
         let key = signing_key(state_dir)?;
-        let expected = Arc::new(AtomicUsize::new(0));
-        let writer = Writer::open(settings, key, expected.clone())?;
+        let writer = Writer::open(settings, key)?;
         let (tx, rx) = mpsc::channel::<Pending>();
         std::thread::Builder::new()
             .name("airlock-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
-        Ok(AuditLog {
-            tx: Some(tx),
-            expected,
-        })
+        Ok(AuditLog { tx: Some(tx) })
     }
 
     pub fn is_on(&self) -> bool {
         self.tx.is_some()
     }
 
-    /// Announce a record that will follow (a call that has started).
-    pub fn expect(&self) -> Expected {
-        self.expected.fetch_add(1, Ordering::AcqRel);
-        Expected { log: self.clone() }
-    }
-
     /// Append a record and wait until it is on disk. Returns its sequence number (0 when off).
     pub async fn append<T: Serialize>(&self, kind: &str, record: &T) -> Result<u64, AuditError> {
-        self.append_inner(kind, record, None).await
-    }
-
-    async fn append_inner<T: Serialize>(
-        &self,
-        kind: &str,
-        record: &T,
-        expected: Option<Expected>,
-    ) -> Result<u64, AuditError> {
         if self.tx.is_none() {
             return Ok(0);
         }
@@ -210,26 +161,18 @@ impl AuditLog {
             body.push(b',');
             body.extend_from_slice(&fields[1..fields.len() - 1]);
         }
-        self.send(body, false, expected).await
+        self.send(body, false).await
     }
 
     /// Write a checkpoint now and wait until it is on disk (a server stopping cleanly ends its
     /// log sealed). Returns the checkpoint's sequence number (0 when off).
     pub async fn seal(&self) -> Result<u64, AuditError> {
-        self.send(Vec::new(), true, None).await
+        self.send(Vec::new(), true).await
     }
 
-    async fn send(
-        &self,
-        body: Vec<u8>,
-        seal: bool,
-        expected: Option<Expected>,
-    ) -> Result<u64, AuditError> {
+    async fn send(&self, body: Vec<u8>, seal: bool) -> Result<u64, AuditError> {
         let Some(tx) = &self.tx else { return Ok(0) };
         let (durable, done) = oneshot::channel();
-        // No longer "coming" once it is sent: the count drops first, so that a writer woken by
-        // this very record does not linger for it (a lone caller would wait a linger step).
-        drop(expected);
         tx.send(Pending {
             body,
             seal,
@@ -305,13 +248,7 @@ fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
 }
 
 /// Move what is queued into `batch` (up to [`MAX_BATCH`]), stopping at a seal request.
-/// Returns how many records were taken.
-fn drain(
-    rx: &mpsc::Receiver<Pending>,
-    batch: &mut Vec<Pending>,
-    seal: &mut Option<Pending>,
-) -> usize {
-    let before = batch.len();
+fn drain(rx: &mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, seal: &mut Option<Pending>) {
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(p) if p.seal => {
@@ -322,7 +259,6 @@ fn drain(
             Err(_) => break,
         }
     }
-    batch.len() - before
 }
 
 /// The single writer: owns the open file and the chain's head.
@@ -340,8 +276,6 @@ struct Writer {
     broken: Option<String>,
     /// The last record written is a checkpoint.
     sealed: bool,
-    /// Records of calls in progress (see [`Expected`]).
-    expected: Arc<AtomicUsize>,
     /// Where each batch is made durable before it is acknowledged.
     journal: Journal,
     /// When the log was last flushed: at least once a second, so that little of it depends
@@ -352,11 +286,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(
-        settings: &AuditSettings,
-        key: SigningKey,
-        expected: Arc<AtomicUsize>,
-    ) -> Result<Writer, AuditError> {
+    fn open(settings: &AuditSettings, key: SigningKey) -> Result<Writer, AuditError> {
         let dir = &settings.dir;
         let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(fail)?;
@@ -397,7 +327,6 @@ impl Writer {
             key,
             broken: None,
             sealed: false,
-            expected,
             journal,
             flushed: Instant::now(),
             _lock: lock,
@@ -413,26 +342,10 @@ impl Writer {
                 seal = Some(first);
             } else {
                 batch.push(first);
-                // While other calls are on their way to a record and records keep arriving,
-                // wait a little for them so they share this fsync (each one costs a disk flush
-                // and, on a VM, an exit). The writer sleeps rather than blocking on the
-                // channel, so arriving records do not wake it one by one. A lone caller is
-                // never delayed; one beside calls that run long waits at most one step.
-                let until = Instant::now() + LINGER;
-                let mut lingered = false;
-                loop {
-                    let arrived = drain(&rx, &mut batch, &mut seal);
-                    if seal.is_some()
-                        || batch.len() >= MAX_BATCH
-                        || (lingered && arrived == 0)
-                        || self.expected.load(Ordering::Acquire) == 0
-                        || Instant::now() + LINGER_STEP > until
-                    {
-                        break;
-                    }
-                    std::thread::sleep(LINGER_STEP);
-                    lingered = true;
-                }
+                // Group commit without waiting: the batch is whatever arrived while the last
+                // one was being written. Waiting for more (tried: up to 1 ms while calls were
+                // in progress) cost more in latency than the shared writes saved in CPU.
+                drain(&rx, &mut batch, &mut seal);
             }
             if !batch.is_empty() {
                 match self.commit(&batch, &mut buf) {
@@ -489,7 +402,7 @@ impl Writer {
             return Err(AuditError(why.clone()));
         }
         let (seq0, head0) = (self.seq, self.head.clone());
-        Journal::begin(buf);
+        buf.clear();
         let mut seqs = Vec::with_capacity(batch.len());
         for p in batch {
             self.push_line(buf, &p.body);
@@ -506,7 +419,7 @@ impl Writer {
             (self.seq, self.head) = (seq0, head0);
             return Err(AuditError(why));
         }
-        self.file_bytes += (buf.len() - journal::HEADER) as u64;
+        self.file_bytes += buf.len() as u64;
         self.sealed = false;
         if self.file_bytes >= self.max_file_bytes
             && let Err(e) = self.rotate(buf)
@@ -519,24 +432,22 @@ impl Writer {
         Ok(seqs)
     }
 
-    /// Make the lines in `frame` (a journal frame begun with [`Journal::begin`]) durable and
-    /// append them to the log. Through the journal, one in-place write; a batch too large for
-    /// it goes to the log with a flush.
-    fn make_durable(&mut self, frame: &mut [u8]) -> std::io::Result<()> {
-        let lines = frame.len() - journal::HEADER;
-        if !Journal::fits(lines) {
-            self.file.write_all(&frame[journal::HEADER..])?;
+    /// Make `lines` durable and append them to the log. Through the journal, one in-place
+    /// write; a batch too large for it goes to the log with a flush.
+    fn make_durable(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if !Journal::fits(lines.len()) {
+            self.file.write_all(lines)?;
             self.file.sync_data()?;
             self.journal.reset();
             return Ok(());
         }
-        if self.journal.must_wrap(frame.len()) {
+        if self.journal.must_wrap(lines.len()) {
             // The frames about to be overwritten must be in the log for good first.
             self.file.sync_data()?;
             self.journal.reset();
         }
-        self.journal.write(frame)?;
-        self.file.write_all(&frame[journal::HEADER..])?;
+        self.journal.write(lines)?;
+        self.file.write_all(lines)?;
         if self.flushed.elapsed() >= LOG_FLUSH_INTERVAL {
             self.file.sync_data()?;
             self.journal.reset();
@@ -917,7 +828,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("airlock-audit-empty-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let s = settings(&dir, 1000, ByteSize(1));
-        let mut w = Writer::open(&s, signing_key(&dir).unwrap(), Arc::default()).unwrap();
+        let mut w = Writer::open(&s, signing_key(&dir).unwrap()).unwrap();
         let record = Pending {
             body: b"\"kind\":\"call\"".to_vec(),
             seal: false,
@@ -943,7 +854,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let s = settings(&dir, 1000, ByteSize::mib(64));
         let key = signing_key(&dir).unwrap();
-        let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
+        let mut w = Writer::open(&s, key.clone()).unwrap();
         let mut buf = Vec::new();
         for batch in 0..5 {
             let records: Vec<Pending> = (0..3)
@@ -968,7 +879,7 @@ mod tests {
             .0
             + 40;
         std::fs::write(&path, &text[..cut]).unwrap();
-        let w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
+        let w = Writer::open(&s, key.clone()).unwrap();
         assert_eq!(w.seq, 15);
         drop(w);
         assert_eq!(std::fs::read(&path).unwrap(), text);

@@ -12,7 +12,7 @@
 //! caller, with the calling call as their parent.
 
 use crate::approval::{AskingCall, Interaction, Question, Reply};
-use crate::audit::{AuditLog, Expected};
+use crate::audit::AuditLog;
 use crate::auth::Principal;
 use crate::catalog::{Catalog, CatalogTool, LoadedComponent};
 use crate::failure::CallFailure;
@@ -316,7 +316,6 @@ impl Airlock {
         ctx: CallContext,
     ) -> Result<CallToolResult, CallFailure> {
         let started = Instant::now();
-        let expected = self.audit.expect();
         let mut usage = Usage {
             arguments_sha256: arguments_digest(arguments),
             ..Usage::default()
@@ -327,7 +326,7 @@ impl Airlock {
             _ => result,
         };
         let audited = self
-            .audit_call(expected, name, arguments, caller, &result, started, &usage)
+            .audit_call(name, arguments, caller, &result, started, &usage)
             .await;
         let result = match audited {
             Ok(_) if usage.tier == Some(crate::risk::Tier::Shadow) => result.map(mark_shadow),
@@ -339,10 +338,8 @@ impl Airlock {
     }
 
     /// Write the call's audit record and wait until it is durable.
-    #[allow(clippy::too_many_arguments)]
     async fn audit_call(
         &self,
-        expected: Expected,
         tool: &str,
         arguments: Option<&JsonObject>,
         caller: &Caller,
@@ -404,7 +401,7 @@ impl Airlock {
             peak_memory: usage.peak_memory,
             output_bytes,
         };
-        expected.append("call", &record).await
+        self.audit.append("call", &record).await
     }
 
     /// Secret values, then secret shapes, out of `text`.
