@@ -18,7 +18,7 @@
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const FILE: &str = "journal";
 const MAGIC: &[u8; 8] = b"ALJRNL01";
@@ -52,6 +52,7 @@ struct Block([u8; ALIGN]);
 impl FrameBuf {
     /// The first `len` bytes (a multiple of [`ALIGN`]), zeroed, growing the buffer as needed.
     fn zeroed(&mut self, len: usize) -> &mut [u8] {
+        debug_assert!(len.is_multiple_of(ALIGN));
         let blocks = len / ALIGN;
         if self.blocks.len() < blocks {
             self.blocks.resize(blocks, Block([0; ALIGN]));
@@ -73,8 +74,11 @@ impl FrameBuf {
 }
 
 pub struct Journal {
-    /// Opened for durable writes (see [`open_durable`]).
+    /// Opened for durable writes: `O_DSYNC`, and from the first erasure on `O_DIRECT` too where
+    /// the filesystem takes it (see [`Journal::invalidate`]).
     file: File,
+    /// The journal's path while `O_DIRECT` is still to be tried.
+    try_direct: Option<PathBuf>,
     /// The same file through the page cache, for reading frames back.
     reader: File,
     /// Where the next frame goes.
@@ -104,8 +108,13 @@ impl Journal {
             reader.sync_all()?;
             File::open(dir)?.sync_all()?;
         }
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(&path)?;
         Ok(Journal {
-            file: open_durable(&path, &reader)?,
+            file,
+            try_direct: Some(path),
             reader,
             offset: 0,
             frame: FrameBuf::default(),
@@ -145,8 +154,18 @@ impl Journal {
     /// Everything journaled so far is in the flushed log, and the frames must not come back at
     /// the next start (a clean stop, a start's own recovery): the first frame's header is
     /// erased, which ends every later scan at once.
+    ///
+    /// The first erasure (a start's, after its recovery) is also where `O_DIRECT` is tried:
+    /// block 0 no longer matters then, so a write the filesystem refuses or tears costs nothing.
     pub fn invalidate(&mut self) -> std::io::Result<()> {
-        self.file.write_all_at(self.frame.zeroed(ALIGN), 0)?;
+        let block = self.frame.zeroed(ALIGN);
+        if let Some(path) = self.try_direct.take()
+            && let Some(direct) = open_direct(&path, block)?
+        {
+            self.file = direct;
+        } else {
+            self.file.write_all_at(block, 0)?;
+        }
         self.offset = 0;
         Ok(())
     }
@@ -176,36 +195,31 @@ impl Journal {
     }
 }
 
-/// The journal opened for durable writes: `O_DIRECT` where the filesystem takes it (a write
-/// skips the page cache and costs less), plain `O_DSYNC` where it does not (tmpfs on older kernels, some network filesystems). Whether it does is learnt by
-/// writing the first block back as it is, before anything depends on the answer.
-fn open_durable(path: &Path, reader: &File) -> std::io::Result<File> {
-    let dsync = || {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DSYNC)
-            .open(path)
+/// The journal at `path` opened with `O_DIRECT` and `O_DSYNC`, `block` written at offset 0
+/// through it; `None` where the filesystem does not take `O_DIRECT` (tmpfs before Linux 6.6,
+/// some network and FUSE filesystems), which the open or the first write says.
+fn open_direct(path: &Path, block: &[u8]) -> std::io::Result<Option<File>> {
+    let refused = |e: &std::io::Error| {
+        let refused = matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP));
+        if refused {
+            tracing::info!(
+                "the audit journal's filesystem does not take O_DIRECT ({e}); writing through the page cache"
+            );
+        }
+        refused
     };
-    let direct = match OpenOptions::new()
+    let file = match OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DSYNC | libc::O_DIRECT)
         .open(path)
     {
         Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return dsync(),
+        Err(e) if refused(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut probe = FrameBuf::default();
-    let block = probe.zeroed(ALIGN);
-    reader.read_exact_at(block, 0)?;
-    match direct.write_all_at(block, 0) {
-        Ok(()) => Ok(direct),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::info!(
-                "the audit journal's filesystem does not take O_DIRECT; writing through the page cache"
-            );
-            dsync()
-        }
+    match file.write_all_at(block, 0) {
+        Ok(()) => Ok(Some(file)),
+        Err(e) if refused(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -226,6 +240,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("airlock-journal-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut j = Journal::open(&dir).unwrap();
+        // As a start does: erase, which also switches to O_DIRECT where it can.
+        j.invalidate().unwrap();
+        assert!(j.try_direct.is_none());
         write(&mut j, b"one\n");
         write(&mut j, b"two\nthree\n");
         assert_eq!(j.offset, 2 * ALIGN as u64);
