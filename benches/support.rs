@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +25,19 @@ pub fn binary() -> PathBuf {
 
 /// Start `airlock serve --http 127.0.0.1:0` on `config`; returns it and its `host:port`.
 pub fn start_http(config: &Path, state_dir: &Path, audit_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(binary())
+    let mut server = Command::new(binary());
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's. The server
+    // is killed when this bench dies, even by a signal that skips its clean-up.
+    unsafe {
+        server.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = server
         .args(["serve", "--http", "127.0.0.1:0", "--config"])
         .arg(config)
         .arg("--state-dir")
