@@ -617,7 +617,7 @@ impl Airlock {
             ctx.parent_clock,
             ctx.interaction.pause.clone(),
         );
-        let services = Services(Arc::new(ServicesOf {
+        let services = Arc::new(Services {
             airlock: self.clone(),
             caller: caller.clone(),
             tool: Arc::from(&*tool.tool.name),
@@ -629,7 +629,7 @@ impl Airlock {
             clock: clock.clone(),
             shadow,
             asked: Mutex::new(HashMap::new()),
-        }));
+        });
         let invocation = Invocation::Call {
             tool: &tool.tool.name,
             arguments,
@@ -638,7 +638,7 @@ impl Airlock {
                 prepared.name.clone(),
                 self.operator.overrides.clone(),
             ),
-            services: Some(Arc::new(services)),
+            services: Some(services),
             shadow,
         };
         let signals = RunSignals {
@@ -652,9 +652,7 @@ impl Airlock {
 }
 
 /// The host imports of one running call that reach people and other tools.
-struct Services(Arc<ServicesOf>);
-
-struct ServicesOf {
+struct Services {
     airlock: Arc<Airlock>,
     caller: Caller,
     tool: Arc<str>,
@@ -671,7 +669,7 @@ struct ServicesOf {
     asked: Mutex<HashMap<String, u32>>,
 }
 
-impl ServicesOf {
+impl Services {
     /// `question`, bound to this call's arguments and to how often it was asked before.
     fn occurrence(&self, question: Question) -> Question {
         let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
@@ -699,11 +697,10 @@ impl ServicesOf {
 }
 
 impl CallServices for Services {
-    fn confirm(&self, prompt: String, details: String) -> Served<bool> {
-        let me = self.0.clone();
+    fn confirm(self: Arc<Self>, prompt: String, details: String) -> Served<bool> {
         Box::pin(async move {
-            let question = me.occurrence(Question::confirm(&me.tool, &prompt, &details));
-            match me.ask(question).await {
+            let question = self.occurrence(Question::confirm(&self.tool, &prompt, &details));
+            match self.ask(question).await {
                 Ok(a) => Ok(a.reply.is_yes()),
                 // No answer in time is a no; the tool decides what a no means.
                 Err(CallFailure::ApprovalTimedOut { .. }) => Ok(false),
@@ -712,24 +709,23 @@ impl CallServices for Services {
         })
     }
 
-    fn elicit(&self, message: String, schema: String) -> Served<Result<Reply, String>> {
-        let me = self.0.clone();
+    fn elicit(self: Arc<Self>, message: String, schema: String) -> Served<Result<Reply, String>> {
         Box::pin(async move {
             let mut schema = match serde_json::from_str::<serde_json::Value>(&schema) {
                 Ok(v @ serde_json::Value::Object(_)) => v,
                 _ => return Ok(Err("the schema is not a JSON object".to_owned())),
             };
             // Titles and descriptions reach the client: no secret values in them.
-            let redactor = &me.component.prepared.redactor;
+            let redactor = &self.component.prepared.redactor;
             crate::secrets::rewrite_json_strings(&mut schema, &|s| redactor.redact(s));
             let serde_json::Value::Object(schema) = schema else {
                 unreachable!("checked above")
             };
-            let question = me.occurrence(Question::elicit(&me.tool, &message, schema));
+            let question = self.occurrence(Question::elicit(&self.tool, &message, schema));
             if let Err(e) = question.elicitation() {
                 return Ok(Err(e));
             }
-            match me.ask(question).await {
+            match self.ask(question).await {
                 Ok(a) => Ok(Ok(a.reply)),
                 Err(CallFailure::ApprovalTimedOut { .. }) => Ok(Ok(Reply::Cancel)),
                 Err(f) => Err(f),
@@ -738,11 +734,10 @@ impl CallServices for Services {
     }
 
     fn call_tool(
-        &self,
+        self: Arc<Self>,
         name: String,
         arguments: String,
     ) -> Served<Result<CallToolResult, CallFailure>> {
-        let me = self.0.clone();
         Box::pin(async move {
             let arguments = match serde_json::from_str::<serde_json::Value>(&arguments) {
                 Ok(serde_json::Value::Object(o)) => o,
@@ -752,24 +747,24 @@ impl CallServices for Services {
                     )));
                 }
             };
-            let caller = me.caller.nested(
-                &me.tool,
-                &me.arguments_sha256,
-                &me.component.entry.limits,
-                me.shadow,
+            let caller = self.caller.nested(
+                &self.tool,
+                &self.arguments_sha256,
+                &self.component.entry.limits,
+                self.shadow,
             );
             // The nested call runs as its own task and ends (cancelled, and recorded as such)
             // when this run ends first: stopped, timed out or cancelled, the calling run drops
             // this future and the guard cancels the nested call's token.
-            let cancel = me.cancel.child_token();
+            let cancel = self.cancel.child_token();
             let _ends_with_caller = cancel.clone().drop_guard();
             let ctx = CallContext {
                 cancel,
-                events: me.events.clone(),
-                interaction: me.interaction.clone(),
-                parent_clock: Some(me.clock.clone()),
+                events: self.events.clone(),
+                interaction: self.interaction.clone(),
+                parent_clock: Some(self.clock.clone()),
             };
-            let airlock = me.airlock.clone();
+            let airlock = self.airlock.clone();
             let nested =
                 tokio::spawn(
                     async move { airlock.call(&name, Some(&arguments), &caller, ctx).await },

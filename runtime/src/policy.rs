@@ -536,110 +536,80 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
         v: T,
         lo: T,
         hi: T,
-        show: impl Fn(&T) -> String,
     ) -> Result<T, (String, String)> {
         if v < lo || v > hi {
-            return Err((
-                key.to_owned(),
-                format!("{} is outside {}..={}", show(&v), show(&lo), show(&hi)),
-            ));
+            return Err((key.to_owned(), format!("{v} is outside {lo}..={hi}")));
         }
         Ok(v)
     }
-    let size = |v: &ByteSize| v.to_string();
-    let span = |v: &Span| v.to_string();
-    let num = |v: &u64| v.to_string();
     Ok(Limits {
-        fuel: range(
-            "fuel",
-            s.fuel.unwrap_or(base.fuel),
-            1_000,
-            u64::MAX / 2,
-            num,
-        )?,
+        fuel: range("fuel", s.fuel.unwrap_or(base.fuel), 1_000, u64::MAX / 2)?,
         memory: range(
             "memory",
             s.memory.unwrap_or(base.memory),
             ByteSize::mib(1),
             ByteSize::mib(4096),
-            size,
         )?,
         timeout: range(
             "timeout",
             s.timeout.unwrap_or(base.timeout),
             Span(Duration::from_millis(10)),
             Span(Duration::from_secs(3600)),
-            span,
         )?,
         wasm_stack: range(
             "wasm_stack",
             s.wasm_stack.unwrap_or(base.wasm_stack),
             ByteSize::kib(64),
             ByteSize::mib(16),
-            size,
         )?,
         max_argument_bytes: range(
             "max_argument_bytes",
             s.max_argument_bytes.unwrap_or(base.max_argument_bytes),
             ByteSize(2),
             ByteSize::mib(64),
-            size,
         )?,
         max_output_bytes: range(
             "max_output_bytes",
             s.max_output_bytes.unwrap_or(base.max_output_bytes),
             ByteSize(1),
             ByteSize::mib(256),
-            size,
         )?,
         max_in_flight: range(
             "max_in_flight",
             s.max_in_flight.unwrap_or(base.max_in_flight),
             1,
             1_000,
-            |v: &u32| v.to_string(),
         )?,
         capture_bytes: range(
             "capture_bytes",
             s.capture_bytes.unwrap_or(base.capture_bytes),
             ByteSize(0),
             ByteSize::mib(16),
-            size,
         )?,
         egress_timeout: range(
             "egress_timeout",
             s.egress_timeout.unwrap_or(base.egress_timeout),
             Span(Duration::from_millis(100)),
             Span(Duration::from_secs(600)),
-            span,
         )?,
         max_request_bytes: range(
             "max_request_bytes",
             s.max_request_bytes.unwrap_or(base.max_request_bytes),
             ByteSize(0),
             ByteSize::mib(1024),
-            size,
         )?,
         max_response_bytes: range(
             "max_response_bytes",
             s.max_response_bytes.unwrap_or(base.max_response_bytes),
             ByteSize(0),
             ByteSize::mib(1024),
-            size,
         )?,
-        max_depth: range(
-            "max_depth",
-            s.max_depth.unwrap_or(base.max_depth),
-            0,
-            16,
-            |v: &u32| v.to_string(),
-        )?,
+        max_depth: range("max_depth", s.max_depth.unwrap_or(base.max_depth), 0, 16)?,
         max_nested_calls: range(
             "max_nested_calls",
             s.max_nested_calls.unwrap_or(base.max_nested_calls),
             0,
             10_000,
-            |v: &u32| v.to_string(),
         )?,
     })
 }

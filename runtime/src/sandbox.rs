@@ -44,16 +44,16 @@ pub enum GuestEvent {
 /// What the host imports that reach beyond the store need: people (`confirm`, `elicit`) and
 /// other tools (`call-tool`). An `Err` ends the run with that failure.
 pub trait CallServices: Send + Sync {
-    fn confirm(&self, prompt: String, details: String) -> Served<bool>;
+    fn confirm(self: Arc<Self>, prompt: String, details: String) -> Served<bool>;
     /// `schema` is the guest's text, not yet checked.
     /// `Ok(Err(why))` when the form is unusable (the tool's mistake, returned to it).
     fn elicit(
-        &self,
+        self: Arc<Self>,
         message: String,
         schema: String,
     ) -> Served<Result<crate::approval::Reply, String>>;
     fn call_tool(
-        &self,
+        self: Arc<Self>,
         name: String,
         arguments: String,
     ) -> Served<Result<CallToolResult, CallFailure>>;
