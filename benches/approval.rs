@@ -4,11 +4,11 @@
 //!
 //! Run: `cargo bench -p airlock-benches --bench approval`
 
-use airlock::audit::AuditLog;
-use airlock::auth::{Access, Principal};
-use airlock::operator::Operator;
-use airlock::pipeline::{Airlock, CallContext, Caller};
-use airlock::policy::{Dirs, Policy};
+use airlock::config::policy::{Dirs, Policy};
+use airlock::core::principal::{Access, Principal};
+use airlock::gate::audit::AuditLog;
+use airlock::pipeline::call::{Airlock, CallContext, Caller};
+use airlock::pipeline::operator_state::OperatorState;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 use std::hint::black_box;
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn load(rt: &tokio::runtime::Runtime, approval: &str) -> Arc<Airlock> {
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let config = format!(
         "[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\n{approval}\n",
         wasm.display()
@@ -28,7 +28,7 @@ fn load(rt: &tokio::runtime::Runtime, approval: &str) -> Arc<Airlock> {
         rt.block_on(Airlock::load(
             policy,
             AuditLog::off(),
-            Operator::in_memory(),
+            OperatorState::in_memory(),
         ))
         .unwrap(),
     )

@@ -5,13 +5,13 @@
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
-use airlock::audit::AuditLog;
-use airlock::auth::{Access, Principal};
-use airlock::operator::Operator;
-use airlock::overrides::LiveGrants;
-use airlock::pipeline::{Airlock, CallContext, Caller};
-use airlock::policy::{Dirs, Policy};
-use airlock::sandbox::{self, Invocation};
+use airlock::config::policy::{Dirs, Policy};
+use airlock::core::principal::{Access, Principal};
+use airlock::gate::audit::AuditLog;
+use airlock::pipeline::call::{Airlock, CallContext, Caller};
+use airlock::pipeline::operator_state::OperatorState;
+use airlock::sandbox::live_grants::LiveGrants;
+use airlock::sandbox::store::{self, Invocation};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Arc<Airlock>) {
         .enable_all()
         .build()
         .unwrap();
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let config = format!(
         "[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\n",
         wasm.display()
@@ -37,7 +37,7 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Arc<Airlock>) {
         AuditLog::off()
     };
     let airlock = rt
-        .block_on(Airlock::load(policy, log, Operator::in_memory()))
+        .block_on(Airlock::load(policy, log, OperatorState::in_memory()))
         .unwrap();
     (rt, Arc::new(airlock))
 }
@@ -46,11 +46,11 @@ fn bench(c: &mut Criterion) {
     let (rt, airlock) = load(false);
     let tool = airlock.catalog().tool("fixture_echo").unwrap();
     let component = tool.component.clone();
-    let signals = sandbox::RunSignals::default();
+    let signals = store::RunSignals::default();
     let grants = LiveGrants::fixed(component.prepared.grants.clone());
     c.bench_function("sandbox_run: fresh instance + call (fixture_echo)", |b| {
         b.to_async(&rt).iter(|| async {
-            let r = sandbox::run(
+            let r = store::run(
                 &component.prepared,
                 Invocation::Call {
                     tool: "fixture_echo",

@@ -22,7 +22,7 @@ fn main() {
     let (calls, rounds) = (env("CONFINE_CALLS", 10_000), env("CONFINE_ROUNDS", 3));
     let dir = std::env::temp_dir().join(format!("airlock-bench-confine-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

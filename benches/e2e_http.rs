@@ -29,7 +29,7 @@ const ISSUER: &str = "https://idp.bench/";
 
 /// Start the server; returns it and its `host:port`.
 fn start(dir: &Path, audit: &str) -> (Child, String) {
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let config = dir.join(format!("airlock-{audit}.toml"));
     std::fs::write(
         &config,

@@ -31,7 +31,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let calls = env_usize("E2E_CALLS", 5000);
     let window = env_usize("E2E_WINDOW", 8).max(1);
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let dir = std::env::temp_dir().join(format!("airlock-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("airlock.toml");

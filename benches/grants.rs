@@ -6,14 +6,14 @@
 //!
 //! Run: `cargo bench -p airlock-benches --bench grants`
 
-use airlock::audit::AuditLog;
-use airlock::capture::Capture;
-use airlock::egress::{self, DenialCell};
-use airlock::operator::Operator;
-use airlock::overrides::LiveGrants;
-use airlock::pipeline::Airlock;
-use airlock::policy::{Dirs, Policy};
-use airlock::sandbox;
+use airlock::config::policy::{Dirs, Policy};
+use airlock::gate::audit::AuditLog;
+use airlock::pipeline::call::Airlock;
+use airlock::pipeline::operator_state::OperatorState;
+use airlock::sandbox::capture::Capture;
+use airlock::sandbox::egress::{self, DenialCell};
+use airlock::sandbox::live_grants::LiveGrants;
+use airlock::sandbox::store;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ fn scratch() -> PathBuf {
 }
 
 fn config(dir: &Path) -> String {
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     format!(
         r#"[secrets]
 dir = "{dir}/secrets"
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
         .block_on(Airlock::load(
             policy,
             AuditLog::off(),
-            Operator::in_memory(),
+            OperatorState::in_memory(),
         ))
         .unwrap();
     let component = airlock
@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
                 let denial = DenialCell::default();
-                sandbox::wasi_context(
+                store::wasi_context(
                     &prepared.name,
                     Some(&granted),
                     false,
@@ -129,7 +129,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
             let denial = DenialCell::default();
-            sandbox::wasi_context(&prepared.name, None, false, &stdout, &stderr, &denial).unwrap()
+            store::wasi_context(&prepared.name, None, false, &stdout, &stderr, &denial).unwrap()
         })
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,9 +10,9 @@
 //!
 //! Run: `cargo build --release -p airlock && cargo bench -p airlock-benches --bench operator`.
 
-use airlock::admin::{self, Answer, Request};
-use airlock::operator::Change;
-use airlock::overrides::KillScope;
+use airlock::control::admin::{self, Answer, Request};
+use airlock::control::operator::Change;
+use airlock::core::kill_scope::KillScope;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ fn pct(v: &[Duration], p: f64) -> f64 {
 }
 
 fn config(dir: &Path, tick_ms: u64, extra: &str) -> std::path::PathBuf {
-    let wasm = Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let path = dir.join(format!("airlock-{tick_ms}.toml"));
     std::fs::write(
         &path,

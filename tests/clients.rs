@@ -119,7 +119,7 @@ fn stdio_serves_the_bundled_examples_in_both_eras() {
 #[test]
 fn http_serves_the_bundled_examples_in_both_eras() {
     let dir = TempDir::new("http-examples");
-    let config = dir.config(airlock::bundled::DEFAULT_CONFIG);
+    let config = dir.config(airlock::config::bundled::DEFAULT_CONFIG);
     let server = HttpServer::start(&config);
     for mode in ["legacy", "auto"] {
         let s = client(mode, Transport::Http(&server.url), example_plan());

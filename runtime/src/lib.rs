@@ -1,36 +1,30 @@
 //! Airlock: a sandboxed tool-execution runtime for the Model Context Protocol.
 //!
 //! Tools are WASI components; every call runs in a fresh wasmtime store under CPU, memory, time
-//! and stack limits. The call path is [`pipeline::Airlock::call`].
+//! and stack limits. The call path is [`pipeline::call::Airlock::call`].
+//!
+//! The crate is built in layers, bottom to top. A module uses only its own layer and the
+//! layers below it (checked by `tests/layers.rs`; `docs/architecture.md` explains each):
+//!
+//! 1. [`core`]: shared types (ids, principals, outcomes, units, redaction).
+//! 2. [`config`]: the configuration model, validation and secrets.
+//! 3. [`sandbox`]: the engine, components, the store per call, grants, egress.
+//! 4. [`gate`]: authentication, rate limits, overrides, approvals, the audit log.
+//! 5. [`pipeline`]: the call path, composing gate and sandbox.
+//! 6. [`control`]: the operator plane: commands, live reload, the admin socket, `ctl`.
+//! 7. [`serve`]: the MCP transports, the command line, `doctor`, confinement.
 
-pub mod admin;
-pub mod approval;
-pub mod audit;
-pub mod auth;
-pub mod bundled;
-pub mod capture;
-pub mod catalog;
-pub mod cli;
-pub mod confine;
-pub mod ctl;
-pub mod doctor;
-pub mod egress;
-pub mod engine;
-pub mod failure;
-pub mod grants;
-pub mod journal;
-pub mod keyfile;
-pub mod live;
-pub mod mcp;
-pub mod operator;
-pub mod output;
-pub mod overrides;
-pub mod pipeline;
-pub mod policy;
-pub mod ratelimit;
-pub mod risk;
-pub mod running;
+// In layer order (blank lines keep rustfmt from sorting them).
+pub mod core;
+
+pub mod config;
+
 pub mod sandbox;
-pub mod secrets;
-pub mod units;
-pub mod verified_tokens;
+
+pub mod gate;
+
+pub mod pipeline;
+
+pub mod control;
+
+pub mod serve;

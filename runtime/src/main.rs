@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    airlock::cli::main()
+    airlock::serve::cli::main()
 }

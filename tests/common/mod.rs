@@ -17,7 +17,7 @@ pub fn airlock() -> &'static str {
 
 /// The hostile test component built by `build.rs`.
 pub fn hostile_wasm() -> PathBuf {
-    Path::new(airlock::bundled::WASM_DIR).join("hostile.wasm")
+    Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm")
 }
 
 /// A state directory shared by all tests, so each component is compiled once per run.

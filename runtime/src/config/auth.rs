@@ -1,0 +1,397 @@
+//! Who may call: `[auth]` and `[roles]`, resolved. Over HTTP Airlock is an OAuth 2.1 resource
+//! server (bearer JWTs checked against a JWKS) and accepts hashed API keys for service
+//! principals; stdio sessions are the configured local principal. A principal's roles decide
+//! which tools it may list and call. Checking credentials is the gate layer's
+//! authenticator.
+
+use crate::core::principal::{Access, Principal};
+use crate::core::units::Span;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[auth]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    mode: Option<AuthMode>,
+    /// This server's resource URI (RFC 8707): the audience tokens must name.
+    resource: Option<String>,
+    issuer: Option<String>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    /// Least time between two fetches of `jwks_url` (a token with an unknown `kid` triggers one).
+    jwks_refresh_min_interval: Option<Span>,
+    #[serde(default)]
+    algorithms: Vec<String>,
+    leeway: Option<Span>,
+    max_token_lifetime: Option<Span>,
+    roles_claim: Option<String>,
+    #[serde(default)]
+    required_claims: Vec<String>,
+    #[serde(default)]
+    authorization_servers: Vec<String>,
+    local_principal: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<ApiKeySection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeySection {
+    principal: String,
+    /// sha256 of the key, hex; the key itself is never in the configuration.
+    sha256: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// How HTTP callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Nobody is asked: HTTP only on loopback, every caller the anonymous principal.
+    None,
+    /// Bearer JWTs (and API keys, when configured).
+    Jwt,
+    /// API keys only.
+    ApiKey,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub principal: Arc<str>,
+    /// sha256 of the key.
+    pub digest: [u8; 32],
+    pub roles: Arc<[String]>,
+}
+
+/// JWT settings, resolved.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub resource: String,
+    pub issuer: String,
+    /// The keys of `jwks_file`; empty with `jwks_url` (fetched when serving starts).
+    pub keys: Arc<KeySet>,
+    /// One validation per accepted algorithm (the allow-list), built at load.
+    pub validations: Vec<(Algorithm, Validation)>,
+    /// Where keys come from when not from a file.
+    pub jwks_url: Option<String>,
+    /// The file keys come from, when not from a URL.
+    pub jwks_file: Option<PathBuf>,
+    pub refresh_min_interval: Duration,
+    pub max_token_lifetime: Duration,
+    pub leeway: Duration,
+    pub roles_claim: String,
+    pub required_claims: Vec<String>,
+    pub authorization_servers: Vec<String>,
+}
+
+impl JwtSettings {
+    /// The JWKS URL's host port, when keys come from a URL.
+    pub fn jwks_port(&self) -> Option<u16> {
+        let url: http::Uri = self.jwks_url.as_ref()?.parse().ok()?;
+        url.port_u16().or(match url.scheme_str() {
+            Some("https") => Some(443),
+            _ => Some(80),
+        })
+    }
+
+    /// Where this resource's RFC 9728 metadata is served: the resource URI's origin, then
+    /// `/.well-known/oauth-protected-resource`, then the resource's path.
+    pub fn metadata_url(&self) -> String {
+        let (scheme, rest) = self
+            .resource
+            .split_once("://")
+            .unwrap_or(("https", &self.resource));
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let path = path.trim_end_matches('/');
+        if path.is_empty() {
+            format!("{scheme}://{authority}/.well-known/oauth-protected-resource")
+        } else {
+            format!("{scheme}://{authority}/.well-known/oauth-protected-resource/{path}")
+        }
+    }
+}
+
+/// `[auth]` and `[roles]`, resolved.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub jwt: Option<JwtSettings>,
+    pub api_keys: Vec<ApiKey>,
+    /// Role → the claim values that carry it.
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// The principal of stdio sessions.
+    pub local_principal: Principal,
+}
+
+const ALLOWED_ALGORITHMS: [(&str, Algorithm); 3] = [
+    ("RS256", Algorithm::RS256),
+    ("ES256", Algorithm::ES256),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// Resolve `[auth]` and `[roles]`. Errors are (key, problem).
+pub(crate) fn resolve(
+    section: &AuthSection,
+    roles: &BTreeMap<String, Vec<String>>,
+    base: &Path,
+) -> Result<AuthSettings, (String, String)> {
+    let key = |k: &str| format!("auth › {k}");
+    for (role, values) in roles {
+        if values.is_empty() {
+            return Err((
+                format!("roles › {role}"),
+                "lists no claim values, so no token can carry it".into(),
+            ));
+        }
+    }
+    let known_roles = |list: &[String], at: String| -> Result<Vec<String>, (String, String)> {
+        for r in list {
+            if !roles.contains_key(r) {
+                return Err((at, format!("role \"{r}\" is not declared in [roles]")));
+            }
+        }
+        Ok(list.to_vec())
+    };
+    let mode = section.mode.unwrap_or(AuthMode::None);
+    let mut api_keys = Vec::with_capacity(section.api_keys.len());
+    for (i, k) in section.api_keys.iter().enumerate() {
+        let at = format!("auth › api_keys[{i}]");
+        if mode == AuthMode::None {
+            return Err((at, "API keys need mode = \"jwt\" or \"api-key\"".into()));
+        }
+        let digest: [u8; 32] = hex::decode(&k.sha256)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                (
+                    format!("{at} › sha256"),
+                    "must be 64 hex digits: the sha256 of the key (`printf %s KEY | sha256sum`)"
+                        .to_owned(),
+                )
+            })?;
+        if api_keys.iter().any(|a: &ApiKey| a.digest == digest) {
+            return Err((
+                format!("{at} › sha256"),
+                "the same key is listed twice".into(),
+            ));
+        }
+        if k.roles.is_empty() {
+            return Err((
+                format!("{at} › roles"),
+                "a key without roles can call nothing".into(),
+            ));
+        }
+        api_keys.push(ApiKey {
+            principal: Arc::from(k.principal.as_str()),
+            digest,
+            roles: known_roles(&k.roles, format!("{at} › roles"))?.into(),
+        });
+    }
+    if mode == AuthMode::ApiKey && api_keys.is_empty() {
+        return Err((
+            key("mode"),
+            "\"api-key\" needs at least one [[auth.api_keys]]".into(),
+        ));
+    }
+    let jwt = match mode {
+        AuthMode::Jwt => Some(resolve_jwt(section, base)?),
+        _ => {
+            if section.issuer.is_some() || section.jwks_file.is_some() {
+                return Err((
+                    key("mode"),
+                    "JWT settings are given but mode is not \"jwt\"".into(),
+                ));
+            }
+            None
+        }
+    };
+    let local = section.local_principal.as_deref().unwrap_or("local");
+    Ok(AuthSettings {
+        mode,
+        jwt,
+        api_keys,
+        roles: roles.clone(),
+        local_principal: Principal {
+            name: Arc::from(local),
+            access: Access::All,
+        },
+    })
+}
+
+fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (String, String)> {
+    let key = |k: &str| format!("auth › {k}");
+    let need = |v: &Option<String>, k: &str| {
+        v.clone()
+            .ok_or_else(|| (key(k), "required when mode = \"jwt\"".to_owned()))
+    };
+    let resource = need(&section.resource, "resource")?;
+    let issuer = need(&section.issuer, "issuer")?;
+    let (keys, jwks_url, jwks_file) = match (&section.jwks_file, &section.jwks_url) {
+        (Some(file), None) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
+            let keys = parse_jwks(&text)
+                .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
+            (keys, None, Some(path))
+        }
+        (None, Some(url)) => {
+            check_jwks_url(url).map_err(|e| (key("jwks_url"), e))?;
+            // Fetched when the server starts; nothing is accepted before that.
+            (KeySet::default(), Some(url.clone()), None)
+        }
+        _ => {
+            return Err((
+                key("jwks_file"),
+                "give exactly one of jwks_file and jwks_url when mode = \"jwt\"".to_owned(),
+            ));
+        }
+    };
+    let algorithms = if section.algorithms.is_empty() {
+        ALLOWED_ALGORITHMS.iter().map(|(_, a)| *a).collect()
+    } else {
+        section
+            .algorithms
+            .iter()
+            .map(|name| {
+                ALLOWED_ALGORITHMS
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| {
+                        (
+                            key("algorithms"),
+                            format!("\"{name}\" is not one of RS256, ES256, EdDSA"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let leeway = section.leeway.map_or(Duration::from_secs(30), |s| s.0);
+    if leeway > Duration::from_secs(300) {
+        return Err((key("leeway"), "must be at most 5m".into()));
+    }
+    let max_token_lifetime = section
+        .max_token_lifetime
+        .map_or(Duration::from_secs(3600), |s| s.0);
+    let roles_claim = section
+        .roles_claim
+        .clone()
+        .unwrap_or_else(|| "roles".into());
+    if !matches!(roles_claim.as_str(), "roles" | "groups" | "scope" | "scp") {
+        return Err((
+            key("roles_claim"),
+            format!("\"{roles_claim}\" is not one of roles, groups, scope, scp"),
+        ));
+    }
+    let authorization_servers = if section.authorization_servers.is_empty() {
+        vec![issuer.clone()]
+    } else {
+        section.authorization_servers.clone()
+    };
+    let refresh_min_interval = section
+        .jwks_refresh_min_interval
+        .map_or(Duration::from_secs(30), |s| s.0);
+    let validations = algorithms
+        .iter()
+        .map(|&alg| {
+            let mut v = Validation::new(alg);
+            v.set_issuer(&[&issuer]);
+            v.set_audience(&[&resource]);
+            v.leeway = leeway.as_secs();
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            (alg, v)
+        })
+        .collect();
+    Ok(JwtSettings {
+        validations,
+        resource,
+        issuer,
+        keys: Arc::new(keys),
+        jwks_url,
+        jwks_file,
+        refresh_min_interval,
+        max_token_lifetime,
+        leeway,
+        roles_claim,
+        required_claims: section.required_claims.clone(),
+        authorization_servers,
+    })
+}
+
+/// Public keys by `kid`, decoded once when loaded.
+#[derive(Clone, Default)]
+pub struct KeySet(pub HashMap<String, DecodingKey>);
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// A JWK set with usable public keys only, each with a `kid`.
+pub fn parse_jwks(text: &str) -> Result<KeySet, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK set: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("the JWK set holds no keys".into());
+    }
+    let mut keys = HashMap::with_capacity(set.keys.len());
+    for (i, k) in set.keys.iter().enumerate() {
+        let kid = k
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| format!("key {i} has no `kid`"))?;
+        if let AlgorithmParameters::OctetKey(_) = k.algorithm {
+            return Err(format!(
+                "key {i} is a symmetric (oct) key; only public keys are accepted"
+            ));
+        }
+        let key = DecodingKey::from_jwk(k).map_err(|e| format!("key {i}: {e}"))?;
+        keys.insert(kid, key);
+    }
+    Ok(KeySet(keys))
+}
+
+/// `https://…`, or `http://` to a loopback address only.
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http")
+            if host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "\"{url}\" must be https:// (http:// only to a loopback address)"
+        )),
+    }
+}
+
+impl AuthSettings {
+    /// Every claim value that carries a role, for `scopes_supported`.
+    pub fn claim_values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.roles.values().flatten().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Is `role` declared in `[roles]`?
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+}

@@ -1,0 +1,11 @@
+//! Layer 2: the `airlock.toml` model, its parsing and validation, and the secrets it names,
+//! loaded. Everything that can be checked is checked here, at load time. Uses only `core`.
+
+pub mod audit;
+pub mod auth;
+pub mod bundled;
+pub mod confine;
+pub mod grants;
+pub mod policy;
+pub mod risk;
+pub mod secrets;

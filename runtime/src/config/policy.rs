@@ -1,0 +1,737 @@
+//! `airlock.toml`: the configuration model, its validation, and the resolved [`Policy`] the rest
+//! of the host works from. Everything that can be checked is checked here, at load time, so a
+//! bad configuration stops the start with a message naming the file, the key and the problem.
+
+use crate::config::audit::{self, AuditSection, AuditSettings};
+use crate::config::auth::{self, AuthSection, AuthSettings};
+use crate::config::bundled;
+use crate::config::confine::{self, ConfineSection, ConfineSettings};
+use crate::config::grants::{self, Grants, GrantsSection};
+use crate::config::risk::{self, ApprovalPolicy, ApprovalSection, Tier};
+use crate::config::secrets::{self, SecretStore, SecretsSection};
+use crate::core::units::{ByteSize, Rate, Span};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[rate_limits]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Each principal, across all tools.
+    pub per_principal: Option<Rate>,
+    /// Each tool, across all principals, unless its `[[tool]]` entry sets `rate_limit`.
+    pub per_tool: Option<Rate>,
+}
+
+/// Per-component egress limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimits {
+    /// Name resolution, connection and TLS handshake, and the wait for response headers, each.
+    pub timeout: Span,
+    pub max_request_bytes: ByteSize,
+    pub max_response_bytes: ByteSize,
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file, or `<embedded default>`.
+    pub file: String,
+    /// The key at fault, such as `tool "json" › sha256`; empty when the whole file is at fault.
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    secrets: SecretsSection,
+    #[serde(default)]
+    audit: AuditSection,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    rate_limits: RateLimitSettings,
+    /// Role → the claim values that carry it.
+    #[serde(default)]
+    roles: BTreeMap<String, Vec<String>>,
+    #[serde(default, rename = "tool")]
+    tools: Vec<ToolSection>,
+    #[serde(default)]
+    confine: ConfineSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    max_in_flight: Option<u32>,
+    epoch_tick: Option<Span>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    fuel: Option<u64>,
+    memory: Option<ByteSize>,
+    timeout: Option<Span>,
+    wasm_stack: Option<ByteSize>,
+    max_argument_bytes: Option<ByteSize>,
+    max_output_bytes: Option<ByteSize>,
+    max_in_flight: Option<u32>,
+    capture_bytes: Option<ByteSize>,
+    egress_timeout: Option<Span>,
+    max_request_bytes: Option<ByteSize>,
+    max_response_bytes: Option<ByteSize>,
+    max_depth: Option<u32>,
+    max_nested_calls: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSection {
+    name: String,
+    component: String,
+    sha256: Option<String>,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    grants: GrantsSection,
+    /// What the audit log keeps of each call's arguments (their digest is always kept).
+    audit_arguments: Option<AuditArguments>,
+    /// Roles whose principals may list and call this component's tools.
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Calls of each of its tools, across principals (overrides `[rate_limits] per_tool`).
+    rate_limit: Option<Rate>,
+    tier: Option<Tier>,
+    approval: Option<ApprovalSection>,
+}
+
+/// What the audit record of a call keeps of its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditArguments {
+    /// Only their sha256.
+    #[default]
+    None,
+    /// The arguments with secret values and secret-shaped strings replaced.
+    Redacted,
+    /// The arguments as sent.
+    Full,
+}
+
+/// Resource limits of one component's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wasm fuel per call (roughly one unit per instruction).
+    pub fuel: u64,
+    /// Linear memory of the whole instance.
+    pub memory: ByteSize,
+    /// Wall-clock time per call.
+    pub timeout: Span,
+    /// Maximum wasm stack.
+    pub wasm_stack: ByteSize,
+    /// Size of the serialised JSON arguments.
+    pub max_argument_bytes: ByteSize,
+    /// Size of the result's content.
+    pub max_output_bytes: ByteSize,
+    /// Calls of this component running at once.
+    pub max_in_flight: u32,
+    /// Guest stdout and stderr kept (each) for the log; the rest is discarded.
+    pub capture_bytes: ByteSize,
+    /// Outgoing HTTP: name resolution, connect and response headers, each.
+    pub egress_timeout: Span,
+    /// Outgoing HTTP request body.
+    pub max_request_bytes: ByteSize,
+    /// Outgoing HTTP response body.
+    pub max_response_bytes: ByteSize,
+    /// Nested `call-tool` levels beneath a call of this component.
+    pub max_depth: u32,
+    /// Nested calls, at every level together, beneath one top-level call of this component.
+    pub max_nested_calls: u32,
+}
+
+impl Limits {
+    pub fn egress(&self) -> EgressLimits {
+        EgressLimits {
+            timeout: self.egress_timeout,
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 2_000_000_000,
+            memory: ByteSize::mib(64),
+            timeout: Span(Duration::from_secs(5)),
+            wasm_stack: ByteSize::kib(512),
+            max_argument_bytes: ByteSize::kib(256),
+            max_output_bytes: ByteSize::mib(1),
+            max_in_flight: 16,
+            capture_bytes: ByteSize::kib(16),
+            egress_timeout: Span(Duration::from_secs(30)),
+            max_request_bytes: ByteSize::mib(1),
+            max_response_bytes: ByteSize::mib(8),
+            max_depth: 4,
+            max_nested_calls: 32,
+        }
+    }
+}
+
+/// Server-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Operator state, the audit key, the admin socket: one serving process per directory.
+    pub state_dir: PathBuf,
+    /// Compiled components (default `<state_dir>/cache`); servers may share it.
+    pub cache_dir: PathBuf,
+    /// Calls running at once across all tools.
+    pub max_in_flight: u32,
+    /// Interval of the epoch ticker: the granularity of timeouts and cancellation.
+    pub epoch_tick: Duration,
+    /// `Host` header values accepted on HTTP (DNS-rebinding defense).
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` header values accepted on HTTP; requests from any other origin get 403.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Where a component's bytes came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    File(PathBuf),
+    /// One of the example components compiled into the binary (`bundled:<name>`).
+    Bundled(&'static str),
+}
+
+impl fmt::Display for ComponentSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComponentSource::File(p) => write!(f, "{}", p.display()),
+            ComponentSource::Bundled(n) => write!(f, "bundled:{n}"),
+        }
+    }
+}
+
+/// One `[[tool]]` entry: a component and the limits its tools run under.
+#[derive(Debug, Clone)]
+pub struct ComponentEntry {
+    pub name: String,
+    pub source: ComponentSource,
+    pub bytes: Arc<[u8]>,
+    /// sha256 of `bytes` (checked against the pin when there is one).
+    pub digest: [u8; 32],
+    pub pinned: bool,
+    pub limits: Limits,
+    pub grants: Grants,
+    pub audit_arguments: AuditArguments,
+    /// Roles whose principals may list and call its tools (the local principal always may).
+    pub roles: Vec<String>,
+    pub rate_limit: Option<Rate>,
+    /// Tier and approval rule, before they are checked against the declared tools.
+    pub approval: ApprovalPolicy,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The file it came from, or `<embedded default>`.
+    pub origin: String,
+    /// sha256 of the configuration text, hex (recorded with every reload).
+    pub sha256: String,
+    pub server: ServerSettings,
+    /// Every secret `[secrets]` declares, loaded.
+    pub secrets: SecretStore,
+    pub audit: AuditSettings,
+    pub auth: AuthSettings,
+    pub rate_limits: RateLimitSettings,
+    pub components: Vec<ComponentEntry>,
+    pub confine: ConfineSettings,
+}
+
+const EMBEDDED: &str = "<embedded default>";
+
+/// Directories given on the command line; each replaces its setting in the file.
+#[derive(Debug, Clone, Default)]
+pub struct Dirs {
+    pub state_dir: Option<PathBuf>,
+    pub audit_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Dirs {
+    pub fn state(dir: &Path) -> Dirs {
+        Dirs {
+            state_dir: Some(dir.to_path_buf()),
+            ..Dirs::default()
+        }
+    }
+}
+
+impl Policy {
+    /// Load and validate a configuration file.
+    pub fn load(path: &Path, dirs: &Dirs) -> Result<Policy, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: origin.clone(),
+            key: String::new(),
+            problem: format!("cannot read the configuration: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Policy::parse(&text, &origin, &base, dirs)
+    }
+
+    /// The embedded default: the bundled example tools with default limits.
+    pub fn embedded_default(dirs: &Dirs) -> Result<Policy, ConfigError> {
+        Policy::parse(bundled::DEFAULT_CONFIG, EMBEDDED, Path::new("."), dirs)
+    }
+
+    /// Parse and validate configuration text. Relative component paths resolve against `base`;
+    /// `dirs` replace the directories the file names.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        dirs: &Dirs,
+    ) -> Result<Policy, ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: origin.to_owned(),
+            key,
+            problem,
+        };
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            err(String::new(), format!("{message}{at}"))
+        })?;
+
+        let server = resolve_server(&file.server, base, dirs).map_err(|(k, p)| err(k, p))?;
+        let defaults = apply_limits(Limits::default(), &file.limits)
+            .map_err(|(k, p)| err(format!("limits › {k}"), p))?;
+        let secrets = secrets::load(&file.secrets, base).map_err(|(k, p)| err(k, p))?;
+        let mut audit =
+            audit::resolve(&file.audit, base, &server.state_dir).map_err(|(k, p)| err(k, p))?;
+        if let Some(dir) = &dirs.audit_dir {
+            audit.dir = dir.clone();
+        }
+        let auth = auth::resolve(&file.auth, &file.roles, base).map_err(|(k, p)| err(k, p))?;
+
+        let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
+        for (i, t) in file.tools.iter().enumerate() {
+            let key = |k: &str| format!("tool \"{}\" (entry {}) › {k}", t.name, i + 1);
+            check_entry_name(&t.name).map_err(|p| err(key("name"), p))?;
+            if components.iter().any(|c| c.name == t.name) {
+                return Err(err(
+                    key("name"),
+                    format!("another [[tool]] entry is already named \"{}\"", t.name),
+                ));
+            }
+            let limits = apply_limits(defaults, &t.limits)
+                .map_err(|(k, p)| err(key(&format!("limits › {k}")), p))?;
+            let (source, bytes) =
+                read_component(&t.component, base).map_err(|p| err(key("component"), p))?;
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let pinned = match &t.sha256 {
+                None => false,
+                Some(pin) => {
+                    let want = parse_digest(pin).map_err(|p| err(key("sha256"), p))?;
+                    if want != digest {
+                        return Err(err(
+                            key("sha256"),
+                            format!(
+                                "pinned digest {} does not match {source}, whose sha256 is {}",
+                                hex::encode(want),
+                                hex::encode(digest)
+                            ),
+                        ));
+                    }
+                    true
+                }
+            };
+            // Airlock's own files: its state (keys, overrides), the compile cache, the audit
+            // log, secrets.
+            let protected: Vec<PathBuf> = [
+                Some(&server.state_dir),
+                Some(&server.cache_dir),
+                Some(&audit.dir),
+                secrets.dir.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|p| grants::comparable(p))
+            .collect();
+            let grants = grants::resolve(&t.grants, base, &protected, &secrets)
+                .map_err(|(k, p)| err(key(&k), p))?;
+            components.push(ComponentEntry {
+                name: t.name.clone(),
+                source,
+                bytes,
+                digest,
+                pinned,
+                limits,
+                grants,
+                audit_arguments: t.audit_arguments.unwrap_or_default(),
+                roles: t.roles.clone(),
+                rate_limit: t.rate_limit,
+                approval: risk::resolve(t.tier, t.approval.as_ref())
+                    .map_err(|(k, p)| err(key(&k), p))?,
+            });
+            for r in &t.roles {
+                if !auth.has_role(r) {
+                    return Err(err(
+                        key("roles"),
+                        format!("role \"{r}\" is not declared in [roles]"),
+                    ));
+                }
+            }
+        }
+        check_nested_writable(&components).map_err(|(k, p)| err(k, p))?;
+        if components.is_empty() {
+            return Err(err(
+                "tool".into(),
+                "no [[tool]] entries: there is nothing to serve".into(),
+            ));
+        }
+        Ok(Policy {
+            origin: origin.to_owned(),
+            sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+            server,
+            secrets,
+            audit,
+            auth,
+            rate_limits: file.rate_limits.clone(),
+            components,
+            confine: confine::resolve(&file.confine).map_err(|(k, p)| err(k, p))?,
+        })
+    }
+}
+
+impl Policy {
+    /// `[[tool]]` entries no authenticated principal can reach (no `roles`), when HTTP callers
+    /// are authenticated; only the local principal (stdio) can use them.
+    pub fn unreachable_components(&self) -> Vec<&str> {
+        if self.auth.mode == auth::AuthMode::None {
+            return Vec::new();
+        }
+        self.components
+            .iter()
+            .filter(|c| c.roles.is_empty())
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+}
+
+/// A directory granted inside another that some tool may write could be swapped for a symlink
+/// by that tool, and the next preopen of the inner grant would follow it anywhere. Refused.
+fn check_nested_writable(components: &[ComponentEntry]) -> Result<(), (String, String)> {
+    let all = || {
+        components
+            .iter()
+            .flat_map(|c| c.grants.fs.iter().map(move |g| (c, g)))
+    };
+    for (outer_c, outer) in all().filter(|(_, g)| g.mode == grants::FsMode::Rw) {
+        if let Some((inner_c, inner)) =
+            all().find(|(_, g)| g.host != outer.host && g.host.starts_with(&outer.host))
+        {
+            return Err((
+                format!("tool \"{}\" › grants › {}", inner_c.name, inner.id),
+                format!(
+                    "{} lies inside {}, which tool \"{}\" may write ({}); a writer could replace it with a symlink. Grant directories that do not nest",
+                    inner.host.display(),
+                    outer.host.display(),
+                    outer_c.name,
+                    outer.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_server(
+    s: &ServerSection,
+    base: &Path,
+    dirs: &Dirs,
+) -> Result<ServerSettings, (String, String)> {
+    let state_dir = match (&dirs.state_dir, &s.state_dir) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => default_state_dir().ok_or_else(|| {
+            (
+                "server › state_dir".to_owned(),
+                "not set, and neither XDG_STATE_HOME nor HOME is set".to_owned(),
+            )
+        })?,
+    };
+    // Each slot reserves address space for its linear memories in the pooling allocator.
+    let max_in_flight = s.max_in_flight.unwrap_or(64);
+    if max_in_flight == 0 || max_in_flight > 1_000 {
+        return Err((
+            "server › max_in_flight".into(),
+            format!("{max_in_flight} is outside 1..=1000"),
+        ));
+    }
+    let epoch_tick = s.epoch_tick.map_or(Duration::from_millis(10), |t| t.0);
+    if epoch_tick < Duration::from_millis(1) || epoch_tick > Duration::from_millis(100) {
+        return Err((
+            "server › epoch_tick".into(),
+            "must be between 1ms and 100ms".into(),
+        ));
+    }
+    let allowed_hosts = s
+        .allowed_hosts
+        .clone()
+        .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    if allowed_hosts.is_empty() {
+        return Err((
+            "server › allowed_hosts".into(),
+            "must not be empty: an empty list would accept any Host header".into(),
+        ));
+    }
+    let allowed_origins = s.allowed_origins.clone().unwrap_or_default();
+    let cache_dir = match (&dirs.cache_dir, &s.cache_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => base.join(d),
+        (None, None) => state_dir.join("cache"),
+    };
+    Ok(ServerSettings {
+        state_dir,
+        cache_dir,
+        max_in_flight,
+        epoch_tick,
+        allowed_hosts,
+        allowed_origins,
+    })
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let home = || {
+        std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|h| PathBuf::from(h).join(".local/state"))
+    };
+    xdg.or_else(home).map(|d| d.join("airlock"))
+}
+
+fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, String)> {
+    fn range<T: PartialOrd + fmt::Display>(
+        key: &str,
+        v: T,
+        lo: T,
+        hi: T,
+    ) -> Result<T, (String, String)> {
+        if v < lo || v > hi {
+            return Err((key.to_owned(), format!("{v} is outside {lo}..={hi}")));
+        }
+        Ok(v)
+    }
+    Ok(Limits {
+        fuel: range("fuel", s.fuel.unwrap_or(base.fuel), 1_000, u64::MAX / 2)?,
+        memory: range(
+            "memory",
+            s.memory.unwrap_or(base.memory),
+            ByteSize::mib(1),
+            ByteSize::mib(4096),
+        )?,
+        timeout: range(
+            "timeout",
+            s.timeout.unwrap_or(base.timeout),
+            Span(Duration::from_millis(10)),
+            Span(Duration::from_secs(3600)),
+        )?,
+        wasm_stack: range(
+            "wasm_stack",
+            s.wasm_stack.unwrap_or(base.wasm_stack),
+            ByteSize::kib(64),
+            ByteSize::mib(16),
+        )?,
+        max_argument_bytes: range(
+            "max_argument_bytes",
+            s.max_argument_bytes.unwrap_or(base.max_argument_bytes),
+            ByteSize(2),
+            ByteSize::mib(64),
+        )?,
+        max_output_bytes: range(
+            "max_output_bytes",
+            s.max_output_bytes.unwrap_or(base.max_output_bytes),
+            ByteSize(1),
+            ByteSize::mib(256),
+        )?,
+        max_in_flight: range(
+            "max_in_flight",
+            s.max_in_flight.unwrap_or(base.max_in_flight),
+            1,
+            1_000,
+        )?,
+        capture_bytes: range(
+            "capture_bytes",
+            s.capture_bytes.unwrap_or(base.capture_bytes),
+            ByteSize(0),
+            ByteSize::mib(16),
+        )?,
+        egress_timeout: range(
+            "egress_timeout",
+            s.egress_timeout.unwrap_or(base.egress_timeout),
+            Span(Duration::from_millis(100)),
+            Span(Duration::from_secs(600)),
+        )?,
+        max_request_bytes: range(
+            "max_request_bytes",
+            s.max_request_bytes.unwrap_or(base.max_request_bytes),
+            ByteSize(0),
+            ByteSize::mib(1024),
+        )?,
+        max_response_bytes: range(
+            "max_response_bytes",
+            s.max_response_bytes.unwrap_or(base.max_response_bytes),
+            ByteSize(0),
+            ByteSize::mib(1024),
+        )?,
+        max_depth: range("max_depth", s.max_depth.unwrap_or(base.max_depth), 0, 16)?,
+        max_nested_calls: range(
+            "max_nested_calls",
+            s.max_nested_calls.unwrap_or(base.max_nested_calls),
+            0,
+            10_000,
+        )?,
+    })
+}
+
+fn check_entry_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - ."
+        ))
+    }
+}
+
+fn parse_digest(pin: &str) -> Result<[u8; 32], String> {
+    let bytes =
+        hex::decode(pin.trim()).map_err(|_| format!("\"{pin}\" is not a hex sha256 digest"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("\"{pin}\" is not 64 hex characters (a sha256 digest)"))
+}
+
+fn read_component(spec: &str, base: &Path) -> Result<(ComponentSource, Arc<[u8]>), String> {
+    if let Some(name) = spec.strip_prefix("bundled:") {
+        let (name, bytes) = bundled::component(name).ok_or_else(|| {
+            format!(
+                "no bundled component \"{name}\" (bundled: {})",
+                bundled::NAMES.join(", ")
+            )
+        })?;
+        return Ok((ComponentSource::Bundled(name), Arc::from(bytes)));
+    }
+    let path = base.join(spec);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read component {}: {e}", path.display()))?;
+    Ok((ComponentSource::File(path), Arc::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, ConfigError> {
+        Policy::parse(
+            text,
+            "test.toml",
+            Path::new("."),
+            &Dirs::state(Path::new("/tmp/airlock-test-state")),
+        )
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let p = Policy::embedded_default(&Dirs::state(Path::new("/tmp/x"))).unwrap();
+        assert_eq!(p.components.len(), 3);
+        assert!(p.components.iter().all(|c| c.limits == Limits::default()));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let e = parse("[server]\nmax_in_flihgt = 3\n").unwrap_err();
+        assert!(e.problem.contains("unknown field `max_in_flihgt`"), "{e}");
+        assert!(e.problem.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn limits_override_and_validate() {
+        let p = parse(
+            "[limits]\nmemory = \"32MiB\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.limits]\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.components[0].limits.memory, ByteSize::mib(32));
+        assert_eq!(p.components[0].limits.timeout, Span(Duration::from_secs(2)));
+        let e = parse("[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.limits]\nmemory = \"8GiB\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "tool \"t\" (entry 1) › limits › memory");
+    }
+
+    #[test]
+    fn wrong_pin_and_duplicate_names_are_errors() {
+        let e = parse(&format!(
+            "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        ))
+        .unwrap_err();
+        assert!(e.problem.starts_with("pinned digest 0000"), "{e}");
+        let e = parse("[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:json\"\n")
+            .unwrap_err();
+        assert!(e.problem.contains("already named"), "{e}");
+    }
+
+    #[test]
+    fn empty_allowed_hosts_is_an_error() {
+        let e = parse(
+            "[server]\nallowed_hosts = []\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server › allowed_hosts");
+    }
+}

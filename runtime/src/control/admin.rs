@@ -1,0 +1,299 @@
+//! The admin listener: a unix socket in the state directory (mode 0600, and only the server's
+//! own uid is answered), one JSON request and one JSON response per connection. It is never an
+//! MCP endpoint. `airlock ctl` is its client.
+
+use crate::control::live::{Live, Reloaded};
+use crate::control::operator::{self, Change, ChangeOutcome};
+use crate::gate::overrides::Overrides;
+use crate::pipeline::running::CallView;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// The socket, in the state directory.
+pub const SOCKET: &str = "admin.sock";
+/// Longest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// What `airlock ctl` asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Calls,
+    Change {
+        change: Change,
+    },
+    Reload,
+    /// The calls waiting for an operator's answer.
+    Approvals,
+    /// Approve or deny one, as `operator` (the name the four-eyes rule compares with the
+    /// caller).
+    Answer {
+        id: String,
+        approve: bool,
+        operator: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// The answer: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Answer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Status(Status),
+    Calls {
+        calls: Vec<CallView>,
+    },
+    Changed(ChangeOutcome),
+    Reloaded(Reloaded),
+    Approvals {
+        approvals: Vec<crate::gate::approval::PendingView>,
+    },
+    Answered {
+        answered: crate::gate::approval::PendingView,
+        approve: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub config: String,
+    pub uptime_s: u64,
+    pub components: usize,
+    pub tools: usize,
+    pub running_calls: usize,
+    /// Calls waiting for an operator's answer.
+    #[serde(default)]
+    pub approvals_waiting: usize,
+    pub audit: bool,
+    pub overrides: Overrides,
+}
+
+/// The socket path of a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET)
+}
+
+/// Bind the admin socket: mode 0600, created under a temporary name and renamed into place so
+/// that it is never reachable with looser permissions. A live socket at the path means another
+/// server uses this state directory: that stops the start. Bound before the process confines
+/// itself (no unix socket can be made after that) and before any thread exists.
+pub fn bind(state_dir: &Path) -> Result<std::os::unix::net::UnixListener> {
+    let path = socket_path(state_dir);
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            bail!(
+                "{} is in use: another airlock serves with this state directory",
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let tmp = state_dir.join(format!(".{SOCKET}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("cannot bind the admin socket {}", tmp.display()))?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the admin socket non-blocking")?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot install the admin socket {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Answer admin connections until the process ends.
+pub async fn serve(listener: std::os::unix::net::UnixListener, live: Arc<Live>, path: PathBuf) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin socket unusable, operators cannot reach this server: {e}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let me = rustix::process::geteuid().as_raw();
+    tracing::info!(socket = %path.display(), "admin socket listening");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("admin socket: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(c) => (c.uid(), c.pid()),
+            Err(e) => {
+                tracing::warn!("admin socket: cannot read the peer's credentials, refused: {e}");
+                continue;
+            }
+        };
+        if uid != me {
+            tracing::warn!(uid, "admin socket: connection from another uid refused");
+            continue;
+        }
+        let live = live.clone();
+        tokio::spawn(async move {
+            let by = match pid {
+                Some(pid) => format!("uid:{uid} pid:{pid}"),
+                None => format!("uid:{uid}"),
+            };
+            if let Err(e) = connection(stream, &live, &by, started).await {
+                tracing::warn!("admin socket: {e:#}");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, live: &Live, by: &str, started: Instant) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => match handle(request, live, by, started).await {
+            Ok(answer) => Response {
+                ok: true,
+                result: Some(answer),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                result: None,
+                error: Some(format!("{e:#}")),
+            },
+        },
+        Err(e) => Response {
+            ok: false,
+            result: None,
+            error: Some(format!("malformed request: {e}")),
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Result<Answer> {
+    let operator = live.operator();
+    match request {
+        Request::Status => {
+            let airlock = live.current();
+            Ok(Answer::Status(Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                config: airlock.catalog().policy.origin.clone(),
+                uptime_s: started.elapsed().as_secs(),
+                components: airlock.catalog().components.len(),
+                tools: airlock.tools().len(),
+                running_calls: operator.running.len(),
+                approvals_waiting: operator.approvals.queue.list().len(),
+                audit: airlock.audit().is_on(),
+                overrides: Overrides::clone(&operator.overrides.current()),
+            }))
+        }
+        Request::Calls => Ok(Answer::Calls {
+            calls: operator.running.list(),
+        }),
+        Request::Change { change } => {
+            let airlock = live.current();
+            let outcome = operator::apply(&airlock, operator, &change, by).await?;
+            if outcome.changed && matches!(change, Change::Kill { .. } | Change::Revive { .. }) {
+                live.tools_changed();
+            }
+            Ok(Answer::Changed(outcome))
+        }
+        Request::Reload => Ok(Answer::Reloaded(live.reload(by).await?)),
+        Request::Approvals => Ok(Answer::Approvals {
+            approvals: operator.approvals.queue.list(),
+        }),
+        Request::Answer {
+            id,
+            approve,
+            operator: name,
+            reason,
+        } => {
+            let by = format!("operator {name} ({by})");
+            match operator
+                .approvals
+                .queue
+                .answer(&id, approve, &name, by.clone(), reason)
+            {
+                Ok(answered) => Ok(Answer::Answered { answered, approve }),
+                Err(refused) => {
+                    // A refused answer is recorded too: someone tried.
+                    let record = serde_json::json!({
+                        "event": "refused", "ticket": id, "by": by, "reason": refused.to_string(),
+                    });
+                    let audit = live.current().audit().clone();
+                    if audit.is_on() {
+                        audit.append("approval", &record).await.map_err(|e| {
+                            anyhow::anyhow!("{refused} (and its audit record failed: {e})")
+                        })?;
+                    }
+                    Err(refused.into())
+                }
+            }
+        }
+    }
+}
+
+/// Send one request to the admin socket at `path` and wait for the answer. The socket must
+/// belong to this uid: an answer from anyone else's socket could claim a kill that never
+/// happened.
+pub async fn request(path: &Path, request: &Request) -> Result<Answer> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.uid() != me
+    {
+        bail!(
+            "{} belongs to uid {}, not to you (uid {me}); refusing to talk to it",
+            path.display(),
+            meta.uid()
+        );
+    }
+    let stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot reach the admin socket {} (is airlock serving with this state directory?)",
+            path.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut out = serde_json::to_vec(request)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    if line.is_empty() {
+        bail!("the admin socket closed without an answer (refused: another uid?)");
+    }
+    let response: Response =
+        serde_json::from_str(&line).context("malformed answer from the admin socket")?;
+    match (response.ok, response.result, response.error) {
+        (true, Some(answer), _) => Ok(answer),
+        (_, _, Some(e)) => bail!("{e}"),
+        _ => bail!("malformed answer from the admin socket"),
+    }
+}

@@ -1,0 +1,362 @@
+//! `airlock ctl`: the operator's client of the admin socket.
+
+use crate::control::admin::{self, Answer, Request};
+use crate::control::operator::Change;
+use crate::core::kill_scope::KillScope;
+use crate::gate::overrides::GrantRef;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::Path;
+
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// The server: configuration, tools, calls running, overrides in force.
+    Status,
+    /// The calls running now: id, tool, principal, age, fuel used.
+    Calls,
+    /// Disable a tool, a principal or everything, for every call that starts from now on.
+    Kill {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Also stop the calls of that scope running now.
+        #[arg(long)]
+        interrupt: bool,
+    },
+    /// Undo a kill.
+    Revive {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Take one grant away from one tool's component. Network grants and secrets sent as
+    /// headers are also withdrawn from its running calls at their next request; filesystem
+    /// grants and secrets exposed as environment variables only from the next call (use
+    /// --interrupt to end the running ones).
+    Revoke {
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// Also stop the component's calls running now.
+        #[arg(long)]
+        interrupt: bool,
+    },
+    /// Give a revoked grant back.
+    Restore {
+        #[command(flatten)]
+        grant: GrantArgs,
+    },
+    /// Load the configuration file again and, if it is valid, put it in force.
+    Reload,
+    /// Calls waiting for an operator's approval (`via = "operator"`).
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// What is waiting: id, tool, caller, the question, time left.
+    List,
+    /// Let the call go ahead.
+    Approve {
+        /// The id `list` shows.
+        id: String,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
+    /// Refuse it.
+    Deny {
+        id: String,
+        /// Told to the caller and recorded.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        operator: OperatorName,
+    },
+}
+
+#[derive(Args)]
+pub struct OperatorName {
+    /// Who answers, as recorded and as the four-eyes rule compares it with the caller
+    /// (default: your login name).
+    #[arg(long = "as", value_name = "NAME")]
+    name: Option<String>,
+}
+
+impl OperatorName {
+    fn resolve(self) -> String {
+        self.name
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("uid:{}", rustix::process::geteuid().as_raw()))
+    }
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct ScopeArgs {
+    /// A tool name, or a [[tool]] entry name (all of its tools).
+    #[arg(long)]
+    tool: Option<String>,
+    /// A principal (the token's `sub`, an API key's principal, or the local principal).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Every tool.
+    #[arg(long)]
+    all: bool,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> KillScope {
+        match (&self.tool, &self.principal) {
+            (Some(t), _) => KillScope::Tool(t.clone()),
+            (_, Some(p)) => KillScope::Principal(p.clone()),
+            _ => KillScope::All,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GrantArgs {
+    /// The tool (or [[tool]] entry) whose component holds the grant.
+    #[arg(long)]
+    tool: String,
+    #[command(flatten)]
+    which: WhichGrant,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct WhichGrant {
+    /// A filesystem grant, by its guest path (`/data`) or id (`fs:/data`).
+    #[arg(long, value_name = "GRANT")]
+    fs: Option<String>,
+    /// A network grant, by its URL as configured (`https://api.example.com`), or a TCP grant by
+    /// its address (`10.0.0.5:5432`), or either by id (`net:…`, `tcp:…`).
+    #[arg(long, value_name = "GRANT")]
+    net: Option<String>,
+    /// Every grant of the secret of this name.
+    #[arg(long, value_name = "NAME")]
+    secret: Option<String>,
+}
+
+impl WhichGrant {
+    fn grant(&self) -> GrantRef {
+        let prefixed = |kind: &str, v: &str| {
+            if v.starts_with(&format!("{kind}:")) {
+                v.to_owned()
+            } else {
+                format!("{kind}:{v}")
+            }
+        };
+        match (&self.fs, &self.net, &self.secret) {
+            (Some(fs), _, _) => GrantRef::Grant(prefixed("fs", fs)),
+            (_, Some(net), _) if net.starts_with("tcp:") || net.starts_with("net:") => {
+                GrantRef::Grant(net.clone())
+            }
+            (_, Some(net), _) if net.parse::<std::net::SocketAddr>().is_ok() => {
+                GrantRef::Grant(format!("tcp:{net}"))
+            }
+            (_, Some(net), _) => GrantRef::Grant(format!("net:{net}")),
+            (_, _, Some(name)) => GrantRef::Secret(name.clone()),
+            _ => unreachable!("clap requires one of --fs, --net, --secret"),
+        }
+    }
+}
+
+pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
+    let request = match command {
+        CtlCommand::Status => Request::Status,
+        CtlCommand::Calls => Request::Calls,
+        CtlCommand::Kill { scope, interrupt } => Request::Change {
+            change: Change::Kill {
+                scope: scope.scope(),
+                interrupt,
+            },
+        },
+        CtlCommand::Revive { scope } => Request::Change {
+            change: Change::Revive {
+                scope: scope.scope(),
+            },
+        },
+        CtlCommand::Revoke { grant, interrupt } => Request::Change {
+            change: Change::Revoke {
+                tool: grant.tool,
+                grant: grant.which.grant(),
+                interrupt,
+            },
+        },
+        CtlCommand::Restore { grant } => Request::Change {
+            change: Change::Restore {
+                tool: grant.tool,
+                grant: grant.which.grant(),
+            },
+        },
+        CtlCommand::Reload => Request::Reload,
+        CtlCommand::Approvals { command } => match command {
+            ApprovalsCommand::List => Request::Approvals,
+            ApprovalsCommand::Approve { id, operator } => Request::Answer {
+                id,
+                approve: true,
+                operator: operator.resolve(),
+                reason: None,
+            },
+            ApprovalsCommand::Deny {
+                id,
+                reason,
+                operator,
+            } => Request::Answer {
+                id,
+                approve: false,
+                operator: operator.resolve(),
+                reason,
+            },
+        },
+    };
+    let answer = admin::request(socket, &request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    print(&request, &answer);
+    Ok(())
+}
+
+fn print(request: &Request, answer: &Answer) {
+    match answer {
+        Answer::Status(s) => {
+            println!("airlock {}, up {} s", s.version, s.uptime_s);
+            println!("config      {}", s.config);
+            println!("tools       {} in {} components", s.tools, s.components);
+            println!("running     {} calls", s.running_calls);
+            println!(
+                "waiting     {} for an operator's approval",
+                s.approvals_waiting
+            );
+            println!("audit       {}", if s.audit { "on" } else { "OFF" });
+            let o = &s.overrides;
+            if o.is_empty() {
+                println!("overrides   none");
+            }
+            if o.all {
+                println!("killed      ALL TOOLS");
+            }
+            for t in &o.tools {
+                println!("killed      tool {}", shown(t));
+            }
+            for p in &o.principals {
+                println!("killed      principal {}", shown(p));
+            }
+            for (component, r) in &o.revoked {
+                for g in &r.grants {
+                    println!("revoked     {component}: {}", shown(g));
+                }
+                for name in &r.secrets {
+                    println!("revoked     {component}: secret {}", shown(name));
+                }
+            }
+        }
+        Answer::Calls { calls } => {
+            if calls.is_empty() {
+                println!("no calls running");
+                return;
+            }
+            println!(
+                "{:<32}  {:<24}  {:<16}  {:>9}  {:>14}",
+                "CALL", "TOOL", "PRINCIPAL", "AGE", "FUEL USED"
+            );
+            for c in calls {
+                println!(
+                    "{:<32}  {:<24}  {:<16}  {:>7}ms  {:>14}",
+                    shown(&c.call_id),
+                    shown(&c.tool),
+                    shown(&c.principal),
+                    c.age_ms,
+                    c.fuel_used
+                );
+            }
+        }
+        Answer::Changed(outcome) => {
+            let what = match request {
+                Request::Change { change } => describe(change),
+                _ => String::new(),
+            };
+            if outcome.changed {
+                println!("OK: {what}");
+            } else {
+                println!("OK: {what} (it already was)");
+            }
+            if let Some(scope) = &outcome.still_disabled {
+                println!("but it stays disabled: {}", shown(&scope.to_string()));
+            }
+            if !outcome.interrupted.is_empty() {
+                println!("interrupted {} running calls:", outcome.interrupted.len());
+                for id in &outcome.interrupted {
+                    println!("  {}", shown(id));
+                }
+            }
+        }
+        Answer::Reloaded(r) => println!(
+            "OK: reloaded {}: {} tools in {} components",
+            r.origin, r.tools, r.components
+        ),
+        Answer::Approvals { approvals } => {
+            if approvals.is_empty() {
+                println!("nothing waiting for approval");
+                return;
+            }
+            for a in approvals {
+                println!(
+                    "{}  {} of {} by {}  (call {}, waiting {} s, {} s left{})",
+                    shown(&a.id),
+                    a.asking,
+                    shown(&a.tool),
+                    shown(&a.principal),
+                    shown(&a.call_id),
+                    a.age_ms / 1000,
+                    a.expires_in_ms / 1000,
+                    if a.four_eyes { ", four-eyes" } else { "" }
+                );
+                for line in a.message.lines() {
+                    println!("    {}", shown(line));
+                }
+            }
+        }
+        Answer::Answered { answered, approve } => println!(
+            "OK: {} {} of {} by {}",
+            if *approve { "approved" } else { "denied" },
+            answered.asking,
+            shown(&answered.tool),
+            shown(&answered.principal)
+        ),
+    }
+}
+
+/// Text from callers (principal names come from tokens) with control characters escaped, so
+/// that nothing printed can drive the operator's terminal.
+fn shown(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn describe(change: &Change) -> String {
+    let scope = |s: &KillScope| match s {
+        KillScope::All => "all tools".to_owned(),
+        KillScope::Tool(t) => format!("tool {t}"),
+        KillScope::Principal(p) => format!("principal {p}"),
+    };
+    match change {
+        Change::Kill { scope: s, .. } => format!("{} disabled", scope(s)),
+        Change::Revive { scope: s } => format!("{} enabled", scope(s)),
+        Change::Revoke { tool, grant, .. } => format!("{grant} revoked from {tool}"),
+        Change::Restore { tool, grant } => format!("{grant} restored to {tool}"),
+    }
+}

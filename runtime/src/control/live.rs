@@ -1,0 +1,382 @@
+//! The policy in force and how it is replaced while serving (hot reload). A reload parses,
+//! validates and compiles the new configuration off the request path, then swaps it in with
+//! one atomic store; calls already running keep the [`Airlock`] they started with. A
+//! configuration that does not load leaves the running one in place and says why.
+
+use crate::config::confine::Plan;
+use crate::config::policy::{Dirs, Policy};
+use crate::gate::audit::AuditLog;
+use crate::gate::overrides::Overrides;
+use crate::pipeline::call::Airlock;
+use crate::pipeline::catalog::Catalog;
+use crate::pipeline::operator_state::OperatorState;
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// Where the configuration comes from, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file (`None`: the embedded default, which cannot change).
+    pub config: Option<PathBuf>,
+    pub dirs: Dirs,
+}
+
+impl Source {
+    /// The same with the audit and cache directories replaced where given.
+    pub fn with_dirs(mut self, audit_dir: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Source {
+        self.dirs.audit_dir = audit_dir;
+        self.dirs.cache_dir = cache_dir;
+        self
+    }
+
+    pub fn load(&self) -> anyhow::Result<Policy> {
+        Ok(match &self.config {
+            Some(path) => Policy::load(path, &self.dirs)?,
+            None => Policy::embedded_default(&self.dirs)?,
+        })
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    pub origin: String,
+    pub components: usize,
+    pub tools: usize,
+}
+
+/// The serving process's policy and what outlives it.
+pub struct Live {
+    current: ArcSwap<Airlock>,
+    source: Source,
+    audit: AuditLog,
+    operator: Arc<OperatorState>,
+    /// The HTTP listener (`None`: stdio), for the `mode = "none"` rule and the confinement plan.
+    listen: Option<SocketAddr>,
+    /// The landlock plan in force, if any: a reload may not need more.
+    confined: Option<Plan>,
+    /// Bumped whenever the tools a caller may see can have changed (reload, kill, revive).
+    tools_changed: watch::Sender<u64>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Live {
+    pub fn new(
+        airlock: Airlock,
+        source: Source,
+        listen: Option<SocketAddr>,
+        confined: Option<Plan>,
+    ) -> Arc<Live> {
+        Arc::new(Live {
+            audit: airlock.audit().clone(),
+            operator: airlock.operator().clone(),
+            current: ArcSwap::from_pointee(airlock),
+            source,
+            listen,
+            confined,
+            tools_changed: watch::channel(0).0,
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The policy in force now. A call keeps the one it started with.
+    pub fn current(&self) -> Arc<Airlock> {
+        self.current.load_full()
+    }
+
+    pub fn operator(&self) -> &Arc<OperatorState> {
+        &self.operator
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Tell every listening client that the tool list may have changed.
+    pub fn tools_changed(&self) {
+        self.tools_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Changes of the tool list, for `list_changed` notifications.
+    pub fn watch_tools(&self) -> watch::Receiver<u64> {
+        self.tools_changed.subscribe()
+    }
+
+    /// Load the configuration again and, if it is good, put it in force. `by` says who asked
+    /// (`uid:… pid:…`, `sighup`, `file-change`); the attempt is recorded in the audit log, and
+    /// a new policy is put in force only once its record is durable.
+    pub async fn reload(&self, by: &str) -> anyhow::Result<Reloaded> {
+        let _one = self.reloading.lock().await;
+        let running = self.current();
+        let result = self.prepare(running.clone()).await;
+        let record = ReloadRecord {
+            by,
+            action: "reload",
+            ok: result.is_ok(),
+            config: result
+                .as_ref()
+                .map(|a| a.catalog().policy.origin.as_str())
+                .unwrap_or(running.catalog().policy.origin.as_str()),
+            sha256: result
+                .as_ref()
+                .ok()
+                .map(|a| a.catalog().policy.sha256.as_str()),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            tiers: result
+                .as_ref()
+                .map(|next| tier_changes(&running, next))
+                .unwrap_or_default(),
+        };
+        self.audit
+            .append("operator", &record)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; nothing was reloaded"))?;
+        let airlock = result?;
+        let done = Reloaded {
+            origin: airlock.catalog().policy.origin.clone(),
+            components: airlock.catalog().components.len(),
+            tools: airlock.tools().len(),
+        };
+        self.current.store(Arc::new(airlock));
+        self.operator()
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.tools_changed();
+        tracing::info!(by, origin = %done.origin, components = done.components, tools = done.tools, "configuration reloaded");
+        Ok(done)
+    }
+
+    /// Parse, check and compile the configuration, on a blocking thread: compiling must not
+    /// hold up the runtime's workers, which serve calls meanwhile.
+    async fn prepare(&self, running: Arc<Airlock>) -> anyhow::Result<Airlock> {
+        let policy = self.source.load()?;
+        let old = &running.catalog().policy;
+        restart_only(old, &policy, self.listen.map(|a| a.ip().is_loopback()))?;
+        if let Some(confined) = &self.confined {
+            let needed = Plan::for_policy(&policy, self.source.config.as_deref(), self.listen);
+            let missing = confined.missing_from(&needed);
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "the new configuration needs {}, outside the landlock ruleset this process \
+                     confined itself to; a restart is required for that (nothing was reloaded)",
+                    missing.join(", ")
+                );
+            }
+        }
+        let handle = tokio::runtime::Handle::current();
+        let previous = running.clone();
+        let next = tokio::task::spawn_blocking(move || handle.block_on(previous.successor(policy)))
+            .await
+            .map_err(|e| anyhow::anyhow!("the reload task failed: {e}"))??;
+        next.authenticator()
+            .refresh_keys(true)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS: {e}"))?;
+        orphaned_overrides(
+            &self.operator.overrides.current(),
+            running.catalog(),
+            next.catalog(),
+        )?;
+        Ok(next)
+    }
+
+    /// Reload whenever the configuration file's content changes (checked every `every`).
+    /// Failures are logged and recorded; the running policy stays.
+    pub async fn watch_file(self: Arc<Live>, every: Duration) {
+        let Some(path) = self.source.config.clone() else {
+            return;
+        };
+        let stamp = |p: &PathBuf| -> Option<(SystemTime, u64)> {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        // The first look compares the content with what was loaded: the file may have changed
+        // between the load and this task's start.
+        let mut last = None;
+        loop {
+            tokio::time::sleep(every).await;
+            let now = stamp(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            // A touch or a rewrite with the same content is not a change.
+            let digest = std::fs::read(&path).map(|b| hex::encode(Sha256::digest(&b)));
+            if digest.as_deref().ok() == Some(self.current().catalog().policy.sha256.as_str()) {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "configuration file changed; reloading");
+            if let Err(e) = self.reload("file-change").await {
+                tracing::error!("reload refused, the running configuration stays: {e:#}");
+            }
+        }
+    }
+}
+
+/// The operator record of a reload attempt.
+#[derive(Serialize)]
+struct ReloadRecord<'a> {
+    by: &'a str,
+    action: &'static str,
+    ok: bool,
+    config: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Components whose risk tier the reload changes (promotions and demotions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tiers: Vec<TierChange>,
+}
+
+#[derive(Serialize)]
+struct TierChange {
+    component: String,
+    from: Option<crate::config::risk::Tier>,
+    to: crate::config::risk::Tier,
+}
+
+/// Every `[[tool]]` entry whose tier differs between `old` and `new` (or that `new` adds with
+/// a tier other than the default).
+fn tier_changes(old: &Airlock, new: &Airlock) -> Vec<TierChange> {
+    let tier_of = |a: &Airlock, name: &str| {
+        a.catalog()
+            .components
+            .iter()
+            .find(|c| c.entry.name == name)
+            .map(|c| c.approval.policy.tier)
+    };
+    new.catalog()
+        .components
+        .iter()
+        .filter_map(|c| {
+            let to = c.approval.policy.tier;
+            let from = tier_of(old, &c.entry.name);
+            (from != Some(to) && (from.is_some() || to != crate::config::risk::Tier::default()))
+                .then(|| TierChange {
+                    component: c.entry.name.clone(),
+                    from,
+                    to,
+                })
+        })
+        .collect()
+}
+
+/// Overrides the new configuration would no longer match while it adds something in their
+/// place: a renamed `[[tool]]` entry or a rewritten grant would silently give back what an
+/// operator took away, so such a reload is refused until the override is lifted. An override
+/// whose target is simply gone is moot and does not stop the reload.
+fn orphaned_overrides(overrides: &Overrides, old: &Catalog, new: &Catalog) -> anyhow::Result<()> {
+    let names = |c: &Catalog| -> BTreeSet<String> {
+        c.components
+            .iter()
+            .flat_map(|k| std::iter::once(k.entry.name.clone()).chain(k.tools.iter().cloned()))
+            .collect()
+    };
+    let (old_names, new_names) = (names(old), names(new));
+    let added_names: Vec<&String> = new_names.difference(&old_names).collect();
+    let mut orphans = Vec::new();
+    for name in &overrides.tools {
+        if !new_names.contains(name) && !added_names.is_empty() {
+            orphans.push(format!(
+                "the kill of {name} (the new configuration drops that name and adds {})",
+                join(&added_names)
+            ));
+        }
+    }
+    let grant_ids =
+        |c: &Catalog, component: &str| -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+            let g = &c
+                .components
+                .iter()
+                .find(|k| k.entry.name == component)?
+                .entry
+                .grants;
+            let ids = g.ids().map(str::to_owned).collect();
+            Some((ids, g.secrets.iter().map(|s| s.name.clone()).collect()))
+        };
+    for (component, revoked) in &overrides.revoked {
+        let Some((new_ids, new_secrets)) = grant_ids(new, component) else {
+            if !added_names.is_empty() {
+                orphans.push(format!(
+                    "the revocations of [[tool]] {component} (the new configuration drops it and adds {})",
+                    join(&added_names)
+                ));
+            }
+            continue;
+        };
+        let (old_ids, old_secrets) = grant_ids(old, component).unwrap_or_default();
+        let added: Vec<&String> = new_ids.difference(&old_ids).collect();
+        for id in revoked.grants.iter().filter(|id| !new_ids.contains(*id)) {
+            if !added.is_empty() {
+                orphans.push(format!(
+                    "the revocation of {id} from {component} (the new configuration drops that grant and adds {})",
+                    join(&added)
+                ));
+            }
+        }
+        let added: Vec<&String> = new_secrets.difference(&old_secrets).collect();
+        for name in revoked.secrets.iter().filter(|n| !new_secrets.contains(*n)) {
+            if !added.is_empty() {
+                orphans.push(format!(
+                    "the revocation of secret {name} from {component} (the new configuration drops it and adds secret {})",
+                    join(&added)
+                ));
+            }
+        }
+    }
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the new configuration could silently lift {}; keep the names, or lift the override with \
+         `airlock ctl revive` / `restore` first (nothing was reloaded)",
+        orphans.join("; ")
+    )
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Settings a reload cannot change: they are bound at start (state and audit files, listeners'
+/// checks).
+fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyhow::Result<()> {
+    let restart = |what: &str| {
+        anyhow::anyhow!("{what} changed; a restart is required for that (nothing was reloaded)")
+    };
+    if old.server.state_dir != new.server.state_dir || old.server.cache_dir != new.server.cache_dir
+    {
+        return Err(restart("[server] state_dir or cache_dir"));
+    }
+    if old.server.allowed_hosts != new.server.allowed_hosts
+        || old.server.allowed_origins != new.server.allowed_origins
+    {
+        return Err(restart("[server] allowed_hosts or allowed_origins"));
+    }
+    if old.audit != new.audit {
+        return Err(restart("[audit]"));
+    }
+    if old.confine != new.confine {
+        return Err(restart("[confine]"));
+    }
+    if http_loopback == Some(false) && new.auth.mode == crate::config::auth::AuthMode::None {
+        anyhow::bail!(
+            "[auth] mode = \"none\" is refused: this server listens on a non-loopback address \
+             (nothing was reloaded)"
+        );
+    }
+    Ok(())
+}

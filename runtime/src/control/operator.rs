@@ -1,0 +1,222 @@
+//! What the operator plane acts on and how: the overrides in force, the calls running, and the
+//! commands (`kill`, `revive`, `revoke`, `restore`), each persisted before it is acknowledged
+//! and recorded in the audit log with who gave it. The transport is in [`crate::control::admin`].
+
+use crate::core::kill_scope::KillScope;
+use crate::gate::overrides::{GrantRef, Overrides};
+use crate::pipeline::call::Airlock;
+use crate::pipeline::operator_state::OperatorState;
+use serde::{Deserialize, Serialize};
+
+/// An operator command that changes what may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Change {
+    Kill {
+        scope: KillScope,
+        interrupt: bool,
+    },
+    Revive {
+        scope: KillScope,
+    },
+    Revoke {
+        tool: String,
+        grant: GrantRef,
+        interrupt: bool,
+    },
+    Restore {
+        tool: String,
+        grant: GrantRef,
+    },
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeOutcome {
+    /// False when the override was already in that state.
+    pub changed: bool,
+    /// The calls stopped (`--interrupt`).
+    pub interrupted: Vec<String>,
+    /// The component a `--tool` name resolved to (revoke/restore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// After a revive: another kill that still disables the revived tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_disabled: Option<KillScope>,
+}
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no tool or [[tool]] entry is named {0}")]
+    UnknownTool(String),
+    #[error("[[tool]] {component} has no grant {grant}; its grants are: {available}")]
+    UnknownGrant {
+        component: String,
+        grant: String,
+        available: String,
+    },
+    #[error("cannot persist the operator state, nothing changed: {0}")]
+    Persist(std::io::Error),
+    #[error(
+        "the change is in force, but its audit record could not be written (calls fail until \
+         the audit log is back): {0}"
+    )]
+    Audit(String),
+}
+
+/// The audit record of an operator action.
+#[derive(Serialize)]
+struct OperatorRecord<'a> {
+    by: &'a str,
+    #[serde(flatten)]
+    change: &'a Change,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component: Option<&'a str>,
+    changed: bool,
+    interrupted: &'a [String],
+}
+
+/// Apply `change` against the running `airlock`: validate the names it uses, persist the new
+/// overrides, interrupt what it says, and record it. The change is in force when this returns.
+pub async fn apply(
+    airlock: &Airlock,
+    operator: &OperatorState,
+    change: &Change,
+    by: &str,
+) -> Result<ChangeOutcome, CommandError> {
+    let mut component = None;
+    let (changed, interrupted) = match change {
+        Change::Kill { scope, interrupt } => {
+            check_scope(airlock, scope)?;
+            let changed = persist(operator, |o| o.set_kill(scope, true))?;
+            let interrupted = if *interrupt {
+                operator.running.interrupt(|c| match scope {
+                    KillScope::All => true,
+                    KillScope::Tool(t) => **t == *c.tool || **t == *c.component,
+                    KillScope::Principal(p) => **p == *c.principal,
+                })
+            } else {
+                Vec::new()
+            };
+            (changed, interrupted)
+        }
+        Change::Revive { scope } => (persist(operator, |o| o.set_kill(scope, false))?, Vec::new()),
+        Change::Revoke {
+            tool,
+            grant,
+            interrupt,
+        } => {
+            let c = resolve_grant(airlock, tool, grant)?;
+            let changed = persist(operator, |o| o.set_revoked(&c, grant, true))?;
+            let interrupted = if *interrupt {
+                operator.running.interrupt(|r| *r.component == *c)
+            } else {
+                Vec::new()
+            };
+            component = Some(c);
+            (changed, interrupted)
+        }
+        Change::Restore { tool, grant } => {
+            let c = component_of(airlock, tool)
+                .ok_or_else(|| CommandError::UnknownTool(tool.clone()))?;
+            let changed = persist(operator, |o| o.set_revoked(&c, grant, false))?;
+            component = Some(c);
+            (changed, Vec::new())
+        }
+    };
+    tracing::warn!(target: "airlock::operator", by, ?change, changed, interrupted = interrupted.len(), "operator action");
+    let record = OperatorRecord {
+        by,
+        change,
+        component: component.as_deref(),
+        changed,
+        interrupted: &interrupted,
+    };
+    airlock
+        .audit()
+        .append("operator", &record)
+        .await
+        .map_err(|e| CommandError::Audit(e.0))?;
+    let still_disabled = match change {
+        Change::Revive {
+            scope: KillScope::Tool(t),
+        } => {
+            let overrides = operator.overrides.current();
+            let owner = component_of(airlock, t).unwrap_or_default();
+            // Any principal would do: a principal kill is not about the tool.
+            overrides.kill_for("", t, &owner)
+        }
+        _ => None,
+    };
+    Ok(ChangeOutcome {
+        changed,
+        interrupted,
+        component,
+        still_disabled,
+    })
+}
+
+fn persist(
+    operator: &OperatorState,
+    f: impl FnOnce(&mut Overrides) -> bool,
+) -> Result<bool, CommandError> {
+    operator.overrides.update(f).map_err(CommandError::Persist)
+}
+
+/// A kill of a tool must name something that exists now (a typo would otherwise protect
+/// nothing); principals come from tokens and cannot be checked.
+fn check_scope(airlock: &Airlock, scope: &KillScope) -> Result<(), CommandError> {
+    match scope {
+        KillScope::Tool(t) if component_of(airlock, t).is_none() => {
+            Err(CommandError::UnknownTool(t.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `[[tool]]` entry named `name`, or holding the tool `name`.
+fn component_of(airlock: &Airlock, name: &str) -> Option<String> {
+    let catalog = airlock.catalog();
+    if catalog.components.iter().any(|c| c.entry.name == name) {
+        return Some(name.to_owned());
+    }
+    catalog
+        .tool(name)
+        .ok()
+        .map(|t| t.component.entry.name.clone())
+}
+
+/// The component whose grant `grant` names; the grant must exist in its configuration.
+fn resolve_grant(airlock: &Airlock, tool: &str, grant: &GrantRef) -> Result<String, CommandError> {
+    let component =
+        component_of(airlock, tool).ok_or_else(|| CommandError::UnknownTool(tool.to_owned()))?;
+    let entry = airlock
+        .catalog()
+        .components
+        .iter()
+        .find(|c| c.entry.name == component)
+        .expect("component_of names a loaded component");
+    let grants = &entry.prepared.grants;
+    let known = match grant {
+        GrantRef::Grant(id) => grants.ids().any(|i| i == id),
+        GrantRef::Secret(name) => grants.secrets.iter().any(|s| s.name == *name),
+    };
+    if known {
+        return Ok(component);
+    }
+    let available: Vec<String> = grants
+        .ids()
+        .map(str::to_owned)
+        .chain(grants.secrets.iter().map(|s| format!("secret {}", s.name)))
+        .collect();
+    Err(CommandError::UnknownGrant {
+        component,
+        grant: grant.to_string(),
+        available: if available.is_empty() {
+            "none".into()
+        } else {
+            available.join(", ")
+        },
+    })
+}

@@ -1,0 +1,125 @@
+//! What a grant check refused: the reason a call ends as `blocked_by_policy`.
+
+use crate::core::redact::Redactor;
+use std::fmt;
+use std::net::IpAddr;
+
+/// A request the policy refused. The first one of a call ends the call as blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No grant covers the scheme, host, port and method.
+    NotGranted { method: String, target: String },
+    /// A grant covers the name, but it resolves only to addresses the grant does not allow.
+    Address {
+        target: String,
+        address: IpAddr,
+        range: &'static str,
+    },
+    /// A `wasi:sockets` use no TCP grant allows.
+    Socket { usage: SocketUse, target: String },
+    /// A grant that covered the request was revoked by an operator.
+    Revoked { grant: String, target: String },
+    /// The tool runs in the shadow tier, where nothing may be written: HTTP other than GET
+    /// and HEAD, and raw TCP, are withheld.
+    Shadow { what: String, target: String },
+}
+
+/// What a component tried to do with a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketUse {
+    Connect,
+    Bind,
+    Listen,
+    Udp,
+}
+
+impl Denial {
+    /// The grant kind, for log events.
+    pub fn grant_kind(&self) -> &'static str {
+        match self {
+            Denial::NotGranted { .. } | Denial::Address { .. } => "net",
+            Denial::Socket { .. } => "tcp",
+            Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
+            Denial::Revoked { .. } => "net",
+            Denial::Shadow { .. } => "tier",
+        }
+    }
+
+    /// The same denial with secret values taken out of the text the guest supplied.
+    pub fn redacted(self, redactor: &Redactor) -> Denial {
+        if redactor.is_empty() {
+            return self;
+        }
+        let clean = |t: String| redactor.redact(&t).into_owned();
+        match self {
+            Denial::NotGranted { method, target } => Denial::NotGranted {
+                method: clean(method),
+                target: clean(target),
+            },
+            Denial::Address {
+                target,
+                address,
+                range,
+            } => Denial::Address {
+                target: clean(target),
+                address,
+                range,
+            },
+            Denial::Revoked { grant, target } => Denial::Revoked {
+                grant,
+                target: clean(target),
+            },
+            Denial::Shadow { what, target } => Denial::Shadow {
+                what,
+                target: clean(target),
+            },
+            socket => socket,
+        }
+    }
+
+    /// What was refused, for log events.
+    pub fn target(&self) -> &str {
+        match self {
+            Denial::NotGranted { target, .. }
+            | Denial::Address { target, .. }
+            | Denial::Socket { target, .. }
+            | Denial::Revoked { target, .. }
+            | Denial::Shadow { target, .. } => target,
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::NotGranted { method, target } => {
+                write!(f, "network egress to {target} ({method}) is not granted")
+            }
+            Denial::Address {
+                target,
+                address,
+                range,
+            } => write!(
+                f,
+                "network egress to {target} resolves to {address}, a {range} address, which is not granted"
+            ),
+            Denial::Socket { usage, target } => match usage {
+                SocketUse::Connect => write!(f, "a TCP connection to {target} is not granted"),
+                SocketUse::Bind => write!(f, "binding a TCP socket to {target} is not granted"),
+                SocketUse::Listen => write!(
+                    f,
+                    "listening for TCP connections on {target} is not granted"
+                ),
+                SocketUse::Udp => write!(f, "UDP to {target} is not granted"),
+            },
+            Denial::Revoked { grant, target } => write!(
+                f,
+                "network egress to {target} was granted by {grant}, which an operator revoked"
+            ),
+            Denial::Shadow { what, target } => write!(
+                f,
+                "{what} to {target} is withheld in the shadow tier (read-only: HTTP GET and HEAD only)"
+            ),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Every way a call can end other than with the tool's output: one variant per named outcome.
+//! The display text is what the client reads; [`CallFailure::kind`] is the stable name logs and
+//! tests use.
+
+use crate::core::denial::Denial;
+use crate::core::interaction::Asking;
+use crate::core::kill_scope::KillScope;
+use crate::core::redact::Redactor;
+use crate::core::units::{ByteSize, Rate, Span};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    /// No loaded component declares this tool (a protocol error, not a tool result).
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    /// The caller's roles do not reach this tool.
+    #[error("not authorized: principal {principal} may not call {tool}")]
+    NotAuthorized { principal: String, tool: String },
+    /// An operator's kill switch covers the call.
+    #[error("disabled by operator: {scope}")]
+    Disabled { scope: KillScope },
+    /// An operator stopped the call while it ran (`airlock ctl … --interrupt`).
+    #[error("stopped by operator")]
+    StoppedByOperator,
+    /// A token bucket is empty.
+    #[error("rate limited: {scope} is over {rate}; retry after {:.2} s", retry_after.as_secs_f64())]
+    RateLimited {
+        scope: String,
+        rate: Rate,
+        retry_after: std::time::Duration,
+    },
+    #[error("server busy: {limit} calls already in flight, try again shortly")]
+    ServerBusy { limit: u32 },
+    #[error(
+        "tool {tool} busy: {limit} calls of component {component} already in flight, try again shortly"
+    )]
+    ToolBusy {
+        tool: String,
+        component: String,
+        limit: u32,
+    },
+    /// The call needs answers from the client's user: a 2026-07-28 `input_required` round.
+    #[error("waiting for the client's user to answer")]
+    InputRequired,
+    /// A person said no to the call (or to running it at all).
+    #[error("approval denied by {by}{}: tool {tool} was not run", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    ApprovalDenied {
+        tool: String,
+        by: String,
+        reason: Option<String>,
+    },
+    /// The person dismissed the approval request without deciding.
+    #[error("approval cancelled by {by}: tool {tool} was not run")]
+    ApprovalCancelled { tool: String, by: String },
+    /// No one answered in time; no answer is a no.
+    #[error("{asking} for tool {tool} not answered within {after}: denied")]
+    ApprovalTimedOut {
+        tool: String,
+        asking: Asking,
+        after: Span,
+    },
+    /// The rule asks the client's user, and this client cannot ask.
+    #[error("{asking} required for tool {tool}; this client cannot ask its user")]
+    CannotAsk { tool: String, asking: Asking },
+    /// The configuration was reloaded while the call waited for approval: it is not run under
+    /// the one it started with.
+    #[error("the configuration was reloaded while tool {tool} waited for approval; call again")]
+    ReloadedWhileWaiting { tool: String },
+    /// The request state a retry presented is not a ticket for this call.
+    #[error("approval ticket refused: {problem}")]
+    TicketRefused { problem: TicketProblem },
+    /// A call (with its nested calls) asked people more questions than allowed.
+    #[error("tool {tool} asked more than {limit} questions in one call: denied")]
+    TooManyQuestions { tool: String, limit: u32 },
+    /// Too many calls wait for an operator already.
+    #[error("approval queue full: {limit} calls{} already wait for an operator; try again later", if *per_principal { format!(" of principal {principal}") } else { String::new() })]
+    ApprovalQueueFull {
+        principal: String,
+        limit: usize,
+        /// The principal's own share of the queue is full (not the whole queue).
+        per_principal: bool,
+    },
+    /// A nested `call-tool` beyond the depth cap.
+    #[error("nested call to {tool} refused: depth {depth} is beyond the cap of {limit}")]
+    NestingTooDeep {
+        tool: String,
+        depth: u32,
+        limit: u32,
+    },
+    /// A nested `call-tool` beyond the top-level call's budget.
+    #[error(
+        "nested call to {tool} refused: the top-level call has used its budget of {budget} nested calls"
+    )]
+    NestedBudgetExhausted { tool: String, budget: u32 },
+    /// A nested `call-tool` of a tool already on the call stack with the same arguments.
+    #[error(
+        "nested call to {tool} refused: it is already on the call stack with the same arguments (a cycle)"
+    )]
+    CallCycle { tool: String },
+    #[error("arguments larger than {limit}")]
+    ArgumentsTooLarge { limit: ByteSize },
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("cpu budget exhausted")]
+    CpuBudgetExhausted,
+    #[error("memory limit of {limit} exceeded")]
+    MemoryLimitExceeded { limit: ByteSize },
+    #[error("timed out after {after}")]
+    TimedOut { after: Span },
+    #[error("stack overflow")]
+    StackOverflow,
+    #[error("output larger than {limit}")]
+    OutputTooLarge { limit: ByteSize },
+    #[error("tool returned malformed output: {0}")]
+    InvalidOutput(String),
+    #[error("tool trapped: {0}")]
+    Trapped(String),
+    /// A grant check refused something the tool tried; the call ends here, whatever the tool
+    /// did with the refusal.
+    #[error("blocked by policy: {denial} to tool {tool} — do not retry by another route")]
+    Blocked { tool: String, denial: Denial },
+    #[error("cancelled by the client")]
+    Cancelled,
+    /// The tool ran and reported that it could not do the job.
+    #[error("{0}")]
+    ToolFailed(String),
+    /// The host could not start the call (for example, no instance slot was free).
+    #[error("the host could not run the tool: {0}")]
+    HostError(String),
+    /// The call's audit record could not be made durable, so its result is withheld.
+    #[error("the audit log is unavailable, so the result is withheld: {0}")]
+    AuditUnavailable(String),
+}
+
+impl CallFailure {
+    /// The same failure with secret values replaced in the text the tool supplied.
+    pub fn redacted(self, redactor: &Redactor) -> CallFailure {
+        let clean = |m: String| redactor.redact(&m).into_owned();
+        match self {
+            CallFailure::InvalidArguments(m) => CallFailure::InvalidArguments(clean(m)),
+            CallFailure::InvalidOutput(m) => CallFailure::InvalidOutput(clean(m)),
+            CallFailure::Trapped(m) => CallFailure::Trapped(clean(m)),
+            CallFailure::ToolFailed(m) => CallFailure::ToolFailed(clean(m)),
+            CallFailure::HostError(m) => CallFailure::HostError(clean(m)),
+            other => other,
+        }
+    }
+
+    /// A stable, machine-readable name for logs and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::UnknownTool(_) => "unknown_tool",
+            CallFailure::NotAuthorized { .. } => "not_authorized",
+            CallFailure::Disabled { .. } => "disabled_by_operator",
+            CallFailure::StoppedByOperator => "stopped_by_operator",
+            CallFailure::RateLimited { .. } => "rate_limited",
+            CallFailure::ServerBusy { .. } => "server_busy",
+            CallFailure::ToolBusy { .. } => "tool_busy",
+            CallFailure::InputRequired => "input_required",
+            CallFailure::ApprovalDenied { .. } => "approval_denied",
+            CallFailure::ApprovalCancelled { .. } => "approval_cancelled",
+            CallFailure::ApprovalTimedOut { .. } => "approval_timed_out",
+            CallFailure::CannotAsk { .. } => "approval_unavailable",
+            CallFailure::TicketRefused { .. } => "ticket_refused",
+            CallFailure::ReloadedWhileWaiting { .. } => "reloaded_while_waiting",
+            CallFailure::TooManyQuestions { .. } => "too_many_questions",
+            CallFailure::ApprovalQueueFull { .. } => "approval_queue_full",
+            CallFailure::NestingTooDeep { .. } => "nesting_too_deep",
+            CallFailure::NestedBudgetExhausted { .. } => "nested_budget_exhausted",
+            CallFailure::CallCycle { .. } => "call_cycle",
+            CallFailure::ArgumentsTooLarge { .. } => "arguments_too_large",
+            CallFailure::InvalidArguments(_) => "invalid_arguments",
+            CallFailure::CpuBudgetExhausted => "cpu_budget_exhausted",
+            CallFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
+            CallFailure::TimedOut { .. } => "timed_out",
+            CallFailure::StackOverflow => "stack_overflow",
+            CallFailure::OutputTooLarge { .. } => "output_too_large",
+            CallFailure::InvalidOutput(_) => "invalid_output",
+            CallFailure::Trapped(_) => "trapped",
+            CallFailure::Blocked { .. } => "blocked_by_policy",
+            CallFailure::Cancelled => "cancelled",
+            CallFailure::ToolFailed(_) => "tool_failed",
+            CallFailure::HostError(_) => "host_error",
+            CallFailure::AuditUnavailable(_) => "audit_unavailable",
+        }
+    }
+
+    /// `denied` when a policy or limit refused the call before or while it ran, `failed` when
+    /// it ran and did not finish well.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            CallFailure::UnknownTool(_)
+            | CallFailure::NotAuthorized { .. }
+            | CallFailure::Disabled { .. }
+            | CallFailure::StoppedByOperator
+            | CallFailure::RateLimited { .. }
+            | CallFailure::ServerBusy { .. }
+            | CallFailure::ToolBusy { .. }
+            | CallFailure::ArgumentsTooLarge { .. }
+            | CallFailure::ApprovalDenied { .. }
+            | CallFailure::ApprovalCancelled { .. }
+            | CallFailure::ApprovalTimedOut { .. }
+            | CallFailure::CannotAsk { .. }
+            | CallFailure::TicketRefused { .. }
+            | CallFailure::ReloadedWhileWaiting { .. }
+            | CallFailure::TooManyQuestions { .. }
+            | CallFailure::ApprovalQueueFull { .. }
+            | CallFailure::NestingTooDeep { .. }
+            | CallFailure::NestedBudgetExhausted { .. }
+            | CallFailure::CallCycle { .. }
+            | CallFailure::Blocked { .. } => "denied",
+            CallFailure::InputRequired => "pending",
+            _ => "failed",
+        }
+    }
+}
+
+/// Why a ticket (sealed request state) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TicketProblem {
+    #[error("it is not one this server issued, or it was altered")]
+    Forged,
+    #[error("it was issued to another caller")]
+    OtherCaller,
+    #[error("it was issued for another tool")]
+    OtherTool,
+    #[error("it was issued for other arguments")]
+    OtherArguments,
+    #[error("it has expired; call again to be asked again")]
+    Expired,
+    #[error("it was issued before this server restarted; call again to be asked again")]
+    BeforeRestart,
+    #[error("it was already used")]
+    Replayed,
+}

@@ -1,0 +1,69 @@
+//! Files Airlock keeps for itself: the private state directory, and the 32-byte secrets kept
+//! in it (the audit signing seed, the request-state sealing key), read when present and
+//! created with mode 0600 on first start.
+
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::Path;
+
+/// Create the state directory (mode 0700) or check an existing one: it holds the admin socket
+/// and the operator state, so nobody else may be able to write in it.
+pub fn private_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the state directory {}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "the state directory {} belongs to uid {}, not to this process (uid {me})",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "the state directory {} is writable by other users (mode {:o}); make it 0700",
+            dir.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// The key in `path` (64 hex characters), created from the OS's entropy when the file does
+/// not exist. Returns the key and whether it was just created.
+pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| fail("bad key in", &"not 32 hex bytes"))?;
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key).map_err(|e| fail("cannot create", &e))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", &e))?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(path).map_err(|e| fail("cannot create", &e))?;
+            f.write_all(hex::encode(key).as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| fail("cannot write", &e))?;
+            Ok((key, true))
+        }
+        Err(e) => Err(fail("cannot read", &e)),
+    }
+}

@@ -1,0 +1,12 @@
+//! Layer 1 (bottom): small shared types with no behaviour beyond themselves. Every other layer
+//! may use them; they use nothing of Airlock's.
+
+pub mod denial;
+pub mod failure;
+pub mod files;
+pub mod ids;
+pub mod interaction;
+pub mod kill_scope;
+pub mod principal;
+pub mod redact;
+pub mod units;

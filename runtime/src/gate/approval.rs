@@ -1,0 +1,977 @@
+//! Human approval: the questions a call puts to a person (approve this call, confirm this
+//! step, fill in this form), the channels that carry them (the client's user through MCP
+//! elicitation, or the operator queue), and the tickets that carry answers across the rounds
+//! of a 2026-07-28 call.
+//!
+//! Every question and answer is an audit record (`kind = "approval"`). No answer before the
+//! rule's timeout is a denial.
+
+use crate::config::risk::{ApprovalPolicy, Via};
+use crate::core::failure::{CallFailure, TicketProblem};
+use crate::core::interaction::{Asking, Reply};
+use crate::core::units::Span;
+use crate::gate::audit::AuditLog;
+use crate::sandbox::clock::Pause;
+use rmcp::model::{
+    ElicitRequest, ElicitRequestParams, InputRequest, InputRequests, InputResponses, JsonObject,
+    RequestStateCodec,
+};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// The file in the state directory holding the key that seals request state.
+pub const STATE_KEY_FILE: &str = "request-state.key";
+/// Questions one top-level call (with its nested calls) may ask; a tool asking in a loop is
+/// refused beyond it.
+pub const MAX_QUESTIONS: u32 = 16;
+/// Calls one principal may have waiting in the operator queue at once.
+pub const MAX_QUEUED_PER_PRINCIPAL: usize = 32;
+/// Calls waiting in the operator queue at once, all principals together.
+pub const MAX_QUEUED: usize = 1024;
+
+/// One question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub asking: Asking,
+    pub tool: String,
+    /// Shown to the person.
+    pub message: String,
+    /// The form: the fixed yes/no form for approvals and confirmations.
+    pub schema: JsonObject,
+    /// The same question asked again (a retried call, a re-run tool) has the same key.
+    pub key: String,
+}
+
+impl Question {
+    /// May `principal` run `tool` with these arguments? `shown` is what the person reads of the
+    /// arguments (redacted); `digest` binds the question to them exactly.
+    pub fn approval(tool: &str, principal: &str, shown: &str, digest: &str) -> Question {
+        Question::yes_no(
+            Asking::Approval,
+            tool,
+            format!("Allow {principal} to run the tool \"{tool}\" with arguments {shown}?"),
+            digest,
+        )
+    }
+
+    /// The tool's own `confirm(prompt, details)`.
+    pub fn confirm(tool: &str, prompt: &str, details: &str) -> Question {
+        let message = if details.is_empty() {
+            format!("{tool}: {prompt}")
+        } else {
+            format!("{tool}: {prompt}\n\n{details}")
+        };
+        Question::yes_no(Asking::Confirm, tool, message, "")
+    }
+
+    /// The tool's own `elicit(message, schema)`.
+    pub fn elicit(tool: &str, message: &str, schema: JsonObject) -> Question {
+        let key = key(
+            Asking::Elicit,
+            tool,
+            message,
+            &serde_json::to_string(&schema).unwrap_or_default(),
+        );
+        Question {
+            asking: Asking::Elicit,
+            tool: tool.to_owned(),
+            message: format!("{tool}: {message}"),
+            schema,
+            key,
+        }
+    }
+
+    fn yes_no(asking: Asking, tool: &str, message: String, bound: &str) -> Question {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "approve": {
+                    "type": "boolean",
+                    "title": "Approve",
+                    "description": "Yes to let it go ahead; no to refuse.",
+                    "default": false
+                }
+            },
+            "required": ["approve"]
+        });
+        let serde_json::Value::Object(schema) = schema else {
+            unreachable!("a JSON object literal")
+        };
+        Question {
+            asking,
+            tool: tool.to_owned(),
+            key: key(asking, tool, &message, bound),
+            message,
+            schema,
+        }
+    }
+
+    /// The same question bound to the arguments of the call asking it and to how often this
+    /// run asked it before: the second `confirm` with the same text is another question.
+    pub fn bound_to(mut self, arguments_sha256: &str, occurrence: u32) -> Question {
+        self.key = key(
+            self.asking,
+            &self.tool,
+            &self.key,
+            &format!("{arguments_sha256}#{occurrence}"),
+        );
+        self
+    }
+
+    /// The MCP form of the question.
+    pub fn elicitation(&self) -> Result<ElicitRequestParams, String> {
+        let schema = serde_json::from_value(serde_json::Value::Object(self.schema.clone()))
+            .map_err(|e| format!("not an MCP elicitation form: {e}"))?;
+        Ok(ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: self.message.clone(),
+            requested_schema: schema,
+        })
+    }
+}
+
+fn key(asking: Asking, tool: &str, message: &str, bound: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    for part in [tool, message, bound] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("airlock.{asking:?}.{}", &hex::encode(h.finalize())[..24]).to_ascii_lowercase()
+}
+
+/// The audit event of `reply` to a question of `asking`.
+fn reply_event(reply: &Reply, asking: Asking) -> &'static str {
+    match reply {
+        _ if asking != Asking::Elicit && reply.is_yes() => "granted",
+        Reply::Accept { .. } if asking == Asking::Elicit => "answered",
+        Reply::Cancel => "cancelled",
+        _ => "denied",
+    }
+}
+
+/// An answer and who gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answered {
+    pub reply: Reply,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Asks the client's user, inline (revisions before 2026-07-28, which allow server requests).
+pub trait Elicitor: Send + Sync {
+    fn elicit(
+        &self,
+        params: ElicitRequestParams,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'static>>;
+}
+
+/// How the client's user can be reached during this call.
+pub enum ClientChannel {
+    /// A server request while the call waits.
+    Inline(Arc<dyn Elicitor>),
+    /// A 2026-07-28 `input_required` result and a retry.
+    Rounds,
+    /// The client declared no elicitation support.
+    Unable,
+}
+
+/// What a 2026-07-28 retry brought back.
+pub struct Retry {
+    pub request_state: String,
+    pub input_responses: InputResponses,
+}
+
+/// One top-level call's conversation with people, shared by its nested calls.
+pub struct Interaction {
+    principal: Arc<str>,
+    client: ClientChannel,
+    retry: Mutex<Option<Retry>>,
+    /// Answers a retry carried in, by question key.
+    answers: Mutex<HashMap<String, Answered>>,
+    /// Questions asked this round that only a retry can answer, with the shortest timeout.
+    unanswered: Mutex<(Vec<Question>, Option<Duration>)>,
+    /// The ticket this round will issue if it ends with questions; named in its records.
+    next_ticket: std::sync::OnceLock<String>,
+    /// The ticket a retry redeemed, whose answers this round uses.
+    redeemed: Mutex<Option<String>>,
+    /// The top-level call's tool and argument digest, which a ticket issued by this round binds.
+    root: std::sync::OnceLock<(String, String)>,
+    pub pause: Arc<Pause>,
+    /// Nested calls made beneath the top-level call so far.
+    pub nested_calls: AtomicU32,
+    /// Questions put to people so far (answers a retry brought back are not counted again).
+    questions: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Interaction {
+    pub fn new(principal: Arc<str>, client: ClientChannel, retry: Option<Retry>) -> Interaction {
+        Interaction {
+            principal,
+            client,
+            retry: Mutex::new(retry),
+            answers: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new((Vec::new(), None)),
+            next_ticket: std::sync::OnceLock::new(),
+            redeemed: Mutex::new(None),
+            root: std::sync::OnceLock::new(),
+            pause: Arc::default(),
+            nested_calls: AtomicU32::new(0),
+            questions: AtomicU32::new(0),
+        }
+    }
+
+    /// Made only when a call asks (most never do): it costs a system call.
+    fn next_ticket(&self) -> &str {
+        self.next_ticket.get_or_init(crate::core::ids::random_id)
+    }
+
+    /// A call with no one to ask (library use, benches).
+    pub fn unattended(principal: Arc<str>) -> Interaction {
+        Interaction::new(principal, ClientChannel::Unable, None)
+    }
+
+    /// Open the ticket a retry presented, once per call: it must be genuine, for this caller,
+    /// tool and arguments, unexpired and unused. Its answers become this call's.
+    pub fn redeem(
+        &self,
+        approvals: &Approvals,
+        tool: &str,
+        digest: &str,
+    ) -> Result<Option<String>, CallFailure> {
+        let _ = self.root.set((tool.to_owned(), digest.to_owned()));
+        let Some(retry) = lock(&self.retry).take() else {
+            return Ok(None);
+        };
+        let (id, answers) = approvals
+            .tickets
+            .redeem(&retry, &self.principal, tool, digest)
+            .map_err(|problem| CallFailure::TicketRefused { problem })?;
+        *lock(&self.answers) = answers;
+        *lock(&self.redeemed) = Some(id.clone());
+        Ok(Some(id))
+    }
+
+    /// The questions this round ended with, as an MCP `input_required` result's requests and
+    /// sealed state (carrying every answer so far).
+    pub fn input_required(&self, approvals: &Approvals) -> Result<(InputRequests, String), String> {
+        let (tool, digest) = self
+            .root
+            .get()
+            .ok_or("no top-level call asked a question")?;
+        let (questions, timeout) = std::mem::take(&mut *lock(&self.unanswered));
+        let mut requests = InputRequests::new();
+        for q in &questions {
+            requests.insert(
+                q.key.clone(),
+                InputRequest::Elicitation(ElicitRequest::new(q.elicitation()?)),
+            );
+        }
+        let state = approvals.tickets.issue(Ticket {
+            v: 1,
+            id: self.next_ticket().to_owned(),
+            principal: self.principal.to_string(),
+            tool: tool.to_owned(),
+            arguments_sha256: digest.to_owned(),
+            issued_ms: now_ms(),
+            expires_ms: now_ms() + timeout.unwrap_or(Duration::from_secs(300)).as_millis() as u64,
+            answers: lock(&self.answers)
+                .iter()
+                .map(|(k, a)| (k.clone(), a.clone()))
+                .collect(),
+            pending: questions.iter().map(|q| q.key.clone()).collect(),
+        })?;
+        Ok((requests, state))
+    }
+
+    /// Put `question` to a person as `policy` says and wait for the answer. An approval that
+    /// is not a yes ends the call; confirmations and forms return the answer to the tool.
+    pub async fn ask(
+        &self,
+        approvals: &Approvals,
+        audit: &AuditLog,
+        call: &AskingCall<'_>,
+        question: Question,
+        policy: &ApprovalPolicy,
+    ) -> Result<Answered, CallFailure> {
+        let known = lock(&self.answers).get(&question.key).cloned();
+        let client_can_ask = !matches!(self.client, ClientChannel::Unable);
+        let via = match policy.via {
+            // An operator cannot fill in the user's form.
+            _ if question.asking == Asking::Elicit => Via::Client,
+            Via::Client if !client_can_ask && policy.fallback_operator => Via::Operator,
+            via => via,
+        };
+        let make = |event: &'static str, ticket: &str, by: Option<&str>, reason: Option<&str>| {
+            ApprovalRecord {
+                event,
+                asking: question.asking,
+                ticket: ticket.to_owned(),
+                principal: &self.principal,
+                tool: &question.tool,
+                call_id: call.call_id,
+                arguments_sha256: call.digest,
+                via,
+                by: by.map(str::to_owned),
+                reason: reason.map(str::to_owned),
+            }
+        };
+        let record = |event: &'static str, ticket: &str, by: Option<&str>, reason: Option<&str>| {
+            make(event, ticket, by, reason).write(audit)
+        };
+        if let Some(answered) = known {
+            // An answer the retry brought back in its ticket.
+            let ticket = lock(&self.redeemed).clone().unwrap_or_default();
+            let event = reply_event(&answered.reply, question.asking);
+            record(
+                event,
+                &ticket,
+                Some(&answered.by),
+                answered.reason.as_deref(),
+            )
+            .await?;
+            return Ok(answered);
+        }
+        if self.questions.fetch_add(1, Ordering::AcqRel) >= MAX_QUESTIONS {
+            record("refused", "", None, Some("too many questions in one call")).await?;
+            return Err(CallFailure::TooManyQuestions {
+                tool: question.tool.clone(),
+                limit: MAX_QUESTIONS,
+            });
+        }
+        // What the record says if the call ends while the question waits.
+        let abandoned = |ticket: &str| {
+            let r = make(
+                "abandoned",
+                ticket,
+                None,
+                Some("the call ended while waiting"),
+            );
+            (audit.clone(), serde_json::to_value(&r).unwrap_or_default())
+        };
+        let answered = match (via, &self.client) {
+            (Via::Client, ClientChannel::Unable) => {
+                record(
+                    "unavailable",
+                    "",
+                    None,
+                    Some("the client cannot ask its user"),
+                )
+                .await?;
+                return Err(CallFailure::CannotAsk {
+                    tool: question.tool.clone(),
+                    asking: question.asking,
+                });
+            }
+            (Via::Client, ClientChannel::Rounds) => {
+                record("requested", self.next_ticket(), None, None).await?;
+                let mut pending = lock(&self.unanswered);
+                pending.1 = Some(
+                    pending
+                        .1
+                        .map_or(policy.timeout.0, |t| t.min(policy.timeout.0)),
+                );
+                if !pending.0.iter().any(|q| q.key == question.key) {
+                    pending.0.push(question);
+                }
+                return Err(CallFailure::InputRequired);
+            }
+            (Via::Client, ClientChannel::Inline(elicitor)) => {
+                let id = crate::core::ids::random_id();
+                let params = question
+                    .elicitation()
+                    .map_err(|e| CallFailure::InvalidArguments(format!("elicit: {e}")))?;
+                record("requested", &id, None, None).await?;
+                let mut open = Open {
+                    queue: None,
+                    record: Some(abandoned(&id)),
+                };
+                let asked = self
+                    .pause
+                    .during(tokio::time::timeout(
+                        policy.timeout.0,
+                        elicitor.elicit(params),
+                    ))
+                    .await;
+                open.settle();
+                let by = format!("client user of {}", self.principal);
+                match asked {
+                    Err(_) => {
+                        self.pause.forfeit(policy.timeout.0);
+                        record("timed_out", &id, None, None).await?;
+                        return Err(timed_out(&question, policy.timeout));
+                    }
+                    Ok(Err(e)) => {
+                        record("cancelled", &id, Some(&by), Some(&e)).await?;
+                        Answered {
+                            reply: Reply::Cancel,
+                            by,
+                            reason: Some(e),
+                        }
+                    }
+                    Ok(Ok(v)) => {
+                        let reply = Reply::from_elicit_result(&v);
+                        record(reply_event(&reply, question.asking), &id, Some(&by), None).await?;
+                        Answered {
+                            reply,
+                            by,
+                            reason: None,
+                        }
+                    }
+                }
+            }
+            (Via::Operator, _) => {
+                let (id, rx) = approvals
+                    .queue
+                    .enqueue(&question, &self.principal, call, policy)?;
+                let mut open = Open {
+                    queue: Some((&approvals.queue, id.clone())),
+                    record: Some(abandoned(&id)),
+                };
+                record("requested", &id, None, None).await?;
+                if let Some(events) = call.events {
+                    let _ = events.try_send(crate::sandbox::store::GuestEvent::Progress {
+                        progress: 0.0,
+                        total: None,
+                        message: Some(format!(
+                            "waiting for an operator's {} of {} (airlock ctl approvals approve {id})",
+                            question.asking, question.tool
+                        )),
+                    });
+                }
+                let waited = self
+                    .pause
+                    .during(tokio::time::timeout(policy.timeout.0, rx))
+                    .await;
+                open.settle();
+                drop(open);
+                match waited {
+                    Ok(Ok(a)) => {
+                        record(
+                            reply_event(&a.reply, question.asking),
+                            &id,
+                            Some(&a.by),
+                            a.reason.as_deref(),
+                        )
+                        .await?;
+                        a
+                    }
+                    _ => {
+                        self.pause.forfeit(policy.timeout.0);
+                        record("timed_out", &id, None, None).await?;
+                        return Err(timed_out(&question, policy.timeout));
+                    }
+                }
+            }
+        };
+        lock(&self.answers).insert(question.key.clone(), answered.clone());
+        Ok(answered)
+    }
+}
+
+/// A question put to someone and not answered yet. Should the call end while it waits (its
+/// future dropped: stopped, cancelled, timed out), the queue entry goes and the record says
+/// the question was abandoned.
+struct Open<'a> {
+    queue: Option<(&'a Queue, String)>,
+    record: Option<(AuditLog, serde_json::Value)>,
+}
+
+impl Open<'_> {
+    /// The wait ended; its own record follows.
+    fn settle(&mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if let Some((queue, id)) = &self.queue {
+            queue.remove(id);
+        }
+        if let Some((audit, record)) = self.record.take()
+            && audit.is_on()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = audit.append("approval", &record).await {
+                    tracing::error!("cannot record an abandoned approval: {}", e.0);
+                }
+            });
+        }
+    }
+}
+
+fn timed_out(q: &Question, after: Span) -> CallFailure {
+    CallFailure::ApprovalTimedOut {
+        tool: q.tool.clone(),
+        asking: q.asking,
+        after,
+    }
+}
+
+/// The call a question comes from.
+pub struct AskingCall<'a> {
+    pub call_id: &'a str,
+    pub digest: &'a str,
+    pub events: Option<&'a tokio::sync::mpsc::Sender<crate::sandbox::store::GuestEvent>>,
+}
+
+#[derive(Serialize)]
+struct ApprovalRecord<'a> {
+    /// `requested`, `granted`, `denied`, `answered`, `cancelled`, `timed_out`, `unavailable`.
+    event: &'static str,
+    asking: Asking,
+    /// The ticket or queue entry; empty when none was issued.
+    ticket: String,
+    principal: &'a str,
+    tool: &'a str,
+    call_id: &'a str,
+    arguments_sha256: &'a str,
+    via: Via,
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+impl ApprovalRecord<'_> {
+    async fn write(self, audit: &AuditLog) -> Result<(), CallFailure> {
+        if !audit.is_on() {
+            return Ok(());
+        }
+        audit
+            .append("approval", &self)
+            .await
+            .map(|_| ())
+            .map_err(|e| CallFailure::AuditUnavailable(e.0))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The approval state a serving process keeps across reloads: the ticket key and the tickets
+/// already used, and the operator queue.
+pub struct Approvals {
+    pub tickets: Tickets,
+    pub queue: Queue,
+}
+
+impl Approvals {
+    /// Tickets sealed with the key in `state_dir` (created on first start), so that a retry
+    /// may reach any server sharing that directory's key.
+    pub fn open(state_dir: &std::path::Path) -> Result<Approvals, String> {
+        let (key, _) = crate::core::files::load_or_create(&state_dir.join(STATE_KEY_FILE))?;
+        Approvals::with_key(&key)
+    }
+
+    /// A key of this process only (library use, benches).
+    pub fn ephemeral() -> Approvals {
+        let mut key = [0u8; 32];
+        if getrandom::getrandom(&mut key).is_err() {
+            // No entropy source: a key from what this process alone knows. Such a host serves
+            // no one (ephemeral keys are for commands that do not serve), but it is not zero.
+            let seed = format!(
+                "{:?} {} {:p}",
+                std::time::SystemTime::now(),
+                std::process::id(),
+                &key
+            );
+            key = sha2::Sha256::digest(seed.as_bytes()).into();
+        }
+        Approvals::with_key(&key).expect("32 bytes is RequestStateCodec::MIN_KEY_LENGTH")
+    }
+
+    fn with_key(key: &[u8; 32]) -> Result<Approvals, String> {
+        let codec = RequestStateCodec::try_new(key.to_vec())
+            .map_err(|e| format!("the request-state key is unusable: {e}"))?;
+        Ok(Approvals {
+            tickets: Tickets {
+                codec,
+                used: Mutex::new(HashMap::new()),
+                started_ms: now_ms(),
+            },
+            queue: Queue::default(),
+        })
+    }
+}
+
+/// What a sealed request state says. Signed (HMAC-SHA256), not encrypted: it holds no secret.
+#[derive(Debug, Serialize, Deserialize)]
+struct Ticket {
+    v: u8,
+    id: String,
+    principal: String,
+    tool: String,
+    arguments_sha256: String,
+    issued_ms: u64,
+    expires_ms: u64,
+    answers: BTreeMap<String, Answered>,
+    /// Keys of the questions the client was asked; its `inputResponses` answer them.
+    pending: Vec<String>,
+}
+
+/// Sealing and single use of tickets.
+pub struct Tickets {
+    codec: RequestStateCodec,
+    /// Ticket id → its expiry (ms); pruned as they expire.
+    used: Mutex<HashMap<String, u64>>,
+    /// Tickets issued before this process started may have been used before it started.
+    started_ms: u64,
+}
+
+impl Tickets {
+    fn issue(&self, ticket: Ticket) -> Result<String, String> {
+        self.codec
+            .seal_json(&ticket)
+            .map_err(|e| format!("cannot seal the request state: {e}"))
+    }
+
+    /// Give back a redeemed ticket whose call was refused before it ran (the server was busy),
+    /// so that the client's next retry can use it.
+    pub fn release(&self, id: &str) {
+        lock(&self.used).remove(id);
+    }
+
+    fn redeem(
+        &self,
+        retry: &Retry,
+        principal: &str,
+        tool: &str,
+        digest: &str,
+    ) -> Result<(String, HashMap<String, Answered>), TicketProblem> {
+        let t: Ticket = self
+            .codec
+            .open_json(&retry.request_state)
+            .map_err(|_| TicketProblem::Forged)?;
+        if t.v != 1 {
+            return Err(TicketProblem::Forged);
+        }
+        if t.principal != principal {
+            return Err(TicketProblem::OtherCaller);
+        }
+        if t.tool != tool {
+            return Err(TicketProblem::OtherTool);
+        }
+        if t.arguments_sha256 != digest {
+            return Err(TicketProblem::OtherArguments);
+        }
+        let now = now_ms();
+        if now > t.expires_ms {
+            return Err(TicketProblem::Expired);
+        }
+        if t.issued_ms < self.started_ms {
+            return Err(TicketProblem::BeforeRestart);
+        }
+        {
+            let mut used = lock(&self.used);
+            used.retain(|_, expires| *expires >= now);
+            if used.insert(t.id.clone(), t.expires_ms).is_some() {
+                return Err(TicketProblem::Replayed);
+            }
+        }
+        let by = format!("client user of {principal}");
+        let mut answers: HashMap<String, Answered> = t.answers.into_iter().collect();
+        for key in t.pending {
+            let reply = retry
+                .input_responses
+                .get(&key)
+                .map_or(Reply::Cancel, Reply::from_elicit_result);
+            answers.insert(
+                key,
+                Answered {
+                    reply,
+                    by: by.clone(),
+                    reason: None,
+                },
+            );
+        }
+        Ok((t.id, answers))
+    }
+}
+
+/// A question waiting for an operator, as `ctl approvals list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingView {
+    pub id: String,
+    pub asking: Asking,
+    pub principal: String,
+    pub tool: String,
+    pub call_id: String,
+    pub arguments_sha256: String,
+    pub message: String,
+    pub age_ms: u64,
+    pub expires_in_ms: u64,
+    /// The operator who answers may not be the caller.
+    pub four_eyes: bool,
+}
+
+struct Waiting {
+    view: PendingView,
+    since: Instant,
+    timeout: Duration,
+    answer: oneshot::Sender<Answered>,
+}
+
+/// The operator queue.
+#[derive(Default)]
+pub struct Queue {
+    waiting: Mutex<BTreeMap<String, Waiting>>,
+}
+
+/// Why an operator's answer was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerRefused {
+    #[error("no approval {0} is waiting (answered, timed out, or never asked)")]
+    NotWaiting(String),
+    #[error(
+        "four-eyes rule: {operator} made this call and cannot approve it; another operator must"
+    )]
+    FourEyes { operator: String },
+}
+
+impl Queue {
+    fn enqueue(
+        &self,
+        q: &Question,
+        principal: &str,
+        call: &AskingCall<'_>,
+        policy: &ApprovalPolicy,
+    ) -> Result<(String, oneshot::Receiver<Answered>), CallFailure> {
+        // Short enough to type, random enough not to guess.
+        let id = crate::core::ids::random_id()[..12].to_owned();
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = lock(&self.waiting);
+        let mine = waiting
+            .values()
+            .filter(|w| w.view.principal == principal)
+            .count();
+        if waiting.len() >= MAX_QUEUED || mine >= MAX_QUEUED_PER_PRINCIPAL {
+            let per_principal = mine >= MAX_QUEUED_PER_PRINCIPAL;
+            return Err(CallFailure::ApprovalQueueFull {
+                principal: principal.to_owned(),
+                limit: if per_principal {
+                    MAX_QUEUED_PER_PRINCIPAL
+                } else {
+                    MAX_QUEUED
+                },
+                per_principal,
+            });
+        }
+        waiting.insert(
+            id.clone(),
+            Waiting {
+                view: PendingView {
+                    id: id.clone(),
+                    asking: q.asking,
+                    principal: principal.to_owned(),
+                    tool: q.tool.clone(),
+                    call_id: call.call_id.to_owned(),
+                    arguments_sha256: call.digest.to_owned(),
+                    message: q.message.clone(),
+                    age_ms: 0,
+                    expires_in_ms: 0,
+                    four_eyes: policy.four_eyes,
+                },
+                since: Instant::now(),
+                timeout: policy.timeout.0,
+                answer: tx,
+            },
+        );
+        Ok((id, rx))
+    }
+
+    fn remove(&self, id: &str) {
+        lock(&self.waiting).remove(id);
+    }
+
+    /// Everything waiting, oldest first.
+    pub fn list(&self) -> Vec<PendingView> {
+        let mut all: Vec<PendingView> = lock(&self.waiting)
+            .values()
+            .map(|w| {
+                let age = w.since.elapsed();
+                PendingView {
+                    age_ms: age.as_millis() as u64,
+                    expires_in_ms: w.timeout.saturating_sub(age).as_millis() as u64,
+                    ..w.view.clone()
+                }
+            })
+            .collect();
+        all.sort_by_key(|v| std::cmp::Reverse(v.age_ms));
+        all
+    }
+
+    /// Answer `id`: approve (`yes`) or deny, as `operator` (`by` is what the record names).
+    pub fn answer(
+        &self,
+        id: &str,
+        yes: bool,
+        operator: &str,
+        by: String,
+        reason: Option<String>,
+    ) -> Result<PendingView, AnswerRefused> {
+        let mut waiting = lock(&self.waiting);
+        let w = waiting
+            .get(id)
+            .ok_or_else(|| AnswerRefused::NotWaiting(id.to_owned()))?;
+        if yes && w.view.four_eyes && w.view.principal == operator {
+            return Err(AnswerRefused::FourEyes {
+                operator: operator.to_owned(),
+            });
+        }
+        let w = waiting.remove(id).expect("looked up above");
+        let reply = if yes {
+            let mut content = JsonObject::new();
+            content.insert("approve".into(), true.into());
+            Reply::Accept { content }
+        } else {
+            Reply::Decline
+        };
+        // The call may have ended a moment ago; then this answer reached no one.
+        w.answer
+            .send(Answered { reply, by, reason })
+            .map_err(|_| AnswerRefused::NotWaiting(id.to_owned()))?;
+        Ok(w.view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(state: String, responses: serde_json::Value) -> Retry {
+        Retry {
+            request_state: state,
+            input_responses: serde_json::from_value(responses).unwrap(),
+        }
+    }
+
+    fn ticket(a: &Approvals, id: &str, expires_ms: u64) -> String {
+        a.tickets
+            .issue(Ticket {
+                v: 1,
+                id: id.into(),
+                principal: "alice".into(),
+                tool: "write".into(),
+                arguments_sha256: "d1".into(),
+                issued_ms: now_ms(),
+                expires_ms,
+                answers: BTreeMap::new(),
+                pending: vec!["k".into()],
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn tickets_are_bound_single_use_and_expire() {
+        let a = Approvals::ephemeral();
+        let yes = serde_json::json!({"k": {"action": "accept", "content": {"approve": true}}});
+        let t = ticket(&a, "t1", now_ms() + 60_000);
+        let r = |p: &str, tool: &str, d: &str| {
+            a.tickets.redeem(&retry(t.clone(), yes.clone()), p, tool, d)
+        };
+        assert_eq!(
+            r("bob", "write", "d1").unwrap_err(),
+            TicketProblem::OtherCaller
+        );
+        assert_eq!(
+            r("alice", "read", "d1").unwrap_err(),
+            TicketProblem::OtherTool
+        );
+        assert_eq!(
+            r("alice", "write", "d2").unwrap_err(),
+            TicketProblem::OtherArguments
+        );
+        let (id, answers) = r("alice", "write", "d1").unwrap();
+        assert_eq!(id, "t1");
+        assert!(answers["k"].reply.is_yes());
+        assert_eq!(
+            r("alice", "write", "d1").unwrap_err(),
+            TicketProblem::Replayed
+        );
+        // A call refused before it ran gives its ticket back, once.
+        a.tickets.release(&id);
+        assert!(r("alice", "write", "d1").is_ok());
+        assert_eq!(
+            r("alice", "write", "d1").unwrap_err(),
+            TicketProblem::Replayed
+        );
+
+        let expired = ticket(&a, "t2", now_ms() - 1);
+        let e = a
+            .tickets
+            .redeem(&retry(expired, yes.clone()), "alice", "write", "d1");
+        assert_eq!(e.unwrap_err(), TicketProblem::Expired);
+
+        let mut forged = ticket(&a, "t3", now_ms() + 60_000);
+        forged.push('x');
+        let e = a
+            .tickets
+            .redeem(&retry(forged, yes.clone()), "alice", "write", "d1");
+        assert_eq!(e.unwrap_err(), TicketProblem::Forged);
+        let other = Approvals::ephemeral();
+        let e = other.tickets.redeem(
+            &retry(ticket(&a, "t4", now_ms() + 60_000), yes),
+            "alice",
+            "write",
+            "d1",
+        );
+        assert_eq!(e.unwrap_err(), TicketProblem::Forged);
+    }
+
+    #[test]
+    fn a_question_asked_again_is_another_question() {
+        let q = Question::confirm("t", "Proceed?", "");
+        let first = q.clone().bound_to("d1", 1);
+        assert_eq!(
+            first,
+            Question::confirm("t", "Proceed?", "").bound_to("d1", 1)
+        );
+        assert_ne!(first.key, q.clone().bound_to("d1", 2).key);
+        assert_ne!(first.key, q.bound_to("d2", 1).key);
+    }
+
+    #[test]
+    fn four_eyes_refuses_the_caller() {
+        let q = Queue::default();
+        let policy = ApprovalPolicy {
+            four_eyes: true,
+            ..ApprovalPolicy::default()
+        };
+        let call = AskingCall {
+            call_id: "c",
+            digest: "d",
+            events: None,
+        };
+        let question = Question::approval("write", "alice", "{}", "d");
+        let (id, _rx) = q.enqueue(&question, "alice", &call, &policy).unwrap();
+        assert_eq!(
+            q.answer(&id, true, "alice", "alice".into(), None)
+                .unwrap_err(),
+            AnswerRefused::FourEyes {
+                operator: "alice".into()
+            }
+        );
+        assert_eq!(q.list().len(), 1);
+        q.answer(&id, true, "bob", "bob".into(), None).unwrap();
+        assert!(q.list().is_empty());
+        assert!(matches!(
+            q.answer(&id, true, "bob", "bob".into(), None),
+            Err(AnswerRefused::NotWaiting(_))
+        ));
+    }
+}

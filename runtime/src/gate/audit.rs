@@ -1,0 +1,819 @@
+//! The audit log: one JSON line per decision, hash-chained, group-committed by a single writer
+//! thread, with signed checkpoints and size-based rotation. Each batch is durable in the
+//! [`crate::gate::journal`] before its calls are answered; the log file is flushed in bulk.
+//!
+//! A line is `{"seq":N,"time":"…","prev":"<hash of N-1>","kind":…,<fields>,"hash":"<hash>"}`
+//! where `hash` is the sha256 of the line up to (not including) `,"hash"` closed by `}`. The
+//! previous hash inside each line chains the records; a checkpoint signs the chain's head with
+//! the ed25519 key kept in the state directory. [`verify`] checks all of it.
+
+use crate::config::audit::{AuditMode, AuditSettings};
+use crate::gate::journal::Journal;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
+
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const HASH_FIELD: &str = ",\"hash\":\"";
+/// Most records written (and fsynced) together.
+const MAX_BATCH: usize = 4096;
+/// The log is flushed at least this often while records arrive.
+const LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+const KEY_FILE: &str = "audit-key";
+const PUBLIC_KEY_FILE: &str = "audit-key.pub";
+
+/// Why a record could not be made durable. The call it belongs to fails with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log is unavailable: {0}")]
+pub struct AuditError(pub String);
+
+/// A record on its way to the writer: its fields as a JSON object, serialised by the caller.
+struct Pending {
+    body: Vec<u8>,
+    /// A request to write a checkpoint now (the body is empty).
+    seal: bool,
+    durable: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// The handle calls append through. Cloning shares the one writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: Option<mpsc::Sender<Pending>>,
+}
+
+impl AuditLog {
+    /// A log that records nothing (`mode = "off"`).
+    pub fn off() -> AuditLog {
+        AuditLog { tx: None }
+    }
+
+    /// Open (or create) the log in `settings.dir`, recover its tail, and start the writer.
+    /// The signing key is created in `state_dir` on first use.
+    pub fn open(settings: &AuditSettings, state_dir: &Path) -> Result<AuditLog, AuditError> {
+        if settings.mode == AuditMode::Off {
+            tracing::warn!("audit log is off ([audit] mode = \"off\"): decisions are not recorded");
+            return Ok(AuditLog::off());
+        }
+        let key = signing_key(state_dir)?;
+        let writer = Writer::open(settings, key)?;
+        let (tx, rx) = mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("airlock-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
+        Ok(AuditLog { tx: Some(tx) })
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Append a record and wait until it is on disk. Returns its sequence number (0 when off).
+    pub async fn append<T: Serialize>(&self, kind: &str, record: &T) -> Result<u64, AuditError> {
+        if self.tx.is_none() {
+            return Ok(0);
+        }
+        let mut body = Vec::with_capacity(512);
+        body.extend_from_slice(b"\"kind\":");
+        serde_json::to_writer(&mut body, kind).map_err(|e| AuditError(e.to_string()))?;
+        let fields = serde_json::to_vec(record).map_err(|e| AuditError(e.to_string()))?;
+        // `{…}` → `,…` appended after the kind; an empty object adds nothing.
+        if fields.len() > 2 {
+            body.push(b',');
+            body.extend_from_slice(&fields[1..fields.len() - 1]);
+        }
+        self.send(body, false).await
+    }
+
+    /// Write a checkpoint now and wait until it is on disk (a server stopping cleanly ends its
+    /// log sealed). Returns the checkpoint's sequence number (0 when off).
+    pub async fn seal(&self) -> Result<u64, AuditError> {
+        self.send(Vec::new(), true).await
+    }
+
+    async fn send(&self, body: Vec<u8>, seal: bool) -> Result<u64, AuditError> {
+        let Some(tx) = &self.tx else { return Ok(0) };
+        let (durable, done) = oneshot::channel();
+        tx.send(Pending {
+            body,
+            seal,
+            durable,
+        })
+        .map_err(|_| AuditError("the audit writer has stopped".into()))?;
+        done.await
+            .map_err(|_| AuditError("the audit writer has stopped".into()))?
+    }
+}
+
+/// The ed25519 key signing checkpoints, created (mode 0600) on first start.
+fn signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
+    let (seed, created) =
+        crate::core::files::load_or_create(&state_dir.join(KEY_FILE)).map_err(AuditError)?;
+    let key = SigningKey::from_bytes(&seed);
+    if created {
+        std::fs::write(
+            state_dir.join(PUBLIC_KEY_FILE),
+            format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+        )
+        .map_err(|e| {
+            AuditError(format!(
+                "cannot write the public key beside {}: {e}",
+                state_dir.join(KEY_FILE).display()
+            ))
+        })?;
+        tracing::info!(key = %hex::encode(key.verifying_key().as_bytes()), "created the audit signing key");
+    }
+    Ok(key)
+}
+
+/// The public half of the state directory's audit key, hex.
+pub fn public_key(state_dir: &Path) -> Result<String, AuditError> {
+    Ok(hex::encode(
+        signing_key(state_dir)?.verifying_key().as_bytes(),
+    ))
+}
+
+fn file_name(first_seq: u64) -> String {
+    format!("audit-{first_seq:012}.jsonl")
+}
+
+/// The log files in `dir`, oldest first.
+pub fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What a checkpoint signs: the chain's head at its sequence number.
+fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
+    let mut m = b"airlock-audit-checkpoint\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(prev.as_bytes());
+    m
+}
+
+/// Move what is queued into `batch` (up to [`MAX_BATCH`]), stopping at a seal request.
+fn drain(rx: &mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, seal: &mut Option<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) if p.seal => {
+                *seal = Some(p);
+                break;
+            }
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The single writer: owns the open file and the chain's head.
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    file_bytes: u64,
+    max_file_bytes: u64,
+    checkpoint_every: u64,
+    seq: u64,
+    head: String,
+    key: SigningKey,
+    /// Set after a failed write: the chain's state on disk is unknown, so nothing more is
+    /// accepted (fail closed) until a restart recovers it.
+    broken: Option<String>,
+    /// The last record written is a checkpoint.
+    sealed: bool,
+    /// Where each batch is made durable before it is acknowledged.
+    journal: Journal,
+    /// When the log was last flushed: at least once a second, so that little of it depends
+    /// on the journal at any time.
+    flushed: Instant,
+    /// Held (locked) for the writer's life: one writer per log.
+    _lock: File,
+}
+
+impl Writer {
+    fn open(settings: &AuditSettings, key: SigningKey) -> Result<Writer, AuditError> {
+        let dir = &settings.dir;
+        let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let lock = File::create(dir.join(".lock")).map_err(fail)?;
+        lock.try_lock().map_err(|_| {
+            AuditError(format!(
+                "{} is in use by another airlock process; give each server its own [audit] dir",
+                dir.display()
+            ))
+        })?;
+        let (mut seq, mut head, path) = recover(dir)?;
+        let path = path.unwrap_or_else(|| dir.join(file_name(seq + 1)));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(fail)?;
+        let mut journal = Journal::open(dir).map_err(fail)?;
+        replay(&journal, &mut file, &mut seq, &mut head)?;
+        // Whatever the last process appended may still be only in the page cache (it was
+        // killed): flush it before the journal that covers it is overwritten, and erase the
+        // journal so that its frames never come back.
+        file.sync_data()
+            .and_then(|_| journal.invalidate())
+            .map_err(fail)?;
+        let file_bytes = file.metadata().map_err(fail)?.len();
+        // The new file's directory entry must survive a crash too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+        tracing::info!(dir = %dir.display(), next = seq + 1, "audit log open");
+        Ok(Writer {
+            dir: dir.clone(),
+            file,
+            file_bytes,
+            max_file_bytes: settings.max_file_bytes.bytes(),
+            checkpoint_every: settings.checkpoint_every,
+            seq,
+            head,
+            key,
+            broken: None,
+            sealed: false,
+            journal,
+            flushed: Instant::now(),
+            _lock: lock,
+        })
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Pending>) {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        while let Ok(first) = rx.recv() {
+            let mut seal = None;
+            if first.seal {
+                seal = Some(first);
+            } else {
+                batch.push(first);
+                // Group commit without waiting: the batch is whatever arrived while the last
+                // one was being written. Waiting for more (tried: up to 1 ms while calls were
+                // in progress) cost more in latency than the shared writes saved in CPU.
+                drain(&rx, &mut batch, &mut seal);
+            }
+            if !batch.is_empty() {
+                match self.commit(&batch, &mut buf) {
+                    Ok(seqs) => {
+                        for (p, seq) in batch.drain(..).zip(seqs) {
+                            let _ = p.durable.send(Ok(seq));
+                        }
+                    }
+                    Err(e) => {
+                        for p in batch.drain(..) {
+                            let _ = p.durable.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            if let Some(p) = seal {
+                let _ = p.durable.send(self.seal(&mut buf));
+            }
+        }
+        // Every handle is gone: seal on the way out, if there is time and no seal came last.
+        if !self.sealed {
+            let _ = self.seal(&mut buf);
+        }
+    }
+
+    /// Write a checkpoint and fsync it.
+    fn seal(&mut self, buf: &mut Vec<u8>) -> Result<u64, AuditError> {
+        if let Some(why) = &self.broken {
+            return Err(AuditError(why.clone()));
+        }
+        buf.clear();
+        self.push_checkpoint(buf);
+        self.file
+            .write_all(buf)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| {
+                let why = format!("writing the audit log failed: {e}");
+                self.broken = Some(why.clone());
+                AuditError(why)
+            })?;
+        self.file_bytes += buf.len() as u64;
+        self.sealed = true;
+        // The log is flushed: nothing journaled is needed any more, nor may it come back.
+        if let Err(e) = self.journal.invalidate() {
+            tracing::warn!("cannot erase the audit journal after a checkpoint: {e}");
+        }
+        Ok(self.seq)
+    }
+
+    /// Write the batch (and any checkpoint it reaches), durably. Returns the sequence number
+    /// of each of the batch's records.
+    fn commit(&mut self, batch: &[Pending], buf: &mut Vec<u8>) -> Result<Vec<u64>, AuditError> {
+        if let Some(why) = &self.broken {
+            return Err(AuditError(why.clone()));
+        }
+        let (seq0, head0) = (self.seq, self.head.clone());
+        buf.clear();
+        let mut seqs = Vec::with_capacity(batch.len());
+        for p in batch {
+            self.push_line(buf, &p.body);
+            seqs.push(self.seq);
+            if self.seq.is_multiple_of(self.checkpoint_every) {
+                self.push_checkpoint(buf);
+            }
+        }
+        let written = self.make_durable(buf);
+        if let Err(e) = written {
+            let why = format!("writing the audit log failed: {e}");
+            tracing::error!("{why}; calls are refused until airlock restarts");
+            self.broken = Some(why.clone());
+            (self.seq, self.head) = (seq0, head0);
+            return Err(AuditError(why));
+        }
+        self.file_bytes += buf.len() as u64;
+        self.sealed = false;
+        if self.file_bytes >= self.max_file_bytes
+            && let Err(e) = self.rotate(buf)
+        {
+            // The batch is durable; only the next file could not be started.
+            let why = format!("rotating the audit log failed: {e}");
+            tracing::error!("{why}; calls are refused until airlock restarts");
+            self.broken = Some(why);
+        }
+        Ok(seqs)
+    }
+
+    /// Make `lines` durable and append them to the log. Through the journal, one in-place
+    /// write; a batch too large for it goes to the log with a flush.
+    fn make_durable(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if !Journal::fits(lines.len()) {
+            self.file.write_all(lines)?;
+            self.file.sync_data()?;
+            self.journal.reset();
+            return Ok(());
+        }
+        if self.journal.must_wrap(lines.len()) {
+            // The frames about to be overwritten must be in the log for good first.
+            self.file.sync_data()?;
+            self.journal.reset();
+        }
+        self.journal.write(lines)?;
+        self.file.write_all(lines)?;
+        if self.flushed.elapsed() >= LOG_FLUSH_INTERVAL {
+            self.file.sync_data()?;
+            self.journal.reset();
+            self.flushed = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Append one record line (with sequence number, time, chain and hash) to `buf`.
+    fn push_line(&mut self, buf: &mut Vec<u8>, body: &[u8]) {
+        self.seq += 1;
+        let start = buf.len();
+        let _ = write!(
+            buf,
+            "{{\"seq\":{},\"time\":\"{}\",\"prev\":\"{}\",",
+            self.seq,
+            now(),
+            self.head
+        );
+        buf.extend_from_slice(body);
+        buf.push(b'}');
+        let hash = sha256_hex(&buf[start..]);
+        buf.pop();
+        buf.extend_from_slice(HASH_FIELD.as_bytes());
+        buf.extend_from_slice(hash.as_bytes());
+        buf.extend_from_slice(b"\"}\n");
+        self.head = hash;
+    }
+
+    /// Append a checkpoint signing the current head.
+    fn push_checkpoint(&mut self, buf: &mut Vec<u8>) {
+        let signature = self.key.sign(&checkpoint_message(self.seq + 1, &self.head));
+        let body = format!(
+            "\"kind\":\"checkpoint\",\"key\":\"{}\",\"signature\":\"{}\"",
+            hex::encode(self.key.verifying_key().as_bytes()),
+            hex::encode(signature.to_bytes())
+        );
+        self.push_line(buf, body.as_bytes());
+    }
+
+    /// Seal the current file with a checkpoint and continue the chain in a new one.
+    fn rotate(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        self.push_checkpoint(buf);
+        self.file.write_all(buf)?;
+        self.file.sync_data()?;
+        let path = self.dir.join(file_name(self.seq + 1));
+        self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.journal.reset();
+        self.file_bytes = 0;
+        tracing::info!(file = %path.display(), "audit log rotated");
+        Ok(())
+    }
+}
+
+/// Append to the log (`file`, whose last record is `seq` with hash `head`) the acknowledged
+/// records the journal holds beyond it, in order and chained; then flush it. A crash of the
+/// machine may have lost the log's unflushed tail, never the journal's.
+fn replay(
+    journal: &Journal,
+    file: &mut File,
+    seq: &mut u64,
+    head: &mut String,
+) -> Result<(), AuditError> {
+    let fail = |e: std::io::Error| AuditError(format!("replaying the audit journal: {e}"));
+    let mut ahead = std::collections::BTreeMap::new();
+    for frame in journal.frames().map_err(fail)? {
+        for line in frame.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(text) = std::str::from_utf8(line) else {
+                continue;
+            };
+            if let Ok(r) = check_line(text)
+                && r.seq > *seq
+            {
+                // After a wrap the newest frames come first: the first copy of a record wins.
+                ahead.entry(r.seq).or_insert((text.to_owned(), r));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut replayed = 0u64;
+    while let Some((line, r)) = ahead.remove(&(*seq + 1)) {
+        if r.prev != *head {
+            break;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        (*seq, *head) = (r.seq, r.hash);
+        replayed += 1;
+    }
+    if replayed > 0 {
+        file.write_all(&out)
+            .and_then(|_| file.sync_data())
+            .map_err(fail)?;
+        tracing::warn!(
+            records = replayed,
+            last = *seq,
+            "recovered acknowledged audit records from the journal (the machine stopped before the log was flushed)"
+        );
+    }
+    if !ahead.is_empty() {
+        tracing::warn!(
+            records = ahead.len(),
+            "the audit journal holds records that do not continue the log; ignored"
+        );
+    }
+    Ok(())
+}
+
+/// Find the chain's head: the last complete record of the newest file. A torn last line (a
+/// crash mid-write: never acknowledged) is cut off. Returns (seq, hash, file to append to).
+fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
+    let files = log_files(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;
+    // A newest file without a complete record (a machine crash right after a rotation lost
+    // its content) is still where the chain continues, if its name says so.
+    let mut empty_newest: Option<&PathBuf> = None;
+    for path in files.iter().rev() {
+        let fail = |e: &dyn std::fmt::Display| AuditError(format!("{}: {e}", path.display()));
+        let mut bytes = std::fs::read(path).map_err(|e| fail(&e))?;
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            tracing::warn!(file = %path.display(), bytes = bytes.len() - complete, "cutting a torn last audit record (the journal puts back any that was acknowledged)");
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| fail(&e))?;
+            f.set_len(complete as u64)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| fail(&e))?;
+            bytes.truncate(complete);
+        }
+        let Some(last) = bytes[..complete.saturating_sub(1)]
+            .split(|b| *b == b'\n')
+            .next_back()
+            .filter(|l| !l.is_empty())
+        else {
+            if empty_newest.is_none() && Some(path) == files.last() {
+                empty_newest = Some(path);
+            }
+            continue;
+        };
+        let line = std::str::from_utf8(last).map_err(|e| fail(&e))?;
+        let record = check_line(line).map_err(|e| {
+            AuditError(format!(
+                "{}: the last record is damaged ({e}); run `airlock audit verify` and move the damaged file aside",
+                path.display()
+            ))
+        })?;
+        let next = empty_newest
+            .filter(|p| p.file_name() == Some(std::ffi::OsStr::new(&file_name(record.seq + 1))))
+            .unwrap_or(path);
+        return Ok((record.seq, record.hash, Some(next.clone())));
+    }
+    Ok((0, GENESIS.to_owned(), empty_newest.cloned()))
+}
+
+/// The chain fields of a line.
+struct Checked {
+    seq: u64,
+    prev: String,
+    hash: String,
+    kind: String,
+    value: serde_json::Value,
+}
+
+/// Parse a line and check its own hash.
+fn check_line(line: &str) -> Result<Checked, String> {
+    let at = line
+        .rfind(HASH_FIELD)
+        .ok_or_else(|| "no hash field".to_owned())?;
+    let claimed = line[at + HASH_FIELD.len()..]
+        .strip_suffix("\"}")
+        .ok_or_else(|| "malformed hash field".to_owned())?;
+    let mut hashed = line[..at].to_owned();
+    hashed.push('}');
+    if sha256_hex(hashed.as_bytes()) != claimed {
+        return Err("its hash does not match its content (edited)".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let seq = value["seq"]
+        .as_u64()
+        .ok_or_else(|| "no sequence number".to_owned())?;
+    let prev = value["prev"]
+        .as_str()
+        .ok_or_else(|| "no previous hash".to_owned())?
+        .to_owned();
+    let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+    Ok(Checked {
+        seq,
+        prev,
+        hash: claimed.to_owned(),
+        kind,
+        value,
+    })
+}
+
+/// What [`verify`] found in an intact log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub files: usize,
+    pub last_seq: u64,
+    /// Whether the last record is a checkpoint (the log was closed cleanly or just rotated).
+    pub sealed: bool,
+}
+
+/// Check `files` (in order) as one chain starting at record 1: every line's hash, sequence
+/// numbers without gaps or reordering, each `prev` equal to the previous line's hash, and every
+/// checkpoint's signature against `key` (hex public key). The error names the first bad record.
+pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
+    let key: [u8; 32] = hex::decode(key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the public key is not 32 hex bytes")?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|e| format!("bad public key: {e}"))?;
+    let mut v = Verified::default();
+    let mut head = GENESIS.to_owned();
+    for path in files {
+        v.files += 1;
+        let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut reader = BufReader::new(f);
+        let mut line = String::new();
+        let mut n = 0u64;
+        loop {
+            line.clear();
+            let read = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            let expected = v.last_seq + 1;
+            let at = format!("{} line {n}", path.display());
+            let Some(text) = line.strip_suffix('\n') else {
+                return Err(format!(
+                    "record {expected} ({at}) is truncated: the line does not end"
+                ));
+            };
+            let r = check_line(text).map_err(|e| format!("record {expected} ({at}): {e}"))?;
+            if r.seq != expected {
+                return Err(format!(
+                    "record {expected} ({at}) is missing or out of order: found record {} instead",
+                    r.seq
+                ));
+            }
+            if r.prev != head {
+                return Err(format!(
+                    "record {expected} ({at}) does not follow record {}: the chain is broken",
+                    v.last_seq
+                ));
+            }
+            if r.kind == "checkpoint" {
+                let signature = r.value["signature"]
+                    .as_str()
+                    .and_then(|s| hex::decode(s).ok())
+                    .and_then(|b| Signature::from_slice(&b).ok())
+                    .ok_or_else(|| {
+                        format!("checkpoint {expected} ({at}) has no valid signature")
+                    })?;
+                key.verify(&checkpoint_message(r.seq, &r.prev), &signature)
+                    .map_err(|_| {
+                        format!(
+                            "checkpoint {expected} ({at}) is not signed by the given key (forged)"
+                        )
+                    })?;
+                v.checkpoints += 1;
+            } else {
+                v.records += 1;
+            }
+            v.sealed = r.kind == "checkpoint";
+            v.last_seq = r.seq;
+            head = r.hash;
+        }
+    }
+    Ok(v)
+}
+
+/// Print the last `lines` records of the log in `dir` and, with `follow`, every record written
+/// after them, across rotations.
+pub async fn tail(dir: &Path, lines: usize, follow: bool) -> std::io::Result<()> {
+    let mut current = log_files(dir)?.pop();
+    let mut offset = 0u64;
+    if let Some(path) = &current {
+        let text = read_complete(path, &mut offset)?;
+        let all: Vec<&str> = text.lines().collect();
+        for line in &all[all.len().saturating_sub(lines)..] {
+            println!("{line}");
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Some(path) = &current {
+            print!("{}", read_complete(path, &mut offset)?);
+            std::io::stdout().flush()?;
+        }
+        // A newer file means the current one was sealed: finish it, then go on in the new one.
+        let newest = log_files(dir)?.pop();
+        if newest.is_some() && newest != current {
+            if let Some(path) = &current {
+                print!("{}", read_complete(path, &mut offset)?);
+            }
+            current = newest;
+            offset = 0;
+        }
+    }
+}
+
+/// The complete lines of `path` from `offset`, which moves past them.
+fn read_complete(path: &Path, offset: &mut u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(*offset))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+    *offset += text.len() as u64;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::units::ByteSize;
+
+    fn settings(dir: &Path, checkpoint_every: u64, max: ByteSize) -> AuditSettings {
+        AuditSettings {
+            mode: AuditMode::Durable,
+            dir: dir.join("audit"),
+            checkpoint_every,
+            max_file_bytes: max,
+            redact_patterns: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn records_chain_rotate_recover_and_verify() {
+        let dir = std::env::temp_dir().join(format!("airlock-audit-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, 3, ByteSize::kib(4));
+        let log = AuditLog::open(&s, &dir).unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..40 {
+            let padding = "x".repeat(200);
+            seqs.push(
+                log.append("call", &serde_json::json!({ "i": i, "pad": padding }))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+        log.seal().await.unwrap();
+        drop(log);
+        let key = public_key(&dir).unwrap();
+        let v = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
+        assert_eq!(v.records, 40);
+        assert!(v.files > 1, "{v:?}");
+        assert!(v.checkpoints >= 13, "{v:?}");
+        assert!(v.sealed);
+
+        // Reopening continues the chain.
+        let log = AuditLog::open(&s, &dir).unwrap();
+        let next = log.append("call", &serde_json::json!({})).await.unwrap();
+        assert_eq!(next, v.last_seq + 1);
+        let v2 = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
+        assert_eq!(v2.records, 41);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rotation that a crash cut short of any record: the chain continues in the new file.
+    #[test]
+    fn an_empty_newest_file_is_where_the_chain_continues() {
+        let dir = std::env::temp_dir().join(format!("airlock-audit-empty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, 1000, ByteSize(1));
+        let mut w = Writer::open(&s, signing_key(&dir).unwrap()).unwrap();
+        let record = Pending {
+            body: b"\"kind\":\"call\"".to_vec(),
+            seal: false,
+            durable: oneshot::channel().0,
+        };
+        w.commit(&[record], &mut Vec::new()).unwrap();
+        drop(w);
+        let files = log_files(&s.dir).unwrap();
+        let newest = files.last().unwrap();
+        assert_eq!(newest.file_name().unwrap(), file_name(3).as_str());
+        assert_eq!(std::fs::metadata(newest).unwrap().len(), 0);
+        let (seq, _, path) = recover(&s.dir).unwrap();
+        assert_eq!((seq, path.as_ref()), (2, Some(newest)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the machine's crash does to an unflushed log: its tail is gone (here: cut mid-way
+    /// through a record). The journal puts every acknowledged record back.
+    #[test]
+    fn the_journal_restores_records_the_log_lost() {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-audit-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = settings(&dir, 1000, ByteSize::mib(64));
+        let key = signing_key(&dir).unwrap();
+        let mut w = Writer::open(&s, key.clone()).unwrap();
+        let mut buf = Vec::new();
+        for batch in 0..5 {
+            let records: Vec<Pending> = (0..3)
+                .map(|i| Pending {
+                    body: format!("\"kind\":\"call\",\"n\":{}", batch * 3 + i).into_bytes(),
+                    seal: false,
+                    durable: oneshot::channel().0,
+                })
+                .collect();
+            w.commit(&records, &mut buf).unwrap();
+        }
+        let path = log_files(&s.dir).unwrap().pop().unwrap();
+        drop(w);
+        let text = std::fs::read(&path).unwrap();
+        // Keep 4 records and half of the 5th.
+        let cut = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(3)
+            .unwrap()
+            .0
+            + 40;
+        std::fs::write(&path, &text[..cut]).unwrap();
+        let w = Writer::open(&s, key.clone()).unwrap();
+        assert_eq!(w.seq, 15);
+        drop(w);
+        assert_eq!(std::fs::read(&path).unwrap(), text);
+        let v = verify(&log_files(&s.dir).unwrap(), &public_key(&dir).unwrap()).unwrap();
+        assert_eq!(v.records, 15);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,11 @@
+//! Layer 4: the per-call controls other than the sandbox. Authentication, rate limits, the
+//! operator's kill switch and revocations, approvals and their tickets, and the audit log
+//! with its journal.
+
+pub mod approval;
+pub mod audit;
+pub mod auth;
+pub mod journal;
+pub mod overrides;
+pub mod ratelimit;
+pub mod verified_tokens;

@@ -1,0 +1,344 @@
+//! The operator's live overrides: tools, principals or everything killed, and single grants of
+//! single components revoked. They are read on every call (a lock-free snapshot), changed only
+//! from the admin plane, and persisted atomically in the state directory so that they survive
+//! restarts and reloads.
+
+use crate::config::grants::Grants;
+use crate::core::kill_scope::KillScope;
+use crate::sandbox::live_grants::Revocations;
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The file, in the state directory.
+pub const FILE: &str = "overrides.json";
+const VERSION: u32 = 1;
+
+/// What an operator has switched off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    version: u32,
+    /// Every tool is off.
+    pub all: bool,
+    /// Tool names, or `[[tool]]` names (all of that component's tools).
+    pub tools: BTreeSet<String>,
+    pub principals: BTreeSet<String>,
+    /// `[[tool]]` name → revoked grants.
+    pub revoked: BTreeMap<String, Revoked>,
+}
+
+/// Grants of one component taken away by an operator, by grant id (`fs:/data`,
+/// `net:https://api.example.com`, `tcp:10.0.0.5:5432`) or, for secrets, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    pub grants: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
+}
+
+impl Revoked {
+    fn is_empty(&self) -> bool {
+        self.grants.is_empty() && self.secrets.is_empty()
+    }
+}
+
+impl Overrides {
+    /// The kill that stops `principal` calling `tool` of component `component`, if any.
+    pub fn kill_for(&self, principal: &str, tool: &str, component: &str) -> Option<KillScope> {
+        if self.all {
+            return Some(KillScope::All);
+        }
+        if self.principals.contains(principal) {
+            return Some(KillScope::Principal(principal.to_owned()));
+        }
+        [tool, component]
+            .into_iter()
+            .find(|t| self.tools.contains(*t))
+            .map(|t| KillScope::Tool(t.to_owned()))
+    }
+
+    /// Is `tool` of `component` listed (not killed for everyone)?
+    pub fn tool_listed(&self, tool: &str, component: &str) -> bool {
+        !self.all && !self.tools.contains(tool) && !self.tools.contains(component)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.tools.is_empty() && self.principals.is_empty() && self.revoked.is_empty()
+    }
+
+    /// Add or remove a kill. Returns whether anything changed.
+    pub fn set_kill(&mut self, scope: &KillScope, killed: bool) -> bool {
+        let set = |s: &mut BTreeSet<String>, v: &str| {
+            if killed {
+                s.insert(v.to_owned())
+            } else {
+                s.remove(v)
+            }
+        };
+        match scope {
+            KillScope::All => std::mem::replace(&mut self.all, killed) != killed,
+            KillScope::Tool(t) => set(&mut self.tools, t),
+            KillScope::Principal(p) => set(&mut self.principals, p),
+        }
+    }
+
+    /// Revoke or restore one grant (or secret) of `component`. Returns whether anything changed.
+    pub fn set_revoked(&mut self, component: &str, target: &GrantRef, revoked: bool) -> bool {
+        let entry = self.revoked.entry(component.to_owned()).or_default();
+        let (set, key) = match target {
+            GrantRef::Grant(id) => (&mut entry.grants, id),
+            GrantRef::Secret(name) => (&mut entry.secrets, name),
+        };
+        let changed = if revoked {
+            set.insert(key.clone())
+        } else {
+            set.remove(key)
+        };
+        if entry.is_empty() {
+            self.revoked.remove(component);
+        }
+        changed
+    }
+}
+
+/// One revocable thing of a component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantRef {
+    /// A filesystem, network or TCP grant, by id.
+    Grant(String),
+    /// Every grant of the secret of this name.
+    Secret(String),
+}
+
+impl fmt::Display for GrantRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrantRef::Grant(id) => f.write_str(id),
+            GrantRef::Secret(name) => write!(f, "secret:{name}"),
+        }
+    }
+}
+
+/// `grants` without what `revoked` takes away.
+pub fn without(grants: &Grants, revoked: &Revoked) -> Grants {
+    let keep = |id: &str| !revoked.grants.contains(id);
+    Grants {
+        fs: grants.fs.iter().filter(|g| keep(&g.id)).cloned().collect(),
+        net: grants.net.iter().filter(|g| keep(&g.id)).cloned().collect(),
+        tcp: grants.tcp.iter().filter(|g| keep(&g.id)).cloned().collect(),
+        secrets: grants
+            .secrets
+            .iter()
+            .filter(|s| !revoked.secrets.contains(&s.name))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot use the operator state file {path}: {problem}. Airlock refuses to start without it \
+     (its overrides may disable tools or revoke grants); fix or remove it, or start with \
+     --reset-state to discard every override"
+)]
+pub struct StateError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// The overrides in force, and their file.
+pub struct OverrideStore {
+    /// `None`: kept in memory only (a library user without a state directory).
+    path: Option<PathBuf>,
+    current: ArcSwap<Overrides>,
+    /// Serialises changes: read, change, persist, publish.
+    change: Mutex<()>,
+}
+
+impl OverrideStore {
+    /// Overrides kept in memory only, starting empty.
+    pub fn in_memory() -> OverrideStore {
+        OverrideStore {
+            path: None,
+            current: ArcSwap::from_pointee(Overrides {
+                version: VERSION,
+                ..Overrides::default()
+            }),
+            change: Mutex::new(()),
+        }
+    }
+
+    /// Load `<state_dir>/overrides.json` (absent: no overrides). With `reset`, whatever is
+    /// there is discarded and an empty state written.
+    pub fn open(state_dir: &Path, reset: bool) -> Result<OverrideStore, StateError> {
+        let path = state_dir.join(FILE);
+        let fail = |problem: String| StateError {
+            path: path.clone(),
+            problem,
+        };
+        let overrides = if reset {
+            let empty = Overrides {
+                version: VERSION,
+                ..Overrides::default()
+            };
+            persist(&path, &empty).map_err(|e| fail(format!("cannot reset it: {e}")))?;
+            tracing::warn!(path = %path.display(), "operator state reset (--reset-state): every override is discarded");
+            empty
+        } else {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let o: Overrides = serde_json::from_slice(&bytes)
+                        .map_err(|e| fail(format!("it is not valid: {e}")))?;
+                    if o.version != VERSION {
+                        return Err(fail(format!(
+                            "version {} is not the supported version {VERSION}",
+                            o.version
+                        )));
+                    }
+                    o
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Overrides {
+                    version: VERSION,
+                    ..Overrides::default()
+                },
+                Err(e) => return Err(fail(format!("it cannot be read: {e}"))),
+            }
+        };
+        if !overrides.is_empty() {
+            tracing::warn!(
+                all = overrides.all,
+                tools = ?overrides.tools,
+                principals = ?overrides.principals,
+                revoked = ?overrides.revoked.keys().collect::<Vec<_>>(),
+                "operator overrides in force"
+            );
+        }
+        Ok(OverrideStore {
+            path: Some(path),
+            current: ArcSwap::from_pointee(overrides),
+            change: Mutex::new(()),
+        })
+    }
+
+    /// The overrides in force now.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Overrides>> {
+        self.current.load()
+    }
+
+    /// Apply `change`, persist the result (durably) and only then put it in force. Returns
+    /// whether anything changed; a failure to persist changes nothing.
+    pub fn update(&self, change: impl FnOnce(&mut Overrides) -> bool) -> std::io::Result<bool> {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Overrides::clone(&self.current.load());
+        if !change(&mut next) {
+            return Ok(false);
+        }
+        if let Some(path) = &self.path {
+            persist(path, &next)?;
+        }
+        self.current.store(Arc::new(next));
+        Ok(true)
+    }
+}
+
+/// Write `overrides` to a temporary file, fsync it, rename it over `path` and fsync the
+/// directory: after a crash the file is either the old state or the new one.
+fn persist(path: &Path, overrides: &Overrides) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
+    let mut text = serde_json::to_vec_pretty(overrides).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    f.write_all(&text)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    // The new state is in place; a failed directory sync only weakens its durability.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), "cannot sync the state directory: {e}");
+    }
+    Ok(())
+}
+
+impl Revocations for OverrideStore {
+    fn grants_left(&self, component: &str, configured: &Arc<Grants>) -> Arc<Grants> {
+        match self.current().revoked.get(component) {
+            None => configured.clone(),
+            Some(revoked) => Arc::new(without(configured, revoked)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kills_apply_by_tool_component_principal_or_all() {
+        let mut o = Overrides::default();
+        assert!(o.kill_for("alice", "files_read", "files").is_none());
+        assert!(o.set_kill(&KillScope::Tool("files".into()), true));
+        assert!(
+            !o.set_kill(&KillScope::Tool("files".into()), true),
+            "no change"
+        );
+        assert_eq!(
+            o.kill_for("alice", "files_read", "files"),
+            Some(KillScope::Tool("files".into()))
+        );
+        assert!(!o.tool_listed("files_read", "files"));
+        assert!(o.tool_listed("text_stats", "text"));
+        o.set_kill(&KillScope::Principal("bob".into()), true);
+        assert_eq!(
+            o.kill_for("bob", "text_stats", "text"),
+            Some(KillScope::Principal("bob".into()))
+        );
+        o.set_kill(&KillScope::All, true);
+        assert_eq!(
+            o.kill_for("alice", "text_stats", "text"),
+            Some(KillScope::All)
+        );
+        o.set_kill(&KillScope::All, false);
+        o.set_kill(&KillScope::Tool("files".into()), false);
+        assert!(o.kill_for("alice", "files_read", "files").is_none());
+    }
+
+    #[test]
+    fn state_persists_and_a_corrupt_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("airlock-overrides-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = OverrideStore::open(&dir, false).unwrap();
+        store
+            .update(|o| o.set_revoked("files", &GrantRef::Grant("fs:/data".into()), true))
+            .unwrap();
+        let again = OverrideStore::open(&dir, false).unwrap();
+        assert!(again.current().revoked["files"].grants.contains("fs:/data"));
+        again
+            .update(|o| o.set_revoked("files", &GrantRef::Grant("fs:/data".into()), false))
+            .unwrap();
+        assert!(again.current().revoked.is_empty(), "emptied entries go");
+
+        std::fs::write(dir.join(FILE), b"{\"version\":1,\"all\":tru").unwrap();
+        let e = OverrideStore::open(&dir, false).err().unwrap();
+        assert!(e.to_string().contains("--reset-state"), "{e}");
+        let reset = OverrideStore::open(&dir, true).unwrap();
+        assert!(reset.current().is_empty());
+        assert!(
+            OverrideStore::open(&dir, false).is_ok(),
+            "reset wrote a good file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,252 @@
+//! The loaded components and the tools they declare. Everything a call needs is prepared here
+//! once: the compiled component, its `InstancePre`, the MCP tool list (from `describe()`, called
+//! once at load), and the name index.
+
+use crate::config::policy::{ComponentEntry, ConfigError, Policy};
+use crate::core::failure::CallFailure;
+use crate::core::redact::Shapes;
+use crate::sandbox::engine::{Engines, load_component, private_dir};
+use crate::sandbox::store::{self, Answer, HostState, Invocation, Prepared};
+use airlock_host_api::{Tool as ToolWorld, ToolPre, ToolSpec};
+use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+/// A component ready to be called.
+pub struct LoadedComponent {
+    pub entry: ComponentEntry,
+    /// What the sandbox needs for each call.
+    pub prepared: Prepared,
+    /// Per-component in-flight limit.
+    pub in_flight: Arc<Semaphore>,
+    /// Names of the tools it declared.
+    pub tools: Vec<String>,
+    /// Its tier and approval rule, checked against the tools it declared.
+    pub approval: crate::config::risk::CompiledRule,
+}
+
+/// One MCP tool and the component that serves it.
+pub struct CatalogTool {
+    pub component: Arc<LoadedComponent>,
+    pub tool: Tool,
+}
+
+/// Everything loaded from one policy.
+pub struct Catalog {
+    pub policy: Policy,
+    pub components: Vec<Arc<LoadedComponent>>,
+    tools: HashMap<String, CatalogTool>,
+    /// `tools/list` as served: built once, in configuration order.
+    listed: Arc<Vec<Tool>>,
+    _engines: Engines,
+}
+
+impl Catalog {
+    /// Compile (or load from cache), instantiate-prepare and describe every component. A
+    /// component named as one of `previous` (a reload) keeps its in-flight slots, so calls
+    /// still running under the old policy count against the new one.
+    pub async fn load(
+        policy: Policy,
+        shapes: Arc<Shapes>,
+        previous: Option<&Catalog>,
+    ) -> Result<Catalog, ConfigError> {
+        let fail = |key: String, problem: String| ConfigError {
+            file: policy.origin.clone(),
+            key,
+            problem,
+        };
+        let cache_dir = policy.server.cache_dir.clone();
+        private_dir(&cache_dir).map_err(|e| fail("server › cache_dir".into(), format!("{e:#}")))?;
+        let engines = Engines::new(&policy).map_err(|e| fail(String::new(), format!("{e:#}")))?;
+
+        let mut linkers: Vec<(Engine, Linker<HostState>)> = Vec::new();
+        let mut components = Vec::with_capacity(policy.components.len());
+        let mut tools: HashMap<String, CatalogTool> = HashMap::new();
+        let mut listed = Vec::new();
+        let redactor = Arc::new(policy.secrets.redactor());
+        for entry in &policy.components {
+            let key = || format!("tool \"{}\" › component", entry.name);
+            let engine = engines.for_stack(entry.limits.wasm_stack).clone();
+            if !linkers.iter().any(|(e, _)| Engine::same(e, &engine)) {
+                linkers.push((
+                    engine.clone(),
+                    make_linker(&engine).map_err(|e| fail(String::new(), format!("{e:#}")))?,
+                ));
+            }
+            let linker = &linkers
+                .iter()
+                .find(|(e, _)| Engine::same(e, &engine))
+                .expect("pushed above")
+                .1;
+
+            let compiled = load_component(&engine, &entry.bytes, &entry.digest, &cache_dir)
+                .map_err(|e| fail(key(), format!("{}: {e:#}", entry.source)))?;
+            let pre = linker
+                .instantiate_pre(&compiled)
+                .and_then(ToolPre::new)
+                .map_err(|e| {
+                    fail(
+                        key(),
+                        format!(
+                            "{} does not fit the airlock:tool world: {e:#}",
+                            entry.source
+                        ),
+                    )
+                })?;
+            let prepared = Prepared {
+                engine,
+                pre,
+                name: Arc::from(entry.name.as_str()),
+                limits: entry.limits,
+                grants: Arc::new(entry.grants.clone()),
+                redactor: redactor.clone(),
+                shapes: shapes.clone(),
+            };
+            let specs = describe(&prepared)
+                .await
+                .map_err(|e| fail(key(), format!("{}: describe() failed: {e}", entry.source)))?;
+            if specs.is_empty() {
+                return Err(fail(key(), format!("{} declares no tools", entry.source)));
+            }
+            let declared = specs
+                .iter()
+                .cloned()
+                .map(to_mcp_tool)
+                .collect::<Result<Vec<Tool>, String>>()
+                .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
+            let approval =
+                crate::config::risk::CompiledRule::compile(entry.approval.clone(), &declared)
+                    .map_err(|p| fail(format!("tool \"{}\"", entry.name), p))?;
+            let component = Arc::new(LoadedComponent {
+                entry: entry.clone(),
+                prepared,
+                in_flight: previous
+                    .and_then(|p| p.components.iter().find(|c| c.entry.name == entry.name))
+                    .map_or_else(
+                        || Arc::new(Semaphore::new(entry.limits.max_in_flight as usize)),
+                        |c| c.in_flight.clone(),
+                    ),
+                tools: specs.iter().map(|s| s.name.clone()).collect(),
+                approval,
+            });
+            for tool in declared {
+                if let Some(other) = tools.get(tool.name.as_ref()) {
+                    return Err(fail(
+                        key(),
+                        format!(
+                            "tool name \"{}\" is declared by both \"{}\" ({}) and \"{}\" ({}); tool names must be unique",
+                            tool.name,
+                            other.component.entry.name,
+                            other.component.entry.source,
+                            entry.name,
+                            entry.source
+                        ),
+                    ));
+                }
+                listed.push(tool.clone());
+                tools.insert(
+                    tool.name.to_string(),
+                    CatalogTool {
+                        component: component.clone(),
+                        tool,
+                    },
+                );
+            }
+            components.push(component);
+        }
+        Ok(Catalog {
+            policy,
+            components,
+            tools,
+            listed: Arc::new(listed),
+            _engines: engines,
+        })
+    }
+
+    /// The tool called `name`.
+    pub fn tool(&self, name: &str) -> Result<&CatalogTool, CallFailure> {
+        self.tools
+            .get(name)
+            .ok_or_else(|| CallFailure::UnknownTool(name.to_owned()))
+    }
+
+    /// The `tools/list` answer.
+    pub fn listed(&self) -> Arc<Vec<Tool>> {
+        self.listed.clone()
+    }
+}
+
+fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Linked for every component; the per-call egress gate decides each request.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    ToolWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+async fn describe(prepared: &Prepared) -> Result<Vec<ToolSpec>, CallFailure> {
+    let signals = store::RunSignals::default();
+    let report = store::run(prepared, Invocation::Describe, None, &signals).await;
+    match report.result? {
+        Answer::Described(specs) => Ok(specs),
+        Answer::Called(_) => unreachable!("describe answers with specs"),
+    }
+}
+
+/// MCP tool names: 1 to 128 characters from `A-Z a-z 0-9 _ - .`.
+fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn schema_object(what: &str, tool: &str, text: &str) -> Result<JsonObject, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(o)) => Ok(o),
+        Ok(_) => Err(format!("tool \"{tool}\": {what} is not a JSON object")),
+        Err(e) => Err(format!("tool \"{tool}\": {what} is not valid JSON: {e}")),
+    }
+}
+
+fn to_mcp_tool(spec: ToolSpec) -> Result<Tool, String> {
+    if !valid_tool_name(&spec.name) {
+        return Err(format!(
+            "tool name \"{}\" must be 1 to 128 characters from A-Z a-z 0-9 _ - .",
+            spec.name
+        ));
+    }
+    if spec.description.trim().is_empty() {
+        return Err(format!("tool \"{}\" has an empty description", spec.name));
+    }
+    let input = schema_object("the input schema", &spec.name, &spec.input_schema)?;
+    if input.get("type").and_then(|t| t.as_str()) != Some("object") {
+        return Err(format!(
+            "tool \"{}\": the input schema must have \"type\": \"object\"",
+            spec.name
+        ));
+    }
+    let output = spec
+        .output_schema
+        .as_deref()
+        .map(|s| schema_object("the output schema", &spec.name, s))
+        .transpose()?;
+    let h = spec.hints;
+    let mut annotations = ToolAnnotations::new()
+        .read_only(h.read_only)
+        .idempotent(h.idempotent)
+        .open_world(h.open_world);
+    if !h.read_only {
+        annotations = annotations.destructive(h.destructive);
+    }
+    annotations.title = spec.title.clone();
+    let mut tool = Tool::new(spec.name, spec.description, Arc::new(input));
+    tool.title = spec.title;
+    tool.output_schema = output.map(Arc::new);
+    tool.annotations = Some(annotations);
+    Ok(tool)
+}

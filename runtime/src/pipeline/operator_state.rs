@@ -1,0 +1,35 @@
+//! The operator state a serving process keeps across reloads, which every call obeys: the
+//! overrides (kills and revocations), the calls running, and the approval queue and tickets.
+//! The operator commands that change it are in the control layer.
+
+use crate::gate::approval::Approvals;
+use crate::gate::overrides::OverrideStore;
+use crate::pipeline::running::RunningCalls;
+use std::sync::Arc;
+
+/// The operator state a serving process keeps across reloads.
+pub struct OperatorState {
+    pub overrides: Arc<OverrideStore>,
+    pub running: RunningCalls,
+    /// Approval tickets and the operator queue.
+    pub approvals: Approvals,
+    /// Configurations put in force since the start: a call that waited for a person across a
+    /// reload is refused rather than run under the configuration it started with.
+    pub reloads: std::sync::atomic::AtomicU64,
+}
+
+impl OperatorState {
+    pub fn new(overrides: OverrideStore, approvals: Approvals) -> Arc<OperatorState> {
+        Arc::new(OperatorState {
+            overrides: Arc::new(overrides),
+            running: RunningCalls::default(),
+            approvals,
+            reloads: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// State kept in memory only (library use, benches).
+    pub fn in_memory() -> Arc<OperatorState> {
+        OperatorState::new(OverrideStore::in_memory(), Approvals::ephemeral())
+    }
+}

@@ -1,0 +1,13 @@
+//! Layer 3: running one call of a component. The wasmtime engines and the compile cache, the
+//! fresh store per call under its limits, grants turned into a WASI context, network egress,
+//! the call's clock, output conversion and capture. Knows nothing of MCP, authentication or
+//! the audit log; it asks the layers above for people and nested calls through
+//! [`store::CallServices`].
+
+pub mod capture;
+pub mod clock;
+pub mod egress;
+pub mod engine;
+pub mod live_grants;
+pub mod output;
+pub mod store;

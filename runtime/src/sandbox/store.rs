@@ -1,0 +1,594 @@
+//! One call in a fresh store: the WASI context (nothing ambient), the resource limits, the host
+//! imports, and the mapping of every way wasm can stop into a named [`CallFailure`].
+
+use crate::config::grants::{FsMode, Grants, SecretUse};
+use crate::config::policy::Limits;
+use crate::core::failure::CallFailure;
+use crate::core::interaction::Reply;
+use crate::core::redact::{Redactor, Shapes};
+use crate::core::units::ByteSize;
+use crate::sandbox::capture::Capture;
+use crate::sandbox::clock::Clock;
+use crate::sandbox::egress::{self, DenialCell, EgressGate};
+use crate::sandbox::live_grants::LiveGrants;
+use airlock_host_api::{ElicitAnswer, LogLevel, NestedFailure, ToolOutput, ToolPre, ToolSpec};
+use rmcp::model::CallToolResult;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Longest `host.log` message passed on; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+/// Most elements a guest table may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Something a running tool sent through the `host` interface, for the MCP layer to forward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuestEvent {
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Progress {
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    },
+}
+
+/// What the host imports that reach beyond the store need: people (`confirm`, `elicit`) and
+/// other tools (`call-tool`). An `Err` ends the run with that failure.
+pub trait CallServices: Send + Sync {
+    fn confirm(self: Arc<Self>, prompt: String, details: String) -> Served<bool>;
+    /// `schema` is the guest's text, not yet checked.
+    /// `Ok(Err(why))` when the form is unusable (the tool's mistake, returned to it).
+    fn elicit(self: Arc<Self>, message: String, schema: String) -> Served<Result<Reply, String>>;
+    fn call_tool(
+        self: Arc<Self>,
+        name: String,
+        arguments: String,
+    ) -> Served<Result<CallToolResult, CallFailure>>;
+}
+
+pub type Served<T> = Pin<Box<dyn Future<Output = Result<T, CallFailure>> + Send + 'static>>;
+
+/// Ends the run from inside a host import, carrying the reason out of the trap.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct EndRun(CallFailure);
+
+/// The store data of one call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    events: Option<mpsc::Sender<GuestEvent>>,
+    component: std::sync::Arc<str>,
+    last_progress: f64,
+    http: WasiHttpCtx,
+    gate: EgressGate,
+    denial: DenialCell,
+    redactor: Arc<Redactor>,
+    shapes: Arc<Shapes>,
+    services: Option<Arc<dyn CallServices>>,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+    /// The tool has asked `cancelled()`: it gets [`STOP_GRACE`] to stop by itself.
+    cooperative: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a tool that watches `cancelled()` may run on after a stop or cancellation.
+const STOP_GRACE: Duration = Duration::from_millis(250);
+
+impl HostState {
+    fn services(&self) -> wasmtime::Result<Arc<dyn CallServices>> {
+        self.services.clone().ok_or_else(|| {
+            wasmtime::Error::new(EndRun(CallFailure::HostError(
+                "this host import is available only to calls made through the pipeline".into(),
+            )))
+        })
+    }
+
+    fn clean(&self, mut text: String) -> String {
+        self.redactor.redact_in_place(&mut text);
+        text
+    }
+}
+
+fn end_run(f: CallFailure) -> wasmtime::Error {
+    wasmtime::Error::new(EndRun(f))
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+// The `types` interface holds only types; its host trait has nothing to implement.
+impl airlock_host_api::airlock::tool::types::Host for HostState {}
+
+impl airlock_host_api::Host for HostState {
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        self.redactor.redact_in_place(&mut message);
+        if message.len() > MAX_LOG_MESSAGE {
+            message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
+            message.push('…');
+        }
+        let component = &*self.component;
+        let logged = self.shapes.redact(&message);
+        match level {
+            LogLevel::Debug => tracing::debug!(target: "airlock::guest", component, "{logged}"),
+            LogLevel::Info => tracing::info!(target: "airlock::guest", component, "{logged}"),
+            LogLevel::Warn => tracing::warn!(target: "airlock::guest", component, "{logged}"),
+            LogLevel::Error => tracing::error!(target: "airlock::guest", component, "{logged}"),
+        }
+        if let Some(tx) = &self.events {
+            // A slow client loses messages rather than stalling the tool.
+            let _ = tx.try_send(GuestEvent::Log { level, message });
+        }
+    }
+
+    fn progress(&mut self, progress: f64, total: Option<f64>, mut message: Option<String>) {
+        // MCP requires progress to increase; anything else is dropped rather than forwarded.
+        if !progress.is_finite() || progress <= self.last_progress {
+            return;
+        }
+        self.last_progress = progress;
+        if let Some(m) = &mut message {
+            self.redactor.redact_in_place(m);
+        }
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(GuestEvent::Progress {
+                progress,
+                total: total.filter(|t| t.is_finite()),
+                message,
+            });
+        }
+    }
+
+    async fn confirm(&mut self, prompt: String, details: String) -> wasmtime::Result<bool> {
+        let services = self.services()?;
+        let (prompt, details) = (self.clean(prompt), self.clean(details));
+        services.confirm(prompt, details).await.map_err(end_run)
+    }
+
+    async fn elicit(
+        &mut self,
+        message: String,
+        schema: String,
+    ) -> wasmtime::Result<Result<ElicitAnswer, String>> {
+        let services = self.services()?;
+        let message = self.clean(message);
+        let answer = services.elicit(message, schema).await.map_err(end_run)?;
+        Ok(answer.map(|reply| match reply {
+            Reply::Accept { content } => {
+                ElicitAnswer::Accept(serde_json::Value::Object(content).to_string())
+            }
+            Reply::Decline => ElicitAnswer::Decline,
+            Reply::Cancel => ElicitAnswer::Cancel,
+        }))
+    }
+
+    async fn call_tool(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<ToolOutput, NestedFailure>> {
+        let services = self.services()?;
+        match services.call_tool(name, arguments).await.map_err(end_run)? {
+            Ok(result) => Ok(Ok(crate::sandbox::output::to_tool_output(&result))),
+            Err(f) => Ok(Err(NestedFailure {
+                outcome: f.kind().to_owned(),
+                message: f.to_string(),
+            })),
+        }
+    }
+
+    fn cancelled(&mut self) -> bool {
+        self.cooperative
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.cancel.is_cancelled() || self.stop.is_cancelled()
+    }
+}
+
+/// The memory of the whole instance (all its linear memories together) against the tool's limit.
+struct MemoryLimiter {
+    limit: usize,
+    total: usize,
+    peak: usize,
+}
+
+/// Raised from the limiter so that the trap can be told apart from a guest abort.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {limit} exceeded")]
+pub struct MemoryLimitExceeded {
+    pub limit: ByteSize,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total - current.min(self.total) + desired;
+        if total > self.limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                limit: ByteSize(self.limit as u64),
+            }));
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        crate::sandbox::engine::CORE_INSTANCES_PER_COMPONENT as usize
+    }
+    fn memories(&self) -> usize {
+        crate::sandbox::engine::MEMORIES_PER_COMPONENT as usize
+    }
+    fn tables(&self) -> usize {
+        crate::sandbox::engine::TABLES_PER_COMPONENT as usize
+    }
+}
+
+/// What one run produced, besides its result.
+#[derive(Debug)]
+pub struct RunReport<T> {
+    pub result: Result<T, CallFailure>,
+    /// Fuel consumed; `None` when the call was dropped mid-run and the count is unknown.
+    pub fuel_used: Option<u64>,
+    pub peak_memory: usize,
+    pub stdout: (Vec<u8>, u64),
+    pub stderr: (Vec<u8>, u64),
+}
+
+/// A component ready to run: what every call of it needs, resolved at load.
+pub struct Prepared {
+    pub engine: Engine,
+    pub pre: ToolPre<HostState>,
+    /// The `[[tool]]` entry name, for log lines.
+    pub name: std::sync::Arc<str>,
+    pub limits: Limits,
+    pub grants: Arc<Grants>,
+    /// Replaces secret values in everything the component sends out.
+    pub redactor: Arc<Redactor>,
+    /// Secret-shaped strings, kept out of airlock's own log lines.
+    pub shapes: Arc<Shapes>,
+}
+
+/// What the guest is asked to do.
+pub enum Invocation<'a> {
+    Describe,
+    Call {
+        tool: &'a str,
+        arguments: &'a str,
+        /// The component's grants, as the operator's revocations leave them.
+        grants: LiveGrants,
+        /// People and other tools, for the host imports that reach them; without them those
+        /// imports end the run.
+        services: Option<Arc<dyn CallServices>>,
+        /// Write capabilities withheld: the tool's tier is shadow, or a shadow call made it.
+        shadow: bool,
+    },
+}
+
+/// How the rest of the host reaches into a running call.
+#[derive(Default)]
+pub struct RunSignals {
+    /// Fires when the client cancels or goes away.
+    pub cancel: CancellationToken,
+    /// Fires when an operator stops the call.
+    pub stop: CancellationToken,
+    /// Where the fuel left is published at every epoch tick, for `ctl calls`.
+    pub fuel_left: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The wall-clock deadline; without one, the component's timeout from now.
+    pub clock: Option<Clock>,
+}
+
+/// The guest's answer to an [`Invocation`].
+pub enum Answer {
+    Described(Vec<ToolSpec>),
+    Called(ToolOutput),
+}
+
+/// Run one invocation in a fresh store. The store is dropped at the end whatever happened, so a
+/// trapped instance is never entered again.
+pub async fn run(
+    prepared: &Prepared,
+    invocation: Invocation<'_>,
+    events: Option<mpsc::Sender<GuestEvent>>,
+    signals: &RunSignals,
+) -> RunReport<Answer> {
+    let limits = &prepared.limits;
+    let cap = limits.capture_bytes.as_usize();
+    let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
+    let denial = DenialCell::default();
+    let (live, called, services, shadow) = match &invocation {
+        Invocation::Describe => (
+            LiveGrants::fixed(Arc::new(Grants::default())),
+            None,
+            None,
+            true,
+        ),
+        Invocation::Call {
+            tool,
+            grants,
+            services,
+            shadow,
+            ..
+        } => (
+            grants.clone(),
+            Some(tool.to_string()),
+            services.clone(),
+            *shadow,
+        ),
+    };
+    let granted = called.is_some().then_some(&live);
+    let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial);
+    let (wasi, granted) = match context {
+        Ok(w) => (w, Ok(())),
+        // The call fails before the guest runs; an empty context stands in for the store.
+        Err(f) => (WasiCtxBuilder::new().build(), Err(f)),
+    };
+    let cooperative = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            limit: limits.memory.as_usize(),
+            total: 0,
+            peak: 0,
+        },
+        events,
+        component: prepared.name.clone(),
+        last_progress: f64::NEG_INFINITY,
+        http: WasiHttpCtx::new(),
+        gate: EgressGate::new(
+            live,
+            limits.egress(),
+            prepared.name.clone(),
+            denial.clone(),
+            prepared.redactor.clone(),
+            shadow,
+        ),
+        denial,
+        redactor: prepared.redactor.clone(),
+        shapes: prepared.shapes.clone(),
+        services,
+        cancel: signals.cancel.clone(),
+        stop: signals.stop.clone(),
+        cooperative: cooperative.clone(),
+    };
+    let mut store = Store::new(&prepared.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let fuel_set = store.set_fuel(limits.fuel);
+    // Yield to the executor at every epoch tick: a busy guest then never holds a worker thread
+    // for longer than a tick, and the deadline and cancellation below take effect at the yield.
+    // The same tick publishes the fuel left, so an operator sees a running call's CPU use.
+    store.set_epoch_deadline(1);
+    let gauge = signals.fuel_left.clone();
+    store.epoch_deadline_callback(move |ctx| {
+        if let Some(g) = &gauge {
+            g.store(
+                ctx.get_fuel().unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+
+    let clock = signals
+        .clock
+        .clone()
+        .unwrap_or_else(|| Clock::start(limits.timeout.0, None, Arc::default()));
+    let result = match fuel_set
+        .map_err(|e| CallFailure::HostError(e.to_string()))
+        .and(granted)
+    {
+        Err(f) => Err(f),
+        Ok(()) => {
+            let invoked = invoke(&mut store, &prepared.pre, invocation);
+            tokio::pin!(invoked);
+            let stopped = tokio::select! {
+                biased;
+                _ = signals.stop.cancelled() => Err(CallFailure::StoppedByOperator),
+                _ = signals.cancel.cancelled() => Err(CallFailure::Cancelled),
+                _ = clock.expired() => Ok(Err(CallFailure::TimedOut { after: limits.timeout })),
+                r = &mut invoked => Ok(r),
+            };
+            match stopped {
+                Ok(r) => r,
+                Err(f) => {
+                    // A tool that watches `cancelled()` gets a moment to stop at a safe point;
+                    // one that never asked is dropped at once.
+                    if cooperative.load(std::sync::atomic::Ordering::Acquire) {
+                        let _ = tokio::time::timeout(STOP_GRACE, &mut invoked).await;
+                    }
+                    Err(f)
+                }
+            }
+        }
+    };
+    // The store's fuel count is brought up to date only when wasm returns to the host, so it is
+    // unknown for a call dropped while suspended (timed out or cancelled).
+    let fuel_used = match &result {
+        Err(
+            CallFailure::TimedOut { .. } | CallFailure::Cancelled | CallFailure::StoppedByOperator,
+        ) => None,
+        _ => Some(limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))),
+    };
+    let peak_memory = store.data().limiter.peak;
+    // A refused request ends the call as blocked, whatever the tool made of the refusal.
+    // An operator's stop is what ended the call, whatever it was refused before.
+    let result = match (store.data().denial.get().cloned(), called) {
+        (Some(denial), Some(tool)) if !matches!(result, Err(CallFailure::StoppedByOperator)) => {
+            Err(CallFailure::Blocked { tool, denial })
+        }
+        _ => result,
+    };
+    drop(store);
+    RunReport {
+        result,
+        fuel_used,
+        peak_memory,
+        stdout: stdout.take(),
+        stderr: stderr.take(),
+    }
+}
+
+/// The WASI context of one invocation: captured stdout and stderr and nothing ambient (no env,
+/// no args, no directories, no network, no name lookup), then, for a call (`describe()` gets
+/// nothing), what `grants` say: each filesystem grant as a preopen with its mode, TCP behind the socket check,
+/// secrets exposed as environment variables. A granted directory that can no longer be opened
+/// fails the call rather than running the tool without it.
+pub fn wasi_context(
+    component: &Arc<str>,
+    grants: Option<&LiveGrants>,
+    shadow: bool,
+    stdout: &Capture,
+    stderr: &Capture,
+    denial: &DenialCell,
+) -> Result<WasiCtx, CallFailure> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if let Some(grants) = grants {
+        grant(&mut builder, component, grants, shadow, denial)?;
+    }
+    Ok(builder.build())
+}
+
+fn grant(
+    builder: &mut WasiCtxBuilder,
+    component: &Arc<str>,
+    live: &LiveGrants,
+    shadow: bool,
+    denial: &DenialCell,
+) -> Result<(), CallFailure> {
+    let grants = live.current();
+    // TCP is on for every call, behind the check: with no TCP grant every connect is refused
+    // there, so the attempt becomes a named denial instead of a silent error.
+    builder.allow_tcp(true).socket_addr_check(egress::tcp_check(
+        live.clone(),
+        component.clone(),
+        denial.clone(),
+        shadow,
+    ));
+    for s in &grants.secrets {
+        if s.usage == SecretUse::Env {
+            builder.env(&s.name, s.value.expose());
+        }
+    }
+    for g in &grants.fs {
+        let perms = match g.mode {
+            _ if shadow => FsPerms::ReadOnly,
+            FsMode::Ro => FsPerms::ReadOnly,
+            FsMode::Rw => FsPerms::ReadWrite,
+        };
+        builder
+            .preopened_dir(&g.host, &g.guest, perms)
+            .map_err(|e| {
+                CallFailure::HostError(format!(
+                    "grant {} cannot open {}: {e}",
+                    g.id,
+                    g.host.display()
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+async fn invoke(
+    store: &mut Store<HostState>,
+    pre: &ToolPre<HostState>,
+    invocation: Invocation<'_>,
+) -> Result<Answer, CallFailure> {
+    let instance = match pre.instantiate_async(&mut *store).await {
+        Ok(i) => i,
+        Err(e) => return Err(classify(e, Stage::Instantiate)),
+    };
+    match invocation {
+        Invocation::Describe => instance
+            .call_describe(&mut *store)
+            .await
+            .map(Answer::Described)
+            .map_err(|e| classify(e, Stage::Run)),
+        Invocation::Call {
+            tool, arguments, ..
+        } => match instance.call_call(&mut *store, tool, arguments).await {
+            Ok(Ok(out)) => Ok(Answer::Called(out)),
+            Ok(Err(airlock_host_api::CallError::InvalidArguments(m))) => {
+                Err(CallFailure::InvalidArguments(m))
+            }
+            Ok(Err(airlock_host_api::CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
+            Ok(Err(airlock_host_api::CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(
+                format!("the component does not implement tool `{t}` it declared"),
+            )),
+            Err(e) => Err(classify(e, Stage::Run)),
+        },
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    Instantiate,
+    Run,
+}
+
+fn classify(err: wasmtime::Error, stage: Stage) -> CallFailure {
+    if let Some(EndRun(f)) = err.downcast_ref::<EndRun>() {
+        return f.clone();
+    }
+    if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return CallFailure::MemoryLimitExceeded { limit: m.limit };
+    }
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return CallFailure::Trapped(format!("the tool exited with status {}", exit.0));
+    }
+    match (err.downcast_ref::<Trap>(), stage) {
+        (Some(Trap::OutOfFuel), _) => CallFailure::CpuBudgetExhausted,
+        (Some(Trap::StackOverflow), _) => CallFailure::StackOverflow,
+        (Some(trap), _) => CallFailure::Trapped(trap.to_string()),
+        (None, Stage::Instantiate) => {
+            CallFailure::HostError(format!("cannot instantiate the component: {err:#}"))
+        }
+        (None, Stage::Run) => CallFailure::Trapped(format!("{err:#}")),
+    }
+}

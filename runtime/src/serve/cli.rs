@@ -1,0 +1,631 @@
+//! The `airlock` command line: `serve`, `tools`, `check`, `audit`.
+
+use crate::config::confine::Plan;
+use crate::config::grants::SecretUse;
+use crate::config::policy::{Dirs, Policy};
+use crate::control::admin;
+use crate::control::live::{Live, Source};
+use crate::gate::audit::{self, AuditLog};
+use crate::gate::overrides::OverrideStore;
+use crate::pipeline::call::Airlock;
+use crate::pipeline::operator_state::OperatorState;
+use crate::serve::confine;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "A sandboxed tool-execution runtime for MCP"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file (default: $AIRLOCK_CONFIG, else the embedded default serving the
+    /// bundled example tools).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// State directory (compile cache, audit key); overrides `[server] state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Audit log directory; overrides `[audit] dir`.
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
+    /// Compiled-component cache; overrides `[server] cache_dir`.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP on stdio or Streamable HTTP.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Speak MCP on stdin/stdout.
+        #[arg(long, conflicts_with = "http", required_unless_present = "http")]
+        stdio: bool,
+        /// Serve Streamable HTTP at http://ADDR/mcp (loopback only), e.g. 127.0.0.1:8787.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+        /// Discard the operator overrides in the state directory (kills, revocations) and start
+        /// clean. Needed when the state file is unreadable: airlock will not guess.
+        #[arg(long)]
+        reset_state: bool,
+    },
+    /// Operate a running server through its admin socket.
+    Ctl {
+        /// The admin socket (default: `admin.sock` in the state directory).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Configuration file, to find the state directory (default: as for `serve`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// State directory of the server.
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: crate::control::ctl::CtlCommand,
+    },
+    /// List the loaded components, their tools and limits.
+    Tools {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration, compile its components and check what they declare, without serving.
+    Check {
+        /// Configuration file (default: as for `serve`).
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// What confinement this machine can enforce for a configuration, and what each tool
+    /// reaches; exits 1 when required confinement could not hold.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Check as for `serve --http ADDR` (the listen port, and confinement required).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+        /// Confine this process as serve would, then try to read a file, connect to a port and
+        /// start a process outside what is allowed, and report what the kernel did.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// The audit log: verify it, print the checkpoint key, follow it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and checkpoint signatures of FILEs (default: the configured log);
+    /// prints counts and OK, or the first broken, missing or reordered record, and fails.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The checkpoint public key, hex (default: the state directory's key).
+        #[arg(long)]
+        key: Option<String>,
+        /// Log files, oldest first.
+        files: Vec<PathBuf>,
+    },
+    /// Print the public key that verifies checkpoints (created on first use).
+    Key {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print the last records of the log and follow new ones.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Records to print before following.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+/// Entry point of the `airlock` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    if let Command::Doctor {
+        config,
+        http,
+        probe,
+    } = &cli.command
+    {
+        // Before any thread, as for serve: the probe confines this process.
+        let source = config.source();
+        return match source
+            .load()
+            .and_then(|p| crate::serve::doctor::run(&p, source.config.as_deref(), *http, *probe))
+        {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => fail(&e),
+        };
+    }
+    // `serve` confines itself here, before any thread exists: landlock does not reach threads
+    // started earlier, and the runtime and wasmtime start threads.
+    let confined = match &cli.command {
+        Command::Serve { config, http, .. } => match confine_for_serving(config, *http) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(&e),
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(c) = &confined {
+        builder.worker_threads(c.workers);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(cli.command, confined)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("airlock: error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+impl ConfigArgs {
+    fn source(&self) -> Source {
+        source(self.config.as_deref(), self.state_dir.clone())
+            .with_dirs(self.audit_dir.clone(), self.cache_dir.clone())
+    }
+}
+
+/// The configuration named by `config`, else $AIRLOCK_CONFIG, else the embedded default.
+fn source(config: Option<&Path>, state_dir: Option<PathBuf>) -> Source {
+    Source {
+        config: config_path(config),
+        dirs: Dirs {
+            state_dir,
+            ..Dirs::default()
+        },
+    }
+}
+
+/// Load the catalog for a command that does not serve: no audit log, no operator state.
+async fn load(policy: Policy) -> Result<Airlock> {
+    warn_unreachable(&policy);
+    Ok(Airlock::load(policy, AuditLog::off(), OperatorState::in_memory()).await?)
+}
+
+fn warn_unreachable(policy: &Policy) {
+    tracing::info!(config = %policy.origin, components = policy.components.len(), "loading");
+    for name in policy.unreachable_components() {
+        tracing::warn!(
+            component = name,
+            "[[tool]] \"{name}\" names no roles: no HTTP caller can list or call its tools, only the local (stdio) principal"
+        );
+    }
+}
+
+/// Load everything a serving process needs: the operator state (refusing to start on a bad
+/// state file), the audit log, the catalog; then the admin socket, the reload triggers (file
+/// change, SIGHUP) and their tasks.
+/// A serving process's configuration, loaded, and the confinement it put itself under.
+struct Confined {
+    policy: Policy,
+    /// The plan in force, when landlock holds in part or in full (a reload may not need more).
+    plan: Option<Plan>,
+    /// The admin socket, bound before confinement (no unix socket can be made after it).
+    admin: std::os::unix::net::UnixListener,
+    /// CPUs this process may use, read before landlock hides /proc/self/cgroup from the runtime.
+    workers: usize,
+}
+
+/// Load the configuration, create the directories it names, and confine the process by it.
+fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<Confined> {
+    let source = config.source();
+    let policy = source.load()?;
+    confine::prepare_dirs(&policy)?;
+    // The socket first: it is what finds another server on this state directory, before
+    // anything in it (the overrides, with --reset-state) is touched.
+    let admin = admin::bind(&policy.server.state_dir)?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let plan = Plan::for_policy(&policy, source.config.as_deref(), http);
+    if let Some(dir) = plan.broad_config_dir() {
+        tracing::warn!(
+            "the configuration is in {}, so all of it is readable by this process; keep \
+             airlock.toml in a directory of its own",
+            dir.display()
+        );
+    }
+    confine::warm_name_resolution();
+    let report = confine::apply_for(
+        &policy,
+        &plan,
+        crate::config::confine::mode_for(&policy, http),
+    )?;
+    let plan = matches!(
+        report.landlock,
+        confine::Layer::Enforced(_) | confine::Layer::Partial(_)
+    )
+    .then_some(plan);
+    Ok(Confined {
+        policy,
+        plan,
+        admin,
+        workers,
+    })
+}
+
+async fn start_serving(
+    config: &ConfigArgs,
+    reset_state: bool,
+    listen: Option<SocketAddr>,
+    confined: Confined,
+) -> Result<Arc<Live>> {
+    let source = config.source();
+    let Confined {
+        policy,
+        plan,
+        admin: listener,
+        ..
+    } = confined;
+    warn_unreachable(&policy);
+    let state_dir = policy.server.state_dir.clone();
+    let overrides = OverrideStore::open(&state_dir, reset_state)?;
+    let audit = AuditLog::open(&policy.audit, &state_dir)?;
+    let approvals =
+        crate::gate::approval::Approvals::open(&state_dir).map_err(anyhow::Error::msg)?;
+    let airlock = Airlock::load(policy, audit, OperatorState::new(overrides, approvals)).await?;
+    let live = Live::new(airlock, source, listen, plan);
+    tokio::spawn(admin::serve(
+        listener,
+        live.clone(),
+        admin::socket_path(&state_dir),
+    ));
+    tokio::spawn(live.clone().watch_file(Duration::from_secs(1)));
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let live = live.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = live.reload("sighup").await {
+                    tracing::error!("reload refused, the running configuration stays: {e:#}");
+                }
+            }
+        });
+    }
+    Ok(live)
+}
+
+/// The configuration file: `--config`, else $AIRLOCK_CONFIG, else none (the embedded default).
+fn config_path(config: Option<&Path>) -> Option<PathBuf> {
+    config.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("AIRLOCK_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            stdio,
+            http,
+            reset_state,
+        } => {
+            let confined = confined.expect("serve confines itself before the runtime starts");
+            let live = start_serving(&config, reset_state, http, confined).await?;
+            tracing::info!(tools = live.current().tools().len(), "loaded");
+            let audit = live.current().audit().clone();
+            let served = if stdio {
+                tokio::select! {
+                    r = crate::serve::mcp::serve_stdio(live.clone()) => r,
+                    _ = shutdown_signal() => {
+                        tracing::info!("shutting down");
+                        Ok(())
+                    }
+                }
+            } else {
+                let addr = http.expect("clap requires --stdio or --http");
+                let shutdown = CancellationToken::new();
+                let trigger = shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutting down");
+                    trigger.cancel();
+                });
+                crate::serve::mcp::serve_http(live.clone(), addr, shutdown).await
+            };
+            let _ = std::fs::remove_file(admin::socket_path(
+                &live.current().catalog().policy.server.state_dir,
+            ));
+            // A clean stop leaves the audit log sealed by a signed checkpoint.
+            if let Err(e) = audit.seal().await {
+                tracing::error!("cannot seal the audit log: {e}");
+            }
+            served
+        }
+        Command::Tools { config, json } => {
+            let airlock = load(config.source().load()?).await?;
+            print_tools(&airlock, json)
+        }
+        Command::Check { config, state_dir } => {
+            let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
+            let c = airlock.catalog();
+            println!(
+                "OK: {} is valid: {} components, {} tools",
+                c.policy.origin,
+                c.components.len(),
+                airlock.tools().len()
+            );
+            Ok(())
+        }
+        Command::Audit { command } => run_audit(command).await,
+        Command::Doctor { .. } => unreachable!("doctor runs before the runtime starts"),
+        Command::Ctl {
+            socket,
+            config,
+            state_dir,
+            json,
+            command,
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let dir = match state_dir {
+                        Some(d) => d,
+                        None => source(config.as_deref(), None).load()?.server.state_dir,
+                    };
+                    admin::socket_path(&dir)
+                }
+            };
+            crate::control::ctl::run(&socket, command, json).await
+        }
+    }
+}
+
+async fn run_audit(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Key { config } => {
+            let policy = config.source().load()?;
+            println!("{}", audit::public_key(&policy.server.state_dir)?);
+            Ok(())
+        }
+        AuditCommand::Verify { config, key, files } => {
+            let (files, key) = if files.is_empty() || key.is_none() {
+                let policy = config.source().load()?;
+                let files = if files.is_empty() {
+                    audit::log_files(&policy.audit.dir)
+                        .with_context(|| format!("cannot list {}", policy.audit.dir.display()))?
+                } else {
+                    files
+                };
+                let key = match key {
+                    Some(k) => k,
+                    None => audit::public_key(&policy.server.state_dir)?,
+                };
+                (files, key)
+            } else {
+                (files, key.unwrap_or_default())
+            };
+            anyhow::ensure!(!files.is_empty(), "no audit log files to verify");
+            let v = audit::verify(&files, &key)
+                .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))?;
+            println!(
+                "OK: {} records, {} checkpoints, {} files, last record {}{}",
+                v.records,
+                v.checkpoints,
+                v.files,
+                v.last_seq,
+                if v.sealed {
+                    " (sealed by a checkpoint)"
+                } else {
+                    " (not sealed: the log is in use, or its writer stopped without closing it)"
+                }
+            );
+            Ok(())
+        }
+        AuditCommand::Tail {
+            config,
+            lines,
+            no_follow,
+        } => {
+            let policy = config.source().load()?;
+            audit::tail(&policy.audit.dir, lines, !no_follow).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
+    let catalog = airlock.catalog();
+    if json {
+        let components: Vec<serde_json::Value> = catalog
+            .components
+            .iter()
+            .map(|c| {
+                let l = &c.entry.limits;
+                serde_json::json!({
+                    "name": c.entry.name,
+                    "component": c.entry.source.to_string(),
+                    "sha256": hex::encode(c.entry.digest),
+                    "pinned": c.entry.pinned,
+                    "tools": c.tools,
+                    "limits": {
+                        "fuel": l.fuel,
+                        "memory_bytes": l.memory.bytes(),
+                        "timeout_ms": l.timeout.0.as_millis() as u64,
+                        "wasm_stack_bytes": l.wasm_stack.bytes(),
+                        "max_argument_bytes": l.max_argument_bytes.bytes(),
+                        "max_output_bytes": l.max_output_bytes.bytes(),
+                        "max_in_flight": l.max_in_flight,
+                        "capture_bytes": l.capture_bytes.bytes(),
+                        "egress_timeout_ms": l.egress_timeout.0.as_millis() as u64,
+                        "max_request_bytes": l.max_request_bytes.bytes(),
+                        "max_response_bytes": l.max_response_bytes.bytes(),
+                    },
+                    "grants": {
+                        "fs": c.entry.grants.fs.iter().map(|g| serde_json::json!({
+                            "id": g.id,
+                            "host": g.host.display().to_string(),
+                            "guest": g.guest,
+                            "mode": g.mode.to_string(),
+                        })).collect::<Vec<_>>(),
+                        "net": c.entry.grants.net.iter().map(|g| serde_json::json!({
+                            "id": g.id,
+                            "methods": g.methods,
+                            "addresses": g.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                        "tcp": c.entry.grants.tcp.iter().map(|g| serde_json::json!({
+                            "id": g.id,
+                            "address": g.address.to_string(),
+                        })).collect::<Vec<_>>(),
+                        "secrets": c.entry.grants.secrets.iter().map(|g| match &g.usage {
+                            SecretUse::Header { host, header, .. } => serde_json::json!({
+                                "id": g.id,
+                                "name": g.name,
+                                "host": host.to_string(),
+                                "header": header.as_str(),
+                            }),
+                            SecretUse::Env => serde_json::json!({
+                                "id": g.id,
+                                "name": g.name,
+                                "expose": "env",
+                            }),
+                        }).collect::<Vec<_>>(),
+                    },
+                    "holds_readable_secret": c.entry.grants.holds_readable_secret(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({ "config": catalog.policy.origin, "components": components });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("cannot render JSON")?
+        );
+        return Ok(());
+    }
+    println!("config: {}", catalog.policy.origin);
+    for c in &catalog.components {
+        let l = &c.entry.limits;
+        println!();
+        println!("{}  ({})", c.entry.name, c.entry.source);
+        println!(
+            "  sha256   {}{}",
+            hex::encode(c.entry.digest),
+            if c.entry.pinned {
+                " (pinned)"
+            } else {
+                " (not pinned)"
+            }
+        );
+        println!("  tools    {}", c.tools.join(", "));
+        println!(
+            "  limits   fuel {}, memory {}, timeout {}, wasm stack {}, arguments {}, output {}, {} in flight, capture {}",
+            l.fuel,
+            l.memory,
+            l.timeout,
+            l.wasm_stack,
+            l.max_argument_bytes,
+            l.max_output_bytes,
+            l.max_in_flight,
+            l.capture_bytes
+        );
+        if c.entry.grants.is_empty() {
+            println!("  grants   none: no filesystem, no network, no environment, no secrets");
+        }
+        for g in &c.entry.grants.fs {
+            println!("  grant    {}  {} ({})", g.id, g.host.display(), g.mode);
+        }
+        for g in &c.entry.grants.net {
+            let methods = if g.methods.is_empty() {
+                "any method".to_owned()
+            } else {
+                g.methods.join(", ")
+            };
+            let addresses: Vec<String> = g.addresses.iter().map(ToString::to_string).collect();
+            let extra = if addresses.is_empty() {
+                String::new()
+            } else {
+                format!(", may resolve to {}", addresses.join(", "))
+            };
+            println!("  grant    {}  ({methods}{extra})", g.id);
+        }
+        for g in &c.entry.grants.tcp {
+            println!("  grant    {}  (raw TCP connections)", g.id);
+        }
+        for g in &c.entry.grants.secrets {
+            match &g.usage {
+                SecretUse::Header { host, header, .. } => println!(
+                    "  grant    {}  (sent as {header} to {host}; the tool cannot read it)",
+                    g.id
+                ),
+                SecretUse::Env => println!(
+                    "  grant    {}  (environment variable {}: THE TOOL CAN READ THIS SECRET)",
+                    g.id, g.name
+                ),
+            }
+        }
+        if c.entry.grants.holds_readable_secret() {
+            println!("  warning  holds a readable secret");
+        }
+    }
+    Ok(())
+}

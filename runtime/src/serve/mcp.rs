@@ -1,0 +1,541 @@
+//! The MCP face of the host: an rmcp `ServerHandler` over the [`Airlock`] pipeline, served on
+//! stdio or Streamable HTTP.
+
+#![allow(deprecated)] // MCP logging is deprecated (SEP-2577) but still what clients use.
+
+use crate::config::auth::AuthMode;
+use crate::control::live::Live;
+use crate::core::failure::CallFailure;
+use crate::core::principal::{Access, Principal};
+use crate::gate::approval::{ClientChannel, Elicitor, Interaction, Retry};
+use crate::gate::auth::AuthError;
+use crate::pipeline::call::{CallContext, Caller};
+use crate::sandbox::store::GuestEvent;
+use airlock_host_api::LogLevel;
+use anyhow::{Context, Result, bail};
+use rmcp::model::SubscriptionFilter;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    InputRequiredResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    MetaObject, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The `_meta` key carrying the named outcome of a failed call (`cpu_budget_exhausted`, …).
+pub const OUTCOME_META_KEY: &str = "airlock/outcome";
+/// The `_meta` key carrying, on a `rate_limited` result, the milliseconds to wait.
+pub const RETRY_AFTER_META_KEY: &str = "airlock/retry_after_ms";
+/// The `_meta` key carrying the call's id, as in its audit record.
+pub const CALL_ID_META_KEY: &str = "airlock/call_id";
+/// The `_meta` key carrying the correlation id (the request's W3C trace id, else generated).
+pub const CORRELATION_META_KEY: &str = "airlock/correlation_id";
+
+/// One MCP session (stdio has one; HTTP one per session or stateless request).
+#[derive(Clone)]
+pub struct McpServer {
+    /// The policy in force; each request takes the current one (hot reload).
+    live: Arc<Live>,
+    /// Who calls when the request does not say (stdio: the local principal; HTTP requests
+    /// always carry the principal their credentials proved).
+    principal: Principal,
+    /// The level set with `logging/setLevel` (pre-2026-07-28 clients).
+    session_log_level: Arc<Mutex<Option<LoggingLevel>>>,
+}
+
+impl McpServer {
+    pub fn new(live: Arc<Live>, principal: Principal) -> Self {
+        McpServer {
+            live,
+            principal,
+            session_log_level: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The caller of this request.
+    fn principal(&self, ctx: &RequestContext<RoleServer>) -> Principal {
+        ctx.extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Principal>())
+            .unwrap_or(&self.principal)
+            .clone()
+    }
+
+    /// Messages at or above this level are forwarded to the client, if any.
+    fn log_level(&self, ctx: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
+        ctx.meta.log_level().or(*self
+            .session_log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn rank(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+fn mcp_level(l: LogLevel) -> LoggingLevel {
+    match l {
+        LogLevel::Debug => LoggingLevel::Debug,
+        LogLevel::Info => LoggingLevel::Info,
+        LogLevel::Warn => LoggingLevel::Warning,
+        LogLevel::Error => LoggingLevel::Error,
+    }
+}
+
+/// A tool-error result naming the failure, with its kind in `_meta`.
+fn failure_result(f: &CallFailure) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(f.to_string())]);
+    let mut meta = serde_json::Map::new();
+    meta.insert(OUTCOME_META_KEY.into(), f.kind().into());
+    if let CallFailure::RateLimited { retry_after, .. } = f {
+        meta.insert(
+            RETRY_AFTER_META_KEY.into(),
+            (retry_after.as_millis() as u64).into(),
+        );
+    }
+    r.meta = Some(MetaObject(meta));
+    r
+}
+
+/// Put the call's ids in the result's `_meta`.
+fn with_ids(mut r: CallToolResult, caller: &Caller) -> CallToolResult {
+    let meta = &mut r
+        .meta
+        .get_or_insert_with(|| MetaObject(serde_json::Map::new()))
+        .0;
+    meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());
+    meta.insert(
+        CORRELATION_META_KEY.into(),
+        caller.correlation_id.clone().into(),
+    );
+    r
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Tools hosted by Airlock run sandboxed under CPU, memory and time limits. A result \
+                 starting with \"blocked by policy\" or naming an exceeded limit is final.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(
+            self.live.current().tools_for(&self.principal(&context)),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.live
+            .current()
+            .catalog()
+            .tool(name)
+            .ok()
+            .map(|t| t.tool.clone())
+    }
+
+    /// Sessions of the revisions before 2026-07-28 hear of tool-list changes (operator kills,
+    /// reloads) as `notifications/tools/list_changed` for as long as they last.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.live.watch_tools();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// 2026-07-28 clients subscribe with `subscriptions/listen`: only tool-list changes are
+    /// offered.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        (requested.tools_list_changed == Some(true))
+            .then(|| SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.live.watch_tools();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self
+            .session_log_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(request.level);
+        Ok(())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let progress_token = context.meta.get_progress_token();
+        let log_level = self.log_level(&context);
+        let (events, forwarder) = if progress_token.is_some() || log_level.is_some() {
+            let (tx, mut rx) = mpsc::channel::<GuestEvent>(64);
+            let peer = context.peer.clone();
+            let tool = request.name.to_string();
+            let task = tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    match event {
+                        GuestEvent::Progress {
+                            progress,
+                            total,
+                            message,
+                        } => {
+                            if let Some(token) = &progress_token {
+                                let mut p = ProgressNotificationParam::new(token.clone(), progress);
+                                if let Some(t) = total {
+                                    p = p.with_total(t);
+                                }
+                                if let Some(m) = message {
+                                    p = p.with_message(m);
+                                }
+                                let _ = peer.notify_progress(p).await;
+                            }
+                        }
+                        GuestEvent::Log { level, message } => {
+                            let level = mcp_level(level);
+                            if log_level.is_some_and(|min| rank(level) >= rank(min)) {
+                                let p = LoggingMessageNotificationParam::new(level, message.into())
+                                    .with_logger(&tool);
+                                let _ = peer.notify_logging_message(p).await;
+                            }
+                        }
+                    }
+                }
+            });
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
+
+        let traceparent = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let caller = Caller::new(self.principal(&context), traceparent);
+        let retry = request.request_state.clone().map(|state| Retry {
+            request_state: state,
+            input_responses: request.input_responses.clone().unwrap_or_default(),
+        });
+        let interaction = Arc::new(Interaction::new(
+            caller.principal.name.clone(),
+            client_channel(&context),
+            retry,
+        ));
+        let ctx = CallContext {
+            cancel: context.ct.clone(),
+            events,
+            interaction: interaction.clone(),
+            parent_clock: None,
+        };
+        let airlock = self.live.current();
+        let result = airlock
+            .call(&request.name, request.arguments.as_ref(), &caller, ctx)
+            .await;
+        // The sender went with the call's store; wait for the last notifications to go out so
+        // that none follows the response.
+        if let Some(task) = forwarder {
+            let _ = task.await;
+        }
+        match result {
+            Ok(r) => Ok(with_ids(r, &caller).into()),
+            Err(CallFailure::InputRequired) => {
+                let (requests, state) = interaction
+                    .input_required(&airlock.operator().approvals)
+                    .map_err(|e| ErrorData::internal_error(e, None))?;
+                let mut meta = serde_json::Map::new();
+                meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());
+                meta.insert(
+                    CORRELATION_META_KEY.into(),
+                    caller.correlation_id.clone().into(),
+                );
+                Ok(InputRequiredResult::new(Some(requests), Some(state))
+                    .with_meta(MetaObject(meta))
+                    .into())
+            }
+            Err(CallFailure::UnknownTool(name)) => Err(ErrorData::invalid_params(
+                format!("unknown tool `{name}`"),
+                None,
+            )),
+            Err(f) => Ok(with_ids(failure_result(&f), &caller).into()),
+        }
+    }
+}
+
+/// How this request's client can ask its user: inline on revisions that allow server
+/// requests, by `input_required` rounds on 2026-07-28, not at all without the capability.
+fn client_channel(context: &RequestContext<RoleServer>) -> ClientChannel {
+    let can_elicit = context
+        .client_capabilities()
+        .is_some_and(|c| c.elicitation.is_some());
+    if !can_elicit {
+        return ClientChannel::Unable;
+    }
+    if context.protocol_version() >= Some(ProtocolVersion::V_2026_07_28) {
+        ClientChannel::Rounds
+    } else {
+        ClientChannel::Inline(Arc::new(PeerElicitor(context.peer.clone())))
+    }
+}
+
+/// Server-initiated elicitation on a session that allows it.
+struct PeerElicitor(rmcp::Peer<RoleServer>);
+
+impl Elicitor for PeerElicitor {
+    fn elicit(
+        &self,
+        params: rmcp::model::ElicitRequestParams,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>,
+    > {
+        let peer = self.0.clone();
+        Box::pin(async move {
+            let answer = peer
+                .create_elicitation(params)
+                .await
+                .map_err(|e| format!("the client did not answer: {e}"))?;
+            serde_json::to_value(answer).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The auth layer in front of `/mcp`: the request goes on with its [`Principal`] in its
+/// extensions, or is answered 401 / 403 with the `WWW-Authenticate` challenge of RFC 6750 and
+/// RFC 9728. The settings are those of the policy in force.
+async fn authenticate(
+    axum::extract::State(live): axum::extract::State<Arc<Live>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let airlock = live.current();
+    let auth = airlock.authenticator();
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let mut outcome = auth.authenticate(header);
+    if outcome == Err(AuthError::UnknownKey) {
+        // The issuer may have rotated its keys: fetch them again (at a bounded rate) and retry.
+        match auth.refresh_keys(false).await {
+            Ok(true) => outcome = auth.authenticate(header),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(target: "airlock::auth", "cannot refresh the JWKS: {e}"),
+        }
+    }
+    let error = match outcome {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            return next.run(request).await;
+        }
+        Err(e) => e,
+    };
+    tracing::warn!(target: "airlock::auth", reason = %error, "request refused");
+    let resource = auth
+        .settings()
+        .jwt
+        .as_ref()
+        .map(|j| format!("resource_metadata=\"{}\"", j.metadata_url()))
+        .unwrap_or_else(|| "realm=\"airlock\"".to_owned());
+    let quoted = |s: &str| s.replace(['"', '\\'], "'");
+    let (status, challenge) = match &error {
+        AuthError::Missing => (http::StatusCode::UNAUTHORIZED, format!("Bearer {resource}")),
+        AuthError::UnknownKey => (
+            http::StatusCode::UNAUTHORIZED,
+            format!("Bearer {resource}, error=\"invalid_token\", error_description=\"{error}\""),
+        ),
+        AuthError::InvalidToken(why) => (
+            http::StatusCode::UNAUTHORIZED,
+            format!(
+                "Bearer {resource}, error=\"invalid_token\", error_description=\"{}\"",
+                quoted(why)
+            ),
+        ),
+        AuthError::InsufficientScope => (
+            http::StatusCode::FORBIDDEN,
+            format!("Bearer {resource}, error=\"insufficient_scope\""),
+        ),
+    };
+    let body = serde_json::json!({ "error": error.to_string() }).to_string();
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+        headers.insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// RFC 9728 metadata of the policy in force (404 without JWT authentication).
+fn protected_resource_metadata(live: &Live) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let airlock = live.current();
+    let auth = &airlock.catalog().policy.auth;
+    let Some(jwt) = &auth.jwt else {
+        return http::StatusCode::NOT_FOUND.into_response();
+    };
+    axum::Json(serde_json::json!({
+        "resource": jwt.resource,
+        "authorization_servers": jwt.authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Airlock",
+        "scopes_supported": if matches!(jwt.roles_claim.as_str(), "scope" | "scp") {
+            auth.claim_values()
+        } else {
+            Vec::new()
+        },
+    }))
+    .into_response()
+}
+
+/// Serve MCP on stdin/stdout until the client closes the stream. Calls are made by the local
+/// principal: whoever started the process.
+pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
+    let local = live.current().catalog().policy.auth.local_principal.clone();
+    let service = McpServer::new(live, local)
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("MCP initialisation on stdio failed")?;
+    service
+        .waiting()
+        .await
+        .context("the stdio session failed")?;
+    Ok(())
+}
+
+/// Serve MCP over Streamable HTTP at `http://<addr>/mcp` until `shutdown` fires.
+pub async fn serve_http(
+    live: Arc<Live>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let airlock = live.current();
+    let policy = &airlock.catalog().policy;
+    if !addr.ip().is_loopback() && policy.auth.mode == AuthMode::None {
+        bail!(
+            "refusing to listen on {addr}: with [auth] mode = \"none\" Airlock serves HTTP on \
+             loopback addresses only (127.0.0.1, ::1); configure mode = \"jwt\" or \"api-key\""
+        );
+    }
+    // Without keys no token can be checked: a JWKS that cannot be fetched stops the start.
+    airlock
+        .authenticator()
+        .refresh_keys(true)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS: {e}"))?;
+    if policy.auth.mode == AuthMode::None {
+        tracing::warn!(
+            "[auth] mode = \"none\": HTTP callers are not authenticated (loopback only)"
+        );
+    }
+    let server = &policy.server;
+    let mut config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(server.allowed_hosts.clone())
+        .with_allowed_origins(server.allowed_origins.clone())
+        .with_cancellation_token(shutdown.child_token());
+    // With no allowed origins configured, any request that carries an Origin (a browser) is refused.
+    config = config.enforce_origin_validation();
+    let factory_live = live.clone();
+    let service = StreamableHttpService::new(
+        move || {
+            // Every request carries the principal the auth layer proved; should one not, it
+            // can do nothing.
+            let nobody = Principal {
+                name: Arc::from("unauthenticated"),
+                access: Access::Roles(Arc::from([])),
+            };
+            Ok(McpServer::new(factory_live.clone(), nobody))
+        },
+        LocalSessionManager::default().into(),
+        config,
+    );
+    let mcp = axum::Router::new().nest_service("/mcp", service).layer(
+        axum::middleware::from_fn_with_state(live.clone(), authenticate),
+    );
+    let metadata_live = live.clone();
+    let serve = move || {
+        let live = metadata_live.clone();
+        async move { protected_resource_metadata(&live) }
+    };
+    let app = mcp
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(serve.clone()),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*path}",
+            axum::routing::get(serve),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // Printed (not only logged) so scripts and tests can find an ephemeral port.
+    eprintln!("airlock: serving MCP on http://{local}/mcp");
+    tracing::info!(address = %local, "serving MCP over Streamable HTTP");
+    // Small JSON-RPC responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("the HTTP server failed")
+}
