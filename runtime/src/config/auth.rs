@@ -4,7 +4,7 @@
 //! which tools it may list and call. Checking credentials is the gate layer's
 //! authenticator.
 
-use crate::core::principal::{Access, Principal};
+use crate::core::principal::{Access, Principal, RESERVED_PRINCIPALS};
 use crate::core::units::Span;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -214,6 +214,26 @@ pub(crate) fn resolve(
         }
     };
     let local = section.local_principal.as_deref().unwrap_or("local");
+    // One name, one principal: a name held by one source (the local principal, an API key,
+    // Airlock itself) is refused to the others.
+    if RESERVED_PRINCIPALS.contains(&local) {
+        return Err((
+            key("local_principal"),
+            format!("\"{local}\" is a name Airlock gives to other callers; choose another"),
+        ));
+    }
+    for (i, k) in api_keys.iter().enumerate() {
+        if RESERVED_PRINCIPALS.contains(&&*k.principal) || *k.principal == *local {
+            return Err((
+                format!("auth › api_keys[{i}] › principal"),
+                format!(
+                    "\"{}\" is the name of the local principal or one Airlock gives to other \
+                     callers; an API key's principal must be a name of its own",
+                    k.principal
+                ),
+            ));
+        }
+    }
     Ok(AuthSettings {
         mode,
         jwt,
@@ -239,6 +259,8 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
             let path = base.join(file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
+            crate::core::files::trusted_file(&path)
+                .map_err(|p| (key("jwks_file"), format!("the JWKS file {p}")))?;
             let keys = parse_jwks(&text)
                 .map_err(|e| (key("jwks_file"), format!("{}: {e}", path.display())))?;
             (keys, None, Some(path))

@@ -132,16 +132,19 @@ pub struct Plan {
     pub read_write: BTreeSet<PathBuf>,
     pub bind: BTreeSet<u16>,
     pub connect: BTreeSet<u16>,
+    /// The directories serve creates before it confines itself (state, cache, audit): they
+    /// need not exist before the first start.
+    pub created: BTreeSet<PathBuf>,
 }
 
 impl Plan {
     /// The plan for serving `policy` (from `config`, if a file) on `listen` (HTTP; stdio: none).
     pub fn for_policy(policy: &Policy, config: Option<&Path>, listen: Option<SocketAddr>) -> Plan {
         let mut plan = Plan::default();
-        let parent = |p: &Path| p.parent().map(Path::to_path_buf);
+        let parent = |p: &Path| resolved(p).parent().map(Path::to_path_buf);
         // Directories, not files: an editor replaces a file by renaming a new one over it, and
         // a rule holds the inode it was made for.
-        if let Some(dir) = config.and_then(|c| parent(&absolute(c))) {
+        if let Some(dir) = config.and_then(parent) {
             plan.read.insert(dir.clone());
             plan.config_dir = Some(dir);
         }
@@ -153,8 +156,8 @@ impl Plan {
             }
             for g in &c.grants.fs {
                 match g.mode {
-                    FsMode::Ro => plan.read.insert(g.host.clone()),
-                    FsMode::Rw => plan.read_write.insert(g.host.clone()),
+                    FsMode::Ro => plan.read.insert(resolved(&g.host)),
+                    FsMode::Rw => plan.read_write.insert(resolved(&g.host)),
                 };
             }
             plan.connect.extend(c.grants.net.iter().map(|g| g.port));
@@ -170,7 +173,7 @@ impl Plan {
                 .extend(c.grants.tcp.iter().map(|g| g.address.port()));
         }
         if let Some(dir) = &policy.secrets.dir {
-            plan.read.insert(dir.clone());
+            plan.read.insert(resolved(dir));
         }
         if let Some(jwt) = &policy.auth.jwt {
             if let Some(dir) = jwt.jwks_file.as_deref().and_then(parent) {
@@ -185,7 +188,8 @@ impl Plan {
             &policy.server.cache_dir,
             &policy.audit.dir,
         ] {
-            plan.read_write.insert(dir.clone());
+            plan.read_write.insert(resolved(dir));
+            plan.created.insert(resolved(dir));
         }
         plan.read
             .extend(SYSTEM_READ.iter().map(PathBuf::from).filter(|p| p.exists()));
@@ -215,6 +219,31 @@ impl Plan {
         })
     }
 
+    /// Can every rule of the plan be made? Each path must be absolute and exist: the paths
+    /// come from Airlock's own input (the command line and the configuration), so one that
+    /// cannot be made is that input's fault, and serving without its rule would leave the
+    /// process less confined than configured. The error names the path.
+    pub fn check(&self) -> Result<(), String> {
+        for (access, set) in [("read", &self.read), ("read-write", &self.read_write)] {
+            for p in set.iter().filter(|p| !is_system(p)) {
+                if !p.is_absolute() {
+                    return Err(format!(
+                        "the confinement plan's {access} path \"{}\" is not absolute",
+                        p.display()
+                    ));
+                }
+                if !p.exists() && !self.created.contains(p) {
+                    return Err(format!(
+                        "the confinement plan's {access} path {} does not exist, so no landlock \
+                         rule can be made for it",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Does this plan (the one in force) allow everything `other` needs? A reload cannot
     /// widen a ruleset: the kernel would refuse what it does not cover. System files are the
     /// same for both (one appearing later does not stop reloads).
@@ -242,8 +271,13 @@ fn is_system(p: &Path) -> bool {
     SYSTEM_READ.iter().any(|s| Path::new(s) == p) || p.starts_with("/run")
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+/// `p` absolute, with symlinks resolved where it exists: a landlock rule holds the inode it
+/// was made for, and a relative path (even an empty one, the parent of a bare file name)
+/// would name nothing.
+fn resolved(p: &Path) -> PathBuf {
+    p.canonicalize()
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The mode in force: the configured one, else `required` for HTTP and `best-effort` for stdio.

@@ -3,11 +3,12 @@
 //! Everything is resolved and checked at load time.
 
 use crate::config::secrets::SecretStore;
-use crate::core::redact::SecretValue;
+use crate::core::redact::{Reflections, SecretValue};
 use serde::Deserialize;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// `[tool.grants]` as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -218,6 +219,9 @@ pub struct Grants {
     pub net: Vec<NetGrant>,
     pub tcp: Vec<TcpGrant>,
     pub secrets: Vec<SecretGrant>,
+    /// The forms the secrets injected as headers can come back in: scrubbed from every
+    /// response before the component reads it.
+    pub reflections: Option<Arc<Reflections>>,
 }
 
 impl Grants {
@@ -538,12 +542,11 @@ fn parse_secret_grant(
 }
 
 /// Resolve and check the grants of one component. `base` is the configuration's directory;
-/// `protected` are host directories no grant may expose (the state directory); `secrets` are
-/// the loaded `[secrets]`. Errors are (key, problem).
+/// `secrets` are the loaded `[secrets]`. Errors are (key, problem). Whether a grant exposes
+/// Airlock's own files is checked once every component is known (`config::policy`).
 pub(crate) fn resolve(
     section: &GrantsSection,
     base: &Path,
-    protected: &[PathBuf],
     secrets: &SecretStore,
 ) -> Result<Grants, (String, String)> {
     let mut fs: Vec<FsGrant> = Vec::with_capacity(section.fs.len());
@@ -569,18 +572,6 @@ pub(crate) fn resolve(
                 format!("{key} › host"),
                 format!("{} is not a directory", host.display()),
             ));
-        }
-        for p in protected {
-            if p.starts_with(&host) || host.starts_with(p) {
-                return Err((
-                    format!("{key} › host"),
-                    format!(
-                        "{} would expose airlock's own files ({})",
-                        host.display(),
-                        p.display()
-                    ),
-                ));
-            }
         }
         fs.push(FsGrant {
             id,
@@ -634,11 +625,19 @@ pub(crate) fn resolve(
         }
         granted.push(grant);
     }
+    let reflections = Reflections::of(
+        granted
+            .iter()
+            .filter(|s| matches!(s.usage, SecretUse::Header { .. }))
+            .map(|s| &s.value),
+    )
+    .map(Arc::new);
     Ok(Grants {
         fs,
         net,
         tcp,
         secrets: granted,
+        reflections,
     })
 }
 
@@ -782,14 +781,13 @@ mod tests {
     }
 
     #[test]
-    fn grants_resolve_and_protect_the_state_directory() {
+    fn grants_resolve_to_existing_directories() {
         let dir = std::env::temp_dir().join(format!("airlock-grants-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::write(dir.join("file"), b"x").unwrap();
         let g = resolve(
             &section("fs = [{ host = \"data\", guest = \"/d\", mode = \"ro\" }]"),
             &dir,
-            &[],
             &SecretStore::default(),
         )
         .unwrap();
@@ -799,7 +797,6 @@ mod tests {
         let e = resolve(
             &section("fs = [{ host = \"file\", guest = \"/d\", mode = \"ro\" }]"),
             &dir,
-            &[],
             &SecretStore::default(),
         )
         .unwrap_err();
@@ -807,24 +804,13 @@ mod tests {
         let e = resolve(
             &section("fs = [{ host = \"nope\", guest = \"/d\", mode = \"ro\" }]"),
             &dir,
-            &[],
             &SecretStore::default(),
         )
         .unwrap_err();
         assert_eq!(e.0, "grants › fs[0] › host");
-        let state = comparable(&dir.join("data"));
-        let e = resolve(
-            &section("fs = [{ host = \".\", guest = \"/d\", mode = \"rw\" }]"),
-            &dir,
-            &[state],
-            &SecretStore::default(),
-        )
-        .unwrap_err();
-        assert!(e.1.contains("would expose airlock's own files"), "{e:?}");
         let e = resolve(
             &section("fs = [{ host = \"data\", guest = \"/d\", mode = \"ro\" }, { host = \"data\", guest = \"/d/\", mode = \"rw\" }]"),
             &dir,
-            &[],
             &SecretStore::default(),
         )
         .unwrap_err();
@@ -842,7 +828,7 @@ mod tests {
         let text = format!(
             "net = [\"https://api.example.com\", \"https://*.corp.example\"]\nsecrets = [{grant}]"
         );
-        resolve(&section(&text), Path::new("."), &[], &store())
+        resolve(&section(&text), Path::new("."), &store())
             .unwrap_err()
             .1
     }
@@ -854,7 +840,6 @@ mod tests {
                 "net = [\"https://*.example.com\"]\nsecrets = [{ name = \"TOKEN\", host = \"api.example.com\", header = \"Authorization\", format = \"Bearer {}\" }, { name = \"TOKEN\", expose = \"env\" }]",
             ),
             Path::new("."),
-            &[],
             &store(),
         )
         .unwrap();
@@ -885,7 +870,7 @@ mod tests {
         );
         // A subdomain pattern inside a wildcard grant is covered.
         let ok = "net = [\"https://*.corp.example\"]\nsecrets = [{ name = \"TOKEN\", host = \"*.a.corp.example\", header = \"X-Key\" }]";
-        assert!(resolve(&section(ok), Path::new("."), &[], &store()).is_ok());
+        assert!(resolve(&section(ok), Path::new("."), &store()).is_ok());
         assert!(
             secret_error(&format!("{{ name = \"TOKEN\", {h}, format = \"Bearer\" }}"))
                 .contains("exactly once")
@@ -927,7 +912,6 @@ mod tests {
         let g = resolve(
             &section("tcp = [\"127.0.0.1:5432\", \"[::1]:22\"]"),
             Path::new("."),
-            &[],
             &SecretStore::default(),
         )
         .unwrap();
@@ -944,7 +928,6 @@ mod tests {
                 resolve(
                     &section(&text),
                     Path::new("."),
-                    &[],
                     &SecretStore::default()
                 )
                 .is_err(),

@@ -300,13 +300,21 @@ impl Policy {
     /// Load and validate a configuration file.
     pub fn load(path: &Path, dirs: &Dirs) -> Result<Policy, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let fail = |problem: String| ConfigError {
             file: origin.clone(),
             key: String::new(),
-            problem: format!("cannot read the configuration: {e}"),
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Policy::parse(&text, &origin, &base, dirs)
+            problem,
+        };
+        // Absolute, so that every path resolved against it is too (a bare `airlock.toml` has
+        // an empty parent, which confinement cannot make a rule for).
+        let file = std::path::absolute(path)
+            .map_err(|e| fail(format!("cannot resolve the configuration's path: {e}")))?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| fail(format!("cannot read the configuration: {e}")))?;
+        crate::core::files::trusted_file(&file)
+            .map_err(|p| fail(format!("the configuration {p}")))?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Policy::parse_file(&text, &origin, &base, dirs, Some(&file))
     }
 
     /// The embedded default: the bundled example tools with default limits.
@@ -321,6 +329,17 @@ impl Policy {
         origin: &str,
         base: &Path,
         dirs: &Dirs,
+    ) -> Result<Policy, ConfigError> {
+        Policy::parse_file(text, origin, base, dirs, None)
+    }
+
+    /// [`Policy::parse`] of the text of `config`, a file no grant may expose.
+    fn parse_file(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        dirs: &Dirs,
+        config: Option<&Path>,
     ) -> Result<Policy, ConfigError> {
         let err = |key: String, problem: String| ConfigError {
             file: origin.to_owned(),
@@ -382,20 +401,8 @@ impl Policy {
                     true
                 }
             };
-            // Airlock's own files: its state (keys, overrides), the compile cache, the audit
-            // log, secrets.
-            let protected: Vec<PathBuf> = [
-                Some(&server.state_dir),
-                Some(&server.cache_dir),
-                Some(&audit.dir),
-                secrets.dir.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|p| grants::comparable(p))
-            .collect();
-            let grants = grants::resolve(&t.grants, base, &protected, &secrets)
-                .map_err(|(k, p)| err(key(&k), p))?;
+            let grants =
+                grants::resolve(&t.grants, base, &secrets).map_err(|(k, p)| err(key(&k), p))?;
             components.push(ComponentEntry {
                 name: t.name.clone(),
                 source,
@@ -420,6 +427,8 @@ impl Policy {
             }
         }
         check_nested_writable(&components).map_err(|(k, p)| err(k, p))?;
+        let own = own_files(config, &components, &server, &audit, &secrets, &auth);
+        check_own_files(&components, &own).map_err(|(k, p)| err(k, p))?;
         if components.is_empty() {
             return Err(err(
                 "tool".into(),
@@ -453,6 +462,76 @@ impl Policy {
             .map(|c| c.name.as_str())
             .collect()
     }
+}
+
+/// Every file and directory Airlock reads or trusts, named for error messages: the
+/// configuration, the component files, the JWKS file, the state directory (keys, overrides,
+/// the admin socket), the compile cache, the audit log and the secrets directory. Paths are
+/// resolved (symlinks followed) where they exist.
+fn own_files(
+    config: Option<&Path>,
+    components: &[ComponentEntry],
+    server: &ServerSettings,
+    audit: &AuditSettings,
+    secrets: &SecretStore,
+    auth: &AuthSettings,
+) -> Vec<(String, PathBuf)> {
+    let mut own: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(c) = config {
+        own.push(("the configuration file".into(), c.to_path_buf()));
+    }
+    for c in components {
+        if let ComponentSource::File(path) = &c.source {
+            own.push((
+                format!("the component file of tool \"{}\"", c.name),
+                path.clone(),
+            ));
+        }
+    }
+    if let Some(file) = auth.jwt.as_ref().and_then(|j| j.jwks_file.as_ref()) {
+        own.push(("the JWKS file".into(), file.clone()));
+    }
+    own.push(("the state directory".into(), server.state_dir.clone()));
+    own.push(("the compile cache".into(), server.cache_dir.clone()));
+    own.push(("the audit log directory".into(), audit.dir.clone()));
+    if let Some(dir) = &secrets.dir {
+        own.push(("the secrets directory".into(), dir.clone()));
+    }
+    own.into_iter()
+        .map(|(what, p)| (what, grants::comparable(&p)))
+        .collect()
+}
+
+/// No filesystem grant may contain, or sit inside, anything in `own`: a tool that can read
+/// the configuration or a key learns what it should not, and one that can write them can
+/// turn Airlock's controls off (a reload would put its rewrite in force).
+fn check_own_files(
+    components: &[ComponentEntry],
+    own: &[(String, PathBuf)],
+) -> Result<(), (String, String)> {
+    for (n, c) in components.iter().enumerate() {
+        for (i, g) in c.grants.fs.iter().enumerate() {
+            if let Some((what, path)) = own
+                .iter()
+                .find(|(_, p)| p.starts_with(&g.host) || g.host.starts_with(p))
+            {
+                return Err((
+                    format!(
+                        "tool \"{}\" (entry {}) › grants › fs[{i}] › host",
+                        c.name,
+                        n + 1
+                    ),
+                    format!(
+                        "{} would expose airlock's own files: {what}, {}; grant a directory that \
+                         holds none of them",
+                        g.host.display(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A directory granted inside another that some tool may write could be swapped for a symlink
@@ -670,6 +749,7 @@ fn read_component(spec: &str, base: &Path) -> Result<(ComponentSource, Arc<[u8]>
     let path = base.join(spec);
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("cannot read component {}: {e}", path.display()))?;
+    crate::core::files::trusted_file(&path).map_err(|p| format!("the component {p}"))?;
     Ok((ComponentSource::File(path), Arc::from(bytes)))
 }
 

@@ -83,6 +83,9 @@ pub struct Status {
     #[serde(default)]
     pub approvals_waiting: usize,
     pub audit: bool,
+    /// Why the audit log cannot be written now (calls are refused until it can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_unavailable: Option<String>,
     pub overrides: Overrides,
 }
 
@@ -210,6 +213,7 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
                 running_calls: operator.running.len(),
                 approvals_waiting: operator.approvals.queue.list().len(),
                 audit: airlock.audit().is_on(),
+                audit_unavailable: airlock.audit().healthy().err().map(|e| e.0),
                 overrides: Overrides::clone(&operator.overrides.current()),
             }))
         }

@@ -233,7 +233,13 @@ fn print(request: &Request, answer: &Answer) {
                 "waiting     {} for an operator's approval",
                 s.approvals_waiting
             );
-            println!("audit       {}", if s.audit { "on" } else { "OFF" });
+            match (&s.audit_unavailable, s.audit) {
+                (Some(why), _) => {
+                    println!("audit       UNAVAILABLE, calls are refused until it recovers: {why}")
+                }
+                (None, true) => println!("audit       on"),
+                (None, false) => println!("audit       OFF"),
+            }
             let o = &s.overrides;
             if o.is_empty() {
                 println!("overrides   none");

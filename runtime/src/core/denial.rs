@@ -15,6 +15,9 @@ pub enum Denial {
         address: IpAddr,
         range: &'static str,
     },
+    /// A URL carrying userinfo (`user:password@host`): credentials are never sent in URLs,
+    /// and the userinfo would otherwise reach the `Host` header verbatim.
+    Userinfo { target: String },
     /// A `wasi:sockets` use no TCP grant allows.
     Socket { usage: SocketUse, target: String },
     /// A grant that covered the request was revoked by an operator.
@@ -37,7 +40,7 @@ impl Denial {
     /// The grant kind, for log events.
     pub fn grant_kind(&self) -> &'static str {
         match self {
-            Denial::NotGranted { .. } | Denial::Address { .. } => "net",
+            Denial::NotGranted { .. } | Denial::Address { .. } | Denial::Userinfo { .. } => "net",
             Denial::Socket { .. } => "tcp",
             Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
             Denial::Revoked { .. } => "net",
@@ -65,6 +68,9 @@ impl Denial {
                 address,
                 range,
             },
+            Denial::Userinfo { target } => Denial::Userinfo {
+                target: clean(target),
+            },
             Denial::Revoked { grant, target } => Denial::Revoked {
                 grant,
                 target: clean(target),
@@ -82,6 +88,7 @@ impl Denial {
         match self {
             Denial::NotGranted { target, .. }
             | Denial::Address { target, .. }
+            | Denial::Userinfo { target }
             | Denial::Socket { target, .. }
             | Denial::Revoked { target, .. }
             | Denial::Shadow { target, .. } => target,
@@ -102,6 +109,11 @@ impl fmt::Display for Denial {
             } => write!(
                 f,
                 "network egress to {target} resolves to {address}, a {range} address, which is not granted"
+            ),
+            Denial::Userinfo { target } => write!(
+                f,
+                "a URL with userinfo (user:password@) to {target} is refused: credentials are never \
+                 sent in URLs; grant the secret as a header instead"
             ),
             Denial::Socket { usage, target } => match usage {
                 SocketUse::Connect => write!(f, "a TCP connection to {target} is not granted"),

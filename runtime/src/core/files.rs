@@ -67,3 +67,41 @@ pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), String> {
         Err(e) => Err(fail("cannot read", &e)),
     }
 }
+
+/// A file Airlock trusts (its configuration, a component, the JWKS) must not be writable by
+/// anyone but Airlock's own user or root: whoever can rewrite it controls what Airlock
+/// does. The file and the directory holding it (which decides who may replace it) are
+/// checked. The error completes "the configuration …".
+pub fn trusted_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = resolved.parent().unwrap_or(Path::new("/"));
+    for (what, p) in [("", resolved.as_path()), ("directory ", dir)] {
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let owner = meta.uid();
+        if owner != me && owner != 0 {
+            return Err(format!(
+                "{} is in {what}{}, which belongs to uid {owner}, not to this process (uid {me}) \
+                 or root: that user could rewrite it",
+                path.display(),
+                p.display()
+            ));
+        }
+        // Group- or world-writable; a directory with the sticky bit (/tmp) keeps others from
+        // replacing a file they do not own.
+        let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky_dir {
+            return Err(format!(
+                "{} is in {what}{}, which other users may write (mode {:o}); make it writable by \
+                 its owner only",
+                path.display(),
+                p.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}

@@ -5,6 +5,14 @@ use std::sync::Arc;
 /// The principal of HTTP requests with `[auth] mode = "none"` (loopback only).
 pub const ANONYMOUS_PRINCIPAL: &str = "anonymous";
 
+/// The principal of a request the auth layer did not vouch for (it can do nothing).
+pub const UNAUTHENTICATED_PRINCIPAL: &str = "unauthenticated";
+
+/// Names only Airlock itself gives: no API key, JWT subject or local principal may take
+/// them, so that one principal's kills, rate limits, approvals and audit trail cannot be
+/// another's.
+pub const RESERVED_PRINCIPALS: [&str; 2] = [ANONYMOUS_PRINCIPAL, UNAUTHENTICATED_PRINCIPAL];
+
 /// What a principal may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {

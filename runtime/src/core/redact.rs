@@ -25,34 +25,35 @@ impl fmt::Debug for SecretValue {
     }
 }
 
-/// Replaces granted secret values with `[REDACTED:NAME]`.
+/// The marker a secret value is replaced by. It names no secret: a name would tell whoever
+/// reads the result which secret a guessed value was.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Replaces secret values with [`REDACTED`].
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     /// Longest values first, so that a value containing another is replaced whole.
-    pairs: Vec<(SecretValue, String)>,
+    values: Vec<SecretValue>,
 }
 
 impl Redactor {
     pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a SecretValue)>) -> Self {
-        let mut pairs: Vec<(SecretValue, String)> = secrets
-            .into_iter()
-            .map(|(n, v)| (v.clone(), format!("[REDACTED:{n}]")))
-            .collect();
-        pairs.sort_by_key(|(v, _)| std::cmp::Reverse(v.expose().len()));
-        pairs.dedup_by(|a, b| a.0 == b.0);
-        Redactor { pairs }
+        let mut values: Vec<SecretValue> = secrets.into_iter().map(|(_, v)| v.clone()).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.expose().len()));
+        values.dedup();
+        Redactor { values }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.values.is_empty()
     }
 
     /// `text` with every secret value replaced; borrowed when there is nothing to replace.
     pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
         let mut out = std::borrow::Cow::Borrowed(text);
-        for (value, mark) in &self.pairs {
+        for value in &self.values {
             if out.contains(value.expose()) {
-                out = std::borrow::Cow::Owned(out.replace(value.expose(), mark));
+                out = std::borrow::Cow::Owned(out.replace(value.expose(), REDACTED));
             }
         }
         out
@@ -147,6 +148,123 @@ impl Shapes {
     }
 }
 
+/// The forms an injected secret can come back in from a server that echoes its request: the
+/// value as is, base64 (standard and URL-safe alphabets, at each of the three alignments it
+/// can have inside a longer encoding), hex and percent-encoding (upper and lower case).
+/// Compiled once, at load, into one matcher.
+#[derive(Clone)]
+pub struct Reflections {
+    matcher: regex::bytes::Regex,
+    /// Bytes of the longest form: a match can span at most this many bytes.
+    longest: usize,
+}
+
+impl fmt::Debug for Reflections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reflections")
+    }
+}
+
+impl PartialEq for Reflections {
+    fn eq(&self, other: &Self) -> bool {
+        self.matcher.as_str() == other.matcher.as_str()
+    }
+}
+
+impl Eq for Reflections {}
+
+impl Reflections {
+    /// The forms of every value in `values`; `None` when there are none.
+    pub fn of<'a>(values: impl IntoIterator<Item = &'a SecretValue>) -> Option<Reflections> {
+        let mut forms: Vec<Vec<u8>> = values
+            .into_iter()
+            .flat_map(|v| encoded_forms(v.expose().as_bytes()))
+            .collect();
+        if forms.is_empty() {
+            return None;
+        }
+        // Longest first: a form containing another is replaced whole.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        let longest = forms[0].len();
+        let pattern = forms
+            .iter()
+            .map(|f| regex::escape(&String::from_utf8_lossy(f)))
+            .collect::<Vec<_>>()
+            .join("|");
+        let matcher = regex::bytes::RegexBuilder::new(&pattern)
+            .size_limit(64 << 20)
+            .build()
+            .expect("escaped literals always compile");
+        Some(Reflections { matcher, longest })
+    }
+
+    /// Bytes of the longest form.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// `data` with every form replaced by [`REDACTED`]; borrowed when there is none.
+    pub fn scrub<'d>(&self, data: &'d [u8]) -> std::borrow::Cow<'d, [u8]> {
+        self.matcher.replace_all(data, REDACTED.as_bytes())
+    }
+
+    /// Where the part of `data` that can be scrubbed now ends, for a stream: everything before
+    /// it either holds its matches whole or cannot start one that the next bytes complete.
+    pub fn safe_end(&self, data: &[u8]) -> usize {
+        let tail = data.len().saturating_sub(self.longest.saturating_sub(1));
+        let last_match_end = self
+            .matcher
+            .find_iter(data)
+            .map(|m| m.end())
+            .last()
+            .unwrap_or(0);
+        tail.max(last_match_end)
+    }
+}
+
+/// Every form of `value` [`Reflections`] looks for. Forms shorter than 8 bytes would match
+/// ordinary text and are left out.
+fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut forms = vec![value.to_vec()];
+    // Inside a longer base64 text the value starts at one of three byte offsets; only the
+    // characters whose six bits all come from the value are fixed.
+    for offset in 0..3usize {
+        let mut padded = vec![0u8; offset];
+        padded.extend_from_slice(value);
+        let first = (8 * offset).div_ceil(6);
+        let last = 8 * padded.len() / 6;
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let text = engine.encode(&padded);
+            if last > first {
+                forms.push(text.as_bytes()[first..last].to_vec());
+            }
+        }
+    }
+    let hex = hex::encode(value);
+    forms.push(hex.to_ascii_uppercase().into_bytes());
+    forms.push(hex.into_bytes());
+    let mut percent = String::new();
+    let mut percent_lower = String::new();
+    for &b in value {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            percent.push(b as char);
+            percent_lower.push(b as char);
+        } else {
+            percent.push_str(&format!("%{b:02X}"));
+            percent_lower.push_str(&format!("%{b:02x}"));
+        }
+    }
+    forms.push(percent.into_bytes());
+    forms.push(percent_lower.into_bytes());
+    forms.retain(|f| f.len() >= 8);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,7 +276,7 @@ mod tests {
         let r = Redactor::new([("A", &a), ("B", &b)]);
         assert_eq!(
             r.redact("x s3cr3t-value-1-longer y s3cr3t-value-1"),
-            "x [REDACTED:B] y [REDACTED:A]"
+            "x [REDACTED] y [REDACTED]"
         );
         assert!(matches!(
             r.redact("nothing here"),
@@ -168,7 +286,7 @@ mod tests {
         r.redact_json(&mut j);
         assert_eq!(
             j,
-            serde_json::json!({"k": ["[REDACTED:A]", 3], "[REDACTED:A]": true})
+            serde_json::json!({"k": ["[REDACTED]", 3], "[REDACTED]": true})
         );
         assert_eq!(format!("{a:?}"), "[secret]");
     }
@@ -198,5 +316,47 @@ mod tests {
             shapes.redact("plain text"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn reflections_catch_the_value_in_every_encoding_and_alignment() {
+        use base64::Engine as _;
+        let v = SecretValue::new("tok/3n+val:ue-1".into());
+        let r = Reflections::of([&v]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for prefix in ["", "x", "xy"] {
+            let text = b64.encode(format!("{prefix}tok/3n+val:ue-1 trailing"));
+            assert!(
+                matches!(r.scrub(text.as_bytes()), std::borrow::Cow::Owned(_)),
+                "{prefix}: {text}"
+            );
+            let url = base64::engine::general_purpose::URL_SAFE
+                .encode(format!("{prefix}tok/3n+val:ue-1!"));
+            assert!(
+                matches!(r.scrub(url.as_bytes()), std::borrow::Cow::Owned(_)),
+                "{prefix}: {url}"
+            );
+        }
+        for text in [
+            "echo tok/3n+val:ue-1".to_owned(),
+            hex::encode("tok/3n+val:ue-1"),
+            hex::encode_upper("tok/3n+val:ue-1"),
+            "q=tok%2F3n%2Bval%3Aue-1".to_owned(),
+            "q=tok%2f3n%2bval%3aue-1".to_owned(),
+        ] {
+            let out = r.scrub(text.as_bytes());
+            assert!(
+                String::from_utf8_lossy(&out).contains(REDACTED),
+                "{text} -> {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        assert!(matches!(
+            r.scrub(b"nothing to see"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // A stream keeps back what the next bytes could complete.
+        let data = b"abc tok/3n+val:ue";
+        assert!(r.safe_end(data) <= data.len() - "tok/3n+val:ue".len());
     }
 }

@@ -194,8 +194,17 @@ pub struct Interaction {
     principal: Arc<str>,
     client: ClientChannel,
     retry: Mutex<Option<Retry>>,
-    /// Answers a retry carried in, by question key.
+    /// Answers a retry carried in, by question key. A yes to an approval or a confirmation
+    /// is taken out when the execution it authorises starts: it authorises that one alone.
     answers: Mutex<HashMap<String, Answered>>,
+    /// How often each question (with the arguments of the call asking it) was asked in this
+    /// top-level call, nested calls included: the n-th asking is its own question, so one
+    /// answer never covers two executions, and a retry round, which runs the call again from
+    /// the start, meets its questions in the same order.
+    asked: Mutex<HashMap<(String, String), u32>>,
+    /// The client's yeses this round used: its retry runs those executions again, each of
+    /// which needs a yes of its own, so the round's `input_required` asks for them again.
+    spent: Mutex<Vec<Question>>,
     /// Questions asked this round that only a retry can answer, with the shortest timeout.
     unanswered: Mutex<(Vec<Question>, Option<Duration>)>,
     /// The ticket this round will issue if it ends with questions; named in its records.
@@ -222,6 +231,8 @@ impl Interaction {
             client,
             retry: Mutex::new(retry),
             answers: Mutex::new(HashMap::new()),
+            asked: Mutex::new(HashMap::new()),
+            spent: Mutex::new(Vec::new()),
             unanswered: Mutex::new((Vec::new(), None)),
             next_ticket: std::sync::OnceLock::new(),
             redeemed: Mutex::new(None),
@@ -230,6 +241,17 @@ impl Interaction {
             nested_calls: AtomicU32::new(0),
             questions: AtomicU32::new(0),
         }
+    }
+
+    /// `question`, bound to the arguments of the call asking it and to how often the same
+    /// question with the same arguments was asked before in this top-level call.
+    pub fn occurrence(&self, question: Question, arguments_sha256: &str) -> Question {
+        let mut asked = lock(&self.asked);
+        let n = asked
+            .entry((question.key.clone(), arguments_sha256.to_owned()))
+            .or_insert(0);
+        *n += 1;
+        question.bound_to(arguments_sha256, *n)
     }
 
     /// Made only when a call asks (most never do): it costs a system call.
@@ -270,7 +292,14 @@ impl Interaction {
             .root
             .get()
             .ok_or("no top-level call asked a question")?;
-        let (questions, timeout) = std::mem::take(&mut *lock(&self.unanswered));
+        let (mut questions, timeout) = std::mem::take(&mut *lock(&self.unanswered));
+        // The retry runs again what this round ran on the client's yeses: each execution
+        // needs its own, so they are asked for again now rather than one round at a time.
+        for q in std::mem::take(&mut *lock(&self.spent)) {
+            if !questions.iter().any(|p| p.key == q.key) {
+                questions.push(q);
+            }
+        }
         let mut requests = InputRequests::new();
         for q in &questions {
             requests.insert(
@@ -305,7 +334,16 @@ impl Interaction {
         question: Question,
         policy: &ApprovalPolicy,
     ) -> Result<Answered, CallFailure> {
-        let known = lock(&self.answers).get(&question.key).cloned();
+        let known = {
+            let mut answers = lock(&self.answers);
+            match answers.get(&question.key) {
+                // A yes that authorises an execution is used up by it.
+                Some(a) if question.asking != Asking::Elicit && a.reply.is_yes() => {
+                    answers.remove(&question.key)
+                }
+                other => other.cloned(),
+            }
+        };
         let client_can_ask = !matches!(self.client, ClientChannel::Unable);
         let via = match policy.via {
             // An operator cannot fill in the user's form.
@@ -332,6 +370,9 @@ impl Interaction {
         };
         if let Some(answered) = known {
             // An answer the retry brought back in its ticket.
+            if question.asking != Asking::Elicit && answered.reply.is_yes() {
+                lock(&self.spent).push(question.clone());
+            }
             let ticket = lock(&self.redeemed).clone().unwrap_or_default();
             let event = reply_event(&answered.reply, question.asking);
             record(
@@ -475,7 +516,10 @@ impl Interaction {
                 }
             }
         };
-        lock(&self.answers).insert(question.key.clone(), answered.clone());
+        // A yes given now authorises this execution only; a form's content and a no may stand.
+        if question.asking == Asking::Elicit || !answered.reply.is_yes() {
+            lock(&self.answers).insert(question.key.clone(), answered.clone());
+        }
         Ok(answered)
     }
 }

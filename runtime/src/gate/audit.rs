@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
@@ -24,6 +25,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HASH_FIELD: &str = ",\"hash\":\"";
 /// Most records written (and fsynced) together.
 const MAX_BATCH: usize = 4096;
+/// The first retry of a broken writer, and the longest wait between retries.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The log is flushed at least this often while records arrive.
 const LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const KEY_FILE: &str = "audit-key";
@@ -46,12 +50,34 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: Option<mpsc::Sender<Pending>>,
+    /// Why the writer cannot write now (`None`: healthy), shared with it.
+    health: Arc<Health>,
+}
+
+/// The writer's health, read before every call: a call starts only while the writer can
+/// write, so no action is taken that could not be recorded.
+#[derive(Default)]
+struct Health {
+    broken: std::sync::atomic::AtomicBool,
+    why: std::sync::Mutex<Option<String>>,
+}
+
+impl Health {
+    fn set(&self, why: Option<String>) {
+        let mut slot = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        self.broken
+            .store(why.is_some(), std::sync::atomic::Ordering::Release);
+        *slot = why;
+    }
 }
 
 impl AuditLog {
     /// A log that records nothing (`mode = "off"`).
     pub fn off() -> AuditLog {
-        AuditLog { tx: None }
+        AuditLog {
+            tx: None,
+            health: Arc::default(),
+        }
     }
 
     /// Open (or create) the log in `settings.dir`, recover its tail, and start the writer.
@@ -62,17 +88,39 @@ impl AuditLog {
             return Ok(AuditLog::off());
         }
         let key = signing_key(state_dir)?;
-        let writer = Writer::open(settings, key)?;
+        let health = Arc::new(Health::default());
+        let writer = Writer::open(settings, key, health.clone())?;
         let (tx, rx) = mpsc::channel::<Pending>();
         std::thread::Builder::new()
             .name("airlock-audit".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
-        Ok(AuditLog { tx: Some(tx) })
+        Ok(AuditLog {
+            tx: Some(tx),
+            health,
+        })
     }
 
     pub fn is_on(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// `Ok` while the writer can write (or the log is off); otherwise why not. Checked before
+    /// a call runs: a broken writer refuses calls before they act, and recovers by itself
+    /// once its writes succeed again.
+    pub fn healthy(&self) -> Result<(), AuditError> {
+        if !self
+            .health
+            .broken
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let why = self.health.why.lock().unwrap_or_else(|p| p.into_inner());
+        match &*why {
+            Some(why) => Err(AuditError(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Append a record and wait until it is on disk. Returns its sequence number (0 when off).
@@ -199,9 +247,14 @@ struct Writer {
     seq: u64,
     head: String,
     key: SigningKey,
-    /// Set after a failed write: the chain's state on disk is unknown, so nothing more is
-    /// accepted (fail closed) until a restart recovers it.
+    /// Set after a failed write: nothing more is accepted (fail closed) until a retry puts the
+    /// log back in a known state (`recover`).
     broken: Option<String>,
+    /// Shared with the handles: `broken`, as calls see it.
+    health: Arc<Health>,
+    /// The next retry of a broken writer, and the wait after it.
+    retry_at: Instant,
+    backoff: Duration,
     /// The last record written is a checkpoint.
     sealed: bool,
     /// Where each batch is made durable before it is acknowledged.
@@ -214,7 +267,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(settings: &AuditSettings, key: SigningKey) -> Result<Writer, AuditError> {
+    fn open(
+        settings: &AuditSettings,
+        key: SigningKey,
+        health: Arc<Health>,
+    ) -> Result<Writer, AuditError> {
         let dir = &settings.dir;
         let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(fail)?;
@@ -254,6 +311,9 @@ impl Writer {
             head,
             key,
             broken: None,
+            health,
+            retry_at: Instant::now(),
+            backoff: RETRY_FIRST,
             sealed: false,
             journal,
             flushed: Instant::now(),
@@ -264,7 +324,26 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Pending>) {
         let mut batch: Vec<Pending> = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        while let Ok(first) = rx.recv() {
+        loop {
+            // A broken writer wakes up to retry even when nothing arrives (calls are refused
+            // before they send anything).
+            let first = if self.broken.is_some() {
+                let wait = self.retry_at.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(p) => Some(p),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                }
+            };
+            if self.broken.is_some() && Instant::now() >= self.retry_at {
+                self.try_recover(&mut buf);
+            }
+            let Some(first) = first else { continue };
             let mut seal = None;
             if first.seal {
                 seal = Some(first);
@@ -299,21 +378,85 @@ impl Writer {
         }
     }
 
+    /// Mark the writer broken: calls are refused from now until a retry succeeds.
+    fn fail(&mut self, why: String) -> AuditError {
+        if self.broken.is_none() {
+            tracing::error!(
+                "{why}; calls are refused until the audit log can be written again (retrying)"
+            );
+            self.backoff = RETRY_FIRST;
+            self.retry_at = Instant::now() + self.backoff;
+        }
+        self.broken = Some(why.clone());
+        self.health.set(Some(why.clone()));
+        AuditError(why)
+    }
+
+    /// Put the log back in a known state after a failed write: cut whatever a failed write
+    /// left after the last durable record, flush, and erase the journal (which may hold
+    /// frames of the failed batch, whose calls were told it failed). Then record the outage
+    /// itself. On success calls are admitted again; otherwise the next retry waits twice as
+    /// long, up to [`RETRY_MAX`].
+    fn try_recover(&mut self, buf: &mut Vec<u8>) {
+        let Some(why) = self.broken.clone() else {
+            return;
+        };
+        let attempt = (|| -> std::io::Result<()> {
+            self.file.set_len(self.file_bytes)?;
+            self.file.sync_data()?;
+            self.journal.invalidate()?;
+            self.journal.reset();
+            if self.file_bytes >= self.max_file_bytes {
+                self.rotate(buf)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = attempt {
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+            self.retry_at = Instant::now() + self.backoff;
+            tracing::warn!(
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "the audit log is still unavailable: {e}"
+            );
+            return;
+        }
+        self.broken = None;
+        let record = format!(
+            "\"kind\":\"audit\",\"event\":\"recovered\",\"after\":{}",
+            serde_json::Value::String(why.clone())
+        );
+        let (seq0, head0) = (self.seq, self.head.clone());
+        buf.clear();
+        self.push_line(buf, record.as_bytes());
+        if let Err(e) = self.make_durable(buf) {
+            (self.seq, self.head) = (seq0, head0);
+            self.broken = Some(why);
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+            self.retry_at = Instant::now() + self.backoff;
+            tracing::warn!(
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "the audit log is still unavailable: {e}"
+            );
+            return;
+        }
+        self.file_bytes += buf.len() as u64;
+        self.sealed = false;
+        self.health.set(None);
+        tracing::warn!(after = %why, "the audit log is writable again; calls are admitted");
+    }
+
     /// Write a checkpoint and fsync it.
     fn seal(&mut self, buf: &mut Vec<u8>) -> Result<u64, AuditError> {
         if let Some(why) = &self.broken {
             return Err(AuditError(why.clone()));
         }
         buf.clear();
+        let (seq0, head0) = (self.seq, self.head.clone());
         self.push_checkpoint(buf);
-        self.file
-            .write_all(buf)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| {
-                let why = format!("writing the audit log failed: {e}");
-                self.broken = Some(why.clone());
-                AuditError(why)
-            })?;
+        if let Err(e) = self.file.write_all(buf).and_then(|_| self.file.sync_data()) {
+            (self.seq, self.head) = (seq0, head0);
+            return Err(self.fail(format!("writing the audit log failed: {e}")));
+        }
         self.file_bytes += buf.len() as u64;
         self.sealed = true;
         // The log is flushed: nothing journaled is needed any more, nor may it come back.
@@ -341,21 +484,16 @@ impl Writer {
         }
         let written = self.make_durable(buf);
         if let Err(e) = written {
-            let why = format!("writing the audit log failed: {e}");
-            tracing::error!("{why}; calls are refused until airlock restarts");
-            self.broken = Some(why.clone());
             (self.seq, self.head) = (seq0, head0);
-            return Err(AuditError(why));
+            return Err(self.fail(format!("writing the audit log failed: {e}")));
         }
         self.file_bytes += buf.len() as u64;
         self.sealed = false;
         if self.file_bytes >= self.max_file_bytes
             && let Err(e) = self.rotate(buf)
         {
-            // The batch is durable; only the next file could not be started.
-            let why = format!("rotating the audit log failed: {e}");
-            tracing::error!("{why}; calls are refused until airlock restarts");
-            self.broken = Some(why);
+            // The batch is durable; only the next file could not be started (retried).
+            self.fail(format!("rotating the audit log failed: {e}"));
         }
         Ok(seqs)
     }
@@ -419,9 +557,15 @@ impl Writer {
     /// Seal the current file with a checkpoint and continue the chain in a new one.
     fn rotate(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
         buf.clear();
+        let (seq0, head0) = (self.seq, self.head.clone());
         self.push_checkpoint(buf);
-        self.file.write_all(buf)?;
-        self.file.sync_data()?;
+        let sealed = self.file.write_all(buf).and_then(|_| self.file.sync_data());
+        if let Err(e) = sealed {
+            // Cut by the recovery; the checkpoint is written again with the same number.
+            (self.seq, self.head) = (seq0, head0);
+            return Err(e);
+        }
+        self.file_bytes += buf.len() as u64;
         let path = self.dir.join(file_name(self.seq + 1));
         self.file = OpenOptions::new().create(true).append(true).open(&path)?;
         File::open(&self.dir)?.sync_all()?;
@@ -757,7 +901,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("airlock-audit-empty-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let s = settings(&dir, 1000, ByteSize(1));
-        let mut w = Writer::open(&s, signing_key(&dir).unwrap()).unwrap();
+        let mut w = Writer::open(&s, signing_key(&dir).unwrap(), Arc::default()).unwrap();
         let record = Pending {
             body: b"\"kind\":\"call\"".to_vec(),
             seal: false,
@@ -783,7 +927,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let s = settings(&dir, 1000, ByteSize::mib(64));
         let key = signing_key(&dir).unwrap();
-        let mut w = Writer::open(&s, key.clone()).unwrap();
+        let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
         let mut buf = Vec::new();
         for batch in 0..5 {
             let records: Vec<Pending> = (0..3)
@@ -808,7 +952,7 @@ mod tests {
             .0
             + 40;
         std::fs::write(&path, &text[..cut]).unwrap();
-        let w = Writer::open(&s, key.clone()).unwrap();
+        let w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
         assert_eq!(w.seq, 15);
         drop(w);
         assert_eq!(std::fs::read(&path).unwrap(), text);

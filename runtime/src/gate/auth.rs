@@ -3,7 +3,7 @@
 //! against the JWKS (fetched again, at a bounded rate, when a token names an unknown key).
 
 use crate::config::auth::{AuthMode, AuthSettings, JwtSettings, KeySet, parse_jwks};
-use crate::core::principal::{ANONYMOUS_PRINCIPAL, Access, Principal};
+use crate::core::principal::{ANONYMOUS_PRINCIPAL, Access, Principal, RESERVED_PRINCIPALS};
 use crate::gate::verified_tokens::VerifiedTokens;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex, RwLock};
@@ -256,6 +256,17 @@ impl Authenticator {
         let sub = claims["sub"]
             .as_str()
             .ok_or_else(|| invalid("`sub` is not a string"))?;
+        // A subject may not take the name of a principal from another source (an API key, the
+        // local principal, Airlock's own names): it would share their kills, rate limits,
+        // approvals and audit trail.
+        if RESERVED_PRINCIPALS.contains(&sub)
+            || *self.settings.local_principal.name == *sub
+            || self.settings.api_keys.iter().any(|k| *k.principal == *sub)
+        {
+            return Err(invalid(
+                "the token's subject (sub) is the name of a principal that is not a JWT subject",
+            ));
+        }
         let values: Vec<&str> = match &claims[jwt.roles_claim.as_str()] {
             serde_json::Value::String(s) => s.split_whitespace().collect(),
             serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),

@@ -138,6 +138,8 @@ pub fn without(grants: &Grants, revoked: &Revoked) -> Grants {
             .filter(|s| !revoked.secrets.contains(&s.name))
             .cloned()
             .collect(),
+        // A revoked secret is no longer sent; scrubbing its forms still costs nothing wrong.
+        reflections: grants.reflections.clone(),
     }
 }
 

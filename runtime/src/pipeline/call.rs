@@ -33,9 +33,8 @@ use crate::sandbox::store::{
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use sha2::Digest;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -316,7 +315,12 @@ impl Airlock {
             arguments_sha256: arguments_digest(arguments),
             ..Usage::default()
         };
-        let result = self.steps(name, arguments, caller, ctx, &mut usage).await;
+        // A call starts only while its record can be written: a broken audit writer refuses
+        // calls before they act (and recovers by itself).
+        let result = match self.audit.healthy() {
+            Ok(()) => self.steps(name, arguments, caller, ctx, &mut usage).await,
+            Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
+        };
         let result = match usage.redactor.clone() {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
             _ => result,
@@ -331,7 +335,15 @@ impl Airlock {
             Ok(_) => result,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
-        record(name, caller, &result, started, &usage, &self.shapes);
+        record(
+            name,
+            caller,
+            &result,
+            started,
+            &usage,
+            &self.catalog.redactor,
+            &self.shapes,
+        );
         result
     }
 
@@ -350,12 +362,19 @@ impl Airlock {
         }
         let empty = JsonObject::new();
         let arguments = arguments.unwrap_or(&empty);
+        // Every string in the record is redacted against all of the server's secrets, whatever
+        // `audit_arguments` says; "redacted" takes secret shapes out as well.
+        let secrets = &*self.catalog.redactor;
         let kept = match usage.audit_arguments {
             AuditArguments::None => None,
-            AuditArguments::Full => Some(serde_json::Value::Object(arguments.clone())),
+            AuditArguments::Full => {
+                let mut v = serde_json::Value::Object(arguments.clone());
+                secrets.redact_json(&mut v);
+                Some(v)
+            }
             AuditArguments::Redacted => {
                 let mut v = serde_json::Value::Object(arguments.clone());
-                self.scrub_json(&mut v, usage.redactor.as_deref());
+                self.scrub_json(&mut v, Some(secrets));
                 Some(v)
             }
         };
@@ -370,17 +389,14 @@ impl Airlock {
             Err(f) => (
                 f.decision(),
                 f.kind(),
-                Some(
-                    self.scrub(&f.to_string(), usage.redactor.as_deref())
-                        .into_owned(),
-                ),
+                Some(self.scrub(&f.to_string(), Some(secrets)).into_owned()),
                 false,
                 0,
             ),
         };
         let record = CallRecord {
-            principal: &caller.principal.name,
-            tool,
+            principal: &secrets.redact(&caller.principal.name),
+            tool: &self.scrub(tool, Some(secrets)),
             component: usage.component.as_deref(),
             call_id: &caller.call_id,
             parent_call_id: caller.parent_call_id.as_deref(),
@@ -468,6 +484,11 @@ impl Airlock {
         // Checked again now that the call is registered: a kill given between the first check
         // and here either sees this call (and interrupts it) or is seen by this check.
         self.check_kill(caller, tool)?;
+        // A tool that can act outside its sandbox acts only once an intent record is durable:
+        // should its own record fail later, the log still says it may have acted.
+        if tool.component.acts_outside && !shadow {
+            self.record_intent(tool, caller, usage).await?;
+        }
         let report = self
             .execute(tool, &text, ctx, &running.call, caller, usage)
             .await;
@@ -481,6 +502,30 @@ impl Airlock {
             }
             Answer::Described(_) => unreachable!("a call answers with output"),
         }
+    }
+
+    /// The durable record that a call is about to run a tool that can act outside its sandbox.
+    async fn record_intent(
+        &self,
+        tool: &CatalogTool,
+        caller: &Caller,
+        usage: &Usage,
+    ) -> Result<(), CallFailure> {
+        let secrets = &*self.catalog.redactor;
+        let record = IntentRecord {
+            principal: &secrets.redact(&caller.principal.name),
+            tool: &tool.tool.name,
+            component: &tool.component.entry.name,
+            call_id: &caller.call_id,
+            parent_call_id: caller.parent_call_id.as_deref(),
+            correlation_id: &caller.correlation_id,
+            arguments_sha256: &usage.arguments_sha256,
+        };
+        self.audit
+            .append("intent", &record)
+            .await
+            .map(|_| ())
+            .map_err(|e| CallFailure::AuditUnavailable(e.0))
     }
 
     /// The operator's kill switch: everything, the principal, the tool or its component.
@@ -509,10 +554,15 @@ impl Airlock {
             return Ok(());
         }
         let shown = self.shown_arguments(arguments, &tool.component.prepared.redactor);
-        let question = Question::approval(
-            &tool.tool.name,
-            &caller.principal.name,
-            &shown,
+        // Bound to its occurrence: the n-th call of this tool with these arguments in the
+        // top-level call needs its own yes.
+        let question = ctx.interaction.occurrence(
+            Question::approval(
+                &tool.tool.name,
+                &caller.principal.name,
+                &shown,
+                &usage.arguments_sha256,
+            ),
             &usage.arguments_sha256,
         );
         let call = AskingCall {
@@ -626,7 +676,6 @@ impl Airlock {
             events: ctx.events.clone(),
             clock: clock.clone(),
             shadow,
-            asked: Mutex::new(HashMap::new()),
         });
         let invocation = Invocation::Call {
             tool: &tool.tool.name,
@@ -661,19 +710,14 @@ struct Services {
     events: Option<mpsc::Sender<GuestEvent>>,
     clock: Clock,
     shadow: bool,
-    /// How often each question has been asked in this run: the n-th asking of the same text
-    /// is its own question (a tool confirming two steps with one prompt), and a re-run asks
-    /// them in the same order.
-    asked: Mutex<HashMap<String, u32>>,
 }
 
 impl Services {
-    /// `question`, bound to this call's arguments and to how often it was asked before.
+    /// `question`, bound to this call's arguments and to how often it was asked before in
+    /// the top-level call (a tool confirming two steps with one prompt asks twice).
     fn occurrence(&self, question: Question) -> Question {
-        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
-        let n = asked.entry(question.key.clone()).or_insert(0);
-        *n += 1;
-        question.bound_to(&self.arguments_sha256, *n)
+        self.interaction
+            .occurrence(question, &self.arguments_sha256)
     }
 
     async fn ask(
@@ -990,6 +1034,19 @@ fn write_canonical_object(o: &JsonObject, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// The audit record written before a tool that can act outside its sandbox runs.
+#[derive(serde::Serialize)]
+struct IntentRecord<'a> {
+    principal: &'a str,
+    tool: &'a str,
+    component: &'a str,
+    call_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_call_id: Option<&'a str>,
+    correlation_id: &'a str,
+    arguments_sha256: &'a str,
+}
+
 /// What a call consumed, for its log event.
 #[derive(Default)]
 struct Usage {
@@ -1013,10 +1070,19 @@ fn record(
     result: &Result<CallToolResult, CallFailure>,
     started: Instant,
     usage: &Usage,
+    secrets: &Redactor,
     shapes: &Shapes,
 ) {
+    // Every string a tool or client supplied is redacted against all of the server's secrets
+    // (control characters are escaped by the log itself).
+    let scrub = |text: &str| -> String {
+        let text = secrets.redact(text);
+        shapes.redact(&text).into_owned()
+    };
+    let tool = &*scrub(tool);
     let component = usage.component.as_deref().unwrap_or("-");
-    let (principal, call_id) = (&*caller.principal.name, caller.call_id.as_str());
+    let principal = &*scrub(&caller.principal.name);
+    let call_id = caller.call_id.as_str();
     let duration_us = started.elapsed().as_micros() as u64;
     let (fuel_used, peak_memory) = (usage.fuel_used, usage.peak_memory);
     match result {
@@ -1026,19 +1092,19 @@ fn record(
         ),
         Err(CallFailure::Blocked { denial, .. }) => tracing::warn!(
             target: "airlock::call", tool, component, principal, call_id, outcome = "blocked_by_policy",
-            grant_kind = denial.grant_kind(), target = denial.target(),
-            duration_us, fuel_used, peak_memory, reason = %denial, "call blocked by policy"
+            grant_kind = denial.grant_kind(), target = &*scrub(denial.target()),
+            duration_us, fuel_used, peak_memory, reason = %scrub(&denial.to_string()), "call blocked by policy"
         ),
         Err(f) => tracing::warn!(
             target: "airlock::call", tool, component, principal, call_id, outcome = f.kind(),
-            duration_us, fuel_used, peak_memory, reason = %shapes.redact(&f.to_string()), "call failed"
+            duration_us, fuel_used, peak_memory, reason = %scrub(&f.to_string()), "call failed"
         ),
     }
     for (stream, (kept, discarded)) in [("stdout", &usage.stdout), ("stderr", &usage.stderr)] {
         if !kept.is_empty() || *discarded > 0 {
             tracing::info!(
                 target: "airlock::guest", tool, component, stream, kept = kept.len(), discarded,
-                text = %shapes.redact(&String::from_utf8_lossy(kept)), "guest output"
+                text = %scrub(&String::from_utf8_lossy(kept)), "guest output"
             );
         }
     }

@@ -2,9 +2,10 @@
 //! once: the compiled component, its `InstancePre`, the MCP tool list (from `describe()`, called
 //! once at load), and the name index.
 
+use crate::config::grants::FsMode;
 use crate::config::policy::{ComponentEntry, ConfigError, Policy};
 use crate::core::failure::CallFailure;
-use crate::core::redact::Shapes;
+use crate::core::redact::{Redactor, Shapes};
 use crate::sandbox::engine::{Engines, load_component, private_dir};
 use crate::sandbox::store::{self, Answer, HostState, Invocation, Prepared};
 use airlock_host_api::{Tool as ToolWorld, ToolPre, ToolSpec};
@@ -26,6 +27,9 @@ pub struct LoadedComponent {
     pub tools: Vec<String>,
     /// Its tier and approval rule, checked against the tools it declared.
     pub approval: crate::config::risk::CompiledRule,
+    /// Its grants let it act outside its sandbox (write files, reach the network): its calls
+    /// write an intent record before they run.
+    pub acts_outside: bool,
 }
 
 /// One MCP tool and the component that serves it.
@@ -41,6 +45,8 @@ pub struct Catalog {
     tools: HashMap<String, CatalogTool>,
     /// `tools/list` as served: built once, in configuration order.
     listed: Arc<Vec<Tool>>,
+    /// Every secret of the policy: what no record, log line or result may carry.
+    pub redactor: Arc<Redactor>,
     _engines: Engines,
 }
 
@@ -131,6 +137,9 @@ impl Catalog {
                     ),
                 tools: specs.iter().map(|s| s.name.clone()).collect(),
                 approval,
+                acts_outside: entry.grants.fs.iter().any(|g| g.mode == FsMode::Rw)
+                    || !entry.grants.net.is_empty()
+                    || !entry.grants.tcp.is_empty(),
             });
             for tool in declared {
                 if let Some(other) = tools.get(tool.name.as_ref()) {
@@ -162,6 +171,7 @@ impl Catalog {
             components,
             tools,
             listed: Arc::new(listed),
+            redactor,
             _engines: engines,
         })
     }

@@ -11,6 +11,7 @@ use crate::config::grants::{Grants, SecretUse, special_range};
 use crate::config::policy::EgressLimits;
 use crate::core::denial::{Denial, SocketUse};
 use crate::core::redact::Redactor;
+use crate::core::redact::Reflections;
 use crate::core::units::{ByteSize, Span};
 use crate::sandbox::live_grants::LiveGrants;
 use bytes::Bytes;
@@ -176,6 +177,12 @@ pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admit
         Ok(v6) => v6.to_string(),
         Err(_) => host,
     };
+    // The userinfo itself is not echoed: it may be a credential.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Denial::Userinfo {
+            target: target(&host, port),
+        });
+    }
     let method = request.method().as_str();
     let covering: Vec<usize> = grants
         .net
@@ -205,6 +212,12 @@ pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admit
             && pattern.matches(&host)
         {
             request.headers_mut().insert(header.clone(), value.clone());
+            // An echo of the secret is scrubbed from the response; a compressed body would
+            // hide it from that.
+            request.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
         }
     }
     Ok(Admitted {
@@ -303,7 +316,15 @@ impl WasiHttpHooks for EgressGate {
                 }
             };
             tracing::debug!(target: "airlock::egress", %component, grant = %grants.net[covering[0]].id, %address, "egress allowed");
-            send(address, https, &host, request, limits).await
+            send(
+                address,
+                https,
+                &host,
+                request,
+                limits,
+                grants.reflections.clone(),
+            )
+            .await
         })
     }
 }
@@ -350,13 +371,14 @@ pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
 }
 
 /// Connect to the checked `address` (TLS verified against `host`), send, and return the
-/// response with its body capped.
+/// response with its body capped and the injected secrets' `reflections` scrubbed from it.
 async fn send(
     address: SocketAddr,
     https: bool,
     host: &str,
     mut request: http::Request<WasiBody>,
     limits: EgressLimits,
+    reflections: Option<Arc<Reflections>>,
 ) -> SendResult {
     let wait = limits.timeout.0;
     let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(address))
@@ -413,9 +435,18 @@ async fn send(
     .await
     .map_err(|_| Error::ConnectionReadTimeout)??;
     let limit = limits.max_response_bytes.bytes();
-    let response = response.map(|b| {
-        Capped::new(b.map_err(Error::from), limit, Error::HttpResponseBodySize).boxed_unsync()
+    let mut response = response.map(|b| {
+        let capped = Capped::new(b.map_err(Error::from), limit, Error::HttpResponseBodySize);
+        match &reflections {
+            Some(r) => Scrubbed::new(capped, r.clone()).boxed_unsync(),
+            None => capped.boxed_unsync(),
+        }
     });
+    if let Some(r) = &reflections {
+        scrub_headers(response.headers_mut(), r);
+        // Scrubbing changes the body's length.
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    }
     let worker = async move {
         if connection_done {
             Ok(())
@@ -424,6 +455,102 @@ async fn send(
         }
     };
     Ok((response, Box::new(worker)))
+}
+
+/// Response headers with every reflection of an injected secret replaced.
+fn scrub_headers(headers: &mut http::HeaderMap, reflections: &Reflections) {
+    for value in headers.values_mut() {
+        if let std::borrow::Cow::Owned(clean) = reflections.scrub(value.as_bytes())
+            && let Ok(v) = http::HeaderValue::from_bytes(&clean)
+        {
+            *value = v;
+        }
+    }
+}
+
+/// A response body with every reflection of an injected secret replaced, across frame
+/// boundaries: the bytes that could begin a match are held back until the next frame (or the
+/// end) decides.
+struct Scrubbed<B> {
+    inner: B,
+    reflections: Arc<Reflections>,
+    carry: Vec<u8>,
+    /// Trailers that arrived while bytes were held back: sent after them.
+    trailers: Option<http::HeaderMap>,
+    done: bool,
+}
+
+impl<B> Scrubbed<B> {
+    fn new(inner: B, reflections: Arc<Reflections>) -> Self {
+        Scrubbed {
+            inner,
+            reflections,
+            carry: Vec::new(),
+            trailers: None,
+            done: false,
+        }
+    }
+
+    /// The held-back bytes, scrubbed, as a frame.
+    fn flush(&mut self) -> Frame<Bytes> {
+        let held = std::mem::take(&mut self.carry);
+        Frame::data(Bytes::from(self.reflections.scrub(&held).into_owned()))
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Scrubbed<B> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            if self.done {
+                if !self.carry.is_empty() {
+                    return Poll::Ready(Some(Ok(self.flush())));
+                }
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Trailers end the body: what is held back goes first.
+                    self.trailers = frame.into_trailers().ok();
+                    self.done = true;
+                    continue;
+                }
+            };
+            let mut buffer = std::mem::take(&mut self.carry);
+            buffer.extend_from_slice(&data);
+            let end = self.reflections.safe_end(&buffer);
+            self.carry = buffer.split_off(end);
+            if buffer.is_empty() {
+                continue;
+            }
+            let clean = Bytes::from(self.reflections.scrub(&buffer).into_owned());
+            return Poll::Ready(Some(Ok(Frame::data(clean))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.carry.is_empty() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // Scrubbing changes the length.
+        http_body::SizeHint::default()
+    }
 }
 
 /// A body that fails once more than `limit` bytes have passed.
@@ -495,7 +622,7 @@ mod tests {
             .redacted(&store.redactor());
         assert_eq!(
             d.to_string(),
-            "network egress to [REDACTED:TOKEN].evil.example:443 (a non-standard method) is not granted"
+            "network egress to [REDACTED].evil.example:443 (a non-standard method) is not granted"
         );
     }
 }

@@ -104,6 +104,9 @@ pub fn apply(
             cgroup: Layer::Off,
         });
     }
+    // A rule that cannot be made is the configuration's fault, not the kernel's: in every mode
+    // it stops the start rather than leaving the process less confined than configured.
+    plan.check().map_err(anyhow::Error::msg)?;
     let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
     if threads > 1 {
         anyhow::bail!(
@@ -219,20 +222,8 @@ fn landlock_layer(plan: &Plan) -> Layer {
         ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
         RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
     };
-    // A path that cannot be opened gets no rule (the crate skips it): say so instead.
-    let absent: Vec<String> = plan
-        .read
-        .iter()
-        .chain(&plan.read_write)
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !absent.is_empty() {
-        return Layer::Missing(format!(
-            "these paths do not exist, so no rule could be made for them: {}",
-            absent.join(", ")
-        ));
-    }
+    // Every path exists and is absolute: `Plan::check` ran before (the crate would skip a
+    // path it cannot open).
     let abi = ABI::V4;
     let tcp = AccessNet::BindTcp | AccessNet::ConnectTcp;
     let result = (|| -> Result<landlock::RestrictionStatus, landlock::RulesetError> {

@@ -123,6 +123,13 @@ pub fn run(
     }
     println!("  tcp bind    {:?}", plan.bind);
     println!("  tcp connect {:?}", plan.connect);
+    let plan_ok = match plan.check() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("  PLAN CANNOT BE MADE: {e}; serve would refuse to start");
+            false
+        }
+    };
     println!();
     for c in &policy.components {
         let g = &c.grants;
@@ -150,13 +157,29 @@ pub fn run(
     }
     let would_hold = abi >= 4 && status_field("Seccomp:").is_some();
     if !probe {
-        if mode == ConfineMode::Required && !would_hold {
+        if !would_hold {
+            println!();
+            if mode == ConfineMode::Required {
+                println!(
+                    "REQUIRED CONFINEMENT CANNOT HOLD on this machine: serve would refuse to start"
+                );
+            } else {
+                println!(
+                    "CONFINEMENT WOULD BE INCOMPLETE on this machine: serve would start ({mode}) without all of it"
+                );
+            }
+        }
+        if mode == ConfineMode::Off {
             println!();
             println!(
-                "REQUIRED CONFINEMENT CANNOT HOLD on this machine: serve would refuse to start"
+                "CONFINEMENT IS OFF ([confine] mode = \"off\"): serve would not confine itself"
             );
         }
-        return Ok(mode != ConfineMode::Required || would_hold);
+        // Non-zero whenever serve would not enforce the whole plan.
+        return Ok(plan_ok && would_hold && mode != ConfineMode::Off);
+    }
+    if !plan_ok {
+        return Ok(false);
     }
     println!();
     println!("probe: confining this process as serve would, then trying what must be refused");
@@ -189,5 +212,6 @@ pub fn run(
             }
         }
     }
-    Ok(all_refused || mode != ConfineMode::Required)
+    // Non-zero whenever serve would not enforce the whole plan.
+    Ok(all_refused && mode != ConfineMode::Off)
 }

@@ -11,6 +11,7 @@ use crate::gate::approval::{ClientChannel, Elicitor, Interaction, Retry};
 use crate::gate::auth::AuthError;
 use crate::pipeline::call::{CallContext, Caller};
 use crate::sandbox::store::GuestEvent;
+use crate::serve::sessions::{SessionOwners, bind_session};
 use airlock_host_api::LogLevel;
 use anyhow::{Context, Result, bail};
 use rmcp::model::SubscriptionFilter;
@@ -491,22 +492,29 @@ pub async fn serve_http(
     // With no allowed origins configured, any request that carries an Origin (a browser) is refused.
     config = config.enforce_origin_validation();
     let factory_live = live.clone();
+    let sessions = Arc::new(LocalSessionManager::default());
+    let owners = SessionOwners::new(live.clone(), sessions.clone());
     let service = StreamableHttpService::new(
         move || {
             // Every request carries the principal the auth layer proved; should one not, it
             // can do nothing.
             let nobody = Principal {
-                name: Arc::from("unauthenticated"),
+                name: Arc::from(crate::core::principal::UNAUTHENTICATED_PRINCIPAL),
                 access: Access::Roles(Arc::from([])),
             };
             Ok(McpServer::new(factory_live.clone(), nobody))
         },
-        LocalSessionManager::default().into(),
+        sessions,
         config,
     );
-    let mcp = axum::Router::new().nest_service("/mcp", service).layer(
-        axum::middleware::from_fn_with_state(live.clone(), authenticate),
-    );
+    // The last layer runs first: authentication, then the session's owner.
+    let mcp = axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(owners, bind_session))
+        .layer(axum::middleware::from_fn_with_state(
+            live.clone(),
+            authenticate,
+        ));
     let metadata_live = live.clone();
     let serve = move || {
         let live = metadata_live.clone();

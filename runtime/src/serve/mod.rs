@@ -4,4 +4,6 @@
 pub mod cli;
 pub mod confine;
 pub mod doctor;
+pub mod log;
 pub mod mcp;
+pub mod sessions;

@@ -1,0 +1,179 @@
+//! Airlock's own log (stderr), in text or JSON. Much of what it shows comes from tools and
+//! clients (`host.log` messages, error texts, tool names, principals), so no control
+//! character reaches it raw: a newline cannot forge a log line, and an escape sequence cannot
+//! rewrite the operator's terminal.
+//!
+//! - Text: every field value is written through [`escape_controls`].
+//! - JSON: serde already escapes C0 controls; the writer also escapes C1 controls and bidi
+//!   overrides, as JSON `\u` escapes (valid wherever they occur, which is inside strings).
+
+use std::fmt::Write as _;
+use std::io::Write;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
+
+/// Whether `c` must not reach a log raw: C0 and C1 controls and DEL (a tab is harmless), and
+/// the bidi embeddings, overrides and isolates (which reorder what a reader sees).
+fn is_unsafe(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// `text` with every unsafe character written as `\n`, `\r` or `\u{XXXX}`.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if is_unsafe(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The text format's fields (`message` bare, the others `name=value`), escaped.
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = Visitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct Visitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for Visitor<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{}", escape_controls(value)));
+        } else {
+            // Quoted, as the default format shows string fields.
+            self.write(
+                field,
+                format_args!("{}", escape_controls(&format!("{value:?}"))),
+            );
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        self.write(field, format_args!("{}", escape_controls(&text)));
+    }
+}
+
+impl Visitor<'_, '_> {
+    fn write(&mut self, field: &tracing::field::Field, value: std::fmt::Arguments<'_>) {
+        if self.result.is_err() {
+            return;
+        }
+        let separator = if self.first { "" } else { " " };
+        self.first = false;
+        // Fields tracing adds for `log` records are noise here.
+        let name = field.name();
+        if name.starts_with("log.") {
+            return;
+        }
+        self.result = if name == "message" {
+            write!(self.writer, "{separator}{value}")
+        } else {
+            write!(self.writer, "{separator}{name}={value}")
+        };
+    }
+}
+
+/// stderr for the JSON format: C1 controls and bidi overrides escaped as `\uXXXX`.
+pub struct JsonStderr;
+
+impl Write for JsonStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        match std::str::from_utf8(buf) {
+            Ok(text) if text.chars().any(|c| is_unsafe(c) && c != '\n') => {
+                let mut out = String::with_capacity(text.len() + 8);
+                for c in text.chars() {
+                    if is_unsafe(c) && c != '\n' {
+                        let _ = write!(out, "\\u{:04x}", c as u32);
+                    } else {
+                        out.push(c);
+                    }
+                }
+                err.write_all(out.as_bytes())?;
+            }
+            _ => err.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn directive(text: &str) -> tracing_subscriber::filter::Directive {
+    text.parse().expect("a valid directive")
+}
+
+/// Install the process's log: `json` or text, filtered by `RUST_LOG` (default `info`).
+pub fn init(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    // rmcp logs whole session ids (a session's bearer capability) at info and in its spans:
+    // those targets are held below the levels that would show them, whatever RUST_LOG says.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(directive(
+            "rmcp::transport::streamable_http_server::session::local=warn",
+        ))
+        .add_directive(directive("rmcp::transport::worker=debug"))
+        .add_directive(directive("rmcp::transport::common::server_side_http=off"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().with_writer(|| JsonStderr).init();
+    } else {
+        builder
+            .with_ansi(ansi)
+            .fmt_fields(EscapedFields)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_and_bidi_are_escaped_and_plain_text_is_not_copied() {
+        assert!(matches!(
+            escape_controls("plain text, tab\tok"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("a\nforged INFO line\r\u{1b}[2J\u{9b}x\u{202e}y"),
+            "a\\nforged INFO line\\r\\u{001b}[2J\\u{009b}x\\u{202e}y"
+        );
+    }
+}
