@@ -832,3 +832,62 @@ fn a_nested_call_outlived_by_its_caller_is_cancelled_and_recorded() {
         "{nested}"
     );
 }
+
+#[test]
+fn one_yes_authorises_exactly_one_run_in_both_eras() {
+    // A tool calls a supervised tool five times with the same arguments; the user says yes
+    // once, then no. Only one run happens: each nested call is its own occurrence, and a yes
+    // is used up by the run it authorised (in a later 2026-07-28 round too).
+    for mode in ["legacy", "auto"] {
+        let dir = TempDir::new(&format!("approval-once-{mode}"));
+        std::fs::create_dir_all(dir.0.join("data")).unwrap();
+        let config = dir.config(&format!(
+            "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\ntier = \"supervised\"\n[tool.grants]\nfs = [{{ host = \"data\", guest = \"/data\", mode = \"rw\" }}]\n\
+             [[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+            hostile_wasm().display()
+        ));
+        let append = json!({"path": "/data/log.txt", "content": "x", "append": true});
+        let s = client(
+            mode,
+            Transport::Stdio(Some(&config)),
+            json!({
+                "calls": [{"id": "fan", "tool": "fixture_nest",
+                           "args": {"tool": "files_write", "arguments": append, "times": 5}}],
+                "elicit": [{"action": "accept", "content": {"approve": true}}, {"action": "decline"}]
+            }),
+        );
+        let fan = s.call("fan");
+        assert!(
+            fan["text"]
+                .as_str()
+                .unwrap()
+                .contains("refused: approval_denied"),
+            "{mode}: {fan}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("data/log.txt")).unwrap(),
+            "x",
+            "{mode}: one yes ran the tool more than once: {}",
+            s.report
+        );
+        let records = audit_records(s.audit_dir.as_ref().unwrap());
+        let completed = records
+            .iter()
+            .filter(|r| {
+                r["kind"] == "call" && r["tool"] == "files_write" && r["outcome"] == "completed"
+            })
+            .count();
+        let granted = records
+            .iter()
+            .filter(|r| r["kind"] == "approval" && r["event"] == "granted")
+            .count();
+        assert_eq!(completed, 1, "{mode}: {records:?}");
+        assert_eq!(granted, 1, "{mode}: {records:?}");
+        // files_write can act outside its sandbox: its run was announced by an intent record.
+        let intents = records
+            .iter()
+            .filter(|r| r["kind"] == "intent" && r["tool"] == "files_write")
+            .count();
+        assert_eq!(intents, 1, "{mode}: {records:?}");
+    }
+}

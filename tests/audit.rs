@@ -297,3 +297,153 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         assert!(recorded.contains(id), "answered call {id} has no record");
     }
 }
+
+/// A small tmpfs mounted at a path for the life of the value (the test runs as root, as the
+/// suite does).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "this test mounts a {size} tmpfs for the audit log, which needs root"
+        );
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Fill the disk with a file; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        // The last partial block, byte by byte.
+        while f.write_all(&[0]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_audit_disk_refuses_calls_before_they_act_and_recovers_by_itself() {
+    let dir = TempDir::new("audit-full");
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    let audit_dir = common::fresh_audit_dir();
+    let disk = SmallDisk::mount(&audit_dir, "4m");
+    let config = dir.config(
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"data\", guest = \"/data\", mode = \"rw\" }]\n",
+    );
+    let server = HttpServer::start_in(&config, &[], &audit_dir);
+    let write = |name: &str| {
+        client(
+            "auto",
+            Transport::Http(&server.url),
+            json!({"calls": [{"id": "w", "tool": "files_write", "args": {"path": format!("/data/{name}"), "content": "x"}}]}),
+        )
+    };
+    assert_eq!(common::outcome(write("before.txt").call("w")), "completed");
+
+    let filler = disk.fill();
+    // Records keep fitting in the log file's last page for a few calls; then a write fails.
+    let mut first_refused = None;
+    for i in 0..100 {
+        let name = format!("during-{i}.txt");
+        let s = write(&name);
+        match common::outcome(s.call("w")) {
+            "completed" => continue,
+            "audit_unavailable" => {
+                first_refused = Some(name);
+                break;
+            }
+            other => panic!("{other}: {}", s.report),
+        }
+    }
+    let first_refused = first_refused.expect("the full disk never refused a call");
+    let first_ran = dir.0.join("data").join(&first_refused).exists();
+    // From now on a call is refused before it acts: the writer is broken.
+    for name in ["refused-1.txt", "refused-2.txt"] {
+        let s = write(name);
+        assert_eq!(
+            common::outcome(s.call("w")),
+            "audit_unavailable",
+            "{}",
+            s.report
+        );
+        assert!(
+            !dir.0.join("data").join(name).exists(),
+            "{name} was written with no record"
+        );
+    }
+    let (ok, status) = common::ctl(&server, &["status"]);
+    assert!(ok, "{status}");
+    assert!(status.contains("audit       UNAVAILABLE"), "{status}");
+    assert!(
+        server
+            .log()
+            .contains("calls are refused until the audit log can be written again")
+    );
+
+    // Space comes back: the writer recovers by itself, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, status) = common::ctl(&server, &["status"]);
+        if status.contains("audit       on") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered:\n{status}\n{}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(common::outcome(write("after.txt").call("w")), "completed");
+    assert!(dir.0.join("data/after.txt").exists());
+    assert!(server.log().contains("the audit log is writable again"));
+
+    // The chain is whole, and it says when it recovered.
+    let records = audit_records(&audit_dir);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "audit" && r["event"] == "recovered"),
+        "{records:?}"
+    );
+    // No action without a record: every call that wrote has an intent record, and an intent
+    // without a call record is the one whose own record failed after it acted.
+    let completed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "call" && r["outcome"] == "completed")
+        .collect();
+    let intents: Vec<&Value> = records.iter().filter(|r| r["kind"] == "intent").collect();
+    for c in &completed {
+        assert!(
+            intents.iter().any(|i| i["call_id"] == c["call_id"]),
+            "a completed call with no intent record: {c}"
+        );
+    }
+    let unfinished = intents
+        .iter()
+        .filter(|i| !completed.iter().any(|c| c["call_id"] == i["call_id"]))
+        .count();
+    assert_eq!(unfinished, usize::from(first_ran), "{records:?}");
+    let (ok, text) = verify(&audit_dir, &audit_files(&audit_dir));
+    assert!(ok, "{text}");
+    drop(server);
+}

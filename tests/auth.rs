@@ -403,6 +403,16 @@ fn bad_auth_configuration_stops_the_start() {
             "[auth]\nmode = \"api-key\"\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"abc\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
             "auth › api_keys[0] › sha256: must be 64 hex digits",
         ),
+        // One name, one principal: an API key may not take the local principal's name or
+        // one Airlock gives itself.
+        (
+            "[auth]\nmode = \"api-key\"\n[[auth.api_keys]]\nprincipal = \"local\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › api_keys[0] › principal: \"local\" is the name of the local principal",
+        ),
+        (
+            "[auth]\nlocal_principal = \"anonymous\"\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › local_principal: \"anonymous\" is a name Airlock gives to other callers",
+        ),
     ];
     for (config, problem) in cases {
         let cfg = dir.config(config);
@@ -555,4 +565,116 @@ fn keys_from_a_jwks_url_are_refetched_on_an_unknown_kid_at_a_bounded_rate() {
         );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2, "refreshes are rate limited");
+}
+
+#[test]
+fn a_jwt_subject_cannot_take_a_principal_name_of_another_source() {
+    let f = start();
+    // An API key's principal, the local principal, and the names Airlock gives itself.
+    for sub in ["ci-bot", "local", "anonymous", "unauthenticated"] {
+        let r = list(&f, &ed_token(&f.keys, &claims(sub, &["analysts"])));
+        refused(
+            &r,
+            "the token's subject (sub) is the name of a principal that is not a JWT subject",
+        );
+    }
+    // The API key itself still works, and so does a subject of its own.
+    assert_eq!(list(&f, API_KEY).status, 200);
+    let alice = list(&f, &ed_token(&f.keys, &claims("alice", &["analysts"])));
+    assert_eq!(alice.status, 200, "{alice:?}");
+}
+
+/// A 2025-era MCP request (sessions) over a raw connection.
+fn legacy(
+    f: &Fixture,
+    token: &str,
+    method: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> RawResponse {
+    let session = session
+        .map(|s| format!("Mcp-Session-Id: {s}\r\n"))
+        .unwrap_or_default();
+    common::raw_http(
+        &f.server.addr,
+        &format!(
+            "{method} /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\nAuthorization: Bearer {token}\r\n{session}"
+        ),
+        &if method == "POST" { body.to_string() } else { String::new() },
+    )
+    .expect("the server answers")
+}
+
+#[test]
+fn a_session_belongs_to_the_principal_that_opened_it() {
+    let f = start();
+    let alice = ed_token(&f.keys, &claims("alice", &["analysts"]));
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "session-test", "version": "1"}}});
+    let opened = legacy(&f, &alice, "POST", None, &init);
+    assert_eq!(opened.status, 200, "{opened:?}");
+    let session = opened
+        .header("Mcp-Session-Id")
+        .unwrap_or_else(|| panic!("no session: {opened:?}"))
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(
+        legacy(&f, &alice, "POST", Some(&session), &initialized).status,
+        202
+    );
+    let tools = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+
+    // Another principal (the API key's ci-bot) with Alice's session id: answered exactly as an
+    // unknown session is, for every method.
+    let unknown = legacy(
+        &f,
+        API_KEY,
+        "POST",
+        Some("6f1c1c55-0000-4000-8000-000000000000"),
+        &tools,
+    );
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    for method in ["POST", "GET", "DELETE"] {
+        let r = legacy(&f, API_KEY, method, Some(&session), &tools);
+        assert_eq!(r.status, 404, "{method}: {r:?}");
+        assert_eq!(r.body, unknown.body, "{method}");
+    }
+    // Alice's session is untouched (the DELETE above did not end it).
+    let mine = legacy(&f, &alice, "POST", Some(&session), &tools);
+    assert_eq!(mine.status, 200, "{mine:?}");
+    assert!(
+        mine.body.contains("fixture_echo") || mine.body.contains("\"tools\""),
+        "{mine:?}"
+    );
+
+    // Each refusal is an audit record naming both principals, and the id never appears whole.
+    let records: Vec<Value> = common::audit_records(&f.server.audit_dir)
+        .into_iter()
+        .filter(|r| r["kind"] == "session")
+        .collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    for r in &records {
+        assert_eq!(r["event"], "refused");
+        assert_eq!(r["principal"], "ci-bot");
+        assert_eq!(r["owner"], "alice");
+        assert_eq!(r["session"].as_str().unwrap().len(), 12, "{r}");
+    }
+    let log = f.server.log();
+    assert!(
+        log.contains("request on another principal's session refused"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&session),
+        "the session id is in the log:\n{log}"
+    );
+    let audit = common::audit_files(&f.server.audit_dir)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    assert!(
+        !audit.contains(&session),
+        "the session id is in the audit log"
+    );
 }

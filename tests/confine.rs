@@ -5,6 +5,7 @@
 mod common;
 
 use common::{HttpServer, TempDir, hostile_wasm, run_airlock, run_airlock_text};
+use serde_json::json;
 
 fn doctor(config: &std::path::Path, state: &std::path::Path, probe: bool) -> (bool, String) {
     let mut args = vec![
@@ -64,7 +65,12 @@ fn the_kernel_refuses_what_the_configuration_does_not_need() {
         "[confine]\nmode = \"off\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
         hostile_wasm().display()
     ));
-    let (_, unconfined) = doctor(&config, &open.0.join("state"), true);
+    let (ok, unconfined) = doctor(&config, &open.0.join("state"), true);
+    // Serve would not enforce the plan: doctor says so by its exit status too.
+    assert!(!ok, "{unconfined}");
+    let (ok, report) = doctor(&config, &open.0.join("state"), false);
+    assert!(!ok, "{report}");
+    assert!(report.contains("CONFINEMENT IS OFF"), "{report}");
     assert!(
         unconfined.contains("read /etc/passwd: ALLOWED"),
         "{unconfined}"
@@ -164,4 +170,75 @@ fn a_cgroup_memory_limit_ends_the_host_by_the_kernel() {
         ])
         .args(["-name", &format!("airlock-{tag}"), "-delete"])
         .status();
+}
+
+#[test]
+fn a_bare_config_name_beside_its_component_is_confined_in_full() {
+    // `--config airlock.toml` and `component = "tool.wasm"`: every path of the plan is
+    // absolute, so nothing falls out of the landlock ruleset.
+    let dir = TempDir::new("confine-relative");
+    std::fs::copy(hostile_wasm(), dir.0.join("tool.wasm")).unwrap();
+    std::fs::write(
+        dir.0.join("airlock.toml"),
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"tool.wasm\"\n",
+    )
+    .unwrap();
+    let state = dir.0.join("state");
+    let out = std::process::Command::new(common::airlock())
+        .current_dir(&dir.0)
+        .args([
+            "doctor",
+            "--config",
+            "airlock.toml",
+            "--probe",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    for line in report.lines() {
+        if let Some(path) = line
+            .strip_prefix("  read        ")
+            .or_else(|| line.strip_prefix("  read-write  "))
+        {
+            assert!(
+                path.starts_with('/'),
+                "a plan path is not absolute: `{line}`\n{report}"
+            );
+        }
+    }
+    assert!(
+        report.contains(&format!(
+            "  read        {}",
+            dir.0.canonicalize().unwrap().display()
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("read /etc/passwd: refused: Permission denied (os error 13)"),
+        "{report}"
+    );
+
+    // serve --stdio from the same directory, by the same bare name: landlock holds.
+    let plan = json!({"calls": [{"id": "e", "tool": "fixture_echo", "args": {"message": "hi"}}]});
+    let (mut cmd, audit) = common::client_command(
+        "auto",
+        common::Transport::Stdio(Some(std::path::Path::new("airlock.toml"))),
+        &plan,
+    );
+    let s = common::finish_client(cmd.current_dir(&dir.0).output().unwrap(), audit);
+    assert_eq!(s.call("e")["text"], "hi", "{}", s.stderr);
+    assert!(
+        s.stderr.lines().any(|l| l.contains("layer=\"landlock\"")
+            && !l.contains("NOT ENFORCED")
+            && !l.contains("incomplete")),
+        "{}",
+        s.stderr
+    );
 }

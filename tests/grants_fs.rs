@@ -245,3 +245,93 @@ fn bad_fs_grants_stop_the_start() {
         "{err}"
     );
 }
+
+#[test]
+fn no_grant_may_expose_a_file_airlock_reads_or_trusts() {
+    let dir = TempDir::new("fs-own-files");
+    let state = common::shared_state_dir();
+    // The configuration's own directory.
+    let config = dir.config(
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \".\", guest = \"/cfg\", mode = \"rw\" }]\n",
+    );
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
+    assert!(
+        err.contains("tool \"files\" (entry 1) › grants › fs[0] › host")
+            && err.contains("would expose airlock's own files: the configuration file")
+            && err.contains(&config.canonicalize().unwrap().display().to_string()),
+        "{err}"
+    );
+    // A component file, from another tool's grant.
+    std::fs::create_dir_all(dir.0.join("components")).unwrap();
+    std::fs::copy(common::hostile_wasm(), dir.0.join("components/h.wasm")).unwrap();
+    let config = dir.config(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"components/h.wasm\"\n[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"components\", guest = \"/c\", mode = \"ro\" }]\n",
+    );
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
+    assert!(
+        err.contains("tool \"files\" (entry 2) › grants › fs[0] › host")
+            && err.contains("the component file of tool \"hostile\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_trusted_file_others_may_write_stops_the_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("fs-loose-config");
+    let config = dir.config("[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, err) = common::check(&config, &common::shared_state_dir());
+    assert!(!ok);
+    assert!(
+        err.contains("which other users may write (mode 666)"),
+        "{err}"
+    );
+    // A component writable by others, likewise.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::copy(common::hostile_wasm(), dir.0.join("h.wasm")).unwrap();
+    std::fs::set_permissions(dir.0.join("h.wasm"), std::fs::Permissions::from_mode(0o646)).unwrap();
+    let config = dir.config("[[tool]]\nname = \"hostile\"\ncomponent = \"h.wasm\"\n");
+    let (ok, err) = common::check(&config, &common::shared_state_dir());
+    assert!(!ok);
+    assert!(
+        err.contains("the component") && err.contains("other users may write"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reload_that_would_grant_airlocks_own_files_is_refused_and_the_old_policy_stays() {
+    // The attack: a tool with a write grant rewrites the configuration to widen itself. Here
+    // the rewrite is done from outside (a grant over the configuration cannot even load),
+    // and the reload that would put it in force is refused.
+    let dir = TempDir::new("fs-own-reload");
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    std::fs::write(dir.0.join("data/a.txt"), "data\n").unwrap();
+    let good = "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"data\", guest = \"/data\", mode = \"rw\" }]\n";
+    let config = dir.config(good);
+    let server = common::HttpServer::start(&config);
+    std::fs::write(&config, good.replace("host = \"data\"", "host = \".\"")).unwrap();
+    let (ok, out) = common::ctl(&server, &["reload"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("would expose airlock's own files: the configuration file"),
+        "{out}"
+    );
+    let s = client(
+        "auto",
+        Transport::Http(&server.url),
+        json!({"calls": [
+            {"id": "data", "tool": "files_read", "args": {"path": "/data/a.txt"}},
+            {"id": "cfg", "tool": "files_read", "args": {"path": "/data/airlock.toml"}}
+        ]}),
+    );
+    assert!(
+        s.call("data")["text"].as_str().unwrap().contains("data"),
+        "{}",
+        s.report
+    );
+    assert_eq!(s.call("cfg")["is_error"], true, "{}", s.report);
+}

@@ -170,3 +170,26 @@ fn the_response_body_limit_holds() {
     );
     assert!(c["text"].as_str().unwrap().contains("1024"), "{c}");
 }
+
+#[test]
+fn a_url_with_userinfo_is_refused_and_never_sent() {
+    // `admin.internal@` would otherwise reach the server's Host header verbatim.
+    let server = TestHttpServer::start();
+    let dir = TempDir::new("net-userinfo");
+    let p = server.port;
+    let cfg = config(&dir, &format!("\"http://127.0.0.1:{p}\""), "");
+    let s = fetch(
+        &cfg,
+        json!({"url": format!("http://admin.internal@127.0.0.1:{p}/headers")}),
+    );
+    assert_eq!(
+        blocked(&s),
+        format!(
+            "blocked by policy: a URL with userinfo (user:password@) to 127.0.0.1:{p} is refused: \
+             credentials are never sent in URLs; grant the secret as a header instead to tool \
+             http_fetch — do not retry by another route"
+        )
+    );
+    assert!(server.seen().is_empty(), "sent: {:?}", server.seen());
+    assert!(!s.stderr.contains("admin.internal"), "{}", s.stderr);
+}

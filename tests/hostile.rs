@@ -244,3 +244,50 @@ fn nothing_ambient_is_reachable() {
     // No name lookup (TCP without a grant is a policy denial: see tests/grants_net.rs).
     assert_eq!(a["name_lookup"], "denied: Uncategorized", "{a}");
 }
+
+#[test]
+fn control_characters_from_tools_and_clients_never_reach_the_log_raw() {
+    // A newline that would forge a log line, and terminal escape sequences (7-bit and C1).
+    let forged = "x\n2026-12-01T00:00:00.000000Z  INFO airlock::call: forged\u{1b}[2J\u{9b}31m";
+    for format in ["text", "json"] {
+        let dir = TempDir::new(&format!("log-injection-{format}"));
+        let config = hostile_config(&dir, "");
+        let server = HttpServer::start_with_args(
+            &config,
+            &[],
+            &common::fresh_audit_dir(),
+            &["--log-format", format],
+        );
+        // Legacy: the 2026-07-28 era would carry the tool's name in an HTTP header, where the
+        // client itself refuses a newline.
+        let s = client(
+            "legacy",
+            Transport::Http(&server.url),
+            json!({"calls": [
+                {"id": "fails", "tool": "fixture_fails", "args": {"message": forged}},
+                {"id": "unknown", "tool": forged, "args": {}},
+                {"id": "echo", "tool": "fixture_echo", "args": {"message": "fine"}}
+            ]}),
+        );
+        assert_eq!(outcome(s.call("fails")), "tool_failed", "{}", s.report);
+        assert_eq!(s.call("echo")["text"], "fine");
+        let log = server.wait_for_log_count("call failed", 2);
+        assert!(
+            log.contains("forged"),
+            "the tool's text is not logged at all:\n{log}"
+        );
+        assert!(
+            !log.lines()
+                .any(|l| l.starts_with("2026-12-01T00:00:00.000000Z")),
+            "a forged line:\n{log}"
+        );
+        assert!(!log.contains('\u{1b}'), "a raw escape:\n{log}");
+        assert!(!log.contains('\u{9b}'), "a raw C1 control:\n{log}");
+        if format == "json" {
+            for line in log.lines().filter(|l| l.starts_with('{')) {
+                serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+        }
+    }
+}

@@ -77,10 +77,7 @@ fn a_header_secret_reaches_only_its_host_and_never_the_tool() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(
-        body.contains("authorization: Bearer [REDACTED]"),
-        "{body}"
-    );
+    assert!(body.contains("authorization: Bearer [REDACTED]"), "{body}");
     // Another host, though granted and the same server, does not get the secret.
     let to_other_host = seen
         .iter()
@@ -280,4 +277,107 @@ fn bad_secret_configuration_stops_the_start() {
         assert!(err.contains(problem), "{problem}\n---\n{err}");
         assert!(!err.contains(TOKEN), "{err}");
     }
+}
+
+#[test]
+fn an_injected_secret_echoed_back_in_any_common_encoding_is_scrubbed_before_the_tool_reads_it() {
+    use base64::Engine as _;
+    let server = TestHttpServer::start();
+    let p = server.port;
+    let dir = TempDir::new("secret-reflect");
+    let cfg = dir.config(&format!(
+        "{}\n[[tool]]\nname = \"http-fetch\"\ncomponent = \"bundled:http-fetch\"\n[tool.grants]\n\
+         net = [\"http://127.0.0.1:{p}\"]\n\
+         secrets = [{{ name = \"REPORTS_TOKEN\", host = \"127.0.0.1\", header = \"Authorization\", format = \"Bearer {{}}\" }}]\n",
+        secrets_dir(&dir, &[("REPORTS_TOKEN", TOKEN)]),
+    ));
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&cfg)),
+        json!({"calls": [
+            {"id": "reflect", "tool": "http_fetch", "args": {"url": format!("http://127.0.0.1:{p}/reflect"), "all_headers": true}}
+        ]}),
+    );
+    let c = s.call("reflect");
+    assert_eq!(c["structured"]["status"], 200, "{c}");
+    // The server did get the secret, and echoed it.
+    assert!(
+        server.seen().iter().any(|r| r
+            .headers
+            .contains(&("authorization".into(), format!("Bearer {TOKEN}")))),
+        "the secret was not sent"
+    );
+    let seen_by_tool = c.to_string();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64url = base64::engine::general_purpose::URL_SAFE;
+    let forms = [
+        TOKEN.to_owned(),
+        b64.encode(format!("Bearer {TOKEN}")),
+        b64url.encode(format!("xBearer {TOKEN}")),
+        hex::encode(TOKEN),
+    ];
+    for form in &forms {
+        // The whole encoded header holds the token's encoding at some alignment; no part of
+        // 12 characters or more of its middle may survive.
+        let middle = &form[form.len() / 2 - 6..form.len() / 2 + 6];
+        assert!(
+            !seen_by_tool.contains(middle),
+            "`{middle}` (from {form}) reached the tool:\n{seen_by_tool}"
+        );
+    }
+    let body = c["structured"]["body"].as_str().unwrap();
+    for encoding in ["plain", "base64", "base64url", "hex", "percent"] {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&format!("authorization {encoding}:")))
+            .unwrap_or_else(|| panic!("no {encoding} line:\n{body}"));
+        assert!(line.contains("[REDACTED]"), "{line}");
+    }
+    // The response header was scrubbed too.
+    assert!(seen_by_tool.contains("Bearer [REDACTED]"), "{seen_by_tool}");
+    let everything = format!("{}{}", s.report, s.stderr);
+    assert!(
+        !everything.contains(TOKEN),
+        "the value leaked:\n{everything}"
+    );
+}
+
+#[test]
+fn a_nested_call_never_carries_a_secret_into_the_audit_log_or_the_log() {
+    // The caller put a secret into a nested call's arguments and into a nested tool name; the
+    // target audits its arguments in full. Neither the record nor the log holds the value, and
+    // the marker names no secret.
+    let dir = TempDir::new("secret-nested");
+    let cfg = dir.config(&format!(
+        "{}\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\naudit_arguments = \"full\"\n",
+        secrets_dir(&dir, &[("DB_PASSWORD", PASSWORD)]),
+        hostile_wasm().display()
+    ));
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&cfg)),
+        json!({"calls": [
+            {"id": "args", "tool": "fixture_nest", "args": {"tool": "fixture_echo", "arguments": {"message": format!("pw {PASSWORD}")}}},
+            {"id": "name", "tool": "fixture_nest", "args": {"tool": format!("x{PASSWORD}"), "arguments": {}}}
+        ]}),
+    );
+    let audit = common::audit_files(s.audit_dir.as_ref().unwrap())
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    assert!(
+        !audit.contains(PASSWORD),
+        "the audit log holds the secret:\n{audit}"
+    );
+    assert!(
+        !s.stderr.contains(PASSWORD),
+        "the log holds the secret:\n{}",
+        s.stderr
+    );
+    assert!(audit.contains("\"message\":\"pw [REDACTED]\""), "{audit}");
+    assert!(audit.contains("\"tool\":\"x[REDACTED]\""), "{audit}");
+    assert!(
+        !audit.contains("REDACTED:"),
+        "a marker names a secret:\n{audit}"
+    );
 }

@@ -539,7 +539,8 @@ pub struct SeenRequest {
 
 /// A small HTTP/1.1 server on 127.0.0.1 for egress tests. Routes:
 /// `/hello` (200, text), `/headers` (200, the request's headers, one per line),
-/// `/big` (200, 4096 bytes), `/redirect?to=URL` (302 to URL), anything else 404.
+/// `/big` (200, 4096 bytes), `/redirect?to=URL` (302 to URL), `/reflect` (200, every request
+/// header value as is and encoded, in the body and an `X-Reflect` header), anything else 404.
 pub struct TestHttpServer {
     pub port: u16,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
@@ -595,6 +596,38 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
     } else if path == "/headers" {
         let body: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         ("200 OK", String::new(), body.join("\n"))
+    } else if path == "/reflect" {
+        // Every request header value echoed back as is and in the encodings a server might use,
+        // in the body and in a response header.
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let mut lines = Vec::new();
+        for (k, v) in &headers {
+            lines.push(format!("{k} plain: {v}"));
+            lines.push(format!("{k} base64: {}", STANDARD.encode(v)));
+            lines.push(format!(
+                "{k} base64url: {}",
+                URL_SAFE.encode(format!("x{v}"))
+            ));
+            lines.push(format!("{k} hex: {}", hex::encode(v)));
+            let pct: String = v
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            lines.push(format!("{k} percent: {pct}"));
+        }
+        let all: Vec<&str> = headers.iter().map(|(_, v)| v.as_str()).collect();
+        (
+            "200 OK",
+            format!("X-Reflect: {}\r\n", all.join(" | ")),
+            lines.join("\n"),
+        )
     } else if path == "/big" {
         ("200 OK", String::new(), "y".repeat(4096))
     } else if let Some(to) = path.strip_prefix("/redirect?to=") {

@@ -925,12 +925,7 @@ mod tests {
         for bad in ["db.internal:5432", "127.0.0.1", "127.0.0.1:0", "0.0.0.0:80"] {
             let text = format!("tcp = [\"{bad}\"]");
             assert!(
-                resolve(
-                    &section(&text),
-                    Path::new("."),
-                    &SecretStore::default()
-                )
-                .is_err(),
+                resolve(&section(&text), Path::new("."), &SecretStore::default()).is_err(),
                 "{bad}"
             );
         }

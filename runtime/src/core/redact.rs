@@ -246,19 +246,26 @@ fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
     let hex = hex::encode(value);
     forms.push(hex.to_ascii_uppercase().into_bytes());
     forms.push(hex.into_bytes());
-    let mut percent = String::new();
-    let mut percent_lower = String::new();
-    for &b in value {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            percent.push(b as char);
-            percent_lower.push(b as char);
-        } else {
-            percent.push_str(&format!("%{b:02X}"));
-            percent_lower.push_str(&format!("%{b:02x}"));
+    // Percent-encoding of everything but the unreserved characters, and of everything but
+    // letters and digits (what many encoders do), in upper and lower case.
+    for keep in [
+        (|b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+            as fn(u8) -> bool,
+        |b: u8| b.is_ascii_alphanumeric(),
+    ] {
+        let (mut upper, mut lower) = (String::new(), String::new());
+        for &b in value {
+            if keep(b) {
+                upper.push(b as char);
+                lower.push(b as char);
+            } else {
+                upper.push_str(&format!("%{b:02X}"));
+                lower.push_str(&format!("%{b:02x}"));
+            }
         }
+        forms.push(upper.into_bytes());
+        forms.push(lower.into_bytes());
     }
-    forms.push(percent.into_bytes());
-    forms.push(percent_lower.into_bytes());
     forms.retain(|f| f.len() >= 8);
     forms.sort();
     forms.dedup();
