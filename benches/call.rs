@@ -1,7 +1,8 @@
 //! Per-call cost inside the host: a fresh instance plus one call of a trivial tool, alone
 //! (`sandbox_run`) and through the whole pipeline (`pipeline_call`: admission, argument
 //! serialisation, sandbox, output conversion, log event), with the audit log off and with a
-//! durable (fsynced) audit record per call.
+//! durable (fsynced) audit record per call, and with the intent record a component that can act
+//! outside its sandbox adds.
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
@@ -16,14 +17,15 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
 use std::sync::Arc;
 
-fn load(audit: bool) -> (tokio::runtime::Runtime, Arc<Airlock>) {
+/// The fixture component; `grants` (TOML lines) added under `[tool.grants]`.
+fn load(audit: bool, grants: &str) -> (tokio::runtime::Runtime, Arc<Airlock>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let config = format!(
-        "[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\n",
+        "[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\n[tool.grants]\n{grants}\n",
         wasm.display()
     );
     let state = std::env::temp_dir().join("airlock-bench-state");
@@ -43,7 +45,7 @@ fn load(audit: bool) -> (tokio::runtime::Runtime, Arc<Airlock>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let (rt, airlock) = load(false);
+    let (rt, airlock) = load(false, "");
     let tool = airlock.catalog().tool("fixture_echo").unwrap();
     let component = tool.component.clone();
     let signals = store::RunSignals::default();
@@ -74,10 +76,19 @@ fn bench(c: &mut Criterion) {
         &airlock,
     );
     // The same with a durable audit record per call (written and fsynced before returning).
-    let (rt, airlock) = load(true);
+    let (rt, airlock) = load(true, "");
     pipeline_call(
         c,
         "pipeline_call: Airlock::call, durable audit (fixture_echo)",
+        &rt,
+        &airlock,
+    );
+    // A component that can act outside its sandbox (here: a net grant it does not use): a
+    // durable intent record before the call, then its record.
+    let (rt, airlock) = load(true, "net = [\"http://127.0.0.1:9\"]");
+    pipeline_call(
+        c,
+        "pipeline_call: Airlock::call, durable audit + intent record (fixture_echo, net grant)",
         &rt,
         &airlock,
     );

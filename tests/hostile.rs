@@ -291,3 +291,93 @@ fn control_characters_from_tools_and_clients_never_reach_the_log_raw() {
         }
     }
 }
+
+#[test]
+fn every_channel_a_tool_makes_the_host_carry_is_bounded() {
+    // Log and progress floods, a huge error, a huge question and a flood of empty items: each
+    // ends (or is cut) with its named outcome while a benign call goes on.
+    let dir = TempDir::new("channels");
+    let config = hostile_config(
+        &dir,
+        "max_message_volume = \"64KiB\"\nmax_error_bytes = \"1KiB\"\nmax_question_bytes = \"1KiB\"\nmax_output_items = 100\ntimeout = \"30s\"",
+    );
+    let flood = |channel: &str, size: u64, count: u64| json!({"channel": channel, "size": size, "count": count});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({
+            "calls": [
+                {"id": "log", "tool": "hostile_channel_flood", "args": flood("log", 32 << 10, 1 << 20)},
+                {"id": "progress", "tool": "hostile_channel_flood", "args": flood("progress", 1 << 10, 1 << 24), "progress": true},
+                {"id": "tiny", "tool": "hostile_channel_flood", "args": flood("log", 0, 1 << 24)},
+                {"id": "error", "tool": "hostile_channel_flood", "args": flood("error", 8 << 20, 0)},
+                {"id": "confirm", "tool": "hostile_channel_flood", "args": flood("confirm", 100_000, 0)},
+                {"id": "items", "tool": "hostile_channel_flood", "args": flood("items", 400_000, 0)},
+                {"id": "during", "tool": "fixture_echo", "args": {"message": "during"}, "delay_ms": 30}
+            ],
+            "then": [{"id": "after", "tool": "fixture_echo", "args": {"message": "after"}}],
+            "elicit": [{"action": "accept", "content": {"approve": true}}]
+        }),
+    );
+    for id in ["log", "progress", "tiny"] {
+        let c = s.call(id);
+        assert_eq!(outcome(c), "message_limit_exceeded", "{id}: {c}");
+        assert_eq!(
+            c["text"], "the tool sent more than 64 KiB of log and progress messages",
+            "{id}"
+        );
+    }
+    // The client got no more than the budget's worth of progress.
+    let progress = s.call("progress")["progress"].as_array().unwrap().len();
+    assert!(progress <= 64, "{progress} progress messages");
+    let error = s.call("error");
+    assert_eq!(outcome(error), "tool_failed", "{error}");
+    let text = error["text"].as_str().unwrap();
+    assert!(
+        text.len() < 1200 && text.ends_with("bytes not shown)"),
+        "{} bytes",
+        text.len()
+    );
+    let confirm = s.call("confirm");
+    assert_eq!(outcome(confirm), "question_too_large", "{confirm}");
+    assert_eq!(confirm["text"], "the tool's question is larger than 1 KiB");
+    let items = s.call("items");
+    assert_eq!(outcome(items), "output_too_large", "{items}");
+    assert_eq!(items["text"], "output has more than 100 content items");
+    assert_eq!(s.call("during")["text"], "during", "{}", s.report);
+    assert_eq!(s.call("after")["text"], "after", "{}", s.report);
+    // Airlock's own log stayed small: messages are cut, and the floods stopped early.
+    assert!(
+        s.stderr.len() < 512 << 10,
+        "{} bytes of log",
+        s.stderr.len()
+    );
+    // The audit log holds the cut error, not 8 MiB of it.
+    let audit = common::audit_files(s.audit_dir.as_ref().unwrap())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum::<u64>();
+    assert!(audit < 256 << 10, "{audit} bytes of audit log");
+}
+
+#[test]
+fn what_a_component_declares_is_capped_at_load() {
+    let dir = TempDir::new("describe-caps");
+    let state = common::shared_state_dir();
+    for (limits, problem) in [
+        ("max_tools = 3", "tools, more than max_tools = 3"),
+        (
+            "max_description_bytes = 64",
+            "more than max_description_bytes = 64 bytes",
+        ),
+        (
+            "max_schema_bytes = 64",
+            "more than max_schema_bytes = 64 bytes",
+        ),
+    ] {
+        let config = hostile_config(&dir, limits);
+        let (ok, err) = common::check(&config, &state);
+        assert!(!ok, "{limits}");
+        assert!(err.contains(problem), "{limits}: {err}");
+    }
+}

@@ -11,11 +11,14 @@ wasmtime::component::bindgen!({
     path: "wit",
     world: "tool",
     // Exports are awaited so a call can yield at epoch ticks and be cancelled. `log`,
-    // `progress` and `cancelled` are cheap and never block, so they stay synchronous; the
-    // imports that wait for a human or run a nested call are async, and may end the run
-    // (a trap carrying the reason) when the call cannot go on.
+    // `progress` and `cancelled` are cheap and never block, so they stay synchronous; `log`
+    // and `progress` may end the run (a call over its message budget). The imports that wait
+    // for a human or run a nested call are async, and may end the run (a trap carrying the
+    // reason) when the call cannot go on.
     exports: { default: async },
     imports: {
+        "airlock:tool/host.log": trappable,
+        "airlock:tool/host.progress": trappable,
         "airlock:tool/host.confirm": async | trappable,
         "airlock:tool/host.elicit": async | trappable,
         "airlock:tool/host.call-tool": async | trappable,

@@ -146,6 +146,14 @@ impl Plan {
         // a rule holds the inode it was made for.
         if let Some(dir) = config.and_then(parent) {
             plan.read.insert(dir.clone());
+            // The directory the path names, too: a symlinked configuration (a Kubernetes
+            // ConfigMap) is re-pointed at a new directory on update.
+            if let Some(named) = config
+                .and_then(|c| std::path::absolute(c).ok())
+                .and_then(|c| c.parent().map(Path::to_path_buf))
+            {
+                plan.read.insert(named);
+            }
             plan.config_dir = Some(dir);
         }
         for c in &policy.components {

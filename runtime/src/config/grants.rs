@@ -631,6 +631,7 @@ pub(crate) fn resolve(
             .filter(|s| matches!(s.usage, SecretUse::Header { .. }))
             .map(|s| &s.value),
     )
+    .map_err(|p| ("grants › secrets".to_owned(), p))?
     .map(Arc::new);
     Ok(Grants {
         fs,
@@ -670,8 +671,24 @@ fn normalize_guest(guest: &str) -> Result<String, String> {
 
 /// The best absolute form of `p` for comparisons: canonical when it exists.
 pub(crate) fn comparable(p: &Path) -> PathBuf {
-    p.canonicalize()
-        .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    // Not there yet (a state directory before the first start): the deepest ancestor that
+    // exists, resolved, with the rest appended, so that a symlink on the way is followed.
+    let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = absolute.as_path();
+    while let Some(parent) = at.parent() {
+        if let Some(name) = at.file_name() {
+            rest.push(name.to_owned());
+        }
+        if let Ok(base) = parent.canonicalize() {
+            return rest.iter().rev().fold(base, |acc, n| acc.join(n));
+        }
+        at = parent;
+    }
+    absolute
 }
 
 #[cfg(test)]

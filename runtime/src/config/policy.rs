@@ -92,6 +92,9 @@ struct ServerSection {
     epoch_tick: Option<Span>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
+    max_sessions: Option<u32>,
+    max_sessions_per_principal: Option<u32>,
+    session_idle_timeout: Option<Span>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -110,6 +113,14 @@ struct LimitsSection {
     max_response_bytes: Option<ByteSize>,
     max_depth: Option<u32>,
     max_nested_calls: Option<u32>,
+    max_output_items: Option<u32>,
+    max_message_bytes: Option<ByteSize>,
+    max_message_volume: Option<ByteSize>,
+    max_question_bytes: Option<ByteSize>,
+    max_error_bytes: Option<ByteSize>,
+    max_tools: Option<u32>,
+    max_description_bytes: Option<ByteSize>,
+    max_schema_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +186,25 @@ pub struct Limits {
     pub max_depth: u32,
     /// Nested calls, at every level together, beneath one top-level call of this component.
     pub max_nested_calls: u32,
+    /// Content items in one result.
+    pub max_output_items: u32,
+    /// One `host.log` or progress message; longer ones are cut.
+    pub max_message_bytes: ByteSize,
+    /// `host.log` and progress messages of one call together, as the tool sent them; past it
+    /// the call ends (`message_limit_exceeded`).
+    pub max_message_volume: ByteSize,
+    /// The text of one `confirm` (prompt and details) or `elicit` (message and schema); past
+    /// it the call ends (`question_too_large`).
+    pub max_question_bytes: ByteSize,
+    /// A tool's error message (and any other text of a failure it supplies); longer ones are
+    /// cut.
+    pub max_error_bytes: ByteSize,
+    /// Tools one component may declare (a load error beyond).
+    pub max_tools: u32,
+    /// One tool's description (a load error beyond).
+    pub max_description_bytes: ByteSize,
+    /// One tool's input or output schema, as JSON (a load error beyond).
+    pub max_schema_bytes: ByteSize,
 }
 
 impl Limits {
@@ -203,6 +233,14 @@ impl Default for Limits {
             max_response_bytes: ByteSize::mib(8),
             max_depth: 4,
             max_nested_calls: 32,
+            max_output_items: 256,
+            max_message_bytes: ByteSize::kib(4),
+            max_message_volume: ByteSize::mib(1),
+            max_question_bytes: ByteSize::kib(16),
+            max_error_bytes: ByteSize::kib(4),
+            max_tools: 128,
+            max_description_bytes: ByteSize::kib(8),
+            max_schema_bytes: ByteSize::kib(64),
         }
     }
 }
@@ -222,6 +260,12 @@ pub struct ServerSettings {
     pub allowed_hosts: Vec<String>,
     /// `Origin` header values accepted on HTTP; requests from any other origin get 403.
     pub allowed_origins: Vec<String>,
+    /// Streamable HTTP sessions open at once, all principals together.
+    pub max_sessions: u32,
+    /// Streamable HTTP sessions one principal may have open at once.
+    pub max_sessions_per_principal: u32,
+    /// A session with no activity for this long is closed.
+    pub session_idle_timeout: Span,
 }
 
 /// Where a component's bytes came from.
@@ -607,6 +651,29 @@ fn resolve_server(
         (None, Some(d)) => base.join(d),
         (None, None) => state_dir.join("cache"),
     };
+    let max_sessions = s.max_sessions.unwrap_or(1024);
+    if !(1..=1_000_000).contains(&max_sessions) {
+        return Err((
+            "server › max_sessions".into(),
+            format!("{max_sessions} is outside 1..=1000000"),
+        ));
+    }
+    let max_sessions_per_principal = s.max_sessions_per_principal.unwrap_or(32);
+    if !(1..=max_sessions).contains(&max_sessions_per_principal) {
+        return Err((
+            "server › max_sessions_per_principal".into(),
+            format!("{max_sessions_per_principal} is outside 1..=max_sessions ({max_sessions})"),
+        ));
+    }
+    let session_idle_timeout = s
+        .session_idle_timeout
+        .unwrap_or(Span(Duration::from_secs(300)));
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&session_idle_timeout.0) {
+        return Err((
+            "server › session_idle_timeout".into(),
+            format!("{session_idle_timeout} is outside 1s..=24h"),
+        ));
+    }
     Ok(ServerSettings {
         state_dir,
         cache_dir,
@@ -614,6 +681,9 @@ fn resolve_server(
         epoch_tick,
         allowed_hosts,
         allowed_origins,
+        max_sessions,
+        max_sessions_per_principal,
+        session_idle_timeout,
     })
 }
 
@@ -709,6 +779,55 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             s.max_nested_calls.unwrap_or(base.max_nested_calls),
             0,
             10_000,
+        )?,
+        max_output_items: range(
+            "max_output_items",
+            s.max_output_items.unwrap_or(base.max_output_items),
+            1,
+            100_000,
+        )?,
+        max_message_bytes: range(
+            "max_message_bytes",
+            s.max_message_bytes.unwrap_or(base.max_message_bytes),
+            ByteSize(64),
+            ByteSize::mib(1),
+        )?,
+        max_message_volume: range(
+            "max_message_volume",
+            s.max_message_volume.unwrap_or(base.max_message_volume),
+            ByteSize::kib(1),
+            ByteSize::mib(256),
+        )?,
+        max_question_bytes: range(
+            "max_question_bytes",
+            s.max_question_bytes.unwrap_or(base.max_question_bytes),
+            ByteSize(256),
+            ByteSize::mib(1),
+        )?,
+        max_error_bytes: range(
+            "max_error_bytes",
+            s.max_error_bytes.unwrap_or(base.max_error_bytes),
+            ByteSize(64),
+            ByteSize::mib(1),
+        )?,
+        max_tools: range(
+            "max_tools",
+            s.max_tools.unwrap_or(base.max_tools),
+            1,
+            10_000,
+        )?,
+        max_description_bytes: range(
+            "max_description_bytes",
+            s.max_description_bytes
+                .unwrap_or(base.max_description_bytes),
+            ByteSize(64),
+            ByteSize::mib(1),
+        )?,
+        max_schema_bytes: range(
+            "max_schema_bytes",
+            s.max_schema_bytes.unwrap_or(base.max_schema_bytes),
+            ByteSize(64),
+            ByteSize::mib(16),
         )?,
     })
 }

@@ -366,6 +366,14 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
     {
         return Err(restart("[server] allowed_hosts or allowed_origins"));
     }
+    if old.server.max_sessions != new.server.max_sessions
+        || old.server.max_sessions_per_principal != new.server.max_sessions_per_principal
+        || old.server.session_idle_timeout != new.server.session_idle_timeout
+    {
+        return Err(restart(
+            "[server] max_sessions, max_sessions_per_principal or session_idle_timeout",
+        ));
+    }
     if old.audit != new.audit {
         return Err(restart("[audit]"));
     }

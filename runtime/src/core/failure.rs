@@ -111,6 +111,15 @@ pub enum CallFailure {
     StackOverflow,
     #[error("output larger than {limit}")]
     OutputTooLarge { limit: ByteSize },
+    /// More content items than `max_output_items` (counted as `output_too_large`).
+    #[error("output has more than {limit} content items")]
+    OutputTooManyItems { limit: u32 },
+    /// The tool sent more log and progress messages than `max_message_volume` allows.
+    #[error("the tool sent more than {limit} of log and progress messages")]
+    MessageLimitExceeded { limit: ByteSize },
+    /// A `confirm` or `elicit` text larger than `max_question_bytes`.
+    #[error("the tool's question is larger than {limit}")]
+    QuestionTooLarge { limit: ByteSize },
     #[error("tool returned malformed output: {0}")]
     InvalidOutput(String),
     #[error("tool trapped: {0}")]
@@ -146,6 +155,26 @@ impl CallFailure {
         }
     }
 
+    /// The same failure with the text the tool supplied cut to `max` bytes (a note says how
+    /// much was cut): a tool cannot make Airlock send, log and record megabytes of error.
+    pub fn cut(self, max: usize) -> CallFailure {
+        let cut = |mut m: String| {
+            if m.len() > max {
+                let over = m.len();
+                m.truncate(m.floor_char_boundary(max));
+                m.push_str(&format!("… ({} bytes not shown)", over - m.len()));
+            }
+            m
+        };
+        match self {
+            CallFailure::InvalidArguments(m) => CallFailure::InvalidArguments(cut(m)),
+            CallFailure::InvalidOutput(m) => CallFailure::InvalidOutput(cut(m)),
+            CallFailure::Trapped(m) => CallFailure::Trapped(cut(m)),
+            CallFailure::ToolFailed(m) => CallFailure::ToolFailed(cut(m)),
+            other => other,
+        }
+    }
+
     /// A stable, machine-readable name for logs and tests.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -174,7 +203,11 @@ impl CallFailure {
             CallFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             CallFailure::TimedOut { .. } => "timed_out",
             CallFailure::StackOverflow => "stack_overflow",
-            CallFailure::OutputTooLarge { .. } => "output_too_large",
+            CallFailure::OutputTooLarge { .. } | CallFailure::OutputTooManyItems { .. } => {
+                "output_too_large"
+            }
+            CallFailure::MessageLimitExceeded { .. } => "message_limit_exceeded",
+            CallFailure::QuestionTooLarge { .. } => "question_too_large",
             CallFailure::InvalidOutput(_) => "invalid_output",
             CallFailure::Trapped(_) => "trapped",
             CallFailure::Blocked { .. } => "blocked_by_policy",

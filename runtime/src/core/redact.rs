@@ -175,13 +175,15 @@ impl Eq for Reflections {}
 
 impl Reflections {
     /// The forms of every value in `values`; `None` when there are none.
-    pub fn of<'a>(values: impl IntoIterator<Item = &'a SecretValue>) -> Option<Reflections> {
+    pub fn of<'a>(
+        values: impl IntoIterator<Item = &'a SecretValue>,
+    ) -> Result<Option<Reflections>, String> {
         let mut forms: Vec<Vec<u8>> = values
             .into_iter()
             .flat_map(|v| encoded_forms(v.expose().as_bytes()))
             .collect();
         if forms.is_empty() {
-            return None;
+            return Ok(None);
         }
         // Longest first: a form containing another is replaced whole.
         forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
@@ -195,8 +197,8 @@ impl Reflections {
         let matcher = regex::bytes::RegexBuilder::new(&pattern)
             .size_limit(64 << 20)
             .build()
-            .expect("escaped literals always compile");
-        Some(Reflections { matcher, longest })
+            .map_err(|e| format!("the header secrets are too many or too long to scrub: {e}"))?;
+        Ok(Some(Reflections { matcher, longest }))
     }
 
     /// Bytes of the longest form.
@@ -212,14 +214,15 @@ impl Reflections {
     /// Where the part of `data` that can be scrubbed now ends, for a stream: everything before
     /// it either holds its matches whole or cannot start one that the next bytes complete.
     pub fn safe_end(&self, data: &[u8]) -> usize {
-        let tail = data.len().saturating_sub(self.longest.saturating_sub(1));
-        let last_match_end = self
-            .matcher
-            .find_iter(data)
-            .map(|m| m.end())
-            .last()
-            .unwrap_or(0);
-        tail.max(last_match_end)
+        // A form not yet complete starts at or after `tail`; a match that crosses it is held
+        // back whole (and with it any longer form it may be part of).
+        let mut end = data.len().saturating_sub(self.longest.saturating_sub(1));
+        for m in self.matcher.find_iter(data) {
+            if m.start() < end && m.end() > end {
+                end = m.start();
+            }
+        }
+        end
     }
 }
 
@@ -329,7 +332,7 @@ mod tests {
     fn reflections_catch_the_value_in_every_encoding_and_alignment() {
         use base64::Engine as _;
         let v = SecretValue::new("tok/3n+val:ue-1".into());
-        let r = Reflections::of([&v]).unwrap();
+        let r = Reflections::of([&v]).unwrap().unwrap();
         let b64 = base64::engine::general_purpose::STANDARD;
         for prefix in ["", "x", "xy"] {
             let text = b64.encode(format!("{prefix}tok/3n+val:ue-1 trailing"));

@@ -568,9 +568,10 @@ impl Writer {
         self.file_bytes += buf.len() as u64;
         let path = self.dir.join(file_name(self.seq + 1));
         self.file = OpenOptions::new().create(true).append(true).open(&path)?;
-        File::open(&self.dir)?.sync_all()?;
-        self.journal.reset();
+        // The new file is the one a recovery would cut back: nothing of it is written yet.
         self.file_bytes = 0;
+        self.journal.reset();
+        File::open(&self.dir)?.sync_all()?;
         tracing::info!(file = %path.display(), "audit log rotated");
         Ok(())
     }

@@ -485,8 +485,9 @@ impl Airlock {
         // and here either sees this call (and interrupts it) or is seen by this check.
         self.check_kill(caller, tool)?;
         // A tool that can act outside its sandbox acts only once an intent record is durable:
-        // should its own record fail later, the log still says it may have acted.
-        if tool.component.acts_outside && !shadow {
+        // should its own record fail later, the log still says it may have acted. Shadow
+        // calls too: their GETs still reach the granted hosts.
+        if tool.component.acts_outside {
             self.record_intent(tool, caller, usage).await?;
         }
         let report = self
@@ -497,9 +498,11 @@ impl Airlock {
         usage.stdout = report.stdout;
         usage.stderr = report.stderr;
         match report.result? {
-            Answer::Called(out) => {
-                output::to_mcp(out, tool.component.entry.limits.max_output_bytes)
-            }
+            Answer::Called(out) => output::to_mcp(
+                out,
+                tool.component.entry.limits.max_output_bytes,
+                tool.component.entry.limits.max_output_items,
+            ),
             Answer::Described(_) => unreachable!("a call answers with output"),
         }
     }

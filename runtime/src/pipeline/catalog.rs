@@ -117,10 +117,21 @@ impl Catalog {
             if specs.is_empty() {
                 return Err(fail(key(), format!("{} declares no tools", entry.source)));
             }
+            if specs.len() > entry.limits.max_tools as usize {
+                return Err(fail(
+                    key(),
+                    format!(
+                        "{} declares {} tools, more than max_tools = {}",
+                        entry.source,
+                        specs.len(),
+                        entry.limits.max_tools
+                    ),
+                ));
+            }
             let declared = specs
                 .iter()
                 .cloned()
-                .map(to_mcp_tool)
+                .map(|s| to_mcp_tool(s, &entry.limits))
                 .collect::<Result<Vec<Tool>, String>>()
                 .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
             let approval =
@@ -223,15 +234,68 @@ fn schema_object(what: &str, tool: &str, text: &str) -> Result<JsonObject, Strin
     }
 }
 
-fn to_mcp_tool(spec: ToolSpec) -> Result<Tool, String> {
+/// A character a description may not hold: controls other than newline and tab, and the bidi
+/// overrides and isolates (which make text read differently from what it is).
+fn forbidden_in_text(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\t'))
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn to_mcp_tool(spec: ToolSpec, limits: &crate::config::policy::Limits) -> Result<Tool, String> {
     if !valid_tool_name(&spec.name) {
+        // Not echoed whole: a name can be anything the component chose.
+        let shown: String = spec
+            .name
+            .chars()
+            .take(64)
+            .filter(|c| !c.is_control())
+            .collect();
         return Err(format!(
-            "tool name \"{}\" must be 1 to 128 characters from A-Z a-z 0-9 _ - .",
-            spec.name
+            "tool name \"{shown}\" must be 1 to 128 characters from A-Z a-z 0-9 _ - ."
         ));
     }
     if spec.description.trim().is_empty() {
         return Err(format!("tool \"{}\" has an empty description", spec.name));
+    }
+    if spec.description.len() as u64 > limits.max_description_bytes.bytes() {
+        return Err(format!(
+            "tool \"{}\": its description is {} bytes, more than max_description_bytes = {}",
+            spec.name,
+            spec.description.len(),
+            limits.max_description_bytes
+        ));
+    }
+    if let Some(c) = spec.description.chars().find(|c| forbidden_in_text(*c)) {
+        return Err(format!(
+            "tool \"{}\": its description holds the control character U+{:04X}",
+            spec.name, c as u32
+        ));
+    }
+    if let Some(title) = &spec.title
+        && (title.len() > 256
+            || title
+                .chars()
+                .any(|c| c.is_control() || forbidden_in_text(c)))
+    {
+        return Err(format!(
+            "tool \"{}\": its title must be at most 256 bytes without control characters",
+            spec.name
+        ));
+    }
+    for (what, schema) in [
+        ("input schema", Some(&spec.input_schema)),
+        ("output schema", spec.output_schema.as_ref()),
+    ] {
+        if let Some(s) = schema
+            && s.len() as u64 > limits.max_schema_bytes.bytes()
+        {
+            return Err(format!(
+                "tool \"{}\": its {what} is {} bytes, more than max_schema_bytes = {}",
+                spec.name,
+                s.len(),
+                limits.max_schema_bytes
+            ));
+        }
     }
     let input = schema_object("the input schema", &spec.name, &spec.input_schema)?;
     if input.get("type").and_then(|t| t.as_str()) != Some("object") {
@@ -259,4 +323,53 @@ fn to_mcp_tool(spec: ToolSpec) -> Result<Tool, String> {
     tool.output_schema = output.map(Arc::new);
     tool.annotations = Some(annotations);
     Ok(tool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_host_api::Hints;
+
+    fn spec(description: &str, title: Option<&str>) -> ToolSpec {
+        ToolSpec {
+            name: "t".into(),
+            title: title.map(str::to_owned),
+            description: description.into(),
+            input_schema: r#"{"type":"object"}"#.into(),
+            output_schema: None,
+            hints: Hints {
+                read_only: true,
+                destructive: false,
+                idempotent: true,
+                open_world: false,
+            },
+        }
+    }
+
+    #[test]
+    fn control_characters_in_what_a_component_declares_are_load_errors() {
+        let limits = crate::config::policy::Limits::default();
+        assert!(
+            to_mcp_tool(
+                spec("Lists files.\nOne per line.\tTabs too.", None),
+                &limits
+            )
+            .is_ok()
+        );
+        for bad in [
+            "ok\u{1b}[2Jhidden",
+            "a\u{0}b",
+            "a\u{202e}b",
+            "a\rb",
+            "a\u{85}b",
+        ] {
+            let e = to_mcp_tool(spec(bad, None), &limits).unwrap_err();
+            assert!(
+                e.contains("its description holds the control character"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = to_mcp_tool(spec("fine", Some("Title\nforged")), &limits).unwrap_err();
+        assert!(e.contains("its title must be"), "{e}");
+    }
 }

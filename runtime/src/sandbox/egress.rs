@@ -218,6 +218,7 @@ pub fn admit<B>(grants: &Grants, request: &mut http::Request<B>) -> Result<Admit
                 http::header::ACCEPT_ENCODING,
                 http::HeaderValue::from_static("identity"),
             );
+            request.headers_mut().remove(http::header::TE);
         }
     }
     Ok(Admitted {
@@ -443,6 +444,24 @@ async fn send(
         }
     });
     if let Some(r) = &reflections {
+        // A body the guest would decode itself cannot be scrubbed: refused, whatever the
+        // server chose to send despite `Accept-Encoding: identity`.
+        let coded = |name: http::header::HeaderName, allowed: &[&str]| {
+            response.headers().get_all(name).iter().any(|v| {
+                v.to_str().map_or(true, |v| {
+                    v.split(',')
+                        .map(|c| c.trim().to_ascii_lowercase())
+                        .any(|c| !c.is_empty() && !allowed.contains(&c.as_str()))
+                })
+            })
+        };
+        if coded(http::header::CONTENT_ENCODING, &["identity"])
+            || coded(http::header::TRANSFER_ENCODING, &["chunked", "identity"])
+        {
+            return Err(Error::HttpResponseContentCoding(Some(
+                "a response to a request carrying an injected secret must not be encoded".into(),
+            )));
+        }
         scrub_headers(response.headers_mut(), r);
         // Scrubbing changes the body's length.
         response.headers_mut().remove(http::header::CONTENT_LENGTH);
@@ -526,7 +545,10 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Scrubbed<B> {
                 Ok(data) => data,
                 Err(frame) => {
                     // Trailers end the body: what is held back goes first.
-                    self.trailers = frame.into_trailers().ok();
+                    self.trailers = frame.into_trailers().ok().map(|mut t| {
+                        scrub_headers(&mut t, &self.reflections);
+                        t
+                    });
                     self.done = true;
                     continue;
                 }

@@ -8,22 +8,33 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rmcp::model::{CallToolResult, ContentBlock, ResourceContents};
 
-/// Bytes of content in `out`, counted before any encoding.
+/// Bytes a content item costs beyond its data: its JSON envelope (`{"type":"text","text":…}`
+/// and the like), so that many empty items are not free.
+const ITEM_OVERHEAD: usize = 32;
+
+/// Bytes of `out` as it will be sent: each item's data (binary base64-encoded), its envelope,
+/// and the structured content.
 fn size(out: &ToolOutput) -> usize {
+    let base64 = |n: usize| n.div_ceil(3) * 4;
     let content: usize = out
         .content
         .iter()
-        .map(|c| match c {
-            Content::Text(t) => t.len(),
-            Content::Image(m) | Content::Audio(m) => m.data.len() + m.mime_type.len(),
-            Content::Resource(r) => {
-                r.uri.len()
-                    + r.mime_type.as_ref().map_or(0, String::len)
-                    + match &r.body {
-                        ResourceBody::Text(t) => t.len(),
-                        ResourceBody::Blob(b) => b.len(),
+        .map(|c| {
+            ITEM_OVERHEAD
+                + match c {
+                    Content::Text(t) => t.len(),
+                    Content::Image(m) | Content::Audio(m) => {
+                        base64(m.data.len()) + m.mime_type.len()
                     }
-            }
+                    Content::Resource(r) => {
+                        r.uri.len()
+                            + r.mime_type.as_ref().map_or(0, String::len)
+                            + match &r.body {
+                                ResourceBody::Text(t) => t.len(),
+                                ResourceBody::Blob(b) => base64(b.len()),
+                            }
+                    }
+                }
         })
         .sum();
     content + out.structured.as_ref().map_or(0, String::len)
@@ -91,8 +102,16 @@ pub fn redact(result: &mut CallToolResult, redactor: &Redactor) {
     }
 }
 
-/// Convert the tool's output, refusing it when it is larger than `limit` or malformed.
-pub fn to_mcp(out: ToolOutput, limit: ByteSize) -> Result<CallToolResult, CallFailure> {
+/// Convert the tool's output, refusing it when it has more than `max_items` content items, is
+/// larger than `limit` as sent, or is malformed.
+pub fn to_mcp(
+    out: ToolOutput,
+    limit: ByteSize,
+    max_items: u32,
+) -> Result<CallToolResult, CallFailure> {
+    if out.content.len() > max_items as usize {
+        return Err(CallFailure::OutputTooManyItems { limit: max_items });
+    }
     if size(&out) as u64 > limit.bytes() {
         return Err(CallFailure::OutputTooLarge { limit });
     }

@@ -24,8 +24,14 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// Longest `host.log` message passed on; longer ones are cut.
-const MAX_LOG_MESSAGE: usize = 4096;
+/// Fuel charged per byte the host handles for a call through its imports (messages,
+/// questions, nested-call arguments), and per import call: work the host does on a call's
+/// behalf counts against the call's CPU budget as its own instructions do.
+const FUEL_PER_HOST_BYTE: u64 = 4;
+const FUEL_PER_HOST_CALL: u64 = 2_000;
+/// Bytes of message budget a message costs beyond its text (so a flood of empty messages runs
+/// out too).
+const MESSAGE_OVERHEAD: u64 = 32;
 /// Most elements a guest table may hold.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
@@ -82,6 +88,23 @@ pub struct HostState {
     stop: CancellationToken,
     /// The tool has asked `cancelled()`: it gets [`STOP_GRACE`] to stop by itself.
     cooperative: Arc<std::sync::atomic::AtomicBool>,
+    /// What the call may still send as log and progress messages, and its other limits on
+    /// what it makes the host handle.
+    budget: MessageBudget,
+    /// Host work done for the call since the last epoch tick, in fuel, charged at the tick.
+    host_work: u64,
+}
+
+/// The limits on what a call makes the host carry for it through `host.log`, `host.progress`,
+/// `confirm` and `elicit`.
+struct MessageBudget {
+    /// Bytes of one message passed on (longer ones are cut).
+    per_message: usize,
+    /// Bytes of messages (as sent, overhead included) still allowed.
+    left: u64,
+    volume: ByteSize,
+    /// Bytes of one question's text.
+    question: ByteSize,
 }
 
 /// How long a tool that watches `cancelled()` may run on after a stop or cancellation.
@@ -99,6 +122,46 @@ impl HostState {
     fn clean(&self, mut text: String) -> String {
         self.redactor.redact_in_place(&mut text);
         text
+    }
+
+    /// Charge the host work of handling `bytes` for the call (fuel, at the next tick).
+    fn charge(&mut self, bytes: usize) {
+        self.host_work = self.host_work.saturating_add(
+            FUEL_PER_HOST_CALL.saturating_add((bytes as u64).saturating_mul(FUEL_PER_HOST_BYTE)),
+        );
+    }
+
+    /// Take a message of `bytes` (as sent) from the call's budget, or end the call.
+    fn spend(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.charge(bytes);
+        let cost = (bytes as u64).saturating_add(MESSAGE_OVERHEAD);
+        if cost > self.budget.left {
+            self.budget.left = 0;
+            return Err(end_run(CallFailure::MessageLimitExceeded {
+                limit: self.budget.volume,
+            }));
+        }
+        self.budget.left -= cost;
+        Ok(())
+    }
+
+    /// A question's text of `bytes`, or the end of the call.
+    fn ask_size(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.charge(bytes);
+        if bytes as u64 > self.budget.question.bytes() {
+            return Err(end_run(CallFailure::QuestionTooLarge {
+                limit: self.budget.question,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Cut `text` to at most `max` bytes (on a character boundary), marking the cut.
+fn cut_message(text: &mut String, max: usize) {
+    if text.len() > max {
+        text.truncate(text.floor_char_boundary(max));
+        text.push('…');
     }
 }
 
@@ -129,12 +192,11 @@ impl WasiView for HostState {
 impl airlock_host_api::airlock::tool::types::Host for HostState {}
 
 impl airlock_host_api::Host for HostState {
-    fn log(&mut self, level: LogLevel, mut message: String) {
+    fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
+        self.spend(message.len())?;
+        // Cut before anything else looks at it: the host's work per message is bounded.
+        cut_message(&mut message, self.budget.per_message);
         self.redactor.redact_in_place(&mut message);
-        if message.len() > MAX_LOG_MESSAGE {
-            message.truncate(message.floor_char_boundary(MAX_LOG_MESSAGE));
-            message.push('…');
-        }
         let component = &*self.component;
         let logged = self.shapes.redact(&message);
         match level {
@@ -147,15 +209,23 @@ impl airlock_host_api::Host for HostState {
             // A slow client loses messages rather than stalling the tool.
             let _ = tx.try_send(GuestEvent::Log { level, message });
         }
+        Ok(())
     }
 
-    fn progress(&mut self, progress: f64, total: Option<f64>, mut message: Option<String>) {
+    fn progress(
+        &mut self,
+        progress: f64,
+        total: Option<f64>,
+        mut message: Option<String>,
+    ) -> wasmtime::Result<()> {
+        self.spend(message.as_ref().map_or(0, String::len))?;
         // MCP requires progress to increase; anything else is dropped rather than forwarded.
         if !progress.is_finite() || progress <= self.last_progress {
-            return;
+            return Ok(());
         }
         self.last_progress = progress;
         if let Some(m) = &mut message {
+            cut_message(m, self.budget.per_message);
             self.redactor.redact_in_place(m);
         }
         if let Some(tx) = &self.events {
@@ -165,10 +235,12 @@ impl airlock_host_api::Host for HostState {
                 message,
             });
         }
+        Ok(())
     }
 
     async fn confirm(&mut self, prompt: String, details: String) -> wasmtime::Result<bool> {
         let services = self.services()?;
+        self.ask_size(prompt.len() + details.len())?;
         let (prompt, details) = (self.clean(prompt), self.clean(details));
         services.confirm(prompt, details).await.map_err(end_run)
     }
@@ -179,6 +251,7 @@ impl airlock_host_api::Host for HostState {
         schema: String,
     ) -> wasmtime::Result<Result<ElicitAnswer, String>> {
         let services = self.services()?;
+        self.ask_size(message.len() + schema.len())?;
         let message = self.clean(message);
         let answer = services.elicit(message, schema).await.map_err(end_run)?;
         Ok(answer.map(|reply| match reply {
@@ -196,6 +269,7 @@ impl airlock_host_api::Host for HostState {
         arguments: String,
     ) -> wasmtime::Result<Result<ToolOutput, NestedFailure>> {
         let services = self.services()?;
+        self.charge(name.len() + arguments.len());
         match services.call_tool(name, arguments).await.map_err(end_run)? {
             Ok(result) => Ok(Ok(crate::sandbox::output::to_tool_output(&result))),
             Err(f) => Ok(Err(NestedFailure {
@@ -391,6 +465,13 @@ pub async fn run(
         cancel: signals.cancel.clone(),
         stop: signals.stop.clone(),
         cooperative: cooperative.clone(),
+        budget: MessageBudget {
+            per_message: limits.max_message_bytes.as_usize(),
+            left: limits.max_message_volume.bytes(),
+            volume: limits.max_message_volume,
+            question: limits.max_question_bytes,
+        },
+        host_work: 0,
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -400,7 +481,17 @@ pub async fn run(
     // The same tick publishes the fuel left, so an operator sees a running call's CPU use.
     store.set_epoch_deadline(1);
     let gauge = signals.fuel_left.clone();
-    store.epoch_deadline_callback(move |ctx| {
+    store.epoch_deadline_callback(move |mut ctx| {
+        // The host's work for the call since the last tick comes out of its fuel.
+        let work = std::mem::take(&mut ctx.data_mut().host_work);
+        if work > 0 {
+            let left = ctx.get_fuel().unwrap_or(0);
+            if work >= left {
+                let _ = ctx.set_fuel(0);
+                return Err(wasmtime::Error::from(Trap::OutOfFuel));
+            }
+            ctx.set_fuel(left - work)?;
+        }
         if let Some(g) = &gauge {
             g.store(
                 ctx.get_fuel().unwrap_or(0),
@@ -448,8 +539,16 @@ pub async fn run(
         Err(
             CallFailure::TimedOut { .. } | CallFailure::Cancelled | CallFailure::StoppedByOperator,
         ) => None,
-        _ => Some(limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))),
+        _ => Some(
+            limits
+                .fuel
+                .saturating_sub(store.get_fuel().unwrap_or(0))
+                .saturating_add(store.data().host_work)
+                .min(limits.fuel),
+        ),
     };
+    // Whatever the tool wrote into its failure, at most `max_error_bytes` of it goes on.
+    let result = result.map_err(|f| f.cut(limits.max_error_bytes.as_usize()));
     let peak_memory = store.data().limiter.peak;
     // A refused request ends the call as blocked, whatever the tool made of the refusal.
     // An operator's stop is what ended the call, whatever it was refused before.

@@ -492,8 +492,15 @@ pub async fn serve_http(
     // With no allowed origins configured, any request that carries an Origin (a browser) is refused.
     config = config.enforce_origin_validation();
     let factory_live = live.clone();
-    let sessions = Arc::new(LocalSessionManager::default());
-    let owners = SessionOwners::new(live.clone(), sessions.clone());
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(server.session_idle_timeout.0);
+    let sessions = Arc::new(manager);
+    let owners = SessionOwners::new(
+        live.clone(),
+        sessions.clone(),
+        server.max_sessions as usize,
+        server.max_sessions_per_principal as usize,
+    );
     let service = StreamableHttpService::new(
         move || {
             // Every request carries the principal the auth layer proved; should one not, it

@@ -18,22 +18,52 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// last pruning, and never below this.
 const PRUNE_FLOOR: usize = 256;
 
-/// Which principal owns each live session.
+/// Which principal owns each live session, and how many each may have.
 pub struct SessionOwners {
     live: Arc<Live>,
     manager: Arc<LocalSessionManager>,
     owners: Mutex<HashMap<Arc<str>, Arc<str>>>,
     prune_at: AtomicUsize,
+    max_total: usize,
+    max_per_principal: usize,
 }
 
 impl SessionOwners {
-    pub fn new(live: Arc<Live>, manager: Arc<LocalSessionManager>) -> Arc<SessionOwners> {
+    pub fn new(
+        live: Arc<Live>,
+        manager: Arc<LocalSessionManager>,
+        max_total: usize,
+        max_per_principal: usize,
+    ) -> Arc<SessionOwners> {
         Arc::new(SessionOwners {
             live,
             manager,
             owners: Mutex::new(HashMap::new()),
             prune_at: AtomicUsize::new(PRUNE_FLOOR),
+            max_total,
+            max_per_principal,
         })
+    }
+
+    /// Why `principal` may not open another session now, if it may not.
+    fn over_cap(&self, principal: &str) -> Option<String> {
+        let owners = self.owners();
+        let mine = owners.values().filter(|p| ***p == *principal).count();
+        if mine >= self.max_per_principal {
+            return Some(format!(
+                "session limit: principal {principal} has {mine} sessions open \
+                 (max_sessions_per_principal = {}); end one (DELETE) or let an idle one expire",
+                self.max_per_principal
+            ));
+        }
+        if owners.len() >= self.max_total {
+            return Some(format!(
+                "session limit: {} sessions are open (max_sessions = {}); try again later",
+                owners.len(),
+                self.max_total
+            ));
+        }
+        None
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<str>>> {
@@ -42,9 +72,11 @@ impl SessionOwners {
 
     /// Forget the sessions rmcp no longer has (closed, deleted, idle too long).
     async fn prune(&self) {
-        let live: Vec<Arc<str>> = self.manager.sessions.read().await.keys().cloned().collect();
+        // rmcp's map stays read-locked while ours is pruned: no session can be created (and so
+        // bound) in between and be dropped by mistake.
+        let live = self.manager.sessions.read().await;
         let mut owners = self.owners();
-        owners.retain(|id, _| live.contains(id));
+        owners.retain(|id, _| live.contains_key(id));
         self.prune_at
             .store((owners.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
@@ -125,6 +157,18 @@ pub async fn bind_session(
             return not_found();
         }
     }
+    // Only a 2025-era POST without a session can open one (2026-07-28 requests name their
+    // method in a header and are stateless).
+    let opening = presented.is_none()
+        && request.method() == http::Method::POST
+        && !request.headers().contains_key("mcp-method");
+    if opening && sessions.over_cap(&principal.name).is_some() {
+        // Sessions rmcp has ended (idle, deleted) do not count.
+        sessions.prune().await;
+        if let Some(why) = sessions.over_cap(&principal.name) {
+            return refuse_session(&sessions, &principal, why).await;
+        }
+    }
     let response = next.run(request).await;
     if presented.is_none()
         && let Some(created) = response
@@ -132,11 +176,23 @@ pub async fn bind_session(
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        // Bound before the response (and so the id) reaches anyone.
+        // Bound before the response (and so the id) reaches anyone. Several openings at once
+        // may all have passed the check above: the one that finds the cap taken is undone.
+        let created: Arc<str> = Arc::from(created);
+        let over = sessions.over_cap(&principal.name);
+        if let Some(why) = over {
+            let _ =
+                rmcp::transport::streamable_http_server::session::SessionManager::close_session(
+                    &*sessions.manager,
+                    &created,
+                )
+                .await;
+            return refuse_session(&sessions, &principal, why).await;
+        }
         let len = {
             let mut owners = sessions.owners();
             owners
-                .entry(Arc::from(created))
+                .entry(created)
                 .or_insert_with(|| principal.name.clone());
             owners.len()
         };
@@ -144,5 +200,48 @@ pub async fn bind_session(
             sessions.prune().await;
         }
     }
+    response
+}
+
+/// The record of a session that was not opened, for the audit log.
+#[derive(Serialize)]
+struct SessionLimitRecord<'a> {
+    event: &'static str,
+    principal: &'a str,
+    reason: &'a str,
+}
+
+/// 429 with the reason, as a JSON-RPC error, and an audit record.
+async fn refuse_session(
+    sessions: &SessionOwners,
+    principal: &Principal,
+    why: String,
+) -> axum::response::Response {
+    tracing::warn!(target: "airlock::auth", principal = %principal.name, "{why}");
+    let record = SessionLimitRecord {
+        event: "limit",
+        principal: &principal.name,
+        reason: &why,
+    };
+    if let Err(e) = sessions
+        .live
+        .current()
+        .audit()
+        .append("session", &record)
+        .await
+    {
+        tracing::error!(target: "airlock::auth", "cannot record a refused session: {}", e.0);
+    }
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32000, "message": why, "data": {"airlock/outcome": "session_limit"}}
+    });
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
