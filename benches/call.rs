@@ -32,8 +32,13 @@ fn load(audit: bool, grants: &str) -> (tokio::runtime::Runtime, Arc<Airlock>) {
     let mut policy =
         Policy::parse(&config, "bench.toml", Path::new("."), &Dirs::state(&state)).unwrap();
     let log = if audit {
-        policy.audit.dir =
-            std::env::temp_dir().join(format!("airlock-bench-audit-{}", std::process::id()));
+        // One log per server (each log has a single writer).
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        policy.audit.dir = std::env::temp_dir().join(format!(
+            "airlock-bench-audit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         AuditLog::open(&policy.audit, &state).unwrap()
     } else {
         AuditLog::off()

@@ -678,3 +678,52 @@ fn a_session_belongs_to_the_principal_that_opened_it() {
         "the session id is in the audit log"
     );
 }
+
+#[test]
+fn sessions_are_capped_per_principal_with_a_named_refusal() {
+    let dir = TempDir::new("auth-session-cap");
+    let config = dir.config(&format!(
+        "[server]\nmax_sessions_per_principal = 2\n[auth]\nmode = \"api-key\"\n\
+         [[auth.api_keys]]\nprincipal = \"ci-bot\"\nsha256 = \"{}\"\nroles = [\"readers\"]\n\
+         [[auth.api_keys]]\nprincipal = \"other-bot\"\nsha256 = \"{}\"\nroles = [\"readers\"]\n\
+         [roles]\nreaders = [\"analysts\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n",
+        hex::encode(Sha256::digest(API_KEY)),
+        hex::encode(Sha256::digest("ak-other-key-0123456789")),
+    ));
+    let server = HttpServer::start(&config);
+    let open = |key: &str| {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "cap-test", "version": "1"}}});
+        common::raw_http(
+            &server.addr,
+            &format!(
+                "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nAuthorization: Bearer {key}\r\n"
+            ),
+            &init.to_string(),
+        )
+        .expect("an answer")
+    };
+    assert_eq!(open(API_KEY).status, 200);
+    assert_eq!(open(API_KEY).status, 200);
+    let refused = open(API_KEY);
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(
+        refused
+            .body
+            .contains("session limit: principal ci-bot has 2 sessions open")
+            && refused
+                .body
+                .contains("\"airlock/outcome\":\"session_limit\""),
+        "{refused:?}"
+    );
+    // Another principal is not affected.
+    assert_eq!(open("ak-other-key-0123456789").status, 200);
+    let records = common::audit_records(&server.audit_dir);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "session" && r["event"] == "limit" && r["principal"] == "ci-bot"),
+        "{records:?}"
+    );
+}

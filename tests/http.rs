@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{HttpServer, TempDir, hostile_config, raw_post};
+use common::{HttpServer, TempDir, Transport, client, hostile_config, raw_post};
+use serde_json::json;
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
@@ -51,5 +52,76 @@ fn configured_origins_are_accepted() {
     assert_eq!(
         raw_post(&server.addr, &host, Some("http://other.example.com"), INIT),
         403
+    );
+}
+
+#[test]
+fn half_sent_requests_time_out_and_connections_are_capped_per_peer() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("http-slowloris");
+    let config = common::hostile_config_with_server(
+        &dir,
+        "max_connections_per_peer = 8\nhttp_header_timeout = \"1s\"\nhttp_body_timeout = \"1s\"",
+        "",
+    );
+    let server = HttpServer::start(&config);
+    // Eight connections each send half a request's headers, and one half a body.
+    let mut half: Vec<TcpStream> = (0..7)
+        .map(|_| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut slow_body = TcpStream::connect(&server.addr).unwrap();
+    slow_body
+        .write_all(
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{{\"jsonrpc\"",
+                server.addr
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    half.push(slow_body);
+    std::thread::sleep(Duration::from_millis(200));
+    // The ninth from the same address is refused at once, with a reason.
+    let mut ninth = TcpStream::connect(&server.addr).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = ninth.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503")
+            && answer.contains("too many connections from this address"),
+        "{answer}"
+    );
+    // Each half-sent request is dropped within its timeout (plus scheduling slack).
+    let started = Instant::now();
+    for s in &mut half {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // With their slots back, a benign client is served.
+    let s = client(
+        "auto",
+        Transport::Http(&server.url),
+        json!({"calls": [{"id": "e", "tool": "fixture_echo", "args": {"message": "served"}}]}),
+    );
+    assert_eq!(s.call("e")["text"], "served", "{}", s.report);
+    assert!(
+        server.log().contains("connections refused"),
+        "{}",
+        server.log()
     );
 }

@@ -381,3 +381,45 @@ fn a_nested_call_never_carries_a_secret_into_the_audit_log_or_the_log() {
         "a marker names a secret:\n{audit}"
     );
 }
+
+#[test]
+fn an_encoded_response_to_a_request_carrying_a_secret_is_refused() {
+    // The host cannot scrub what the guest would decode itself, so such a response never
+    // reaches the tool.
+    let server = TestHttpServer::start();
+    let p = server.port;
+    let dir = TempDir::new("secret-encoded");
+    let cfg = dir.config(&format!(
+        "{}\n[[tool]]\nname = \"http-fetch\"\ncomponent = \"bundled:http-fetch\"\n[tool.grants]\n\
+         net = [\"http://127.0.0.1:{p}\"]\n\
+         secrets = [{{ name = \"REPORTS_TOKEN\", host = \"127.0.0.1\", header = \"Authorization\", format = \"Bearer {{}}\" }}]\n",
+        secrets_dir(&dir, &[("REPORTS_TOKEN", TOKEN)]),
+    ));
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&cfg)),
+        json!({"calls": [
+            {"id": "encoded", "tool": "http_fetch", "args": {"url": format!("http://127.0.0.1:{p}/encoded")}}
+        ]}),
+    );
+    let c = s.call("encoded");
+    assert_eq!(c["is_error"], true, "{c}");
+    assert!(
+        c["text"].as_str().unwrap().contains("encoded")
+            || c["text"].as_str().unwrap().contains("content coding"),
+        "{c}"
+    );
+    // The request went out with the secret, and asked for no encoding.
+    let seen = server.seen();
+    assert!(
+        seen[0]
+            .headers
+            .contains(&("accept-encoding".into(), "identity".into())),
+        "{seen:?}"
+    );
+    let everything = format!("{}{}", s.report, s.stderr);
+    assert!(
+        !everything.contains(TOKEN),
+        "the value leaked:\n{everything}"
+    );
+}

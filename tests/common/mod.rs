@@ -42,11 +42,16 @@ pub fn shared_cache_dir() -> PathBuf {
 pub fn fresh_audit_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "audit-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
-    ))
+    ));
+    // Process ids are reused (pid_max is often 32768): what an earlier run left under this
+    // name is not this server's.
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(state_dir_for(&dir));
+    dir
 }
 
 /// The Python interpreter with `mcp==2.3.0` (made by `scripts/test`).
@@ -540,7 +545,8 @@ pub struct SeenRequest {
 /// A small HTTP/1.1 server on 127.0.0.1 for egress tests. Routes:
 /// `/hello` (200, text), `/headers` (200, the request's headers, one per line),
 /// `/big` (200, 4096 bytes), `/redirect?to=URL` (302 to URL), `/reflect` (200, every request
-/// header value as is and encoded, in the body and an `X-Reflect` header), anything else 404.
+/// header value as is and encoded, in the body and an `X-Reflect` header), `/encoded` (the
+/// headers, labelled `Content-Encoding: gzip`), anything else 404.
 pub struct TestHttpServer {
     pub port: u16,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
@@ -596,6 +602,15 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
     } else if path == "/headers" {
         let body: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         ("200 OK", String::new(), body.join("\n"))
+    } else if path == "/encoded" {
+        // A server that compresses whatever the client asked for (the body is the request's
+        // headers, labelled gzip): the guest would decode what the host cannot scrub.
+        let body: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        (
+            "200 OK",
+            "Content-Encoding: gzip\r\n".to_owned(),
+            body.join("\n"),
+        )
     } else if path == "/reflect" {
         // Every request header value echoed back as is and in the encodings a server might use,
         // in the body and in a response header.

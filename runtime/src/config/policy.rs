@@ -95,6 +95,10 @@ struct ServerSection {
     max_sessions: Option<u32>,
     max_sessions_per_principal: Option<u32>,
     session_idle_timeout: Option<Span>,
+    max_connections: Option<u32>,
+    max_connections_per_peer: Option<u32>,
+    http_header_timeout: Option<Span>,
+    http_body_timeout: Option<Span>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -266,6 +270,14 @@ pub struct ServerSettings {
     pub max_sessions_per_principal: u32,
     /// A session with no activity for this long is closed.
     pub session_idle_timeout: Span,
+    /// HTTP connections open at once, and from one peer address.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    /// Time to receive a request's headers (on a keep-alive connection, from the end of the
+    /// previous response: the idle timeout too).
+    pub http_header_timeout: Span,
+    /// Time to receive a request's body.
+    pub http_body_timeout: Span,
 }
 
 /// Where a component's bytes came from.
@@ -674,6 +686,35 @@ fn resolve_server(
             format!("{session_idle_timeout} is outside 1s..=24h"),
         ));
     }
+    let max_connections = s.max_connections.unwrap_or(1024);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err((
+            "server › max_connections".into(),
+            format!("{max_connections} is outside 1..=1000000"),
+        ));
+    }
+    let max_connections_per_peer = s.max_connections_per_peer.unwrap_or(128);
+    if !(1..=max_connections).contains(&max_connections_per_peer) {
+        return Err((
+            "server › max_connections_per_peer".into(),
+            format!(
+                "{max_connections_per_peer} is outside 1..=max_connections ({max_connections})"
+            ),
+        ));
+    }
+    let timeout = |key: &str, v: Option<Span>, default: u64, max: u64| {
+        let v = v.unwrap_or(Span(Duration::from_secs(default)));
+        if (Duration::from_millis(100)..=Duration::from_secs(max)).contains(&v.0) {
+            Ok(v)
+        } else {
+            Err((
+                format!("server › {key}"),
+                format!("{v} is outside 100ms..={max}s"),
+            ))
+        }
+    };
+    let http_header_timeout = timeout("http_header_timeout", s.http_header_timeout, 10, 300)?;
+    let http_body_timeout = timeout("http_body_timeout", s.http_body_timeout, 30, 3600)?;
     Ok(ServerSettings {
         state_dir,
         cache_dir,
@@ -684,6 +725,10 @@ fn resolve_server(
         max_sessions,
         max_sessions_per_principal,
         session_idle_timeout,
+        max_connections,
+        max_connections_per_peer,
+        http_header_timeout,
+        http_body_timeout,
     })
 }
 

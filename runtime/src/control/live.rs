@@ -369,9 +369,15 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
     if old.server.max_sessions != new.server.max_sessions
         || old.server.max_sessions_per_principal != new.server.max_sessions_per_principal
         || old.server.session_idle_timeout != new.server.session_idle_timeout
+        || old.server.max_connections != new.server.max_connections
+        || old.server.max_connections_per_peer != new.server.max_connections_per_peer
+        || old.server.http_header_timeout != new.server.http_header_timeout
+        || old.server.http_body_timeout != new.server.http_body_timeout
     {
         return Err(restart(
-            "[server] max_sessions, max_sessions_per_principal or session_idle_timeout",
+            "[server] sessions or connections (max_sessions, max_sessions_per_principal, \
+             session_idle_timeout, max_connections, max_connections_per_peer, \
+             http_header_timeout, http_body_timeout)",
         ));
     }
     if old.audit != new.audit {

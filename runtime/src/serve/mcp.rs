@@ -11,6 +11,7 @@ use crate::gate::approval::{ClientChannel, Elicitor, Interaction, Retry};
 use crate::gate::auth::AuthError;
 use crate::pipeline::call::{CallContext, Caller};
 use crate::sandbox::store::GuestEvent;
+use crate::serve::listener::ListenerLimits;
 use crate::serve::sessions::{SessionOwners, bind_session};
 use airlock_host_api::LogLevel;
 use anyhow::{Context, Result, bail};
@@ -536,6 +537,13 @@ pub async fn serve_http(
             "/.well-known/oauth-protected-resource/{*path}",
             axum::routing::get(serve),
         );
+    let limits = ListenerLimits {
+        header_timeout: server.http_header_timeout.0,
+        body_timeout: server.http_body_timeout.0,
+        max_connections: server.max_connections as usize,
+        max_connections_per_peer: server.max_connections_per_peer as usize,
+    };
+    crate::serve::listener::ensure_fd_budget(limits.max_connections)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -543,14 +551,7 @@ pub async fn serve_http(
     // Printed (not only logged) so scripts and tests can find an ephemeral port.
     eprintln!("airlock: serving MCP on http://{local}/mcp");
     tracing::info!(address = %local, "serving MCP over Streamable HTTP");
-    // Small JSON-RPC responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    crate::serve::listener::serve(listener, app, limits, shutdown)
         .await
         .context("the HTTP server failed")
 }

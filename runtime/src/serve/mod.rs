@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod confine;
 pub mod doctor;
+pub mod listener;
 pub mod log;
 pub mod mcp;
 pub mod sessions;

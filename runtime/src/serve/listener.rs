@@ -1,0 +1,254 @@
+//! The HTTP listener, with every connection bounded before anyone is authenticated: connections
+//! in total and per peer address (refused with 503 above the cap), the time to send a request's
+//! headers (which on a keep-alive connection counts from the end of the previous response, so
+//! it is the idle timeout too), and the time to send a request's body. A client that sends half
+//! a request and waits holds a connection for the header timeout at most, and one address
+//! cannot take more than its share.
+
+use anyhow::Result;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The listener's limits (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+}
+
+/// Connections open per peer address; a slot gives its place back when dropped.
+#[derive(Default)]
+struct Peers(Mutex<HashMap<IpAddr, usize>>);
+
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Peers {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// `RefusalLog::last_ms` before the first refusal.
+const NEVER: u64 = u64::MAX;
+
+/// Refusals are logged at most once a second (a flood of them must not flood the log).
+struct RefusalLog {
+    refused: AtomicU64,
+    last_ms: AtomicU64,
+    started: Instant,
+}
+
+impl RefusalLog {
+    fn note(&self, why: &str) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if (last == NEVER || now.saturating_sub(last) >= 1000)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.refused.store(0, Ordering::Relaxed);
+            tracing::warn!(target: "airlock::http", refused = n, "connections refused: {why}");
+        }
+    }
+}
+
+/// Answer a refused connection with 503 and close it, without waiting on the client long.
+fn refuse(mut tcp: tokio::net::TcpStream, why: &'static str) {
+    tokio::spawn(async move {
+        let body = format!("{why}; try again later\n");
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), tcp.write_all(answer.as_bytes())).await;
+    });
+}
+
+/// Descriptors kept free beyond the connections: the audit log and journal, the admin socket,
+/// reloads (which read every component), the compile cache, components' preopens and egress.
+pub const FD_RESERVE: u64 = 512;
+
+/// Make sure the process may open `max_connections` plus [`FD_RESERVE`] descriptors, raising
+/// its soft limit up to the hard one if needed; otherwise the start stops (the cap could not
+/// be enforced: the listener would run out before it was reached).
+pub fn ensure_fd_budget(max_connections: usize) -> Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let need = max_connections as u64 + FD_RESERVE;
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= need {
+        return Ok(());
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < need {
+        anyhow::bail!(
+            "[server] max_connections = {max_connections} needs {need} file descriptors with the \
+             {FD_RESERVE} Airlock keeps in reserve, but this process may open at most {hard} \
+             (RLIMIT_NOFILE); lower max_connections or raise the limit"
+        );
+    }
+    limit.current = Some(need);
+    setrlimit(Resource::Nofile, limit)
+        .map_err(|e| anyhow::anyhow!("cannot raise RLIMIT_NOFILE to {need}: {e}"))?;
+    Ok(())
+}
+
+/// Serve `app` on `listener` until `shutdown` fires, then let open connections finish (up to
+/// a few seconds).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let body_timeout = limits.body_timeout;
+    let app = app.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            next.run(request.map(|body| {
+                axum::body::Body::new(Deadline {
+                    inner: body,
+                    sleep: Box::pin(tokio::time::sleep(body_timeout)),
+                    after: body_timeout,
+                })
+            }))
+        },
+    ));
+    let total = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(Peers::default());
+    let refusals = RefusalLog {
+        refused: AtomicU64::new(0),
+        last_ms: AtomicU64::new(NEVER),
+        started: Instant::now(),
+    };
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: the listener waits rather than spins.
+                    tracing::warn!(target: "airlock::http", "cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            refusals.note("the server's connection limit (max_connections) is reached");
+            refuse(tcp, "too many connections to this server");
+            continue;
+        };
+        let Some(slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
+            refusals.note("a peer's connection limit (max_connections_per_peer) is reached");
+            refuse(tcp, "too many connections from this address");
+            continue;
+        };
+        // Small JSON-RPC responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _held = (permit, slot);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true);
+            let connection = builder
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    Ok(())
+}
+
+/// A request body that fails once its deadline passes before it has all arrived.
+struct Deadline {
+    inner: axum::body::Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    after: Duration,
+}
+
+impl http_body::Body for Deadline {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            let after = self.after;
+            return Poll::Ready(Some(Err(axum::Error::new(format!(
+                "the request body did not arrive within {} s (http_body_timeout)",
+                after.as_secs_f64()
+            )))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
