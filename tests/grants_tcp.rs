@@ -85,11 +85,10 @@ fn tcp_without_a_grant_is_blocked_before_connecting() {
     let server = PongServer::start();
     let p = server.port;
     let s = run("", json!({"address": format!("127.0.0.1:{p}")}));
+    // Without a tcp grant the tool cannot even create a socket (no descriptor is spent).
     assert_eq!(
         blocked(&s),
-        format!(
-            "blocked by policy: a TCP connection to 127.0.0.1:{p} is not granted to tool fixture_tcp — do not retry by another route"
-        )
+        "blocked by policy: creating a TCP socket is not granted (the tool has no tcp grant) to tool fixture_tcp — do not retry by another route"
     );
     assert_eq!(server.connections.load(Ordering::SeqCst), 0);
 }

@@ -30,6 +30,12 @@ pub enum Denial {
 /// What a component tried to do with a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketUse {
+    /// Creating a TCP socket at all, without a `tcp` grant (or in the shadow tier).
+    Create,
+    /// Creating more TCP sockets in one call than allowed.
+    CreateBeyond {
+        limit: u32,
+    },
     Connect,
     Bind,
     Listen,
@@ -116,6 +122,11 @@ impl fmt::Display for Denial {
                  sent in URLs; grant the secret as a header instead"
             ),
             Denial::Socket { usage, target } => match usage {
+                SocketUse::Create => write!(f, "creating a TCP socket is not granted ({target})"),
+                SocketUse::CreateBeyond { limit } => write!(
+                    f,
+                    "creating more than {limit} TCP sockets in one call is not granted"
+                ),
                 SocketUse::Connect => write!(f, "a TCP connection to {target} is not granted"),
                 SocketUse::Bind => write!(f, "binding a TCP socket to {target} is not granted"),
                 SocketUse::Listen => write!(

@@ -203,6 +203,13 @@ impl Catalog {
 fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Socket creation goes through the host's own check first (no `tcp` grant: no socket).
+    linker.allow_shadowing(true);
+    wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::add_to_linker::<
+        HostState,
+        store::GuardedTcpCreate,
+    >(&mut linker, |s| s)?;
+    linker.allow_shadowing(false);
     // Linked for every component; the per-call egress gate decides each request.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ToolWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;

@@ -3,6 +3,7 @@
 
 use crate::config::grants::{FsMode, Grants, SecretUse};
 use crate::config::policy::Limits;
+use crate::core::denial::{Denial, SocketUse};
 use crate::core::failure::CallFailure;
 use crate::core::interaction::Reply;
 use crate::core::redact::{Redactor, Shapes};
@@ -93,6 +94,91 @@ pub struct HostState {
     budget: MessageBudget,
     /// Host work done for the call since the last epoch tick, in fuel, charged at the tick.
     host_work: u64,
+    /// TCP sockets the call may still create (0 without a `tcp` grant or in the shadow tier).
+    sockets_left: u32,
+    /// Whether the call may create TCP sockets at all.
+    tcp_granted: bool,
+    shadow: bool,
+}
+
+/// TCP sockets one call may create (each holds a descriptor of the host's until dropped).
+pub const MAX_SOCKETS_PER_CALL: u32 = 64;
+
+/// `wasi:sockets/tcp-create-socket`, linked in front of wasmtime-wasi's own: a call whose
+/// component holds no `tcp` grant (or runs in the shadow tier) cannot create a socket at all,
+/// and none creates more than [`MAX_SOCKETS_PER_CALL`]. A refusal ends the call as blocked, as
+/// a refused connect does.
+pub struct GuardedTcpCreate;
+
+impl wasmtime::component::HasData for GuardedTcpCreate {
+    type Data<'a> = &'a mut HostState;
+}
+
+// The socket interfaces' shared error conversions, as wasmtime-wasi does them.
+impl wasmtime_wasi::p2::bindings::sockets::network::Host for HostState {
+    fn convert_error_code(
+        &mut self,
+        error: wasmtime_wasi::p2::SocketError,
+    ) -> wasmtime::Result<wasmtime_wasi::p2::bindings::sockets::network::ErrorCode> {
+        let mut view = wasmtime_wasi::sockets::WasiSocketsView::sockets(self);
+        wasmtime_wasi::p2::bindings::sockets::network::Host::convert_error_code(&mut view, error)
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: wasmtime::component::Resource<wasmtime::Error>,
+    ) -> wasmtime::Result<Option<wasmtime_wasi::p2::bindings::sockets::network::ErrorCode>> {
+        let mut view = wasmtime_wasi::sockets::WasiSocketsView::sockets(self);
+        wasmtime_wasi::p2::bindings::sockets::network::Host::network_error_code(&mut view, err)
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::sockets::network::HostNetwork for HostState {
+    fn drop(
+        &mut self,
+        this: wasmtime::component::Resource<wasmtime_wasi::p2::bindings::sockets::network::Network>,
+    ) -> wasmtime::Result<()> {
+        let mut view = wasmtime_wasi::sockets::WasiSocketsView::sockets(self);
+        wasmtime_wasi::p2::bindings::sockets::network::HostNetwork::drop(&mut view, this)
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host for &mut HostState {
+    fn create_tcp_socket(
+        &mut self,
+        family: wasmtime_wasi::p2::bindings::sockets::network::IpAddressFamily,
+    ) -> wasmtime_wasi::p2::SocketResult<wasmtime::component::Resource<wasmtime_wasi::p2::TcpSocket>>
+    {
+        let refused = if !self.tcp_granted {
+            Some(SocketUse::Create)
+        } else if self.sockets_left == 0 {
+            Some(SocketUse::CreateBeyond {
+                limit: MAX_SOCKETS_PER_CALL,
+            })
+        } else {
+            None
+        };
+        if let Some(usage) = refused {
+            // What the refusal is about (no address is known yet).
+            let target = if self.shadow {
+                "the shadow tier withholds raw TCP".to_owned()
+            } else {
+                "the tool has no tcp grant".to_owned()
+            };
+            let d = Denial::Socket { usage, target };
+            let component = &*self.component;
+            tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), "{d}");
+            let _ = self.denial.set(d);
+            return Err(
+                wasmtime_wasi::p2::bindings::sockets::network::ErrorCode::AccessDenied.into(),
+            );
+        }
+        self.sockets_left -= 1;
+        let mut view = wasmtime_wasi::sockets::WasiSocketsView::sockets(&mut **self);
+        wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host::create_tcp_socket(
+            &mut view, family,
+        )
+    }
 }
 
 /// The limits on what a call makes the host carry for it through `host.log`, `host.progress`,
@@ -431,6 +517,7 @@ pub async fn run(
         ),
     };
     let granted = called.is_some().then_some(&live);
+    let granted_tcp = granted.is_some_and(|g| !g.current().tcp.is_empty());
     let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial);
     let (wasi, granted) = match context {
         Ok(w) => (w, Ok(())),
@@ -472,6 +559,9 @@ pub async fn run(
             question: limits.max_question_bytes,
         },
         host_work: 0,
+        sockets_left: MAX_SOCKETS_PER_CALL,
+        tcp_granted: !shadow && granted_tcp,
+        shadow,
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
