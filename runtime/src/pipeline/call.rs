@@ -680,24 +680,44 @@ impl Airlock {
             clock: clock.clone(),
             shadow,
         });
-        let invocation = Invocation::Call {
-            tool: &tool.tool.name,
-            arguments,
-            grants: LiveGrants::new(
-                prepared.grants.clone(),
-                prepared.name.clone(),
-                self.operator.overrides.clone(),
-            ),
-            services: Some(services),
-            shadow,
-        };
+        let grants = LiveGrants::new(
+            prepared.grants.clone(),
+            prepared.name.clone(),
+            self.operator.overrides.clone(),
+        );
         let signals = RunSignals {
             cancel: ctx.cancel,
             stop: running.stop.clone(),
             fuel_left: Some(running.fuel_left.clone()),
             clock: Some(clock),
         };
-        store::run(prepared, invocation, ctx.events, &signals).await
+        let (component, name, arguments, events) = (
+            tool.component.clone(),
+            services.tool.clone(),
+            arguments.to_owned(),
+            ctx.events,
+        );
+        // On the guest pool: a runaway guest never holds a thread that serves others.
+        let run = async move {
+            let invocation = Invocation::Call {
+                tool: &name,
+                arguments: &arguments,
+                grants,
+                services: Some(services),
+                shadow,
+            };
+            store::run(&component.prepared, invocation, events, &signals).await
+        };
+        match store::on_guest_pool(run).await {
+            Ok(report) => report,
+            Err(f) => RunReport {
+                result: Err(f),
+                fuel_used: None,
+                peak_memory: 0,
+                stdout: (Vec::new(), 0),
+                stderr: (Vec::new(), 0),
+            },
+        }
     }
 }
 

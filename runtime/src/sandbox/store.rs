@@ -101,6 +101,46 @@ pub struct HostState {
     shadow: bool,
 }
 
+/// The threads guest code runs on, apart from the runtime that serves connections and runs
+/// the pipeline: a runaway guest (which yields only at epoch ticks) then never holds a thread
+/// that accepts, authenticates or answers, and with more guest threads than cores the kernel
+/// time-slices runaway and benign guests alike. Unset (library use), calls run inline.
+static GUEST_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
+/// Start the guest pool with `threads` threads (once; later calls change nothing).
+pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
+    if GUEST_POOL.get().is_some() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("airlock-guest")
+        .enable_all()
+        .build()?;
+    let _ = GUEST_POOL.set(runtime);
+    Ok(())
+}
+
+/// Run `work` on the guest pool (inline without one); dropping the returned future stops it.
+pub async fn on_guest_pool<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, CallFailure> {
+    let Some(pool) = GUEST_POOL.get() else {
+        return Ok(work.await);
+    };
+    /// Aborts the guest task when the caller stops waiting (cancelled, timed out above).
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = pool.spawn(work);
+    let _abort = AbortOnDrop(task.abort_handle());
+    task.await
+        .map_err(|e| CallFailure::HostError(format!("the guest task ended abnormally: {e}")))
+}
+
 /// TCP sockets one call may create (each holds a descriptor of the host's until dropped).
 pub const MAX_SOCKETS_PER_CALL: u32 = 64;
 

@@ -194,6 +194,12 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
+    // Guest code runs on threads of its own, twice as many as cores: see `start_guest_pool`.
+    if let Some(c) = &confined
+        && let Err(e) = crate::sandbox::store::start_guest_pool(2 * c.workers)
+    {
+        return fail(&anyhow::anyhow!("cannot start the guest threads: {e}"));
+    }
     match runtime.block_on(run(cli.command, confined)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
