@@ -27,6 +27,17 @@ fn secrets_dir(dir: &TempDir, files: &[(&str, &str)]) -> String {
     )
 }
 
+/// `http-fetch` granted `127.0.0.1:<port>`, with `REPORTS_TOKEN` injected there as a bearer
+/// token.
+fn fetch_with_token(dir: &TempDir, port: u16) -> std::path::PathBuf {
+    dir.config(&format!(
+        "{}\n[[tool]]\nname = \"http-fetch\"\ncomponent = \"bundled:http-fetch\"\n[tool.grants]\n\
+         net = [\"http://127.0.0.1:{port}\"]\n\
+         secrets = [{{ name = \"REPORTS_TOKEN\", host = \"127.0.0.1\", header = \"Authorization\", format = \"Bearer {{}}\" }}]\n",
+        secrets_dir(dir, &[("REPORTS_TOKEN", TOKEN)]),
+    ))
+}
+
 fn hostile(grants: &str) -> String {
     format!(
         "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.grants]\n{grants}\n",
@@ -285,12 +296,7 @@ fn an_injected_secret_echoed_back_in_any_common_encoding_is_scrubbed_before_the_
     let server = TestHttpServer::start();
     let p = server.port;
     let dir = TempDir::new("secret-reflect");
-    let cfg = dir.config(&format!(
-        "{}\n[[tool]]\nname = \"http-fetch\"\ncomponent = \"bundled:http-fetch\"\n[tool.grants]\n\
-         net = [\"http://127.0.0.1:{p}\"]\n\
-         secrets = [{{ name = \"REPORTS_TOKEN\", host = \"127.0.0.1\", header = \"Authorization\", format = \"Bearer {{}}\" }}]\n",
-        secrets_dir(&dir, &[("REPORTS_TOKEN", TOKEN)]),
-    ));
+    let cfg = fetch_with_token(&dir, p);
     let s = client(
         "auto",
         Transport::Stdio(Some(&cfg)),
@@ -389,12 +395,7 @@ fn an_encoded_response_to_a_request_carrying_a_secret_is_refused() {
     let server = TestHttpServer::start();
     let p = server.port;
     let dir = TempDir::new("secret-encoded");
-    let cfg = dir.config(&format!(
-        "{}\n[[tool]]\nname = \"http-fetch\"\ncomponent = \"bundled:http-fetch\"\n[tool.grants]\n\
-         net = [\"http://127.0.0.1:{p}\"]\n\
-         secrets = [{{ name = \"REPORTS_TOKEN\", host = \"127.0.0.1\", header = \"Authorization\", format = \"Bearer {{}}\" }}]\n",
-        secrets_dir(&dir, &[("REPORTS_TOKEN", TOKEN)]),
-    ));
+    let cfg = fetch_with_token(&dir, p);
     let s = client(
         "auto",
         Transport::Stdio(Some(&cfg)),

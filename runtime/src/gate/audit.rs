@@ -412,12 +412,7 @@ impl Writer {
             Ok(())
         })();
         if let Err(e) = attempt {
-            self.backoff = (self.backoff * 2).min(RETRY_MAX);
-            self.retry_at = Instant::now() + self.backoff;
-            tracing::warn!(
-                retry_in_ms = self.backoff.as_millis() as u64,
-                "the audit log is still unavailable: {e}"
-            );
+            self.retry_later(&e);
             return;
         }
         self.broken = None;
@@ -431,18 +426,23 @@ impl Writer {
         if let Err(e) = self.make_durable(buf) {
             (self.seq, self.head) = (seq0, head0);
             self.broken = Some(why);
-            self.backoff = (self.backoff * 2).min(RETRY_MAX);
-            self.retry_at = Instant::now() + self.backoff;
-            tracing::warn!(
-                retry_in_ms = self.backoff.as_millis() as u64,
-                "the audit log is still unavailable: {e}"
-            );
+            self.retry_later(&e);
             return;
         }
         self.file_bytes += buf.len() as u64;
         self.sealed = false;
         self.health.set(None);
         tracing::warn!(after = %why, "the audit log is writable again; calls are admitted");
+    }
+
+    /// A retry failed: the next one waits twice as long, up to [`RETRY_MAX`].
+    fn retry_later(&mut self, e: &std::io::Error) {
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        self.retry_at = Instant::now() + self.backoff;
+        tracing::warn!(
+            retry_in_ms = self.backoff.as_millis() as u64,
+            "the audit log is still unavailable: {e}"
+        );
     }
 
     /// Write a checkpoint and fsync it.

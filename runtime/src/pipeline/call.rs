@@ -325,8 +325,20 @@ impl Airlock {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
             _ => result,
         };
+        // The tool's name and the principal as records and the log show them: once per call,
+        // for both. A tool the catalog found has a declared name (checked at load); any other
+        // name is the client's text and is scrubbed.
+        let secrets = &*self.catalog.redactor;
+        let shown = Shown {
+            tool: if usage.component.is_some() {
+                Cow::Borrowed(name)
+            } else {
+                self.scrub(name, Some(secrets))
+            },
+            principal: secrets.redact(&caller.principal.name),
+        };
         let audited = self
-            .audit_call(name, arguments, caller, &result, started, &usage)
+            .audit_call(&shown, arguments, caller, &result, started, &usage)
             .await;
         let result = match audited {
             Ok(_) if usage.tier == Some(crate::config::risk::Tier::Shadow) => {
@@ -336,12 +348,12 @@ impl Airlock {
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
         record(
-            name,
+            &shown,
             caller,
             &result,
             started,
             &usage,
-            &self.catalog.redactor,
+            secrets,
             &self.shapes,
         );
         result
@@ -350,7 +362,7 @@ impl Airlock {
     /// Write the call's audit record and wait until it is durable.
     async fn audit_call(
         &self,
-        tool: &str,
+        shown: &Shown<'_>,
         arguments: Option<&JsonObject>,
         caller: &Caller,
         result: &Result<CallToolResult, CallFailure>,
@@ -395,8 +407,8 @@ impl Airlock {
             ),
         };
         let record = CallRecord {
-            principal: &secrets.redact(&caller.principal.name),
-            tool: &self.scrub(tool, Some(secrets)),
+            principal: &shown.principal,
+            tool: &shown.tool,
             component: usage.component.as_deref(),
             call_id: &caller.call_id,
             parent_call_id: caller.parent_call_id.as_deref(),
@@ -1086,9 +1098,15 @@ struct Usage {
     stderr: (Vec<u8>, u64),
 }
 
+/// A call's tool name and principal as its audit record and log event show them.
+struct Shown<'a> {
+    tool: Cow<'a, str>,
+    principal: Cow<'a, str>,
+}
+
 /// The structured log event of a finished call, and the guest's captured output.
 fn record(
-    tool: &str,
+    shown: &Shown<'_>,
     caller: &Caller,
     result: &Result<CallToolResult, CallFailure>,
     started: Instant,
@@ -1102,9 +1120,8 @@ fn record(
         let text = secrets.redact(text);
         shapes.redact(&text).into_owned()
     };
-    let tool = &*scrub(tool);
+    let (tool, principal) = (&*shown.tool, &*shown.principal);
     let component = usage.component.as_deref().unwrap_or("-");
-    let principal = &*scrub(&caller.principal.name);
     let call_id = caller.call_id.as_str();
     let duration_us = started.elapsed().as_micros() as u64;
     let (fuel_used, peak_memory) = (usage.fuel_used, usage.peak_memory);

@@ -45,6 +45,14 @@ impl SessionOwners {
         })
     }
 
+    /// A `session` audit record of a refusal (a failure to write it is logged: the refusal
+    /// stands either way).
+    async fn record(&self, record: &impl Serialize) {
+        if let Err(e) = self.live.current().audit().append("session", record).await {
+            tracing::error!(target: "airlock::auth", "cannot record a refused session: {}", e.0);
+        }
+    }
+
     /// Why `principal` may not open another session now, if it may not.
     fn over_cap(&self, principal: &str) -> Option<String> {
         let owners = self.owners();
@@ -145,15 +153,7 @@ pub async fn bind_session(
                 session: short,
                 method: &method,
             };
-            if let Err(e) = sessions
-                .live
-                .current()
-                .audit()
-                .append("session", &record)
-                .await
-            {
-                tracing::error!(target: "airlock::auth", "cannot record a refused session: {}", e.0);
-            }
+            sessions.record(&record).await;
             return not_found();
         }
     }
@@ -223,15 +223,7 @@ async fn refuse_session(
         principal: &principal.name,
         reason: &why,
     };
-    if let Err(e) = sessions
-        .live
-        .current()
-        .audit()
-        .append("session", &record)
-        .await
-    {
-        tracing::error!(target: "airlock::auth", "cannot record a refused session: {}", e.0);
-    }
+    sessions.record(&record).await;
     let body = serde_json::json!({
         "jsonrpc": "2.0",
         "id": null,
