@@ -381,3 +381,43 @@ fn what_a_component_declares_is_capped_at_load() {
         assert!(err.contains(problem), "{limits}: {err}");
     }
 }
+
+#[test]
+fn a_call_holds_a_bounded_number_of_outgoing_requests() {
+    // Each request in flight holds a connection of the host's: the seventeenth at once ends
+    // the call; sixteen are served.
+    let upstream = common::TestHttpServer::start();
+    let authority = format!("127.0.0.1:{}", upstream.port);
+    let dir = TempDir::new("http-in-flight");
+    let config = hostile_config(
+        &dir,
+        &format!("\n[tool.grants]\nnet = [\"http://{authority}\"]"),
+    );
+    let burst =
+        |count: u32| json!({"channel": "http", "size": 0, "count": count, "authority": authority});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [
+            {"id": "sixteen", "tool": "hostile_channel_flood", "args": burst(16)},
+            {"id": "forty", "tool": "hostile_channel_flood", "args": burst(40), "delay_ms": 50}
+        ]}),
+    );
+    assert_eq!(
+        s.call("sixteen")["text"],
+        "16 of 16 answered",
+        "{}",
+        s.report
+    );
+    let forty = s.call("forty");
+    assert_eq!(outcome(forty), "blocked_by_policy", "{forty}");
+    assert_eq!(
+        forty["text"],
+        "blocked by policy: more than 16 outgoing HTTP requests at once in one call are not granted to tool hostile_channel_flood — do not retry by another route"
+    );
+    assert!(
+        upstream.seen().len() <= 32,
+        "{} requests reached the server",
+        upstream.seen().len()
+    );
+}

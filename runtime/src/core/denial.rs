@@ -18,6 +18,9 @@ pub enum Denial {
     /// A URL carrying userinfo (`user:password@host`): credentials are never sent in URLs,
     /// and the userinfo would otherwise reach the `Host` header verbatim.
     Userinfo { target: String },
+    /// More outgoing HTTP requests of one call at once than allowed (each holds a connection
+    /// of the host's until its response is dropped).
+    RequestsInFlight { limit: u32 },
     /// A `wasi:sockets` use no TCP grant allows.
     Socket { usage: SocketUse, target: String },
     /// A grant that covered the request was revoked by an operator.
@@ -46,7 +49,10 @@ impl Denial {
     /// The grant kind, for log events.
     pub fn grant_kind(&self) -> &'static str {
         match self {
-            Denial::NotGranted { .. } | Denial::Address { .. } | Denial::Userinfo { .. } => "net",
+            Denial::NotGranted { .. }
+            | Denial::Address { .. }
+            | Denial::Userinfo { .. }
+            | Denial::RequestsInFlight { .. } => "net",
             Denial::Socket { .. } => "tcp",
             Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
             Denial::Revoked { .. } => "net",
@@ -98,6 +104,7 @@ impl Denial {
             | Denial::Socket { target, .. }
             | Denial::Revoked { target, .. }
             | Denial::Shadow { target, .. } => target,
+            Denial::RequestsInFlight { .. } => "",
         }
     }
 }
@@ -115,6 +122,10 @@ impl fmt::Display for Denial {
             } => write!(
                 f,
                 "network egress to {target} resolves to {address}, a {range} address, which is not granted"
+            ),
+            Denial::RequestsInFlight { limit } => write!(
+                f,
+                "more than {limit} outgoing HTTP requests at once in one call are not granted"
             ),
             Denial::Userinfo { target } => write!(
                 f,

@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,6 +36,20 @@ pub struct EgressGate {
     /// Hosts and methods in denials are the guest's text: secret values are taken out.
     redactor: Arc<Redactor>,
     shadow: bool,
+    /// Requests of the call whose responses are still held (a connection each).
+    in_flight: Arc<AtomicU32>,
+}
+
+/// Outgoing HTTP requests one call may have at once.
+pub const MAX_REQUESTS_IN_FLIGHT: u32 = 16;
+
+/// One request of a call in flight, until its response (body included) is dropped.
+struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The first refusal of a call, shared by the HTTP gate and the socket check.
@@ -64,6 +79,7 @@ impl EgressGate {
             denial,
             redactor,
             shadow,
+            in_flight: Arc::default(),
         }
     }
 }
@@ -281,6 +297,15 @@ impl WasiHttpHooks for EgressGate {
             let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
             return Box::new(async move { Err(e) });
         }
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let d = Denial::RequestsInFlight {
+                limit: MAX_REQUESTS_IN_FLIGHT,
+            };
+            let e = refuse(&self.denial, &self.component, d);
+            return Box::new(async move { Err(e) });
+        }
+        let held = InFlight(self.in_flight.clone());
         // Looked up per request: a grant revoked while the call runs stops its next request.
         let grants = self.grants.current();
         let admitted = match admit(&grants, &mut request) {
@@ -324,6 +349,7 @@ impl WasiHttpHooks for EgressGate {
                 request,
                 limits,
                 grants.reflections.clone(),
+                held,
             )
             .await
         })
@@ -380,6 +406,7 @@ async fn send(
     mut request: http::Request<WasiBody>,
     limits: EgressLimits,
     reflections: Option<Arc<Reflections>>,
+    held: InFlight,
 ) -> SendResult {
     let wait = limits.timeout.0;
     let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(address))
@@ -437,7 +464,8 @@ async fn send(
     .map_err(|_| Error::ConnectionReadTimeout)??;
     let limit = limits.max_response_bytes.bytes();
     let mut response = response.map(|b| {
-        let capped = Capped::new(b.map_err(Error::from), limit, Error::HttpResponseBodySize);
+        let mut capped = Capped::new(b.map_err(Error::from), limit, Error::HttpResponseBodySize);
+        capped.held = Some(held);
         match &reflections {
             Some(r) => Scrubbed::new(capped, r.clone()).boxed_unsync(),
             None => capped.boxed_unsync(),
@@ -578,6 +606,8 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Scrubbed<B> {
 /// A body that fails once more than `limit` bytes have passed.
 struct Capped<B> {
     inner: B,
+    /// The request this is the response of counts as in flight until the body is dropped.
+    held: Option<InFlight>,
     left: u64,
     limit: u64,
     too_large: fn(Option<u64>) -> Error,
@@ -587,6 +617,7 @@ impl<B> Capped<B> {
     fn new(inner: B, limit: u64, too_large: fn(Option<u64>) -> Error) -> Self {
         Capped {
             inner,
+            held: None,
             left: limit,
             limit,
             too_large,
