@@ -421,3 +421,26 @@ fn a_call_holds_a_bounded_number_of_outgoing_requests() {
         upstream.seen().len()
     );
 }
+
+#[test]
+fn a_call_creates_a_bounded_number_of_sockets() {
+    // Each socket holds a descriptor of the host's: past 64 in one call, the call ends.
+    let dir = TempDir::new("socket-cap");
+    let config = hostile_config(&dir, "\n[tool.grants]\ntcp = [\"127.0.0.1:9\"]");
+    let sockets = |count: u32| json!({"channel": "sockets", "size": 0, "count": count});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [
+            {"id": "some", "tool": "hostile_channel_flood", "args": sockets(64)},
+            {"id": "many", "tool": "hostile_channel_flood", "args": sockets(1000)}
+        ]}),
+    );
+    assert_eq!(s.call("some")["text"], "64 sockets created", "{}", s.report);
+    let many = s.call("many");
+    assert_eq!(outcome(many), "blocked_by_policy", "{many}");
+    assert_eq!(
+        many["text"],
+        "blocked by policy: creating more than 64 TCP sockets in one call is not granted to tool hostile_channel_flood — do not retry by another route"
+    );
+}
