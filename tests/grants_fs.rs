@@ -335,3 +335,84 @@ fn a_reload_that_would_grant_airlocks_own_files_is_refused_and_the_old_policy_st
     );
     assert_eq!(s.call("cfg")["is_error"], true, "{}", s.report);
 }
+
+#[test]
+fn a_quota_counts_what_a_grant_holds_across_calls() {
+    // 40 KiB: each 10,000-byte file costs its size plus 4 KiB for its entry, so the third
+    // one does not fit, whichever call writes it. The files already there count from the
+    // start.
+    let dir = TempDir::new("fs-quota");
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    std::fs::write(dir.0.join("data/old.txt"), "x".repeat(5_000)).unwrap();
+    let config = dir.config(
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\n\
+         fs = [{ host = \"data\", guest = \"/data\", mode = \"rw\", quota = \"40KiB\" }]\n",
+    );
+    let content = "y".repeat(10_000);
+    let write =
+        |id: &str, path: &str| call(id, "files_write", json!({"path": path, "content": content}));
+    let plan = json!({"calls": [], "then": [
+        write("a", "/data/a.txt"),
+        write("b", "/data/b.txt"),
+        write("c", "/data/c.txt"),
+        call("overwrite", "files_write", json!({"path": "/data/a.txt", "content": "z".repeat(10_000)})),
+    ]});
+    let s = client("auto", Transport::Stdio(Some(&config)), plan);
+    assert_eq!(
+        s.call("a")["text"],
+        "wrote 10000 bytes to /data/a.txt",
+        "{}",
+        s.report
+    );
+    assert_eq!(s.call("b")["text"], "wrote 10000 bytes to /data/b.txt");
+    let c = s.call("c");
+    assert_eq!(c["meta"]["airlock/outcome"], "quota_exceeded", "{c}");
+    assert_eq!(
+        c["text"],
+        "grant fs:/data is over its quota of 40 KiB: the write was refused"
+    );
+    // Rewriting bytes a file already has does not grow the tree.
+    assert_eq!(
+        s.call("overwrite")["text"],
+        "wrote 10000 bytes to /data/a.txt",
+        "{}",
+        s.report
+    );
+}
+
+#[test]
+fn quota_mistakes_are_load_errors() {
+    let dir = TempDir::new("fs-quota-config");
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    let state = dir.0.join("state");
+    for (grants, problem) in [
+        (
+            "fs = [{ host = \"data\", guest = \"/data\", mode = \"ro\", quota = \"1MiB\" }]",
+            "grants › fs[0] › quota: a quota applies to rw grants only",
+        ),
+        (
+            "fs = [{ host = \"data\", guest = \"/data\", mode = \"rw\", quota = \"lots\" }]",
+            "quota",
+        ),
+    ] {
+        let config = dir.config(&format!(
+            "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\n{grants}\n"
+        ));
+        let (ok, err) = common::check(&config, &state);
+        assert!(!ok, "{grants}");
+        assert!(err.contains(problem), "{grants}: {err}");
+    }
+    // One directory, two tools, two quotas: one tally cannot have both.
+    let config = dir.config(
+        "[[tool]]\nname = \"a\"\ncomponent = \"bundled:files\"\n[tool.grants]\n\
+         fs = [{ host = \"data\", guest = \"/data\", mode = \"rw\", quota = \"1MiB\" }]\n\
+         [[tool]]\nname = \"b\"\ncomponent = \"bundled:files\"\n[tool.grants]\n\
+         fs = [{ host = \"data\", guest = \"/d\", mode = \"rw\" }]\n",
+    );
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
+    assert!(
+        err.contains("is granted with quota 1 MiB here and 1 GiB by tool \"b\""),
+        "{err}"
+    );
+}

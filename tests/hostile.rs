@@ -413,7 +413,7 @@ fn a_call_holds_a_bounded_number_of_outgoing_requests() {
     assert_eq!(outcome(forty), "blocked_by_policy", "{forty}");
     assert_eq!(
         forty["text"],
-        "blocked by policy: more than 16 outgoing HTTP requests at once in one call are not granted to tool hostile_channel_flood — do not retry by another route"
+        "blocked by policy: more than 16 outgoing HTTP requests at once in one call are not granted (max_requests_in_flight) to tool hostile_channel_flood — do not retry by another route"
     );
     assert!(
         upstream.seen().len() <= 32,
@@ -423,24 +423,137 @@ fn a_call_holds_a_bounded_number_of_outgoing_requests() {
 }
 
 #[test]
-fn a_call_creates_a_bounded_number_of_sockets() {
-    // Each socket holds a descriptor of the host's: past 64 in one call, the call ends.
+fn a_call_holds_a_bounded_number_of_sockets() {
+    // Each open socket holds a descriptor of the host's: past 16 at once (the default), the
+    // call ends. Sockets created and dropped one after another never add up.
     let dir = TempDir::new("socket-cap");
     let config = hostile_config(&dir, "\n[tool.grants]\ntcp = [\"127.0.0.1:9\"]");
-    let sockets = |count: u32| json!({"channel": "sockets", "size": 0, "count": count});
+    let sockets =
+        |channel: &str, count: u32| json!({"channel": channel, "size": 0, "count": count});
     let s = client(
         "auto",
         Transport::Stdio(Some(&config)),
         json!({"calls": [
-            {"id": "some", "tool": "hostile_channel_flood", "args": sockets(64)},
-            {"id": "many", "tool": "hostile_channel_flood", "args": sockets(1000)}
+            {"id": "some", "tool": "hostile_channel_flood", "args": sockets("sockets", 16)},
+            {"id": "churn", "tool": "hostile_channel_flood", "args": sockets("sockets_churn", 500)},
+            {"id": "many", "tool": "hostile_channel_flood", "args": sockets("sockets", 1000)},
+            {"id": "benign", "tool": "fixture_echo", "args": {"message": "still here"}}
         ]}),
     );
-    assert_eq!(s.call("some")["text"], "64 sockets created", "{}", s.report);
+    assert_eq!(s.call("some")["text"], "16 sockets created", "{}", s.report);
+    assert_eq!(
+        s.call("churn")["text"],
+        "500 sockets created",
+        "{}",
+        s.report
+    );
     let many = s.call("many");
     assert_eq!(outcome(many), "blocked_by_policy", "{many}");
     assert_eq!(
         many["text"],
-        "blocked by policy: creating more than 64 TCP sockets in one call is not granted to tool hostile_channel_flood — do not retry by another route"
+        "blocked by policy: more than 16 open TCP sockets at once in one call are not granted (max_open_sockets) to tool hostile_channel_flood — do not retry by another route"
+    );
+    assert_eq!(s.call("benign")["text"], "still here");
+}
+
+#[test]
+fn a_call_holds_a_bounded_number_of_open_files() {
+    // Each open file holds a descriptor of the host's: past `max_open_files` at once, the call
+    // ends; a call within it is served.
+    let dir = TempDir::new("file-cap");
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    std::fs::write(dir.0.join("data/f"), "x").unwrap();
+    let config = hostile_config(
+        &dir,
+        "max_open_files = 8\n[tool.grants]\nfs = [{ host = \"data\", guest = \"/data\", mode = \"ro\" }]",
+    );
+    let files =
+        |count: u32| json!({"channel": "files", "size": 0, "count": count, "path": "/data/f"});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [
+            {"id": "eight", "tool": "hostile_channel_flood", "args": files(8)},
+            {"id": "many", "tool": "hostile_channel_flood", "args": files(100_000)},
+            {"id": "again", "tool": "hostile_channel_flood", "args": files(8)}
+        ]}),
+    );
+    assert_eq!(s.call("eight")["text"], "8 files open", "{}", s.report);
+    let many = s.call("many");
+    assert_eq!(outcome(many), "blocked_by_policy", "{many}");
+    assert_eq!(
+        many["text"],
+        "blocked by policy: more than 8 open files at once in one call are not granted (max_open_files) to tool hostile_channel_flood — do not retry by another route"
+    );
+    assert_eq!(s.call("again")["text"], "8 files open", "{}", s.report);
+}
+
+/// The size of everything under `dir`, as `du --apparent-size` would count file data.
+fn data_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                data_under(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn writes_past_a_grants_quota_end_the_call_on_every_path() {
+    // Streams (std's writes), `descriptor.write` at offsets and `set-size` are all charged
+    // before they happen: each flood ends `quota_exceeded`, and the directory never holds more
+    // than the quota. A write within it is served, before and after.
+    // One grant per path, so that each flood meets the quota in its own way.
+    let dir = TempDir::new("quota");
+    for d in ["s", "a", "p"] {
+        std::fs::create_dir_all(dir.0.join(d)).unwrap();
+    }
+    let config = hostile_config(
+        &dir,
+        "\n[tool.grants]\nfs = [{ host = \"s\", guest = \"/s\", mode = \"rw\", quota = \"64KiB\" },\n\
+         { host = \"a\", guest = \"/a\", mode = \"rw\", quota = \"64KiB\" },\n\
+         { host = \"p\", guest = \"/p\", mode = \"rw\", quota = \"64KiB\" }]",
+    );
+    let disk = |channel: &str, path: &str, size: u64, count: u64| json!({"channel": channel, "size": size, "count": count, "path": path});
+    let call =
+        |id: &str, args: Value| json!({"id": id, "tool": "hostile_channel_flood", "args": args});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [], "then": [
+            call("small", disk("disk", "/s/small", 1000, 10)),
+            call("stream", disk("disk", "/s/stream", 4096, 1000)),
+            call("at", disk("disk_at", "/a/at", 4096, 1000)),
+            call("sparse", disk("sparse", "/p/sparse", 0, 1 << 40)),
+            call("small2", disk("disk_at", "/p/small2", 1000, 1)),
+            {"id": "benign", "tool": "fixture_echo", "args": {"message": "still here"}}
+        ]}),
+    );
+    assert_eq!(s.call("small")["text"], "wrote 10000 bytes", "{}", s.report);
+    for (id, grant) in [("stream", "/s"), ("at", "/a"), ("sparse", "/p")] {
+        let c = s.call(id);
+        assert_eq!(outcome(c), "quota_exceeded", "{id}: {c}");
+        assert_eq!(
+            c["text"],
+            format!("grant fs:{grant} is over its quota of 64 KiB: the write was refused"),
+            "{id}"
+        );
+    }
+    assert_eq!(s.call("small2")["text"], "wrote 1000 bytes", "{}", s.report);
+    assert_eq!(s.call("benign")["text"], "still here");
+    for d in ["s", "a", "p"] {
+        let held = data_under(&dir.0.join(d));
+        assert!(held <= 64 * 1024, "/{d} holds {held} bytes");
+    }
+    assert_eq!(
+        std::fs::metadata(dir.0.join("p/sparse")).unwrap().len(),
+        0,
+        "the stretch was refused"
     );
 }

@@ -65,7 +65,11 @@ struct FsGrantSection {
     host: PathBuf,
     guest: String,
     mode: FsMode,
+    quota: Option<crate::core::units::ByteSize>,
 }
+
+/// What an `rw` grant's tree may hold when its `quota` is not set.
+pub const DEFAULT_QUOTA: crate::core::units::ByteSize = crate::core::units::ByteSize::mib(1024);
 
 /// Access a filesystem grant gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -95,6 +99,9 @@ pub struct FsGrant {
     pub host: PathBuf,
     pub guest: String,
     pub mode: FsMode,
+    /// `rw` only: the bytes the granted tree may hold (file sizes, plus 4 KiB per file,
+    /// directory and link); a write past it ends the call (`quota_exceeded`).
+    pub quota: Option<crate::core::units::ByteSize>,
 }
 
 /// How a network grant names hosts.
@@ -573,11 +580,22 @@ pub(crate) fn resolve(
                 format!("{} is not a directory", host.display()),
             ));
         }
+        let quota = match (g.mode, g.quota) {
+            (FsMode::Rw, q) => Some(q.unwrap_or(DEFAULT_QUOTA)),
+            (FsMode::Ro, None) => None,
+            (FsMode::Ro, Some(_)) => {
+                return Err((
+                    format!("{key} › quota"),
+                    "a quota applies to rw grants only; this grant is ro".into(),
+                ));
+            }
+        };
         fs.push(FsGrant {
             id,
             host,
             guest,
             mode: g.mode,
+            quota,
         });
     }
     let mut net: Vec<NetGrant> = Vec::with_capacity(section.net.len());

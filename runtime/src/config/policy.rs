@@ -35,6 +35,8 @@ pub struct EgressLimits {
     pub timeout: Span,
     pub max_request_bytes: ByteSize,
     pub max_response_bytes: ByteSize,
+    /// Requests of one call at once.
+    pub max_requests_in_flight: u32,
 }
 
 /// A configuration that cannot be used, with where and why.
@@ -125,6 +127,9 @@ struct LimitsSection {
     max_tools: Option<u32>,
     max_description_bytes: Option<ByteSize>,
     max_schema_bytes: Option<ByteSize>,
+    max_open_files: Option<u32>,
+    max_open_sockets: Option<u32>,
+    max_requests_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +214,14 @@ pub struct Limits {
     pub max_description_bytes: ByteSize,
     /// One tool's input or output schema, as JSON (a load error beyond).
     pub max_schema_bytes: ByteSize,
+    /// Files and directories one call holds open at once through its filesystem grants; past
+    /// it the call ends (`blocked_by_policy`).
+    pub max_open_files: u32,
+    /// TCP sockets one call holds open at once; past it the call ends (`blocked_by_policy`).
+    pub max_open_sockets: u32,
+    /// Outgoing HTTP requests of one call at once (each holds a connection until its response
+    /// is dropped); past it the call ends (`blocked_by_policy`).
+    pub max_requests_in_flight: u32,
 }
 
 impl Limits {
@@ -217,7 +230,15 @@ impl Limits {
             timeout: self.egress_timeout,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
+            max_requests_in_flight: self.max_requests_in_flight,
         }
+    }
+
+    /// The most file descriptors of the host's one call can hold through its handles.
+    pub fn max_handles(&self) -> u64 {
+        u64::from(self.max_open_files)
+            + u64::from(self.max_open_sockets)
+            + u64::from(self.max_requests_in_flight)
     }
 }
 
@@ -245,6 +266,9 @@ impl Default for Limits {
             max_tools: 128,
             max_description_bytes: ByteSize::kib(8),
             max_schema_bytes: ByteSize::kib(64),
+            max_open_files: 64,
+            max_open_sockets: 16,
+            max_requests_in_flight: 16,
         }
     }
 }
@@ -483,6 +507,7 @@ impl Policy {
             }
         }
         check_nested_writable(&components).map_err(|(k, p)| err(k, p))?;
+        check_shared_quotas(&components).map_err(|(k, p)| err(k, p))?;
         let own = own_files(config, &components, &server, &audit, &secrets, &auth);
         check_own_files(&components, &own).map_err(|(k, p)| err(k, p))?;
         if components.is_empty() {
@@ -615,6 +640,130 @@ fn check_nested_writable(components: &[ComponentEntry]) -> Result<(), (String, S
         }
     }
     Ok(())
+}
+
+/// One directory's quota is one tally, whichever tools write it: grants of the same directory
+/// must agree on it.
+fn check_shared_quotas(components: &[ComponentEntry]) -> Result<(), (String, String)> {
+    let all = || {
+        components
+            .iter()
+            .flat_map(|c| c.grants.fs.iter().map(move |g| (c, g)))
+            .filter(|(_, g)| g.quota.is_some())
+    };
+    for (c, g) in all() {
+        if let Some((other_c, other)) = all().find(|(_, o)| o.host == g.host && o.quota != g.quota)
+        {
+            return Err((
+                format!("tool \"{}\" › grants › {} › quota", c.name, g.id),
+                format!(
+                    "{} is granted with quota {} here and {} by tool \"{}\" ({}); one directory \
+                     has one quota",
+                    g.host.display(),
+                    g.quota.unwrap_or(ByteSize(0)),
+                    other.quota.unwrap_or(ByteSize(0)),
+                    other_c.name,
+                    other.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Descriptors kept free beyond calls and connections: the audit log and journal, the admin
+/// socket, reloads (which read every component), the compile cache, components' preopens.
+pub const FD_RESERVE: u64 = 512;
+
+/// The file descriptors a configuration lets calls and connections hold at once: what
+/// RLIMIT_NOFILE must allow for every cap to be reached before the process runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdNeed {
+    /// `[server] max_in_flight` calls, each holding all the handles its limits allow.
+    pub calls: u64,
+    pub max_in_flight: u32,
+    /// `[server] max_connections` (0 when not serving HTTP).
+    pub connections: u64,
+}
+
+impl FdNeed {
+    pub fn total(&self) -> u64 {
+        self.calls + self.connections + FD_RESERVE
+    }
+}
+
+impl fmt::Display for FdNeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} file descriptors: {} for [server] max_in_flight = {} calls holding every handle \
+             their limits allow (max_open_files + max_open_sockets + max_requests_in_flight), {} \
+             for [server] max_connections, {FD_RESERVE} in reserve",
+            self.total(),
+            self.calls,
+            self.max_in_flight,
+            self.connections
+        )
+    }
+}
+
+impl Policy {
+    /// What this configuration needs of RLIMIT_NOFILE, serving HTTP or not.
+    pub fn fd_need(&self, http: bool) -> FdNeed {
+        let per_call = self
+            .components
+            .iter()
+            .map(|c| c.limits.max_handles())
+            .max()
+            .unwrap_or(0);
+        FdNeed {
+            calls: u64::from(self.server.max_in_flight) * per_call,
+            max_in_flight: self.server.max_in_flight,
+            connections: if http {
+                u64::from(self.server.max_connections)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// A warning for every writable grant on the filesystem that holds the audit log: a tool
+    /// filling its quota there takes the audit log's room, and a full audit log refuses every
+    /// call.
+    pub fn grants_beside_audit_log(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        if self.audit.mode == audit::AuditMode::Off {
+            return Vec::new();
+        }
+        // The audit directory may not exist yet: the nearest existing ancestor decides.
+        let Some(audit_dev) = self
+            .audit
+            .dir
+            .ancestors()
+            .find_map(|d| std::fs::metadata(d).ok())
+            .map(|m| m.dev())
+        else {
+            return Vec::new();
+        };
+        self.components
+            .iter()
+            .flat_map(|c| c.grants.fs.iter().map(move |g| (c, g)))
+            .filter(|(_, g)| g.mode == grants::FsMode::Rw)
+            .filter(|(_, g)| std::fs::metadata(&g.host).is_ok_and(|m| m.dev() == audit_dev))
+            .map(|(c, g)| {
+                format!(
+                    "tool \"{}\" may write {} ({}, quota {}) on the same filesystem as the audit \
+                     log ({}): what it writes there takes the audit log's room; put one of them on \
+                     another filesystem",
+                    c.name,
+                    g.host.display(),
+                    g.id,
+                    g.quota.unwrap_or(ByteSize(0)),
+                    self.audit.dir.display()
+                )
+            })
+            .collect()
+    }
 }
 
 fn resolve_server(
@@ -873,6 +1022,25 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             s.max_schema_bytes.unwrap_or(base.max_schema_bytes),
             ByteSize(64),
             ByteSize::mib(16),
+        )?,
+        max_open_files: range(
+            "max_open_files",
+            s.max_open_files.unwrap_or(base.max_open_files),
+            1,
+            4_096,
+        )?,
+        max_open_sockets: range(
+            "max_open_sockets",
+            s.max_open_sockets.unwrap_or(base.max_open_sockets),
+            1,
+            4_096,
+        )?,
+        max_requests_in_flight: range(
+            "max_requests_in_flight",
+            s.max_requests_in_flight
+                .unwrap_or(base.max_requests_in_flight),
+            1,
+            1_024,
         )?,
     })
 }

@@ -158,8 +158,22 @@ impl Live {
     /// hold up the runtime's workers, which serve calls meanwhile.
     async fn prepare(&self, running: Arc<Airlock>) -> anyhow::Result<Airlock> {
         let policy = self.source.load()?;
+        for warning in policy.grants_beside_audit_log() {
+            tracing::warn!("{warning}");
+        }
         let old = &running.catalog().policy;
         restart_only(old, &policy, self.listen.map(|a| a.ip().is_loopback()))?;
+        // The descriptor budget was set at start; a reload cannot raise it.
+        let need = policy.fd_need(self.listen.is_some());
+        let allowed = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        if need.total() > allowed {
+            anyhow::bail!(
+                "the new configuration needs {need}, more than the {allowed} this process may \
+                 open; a restart is required for that (nothing was reloaded)"
+            );
+        }
         if let Some(confined) = &self.confined {
             let needed = Plan::for_policy(&policy, self.source.config.as_deref(), self.listen);
             let missing = confined.missing_from(&needed);

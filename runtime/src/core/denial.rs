@@ -18,9 +18,9 @@ pub enum Denial {
     /// A URL carrying userinfo (`user:password@host`): credentials are never sent in URLs,
     /// and the userinfo would otherwise reach the `Host` header verbatim.
     Userinfo { target: String },
-    /// More outgoing HTTP requests of one call at once than allowed (each holds a connection
-    /// of the host's until its response is dropped).
-    RequestsInFlight { limit: u32 },
+    /// More handles of one kind open at once in one call than its limits allow: each holds a
+    /// file descriptor of the host's until the tool drops it.
+    Handles { kind: HandleKind, limit: u32 },
     /// A `wasi:sockets` use no TCP grant allows.
     Socket { usage: SocketUse, target: String },
     /// A grant that covered the request was revoked by an operator.
@@ -30,15 +30,43 @@ pub enum Denial {
     Shadow { what: String, target: String },
 }
 
+/// A kind of handle a call holds a host file descriptor through, with its limit's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandleKind {
+    /// Files and directories opened through filesystem grants (`max_open_files`).
+    Files,
+    /// TCP sockets (`max_open_sockets`).
+    TcpSockets,
+    /// Outgoing HTTP requests whose responses are not yet dropped (`max_requests_in_flight`).
+    HttpRequests,
+}
+
+impl HandleKind {
+    /// The `[limits]` key that sets the cap.
+    pub fn limit_key(self) -> &'static str {
+        match self {
+            HandleKind::Files => "max_open_files",
+            HandleKind::TcpSockets => "max_open_sockets",
+            HandleKind::HttpRequests => "max_requests_in_flight",
+        }
+    }
+}
+
+impl fmt::Display for HandleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandleKind::Files => "open files",
+            HandleKind::TcpSockets => "open TCP sockets",
+            HandleKind::HttpRequests => "outgoing HTTP requests",
+        })
+    }
+}
+
 /// What a component tried to do with a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketUse {
     /// Creating a TCP socket at all, without a `tcp` grant (or in the shadow tier).
     Create,
-    /// Creating more TCP sockets in one call than allowed.
-    CreateBeyond {
-        limit: u32,
-    },
     Connect,
     Bind,
     Listen,
@@ -52,7 +80,18 @@ impl Denial {
             Denial::NotGranted { .. }
             | Denial::Address { .. }
             | Denial::Userinfo { .. }
-            | Denial::RequestsInFlight { .. } => "net",
+            | Denial::Handles {
+                kind: HandleKind::HttpRequests,
+                ..
+            } => "net",
+            Denial::Handles {
+                kind: HandleKind::Files,
+                ..
+            } => "fs",
+            Denial::Handles {
+                kind: HandleKind::TcpSockets,
+                ..
+            } => "tcp",
             Denial::Socket { .. } => "tcp",
             Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
             Denial::Revoked { .. } => "net",
@@ -104,7 +143,7 @@ impl Denial {
             | Denial::Socket { target, .. }
             | Denial::Revoked { target, .. }
             | Denial::Shadow { target, .. } => target,
-            Denial::RequestsInFlight { .. } => "",
+            Denial::Handles { .. } => "",
         }
     }
 }
@@ -123,9 +162,10 @@ impl fmt::Display for Denial {
                 f,
                 "network egress to {target} resolves to {address}, a {range} address, which is not granted"
             ),
-            Denial::RequestsInFlight { limit } => write!(
+            Denial::Handles { kind, limit } => write!(
                 f,
-                "more than {limit} outgoing HTTP requests at once in one call are not granted"
+                "more than {limit} {kind} at once in one call are not granted ({})",
+                kind.limit_key()
             ),
             Denial::Userinfo { target } => write!(
                 f,
@@ -134,10 +174,6 @@ impl fmt::Display for Denial {
             ),
             Denial::Socket { usage, target } => match usage {
                 SocketUse::Create => write!(f, "creating a TCP socket is not granted ({target})"),
-                SocketUse::CreateBeyond { limit } => write!(
-                    f,
-                    "creating more than {limit} TCP sockets in one call is not granted"
-                ),
                 SocketUse::Connect => write!(f, "a TCP connection to {target} is not granted"),
                 SocketUse::Bind => write!(f, "binding a TCP socket to {target} is not granted"),
                 SocketUse::Listen => write!(

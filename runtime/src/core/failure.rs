@@ -120,6 +120,9 @@ pub enum CallFailure {
     /// A `confirm` or `elicit` text larger than `max_question_bytes`.
     #[error("the tool's question is larger than {limit}")]
     QuestionTooLarge { limit: ByteSize },
+    /// A write would have grown a writable grant's tree past its `quota`.
+    #[error("grant {grant} is over its quota of {quota}: the write was refused")]
+    QuotaExceeded { grant: String, quota: ByteSize },
     #[error("tool returned malformed output: {0}")]
     InvalidOutput(String),
     #[error("tool trapped: {0}")]
@@ -208,6 +211,7 @@ impl CallFailure {
             }
             CallFailure::MessageLimitExceeded { .. } => "message_limit_exceeded",
             CallFailure::QuestionTooLarge { .. } => "question_too_large",
+            CallFailure::QuotaExceeded { .. } => "quota_exceeded",
             CallFailure::InvalidOutput(_) => "invalid_output",
             CallFailure::Trapped(_) => "trapped",
             CallFailure::Blocked { .. } => "blocked_by_policy",

@@ -697,11 +697,13 @@ impl Airlock {
             prepared.name.clone(),
             self.operator.overrides.clone(),
         );
+        let demote = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let signals = RunSignals {
             cancel: ctx.cancel,
             stop: running.stop.clone(),
             fuel_left: Some(running.fuel_left.clone()),
             clock: Some(clock),
+            demote: Some(demote.clone()),
         };
         let (component, name, arguments, events) = (
             tool.component.clone(),
@@ -720,7 +722,7 @@ impl Airlock {
             };
             store::run(&component.prepared, invocation, events, &signals).await
         };
-        match store::on_guest_pool(run).await {
+        match store::on_guest_pool(run, demote).await {
             Ok(report) => report,
             Err(f) => RunReport {
                 result: Err(f),

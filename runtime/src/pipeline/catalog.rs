@@ -110,6 +110,7 @@ impl Catalog {
                 grants: Arc::new(entry.grants.clone()),
                 redactor: redactor.clone(),
                 shapes: shapes.clone(),
+                ledgers: crate::sandbox::quota::Ledgers::for_grants(&entry.grants),
             };
             let specs = describe(&prepared)
                 .await
@@ -210,6 +211,8 @@ fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
         store::GuardedTcpCreate,
     >(&mut linker, |s| s)?;
     linker.allow_shadowing(false);
+    // Opens and writes go through the open-file cap and the grants' quotas first.
+    crate::sandbox::files::add_to_linker(&mut linker)?;
     // Linked for every component; the per-call egress gate decides each request.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ToolWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;

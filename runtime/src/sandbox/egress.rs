@@ -9,7 +9,7 @@
 
 use crate::config::grants::{Grants, SecretUse, special_range};
 use crate::config::policy::EgressLimits;
-use crate::core::denial::{Denial, SocketUse};
+use crate::core::denial::{Denial, HandleKind, SocketUse};
 use crate::core::redact::Redactor;
 use crate::core::redact::Reflections;
 use crate::core::units::{ByteSize, Span};
@@ -39,9 +39,6 @@ pub struct EgressGate {
     /// Requests of the call whose responses are still held (a connection each).
     in_flight: Arc<AtomicU32>,
 }
-
-/// Outgoing HTTP requests one call may have at once.
-pub const MAX_REQUESTS_IN_FLIGHT: u32 = 16;
 
 /// One request of a call in flight, until its response (body included) is dropped.
 struct InFlight(Arc<AtomicU32>);
@@ -297,10 +294,12 @@ impl WasiHttpHooks for EgressGate {
             let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
             return Box::new(async move { Err(e) });
         }
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS_IN_FLIGHT {
+        let limit = self.limits.max_requests_in_flight;
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let d = Denial::RequestsInFlight {
-                limit: MAX_REQUESTS_IN_FLIGHT,
+            let d = Denial::Handles {
+                kind: HandleKind::HttpRequests,
+                limit,
             };
             let e = refuse(&self.denial, &self.component, d);
             return Box::new(async move { Err(e) });

@@ -8,6 +8,8 @@ pub mod capture;
 pub mod clock;
 pub mod egress;
 pub mod engine;
+pub mod files;
 pub mod live_grants;
 pub mod output;
+pub mod quota;
 pub mod store;

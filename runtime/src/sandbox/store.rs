@@ -3,7 +3,7 @@
 
 use crate::config::grants::{FsMode, Grants, SecretUse};
 use crate::config::policy::Limits;
-use crate::core::denial::{Denial, SocketUse};
+use crate::core::denial::{Denial, HandleKind, SocketUse};
 use crate::core::failure::CallFailure;
 use crate::core::interaction::Reply;
 use crate::core::redact::{Redactor, Shapes};
@@ -11,6 +11,7 @@ use crate::core::units::ByteSize;
 use crate::sandbox::capture::Capture;
 use crate::sandbox::clock::Clock;
 use crate::sandbox::egress::{self, DenialCell, EgressGate};
+use crate::sandbox::files::CallFiles;
 use crate::sandbox::live_grants::LiveGrants;
 use airlock_host_api::{ElicitAnswer, LogLevel, NestedFailure, ToolOutput, ToolPre, ToolSpec};
 use rmcp::model::CallToolResult;
@@ -74,7 +75,7 @@ struct EndRun(CallFailure);
 /// The store data of one call.
 pub struct HostState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     limiter: MemoryLimiter,
     events: Option<mpsc::Sender<GuestEvent>>,
     component: std::sync::Arc<str>,
@@ -94,11 +95,52 @@ pub struct HostState {
     budget: MessageBudget,
     /// Host work done for the call since the last epoch tick, in fuel, charged at the tick.
     host_work: u64,
-    /// TCP sockets the call may still create (0 without a `tcp` grant or in the shadow tier).
-    sockets_left: u32,
+    /// The TCP sockets the call holds open.
+    sockets: OpenHandles<wasmtime_wasi::p2::TcpSocket>,
     /// Whether the call may create TCP sockets at all.
     tcp_granted: bool,
     shadow: bool,
+    /// Open files and quotas of the call's filesystem grants.
+    pub(super) files: crate::sandbox::files::CallFiles,
+}
+
+/// The handles of one kind a call holds open, by table index, up to a limit. Handles the guest
+/// dropped are noticed when it asks for another (the index no longer holds one of this kind),
+/// so nothing needs to watch the drops.
+pub struct OpenHandles<T: 'static> {
+    held: Vec<u32>,
+    limit: u32,
+    kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Send + 'static> OpenHandles<T> {
+    pub fn new(limit: u32) -> Self {
+        OpenHandles {
+            held: Vec::new(),
+            limit,
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Whether one more may be opened.
+    pub fn room(&mut self, table: &ResourceTable) -> bool {
+        self.held.retain(|&rep| {
+            table
+                .get(&wasmtime::component::Resource::<T>::new_own(rep))
+                .is_ok()
+        });
+        self.held.len() < self.limit as usize
+    }
+
+    pub fn opened(&mut self, handle: &wasmtime::component::Resource<T>) {
+        if !self.held.contains(&handle.rep()) {
+            self.held.push(handle.rep());
+        }
+    }
 }
 
 /// The threads guest code runs on, apart from the runtime that serves connections and runs
@@ -107,46 +149,130 @@ pub struct HostState {
 /// time-slices runaway and benign guests alike. Unset (library use), calls run inline.
 static GUEST_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
-/// Start the guest pool with `threads` threads (once; later calls change nothing).
+/// Where a call moves once its guest code has run for [`DEMOTE_AFTER_TICKS`] epoch ticks:
+/// threads under the kernel's `SCHED_IDLE` policy, which run only when no other thread of the
+/// machine wants the CPU, and which any waking thread preempts at once. A runaway call then
+/// takes only CPU nobody else wants, and the calls that finish in a few milliseconds (nearly
+/// all) are never slowed by it.
+static RUNAWAY_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
+/// Epoch ticks of guest execution after which a call counts as long-running and moves to the
+/// runaway pool (with the default 10 ms tick: after 10 to 20 ms of guest code).
+pub const DEMOTE_AFTER_TICKS: u32 = 2;
+
+/// Start the guest pools with `threads` threads each (once; later calls change nothing).
 pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
     if GUEST_POOL.get().is_some() {
         return Ok(());
     }
+    let runaway = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("airlock-runaway")
+        .on_thread_start(idle_priority)
+        .enable_all()
+        .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name("airlock-guest")
         .enable_all()
         .build()?;
+    let _ = RUNAWAY_POOL.set(runaway);
     let _ = GUEST_POOL.set(runtime);
     Ok(())
 }
 
+/// Put the calling thread under `SCHED_IDLE` (allowed without privileges: it only lowers it).
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let e = std::io::Error::last_os_error();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "cannot lower the runaway pool's threads to SCHED_IDLE ({e}): long-running calls \
+                 compete with the others at normal priority"
+            );
+        });
+    }
+}
+
 /// Run `work` on the guest pool (inline without one); dropping the returned future stops it.
+/// Once `demote` is set (by the epoch callback of a call that keeps running), the work moves
+/// to the runaway pool at its next yield.
 pub async fn on_guest_pool<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
+    demote: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<T, CallFailure> {
     let Some(pool) = GUEST_POOL.get() else {
         return Ok(work.await);
     };
-    /// Aborts the guest task when the caller stops waiting (cancelled, timed out above).
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let task = pool.spawn(work);
-    let _abort = AbortOnDrop(task.abort_handle());
-    task.await
-        .map_err(|e| CallFailure::HostError(format!("the guest task ended abnormally: {e}")))
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    pool.spawn(GuestJob {
+        work: Some(Box::pin(work)),
+        demote,
+        demoted: false,
+        answer: Some(answer),
+    });
+    answered
+        .await
+        .map_err(|_| CallFailure::HostError("the guest task ended abnormally".into()))
 }
 
-/// TCP sockets one call may create (each holds a descriptor of the host's until dropped).
-pub const MAX_SOCKETS_PER_CALL: u32 = 64;
+/// One call's guest work as a task of a guest pool. It ends (dropping the work) when the
+/// caller stops waiting, and moves itself to the runaway pool when told to.
+struct GuestJob<F: Future> {
+    work: Option<Pin<Box<F>>>,
+    demote: Arc<std::sync::atomic::AtomicBool>,
+    demoted: bool,
+    answer: Option<tokio::sync::oneshot::Sender<F::Output>>,
+}
+
+impl<F> Future for GuestJob<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let (Some(work), Some(answer)) = (this.work.as_mut(), this.answer.as_mut()) else {
+            return Poll::Ready(());
+        };
+        // Cancelled, timed out above, or the client went away: the run is dropped here.
+        if answer.poll_closed(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if !this.demoted
+            && this.demote.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(runaway) = RUNAWAY_POOL.get()
+        {
+            runaway.spawn(GuestJob {
+                work: this.work.take(),
+                demote: this.demote.clone(),
+                demoted: true,
+                answer: this.answer.take(),
+            });
+            return Poll::Ready(());
+        }
+        match work.as_mut().poll(cx) {
+            Poll::Ready(out) => {
+                if let Some(answer) = this.answer.take() {
+                    let _ = answer.send(out);
+                }
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// `wasi:sockets/tcp-create-socket`, linked in front of wasmtime-wasi's own: a call whose
 /// component holds no `tcp` grant (or runs in the shadow tier) cannot create a socket at all,
-/// and none creates more than [`MAX_SOCKETS_PER_CALL`]. A refusal ends the call as blocked, as
+/// and none holds more than `max_open_sockets` at once. A refusal ends the call as blocked, as
 /// a refused connect does.
 pub struct GuardedTcpCreate;
 
@@ -190,34 +316,37 @@ impl wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host for &mut Host
     ) -> wasmtime_wasi::p2::SocketResult<wasmtime::component::Resource<wasmtime_wasi::p2::TcpSocket>>
     {
         let refused = if !self.tcp_granted {
-            Some(SocketUse::Create)
-        } else if self.sockets_left == 0 {
-            Some(SocketUse::CreateBeyond {
-                limit: MAX_SOCKETS_PER_CALL,
-            })
-        } else {
-            None
-        };
-        if let Some(usage) = refused {
             // What the refusal is about (no address is known yet).
             let target = if self.shadow {
                 "the shadow tier withholds raw TCP".to_owned()
             } else {
                 "the tool has no tcp grant".to_owned()
             };
-            let d = Denial::Socket { usage, target };
-            let component = &*self.component;
-            tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), "{d}");
-            let _ = self.denial.set(d);
+            Some(Denial::Socket {
+                usage: SocketUse::Create,
+                target,
+            })
+        } else if !self.sockets.room(&self.table) {
+            Some(Denial::Handles {
+                kind: HandleKind::TcpSockets,
+                limit: self.sockets.limit(),
+            })
+        } else {
+            None
+        };
+        if let Some(d) = refused {
+            self.refuse(d);
             return Err(
                 wasmtime_wasi::p2::bindings::sockets::network::ErrorCode::AccessDenied.into(),
             );
         }
-        self.sockets_left -= 1;
         let mut view = wasmtime_wasi::sockets::WasiSocketsView::sockets(&mut **self);
-        wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host::create_tcp_socket(
-            &mut view, family,
-        )
+        let socket =
+            wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host::create_tcp_socket(
+                &mut view, family,
+            )?;
+        self.sockets.opened(&socket);
+        Ok(socket)
     }
 }
 
@@ -243,6 +372,13 @@ impl HostState {
                 "this host import is available only to calls made through the pipeline".into(),
             )))
         })
+    }
+
+    /// Refuse something the call tried: logged, and the first refusal ends the call as blocked.
+    pub(super) fn refuse(&self, d: Denial) {
+        let component = &*self.component;
+        tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), "{d}");
+        let _ = self.denial.set(d);
     }
 
     fn clean(&self, mut text: String) -> String {
@@ -291,7 +427,7 @@ fn cut_message(text: &mut String, max: usize) {
     }
 }
 
-fn end_run(f: CallFailure) -> wasmtime::Error {
+pub(super) fn end_run(f: CallFailure) -> wasmtime::Error {
     wasmtime::Error::new(EndRun(f))
 }
 
@@ -487,6 +623,8 @@ pub struct Prepared {
     pub redactor: Arc<Redactor>,
     /// Secret-shaped strings, kept out of airlock's own log lines.
     pub shapes: Arc<Shapes>,
+    /// The quota tallies of the component's writable grants.
+    pub ledgers: crate::sandbox::quota::Ledgers,
 }
 
 /// What the guest is asked to do.
@@ -516,6 +654,9 @@ pub struct RunSignals {
     pub fuel_left: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The wall-clock deadline; without one, the component's timeout from now.
     pub clock: Option<Clock>,
+    /// Set once the call's guest code has run for [`DEMOTE_AFTER_TICKS`] epoch ticks (see
+    /// [`on_guest_pool`]).
+    pub demote: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The guest's answer to an [`Invocation`].
@@ -557,12 +698,18 @@ pub async fn run(
         ),
     };
     let granted = called.is_some().then_some(&live);
-    let granted_tcp = granted.is_some_and(|g| !g.current().tcp.is_empty());
-    let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial);
-    let (wasi, granted) = match context {
-        Ok(w) => (w, Ok(())),
+    let current = granted.map(LiveGrants::current);
+    let granted_tcp = current.as_ref().is_some_and(|g| !g.tcp.is_empty());
+    let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial)
+        .and_then(|wasi| Ok((wasi, call_files(prepared, current.as_deref(), shadow)?)));
+    let (wasi, files, granted) = match context {
+        Ok((w, files)) => (w, files, Ok(())),
         // The call fails before the guest runs; an empty context stands in for the store.
-        Err(f) => (WasiCtxBuilder::new().build(), Err(f)),
+        Err(f) => (
+            WasiCtxBuilder::new().build(),
+            CallFiles::new(limits.max_open_files),
+            Err(f),
+        ),
     };
     let cooperative = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = HostState {
@@ -599,9 +746,10 @@ pub async fn run(
             question: limits.max_question_bytes,
         },
         host_work: 0,
-        sockets_left: MAX_SOCKETS_PER_CALL,
+        sockets: OpenHandles::new(limits.max_open_sockets),
         tcp_granted: !shadow && granted_tcp,
         shadow,
+        files,
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -611,7 +759,17 @@ pub async fn run(
     // The same tick publishes the fuel left, so an operator sees a running call's CPU use.
     store.set_epoch_deadline(1);
     let gauge = signals.fuel_left.clone();
+    let demote = signals.demote.clone();
+    let mut busy_ticks: u32 = 0;
     store.epoch_deadline_callback(move |mut ctx| {
+        // The callback runs only while guest code runs: a call waiting on I/O or on a person
+        // never counts as long-running.
+        busy_ticks = busy_ticks.saturating_add(1);
+        if busy_ticks == DEMOTE_AFTER_TICKS
+            && let Some(d) = &demote
+        {
+            d.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // The host's work for the call since the last tick comes out of its fuel.
         let work = std::mem::take(&mut ctx.data_mut().host_work);
         if work > 0 {
@@ -696,6 +854,33 @@ pub async fn run(
         stdout: stdout.take(),
         stderr: stderr.take(),
     }
+}
+
+/// The filesystem state of a call: its open-file cap, and the quota of every grant it may
+/// write (none in the shadow tier, where nothing is written).
+fn call_files(
+    prepared: &Prepared,
+    grants: Option<&Grants>,
+    shadow: bool,
+) -> Result<CallFiles, CallFailure> {
+    let mut files = CallFiles::new(prepared.limits.max_open_files);
+    let writable = grants
+        .into_iter()
+        .flat_map(|g| g.fs.iter())
+        .filter(|g| !shadow && g.mode == FsMode::Rw);
+    for g in writable {
+        let Some(quota) = g.quota else { continue };
+        // Every rw grant was given its ledger at load; one missing is a bug, and the call
+        // does not run unmetered.
+        let ledger = prepared.ledgers.get(&g.host).ok_or_else(|| {
+            CallFailure::HostError(format!(
+                "grant {} has a quota of {quota} but no tally; the call is not run",
+                g.id
+            ))
+        })?;
+        files.add_quota(&g.id, &g.guest, ledger);
+    }
+    Ok(files)
 }
 
 /// The WASI context of one invocation: captured stdout and stderr and nothing ambient (no env,

@@ -247,6 +247,9 @@ fn warn_unreachable(policy: &Policy) {
             "[[tool]] \"{name}\" names no roles: no HTTP caller can list or call its tools, only the local (stdio) principal"
         );
     }
+    for warning in policy.grants_beside_audit_log() {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Load everything a serving process needs: the operator state (refusing to start on a bad

@@ -5,6 +5,7 @@
 //! a request and waits holds a connection for the header timeout at most, and one address
 //! cannot take more than its share.
 
+use crate::config::policy::FdNeed;
 use anyhow::Result;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -105,32 +106,27 @@ fn refuse(mut tcp: tokio::net::TcpStream, why: &'static str) {
     });
 }
 
-/// Descriptors kept free beyond the connections: the audit log and journal, the admin socket,
-/// reloads (which read every component), the compile cache, components' preopens and egress.
-pub const FD_RESERVE: u64 = 512;
-
-/// Make sure the process may open `max_connections` plus [`FD_RESERVE`] descriptors, raising
-/// its soft limit up to the hard one if needed; otherwise the start stops (the cap could not
-/// be enforced: the listener would run out before it was reached).
-pub fn ensure_fd_budget(max_connections: usize) -> Result<()> {
+/// Make sure the process may open what `need` says, raising its soft RLIMIT_NOFILE up to the
+/// hard one if needed; otherwise the start stops (the caps could not be enforced: the process
+/// would run out of descriptors before a call or the listener reached its cap).
+pub fn ensure_fd_budget(need: &FdNeed) -> Result<()> {
     use rustix::process::{Resource, getrlimit, setrlimit};
-    let need = max_connections as u64 + FD_RESERVE;
+    let total = need.total();
     let mut limit = getrlimit(Resource::Nofile);
     let current = limit.current.unwrap_or(u64::MAX);
-    if current >= need {
+    if current >= total {
         return Ok(());
     }
     let hard = limit.maximum.unwrap_or(u64::MAX);
-    if hard < need {
+    if hard < total {
         anyhow::bail!(
-            "[server] max_connections = {max_connections} needs {need} file descriptors with the \
-             {FD_RESERVE} Airlock keeps in reserve, but this process may open at most {hard} \
-             (RLIMIT_NOFILE); lower max_connections or raise the limit"
+            "this configuration needs {need}, but this process may open at most {hard} \
+             (RLIMIT_NOFILE); lower those limits or raise RLIMIT_NOFILE"
         );
     }
-    limit.current = Some(need);
+    limit.current = Some(total);
     setrlimit(Resource::Nofile, limit)
-        .map_err(|e| anyhow::anyhow!("cannot raise RLIMIT_NOFILE to {need}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot raise RLIMIT_NOFILE to {total}: {e}"))?;
     Ok(())
 }
 

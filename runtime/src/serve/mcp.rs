@@ -449,6 +449,7 @@ fn protected_resource_metadata(live: &Live) -> axum::response::Response {
 /// principal: whoever started the process.
 pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
     let local = live.current().catalog().policy.auth.local_principal.clone();
+    crate::serve::listener::ensure_fd_budget(&live.current().catalog().policy.fd_need(false))?;
     let service = McpServer::new(live, local)
         .serve(rmcp::transport::stdio())
         .await
@@ -543,7 +544,7 @@ pub async fn serve_http(
         max_connections: server.max_connections as usize,
         max_connections_per_peer: server.max_connections_per_peer as usize,
     };
-    crate::serve::listener::ensure_fd_budget(limits.max_connections)?;
+    crate::serve::listener::ensure_fd_budget(&live.current().catalog().policy.fd_need(true))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
