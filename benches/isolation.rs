@@ -47,7 +47,8 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[audit]\nmode = \"off\"\n[confine]\nmode = \"off\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\nfuel = 1_000_000_000_000_000\ntimeout = \"2s\"\n",
+            "{}[audit]\nmode = \"off\"\n[confine]\nmode = \"off\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\nfuel = 1_000_000_000_000_000\ntimeout = \"2s\"\n",
+            std::env::var("ISOLATION_SERVER").unwrap_or_default(),
             wasm.display()
         ),
     )

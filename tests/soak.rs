@@ -2,8 +2,9 @@
 //! against one real server for about 30 seconds. Every benign call must succeed, and the
 //! server's memory and open descriptors must stay under stated bounds the whole time.
 //!
-//! Floods: big outputs, log and progress messages, error texts, sockets without a grant,
-//! sessions (initialize after initialize), and half-sent requests that never finish.
+//! Floods: big outputs, log and progress messages, error texts, sockets without a grant, disk
+//! writes past a quota, open files past the cap, a runaway loop, sessions (initialize after
+//! initialize), and half-sent requests that never finish.
 
 mod common;
 
@@ -39,10 +40,13 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn hostile_floods_beside_benign_load_leave_the_server_bounded_and_benign_calls_served() {
     let dir = TempDir::new("soak");
+    std::fs::create_dir_all(dir.0.join("scratch")).unwrap();
+    std::fs::write(dir.0.join("scratch/f"), "x").unwrap();
     let config = hostile_config_with_server(
         &dir,
         "max_in_flight = 64\nmax_sessions_per_principal = 16\nmax_connections_per_peer = 256\nhttp_header_timeout = \"1s\"\nhttp_body_timeout = \"2s\"",
-        "max_in_flight = 32\nmax_message_volume = \"256KiB\"\nmax_output_bytes = \"1MiB\"\ntimeout = \"3s\"",
+        "max_in_flight = 32\nmax_message_volume = \"256KiB\"\nmax_output_bytes = \"1MiB\"\ntimeout = \"3s\"\n\
+         [tool.grants]\nfs = [{ host = \"scratch\", guest = \"/scratch\", mode = \"rw\", quota = \"1MiB\" }]",
     );
     let server = Arc::new(HttpServer::start(&config));
     let pid = server.pid();
@@ -69,6 +73,15 @@ fn hostile_floods_beside_benign_load_leave_the_server_bounded_and_benign_calls_s
             json!({"channel": "items", "size": 100_000, "count": 0}),
         ),
         ("fixture_tcp", json!({"address": "127.0.0.1:9"})),
+        (
+            "hostile_channel_flood",
+            json!({"channel": "disk", "path": "/scratch/flood", "size": 65536, "count": 1_000_000}),
+        ),
+        (
+            "hostile_channel_flood",
+            json!({"channel": "files", "path": "/scratch/f", "size": 0, "count": 1_000_000}),
+        ),
+        ("hostile_spin", json!({})),
     ];
     for (tool, args) in floods {
         let (server, stop) = (server.clone(), stop.clone());
@@ -161,6 +174,15 @@ fn hostile_floods_beside_benign_load_leave_the_server_bounded_and_benign_calls_s
         max_rss >> 20
     );
     assert!(max_fds <= MAX_FDS, "the server held {max_fds} descriptors");
+    let on_disk: u64 = std::fs::read_dir(dir.0.join("scratch"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= 1 << 20,
+        "the quota'd grant holds {on_disk} bytes"
+    );
     eprintln!(
         "soak: {ok} benign calls served; server peak RSS {} MiB, peak descriptors {max_fds}",
         max_rss >> 20

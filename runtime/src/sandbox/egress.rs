@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,6 +38,9 @@ pub struct EgressGate {
     shadow: bool,
     /// Requests of the call whose responses are still held (a connection each).
     in_flight: Arc<AtomicU32>,
+    /// Request and response body bytes the host carried for the call (TLS, scrubbing, caps):
+    /// host work the call's fuel pays for.
+    carried: Arc<AtomicU64>,
 }
 
 /// One request of a call in flight, until its response (body included) is dropped.
@@ -77,7 +80,13 @@ impl EgressGate {
             redactor,
             shadow,
             in_flight: Arc::default(),
+            carried: Arc::default(),
         }
+    }
+
+    /// The count of body bytes carried for the call (see the field).
+    pub fn carried(&self) -> Arc<AtomicU64> {
+        self.carried.clone()
     }
 }
 
@@ -315,11 +324,12 @@ impl WasiHttpHooks for EgressGate {
                 return Box::new(async move { Err(e) });
             }
         };
-        let (denial, component, limits, redactor) = (
+        let (denial, component, limits, redactor, carried) = (
             self.denial.clone(),
             self.component.clone(),
             self.limits,
             self.redactor.clone(),
+            self.carried.clone(),
         );
         Box::new(async move {
             let Admitted {
@@ -349,6 +359,7 @@ impl WasiHttpHooks for EgressGate {
                 limits,
                 grants.reflections.clone(),
                 held,
+                carried,
             )
             .await
         })
@@ -406,6 +417,7 @@ async fn send(
     limits: EgressLimits,
     reflections: Option<Arc<Reflections>>,
     held: InFlight,
+    carried: Arc<AtomicU64>,
 ) -> SendResult {
     let wait = limits.timeout.0;
     let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(address))
@@ -441,7 +453,8 @@ async fn send(
         .to_owned();
     *request.uri_mut() = http::Uri::try_from(path).map_err(|_| Error::HttpRequestUriInvalid)?;
     let limit = limits.max_request_bytes.bytes();
-    let request = request.map(|b| Capped::new(b, limit, Error::HttpRequestBodySize).boxed_unsync());
+    let request = request
+        .map(|b| Capped::new(b, limit, Error::HttpRequestBodySize, carried.clone()).boxed_unsync());
     // The connection does the I/O: drive it while waiting for the response head, then leave it
     // to the worker future wasi-http polls alongside the body.
     let mut connection = Box::pin(connection);
@@ -463,7 +476,12 @@ async fn send(
     .map_err(|_| Error::ConnectionReadTimeout)??;
     let limit = limits.max_response_bytes.bytes();
     let mut response = response.map(|b| {
-        let mut capped = Capped::new(b.map_err(Error::from), limit, Error::HttpResponseBodySize);
+        let mut capped = Capped::new(
+            b.map_err(Error::from),
+            limit,
+            Error::HttpResponseBodySize,
+            carried,
+        );
         capped.held = Some(held);
         match &reflections {
             Some(r) => Scrubbed::new(capped, r.clone()).boxed_unsync(),
@@ -602,7 +620,8 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Scrubbed<B> {
     }
 }
 
-/// A body that fails once more than `limit` bytes have passed.
+/// A body that fails once more than `limit` bytes have passed, counting what passes as the
+/// call's host work.
 struct Capped<B> {
     inner: B,
     /// The request this is the response of counts as in flight until the body is dropped.
@@ -610,16 +629,23 @@ struct Capped<B> {
     left: u64,
     limit: u64,
     too_large: fn(Option<u64>) -> Error,
+    carried: Arc<AtomicU64>,
 }
 
 impl<B> Capped<B> {
-    fn new(inner: B, limit: u64, too_large: fn(Option<u64>) -> Error) -> Self {
+    fn new(
+        inner: B,
+        limit: u64,
+        too_large: fn(Option<u64>) -> Error,
+        carried: Arc<AtomicU64>,
+    ) -> Self {
         Capped {
             inner,
             held: None,
             left: limit,
             limit,
             too_large,
+            carried,
         }
     }
 }
@@ -641,6 +667,7 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Capped<B> {
                 return Poll::Ready(Some(Err((self.too_large)(Some(self.limit)))));
             }
             self.left -= n;
+            self.carried.fetch_add(n, Ordering::Relaxed);
         }
         polled
     }

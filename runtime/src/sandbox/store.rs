@@ -149,16 +149,17 @@ impl<T: Send + 'static> OpenHandles<T> {
 /// time-slices runaway and benign guests alike. Unset (library use), calls run inline.
 static GUEST_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
-/// Where a call moves once its guest code has run for [`DEMOTE_AFTER_TICKS`] epoch ticks:
+/// Where a call moves once an epoch tick finds its guest code busy after [`LONG_RUNNING`]:
 /// threads under the kernel's `SCHED_IDLE` policy, which run only when no other thread of the
 /// machine wants the CPU, and which any waking thread preempts at once. A runaway call then
 /// takes only CPU nobody else wants, and the calls that finish in a few milliseconds (nearly
 /// all) are never slowed by it.
 static RUNAWAY_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
-/// Epoch ticks of guest execution after which a call counts as long-running and moves to the
-/// runaway pool (with the default 10 ms tick: after 10 to 20 ms of guest code).
-pub const DEMOTE_AFTER_TICKS: u32 = 2;
+/// How long a call may have been running when an epoch tick finds its guest code busy, before
+/// it counts as long-running and moves to the runaway pool. Nearly every call ends well before;
+/// a runaway one moves at the first tick past it.
+pub const LONG_RUNNING: Duration = Duration::from_millis(2);
 
 /// Start the guest pools with `threads` threads each (once; later calls change nothing).
 pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
@@ -654,7 +655,7 @@ pub struct RunSignals {
     pub fuel_left: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The wall-clock deadline; without one, the component's timeout from now.
     pub clock: Option<Clock>,
-    /// Set once the call's guest code has run for [`DEMOTE_AFTER_TICKS`] epoch ticks (see
+    /// Set once an epoch tick finds the call's guest code busy after [`LONG_RUNNING`] (see
     /// [`on_guest_pool`]).
     pub demote: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -760,18 +761,22 @@ pub async fn run(
     store.set_epoch_deadline(1);
     let gauge = signals.fuel_left.clone();
     let demote = signals.demote.clone();
-    let mut busy_ticks: u32 = 0;
+    let started = std::time::Instant::now();
+    let carried = store.data().gate.carried();
+    let carried_at_end = carried.clone();
     store.epoch_deadline_callback(move |mut ctx| {
         // The callback runs only while guest code runs: a call waiting on I/O or on a person
-        // never counts as long-running.
-        busy_ticks = busy_ticks.saturating_add(1);
-        if busy_ticks == DEMOTE_AFTER_TICKS
-            && let Some(d) = &demote
+        // is not moved for that.
+        if let Some(d) = &demote
+            && started.elapsed() >= LONG_RUNNING
         {
             d.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        // The host's work for the call since the last tick comes out of its fuel.
-        let work = std::mem::take(&mut ctx.data_mut().host_work);
+        // The host's work for the call since the last tick comes out of its fuel: what its
+        // imports handled, and the HTTP body bytes carried for it.
+        let bytes = carried.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let work = std::mem::take(&mut ctx.data_mut().host_work)
+            .saturating_add(bytes.saturating_mul(FUEL_PER_HOST_BYTE));
         if work > 0 {
             let left = ctx.get_fuel().unwrap_or(0);
             if work >= left {
@@ -832,6 +837,11 @@ pub async fn run(
                 .fuel
                 .saturating_sub(store.get_fuel().unwrap_or(0))
                 .saturating_add(store.data().host_work)
+                .saturating_add(
+                    carried_at_end
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .saturating_mul(FUEL_PER_HOST_BYTE),
+                )
                 .min(limits.fuel),
         ),
     };
