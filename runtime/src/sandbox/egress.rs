@@ -44,11 +44,15 @@ pub struct EgressGate {
 }
 
 /// One request of a call in flight, until its response (body included) is dropped.
-struct InFlight(Arc<AtomicU32>);
+/// Its body bytes, both ways, are counted in `carried`.
+struct InFlight {
+    count: Arc<AtomicU32>,
+    carried: Arc<AtomicU64>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -313,7 +317,10 @@ impl WasiHttpHooks for EgressGate {
             let e = refuse(&self.denial, &self.component, d);
             return Box::new(async move { Err(e) });
         }
-        let held = InFlight(self.in_flight.clone());
+        let held = InFlight {
+            count: self.in_flight.clone(),
+            carried: self.carried.clone(),
+        };
         // Looked up per request: a grant revoked while the call runs stops its next request.
         let grants = self.grants.current();
         let admitted = match admit(&grants, &mut request) {
@@ -324,12 +331,11 @@ impl WasiHttpHooks for EgressGate {
                 return Box::new(async move { Err(e) });
             }
         };
-        let (denial, component, limits, redactor, carried) = (
+        let (denial, component, limits, redactor) = (
             self.denial.clone(),
             self.component.clone(),
             self.limits,
             self.redactor.clone(),
-            self.carried.clone(),
         );
         Box::new(async move {
             let Admitted {
@@ -359,7 +365,6 @@ impl WasiHttpHooks for EgressGate {
                 limits,
                 grants.reflections.clone(),
                 held,
-                carried,
             )
             .await
         })
@@ -417,8 +422,8 @@ async fn send(
     limits: EgressLimits,
     reflections: Option<Arc<Reflections>>,
     held: InFlight,
-    carried: Arc<AtomicU64>,
 ) -> SendResult {
+    let carried = held.carried.clone();
     let wait = limits.timeout.0;
     let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(address))
         .await
