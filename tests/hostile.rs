@@ -557,3 +557,60 @@ fn writes_past_a_grants_quota_end_the_call_on_every_path() {
         "the stretch was refused"
     );
 }
+
+#[test]
+fn http_bodies_the_host_carries_are_charged_to_the_calls_fuel() {
+    // Draining a response costs the guest almost nothing per byte; the host carries every byte
+    // (4 fuel each). 8 MiB is past a budget of 10 million fuel that the guest's own work would
+    // fit in many times; 64 KiB is well inside it.
+    let upstream = common::TestHttpServer::start();
+    let authority = format!("127.0.0.1:{}", upstream.port);
+    let dir = TempDir::new("http-charge");
+    let config = hostile_config(
+        &dir,
+        &format!("fuel = 10_000_000\n[tool.grants]\nnet = [\"http://{authority}\"]"),
+    );
+    let drain = |count: u64| json!({"channel": "http_drain", "size": 0, "count": count, "authority": authority});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [], "then": [
+            {"id": "small", "tool": "hostile_channel_flood", "args": drain(65_536)},
+            {"id": "big", "tool": "hostile_channel_flood", "args": drain(8 << 20)},
+            {"id": "benign", "tool": "fixture_echo", "args": {"message": "still here"}}
+        ]}),
+    );
+    assert_eq!(
+        s.call("small")["text"],
+        "drained 65536 bytes",
+        "{}",
+        s.report
+    );
+    let big = s.call("big");
+    assert_eq!(outcome(big), "cpu_budget_exhausted", "{big}");
+    assert_eq!(s.call("benign")["text"], "still here");
+}
+
+#[test]
+fn log_messages_the_host_handles_are_charged_to_the_calls_fuel() {
+    // With room for 64 MiB of messages, the budget is the fuel: each 64 KiB message costs the
+    // host 4 fuel a byte, so a thousand of them are past 10 million fuel, though the guest's
+    // own work (passing one string again and again) fits in it many times.
+    let dir = TempDir::new("log-charge");
+    let config = hostile_config(
+        &dir,
+        "fuel = 10_000_000\nmax_message_volume = \"256MiB\"\nmax_message_bytes = \"64KiB\"",
+    );
+    let flood = |count: u64| json!({"channel": "log", "size": 65_536, "count": count});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [], "then": [
+            {"id": "few", "tool": "hostile_channel_flood", "args": flood(4)},
+            {"id": "many", "tool": "hostile_channel_flood", "args": flood(1000)}
+        ]}),
+    );
+    assert_eq!(s.call("few")["text"], "sent 4 on log", "{}", s.report);
+    let many = s.call("many");
+    assert_eq!(outcome(many), "cpu_budget_exhausted", "{many}");
+}

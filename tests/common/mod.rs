@@ -645,6 +645,9 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
         )
     } else if path == "/big" {
         ("200 OK", String::new(), "y".repeat(4096))
+    } else if let Some(n) = path.strip_prefix("/bytes?n=") {
+        let n: usize = n.parse().unwrap_or(0).min(64 << 20);
+        ("200 OK", String::new(), "y".repeat(n))
     } else if let Some(to) = path.strip_prefix("/redirect?to=") {
         ("302 Found", format!("Location: {to}\r\n"), String::new())
     } else {

@@ -93,7 +93,8 @@ pub struct HostState {
     /// What the call may still send as log and progress messages, and its other limits on
     /// what it makes the host handle.
     budget: MessageBudget,
-    /// Host work done for the call since the last epoch tick, in fuel, charged at the tick.
+    /// Host work done for the call through its imports, in fuel, counted against its budget
+    /// at every epoch tick and at its end.
     host_work: u64,
     /// The TCP sockets the call holds open.
     sockets: OpenHandles<wasmtime_wasi::p2::TcpSocket>,
@@ -764,7 +765,8 @@ pub async fn run(
     let started = std::time::Instant::now();
     let carried = store.data().gate.carried();
     let carried_at_end = carried.clone();
-    store.epoch_deadline_callback(move |mut ctx| {
+    let budget = limits.fuel;
+    store.epoch_deadline_callback(move |ctx| {
         // The callback runs only while guest code runs: a call waiting on I/O or on a person
         // is not moved for that.
         if let Some(d) = &demote
@@ -774,22 +776,20 @@ pub async fn run(
         }
         // The host's work for the call since the last tick comes out of its fuel: what its
         // imports handled, and the HTTP body bytes carried for it.
-        let bytes = carried.swap(0, std::sync::atomic::Ordering::Relaxed);
-        let work = std::mem::take(&mut ctx.data_mut().host_work)
-            .saturating_add(bytes.saturating_mul(FUEL_PER_HOST_BYTE));
-        if work > 0 {
-            let left = ctx.get_fuel().unwrap_or(0);
-            if work >= left {
-                let _ = ctx.set_fuel(0);
-                return Err(wasmtime::Error::from(Trap::OutOfFuel));
-            }
-            ctx.set_fuel(left - work)?;
+        // The guest's own fuel and the host's work for it share one budget. (The guest's
+        // counter is not lowered here: wasmtime does not take a `set_fuel` made inside this
+        // callback while wasm is running, so the sum is compared instead.)
+        let spent = spent_so_far(
+            budget,
+            ctx.get_fuel().unwrap_or(0),
+            ctx.data().host_work,
+            &carried,
+        );
+        if spent >= budget {
+            return Err(wasmtime::Error::from(Trap::OutOfFuel));
         }
         if let Some(g) = &gauge {
-            g.store(
-                ctx.get_fuel().unwrap_or(0),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            g.store(budget - spent, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(UpdateDeadline::Yield(1))
     });
@@ -828,22 +828,23 @@ pub async fn run(
     };
     // The store's fuel count is brought up to date only when wasm returns to the host, so it is
     // unknown for a call dropped while suspended (timed out or cancelled).
-    let fuel_used = match &result {
+    let spent = match &result {
         Err(
             CallFailure::TimedOut { .. } | CallFailure::Cancelled | CallFailure::StoppedByOperator,
         ) => None,
-        _ => Some(
-            limits
-                .fuel
-                .saturating_sub(store.get_fuel().unwrap_or(0))
-                .saturating_add(store.data().host_work)
-                .saturating_add(
-                    carried_at_end
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        .saturating_mul(FUEL_PER_HOST_BYTE),
-                )
-                .min(limits.fuel),
-        ),
+        _ => Some(spent_so_far(
+            limits.fuel,
+            store.get_fuel().unwrap_or(0),
+            store.data().host_work,
+            &carried_at_end,
+        )),
+    };
+    let fuel_used = spent.map(|s| s.min(limits.fuel));
+    // Host work done since the last tick is charged too: a call that ends before the next tick
+    // does not get the host's work past its budget for free.
+    let result = match result {
+        Ok(_) if spent.is_some_and(|s| s > limits.fuel) => Err(CallFailure::CpuBudgetExhausted),
+        other => other,
     };
     // Whatever the tool wrote into its failure, at most `max_error_bytes` of it goes on.
     let result = result.map_err(|f| f.cut(limits.max_error_bytes.as_usize()));
@@ -891,6 +892,24 @@ fn call_files(
         files.add_quota(&g.id, &g.guest, ledger);
     }
     Ok(files)
+}
+
+/// Fuel a call has spent of `budget`: its guest's (what `left` says is gone) and the host's
+/// work for it (through imports, and HTTP body bytes carried).
+fn spent_so_far(
+    budget: u64,
+    left: u64,
+    host_work: u64,
+    carried: &std::sync::atomic::AtomicU64,
+) -> u64 {
+    budget
+        .saturating_sub(left)
+        .saturating_add(host_work)
+        .saturating_add(
+            carried
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_mul(FUEL_PER_HOST_BYTE),
+        )
 }
 
 /// The WASI context of one invocation: captured stdout and stderr and nothing ambient (no env,
