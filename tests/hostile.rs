@@ -475,7 +475,9 @@ fn a_call_holds_a_bounded_number_of_open_files() {
         json!({"calls": [
             {"id": "eight", "tool": "hostile_channel_flood", "args": files(8)},
             {"id": "many", "tool": "hostile_channel_flood", "args": files(100_000)},
-            {"id": "again", "tool": "hostile_channel_flood", "args": files(8)}
+            {"id": "again", "tool": "hostile_channel_flood", "args": files(8)},
+            {"id": "streams", "tool": "hostile_channel_flood",
+             "args": {"channel": "file_streams", "size": 0, "count": 1000, "path": "/data/f"}}
         ]}),
     );
     assert_eq!(s.call("eight")["text"], "8 files open", "{}", s.report);
@@ -486,6 +488,10 @@ fn a_call_holds_a_bounded_number_of_open_files() {
         "blocked by policy: more than 8 open files at once in one call are not granted (max_open_files) to tool hostile_channel_flood — do not retry by another route"
     );
     assert_eq!(s.call("again")["text"], "8 files open", "{}", s.report);
+    // A stream keeps its file open after the descriptor is gone: it still counts.
+    let streams = s.call("streams");
+    assert_eq!(outcome(streams), "blocked_by_policy", "{streams}");
+    assert_eq!(streams["text"], many["text"]);
 }
 
 /// The size of everything under `dir`, as `du --apparent-size` would count file data.
@@ -613,4 +619,30 @@ fn log_messages_the_host_handles_are_charged_to_the_calls_fuel() {
     assert_eq!(s.call("few")["text"], "sent 4 on log", "{}", s.report);
     let many = s.call("many");
     assert_eq!(outcome(many), "cpu_budget_exhausted", "{many}");
+}
+
+#[test]
+fn a_call_holds_a_bounded_number_of_handles_of_any_kind() {
+    // Every handle (here: timers) is an entry in the host's table, host memory: past
+    // `max_handles` the call ends.
+    let dir = TempDir::new("handle-cap");
+    let config = hostile_config(&dir, "max_handles = 128");
+    let pollables = |count: u64| json!({"channel": "pollables", "size": 0, "count": count});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [], "then": [
+            {"id": "some", "tool": "hostile_channel_flood", "args": pollables(64)},
+            {"id": "many", "tool": "hostile_channel_flood", "args": pollables(1_000_000)},
+            {"id": "benign", "tool": "fixture_echo", "args": {"message": "still here"}}
+        ]}),
+    );
+    assert_eq!(s.call("some")["text"], "64 pollables held", "{}", s.report);
+    let many = s.call("many");
+    assert_eq!(outcome(many), "trapped", "{many}");
+    assert_eq!(
+        many["text"],
+        "tool trapped: the call holds more handles at once than its limit (max_handles)"
+    );
+    assert_eq!(s.call("benign")["text"], "still here");
 }

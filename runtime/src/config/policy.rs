@@ -130,6 +130,7 @@ struct LimitsSection {
     max_open_files: Option<u32>,
     max_open_sockets: Option<u32>,
     max_requests_in_flight: Option<u32>,
+    max_handles: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +223,10 @@ pub struct Limits {
     /// Outgoing HTTP requests of one call at once (each holds a connection until its response
     /// is dropped); past it the call ends (`blocked_by_policy`).
     pub max_requests_in_flight: u32,
+    /// Handles of every kind one call holds at once in the host's table (descriptors, streams,
+    /// pollables, sockets, HTTP requests and their parts): each is host memory; past it the
+    /// call traps.
+    pub max_handles: u32,
 }
 
 impl Limits {
@@ -269,6 +274,7 @@ impl Default for Limits {
             max_open_files: 64,
             max_open_sockets: 16,
             max_requests_in_flight: 16,
+            max_handles: 4096,
         }
     }
 }
@@ -672,14 +678,15 @@ fn check_shared_quotas(components: &[ComponentEntry]) -> Result<(), (String, Str
 }
 
 /// Descriptors kept free beyond calls and connections: the audit log and journal, the admin
-/// socket, reloads (which read every component), the compile cache, components' preopens.
+/// socket, reloads (which read every component), the compile cache, quota measurements.
 pub const FD_RESERVE: u64 = 512;
 
 /// The file descriptors a configuration lets calls and connections hold at once: what
 /// RLIMIT_NOFILE must allow for every cap to be reached before the process runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FdNeed {
-    /// `[server] max_in_flight` calls, each holding all the handles its limits allow.
+    /// `[server] max_in_flight` calls, each holding all the handles its limits allow and its
+    /// grants' directories.
     pub calls: u64,
     pub max_in_flight: u32,
     /// `[server] max_connections` (0 when not serving HTTP).
@@ -713,7 +720,8 @@ impl Policy {
         let per_call = self
             .components
             .iter()
-            .map(|c| c.limits.max_handles())
+            // Each call also opens its grants' directories (its preopens).
+            .map(|c| c.limits.max_handles() + c.grants.fs.len() as u64)
             .max()
             .unwrap_or(0);
         FdNeed {
@@ -1041,6 +1049,12 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
                 .unwrap_or(base.max_requests_in_flight),
             1,
             1_024,
+        )?,
+        max_handles: range(
+            "max_handles",
+            s.max_handles.unwrap_or(base.max_handles),
+            64,
+            1_000_000,
         )?,
     })
 }

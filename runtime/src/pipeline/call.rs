@@ -698,6 +698,9 @@ impl Airlock {
             self.operator.overrides.clone(),
         );
         let demote = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (deadline, cancelled, stopped) =
+            (clock.clone(), ctx.cancel.clone(), running.stop.clone());
+        let timeout = prepared.limits.timeout;
         let signals = RunSignals {
             cancel: ctx.cancel,
             stop: running.stop.clone(),
@@ -722,7 +725,27 @@ impl Airlock {
             };
             store::run(&component.prepared, invocation, events, &signals).await
         };
-        match store::on_guest_pool(run, demote).await {
+        // The run ends itself at its deadline, a stop or a cancellation, when it is next
+        // polled; on the runaway pool, which gets only CPU nobody else wants, that may be late:
+        // the answer does not wait for it (the run is dropped when it is next polled).
+        // (Each is given the grace the run itself allows a cooperative tool, and a second.)
+        let late = || tokio::time::sleep(store::STOP_GRACE + std::time::Duration::from_secs(1));
+        let answered = async {
+            tokio::select! {
+                biased;
+                r = store::on_guest_pool(run, demote) => r,
+                _ = async { stopped.cancelled().await; late().await } => {
+                    Err(CallFailure::StoppedByOperator)
+                }
+                _ = async { cancelled.cancelled().await; late().await } => {
+                    Err(CallFailure::Cancelled)
+                }
+                _ = async { deadline.expired().await; late().await } => {
+                    Err(CallFailure::TimedOut { after: timeout })
+                }
+            }
+        };
+        match answered.await {
             Ok(report) => report,
             Err(f) => RunReport {
                 result: Err(f),

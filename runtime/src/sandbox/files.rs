@@ -5,7 +5,9 @@
 //! cannot leave the preopen).
 //!
 //! Which grant a descriptor belongs to is known from how it was made: the preopens are the
-//! grants, and every other descriptor comes from `open-at` on one of them.
+//! grants, and every other descriptor comes from `open-at` on one of them. What counts as open
+//! is the host file itself, not the guest's handle to it: a stream made from a descriptor keeps
+//! the file open after the descriptor is dropped, and still counts.
 
 use crate::core::denial::{Denial, HandleKind};
 use crate::core::failure::CallFailure;
@@ -16,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::ReaddirIterator;
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 use wasmtime_wasi::p2::{DynOutputStream, FsResult, OutputStream, Pollable, StreamError};
 
@@ -37,7 +40,12 @@ pub struct CallFiles {
     /// Descriptors under a grant with a quota, by table index, to the index in `quotas`. Every
     /// descriptor is made by `get-directories` or `open-at`, which keep this current.
     under: HashMap<u32, usize>,
-    open: OpenHandles<Descriptor>,
+    /// The host files and directories the call opened, alive while any handle of the guest's
+    /// (descriptor or stream) holds them.
+    open: Vec<std::sync::Weak<std::fs::File>>,
+    /// Directory listings the guest holds (each a copy of a directory's entries in memory).
+    listings: OpenHandles<ReaddirIterator>,
+    max_open: u32,
 }
 
 impl CallFiles {
@@ -45,8 +53,40 @@ impl CallFiles {
         CallFiles {
             quotas: Vec::new(),
             under: HashMap::new(),
-            open: OpenHandles::new(max_open),
+            open: Vec::new(),
+            listings: OpenHandles::new(max_open),
+            max_open,
         }
+    }
+
+    /// Whether the call may open one more file or listing (files and listings share the cap).
+    fn room(&mut self, table: &wasmtime::component::ResourceTable) -> bool {
+        self.open.retain(|f| f.strong_count() > 0);
+        let listings_room = self.listings.room(table);
+        let listings = self.listings.held();
+        self.open.len() + listings < self.max_open as usize && listings_room
+    }
+
+    /// Count the host file behind the descriptor just opened.
+    fn opened(&mut self, table: &wasmtime::component::ResourceTable, fd: &Resource<Descriptor>) {
+        let file = match table.get(fd) {
+            Ok(Descriptor::File(f)) => Arc::downgrade(&f.file),
+            Ok(Descriptor::Dir(d)) => Arc::downgrade(&d.dir),
+            Err(_) => return,
+        };
+        self.open.push(file);
+    }
+
+    /// Refuse the open past the cap (the call ends as blocked).
+    fn refuse_open(state: &mut HostState) -> Result<(), types::ErrorCode> {
+        if state.files.room(&state.table) {
+            return Ok(());
+        }
+        state.refuse(Denial::Handles {
+            kind: HandleKind::Files,
+            limit: state.files.max_open,
+        });
+        Err(types::ErrorCode::NotPermitted)
     }
 
     /// The call may write the grant `id` (mounted at `guest`) under `ledger`'s quota.
@@ -58,10 +98,17 @@ impl CallFiles {
         });
     }
 
-    /// `bytes` left the tree of the grant `q` (when it has a quota).
-    fn free(&self, q: Option<usize>, bytes: u64) {
+    /// Something left the tree of the grant `q` (when it has a quota): measured after the call.
+    fn touch(&self, q: Option<usize>) {
         if let Some(q) = q {
-            self.quotas[q].writing.ledger().free(bytes);
+            self.quotas[q].writing.ledger().touch();
+        }
+    }
+
+    /// Give back a charge under `q` whose operation failed.
+    fn uncharge(&self, q: Option<usize>, bytes: u64) {
+        if let Some(q) = q {
+            self.quotas[q].writing.ledger().uncharge(bytes);
         }
     }
 
@@ -117,29 +164,28 @@ fn file_size(state: &mut HostState, fd: &Resource<Descriptor>) -> wasmtime::Resu
     })
 }
 
-/// The entry `path` names under the directory `fd`, if any (never following a symlink).
-fn stat_at(state: &HostState, fd: &Resource<Descriptor>, path: &str) -> Option<rustix::fs::Stat> {
-    match state.table.get(fd) {
-        Ok(Descriptor::Dir(d)) => {
-            rustix::fs::statat(&*d.dir, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()
-        }
-        _ => None,
-    }
-}
-
 /// Whether the directory `fd` may be written through (its grant is `rw`).
 fn writable(state: &HostState, fd: &Resource<Descriptor>) -> bool {
     matches!(state.table.get(fd), Ok(Descriptor::Dir(d)) if !d.perms.write_not_permitted())
 }
 
-/// What removing the entry `stat` describes gives back (its data only with its last link).
-fn entry_bytes(stat: &rustix::fs::Stat) -> u64 {
-    let data = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
-        rustix::fs::FileType::RegularFile if stat.st_nlink > 1 => 0,
-        rustix::fs::FileType::RegularFile | rustix::fs::FileType::Symlink => stat.st_size as u64,
-        _ => 0,
-    };
-    ENTRY_BYTES + data
+/// Whether `path` names an entry under the directory `fd` (not following a final symlink),
+/// resolved as the guest's own lookups are: inside the grant, off the async threads. Anything
+/// but a clear "no such entry" counts as there (then nothing is charged for creating it; the
+/// open itself decides).
+async fn exists_at(state: &mut HostState, fd: &Resource<Descriptor>, path: &str) -> bool {
+    let dir = Resource::<Descriptor>::new_borrow(fd.rep());
+    let r = types::HostDescriptor::stat_at(
+        &mut state.filesystem(),
+        dir,
+        types::PathFlags::empty(),
+        path.to_owned(),
+    )
+    .await;
+    match r {
+        Ok(_) => true,
+        Err(e) => !matches!(e.downcast_ref(), Some(types::ErrorCode::NoEntry)),
+    }
 }
 
 type Sent<T> = wasmtime::Result<(Result<T, types::ErrorCode>,)>;
@@ -153,9 +199,19 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
         for (fd, guest) in &dirs {
             match state.files.quotas.iter().position(|q| &q.guest == guest) {
-                Some(q) => state.files.under.insert(fd.rep(), q),
-                None => state.files.under.remove(&fd.rep()),
-            };
+                Some(q) => {
+                    state.files.under.insert(fd.rep(), q);
+                }
+                // Every writable grant has a quota: one without is not run unmetered.
+                None if writable(state, fd) => {
+                    return Err(end_run(CallFailure::HostError(format!(
+                        "the writable grant at {guest} has no quota tally; the call is not run"
+                    ))));
+                }
+                None => {
+                    state.files.under.remove(&fd.rep());
+                }
+            }
         }
         Ok((dirs,))
     })?;
@@ -173,27 +229,18 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         )| {
             Box::new(async move {
                 let state = store.data_mut();
-                if !state.files.open.room(&state.table) {
-                    let limit = state.files.open.limit();
-                    state.refuse(Denial::Handles {
-                        kind: HandleKind::Files,
-                        limit,
-                    });
-                    return Ok((Err(types::ErrorCode::NotPermitted),));
+                if let Err(e) = CallFiles::refuse_open(state) {
+                    return Ok((Err(e),));
                 }
+                // A new entry costs its entry.
                 let quota = state.files.quota_of(fd.rep());
-                // A new entry costs its entry; truncating an old file gives its data back.
-                let mut freed = 0;
-                if let Some(q) = quota {
-                    match stat_at(state, &fd, &path) {
-                        None if oflags.contains(types::OpenFlags::CREATE) => {
-                            state.files.charge(q, ENTRY_BYTES)?;
-                        }
-                        Some(st) if oflags.contains(types::OpenFlags::TRUNCATE) => {
-                            freed = entry_bytes(&st) - ENTRY_BYTES;
-                        }
-                        _ => {}
-                    }
+                let mut charged = 0;
+                if let Some(q) = quota
+                    && oflags.contains(types::OpenFlags::CREATE)
+                    && !exists_at(state, &fd, &path).await
+                {
+                    state.files.charge(q, ENTRY_BYTES)?;
+                    charged = ENTRY_BYTES;
                 }
                 let r = types::HostDescriptor::open_at(
                     &mut state.filesystem(),
@@ -204,13 +251,32 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                     flags,
                 )
                 .await;
-                if let Ok(child) = &r {
-                    state.files.free(quota, freed);
-                    state.files.open.opened(child);
-                    match quota {
-                        Some(q) => state.files.under.insert(child.rep(), q),
-                        None => state.files.under.remove(&child.rep()),
-                    };
+                match &r {
+                    Ok(child) => {
+                        state.files.opened(&state.table, child);
+                        match quota {
+                            Some(q) => state.files.under.insert(child.rep(), q),
+                            None => state.files.under.remove(&child.rep()),
+                        };
+                    }
+                    Err(_) => state.files.uncharge(quota, charged),
+                }
+                Ok((to_guest(state, r)?,))
+            })
+        },
+    )?;
+
+    inst.func_wrap_async(
+        "[method]descriptor.read-directory",
+        |mut store, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(e) = CallFiles::refuse_open(state) {
+                    return Ok((Err(e),));
+                }
+                let r = types::HostDescriptor::read_directory(&mut state.filesystem(), fd).await;
+                if let Ok(listing) = &r {
+                    state.files.listings.opened(listing);
                 }
                 Ok((to_guest(state, r)?,))
             })
@@ -222,13 +288,18 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, buf, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
-                if let Some(q) = state.files.quota_of(fd.rep()) {
+                let quota = state.files.quota_of(fd.rep());
+                let mut growth = 0;
+                if let Some(q) = quota {
                     let end = offset.saturating_add(buf.len() as u64);
-                    let growth = end.saturating_sub(file_size(state, &fd)?);
+                    growth = end.saturating_sub(file_size(state, &fd)?);
                     state.files.charge(q, growth)?;
                 }
                 let r =
                     types::HostDescriptor::write(&mut state.filesystem(), fd, buf, offset).await;
+                if r.is_err() {
+                    state.files.uncharge(quota, growth);
+                }
                 let sent: Sent<u64> = Ok((to_guest(state, r)?,));
                 sent
             })
@@ -241,15 +312,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let quota = state.files.quota_of(fd.rep());
-                let mut freed = 0;
+                let mut growth = 0;
                 if let Some(q) = quota {
-                    let current = file_size(state, &fd)?;
-                    state.files.charge(q, size.saturating_sub(current))?;
-                    freed = current.saturating_sub(size);
+                    growth = size.saturating_sub(file_size(state, &fd)?);
+                    state.files.charge(q, growth)?;
                 }
                 let r = types::HostDescriptor::set_size(&mut state.filesystem(), fd, size).await;
-                if r.is_ok() {
-                    state.files.free(quota, freed);
+                match &r {
+                    Ok(()) => state.files.touch(quota),
+                    Err(_) => state.files.uncharge(quota, growth),
                 }
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
@@ -301,12 +372,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let state = store.data_mut();
-                if let Some(q) = state.files.quota_of(fd.rep()) {
+                let quota = state.files.quota_of(fd.rep());
+                if let Some(q) = quota {
                     state.files.charge(q, ENTRY_BYTES)?;
                 }
                 let r =
                     types::HostDescriptor::create_directory_at(&mut state.filesystem(), fd, path)
                         .await;
+                if r.is_err() {
+                    state.files.uncharge(quota, ENTRY_BYTES);
+                }
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
             })
@@ -318,14 +393,17 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
                 let state = store.data_mut();
-                if let Some(q) = state.files.quota_of(fd.rep()) {
-                    state
-                        .files
-                        .charge(q, ENTRY_BYTES.saturating_add(target.len() as u64))?;
+                let quota = state.files.quota_of(fd.rep());
+                let cost = ENTRY_BYTES.saturating_add(target.len() as u64);
+                if let Some(q) = quota {
+                    state.files.charge(q, cost)?;
                 }
                 let r =
                     types::HostDescriptor::symlink_at(&mut state.filesystem(), fd, target, path)
                         .await;
+                if r.is_err() {
+                    state.files.uncharge(quota, cost);
+                }
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
             })
@@ -363,6 +441,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                     new,
                 )
                 .await;
+                if r.is_err() {
+                    state.files.uncharge(to, ENTRY_BYTES);
+                }
                 Ok((to_guest(state, r)?,))
             })
         },
@@ -386,7 +467,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                         .await;
                 // A rename over an existing entry removes it: the next measurement sees that.
                 if r.is_ok() {
-                    state.files.free(to, 0);
+                    state.files.touch(to);
                 }
                 Ok((to_guest(state, r)?,))
             })
@@ -398,14 +479,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let quota = state.files.quota_of(fd.rep());
-                let freed = match quota {
-                    Some(_) => stat_at(state, &fd, &path).map_or(0, |st| entry_bytes(&st)),
-                    None => 0,
-                };
                 let r =
                     types::HostDescriptor::unlink_file_at(&mut state.filesystem(), fd, path).await;
                 if r.is_ok() {
-                    state.files.free(quota, freed);
+                    state.files.touch(quota);
                 }
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
@@ -423,7 +500,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                     types::HostDescriptor::remove_directory_at(&mut state.filesystem(), fd, path)
                         .await;
                 if r.is_ok() {
-                    state.files.free(quota, ENTRY_BYTES);
+                    state.files.touch(quota);
                 }
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent

@@ -2,12 +2,16 @@
 //! directory, shared by every call of every tool that writes it, so a tool cannot fill the disk
 //! one call at a time.
 //!
-//! What a tree holds is measured by walking it (at load, and after calls that wrote to it):
-//! the size of every file (a file with several links once), plus [`ENTRY_BYTES`] for every
-//! file, directory and link. Between measurements each write is charged before it happens,
-//! by the growth it can cause (a write past a file's end, a longer `set-size`, a new entry);
-//! overwriting bytes a file already has is free. The charges are kept until the next
-//! measurement replaces them, so a tool that deletes files gets the room back after its call.
+//! What a tree holds is measured by walking it, relative to directory descriptors and never
+//! following a link or leaving the filesystem: the size of every file (a file with several
+//! links once), plus [`ENTRY_BYTES`] for every file, directory and link. A walk happens at load
+//! and when the last call writing the tree ends, and counts only if no call wrote the tree
+//! while it ran and nothing in it failed; otherwise the tally keeps what it had (it never
+//! shrinks on a guess). Between measurements each write is charged before it happens, by the
+//! growth it can cause (a write past a file's end, a longer `set-size`, a new entry); an
+//! operation that fails gives its charge back. Nothing the tool removes or truncates is given
+//! back before the next measurement: room comes back after the call, never from the tool's own
+//! account of what it freed.
 
 use crate::core::units::ByteSize;
 use std::collections::{HashMap, HashSet};
@@ -29,25 +33,14 @@ pub struct Ledger {
 struct Tally {
     /// What the last measurement found.
     measured: u64,
-    /// Everything ever charged and freed (monotonic), and how much of each the last
-    /// measurement already covers: held = measured + (charged - covered) - (freed - freed_covered).
+    /// Charged since it.
     charged: u64,
-    covered: u64,
-    freed: u64,
-    freed_covered: u64,
-    /// Calls holding the directory writable now; the tree is measured again when the last of
-    /// them ends after a charge.
+    /// Calls holding the directory writable now.
     writers: u32,
-    /// Charged, or removed from, since the last measurement began.
+    /// Counts every call that began writing: a walk that saw it change does not count.
+    generation: u64,
+    /// Something may have changed since the last measurement.
     dirty: bool,
-}
-
-impl Tally {
-    fn held(&self) -> u64 {
-        self.measured
-            .saturating_add(self.charged - self.covered)
-            .saturating_sub(self.freed - self.freed_covered)
-    }
 }
 
 impl Ledger {
@@ -56,7 +49,10 @@ impl Ledger {
         let ledger = Arc::new(Ledger {
             host: host.to_path_buf(),
             quota,
-            tally: Mutex::new(Tally::default()),
+            tally: Mutex::new(Tally {
+                dirty: true,
+                ..Tally::default()
+            }),
         });
         ledger.measure();
         ledger
@@ -68,7 +64,8 @@ impl Ledger {
 
     /// What the tree holds, as far as the ledger knows (an upper bound between measurements).
     pub fn held(&self) -> u64 {
-        self.lock().held()
+        let t = self.lock();
+        t.measured.saturating_add(t.charged)
     }
 
     /// Take `bytes` of growth out of the quota; `false` (nothing taken) when it does not fit.
@@ -77,26 +74,31 @@ impl Ledger {
             return true;
         }
         let mut t = self.lock();
-        if t.held().saturating_add(bytes) > self.quota.bytes() {
+        if t.measured.saturating_add(t.charged).saturating_add(bytes) > self.quota.bytes() {
             return false;
         }
-        t.charged = t.charged.saturating_add(bytes);
+        t.charged += bytes;
         t.dirty = true;
         true
     }
 
-    /// `bytes` left the tree (a file removed or cut short): the room is given back now, and
-    /// the next measurement checks it.
-    pub fn free(&self, bytes: u64) {
+    /// Give back a charge whose operation failed (nothing was written for it).
+    pub fn uncharge(&self, bytes: u64) {
         let mut t = self.lock();
-        t.freed = t.freed.saturating_add(bytes);
-        t.dirty = true;
+        t.charged = t.charged.saturating_sub(bytes);
+    }
+
+    /// Something left the tree: the next measurement will see it.
+    pub fn touch(&self) {
+        self.lock().dirty = true;
     }
 
     /// A call that may write the tree; dropping it (the call's end) measures the tree again if
-    /// it was the last writer and anything was charged.
+    /// it was the last writer and anything may have changed.
     pub fn writing(self: &Arc<Self>) -> Writing {
-        self.lock().writers += 1;
+        let mut t = self.lock();
+        t.writers += 1;
+        t.generation += 1;
         Writing(self.clone())
     }
 
@@ -104,21 +106,29 @@ impl Ledger {
         self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Walk the tree and take what it holds as the new basis. Charges made while the walk runs
-    /// stay on top of it (they may be counted twice until the next measurement: never less).
+    /// Walk the tree and take what it holds as the new basis, if no call wrote it meanwhile
+    /// and the walk saw all of it.
     fn measure(&self) {
-        let (charged, freed) = {
-            let mut t = self.lock();
-            t.dirty = false;
-            (t.charged, t.freed)
+        let generation = {
+            let t = self.lock();
+            if t.writers > 0 || !t.dirty {
+                return;
+            }
+            t.generation
         };
         let found = tree_bytes(&self.host);
         let mut t = self.lock();
-        // A newer measurement may have finished first; keep the newer basis.
-        if charged >= t.covered && freed >= t.freed_covered {
-            t.measured = found;
-            t.covered = charged;
-            t.freed_covered = freed;
+        match found {
+            Ok(bytes) if t.writers == 0 && t.generation == generation => {
+                t.measured = bytes;
+                t.charged = 0;
+                t.dirty = false;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                directory = %self.host.display(),
+                "cannot measure a quota'd grant ({e}); its tally keeps what it had"
+            ),
         }
     }
 }
@@ -180,52 +190,67 @@ impl Ledgers {
 /// reload) has one tally. A changed quota starts a new ledger for the directory.
 fn shared(host: &Path, quota: ByteSize) -> Arc<Ledger> {
     static ALL: Mutex<Vec<std::sync::Weak<Ledger>>> = Mutex::new(Vec::new());
-    let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
-    all.retain(|w| w.strong_count() > 0);
-    if let Some(l) = all
-        .iter()
-        .filter_map(|w| w.upgrade())
-        .find(|l| l.host == host && l.quota == quota)
-    {
-        // Measured again at every load: an operator may have cleaned the directory up.
+    let existing = {
+        let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.iter()
+            .filter_map(|w| w.upgrade())
+            .find(|l| l.host == host && l.quota == quota)
+    };
+    if let Some(l) = existing {
+        // Measured again at every load (when no call writes it): an operator may have
+        // cleaned the directory up.
+        l.touch();
         l.measure();
         return l;
     }
     let l = Ledger::measured(host, quota);
-    all.push(Arc::downgrade(&l));
+    ALL.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(&l));
     l
 }
 
-/// What the tree under `root` holds (see the module's notes); entries that cannot be read are
-/// skipped. Symlinks are counted, never followed.
-pub fn tree_bytes(root: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
+/// What the tree under `root` holds (see the module's notes). Every directory is opened
+/// relative to its parent's descriptor, without following links and without leaving `root`'s
+/// filesystem (a mount inside is not counted, and not walked); any entry that cannot be read
+/// fails the walk, since skipping it would count less than there is.
+pub fn tree_bytes(root: &Path) -> std::io::Result<u64> {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, statat};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top = openat(rustix::fs::CWD, root, flags, Mode::empty())?;
+    let device = rustix::fs::fstat(&top)?.st_dev;
     let mut total: u64 = 0;
     let mut linked: HashSet<(u64, u64)> = HashSet::new();
-    let mut pending = vec![root.to_path_buf()];
+    let mut pending = vec![top];
     while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else {
+        let entries = Dir::read_from(&dir)?;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
-            };
+            }
+            let st = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
             total = total.saturating_add(ENTRY_BYTES);
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else if meta.is_file() {
-                // A file with several links holds its data once.
-                if meta.nlink() > 1 && !linked.insert((meta.dev(), meta.ino())) {
-                    continue;
+            let size = u64::try_from(st.st_size).unwrap_or(0);
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory if st.st_dev == device => {
+                    pending.push(openat(&dir, name, flags, Mode::empty())?);
                 }
-                total = total.saturating_add(meta.len());
-            } else if meta.is_symlink() {
-                total = total.saturating_add(meta.len());
+                FileType::RegularFile => {
+                    // A file with several links holds its data once.
+                    if st.st_nlink > 1 && !linked.insert((st.st_dev, st.st_ino)) {
+                        continue;
+                    }
+                    total = total.saturating_add(size);
+                }
+                FileType::Symlink => total = total.saturating_add(size),
+                _ => {}
             }
         }
     }
-    total
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -247,7 +272,7 @@ mod tests {
         std::fs::hard_link(d.join("sub/a"), d.join("b")).unwrap();
         std::os::unix::fs::symlink("sub/a", d.join("c")).unwrap();
         // sub, a, b, c: four entries; a's data once; the link's target text.
-        assert_eq!(tree_bytes(&d), 4 * ENTRY_BYTES + 1000 + 5);
+        assert_eq!(tree_bytes(&d).unwrap(), 4 * ENTRY_BYTES + 1000 + 5);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -257,19 +282,31 @@ mod tests {
         std::fs::write(d.join("a"), vec![0u8; 1000]).unwrap();
         let l = Ledger::measured(&d, ByteSize(ENTRY_BYTES + 3000));
         assert_eq!(l.held(), ENTRY_BYTES + 1000);
+        let w = l.writing();
         assert!(l.charge(2000));
         assert!(!l.charge(1), "one byte past the quota");
-        assert_eq!(l.held(), ENTRY_BYTES + 3000);
-        // Freed room is given back at once.
-        l.free(1500);
-        assert!(l.charge(1500));
-        assert!(!l.charge(1));
-        // The tool deleted the file meanwhile: the call's end measures again.
+        l.uncharge(500);
+        assert!(l.charge(500), "a failed operation's charge came back");
+        // Removing the file gives nothing back while the call writes...
         std::fs::remove_file(d.join("a")).unwrap();
-        let w = l.writing();
+        l.touch();
+        assert!(!l.charge(1));
+        // ...and everything once the last writer is done and the tree is measured.
         drop(w);
         assert_eq!(l.held(), 0);
         assert!(l.charge(3000));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_walk_that_cannot_see_everything_keeps_the_tally() {
+        let d = scratch("unreadable");
+        let l = Ledger::measured(&d, ByteSize(1 << 20));
+        let w = l.writing();
+        assert!(l.charge(10_000));
+        // The tree is gone from under the ledger: the walk fails, the charges stay.
+        std::fs::remove_dir_all(&d).unwrap();
+        drop(w);
+        assert_eq!(l.held(), 10_000);
     }
 }

@@ -137,6 +137,11 @@ impl<T: Send + 'static> OpenHandles<T> {
         self.held.len() < self.limit as usize
     }
 
+    /// How many are held (as of the last [`OpenHandles::room`]).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
     pub fn opened(&mut self, handle: &wasmtime::component::Resource<T>) {
         if !self.held.contains(&handle.rep()) {
             self.held.push(handle.rep());
@@ -365,7 +370,7 @@ struct MessageBudget {
 }
 
 /// How long a tool that watches `cancelled()` may run on after a stop or cancellation.
-const STOP_GRACE: Duration = Duration::from_millis(250);
+pub const STOP_GRACE: Duration = Duration::from_millis(250);
 
 impl HostState {
     fn services(&self) -> wasmtime::Result<Arc<dyn CallServices>> {
@@ -714,9 +719,11 @@ pub async fn run(
         ),
     };
     let cooperative = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_handles as usize);
     let state = HostState {
         wasi,
-        table: ResourceTable::new(),
+        table,
         limiter: MemoryLimiter {
             limit: limits.memory.as_usize(),
             total: 0,
@@ -1021,6 +1028,13 @@ fn classify(err: wasmtime::Error, stage: Stage) -> CallFailure {
     }
     if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
         return CallFailure::MemoryLimitExceeded { limit: m.limit };
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        err.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return CallFailure::Trapped(
+            "the call holds more handles at once than its limit (max_handles)".into(),
+        );
     }
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return CallFailure::Trapped(format!("the tool exited with status {}", exit.0));
