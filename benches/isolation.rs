@@ -4,7 +4,9 @@
 //! sequentially. Prints p50 and p99 of the benign calls at each level, in rounds.
 //!
 //! Run: `cargo build --release -p airlock && cargo bench -p airlock-benches --bench isolation`
-//! (`ISOLATION_CALLS`, default 1000 benign calls per level; `ISOLATION_ROUNDS`, default 3).
+//! (`ISOLATION_CALLS`, default 1000 benign calls per level; `ISOLATION_ROUNDS`, default 3;
+//! `ISOLATION_SPIN_TIMEOUT`, default `2s`, the runaway calls' timeout; `ISOLATION_SERVER`,
+//! TOML put first in the configuration, such as a `[server]` line and `epoch_tick = "2ms"`).
 
 #[path = "support.rs"]
 mod support;
@@ -47,9 +49,10 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "{}[audit]\nmode = \"off\"\n[confine]\nmode = \"off\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\nfuel = 1_000_000_000_000_000\ntimeout = \"2s\"\n",
+            "{}[audit]\nmode = \"off\"\n[confine]\nmode = \"off\"\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[tool.limits]\nfuel = 1_000_000_000_000_000\ntimeout = \"{}\"\n",
             std::env::var("ISOLATION_SERVER").unwrap_or_default(),
-            wasm.display()
+            wasm.display(),
+            std::env::var("ISOLATION_SPIN_TIMEOUT").unwrap_or_else(|_| "2s".into()),
         ),
     )
     .unwrap();

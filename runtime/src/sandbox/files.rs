@@ -169,19 +169,19 @@ fn writable(state: &HostState, fd: &Resource<Descriptor>) -> bool {
     matches!(state.table.get(fd), Ok(Descriptor::Dir(d)) if !d.perms.write_not_permitted())
 }
 
-/// Whether `path` names an entry under the directory `fd` (not following a final symlink),
-/// resolved as the guest's own lookups are: inside the grant, off the async threads. Anything
-/// but a clear "no such entry" counts as there (then nothing is charged for creating it; the
-/// open itself decides).
-async fn exists_at(state: &mut HostState, fd: &Resource<Descriptor>, path: &str) -> bool {
+/// Whether `path` names an entry under the directory `fd`, looked up as the open will look it
+/// up (`flags`: a dangling symlink the open follows names nothing yet), and as the guest's own
+/// lookups are: inside the grant, off the async threads. Only a clear "no such entry" counts
+/// as absent (and is charged for).
+async fn exists_at(
+    state: &mut HostState,
+    fd: &Resource<Descriptor>,
+    path: &str,
+    flags: types::PathFlags,
+) -> bool {
     let dir = Resource::<Descriptor>::new_borrow(fd.rep());
-    let r = types::HostDescriptor::stat_at(
-        &mut state.filesystem(),
-        dir,
-        types::PathFlags::empty(),
-        path.to_owned(),
-    )
-    .await;
+    let r =
+        types::HostDescriptor::stat_at(&mut state.filesystem(), dir, flags, path.to_owned()).await;
     match r {
         Ok(_) => true,
         Err(e) => !matches!(e.downcast_ref(), Some(types::ErrorCode::NoEntry)),
@@ -237,7 +237,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 let mut charged = 0;
                 if let Some(q) = quota
                     && oflags.contains(types::OpenFlags::CREATE)
-                    && !exists_at(state, &fd, &path).await
+                    && !exists_at(state, &fd, &path, path_flags).await
                 {
                     state.files.charge(q, ENTRY_BYTES)?;
                     charged = ENTRY_BYTES;
