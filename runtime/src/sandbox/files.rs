@@ -191,11 +191,13 @@ async fn exists_at(
 type Sent<T> = wasmtime::Result<(Result<T, types::ErrorCode>,)>;
 
 /// Link the guarded functions in front of wasmtime-wasi's (which must be linked already).
+/// Each first charges its host work to the call's fuel (a host call; a write, its bytes too).
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let mut inst = linker.instance(PREOPENS)?;
     inst.func_wrap("get-directories", |mut store, (): ()| {
         let state = store.data_mut();
+        state.charge(0);
         let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
         for (fd, guest) in &dirs {
             match state.files.quotas.iter().position(|q| &q.guest == guest) {
@@ -229,6 +231,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         )| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 if let Err(e) = CallFiles::refuse_open(state) {
                     return Ok((Err(e),));
                 }
@@ -271,6 +274,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd,): (Resource<Descriptor>,)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 if let Err(e) = CallFiles::refuse_open(state) {
                     return Ok((Err(e),));
                 }
@@ -288,6 +292,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, buf, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(buf.len());
                 let quota = state.files.quota_of(fd.rep());
                 let mut growth = 0;
                 if let Some(q) = quota {
@@ -311,6 +316,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, size): (Resource<Descriptor>, u64)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let quota = state.files.quota_of(fd.rep());
                 let mut growth = 0;
                 if let Some(q) = quota {
@@ -332,6 +338,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         "[method]descriptor.write-via-stream",
         |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
             let state = store.data_mut();
+            state.charge(0);
             let quota = state.files.quota_of(fd.rep());
             let size = match quota {
                 Some(_) => file_size(state, &fd)?,
@@ -357,6 +364,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         "[method]descriptor.append-via-stream",
         |mut store, (fd,): (Resource<Descriptor>,)| {
             let state = store.data_mut();
+            state.charge(0);
             let quota = state.files.quota_of(fd.rep());
             let r = types::HostDescriptor::append_via_stream(&mut state.filesystem(), fd);
             let r = match (r, quota) {
@@ -372,6 +380,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let quota = state.files.quota_of(fd.rep());
                 if let Some(q) = quota {
                     state.files.charge(q, ENTRY_BYTES)?;
@@ -393,6 +402,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let quota = state.files.quota_of(fd.rep());
                 let cost = ENTRY_BYTES.saturating_add(target.len() as u64);
                 if let Some(q) = quota {
@@ -422,6 +432,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         )| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let (from, to) = (
                     state.files.quota_of(fd.rep()),
                     state.files.quota_of(new_fd.rep()),
@@ -455,6 +466,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
          (fd, old, new_fd, new): (Resource<Descriptor>, String, Resource<Descriptor>, String)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let (from, to) = (state.files.quota_of(fd.rep()), state.files.quota_of(new_fd.rep()));
                 // Moving a tree in from elsewhere would grow the tally unseen. (Where either
                 // side is read-only, wasmtime-wasi refuses the rename itself.)
@@ -478,6 +490,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let quota = state.files.quota_of(fd.rep());
                 let r =
                     types::HostDescriptor::unlink_file_at(&mut state.filesystem(), fd, path).await;
@@ -495,6 +508,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         |mut store, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let state = store.data_mut();
+                state.charge(0);
                 let quota = state.files.quota_of(fd.rep());
                 let r =
                     types::HostDescriptor::remove_directory_at(&mut state.filesystem(), fd, path)

@@ -394,7 +394,7 @@ impl HostState {
     }
 
     /// Charge the host work of handling `bytes` for the call (fuel, at the next tick).
-    fn charge(&mut self, bytes: usize) {
+    pub(super) fn charge(&mut self, bytes: usize) {
         self.host_work = self.host_work.saturating_add(
             FUEL_PER_HOST_CALL.saturating_add((bytes as u64).saturating_mul(FUEL_PER_HOST_BYTE)),
         );
