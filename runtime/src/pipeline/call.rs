@@ -477,7 +477,7 @@ impl Airlock {
         // Before admission: a call waiting for a person holds no in-flight slot, so pending
         // approvals cannot starve the server.
         self.approve(tool, arguments, caller, &ctx, usage).await?;
-        let _permits = self.admit(tool).inspect_err(|_| {
+        let permits = self.admit(tool).inspect_err(|_| {
             // Refused before it ran: the ticket the call redeemed may be presented again.
             if let Some(id) = &usage.ticket {
                 self.operator.approvals.tickets.release(id);
@@ -503,7 +503,7 @@ impl Airlock {
             self.record_intent(tool, caller, usage).await?;
         }
         let report = self
-            .execute(tool, &text, ctx, &running.call, caller, usage)
+            .execute(tool, &text, ctx, &running.call, caller, usage, permits)
             .await;
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
@@ -661,6 +661,9 @@ impl Airlock {
         Ok([server, component])
     }
 
+    /// Run the call's guest. `permits` (its in-flight slots) go with the run and are given back
+    /// when its store is gone, even when the answer leaves before (see below).
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
         self: &Arc<Self>,
         tool: &CatalogTool,
@@ -669,6 +672,7 @@ impl Airlock {
         running: &Running,
         caller: &Caller,
         usage: &Usage,
+        permits: [OwnedSemaphorePermit; 2],
     ) -> RunReport<Answer> {
         let (arguments_sha256, shadow) = (
             usage.arguments_sha256.as_str(),
@@ -723,7 +727,9 @@ impl Airlock {
                 services: Some(services),
                 shadow,
             };
-            store::run(&component.prepared, invocation, events, &signals).await
+            let report = store::run(&component.prepared, invocation, events, &signals).await;
+            drop(permits);
+            report
         };
         // The run ends itself at its deadline, a stop or a cancellation, when it is next
         // polled; on the runaway pool, which gets only CPU nobody else wants, that may be late:

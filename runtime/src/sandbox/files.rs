@@ -31,7 +31,10 @@ const PREOPENS: &str = "wasi:filesystem/preopens@0.2.12";
 struct QuotaGrant {
     id: String,
     guest: String,
-    writing: Writing,
+    ledger: Arc<Ledger>,
+    /// Taken at the call's first change to the tree (a call that only reads never holds the
+    /// tree's measurement back).
+    writing: Option<Writing>,
 }
 
 /// The filesystem state of one call.
@@ -46,6 +49,10 @@ pub struct CallFiles {
     /// Directory listings the guest holds (each a copy of a directory's entries in memory).
     listings: OpenHandles<ReaddirIterator>,
     max_open: u32,
+    /// The host files and directories under a quota the call used: work the tool started on
+    /// them may still run on the blocking pool after the call (holding them); the trees are
+    /// measured only once they are closed.
+    quota_files: Vec<std::sync::Weak<std::fs::File>>,
 }
 
 impl CallFiles {
@@ -56,6 +63,7 @@ impl CallFiles {
             open: Vec::new(),
             listings: OpenHandles::new(max_open),
             max_open,
+            quota_files: Vec::new(),
         }
     }
 
@@ -67,13 +75,20 @@ impl CallFiles {
         self.open.len() + listings < self.max_open as usize && listings_room
     }
 
-    /// Count the host file behind the descriptor just opened.
-    fn opened(&mut self, table: &wasmtime::component::ResourceTable, fd: &Resource<Descriptor>) {
-        let file = match table.get(fd) {
-            Ok(Descriptor::File(f)) => Arc::downgrade(&f.file),
-            Ok(Descriptor::Dir(d)) => Arc::downgrade(&d.dir),
-            Err(_) => return,
+    /// Count the host file behind the descriptor just opened (and remember it when it is under
+    /// a quota).
+    fn opened(
+        &mut self,
+        table: &wasmtime::component::ResourceTable,
+        fd: &Resource<Descriptor>,
+        quota: Option<usize>,
+    ) {
+        let Some(file) = host_file(table, fd) else {
+            return;
         };
+        if quota.is_some() {
+            self.quota_files.push(file.clone());
+        }
         self.open.push(file);
     }
 
@@ -94,21 +109,34 @@ impl CallFiles {
         self.quotas.push(QuotaGrant {
             id: id.to_owned(),
             guest: guest.to_owned(),
-            writing: ledger.writing(),
+            ledger: ledger.clone(),
+            writing: None,
         });
     }
 
+    /// The call is about to change the tree of `q`.
+    fn writes(&mut self, q: usize) -> &Ledger {
+        let grant = &mut self.quotas[q];
+        if grant.writing.is_none() {
+            grant.writing = Some(grant.ledger.writing());
+        }
+        &grant.ledger
+    }
+
     /// Something left the tree of the grant `q` (when it has a quota): measured after the call.
-    fn touch(&self, q: Option<usize>) {
+    fn touch(&mut self, q: Option<usize>) {
         if let Some(q) = q {
-            self.quotas[q].writing.ledger().touch();
+            self.writes(q).touch();
         }
     }
 
-    /// Give back a charge under `q` whose operation failed.
-    fn uncharge(&self, q: Option<usize>, bytes: u64) {
-        if let Some(q) = q {
-            self.quotas[q].writing.ledger().uncharge(bytes);
+    /// Give back a charge under `q` whose operation failed with an error code (a trap keeps
+    /// it: what failed may have been done in part).
+    fn uncharge<T>(&mut self, q: Option<usize>, bytes: u64, r: &FsResult<T>) {
+        if let (Some(q), Err(e)) = (q, r)
+            && e.downcast_ref().is_some()
+        {
+            self.writes(q).uncharge(bytes);
         }
     }
 
@@ -117,12 +145,12 @@ impl CallFiles {
     }
 
     /// Charge `bytes` of growth under the grant `q`, or end the call.
-    fn charge(&self, q: usize, bytes: u64) -> wasmtime::Result<()> {
-        let grant = &self.quotas[q];
-        let ledger = grant.writing.ledger();
-        if ledger.charge(bytes) {
+    fn charge(&mut self, q: usize, bytes: u64) -> wasmtime::Result<()> {
+        if self.writes(q).charge(bytes) {
             return Ok(());
         }
+        let grant = &self.quotas[q];
+        let ledger = &grant.ledger;
         tracing::warn!(
             target: "airlock::policy",
             grant = %grant.id,
@@ -131,6 +159,56 @@ impl CallFiles {
             "a write would grow the grant past its quota"
         );
         Err(over_quota(&grant.id, ledger))
+    }
+}
+
+/// The host file or directory behind `fd`, to watch without keeping it open.
+fn host_file(
+    table: &wasmtime::component::ResourceTable,
+    fd: &Resource<Descriptor>,
+) -> Option<std::sync::Weak<std::fs::File>> {
+    match table.get(fd) {
+        Ok(Descriptor::File(f)) => Some(Arc::downgrade(&f.file)),
+        Ok(Descriptor::Dir(d)) => Some(Arc::downgrade(&d.dir)),
+        Err(_) => None,
+    }
+}
+
+/// How long the end of a call waits for work it started on files under a quota (which runs
+/// on the blocking pool and cannot be stopped) before it gives up measuring the trees.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Drop for CallFiles {
+    fn drop(&mut self) {
+        let writing: Vec<Writing> = self.quotas.drain(..).filter_map(|q| q.writing).collect();
+        if writing.is_empty() {
+            return;
+        }
+        let files = std::mem::take(&mut self.quota_files);
+        let settle = move || {
+            let until = std::time::Instant::now() + SETTLE_LIMIT;
+            let mut pause = std::time::Duration::from_millis(1);
+            while files.iter().any(|f| f.strong_count() > 0) {
+                if std::time::Instant::now() >= until {
+                    tracing::warn!(
+                        "file work of an ended call is still running after {SETTLE_LIMIT:?}; \
+                         its quota'd trees are not measured now"
+                    );
+                    writing.into_iter().for_each(Writing::release_unmeasured);
+                    return;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            // Dropping each measures its tree if it was the last writer.
+            drop(writing);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(settle);
+            }
+            Err(_) => settle(),
+        }
     }
 }
 
@@ -203,6 +281,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
             match state.files.quotas.iter().position(|q| &q.guest == guest) {
                 Some(q) => {
                     state.files.under.insert(fd.rep(), q);
+                    if let Some(dir) = host_file(&state.table, fd) {
+                        state.files.quota_files.push(dir);
+                    }
                 }
                 // Every writable grant has a quota: one without is not run unmetered.
                 None if writable(state, fd) => {
@@ -256,13 +337,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 .await;
                 match &r {
                     Ok(child) => {
-                        state.files.opened(&state.table, child);
+                        state.files.opened(&state.table, child, quota);
                         match quota {
                             Some(q) => state.files.under.insert(child.rep(), q),
                             None => state.files.under.remove(&child.rep()),
                         };
                     }
-                    Err(_) => state.files.uncharge(quota, charged),
+                    Err(_) => state.files.uncharge(quota, charged, &r),
                 }
                 Ok((to_guest(state, r)?,))
             })
@@ -302,9 +383,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 }
                 let r =
                     types::HostDescriptor::write(&mut state.filesystem(), fd, buf, offset).await;
-                if r.is_err() {
-                    state.files.uncharge(quota, growth);
-                }
+                state.files.uncharge(quota, growth, &r);
                 let sent: Sent<u64> = Ok((to_guest(state, r)?,));
                 sent
             })
@@ -326,7 +405,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 let r = types::HostDescriptor::set_size(&mut state.filesystem(), fd, size).await;
                 match &r {
                     Ok(()) => state.files.touch(quota),
-                    Err(_) => state.files.uncharge(quota, growth),
+                    Err(_) => state.files.uncharge(quota, growth, &r),
                 }
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
@@ -388,9 +467,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 let r =
                     types::HostDescriptor::create_directory_at(&mut state.filesystem(), fd, path)
                         .await;
-                if r.is_err() {
-                    state.files.uncharge(quota, ENTRY_BYTES);
-                }
+                state.files.uncharge(quota, ENTRY_BYTES, &r);
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
             })
@@ -411,9 +488,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 let r =
                     types::HostDescriptor::symlink_at(&mut state.filesystem(), fd, target, path)
                         .await;
-                if r.is_err() {
-                    state.files.uncharge(quota, cost);
-                }
+                state.files.uncharge(quota, cost, &r);
                 let sent: Sent<()> = Ok((to_guest(state, r)?,));
                 sent
             })
@@ -452,9 +527,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                     new,
                 )
                 .await;
-                if r.is_err() {
-                    state.files.uncharge(to, ENTRY_BYTES);
-                }
+                state.files.uncharge(to, ENTRY_BYTES, &r);
                 Ok((to_guest(state, r)?,))
             })
         },
@@ -531,10 +604,7 @@ impl CallFiles {
     fn same_tally(&self, a: Option<usize>, b: Option<usize>) -> bool {
         match (a, b) {
             (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(
-                self.quotas[a].writing.ledger(),
-                self.quotas[b].writing.ledger(),
-            ),
+            (Some(a), Some(b)) => Arc::ptr_eq(&self.quotas[a].ledger, &self.quotas[b].ledger),
             _ => false,
         }
     }
@@ -549,10 +619,12 @@ impl HostState {
         growth: Growth,
     ) -> wasmtime::Result<Resource<DynOutputStream>> {
         let inner = self.table.delete(stream)?;
+        // A stream that can write the tree makes the call one of its writers.
+        self.files.writes(q);
         let grant = &self.files.quotas[q];
         let metered: DynOutputStream = Box::new(MeteredStream {
             inner,
-            ledger: grant.writing.ledger().clone(),
+            ledger: grant.ledger.clone(),
             grant: grant.id.clone(),
             growth,
         });

@@ -25,7 +25,8 @@ pub const ENTRY_BYTES: u64 = 4096;
 /// The tally of one granted directory.
 pub struct Ledger {
     host: PathBuf,
-    quota: ByteSize,
+    /// Bytes; set again when a reload changes it.
+    quota: std::sync::atomic::AtomicU64,
     tally: Mutex<Tally>,
 }
 
@@ -41,6 +42,8 @@ struct Tally {
     generation: u64,
     /// Something may have changed since the last measurement.
     dirty: bool,
+    /// A walk is under way (one at a time).
+    measuring: bool,
 }
 
 impl Ledger {
@@ -48,7 +51,7 @@ impl Ledger {
     pub fn measured(host: &Path, quota: ByteSize) -> Arc<Ledger> {
         let ledger = Arc::new(Ledger {
             host: host.to_path_buf(),
-            quota,
+            quota: std::sync::atomic::AtomicU64::new(quota.bytes()),
             tally: Mutex::new(Tally {
                 dirty: true,
                 ..Tally::default()
@@ -59,7 +62,7 @@ impl Ledger {
     }
 
     pub fn quota(&self) -> ByteSize {
-        self.quota
+        ByteSize(self.quota.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// What the tree holds, as far as the ledger knows (an upper bound between measurements).
@@ -74,7 +77,7 @@ impl Ledger {
             return true;
         }
         let mut t = self.lock();
-        if t.measured.saturating_add(t.charged).saturating_add(bytes) > self.quota.bytes() {
+        if t.measured.saturating_add(t.charged).saturating_add(bytes) > self.quota().bytes() {
             return false;
         }
         t.charged += bytes;
@@ -99,7 +102,10 @@ impl Ledger {
         let mut t = self.lock();
         t.writers += 1;
         t.generation += 1;
-        Writing(self.clone())
+        Writing {
+            ledger: self.clone(),
+            measure: true,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tally> {
@@ -110,14 +116,16 @@ impl Ledger {
     /// and the walk saw all of it.
     fn measure(&self) {
         let generation = {
-            let t = self.lock();
-            if t.writers > 0 || !t.dirty {
+            let mut t = self.lock();
+            if t.writers > 0 || !t.dirty || t.measuring {
                 return;
             }
+            t.measuring = true;
             t.generation
         };
         let found = tree_bytes(&self.host);
         let mut t = self.lock();
+        t.measuring = false;
         match found {
             Ok(bytes) if t.writers == 0 && t.generation == generation => {
                 t.measured = bytes;
@@ -134,25 +142,35 @@ impl Ledger {
 }
 
 /// One call's hold on a writable tree (see [`Ledger::writing`]).
-pub struct Writing(Arc<Ledger>);
+pub struct Writing {
+    ledger: Arc<Ledger>,
+    measure: bool,
+}
 
 impl Writing {
     pub fn ledger(&self) -> &Arc<Ledger> {
-        &self.0
+        &self.ledger
+    }
+
+    /// Stop writing without measuring the tree (its tally keeps what it has, and stays due for
+    /// a measurement).
+    pub fn release_unmeasured(mut self) {
+        self.measure = false;
     }
 }
 
 impl Drop for Writing {
     fn drop(&mut self) {
         let remeasure = {
-            let mut t = self.0.lock();
+            let mut t = self.ledger.lock();
             t.writers -= 1;
-            t.writers == 0 && t.dirty
+            t.dirty |= !self.measure;
+            self.measure && t.writers == 0 && t.dirty
         };
         if !remeasure {
             return;
         }
-        let ledger = self.0.clone();
+        let ledger = self.ledger.clone();
         // Walking a tree is blocking work: off the async threads when there are any.
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
@@ -186,8 +204,8 @@ impl Ledgers {
     }
 }
 
-/// Every ledger in use, by directory: a directory granted to two tools (or kept across a
-/// reload) has one tally. A changed quota starts a new ledger for the directory.
+/// Every ledger in use, by directory: a directory granted to two tools, or kept across a
+/// reload, has one tally (a reload that changes its quota changes it in place).
 fn shared(host: &Path, quota: ByteSize) -> Arc<Ledger> {
     static ALL: Mutex<Vec<std::sync::Weak<Ledger>>> = Mutex::new(Vec::new());
     let existing = {
@@ -195,9 +213,11 @@ fn shared(host: &Path, quota: ByteSize) -> Arc<Ledger> {
         all.retain(|w| w.strong_count() > 0);
         all.iter()
             .filter_map(|w| w.upgrade())
-            .find(|l| l.host == host && l.quota == quota)
+            .find(|l| l.host == host)
     };
     if let Some(l) = existing {
+        l.quota
+            .store(quota.bytes(), std::sync::atomic::Ordering::Relaxed);
         // Measured again at every load (when no call writes it): an operator may have
         // cleaned the directory up.
         l.touch();
@@ -211,46 +231,80 @@ fn shared(host: &Path, quota: ByteSize) -> Arc<Ledger> {
     l
 }
 
+/// How deep a measured tree may go (each level holds a descriptor while the walk is below it);
+/// a deeper one fails the walk, and the tally keeps what it had.
+const MAX_DEPTH: usize = 128;
+
 /// What the tree under `root` holds (see the module's notes). Every directory is opened
-/// relative to its parent's descriptor, without following links and without leaving `root`'s
-/// filesystem (a mount inside is not counted, and not walked); any entry that cannot be read
-/// fails the walk, since skipping it would count less than there is.
+/// relative to its parent's descriptor, without following links; only the directories above
+/// the one being read are held open. Any entry that cannot be read, a mount inside the tree
+/// (another filesystem, which the tally could not bound) or a tree deeper than [`MAX_DEPTH`]
+/// fails the walk: skipping would count less than there is.
 pub fn tree_bytes(root: &Path) -> std::io::Result<u64> {
-    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, statat};
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let top = openat(rustix::fs::CWD, root, flags, Mode::empty())?;
-    let device = rustix::fs::fstat(&top)?.st_dev;
-    let mut total: u64 = 0;
-    let mut linked: HashSet<(u64, u64)> = HashSet::new();
-    let mut pending = vec![top];
-    while let Some(dir) = pending.pop() {
-        let entries = Dir::read_from(&dir)?;
-        for entry in entries {
+    let top = rustix::fs::openat(rustix::fs::CWD, root, WALK_FLAGS, rustix::fs::Mode::empty())?;
+    let mut walk = Walk {
+        device: rustix::fs::fstat(&top)?.st_dev,
+        total: 0,
+        linked: HashSet::new(),
+    };
+    walk.dir(&top, 0)?;
+    Ok(walk.total)
+}
+
+const WALK_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+struct Walk {
+    device: u64,
+    total: u64,
+    /// Files with several links already counted.
+    linked: HashSet<(u64, u64)>,
+}
+
+impl Walk {
+    fn dir(&mut self, dir: &rustix::fd::OwnedFd, depth: usize) -> std::io::Result<()> {
+        use rustix::fs::{AtFlags, Dir, FileType, Mode, openat, statat};
+        if depth > MAX_DEPTH {
+            return Err(std::io::Error::other(format!(
+                "the tree is deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mut below: Vec<std::ffi::CString> = Vec::new();
+        for entry in Dir::read_from(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
             }
-            let st = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            total = total.saturating_add(ENTRY_BYTES);
+            let st = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            self.total = self.total.saturating_add(ENTRY_BYTES);
             let size = u64::try_from(st.st_size).unwrap_or(0);
             match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory if st.st_dev == device => {
-                    pending.push(openat(&dir, name, flags, Mode::empty())?);
+                FileType::Directory if st.st_dev != self.device => {
+                    return Err(std::io::Error::other(
+                        "another filesystem is mounted inside the tree",
+                    ));
                 }
+                FileType::Directory => below.push(name.to_owned()),
                 FileType::RegularFile => {
                     // A file with several links holds its data once.
-                    if st.st_nlink > 1 && !linked.insert((st.st_dev, st.st_ino)) {
+                    if st.st_nlink > 1 && !self.linked.insert((st.st_dev, st.st_ino)) {
                         continue;
                     }
-                    total = total.saturating_add(size);
+                    self.total = self.total.saturating_add(size);
                 }
-                FileType::Symlink => total = total.saturating_add(size),
+                FileType::Symlink => self.total = self.total.saturating_add(size),
                 _ => {}
             }
         }
+        for name in below {
+            let sub = openat(dir, name.as_c_str(), WALK_FLAGS, Mode::empty())?;
+            self.dir(&sub, depth + 1)?;
+        }
+        Ok(())
     }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -295,6 +349,18 @@ mod tests {
         drop(w);
         assert_eq!(l.held(), 0);
         assert!(l.charge(3000));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_walk_goes_fails_the_walk() {
+        let d = scratch("deep");
+        let mut p = d.clone();
+        for _ in 0..=MAX_DEPTH + 1 {
+            p.push("d");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        assert!(tree_bytes(&d).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
