@@ -172,10 +172,11 @@ pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
     if GUEST_POOL.get().is_some() {
         return Ok(());
     }
+    let cpus = runaway_cpus();
     let runaway = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name("airlock-runaway")
-        .on_thread_start(idle_priority)
+        .on_thread_start(move || idle_priority(cpus.as_ref()))
         .enable_all()
         .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -188,8 +189,41 @@ pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Put the calling thread under `SCHED_IDLE` (allowed without privileges: it only lowers it).
-fn idle_priority() {
+/// The CPUs runaway calls run on: the last half of those this process may use (at least
+/// one). Kept on them, an idle-priority thread is never migrated onto the CPU where other work
+/// is about to wake, which measurably delays it (docs/performance.md); the other CPUs never
+/// see runaway code at all.
+fn runaway_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the sizes passed are its own.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return None;
+        }
+        let ids: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        if ids.len() < 2 {
+            return None;
+        }
+        let mut chosen: libc::cpu_set_t = std::mem::zeroed();
+        for &c in &ids[ids.len() - ids.len() / 2..] {
+            libc::CPU_SET(c, &mut chosen);
+        }
+        Some(chosen)
+    }
+}
+
+/// Put the calling thread under `SCHED_IDLE` (allowed without privileges: it only lowers it),
+/// on `cpus` when given.
+fn idle_priority(cpus: Option<&libc::cpu_set_t>) {
+    if let Some(set) = cpus {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+        // Failing leaves the thread where it was: slower for others, never wrong.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+        }
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
     let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
