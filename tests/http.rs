@@ -36,6 +36,84 @@ fn host_and_origin_are_validated() {
 }
 
 #[test]
+fn the_listeners_own_loopback_origins_are_accepted_by_default() {
+    // `allowed_origins = []`: a page of Airlock's own port is not another site.
+    let dir = TempDir::new("http-own-origin");
+    let server = HttpServer::start(&hostile_config(&dir, ""));
+    let port = server.addr.rsplit(':').next().unwrap();
+    let host = format!("127.0.0.1:{port}");
+    for origin in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ] {
+        assert_eq!(
+            raw_post(&server.addr, &host, Some(&origin), INIT),
+            200,
+            "{origin}"
+        );
+    }
+    // Another port on the same machine is another origin.
+    assert_eq!(
+        raw_post(&server.addr, &host, Some("http://127.0.0.1:1"), INIT),
+        403
+    );
+}
+
+/// Open `subscriptions/listen` with `filter` and read the stream until the acknowledgement
+/// (or an error, or 10 s): the status and what was read.
+fn listen(addr: &str, filter: serde_json::Value) -> (u16, String) {
+    use std::io::{Read, Write};
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}},
+        "notifications": filter}})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: subscriptions/listen\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("acknowledged") && !seen.contains("\"error\"") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let status = seen.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, seen)
+}
+
+#[test]
+fn a_subscription_without_tool_changes_is_acknowledged_not_refused() {
+    let dir = TempDir::new("http-listen");
+    let server = HttpServer::start(&hostile_config(&dir, ""));
+    for filter in [
+        json!({}),
+        json!({"promptsListChanged": true}),
+        json!({"toolsListChanged": true}),
+    ] {
+        let (status, seen) = listen(&server.addr, filter.clone());
+        assert_eq!(status, 200, "{filter}: {seen}");
+        assert!(
+            seen.contains("notifications/subscriptions/acknowledged"),
+            "{filter}: {seen}"
+        );
+        let granted = filter.get("toolsListChanged").is_some();
+        assert_eq!(
+            seen.contains("\"toolsListChanged\":true"),
+            granted,
+            "{filter}: {seen}"
+        );
+    }
+}
+
+#[test]
 fn configured_origins_are_accepted() {
     let dir = TempDir::new("http-origin");
     let config = common::hostile_config_with_server(

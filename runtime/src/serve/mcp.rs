@@ -181,15 +181,22 @@ impl ServerHandler for McpServer {
 
     /// 2026-07-28 clients subscribe with `subscriptions/listen`: only tool-list changes are
     /// offered.
+    /// Every `subscriptions/listen` is accepted. Tool list changes are what Airlock sends; the
+    /// SDK keeps of them what the client asked for, so a filter without them (an empty one
+    /// included) is acknowledged empty, not refused.
     fn accepted_subscription_filter(
         &self,
-        requested: &SubscriptionFilter,
+        _requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        (requested.tools_list_changed == Some(true))
-            .then(|| SubscriptionFilter::builder().tools_list_changed().build())
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        if context.accepted().tools_list_changed != Some(true) {
+            // Nothing the client asked for is ever sent: the stream stays open until it ends.
+            context.cancelled().await;
+            return Ok(());
+        }
         let mut changes = self.live.watch_tools();
         loop {
             tokio::select! {
@@ -461,6 +468,25 @@ pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
     Ok(())
 }
 
+/// The listener's own loopback origins (a page Airlock's own port would serve), accepted
+/// besides `allowed_origins`: they cannot be another site's. None for a listener that is not
+/// reachable on loopback.
+fn own_origins(local: SocketAddr) -> Vec<String> {
+    let ip = local.ip();
+    if !(ip.is_loopback() || ip.is_unspecified()) {
+        return Vec::new();
+    }
+    let port = local.port();
+    let mut origins = vec![format!("http://localhost:{port}")];
+    if ip.is_ipv4() || ip.is_unspecified() {
+        origins.push(format!("http://127.0.0.1:{port}"));
+    }
+    if ip.is_ipv6() {
+        origins.push(format!("http://[::1]:{port}"));
+    }
+    origins
+}
+
 /// Serve MCP over Streamable HTTP at `http://<addr>/mcp` until `shutdown` fires.
 pub async fn serve_http(
     live: Arc<Live>,
@@ -487,9 +513,16 @@ pub async fn serve_http(
         );
     }
     let server = &policy.server;
+    crate::serve::listener::ensure_fd_budget(&policy.fd_need(true))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let mut origins = server.allowed_origins.clone();
+    origins.extend(own_origins(local));
     let mut config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(server.allowed_hosts.clone())
-        .with_allowed_origins(server.allowed_origins.clone())
+        .with_allowed_origins(origins)
         .with_cancellation_token(shutdown.child_token());
     // With no allowed origins configured, any request that carries an Origin (a browser) is refused.
     config = config.enforce_origin_validation();
@@ -544,11 +577,6 @@ pub async fn serve_http(
         max_connections: server.max_connections as usize,
         max_connections_per_peer: server.max_connections_per_peer as usize,
     };
-    crate::serve::listener::ensure_fd_budget(&live.current().catalog().policy.fd_need(true))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
     // Printed (not only logged) so scripts and tests can find an ephemeral port.
     eprintln!("airlock: serving MCP on http://{local}/mcp");
     tracing::info!(address = %local, "serving MCP over Streamable HTTP");
