@@ -203,3 +203,26 @@ fn half_sent_requests_time_out_and_connections_are_capped_per_peer() {
         server.log()
     );
 }
+
+#[test]
+fn sdk_schemas_carry_no_nonstandard_number_formats() {
+    // `hostile_channel_flood` takes a `usize` and a `u64`: schemars would mark them
+    // `format: "uint"` / `"uint64"`, which clients' validators warn about.
+    let dir = TempDir::new("http-schema-formats");
+    let server = HttpServer::start(&hostile_config(&dir, ""));
+    let listed = common::raw_mcp(&server.addr, "tools/list", json!({}), &[]).unwrap();
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let tools = common::sse_json(&listed.body)["result"]["tools"].clone();
+    let flood = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "hostile_channel_flood")
+        .unwrap()
+        .clone();
+    let size = &flood["inputSchema"]["properties"]["size"];
+    assert_eq!(size["type"], "integer", "{flood}");
+    assert_eq!(size["minimum"], 0, "{flood}");
+    assert!(size.get("format").is_none(), "{flood}");
+    assert!(!flood.to_string().contains("\"uint"), "{flood}");
+}

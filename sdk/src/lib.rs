@@ -383,7 +383,7 @@ pub struct Tool {
 }
 
 impl Tool {
-    /// A tool named `name` running `f`. Names are 1 to 128 characters from
+    /// A tool named `name` running `f`. Names are 1 to 64 characters from
     /// `A-Z a-z 0-9 _ - .`, unique across everything the host serves.
     ///
     /// Hints start at MCP's cautious defaults (not read-only, destructive, not idempotent,
@@ -464,7 +464,45 @@ impl Tool {
 }
 
 fn schema_of<T: JsonSchema>() -> serde_json::Value {
-    schemars::schema_for!(T).to_value()
+    let mut schema = schemars::schema_for!(T).to_value();
+    strip_width_formats(&mut schema);
+    schema
+}
+
+/// schemars marks number widths with formats JSON Schema does not define (`uint`, `uint32`,
+/// `int64`, `double`…), which validators in clients warn about on every call; the bounds it
+/// also writes (`minimum`, `maximum`) are what the host checks. A property that happens to be
+/// called `format` is an object, and stays.
+fn strip_width_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let width = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
+                matches!(
+                    f,
+                    "uint"
+                        | "uint8"
+                        | "uint16"
+                        | "uint32"
+                        | "uint64"
+                        | "uint128"
+                        | "int"
+                        | "int8"
+                        | "int16"
+                        | "int32"
+                        | "int64"
+                        | "int128"
+                        | "float"
+                        | "double"
+                )
+            });
+            if width {
+                map.remove("format");
+            }
+            map.values_mut().for_each(strip_width_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_width_formats),
+        _ => {}
+    }
 }
 
 /// The set of tools a component offers.

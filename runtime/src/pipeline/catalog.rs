@@ -228,9 +228,12 @@ async fn describe(prepared: &Prepared) -> Result<Vec<ToolSpec>, CallFailure> {
     }
 }
 
-/// MCP tool names: 1 to 128 characters from `A-Z a-z 0-9 _ - .`.
+/// The longest tool name MCP allows.
+const MAX_TOOL_NAME: usize = 64;
+
+/// MCP tool names: 1 to [`MAX_TOOL_NAME`] characters from `A-Z a-z 0-9 _ - .`.
 fn valid_tool_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
+    (1..=MAX_TOOL_NAME).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -261,7 +264,7 @@ fn to_mcp_tool(spec: ToolSpec, limits: &crate::config::policy::Limits) -> Result
             .filter(|c| !c.is_control())
             .collect();
         return Err(format!(
-            "tool name \"{shown}\" must be 1 to 128 characters from A-Z a-z 0-9 _ - ."
+            "tool name \"{shown}\" must be 1 to {MAX_TOOL_NAME} characters from A-Z a-z 0-9 _ - ."
         ));
     }
     if spec.description.trim().is_empty() {
@@ -339,6 +342,16 @@ fn to_mcp_tool(spec: ToolSpec, limits: &crate::config::policy::Limits) -> Result
 mod tests {
     use super::*;
     use airlock_host_api::Hints;
+
+    #[test]
+    fn tool_names_are_at_most_64_characters_of_the_allowed_set() {
+        assert!(valid_tool_name(&"a".repeat(64)));
+        assert!(!valid_tool_name(&"a".repeat(65)));
+        assert!(!valid_tool_name(""));
+        assert!(valid_tool_name("files.read-v2_x"));
+        assert!(!valid_tool_name("files/read"));
+        assert!(!valid_tool_name("fïles"));
+    }
 
     fn spec(description: &str, title: Option<&str>) -> ToolSpec {
         ToolSpec {
