@@ -327,13 +327,27 @@ fn tickets_are_single_use_and_bound_to_caller_tool_arguments_and_time() {
         result_text(&other),
         "approval ticket refused: it was issued to another caller"
     );
+    // A request state this server never issued is a malformed request: a JSON-RPC error.
     let mut forged = state.clone();
     forged.insert(forged.len() / 2, 'A');
-    let forged = retry(ALICE, "two", &forged, &q);
+    let auth = format!("Bearer {ALICE}");
+    let forged = raw_mcp(
+        &server.addr,
+        "tools/call",
+        json!({"name": "fixture_echo", "arguments": {"message": "two"},
+               "requestState": forged,
+               "inputResponses": {q.as_str(): {"action": "accept", "content": {"approve": true}}},
+               "_meta": {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}}),
+        &[("Authorization", auth.as_str())],
+    )
+    .expect("the server answers");
+    let forged = sse_json(&forged.body);
+    assert_eq!(forged["error"]["code"], -32602, "{forged}");
     assert_eq!(
-        result_text(&forged),
+        forged["error"]["message"],
         "approval ticket refused: it is not one this server issued, or it was altered"
     );
+    assert_eq!(forged["error"]["data"]["airlock/outcome"], "ticket_refused");
     // The refusals above did not use the genuine ticket up.
     assert_eq!(result_text(&retry(ALICE, "two", &state, &q)), "two");
 

@@ -318,6 +318,16 @@ impl ServerHandler for McpServer {
                 format!("unknown tool `{name}`"),
                 None,
             )),
+            // A request state this server did not issue (or that was altered) is a malformed
+            // request, not a tool outcome: a JSON-RPC error, as the protocol asks.
+            Err(
+                f @ CallFailure::TicketRefused {
+                    problem: crate::core::failure::TicketProblem::Forged,
+                },
+            ) => Err(ErrorData::invalid_params(
+                f.to_string(),
+                Some(serde_json::json!({ "airlock/outcome": f.kind() })),
+            )),
             Err(f) => Ok(with_ids(failure_result(&f), &caller).into()),
         }
     }
