@@ -239,7 +239,8 @@ fn idle_priority(cpus: Option<&libc::cpu_set_t>) {
     }
 }
 
-/// Run `work` on the guest pool (inline without one); dropping the returned future stops it.
+/// Run `work` on the guest pool (inline without one); dropping the returned future stops it
+/// at its next poll.
 /// Once `demote` is set (by the epoch callback of a call that keeps running), the work moves
 /// to the runaway pool at its next yield.
 pub async fn on_guest_pool<T: Send + 'static>(
@@ -427,7 +428,8 @@ impl HostState {
         text
     }
 
-    /// Charge the host work of handling `bytes` for the call (fuel, at the next tick).
+    /// Count the host work of handling `bytes` for the call (against its fuel budget, at the
+    /// next tick and at its end).
     pub(super) fn charge(&mut self, bytes: usize) {
         self.host_work = self.host_work.saturating_add(
             FUEL_PER_HOST_CALL.saturating_add((bytes as u64).saturating_mul(FUEL_PER_HOST_BYTE)),
@@ -815,11 +817,10 @@ pub async fn run(
         {
             d.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        // The host's work for the call since the last tick comes out of its fuel: what its
-        // imports handled, and the HTTP body bytes carried for it.
-        // The guest's own fuel and the host's work for it share one budget. (The guest's
-        // counter is not lowered here: wasmtime does not take a `set_fuel` made inside this
-        // callback while wasm is running, so the sum is compared instead.)
+        // The guest's own fuel and the host's work for it (what its imports handled, the HTTP
+        // body bytes carried for it) share one budget. The guest's counter is not lowered
+        // here: wasmtime does not take a `set_fuel` made inside this callback while wasm runs,
+        // so the sum is compared instead.
         let spent = spent_so_far(
             budget,
             ctx.get_fuel().unwrap_or(0),
