@@ -412,3 +412,30 @@ fn quota_mistakes_are_load_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_writable_grant_beside_the_audit_log_is_warned_about() {
+    // The test's directories and the audit log share a filesystem: what the tool writes takes
+    // the audit log's room. A read-only grant is not named.
+    let dir = TempDir::new("fs-beside-audit");
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    std::fs::create_dir_all(dir.0.join("docs")).unwrap();
+    let config = dir.config(
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\n\
+         fs = [{ host = \"data\", guest = \"/data\", mode = \"rw\", quota = \"1MiB\" },\n      \
+               { host = \"docs\", guest = \"/docs\", mode = \"ro\" }]\n",
+    );
+    let server = common::HttpServer::start(&config);
+    let log = server.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("on the same filesystem as the audit log"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("tool \"files\" may write")
+            && warned[0].contains("(fs:/data, quota 1 MiB)"),
+        "{}",
+        warned[0]
+    );
+}
