@@ -115,7 +115,7 @@ fn bench(c: &mut Criterion) {
                 let denial = DenialCell::default();
                 store::wasi_context(
                     &prepared.name,
-                    Some(&granted),
+                    Some((&granted, &prepared.grants)),
                     false,
                     &stdout,
                     &stderr,

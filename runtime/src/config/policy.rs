@@ -240,7 +240,7 @@ impl Limits {
     }
 
     /// The most file descriptors of the host's one call can hold through its handles.
-    pub fn max_handles(&self) -> u64 {
+    pub fn max_descriptors(&self) -> u64 {
         u64::from(self.max_open_files)
             + u64::from(self.max_open_sockets)
             + u64::from(self.max_requests_in_flight)
@@ -721,7 +721,7 @@ impl Policy {
             .components
             .iter()
             // Each call also opens its grants' directories (its preopens).
-            .map(|c| c.limits.max_handles() + c.grants.fs.len() as u64)
+            .map(|c| c.limits.max_descriptors() + c.grants.fs.len() as u64)
             .max()
             .unwrap_or(0);
         FdNeed {

@@ -112,7 +112,7 @@ pub fn tcp_check(
                 what: "a TCP connection".into(),
                 target: address.to_string(),
             };
-            let _ = refuse(&denial, &component, d);
+            record_denial(&denial, &component, d);
             return Box::pin(std::future::ready(false));
         }
         let (allowed, usage) = match usage {
@@ -144,7 +144,7 @@ pub fn tcp_check(
                 },
                 None => Denial::Socket { usage, target },
             };
-            let _ = refuse(&denial, &component, d);
+            record_denial(&denial, &component, d);
         }
         Box::pin(std::future::ready(allowed))
     }
@@ -158,9 +158,16 @@ type SendResult = Result<
     Error,
 >;
 
-fn refuse(denial: &OnceLock<Denial>, component: &str, d: Denial) -> Error {
+/// Log a refusal of something `component` tried, and keep it if it is the call's first (which
+/// then ends the call as blocked).
+pub fn record_denial(denial: &OnceLock<Denial>, component: &str, d: Denial) {
     tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), target = d.target(), "{d}");
     let _ = denial.set(d);
+}
+
+/// A refused HTTP request: recorded, and the error wasi-http gives the guest.
+fn refuse(denial: &OnceLock<Denial>, component: &str, d: Denial) -> Error {
+    record_denial(denial, component, d);
     Error::HttpRequestDenied
 }
 

@@ -70,9 +70,7 @@ impl CallFiles {
     /// Whether the call may open one more file or listing (files and listings share the cap).
     fn room(&mut self, table: &wasmtime::component::ResourceTable) -> bool {
         self.open.retain(|f| f.strong_count() > 0);
-        let listings_room = self.listings.room(table);
-        let listings = self.listings.held();
-        self.open.len() + listings < self.max_open as usize && listings_room
+        self.open.len() + self.listings.held_now(table) < self.max_open as usize
     }
 
     /// Count the host file behind the descriptor just opened (and remember it when it is under

@@ -148,10 +148,6 @@ pub struct Writing {
 }
 
 impl Writing {
-    pub fn ledger(&self) -> &Arc<Ledger> {
-        &self.ledger
-    }
-
     /// Stop writing without measuring the tree (its tally keeps what it has, and stays due for
     /// a measurement).
     pub fn release_unmeasured(mut self) {

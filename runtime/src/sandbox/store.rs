@@ -129,16 +129,16 @@ impl<T: Send + 'static> OpenHandles<T> {
 
     /// Whether one more may be opened.
     pub fn room(&mut self, table: &ResourceTable) -> bool {
+        self.held_now(table) < self.limit as usize
+    }
+
+    /// How many the guest still holds (forgetting those it dropped).
+    pub fn held_now(&mut self, table: &ResourceTable) -> usize {
         self.held.retain(|&rep| {
             table
                 .get(&wasmtime::component::Resource::<T>::new_own(rep))
                 .is_ok()
         });
-        self.held.len() < self.limit as usize
-    }
-
-    /// How many are held (as of the last [`OpenHandles::room`]).
-    pub fn held(&self) -> usize {
         self.held.len()
     }
 
@@ -418,9 +418,7 @@ impl HostState {
 
     /// Refuse something the call tried: logged, and the first refusal ends the call as blocked.
     pub(super) fn refuse(&self, d: Denial) {
-        let component = &*self.component;
-        tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), "{d}");
-        let _ = self.denial.set(d);
+        egress::record_denial(&self.denial, &self.component, d);
     }
 
     fn clean(&self, mut text: String) -> String {
@@ -740,8 +738,9 @@ pub async fn run(
             *shadow,
         ),
     };
-    let granted = called.is_some().then_some(&live);
-    let current = granted.map(LiveGrants::current);
+    // One look at the grants in force: the preopens and their quotas come from the same one.
+    let current = called.is_some().then(|| live.current());
+    let granted = current.as_deref().map(|g| (&live, g));
     let granted_tcp = current.as_ref().is_some_and(|g| !g.tcp.is_empty());
     let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial)
         .and_then(|wasi| Ok((wasi, call_files(prepared, current.as_deref(), shadow)?)));
@@ -961,7 +960,7 @@ fn spent_so_far(
 /// fails the call rather than running the tool without it.
 pub fn wasi_context(
     component: &Arc<str>,
-    grants: Option<&LiveGrants>,
+    grants: Option<(&LiveGrants, &Grants)>,
     shadow: bool,
     stdout: &Capture,
     stderr: &Capture,
@@ -974,20 +973,22 @@ pub fn wasi_context(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    if let Some(grants) = grants {
-        grant(&mut builder, component, grants, shadow, denial)?;
+    if let Some((live, grants)) = grants {
+        grant(&mut builder, component, live, grants, shadow, denial)?;
     }
     Ok(builder.build())
 }
 
+/// `grants` are those in force now (`live` as revocations left them); `live` itself goes to
+/// the TCP check, which looks again at every connect.
 fn grant(
     builder: &mut WasiCtxBuilder,
     component: &Arc<str>,
     live: &LiveGrants,
+    grants: &Grants,
     shadow: bool,
     denial: &DenialCell,
 ) -> Result<(), CallFailure> {
-    let grants = live.current();
     // TCP is on for every call, behind the check: with no TCP grant every connect is refused
     // there, so the attempt becomes a named denial instead of a silent error.
     builder.allow_tcp(true).socket_addr_check(egress::tcp_check(
