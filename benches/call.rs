@@ -60,8 +60,10 @@ fn bench(c: &mut Criterion) {
             let r = store::run(
                 &component.prepared,
                 Invocation::Call {
-                    tool: "fixture_echo",
-                    arguments: r#"{"message":"hi"}"#,
+                    work: store::Work::Call {
+                        tool: "fixture_echo",
+                        arguments: r#"{"message":"hi"}"#,
+                    },
                     grants: grants.clone(),
                     services: None,
                     shadow: false,

@@ -15,6 +15,9 @@ fn main() {
         "tools/text",
         "tools/json",
         "tools/time",
+        "tools/files",
+        "tools/http-fetch",
+        "tools/docs",
         "sdk",
         "host-api/wit",
         "tests/fixtures",
@@ -68,7 +71,17 @@ fn main() {
         );
     }
     let wasm_dir = target_dir.join("wasm32-wasip2/release");
-    for name in ["text", "json", "time", "files", "http_fetch", "hostile"] {
+    for name in [
+        "text",
+        "json",
+        "time",
+        "files",
+        "http_fetch",
+        "docs",
+        "hostile",
+        "conformance",
+        "legacy",
+    ] {
         let file = wasm_dir.join(format!("{name}.wasm"));
         assert!(
             Path::new(&file).is_file(),

@@ -43,7 +43,7 @@ pub use serde_json;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../host-api/wit",
+        path: "../host-api/wit/v0.2.0",
         world: "tool",
         pub_export_macro: true,
         export_macro_name: "export_component",
@@ -53,6 +53,15 @@ pub mod bindings {
 
 use bindings::airlock::tool::host;
 use bindings::airlock::tool::types as wit;
+
+pub mod client;
+pub mod offer;
+
+pub use client::{
+    Ask, Asked, ClientFeatures, Listing, Role, Root, Sample, SampleError, Sampled, ask,
+    client_supports, list_changed, resource_updated, roots, sample,
+};
+pub use offer::{Contents, Prompt, PromptArgs, PromptOutput, Resource, ResourceTemplate, Vars};
 
 /// Severity of a message sent with [`log`].
 pub use host::LogLevel;
@@ -130,7 +139,7 @@ pub fn elicit_with_schema(
 }
 
 /// An MCP form from a schemars schema: only the keywords MCP forms know.
-fn form_schema(schema: serde_json::Value) -> serde_json::Value {
+pub(crate) fn form_schema(schema: serde_json::Value) -> serde_json::Value {
     const KEPT: [&str; 12] = [
         "type",
         "title",
@@ -230,6 +239,13 @@ pub enum Content {
         uri: String,
         mime_type: Option<String>,
         data: Vec<u8>,
+    },
+    /// A link to a resource the client may read.
+    Link {
+        uri: String,
+        name: String,
+        description: Option<String>,
+        mime_type: Option<String>,
     },
 }
 
@@ -376,7 +392,7 @@ pub struct Tool {
     name: &'static str,
     title: Option<&'static str>,
     description: &'static str,
-    input_schema: fn() -> serde_json::Value,
+    input_schema: Box<dyn Fn() -> serde_json::Value>,
     output_schema: Option<fn() -> serde_json::Value>,
     hints: wit::Hints,
     handler: Handler,
@@ -398,7 +414,7 @@ impl Tool {
             name,
             title: None,
             description,
-            input_schema: schema_of::<A>,
+            input_schema: Box::new(schema_of::<A>),
             output_schema: None,
             hints: wit::Hints {
                 read_only: false,
@@ -408,6 +424,39 @@ impl Tool {
             },
             handler: Box::new(move |arguments| {
                 let args: A = serde_json::from_str(arguments)
+                    .map_err(|e| ToolError::InvalidArguments(e.to_string()))?;
+                f(args)?.into_output()
+            }),
+        }
+    }
+
+    /// A tool whose argument schema is written by hand (for JSON Schema features a Rust type
+    /// cannot express), running `f` on the arguments as JSON. `schema` must be an object
+    /// schema (`"type": "object"`); the function checks what the schema says.
+    pub fn with_schema<R, F>(
+        name: &'static str,
+        description: &'static str,
+        schema: serde_json::Value,
+        f: F,
+    ) -> Self
+    where
+        R: IntoOutput,
+        F: Fn(serde_json::Value) -> Result<R, ToolError> + 'static,
+    {
+        Tool {
+            name,
+            title: None,
+            description,
+            input_schema: Box::new(move || schema.clone()),
+            output_schema: None,
+            hints: wit::Hints {
+                read_only: false,
+                destructive: true,
+                idempotent: false,
+                open_world: true,
+            },
+            handler: Box::new(move |arguments| {
+                let args: serde_json::Value = serde_json::from_str(arguments)
                     .map_err(|e| ToolError::InvalidArguments(e.to_string()))?;
                 f(args)?.into_output()
             }),
@@ -463,7 +512,7 @@ impl Tool {
     }
 }
 
-fn schema_of<T: JsonSchema>() -> serde_json::Value {
+pub(crate) fn schema_of<T: JsonSchema>() -> serde_json::Value {
     let mut schema = schemars::schema_for!(T).to_value();
     strip_width_formats(&mut schema);
     schema
@@ -505,10 +554,13 @@ fn strip_width_formats(value: &mut serde_json::Value) {
     }
 }
 
-/// The set of tools a component offers.
+/// Everything a component offers: tools, resources, resource templates and prompts.
 #[derive(Default)]
 pub struct Toolbox {
     tools: Vec<Tool>,
+    resources: Vec<offer::Resource>,
+    templates: Vec<offer::ResourceTemplate>,
+    prompts: Vec<offer::Prompt>,
 }
 
 impl Toolbox {
@@ -523,9 +575,61 @@ impl Toolbox {
         self
     }
 
+    /// Add a resource.
+    pub fn resource(mut self, resource: offer::Resource) -> Self {
+        self.resources.push(resource);
+        self
+    }
+
+    /// Add a resource template.
+    pub fn template(mut self, template: offer::ResourceTemplate) -> Self {
+        self.templates.push(template);
+        self
+    }
+
+    /// Add a prompt.
+    pub fn prompt(mut self, prompt: offer::Prompt) -> Self {
+        self.prompts.push(prompt);
+        self
+    }
+
     #[doc(hidden)]
-    pub fn describe(&self) -> Vec<wit::ToolSpec> {
-        self.tools.iter().map(Tool::spec).collect()
+    pub fn describe(&self) -> wit::Offer {
+        wit::Offer {
+            tools: self.tools.iter().map(Tool::spec).collect(),
+            resources: self.resources.iter().map(offer::Resource::spec).collect(),
+            resource_templates: self
+                .templates
+                .iter()
+                .map(offer::ResourceTemplate::spec)
+                .collect(),
+            prompts: self.prompts.iter().map(offer::Prompt::spec).collect(),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn read_resource(
+        &self,
+        uri: &str,
+    ) -> Result<Vec<wit::EmbeddedResource>, wit::RequestError> {
+        offer::read(&self.resources, &self.templates, uri)
+    }
+
+    #[doc(hidden)]
+    pub fn get_prompt(
+        &self,
+        name: &str,
+        arguments: Vec<(String, String)>,
+    ) -> Result<wit::Prompt, wit::RequestError> {
+        offer::get_prompt(&self.prompts, name, arguments)
+    }
+
+    #[doc(hidden)]
+    pub fn complete(
+        &self,
+        request: wit::CompletionRequest,
+    ) -> Result<wit::Completion, wit::RequestError> {
+        offer::complete(&self.prompts, &self.templates, request)
     }
 
     #[doc(hidden)]
@@ -544,76 +648,87 @@ impl Toolbox {
 }
 
 fn from_wit(out: wit::ToolOutput) -> Output {
-    let content = out
-        .content
-        .into_iter()
-        .map(|c| match c {
-            wit::Content::Text(t) => Content::Text(t),
-            wit::Content::Image(m) => Content::Image {
-                data: m.data,
-                mime_type: m.mime_type,
-            },
-            wit::Content::Audio(m) => Content::Audio {
-                data: m.data,
-                mime_type: m.mime_type,
-            },
-            wit::Content::Resource(r) => match r.body {
-                wit::ResourceBody::Text(text) => Content::TextResource {
-                    uri: r.uri,
-                    mime_type: r.mime_type,
-                    text,
-                },
-                wit::ResourceBody::Blob(data) => Content::BlobResource {
-                    uri: r.uri,
-                    mime_type: r.mime_type,
-                    data,
-                },
-            },
-        })
-        .collect();
     Output {
-        content,
+        content: out.content.into_iter().map(content_from_wit).collect(),
         structured: out.structured.and_then(|s| serde_json::from_str(&s).ok()),
         is_error: out.is_error,
     }
 }
 
-fn to_wit(output: Output) -> wit::ToolOutput {
-    let content = output
-        .content
-        .into_iter()
-        .map(|c| match c {
-            Content::Text(t) => wit::Content::Text(t),
-            Content::Image { data, mime_type } => {
-                wit::Content::Image(wit::Media { data, mime_type })
-            }
-            Content::Audio { data, mime_type } => {
-                wit::Content::Audio(wit::Media { data, mime_type })
-            }
-            Content::TextResource {
-                uri,
-                mime_type,
+pub(crate) fn content_from_wit(c: wit::Content) -> Content {
+    match c {
+        wit::Content::Text(t) => Content::Text(t),
+        wit::Content::Image(m) => Content::Image {
+            data: m.data,
+            mime_type: m.mime_type,
+        },
+        wit::Content::Audio(m) => Content::Audio {
+            data: m.data,
+            mime_type: m.mime_type,
+        },
+        wit::Content::Resource(r) => match r.body {
+            wit::ResourceBody::Text(text) => Content::TextResource {
+                uri: r.uri,
+                mime_type: r.mime_type,
                 text,
-            } => wit::Content::Resource(wit::EmbeddedResource {
-                uri,
-                mime_type,
-                body: wit::ResourceBody::Text(text),
-            }),
-            Content::BlobResource {
-                uri,
-                mime_type,
+            },
+            wit::ResourceBody::Blob(data) => Content::BlobResource {
+                uri: r.uri,
+                mime_type: r.mime_type,
                 data,
-            } => wit::Content::Resource(wit::EmbeddedResource {
-                uri,
-                mime_type,
-                body: wit::ResourceBody::Blob(data),
-            }),
-        })
-        .collect();
+            },
+        },
+        wit::Content::Link(l) => Content::Link {
+            uri: l.uri,
+            name: l.name,
+            description: l.description,
+            mime_type: l.mime_type,
+        },
+    }
+}
+
+fn to_wit(output: Output) -> wit::ToolOutput {
     wit::ToolOutput {
-        content,
+        content: output.content.into_iter().map(content_to_wit).collect(),
         structured: output.structured.map(|v| v.to_string()),
         is_error: output.is_error,
+    }
+}
+
+pub(crate) fn content_to_wit(c: Content) -> wit::Content {
+    match c {
+        Content::Text(t) => wit::Content::Text(t),
+        Content::Image { data, mime_type } => wit::Content::Image(wit::Media { data, mime_type }),
+        Content::Audio { data, mime_type } => wit::Content::Audio(wit::Media { data, mime_type }),
+        Content::TextResource {
+            uri,
+            mime_type,
+            text,
+        } => wit::Content::Resource(wit::EmbeddedResource {
+            uri,
+            mime_type,
+            body: wit::ResourceBody::Text(text),
+        }),
+        Content::BlobResource {
+            uri,
+            mime_type,
+            data,
+        } => wit::Content::Resource(wit::EmbeddedResource {
+            uri,
+            mime_type,
+            body: wit::ResourceBody::Blob(data),
+        }),
+        Content::Link {
+            uri,
+            name,
+            description,
+            mime_type,
+        } => wit::Content::Link(wit::ResourceLink {
+            uri,
+            name,
+            description,
+            mime_type,
+        }),
     }
 }
 
@@ -625,7 +740,7 @@ macro_rules! export_tools {
         struct AirlockComponent;
 
         impl $crate::bindings::Guest for AirlockComponent {
-            fn describe() -> ::std::vec::Vec<$crate::bindings::ToolSpec> {
+            fn describe() -> $crate::bindings::Offer {
                 let toolbox: $crate::Toolbox = $toolbox;
                 toolbox.describe()
             }
@@ -636,6 +751,32 @@ macro_rules! export_tools {
             ) -> ::std::result::Result<$crate::bindings::ToolOutput, $crate::bindings::CallError> {
                 let toolbox: $crate::Toolbox = $toolbox;
                 toolbox.call(&name, &arguments)
+            }
+
+            fn read_resource(
+                uri: ::std::string::String,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::bindings::EmbeddedResource>,
+                $crate::bindings::RequestError,
+            > {
+                let toolbox: $crate::Toolbox = $toolbox;
+                toolbox.read_resource(&uri)
+            }
+
+            fn get_prompt(
+                name: ::std::string::String,
+                arguments: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::result::Result<$crate::bindings::Prompt, $crate::bindings::RequestError> {
+                let toolbox: $crate::Toolbox = $toolbox;
+                toolbox.get_prompt(&name, arguments)
+            }
+
+            fn complete(
+                request: $crate::bindings::CompletionRequest,
+            ) -> ::std::result::Result<$crate::bindings::Completion, $crate::bindings::RequestError>
+            {
+                let toolbox: $crate::Toolbox = $toolbox;
+                toolbox.complete(request)
             }
         }
 

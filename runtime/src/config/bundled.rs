@@ -7,7 +7,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 /// Where `build.rs` put the components it built (the bundled examples and the test fixtures).
 pub const WASM_DIR: &str = env!("AIRLOCK_WASM_DIR");
 
-const COMPONENTS: [(&str, &[u8]); 5] = [
+const COMPONENTS: [(&str, &[u8]); 6] = [
     (
         "text",
         include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/text.wasm")),
@@ -30,15 +30,21 @@ const COMPONENTS: [(&str, &[u8]); 5] = [
         "http-fetch",
         include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/http_fetch.wasm")),
     ),
+    // Documents as resources and prompts: useful only with an fs grant on /docs.
+    (
+        "docs",
+        include_bytes!(concat!(env!("AIRLOCK_WASM_DIR"), "/docs.wasm")),
+    ),
 ];
 
 /// Names usable as `component = "bundled:<name>"`.
-pub const NAMES: [&str; 5] = [
+pub const NAMES: [&str; 6] = [
     COMPONENTS[0].0,
     COMPONENTS[1].0,
     COMPONENTS[2].0,
     COMPONENTS[3].0,
     COMPONENTS[4].0,
+    COMPONENTS[5].0,
 ];
 
 /// The bundled component called `name`.

@@ -22,6 +22,9 @@ pub(crate) struct GrantsSection {
     tcp: Vec<String>,
     #[serde(default)]
     secrets: Vec<SecretGrantSection>,
+    /// May ask the client's model for messages (MCP sampling).
+    #[serde(default)]
+    sample: bool,
 }
 
 /// `{ name, host, header, format }` (injected at egress) or `{ name, expose = "env" }`.
@@ -67,6 +70,9 @@ struct FsGrantSection {
     mode: FsMode,
     quota: Option<crate::core::units::ByteSize>,
 }
+
+/// The id of the `sample = true` grant, as an operator revokes it.
+pub const SAMPLE_GRANT_ID: &str = "sample";
 
 /// What an `rw` grant's tree may hold when its `quota` is not set.
 pub const DEFAULT_QUOTA: crate::core::units::ByteSize = crate::core::units::ByteSize::mib(1024);
@@ -226,6 +232,8 @@ pub struct Grants {
     pub net: Vec<NetGrant>,
     pub tcp: Vec<TcpGrant>,
     pub secrets: Vec<SecretGrant>,
+    /// May ask the client's model for messages (`sample`): it spends the client's tokens.
+    pub sample: bool,
     /// The forms the secrets injected as headers can come back in: scrubbed from every
     /// response before the component reads it.
     pub reflections: Option<Arc<Reflections>>,
@@ -239,6 +247,7 @@ impl Grants {
             .map(|g| g.id.as_str())
             .chain(self.net.iter().map(|g| g.id.as_str()))
             .chain(self.tcp.iter().map(|g| g.id.as_str()))
+            .chain(self.sample.then_some(SAMPLE_GRANT_ID))
     }
 
     /// True when the component can reach nothing outside itself.
@@ -656,6 +665,7 @@ pub(crate) fn resolve(
         net,
         tcp,
         secrets: granted,
+        sample: section.sample,
         reflections,
     })
 }

@@ -101,16 +101,24 @@ pub struct ScopeArgs {
     /// A principal (the token's `sub`, an API key's principal, or the local principal).
     #[arg(long)]
     principal: Option<String>,
-    /// Every tool.
+    /// The resources (and resource templates) of a [[tool]] entry.
+    #[arg(long, value_name = "ENTRY")]
+    resources: Option<String>,
+    /// The prompts of a [[tool]] entry.
+    #[arg(long, value_name = "ENTRY")]
+    prompts: Option<String>,
+    /// Every tool, resource and prompt.
     #[arg(long)]
     all: bool,
 }
 
 impl ScopeArgs {
     fn scope(&self) -> KillScope {
-        match (&self.tool, &self.principal) {
-            (Some(t), _) => KillScope::Tool(t.clone()),
-            (_, Some(p)) => KillScope::Principal(p.clone()),
+        match (&self.tool, &self.principal, &self.resources, &self.prompts) {
+            (Some(t), ..) => KillScope::Tool(t.clone()),
+            (_, Some(p), ..) => KillScope::Principal(p.clone()),
+            (_, _, Some(c), _) => KillScope::Resources(c.clone()),
+            (_, _, _, Some(c)) => KillScope::Prompts(c.clone()),
             _ => KillScope::All,
         }
     }
@@ -138,6 +146,9 @@ pub struct WhichGrant {
     /// Every grant of the secret of this name.
     #[arg(long, value_name = "NAME")]
     secret: Option<String>,
+    /// The grant to ask the client's model for messages (`sample = true`).
+    #[arg(long)]
+    sample: bool,
 }
 
 impl WhichGrant {
@@ -159,7 +170,8 @@ impl WhichGrant {
             }
             (_, Some(net), _) => GrantRef::Grant(format!("net:{net}")),
             (_, _, Some(name)) => GrantRef::Secret(name.clone()),
-            _ => unreachable!("clap requires one of --fs, --net, --secret"),
+            _ if self.sample => GrantRef::Grant(crate::config::grants::SAMPLE_GRANT_ID.into()),
+            _ => unreachable!("clap requires one of --fs, --net, --secret, --sample"),
         }
     }
 }
@@ -252,6 +264,12 @@ fn print(request: &Request, answer: &Answer) {
             }
             for p in &o.principals {
                 println!("killed      principal {}", shown(p));
+            }
+            for c in &o.resources {
+                println!("killed      resources of {}", shown(c));
+            }
+            for c in &o.prompts {
+                println!("killed      prompts of {}", shown(c));
             }
             for (component, r) in &o.revoked {
                 for g in &r.grants {
@@ -358,6 +376,8 @@ fn describe(change: &Change) -> String {
         KillScope::All => "all tools".to_owned(),
         KillScope::Tool(t) => format!("tool {t}"),
         KillScope::Principal(p) => format!("principal {p}"),
+        KillScope::Resources(c) => format!("resources of {c}"),
+        KillScope::Prompts(c) => format!("prompts of {c}"),
     };
     match change {
         Change::Kill { scope: s, .. } => format!("{} disabled", scope(s)),

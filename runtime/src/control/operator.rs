@@ -95,6 +95,11 @@ pub async fn apply(
                     KillScope::All => true,
                     KillScope::Tool(t) => **t == *c.tool || **t == *c.component,
                     KillScope::Principal(p) => **p == *c.principal,
+                    // What runs for a component and is not one of its tools is a resource
+                    // read, a prompt or a completion.
+                    KillScope::Resources(e) | KillScope::Prompts(e) => {
+                        **e == *c.component && !is_tool_of(airlock, e, &c.tool)
+                    }
                 })
             } else {
                 Vec::new()
@@ -171,8 +176,25 @@ fn check_scope(airlock: &Airlock, scope: &KillScope) -> Result<(), CommandError>
         KillScope::Tool(t) if component_of(airlock, t).is_none() => {
             Err(CommandError::UnknownTool(t.clone()))
         }
+        KillScope::Resources(c) | KillScope::Prompts(c)
+            if !airlock
+                .catalog()
+                .components
+                .iter()
+                .any(|e| e.entry.name == *c) =>
+        {
+            Err(CommandError::UnknownTool(c.clone()))
+        }
         _ => Ok(()),
     }
+}
+
+/// Whether `name` is one of the tools of the `[[tool]]` entry `component`.
+fn is_tool_of(airlock: &Airlock, component: &str, name: &str) -> bool {
+    airlock
+        .catalog()
+        .tool(name)
+        .is_ok_and(|t| t.component.entry.name == component)
 }
 
 /// The `[[tool]]` entry named `name`, or holding the tool `name`.

@@ -28,6 +28,8 @@ pub enum Denial {
     /// The tool runs in the shadow tier, where nothing may be written: HTTP other than GET
     /// and HEAD, and raw TCP, are withheld.
     Shadow { what: String, target: String },
+    /// MCP sampling (`sample`) without the tool's `sample` grant: it spends the client's model.
+    Sampling,
 }
 
 /// A kind of handle a call holds a host file descriptor through, with its limit's key.
@@ -96,6 +98,7 @@ impl Denial {
             Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
             Denial::Revoked { .. } => "net",
             Denial::Shadow { .. } => "tier",
+            Denial::Sampling => "sample",
         }
     }
 
@@ -143,7 +146,7 @@ impl Denial {
             | Denial::Socket { target, .. }
             | Denial::Revoked { target, .. }
             | Denial::Shadow { target, .. } => target,
-            Denial::Handles { .. } => "",
+            Denial::Handles { .. } | Denial::Sampling => "",
         }
     }
 }
@@ -189,6 +192,10 @@ impl fmt::Display for Denial {
             Denial::Shadow { what, target } => write!(
                 f,
                 "{what} to {target} is withheld in the shadow tier (read-only: HTTP GET and HEAD only)"
+            ),
+            Denial::Sampling => write!(
+                f,
+                "sampling (asking the client's model for a message) is not granted (grant sample = true)"
             ),
         }
     }

@@ -13,6 +13,14 @@ pub enum CallFailure {
     /// No loaded component declares this tool (a protocol error, not a tool result).
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
+    /// No resource, prompt or completion of that name (a protocol error, not a tool result):
+    /// none is declared, or the component serving its template has none of that name.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The call needs something of the client it did not declare (`sampling`, `elicitation`,
+    /// `roots`): MCP's missing-capability error.
+    #[error("the client does not support {capability}, which this call needs")]
+    MissingCapability { capability: &'static str },
     /// The caller's roles do not reach this tool.
     #[error("not authorized: principal {principal} may not call {tool}")]
     NotAuthorized { principal: String, tool: String },
@@ -150,6 +158,7 @@ impl CallFailure {
         let clean = |m: String| redactor.redact(&m).into_owned();
         match self {
             CallFailure::InvalidArguments(m) => CallFailure::InvalidArguments(clean(m)),
+            CallFailure::NotFound(m) => CallFailure::NotFound(clean(m)),
             CallFailure::InvalidOutput(m) => CallFailure::InvalidOutput(clean(m)),
             CallFailure::Trapped(m) => CallFailure::Trapped(clean(m)),
             CallFailure::ToolFailed(m) => CallFailure::ToolFailed(clean(m)),
@@ -171,6 +180,7 @@ impl CallFailure {
         };
         match self {
             CallFailure::InvalidArguments(m) => CallFailure::InvalidArguments(cut(m)),
+            CallFailure::NotFound(m) => CallFailure::NotFound(cut(m)),
             CallFailure::InvalidOutput(m) => CallFailure::InvalidOutput(cut(m)),
             CallFailure::Trapped(m) => CallFailure::Trapped(cut(m)),
             CallFailure::ToolFailed(m) => CallFailure::ToolFailed(cut(m)),
@@ -182,6 +192,8 @@ impl CallFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             CallFailure::UnknownTool(_) => "unknown_tool",
+            CallFailure::NotFound(_) => "not_found",
+            CallFailure::MissingCapability { .. } => "missing_client_capability",
             CallFailure::NotAuthorized { .. } => "not_authorized",
             CallFailure::Disabled { .. } => "disabled_by_operator",
             CallFailure::StoppedByOperator => "stopped_by_operator",
@@ -227,6 +239,8 @@ impl CallFailure {
     pub fn decision(&self) -> &'static str {
         match self {
             CallFailure::UnknownTool(_)
+            | CallFailure::NotFound(_)
+            | CallFailure::MissingCapability { .. }
             | CallFailure::NotAuthorized { .. }
             | CallFailure::Disabled { .. }
             | CallFailure::StoppedByOperator

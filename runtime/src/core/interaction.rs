@@ -11,8 +11,28 @@ pub enum Asking {
     Approval,
     /// The tool's `confirm()`: may it take the next step?
     Confirm,
-    /// The tool's `elicit()`: a form for the user to fill in.
+    /// The tool's `elicit()` or a form of its `ask()`: a form for the user to fill in.
     Elicit,
+    /// The tool's `sample()`: a message from the client's model.
+    Sample,
+    /// The tool's `ask()` for the client's roots.
+    Roots,
+}
+
+impl Asking {
+    /// The client capability this needs when the client is asked.
+    pub fn capability(self) -> &'static str {
+        match self {
+            Asking::Approval | Asking::Confirm | Asking::Elicit => "elicitation",
+            Asking::Sample => "sampling",
+            Asking::Roots => "roots",
+        }
+    }
+
+    /// A question whose answer is data for the tool (not a yes that authorises a step).
+    pub fn is_data(self) -> bool {
+        matches!(self, Asking::Elicit | Asking::Sample | Asking::Roots)
+    }
 }
 
 impl std::fmt::Display for Asking {
@@ -21,6 +41,8 @@ impl std::fmt::Display for Asking {
             Asking::Approval => "approval",
             Asking::Confirm => "confirmation",
             Asking::Elicit => "input",
+            Asking::Sample => "sampling request",
+            Asking::Roots => "roots request",
         })
     }
 }
@@ -29,15 +51,33 @@ impl std::fmt::Display for Asking {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum Reply {
-    Accept { content: JsonObject },
+    Accept {
+        content: JsonObject,
+    },
     Decline,
     Cancel,
+    /// The client's result for a sampling or roots request, as it sent it.
+    Returned {
+        result: JsonObject,
+    },
 }
 
 impl Reply {
     /// An explicit yes to a yes/no question.
     pub fn is_yes(&self) -> bool {
         matches!(self, Reply::Accept { content } if content.get("approve") == Some(&serde_json::Value::Bool(true)))
+    }
+
+    /// The client's answer to a question of `asking`, as it sent it: an `ElicitResult` for
+    /// forms, the result object for sampling and roots; anything unreadable is a cancel.
+    pub fn from_response(asking: Asking, v: &serde_json::Value) -> Reply {
+        match (asking, v) {
+            (Asking::Sample | Asking::Roots, serde_json::Value::Object(o)) => {
+                Reply::Returned { result: o.clone() }
+            }
+            (Asking::Sample | Asking::Roots, _) => Reply::Cancel,
+            _ => Reply::from_elicit_result(v),
+        }
     }
 
     /// An MCP `ElicitResult` (as the client sent it); anything unreadable is a cancel.

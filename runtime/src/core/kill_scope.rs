@@ -10,6 +10,10 @@ pub enum KillScope {
     All,
     Tool(String),
     Principal(String),
+    /// The resources (and resource templates) of one `[[tool]]` entry.
+    Resources(String),
+    /// The prompts of one `[[tool]]` entry.
+    Prompts(String),
 }
 
 impl fmt::Display for KillScope {
@@ -18,6 +22,8 @@ impl fmt::Display for KillScope {
             KillScope::All => f.write_str("all tools are disabled"),
             KillScope::Tool(t) => write!(f, "tool {t} is disabled"),
             KillScope::Principal(p) => write!(f, "principal {p} is disabled"),
+            KillScope::Resources(c) => write!(f, "the resources of {c} are disabled"),
+            KillScope::Prompts(c) => write!(f, "the prompts of {c} are disabled"),
         }
     }
 }

@@ -12,9 +12,11 @@ use crate::core::interaction::{Asking, Reply};
 use crate::core::units::Span;
 use crate::gate::audit::AuditLog;
 use crate::sandbox::clock::Pause;
+#[allow(deprecated)]
+// Sampling and roots are deprecated by SEP-2577 but still in the protocol.
 use rmcp::model::{
-    ElicitRequest, ElicitRequestParams, InputRequest, InputRequests, InputResponses, JsonObject,
-    RequestStateCodec,
+    CreateMessageRequest, ElicitRequest, ElicitRequestParams, InputRequest, InputRequests,
+    InputResponses, JsonObject, ListRootsRequest, RequestStateCodec,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -47,6 +49,12 @@ pub struct Question {
     pub schema: JsonObject,
     /// The same question asked again (a retried call, a re-run tool) has the same key.
     pub key: String,
+    /// The tool's own name for it (`ask`), which the client sees as its `inputRequests` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<String>,
+    /// A sampling request's parameters (MCP `CreateMessageRequestParams`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<JsonObject>,
 }
 
 impl Question {
@@ -85,7 +93,50 @@ impl Question {
             message: format!("{tool}: {message}"),
             schema,
             key,
+            wire: None,
+            params: None,
         }
+    }
+
+    /// A request of the tool's `ask`, under the tool's own key `wire`: a form (`schema` set),
+    /// a sampling request (`params` set) or a request for the client's roots.
+    pub fn asked(
+        asking: Asking,
+        tool: &str,
+        wire: &str,
+        message: &str,
+        schema: JsonObject,
+        params: Option<JsonObject>,
+    ) -> Question {
+        let body = serde_json::to_string(&(&schema, &params)).unwrap_or_default();
+        Question {
+            asking,
+            tool: tool.to_owned(),
+            message: match asking {
+                Asking::Elicit => format!("{tool}: {message}"),
+                _ => format!("{tool}: {message}"),
+            },
+            key: key(asking, tool, &format!("{wire}\n{message}"), &body),
+            schema,
+            wire: Some(wire.to_owned()),
+            params,
+        }
+    }
+
+    /// What the client is sent: the question as an MCP request.
+    #[allow(deprecated)] // Sampling and roots: see the import.
+    pub fn input_request(&self) -> Result<InputRequest, String> {
+        Ok(match self.asking {
+            Asking::Sample => {
+                let params = serde_json::from_value(serde_json::Value::Object(
+                    self.params.clone().unwrap_or_default(),
+                ))
+                .map_err(|e| format!("not an MCP sampling request: {e}"))?;
+                InputRequest::CreateMessage(CreateMessageRequest::new(params))
+            }
+            Asking::Roots => InputRequest::ListRoots(ListRootsRequest::default()),
+            _ => InputRequest::Elicitation(ElicitRequest::new(self.elicitation()?)),
+        })
     }
 
     fn yes_no(asking: Asking, tool: &str, message: String, bound: &str) -> Question {
@@ -110,6 +161,8 @@ impl Question {
             key: key(asking, tool, &message, bound),
             message,
             schema,
+            wire: None,
+            params: None,
         }
     }
 
@@ -149,8 +202,8 @@ fn key(asking: Asking, tool: &str, message: &str, bound: &str) -> String {
 /// The audit event of `reply` to a question of `asking`.
 fn reply_event(reply: &Reply, asking: Asking) -> &'static str {
     match reply {
-        _ if asking != Asking::Elicit && reply.is_yes() => "granted",
-        Reply::Accept { .. } if asking == Asking::Elicit => "answered",
+        _ if !asking.is_data() && reply.is_yes() => "granted",
+        Reply::Accept { .. } | Reply::Returned { .. } if asking.is_data() => "answered",
         Reply::Cancel => "cancelled",
         _ => "denied",
     }
@@ -165,12 +218,31 @@ pub struct Answered {
     pub reason: Option<String>,
 }
 
-/// Asks the client's user, inline (revisions before 2026-07-28, which allow server requests).
+/// Asks the client (its user, its model, its roots), inline: revisions before 2026-07-28,
+/// which allow server requests. The answer is the client's result as it sent it.
 pub trait Elicitor: Send + Sync {
-    fn elicit(
+    fn ask(
         &self,
-        params: ElicitRequestParams,
+        request: InputRequest,
     ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'static>>;
+}
+
+/// What the client of a call declared it can be asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCaps {
+    pub elicitation: bool,
+    pub sampling: bool,
+    pub roots: bool,
+}
+
+impl ClientCaps {
+    fn allows(&self, asking: Asking) -> bool {
+        match asking {
+            Asking::Approval | Asking::Confirm | Asking::Elicit => self.elicitation,
+            Asking::Sample => self.sampling,
+            Asking::Roots => self.roots,
+        }
+    }
 }
 
 /// How the client's user can be reached during this call.
@@ -193,6 +265,8 @@ pub struct Retry {
 pub struct Interaction {
     principal: Arc<str>,
     client: ClientChannel,
+    /// What the client said it supports.
+    pub caps: ClientCaps,
     retry: Mutex<Option<Retry>>,
     /// Answers a retry carried in, by question key. A yes to an approval or a confirmation
     /// is taken out when the execution it authorises starts: it authorises that one alone.
@@ -225,10 +299,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Interaction {
-    pub fn new(principal: Arc<str>, client: ClientChannel, retry: Option<Retry>) -> Interaction {
+    pub fn new(
+        principal: Arc<str>,
+        client: ClientChannel,
+        caps: ClientCaps,
+        retry: Option<Retry>,
+    ) -> Interaction {
         Interaction {
             principal,
             client,
+            caps,
             retry: Mutex::new(retry),
             answers: Mutex::new(HashMap::new()),
             asked: Mutex::new(HashMap::new()),
@@ -261,7 +341,12 @@ impl Interaction {
 
     /// A call with no one to ask (library use, benches).
     pub fn unattended(principal: Arc<str>) -> Interaction {
-        Interaction::new(principal, ClientChannel::Unable, None)
+        Interaction::new(
+            principal,
+            ClientChannel::Unable,
+            ClientCaps::default(),
+            None,
+        )
     }
 
     /// Open the ticket a retry presented, once per call: it must be genuine, for this caller,
@@ -301,14 +386,23 @@ impl Interaction {
             }
         }
         let mut requests = InputRequests::new();
+        let mut pending = Vec::with_capacity(questions.len());
         for q in &questions {
-            requests.insert(
-                q.key.clone(),
-                InputRequest::Elicitation(ElicitRequest::new(q.elicitation()?)),
-            );
+            // The tool's own key when it chose one and no other question of the round took
+            // it; the host's key otherwise.
+            let wire = match &q.wire {
+                Some(w) if !requests.contains_key(w) => w.clone(),
+                _ => q.key.clone(),
+            };
+            requests.insert(wire.clone(), q.input_request()?);
+            pending.push(Pending {
+                key: q.key.clone(),
+                wire,
+                asking: q.asking,
+            });
         }
         let state = approvals.tickets.issue(Ticket {
-            v: 1,
+            v: TICKET_VERSION,
             id: self.next_ticket().to_owned(),
             principal: self.principal.to_string(),
             tool: tool.to_owned(),
@@ -319,7 +413,7 @@ impl Interaction {
                 .iter()
                 .map(|(k, a)| (k.clone(), a.clone()))
                 .collect(),
-            pending: questions.iter().map(|q| q.key.clone()).collect(),
+            pending,
         })?;
         Ok((requests, state))
     }
@@ -338,16 +432,17 @@ impl Interaction {
             let mut answers = lock(&self.answers);
             match answers.get(&question.key) {
                 // A yes that authorises an execution is used up by it.
-                Some(a) if question.asking != Asking::Elicit && a.reply.is_yes() => {
+                Some(a) if !question.asking.is_data() && a.reply.is_yes() => {
                     answers.remove(&question.key)
                 }
                 other => other.cloned(),
             }
         };
-        let client_can_ask = !matches!(self.client, ClientChannel::Unable);
+        let client_can_ask =
+            !matches!(self.client, ClientChannel::Unable) && self.caps.allows(question.asking);
         let via = match policy.via {
-            // An operator cannot fill in the user's form.
-            _ if question.asking == Asking::Elicit => Via::Client,
+            // An operator cannot fill in the user's form, nor answer for the client's model.
+            _ if question.asking.is_data() => Via::Client,
             Via::Client if !client_can_ask && policy.fallback_operator => Via::Operator,
             via => via,
         };
@@ -370,7 +465,7 @@ impl Interaction {
         };
         if let Some(answered) = known {
             // An answer the retry brought back in its ticket.
-            if question.asking != Asking::Elicit && answered.reply.is_yes() {
+            if !question.asking.is_data() && answered.reply.is_yes() {
                 lock(&self.spent).push(question.clone());
             }
             let ticket = lock(&self.redeemed).clone().unwrap_or_default();
@@ -401,7 +496,29 @@ impl Interaction {
             );
             (audit.clone(), serde_json::to_value(&r).unwrap_or_default())
         };
-        let answered = match (via, &self.client) {
+        // A client that did not declare what the question needs cannot be asked it.
+        let channel = if client_can_ask {
+            &self.client
+        } else {
+            &ClientChannel::Unable
+        };
+        let answered = match (via, channel) {
+            // Sampling and roots are the client's to give: a client that did not declare them
+            // gets MCP's missing-capability error.
+            (Via::Client, ClientChannel::Unable)
+                if matches!(question.asking, Asking::Sample | Asking::Roots) =>
+            {
+                record(
+                    "unavailable",
+                    "",
+                    None,
+                    Some("the client did not declare the capability"),
+                )
+                .await?;
+                return Err(CallFailure::MissingCapability {
+                    capability: question.asking.capability(),
+                });
+            }
             (Via::Client, ClientChannel::Unable) => {
                 record(
                     "unavailable",
@@ -431,8 +548,8 @@ impl Interaction {
             (Via::Client, ClientChannel::Inline(elicitor)) => {
                 let id = crate::core::ids::random_id();
                 let params = question
-                    .elicitation()
-                    .map_err(|e| CallFailure::InvalidArguments(format!("elicit: {e}")))?;
+                    .input_request()
+                    .map_err(|e| CallFailure::InvalidArguments(format!("ask: {e}")))?;
                 record("requested", &id, None, None).await?;
                 let mut open = Open {
                     queue: None,
@@ -440,10 +557,7 @@ impl Interaction {
                 };
                 let asked = self
                     .pause
-                    .during(tokio::time::timeout(
-                        policy.timeout.0,
-                        elicitor.elicit(params),
-                    ))
+                    .during(tokio::time::timeout(policy.timeout.0, elicitor.ask(params)))
                     .await;
                 open.settle();
                 let by = format!("client user of {}", self.principal);
@@ -462,7 +576,7 @@ impl Interaction {
                         }
                     }
                     Ok(Ok(v)) => {
-                        let reply = Reply::from_elicit_result(&v);
+                        let reply = Reply::from_response(question.asking, &v);
                         record(reply_event(&reply, question.asking), &id, Some(&by), None).await?;
                         Answered {
                             reply,
@@ -517,7 +631,7 @@ impl Interaction {
             }
         };
         // A yes given now authorises this execution only; a form's content and a no may stand.
-        if question.asking == Asking::Elicit || !answered.reply.is_yes() {
+        if question.asking.is_data() || !answered.reply.is_yes() {
             lock(&self.answers).insert(question.key.clone(), answered.clone());
         }
         Ok(answered)
@@ -664,9 +778,22 @@ struct Ticket {
     issued_ms: u64,
     expires_ms: u64,
     answers: BTreeMap<String, Answered>,
-    /// Keys of the questions the client was asked; its `inputResponses` answer them.
-    pending: Vec<String>,
+    /// The questions the client was asked; its `inputResponses` answer them.
+    pending: Vec<Pending>,
 }
+
+/// A question a ticket's round put to the client.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pending {
+    /// The host's key of the question.
+    key: String,
+    /// The key of the client's `inputRequests` (the tool's own, when it chose one).
+    wire: String,
+    asking: Asking,
+}
+
+/// The ticket format: 2 names each question's client key and kind.
+const TICKET_VERSION: u8 = 2;
 
 /// Sealing and single use of tickets.
 pub struct Tickets {
@@ -701,7 +828,7 @@ impl Tickets {
             .codec
             .open_json(&retry.request_state)
             .map_err(|_| TicketProblem::Forged)?;
-        if t.v != 1 {
+        if t.v != TICKET_VERSION {
             return Err(TicketProblem::Forged);
         }
         if t.principal != principal {
@@ -729,13 +856,13 @@ impl Tickets {
         }
         let by = format!("client user of {principal}");
         let mut answers: HashMap<String, Answered> = t.answers.into_iter().collect();
-        for key in t.pending {
+        for p in t.pending {
             let reply = retry
                 .input_responses
-                .get(&key)
-                .map_or(Reply::Cancel, Reply::from_elicit_result);
+                .get(&p.wire)
+                .map_or(Reply::Cancel, |v| Reply::from_response(p.asking, v));
             answers.insert(
-                key,
+                p.key,
                 Answered {
                     reply,
                     by: by.clone(),
@@ -907,7 +1034,7 @@ mod tests {
     fn ticket(a: &Approvals, id: &str, expires_ms: u64) -> String {
         a.tickets
             .issue(Ticket {
-                v: 1,
+                v: TICKET_VERSION,
                 id: id.into(),
                 principal: "alice".into(),
                 tool: "write".into(),
@@ -915,7 +1042,11 @@ mod tests {
                 issued_ms: now_ms(),
                 expires_ms,
                 answers: BTreeMap::new(),
-                pending: vec!["k".into()],
+                pending: vec![Pending {
+                    key: "k".into(),
+                    wire: "k".into(),
+                    asking: Asking::Confirm,
+                }],
             })
             .unwrap()
     }

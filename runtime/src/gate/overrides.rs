@@ -28,8 +28,31 @@ pub struct Overrides {
     /// Tool names, or `[[tool]]` names (all of that component's tools).
     pub tools: BTreeSet<String>,
     pub principals: BTreeSet<String>,
+    /// `[[tool]]` names whose resources are off.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub resources: BTreeSet<String>,
+    /// `[[tool]]` names whose prompts are off.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub prompts: BTreeSet<String>,
     /// `[[tool]]` name → revoked grants.
     pub revoked: BTreeMap<String, Revoked>,
+}
+
+/// What a component offers besides tools, as an operator kills it: all of one kind at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Resources,
+    Prompts,
+}
+
+impl Family {
+    /// The rate bucket of a component's resources or prompts (beside its tools' buckets).
+    pub fn rate_key(self, component: &str) -> String {
+        match self {
+            Family::Resources => format!("{component} (resources)"),
+            Family::Prompts => format!("{component} (prompts)"),
+        }
+    }
 }
 
 /// Grants of one component taken away by an operator, by grant id (`fs:/data`,
@@ -62,13 +85,56 @@ impl Overrides {
             .map(|t| KillScope::Tool(t.to_owned()))
     }
 
+    /// The kill that stops `principal` reaching `component`'s resources or prompts, if any:
+    /// everything, the principal, the whole component, or that family of it.
+    pub fn offer_kill_for(
+        &self,
+        principal: &str,
+        component: &str,
+        family: Family,
+    ) -> Option<KillScope> {
+        if self.all {
+            return Some(KillScope::All);
+        }
+        if self.principals.contains(principal) {
+            return Some(KillScope::Principal(principal.to_owned()));
+        }
+        if self.tools.contains(component) {
+            return Some(KillScope::Tool(component.to_owned()));
+        }
+        match family {
+            Family::Resources if self.resources.contains(component) => {
+                Some(KillScope::Resources(component.to_owned()))
+            }
+            Family::Prompts if self.prompts.contains(component) => {
+                Some(KillScope::Prompts(component.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Are `component`'s resources or prompts listed (not killed for everyone)?
+    pub fn offer_listed(&self, component: &str, family: Family) -> bool {
+        !self.all
+            && !self.tools.contains(component)
+            && !match family {
+                Family::Resources => self.resources.contains(component),
+                Family::Prompts => self.prompts.contains(component),
+            }
+    }
+
     /// Is `tool` of `component` listed (not killed for everyone)?
     pub fn tool_listed(&self, tool: &str, component: &str) -> bool {
         !self.all && !self.tools.contains(tool) && !self.tools.contains(component)
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.all && self.tools.is_empty() && self.principals.is_empty() && self.revoked.is_empty()
+        !self.all
+            && self.tools.is_empty()
+            && self.principals.is_empty()
+            && self.resources.is_empty()
+            && self.prompts.is_empty()
+            && self.revoked.is_empty()
     }
 
     /// Add or remove a kill. Returns whether anything changed.
@@ -84,6 +150,8 @@ impl Overrides {
             KillScope::All => std::mem::replace(&mut self.all, killed) != killed,
             KillScope::Tool(t) => set(&mut self.tools, t),
             KillScope::Principal(p) => set(&mut self.principals, p),
+            KillScope::Resources(c) => set(&mut self.resources, c),
+            KillScope::Prompts(c) => set(&mut self.prompts, c),
         }
     }
 
@@ -138,6 +206,7 @@ pub fn without(grants: &Grants, revoked: &Revoked) -> Grants {
             .filter(|s| !revoked.secrets.contains(&s.name))
             .cloned()
             .collect(),
+        sample: grants.sample && keep(crate::config::grants::SAMPLE_GRANT_ID),
         // A revoked secret is no longer sent; scrubbing its forms still costs nothing wrong.
         reflections: grants.reflections.clone(),
     }

@@ -14,22 +14,24 @@
 use crate::config::policy::{AuditArguments, ConfigError, Policy};
 use crate::core::failure::CallFailure;
 use crate::core::ids::random_id;
-use crate::core::interaction::Reply;
+use crate::core::interaction::{Asking, Reply};
 use crate::core::principal::{Access, Principal};
 use crate::core::redact::{Redactor, Shapes, rewrite_json_strings};
 use crate::gate::approval::{AskingCall, Interaction, Question};
 use crate::gate::audit::AuditLog;
 use crate::gate::auth::Authenticator;
+use crate::gate::overrides::Family;
 use crate::gate::ratelimit::RateLimits;
 use crate::pipeline::catalog::{Catalog, CatalogTool, LoadedComponent};
 use crate::pipeline::operator_state::OperatorState;
 use crate::pipeline::running::Running;
 use crate::sandbox::clock::Clock;
 use crate::sandbox::live_grants::LiveGrants;
-use crate::sandbox::output;
+use crate::sandbox::output::{self, Response};
 use crate::sandbox::store::{
-    self, Answer, CallServices, GuestEvent, Invocation, RunReport, RunSignals, Served,
+    self, Answer, CallServices, GuestEvent, Invocation, RunReport, RunSignals, Served, Work,
 };
+use airlock_host_api::{CompletionRequest, CompletionTarget};
 use rmcp::model::{CallToolResult, JsonObject, Tool};
 use sha2::Digest;
 use std::borrow::Cow;
@@ -235,12 +237,26 @@ impl Airlock {
         let shapes = Arc::new(shapes);
         let authenticator = Authenticator::new(&policy.auth);
         let catalog = Catalog::load(policy, shapes.clone(), previous.map(|p| &p.catalog)).await?;
+        // A bucket per tool, and one for each component's resources and prompts.
+        let families: Vec<(String, Option<crate::core::units::Rate>)> = catalog
+            .components
+            .iter()
+            .flat_map(|c| {
+                let resources = !c.resources.is_empty() || !c.templates.is_empty();
+                let prompts = !c.prompts.is_empty();
+                [(Family::Resources, resources), (Family::Prompts, prompts)]
+                    .into_iter()
+                    .filter(|(_, offered)| *offered)
+                    .map(|(f, _)| (f.rate_key(&c.entry.name), c.entry.rate_limit))
+            })
+            .collect();
         let rate_limits = RateLimits::inheriting(
             &catalog.policy.rate_limits,
             catalog
                 .components
                 .iter()
-                .flat_map(|c| c.tools.iter().map(|t| (t.as_str(), c.entry.rate_limit))),
+                .flat_map(|c| c.tools.iter().map(|t| (t.as_str(), c.entry.rate_limit)))
+                .chain(families.iter().map(|(k, r)| (k.as_str(), *r))),
             previous.map(|p| &p.rate_limits),
         );
         Ok(Airlock {
@@ -300,9 +316,56 @@ impl Airlock {
             .collect()
     }
 
-    /// Run one call through the pipeline. Every outcome, including refusals before the
-    /// sandbox, leaves an audit record (on disk before this returns) and a structured log
-    /// event. When the record cannot be written the call fails: no result leaves unrecorded.
+    /// The resources `principal` may see (and so read): those of the components its roles
+    /// reach, unless an operator killed them.
+    pub fn resources_for(&self, principal: &Principal) -> Vec<rmcp::model::Resource> {
+        self.offered_to(principal, self.catalog.resources(), Family::Resources)
+    }
+
+    /// The resource templates `principal` may see.
+    pub fn templates_for(&self, principal: &Principal) -> Vec<rmcp::model::ResourceTemplate> {
+        let mut seen = Vec::new();
+        for t in self.catalog.templates() {
+            if self.offers_to(principal, &t.component, Family::Resources) {
+                seen.push(t.item.1.clone());
+            }
+        }
+        seen
+    }
+
+    /// The prompts `principal` may see (and so get).
+    pub fn prompts_for(&self, principal: &Principal) -> Vec<rmcp::model::Prompt> {
+        self.offered_to(principal, self.catalog.prompts(), Family::Prompts)
+    }
+
+    fn offered_to<T: Clone>(
+        &self,
+        principal: &Principal,
+        items: &[crate::pipeline::catalog::Served<T>],
+        family: Family,
+    ) -> Vec<T> {
+        items
+            .iter()
+            .filter(|i| self.offers_to(principal, &i.component, family))
+            .map(|i| i.item.clone())
+            .collect()
+    }
+
+    /// Whether `component`'s resources or prompts are for `principal`: its roles reach them
+    /// and no kill covers them.
+    fn offers_to(
+        &self,
+        principal: &Principal,
+        component: &LoadedComponent,
+        family: Family,
+    ) -> bool {
+        let overrides = self.operator.overrides.current();
+        principal.may_use(&component.entry.roles)
+            && !overrides.principals.contains(&*principal.name)
+            && overrides.offer_listed(&component.entry.name, family)
+    }
+
+    /// Run one tool call through the pipeline (see [`Airlock::serve`]).
     pub async fn call(
         self: &Arc<Self>,
         name: &str,
@@ -310,7 +373,27 @@ impl Airlock {
         caller: &Caller,
         ctx: CallContext,
     ) -> Result<CallToolResult, CallFailure> {
+        match self
+            .serve(Request::Tool { name, arguments }, caller, ctx)
+            .await?
+        {
+            Response::Tool(r) => Ok(r),
+            _ => unreachable!("a tool call answers with a tool result"),
+        }
+    }
+
+    /// Run one request through the pipeline. Every outcome, including refusals before the
+    /// sandbox, leaves an audit record (on disk before this returns) and a structured log
+    /// event. When the record cannot be written the request fails: no result leaves
+    /// unrecorded.
+    pub async fn serve(
+        self: &Arc<Self>,
+        request: Request<'_>,
+        caller: &Caller,
+        ctx: CallContext,
+    ) -> Result<Response, CallFailure> {
         let started = Instant::now();
+        let arguments = request.arguments();
         let mut usage = Usage {
             arguments_sha256: arguments_digest(arguments),
             ..Usage::default()
@@ -318,31 +401,39 @@ impl Airlock {
         // A call starts only while its record can be written: a broken audit writer refuses
         // calls before they act (and recovers by itself).
         let result = match self.audit.healthy() {
-            Ok(()) => self.steps(name, arguments, caller, ctx, &mut usage).await,
+            Ok(()) => self.steps(&request, caller, ctx, &mut usage).await,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
         let result = match usage.redactor.clone() {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
             _ => result,
         };
-        // The tool's name and the principal as records and the log show them: once per call,
-        // for both. A tool the catalog found has a declared name (checked at load); any other
-        // name is the client's text and is scrubbed.
+        // The target's name and the principal as records and the log show them: once per
+        // request, for both. A target the catalog found has a declared name (checked at load);
+        // any other name is the client's text and is scrubbed.
         let secrets = &*self.catalog.redactor;
+        let name = request.name();
         let shown = Shown {
-            tool: if usage.component.is_some() {
+            tool: if usage.component.is_some() && request.offering() != Offering::Resource {
                 Cow::Borrowed(name)
             } else {
                 self.scrub(name, Some(secrets))
             },
             principal: secrets.redact(&caller.principal.name),
+            request: request.offering().method(),
         };
         let audited = self
             .audit_call(&shown, arguments, caller, &result, started, &usage)
             .await;
         let result = match audited {
-            Ok(_) if usage.tier == Some(crate::config::risk::Tier::Shadow) => {
-                result.map(mark_shadow)
+            Ok(_)
+                if usage.tier == Some(crate::config::risk::Tier::Shadow)
+                    && request.offering() == Offering::Tool =>
+            {
+                result.map(|r| match r {
+                    Response::Tool(t) => Response::Tool(mark_shadow(t)),
+                    other => other,
+                })
             }
             Ok(_) => result,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
@@ -365,7 +456,7 @@ impl Airlock {
         shown: &Shown<'_>,
         arguments: Option<&JsonObject>,
         caller: &Caller,
-        result: &Result<CallToolResult, CallFailure>,
+        result: &Result<Response, CallFailure>,
         started: Instant,
         usage: &Usage,
     ) -> Result<u64, crate::gate::audit::AuditError> {
@@ -391,13 +482,7 @@ impl Airlock {
             }
         };
         let (decision, outcome, reason, tool_error, output_bytes) = match result {
-            Ok(r) => (
-                "completed",
-                "completed",
-                None,
-                r.is_error.unwrap_or(false),
-                output::size_of_result(r),
-            ),
+            Ok(r) => ("completed", "completed", None, r.is_error(), r.size()),
             Err(f) => (
                 f.decision(),
                 f.kind(),
@@ -407,6 +492,7 @@ impl Airlock {
             ),
         };
         let record = CallRecord {
+            request: shown.request,
             principal: &shown.principal,
             tool: &shown.tool,
             component: usage.component.as_deref(),
@@ -446,38 +532,52 @@ impl Airlock {
 
     async fn steps(
         self: &Arc<Self>,
-        name: &str,
-        arguments: Option<&JsonObject>,
+        request: &Request<'_>,
         caller: &Caller,
         ctx: CallContext,
         usage: &mut Usage,
-    ) -> Result<CallToolResult, CallFailure> {
-        let tool = self.catalog.tool(name)?;
-        usage.component = Some(tool.component.prepared.name.clone());
-        let shadow = caller.nesting.shadow
-            || tool.component.approval.policy.tier == crate::config::risk::Tier::Shadow;
+    ) -> Result<Response, CallFailure> {
+        let target = self.target(request)?;
+        let component = target.component;
+        usage.component = Some(component.prepared.name.clone());
+        let shadow = match target.tool {
+            Some(_) => {
+                caller.nesting.shadow
+                    || component.approval.policy.tier == crate::config::risk::Tier::Shadow
+            }
+            // Resources, prompts and completions read: they run with write capabilities
+            // withheld, so they need no approval and act nowhere.
+            None => true,
+        };
         // The tier the call runs under: shadow when a shadow call made it.
         usage.tier = Some(if shadow {
             crate::config::risk::Tier::Shadow
         } else {
-            tool.component.approval.policy.tier
+            component.approval.policy.tier
         });
-        authorize(&caller.principal, tool)?;
-        self.check_kill(caller, tool)?;
+        authorize(&caller.principal, &target)?;
+        self.check_kill(caller, &target)?;
+        let name = target.name;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
-        self.rate_limits.check(&caller.principal.name, name)?;
-        usage.audit_arguments = tool.component.entry.audit_arguments;
-        usage.redactor = Some(tool.component.prepared.redactor.clone());
-        let text = validate_input(tool, arguments)?;
+        self.rate_limits
+            .check(&caller.principal.name, &target.rate_key())?;
+        usage.audit_arguments = component.entry.audit_arguments;
+        usage.redactor = Some(component.prepared.redactor.clone());
+        let input = validate_input(&target, request)?;
         if caller.is_top_level() {
-            usage.ticket =
-                ctx.interaction
-                    .redeem(&self.operator.approvals, name, &usage.arguments_sha256)?;
+            usage.ticket = ctx.interaction.redeem(
+                &self.operator.approvals,
+                &target.ticket_label(),
+                &usage.arguments_sha256,
+            )?;
         }
         // Before admission: a call waiting for a person holds no in-flight slot, so pending
         // approvals cannot starve the server.
-        self.approve(tool, arguments, caller, &ctx, usage).await?;
-        let permits = self.admit(tool).inspect_err(|_| {
+        if let Some(tool) = target.tool {
+            self.approve(tool, request.arguments(), caller, &ctx, usage)
+                .await?;
+        }
+        let permits = self.admit(&target).inspect_err(|_| {
             // Refused before it ran: the ticket the call redeemed may be presented again.
             if let Some(id) = &usage.ticket {
                 self.operator.approvals.tickets.release(id);
@@ -486,51 +586,110 @@ impl Airlock {
         let running = self.operator.running.register(Running {
             call_id: caller.call_id.clone(),
             tool: Arc::from(name),
-            component: tool.component.prepared.name.clone(),
+            component: component.prepared.name.clone(),
             principal: caller.principal.name.clone(),
             started: Instant::now(),
-            fuel_left: Arc::new(AtomicU64::new(tool.component.entry.limits.fuel)),
-            fuel_budget: tool.component.entry.limits.fuel,
+            fuel_left: Arc::new(AtomicU64::new(component.entry.limits.fuel)),
+            fuel_budget: component.entry.limits.fuel,
             stop: CancellationToken::new(),
         });
         // Checked again now that the call is registered: a kill given between the first check
         // and here either sees this call (and interrupts it) or is seen by this check.
-        self.check_kill(caller, tool)?;
+        self.check_kill(caller, &target)?;
         // A tool that can act outside its sandbox acts only once an intent record is durable:
         // should its own record fail later, the log still says it may have acted. Shadow
         // calls too: their GETs still reach the granted hosts.
-        if tool.component.acts_outside {
-            self.record_intent(tool, caller, usage).await?;
+        if component.acts_outside {
+            self.record_intent(&target, caller, usage).await?;
         }
         let report = self
-            .execute(tool, &text, ctx, &running.call, caller, usage, permits)
+            .execute(&target, input, ctx, &running.call, caller, usage, permits)
             .await;
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
         usage.stdout = report.stdout;
         usage.stderr = report.stderr;
+        let limits = &component.entry.limits;
+        let (bytes, items) = (limits.max_output_bytes, limits.max_output_items);
         match report.result? {
-            Answer::Called(out) => output::to_mcp(
-                out,
-                tool.component.entry.limits.max_output_bytes,
-                tool.component.entry.limits.max_output_items,
-            ),
-            Answer::Described(_) => unreachable!("a call answers with output"),
+            Answer::Called(out) => output::to_mcp(out, bytes, items).map(Response::Tool),
+            Answer::Read(contents) => {
+                output::read_result(contents, bytes, items).map(Response::Resource)
+            }
+            Answer::Prompted(prompt) => {
+                output::prompt_result(prompt, bytes, items).map(Response::Prompt)
+            }
+            Answer::Completed(c) => output::completion_result(c, bytes).map(Response::Completion),
+            Answer::Described(_) => unreachable!("a request answers with output"),
         }
+    }
+
+    /// What `request` reaches: a declared tool, resource (or template) or prompt.
+    fn target<'r>(&'r self, request: &'r Request<'_>) -> Result<Target<'r>, CallFailure> {
+        let catalog = &self.catalog;
+        Ok(match request {
+            Request::Tool { name, .. } => {
+                let tool = catalog.tool(name)?;
+                Target {
+                    component: &tool.component,
+                    tool: Some(tool),
+                    prompt: None,
+                    name: &tool.tool.name,
+                    offering: Offering::Tool,
+                }
+            }
+            Request::ReadResource { uri } => Target {
+                component: catalog.resource(uri)?,
+                tool: None,
+                prompt: None,
+                name: uri,
+                offering: Offering::Resource,
+            },
+            Request::GetPrompt { name, .. } => {
+                let prompt = catalog.prompt(name)?;
+                Target {
+                    component: &prompt.component,
+                    tool: None,
+                    prompt: Some(&prompt.item),
+                    name: &prompt.item.name,
+                    offering: Offering::Prompt,
+                }
+            }
+            Request::Complete { of, .. } => match of {
+                Completing::Prompt(name) => {
+                    let prompt = catalog.prompt(name)?;
+                    Target {
+                        component: &prompt.component,
+                        tool: None,
+                        prompt: Some(&prompt.item),
+                        name: &prompt.item.name,
+                        offering: Offering::PromptCompletion,
+                    }
+                }
+                Completing::Template(template) => Target {
+                    component: catalog.template(template)?,
+                    tool: None,
+                    prompt: None,
+                    name: template,
+                    offering: Offering::ResourceCompletion,
+                },
+            },
+        })
     }
 
     /// The durable record that a call is about to run a tool that can act outside its sandbox.
     async fn record_intent(
         &self,
-        tool: &CatalogTool,
+        target: &Target<'_>,
         caller: &Caller,
         usage: &Usage,
     ) -> Result<(), CallFailure> {
         let secrets = &*self.catalog.redactor;
         let record = IntentRecord {
+            request: target.offering.method(),
             principal: &secrets.redact(&caller.principal.name),
-            tool: &tool.tool.name,
-            component: &tool.component.entry.name,
+            tool: &secrets.redact(target.name),
+            component: &target.component.entry.name,
             call_id: &caller.call_id,
             parent_call_id: caller.parent_call_id.as_deref(),
             correlation_id: &caller.correlation_id,
@@ -543,13 +702,17 @@ impl Airlock {
             .map_err(|e| CallFailure::AuditUnavailable(e.0))
     }
 
-    /// The operator's kill switch: everything, the principal, the tool or its component.
-    fn check_kill(&self, caller: &Caller, tool: &CatalogTool) -> Result<(), CallFailure> {
-        match self.operator.overrides.current().kill_for(
-            &caller.principal.name,
-            &tool.tool.name,
-            &tool.component.entry.name,
-        ) {
+    /// The operator's kill switch: everything, the principal, the tool or its component, the
+    /// component's resources or prompts.
+    fn check_kill(&self, caller: &Caller, target: &Target<'_>) -> Result<(), CallFailure> {
+        let overrides = self.operator.overrides.current();
+        let component = &target.component.entry.name;
+        let principal = &caller.principal.name;
+        let killed = match target.offering.family() {
+            Some(family) => overrides.offer_kill_for(principal, component, family),
+            None => overrides.kill_for(principal, target.name, component),
+        };
+        match killed {
             None => Ok(()),
             Some(scope) => Err(CallFailure::Disabled { scope }),
         }
@@ -640,7 +803,7 @@ impl Airlock {
     }
 
     /// Take a server-wide and a per-component in-flight slot, or refuse at once.
-    fn admit(&self, tool: &CatalogTool) -> Result<[OwnedSemaphorePermit; 2], CallFailure> {
+    fn admit(&self, target: &Target<'_>) -> Result<[OwnedSemaphorePermit; 2], CallFailure> {
         let server =
             self.in_flight
                 .clone()
@@ -648,15 +811,15 @@ impl Airlock {
                 .map_err(|_| CallFailure::ServerBusy {
                     limit: self.catalog.policy.server.max_in_flight,
                 })?;
-        let component = tool
+        let component = target
             .component
             .in_flight
             .clone()
             .try_acquire_owned()
             .map_err(|_| CallFailure::ToolBusy {
-                tool: tool.tool.name.to_string(),
-                component: tool.component.entry.name.clone(),
-                limit: tool.component.entry.limits.max_in_flight,
+                tool: target.name.to_owned(),
+                component: target.component.entry.name.clone(),
+                limit: target.component.entry.limits.max_in_flight,
             })?;
         Ok([server, component])
     }
@@ -666,8 +829,8 @@ impl Airlock {
     #[allow(clippy::too_many_arguments)]
     async fn execute(
         self: &Arc<Self>,
-        tool: &CatalogTool,
-        arguments: &str,
+        target: &Target<'_>,
+        input: Input,
         ctx: CallContext,
         running: &Running,
         caller: &Caller,
@@ -678,7 +841,7 @@ impl Airlock {
             usage.arguments_sha256.as_str(),
             usage.tier == Some(crate::config::risk::Tier::Shadow),
         );
-        let prepared = &tool.component.prepared;
+        let prepared = &target.component.prepared;
         let clock = Clock::start(
             prepared.limits.timeout.0,
             ctx.parent_clock,
@@ -687,9 +850,9 @@ impl Airlock {
         let services = Arc::new(Services {
             airlock: self.clone(),
             caller: caller.clone(),
-            tool: Arc::from(&*tool.tool.name),
+            tool: Arc::from(target.name),
             arguments_sha256: arguments_sha256.to_owned(),
-            component: tool.component.clone(),
+            component: target.component.clone(),
             interaction: ctx.interaction.clone(),
             cancel: ctx.cancel.clone(),
             events: ctx.events.clone(),
@@ -712,17 +875,12 @@ impl Airlock {
             clock: Some(clock),
             demote: Some(demote.clone()),
         };
-        let (component, name, arguments, events) = (
-            tool.component.clone(),
-            services.tool.clone(),
-            arguments.to_owned(),
-            ctx.events,
-        );
+        let (component, name, events) =
+            (target.component.clone(), services.tool.clone(), ctx.events);
         // On the guest pool: a runaway guest never holds a thread that serves others.
         let run = async move {
             let invocation = Invocation::Call {
-                tool: &name,
-                arguments: &arguments,
+                work: input.work(&name),
                 grants,
                 services: Some(services),
                 shadow,
@@ -768,6 +926,7 @@ impl Airlock {
 struct Services {
     airlock: Arc<Airlock>,
     caller: Caller,
+    /// The tool, prompt or resource the request names.
     tool: Arc<str>,
     arguments_sha256: String,
     component: Arc<LoadedComponent>,
@@ -779,6 +938,65 @@ struct Services {
 }
 
 impl Services {
+    /// One request of the tool's `ask` as a question: its key usable and unique among
+    /// `all`, its form or sampling request well formed.
+    fn question_of(
+        &self,
+        r: &airlock_host_api::InputRequest,
+        all: &[airlock_host_api::InputRequest],
+    ) -> Result<Question, String> {
+        use airlock_host_api::InputKind;
+        let key = &r.key;
+        if !crate::pipeline::catalog::valid_name(key) {
+            return Err(format!(
+                "the key \"{}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - .",
+                key.chars().take(64).collect::<String>()
+            ));
+        }
+        if all.iter().filter(|o| o.key == *key).count() > 1 {
+            return Err(format!("the key \"{key}\" is used twice"));
+        }
+        let tool = &self.tool;
+        Ok(match &r.kind {
+            InputKind::Form(form) => {
+                let schema = self.form_schema(&form.schema)?;
+                let q = Question::asked(Asking::Elicit, tool, key, &form.message, schema, None);
+                q.elicitation()?;
+                q
+            }
+            InputKind::Sample(request) => Question::asked(
+                Asking::Sample,
+                tool,
+                key,
+                "asks the client's model for a message",
+                JsonObject::new(),
+                Some(sampling_params(request)?),
+            ),
+            InputKind::Roots => Question::asked(
+                Asking::Roots,
+                tool,
+                key,
+                "asks for the client's roots",
+                JsonObject::new(),
+                None,
+            ),
+        })
+    }
+
+    /// A tool's form schema, with no secret value in what the client will show.
+    fn form_schema(&self, schema: &str) -> Result<JsonObject, String> {
+        let mut schema = match serde_json::from_str::<serde_json::Value>(schema) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => return Err("the schema is not a JSON object".to_owned()),
+        };
+        let redactor = &self.component.prepared.redactor;
+        rewrite_json_strings(&mut schema, &|s| redactor.redact(s));
+        match schema {
+            serde_json::Value::Object(o) => Ok(o),
+            _ => unreachable!("checked above"),
+        }
+    }
+
     /// `question`, bound to this call's arguments and to how often it was asked before in
     /// the top-level call (a tool confirming two steps with one prompt asks twice).
     fn occurrence(&self, question: Question) -> Question {
@@ -786,7 +1004,8 @@ impl Services {
             .occurrence(question, &self.arguments_sha256)
     }
 
-    async fn ask(
+    /// Put one question and wait for its answer.
+    async fn put(
         &self,
         question: Question,
     ) -> Result<crate::gate::approval::Answered, CallFailure> {
@@ -811,7 +1030,7 @@ impl CallServices for Services {
     fn confirm(self: Arc<Self>, prompt: String, details: String) -> Served<bool> {
         Box::pin(async move {
             let question = self.occurrence(Question::confirm(&self.tool, &prompt, &details));
-            match self.ask(question).await {
+            match self.put(question).await {
                 Ok(a) => Ok(a.reply.is_yes()),
                 // No answer in time is a no; the tool decides what a no means.
                 Err(CallFailure::ApprovalTimedOut { .. }) => Ok(false),
@@ -822,21 +1041,16 @@ impl CallServices for Services {
 
     fn elicit(self: Arc<Self>, message: String, schema: String) -> Served<Result<Reply, String>> {
         Box::pin(async move {
-            let mut schema = match serde_json::from_str::<serde_json::Value>(&schema) {
-                Ok(v @ serde_json::Value::Object(_)) => v,
-                _ => return Ok(Err("the schema is not a JSON object".to_owned())),
-            };
             // Titles and descriptions reach the client: no secret values in them.
-            let redactor = &self.component.prepared.redactor;
-            rewrite_json_strings(&mut schema, &|s| redactor.redact(s));
-            let serde_json::Value::Object(schema) = schema else {
-                unreachable!("checked above")
+            let schema = match self.form_schema(&schema) {
+                Ok(s) => s,
+                Err(why) => return Ok(Err(why)),
             };
             let question = self.occurrence(Question::elicit(&self.tool, &message, schema));
             if let Err(e) = question.elicitation() {
                 return Ok(Err(e));
             }
-            match self.ask(question).await {
+            match self.put(question).await {
                 Ok(a) => Ok(Ok(a.reply)),
                 Err(CallFailure::ApprovalTimedOut { .. }) => Ok(Ok(Reply::Cancel)),
                 Err(f) => Err(f),
@@ -890,6 +1104,206 @@ impl CallServices for Services {
             }
         })
     }
+
+    fn ask(
+        self: Arc<Self>,
+        requests: Vec<airlock_host_api::InputRequest>,
+    ) -> Served<Result<Vec<airlock_host_api::Answer>, String>> {
+        Box::pin(async move {
+            let mut questions = Vec::with_capacity(requests.len());
+            for r in &requests {
+                let question = match self.question_of(r, &requests) {
+                    Ok(q) => q,
+                    Err(why) => return Ok(Err(why)),
+                };
+                questions.push(self.occurrence(question));
+            }
+            // Every question is put before any answer is awaited from a retry: on 2026-07-28
+            // they all go to the client in one round.
+            let mut answers = Vec::with_capacity(questions.len());
+            let mut waiting = false;
+            for (r, q) in requests.iter().zip(questions) {
+                let asking = q.asking;
+                let reply = match self.put(q).await {
+                    Ok(a) => a.reply,
+                    Err(CallFailure::InputRequired) => {
+                        waiting = true;
+                        continue;
+                    }
+                    Err(CallFailure::ApprovalTimedOut { .. }) => Reply::Cancel,
+                    Err(f) => return Err(f),
+                };
+                answers.push(airlock_host_api::Answer {
+                    key: r.key.clone(),
+                    reply: input_reply(asking, reply),
+                });
+            }
+            if waiting {
+                return Err(CallFailure::InputRequired);
+            }
+            Ok(Ok(answers))
+        })
+    }
+
+    fn client_supports(&self) -> airlock_host_api::ClientFeatures {
+        let caps = self.interaction.caps;
+        airlock_host_api::ClientFeatures {
+            elicitation: caps.elicitation,
+            sampling: caps.sampling,
+            roots: caps.roots,
+        }
+    }
+
+    fn signal(&self, signal: store::Signal) -> Result<(), String> {
+        if let store::Signal::ResourceUpdated(uri) = &signal {
+            let c = &self.component;
+            if !c.resources.iter().any(|r| **r == **uri)
+                && !c.templates.iter().any(|t| t.matches(uri))
+            {
+                return Err(format!(
+                    "{} does not serve the resource {uri}",
+                    c.entry.name
+                ));
+            }
+        }
+        // Nobody listening is not an error.
+        let _ = self.airlock.operator.signals.send(signal);
+        Ok(())
+    }
+}
+
+/// An MCP `sampling/createMessage` request's parameters from the tool's request.
+fn sampling_params(r: &airlock_host_api::SampleRequest) -> Result<JsonObject, String> {
+    use airlock_host_api::{Content, Role};
+    use base64::Engine as _;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    if r.messages.is_empty() {
+        return Err("a sampling request needs at least one message".into());
+    }
+    let mut messages = Vec::with_capacity(r.messages.len());
+    for m in &r.messages {
+        let content = match &m.content {
+            Content::Text(t) => serde_json::json!({ "type": "text", "text": t }),
+            Content::Image(i) => {
+                serde_json::json!({ "type": "image", "data": b64(&i.data), "mimeType": i.mime_type })
+            }
+            Content::Audio(a) => {
+                serde_json::json!({ "type": "audio", "data": b64(&a.data), "mimeType": a.mime_type })
+            }
+            _ => return Err("sampling messages hold text, images or audio".into()),
+        };
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        messages.push(serde_json::json!({ "role": role, "content": content }));
+    }
+    let mut params = serde_json::json!({ "messages": messages, "maxTokens": r.max_tokens });
+    if let Some(p) = &r.system_prompt {
+        params["systemPrompt"] = p.clone().into();
+    }
+    if let Some(t) = r.temperature.filter(|t| t.is_finite()) {
+        params["temperature"] = t.into();
+    }
+    if !r.stop_sequences.is_empty() {
+        params["stopSequences"] = r.stop_sequences.clone().into();
+    }
+    if !r.model_hints.is_empty() {
+        let hints: Vec<_> = r
+            .model_hints
+            .iter()
+            .map(|h| serde_json::json!({ "name": h }))
+            .collect();
+        params["modelPreferences"] = serde_json::json!({ "hints": hints });
+    }
+    match params {
+        serde_json::Value::Object(o) => Ok(o),
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// The client's answer to one request of the tool's `ask`, in the contract's terms.
+fn input_reply(asking: Asking, reply: Reply) -> airlock_host_api::InputReply {
+    use airlock_host_api::{ElicitAnswer, InputReply, SampleError};
+    match asking {
+        Asking::Sample => InputReply::Sample(match reply {
+            Reply::Returned { result } => sample_reply(&result),
+            Reply::Decline => Err(SampleError::Declined("the user declined".into())),
+            _ => Err(SampleError::Declined("the client did not answer".into())),
+        }),
+        Asking::Roots => InputReply::Roots(match reply {
+            Reply::Returned { result } => result
+                .get("roots")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    Some(airlock_host_api::Root {
+                        uri: r.get("uri")?.as_str()?.to_owned(),
+                        name: r.get("name").and_then(|n| n.as_str()).map(str::to_owned),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        }),
+        _ => InputReply::Form(match reply {
+            Reply::Accept { content } => {
+                ElicitAnswer::Accept(serde_json::Value::Object(content).to_string())
+            }
+            Reply::Decline => ElicitAnswer::Decline,
+            Reply::Cancel | Reply::Returned { .. } => ElicitAnswer::Cancel,
+        }),
+    }
+}
+
+/// A `CreateMessageResult` as the contract's reply.
+fn sample_reply(
+    result: &JsonObject,
+) -> Result<airlock_host_api::SampleReply, airlock_host_api::SampleError> {
+    use airlock_host_api::{Content, Media, Role, SampleError};
+    use base64::Engine as _;
+    let invalid =
+        |why: &str| SampleError::Invalid(format!("the client's message is unusable: {why}"));
+    let role = match result.get("role").and_then(|r| r.as_str()) {
+        Some("assistant") => Role::Assistant,
+        Some("user") => Role::User,
+        _ => return Err(invalid("no role")),
+    };
+    // One content block, or the first of several.
+    let content = match result.get("content") {
+        Some(serde_json::Value::Array(a)) => a.first(),
+        other => other,
+    }
+    .ok_or_else(|| invalid("no content"))?;
+    let text = |k: &str| content.get(k).and_then(|v| v.as_str());
+    let media = || -> Result<Media, SampleError> {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(text("data").unwrap_or_default())
+            .map_err(|_| invalid("data is not base64"))?;
+        Ok(Media {
+            data,
+            mime_type: text("mimeType").unwrap_or_default().to_owned(),
+        })
+    };
+    let content = match text("type") {
+        Some("text") => Content::Text(text("text").unwrap_or_default().to_owned()),
+        Some("image") => Content::Image(media()?),
+        Some("audio") => Content::Audio(media()?),
+        _ => return Err(invalid("content of an unknown type")),
+    };
+    Ok(airlock_host_api::SampleReply {
+        role,
+        content,
+        model: result
+            .get("model")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        stop_reason: result
+            .get("stopReason")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned),
+    })
 }
 
 /// The caps on nested calls: depth (the smallest `max_depth` reach of the calls above),
@@ -975,44 +1389,262 @@ fn resize(slots: &Arc<Semaphore>, from: u32, to: u32) {
     }
 }
 
-/// The same rule as `tools/list`, applied again: a tool a principal cannot see is not a tool it
+/// What a client asks of the hosted components.
+pub enum Request<'a> {
+    /// `tools/call`.
+    Tool {
+        name: &'a str,
+        arguments: Option<&'a JsonObject>,
+    },
+    /// `resources/read`.
+    ReadResource { uri: &'a str },
+    /// `prompts/get`.
+    GetPrompt {
+        name: &'a str,
+        arguments: Option<&'a JsonObject>,
+    },
+    /// `completion/complete`: values for `argument` of a prompt or template variable.
+    Complete {
+        of: Completing<'a>,
+        argument: &'a str,
+        value: &'a str,
+        /// Arguments already chosen.
+        context: Vec<(String, String)>,
+    },
+}
+
+/// What a completion is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Completing<'a> {
+    /// An argument of the prompt of that name.
+    Prompt(&'a str),
+    /// A variable of the resource template written so.
+    Template(&'a str),
+}
+
+impl Request<'_> {
+    /// What the request names, as the client sent it.
+    pub fn name(&self) -> &str {
+        match self {
+            Request::Tool { name, .. } | Request::GetPrompt { name, .. } => name,
+            Request::ReadResource { uri } => uri,
+            Request::Complete { of, .. } => match of {
+                Completing::Prompt(name) => name,
+                Completing::Template(template) => template,
+            },
+        }
+    }
+
+    /// The arguments approvals, tickets and the audit record bind.
+    fn arguments(&self) -> Option<&JsonObject> {
+        match self {
+            Request::Tool { arguments, .. } | Request::GetPrompt { arguments, .. } => *arguments,
+            Request::ReadResource { .. } | Request::Complete { .. } => None,
+        }
+    }
+
+    fn offering(&self) -> Offering {
+        match self {
+            Request::Tool { .. } => Offering::Tool,
+            Request::ReadResource { .. } => Offering::Resource,
+            Request::GetPrompt { .. } => Offering::Prompt,
+            Request::Complete { of, .. } => match of {
+                Completing::Prompt(_) => Offering::PromptCompletion,
+                Completing::Template(_) => Offering::ResourceCompletion,
+            },
+        }
+    }
+}
+
+/// What kind of thing a request reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offering {
+    Tool,
+    Resource,
+    Prompt,
+    PromptCompletion,
+    ResourceCompletion,
+}
+
+impl Offering {
+    /// The MCP method, as the audit record names the request.
+    fn method(self) -> &'static str {
+        match self {
+            Offering::Tool => "tools/call",
+            Offering::Resource => "resources/read",
+            Offering::Prompt => "prompts/get",
+            Offering::PromptCompletion | Offering::ResourceCompletion => "completion/complete",
+        }
+    }
+
+    /// The family an operator kills as a whole (a component's resources or prompts); tools
+    /// are killed by name.
+    fn family(self) -> Option<Family> {
+        match self {
+            Offering::Tool => None,
+            Offering::Resource | Offering::ResourceCompletion => Some(Family::Resources),
+            Offering::Prompt | Offering::PromptCompletion => Some(Family::Prompts),
+        }
+    }
+}
+
+/// A resolved request: the component that serves it and what it is called.
+struct Target<'a> {
+    component: &'a Arc<LoadedComponent>,
+    /// The tool, for a tool call.
+    tool: Option<&'a CatalogTool>,
+    /// The prompt, for a prompt.
+    prompt: Option<&'a rmcp::model::Prompt>,
+    name: &'a str,
+    offering: Offering,
+}
+
+impl Target<'_> {
+    /// The rate bucket beside the principal's: the tool's, or the component's resources' or
+    /// prompts'.
+    fn rate_key(&self) -> Cow<'_, str> {
+        match self.offering.family() {
+            None => Cow::Borrowed(self.name),
+            Some(family) => Cow::Owned(family.rate_key(&self.component.entry.name)),
+        }
+    }
+
+    /// What a ticket issued for this request binds besides the caller and the arguments.
+    fn ticket_label(&self) -> String {
+        match self.offering {
+            Offering::Tool => self.name.to_owned(),
+            other => format!("{} {}", other.method(), self.name),
+        }
+    }
+}
+
+/// The same rule as `tools/list`, applied again: what a principal cannot see is not what it
 /// can call.
-fn authorize(principal: &Principal, tool: &CatalogTool) -> Result<(), CallFailure> {
-    if principal.may_use(&tool.component.entry.roles) {
+fn authorize(principal: &Principal, target: &Target<'_>) -> Result<(), CallFailure> {
+    if principal.may_use(&target.component.entry.roles) {
         Ok(())
     } else {
         Err(CallFailure::NotAuthorized {
             principal: principal.name.to_string(),
-            tool: tool.tool.name.to_string(),
+            tool: target.name.to_owned(),
         })
     }
 }
 
-/// Serialise the arguments once, for the guest, and enforce their size limit.
-fn validate_input(
-    tool: &CatalogTool,
-    arguments: Option<&JsonObject>,
-) -> Result<String, CallFailure> {
-    let limit = tool.component.entry.limits.max_argument_bytes;
-    let text = match arguments {
-        None => "{}".to_owned(),
-        Some(a) => {
-            serde_json::to_string(a).map_err(|e| CallFailure::InvalidArguments(e.to_string()))?
+/// What the guest is given, prepared before it runs.
+enum Input {
+    Call { arguments: String },
+    Read { uri: String },
+    Prompt { arguments: Vec<(String, String)> },
+    Complete(CompletionRequest),
+}
+
+impl Input {
+    fn work<'a>(&'a self, name: &'a str) -> Work<'a> {
+        match self {
+            Input::Call { arguments } => Work::Call {
+                tool: name,
+                arguments,
+            },
+            Input::Read { uri } => Work::ReadResource { uri },
+            Input::Prompt { arguments } => Work::GetPrompt { name, arguments },
+            Input::Complete(request) => Work::Complete(request),
+        }
+    }
+}
+
+/// Serialise the input once, for the guest, and enforce its size limit; a prompt's required
+/// arguments must all be there.
+fn validate_input(target: &Target<'_>, request: &Request<'_>) -> Result<Input, CallFailure> {
+    let limit = target.component.entry.limits.max_argument_bytes;
+    let too_large = |n: usize| n as u64 > limit.bytes();
+    let input = match request {
+        Request::Tool { arguments, .. } => {
+            let text = match arguments {
+                None => "{}".to_owned(),
+                Some(a) => serde_json::to_string(a)
+                    .map_err(|e| CallFailure::InvalidArguments(e.to_string()))?,
+            };
+            if too_large(text.len()) {
+                return Err(CallFailure::ArgumentsTooLarge { limit });
+            }
+            Input::Call { arguments: text }
+        }
+        Request::ReadResource { uri } => {
+            if too_large(uri.len()) {
+                return Err(CallFailure::ArgumentsTooLarge { limit });
+            }
+            Input::Read {
+                uri: (*uri).to_owned(),
+            }
+        }
+        Request::GetPrompt { name, arguments } => {
+            let given: Vec<(String, String)> = arguments
+                .iter()
+                .flat_map(|a| a.iter())
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            if too_large(given.iter().map(|(k, v)| k.len() + v.len()).sum()) {
+                return Err(CallFailure::ArgumentsTooLarge { limit });
+            }
+            let required = target
+                .prompt
+                .and_then(|p| p.arguments.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.required == Some(true));
+            for a in required {
+                if !given.iter().any(|(k, _)| *k == a.name) {
+                    return Err(CallFailure::InvalidArguments(format!(
+                        "prompt {name} needs the argument {}",
+                        a.name
+                    )));
+                }
+            }
+            Input::Prompt { arguments: given }
+        }
+        Request::Complete {
+            of,
+            argument,
+            value,
+            context,
+        } => {
+            let bytes = argument.len()
+                + value.len()
+                + context
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if too_large(bytes) {
+                return Err(CallFailure::ArgumentsTooLarge { limit });
+            }
+            Input::Complete(CompletionRequest {
+                target: match of {
+                    Completing::Prompt(p) => CompletionTarget::Prompt((*p).to_owned()),
+                    Completing::Template(t) => CompletionTarget::ResourceTemplate((*t).to_owned()),
+                },
+                argument: (*argument).to_owned(),
+                value: (*value).to_owned(),
+                context: context.clone(),
+            })
         }
     };
-    if text.len() as u64 > limit.bytes() {
-        return Err(CallFailure::ArgumentsTooLarge { limit });
-    }
-    Ok(text)
+    Ok(input)
 }
 
 /// The scan of what leaves the host: every secret value in the result, the failure message
 /// or the captured output is replaced by `[REDACTED:NAME]`.
 fn redact(
     redactor: &Redactor,
-    result: Result<CallToolResult, CallFailure>,
+    result: Result<Response, CallFailure>,
     usage: &mut Usage,
-) -> Result<CallToolResult, CallFailure> {
+) -> Result<Response, CallFailure> {
     for (captured, _) in [&mut usage.stdout, &mut usage.stderr] {
         if !captured.is_empty()
             && let Cow::Owned(clean) = redactor.redact(&String::from_utf8_lossy(captured))
@@ -1022,7 +1654,7 @@ fn redact(
     }
     match result {
         Ok(mut r) => {
-            output::redact(&mut r, redactor);
+            r.redact(redactor);
             Ok(r)
         }
         Err(f) => Err(f.redacted(redactor)),
@@ -1032,6 +1664,8 @@ fn redact(
 /// One call's audit record (the fields after `kind`).
 #[derive(serde::Serialize)]
 struct CallRecord<'a> {
+    /// The MCP method: `tools/call`, `resources/read`, `prompts/get`, `completion/complete`.
+    request: &'static str,
     principal: &'a str,
     tool: &'a str,
     component: Option<&'a str>,
@@ -1103,6 +1737,7 @@ fn write_canonical_object(o: &JsonObject, out: &mut Vec<u8>) {
 /// The audit record written before a tool that can act outside its sandbox runs.
 #[derive(serde::Serialize)]
 struct IntentRecord<'a> {
+    request: &'static str,
     principal: &'a str,
     tool: &'a str,
     component: &'a str,
@@ -1133,13 +1768,15 @@ struct Usage {
 struct Shown<'a> {
     tool: Cow<'a, str>,
     principal: Cow<'a, str>,
+    /// The MCP method.
+    request: &'static str,
 }
 
 /// The structured log event of a finished call, and the guest's captured output.
 fn record(
     shown: &Shown<'_>,
     caller: &Caller,
-    result: &Result<CallToolResult, CallFailure>,
+    result: &Result<Response, CallFailure>,
     started: Instant,
     usage: &Usage,
     secrets: &Redactor,
@@ -1151,23 +1788,23 @@ fn record(
         let text = secrets.redact(text);
         shapes.redact(&text).into_owned()
     };
-    let (tool, principal) = (&*shown.tool, &*shown.principal);
+    let (tool, principal, request) = (&*shown.tool, &*shown.principal, shown.request);
     let component = usage.component.as_deref().unwrap_or("-");
     let call_id = caller.call_id.as_str();
     let duration_us = started.elapsed().as_micros() as u64;
     let (fuel_used, peak_memory) = (usage.fuel_used, usage.peak_memory);
     match result {
         Ok(r) => tracing::info!(
-            target: "airlock::call", tool, component, principal, call_id, outcome = "completed",
-            is_error = r.is_error.unwrap_or(false), duration_us, fuel_used, peak_memory, "call completed"
+            target: "airlock::call", request, tool, component, principal, call_id, outcome = "completed",
+            is_error = r.is_error(), duration_us, fuel_used, peak_memory, "call completed"
         ),
         Err(CallFailure::Blocked { denial, .. }) => tracing::warn!(
-            target: "airlock::call", tool, component, principal, call_id, outcome = "blocked_by_policy",
+            target: "airlock::call", request, tool, component, principal, call_id, outcome = "blocked_by_policy",
             grant_kind = denial.grant_kind(), target = &*scrub(denial.target()),
             duration_us, fuel_used, peak_memory, reason = %scrub(&denial.to_string()), "call blocked by policy"
         ),
         Err(f) => tracing::warn!(
-            target: "airlock::call", tool, component, principal, call_id, outcome = f.kind(),
+            target: "airlock::call", request, tool, component, principal, call_id, outcome = f.kind(),
             duration_us, fuel_used, peak_memory, reason = %scrub(&f.to_string()), "call failed"
         ),
     }

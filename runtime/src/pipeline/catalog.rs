@@ -7,9 +7,9 @@ use crate::config::policy::{ComponentEntry, ConfigError, Policy};
 use crate::core::failure::CallFailure;
 use crate::core::redact::{Redactor, Shapes};
 use crate::sandbox::engine::{Engines, load_component, private_dir};
-use crate::sandbox::store::{self, Answer, HostState, Invocation, Prepared};
-use airlock_host_api::{Tool as ToolWorld, ToolPre, ToolSpec};
-use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use crate::sandbox::store::{self, Answer, ComponentPre, HostState, Invocation, Prepared};
+use airlock_host_api::{Offer, Tool as ToolWorld, ToolPre, ToolSpec};
+use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool, ToolAnnotations};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -25,6 +25,10 @@ pub struct LoadedComponent {
     pub in_flight: Arc<Semaphore>,
     /// Names of the tools it declared.
     pub tools: Vec<String>,
+    /// Its resources' URIs, templates and prompts' names, as declared.
+    pub resources: Vec<String>,
+    pub templates: Vec<UriTemplate>,
+    pub prompts: Vec<String>,
     /// Its tier and approval rule, checked against the tools it declared.
     pub approval: crate::config::risk::CompiledRule,
     /// Its grants let it act outside its sandbox (write files, reach the network): its calls
@@ -38,6 +42,12 @@ pub struct CatalogTool {
     pub tool: Tool,
 }
 
+/// A resource, a resource template or a prompt, and the component that serves it.
+pub struct Served<T> {
+    pub component: Arc<LoadedComponent>,
+    pub item: T,
+}
+
 /// Everything loaded from one policy.
 pub struct Catalog {
     pub policy: Policy,
@@ -45,6 +55,10 @@ pub struct Catalog {
     tools: HashMap<String, CatalogTool>,
     /// `tools/list` as served: built once, in configuration order.
     listed: Arc<Vec<Tool>>,
+    /// Resources by URI, templates and prompts by name, in configuration order.
+    resources: Vec<Served<Resource>>,
+    templates: Vec<Served<(UriTemplate, ResourceTemplate)>>,
+    prompts: Vec<Served<Prompt>>,
     /// Every secret of the policy: what no record, log line or result may carry.
     pub redactor: Arc<Redactor>,
     _engines: Engines,
@@ -72,6 +86,9 @@ impl Catalog {
         let mut components = Vec::with_capacity(policy.components.len());
         let mut tools: HashMap<String, CatalogTool> = HashMap::new();
         let mut listed = Vec::new();
+        let mut resources: Vec<Served<Resource>> = Vec::new();
+        let mut templates: Vec<Served<(UriTemplate, ResourceTemplate)>> = Vec::new();
+        let mut prompts: Vec<Served<Prompt>> = Vec::new();
         let redactor = Arc::new(policy.secrets.redactor());
         for entry in &policy.components {
             let key = || format!("tool \"{}\" › component", entry.name);
@@ -90,18 +107,15 @@ impl Catalog {
 
             let compiled = load_component(&engine, &entry.bytes, &entry.digest, &cache_dir)
                 .map_err(|e| fail(key(), format!("{}: {e:#}", entry.source)))?;
-            let pre = linker
-                .instantiate_pre(&compiled)
-                .and_then(ToolPre::new)
-                .map_err(|e| {
-                    fail(
-                        key(),
-                        format!(
-                            "{} does not fit the airlock:tool world: {e:#}",
-                            entry.source
-                        ),
-                    )
-                })?;
+            let pre = instantiable(linker, &compiled).map_err(|e| {
+                fail(
+                    key(),
+                    format!(
+                        "{} does not fit the airlock:tool world (0.2.0 or 0.1.0): {e:#}",
+                        entry.source
+                    ),
+                )
+            })?;
             let prepared = Prepared {
                 engine,
                 pre,
@@ -112,23 +126,41 @@ impl Catalog {
                 shapes: shapes.clone(),
                 ledgers: crate::sandbox::quota::Ledgers::for_grants(&entry.grants),
             };
-            let specs = describe(&prepared)
+            let offer = describe(&prepared)
                 .await
                 .map_err(|e| fail(key(), format!("{}: describe() failed: {e}", entry.source)))?;
-            if specs.is_empty() {
-                return Err(fail(key(), format!("{} declares no tools", entry.source)));
-            }
-            if specs.len() > entry.limits.max_tools as usize {
+            let specs = &offer.tools;
+            if specs.is_empty()
+                && offer.resources.is_empty()
+                && offer.resource_templates.is_empty()
+                && offer.prompts.is_empty()
+            {
                 return Err(fail(
                     key(),
                     format!(
-                        "{} declares {} tools, more than max_tools = {}",
-                        entry.source,
-                        specs.len(),
-                        entry.limits.max_tools
+                        "{} offers nothing (no tools, resources or prompts)",
+                        entry.source
                     ),
                 ));
             }
+            for (what, n) in [
+                ("tools", specs.len()),
+                ("resources", offer.resources.len()),
+                ("resource templates", offer.resource_templates.len()),
+                ("prompts", offer.prompts.len()),
+            ] {
+                if n > entry.limits.max_tools as usize {
+                    return Err(fail(
+                        key(),
+                        format!(
+                            "{} declares {n} {what}, more than max_tools = {}",
+                            entry.source, entry.limits.max_tools
+                        ),
+                    ));
+                }
+            }
+            let offered = check_offer(&offer, &entry.limits)
+                .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
             let declared = specs
                 .iter()
                 .cloned()
@@ -148,6 +180,9 @@ impl Catalog {
                         |c| c.in_flight.clone(),
                     ),
                 tools: specs.iter().map(|s| s.name.clone()).collect(),
+                resources: offered.resources.iter().map(|r| r.uri.clone()).collect(),
+                templates: offered.templates.iter().map(|t| t.0.clone()).collect(),
+                prompts: offered.prompts.iter().map(|p| p.name.clone()).collect(),
                 approval,
                 acts_outside: entry.grants.fs.iter().any(|g| g.mode == FsMode::Rw)
                     || !entry.grants.net.is_empty()
@@ -176,6 +211,48 @@ impl Catalog {
                     },
                 );
             }
+            for r in offered.resources {
+                if let Some(other) = resources
+                    .iter()
+                    .find(|o: &&Served<Resource>| o.item.uri == r.uri)
+                {
+                    return Err(fail(
+                        key(),
+                        format!(
+                            "resource \"{}\" is declared by both \"{}\" and \"{}\"; resource URIs must be unique",
+                            r.uri, other.component.entry.name, entry.name
+                        ),
+                    ));
+                }
+                resources.push(Served {
+                    component: component.clone(),
+                    item: r,
+                });
+            }
+            for t in offered.templates {
+                templates.push(Served {
+                    component: component.clone(),
+                    item: t,
+                });
+            }
+            for p in offered.prompts {
+                if let Some(other) = prompts
+                    .iter()
+                    .find(|o: &&Served<Prompt>| o.item.name == p.name)
+                {
+                    return Err(fail(
+                        key(),
+                        format!(
+                            "prompt name \"{}\" is declared by both \"{}\" and \"{}\"; prompt names must be unique",
+                            p.name, other.component.entry.name, entry.name
+                        ),
+                    ));
+                }
+                prompts.push(Served {
+                    component: component.clone(),
+                    item: p,
+                });
+            }
             components.push(component);
         }
         Ok(Catalog {
@@ -183,6 +260,9 @@ impl Catalog {
             components,
             tools,
             listed: Arc::new(listed),
+            resources,
+            templates,
+            prompts,
             redactor,
             _engines: engines,
         })
@@ -199,6 +279,325 @@ impl Catalog {
     pub fn listed(&self) -> Arc<Vec<Tool>> {
         self.listed.clone()
     }
+
+    /// Every declared resource, in configuration order.
+    pub fn resources(&self) -> &[Served<Resource>] {
+        &self.resources
+    }
+
+    /// Every declared resource template, in configuration order.
+    pub fn templates(&self) -> &[Served<(UriTemplate, ResourceTemplate)>] {
+        &self.templates
+    }
+
+    /// Every declared prompt, in configuration order.
+    pub fn prompts(&self) -> &[Served<Prompt>] {
+        &self.prompts
+    }
+
+    /// The component that serves `uri`: the one that declared it, else the first whose
+    /// template matches it.
+    pub fn resource(&self, uri: &str) -> Result<&Arc<LoadedComponent>, CallFailure> {
+        self.resources
+            .iter()
+            .find(|r| r.item.uri == uri)
+            .map(|r| &r.component)
+            .or_else(|| {
+                self.templates
+                    .iter()
+                    .find(|t| t.item.0.matches(uri))
+                    .map(|t| &t.component)
+            })
+            .ok_or_else(|| CallFailure::NotFound(format!("resource {uri}")))
+    }
+
+    /// The component that serves the template written `template`.
+    pub fn template(&self, template: &str) -> Result<&Arc<LoadedComponent>, CallFailure> {
+        self.templates
+            .iter()
+            .find(|t| t.item.1.uri_template == template)
+            .map(|t| &t.component)
+            .ok_or_else(|| CallFailure::NotFound(format!("resource template {template}")))
+    }
+
+    /// The prompt called `name`.
+    pub fn prompt(&self, name: &str) -> Result<&Served<Prompt>, CallFailure> {
+        self.prompts
+            .iter()
+            .find(|p| p.item.name == name)
+            .ok_or_else(|| CallFailure::NotFound(format!("prompt {name}")))
+    }
+}
+
+/// The component's exports as the version of the contract it was built for: 0.2.0, else
+/// 0.1.0 (tools only).
+fn instantiable(
+    linker: &Linker<HostState>,
+    compiled: &wasmtime::component::Component,
+) -> anyhow::Result<ComponentPre> {
+    let pre = linker.instantiate_pre(compiled)?;
+    match ToolPre::new(pre.clone()) {
+        Ok(current) => Ok(ComponentPre::Current(current)),
+        Err(current) => airlock_host_api::v1::ToolPre::new(pre)
+            .map(ComponentPre::V1)
+            .map_err(|_| anyhow::Error::from(current)),
+    }
+}
+
+/// An RFC 6570 URI template of simple (`{var}`, one path segment) and reserved (`{+var}`,
+/// anything) expressions: enough to route a URI to the component that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriTemplate {
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplatePart {
+    Literal(String),
+    /// A variable; `reserved` ones may span `/`.
+    Variable {
+        reserved: bool,
+    },
+}
+
+impl UriTemplate {
+    pub fn parse(template: &str) -> Result<UriTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| format!("\"{template}\": an expression is not closed"))?;
+                    let expr = &rest[1..end];
+                    let (reserved, name) = match expr.strip_prefix('+') {
+                        Some(n) => (true, n),
+                        None => (false, expr),
+                    };
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.'))
+                    {
+                        return Err(format!(
+                            "\"{template}\": only {{name}} and {{+name}} expressions are supported"
+                        ));
+                    }
+                    if matches!(parts.last(), Some(TemplatePart::Variable { .. })) {
+                        return Err(format!(
+                            "\"{template}\": two expressions must be separated by text"
+                        ));
+                    }
+                    parts.push(TemplatePart::Variable { reserved });
+                    rest = &rest[end + 1..];
+                }
+                Some(i) => {
+                    parts.push(TemplatePart::Literal(rest[..i].to_owned()));
+                    rest = &rest[i..];
+                }
+                None => {
+                    parts.push(TemplatePart::Literal(rest.to_owned()));
+                    rest = "";
+                }
+            }
+        }
+        if rest.contains('}')
+            || parts
+                .iter()
+                .any(|p| matches!(p, TemplatePart::Literal(l) if l.contains('}')))
+        {
+            return Err(format!("\"{template}\": a '}}' outside an expression"));
+        }
+        Ok(UriTemplate { parts })
+    }
+
+    /// Whether `uri` is one of the URIs the template describes.
+    pub fn matches(&self, uri: &str) -> bool {
+        fn from(parts: &[TemplatePart], uri: &str) -> bool {
+            match parts.split_first() {
+                None => uri.is_empty(),
+                Some((TemplatePart::Literal(l), rest)) => {
+                    uri.strip_prefix(l.as_str()).is_some_and(|u| from(rest, u))
+                }
+                Some((TemplatePart::Variable { reserved }, rest)) => {
+                    // A variable takes at least one character; the text after it decides
+                    // where it ends (the shortest match that lets the rest match).
+                    let limit = if *reserved {
+                        uri.len()
+                    } else {
+                        uri.find(['/', '?', '#']).unwrap_or(uri.len())
+                    };
+                    (1..=limit)
+                        .filter(|i| uri.is_char_boundary(*i))
+                        .any(|i| from(rest, &uri[i..]))
+                }
+            }
+        }
+        from(&self.parts, uri)
+    }
+}
+
+/// What a component offers besides tools, checked and in MCP's terms.
+struct Offered {
+    resources: Vec<Resource>,
+    templates: Vec<(UriTemplate, ResourceTemplate)>,
+    prompts: Vec<Prompt>,
+}
+
+/// The longest resource URI or template accepted.
+const MAX_URI: usize = 2048;
+
+/// A resource URI: a scheme, then printable characters without spaces.
+fn check_uri(what: &str, uri: &str) -> Result<(), String> {
+    let scheme_ok = uri.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    if uri.len() > MAX_URI || !scheme_ok || uri.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        let shown: String = uri.chars().take(64).filter(|c| !c.is_control()).collect();
+        return Err(format!(
+            "{what} \"{shown}\" must be a URI with a scheme (scheme:rest), at most {MAX_URI} bytes, without spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A name, title or description a client shows: bounded, and nothing that reads differently
+/// from what it is.
+fn check_text(what: &str, text: &str, limit: u64) -> Result<(), String> {
+    if text.len() as u64 > limit {
+        return Err(format!(
+            "{what} is {} bytes, more than max_description_bytes = {limit}",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| forbidden_in_text(*c)) {
+        return Err(format!(
+            "{what} holds the control character U+{:04X}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<Offered, String> {
+    let limit = limits.max_description_bytes.bytes();
+    let optional = |what: &str, t: &Option<String>| {
+        t.as_deref().map_or(Ok(()), |t| check_text(what, t, limit))
+    };
+    let mut resources = Vec::with_capacity(offer.resources.len());
+    for r in &offer.resources {
+        check_uri("resource URI", &r.uri)?;
+        if offer.resources.iter().filter(|o| o.uri == r.uri).count() > 1 {
+            return Err(format!("resource \"{}\" is declared twice", r.uri));
+        }
+        let what = format!("resource \"{}\"", r.uri);
+        if r.name.trim().is_empty() {
+            return Err(format!("{what} has an empty name"));
+        }
+        check_text(&format!("{what}: its name"), &r.name, limit)?;
+        optional(&format!("{what}: its title"), &r.title)?;
+        optional(&format!("{what}: its description"), &r.description)?;
+        optional(&format!("{what}: its MIME type"), &r.mime_type)?;
+        let mut v = serde_json::json!({ "uri": r.uri, "name": r.name });
+        if let Some(t) = &r.title {
+            v["title"] = t.clone().into();
+        }
+        if let Some(d) = &r.description {
+            v["description"] = d.clone().into();
+        }
+        if let Some(m) = &r.mime_type {
+            v["mimeType"] = m.clone().into();
+        }
+        if let Some(n) = r.size {
+            v["size"] = n.into();
+        }
+        resources.push(serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))?);
+    }
+    let mut templates = Vec::with_capacity(offer.resource_templates.len());
+    for t in &offer.resource_templates {
+        check_uri("resource template", &t.uri_template)?;
+        let parsed = UriTemplate::parse(&t.uri_template)?;
+        let what = format!("resource template \"{}\"", t.uri_template);
+        if t.name.trim().is_empty() {
+            return Err(format!("{what} has an empty name"));
+        }
+        check_text(&format!("{what}: its name"), &t.name, limit)?;
+        optional(&format!("{what}: its title"), &t.title)?;
+        optional(&format!("{what}: its description"), &t.description)?;
+        optional(&format!("{what}: its MIME type"), &t.mime_type)?;
+        let mut v = serde_json::json!({ "uriTemplate": t.uri_template, "name": t.name });
+        if let Some(x) = &t.title {
+            v["title"] = x.clone().into();
+        }
+        if let Some(d) = &t.description {
+            v["description"] = d.clone().into();
+        }
+        if let Some(m) = &t.mime_type {
+            v["mimeType"] = m.clone().into();
+        }
+        templates.push((
+            parsed,
+            serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))?,
+        ));
+    }
+    let mut prompts = Vec::with_capacity(offer.prompts.len());
+    for p in &offer.prompts {
+        if !valid_tool_name(&p.name) {
+            let shown: String = p
+                .name
+                .chars()
+                .take(64)
+                .filter(|c| !c.is_control())
+                .collect();
+            return Err(format!(
+                "prompt name \"{shown}\" must be 1 to {MAX_TOOL_NAME} characters from A-Z a-z 0-9 _ - ."
+            ));
+        }
+        if offer.prompts.iter().filter(|o| o.name == p.name).count() > 1 {
+            return Err(format!("prompt \"{}\" is declared twice", p.name));
+        }
+        let what = format!("prompt \"{}\"", p.name);
+        optional(&format!("{what}: its title"), &p.title)?;
+        optional(&format!("{what}: its description"), &p.description)?;
+        let mut arguments = Vec::with_capacity(p.arguments.len());
+        for a in &p.arguments {
+            if !valid_tool_name(&a.name)
+                || p.arguments.iter().filter(|o| o.name == a.name).count() > 1
+            {
+                return Err(format!(
+                    "{what}: argument names must be unique, 1 to {MAX_TOOL_NAME} characters from A-Z a-z 0-9 _ - ."
+                ));
+            }
+            optional(&format!("{what}: argument {}", a.name), &a.description)?;
+            optional(&format!("{what}: argument {}", a.name), &a.title)?;
+            let mut v = serde_json::json!({ "name": a.name, "required": a.required });
+            if let Some(x) = &a.title {
+                v["title"] = x.clone().into();
+            }
+            if let Some(d) = &a.description {
+                v["description"] = d.clone().into();
+            }
+            arguments.push(v);
+        }
+        let mut v = serde_json::json!({ "name": p.name, "arguments": arguments });
+        if let Some(x) = &p.title {
+            v["title"] = x.clone().into();
+        }
+        if let Some(d) = &p.description {
+            v["description"] = d.clone().into();
+        }
+        prompts.push(serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))?);
+    }
+    Ok(Offered {
+        resources,
+        templates,
+        prompts,
+    })
 }
 
 fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
@@ -216,20 +615,27 @@ fn make_linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     // Linked for every component; the per-call egress gate decides each request.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ToolWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    airlock_host_api::v1::Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
-async fn describe(prepared: &Prepared) -> Result<Vec<ToolSpec>, CallFailure> {
+async fn describe(prepared: &Prepared) -> Result<Offer, CallFailure> {
     let signals = store::RunSignals::default();
     let report = store::run(prepared, Invocation::Describe, None, &signals).await;
     match report.result? {
-        Answer::Described(specs) => Ok(specs),
-        Answer::Called(_) => unreachable!("describe answers with specs"),
+        Answer::Described(offer) => Ok(offer),
+        _ => unreachable!("describe answers with an offer"),
     }
 }
 
 /// The longest tool name MCP allows.
 const MAX_TOOL_NAME: usize = 64;
+
+/// Names a component chooses (tools, prompts, their arguments, `ask` keys): 1 to
+/// [`MAX_TOOL_NAME`] characters from `A-Z a-z 0-9 _ - .`.
+pub fn valid_name(name: &str) -> bool {
+    valid_tool_name(name)
+}
 
 /// MCP tool names: 1 to [`MAX_TOOL_NAME`] characters from `A-Z a-z 0-9 _ - .`.
 fn valid_tool_name(name: &str) -> bool {

@@ -5,6 +5,7 @@
 use crate::gate::approval::Approvals;
 use crate::gate::overrides::OverrideStore;
 use crate::pipeline::running::RunningCalls;
+use crate::sandbox::store::Signal;
 use std::sync::Arc;
 
 /// The operator state a serving process keeps across reloads.
@@ -16,7 +17,13 @@ pub struct OperatorState {
     /// Configurations put in force since the start: a call that waited for a person across a
     /// reload is refused rather than run under the configuration it started with.
     pub reloads: std::sync::atomic::AtomicU64,
+    /// Components' signals (lists changed, a resource updated), for every session that
+    /// listens. Bounded: a session that falls behind misses the oldest, never holds the rest up.
+    pub signals: tokio::sync::broadcast::Sender<Signal>,
 }
+
+/// Signals kept for a session that has not read them yet; beyond this it misses the oldest.
+const SIGNALS_KEPT: usize = 256;
 
 impl OperatorState {
     pub fn new(overrides: OverrideStore, approvals: Approvals) -> Arc<OperatorState> {
@@ -25,6 +32,7 @@ impl OperatorState {
             running: RunningCalls::default(),
             approvals,
             reloads: std::sync::atomic::AtomicU64::new(0),
+            signals: tokio::sync::broadcast::channel(SIGNALS_KEPT).0,
         })
     }
 

@@ -13,7 +13,11 @@ use crate::sandbox::clock::Clock;
 use crate::sandbox::egress::{self, DenialCell, EgressGate};
 use crate::sandbox::files::CallFiles;
 use crate::sandbox::live_grants::LiveGrants;
-use airlock_host_api::{ElicitAnswer, LogLevel, NestedFailure, ToolOutput, ToolPre, ToolSpec};
+use airlock_host_api::{
+    Answer as InputAnswer, ClientFeatures, CompletionRequest, ElicitAnswer, InputKind, InputReply,
+    InputRequest, Listing, LogLevel, NestedFailure, Offer, SampleError, SampleReply, SampleRequest,
+    ToolOutput, ToolPre,
+};
 use rmcp::model::CallToolResult;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,6 +55,15 @@ pub enum GuestEvent {
     },
 }
 
+/// A component's word that what it offers changed, for every session that listens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// Its tools, prompts or resources (`list-changed`).
+    ListChanged(Listing),
+    /// One of its resources (`resource-updated`).
+    ResourceUpdated(Arc<str>),
+}
+
 /// What the host imports that reach beyond the store need: people (`confirm`, `elicit`) and
 /// other tools (`call-tool`). An `Err` ends the run with that failure.
 pub trait CallServices: Send + Sync {
@@ -63,6 +76,17 @@ pub trait CallServices: Send + Sync {
         name: String,
         arguments: String,
     ) -> Served<Result<CallToolResult, CallFailure>>;
+    /// Put `requests` to the client (forms, sampling, roots), in one round where it can.
+    /// `Ok(Err(why))` when a request is unusable (the component's mistake, returned to it).
+    fn ask(
+        self: Arc<Self>,
+        requests: Vec<InputRequest>,
+    ) -> Served<Result<Vec<InputAnswer>, String>>;
+    /// What the client of this request can be asked.
+    fn client_supports(&self) -> ClientFeatures;
+    /// Pass a component's signal on to the sessions that listen. `Err` when the signal is not
+    /// the component's to give (a resource it does not serve).
+    fn signal(&self, signal: Signal) -> Result<(), String>;
 }
 
 pub type Served<T> = Pin<Box<dyn Future<Output = Result<T, CallFailure>> + Send + 'static>>;
@@ -100,6 +124,8 @@ pub struct HostState {
     sockets: OpenHandles<wasmtime_wasi::p2::TcpSocket>,
     /// Whether the call may create TCP sockets at all.
     tcp_granted: bool,
+    /// Whether the call may ask the client's model (`sample`).
+    sample_granted: bool,
     shadow: bool,
     /// Open files and quotas of the call's filesystem grants.
     pub(super) files: crate::sandbox::files::CallFiles,
@@ -426,6 +452,37 @@ impl HostState {
         text
     }
 
+    /// A request of `ask` with no secret value in what the client will read.
+    fn clean_request(&self, mut r: InputRequest) -> InputRequest {
+        match &mut r.kind {
+            InputKind::Form(f) => self.redactor.redact_in_place(&mut f.message),
+            InputKind::Sample(s) => {
+                for m in &mut s.messages {
+                    if let airlock_host_api::Content::Text(t) = &mut m.content {
+                        self.redactor.redact_in_place(t);
+                    }
+                }
+                if let Some(p) = &mut s.system_prompt {
+                    self.redactor.redact_in_place(p);
+                }
+            }
+            InputKind::Roots => {}
+        }
+        r
+    }
+
+    /// Sampling spends the client's model on the call's behalf: only with the tool's grant.
+    fn sampling_granted(&self) -> wasmtime::Result<()> {
+        if self.sample_granted {
+            return Ok(());
+        }
+        self.refuse(Denial::Sampling);
+        Err(end_run(CallFailure::Blocked {
+            tool: self.component.to_string(),
+            denial: Denial::Sampling,
+        }))
+    }
+
     /// Count the host work of handling `bytes` for the call (against its fuel budget, at the
     /// next tick and at its end).
     pub(super) fn charge(&mut self, bytes: usize) {
@@ -491,8 +548,61 @@ impl WasiView for HostState {
     }
 }
 
-// The `types` interface holds only types; its host trait has nothing to implement.
-impl airlock_host_api::airlock::tool::types::Host for HostState {}
+// The `types` interfaces hold only types; their host traits have nothing to implement.
+impl airlock_host_api::v2::airlock::tool::types::Host for HostState {}
+impl airlock_host_api::v1::airlock::tool::types::Host for HostState {}
+
+/// A 0.1.0 component's imports: the 0.2.0 ones of the same names.
+impl airlock_host_api::v1::airlock::tool::host::Host for HostState {
+    fn log(
+        &mut self,
+        level: airlock_host_api::v1::airlock::tool::host::LogLevel,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        airlock_host_api::Host::log(self, level.into(), message)
+    }
+
+    fn progress(
+        &mut self,
+        progress: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    ) -> wasmtime::Result<()> {
+        airlock_host_api::Host::progress(self, progress, total, message)
+    }
+
+    async fn confirm(&mut self, prompt: String, details: String) -> wasmtime::Result<bool> {
+        airlock_host_api::Host::confirm(self, prompt, details).await
+    }
+
+    async fn elicit(
+        &mut self,
+        message: String,
+        schema: String,
+    ) -> wasmtime::Result<Result<airlock_host_api::v1::airlock::tool::host::ElicitAnswer, String>>
+    {
+        let answer = airlock_host_api::Host::elicit(self, message, schema).await?;
+        Ok(answer.map(Into::into))
+    }
+
+    async fn call_tool(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<
+        Result<
+            airlock_host_api::v1::airlock::tool::types::ToolOutput,
+            airlock_host_api::v1::airlock::tool::host::NestedFailure,
+        >,
+    > {
+        let out = airlock_host_api::Host::call_tool(self, name, arguments).await?;
+        Ok(out.map(Into::into).map_err(Into::into))
+    }
+
+    fn cancelled(&mut self) -> bool {
+        airlock_host_api::Host::cancelled(self)
+    }
+}
 
 impl airlock_host_api::Host for HostState {
     fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
@@ -562,7 +672,7 @@ impl airlock_host_api::Host for HostState {
                 ElicitAnswer::Accept(serde_json::Value::Object(content).to_string())
             }
             Reply::Decline => ElicitAnswer::Decline,
-            Reply::Cancel => ElicitAnswer::Cancel,
+            Reply::Cancel | Reply::Returned { .. } => ElicitAnswer::Cancel,
         }))
     }
 
@@ -587,6 +697,92 @@ impl airlock_host_api::Host for HostState {
             .store(true, std::sync::atomic::Ordering::Release);
         self.cancel.is_cancelled() || self.stop.is_cancelled()
     }
+
+    async fn ask(
+        &mut self,
+        requests: Vec<InputRequest>,
+    ) -> wasmtime::Result<Result<Vec<InputAnswer>, String>> {
+        let services = self.services()?;
+        self.ask_size(requests.iter().map(input_size).sum())?;
+        if requests
+            .iter()
+            .any(|r| matches!(r.kind, InputKind::Sample(_)))
+        {
+            self.sampling_granted()?;
+        }
+        let requests = requests
+            .into_iter()
+            .map(|r| self.clean_request(r))
+            .collect();
+        services.ask(requests).await.map_err(end_run)
+    }
+
+    async fn sample(
+        &mut self,
+        request: SampleRequest,
+    ) -> wasmtime::Result<Result<SampleReply, SampleError>> {
+        let asked = vec![InputRequest {
+            key: "sample".into(),
+            kind: InputKind::Sample(request),
+        }];
+        match airlock_host_api::Host::ask(self, asked).await? {
+            Ok(mut answers) => match answers.pop().map(|a| a.reply) {
+                Some(InputReply::Sample(reply)) => Ok(reply),
+                _ => Ok(Err(SampleError::Invalid(
+                    "the client's answer was not a message".into(),
+                ))),
+            },
+            Err(why) => Ok(Err(SampleError::Invalid(why))),
+        }
+    }
+
+    fn client_supports(&mut self) -> ClientFeatures {
+        self.services.as_ref().map_or(
+            ClientFeatures {
+                elicitation: false,
+                sampling: false,
+                roots: false,
+            },
+            |s| s.client_supports(),
+        )
+    }
+
+    fn list_changed(&mut self, what: Listing) -> wasmtime::Result<()> {
+        self.spend(0)?;
+        let services = self.services()?;
+        if let Err(why) = services.signal(Signal::ListChanged(what)) {
+            tracing::warn!(target: "airlock::guest", component = &*self.component, "signal ignored: {why}");
+        }
+        Ok(())
+    }
+
+    fn resource_updated(&mut self, uri: String) -> wasmtime::Result<()> {
+        self.spend(uri.len())?;
+        let services = self.services()?;
+        if let Err(why) = services.signal(Signal::ResourceUpdated(Arc::from(uri))) {
+            let why = self.shapes.redact(&why).into_owned();
+            tracing::warn!(target: "airlock::guest", component = &*self.component, "signal ignored: {why}");
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of text a request of `ask` makes the host handle.
+fn input_size(r: &InputRequest) -> usize {
+    r.key.len()
+        + match &r.kind {
+            InputKind::Form(f) => f.message.len() + f.schema.len(),
+            InputKind::Sample(s) => {
+                s.system_prompt.as_ref().map_or(0, String::len)
+                    + s.stop_sequences.iter().map(String::len).sum::<usize>()
+                    + s.model_hints.iter().map(String::len).sum::<usize>()
+                    + s.messages
+                        .iter()
+                        .map(|m| crate::sandbox::output::content_size(&m.content))
+                        .sum::<usize>()
+            }
+            InputKind::Roots => 0,
+        }
 }
 
 /// The memory of the whole instance (all its linear memories together) against the tool's limit.
@@ -655,7 +851,7 @@ pub struct RunReport<T> {
 /// A component ready to run: what every call of it needs, resolved at load.
 pub struct Prepared {
     pub engine: Engine,
-    pub pre: ToolPre<HostState>,
+    pub pre: ComponentPre,
     /// The `[[tool]]` entry name, for log lines.
     pub name: std::sync::Arc<str>,
     pub limits: Limits,
@@ -668,12 +864,49 @@ pub struct Prepared {
     pub ledgers: crate::sandbox::quota::Ledgers,
 }
 
+/// A component ready to instantiate, by the version of the contract it was built for.
+pub enum ComponentPre {
+    /// `airlock:tool@0.2.0`.
+    Current(ToolPre<HostState>),
+    /// `airlock:tool@0.1.0`: tools only.
+    V1(airlock_host_api::v1::ToolPre<HostState>),
+}
+
+/// What a request asks of the component.
+pub enum Work<'a> {
+    /// Run the tool `tool` with `arguments` (a JSON object, serialised).
+    Call { tool: &'a str, arguments: &'a str },
+    /// Read the resource `uri`.
+    ReadResource { uri: &'a str },
+    /// Fill in the prompt `name`.
+    GetPrompt {
+        name: &'a str,
+        arguments: &'a [(String, String)],
+    },
+    /// Suggest values.
+    Complete(&'a CompletionRequest),
+}
+
+impl Work<'_> {
+    /// What the request names: the tool, resource or prompt (for denials and records).
+    pub fn target(&self) -> &str {
+        match self {
+            Work::Call { tool, .. } => tool,
+            Work::ReadResource { uri } => uri,
+            Work::GetPrompt { name, .. } => name,
+            Work::Complete(r) => match &r.target {
+                airlock_host_api::CompletionTarget::Prompt(p) => p,
+                airlock_host_api::CompletionTarget::ResourceTemplate(t) => t,
+            },
+        }
+    }
+}
+
 /// What the guest is asked to do.
 pub enum Invocation<'a> {
     Describe,
     Call {
-        tool: &'a str,
-        arguments: &'a str,
+        work: Work<'a>,
         /// The component's grants, as the operator's revocations leave them.
         grants: LiveGrants,
         /// People and other tools, for the host imports that reach them; without them those
@@ -702,8 +935,11 @@ pub struct RunSignals {
 
 /// The guest's answer to an [`Invocation`].
 pub enum Answer {
-    Described(Vec<ToolSpec>),
+    Described(Offer),
     Called(ToolOutput),
+    Read(Vec<airlock_host_api::EmbeddedResource>),
+    Prompted(airlock_host_api::Prompt),
+    Completed(airlock_host_api::Completion),
 }
 
 /// Run one invocation in a fresh store. The store is dropped at the end whatever happened, so a
@@ -726,14 +962,13 @@ pub async fn run(
             true,
         ),
         Invocation::Call {
-            tool,
+            work,
             grants,
             services,
             shadow,
-            ..
         } => (
             grants.clone(),
-            Some(tool.to_string()),
+            Some(work.target().to_owned()),
             services.clone(),
             *shadow,
         ),
@@ -742,6 +977,7 @@ pub async fn run(
     let current = called.is_some().then(|| live.current());
     let granted = current.as_deref().map(|g| (&live, g));
     let granted_tcp = current.as_ref().is_some_and(|g| !g.tcp.is_empty());
+    let sample_granted = current.as_ref().is_some_and(|g| g.sample);
     let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial)
         .and_then(|wasi| Ok((wasi, call_files(prepared, current.as_deref(), shadow)?)));
     let (wasi, files, granted) = match context {
@@ -792,6 +1028,7 @@ pub async fn run(
         host_work: 0,
         sockets: OpenHandles::new(limits.max_open_sockets),
         tcp_granted: !shadow && granted_tcp,
+        sample_granted,
         shadow,
         files,
     };
@@ -1023,32 +1260,115 @@ fn grant(
 
 async fn invoke(
     store: &mut Store<HostState>,
+    pre: &ComponentPre,
+    invocation: Invocation<'_>,
+) -> Result<Answer, CallFailure> {
+    match pre {
+        ComponentPre::Current(pre) => invoke_current(store, pre, invocation).await,
+        ComponentPre::V1(pre) => invoke_v1(store, pre, invocation).await,
+    }
+}
+
+async fn invoke_current(
+    store: &mut Store<HostState>,
     pre: &ToolPre<HostState>,
     invocation: Invocation<'_>,
 ) -> Result<Answer, CallFailure> {
-    let instance = match pre.instantiate_async(&mut *store).await {
-        Ok(i) => i,
-        Err(e) => return Err(classify(e, Stage::Instantiate)),
+    use airlock_host_api::{CallError, RequestError};
+    let instance = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(|e| classify(e, Stage::Instantiate))?;
+    let run = |e| classify(e, Stage::Run);
+    let refused = |e: RequestError| match e {
+        RequestError::NotFound(m) => CallFailure::NotFound(m),
+        RequestError::InvalidArguments(m) => CallFailure::InvalidArguments(m),
+        RequestError::Failed(m) => CallFailure::ToolFailed(m),
     };
-    match invocation {
-        Invocation::Describe => instance
-            .call_describe(&mut *store)
-            .await
-            .map(Answer::Described)
-            .map_err(|e| classify(e, Stage::Run)),
-        Invocation::Call {
-            tool, arguments, ..
-        } => match instance.call_call(&mut *store, tool, arguments).await {
-            Ok(Ok(out)) => Ok(Answer::Called(out)),
-            Ok(Err(airlock_host_api::CallError::InvalidArguments(m))) => {
-                Err(CallFailure::InvalidArguments(m))
+    let work = match invocation {
+        Invocation::Describe => {
+            return instance
+                .call_describe(&mut *store)
+                .await
+                .map(Answer::Described)
+                .map_err(run);
+        }
+        Invocation::Call { work, .. } => work,
+    };
+    match work {
+        Work::Call { tool, arguments } => {
+            match instance.call_call(&mut *store, tool, arguments).await {
+                Ok(Ok(out)) => Ok(Answer::Called(out)),
+                Ok(Err(CallError::InvalidArguments(m))) => Err(CallFailure::InvalidArguments(m)),
+                Ok(Err(CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
+                Ok(Err(CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(format!(
+                    "the component does not implement tool `{t}` it declared"
+                ))),
+                Err(e) => Err(run(e)),
             }
-            Ok(Err(airlock_host_api::CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
-            Ok(Err(airlock_host_api::CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(
-                format!("the component does not implement tool `{t}` it declared"),
-            )),
-            Err(e) => Err(classify(e, Stage::Run)),
-        },
+        }
+        Work::ReadResource { uri } => instance
+            .call_read_resource(&mut *store, uri)
+            .await
+            .map_err(run)?
+            .map(Answer::Read)
+            .map_err(refused),
+        Work::GetPrompt { name, arguments } => instance
+            .call_get_prompt(&mut *store, name, arguments)
+            .await
+            .map_err(run)?
+            .map(Answer::Prompted)
+            .map_err(refused),
+        Work::Complete(request) => instance
+            .call_complete(&mut *store, request)
+            .await
+            .map_err(run)?
+            .map(Answer::Completed)
+            .map_err(refused),
+    }
+}
+
+/// A 0.1.0 component: its tools, in 0.2.0 terms. It offers nothing else, so nothing else is
+/// routed to it.
+async fn invoke_v1(
+    store: &mut Store<HostState>,
+    pre: &airlock_host_api::v1::ToolPre<HostState>,
+    invocation: Invocation<'_>,
+) -> Result<Answer, CallFailure> {
+    use airlock_host_api::v1::airlock::tool::types::CallError;
+    let instance = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(|e| classify(e, Stage::Instantiate))?;
+    let work = match invocation {
+        Invocation::Describe => {
+            let specs = instance
+                .call_describe(&mut *store)
+                .await
+                .map_err(|e| classify(e, Stage::Run))?;
+            return Ok(Answer::Described(Offer {
+                tools: specs.into_iter().map(Into::into).collect(),
+                resources: Vec::new(),
+                resource_templates: Vec::new(),
+                prompts: Vec::new(),
+            }));
+        }
+        Invocation::Call { work, .. } => work,
+    };
+    let Work::Call { tool, arguments } = work else {
+        return Err(CallFailure::NotFound(format!(
+            "{} (an airlock:tool@0.1.0 component offers tools only)",
+            work.target()
+        )));
+    };
+    match instance.call_call(&mut *store, tool, arguments).await {
+        Ok(Ok(out)) => Ok(Answer::Called(out.into())),
+        Ok(Err(CallError::InvalidArguments(m))) => Err(CallFailure::InvalidArguments(m)),
+        Ok(Err(CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
+        Ok(Err(CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(format!(
+            "the component does not implement tool `{t}` it declared"
+        ))),
+        Err(e) => Err(classify(e, Stage::Run)),
     }
 }
 

@@ -7,22 +7,28 @@ use crate::config::auth::AuthMode;
 use crate::control::live::Live;
 use crate::core::failure::CallFailure;
 use crate::core::principal::{Access, Principal};
-use crate::gate::approval::{ClientChannel, Elicitor, Interaction, Retry};
+use crate::gate::approval::{ClientCaps, ClientChannel, Elicitor, Interaction, Retry};
 use crate::gate::auth::AuthError;
-use crate::pipeline::call::{CallContext, Caller};
-use crate::sandbox::store::GuestEvent;
+use crate::pipeline::call::{CallContext, Caller, Completing, Request};
+use crate::sandbox::output::Response;
+use crate::sandbox::store::{GuestEvent, Signal};
 use crate::serve::listener::ListenerLimits;
 use crate::serve::sessions::{SessionOwners, bind_session};
-use airlock_host_api::LogLevel;
+use airlock_host_api::{Listing, LogLevel};
 use anyhow::{Context, Result, bail};
 use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    InputRequiredResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
-    MetaObject, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
-    ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, InputRequiredResult,
+    InputResponses, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, MetaObject,
+    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, Reference, ResourceUpdatedNotificationParam, ServerCapabilities,
+    ServerConfig, SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::service::{
+    NotificationContext, RequestContext, SubscriptionContext, SubscriptionSendError,
+};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -50,6 +56,8 @@ pub struct McpServer {
     principal: Principal,
     /// The level set with `logging/setLevel` (pre-2026-07-28 clients).
     session_log_level: Arc<Mutex<Option<LoggingLevel>>>,
+    /// The resources this session subscribed to (`resources/subscribe`).
+    subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl McpServer {
@@ -58,6 +66,7 @@ impl McpServer {
             live,
             principal,
             session_log_level: Arc::new(Mutex::new(None)),
+            subscribed: Arc::default(),
         }
     }
 
@@ -130,12 +139,179 @@ fn with_ids(mut r: CallToolResult, caller: &Caller) -> CallToolResult {
     r
 }
 
+/// How a request through the pipeline ended, for the MCP method that made it.
+enum Served {
+    Done(Response),
+    InputRequired(InputRequiredResult),
+}
+
+/// The most resources (URIs) one session may be subscribed to at once.
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+impl McpServer {
+    /// Run `request` through the pipeline for this MCP request: the caller its credentials
+    /// proved, the client's log level, progress token and capabilities, a retry's answers.
+    async fn serve(
+        &self,
+        request: Request<'_>,
+        retry: Option<Retry>,
+        context: &RequestContext<RoleServer>,
+    ) -> (Caller, Result<Served, CallFailure>) {
+        let progress_token = context.meta.get_progress_token();
+        let log_level = self.log_level(context);
+        let (events, forwarder) = if progress_token.is_some() || log_level.is_some() {
+            let (tx, mut rx) = mpsc::channel::<GuestEvent>(64);
+            let peer = context.peer.clone();
+            let logger = request.name().to_owned();
+            let task = tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    match event {
+                        GuestEvent::Progress {
+                            progress,
+                            total,
+                            message,
+                        } => {
+                            if let Some(token) = &progress_token {
+                                let mut p = ProgressNotificationParam::new(token.clone(), progress);
+                                if let Some(t) = total {
+                                    p = p.with_total(t);
+                                }
+                                if let Some(m) = message {
+                                    p = p.with_message(m);
+                                }
+                                let _ = peer.notify_progress(p).await;
+                            }
+                        }
+                        GuestEvent::Log { level, message } => {
+                            let level = mcp_level(level);
+                            if log_level.is_some_and(|min| rank(level) >= rank(min)) {
+                                let p = LoggingMessageNotificationParam::new(level, message.into())
+                                    .with_logger(&logger);
+                                let _ = peer.notify_logging_message(p).await;
+                            }
+                        }
+                    }
+                }
+            });
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
+
+        let traceparent = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let caller = Caller::new(self.principal(context), traceparent);
+        let (channel, caps) = client_channel(context);
+        let interaction = Arc::new(Interaction::new(
+            caller.principal.name.clone(),
+            channel,
+            caps,
+            retry,
+        ));
+        let ctx = CallContext {
+            cancel: context.ct.clone(),
+            events,
+            interaction: interaction.clone(),
+            parent_clock: None,
+        };
+        let airlock = self.live.current();
+        let result = airlock.serve(request, &caller, ctx).await;
+        // The sender went with the call's store; wait for the last notifications to go out so
+        // that none follows the response.
+        if let Some(task) = forwarder {
+            let _ = task.await;
+        }
+        let served = match result {
+            Ok(r) => Ok(Served::Done(r)),
+            Err(CallFailure::InputRequired) => interaction
+                .input_required(&airlock.operator().approvals)
+                .map_err(CallFailure::HostError)
+                .map(|(requests, state)| {
+                    let mut meta = serde_json::Map::new();
+                    meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());
+                    meta.insert(
+                        CORRELATION_META_KEY.into(),
+                        caller.correlation_id.clone().into(),
+                    );
+                    Served::InputRequired(
+                        InputRequiredResult::new(Some(requests), Some(state))
+                            .with_meta(MetaObject(meta)),
+                    )
+                }),
+            Err(f) => Err(f),
+        };
+        (caller, served)
+    }
+
+    /// Whether `uri` is a resource this session's principal may read (declared, or matching
+    /// a template, of a component its roles reach).
+    fn may_read(&self, uri: &str, context: &RequestContext<RoleServer>) -> bool {
+        let airlock = self.live.current();
+        let principal = self.principal(context);
+        airlock
+            .catalog()
+            .resource(uri)
+            .is_ok_and(|c| principal.may_use(&c.entry.roles))
+    }
+}
+
+/// A failure of a request other than a tool call, as the JSON-RPC error MCP asks for: a
+/// missing resource or prompt, bad arguments, a missing client capability; anything else names
+/// its outcome in `data`.
+fn request_error(f: CallFailure, uri: Option<&str>) -> ErrorData {
+    let mut data = serde_json::json!({ OUTCOME_META_KEY: f.kind() });
+    if let CallFailure::RateLimited { retry_after, .. } = &f {
+        data[RETRY_AFTER_META_KEY] = (retry_after.as_millis() as u64).into();
+    }
+    match f {
+        CallFailure::NotFound(_) | CallFailure::UnknownTool(_) if uri.is_some() => {
+            data["uri"] = uri.unwrap_or_default().into();
+            ErrorData::resource_not_found("Resource not found", Some(data))
+        }
+        CallFailure::NotFound(m) => {
+            ErrorData::invalid_params(format!("not found: {m}"), Some(data))
+        }
+        f @ (CallFailure::InvalidArguments(_) | CallFailure::ArgumentsTooLarge { .. }) => {
+            ErrorData::invalid_params(f.to_string(), Some(data))
+        }
+        f @ CallFailure::TicketRefused { .. } => {
+            ErrorData::invalid_params(f.to_string(), Some(data))
+        }
+        CallFailure::MissingCapability { capability } => missing_capability(capability),
+        f if f.decision() == "denied" => ErrorData::invalid_request(f.to_string(), Some(data)),
+        f => ErrorData::internal_error(f.to_string(), Some(data)),
+    }
+}
+
+/// MCP's error for a call that needs a capability the client did not declare.
+fn missing_capability(capability: &str) -> ErrorData {
+    let mut required = serde_json::Map::new();
+    required.insert(capability.to_owned(), serde_json::json!({}));
+    match serde_json::from_value::<rmcp::model::ClientCapabilities>(serde_json::Value::Object(
+        required,
+    )) {
+        Ok(caps) => ErrorData::missing_required_client_capability(caps),
+        Err(e) => {
+            ErrorData::internal_error(format!("missing client capability {capability}: {e}"), None)
+        }
+    }
+}
+
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_resources_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_completions()
                 .enable_logging()
                 .build(),
         )
@@ -165,47 +341,233 @@ impl ServerHandler for McpServer {
             .map(|t| t.tool.clone())
     }
 
-    /// Sessions of the revisions before 2026-07-28 hear of tool-list changes (operator kills,
-    /// reloads) as `notifications/tools/list_changed` for as long as they last.
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(
+            self.live.current().resources_for(&self.principal(&context)),
+        ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.live.current().templates_for(&self.principal(&context)),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri.as_str();
+        let retry = retry_of(&request.request_state, &request.input_responses);
+        match self
+            .serve(Request::ReadResource { uri }, retry, &context)
+            .await
+            .1
+        {
+            Ok(Served::Done(Response::Resource(r))) => Ok(r.into()),
+            Ok(Served::InputRequired(r)) => Ok(r.into()),
+            Ok(Served::Done(_)) => Err(ErrorData::internal_error(
+                "a read answered with something else",
+                None,
+            )),
+            Err(f) => Err(request_error(f, Some(uri))),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(
+            self.live.current().prompts_for(&self.principal(&context)),
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let asked = Request::GetPrompt {
+            name: &request.name,
+            arguments: request.arguments.as_ref(),
+        };
+        let retry = retry_of(&request.request_state, &request.input_responses);
+        match self.serve(asked, retry, &context).await.1 {
+            Ok(Served::Done(Response::Prompt(r))) => Ok(r.into()),
+            Ok(Served::InputRequired(r)) => Ok(r.into()),
+            Ok(Served::Done(_)) => Err(ErrorData::internal_error(
+                "a prompt answered with something else",
+                None,
+            )),
+            Err(f) => Err(request_error(f, None)),
+        }
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let of = match &request.r#ref {
+            Reference::Prompt(p) => Completing::Prompt(&p.name),
+            Reference::Resource(r) => Completing::Template(&r.uri),
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "unknown completion reference",
+                    None,
+                ));
+            }
+        };
+        let context_arguments = request
+            .context
+            .iter()
+            .flat_map(|c| c.arguments.iter().flatten())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let asked = Request::Complete {
+            of,
+            argument: &request.argument.name,
+            value: &request.argument.value,
+            context: context_arguments,
+        };
+        match self.serve(asked, None, &context).await.1 {
+            Ok(Served::Done(Response::Completion(r))) => Ok(r),
+            Ok(_) => Err(ErrorData::internal_error(
+                "a completion cannot ask the client for input",
+                None,
+            )),
+            Err(f) => Err(request_error(f, None)),
+        }
+    }
+
+    /// Sessions of the revisions before 2026-07-28 subscribe to a resource's updates here.
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if !self.may_read(&request.uri, &context) {
+            return Err(ErrorData::resource_not_found(
+                "Resource not found",
+                Some(serde_json::json!({ "uri": request.uri })),
+            ));
+        }
+        let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
+        if subscribed.len() >= MAX_SUBSCRIPTIONS && !subscribed.contains(&request.uri) {
+            return Err(ErrorData::invalid_request(
+                format!("a session may subscribe to at most {MAX_SUBSCRIPTIONS} resources"),
+                None,
+            ));
+        }
+        subscribed.insert(request.uri);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscribed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request.uri);
+        Ok(())
+    }
+
+    /// Sessions of the revisions before 2026-07-28 hear of list changes (operator kills,
+    /// reloads, components' signals) and of updates to the resources they subscribed to, for
+    /// as long as they last.
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        let mut changes = self.live.watch_tools();
+        let mut reloads = self.live.watch_tools();
+        let mut signals = self.live.current().operator().signals.subscribe();
+        let subscribed = self.subscribed.clone();
         let peer = context.peer;
         tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
+            loop {
+                let sent = tokio::select! {
+                    changed = reloads.changed() => match changed {
+                        Err(_) => break,
+                        Ok(()) => peer.notify_tool_list_changed().await,
+                    },
+                    signal = signals.recv() => match signal {
+                        Ok(Signal::ListChanged(Listing::Tools)) => peer.notify_tool_list_changed().await,
+                        Ok(Signal::ListChanged(Listing::Prompts)) => peer.notify_prompt_list_changed().await,
+                        Ok(Signal::ListChanged(Listing::Resources)) => peer.notify_resource_list_changed().await,
+                        Ok(Signal::ResourceUpdated(uri)) => {
+                            let wanted = subscribed.lock().unwrap_or_else(|p| p.into_inner()).contains(&*uri);
+                            if !wanted {
+                                continue;
+                            }
+                            peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.to_string())).await
+                        }
+                        // A session that fell behind misses the oldest signals.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                };
+                if sent.is_err() || peer.is_transport_closed() {
                     break;
                 }
             }
         });
     }
 
-    /// 2026-07-28 clients subscribe with `subscriptions/listen`: only tool-list changes are
-    /// offered.
-    /// Every `subscriptions/listen` is accepted. Tool list changes are what Airlock sends; the
-    /// SDK keeps of them what the client asked for, so a filter without them (an empty one
-    /// included) is acknowledged empty, not refused.
+    /// 2026-07-28 clients subscribe with `subscriptions/listen`. Every filter is accepted; the
+    /// SDK keeps of it what the client asked for and the capabilities allow, and sends only
+    /// that (an empty filter is acknowledged empty, not refused).
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().build())
+        let mut accepted = SubscriptionFilter::builder()
+            .tools_list_changed()
+            .prompts_list_changed()
+            .resources_list_changed()
+            .build();
+        // Updates of at most MAX_SUBSCRIPTIONS resources per stream.
+        accepted.resource_subscriptions = requested
+            .resource_subscriptions
+            .as_ref()
+            .map(|uris| uris.iter().take(MAX_SUBSCRIPTIONS).cloned().collect());
+        Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        if context.accepted().tools_list_changed != Some(true) {
-            // Nothing the client asked for is ever sent: the stream stays open until it ends.
-            context.cancelled().await;
-            return Ok(());
-        }
-        let mut changes = self.live.watch_tools();
+        let mut reloads = self.live.watch_tools();
+        let mut signals = self.live.current().operator().signals.subscribe();
+        let sink = context.sink();
         loop {
-            tokio::select! {
+            let sent = tokio::select! {
                 _ = context.cancelled() => return Ok(()),
-                changed = changes.changed() => {
-                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
-                        return Ok(());
-                    }
-                }
+                changed = reloads.changed() => match changed {
+                    Err(_) => return Ok(()),
+                    Ok(()) => sink.notify_tool_list_changed().await,
+                },
+                signal = signals.recv() => match signal {
+                    Ok(Signal::ListChanged(Listing::Tools)) => sink.notify_tool_list_changed().await,
+                    Ok(Signal::ListChanged(Listing::Prompts)) => sink.notify_prompt_list_changed().await,
+                    Ok(Signal::ListChanged(Listing::Resources)) => sink.notify_resource_list_changed().await,
+                    Ok(Signal::ResourceUpdated(uri)) => sink.notify_resource_updated(uri.to_string()).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            };
+            match sent {
+                // What the client did not ask for is not sent.
+                Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                Err(_) => return Ok(()),
             }
         }
     }
@@ -227,93 +589,19 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let progress_token = context.meta.get_progress_token();
-        let log_level = self.log_level(&context);
-        let (events, forwarder) = if progress_token.is_some() || log_level.is_some() {
-            let (tx, mut rx) = mpsc::channel::<GuestEvent>(64);
-            let peer = context.peer.clone();
-            let tool = request.name.to_string();
-            let task = tokio::spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    match event {
-                        GuestEvent::Progress {
-                            progress,
-                            total,
-                            message,
-                        } => {
-                            if let Some(token) = &progress_token {
-                                let mut p = ProgressNotificationParam::new(token.clone(), progress);
-                                if let Some(t) = total {
-                                    p = p.with_total(t);
-                                }
-                                if let Some(m) = message {
-                                    p = p.with_message(m);
-                                }
-                                let _ = peer.notify_progress(p).await;
-                            }
-                        }
-                        GuestEvent::Log { level, message } => {
-                            let level = mcp_level(level);
-                            if log_level.is_some_and(|min| rank(level) >= rank(min)) {
-                                let p = LoggingMessageNotificationParam::new(level, message.into())
-                                    .with_logger(&tool);
-                                let _ = peer.notify_logging_message(p).await;
-                            }
-                        }
-                    }
-                }
-            });
-            (Some(tx), Some(task))
-        } else {
-            (None, None)
+        let asked = Request::Tool {
+            name: &request.name,
+            arguments: request.arguments.as_ref(),
         };
-
-        let traceparent = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|p| p.headers.get("traceparent"))
-            .and_then(|v| v.to_str().ok());
-        let caller = Caller::new(self.principal(&context), traceparent);
-        let retry = request.request_state.clone().map(|state| Retry {
-            request_state: state,
-            input_responses: request.input_responses.clone().unwrap_or_default(),
-        });
-        let interaction = Arc::new(Interaction::new(
-            caller.principal.name.clone(),
-            client_channel(&context),
-            retry,
-        ));
-        let ctx = CallContext {
-            cancel: context.ct.clone(),
-            events,
-            interaction: interaction.clone(),
-            parent_clock: None,
-        };
-        let airlock = self.live.current();
-        let result = airlock
-            .call(&request.name, request.arguments.as_ref(), &caller, ctx)
-            .await;
-        // The sender went with the call's store; wait for the last notifications to go out so
-        // that none follows the response.
-        if let Some(task) = forwarder {
-            let _ = task.await;
-        }
-        match result {
-            Ok(r) => Ok(with_ids(r, &caller).into()),
-            Err(CallFailure::InputRequired) => {
-                let (requests, state) = interaction
-                    .input_required(&airlock.operator().approvals)
-                    .map_err(|e| ErrorData::internal_error(e, None))?;
-                let mut meta = serde_json::Map::new();
-                meta.insert(CALL_ID_META_KEY.into(), caller.call_id.clone().into());
-                meta.insert(
-                    CORRELATION_META_KEY.into(),
-                    caller.correlation_id.clone().into(),
-                );
-                Ok(InputRequiredResult::new(Some(requests), Some(state))
-                    .with_meta(MetaObject(meta))
-                    .into())
-            }
+        let retry = retry_of(&request.request_state, &request.input_responses);
+        let (caller, served) = self.serve(asked, retry, &context).await;
+        match served {
+            Ok(Served::Done(Response::Tool(r))) => Ok(with_ids(r, &caller).into()),
+            Ok(Served::InputRequired(r)) => Ok(r.into()),
+            Ok(Served::Done(_)) => Err(ErrorData::internal_error(
+                "a tool call answered with something else",
+                None,
+            )),
             Err(CallFailure::UnknownTool(name)) => Err(ErrorData::invalid_params(
                 format!("unknown tool `{name}`"),
                 None,
@@ -326,46 +614,76 @@ impl ServerHandler for McpServer {
                 },
             ) => Err(ErrorData::invalid_params(
                 f.to_string(),
-                Some(serde_json::json!({ "airlock/outcome": f.kind() })),
+                Some(serde_json::json!({ OUTCOME_META_KEY: f.kind() })),
             )),
+            // The client lacks what the tool needs: MCP's error, which names it.
+            Err(CallFailure::MissingCapability { capability }) => {
+                Err(missing_capability(capability))
+            }
             Err(f) => Ok(with_ids(failure_result(&f), &caller).into()),
         }
     }
 }
 
-/// How this request's client can ask its user: inline on revisions that allow server
-/// requests, by `input_required` rounds on 2026-07-28, not at all without the capability.
-fn client_channel(context: &RequestContext<RoleServer>) -> ClientChannel {
-    let can_elicit = context
+/// What a retried request (2026-07-28) brought back: its sealed state and the client's answers.
+fn retry_of(state: &Option<String>, responses: &Option<InputResponses>) -> Option<Retry> {
+    state.clone().map(|request_state| Retry {
+        request_state,
+        input_responses: responses.clone().unwrap_or_default(),
+    })
+}
+
+/// How this request's client can be asked (inline on revisions that allow server requests, by
+/// `input_required` rounds on 2026-07-28, not at all without any capability) and what it said
+/// it supports.
+fn client_channel(context: &RequestContext<RoleServer>) -> (ClientChannel, ClientCaps) {
+    let caps = context
         .client_capabilities()
-        .is_some_and(|c| c.elicitation.is_some());
-    if !can_elicit {
-        return ClientChannel::Unable;
-    }
-    if context.protocol_version() >= Some(ProtocolVersion::V_2026_07_28) {
+        .map(|c| ClientCaps {
+            elicitation: c.elicitation.is_some(),
+            sampling: c.sampling.is_some(),
+            roots: c.roots.is_some(),
+        })
+        .unwrap_or_default();
+    let channel = if caps == ClientCaps::default() {
+        ClientChannel::Unable
+    } else if context.protocol_version() >= Some(ProtocolVersion::V_2026_07_28) {
         ClientChannel::Rounds
     } else {
         ClientChannel::Inline(Arc::new(PeerElicitor(context.peer.clone())))
-    }
+    };
+    (channel, caps)
 }
 
-/// Server-initiated elicitation on a session that allows it.
+/// Server-initiated requests on a session that allows them.
 struct PeerElicitor(rmcp::Peer<RoleServer>);
 
 impl Elicitor for PeerElicitor {
-    fn elicit(
+    #[allow(deprecated)] // Sampling and roots are deprecated by SEP-2577 but still in the protocol.
+    fn ask(
         &self,
-        params: rmcp::model::ElicitRequestParams,
+        request: rmcp::model::InputRequest,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>,
     > {
         let peer = self.0.clone();
         Box::pin(async move {
-            let answer = peer
-                .create_elicitation(params)
-                .await
-                .map_err(|e| format!("the client did not answer: {e}"))?;
-            serde_json::to_value(answer).map_err(|e| e.to_string())
+            let unanswered = |e: rmcp::ServiceError| format!("the client did not answer: {e}");
+            let answer = match request {
+                rmcp::model::InputRequest::Elicitation(r) => serde_json::to_value(
+                    peer.create_elicitation(r.params)
+                        .await
+                        .map_err(unanswered)?,
+                ),
+                rmcp::model::InputRequest::CreateMessage(r) => {
+                    serde_json::to_value(peer.create_message(r.params).await.map_err(unanswered)?)
+                }
+                rmcp::model::InputRequest::ListRoots(_) => {
+                    serde_json::to_value(peer.list_roots().await.map_err(unanswered)?)
+                }
+                _ => return Err("a request this server does not make".to_owned()),
+            };
+            answer.map_err(|e| e.to_string())
         })
     }
 }
