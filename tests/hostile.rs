@@ -646,3 +646,58 @@ fn a_call_holds_a_bounded_number_of_handles_of_any_kind() {
     );
     assert_eq!(s.call("benign")["text"], "still here");
 }
+
+#[test]
+fn signals_and_questions_a_component_gives_are_bounded() {
+    // A flood of list-changed signals (each would reach every listening session), more
+    // requests in one `ask` than a call may ask in all, one key twice, and updates of a
+    // resource the component does not serve: each ends or is refused by name.
+    let dir = TempDir::new("signals");
+    let config = hostile_config(&dir, "max_signals = 8");
+    let flood = |channel: &str, size: u64, count: u64| json!({"channel": channel, "size": size, "count": count});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({
+            "calls": [
+                {"id": "signals", "tool": "hostile_channel_flood", "args": flood("signals", 0, 1 << 24)},
+                {"id": "few", "tool": "hostile_channel_flood", "args": flood("signals", 0, 8)},
+                {"id": "many", "tool": "hostile_channel_flood", "args": flood("ask", 0, 20)},
+                {"id": "twice", "tool": "hostile_channel_flood", "args": flood("ask", 1, 2)},
+                {"id": "updates", "tool": "hostile_channel_flood",
+                 "args": {"channel": "updates", "size": 0, "count": 3, "path": "test://not-mine"}},
+                {"id": "during", "tool": "fixture_echo", "args": {"message": "during"}, "delay_ms": 30}
+            ],
+            "then": [{"id": "after", "tool": "fixture_echo", "args": {"message": "after"}}]
+        }),
+    );
+    let signals = s.call("signals");
+    assert_eq!(outcome(signals), "signal_limit_exceeded", "{signals}");
+    assert_eq!(
+        signals["text"],
+        "the component gave more than 8 signals in one request"
+    );
+    assert_eq!(s.call("few")["text"], "8 signals given", "{}", s.report);
+    let many = s.call("many");
+    assert_eq!(outcome(many), "too_many_questions", "{many}");
+    assert_eq!(
+        many["text"],
+        "tool hostile_channel_flood asked more than 16 questions in one call: denied"
+    );
+    let twice = s.call("twice");
+    assert_eq!(outcome(twice), "tool_failed", "{twice}");
+    assert_eq!(
+        twice["text"],
+        "cannot ask the client: the key \"same\" is used twice"
+    );
+    // An update of a resource the component does not serve goes nowhere, and says so.
+    assert_eq!(s.call("updates")["text"], "3 updates given", "{}", s.report);
+    assert!(
+        s.stderr
+            .contains("signal ignored: hostile does not serve the resource test://not-mine"),
+        "{}",
+        s.stderr
+    );
+    assert_eq!(s.call("during")["text"], "during", "{}", s.report);
+    assert_eq!(s.call("after")["text"], "after", "{}", s.report);
+}

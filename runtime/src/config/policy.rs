@@ -131,6 +131,7 @@ struct LimitsSection {
     max_open_sockets: Option<u32>,
     max_requests_in_flight: Option<u32>,
     max_handles: Option<u32>,
+    max_signals: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +228,9 @@ pub struct Limits {
     /// pollables, sockets, HTTP requests and their parts): each is host memory; past it the
     /// call traps.
     pub max_handles: u32,
+    /// Signals (`list-changed`, `resource-updated`) one request may give: each reaches every
+    /// listening session; past it the request ends (`signal_limit_exceeded`).
+    pub max_signals: u32,
 }
 
 impl Limits {
@@ -275,6 +279,7 @@ impl Default for Limits {
             max_open_sockets: 16,
             max_requests_in_flight: 16,
             max_handles: 4096,
+            max_signals: 16,
         }
     }
 }
@@ -1055,6 +1060,12 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             s.max_handles.unwrap_or(base.max_handles),
             64,
             1_000_000,
+        )?,
+        max_signals: range(
+            "max_signals",
+            s.max_signals.unwrap_or(base.max_signals),
+            0,
+            1_024,
         )?,
     })
 }

@@ -125,6 +125,9 @@ pub enum CallFailure {
     /// The tool sent more log and progress messages than `max_message_volume` allows.
     #[error("the tool sent more than {limit} of log and progress messages")]
     MessageLimitExceeded { limit: ByteSize },
+    /// More `list-changed` and `resource-updated` signals than `max_signals` in one request.
+    #[error("the component gave more than {limit} signals in one request")]
+    SignalLimitExceeded { limit: u32 },
     /// A `confirm` or `elicit` text larger than `max_question_bytes`.
     #[error("the tool's question is larger than {limit}")]
     QuestionTooLarge { limit: ByteSize },
@@ -222,6 +225,7 @@ impl CallFailure {
                 "output_too_large"
             }
             CallFailure::MessageLimitExceeded { .. } => "message_limit_exceeded",
+            CallFailure::SignalLimitExceeded { .. } => "signal_limit_exceeded",
             CallFailure::QuestionTooLarge { .. } => "question_too_large",
             CallFailure::QuotaExceeded { .. } => "quota_exceeded",
             CallFailure::InvalidOutput(_) => "invalid_output",

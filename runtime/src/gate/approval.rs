@@ -112,10 +112,7 @@ impl Question {
         Question {
             asking,
             tool: tool.to_owned(),
-            message: match asking {
-                Asking::Elicit => format!("{tool}: {message}"),
-                _ => format!("{tool}: {message}"),
-            },
+            message: format!("{tool}: {message}"),
             key: key(asking, tool, &format!("{wire}\n{message}"), &body),
             schema,
             wire: Some(wire.to_owned()),
@@ -503,11 +500,10 @@ impl Interaction {
             &ClientChannel::Unable
         };
         let answered = match (via, channel) {
-            // Sampling and roots are the client's to give: a client that did not declare them
-            // gets MCP's missing-capability error.
-            (Via::Client, ClientChannel::Unable)
-                if matches!(question.asking, Asking::Sample | Asking::Roots) =>
-            {
+            // Forms, sampling and roots are the client's to give: a client that did not declare
+            // them gets MCP's missing-capability error. (An approval or a confirmation it cannot
+            // show is refused by name below, or went to the operator above.)
+            (Via::Client, ClientChannel::Unable) if question.asking.is_data() => {
                 record(
                     "unavailable",
                     "",

@@ -412,7 +412,8 @@ impl Airlock {
         // request, for both. A target the catalog found has a declared name (checked at load);
         // any other name is the client's text and is scrubbed.
         let secrets = &*self.catalog.redactor;
-        let name = request.name();
+        // A name the client chose is kept to a bounded length in records and the log.
+        let name = shown_name(request.name());
         let shown = Shown {
             tool: if usage.component.is_some() && request.offering() != Offering::Resource {
                 Cow::Borrowed(name)
@@ -938,13 +939,9 @@ struct Services {
 }
 
 impl Services {
-    /// One request of the tool's `ask` as a question: its key usable and unique among
-    /// `all`, its form or sampling request well formed.
-    fn question_of(
-        &self,
-        r: &airlock_host_api::InputRequest,
-        all: &[airlock_host_api::InputRequest],
-    ) -> Result<Question, String> {
+    /// One request of the tool's `ask` as a question: its key usable, its form or sampling
+    /// request well formed.
+    fn question_of(&self, r: &airlock_host_api::InputRequest) -> Result<Question, String> {
         use airlock_host_api::InputKind;
         let key = &r.key;
         if !crate::pipeline::catalog::valid_name(key) {
@@ -952,9 +949,6 @@ impl Services {
                 "the key \"{}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - .",
                 key.chars().take(64).collect::<String>()
             ));
-        }
-        if all.iter().filter(|o| o.key == *key).count() > 1 {
-            return Err(format!("the key \"{key}\" is used twice"));
         }
         let tool = &self.tool;
         Ok(match &r.kind {
@@ -1110,9 +1104,20 @@ impl CallServices for Services {
         requests: Vec<airlock_host_api::InputRequest>,
     ) -> Served<Result<Vec<airlock_host_api::Answer>, String>> {
         Box::pin(async move {
+            // More requests than a call may ask questions in all is refused before any work.
+            if requests.len() > crate::gate::approval::MAX_QUESTIONS as usize {
+                return Err(CallFailure::TooManyQuestions {
+                    tool: self.tool.to_string(),
+                    limit: crate::gate::approval::MAX_QUESTIONS,
+                });
+            }
+            let mut keys = std::collections::HashSet::with_capacity(requests.len());
+            if let Some(r) = requests.iter().find(|r| !keys.insert(r.key.as_str())) {
+                return Ok(Err(format!("the key \"{}\" is used twice", r.key)));
+            }
             let mut questions = Vec::with_capacity(requests.len());
             for r in &requests {
-                let question = match self.question_of(r, &requests) {
+                let question = match self.question_of(r) {
                     Ok(q) => q,
                     Err(why) => return Ok(Err(why)),
                 };
@@ -1387,6 +1392,14 @@ fn resize(slots: &Arc<Semaphore>, from: u32, to: u32) {
             }
         });
     }
+}
+
+/// The longest name (tool, prompt, URI) a record or log line shows.
+const MAX_SHOWN_NAME: usize = 512;
+
+/// `name`, cut to [`MAX_SHOWN_NAME`] bytes on a character boundary.
+fn shown_name(name: &str) -> &str {
+    &name[..name.floor_char_boundary(MAX_SHOWN_NAME)]
 }
 
 /// What a client asks of the hosted components.

@@ -345,28 +345,26 @@ fn instantiable(
 }
 
 /// An RFC 6570 URI template of simple (`{var}`, one path segment) and reserved (`{+var}`,
-/// anything) expressions: enough to route a URI to the component that serves it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// anything) expressions: enough to route a URI to the component that serves it. It is
+/// compiled at load into an anchored regular expression, so matching a client's URI takes time
+/// linear in its length whatever the template.
+#[derive(Debug, Clone)]
 pub struct UriTemplate {
-    parts: Vec<TemplatePart>,
+    pattern: regex::Regex,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TemplatePart {
-    Literal(String),
-    /// A variable; `reserved` ones may span `/`.
-    Variable {
-        reserved: bool,
-    },
-}
+/// The most expressions a template may hold.
+const MAX_TEMPLATE_VARIABLES: usize = 16;
 
 impl UriTemplate {
     pub fn parse(template: &str) -> Result<UriTemplate, String> {
-        let mut parts = Vec::new();
+        let mut pattern = String::from("^");
         let mut rest = template;
+        let mut variables = 0;
+        let mut after_variable = false;
         while !rest.is_empty() {
-            match rest.find('{') {
-                Some(0) => {
+            match rest.find(['{', '}']) {
+                Some(0) if rest.starts_with('{') => {
                     let end = rest
                         .find('}')
                         .ok_or_else(|| format!("\"{template}\": an expression is not closed"))?;
@@ -384,57 +382,46 @@ impl UriTemplate {
                             "\"{template}\": only {{name}} and {{+name}} expressions are supported"
                         ));
                     }
-                    if matches!(parts.last(), Some(TemplatePart::Variable { .. })) {
+                    if after_variable {
                         return Err(format!(
                             "\"{template}\": two expressions must be separated by text"
                         ));
                     }
-                    parts.push(TemplatePart::Variable { reserved });
+                    variables += 1;
+                    if variables > MAX_TEMPLATE_VARIABLES {
+                        return Err(format!(
+                            "\"{template}\": more than {MAX_TEMPLATE_VARIABLES} expressions"
+                        ));
+                    }
+                    pattern.push_str(if reserved { "(?:.+?)" } else { "(?:[^/?#]+?)" });
+                    after_variable = true;
                     rest = &rest[end + 1..];
                 }
+                Some(0) => return Err(format!("\"{template}\": a '}}' outside an expression")),
                 Some(i) => {
-                    parts.push(TemplatePart::Literal(rest[..i].to_owned()));
+                    pattern.push_str(&regex::escape(&rest[..i]));
+                    after_variable = false;
                     rest = &rest[i..];
                 }
                 None => {
-                    parts.push(TemplatePart::Literal(rest.to_owned()));
+                    pattern.push_str(&regex::escape(rest));
+                    after_variable = false;
                     rest = "";
                 }
             }
         }
-        if rest.contains('}')
-            || parts
-                .iter()
-                .any(|p| matches!(p, TemplatePart::Literal(l) if l.contains('}')))
-        {
-            return Err(format!("\"{template}\": a '}}' outside an expression"));
-        }
-        Ok(UriTemplate { parts })
+        pattern.push('$');
+        let pattern = regex::RegexBuilder::new(&pattern)
+            .dot_matches_new_line(true)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("\"{template}\": {e}"))?;
+        Ok(UriTemplate { pattern })
     }
 
     /// Whether `uri` is one of the URIs the template describes.
     pub fn matches(&self, uri: &str) -> bool {
-        fn from(parts: &[TemplatePart], uri: &str) -> bool {
-            match parts.split_first() {
-                None => uri.is_empty(),
-                Some((TemplatePart::Literal(l), rest)) => {
-                    uri.strip_prefix(l.as_str()).is_some_and(|u| from(rest, u))
-                }
-                Some((TemplatePart::Variable { reserved }, rest)) => {
-                    // A variable takes at least one character; the text after it decides
-                    // where it ends (the shortest match that lets the rest match).
-                    let limit = if *reserved {
-                        uri.len()
-                    } else {
-                        uri.find(['/', '?', '#']).unwrap_or(uri.len())
-                    };
-                    (1..=limit)
-                        .filter(|i| uri.is_char_boundary(*i))
-                        .any(|i| from(rest, &uri[i..]))
-                }
-            }
-        }
-        from(&self.parts, uri)
+        self.pattern.is_match(uri)
     }
 }
 
@@ -546,6 +533,19 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
         ));
     }
     let mut prompts = Vec::with_capacity(offer.prompts.len());
+    if let Some(t) = offer.resource_templates.iter().find(|t| {
+        offer
+            .resource_templates
+            .iter()
+            .filter(|o| o.uri_template == t.uri_template)
+            .count()
+            > 1
+    }) {
+        return Err(format!(
+            "resource template \"{}\" is declared twice",
+            t.uri_template
+        ));
+    }
     for p in &offer.prompts {
         if !valid_tool_name(&p.name) {
             let shown: String = p
@@ -748,6 +748,28 @@ fn to_mcp_tool(spec: ToolSpec, limits: &crate::config::policy::Limits) -> Result
 mod tests {
     use super::*;
     use airlock_host_api::Hints;
+
+    #[test]
+    fn uri_templates_match_in_linear_time_and_refuse_what_they_cannot_route() {
+        let t = UriTemplate::parse("test://template/{id}/data").unwrap();
+        assert!(t.matches("test://template/123/data"));
+        assert!(!t.matches("test://template/1/2/data"));
+        assert!(!t.matches("test://template//data"));
+        assert!(!t.matches("test://template/123/data/more"));
+        let docs = UriTemplate::parse("docs:///{+path}").unwrap();
+        assert!(docs.matches("docs:///runbooks/deploy.md"));
+        assert!(!docs.matches("docs:///"));
+        // Regex metacharacters in the literal text are literal.
+        let dotted = UriTemplate::parse("a.b://{x}").unwrap();
+        assert!(!dotted.matches("aXb://y"));
+        // A template built to make a backtracking matcher explode, and a long URI against it.
+        let nasty = UriTemplate::parse(&format!("x:{}", "{+a}a".repeat(16))).unwrap();
+        assert!(!nasty.matches(&format!("x:{}b", "a".repeat(4000))));
+        for bad in ["x:{a}{b}", "x:{a", "x:}", "x:{a b}", "x:{?q}"] {
+            assert!(UriTemplate::parse(bad).is_err(), "{bad}");
+        }
+        assert!(UriTemplate::parse(&format!("x:{}", "{a}/".repeat(17))).is_err());
+    }
 
     #[test]
     fn tool_names_are_at_most_64_characters_of_the_allowed_set() {

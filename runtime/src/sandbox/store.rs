@@ -126,6 +126,8 @@ pub struct HostState {
     tcp_granted: bool,
     /// Whether the call may ask the client's model (`sample`).
     sample_granted: bool,
+    /// Signals the request may still give.
+    signals_left: u32,
     shadow: bool,
     /// Open files and quotas of the call's filesystem grants.
     pub(super) files: crate::sandbox::files::CallFiles,
@@ -428,6 +430,8 @@ struct MessageBudget {
     volume: ByteSize,
     /// Bytes of one question's text.
     question: ByteSize,
+    /// Signals one request may give.
+    signals: u32,
 }
 
 /// How long a tool that watches `cancelled()` may run on after a stop or cancellation.
@@ -469,6 +473,18 @@ impl HostState {
             InputKind::Roots => {}
         }
         r
+    }
+
+    /// One of the request's signals, or the end of it: each signal reaches every listening
+    /// session.
+    fn take_signal(&mut self) -> wasmtime::Result<()> {
+        if self.signals_left == 0 {
+            return Err(end_run(CallFailure::SignalLimitExceeded {
+                limit: self.budget.signals,
+            }));
+        }
+        self.signals_left -= 1;
+        Ok(())
     }
 
     /// Sampling spends the client's model on the call's behalf: only with the tool's grant.
@@ -714,7 +730,12 @@ impl airlock_host_api::Host for HostState {
             .into_iter()
             .map(|r| self.clean_request(r))
             .collect();
-        services.ask(requests).await.map_err(end_run)
+        let answers = services.ask(requests).await.map_err(end_run)?;
+        // What the client sent back is host work for the call too.
+        if let Ok(answers) = &answers {
+            self.charge(answers.iter().map(answer_size).sum());
+        }
+        Ok(answers)
     }
 
     async fn sample(
@@ -749,6 +770,7 @@ impl airlock_host_api::Host for HostState {
 
     fn list_changed(&mut self, what: Listing) -> wasmtime::Result<()> {
         self.spend(0)?;
+        self.take_signal()?;
         let services = self.services()?;
         if let Err(why) = services.signal(Signal::ListChanged(what)) {
             tracing::warn!(target: "airlock::guest", component = &*self.component, "signal ignored: {why}");
@@ -758,6 +780,7 @@ impl airlock_host_api::Host for HostState {
 
     fn resource_updated(&mut self, uri: String) -> wasmtime::Result<()> {
         self.spend(uri.len())?;
+        self.take_signal()?;
         let services = self.services()?;
         if let Err(why) = services.signal(Signal::ResourceUpdated(Arc::from(uri))) {
             let why = self.shapes.redact(&why).into_owned();
@@ -765,6 +788,23 @@ impl airlock_host_api::Host for HostState {
         }
         Ok(())
     }
+}
+
+/// Bytes of an answer to `ask` the host handled.
+fn answer_size(a: &InputAnswer) -> usize {
+    a.key.len()
+        + match &a.reply {
+            InputReply::Form(ElicitAnswer::Accept(json)) => json.len(),
+            InputReply::Form(_) => 0,
+            InputReply::Sample(Ok(r)) => {
+                r.model.len() + crate::sandbox::output::content_size(&r.content)
+            }
+            InputReply::Sample(Err(SampleError::Declined(m) | SampleError::Invalid(m))) => m.len(),
+            InputReply::Roots(roots) => roots
+                .iter()
+                .map(|r| r.uri.len() + r.name.as_ref().map_or(0, String::len))
+                .sum(),
+        }
 }
 
 /// Bytes of text a request of `ask` makes the host handle.
@@ -1024,7 +1064,9 @@ pub async fn run(
             left: limits.max_message_volume.bytes(),
             volume: limits.max_message_volume,
             question: limits.max_question_bytes,
+            signals: limits.max_signals,
         },
+        signals_left: limits.max_signals,
         host_work: 0,
         sockets: OpenHandles::new(limits.max_open_sockets),
         tcp_granted: !shadow && granted_tcp,
