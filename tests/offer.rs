@@ -414,3 +414,86 @@ fn a_component_built_against_the_0_1_contract_still_runs() {
     let v: Value = serde_json::from_str(r.body.trim()).unwrap_or_else(|_| sse_json(&r.body));
     assert_eq!(v["error"]["code"], -32602, "{v}");
 }
+
+#[test]
+fn the_docs_component_serves_a_grants_files_as_resources_and_prompts() {
+    let dir = TempDir::new("offer-docs");
+    let docs = dir.0.join("docs");
+    std::fs::create_dir_all(docs.join("runbooks")).unwrap();
+    std::fs::write(
+        docs.join("runbooks/deploy.md"),
+        "# Deploy\n1. Build\n2. Ship\n",
+    )
+    .unwrap();
+    std::fs::write(docs.join("faq.txt"), "Q: why?\nA: because.\n").unwrap();
+    let config = dir.config(
+        "[[tool]]\nname = \"docs\"\ncomponent = \"bundled:docs\"\ngrants = { fs = [{ host = \"docs\", guest = \"/docs\", mode = \"ro\" }] }\n",
+    );
+    let server = HttpServer::start(&config);
+    let call = |method: &str, params: Value| {
+        let uri = params["uri"].as_str().map(str::to_owned);
+        let mut headers = Vec::new();
+        if let Some(u) = &uri {
+            headers.push(("Mcp-Name", u.as_str()));
+        }
+        let r = raw_mcp(&server.addr, method, params, &headers).unwrap();
+        if r.body.contains("data: ") {
+            sse_json(&r.body)
+        } else {
+            serde_json::from_str::<Value>(r.body.trim()).unwrap()
+        }
+    };
+    let index = call("resources/read", json!({"uri": "docs://index"}));
+    assert_eq!(
+        index["result"]["contents"][0]["text"],
+        "- docs:///faq.txt\n- docs:///runbooks/deploy.md"
+    );
+    let doc = call(
+        "resources/read",
+        json!({"uri": "docs:///runbooks/deploy.md"}),
+    );
+    assert_eq!(doc["result"]["contents"][0]["mimeType"], "text/markdown");
+    assert!(
+        doc["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("# Deploy")
+    );
+    // Nothing outside the grant: a path that climbs is refused by the component, and the
+    // sandbox would not let it out anyway.
+    let out = call("resources/read", json!({"uri": "docs:///../airlock.toml"}));
+    assert_eq!(out["error"]["code"], -32602, "{out}");
+    let values = call(
+        "completion/complete",
+        json!({"ref": {"type": "ref/resource", "uri": "docs:///{+path}"},
+               "argument": {"name": "path", "value": "run"}}),
+    );
+    assert_eq!(
+        values["result"]["completion"]["values"],
+        json!(["runbooks/deploy.md"])
+    );
+    let prompt = call(
+        "prompts/get",
+        json!({"name": "follow_runbook", "arguments": {"path": "runbooks/deploy.md", "service": "billing"}}),
+    );
+    let messages = prompt["result"]["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["content"]["type"], "resource", "{prompt}");
+    assert_eq!(
+        messages[0]["content"]["resource"]["uri"],
+        "docs:///runbooks/deploy.md"
+    );
+    assert!(
+        messages[1]["content"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("for billing")
+    );
+    let hits = call(
+        "tools/call",
+        json!({"name": "docs_search", "arguments": {"query": "ship"}}),
+    );
+    assert_eq!(
+        hits["result"]["structuredContent"]["hits"][0]["uri"], "docs:///runbooks/deploy.md",
+        "{hits}"
+    );
+}

@@ -307,6 +307,12 @@ impl CompiledRule {
         Ok(CompiledRule { policy })
     }
 
+    /// Whether the rule approves every request whatever it names (a read, a prompt, a
+    /// completion are not tools its `tools` and `arguments` could match).
+    pub fn approves_every_request(&self) -> bool {
+        matches!(self.policy.when, When::Always)
+    }
+
     /// Whether a call of `tool` with `arguments` needs approval. The hot path when no rule
     /// applies: one compare.
     pub fn needs_approval(&self, tool: &str, arguments: Option<&JsonObject>) -> bool {

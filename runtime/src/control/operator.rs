@@ -3,7 +3,7 @@
 //! and recorded in the audit log with who gave it. The transport is in [`crate::control::admin`].
 
 use crate::core::kill_scope::KillScope;
-use crate::gate::overrides::{GrantRef, Overrides};
+use crate::gate::overrides::{Family, GrantRef, Overrides};
 use crate::pipeline::call::Airlock;
 use crate::pipeline::operator_state::OperatorState;
 use serde::{Deserialize, Serialize};
@@ -93,12 +93,15 @@ pub async fn apply(
             let interrupted = if *interrupt {
                 operator.running.interrupt(|c| match scope {
                     KillScope::All => true,
-                    KillScope::Tool(t) => **t == *c.tool || **t == *c.component,
+                    KillScope::Tool(t) => {
+                        (c.family.is_none() && **t == *c.tool) || **t == *c.component
+                    }
                     KillScope::Principal(p) => **p == *c.principal,
-                    // What runs for a component and is not one of its tools is a resource
-                    // read, a prompt or a completion.
-                    KillScope::Resources(e) | KillScope::Prompts(e) => {
-                        **e == *c.component && !is_tool_of(airlock, e, &c.tool)
+                    KillScope::Resources(e) => {
+                        **e == *c.component && c.family == Some(Family::Resources)
+                    }
+                    KillScope::Prompts(e) => {
+                        **e == *c.component && c.family == Some(Family::Prompts)
                     }
                 })
             } else {
@@ -187,14 +190,6 @@ fn check_scope(airlock: &Airlock, scope: &KillScope) -> Result<(), CommandError>
         }
         _ => Ok(()),
     }
-}
-
-/// Whether `name` is one of the tools of the `[[tool]]` entry `component`.
-fn is_tool_of(airlock: &Airlock, component: &str, name: &str) -> bool {
-    airlock
-        .catalog()
-        .tool(name)
-        .is_ok_and(|t| t.component.entry.name == component)
 }
 
 /// The `[[tool]]` entry named `name`, or holding the tool `name`.

@@ -385,12 +385,12 @@ impl Interaction {
         let mut requests = InputRequests::new();
         let mut pending = Vec::with_capacity(questions.len());
         for q in &questions {
-            // The tool's own key when it chose one and no other question of the round took
-            // it; the host's key otherwise.
-            let wire = match &q.wire {
-                Some(w) if !requests.contains_key(w) => w.clone(),
-                _ => q.key.clone(),
-            };
+            // The tool's own key (which may not take the host's `airlock.` form), or the host's.
+            // A tool asking under one key twice in a round (two nested calls, say) is refused.
+            let wire = q.wire.clone().unwrap_or_else(|| q.key.clone());
+            if requests.contains_key(&wire) {
+                return Err(format!("two questions of one round use the key \"{wire}\""));
+            }
             requests.insert(wire.clone(), q.input_request()?);
             pending.push(Pending {
                 key: q.key.clone(),

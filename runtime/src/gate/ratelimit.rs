@@ -68,6 +68,13 @@ impl RateLimits {
 
     /// Take one call from the principal's and the tool's buckets, or say when to retry.
     pub fn check(&self, principal: &Arc<str>, tool: &str) -> Result<(), CallFailure> {
+        self.check_principal(principal)?;
+        self.check_bucket(tool)
+    }
+
+    /// The principal's own bucket: taken before anything is looked up, so that a flood of
+    /// unknown names is limited too.
+    pub fn check_principal(&self, principal: &Arc<str>) -> Result<(), CallFailure> {
         if let Some((rate, limiter)) = &self.principal
             && let Err(not_until) = limiter.check_key(principal)
         {
@@ -77,6 +84,11 @@ impl RateLimits {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             });
         }
+        Ok(())
+    }
+
+    /// The bucket of a tool (or of a component's resources or prompts), if it has one.
+    pub fn check_bucket(&self, tool: &str) -> Result<(), CallFailure> {
         if let Some((rate, limiter)) = self.tools.get(tool)
             && let Err(not_until) = limiter.check()
         {

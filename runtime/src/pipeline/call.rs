@@ -365,6 +365,24 @@ impl Airlock {
             && overrides.offer_listed(&component.entry.name, family)
     }
 
+    /// Whether `principal` may read `uri` now: a component its roles reach serves it, and no
+    /// kill covers it. What subscriptions are checked against, when made and at every update.
+    pub fn may_read(&self, principal: &Principal, uri: &str) -> bool {
+        let Ok(component) = self
+            .catalog
+            .resource(uri, |c| principal.may_use(&c.entry.roles))
+        else {
+            return false;
+        };
+        principal.may_use(&component.entry.roles)
+            && self
+                .operator
+                .overrides
+                .current()
+                .offer_kill_for(&principal.name, &component.entry.name, Family::Resources)
+                .is_none()
+    }
+
     /// Run one tool call through the pipeline (see [`Airlock::serve`]).
     pub async fn call(
         self: &Arc<Self>,
@@ -395,7 +413,7 @@ impl Airlock {
         let started = Instant::now();
         let arguments = request.arguments();
         let mut usage = Usage {
-            arguments_sha256: arguments_digest(arguments),
+            arguments_sha256: arguments_digest(request.bound().as_ref()),
             ..Usage::default()
         };
         // A call starts only while its record can be written: a broken audit writer refuses
@@ -538,7 +556,9 @@ impl Airlock {
         ctx: CallContext,
         usage: &mut Usage,
     ) -> Result<Response, CallFailure> {
-        let target = self.target(request)?;
+        // The principal's bucket first: a flood of unknown names is limited as well.
+        self.rate_limits.check_principal(&caller.principal.name)?;
+        let target = self.target(request, &caller.principal)?;
         let component = target.component;
         usage.component = Some(component.prepared.name.clone());
         let shadow = match target.tool {
@@ -573,9 +593,15 @@ impl Airlock {
             )?;
         }
         // Before admission: a call waiting for a person holds no in-flight slot, so pending
-        // approvals cannot starve the server.
-        if let Some(tool) = target.tool {
-            self.approve(tool, request.arguments(), caller, &ctx, usage)
+        // approvals cannot starve the server. A tool's rule decides for its calls; an entry
+        // whose rule approves every call has its reads, prompts and completions approved too.
+        let rule = &component.approval;
+        let needed = match target.tool {
+            Some(_) => rule.needs_approval(target.name, request.arguments()),
+            None => rule.approves_every_request(),
+        };
+        if needed {
+            self.approve(&target, request.arguments(), caller, &ctx, usage)
                 .await?;
         }
         let permits = self.admit(&target).inspect_err(|_| {
@@ -587,6 +613,7 @@ impl Airlock {
         let running = self.operator.running.register(Running {
             call_id: caller.call_id.clone(),
             tool: Arc::from(name),
+            family: target.offering.family(),
             component: component.prepared.name.clone(),
             principal: caller.principal.name.clone(),
             started: Instant::now(),
@@ -626,7 +653,11 @@ impl Airlock {
     }
 
     /// What `request` reaches: a declared tool, resource (or template) or prompt.
-    fn target<'r>(&'r self, request: &'r Request<'_>) -> Result<Target<'r>, CallFailure> {
+    fn target<'r>(
+        &'r self,
+        request: &'r Request<'_>,
+        principal: &Principal,
+    ) -> Result<Target<'r>, CallFailure> {
         let catalog = &self.catalog;
         Ok(match request {
             Request::Tool { name, .. } => {
@@ -640,7 +671,7 @@ impl Airlock {
                 }
             }
             Request::ReadResource { uri } => Target {
-                component: catalog.resource(uri)?,
+                component: catalog.resource(uri, |c| principal.may_use(&c.entry.roles))?,
                 tool: None,
                 prompt: None,
                 name: uri,
@@ -719,25 +750,22 @@ impl Airlock {
         }
     }
 
-    /// Ask for approval when the tool's tier or rule wants it; only a yes lets the call go on.
+    /// Ask for the approval the entry's tier or rule wants; only a yes lets the call go on.
     async fn approve(
         &self,
-        tool: &CatalogTool,
+        target: &Target<'_>,
         arguments: Option<&JsonObject>,
         caller: &Caller,
         ctx: &CallContext,
         usage: &mut Usage,
     ) -> Result<(), CallFailure> {
-        let rule = &tool.component.approval;
-        if !rule.needs_approval(&tool.tool.name, arguments) {
-            return Ok(());
-        }
-        let shown = self.shown_arguments(arguments, &tool.component.prepared.redactor);
+        let rule = &target.component.approval;
+        let shown = self.shown_arguments(arguments, &target.component.prepared.redactor);
         // Bound to its occurrence: the n-th call of this tool with these arguments in the
         // top-level call needs its own yes.
         let question = ctx.interaction.occurrence(
             Question::approval(
-                &tool.tool.name,
+                &target.ticket_label(),
                 &caller.principal.name,
                 &shown,
                 &usage.arguments_sha256,
@@ -767,7 +795,7 @@ impl Airlock {
             _ = ctx.cancel.cancelled() => return Err(CallFailure::Cancelled),
             a = asked => a?,
         };
-        let tool = tool.tool.name.to_string();
+        let tool = target.name.to_owned();
         if reloads() != before {
             return Err(CallFailure::ReloadedWhileWaiting { tool });
         }
@@ -878,12 +906,17 @@ impl Airlock {
         };
         let (component, name, events) =
             (target.component.clone(), services.tool.clone(), ctx.events);
+        // A completion answers a keystroke: it asks nobody and calls nothing.
+        let services: Option<Arc<dyn CallServices>> = match target.offering {
+            Offering::PromptCompletion | Offering::ResourceCompletion => None,
+            _ => Some(services),
+        };
         // On the guest pool: a runaway guest never holds a thread that serves others.
         let run = async move {
             let invocation = Invocation::Call {
                 work: input.work(&name),
                 grants,
-                services: Some(services),
+                services,
                 shadow,
             };
             let report = store::run(&component.prepared, invocation, events, &signals).await;
@@ -944,9 +977,10 @@ impl Services {
     fn question_of(&self, r: &airlock_host_api::InputRequest) -> Result<Question, String> {
         use airlock_host_api::InputKind;
         let key = &r.key;
-        if !crate::pipeline::catalog::valid_name(key) {
+        if !crate::pipeline::catalog::valid_name(key) || key.starts_with("airlock.") {
             return Err(format!(
-                "the key \"{}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - .",
+                "the key \"{}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - . and not \
+                 start with \"airlock.\" (the host's own keys)",
                 key.chars().take(64).collect::<String>()
             ));
         }
@@ -1355,7 +1389,7 @@ fn check_nesting(
 }
 
 /// sha256 of the arguments as canonical JSON, hex: what approvals and the audit record bind.
-fn arguments_digest(arguments: Option<&JsonObject>) -> String {
+fn arguments_digest(arguments: Option<&Cow<'_, JsonObject>>) -> String {
     let mut canonical = Vec::with_capacity(256);
     match arguments {
         Some(a) => write_canonical_object(a, &mut canonical),
@@ -1448,7 +1482,33 @@ impl Request<'_> {
         }
     }
 
-    /// The arguments approvals, tickets and the audit record bind.
+    /// What the request's digest binds (approvals, tickets, the audit record): a tool's or a
+    /// prompt's arguments, the URI read, or what is completed.
+    fn bound(&self) -> Option<Cow<'_, JsonObject>> {
+        let object = |v: serde_json::Value| match v {
+            serde_json::Value::Object(o) => Some(Cow::Owned(o)),
+            _ => None,
+        };
+        match self {
+            Request::Tool { arguments, .. } | Request::GetPrompt { arguments, .. } => {
+                arguments.map(Cow::Borrowed)
+            }
+            Request::ReadResource { uri } => object(serde_json::json!({ "uri": uri })),
+            Request::Complete {
+                argument,
+                value,
+                context,
+                ..
+            } => object(serde_json::json!({
+                "ref": self.name(),
+                "argument": argument,
+                "value": value,
+                "context": context,
+            })),
+        }
+    }
+
+    /// The arguments the audit record keeps (as `audit_arguments` says) and rules match.
     fn arguments(&self) -> Option<&JsonObject> {
         match self {
             Request::Tool { arguments, .. } | Request::GetPrompt { arguments, .. } => *arguments,
@@ -1666,10 +1726,7 @@ fn redact(
         }
     }
     match result {
-        Ok(mut r) => {
-            r.redact(redactor);
-            Ok(r)
-        }
+        Ok(mut r) => r.redact(redactor).map(|()| r),
         Err(f) => Err(f.redacted(redactor)),
     }
 }

@@ -296,19 +296,35 @@ impl Catalog {
     }
 
     /// The component that serves `uri`: the one that declared it, else the first whose
-    /// template matches it.
-    pub fn resource(&self, uri: &str) -> Result<&Arc<LoadedComponent>, CallFailure> {
-        self.resources
-            .iter()
-            .find(|r| r.item.uri == uri)
-            .map(|r| &r.component)
-            .or_else(|| {
-                self.templates
-                    .iter()
-                    .find(|t| t.item.0.matches(uri))
-                    .map(|t| &t.component)
-            })
-            .ok_or_else(|| CallFailure::NotFound(format!("resource {uri}")))
+    /// template matches it, preferring components `reaches` (the caller's roles reach) so that
+    /// a template the caller cannot use does not hide one it can. A URI no declaration could
+    /// hold (too long, with spaces or control characters) is looked up nowhere.
+    pub fn resource(
+        &self,
+        uri: &str,
+        reaches: impl Fn(&LoadedComponent) -> bool,
+    ) -> Result<&Arc<LoadedComponent>, CallFailure> {
+        let not_found = || CallFailure::NotFound(format!("resource {}", shown_uri(uri)));
+        if check_uri("resource URI", uri).is_err() {
+            return Err(not_found());
+        }
+        if let Some(r) = self.resources.iter().find(|r| r.item.uri == uri) {
+            return Ok(&r.component);
+        }
+        let mut matching = self.templates.iter().filter(|t| t.item.0.matches(uri));
+        let first = matching.next().ok_or_else(not_found)?;
+        if reaches(&first.component) {
+            return Ok(&first.component);
+        }
+        Ok(matching
+            .find(|t| reaches(&t.component))
+            .map_or(&first.component, |t| &t.component))
+    }
+
+    /// Whether `uri` is one of `component`'s: declared by it, or routed to it.
+    pub fn serves(&self, component: &str, uri: &str) -> bool {
+        self.resource(uri, |c| c.entry.name == component)
+            .is_ok_and(|c| c.entry.name == component)
     }
 
     /// The component that serves the template written `template`.
@@ -432,8 +448,16 @@ struct Offered {
     prompts: Vec<Prompt>,
 }
 
+/// The most arguments one prompt may declare.
+const MAX_PROMPT_ARGUMENTS: usize = 64;
+
 /// The longest resource URI or template accepted.
 const MAX_URI: usize = 2048;
+
+/// A URI as an error message shows it: at most 256 bytes.
+fn shown_uri(uri: &str) -> &str {
+    &uri[..uri.floor_char_boundary(256)]
+}
 
 /// A resource URI: a scheme, then printable characters without spaces.
 fn check_uri(what: &str, uri: &str) -> Result<(), String> {
@@ -477,9 +501,10 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
         t.as_deref().map_or(Ok(()), |t| check_text(what, t, limit))
     };
     let mut resources = Vec::with_capacity(offer.resources.len());
+    let mut seen = std::collections::HashSet::new();
     for r in &offer.resources {
         check_uri("resource URI", &r.uri)?;
-        if offer.resources.iter().filter(|o| o.uri == r.uri).count() > 1 {
+        if !seen.insert(r.uri.as_str()) {
             return Err(format!("resource \"{}\" is declared twice", r.uri));
         }
         let what = format!("resource \"{}\"", r.uri);
@@ -506,8 +531,15 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
         resources.push(serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))?);
     }
     let mut templates = Vec::with_capacity(offer.resource_templates.len());
+    let mut seen = std::collections::HashSet::new();
     for t in &offer.resource_templates {
         check_uri("resource template", &t.uri_template)?;
+        if !seen.insert(t.uri_template.as_str()) {
+            return Err(format!(
+                "resource template \"{}\" is declared twice",
+                t.uri_template
+            ));
+        }
         let parsed = UriTemplate::parse(&t.uri_template)?;
         let what = format!("resource template \"{}\"", t.uri_template);
         if t.name.trim().is_empty() {
@@ -546,6 +578,7 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
             t.uri_template
         ));
     }
+    let mut seen = std::collections::HashSet::new();
     for p in &offer.prompts {
         if !valid_tool_name(&p.name) {
             let shown: String = p
@@ -558,17 +591,22 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
                 "prompt name \"{shown}\" must be 1 to {MAX_TOOL_NAME} characters from A-Z a-z 0-9 _ - ."
             ));
         }
-        if offer.prompts.iter().filter(|o| o.name == p.name).count() > 1 {
+        if !seen.insert(p.name.as_str()) {
             return Err(format!("prompt \"{}\" is declared twice", p.name));
         }
         let what = format!("prompt \"{}\"", p.name);
         optional(&format!("{what}: its title"), &p.title)?;
         optional(&format!("{what}: its description"), &p.description)?;
+        if p.arguments.len() > MAX_PROMPT_ARGUMENTS {
+            return Err(format!(
+                "{what} declares {} arguments, more than {MAX_PROMPT_ARGUMENTS}",
+                p.arguments.len()
+            ));
+        }
         let mut arguments = Vec::with_capacity(p.arguments.len());
+        let mut names = std::collections::HashSet::new();
         for a in &p.arguments {
-            if !valid_tool_name(&a.name)
-                || p.arguments.iter().filter(|o| o.name == a.name).count() > 1
-            {
+            if !valid_tool_name(&a.name) || !names.insert(a.name.as_str()) {
                 return Err(format!(
                     "{what}: argument names must be unique, 1 to {MAX_TOOL_NAME} characters from A-Z a-z 0-9 _ - ."
                 ));

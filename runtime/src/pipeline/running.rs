@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 /// One call between admission and its end.
 pub struct Running {
     pub call_id: String,
+    /// The tool, or the prompt, URI or template a read, get or completion names.
     pub tool: Arc<str>,
+    /// What it is, when not a tool call: the resources or the prompts of its entry.
+    pub family: Option<crate::gate::overrides::Family>,
     /// The `[[tool]]` entry.
     pub component: Arc<str>,
     pub principal: Arc<str>,

@@ -88,6 +88,11 @@ impl EgressGate {
         }
     }
 
+    /// The call's grants as the operator's revocations leave them.
+    pub fn grants(&self) -> &LiveGrants {
+        &self.grants
+    }
+
     /// The count of body bytes carried for the call (see the field).
     pub fn carried(&self) -> Arc<AtomicU64> {
         self.carried.clone()

@@ -210,22 +210,42 @@ impl Response {
         }
     }
 
-    /// Secret values out of every piece of text (as [`redact`] does for tool results).
-    pub fn redact(&mut self, redactor: &Redactor) {
+    /// Secret values out of every piece of text (as [`redact`] does for tool results): binary
+    /// data (`blob`, `data`) passes as is. Should the scrubbed reply no longer be well formed,
+    /// it is withheld rather than sent unscrubbed.
+    pub fn redact(&mut self, redactor: &Redactor) -> Result<(), CallFailure> {
+        fn text_fields(v: &mut serde_json::Value, redactor: &Redactor) {
+            match v {
+                serde_json::Value::String(s) => redactor.redact_in_place(s),
+                serde_json::Value::Array(items) => {
+                    items.iter_mut().for_each(|i| text_fields(i, redactor))
+                }
+                serde_json::Value::Object(o) => o
+                    .iter_mut()
+                    .filter(|(k, _)| !matches!(k.as_str(), "blob" | "data"))
+                    .for_each(|(_, x)| text_fields(x, redactor)),
+                _ => {}
+            }
+        }
         fn scrub<T: serde::Serialize + serde::de::DeserializeOwned>(
             r: &mut T,
             redactor: &Redactor,
-        ) {
-            let Ok(mut v) = serde_json::to_value(&*r) else {
-                return;
+        ) -> Result<(), CallFailure> {
+            let withheld = |e: serde_json::Error| {
+                CallFailure::HostError(format!(
+                    "the reply could not be scrubbed of secret values, so it is withheld: {e}"
+                ))
             };
-            redactor.redact_json(&mut v);
-            if let Ok(clean) = serde_json::from_value(v) {
-                *r = clean;
-            }
+            let mut v = serde_json::to_value(&*r).map_err(withheld)?;
+            text_fields(&mut v, redactor);
+            *r = serde_json::from_value(v).map_err(withheld)?;
+            Ok(())
         }
         match self {
-            Response::Tool(r) => redact(r, redactor),
+            Response::Tool(r) => {
+                redact(r, redactor);
+                Ok(())
+            }
             Response::Resource(r) => scrub(r, redactor),
             Response::Prompt(r) => scrub(r, redactor),
             Response::Completion(r) => scrub(r, redactor),

@@ -441,7 +441,9 @@ impl HostState {
     fn services(&self) -> wasmtime::Result<Arc<dyn CallServices>> {
         self.services.clone().ok_or_else(|| {
             wasmtime::Error::new(EndRun(CallFailure::HostError(
-                "this host import is available only to calls made through the pipeline".into(),
+                "this request cannot ask the client, give signals or call tools (describe() and \
+                 completions run without them)"
+                    .into(),
             )))
         })
     }
@@ -456,23 +458,39 @@ impl HostState {
         text
     }
 
-    /// A request of `ask` with no secret value in what the client will read.
-    fn clean_request(&self, mut r: InputRequest) -> InputRequest {
+    /// A request of `ask` with no secret value in what the client will read. A key is the
+    /// client's `inputRequests` key as is: one holding a secret value is refused, not changed.
+    fn clean_request(&self, mut r: InputRequest) -> Result<InputRequest, String> {
+        if self.redactor.redact(&r.key) != r.key {
+            return Err("a key may not hold a secret value".into());
+        }
+        let clean = |t: &mut String| self.redactor.redact_in_place(t);
         match &mut r.kind {
-            InputKind::Form(f) => self.redactor.redact_in_place(&mut f.message),
+            InputKind::Form(f) => clean(&mut f.message),
             InputKind::Sample(s) => {
                 for m in &mut s.messages {
-                    if let airlock_host_api::Content::Text(t) = &mut m.content {
-                        self.redactor.redact_in_place(t);
+                    match &mut m.content {
+                        airlock_host_api::Content::Text(t) => clean(t),
+                        airlock_host_api::Content::Image(m)
+                        | airlock_host_api::Content::Audio(m) => clean(&mut m.mime_type),
+                        _ => {}
                     }
                 }
-                if let Some(p) = &mut s.system_prompt {
-                    self.redactor.redact_in_place(p);
-                }
+                s.system_prompt.iter_mut().for_each(clean);
+                s.stop_sequences.iter_mut().for_each(clean);
+                s.model_hints.iter_mut().for_each(clean);
             }
             InputKind::Roots => {}
         }
-        r
+        Ok(r)
+    }
+
+    /// A signal that was not the component's to give, in the log: cut, secrets out.
+    fn signal_ignored(&self, mut why: String) {
+        cut_message(&mut why, self.budget.per_message);
+        self.redactor.redact_in_place(&mut why);
+        let why = self.shapes.redact(&why);
+        tracing::warn!(target: "airlock::guest", component = &*self.component, "signal ignored: {why}");
     }
 
     /// One of the request's signals, or the end of it: each signal reaches every listening
@@ -487,9 +505,10 @@ impl HostState {
         Ok(())
     }
 
-    /// Sampling spends the client's model on the call's behalf: only with the tool's grant.
+    /// Sampling spends the client's model on the call's behalf: only with the tool's grant,
+    /// as an operator's revocations leave it now.
     fn sampling_granted(&self) -> wasmtime::Result<()> {
-        if self.sample_granted {
+        if self.sample_granted && self.gate.grants().current().sample {
             return Ok(());
         }
         self.refuse(Denial::Sampling);
@@ -726,10 +745,14 @@ impl airlock_host_api::Host for HostState {
         {
             self.sampling_granted()?;
         }
-        let requests = requests
+        let requests = match requests
             .into_iter()
             .map(|r| self.clean_request(r))
-            .collect();
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
+        };
         let answers = services.ask(requests).await.map_err(end_run)?;
         // What the client sent back is host work for the call too.
         if let Ok(answers) = &answers {
@@ -773,7 +796,7 @@ impl airlock_host_api::Host for HostState {
         self.take_signal()?;
         let services = self.services()?;
         if let Err(why) = services.signal(Signal::ListChanged(what)) {
-            tracing::warn!(target: "airlock::guest", component = &*self.component, "signal ignored: {why}");
+            self.signal_ignored(why);
         }
         Ok(())
     }
@@ -783,8 +806,7 @@ impl airlock_host_api::Host for HostState {
         self.take_signal()?;
         let services = self.services()?;
         if let Err(why) = services.signal(Signal::ResourceUpdated(Arc::from(uri))) {
-            let why = self.shapes.redact(&why).into_owned();
-            tracing::warn!(target: "airlock::guest", component = &*self.component, "signal ignored: {why}");
+            self.signal_ignored(why);
         }
         Ok(())
     }

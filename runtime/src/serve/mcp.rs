@@ -56,8 +56,8 @@ pub struct McpServer {
     principal: Principal,
     /// The level set with `logging/setLevel` (pre-2026-07-28 clients).
     session_log_level: Arc<Mutex<Option<LoggingLevel>>>,
-    /// The resources this session subscribed to (`resources/subscribe`).
-    subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The resources this session subscribed to (`resources/subscribe`), and who did.
+    subscribed: Arc<Mutex<std::collections::HashMap<String, Principal>>>,
 }
 
 impl McpServer {
@@ -147,6 +147,8 @@ enum Served {
 
 /// The most resources (URIs) one session may be subscribed to at once.
 const MAX_SUBSCRIPTIONS: usize = 256;
+/// The longest URI a subscription may name (as long as a declared one may be).
+const MAX_SUBSCRIBED_URI: usize = 2048;
 
 impl McpServer {
     /// Run `request` through the pipeline for this MCP request: the caller its credentials
@@ -245,17 +247,11 @@ impl McpServer {
         };
         (caller, served)
     }
+}
 
-    /// Whether `uri` is a resource this session's principal may read (declared, or matching
-    /// a template, of a component its roles reach).
-    fn may_read(&self, uri: &str, context: &RequestContext<RoleServer>) -> bool {
-        let airlock = self.live.current();
-        let principal = self.principal(context);
-        airlock
-            .catalog()
-            .resource(uri)
-            .is_ok_and(|c| principal.may_use(&c.entry.roles))
-    }
+/// Whether `principal` may hear of updates to `uri` now (the policy in force, its kills).
+fn may_read(live: &Live, principal: &Principal, uri: &str) -> bool {
+    live.current().may_read(principal, uri)
 }
 
 /// A failure of a request other than a tool call, as the JSON-RPC error MCP asks for: a
@@ -457,20 +453,21 @@ impl ServerHandler for McpServer {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        if !self.may_read(&request.uri, &context) {
+        let principal = self.principal(&context);
+        if !may_read(&self.live, &principal, &request.uri) {
             return Err(ErrorData::resource_not_found(
                 "Resource not found",
                 Some(serde_json::json!({ "uri": request.uri })),
             ));
         }
         let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
-        if subscribed.len() >= MAX_SUBSCRIPTIONS && !subscribed.contains(&request.uri) {
+        if subscribed.len() >= MAX_SUBSCRIPTIONS && !subscribed.contains_key(&request.uri) {
             return Err(ErrorData::invalid_request(
                 format!("a session may subscribe to at most {MAX_SUBSCRIPTIONS} resources"),
                 None,
             ));
         }
-        subscribed.insert(request.uri);
+        subscribed.insert(request.uri, principal);
         Ok(())
     }
 
@@ -493,6 +490,7 @@ impl ServerHandler for McpServer {
         let mut reloads = self.live.watch_tools();
         let mut signals = self.live.current().operator().signals.subscribe();
         let subscribed = self.subscribed.clone();
+        let live = self.live.clone();
         let peer = context.peer;
         tokio::spawn(async move {
             loop {
@@ -506,8 +504,13 @@ impl ServerHandler for McpServer {
                         Ok(Signal::ListChanged(Listing::Prompts)) => peer.notify_prompt_list_changed().await,
                         Ok(Signal::ListChanged(Listing::Resources)) => peer.notify_resource_list_changed().await,
                         Ok(Signal::ResourceUpdated(uri)) => {
-                            let wanted = subscribed.lock().unwrap_or_else(|p| p.into_inner()).contains(&*uri);
-                            if !wanted {
+                            // Subscribed, and still allowed to read it (roles, kills, reloads).
+                            let by = subscribed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&*uri)
+                                .cloned();
+                            if !by.is_some_and(|p| may_read(&live, &p, &uri)) {
                                 continue;
                             }
                             peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.to_string())).await
@@ -536,15 +539,20 @@ impl ServerHandler for McpServer {
             .prompts_list_changed()
             .resources_list_changed()
             .build();
-        // Updates of at most MAX_SUBSCRIPTIONS resources per stream.
-        accepted.resource_subscriptions = requested
-            .resource_subscriptions
-            .as_ref()
-            .map(|uris| uris.iter().take(MAX_SUBSCRIPTIONS).cloned().collect());
+        // Updates of at most MAX_SUBSCRIPTIONS resources per stream, of URIs a declaration
+        // could hold; whether the caller may read each is checked at every update.
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| u.len() <= MAX_SUBSCRIBED_URI)
+                .take(MAX_SUBSCRIPTIONS)
+                .cloned()
+                .collect()
+        });
         Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let principal = self.principal(context.request_context());
         let mut reloads = self.live.watch_tools();
         let mut signals = self.live.current().operator().signals.subscribe();
         let sink = context.sink();
@@ -559,6 +567,8 @@ impl ServerHandler for McpServer {
                     Ok(Signal::ListChanged(Listing::Tools)) => sink.notify_tool_list_changed().await,
                     Ok(Signal::ListChanged(Listing::Prompts)) => sink.notify_prompt_list_changed().await,
                     Ok(Signal::ListChanged(Listing::Resources)) => sink.notify_resource_list_changed().await,
+                    // Still allowed to read it (roles, kills, reloads)?
+                    Ok(Signal::ResourceUpdated(uri)) if !may_read(&self.live, &principal, &uri) => continue,
                     Ok(Signal::ResourceUpdated(uri)) => sink.notify_resource_updated(uri.to_string()).await,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
