@@ -66,14 +66,8 @@ impl RateLimits {
         }
     }
 
-    /// Take one call from the principal's and the tool's buckets, or say when to retry.
-    pub fn check(&self, principal: &Arc<str>, tool: &str) -> Result<(), CallFailure> {
-        self.check_principal(principal)?;
-        self.check_bucket(tool)
-    }
-
-    /// The principal's own bucket: taken before anything is looked up, so that a flood of
-    /// unknown names is limited too.
+    /// Take one call from the principal's own bucket, or say when to retry: taken before
+    /// anything is looked up, so that a flood of unknown names is limited too.
     pub fn check_principal(&self, principal: &Arc<str>) -> Result<(), CallFailure> {
         if let Some((rate, limiter)) = &self.principal
             && let Err(not_until) = limiter.check_key(principal)
@@ -87,7 +81,8 @@ impl RateLimits {
         Ok(())
     }
 
-    /// The bucket of a tool (or of a component's resources or prompts), if it has one.
+    /// Take one call from the bucket of a tool (or of a component's resources or prompts), if
+    /// it has one, or say when to retry.
     pub fn check_bucket(&self, tool: &str) -> Result<(), CallFailure> {
         if let Some((rate, limiter)) = self.tools.get(tool)
             && let Err(not_until) = limiter.check()
@@ -121,9 +116,15 @@ mod tests {
             [("t", Some("3/m".parse().unwrap()))],
         );
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
-        assert!(limits.check(&a, "t").is_ok());
-        assert!(limits.check(&a, "t").is_ok());
-        match limits.check(&a, "t") {
+        // As the call path takes them: the principal's bucket, then the tool's.
+        let check = |p: &Arc<str>| {
+            limits
+                .check_principal(p)
+                .and_then(|()| limits.check_bucket("t"))
+        };
+        assert!(check(&a).is_ok());
+        assert!(check(&a).is_ok());
+        match check(&a) {
             Err(CallFailure::RateLimited {
                 scope, retry_after, ..
             }) => {
@@ -133,9 +134,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Another principal still has its own bucket, but the tool's is now empty.
-        assert!(limits.check(&b, "t").is_ok());
+        assert!(check(&b).is_ok());
         assert!(matches!(
-            limits.check(&b, "t"),
+            check(&b),
             Err(CallFailure::RateLimited { ref scope, .. }) if scope == "tool t"
         ));
     }

@@ -1,8 +1,10 @@
-//! The call path. Every `tools/call` goes through [`Airlock::call`], which runs the steps in
-//! order, top to bottom; each step passes the call on or ends it with a [`CallFailure`].
+//! The call path. Every `tools/call`, `resources/read`, `prompts/get` and
+//! `completion/complete` goes through [`Airlock::serve`], which runs the steps in order, top to
+//! bottom; each step passes the request on or ends it with a [`CallFailure`].
 //!
-//! Steps: (authentication, in the transport) → look up → authorize → operator kill switch →
-//! nesting caps (nested calls) → rate limit → validate input → redeem a retry's ticket →
+//! Steps: (authentication, in the transport) → the principal's rate limit → look up →
+//! authorize → operator kill switch → nesting caps (nested calls) → the tool's (or the entry's
+//! resources' or prompts') rate limit → validate input → redeem a retry's ticket →
 //! approval (tier or rule) → admit (in-flight limits) → operator kill switch again, once the
 //! call is registered as running → execute in the sandbox (with the grants
 //! the operator's revocations and the tier leave) → check output → redact secrets → audit
@@ -580,8 +582,7 @@ impl Airlock {
         self.check_kill(caller, &target)?;
         let name = target.name;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
-        self.rate_limits
-            .check(&caller.principal.name, &target.rate_key())?;
+        self.rate_limits.check_bucket(&target.rate_key())?;
         usage.audit_arguments = component.entry.audit_arguments;
         usage.redactor = Some(component.prepared.redactor.clone());
         let input = validate_input(&target, request)?;
