@@ -366,6 +366,28 @@ fn one_round_carries_several_questions_under_the_tools_keys() {
         assert!(text.contains(part), "{part} not in {text}");
     }
 
+    // Answers sent without a request state: the tool's own form takes a well-formed one under
+    // its key; a wrong key or a malformed answer is asked again.
+    let elicit = json!({"name": "test_input_required_result_elicitation", "arguments": {}});
+    let mut early = elicit.clone();
+    early["inputResponses"] = json!({"user_name": {"action": "accept", "content": {"name": "Ann"}},
+                                     "extra": {"action": "accept", "content": {}}});
+    let (_, done) = request(&server, ALICE, "tools/call", early);
+    assert_eq!(result_text(&done["result"]), "Hello, Ann!", "{done}");
+    for wrong in [
+        json!({"wrong_key": {"action": "accept", "content": {"name": "Ann"}}}),
+        json!({"user_name": 12345}),
+        json!({"user_name": {"action": "accept"}}),
+    ] {
+        let mut retry = elicit.clone();
+        retry["inputResponses"] = wrong.clone();
+        let (_, again) = request(&server, ALICE, "tools/call", retry);
+        assert_eq!(
+            again["result"]["resultType"], "input_required",
+            "{wrong}: {again}"
+        );
+    }
+
     // A prompt asks too, and its retry completes it.
     let get = json!({"name": "test_input_required_result_prompt"});
     let (_, first) = request(&server, ALICE, "prompts/get", get.clone());

@@ -80,6 +80,24 @@ impl Reply {
         }
     }
 
+    /// The client's answer to a question of `asking` when it is well formed: an `ElicitResult`
+    /// with a known action (and an object of content to accept), a result object with
+    /// `roots` or with `role` and `content`. None for anything else.
+    pub fn well_formed(asking: Asking, v: &serde_json::Value) -> Option<Reply> {
+        let ok = match asking {
+            Asking::Sample => {
+                v.get("role").is_some_and(|r| r.is_string()) && v.get("content").is_some()
+            }
+            Asking::Roots => v.get("roots").is_some_and(|r| r.is_array()),
+            _ => match v.get("action").and_then(|a| a.as_str()) {
+                Some("accept") => v.get("content").is_some_and(|c| c.is_object()),
+                Some("decline" | "cancel") => true,
+                _ => false,
+            },
+        };
+        ok.then(|| Reply::from_response(asking, v))
+    }
+
     /// An MCP `ElicitResult` (as the client sent it); anything unreadable is a cancel.
     pub fn from_elicit_result(v: &serde_json::Value) -> Reply {
         match v.get("action").and_then(|a| a.as_str()) {

@@ -254,7 +254,9 @@ pub enum ClientChannel {
 
 /// What a 2026-07-28 retry brought back.
 pub struct Retry {
-    pub request_state: String,
+    /// The sealed state of the round that asked; a retry without one may still answer the
+    /// tool's own data questions by their keys (see [`Interaction::ask`]).
+    pub request_state: Option<String>,
     pub input_responses: InputResponses,
 }
 
@@ -282,6 +284,9 @@ pub struct Interaction {
     next_ticket: std::sync::OnceLock<String>,
     /// The ticket a retry redeemed, whose answers this round uses.
     redeemed: Mutex<Option<String>>,
+    /// What a retry without a request state brought, by key: answers the tool's own forms,
+    /// sampling and roots requests may take (never an approval or a confirmation).
+    unsolicited: Mutex<InputResponses>,
     /// The top-level call's tool and argument digest, which a ticket issued by this round binds.
     root: std::sync::OnceLock<(String, String)>,
     pub pause: Arc<Pause>,
@@ -313,6 +318,7 @@ impl Interaction {
             unanswered: Mutex::new((Vec::new(), None)),
             next_ticket: std::sync::OnceLock::new(),
             redeemed: Mutex::new(None),
+            unsolicited: Mutex::new(InputResponses::new()),
             root: std::sync::OnceLock::new(),
             pause: Arc::default(),
             nested_calls: AtomicU32::new(0),
@@ -358,6 +364,12 @@ impl Interaction {
         let Some(retry) = lock(&self.retry).take() else {
             return Ok(None);
         };
+        if retry.request_state.is_none() {
+            // Answers without a round that asked: only the tool's own data questions may take
+            // them, by their keys, and only when well formed; nothing else is redeemed.
+            *lock(&self.unsolicited) = retry.input_responses;
+            return Ok(None);
+        }
         let (id, answers) = approvals
             .tickets
             .redeem(&retry, &self.principal, tool, digest)
@@ -475,6 +487,27 @@ impl Interaction {
             )
             .await?;
             return Ok(answered);
+        }
+        // An answer sent before it was asked (a retry without a request state) is data the
+        // client could have given when asked: a data question of the tool's takes a well-formed
+        // one under its key. An approval or a confirmation never does.
+        if let Some(wire) = question
+            .wire
+            .as_deref()
+            .filter(|_| question.asking.is_data())
+        {
+            let given = lock(&self.unsolicited).remove(wire);
+            if let Some(reply) = given.and_then(|v| Reply::well_formed(question.asking, &v)) {
+                let by = format!("client user of {}", self.principal);
+                record(reply_event(&reply, question.asking), "", Some(&by), None).await?;
+                let answered = Answered {
+                    reply,
+                    by,
+                    reason: None,
+                };
+                lock(&self.answers).insert(question.key.clone(), answered.clone());
+                return Ok(answered);
+            }
         }
         if self.questions.fetch_add(1, Ordering::AcqRel) >= MAX_QUESTIONS {
             record("refused", "", None, Some("too many questions in one call")).await?;
@@ -820,9 +853,13 @@ impl Tickets {
         tool: &str,
         digest: &str,
     ) -> Result<(String, HashMap<String, Answered>), TicketProblem> {
+        let state = retry
+            .request_state
+            .as_deref()
+            .ok_or(TicketProblem::Forged)?;
         let t: Ticket = self
             .codec
-            .open_json(&retry.request_state)
+            .open_json(state)
             .map_err(|_| TicketProblem::Forged)?;
         if t.v != TICKET_VERSION {
             return Err(TicketProblem::Forged);
@@ -1022,7 +1059,7 @@ mod tests {
 
     fn retry(state: String, responses: serde_json::Value) -> Retry {
         Retry {
-            request_state: state,
+            request_state: Some(state),
             input_responses: serde_json::from_value(responses).unwrap(),
         }
     }

@@ -635,10 +635,14 @@ impl ServerHandler for McpServer {
     }
 }
 
-/// What a retried request (2026-07-28) brought back: its sealed state and the client's answers.
+/// What a retried request (2026-07-28) brought back: its sealed state and the client's answers
+/// (answers without a state, too: the tool's own data questions may take them).
 fn retry_of(state: &Option<String>, responses: &Option<InputResponses>) -> Option<Retry> {
-    state.clone().map(|request_state| Retry {
-        request_state,
+    if state.is_none() && responses.is_none() {
+        return None;
+    }
+    Some(Retry {
+        request_state: state.clone(),
         input_responses: responses.clone().unwrap_or_default(),
     })
 }
