@@ -183,7 +183,7 @@ fn embedded_default_checks_and_lists_the_bundled_tools() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "OK: <embedded default> is valid: 3 components, 9 tools"
+        "OK: <embedded default> is valid: 3 components, 9 tools, 0 resources, 0 resource templates, 0 prompts"
     );
 
     let out = run_airlock(&["tools", "--json", "--state-dir", state.to_str().unwrap()]);

@@ -519,3 +519,107 @@ fn the_docs_component_serves_a_grants_files_as_resources_and_prompts() {
         "{hits}"
     );
 }
+
+/// A `subscriptions/listen` stream of `key`'s principal, open, asking for `notifications`.
+fn listen(server: &HttpServer, key: &str, notifications: Value) -> std::net::TcpStream {
+    use std::io::Write;
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {
+        "notifications": notifications,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}
+    }})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: subscriptions/listen\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+/// What the stream carries within `wait`, read as it comes.
+fn read_for(stream: &mut std::net::TcpStream, wait: std::time::Duration) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        stream
+            .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn updates_reach_only_listeners_that_asked_and_may_still_read() {
+    let dir = TempDir::new("offer-listen");
+    let server = HttpServer::start(&config(&dir, "", ""));
+    let wait = std::time::Duration::from_millis(1500);
+    let mut alice = listen(
+        &server,
+        ALICE,
+        json!({"resourceSubscriptions": ["test://watched-resource"]}),
+    );
+    let mut tools = listen(&server, ALICE, json!({"toolsListChanged": true}));
+    // Bob asks for the same URI, but no role of his reaches the component.
+    let mut bob = listen(
+        &server,
+        BOB,
+        json!({"resourceSubscriptions": ["test://watched-resource"]}),
+    );
+    for s in [&mut alice, &mut tools, &mut bob] {
+        let ack = read_for(s, std::time::Duration::from_millis(800));
+        assert!(
+            ack.contains("notifications/subscriptions/acknowledged"),
+            "{ack}"
+        );
+    }
+    let touch = json!({"name": "test_update_watched_resource", "arguments": {}});
+    let (_, r) = request(&server, ALICE, "tools/call", touch.clone());
+    assert_eq!(result_outcome(&r["result"]), "completed", "{r}");
+    let got = read_for(&mut alice, wait);
+    assert!(
+        got.contains("notifications/resources/updated") && got.contains("test://watched-resource"),
+        "{got}"
+    );
+    assert!(
+        got.contains("io.modelcontextprotocol/subscriptionId"),
+        "{got}"
+    );
+    // The tools listener asked for list changes only.
+    let other = read_for(&mut tools, std::time::Duration::from_millis(300));
+    assert!(!other.contains("resources/updated"), "{other}");
+    assert!(
+        !read_for(&mut bob, std::time::Duration::from_millis(300)).contains("resources/updated")
+    );
+
+    let (_, r) = request(
+        &server,
+        ALICE,
+        "tools/call",
+        json!({"name": "test_trigger_tool_change", "arguments": {}}),
+    );
+    assert_eq!(result_outcome(&r["result"]), "completed", "{r}");
+    let changed = read_for(&mut tools, wait);
+    assert!(
+        changed.contains("notifications/tools/list_changed"),
+        "{changed}"
+    );
+
+    // Once an operator kills the component's resources, its updates reach nobody.
+    let (ok, out) = ctl(&server, &["kill", "--resources", "conformance"]);
+    assert!(ok, "{out}");
+    let (_, r) = request(&server, ALICE, "tools/call", touch);
+    assert_eq!(result_outcome(&r["result"]), "completed", "{r}");
+    let after = read_for(&mut alice, std::time::Duration::from_millis(800));
+    assert!(!after.contains("resources/updated"), "{after}");
+}

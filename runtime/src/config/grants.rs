@@ -252,7 +252,11 @@ impl Grants {
 
     /// True when the component can reach nothing outside itself.
     pub fn is_empty(&self) -> bool {
-        self.fs.is_empty() && self.net.is_empty() && self.tcp.is_empty() && self.secrets.is_empty()
+        self.fs.is_empty()
+            && self.net.is_empty()
+            && self.tcp.is_empty()
+            && self.secrets.is_empty()
+            && !self.sample
     }
 
     /// True when a secret is passed where the component can read it.

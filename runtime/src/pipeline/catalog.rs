@@ -366,6 +366,8 @@ fn instantiable(
 /// linear in its length whatever the template.
 #[derive(Debug, Clone)]
 pub struct UriTemplate {
+    /// As the component wrote it.
+    pub text: String,
     pattern: regex::Regex,
 }
 
@@ -432,7 +434,10 @@ impl UriTemplate {
             .size_limit(1 << 20)
             .build()
             .map_err(|e| format!("\"{template}\": {e}"))?;
-        Ok(UriTemplate { pattern })
+        Ok(UriTemplate {
+            text: template.to_owned(),
+            pattern,
+        })
     }
 
     /// Whether `uri` is one of the URIs the template describes.

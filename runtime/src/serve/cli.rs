@@ -400,10 +400,13 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
             let c = airlock.catalog();
             println!(
-                "OK: {} is valid: {} components, {} tools",
+                "OK: {} is valid: {} components, {} tools, {} resources, {} resource templates, {} prompts",
                 c.policy.origin,
                 c.components.len(),
-                airlock.tools().len()
+                airlock.tools().len(),
+                c.resources().len(),
+                c.templates().len(),
+                c.prompts().len()
             );
             Ok(())
         }
@@ -506,6 +509,9 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                     "sha256": hex::encode(c.entry.digest),
                     "pinned": c.entry.pinned,
                     "tools": c.tools,
+                    "resources": c.resources,
+                    "resource_templates": c.templates.iter().map(|t| &t.text).collect::<Vec<_>>(),
+                    "prompts": c.prompts,
                     "limits": {
                         "fuel": l.fuel,
                         "memory_bytes": l.memory.bytes(),
@@ -549,6 +555,7 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                             }),
                         }).collect::<Vec<_>>(),
                     },
+                    "sample": c.entry.grants.sample,
                     "holds_readable_secret": c.entry.grants.holds_readable_secret(),
                 })
             })
@@ -574,7 +581,34 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                 " (not pinned)"
             }
         );
-        println!("  tools    {}", c.tools.join(", "));
+        let listed = |names: &mut dyn Iterator<Item = &str>| {
+            let all: Vec<&str> = names.collect();
+            if all.is_empty() {
+                "none".to_owned()
+            } else {
+                all.join(", ")
+            }
+        };
+        println!(
+            "  tools    {}",
+            listed(&mut c.tools.iter().map(String::as_str))
+        );
+        if !c.resources.is_empty() || !c.templates.is_empty() || !c.prompts.is_empty() {
+            println!(
+                "  resources {}",
+                listed(
+                    &mut c
+                        .resources
+                        .iter()
+                        .map(String::as_str)
+                        .chain(c.templates.iter().map(|t| t.text.as_str()))
+                )
+            );
+            println!(
+                "  prompts  {}",
+                listed(&mut c.prompts.iter().map(String::as_str))
+            );
+        }
         println!(
             "  limits   fuel {}, memory {}, timeout {}, wasm stack {}, arguments {}, output {}, {} in flight, capture {}",
             l.fuel,
@@ -587,7 +621,12 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
             l.capture_bytes
         );
         if c.entry.grants.is_empty() {
-            println!("  grants   none: no filesystem, no network, no environment, no secrets");
+            println!(
+                "  grants   none: no filesystem, no network, no environment, no secrets, no sampling"
+            );
+        }
+        if c.entry.grants.sample {
+            println!("  grant    sample  may ask the client's model for messages");
         }
         for g in &c.entry.grants.fs {
             println!("  grant    {}  {} ({})", g.id, g.host.display(), g.mode);
