@@ -272,7 +272,7 @@ impl Catalog {
     pub fn tool(&self, name: &str) -> Result<&CatalogTool, CallFailure> {
         self.tools
             .get(name)
-            .ok_or_else(|| CallFailure::UnknownTool(name.to_owned()))
+            .ok_or_else(|| CallFailure::UnknownTool(shown_uri(name).to_owned()))
     }
 
     /// The `tools/list` answer.
@@ -333,7 +333,9 @@ impl Catalog {
             .iter()
             .find(|t| t.item.1.uri_template == template)
             .map(|t| &t.component)
-            .ok_or_else(|| CallFailure::NotFound(format!("resource template {template}")))
+            .ok_or_else(|| {
+                CallFailure::NotFound(format!("resource template {}", shown_uri(template)))
+            })
     }
 
     /// The prompt called `name`.
@@ -341,7 +343,7 @@ impl Catalog {
         self.prompts
             .iter()
             .find(|p| p.item.name == name)
-            .ok_or_else(|| CallFailure::NotFound(format!("prompt {name}")))
+            .ok_or_else(|| CallFailure::NotFound(format!("prompt {}", shown_uri(name))))
     }
 }
 
@@ -459,7 +461,7 @@ const MAX_PROMPT_ARGUMENTS: usize = 64;
 /// The longest resource URI or template accepted.
 const MAX_URI: usize = 2048;
 
-/// A URI as an error message shows it: at most 256 bytes.
+/// A name or URI the client sent, as an error message shows it: at most 256 bytes.
 fn shown_uri(uri: &str) -> &str {
     &uri[..uri.floor_char_boundary(256)]
 }
