@@ -701,3 +701,58 @@ fn signals_and_questions_a_component_gives_are_bounded() {
     assert_eq!(s.call("during")["text"], "during", "{}", s.report);
     assert_eq!(s.call("after")["text"], "after", "{}", s.report);
 }
+
+#[test]
+fn arguments_and_structured_output_are_checked_against_the_tools_schemas() {
+    // The host checks every call's arguments against the tool's input schema before approval
+    // and execution, and structured output against its output schema: the component's own
+    // checks are not what keeps a mismatch out.
+    let dir = TempDir::new("schemas");
+    let config = hostile_config(&dir, "");
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({
+            "then": [
+                {"id": "missing", "tool": "fixture_echo", "args": {}},
+                {"id": "wrong_type", "tool": "fixture_echo", "args": {"message": 42}},
+                {"id": "fits", "tool": "fixture_shape", "args": {"wrong": false}},
+                {"id": "misfit", "tool": "fixture_shape", "args": {"wrong": true}},
+                {"id": "after", "tool": "fixture_echo", "args": {"message": "after"}}
+            ]
+        }),
+    );
+    let missing = s.call("missing");
+    assert_eq!(outcome(missing), "invalid_arguments", "{missing}");
+    assert!(
+        missing["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid arguments: the arguments do not match the schema at /: "),
+        "{missing}"
+    );
+    let wrong = s.call("wrong_type");
+    assert_eq!(outcome(wrong), "invalid_arguments", "{wrong}");
+    let text = wrong["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("invalid arguments: the arguments do not match the schema at /message: "),
+        "{wrong}"
+    );
+    // The value itself is not quoted back.
+    assert!(!text.contains("42"), "{text}");
+    assert_eq!(
+        s.call("fits")["structured"],
+        json!({"count": 3}),
+        "{}",
+        s.report
+    );
+    let misfit = s.call("misfit");
+    assert_eq!(outcome(misfit), "invalid_output", "{misfit}");
+    assert!(
+        misfit["text"].as_str().unwrap().starts_with(
+            "tool returned malformed output: the structured content does not match the schema at /count: "
+        ),
+        "{misfit}"
+    );
+    assert_eq!(s.call("after")["text"], "after", "{}", s.report);
+}

@@ -641,7 +641,13 @@ impl Airlock {
         let limits = &component.entry.limits;
         let (bytes, items) = (limits.max_output_bytes, limits.max_output_items);
         match report.result? {
-            Answer::Called(out) => output::to_mcp(out, bytes, items).map(Response::Tool),
+            Answer::Called(out) => {
+                let result = output::to_mcp(out, bytes, items)?;
+                if let Some(tool) = target.tool {
+                    check_output(tool, &result)?;
+                }
+                Ok(Response::Tool(result))
+            }
             Answer::Read(contents) => {
                 output::read_result(contents, bytes, items).map(Response::Resource)
             }
@@ -1627,6 +1633,58 @@ impl Input {
     }
 }
 
+/// The longest validation message a client reads (it names the JSON pointer and the rule).
+const MAX_VALIDATION_MESSAGE: usize = 512;
+
+/// A tool's arguments against its input schema: the first mismatch, with its JSON pointer, is
+/// `invalid_arguments`. The message never quotes the value (it may be large or secret).
+fn check_arguments(tool: &CatalogTool, arguments: Option<&JsonObject>) -> Result<(), CallFailure> {
+    let empty = serde_json::Value::Object(JsonObject::new());
+    let given;
+    let instance = match arguments {
+        None => &empty,
+        Some(a) => {
+            given = serde_json::Value::Object(a.clone());
+            &given
+        }
+    };
+    tool.input
+        .validate(instance)
+        .map_err(|e| CallFailure::InvalidArguments(mismatch("the arguments do not match", &e)))
+}
+
+/// A schema mismatch as a client reads it: where (a JSON pointer) and which rule, the value
+/// itself masked, at most [`MAX_VALIDATION_MESSAGE`] bytes.
+fn mismatch(what_does_not_match: &str, e: &jsonschema::ValidationError<'_>) -> String {
+    let at = e.instance_path().as_str();
+    let at = if at.is_empty() { "/" } else { at };
+    let mut text = format!("{what_does_not_match} the schema at {at}: {}", e.masked());
+    if text.len() > MAX_VALIDATION_MESSAGE {
+        text.truncate(text.floor_char_boundary(MAX_VALIDATION_MESSAGE));
+        text.push('…');
+    }
+    text
+}
+
+/// A tool's structured output against its output schema: a tool that declares one and
+/// returns a result (not an error) must return structured content that matches it.
+fn check_output(tool: &CatalogTool, result: &CallToolResult) -> Result<(), CallFailure> {
+    let Some(schema) = &tool.output else {
+        return Ok(());
+    };
+    if result.is_error == Some(true) {
+        return Ok(());
+    }
+    let Some(structured) = &result.structured_content else {
+        return Err(CallFailure::InvalidOutput(
+            "the tool declares an output schema but returned no structured content".into(),
+        ));
+    };
+    schema.validate(structured).map_err(|e| {
+        CallFailure::InvalidOutput(mismatch("the structured content does not match", &e))
+    })
+}
+
 /// Serialise the input once, for the guest, and enforce its size limit; a prompt's required
 /// arguments must all be there.
 fn validate_input(target: &Target<'_>, request: &Request<'_>) -> Result<Input, CallFailure> {
@@ -1641,6 +1699,10 @@ fn validate_input(target: &Target<'_>, request: &Request<'_>) -> Result<Input, C
             };
             if too_large(text.len()) {
                 return Err(CallFailure::ArgumentsTooLarge { limit });
+            }
+            // The size limit first: the schema runs only over arguments within it.
+            if let Some(tool) = target.tool {
+                check_arguments(tool, *arguments)?;
             }
             Input::Call { arguments: text }
         }

@@ -40,6 +40,11 @@ pub struct LoadedComponent {
 pub struct CatalogTool {
     pub component: Arc<LoadedComponent>,
     pub tool: Tool,
+    /// Its input schema, compiled at load: every call's arguments are checked against it
+    /// before approval and execution.
+    pub input: jsonschema::Validator,
+    /// Its output schema, compiled at load: structured output is checked against it.
+    pub output: Option<jsonschema::Validator>,
 }
 
 /// A resource, a resource template or a prompt, and the component that serves it.
@@ -202,12 +207,16 @@ impl Catalog {
                         ),
                     ));
                 }
+                let (input, output) = compile_schemas(&tool)
+                    .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
                 listed.push(tool.clone());
                 tools.insert(
                     tool.name.to_string(),
                     CatalogTool {
                         component: component.clone(),
                         tool,
+                        input,
+                        output,
                     },
                 );
             }
@@ -690,6 +699,56 @@ fn valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// Refuses every reference outside the schema itself: no schema makes the host fetch a URL
+/// or read a file.
+struct NoExternalReferences;
+
+impl jsonschema::Retrieve for NoExternalReferences {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        Err(format!("{uri}: a reference outside the schema is not followed").into())
+    }
+}
+
+/// The most bytes one `pattern` of a schema may compile to.
+const MAX_PATTERN_BYTES: usize = 1 << 20;
+
+/// A schema compiled for validation: draft 2020-12 unless `$schema` names another (draft-07,
+/// 2019-09, 6 or 4); patterns in a linear-time engine; no external references.
+pub fn compile_schema(schema: &JsonObject) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .with_retriever(NoExternalReferences)
+        .with_pattern_options(
+            jsonschema::PatternOptions::regex()
+                .size_limit(MAX_PATTERN_BYTES)
+                .dfa_size_limit(MAX_PATTERN_BYTES),
+        )
+        .build(&serde_json::Value::Object(schema.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// A tool's input and output schemas, compiled: one that does not compile is a load error.
+fn compile_schemas(
+    tool: &Tool,
+) -> Result<(jsonschema::Validator, Option<jsonschema::Validator>), String> {
+    let fail = |what: &str, e: String| {
+        format!(
+            "tool \"{}\": its {what} is not a usable JSON Schema: {e}",
+            tool.name
+        )
+    };
+    let input = compile_schema(&tool.input_schema).map_err(|e| fail("input schema", e))?;
+    let output = tool
+        .output_schema
+        .as_deref()
+        .map(compile_schema)
+        .transpose()
+        .map_err(|e| fail("output schema", e))?;
+    Ok((input, output))
+}
+
 fn schema_object(what: &str, tool: &str, text: &str) -> Result<JsonObject, String> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Object(o)) => Ok(o),
@@ -793,6 +852,47 @@ fn to_mcp_tool(spec: ToolSpec, limits: &crate::config::policy::Limits) -> Result
 mod tests {
     use super::*;
     use airlock_host_api::Hints;
+
+    #[test]
+    fn schemas_that_reach_outside_or_do_not_compile_are_load_errors() {
+        let object = |v: serde_json::Value| match v {
+            serde_json::Value::Object(o) => o,
+            _ => unreachable!(),
+        };
+        // A local reference and draft-07 are fine.
+        assert!(
+            compile_schema(&object(serde_json::json!({
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "definitions": {"a": {"type": "string"}},
+                "properties": {"x": {"$ref": "#/definitions/a"}}
+            })))
+            .is_ok()
+        );
+        for (schema, why) in [
+            (
+                serde_json::json!({"type": "object", "properties": {"x": {"$ref": "https://example.com/s.json"}}}),
+                "not followed",
+            ),
+            (
+                serde_json::json!({"type": "object", "properties": {"x": {"$ref": "file:///etc/passwd"}}}),
+                "not followed",
+            ),
+            (
+                serde_json::json!({"type": "object", "properties": {"x": {"type": "no-such-type"}}}),
+                "no-such-type",
+            ),
+            // A pattern a linear-time engine cannot run (a backreference) is refused, not run
+            // with backtracking.
+            (
+                serde_json::json!({"type": "object", "properties": {"x": {"type": "string", "pattern": "^(a+)\\1$"}}}),
+                "",
+            ),
+        ] {
+            let e = compile_schema(&object(schema.clone())).unwrap_err();
+            assert!(e.contains(why), "{schema}: {e}");
+        }
+    }
 
     #[test]
     fn uri_templates_match_in_linear_time_and_refuse_what_they_cannot_route() {
