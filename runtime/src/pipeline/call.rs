@@ -4,11 +4,11 @@
 //!
 //! Steps: (authentication, in the transport) → the principal's rate limit → look up →
 //! authorize → operator kill switch → nesting caps (nested calls) → the tool's (or the entry's
-//! resources' or prompts') rate limit → validate input → redeem a retry's ticket →
-//! approval (tier or rule) → admit (in-flight limits) → operator kill switch again, once the
-//! call is registered as running → execute in the sandbox (with the grants
-//! the operator's revocations and the tier leave) → check output → redact secrets → audit
-//! record (durable before the response) → log event.
+//! resources' or prompts') rate limit → validate input (size, the tool's input schema) →
+//! redeem a retry's ticket → approval (tier or rule) → admit (in-flight limits) → operator
+//! kill switch again, once the call is registered as running → execute in the sandbox (with
+//! the grants the operator's revocations and the tier leave) → check output (sizes, the tool's
+//! output schema) → redact secrets → audit record (durable before the response) → log event.
 //!
 //! A tool's `call-tool` import comes back in here: nested calls take every step, as the same
 //! caller, with the calling call as their parent.
