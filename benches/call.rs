@@ -2,7 +2,8 @@
 //! (`sandbox_run`) and through the whole pipeline (`pipeline_call`: admission, argument
 //! serialisation, sandbox, output conversion, log event), with the audit log off and with a
 //! durable (fsynced) audit record per call, and with the intent record a component that can act
-//! outside its sandbox adds.
+//! outside its sandbox adds; and the check of a call's arguments against the tool's input
+//! schema alone (`input_validation`).
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
@@ -73,6 +74,18 @@ fn bench(c: &mut Criterion) {
             )
             .await;
             assert!(r.result.is_ok());
+        })
+    });
+
+    // What the host's check of a call's arguments against the tool's input schema costs (part
+    // of every `pipeline_call`): the arguments as the call path has them, cloned into a value
+    // and validated by the schema compiled at load.
+    let args: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"message":"hi"}"#).unwrap();
+    c.bench_function("input_validation: fixture_echo's schema, one call's arguments", |b| {
+        b.iter(|| {
+            let instance = serde_json::Value::Object(args.clone());
+            assert!(tool.input.is_valid(std::hint::black_box(&instance)));
         })
     });
 
