@@ -82,12 +82,15 @@ fn bench(c: &mut Criterion) {
     // and validated by the schema compiled at load.
     let args: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(r#"{"message":"hi"}"#).unwrap();
-    c.bench_function("input_validation: fixture_echo's schema, one call's arguments", |b| {
-        b.iter(|| {
-            let instance = serde_json::Value::Object(args.clone());
-            assert!(tool.input.is_valid(std::hint::black_box(&instance)));
-        })
-    });
+    c.bench_function(
+        "input_validation: fixture_echo's schema, one call's arguments",
+        |b| {
+            b.iter(|| {
+                let instance = serde_json::Value::Object(args.clone());
+                assert!(tool.input.is_valid(std::hint::black_box(&instance)));
+            })
+        },
+    );
 
     pipeline_call(
         c,

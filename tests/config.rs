@@ -203,6 +203,20 @@ fn embedded_default_checks_and_lists_the_bundled_tools() {
         serde_json::json!(["text_stats", "text_transform", "text_replace"])
     );
     assert_eq!(text["limits"]["memory_bytes"], 64 << 20);
+    // Each tool with its description and schemas, as clients see them.
+    let stats = &text["tool_specs"][0];
+    assert_eq!(stats["name"], "text_stats");
+    assert_eq!(
+        stats["description"],
+        "Count bytes, characters, words and lines of a text."
+    );
+    assert_eq!(stats["input_schema"]["type"], "object");
+    assert!(stats["input_schema"]["properties"]["text"].is_object());
+    let out = run_airlock(&["tools", "--state-dir", state.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("    text_stats(text)  Count bytes, characters, words and lines of a text.")
+    );
     assert_eq!(text["limits"]["timeout_ms"], 5000);
     assert_eq!(
         text["grants"],

@@ -358,7 +358,7 @@ fn print(request: &Request, answer: &Answer) {
 
 /// Text from callers (principal names come from tokens) with control characters escaped, so
 /// that nothing printed can drive the operator's terminal.
-fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
             let escaped: Vec<char> = if c.is_control() {

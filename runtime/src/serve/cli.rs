@@ -496,6 +496,7 @@ async fn shutdown_signal() {
 }
 
 fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
+    use crate::control::ctl::shown;
     let catalog = airlock.catalog();
     if json {
         let components: Vec<serde_json::Value> = catalog
@@ -509,6 +510,14 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                     "sha256": hex::encode(c.entry.digest),
                     "pinned": c.entry.pinned,
                     "tools": c.tools,
+                    "tool_specs": c.tools.iter().filter_map(|t| catalog.tool(t).ok()).map(|t| serde_json::json!({
+                        "name": t.tool.name,
+                        "title": t.tool.title,
+                        "description": t.tool.description,
+                        "input_schema": t.tool.input_schema,
+                        "output_schema": t.tool.output_schema,
+                        "annotations": t.tool.annotations,
+                    })).collect::<Vec<_>>(),
                     "resources": c.resources,
                     "resource_templates": c.templates.iter().map(|t| &t.text).collect::<Vec<_>>(),
                     "prompts": c.prompts,
@@ -593,6 +602,30 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
             "  tools    {}",
             listed(&mut c.tools.iter().map(String::as_str))
         );
+        for t in c.tools.iter().filter_map(|t| catalog.tool(t).ok()) {
+            // One line each: its arguments (`?` when optional) and its description's first line.
+            let schema = &t.tool.input_schema;
+            let required = schema.get("required").and_then(|r| r.as_array());
+            let arguments: Vec<String> = schema
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .into_iter()
+                .flat_map(|p| p.keys())
+                .map(|k| {
+                    let needed = required.is_some_and(|r| r.iter().any(|x| x == k));
+                    let k = shown(k);
+                    if needed { k } else { format!("{k}?") }
+                })
+                .collect();
+            let description = t.tool.description.as_deref().unwrap_or("");
+            let first = description.lines().next().unwrap_or("");
+            println!(
+                "    {}({})  {}",
+                t.tool.name,
+                arguments.join(", "),
+                shown(first)
+            );
+        }
         if !c.resources.is_empty() || !c.templates.is_empty() || !c.prompts.is_empty() {
             println!(
                 "  resources {}",
