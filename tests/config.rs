@@ -224,3 +224,44 @@ fn embedded_default_checks_and_lists_the_bundled_tools() {
     );
     assert_eq!(text["holds_readable_secret"], false);
 }
+
+#[test]
+fn an_entry_serves_only_the_tools_it_names() {
+    let dir = TempDir::new("only-tools");
+    let state = dir.0.join("state");
+    let wasm = hostile_wasm();
+    let config = dir.config(&format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\ntools = [\"fixture_echo\", \"fixture_fails\"]\n",
+        wasm.display()
+    ));
+    let out = run_airlock(&[
+        "tools",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["components"][0]["tools"],
+        serde_json::json!(["fixture_echo", "fixture_fails"])
+    );
+    // A name the component does not declare protects nothing: a load error naming it.
+    let config = dir.config(&format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\ntools = [\"fixture_echo\", \"no_such_tool\"]\n",
+        wasm.display()
+    ));
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
+    assert!(
+        err.contains("tool \"hostile\" › tools")
+            && err.contains("declares no tool \"no_such_tool\""),
+        "{err}"
+    );
+}

@@ -153,6 +153,8 @@ struct ToolSection {
     rate_limit: Option<Rate>,
     tier: Option<Tier>,
     approval: Option<ApprovalSection>,
+    /// Only these of the component's tools are served (all of them when absent).
+    tools: Option<Vec<String>>,
 }
 
 /// What the audit record of a call keeps of its arguments.
@@ -349,6 +351,9 @@ pub struct ComponentEntry {
     pub rate_limit: Option<Rate>,
     /// Tier and approval rule, before they are checked against the declared tools.
     pub approval: ApprovalPolicy,
+    /// `tools = [...]`: only these of the component's tools are served; a name it does not
+    /// declare is a load error.
+    pub only_tools: Option<Vec<String>>,
 }
 
 /// A validated configuration.
@@ -507,6 +512,7 @@ impl Policy {
                 rate_limit: t.rate_limit,
                 approval: risk::resolve(t.tier, t.approval.as_ref())
                     .map_err(|(k, p)| err(key(&k), p))?,
+                only_tools: t.tools.clone(),
             });
             for r in &t.roles {
                 if !auth.has_role(r) {

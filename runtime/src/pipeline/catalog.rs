@@ -131,9 +131,36 @@ impl Catalog {
                 shapes: shapes.clone(),
                 ledgers: crate::sandbox::quota::Ledgers::for_grants(&entry.grants),
             };
-            let offer = describe(&prepared)
+            let mut offer = describe(&prepared)
                 .await
                 .map_err(|e| fail(key(), format!("{}: describe() failed: {e}", entry.source)))?;
+            // `tools = [...]`: only those are served, and each must be one the component has.
+            if let Some(only) = &entry.only_tools {
+                if let Some(missing) = only
+                    .iter()
+                    .find(|n| !offer.tools.iter().any(|t| &t.name == *n))
+                {
+                    let shown: String = missing
+                        .chars()
+                        .take(64)
+                        .filter(|c| !c.is_control())
+                        .collect();
+                    return Err(fail(
+                        format!("tool \"{}\" › tools", entry.name),
+                        format!(
+                            "{} declares no tool \"{shown}\" (it declares: {})",
+                            entry.source,
+                            offer
+                                .tools
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                offer.tools.retain(|t| only.contains(&t.name));
+            }
             let specs = &offer.tools;
             if specs.is_empty()
                 && offer.resources.is_empty()
