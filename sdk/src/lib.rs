@@ -411,11 +411,27 @@ impl Tool {
         R: IntoOutput,
         F: Fn(A) -> Result<R, ToolError> + 'static,
     {
+        Tool::typed(name, description, Box::new(schema_of::<A>), f)
+    }
+
+    /// A tool of `name` whose arguments parse as `A` and whose schema is `input_schema`, at
+    /// MCP's cautious default hints.
+    fn typed<A, R, F>(
+        name: &'static str,
+        description: &'static str,
+        input_schema: Box<dyn Fn() -> serde_json::Value>,
+        f: F,
+    ) -> Self
+    where
+        A: DeserializeOwned + 'static,
+        R: IntoOutput,
+        F: Fn(A) -> Result<R, ToolError> + 'static,
+    {
         Tool {
             name,
             title: None,
             description,
-            input_schema: Box::new(schema_of::<A>),
+            input_schema,
             output_schema: None,
             hints: wit::Hints {
                 read_only: false,
@@ -444,24 +460,7 @@ impl Tool {
         R: IntoOutput,
         F: Fn(serde_json::Value) -> Result<R, ToolError> + 'static,
     {
-        Tool {
-            name,
-            title: None,
-            description,
-            input_schema: Box::new(move || schema.clone()),
-            output_schema: None,
-            hints: wit::Hints {
-                read_only: false,
-                destructive: true,
-                idempotent: false,
-                open_world: true,
-            },
-            handler: Box::new(move |arguments| {
-                let args: serde_json::Value = serde_json::from_str(arguments)
-                    .map_err(|e| ToolError::InvalidArguments(e.to_string()))?;
-                f(args)?.into_output()
-            }),
-        }
+        Tool::typed(name, description, Box::new(move || schema.clone()), f)
     }
 
     /// A human-readable title.

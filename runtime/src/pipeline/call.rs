@@ -666,6 +666,15 @@ impl Airlock {
         principal: &Principal,
     ) -> Result<Target<'r>, CallFailure> {
         let catalog = &self.catalog;
+        let prompt_target = |name: &str, offering| {
+            catalog.prompt(name).map(|prompt| Target {
+                component: &prompt.component,
+                tool: None,
+                prompt: Some(&prompt.item),
+                name: &prompt.item.name,
+                offering,
+            })
+        };
         Ok(match request {
             Request::Tool { name, .. } => {
                 let tool = catalog.tool(name)?;
@@ -684,27 +693,9 @@ impl Airlock {
                 name: uri,
                 offering: Offering::Resource,
             },
-            Request::GetPrompt { name, .. } => {
-                let prompt = catalog.prompt(name)?;
-                Target {
-                    component: &prompt.component,
-                    tool: None,
-                    prompt: Some(&prompt.item),
-                    name: &prompt.item.name,
-                    offering: Offering::Prompt,
-                }
-            }
+            Request::GetPrompt { name, .. } => prompt_target(name, Offering::Prompt)?,
             Request::Complete { of, .. } => match of {
-                Completing::Prompt(name) => {
-                    let prompt = catalog.prompt(name)?;
-                    Target {
-                        component: &prompt.component,
-                        tool: None,
-                        prompt: Some(&prompt.item),
-                        name: &prompt.item.name,
-                        offering: Offering::PromptCompletion,
-                    }
-                }
+                Completing::Prompt(name) => prompt_target(name, Offering::PromptCompletion)?,
                 Completing::Template(template) => Target {
                     component: catalog.template(template)?,
                     tool: None,

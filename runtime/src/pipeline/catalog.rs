@@ -538,6 +538,35 @@ fn check_text(what: &str, text: &str, limit: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The checked name, title, description and MIME type of a resource or template, as the
+/// fields of its MCP form.
+fn described(
+    what: &str,
+    name: &str,
+    title: &Option<String>,
+    description: &Option<String>,
+    mime_type: &Option<String>,
+    limit: u64,
+) -> Result<JsonObject, String> {
+    if name.trim().is_empty() {
+        return Err(format!("{what} has an empty name"));
+    }
+    check_text(&format!("{what}: its name"), name, limit)?;
+    let mut v = JsonObject::new();
+    v.insert("name".into(), name.into());
+    for (key, field, shown) in [
+        ("title", title, "title"),
+        ("description", description, "description"),
+        ("mimeType", mime_type, "MIME type"),
+    ] {
+        if let Some(text) = field {
+            check_text(&format!("{what}: its {shown}"), text, limit)?;
+            v.insert(key.into(), text.clone().into());
+        }
+    }
+    Ok(v)
+}
+
 fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<Offered, String> {
     let limit = limits.max_description_bytes.bytes();
     let optional = |what: &str, t: &Option<String>| {
@@ -551,27 +580,22 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
             return Err(format!("resource \"{}\" is declared twice", r.uri));
         }
         let what = format!("resource \"{}\"", r.uri);
-        if r.name.trim().is_empty() {
-            return Err(format!("{what} has an empty name"));
-        }
-        check_text(&format!("{what}: its name"), &r.name, limit)?;
-        optional(&format!("{what}: its title"), &r.title)?;
-        optional(&format!("{what}: its description"), &r.description)?;
-        optional(&format!("{what}: its MIME type"), &r.mime_type)?;
-        let mut v = serde_json::json!({ "uri": r.uri, "name": r.name });
-        if let Some(t) = &r.title {
-            v["title"] = t.clone().into();
-        }
-        if let Some(d) = &r.description {
-            v["description"] = d.clone().into();
-        }
-        if let Some(m) = &r.mime_type {
-            v["mimeType"] = m.clone().into();
-        }
+        let mut v = described(
+            &what,
+            &r.name,
+            &r.title,
+            &r.description,
+            &r.mime_type,
+            limit,
+        )?;
+        v.insert("uri".into(), r.uri.clone().into());
         if let Some(n) = r.size {
-            v["size"] = n.into();
+            v.insert("size".into(), n.into());
         }
-        resources.push(serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))?);
+        resources.push(
+            serde_json::from_value(serde_json::Value::Object(v))
+                .map_err(|e| format!("{what}: {e}"))?,
+        );
     }
     let mut templates = Vec::with_capacity(offer.resource_templates.len());
     let mut seen = std::collections::HashSet::new();
@@ -585,42 +609,22 @@ fn check_offer(offer: &Offer, limits: &crate::config::policy::Limits) -> Result<
         }
         let parsed = UriTemplate::parse(&t.uri_template)?;
         let what = format!("resource template \"{}\"", t.uri_template);
-        if t.name.trim().is_empty() {
-            return Err(format!("{what} has an empty name"));
-        }
-        check_text(&format!("{what}: its name"), &t.name, limit)?;
-        optional(&format!("{what}: its title"), &t.title)?;
-        optional(&format!("{what}: its description"), &t.description)?;
-        optional(&format!("{what}: its MIME type"), &t.mime_type)?;
-        let mut v = serde_json::json!({ "uriTemplate": t.uri_template, "name": t.name });
-        if let Some(x) = &t.title {
-            v["title"] = x.clone().into();
-        }
-        if let Some(d) = &t.description {
-            v["description"] = d.clone().into();
-        }
-        if let Some(m) = &t.mime_type {
-            v["mimeType"] = m.clone().into();
-        }
+        let mut v = described(
+            &what,
+            &t.name,
+            &t.title,
+            &t.description,
+            &t.mime_type,
+            limit,
+        )?;
+        v.insert("uriTemplate".into(), t.uri_template.clone().into());
         templates.push((
             parsed,
-            serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))?,
+            serde_json::from_value(serde_json::Value::Object(v))
+                .map_err(|e| format!("{what}: {e}"))?,
         ));
     }
     let mut prompts = Vec::with_capacity(offer.prompts.len());
-    if let Some(t) = offer.resource_templates.iter().find(|t| {
-        offer
-            .resource_templates
-            .iter()
-            .filter(|o| o.uri_template == t.uri_template)
-            .count()
-            > 1
-    }) {
-        return Err(format!(
-            "resource template \"{}\" is declared twice",
-            t.uri_template
-        ));
-    }
     let mut seen = std::collections::HashSet::new();
     for p in &offer.prompts {
         if !valid_tool_name(&p.name) {

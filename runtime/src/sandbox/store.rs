@@ -1338,7 +1338,7 @@ async fn invoke_current(
     pre: &ToolPre<HostState>,
     invocation: Invocation<'_>,
 ) -> Result<Answer, CallFailure> {
-    use airlock_host_api::{CallError, RequestError};
+    use airlock_host_api::RequestError;
     let instance = pre
         .instantiate_async(&mut *store)
         .await
@@ -1361,15 +1361,7 @@ async fn invoke_current(
     };
     match work {
         Work::Call { tool, arguments } => {
-            match instance.call_call(&mut *store, tool, arguments).await {
-                Ok(Ok(out)) => Ok(Answer::Called(out)),
-                Ok(Err(CallError::InvalidArguments(m))) => Err(CallFailure::InvalidArguments(m)),
-                Ok(Err(CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
-                Ok(Err(CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(format!(
-                    "the component does not implement tool `{t}` it declared"
-                ))),
-                Err(e) => Err(run(e)),
-            }
+            called(instance.call_call(&mut *store, tool, arguments).await)
         }
         Work::ReadResource { uri } => instance
             .call_read_resource(&mut *store, uri)
@@ -1399,7 +1391,6 @@ async fn invoke_v1(
     pre: &airlock_host_api::v1::ToolPre<HostState>,
     invocation: Invocation<'_>,
 ) -> Result<Answer, CallFailure> {
-    use airlock_host_api::v1::airlock::tool::types::CallError;
     let instance = pre
         .instantiate_async(&mut *store)
         .await
@@ -1425,8 +1416,17 @@ async fn invoke_v1(
             work.target()
         )));
     };
-    match instance.call_call(&mut *store, tool, arguments).await {
-        Ok(Ok(out)) => Ok(Answer::Called(out.into())),
+    let answer = instance.call_call(&mut *store, tool, arguments).await;
+    called(answer.map(|r| r.map(Into::into).map_err(Into::into)))
+}
+
+/// A tool call's answer, in either contract version's terms once converted.
+fn called(
+    answer: wasmtime::Result<Result<ToolOutput, airlock_host_api::CallError>>,
+) -> Result<Answer, CallFailure> {
+    use airlock_host_api::CallError;
+    match answer {
+        Ok(Ok(out)) => Ok(Answer::Called(out)),
         Ok(Err(CallError::InvalidArguments(m))) => Err(CallFailure::InvalidArguments(m)),
         Ok(Err(CallError::Failed(m))) => Err(CallFailure::ToolFailed(m)),
         Ok(Err(CallError::UnknownTool(t))) => Err(CallFailure::ToolFailed(format!(
