@@ -81,6 +81,8 @@ fn main() {
         "hostile",
         "conformance",
         "legacy",
+        "generic",
+        "command",
     ] {
         let file = wasm_dir.join(format!("{name}.wasm"));
         assert!(

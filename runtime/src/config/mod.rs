@@ -9,3 +9,4 @@ pub mod grants;
 pub mod policy;
 pub mod risk;
 pub mod secrets;
+pub mod tool_settings;

@@ -9,6 +9,7 @@ use crate::config::confine::{self, ConfineSection, ConfineSettings};
 use crate::config::grants::{self, Grants, GrantsSection};
 use crate::config::risk::{self, ApprovalPolicy, ApprovalSection, Tier};
 use crate::config::secrets::{self, SecretStore, SecretsSection};
+use crate::config::tool_settings;
 use crate::core::units::{ByteSize, Rate, Span};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -155,6 +156,15 @@ struct ToolSection {
     approval: Option<ApprovalSection>,
     /// Only these of the component's tools are served (all of them when absent).
     tools: Option<Vec<String>>,
+    /// A generic component's functions under other tool names: function id → tool name.
+    #[serde(default)]
+    rename: BTreeMap<String, String>,
+    /// The WIT (a `.wit` file or a package directory) whose doc comments describe a generic
+    /// component's functions.
+    wit: Option<String>,
+    /// Plain settings the component's tools read at run time (never secret).
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
 }
 
 /// What the audit record of a call keeps of its arguments.
@@ -354,6 +364,13 @@ pub struct ComponentEntry {
     /// `tools = [...]`: only these of the component's tools are served; a name it does not
     /// declare is a load error.
     pub only_tools: Option<Vec<String>>,
+    /// A generic component's functions under other tool names: function id → tool name.
+    pub rename: BTreeMap<String, String>,
+    /// The WIT file or directory named by `wit`, and the doc comment of each function in it.
+    pub wit: Option<PathBuf>,
+    pub docs: BTreeMap<String, String>,
+    /// `[tool.settings]`, readable by the component's tools.
+    pub settings: Arc<BTreeMap<String, String>>,
 }
 
 /// A validated configuration.
@@ -499,6 +516,16 @@ impl Policy {
             };
             let grants =
                 grants::resolve(&t.grants, base, &secrets).map_err(|(k, p)| err(key(&k), p))?;
+            tool_settings::check_settings(&t.settings, &secrets)
+                .map_err(|p| err(key("settings"), p))?;
+            tool_settings::check_rename(&t.rename).map_err(|p| err(key("rename"), p))?;
+            let wit = t.wit.as_ref().map(|w| base.join(w));
+            let docs = match &wit {
+                Some(path) => {
+                    tool_settings::wit_docs(path).map_err(|p| err(key("wit"), p))?
+                }
+                None => BTreeMap::new(),
+            };
             components.push(ComponentEntry {
                 name: t.name.clone(),
                 source,
@@ -513,6 +540,10 @@ impl Policy {
                 approval: risk::resolve(t.tier, t.approval.as_ref())
                     .map_err(|(k, p)| err(key(&k), p))?,
                 only_tools: t.tools.clone(),
+                rename: t.rename.clone(),
+                wit,
+                docs,
+                settings: Arc::new(t.settings.clone()),
             });
             for r in &t.roles {
                 if !auth.has_role(r) {
@@ -584,6 +615,11 @@ fn own_files(
                 format!("the component file of tool \"{}\"", c.name),
                 path.clone(),
             ));
+        }
+    }
+    for c in components {
+        if let Some(wit) = &c.wit {
+            own.push((format!("the WIT of tool \"{}\"", c.name), wit.clone()));
         }
     }
     if let Some(file) = auth.jwt.as_ref().and_then(|j| j.jwks_file.as_ref()) {

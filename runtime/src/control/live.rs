@@ -4,7 +4,7 @@
 //! configuration that does not load leaves the running one in place and says why.
 
 use crate::config::confine::Plan;
-use crate::config::policy::{Dirs, Policy};
+use crate::config::policy::{ComponentSource, Dirs, Policy};
 use crate::gate::audit::AuditLog;
 use crate::gate::overrides::Overrides;
 use crate::pipeline::call::Airlock;
@@ -202,33 +202,50 @@ impl Live {
         Ok(next)
     }
 
-    /// Reload whenever the configuration file's content changes (checked every `every`).
-    /// Failures are logged and recorded; the running policy stays.
+    /// Reload whenever the content of the configuration file or of a component file changes
+    /// (checked every `every`; compared by sha256, so a touch is not a change). Failures are
+    /// logged and recorded; the running policy stays.
     pub async fn watch_file(self: Arc<Live>, every: Duration) {
-        let Some(path) = self.source.config.clone() else {
-            return;
-        };
         let stamp = |p: &PathBuf| -> Option<(SystemTime, u64)> {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len()))
         };
-        // The first look compares the content with what was loaded: the file may have changed
-        // between the load and this task's start.
-        let mut last = None;
+        // The first look at each file compares its content with what was loaded: it may have
+        // changed between the load and this task's start.
+        let mut last: std::collections::HashMap<PathBuf, Option<(SystemTime, u64)>> =
+            std::collections::HashMap::new();
         loop {
             tokio::time::sleep(every).await;
-            let now = stamp(&path);
-            if now == last {
-                continue;
+            let running = self.current();
+            let policy = &running.catalog().policy;
+            // Each watched file, and the sha256 of what was loaded from it.
+            let config = self
+                .source
+                .config
+                .iter()
+                .map(|p| (p, policy.sha256.clone(), "file-change"));
+            let components = policy.components.iter().filter_map(|c| match &c.source {
+                ComponentSource::File(p) => Some((p, hex::encode(c.digest), "component-change")),
+                ComponentSource::Bundled(_) => None,
+            });
+            let mut changed = None;
+            for (path, loaded, by) in config.chain(components) {
+                let now = stamp(path);
+                if last.get(path) == Some(&now) {
+                    continue;
+                }
+                last.insert(path.clone(), now);
+                // A touch or a rewrite with the same content is not a change.
+                let digest = std::fs::read(path).map(|b| hex::encode(Sha256::digest(&b)));
+                if digest.as_deref().ok() == Some(loaded.as_str()) {
+                    continue;
+                }
+                changed.get_or_insert((path.clone(), by));
             }
-            last = now;
-            // A touch or a rewrite with the same content is not a change.
-            let digest = std::fs::read(&path).map(|b| hex::encode(Sha256::digest(&b)));
-            if digest.as_deref().ok() == Some(self.current().catalog().policy.sha256.as_str()) {
-                continue;
-            }
-            tracing::info!(path = %path.display(), "configuration file changed; reloading");
-            if let Err(e) = self.reload("file-change").await {
+            drop(running);
+            let Some((path, by)) = changed else { continue };
+            tracing::info!(path = %path.display(), "{by}; reloading");
+            if let Err(e) = self.reload(by).await {
                 tracing::error!("reload refused, the running configuration stays: {e:#}");
             }
         }

@@ -7,7 +7,10 @@ use crate::config::policy::{ComponentEntry, ConfigError, Policy};
 use crate::core::failure::CallFailure;
 use crate::core::redact::{Redactor, Shapes};
 use crate::sandbox::engine::{Engines, load_component, private_dir};
-use crate::sandbox::store::{self, Answer, ComponentPre, HostState, Invocation, Prepared};
+use crate::sandbox::generic;
+use crate::sandbox::store::{
+    self, Answer, ComponentPre, GenericPre, HostState, Invocation, Prepared,
+};
 use airlock_host_api::{Offer, Tool as ToolWorld, ToolPre, ToolSpec};
 use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool, ToolAnnotations};
 use std::collections::HashMap;
@@ -112,15 +115,13 @@ impl Catalog {
 
             let compiled = load_component(&engine, &entry.bytes, &entry.digest, &cache_dir)
                 .map_err(|e| fail(key(), format!("{}: {e:#}", entry.source)))?;
-            let pre = instantiable(linker, &compiled).map_err(|e| {
-                fail(
-                    key(),
-                    format!(
-                        "{} does not fit the airlock:tool world (0.2.0 or 0.1.0): {e:#}",
-                        entry.source
-                    ),
-                )
-            })?;
+            let pre = instantiable(linker, &compiled, &engine, entry)
+                .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
+            if let ComponentPre::Generic(g) = &pre {
+                for why in &g.exports.skipped {
+                    tracing::warn!(tool = %entry.name, "not served: {why}");
+                }
+            }
             let prepared = Prepared {
                 engine,
                 pre,
@@ -384,17 +385,37 @@ impl Catalog {
 }
 
 /// The component's exports as the version of the contract it was built for: 0.2.0, else
-/// 0.1.0 (tools only).
+/// 0.1.0 (tools only). A component that exports nothing of the `airlock:tool` world is served
+/// generically: its exported functions become tools.
 fn instantiable(
     linker: &Linker<HostState>,
     compiled: &wasmtime::component::Component,
-) -> anyhow::Result<ComponentPre> {
-    let pre = linker.instantiate_pre(compiled)?;
+    engine: &Engine,
+    entry: &ComponentEntry,
+) -> Result<ComponentPre, String> {
+    let pre = linker.instantiate_pre(compiled).map_err(|e| {
+        format!("needs imports Airlock does not provide (only WASI 0.2 and airlock:tool): {e:#}")
+    })?;
+    if !generic::targets_airlock_tool(compiled, engine) {
+        let naming = generic::Naming {
+            entry: &entry.name,
+            rename: &entry.rename,
+            docs: &entry.docs,
+            source: &entry.source.to_string(),
+        };
+        let exports = generic::exports(compiled, engine, &naming)?;
+        return Ok(ComponentPre::Generic(Box::new(GenericPre { pre, exports })));
+    }
+    if !entry.rename.is_empty() {
+        return Err("rename applies only to components outside the airlock:tool world".into());
+    }
     match ToolPre::new(pre.clone()) {
         Ok(current) => Ok(ComponentPre::Current(current)),
         Err(current) => airlock_host_api::v1::ToolPre::new(pre)
             .map(ComponentPre::V1)
-            .map_err(|_| anyhow::Error::from(current)),
+            .map_err(|_| {
+                format!("does not fit the airlock:tool world (0.2.0 or 0.1.0): {current:#}")
+            }),
     }
 }
 

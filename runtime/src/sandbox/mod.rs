@@ -9,6 +9,7 @@ pub mod clock;
 pub mod egress;
 pub mod engine;
 pub mod files;
+pub mod generic;
 pub mod live_grants;
 pub mod output;
 pub mod quota;

@@ -12,6 +12,7 @@ use crate::sandbox::capture::Capture;
 use crate::sandbox::clock::Clock;
 use crate::sandbox::egress::{self, DenialCell, EgressGate};
 use crate::sandbox::files::CallFiles;
+use crate::sandbox::generic::{self, CommandInput, GenericExports};
 use crate::sandbox::live_grants::LiveGrants;
 use airlock_host_api::{
     Answer as InputAnswer, ClientFeatures, CompletionRequest, ElicitAnswer, InputKind, InputReply,
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, Val};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -932,6 +933,14 @@ pub enum ComponentPre {
     Current(ToolPre<HostState>),
     /// `airlock:tool@0.1.0`: tools only.
     V1(airlock_host_api::v1::ToolPre<HostState>),
+    /// Any other component: its exported functions (and a `wasi:cli` command) as tools.
+    Generic(Box<GenericPre>),
+}
+
+/// A generic component ready to instantiate, and how its exports are served.
+pub struct GenericPre {
+    pub pre: wasmtime::component::InstancePre<HostState>,
+    pub exports: GenericExports,
 }
 
 /// What a request asks of the component.
@@ -1013,7 +1022,26 @@ pub async fn run(
     signals: &RunSignals,
 ) -> RunReport<Answer> {
     let limits = &prepared.limits;
-    let cap = limits.capture_bytes.as_usize();
+    // A command's arguments and stdin go into its WASI context, and its stdout and stderr are
+    // its result: they are kept up to a quarter of the output limit each (the result carries
+    // stdout twice, as text and structured), or `capture_bytes` if that is more.
+    let command = match (&prepared.pre, &invocation) {
+        (
+            ComponentPre::Generic(g),
+            Invocation::Call {
+                work: Work::Call { tool, arguments },
+                ..
+            },
+        ) => g.exports.command_input(tool, arguments),
+        _ => None,
+    };
+    let cap = match command {
+        Some(_) => limits
+            .capture_bytes
+            .as_usize()
+            .max(limits.max_output_bytes.as_usize() / 4),
+        None => limits.capture_bytes.as_usize(),
+    };
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
     let denial = DenialCell::default();
     let (live, called, services, shadow) = match &invocation {
@@ -1040,7 +1068,15 @@ pub async fn run(
     let granted = current.as_deref().map(|g| (&live, g));
     let granted_tcp = current.as_ref().is_some_and(|g| !g.tcp.is_empty());
     let sample_granted = current.as_ref().is_some_and(|g| g.sample);
-    let context = wasi_context(&prepared.name, granted, shadow, &stdout, &stderr, &denial)
+    let context = wasi_context(
+        &prepared.name,
+        granted,
+        shadow,
+        command.as_ref(),
+        &stdout,
+        &stderr,
+        &denial,
+    )
         .and_then(|wasi| Ok((wasi, call_files(prepared, current.as_deref(), shadow)?)));
     let (wasi, files, granted) = match context {
         Ok((w, files)) => (w, files, Ok(())),
@@ -1146,7 +1182,7 @@ pub async fn run(
     {
         Err(f) => Err(f),
         Ok(()) => {
-            let invoked = invoke(&mut store, &prepared.pre, invocation);
+            let invoked = invoke(&mut store, &prepared.pre, invocation, (&stdout, &stderr));
             tokio::pin!(invoked);
             let stopped = tokio::select! {
                 biased;
@@ -1263,6 +1299,7 @@ pub fn wasi_context(
     component: &Arc<str>,
     grants: Option<(&LiveGrants, &Grants)>,
     shadow: bool,
+    command: Option<&CommandInput>,
     stdout: &Capture,
     stderr: &Capture,
     denial: &DenialCell,
@@ -1274,6 +1311,12 @@ pub fn wasi_context(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    if let Some(c) = command {
+        builder
+            .arg(component.as_ref())
+            .args(&c.args)
+            .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(c.stdin.clone()));
+    }
     if let Some((live, grants)) = grants {
         grant(&mut builder, component, live, grants, shadow, denial)?;
     }
@@ -1326,11 +1369,67 @@ async fn invoke(
     store: &mut Store<HostState>,
     pre: &ComponentPre,
     invocation: Invocation<'_>,
+    captured: (&Capture, &Capture),
 ) -> Result<Answer, CallFailure> {
     match pre {
         ComponentPre::Current(pre) => invoke_current(store, pre, invocation).await,
         ComponentPre::V1(pre) => invoke_v1(store, pre, invocation).await,
+        ComponentPre::Generic(pre) => invoke_generic(store, pre, invocation, captured).await,
     }
+}
+
+/// A function of a generic component, or its command.
+async fn invoke_generic(
+    store: &mut Store<HostState>,
+    pre: &GenericPre,
+    invocation: Invocation<'_>,
+    (stdout, stderr): (&Capture, &Capture),
+) -> Result<Answer, CallFailure> {
+    let work = match invocation {
+        // Worked out from the component's type at load: nothing runs.
+        Invocation::Describe => return Ok(Answer::Described(pre.exports.offer.clone())),
+        Invocation::Call { work, .. } => work,
+    };
+    let Work::Call { tool, arguments } = work else {
+        return Err(CallFailure::NotFound(format!(
+            "{} (a component outside the airlock:tool world offers tools only)",
+            work.target()
+        )));
+    };
+    let function = pre.exports.function(tool).ok_or_else(|| {
+        CallFailure::ToolFailed(format!("the component serves no tool `{tool}`"))
+    })?;
+    let params = function.params(arguments)?;
+    let mut results = function.result_slots();
+    let instance = pre
+        .pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(|e| classify(e, Stage::Instantiate))?;
+    let func = instance
+        .get_func(&mut *store, function.index())
+        .ok_or_else(|| CallFailure::HostError(format!("export {} is gone", function.id)))?;
+    let ran = func.call_async(&mut *store, &params, &mut results).await;
+    if function.command {
+        // `wasi:cli/exit` ends the run with its status; `run` returning is 0, or 1 on error.
+        let code = match ran {
+            Ok(()) => match results.first() {
+                Some(Val::Result(Err(_))) => 1,
+                _ => 0,
+            },
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(exit) => exit.0,
+                None => return Err(classify(e, Stage::Run)),
+            },
+        };
+        return Ok(Answer::Called(generic::command_output(
+            code,
+            stdout.take(),
+            stderr.take(),
+        )));
+    }
+    ran.map_err(|e| classify(e, Stage::Run))?;
+    Ok(Answer::Called(function.output(results)))
 }
 
 async fn invoke_current(

@@ -98,6 +98,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Call one tool through the whole pipeline (kill switches, rate limits, validation,
+    /// approval, sandbox, output checks, audit record) as the local principal, and print its
+    /// result and outcome. Fails when the call does not complete.
+    Call {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The tool to call.
+        tool: String,
+        /// Its arguments: a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Print the MCP result as JSON instead of its text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration, compile its components and check what they declare, without serving.
     Check {
         /// Configuration file (default: as for `serve`).
@@ -343,6 +358,93 @@ async fn start_serving(
     Ok(live)
 }
 
+/// `airlock call`: one call, as the local principal would make it over stdio, with the
+/// configured audit log and operator state. The admin socket is served meanwhile, so an
+/// operator can approve the call (or stop it) with `airlock ctl`; it also keeps a server on
+/// the same state directory from running at the same time.
+async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Result<()> {
+    use crate::core::failure::CallFailure;
+    use crate::pipeline::call::{CallContext, Caller};
+    let arguments: rmcp::model::JsonObject = serde_json::from_str(args)
+        .context("--args must be a JSON object, such as '{\"text\": \"hi\"}'")?;
+    let source = config.source();
+    let policy = source.load()?;
+    warn_unreachable(&policy);
+    confine::prepare_dirs(&policy)?;
+    let state_dir = policy.server.state_dir.clone();
+    let listener = admin::bind(&state_dir)?;
+    let overrides = OverrideStore::open(&state_dir, false)?;
+    let audit = AuditLog::open(&policy.audit, &state_dir)?;
+    let approvals =
+        crate::gate::approval::Approvals::open(&state_dir).map_err(anyhow::Error::msg)?;
+    let principal = policy.auth.local_principal.clone();
+    let airlock = Airlock::load(policy, audit, OperatorState::new(overrides, approvals)).await?;
+    let live = Live::new(airlock, source, None, None);
+    let socket = admin::socket_path(&state_dir);
+    tokio::spawn(admin::serve(listener, live.clone(), socket.clone()));
+    let airlock = live.current();
+    let caller = Caller::new(principal.clone(), None);
+    let (events, mut received) = tokio::sync::mpsc::channel(64);
+    let printer = tokio::spawn(async move {
+        use crate::sandbox::store::GuestEvent;
+        while let Some(event) = received.recv().await {
+            match event {
+                GuestEvent::Log { level, message } => eprintln!("[{level:?}] {message}"),
+                GuestEvent::Progress {
+                    progress,
+                    total,
+                    message,
+                } => eprintln!(
+                    "[progress] {progress}{} {}",
+                    total.map(|t| format!("/{t}")).unwrap_or_default(),
+                    message.unwrap_or_default()
+                ),
+            }
+        }
+    });
+    let ctx = CallContext {
+        events: Some(events),
+        ..CallContext::unattended(&principal)
+    };
+    let result = airlock.call(tool, Some(&arguments), &caller, ctx).await;
+    let _ = printer.await;
+    let _ = std::fs::remove_file(&socket);
+    if let Err(e) = airlock.audit().seal().await {
+        tracing::error!("cannot seal the audit log: {e}");
+    }
+    match result {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for c in &r.content {
+                    match c.as_text() {
+                        Some(t) => println!("{}", t.text),
+                        None => println!("{}", serde_json::to_string(c)?),
+                    }
+                }
+                if let Some(s) = &r.structured_content {
+                    println!("structured: {s}");
+                }
+            }
+            let failed = r.is_error == Some(true);
+            eprintln!(
+                "outcome: completed{} (call {})",
+                if failed { ", reported as an error" } else { "" },
+                caller.call_id
+            );
+            if failed {
+                anyhow::bail!("the tool reported an error");
+            }
+            Ok(())
+        }
+        Err(f) => {
+            let f: CallFailure = f;
+            anyhow::bail!("outcome: {} (call {}): {f}", f.kind(), caller.call_id)
+        }
+    }
+}
+
 /// The configuration file: `--config`, else $AIRLOCK_CONFIG, else none (the embedded default).
 fn config_path(config: Option<&Path>) -> Option<PathBuf> {
     config.map(Path::to_path_buf).or_else(|| {
@@ -396,6 +498,12 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             let airlock = load(config.source().load()?).await?;
             print_tools(&airlock, json)
         }
+        Command::Call {
+            config,
+            tool,
+            args,
+            json,
+        } => call_one(&config, &tool, &args, json).await,
         Command::Check { config, state_dir } => {
             let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
             let c = airlock.catalog();
