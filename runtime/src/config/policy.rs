@@ -521,9 +521,7 @@ impl Policy {
             tool_settings::check_rename(&t.rename).map_err(|p| err(key("rename"), p))?;
             let wit = t.wit.as_ref().map(|w| base.join(w));
             let docs = match &wit {
-                Some(path) => {
-                    tool_settings::wit_docs(path).map_err(|p| err(key("wit"), p))?
-                }
+                Some(path) => tool_settings::wit_docs(path).map_err(|p| err(key("wit"), p))?,
                 None => BTreeMap::new(),
             };
             components.push(ComponentEntry {

@@ -89,7 +89,12 @@ pub fn wit_docs(path: &Path) -> Result<BTreeMap<String, String>, String> {
         .map_err(|e| format!("cannot parse the WIT in {}: {e:#}", path.display()))?;
     let mut docs = BTreeMap::new();
     let mut add = |id: String, d: &wit_parser::Docs| {
-        if let Some(text) = d.contents.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        if let Some(text) = d
+            .contents
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             docs.entry(id).or_insert_with(|| text.to_owned());
         }
     };

@@ -28,9 +28,9 @@ use crate::core::failure::CallFailure;
 use airlock_host_api::{Content, Hints, Offer, ToolOutput, ToolSpec};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, Val};
-use wasmtime::Engine;
 
 /// Deepest nesting of WIT types a served function may have.
 pub const MAX_TYPE_DEPTH: usize = 32;
@@ -141,11 +141,7 @@ pub fn exports(
         let tool = match naming.rename.get(&id) {
             Some(name) => name.clone(),
             None if command => naming.entry.to_owned(),
-            None => format!(
-                "{}_{}",
-                naming.entry,
-                id.rsplit('/').next().unwrap_or(&id)
-            ),
+            None => format!("{}_{}", naming.entry, id.rsplit('/').next().unwrap_or(&id)),
         };
         if let Some(other) = functions.iter().find(|f| f.tool == tool) {
             return Err(format!(
@@ -207,10 +203,7 @@ fn signature(id: &str, func: &ComponentFunc) -> Result<Signature, String> {
     if func.async_() {
         return Err("an async function (not served)".into());
     }
-    let params: Vec<(String, Type)> = func
-        .params()
-        .map(|(n, t)| (n.to_owned(), t))
-        .collect();
+    let params: Vec<(String, Type)> = func.params().map(|(n, t)| (n.to_owned(), t)).collect();
     for (name, ty) in &params {
         servable(ty, 0).map_err(|why| format!("parameter {name}: {why}"))?;
     }
@@ -243,7 +236,11 @@ fn servable(ty: &Type, depth: usize) -> Result<(), String> {
         Type::Tuple(t) => t.types().try_for_each(|t| inner(&t)),
         Type::Variant(v) => v.cases().filter_map(|c| c.ty).try_for_each(|t| inner(&t)),
         Type::Option(o) => inner(&o.ty()),
-        Type::Result(r) => r.ok().into_iter().chain(r.err()).try_for_each(|t| inner(&t)),
+        Type::Result(r) => r
+            .ok()
+            .into_iter()
+            .chain(r.err())
+            .try_for_each(|t| inner(&t)),
         _ => Ok(()),
     }
 }
@@ -559,7 +556,14 @@ pub fn command_output(
     let err = String::from_utf8_lossy(&stderr.0).into_owned();
     let mut text = out.clone();
     if exit_code != 0 {
-        text = format!("{text}{}exit code {exit_code}\n{err}", if text.is_empty() || text.ends_with('\n') { "" } else { "\n" });
+        text = format!(
+            "{text}{}exit code {exit_code}\n{err}",
+            if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            }
+        );
     }
     ToolOutput {
         content: vec![Content::Text(text)],
@@ -744,7 +748,8 @@ fn to_val(value: &Value, ty: &Type, at: &str) -> Result<Val, String> {
             v => Val::Option(Some(Box::new(to_val(v, &o.ty(), at)?))),
         },
         Type::Result(r) => {
-            let (name, payload) = case_of(value).ok_or_else(|| wrong("{\"ok\": …} or {\"err\": …}"))?;
+            let (name, payload) =
+                case_of(value).ok_or_else(|| wrong("{\"ok\": …} or {\"err\": …}"))?;
             let side = match name {
                 "ok" => r.ok(),
                 "err" => r.err(),

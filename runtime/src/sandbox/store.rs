@@ -1077,7 +1077,7 @@ pub async fn run(
         &stderr,
         &denial,
     )
-        .and_then(|wasi| Ok((wasi, call_files(prepared, current.as_deref(), shadow)?)));
+    .and_then(|wasi| Ok((wasi, call_files(prepared, current.as_deref(), shadow)?)));
     let (wasi, files, granted) = match context {
         Ok((w, files)) => (w, files, Ok(())),
         // The call fails before the guest runs; an empty context stands in for the store.
@@ -1312,10 +1312,9 @@ pub fn wasi_context(
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     if let Some(c) = command {
-        builder
-            .arg(component.as_ref())
-            .args(&c.args)
-            .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(c.stdin.clone()));
+        builder.arg(component.as_ref()).args(&c.args).stdin(
+            wasmtime_wasi::p2::pipe::MemoryInputPipe::new(c.stdin.clone()),
+        );
     }
     if let Some((live, grants)) = grants {
         grant(&mut builder, component, live, grants, shadow, denial)?;
@@ -1396,9 +1395,10 @@ async fn invoke_generic(
             work.target()
         )));
     };
-    let function = pre.exports.function(tool).ok_or_else(|| {
-        CallFailure::ToolFailed(format!("the component serves no tool `{tool}`"))
-    })?;
+    let function = pre
+        .exports
+        .function(tool)
+        .ok_or_else(|| CallFailure::ToolFailed(format!("the component serves no tool `{tool}`")))?;
     let params = function.params(arguments)?;
     let mut results = function.result_slots();
     let instance = pre
