@@ -38,6 +38,10 @@ pub const MAX_TYPE_DEPTH: usize = 32;
 /// The interface a `wasi:cli` command exports.
 const CLI_RUN: &str = "wasi:cli/run@0.2.";
 
+/// Exports a toolchain adds for itself, never served: componentize-py's initialisation hook
+/// (it would start the interpreter over).
+const TOOLCHAIN_HOOKS: [(&str, &str); 1] = [("exports/init", "componentize-py's initialisation hook")];
+
 /// How a generic component is served, worked out once at load.
 pub struct GenericExports {
     pub functions: Vec<GenericFunction>,
@@ -131,6 +135,10 @@ pub fn exports(
 
     let mut functions: Vec<GenericFunction> = Vec::new();
     for (id, index, func, command) in found {
+        if let Some((_, what)) = TOOLCHAIN_HOOKS.iter().find(|(hook, _)| *hook == id) {
+            skipped.push(format!("{id}: {what}"));
+            continue;
+        }
         let (params, result) = match signature(&id, &func) {
             Ok(s) => s,
             Err(why) => {
