@@ -56,6 +56,10 @@ fn bench(c: &mut Criterion) {
     let component = tool.component.clone();
     let signals = store::RunSignals::default();
     let grants = LiveGrants::fixed(component.prepared.grants.clone());
+    let principal = Principal {
+        name: "bench".into(),
+        access: Access::All,
+    };
     c.bench_function("sandbox_run: fresh instance + call (fixture_echo)", |b| {
         b.to_async(&rt).iter(|| async {
             let r = store::run(
@@ -68,6 +72,7 @@ fn bench(c: &mut Criterion) {
                     grants: grants.clone(),
                     services: None,
                     shadow: false,
+                    caller: principal.clone(),
                 },
                 None,
                 &signals,

@@ -19,7 +19,6 @@ fn main() {
         "tools/http-fetch",
         "tools/docs",
         "sdk",
-        "host-api/wit",
         "tests/fixtures",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());

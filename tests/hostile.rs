@@ -93,14 +93,22 @@ fn unbounded_recursion_overflows_the_stack() {
 }
 
 #[test]
-fn panic_is_a_trap() {
+fn panic_is_a_trap_that_says_why() {
     let s = run_hostile("", "hostile_panic", json!({}));
+    // The panic's message (and where), not the `unreachable` it ended in.
     assert_outcome(
         &s,
         "trapped",
-        "tool trapped: wasm trap: wasm `unreachable` instruction executed",
+        &format!(
+            "tool trapped: the tool panicked: {}: the fixture panicked on purpose",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .join("tests/fixtures/hostile/src/lib.rs:61:5")
+                .display()
+        ),
     );
-    // The panic message went to the captured stderr, which is logged, not sent to the client.
+    // It also went to the captured stderr, which is logged.
     assert!(
         s.stderr.contains("the fixture panicked on purpose"),
         "{}",

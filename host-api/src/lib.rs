@@ -7,12 +7,12 @@
 //! same WIT through the guest SDK.
 
 /// The WIT source of the current contract, for tools and docs that want to show it.
-pub const WIT: &str = include_str!("../wit/v0.2.0/tool.wit");
+pub const WIT: &str = include_str!("../../sdk/wit/v0.2.0/tool.wit");
 
 /// `airlock:tool@0.2.0`.
 pub mod v2 {
     wasmtime::component::bindgen!({
-        path: "wit/v0.2.0",
+        path: "../sdk/wit/v0.2.0",
         world: "tool",
         // Exports are awaited so a request can yield at epoch ticks and be cancelled. The
         // cheap imports that never block stay synchronous; `log`, `progress` and the signals
@@ -37,7 +37,7 @@ pub mod v2 {
 /// `airlock:tool@0.1.0`, for components built before 0.2.0.
 pub mod v1 {
     wasmtime::component::bindgen!({
-        path: "wit/v0.1.0",
+        path: "../sdk/wit/v0.1.0",
         world: "tool",
         exports: { default: async },
         imports: {
@@ -51,8 +51,9 @@ pub mod v1 {
 }
 
 pub use v2::airlock::tool::host::{
-    Answer, ClientFeatures, ElicitAnswer, Form, Host, InputKind, InputReply, InputRequest, Listing,
-    LogLevel, NestedFailure, Root, SampleError, SampleMessage, SampleReply, SampleRequest,
+    Answer, CallerIdentity, ClientFeatures, ElicitAnswer, Form, Host, InputKind, InputReply,
+    InputRequest, Listing, LogLevel, NestedFailure, Root, SampleError, SampleMessage, SampleReply,
+    SampleRequest,
 };
 pub use v2::airlock::tool::types::{
     CallError, Completion, CompletionRequest, CompletionTarget, Content, EmbeddedResource, Hints,

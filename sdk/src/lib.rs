@@ -44,7 +44,7 @@ pub use serde_json;
 #[allow(clippy::too_many_arguments)] // generated: the canonical ABI flattens records into arguments
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../host-api/wit/v0.2.0",
+        path: "wit/v0.2.0",
         world: "tool",
         pub_export_macro: true,
         export_macro_name: "export_component",
@@ -218,6 +218,46 @@ pub fn call_tool(name: &str, arguments: &serde_json::Value) -> Result<Output, Ne
 /// gives a tool a short grace period after a stop to notice.
 pub fn cancelled() -> bool {
     host::cancelled()
+}
+
+/// Who made the current call, as the host authenticated them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Caller {
+    /// The principal: an API key's or a JWT's principal, or the local principal (stdio).
+    pub principal: String,
+    /// The roles the principal holds.
+    pub roles: Vec<String>,
+    /// True for a principal that may use every tool (the local principal, or everyone when
+    /// authentication is off); it holds no roles.
+    pub unrestricted: bool,
+}
+
+impl Caller {
+    /// Whether the caller holds `role` (an unrestricted caller holds them all).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.unrestricted || self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// The caller of the current call (read-only).
+pub fn caller() -> Caller {
+    let c = host::caller();
+    Caller {
+        principal: c.principal,
+        roles: c.roles,
+        unrestricted: c.unrestricted,
+    }
+}
+
+/// The value of the setting `name` from the operator's `[tool.settings]`, if set. Settings are
+/// plain configuration (a base URL, an environment name), never secrets: those are granted.
+pub fn setting(name: &str) -> Option<String> {
+    host::setting(name)
+}
+
+/// Every setting from `[tool.settings]`, by name.
+pub fn settings() -> Vec<(String, String)> {
+    host::settings()
 }
 
 /// One item of content in a tool's result.

@@ -902,8 +902,12 @@ impl Airlock {
             clock: Some(clock),
             demote: Some(demote.clone()),
         };
-        let (component, name, events) =
-            (target.component.clone(), services.tool.clone(), ctx.events);
+        let (component, name, events, principal) = (
+            target.component.clone(),
+            services.tool.clone(),
+            ctx.events,
+            caller.principal.clone(),
+        );
         // A completion answers a keystroke: it asks nobody and calls nothing.
         let services: Option<Arc<dyn CallServices>> = match target.offering {
             Offering::PromptCompletion | Offering::ResourceCompletion => None,
@@ -916,6 +920,7 @@ impl Airlock {
                 grants,
                 services,
                 shadow,
+                caller: principal,
             };
             let report = store::run(&component.prepared, invocation, events, &signals).await;
             drop(permits);

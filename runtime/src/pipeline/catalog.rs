@@ -131,6 +131,7 @@ impl Catalog {
                 redactor: redactor.clone(),
                 shapes: shapes.clone(),
                 ledgers: crate::sandbox::quota::Ledgers::for_grants(&entry.grants),
+                settings: entry.settings.clone(),
             };
             let mut offer = describe(&prepared)
                 .await

@@ -40,7 +40,8 @@ const CLI_RUN: &str = "wasi:cli/run@0.2.";
 
 /// Exports a toolchain adds for itself, never served: componentize-py's initialisation hook
 /// (it would start the interpreter over).
-const TOOLCHAIN_HOOKS: [(&str, &str); 1] = [("exports/init", "componentize-py's initialisation hook")];
+const TOOLCHAIN_HOOKS: [(&str, &str); 1] =
+    [("exports/init", "componentize-py's initialisation hook")];
 
 /// How a generic component is served, worked out once at load.
 pub struct GenericExports {

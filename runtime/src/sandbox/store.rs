@@ -6,6 +6,7 @@ use crate::config::policy::Limits;
 use crate::core::denial::{Denial, HandleKind, SocketUse};
 use crate::core::failure::CallFailure;
 use crate::core::interaction::Reply;
+use crate::core::principal::{Access, Principal};
 use crate::core::redact::{Redactor, Shapes};
 use crate::core::units::ByteSize;
 use crate::sandbox::capture::Capture;
@@ -15,9 +16,9 @@ use crate::sandbox::files::CallFiles;
 use crate::sandbox::generic::{self, CommandInput, GenericExports};
 use crate::sandbox::live_grants::LiveGrants;
 use airlock_host_api::{
-    Answer as InputAnswer, ClientFeatures, CompletionRequest, ElicitAnswer, InputKind, InputReply,
-    InputRequest, Listing, LogLevel, NestedFailure, Offer, SampleError, SampleReply, SampleRequest,
-    ToolOutput, ToolPre,
+    Answer as InputAnswer, CallerIdentity, ClientFeatures, CompletionRequest, ElicitAnswer,
+    InputKind, InputReply, InputRequest, Listing, LogLevel, NestedFailure, Offer, SampleError,
+    SampleReply, SampleRequest, ToolOutput, ToolPre,
 };
 use rmcp::model::CallToolResult;
 use std::future::Future;
@@ -132,6 +133,10 @@ pub struct HostState {
     shadow: bool,
     /// Open files and quotas of the call's filesystem grants.
     pub(super) files: crate::sandbox::files::CallFiles,
+    /// Who made the request (none while the component is described).
+    caller: Option<Principal>,
+    /// The component's `[tool.settings]`.
+    settings: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// The handles of one kind a call holds open, by table index, up to a limit. Handles the guest
@@ -781,6 +786,41 @@ impl airlock_host_api::Host for HostState {
         }
     }
 
+    fn caller(&mut self) -> CallerIdentity {
+        self.charge(0);
+        let Some(p) = &self.caller else {
+            return CallerIdentity {
+                principal: String::new(),
+                roles: Vec::new(),
+                unrestricted: false,
+            };
+        };
+        let (roles, unrestricted) = match &p.access {
+            Access::All => (Vec::new(), true),
+            Access::Roles(r) => (r.to_vec(), false),
+        };
+        CallerIdentity {
+            principal: p.name.to_string(),
+            roles,
+            unrestricted,
+        }
+    }
+
+    fn setting(&mut self, name: String) -> Option<String> {
+        self.charge(name.len());
+        self.settings.get(&name).cloned()
+    }
+
+    fn settings(&mut self) -> Vec<(String, String)> {
+        let all: Vec<(String, String)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.charge(all.iter().map(|(k, v)| k.len() + v.len()).sum());
+        all
+    }
+
     fn client_supports(&mut self) -> ClientFeatures {
         self.services.as_ref().map_or(
             ClientFeatures {
@@ -925,6 +965,8 @@ pub struct Prepared {
     pub shapes: Arc<Shapes>,
     /// The quota tallies of the component's writable grants.
     pub ledgers: crate::sandbox::quota::Ledgers,
+    /// `[tool.settings]`, for the `setting` imports.
+    pub settings: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// A component ready to instantiate, by the version of the contract it was built for.
@@ -985,6 +1027,8 @@ pub enum Invocation<'a> {
         services: Option<Arc<dyn CallServices>>,
         /// Write capabilities withheld: the tool's tier is shadow, or a shadow call made it.
         shadow: bool,
+        /// Who made the request, for the `caller` import.
+        caller: Principal,
     },
 }
 
@@ -1044,23 +1088,26 @@ pub async fn run(
     };
     let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
     let denial = DenialCell::default();
-    let (live, called, services, shadow) = match &invocation {
+    let (live, called, services, shadow, caller) = match &invocation {
         Invocation::Describe => (
             LiveGrants::fixed(Arc::new(Grants::default())),
             None,
             None,
             true,
+            None,
         ),
         Invocation::Call {
             work,
             grants,
             services,
             shadow,
+            caller,
         } => (
             grants.clone(),
             Some(work.target().to_owned()),
             services.clone(),
             *shadow,
+            Some(caller.clone()),
         ),
     };
     // One look at the grants in force: the preopens and their quotas come from the same one.
@@ -1131,6 +1178,8 @@ pub async fn run(
         sample_granted,
         shadow,
         files,
+        caller,
+        settings: prepared.settings.clone(),
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -1225,6 +1274,15 @@ pub async fn run(
         other => other,
     };
     // Whatever the tool wrote into its failure, at most `max_error_bytes` of it goes on.
+    let (stdout, stderr) = (stdout.take(), stderr.take());
+    // A guest that panicked said why on stderr before it trapped: that, not the trap, is what
+    // the caller and the record need.
+    let result = match result {
+        Err(CallFailure::Trapped(trap)) => Err(CallFailure::Trapped(
+            panic_message(&stderr.0).unwrap_or(trap),
+        )),
+        other => other,
+    };
     let result = result.map_err(|f| f.cut(limits.max_error_bytes.as_usize()));
     let peak_memory = store.data().limiter.peak;
     // A refused request ends the call as blocked, whatever the tool made of the refusal.
@@ -1240,9 +1298,22 @@ pub async fn run(
         result,
         fuel_used,
         peak_memory,
-        stdout: stdout.take(),
-        stderr: stderr.take(),
+        stdout,
+        stderr,
     }
+}
+
+/// The last panic a Rust guest reported on stderr (`panicked at FILE:LINE:COL:` and its
+/// message), as one line.
+fn panic_message(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let at = text.rfind("panicked at ")?;
+    let panic: Vec<&str> = text[at + "panicked at ".len()..]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    Some(format!("the tool panicked: {}", panic.join(" ")))
 }
 
 /// The filesystem state of a call: its open-file cap, and the quota of every grant it may
