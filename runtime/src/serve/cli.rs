@@ -387,9 +387,18 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     let (events, mut received) = tokio::sync::mpsc::channel(64);
     let printer = tokio::spawn(async move {
         use crate::sandbox::store::GuestEvent;
+        use airlock_host_api::LogLevel;
         while let Some(event) = received.recv().await {
             match event {
-                GuestEvent::Log { level, message } => eprintln!("[{level:?}] {message}"),
+                GuestEvent::Log { level, message } => {
+                    let level = match level {
+                        LogLevel::Debug => "debug",
+                        LogLevel::Info => "info",
+                        LogLevel::Warn => "warn",
+                        LogLevel::Error => "error",
+                    };
+                    eprintln!("[{level}] {message}");
+                }
                 GuestEvent::Progress {
                     progress,
                     total,

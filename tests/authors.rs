@@ -1,0 +1,187 @@
+//! Tools written in Python and JavaScript, end to end: `scripts/build-authors` builds the SDK
+//! examples (`tools/python`, `tools/js`: the `airlock:tool` world through `sdk/python` and
+//! `sdk/js`) with componentize-py and componentize-js, and the generic `notes` fixture (a plain
+//! world) in both languages; the real binary serves all four over Streamable HTTP.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Where `scripts/build-authors` put the components (built once per test run; it installs the
+/// pinned toolchains on first use).
+fn built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let out = std::process::Command::new(root.join("scripts/build-authors"))
+            .output()
+            .expect("scripts/build-authors runs");
+        assert!(
+            out.status.success(),
+            "scripts/build-authors failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+fn config(dir: &TempDir) -> PathBuf {
+    let notes_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/notes/wit");
+    let w = |name: &str| built().join(format!("{name}.wasm")).display().to_string();
+    dir.config(&format!(
+        "[[tool]]\nname = \"py\"\ncomponent = \"{py}\"\n[tool.settings]\ngreeting = \"hi\"\n\n\
+         [[tool]]\nname = \"js\"\ncomponent = \"{js}\"\n[tool.settings]\ngreeting = \"howdy\"\n\n\
+         [[tool]]\nname = \"pynotes\"\ncomponent = \"{pyn}\"\nwit = \"{wit}\"\n\n\
+         [[tool]]\nname = \"jsnotes\"\ncomponent = \"{jsn}\"\nwit = \"{wit}\"\n",
+        py = w("py_tool"),
+        js = w("js_tool"),
+        pyn = w("py_notes"),
+        jsn = w("js_notes"),
+        wit = notes_wit.display(),
+    ))
+}
+
+fn call(server: &HttpServer, tool: &str, args: Value) -> Value {
+    let r = raw_mcp(
+        &server.addr,
+        "tools/call",
+        json!({"name": tool, "arguments": args}),
+        &[],
+    )
+    .expect("the server answers");
+    assert_eq!(r.status, 200, "{r:?}");
+    let m = sse_json(&r.body);
+    assert!(m["error"].is_null(), "{tool}: {m}");
+    m["result"].clone()
+}
+
+#[test]
+fn python_and_javascript_tools_are_built_and_called() {
+    let dir = TempDir::new("authors");
+    let server = HttpServer::start(&config(&dir));
+    let r = raw_mcp(&server.addr, "tools/list", json!({}), &[]).unwrap();
+    let listed = sse_json(&r.body)["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let names: Vec<&str> = listed.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "py_word_stats",
+            "py_greet",
+            "py_divide",
+            "js_word_stats",
+            "js_greet",
+            "js_divide",
+            "pynotes_word-count",
+            "pynotes_summarise",
+            "jsnotes_word-count",
+            "jsnotes_summarise"
+        ]
+    );
+    let tool = |n: &str| listed.iter().find(|t| t["name"] == n).unwrap().clone();
+    // Python: the schema comes from the type hints, the description from the docstring.
+    let py = tool("py_word_stats");
+    assert_eq!(
+        py["description"],
+        "Counts the words of a text and names the most frequent ones."
+    );
+    assert_eq!(py["inputSchema"]["properties"]["top"]["type"], "integer");
+    assert_eq!(py["inputSchema"]["required"], json!(["text"]));
+    assert_eq!(py["annotations"]["readOnlyHint"], true);
+    assert_eq!(
+        tool("py_greet")["inputSchema"]["properties"]["style"]["enum"],
+        json!(["plain", "loud"])
+    );
+    // Generic: from the WIT types, and its doc comments.
+    let notes = tool("jsnotes_summarise");
+    assert_eq!(
+        notes["inputSchema"]["properties"]["min"]["enum"],
+        json!(["low", "high"])
+    );
+    assert_eq!(
+        notes["inputSchema"]["properties"]["notes"]["items"]["required"],
+        json!(["title", "tags"])
+    );
+    assert_eq!(
+        tool("pynotes_word-count")["description"],
+        "Counts the words in a text."
+    );
+
+    for lang in ["py", "js"] {
+        let r = call(
+            &server,
+            &format!("{lang}_word_stats"),
+            json!({"text": "b a b c a b", "top": 2}),
+        );
+        assert_eq!(
+            r["structuredContent"],
+            json!({"words": 6, "top": ["b", "a"]}),
+            "{lang}: {r}"
+        );
+        // Settings and the caller's identity reach the tool.
+        let greeting = if lang == "py" { "hi" } else { "howdy" };
+        let args = if lang == "py" {
+            json!({"style": "plain"})
+        } else {
+            json!({"loud": false})
+        };
+        let r = call(&server, &format!("{lang}_greet"), args);
+        assert_eq!(
+            result_text(&r),
+            format!("{greeting}, anonymous"),
+            "{lang}: {r}"
+        );
+        // The tool's refusal and the host's are both `invalid_arguments`.
+        let r = call(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 0}));
+        assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");
+        assert!(result_text(&r).contains("b must not be 0"), "{lang}: {r}");
+        let r = call(
+            &server,
+            &format!("{lang}_divide"),
+            json!({"a": "one", "b": 2}),
+        );
+        assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");
+        assert!(result_text(&r).contains("/a"), "{lang}: {r}");
+        let r = call(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 4}));
+        assert_eq!(result_text(&r), "0.25", "{lang}: {r}");
+
+        // The generic notes world: records, an enum, an option, a result, lists.
+        let r = call(
+            &server,
+            &format!("{lang}notes_word-count"),
+            json!({"text": "one two  three"}),
+        );
+        assert_eq!(r["structuredContent"]["result"], 3, "{lang}: {r}");
+        let r = call(
+            &server,
+            &format!("{lang}notes_summarise"),
+            json!({"notes": [
+                {"title": "urgent", "tags": ["x"], "priority": 9},
+                {"title": "later", "tags": []}
+            ], "min": "high"}),
+        );
+        assert_eq!(
+            r["structuredContent"]["result"],
+            json!(["urgent"]),
+            "{lang}: {r}"
+        );
+        let r = call(
+            &server,
+            &format!("{lang}notes_summarise"),
+            json!({"notes": [], "min": "low"}),
+        );
+        assert_eq!(r["isError"], true, "{lang}: {r}");
+        assert_eq!(result_text(&r), "no notes at that level", "{lang}: {r}");
+        let r = call(
+            &server,
+            &format!("{lang}notes_summarise"),
+            json!({"notes": [{"title": 1, "tags": []}], "min": "low"}),
+        );
+        assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");
+    }
+}

@@ -1,0 +1,81 @@
+// An example Airlock tool in JavaScript, built with componentize-js against the SDK in
+// sdk/js (scripts/build-authors builds it; docs/authors.md walks through it).
+import { tool, log, setting, caller, ToolError, InvalidArguments } from "./airlock.js";
+export { describe, call, readResource, getPrompt, complete } from "./airlock.js";
+
+tool(
+  "js_word_stats",
+  {
+    description: "Counts the words of a text and names the most frequent ones.",
+    input: {
+      type: "object",
+      properties: {
+        text: { type: "string", description: "The text to count." },
+        top: { type: "integer", minimum: 1, maximum: 20, description: "How many to name." },
+      },
+      required: ["text"],
+      additionalProperties: false,
+    },
+    output: {
+      type: "object",
+      properties: {
+        words: { type: "integer" },
+        top: { type: "array", items: { type: "string" } },
+      },
+      required: ["words", "top"],
+    },
+    readOnly: true,
+    destructive: false,
+    idempotent: true,
+    openWorld: false,
+  },
+  ({ text, top = 3 }) => {
+    const counts = new Map();
+    for (const w of text.toLowerCase().split(/\W+/).filter(Boolean)) {
+      counts.set(w, (counts.get(w) ?? 0) + 1);
+    }
+    log("info", `counted ${counts.size} distinct words`);
+    const ranked = [...counts.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+    return {
+      words: [...counts.values()].reduce((a, b) => a + b, 0),
+      top: ranked.slice(0, top).map(([w]) => w),
+    };
+  },
+);
+
+tool(
+  "js_greet",
+  {
+    description: "Greets the caller with the configured greeting.",
+    input: {
+      type: "object",
+      properties: { loud: { type: "boolean" } },
+      additionalProperties: false,
+    },
+  },
+  ({ loud = false }) => {
+    const greeting = `${setting("greeting", "hello")}, ${caller().principal}`;
+    return loud ? greeting.toUpperCase() : greeting;
+  },
+);
+
+tool(
+  "js_divide",
+  {
+    description: "Divides a by b.",
+    input: {
+      type: "object",
+      properties: { a: { type: "number" }, b: { type: "number" } },
+      required: ["a", "b"],
+    },
+  },
+  ({ a, b }) => {
+    if (b === 0) {
+      throw new InvalidArguments("b must not be 0");
+    }
+    if (!Number.isFinite(a / b)) {
+      throw new ToolError("the quotient is not finite");
+    }
+    return String(a / b);
+  },
+);

@@ -1,0 +1,43 @@
+"""An example Airlock tool in Python, built with componentize-py against the SDK in
+sdk/python (scripts/build-authors builds it; docs/authors.md walks through it)."""
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import List, Literal
+
+from airlock_sdk import WitWorld, InvalidArguments, ToolError, caller, info, setting, tool
+
+__all__ = ["WitWorld"]
+
+
+@dataclass
+class Stats:
+    words: int
+    top: List[str]
+
+
+@tool(read_only=True, destructive=False, idempotent=True, open_world=False)
+def py_word_stats(text: str, top: int = 3) -> Stats:
+    """Counts the words of a text and names the most frequent ones."""
+    words = [w for w in "".join(c.lower() if c.isalnum() else " " for c in text).split()]
+    counts = Counter(words)
+    info(f"counted {len(counts)} distinct words")
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return Stats(words=len(words), top=[w for w, _ in ranked[:top]])
+
+
+@tool
+def py_greet(style: Literal["plain", "loud"] = "plain") -> str:
+    """Greets the caller with the configured greeting."""
+    greeting = f"{setting('greeting', 'hello')}, {caller().principal}"
+    return greeting.upper() if style == "loud" else greeting
+
+
+@tool
+def py_divide(a: float, b: float) -> str:
+    """Divides a by b."""
+    if b == 0:
+        raise InvalidArguments("b must not be 0")
+    if a != a:
+        raise ToolError("a is not a number")
+    return str(a / b)
