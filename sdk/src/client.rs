@@ -1,8 +1,8 @@
 //! What a running request can ask of the client: forms for its user, messages from its model
 //! (sampling), its roots; and the signals that tell clients what changed.
 
-use crate::bindings::airlock::tool::host;
 use crate::bindings::airlock::tool::types as wit;
+use crate::host;
 use crate::{Content, Elicited, JsonSchema, ToolError};
 
 pub use host::{ClientFeatures, Listing, Root};

@@ -52,11 +52,14 @@ pub mod bindings {
     });
 }
 
-use bindings::airlock::tool::host;
 use bindings::airlock::tool::types as wit;
 
 pub mod client;
+mod host;
+pub mod http;
 pub mod offer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use client::{
     Ask, Asked, ClientFeatures, Listing, Role, Root, Sample, SampleError, Sampled, ask,
