@@ -185,3 +185,84 @@ fn python_and_javascript_tools_are_built_and_called() {
         assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");
     }
 }
+
+/// `airlock new` in each language: the project builds as written (`./build`, with the pinned
+/// toolchains) and its tool answers `airlock call`.
+#[test]
+fn airlock_new_writes_a_project_that_builds_and_answers() {
+    let env = std::fs::read_to_string(built().join("toolchain.env")).unwrap();
+    let toolchain: Vec<(String, String)> = env
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let dir = TempDir::new("authors-new");
+    let audit = fresh_audit_dir();
+    let state = state_dir_for(&audit);
+    for lang in ["rust", "python", "js"] {
+        let name = format!("hello-{lang}");
+        let out = run_airlock(&[
+            "new",
+            &name,
+            "--lang",
+            lang,
+            "--dir",
+            dir.0.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{lang}: {out:?}");
+        let project = dir.0.join(&name);
+        // Rust builds share one target directory across runs, so the SDK's dependencies are
+        // compiled once.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("airlock-new");
+        let built = std::process::Command::new(project.join("build"))
+            .envs(toolchain.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{lang}: ./build failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let called = run_airlock(&[
+            "call",
+            "greet",
+            "--config",
+            project.join("airlock.toml").to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--audit-dir",
+            audit.to_str().unwrap(),
+            "--args",
+            r#"{"name": "ada"}"#,
+        ]);
+        let stdout = String::from_utf8_lossy(&called.stdout);
+        assert!(called.status.success(), "{lang}: {called:?}");
+        assert_eq!(stdout.trim(), "hello, ada!", "{lang}");
+        // The tool's own refusal.
+        let refused = run_airlock(&[
+            "call",
+            "greet",
+            "--config",
+            project.join("airlock.toml").to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--audit-dir",
+            audit.to_str().unwrap(),
+            "--args",
+            r#"{"name": " "}"#,
+        ]);
+        assert!(!refused.status.success(), "{lang}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("outcome: invalid_arguments"),
+            "{lang}: {refused:?}"
+        );
+    }
+    // An existing directory is never overwritten.
+    let again = run_airlock(&["new", "hello-js", "--dir", dir.0.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+}

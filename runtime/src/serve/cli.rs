@@ -113,6 +113,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new tool project: one tool, a configuration that serves it, a build script.
+    New {
+        /// The project's name (also its component's and its [[tool]] entry's).
+        name: String,
+        /// The language of the tool.
+        #[arg(long, value_enum, default_value_t = crate::serve::new::Lang::Rust)]
+        lang: crate::serve::new::Lang,
+        /// Where to create the project's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Validate a configuration, compile its components and check what they declare, without serving.
     Check {
         /// Configuration file (default: as for `serve`).
@@ -513,6 +524,14 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             args,
             json,
         } => call_one(&config, &tool, &args, json).await,
+        Command::New { name, lang, dir } => {
+            let root = crate::serve::new::create(&dir, &name, lang)?;
+            println!(
+                "created {}: build it with `./build`, then try `airlock call greet --config airlock.toml --args '{{\"name\": \"ada\"}}'` there",
+                root.display()
+            );
+            Ok(())
+        }
         Command::Check { config, state_dir } => {
             let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
             let c = airlock.catalog();

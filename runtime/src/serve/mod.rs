@@ -7,4 +7,5 @@ pub mod doctor;
 pub mod listener;
 pub mod log;
 pub mod mcp;
+pub mod new;
 pub mod sessions;
