@@ -38,10 +38,13 @@ pub const MAX_TYPE_DEPTH: usize = 32;
 /// The interface a `wasi:cli` command exports.
 const CLI_RUN: &str = "wasi:cli/run@0.2.";
 
-/// Exports a toolchain adds for itself, never served: componentize-py's initialisation hook
-/// (it would start the interpreter over).
-const TOOLCHAIN_HOOKS: [(&str, &str); 1] =
-    [("exports/init", "componentize-py's initialisation hook")];
+/// Whether an export is one a toolchain adds for itself, never served: componentize-py's
+/// initialisation hook (`exports#init(app-name, symbols, stub-wasi)`, which would start the
+/// interpreter over).
+fn toolchain_hook(id: &str, func: &ComponentFunc) -> bool {
+    id == "exports/init"
+        && func.params().map(|(n, _)| n).collect::<Vec<_>>() == ["app-name", "symbols", "stub-wasi"]
+}
 
 /// How a generic component is served, worked out once at load.
 pub struct GenericExports {
@@ -136,8 +139,8 @@ pub fn exports(
 
     let mut functions: Vec<GenericFunction> = Vec::new();
     for (id, index, func, command) in found {
-        if let Some((_, what)) = TOOLCHAIN_HOOKS.iter().find(|(hook, _)| *hook == id) {
-            skipped.push(format!("{id}: {what}"));
+        // Not reported: every component of that toolchain has it.
+        if toolchain_hook(&id, &func) {
             continue;
         }
         let (params, result) = match signature(&id, &func) {

@@ -631,6 +631,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// What contract a component was loaded under, and the exports of a generic one that are not
+/// served (and why).
+fn contract(c: &crate::pipeline::catalog::LoadedComponent) -> (&'static str, &[String]) {
+    use crate::sandbox::store::ComponentPre;
+    match &c.prepared.pre {
+        ComponentPre::Current(_) => ("airlock:tool@0.2.0", &[]),
+        ComponentPre::V1(_) => ("airlock:tool@0.1.0", &[]),
+        ComponentPre::Generic(g) => ("generic (its exported functions)", &g.exports.skipped),
+    }
+}
+
 fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
     use crate::control::ctl::shown;
     let catalog = airlock.catalog();
@@ -702,6 +713,9 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                     },
                     "sample": c.entry.grants.sample,
                     "holds_readable_secret": c.entry.grants.holds_readable_secret(),
+                    "contract": contract(c).0,
+                    "not_served": contract(c).1,
+                    "settings": &*c.entry.settings,
                 })
             })
             .collect();
@@ -734,10 +748,15 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
                 all.join(", ")
             }
         };
+        let (kind, skipped) = contract(c);
+        println!("  contract {kind}");
         println!(
             "  tools    {}",
             listed(&mut c.tools.iter().map(String::as_str))
         );
+        for why in skipped {
+            println!("    not served: {}", shown(why));
+        }
         for t in c.tools.iter().filter_map(|t| catalog.tool(t).ok()) {
             // One line each: its arguments (`?` when optional) and its description's first line.
             let schema = &t.tool.input_schema;
@@ -789,6 +808,9 @@ fn print_tools(airlock: &Airlock, json: bool) -> Result<()> {
             l.max_in_flight,
             l.capture_bytes
         );
+        for (name, value) in c.entry.settings.iter() {
+            println!("  setting  {name} = {}", shown(value));
+        }
         if c.entry.grants.is_empty() {
             println!(
                 "  grants   none: no filesystem, no network, no environment, no secrets, no sampling"
