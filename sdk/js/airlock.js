@@ -229,25 +229,3 @@ export function setting(name, fallback = undefined) {
 export function settings() {
   return Object.fromEntries(host.settings());
 }
-
-/**
- * An outgoing HTTP request through the host's `fetch` (wasi:http). The operator's `net`
- * grants decide what it may reach: a request they do not allow fails with `BlockedByPolicy`
- * (and the call ends as `blocked_by_policy`).
- * @param {string} url
- * @param {RequestInit} [init]
- */
-export async function http(url, init) {
-  try {
-    return await fetch(url, init);
-  } catch (e) {
-    const text = String(e?.message ?? e);
-    if (/denied|forbidden|HttpRequestDenied/i.test(text)) {
-      throw new BlockedByPolicy(text);
-    }
-    throw new ToolError(`HTTP request to ${url} failed: ${text}`);
-  }
-}
-
-/** The host's policy refused an outgoing request. */
-export class BlockedByPolicy extends ToolError {}

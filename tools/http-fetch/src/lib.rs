@@ -1,15 +1,11 @@
 //! Fetch a URL the operator granted: status, selected headers and the body as text, truncated.
 //!
-//! Requests go through `wasi:http`; the host checks each one (and each redirect, which this
-//! tool follows as a new request) against the tool's network grants.
+//! Requests go through the SDK's HTTP client (`wasi:http`); the host checks each one (and each
+//! redirect, which this tool follows as a new request) against the tool's network grants.
 
-use airlock_sdk::{Json, Tool, ToolError, Toolbox, export_tools};
+use airlock_sdk::{Json, Tool, ToolError, Toolbox, export_tools, http};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use wasip2::http::outgoing_handler;
-use wasip2::http::types::{
-    ErrorCode, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
-};
 
 const MAX_REDIRECTS: usize = 5;
 const SHOWN_HEADERS: [&str; 5] = ["content-type", "content-length", "location", "date", "etag"];
@@ -40,122 +36,19 @@ struct Fetched {
     redirects: Vec<String>,
 }
 
-struct Target {
-    https: bool,
-    authority: String,
-    path: String,
-}
-
-fn parse(url: &str) -> Result<Target, ToolError> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| ToolError::invalid(format!("not a URL: {url}")))?;
-    let https = match scheme.to_ascii_lowercase().as_str() {
-        "https" => true,
-        "http" => false,
-        other => return Err(ToolError::invalid(format!("unsupported scheme `{other}`"))),
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_owned()
-    };
-    if authority.is_empty() {
-        return Err(ToolError::invalid(format!("no host in {url}")));
-    }
-    Ok(Target {
-        https,
-        authority: authority.to_owned(),
-        path,
-    })
-}
-
-fn resolve(base: &Target, location: &str) -> String {
+/// `location` (a redirect's target) as an absolute URL, relative to `base`.
+fn resolve(base: &str, location: &str) -> String {
     if location.contains("://") {
-        location.to_owned()
-    } else if location.starts_with('/') {
-        format!(
-            "{}://{}{location}",
-            if base.https { "https" } else { "http" },
-            base.authority
-        )
+        return location.to_owned();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
     } else {
-        let dir = base.path.rsplit_once('/').map_or("", |(d, _)| d);
-        format!(
-            "{}://{}{dir}/{location}",
-            if base.https { "https" } else { "http" },
-            base.authority
-        )
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{scheme}://{authority}{dir}/{location}")
     }
-}
-
-fn send(t: &Target, method: &Method) -> Result<IncomingResponse, ToolError> {
-    let req = OutgoingRequest::new(Fields::new());
-    let set = |ok: Result<(), ()>, what: &str| {
-        ok.map_err(|_| ToolError::invalid(format!("invalid {what}")))
-    };
-    set(req.set_method(method), "method")?;
-    set(
-        req.set_scheme(Some(if t.https {
-            &Scheme::Https
-        } else {
-            &Scheme::Http
-        })),
-        "scheme",
-    )?;
-    set(req.set_authority(Some(&t.authority)), "host")?;
-    set(req.set_path_with_query(Some(&t.path)), "path")?;
-    let body = req
-        .body()
-        .map_err(|_| ToolError::failed("cannot open the request body"))?;
-    let pending = outgoing_handler::handle(req, None).map_err(http_err)?;
-    OutgoingBody::finish(body, None).map_err(http_err)?;
-    pending.subscribe().block();
-    match pending.get() {
-        Some(Ok(Ok(resp))) => Ok(resp),
-        Some(Ok(Err(e))) => Err(http_err(e)),
-        _ => Err(ToolError::failed("the response never arrived")),
-    }
-}
-
-fn http_err(e: ErrorCode) -> ToolError {
-    ToolError::failed(format!("request failed: {e:?}"))
-}
-
-fn read_body(resp: IncomingResponse, max: usize) -> Result<(Vec<u8>, bool), ToolError> {
-    let body = resp
-        .consume()
-        .map_err(|_| ToolError::failed("cannot read the response body"))?;
-    let stream = body
-        .stream()
-        .map_err(|_| ToolError::failed("cannot read the response body"))?;
-    let mut out = Vec::new();
-    let mut truncated = false;
-    loop {
-        match stream.blocking_read(16 * 1024) {
-            Ok(chunk) => {
-                let room = max - out.len();
-                if chunk.len() > room {
-                    out.extend_from_slice(&chunk[..room]);
-                    truncated = true;
-                    break;
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Err(wasip2::io::streams::StreamError::Closed) => break,
-            Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
-                return Err(ToolError::failed(format!(
-                    "reading the body failed: {}",
-                    e.to_debug_string()
-                )));
-            }
-        }
-    }
-    Ok((out, truncated))
 }
 
 fn fetch(args: FetchArgs) -> Result<Json<Fetched>, ToolError> {
@@ -165,8 +58,8 @@ fn fetch(args: FetchArgs) -> Result<Json<Fetched>, ToolError> {
         .map(str::to_ascii_uppercase)
         .as_deref()
     {
-        None | Some("GET") => Method::Get,
-        Some("HEAD") => Method::Head,
+        None | Some("GET") => http::Method::Get,
+        Some("HEAD") => http::Method::Head,
         Some(other) => {
             return Err(ToolError::invalid(format!(
                 "method must be GET or HEAD, not {other}"
@@ -177,34 +70,25 @@ fn fetch(args: FetchArgs) -> Result<Json<Fetched>, ToolError> {
     let mut url = args.url.clone();
     let mut redirects = Vec::new();
     loop {
-        let target = parse(&url)?;
-        let resp = send(&target, &method)?;
-        let status = resp.status();
+        // Each redirect is a new request, which the host checks against the grants again.
+        let resp = http::Request::new(method, url.clone())
+            .max_response_bytes(max)
+            .send()?;
         let headers: Vec<(String, String)> = resp
-            .headers()
-            .entries()
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
-        let location = headers
+            .headers
             .iter()
-            .find(|(k, _)| k == "location")
-            .map(|(_, v)| v.clone());
-        if (300..400).contains(&status)
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if (300..400).contains(&resp.status)
             && args.follow_redirects.unwrap_or(true)
-            && let Some(loc) = location
+            && let Some(location) = resp.header("location")
         {
             if redirects.len() == MAX_REDIRECTS {
                 return Err(ToolError::failed(format!(
                     "more than {MAX_REDIRECTS} redirects"
                 )));
             }
-            url = resolve(&target, &loc);
+            url = resolve(&url, location);
             redirects.push(url.clone());
             continue;
         }
@@ -212,13 +96,12 @@ fn fetch(args: FetchArgs) -> Result<Json<Fetched>, ToolError> {
             .into_iter()
             .filter(|(k, _)| args.all_headers || SHOWN_HEADERS.contains(&k.as_str()))
             .collect();
-        let (body, truncated) = read_body(resp, max)?;
         return Ok(Json(Fetched {
             url,
-            status,
+            status: resp.status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            truncated,
+            body: resp.text(),
+            truncated: resp.truncated,
             redirects,
         }));
     }
