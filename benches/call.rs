@@ -3,7 +3,8 @@
 //! serialisation, sandbox, output conversion, log event), with the audit log off and with a
 //! durable (fsynced) audit record per call, and with the intent record a component that can act
 //! outside its sandbox adds; and the check of a call's arguments against the tool's input
-//! schema alone (`input_validation`).
+//! schema alone (`input_validation`); and a call of a generic component (typed exports,
+//! arguments and result converted between JSON and component values).
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
@@ -18,13 +19,23 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The fixture component; `grants` (TOML lines) added under `[tool.grants]`.
+/// The hostile fixture component as `fixture`; `grants` (TOML lines) added under
+/// `[tool.grants]`.
 fn load(audit: bool, grants: &str) -> (tokio::runtime::Runtime, Arc<Airlock>) {
+    load_component("hostile", audit, grants)
+}
+
+/// The fixture `wasm` (a file of the build's wasm directory, without `.wasm`) as `fixture`.
+fn load_component(
+    wasm: &str,
+    audit: bool,
+    grants: &str,
+) -> (tokio::runtime::Runtime, Arc<Airlock>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
+    let wasm = Path::new(airlock::config::bundled::WASM_DIR).join(format!("{wasm}.wasm"));
     let config = format!(
         "[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\n[tool.grants]\n{grants}\n",
         wasm.display()
@@ -103,6 +114,17 @@ fn bench(c: &mut Criterion) {
         &rt,
         &airlock,
     );
+    // A generic component (typed exports, no airlock:tool): the arguments converted to
+    // component values and the result back to JSON around the same fresh instance.
+    let (rt, generic) = load_component("generic", false, "");
+    pipeline_call_of(
+        c,
+        "pipeline_call: Airlock::call, generic component (fixture_greet)",
+        &rt,
+        &generic,
+        "fixture_greet",
+        r#"{"name":"hi","times":1}"#,
+    );
     // The same with a durable audit record per call (written and fsynced before returning).
     let (rt, airlock) = load(true, "");
     pipeline_call(
@@ -122,14 +144,20 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-fn pipeline_call(
+fn pipeline_call(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, airlock: &Arc<Airlock>) {
+    pipeline_call_of(c, name, rt, airlock, "fixture_echo", r#"{"message":"hi"}"#);
+}
+
+fn pipeline_call_of(
     c: &mut Criterion,
     name: &str,
     rt: &tokio::runtime::Runtime,
     airlock: &Arc<Airlock>,
+    tool: &str,
+    arguments: &str,
 ) {
     let args: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(r#"{"message":"hi"}"#).unwrap();
+        serde_json::from_str(arguments).unwrap();
     c.bench_function(name, |b| {
         b.to_async(rt).iter(|| async {
             let principal = Principal {
@@ -139,9 +167,9 @@ fn pipeline_call(
             let ctx = CallContext::unattended(&principal);
             let caller = Caller::new(principal, None);
             let r = airlock
-                .call("fixture_echo", Some(&args), &caller, ctx)
+                .call(tool, Some(&args), &caller, ctx)
                 .await;
-            assert!(r.is_ok());
+            assert!(r.is_ok(), "{r:?}");
         })
     });
 }

@@ -28,7 +28,7 @@ fn built() -> &'static Path {
     })
 }
 
-fn config(dir: &TempDir) -> PathBuf {
+fn config(dir: &TempDir, web: &TestHttpServer) -> PathBuf {
     let notes_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/notes/wit");
     let w = |name: &str| built().join(format!("{name}.wasm")).display().to_string();
     dir.config(&format!(
@@ -41,6 +41,7 @@ fn config(dir: &TempDir) -> PathBuf {
         pyn = w("py_notes"),
         jsn = w("js_notes"),
         wit = notes_wit.display(),
+        port = web.port,
     ))
 }
 
@@ -61,7 +62,8 @@ fn call(server: &HttpServer, tool: &str, args: Value) -> Value {
 #[test]
 fn python_and_javascript_tools_are_built_and_called() {
     let dir = TempDir::new("authors");
-    let server = HttpServer::start(&config(&dir));
+    let web = TestHttpServer::start();
+    let server = HttpServer::start_compiling(&config(&dir, &web));
     let r = raw_mcp(&server.addr, "tools/list", json!({}), &[]).unwrap();
     let listed = sse_json(&r.body)["result"]["tools"]
         .as_array()
@@ -74,6 +76,7 @@ fn python_and_javascript_tools_are_built_and_called() {
             "py_word_stats",
             "py_greet",
             "py_divide",
+            "py_fetch",
             "js_word_stats",
             "js_greet",
             "js_divide",
@@ -111,6 +114,27 @@ fn python_and_javascript_tools_are_built_and_called() {
         tool("pynotes_word-count")["description"],
         "Counts the words in a text."
     );
+
+    // Python's HTTP helper, within the grants: a URL they allow answers, another is refused by
+    // the host (and the call ends as blocked, whatever the tool made of the refusal).
+    let p = web.port;
+    let r = call(
+        &server,
+        "py_fetch",
+        json!({"url": format!("http://127.0.0.1:{p}/hello")}),
+    );
+    assert_eq!(
+        r["structuredContent"]["result"],
+        json!({"status": 200, "body": "hello from the test server", "truncated": false}),
+        "{r}"
+    );
+    let r = call(
+        &server,
+        "py_fetch",
+        json!({"url": format!("http://localhost:{p}/hello")}),
+    );
+    assert_eq!(result_outcome(&r), "blocked_by_policy", "{r}");
+    assert_eq!(web.seen().len(), 1, "the refused request never left");
 
     for lang in ["py", "js"] {
         let r = call(

@@ -291,6 +291,28 @@ impl HttpServer {
         audit_dir: &Path,
         args: &[&str],
     ) -> HttpServer {
+        HttpServer::spawn(config, env, audit_dir, args, Duration::from_secs(120))
+    }
+
+    /// A server whose components take long to compile (Python and JavaScript components
+    /// carry their interpreters; the compile cache makes later starts quick).
+    pub fn start_compiling(config: &Path) -> HttpServer {
+        HttpServer::spawn(
+            config,
+            &[],
+            &fresh_audit_dir(),
+            &[],
+            Duration::from_secs(900),
+        )
+    }
+
+    fn spawn(
+        config: &Path,
+        env: &[(&str, &str)],
+        audit_dir: &Path,
+        args: &[&str],
+        start_within: Duration,
+    ) -> HttpServer {
         let state_dir = state_dir_for(audit_dir);
         let mut child = Command::new(airlock())
             .args(["serve", "--http", "127.0.0.1:0", "--config"])
@@ -324,7 +346,7 @@ impl HttpServer {
             }
         });
         let url = rx
-            .recv_timeout(Duration::from_secs(120))
+            .recv_timeout(start_within)
             .unwrap_or_else(|_| {
                 let _ = child.kill();
                 panic!(

@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import List, Literal
 
-from airlock_sdk import WitWorld, InvalidArguments, ToolError, caller, info, setting, tool
+from airlock_sdk import WitWorld, InvalidArguments, ToolError, caller, http, info, setting, tool
 
 __all__ = ["WitWorld"]
 
@@ -41,3 +41,10 @@ def py_divide(a: float, b: float) -> str:
     if a != a:
         raise ToolError("a is not a number")
     return str(a / b)
+
+
+@tool(read_only=True, destructive=False)
+def py_fetch(url: str) -> dict:
+    """Fetches a URL the operator's grants allow: its status and body as text."""
+    response = http.get(url, max_response_bytes=64 * 1024)
+    return {"status": response.status, "body": response.text(), "truncated": response.truncated}

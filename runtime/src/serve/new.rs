@@ -29,6 +29,20 @@ const RUST_SDK: [(&str, &str); 7] = [
     ("wit/v0.2.0/tool.wit", WIT),
 ];
 
+/// The world Python tools are built for (the `airlock:tool` world plus outgoing HTTP) and the
+/// packages it needs.
+const PYTHON_WIT: [(&str, &str); 9] = [
+    ("wit/world.wit", include_str!("../../../sdk/python/wit/world.wit")),
+    ("wit/deps/airlock-tool.wit", WIT),
+    ("wit/deps/http.wit", include_str!("../../../sdk/python/wit/deps/http.wit")),
+    ("wit/deps/io.wit", include_str!("../../../sdk/python/wit/deps/io.wit")),
+    ("wit/deps/clocks.wit", include_str!("../../../sdk/python/wit/deps/clocks.wit")),
+    ("wit/deps/random.wit", include_str!("../../../sdk/python/wit/deps/random.wit")),
+    ("wit/deps/cli.wit", include_str!("../../../sdk/python/wit/deps/cli.wit")),
+    ("wit/deps/filesystem.wit", include_str!("../../../sdk/python/wit/deps/filesystem.wit")),
+    ("wit/deps/sockets.wit", include_str!("../../../sdk/python/wit/deps/sockets.wit")),
+];
+
 /// The Rust SDK's manifest: the SDK's own, without the Airlock workspace it sits in there.
 fn rust_sdk_manifest() -> String {
     include_str!("../../../sdk/Cargo.toml")
@@ -85,7 +99,13 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
                 "airlock_sdk/__init__.py",
                 include_str!("../../../sdk/python/airlock_sdk/__init__.py").to_owned(),
             );
-            add("wit/tool.wit", WIT.to_owned());
+            add(
+                "airlock_sdk/http.py",
+                include_str!("../../../sdk/python/airlock_sdk/http.py").to_owned(),
+            );
+            for (path, text) in PYTHON_WIT {
+                add(path, text.to_owned());
+            }
         }
         Lang::Js => {
             add("tool.js", fill(include_str!("templates/tool.js.tmpl")));
@@ -102,7 +122,7 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
             name.replace('-', "_")
         ),
         Lang::Python => format!(
-            "\"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w tool componentize -p . app -o {name}.wasm"
+            "\"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w airlock:python-sdk/tool componentize -p . app -o {name}.wasm"
         ),
         Lang::Js => format!(
             "\"${{COMPONENTIZE_JS:-componentize-js}}\" tool.js --wit wit/tool.wit --world-name tool -o {name}.wasm"

@@ -14,7 +14,10 @@ what a tool returns into MCP content, and maps exceptions to the world's errors.
 
 Build (``WitWorld`` must be importable from the app module):
 
-    componentize-py -d sdk/wit/v0.2.0 -w tool componentize -p sdk/python app -o app.wasm
+    componentize-py -d sdk/python/wit -w airlock:python-sdk/tool componentize -p sdk/python \
+        -p . app -o app.wasm
+
+(``sdk/python/wit`` is the ``airlock:tool`` world plus outgoing HTTP, for ``airlock_sdk.http``.)
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import host, types
+from wit_world.imports import airlock_tool_types as types
+from wit_world.imports import host
 
 __all__ = [
     "tool", "Output", "ToolError", "InvalidArguments", "WitWorld", "Caller",
     "log", "debug", "info", "warn", "error", "progress", "confirm", "elicit", "call_tool",
-    "NestedError", "cancelled", "caller", "setting", "settings", "schema_of",
+    "NestedError", "cancelled", "caller", "setting", "settings", "schema_of", "http",
 ]
 
 
@@ -421,3 +425,7 @@ def setting(name: str, default: Optional[str] = None) -> Optional[str]:
 def settings() -> Dict[str, str]:
     """Every ``[tool.settings]`` value, by name."""
     return dict(host.settings())
+
+
+# Last: the HTTP module imports the errors above.
+from . import http  # noqa: E402
