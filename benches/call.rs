@@ -144,7 +144,12 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-fn pipeline_call(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, airlock: &Arc<Airlock>) {
+fn pipeline_call(
+    c: &mut Criterion,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    airlock: &Arc<Airlock>,
+) {
     pipeline_call_of(c, name, rt, airlock, "fixture_echo", r#"{"message":"hi"}"#);
 }
 
@@ -156,8 +161,7 @@ fn pipeline_call_of(
     tool: &str,
     arguments: &str,
 ) {
-    let args: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(arguments).unwrap();
+    let args: serde_json::Map<String, serde_json::Value> = serde_json::from_str(arguments).unwrap();
     c.bench_function(name, |b| {
         b.to_async(rt).iter(|| async {
             let principal = Principal {
@@ -166,9 +170,7 @@ fn pipeline_call_of(
             };
             let ctx = CallContext::unattended(&principal);
             let caller = Caller::new(principal, None);
-            let r = airlock
-                .call(tool, Some(&args), &caller, ctx)
-                .await;
+            let r = airlock.call(tool, Some(&args), &caller, ctx).await;
             assert!(r.is_ok(), "{r:?}");
         })
     });

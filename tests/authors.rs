@@ -32,7 +32,8 @@ fn config(dir: &TempDir, web: &TestHttpServer) -> PathBuf {
     let notes_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/notes/wit");
     let w = |name: &str| built().join(format!("{name}.wasm")).display().to_string();
     dir.config(&format!(
-        "[[tool]]\nname = \"py\"\ncomponent = \"{py}\"\n[tool.settings]\ngreeting = \"hi\"\n\n\
+        "[[tool]]\nname = \"py\"\ncomponent = \"{py}\"\n[tool.settings]\ngreeting = \"hi\"\n\
+         [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n\n\
          [[tool]]\nname = \"js\"\ncomponent = \"{js}\"\n[tool.settings]\ngreeting = \"howdy\"\n\n\
          [[tool]]\nname = \"pynotes\"\ncomponent = \"{pyn}\"\nwit = \"{wit}\"\n\n\
          [[tool]]\nname = \"jsnotes\"\ncomponent = \"{jsn}\"\nwit = \"{wit}\"\n",

@@ -165,7 +165,7 @@ fn the_response_body_limit_holds() {
         c["text"]
             .as_str()
             .unwrap()
-            .starts_with("reading the body failed: "),
+            .starts_with("request failed: reading the body: "),
         "{c}"
     );
     assert!(c["text"].as_str().unwrap().contains("1024"), "{c}");

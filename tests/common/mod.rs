@@ -345,15 +345,13 @@ impl HttpServer {
                 l.push('\n');
             }
         });
-        let url = rx
-            .recv_timeout(start_within)
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "airlock did not start serving HTTP:\n{}",
-                    log.lock().unwrap()
-                )
-            });
+        let url = rx.recv_timeout(start_within).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "airlock did not start serving HTTP:\n{}",
+                log.lock().unwrap()
+            )
+        });
         let addr = url
             .trim_start_matches("http://")
             .trim_end_matches("/mcp")

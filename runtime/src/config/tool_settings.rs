@@ -116,19 +116,19 @@ pub fn wit_docs(path: &Path) -> Result<BTreeMap<String, String>, String> {
     Ok(docs)
 }
 
-/// Bytes of `.wit` files at `path` (the file, or the directory and its `deps/`).
+/// Bytes of the files at `path`: the file, or the directory and its `deps/` (the only
+/// subdirectories WIT packages have).
 fn wit_size(path: &Path) -> std::io::Result<u64> {
     let meta = std::fs::metadata(path)?;
     if meta.is_file() {
         return Ok(meta.len());
     }
+    let in_deps = path.file_name().is_some_and(|n| n == "deps");
     let mut total = 0;
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
         let kind = entry.file_type()?;
-        if kind.is_dir() && entry.file_name() == "deps" {
-            total += wit_size(&entry.path())?;
-        } else if kind.is_dir() && path.file_name().is_some_and(|n| n == "deps") {
+        if kind.is_dir() && (in_deps || entry.file_name() == "deps") {
             total += wit_size(&entry.path())?;
         } else if kind.is_file() {
             total += entry.metadata()?.len();

@@ -32,15 +32,39 @@ const RUST_SDK: [(&str, &str); 7] = [
 /// The world Python tools are built for (the `airlock:tool` world plus outgoing HTTP) and the
 /// packages it needs.
 const PYTHON_WIT: [(&str, &str); 9] = [
-    ("wit/world.wit", include_str!("../../../sdk/python/wit/world.wit")),
+    (
+        "wit/world.wit",
+        include_str!("../../../sdk/python/wit/world.wit"),
+    ),
     ("wit/deps/airlock-tool.wit", WIT),
-    ("wit/deps/http.wit", include_str!("../../../sdk/python/wit/deps/http.wit")),
-    ("wit/deps/io.wit", include_str!("../../../sdk/python/wit/deps/io.wit")),
-    ("wit/deps/clocks.wit", include_str!("../../../sdk/python/wit/deps/clocks.wit")),
-    ("wit/deps/random.wit", include_str!("../../../sdk/python/wit/deps/random.wit")),
-    ("wit/deps/cli.wit", include_str!("../../../sdk/python/wit/deps/cli.wit")),
-    ("wit/deps/filesystem.wit", include_str!("../../../sdk/python/wit/deps/filesystem.wit")),
-    ("wit/deps/sockets.wit", include_str!("../../../sdk/python/wit/deps/sockets.wit")),
+    (
+        "wit/deps/http.wit",
+        include_str!("../../../sdk/python/wit/deps/http.wit"),
+    ),
+    (
+        "wit/deps/io.wit",
+        include_str!("../../../sdk/python/wit/deps/io.wit"),
+    ),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../../../sdk/python/wit/deps/clocks.wit"),
+    ),
+    (
+        "wit/deps/random.wit",
+        include_str!("../../../sdk/python/wit/deps/random.wit"),
+    ),
+    (
+        "wit/deps/cli.wit",
+        include_str!("../../../sdk/python/wit/deps/cli.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../../../sdk/python/wit/deps/filesystem.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../../../sdk/python/wit/deps/sockets.wit"),
+    ),
 ];
 
 /// The Rust SDK's manifest: the SDK's own, without the Airlock workspace it sits in there.
