@@ -78,9 +78,11 @@ fn python_and_javascript_tools_are_built_and_called() {
             "py_greet",
             "py_divide",
             "py_fetch",
+            "py_relay",
             "js_word_stats",
             "js_greet",
             "js_divide",
+            "js_relay",
             "pynotes_word-count",
             "pynotes_summarise",
             "jsnotes_word-count",
@@ -136,6 +138,28 @@ fn python_and_javascript_tools_are_built_and_called() {
     );
     assert_eq!(result_outcome(&r), "blocked_by_policy", "{r}");
     assert_eq!(web.seen().len(), 1, "the refused request never left");
+
+    // Nested calls from both SDKs, across languages, as the same caller.
+    let r = call(
+        &server,
+        "py_relay",
+        json!({"tool_name": "js_greet", "arguments": {"loud": true}}),
+    );
+    assert_eq!(result_text(&r), "HOWDY, ANONYMOUS", "{r}");
+    let r = call(
+        &server,
+        "js_relay",
+        json!({"tool": "py_greet", "arguments": {"style": "plain"}}),
+    );
+    assert_eq!(result_text(&r), "hi, anonymous", "{r}");
+    // A nested call's refusal comes back to the caller as its failure.
+    let r = call(
+        &server,
+        "js_relay",
+        json!({"tool": "py_divide", "arguments": {"a": 1, "b": "x"}}),
+    );
+    assert_eq!(result_outcome(&r), "tool_failed", "{r}");
+    assert!(result_text(&r).contains("invalid_arguments"), "{r}");
 
     for lang in ["py", "js"] {
         let r = call(

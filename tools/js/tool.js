@@ -1,6 +1,6 @@
 // An example Airlock tool in JavaScript, built with componentize-js against the SDK in
 // sdk/js (scripts/build-authors builds it; docs/authors.md walks through it).
-import { tool, log, setting, caller, ToolError, InvalidArguments } from "./airlock.js";
+import { tool, log, setting, caller, callTool, ToolError, InvalidArguments } from "./airlock.js";
 export { describe, call, readResource, getPrompt, complete } from "./airlock.js";
 
 tool(
@@ -78,4 +78,18 @@ tool(
     }
     return String(a / b);
   },
+);
+
+tool(
+  "js_relay",
+  {
+    description: "Calls another tool of this Airlock, as the same caller, and returns its text.",
+    input: {
+      type: "object",
+      properties: { tool: { type: "string" }, arguments: { type: "object" } },
+      required: ["tool", "arguments"],
+      additionalProperties: false,
+    },
+  },
+  ({ tool: name, arguments: args }) => callTool(name, args).text.join("\n"),
 );

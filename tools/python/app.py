@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import List, Literal
 
-from airlock_sdk import WitWorld, InvalidArguments, ToolError, caller, http, info, setting, tool
+from airlock_sdk import WitWorld, InvalidArguments, ToolError, call_tool, caller, http, info, setting, tool
 
 __all__ = ["WitWorld"]
 
@@ -48,3 +48,10 @@ def py_fetch(url: str) -> dict:
     """Fetches a URL the operator's grants allow: its status and body as text."""
     response = http.get(url, max_response_bytes=64 * 1024)
     return {"status": response.status, "body": response.text(), "truncated": response.truncated}
+
+
+@tool
+def py_relay(tool_name: str, arguments: dict) -> str:
+    """Calls another tool of this Airlock, as the same caller, and returns its text."""
+    out = call_tool(tool_name, arguments)
+    return "\n".join(out.text)

@@ -162,6 +162,14 @@ impl Plan {
             {
                 plan.read.insert(dir);
             }
+            // The WIT of a generic component is read again at every reload.
+            if let Some(wit) = &c.wit {
+                if wit.is_dir() {
+                    plan.read.insert(resolved(wit));
+                } else if let Some(dir) = parent(wit) {
+                    plan.read.insert(dir);
+                }
+            }
             for g in &c.grants.fs {
                 match g.mode {
                     FsMode::Ro => plan.read.insert(resolved(&g.host)),

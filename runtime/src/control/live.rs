@@ -235,9 +235,14 @@ impl Live {
                     continue;
                 }
                 last.insert(path.clone(), now);
-                // A touch or a rewrite with the same content is not a change.
-                let digest = std::fs::read(path).map(|b| hex::encode(Sha256::digest(&b)));
-                if digest.as_deref().ok() == Some(loaded.as_str()) {
+                // A touch or a rewrite with the same content is not a change. Components may
+                // be tens of MB: read and hashed off the runtime's workers.
+                let file = path.clone();
+                let digest = tokio::task::spawn_blocking(move || {
+                    std::fs::read(&file).map(|b| hex::encode(Sha256::digest(&b)))
+                })
+                .await;
+                if matches!(&digest, Ok(Ok(d)) if *d == loaded) {
                     continue;
                 }
                 changed.get_or_insert((path.clone(), by));

@@ -3,7 +3,7 @@
 //! once at load), and the name index.
 
 use crate::config::grants::FsMode;
-use crate::config::policy::{ComponentEntry, ConfigError, Policy};
+use crate::config::policy::{ComponentEntry, ComponentSource, ConfigError, Policy};
 use crate::core::failure::CallFailure;
 use crate::core::redact::{Redactor, Shapes};
 use crate::sandbox::engine::{Engines, load_component, private_dir};
@@ -398,11 +398,19 @@ fn instantiable(
         format!("needs imports Airlock does not provide (only WASI 0.2 and airlock:tool): {e:#}")
     })?;
     if !generic::targets_airlock_tool(compiled, engine) {
+        // The file's name only: descriptions reach clients, the host's paths should not.
+        let source = match &entry.source {
+            ComponentSource::File(path) => path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            bundled => bundled.to_string(),
+        };
         let naming = generic::Naming {
             entry: &entry.name,
             rename: &entry.rename,
             docs: &entry.docs,
-            source: &entry.source.to_string(),
+            source: &source,
+            max_tools: entry.limits.max_tools,
         };
         let exports = generic::exports(compiled, engine, &naming)?;
         return Ok(ComponentPre::Generic(Box::new(GenericPre { pre, exports })));

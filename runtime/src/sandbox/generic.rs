@@ -34,6 +34,9 @@ use wasmtime::component::{Component, ComponentExportIndex, Val};
 
 /// Deepest nesting of WIT types a served function may have.
 pub const MAX_TYPE_DEPTH: usize = 32;
+/// Most type nodes a served function's parameters and result may expand to (a record of
+/// records of records grows fast): its schema is built from them.
+pub const MAX_TYPE_NODES: usize = 4096;
 
 /// The interface a `wasi:cli` command exports.
 const CLI_RUN: &str = "wasi:cli/run@0.2.";
@@ -77,8 +80,10 @@ pub struct Naming<'a> {
     pub rename: &'a BTreeMap<String, String>,
     /// Function id → its WIT doc comment.
     pub docs: &'a BTreeMap<String, String>,
-    /// The component file, for generated descriptions.
+    /// The component file's name, for generated descriptions.
     pub source: &'a str,
+    /// Most tools the component may offer (`max_tools`): checked before any schema is built.
+    pub max_tools: u32,
 }
 
 /// Whether the component exports anything of the `airlock:tool` world (it then must fit it,
@@ -101,7 +106,8 @@ pub fn exports(
     engine: &Engine,
     naming: &Naming<'_>,
 ) -> Result<GenericExports, String> {
-    let mut found: Vec<(String, ComponentExportIndex, ComponentFunc, bool)> = Vec::new();
+    // (id, the id with the interface's full name, index, type, command)
+    let mut found: Vec<(String, String, ComponentExportIndex, ComponentFunc, bool)> = Vec::new();
     let mut skipped = Vec::new();
     let ty = component.component_type();
     for (name, item) in ty.exports(engine) {
@@ -110,7 +116,7 @@ pub fn exports(
                 let index = component
                     .get_export_index(None, name)
                     .ok_or_else(|| format!("export {name} has no index"))?;
-                found.push((name.to_owned(), index, f, false));
+                found.push((name.to_owned(), name.to_owned(), index, f, false));
             }
             ComponentItem::ComponentInstance(instance) => {
                 let outer = component
@@ -125,8 +131,10 @@ pub fn exports(
                     let index = component
                         .get_export_index(Some(&outer), fname)
                         .ok_or_else(|| format!("export {name}#{fname} has no index"))?;
+                    let full = name.split('@').next().unwrap_or(name);
                     found.push((
                         format!("{short}/{fname}"),
+                        format!("{full}/{fname}"),
                         index,
                         f,
                         command && fname == "run",
@@ -137,8 +145,26 @@ pub fn exports(
         }
     }
 
+    // Two interfaces with one short name (`a:x/foo` and `b:y/foo`) keep their full names.
+    let ids: Vec<String> = found
+        .iter()
+        .map(|(short, full, ..)| {
+            if found.iter().filter(|(s, ..)| s == short).count() > 1 {
+                full.clone()
+            } else {
+                short.clone()
+            }
+        })
+        .collect();
+    let servable_count = found.len();
+    if servable_count > naming.max_tools as usize {
+        return Err(format!(
+            "exports {servable_count} functions, more than max_tools = {}",
+            naming.max_tools
+        ));
+    }
     let mut functions: Vec<GenericFunction> = Vec::new();
-    for (id, index, func, command) in found {
+    for (id, (_, _, index, func, command)) in ids.into_iter().zip(found) {
         // Not reported: every component of that toolchain has it.
         if toolchain_hook(&id, &func) {
             continue;
@@ -216,8 +242,9 @@ fn signature(id: &str, func: &ComponentFunc) -> Result<Signature, String> {
         return Err("an async function (not served)".into());
     }
     let params: Vec<(String, Type)> = func.params().map(|(n, t)| (n.to_owned(), t)).collect();
+    let mut nodes = MAX_TYPE_NODES;
     for (name, ty) in &params {
-        servable(ty, 0).map_err(|why| format!("parameter {name}: {why}"))?;
+        servable(ty, 0, &mut nodes).map_err(|why| format!("parameter {name}: {why}"))?;
     }
     let mut results = func.results();
     let result = results.next();
@@ -225,17 +252,20 @@ fn signature(id: &str, func: &ComponentFunc) -> Result<Signature, String> {
         return Err("more than one result".into());
     }
     if let Some(ty) = &result {
-        servable(ty, 0).map_err(|why| format!("result: {why}"))?;
+        servable(ty, 0, &mut nodes).map_err(|why| format!("result: {why}"))?;
     }
     Ok((params, result))
 }
 
-/// Whether a value of `ty` can be carried as JSON.
-fn servable(ty: &Type, depth: usize) -> Result<(), String> {
+/// Whether a value of `ty` can be carried as JSON, within `nodes` more type nodes.
+fn servable(ty: &Type, depth: usize, nodes: &mut usize) -> Result<(), String> {
     if depth > MAX_TYPE_DEPTH {
         return Err(format!("types nested more than {MAX_TYPE_DEPTH} deep"));
     }
-    let inner = |t: &Type| servable(t, depth + 1);
+    *nodes = nodes.checked_sub(1).ok_or_else(|| {
+        format!("types that expand to more than {MAX_TYPE_NODES} parts (too large to describe)")
+    })?;
+    let mut inner = |t: &Type| servable(t, depth + 1, nodes);
     match ty {
         Type::Own(_) | Type::Borrow(_) => Err("takes or returns a resource".into()),
         Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
@@ -557,33 +587,53 @@ impl GenericFunction {
 }
 
 /// A command's output: its exit code, and what it wrote (each stream as kept, and how much
-/// was discarded past the capture cap).
+/// was discarded past the capture cap). The streams are cut further, at a character boundary,
+/// until the result (stdout is in it twice, as text and structured, and JSON escapes grow
+/// control characters) fits in `budget` bytes; `truncated` says when anything was cut.
 pub fn command_output(
     exit_code: i32,
     stdout: (Vec<u8>, u64),
     stderr: (Vec<u8>, u64),
+    budget: usize,
 ) -> ToolOutput {
-    let truncated = stdout.1 > 0 || stderr.1 > 0;
-    let out = String::from_utf8_lossy(&stdout.0).into_owned();
-    let err = String::from_utf8_lossy(&stderr.0).into_owned();
-    let mut text = out.clone();
-    if exit_code != 0 {
-        text = format!(
-            "{text}{}exit code {exit_code}\n{err}",
-            if text.is_empty() || text.ends_with('\n') {
+    let mut truncated = stdout.1 > 0 || stderr.1 > 0;
+    let mut out = String::from_utf8_lossy(&stdout.0).into_owned();
+    let mut err = String::from_utf8_lossy(&stderr.0).into_owned();
+    loop {
+        let text = if exit_code == 0 {
+            out.clone()
+        } else {
+            let gap = if out.is_empty() || out.ends_with('\n') {
                 ""
             } else {
                 "\n"
-            }
-        );
-    }
-    ToolOutput {
-        content: vec![Content::Text(text)],
-        structured: Some(
-            json!({"stdout": out, "stderr": err, "exit_code": exit_code, "truncated": truncated})
-                .to_string(),
-        ),
-        is_error: exit_code != 0,
+            };
+            format!("{out}{gap}exit code {exit_code}\n{err}")
+        };
+        let structured = json!({
+            "stdout": out, "stderr": err, "exit_code": exit_code, "truncated": truncated
+        })
+        .to_string();
+        // Room for the content item's own JSON and the result's envelope.
+        let size = serde_json::to_string(&text).map_or(usize::MAX, |t| t.len()) + structured.len();
+        if size + 256 <= budget || (out.is_empty() && err.is_empty()) {
+            return ToolOutput {
+                content: vec![Content::Text(text)],
+                structured: Some(structured),
+                is_error: exit_code != 0,
+            };
+        }
+        truncated = true;
+        let longer = if out.len() >= err.len() {
+            &mut out
+        } else {
+            &mut err
+        };
+        let mut keep = longer.len() / 2;
+        while !longer.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        longer.truncate(keep);
     }
 }
 
@@ -591,10 +641,16 @@ pub fn command_output(
 fn to_val(value: &Value, ty: &Type, at: &str) -> Result<Val, String> {
     let wrong = |want: &str| format!("{at}: expected {want}, got {}", kind(value));
     let int = |min: i128, max: i128| -> Result<i128, String> {
+        // JSON Schema counts 5.0 as an integer too.
+        let whole = value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 2f64.powi(64))
+            .map(|f| f as i128);
         let n = value
             .as_i64()
             .map(i128::from)
             .or_else(|| value.as_u64().map(i128::from))
+            .or(whole)
             .ok_or_else(|| wrong("an integer"))?;
         if n < min || n > max {
             return Err(format!("{at}: {n} is out of range {min}..={max}"));
@@ -879,11 +935,26 @@ mod tests {
 
     #[test]
     fn command_output_reports_exit_and_truncation() {
-        let out = command_output(3, (b"out".to_vec(), 0), (b"bad".to_vec(), 10));
+        let out = command_output(3, (b"out".to_vec(), 0), (b"bad".to_vec(), 10), 1 << 20);
         assert!(out.is_error);
         let s: Value = serde_json::from_str(out.structured.as_deref().unwrap()).unwrap();
         assert_eq!(s["exit_code"], 3);
         assert_eq!(s["truncated"], true);
         assert_eq!(s["stderr"], "bad");
+    }
+
+    #[test]
+    fn command_output_fits_its_budget_however_it_escapes() {
+        // Control characters take six bytes each as JSON, and stdout is there twice.
+        let noisy = vec![1u8; 100_000];
+        let out = command_output(1, (noisy.clone(), 0), (noisy, 0), 64 * 1024);
+        let structured = out.structured.as_deref().unwrap();
+        let Content::Text(text) = &out.content[0] else {
+            panic!("text")
+        };
+        assert!(serde_json::to_string(text).unwrap().len() + structured.len() <= 64 * 1024);
+        let s: Value = serde_json::from_str(structured).unwrap();
+        assert_eq!(s["truncated"], true);
+        assert!(!s["stdout"].as_str().unwrap().is_empty());
     }
 }

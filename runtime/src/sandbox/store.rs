@@ -1183,6 +1183,7 @@ pub async fn run(
     };
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(hostcall_budget(limits, called.is_none()));
     let fuel_set = store.set_fuel(limits.fuel);
     // Yield to the executor at every epoch tick: a busy guest then never holds a worker thread
     // for longer than a tick, and the deadline and cancellation below take effect at the yield.
@@ -1231,7 +1232,13 @@ pub async fn run(
     {
         Err(f) => Err(f),
         Ok(()) => {
-            let invoked = invoke(&mut store, &prepared.pre, invocation, (&stdout, &stderr));
+            let invoked = invoke(
+                &mut store,
+                &prepared.pre,
+                invocation,
+                (&stdout, &stderr),
+                limits.max_output_bytes.as_usize(),
+            );
             tokio::pin!(invoked);
             let stopped = tokio::select! {
                 biased;
@@ -1301,6 +1308,35 @@ pub async fn run(
         stdout,
         stderr,
     }
+}
+
+/// Bytes of host values one crossing from the guest may make the host hold (wasmtime's
+/// "hostcall fuel": lifting a string costs its length, each list item, record field or tuple
+/// element the size of a `Val`): a result, or an import's arguments. Past it the call traps
+/// before the host allocates more. Sixteen times the output limit (at least 16 MiB) leaves
+/// room for any result that could pass the output limit once converted, and bounds what a
+/// component can make the host hold per call by its limits rather than by its memory. What
+/// `describe()` answers (`describing`) may be as large as the description limits allow.
+fn hostcall_budget(limits: &Limits, describing: bool) -> usize {
+    let per_call = limits
+        .max_output_bytes
+        .as_usize()
+        .saturating_mul(16)
+        .max(16 << 20)
+        .max(limits.max_argument_bytes.as_usize().saturating_mul(4));
+    if !describing {
+        return per_call;
+    }
+    // Tools, resources, templates and prompts: each kind up to `max_tools` items, each with a
+    // description and up to two schemas, and as much again for the values' own overhead.
+    let item = limits
+        .max_description_bytes
+        .as_usize()
+        .saturating_add(limits.max_schema_bytes.as_usize().saturating_mul(2));
+    (limits.max_tools as usize)
+        .saturating_mul(item)
+        .saturating_mul(8)
+        .max(per_call)
 }
 
 /// The last panic a Rust guest reported on stderr (`panicked at FILE:LINE:COL:` and its
@@ -1440,11 +1476,14 @@ async fn invoke(
     pre: &ComponentPre,
     invocation: Invocation<'_>,
     captured: (&Capture, &Capture),
+    output_budget: usize,
 ) -> Result<Answer, CallFailure> {
     match pre {
         ComponentPre::Current(pre) => invoke_current(store, pre, invocation).await,
         ComponentPre::V1(pre) => invoke_v1(store, pre, invocation).await,
-        ComponentPre::Generic(pre) => invoke_generic(store, pre, invocation, captured).await,
+        ComponentPre::Generic(pre) => {
+            invoke_generic(store, pre, invocation, captured, output_budget).await
+        }
     }
 }
 
@@ -1454,6 +1493,7 @@ async fn invoke_generic(
     pre: &GenericPre,
     invocation: Invocation<'_>,
     (stdout, stderr): (&Capture, &Capture),
+    output_budget: usize,
 ) -> Result<Answer, CallFailure> {
     let work = match invocation {
         // Worked out from the component's type at load: nothing runs.
@@ -1497,6 +1537,7 @@ async fn invoke_generic(
             code,
             stdout.take(),
             stderr.take(),
+            output_budget,
         )));
     }
     ran.map_err(|e| classify(e, Stage::Run))?;

@@ -372,10 +372,13 @@ async fn start_serving(
 /// `airlock call`: one call, as the local principal would make it over stdio, with the
 /// configured audit log and operator state. The admin socket is served meanwhile, so an
 /// operator can approve the call (or stop it) with `airlock ctl`; it also keeps a server on
-/// the same state directory from running at the same time.
+/// the same state directory from running at the same time. Like `tools` and `check`, it does
+/// not confine its own process (landlock, seccomp): the component's sandbox and grants hold
+/// as under `serve`, the host's second wall does not.
 async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Result<()> {
     use crate::core::failure::CallFailure;
     use crate::pipeline::call::{CallContext, Caller};
+    use crate::serve::log::escape_controls;
     let arguments: rmcp::model::JsonObject = serde_json::from_str(args)
         .context("--args must be a JSON object, such as '{\"text\": \"hi\"}'")?;
     let source = config.source();
@@ -398,6 +401,7 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     let (events, mut received) = tokio::sync::mpsc::channel(64);
     let printer = tokio::spawn(async move {
         use crate::sandbox::store::GuestEvent;
+        use crate::serve::log::escape_controls;
         use airlock_host_api::LogLevel;
         while let Some(event) = received.recv().await {
             match event {
@@ -408,7 +412,7 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
                         LogLevel::Warn => "warn",
                         LogLevel::Error => "error",
                     };
-                    eprintln!("[{level}] {message}");
+                    eprintln!("[{level}] {}", escape_controls(&message));
                 }
                 GuestEvent::Progress {
                     progress,
@@ -417,7 +421,7 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
                 } => eprintln!(
                     "[progress] {progress}{} {}",
                     total.map(|t| format!("/{t}")).unwrap_or_default(),
-                    message.unwrap_or_default()
+                    escape_controls(&message.unwrap_or_default())
                 ),
             }
         }
@@ -437,9 +441,13 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                // What a tool wrote reaches a terminal: no escape sequence of its passes raw.
                 for c in &r.content {
                     match c.as_text() {
-                        Some(t) => println!("{}", t.text),
+                        Some(t) => {
+                            let lines: Vec<_> = t.text.split('\n').map(escape_controls).collect();
+                            println!("{}", lines.join("\n"));
+                        }
                         None => println!("{}", serde_json::to_string(c)?),
                     }
                 }
@@ -460,7 +468,12 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
         }
         Err(f) => {
             let f: CallFailure = f;
-            anyhow::bail!("outcome: {} (call {}): {f}", f.kind(), caller.call_id)
+            anyhow::bail!(
+                "outcome: {} (call {}): {}",
+                f.kind(),
+                caller.call_id,
+                escape_controls(&f.to_string())
+            )
         }
     }
 }

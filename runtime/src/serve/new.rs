@@ -91,10 +91,32 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
              names the project, the component and its [[tool]] entry)"
         );
     }
-    let root = dir.join(name);
-    if root.exists() {
-        bail!("{} exists already; nothing was written", root.display());
+    // Names cargo refuses for a package, or that would clash with the SDK beside it.
+    if [
+        "test",
+        "std",
+        "core",
+        "alloc",
+        "proc-macro",
+        "proc_macro",
+        "airlock-sdk",
+        "airlock_sdk",
+    ]
+    .contains(&name)
+    {
+        bail!(
+            "\"{name}\" is reserved (by cargo, or by the SDK the project holds); choose another name"
+        );
     }
+    let root = dir.join(name);
+    // Made here, not found: a directory that exists already (or appears meanwhile) is never
+    // written into.
+    std::fs::create_dir(&root).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            anyhow::anyhow!("{} exists already; nothing was written", root.display())
+        }
+        _ => anyhow::anyhow!("cannot create {}: {e}", root.display()),
+    })?;
     let fill = |t: &str| t.replace("{{name}}", name);
     let wasm = format!("{name}.wasm");
     let mut files: Vec<(String, String, bool)> = Vec::new();
