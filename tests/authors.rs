@@ -34,7 +34,8 @@ fn config(dir: &TempDir, web: &TestHttpServer) -> PathBuf {
     dir.config(&format!(
         "[[tool]]\nname = \"py\"\ncomponent = \"{py}\"\n[tool.settings]\ngreeting = \"hi\"\n\
          [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n\n\
-         [[tool]]\nname = \"js\"\ncomponent = \"{js}\"\n[tool.settings]\ngreeting = \"howdy\"\n\n\
+         [[tool]]\nname = \"js\"\ncomponent = \"{js}\"\n[tool.settings]\ngreeting = \"howdy\"\n\
+         [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n\n\
          [[tool]]\nname = \"pynotes\"\ncomponent = \"{pyn}\"\nwit = \"{wit}\"\n\n\
          [[tool]]\nname = \"jsnotes\"\ncomponent = \"{jsn}\"\nwit = \"{wit}\"\n",
         py = w("py_tool"),
@@ -83,6 +84,7 @@ fn python_and_javascript_tools_are_built_and_called() {
             "js_greet",
             "js_divide",
             "js_relay",
+            "js_fetch",
             "pynotes_word-count",
             "pynotes_summarise",
             "jsnotes_word-count",
@@ -118,26 +120,31 @@ fn python_and_javascript_tools_are_built_and_called() {
         "Counts the words in a text."
     );
 
-    // Python's HTTP helper, within the grants: a URL they allow answers, another is refused by
-    // the host (and the call ends as blocked, whatever the tool made of the refusal).
+    // The HTTP helpers, within the grants: a URL they allow answers, another is refused by the
+    // host (and the call ends as blocked, whatever the tool made of the refusal).
     let p = web.port;
+    let hello = json!({"status": 200, "body": "hello from the test server", "truncated": false});
     let r = call(
         &server,
         "py_fetch",
         json!({"url": format!("http://127.0.0.1:{p}/hello")}),
     );
-    assert_eq!(
-        r["structuredContent"]["result"],
-        json!({"status": 200, "body": "hello from the test server", "truncated": false}),
-        "{r}"
-    );
+    assert_eq!(r["structuredContent"]["result"], hello, "{r}");
     let r = call(
         &server,
-        "py_fetch",
-        json!({"url": format!("http://localhost:{p}/hello")}),
+        "js_fetch",
+        json!({"url": format!("http://127.0.0.1:{p}/hello")}),
     );
-    assert_eq!(result_outcome(&r), "blocked_by_policy", "{r}");
-    assert_eq!(web.seen().len(), 1, "the refused request never left");
+    assert_eq!(r["structuredContent"], hello, "{r}");
+    for tool in ["py_fetch", "js_fetch"] {
+        let r = call(
+            &server,
+            tool,
+            json!({"url": format!("http://localhost:{p}/hello")}),
+        );
+        assert_eq!(result_outcome(&r), "blocked_by_policy", "{tool}: {r}");
+    }
+    assert_eq!(web.seen().len(), 2, "the refused requests never left");
 
     // Nested calls from both SDKs, across languages, as the same caller.
     let r = call(

@@ -349,9 +349,13 @@ fn every_channel_a_tool_makes_the_host_carry_is_bounded() {
     let confirm = s.call("confirm");
     assert_eq!(outcome(confirm), "question_too_large", "{confirm}");
     assert_eq!(confirm["text"], "the tool's question is larger than 1 KiB");
+    // 400,000 items are more than the host holds for one result: stopped while copied.
     let items = s.call("items");
     assert_eq!(outcome(items), "output_too_large", "{items}");
-    assert_eq!(items["text"], "output has more than 100 content items");
+    assert_eq!(
+        items["text"],
+        "the tool handed the host more at once than its limits allow (16 × max_output_bytes, at least 16 MiB)"
+    );
     assert_eq!(s.call("during")["text"], "during", "{}", s.report);
     assert_eq!(s.call("after")["text"], "after", "{}", s.report);
     // Airlock's own log stayed small: messages are cut, and the floods stopped early.

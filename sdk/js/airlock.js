@@ -11,10 +11,14 @@
 //       input: { type: "object", properties: { text: { type: "string" } }, required: ["text"] },
 //     }, ({ text }) => text.toUpperCase());
 //
-// Build:  componentize-js tool.js --wit sdk/wit/v0.2.0 --world-name tool -o tool.wasm
+// Build, with this module and sdk/wit/http (the airlock:tool world plus outgoing HTTP) copied
+// beside tool.js as wit/ (componentize-js reads only its working directory):
+//     componentize-js tool.js --wit wit --world-name airlock:tool-http/tool -o tool.wasm
 // The host validates every call's arguments against `input` before the tool runs.
 
 import * as host from "airlock:tool/host@0.2.0";
+import { handle } from "wasi:http/outgoing-handler@0.2.12";
+import { Fields, OutgoingBody, OutgoingRequest } from "wasi:http/types@0.2.12";
 
 /** @typedef {{ type?: string, [key: string]: unknown }} JsonSchema */
 /**
@@ -228,4 +232,138 @@ export function setting(name, fallback = undefined) {
 /** Every `[tool.settings]` value, by name. */
 export function settings() {
   return Object.fromEntries(host.settings());
+}
+
+// Outgoing HTTP ----------------------------------------------------------------------------
+
+/** The request produced no response: name resolution, connection, TLS, a timeout. */
+export class HttpError extends ToolError {}
+/** The host's policy refused the request: no grant allows this destination or method. */
+export class BlockedByPolicy extends HttpError {}
+/** The request cannot be sent as given (a malformed URL, header or method). */
+export class InvalidRequest extends InvalidArguments {}
+
+const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/**
+ * Send an HTTP request through the host (`wasi:http`) and read the response, synchronously.
+ * The operator's `net` grants decide what it may reach: a request they do not allow throws
+ * `BlockedByPolicy` (and the host ends the call as `blocked_by_policy`). Redirects are not
+ * followed: following one is a new request the grants check again.
+ * @param {string} url
+ * @param {{ method?: string, headers?: Record<string, string>, body?: string | Uint8Array,
+ *   maxResponseBytes?: number }} [options]
+ * @returns {{ status: number, headers: [string, string][], body: Uint8Array, truncated: boolean,
+ *   text: () => string, json: () => any }}
+ */
+export function request(url, options = {}) {
+  const method = (options.method ?? "GET").toUpperCase();
+  if (!METHODS.includes(method)) {
+    throw new InvalidRequest(`unsupported method ${method}`);
+  }
+  let target;
+  try {
+    target = new URL(url);
+  } catch {
+    throw new InvalidRequest(`not a URL: ${url}`);
+  }
+  if (target.protocol !== "http:" && target.protocol !== "https:") {
+    throw new InvalidRequest(`only http and https URLs can be fetched: ${url}`);
+  }
+  const max = options.maxResponseBytes ?? 1 << 20;
+  const encoder = new TextEncoder();
+  let fields;
+  try {
+    fields = Fields.fromList(
+      Object.entries(options.headers ?? {}).map(([k, v]) => [k, encoder.encode(String(v))]),
+    );
+  } catch (e) {
+    throw new InvalidRequest(`invalid header: ${e?.payload?.tag ?? e}`);
+  }
+  const req = new OutgoingRequest(fields);
+  try {
+    req.setMethod({ tag: method.toLowerCase() });
+    req.setScheme({ tag: target.protocol === "https:" ? "HTTPS" : "HTTP" });
+    req.setAuthority(target.host);
+    req.setPathWithQuery(`${target.pathname}${target.search}`);
+  } catch {
+    throw new InvalidRequest(`cannot send ${method} ${url}`);
+  }
+  const outgoing = req.body();
+  let future;
+  try {
+    future = handle(req, undefined);
+  } catch (e) {
+    throw failed(e?.payload ?? e);
+  }
+  if (options.body !== undefined && options.body.length > 0) {
+    const bytes = typeof options.body === "string" ? encoder.encode(options.body) : options.body;
+    const stream = outgoing.write();
+    for (let i = 0; i < bytes.length; i += 4096) {
+      stream.blockingWriteAndFlush(bytes.subarray(i, i + 4096));
+    }
+    stream[Symbol.dispose]?.();
+  }
+  try {
+    OutgoingBody.finish(outgoing, undefined);
+  } catch (e) {
+    throw failed(e?.payload ?? e);
+  }
+  future.subscribe().block();
+  const answer = future.get();
+  if (answer === undefined || answer.tag !== "ok") {
+    throw new HttpError("the response never arrived");
+  }
+  if (answer.val.tag !== "ok") {
+    throw failed(answer.val.val);
+  }
+  const response = answer.val.val;
+  const status = response.status();
+  const decoder = new TextDecoder();
+  const headers = response.headers().entries().map(([k, v]) => [k, decoder.decode(v)]);
+  const stream = response.consume().stream();
+  const chunks = [];
+  let size = 0;
+  let truncated = false;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = stream.blockingRead(16384n);
+    } catch (e) {
+      if ((e?.payload ?? e)?.tag === "closed") {
+        break;
+      }
+      throw new HttpError("reading the response body failed");
+    }
+    const room = max - size;
+    if (chunk.length > room) {
+      chunks.push(chunk.subarray(0, room));
+      size += room;
+      truncated = true;
+      break;
+    }
+    chunks.push(chunk);
+    size += chunk.length;
+  }
+  const body = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    body.set(c, at);
+    at += c.length;
+  }
+  return {
+    status,
+    headers,
+    body,
+    truncated,
+    text: () => decoder.decode(body),
+    json: () => JSON.parse(decoder.decode(body)),
+  };
+}
+
+function failed(code) {
+  if (code?.tag === "HTTP-request-denied") {
+    return new BlockedByPolicy("the host's network grants do not allow it");
+  }
+  return new HttpError(`request failed: ${code?.tag ?? code}`);
 }

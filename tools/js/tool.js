@@ -1,6 +1,15 @@
 // An example Airlock tool in JavaScript, built with componentize-js against the SDK in
 // sdk/js (scripts/build-authors builds it; docs/authors.md walks through it).
-import { tool, log, setting, caller, callTool, ToolError, InvalidArguments } from "./airlock.js";
+import {
+  tool,
+  log,
+  setting,
+  caller,
+  callTool,
+  request,
+  ToolError,
+  InvalidArguments,
+} from "./airlock.js";
 export { describe, call, readResource, getPrompt, complete } from "./airlock.js";
 
 tool(
@@ -92,4 +101,32 @@ tool(
     },
   },
   ({ tool: name, arguments: args }) => callTool(name, args).text.join("\n"),
+);
+
+tool(
+  "js_fetch",
+  {
+    description: "Fetches a URL the operator's grants allow: its status and body as text.",
+    input: {
+      type: "object",
+      properties: { url: { type: "string" } },
+      required: ["url"],
+      additionalProperties: false,
+    },
+    output: {
+      type: "object",
+      properties: {
+        status: { type: "integer" },
+        body: { type: "string" },
+        truncated: { type: "boolean" },
+      },
+      required: ["status", "body", "truncated"],
+    },
+    readOnly: true,
+    destructive: false,
+  },
+  ({ url }) => {
+    const response = request(url, { maxResponseBytes: 64 * 1024 });
+    return { status: response.status, body: response.text(), truncated: response.truncated };
+  },
 );

@@ -122,6 +122,13 @@ pub enum CallFailure {
     /// More content items than `max_output_items` (counted as `output_too_large`).
     #[error("output has more than {limit} content items")]
     OutputTooManyItems { limit: u32 },
+    /// One result, or one import's arguments, would make the host hold more than the call's
+    /// budget for what crosses from the guest (16 × `max_output_bytes`, at least 16 MiB):
+    /// stopped while it was copied, before the host held it (counted as `output_too_large`).
+    #[error(
+        "the tool handed the host more at once than its limits allow (16 × max_output_bytes, at least 16 MiB)"
+    )]
+    TransferTooLarge,
     /// The tool sent more log and progress messages than `max_message_volume` allows.
     #[error("the tool sent more than {limit} of log and progress messages")]
     MessageLimitExceeded { limit: ByteSize },
@@ -221,9 +228,9 @@ impl CallFailure {
             CallFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             CallFailure::TimedOut { .. } => "timed_out",
             CallFailure::StackOverflow => "stack_overflow",
-            CallFailure::OutputTooLarge { .. } | CallFailure::OutputTooManyItems { .. } => {
-                "output_too_large"
-            }
+            CallFailure::OutputTooLarge { .. }
+            | CallFailure::OutputTooManyItems { .. }
+            | CallFailure::TransferTooLarge => "output_too_large",
             CallFailure::MessageLimitExceeded { .. } => "message_limit_exceeded",
             CallFailure::SignalLimitExceeded { .. } => "signal_limit_exceeded",
             CallFailure::QuestionTooLarge { .. } => "question_too_large",

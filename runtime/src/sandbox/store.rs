@@ -1667,6 +1667,11 @@ fn classify(err: wasmtime::Error, stage: Stage) -> CallFailure {
             "the call holds more handles at once than its limit (max_handles)".into(),
         );
     }
+    // wasmtime's own error for a crossing over the store's hostcall budget (its type is
+    // private; its text is what identifies it).
+    if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return CallFailure::TransferTooLarge;
+    }
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return CallFailure::Trapped(format!("the tool exited with status {}", exit.0));
     }

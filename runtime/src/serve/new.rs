@@ -29,41 +29,41 @@ const RUST_SDK: [(&str, &str); 7] = [
     ("wit/v0.2.0/tool.wit", WIT),
 ];
 
-/// The world Python tools are built for (the `airlock:tool` world plus outgoing HTTP) and the
-/// packages it needs.
-const PYTHON_WIT: [(&str, &str); 9] = [
+/// The world Python and JavaScript tools are built for (the `airlock:tool` world plus outgoing
+/// HTTP) and the packages it needs.
+const HTTP_WIT: [(&str, &str); 9] = [
     (
         "wit/world.wit",
-        include_str!("../../../sdk/python/wit/world.wit"),
+        include_str!("../../../sdk/wit/http/world.wit"),
     ),
     ("wit/deps/airlock-tool.wit", WIT),
     (
         "wit/deps/http.wit",
-        include_str!("../../../sdk/python/wit/deps/http.wit"),
+        include_str!("../../../sdk/wit/http/deps/http.wit"),
     ),
     (
         "wit/deps/io.wit",
-        include_str!("../../../sdk/python/wit/deps/io.wit"),
+        include_str!("../../../sdk/wit/http/deps/io.wit"),
     ),
     (
         "wit/deps/clocks.wit",
-        include_str!("../../../sdk/python/wit/deps/clocks.wit"),
+        include_str!("../../../sdk/wit/http/deps/clocks.wit"),
     ),
     (
         "wit/deps/random.wit",
-        include_str!("../../../sdk/python/wit/deps/random.wit"),
+        include_str!("../../../sdk/wit/http/deps/random.wit"),
     ),
     (
         "wit/deps/cli.wit",
-        include_str!("../../../sdk/python/wit/deps/cli.wit"),
+        include_str!("../../../sdk/wit/http/deps/cli.wit"),
     ),
     (
         "wit/deps/filesystem.wit",
-        include_str!("../../../sdk/python/wit/deps/filesystem.wit"),
+        include_str!("../../../sdk/wit/http/deps/filesystem.wit"),
     ),
     (
         "wit/deps/sockets.wit",
-        include_str!("../../../sdk/python/wit/deps/sockets.wit"),
+        include_str!("../../../sdk/wit/http/deps/sockets.wit"),
     ),
 ];
 
@@ -149,7 +149,7 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
                 "airlock_sdk/http.py",
                 include_str!("../../../sdk/python/airlock_sdk/http.py").to_owned(),
             );
-            for (path, text) in PYTHON_WIT {
+            for (path, text) in HTTP_WIT {
                 add(path, text.to_owned());
             }
         }
@@ -159,7 +159,9 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
                 "airlock.js",
                 include_str!("../../../sdk/js/airlock.js").to_owned(),
             );
-            add("wit/tool.wit", WIT.to_owned());
+            for (path, text) in HTTP_WIT {
+                add(path, text.to_owned());
+            }
         }
     }
     let build = match lang {
@@ -168,10 +170,10 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
             name.replace('-', "_")
         ),
         Lang::Python => format!(
-            "\"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w airlock:python-sdk/tool componentize -p . app -o {name}.wasm"
+            "\"${{COMPONENTIZE_PY:-componentize-py}}\" -d wit -w airlock:tool-http/tool componentize -p . app -o {name}.wasm"
         ),
         Lang::Js => format!(
-            "\"${{COMPONENTIZE_JS:-componentize-js}}\" tool.js --wit wit/tool.wit --world-name tool -o {name}.wasm"
+            "\"${{COMPONENTIZE_JS:-componentize-js}}\" tool.js --wit wit --world-name airlock:tool-http/tool -o {name}.wasm"
         ),
     };
     files.push((

@@ -14,10 +14,10 @@ what a tool returns into MCP content, and maps exceptions to the world's errors.
 
 Build (``WitWorld`` must be importable from the app module):
 
-    componentize-py -d sdk/python/wit -w airlock:python-sdk/tool componentize -p sdk/python \
+    componentize-py -d sdk/wit/http -w airlock:tool-http/tool componentize -p sdk/python \
         -p . app -o app.wasm
 
-(``sdk/python/wit`` is the ``airlock:tool`` world plus outgoing HTTP, for ``airlock_sdk.http``.)
+(``sdk/wit/http`` is the ``airlock:tool`` world plus outgoing HTTP, for ``airlock_sdk.http``.)
 """
 
 from __future__ import annotations
