@@ -80,11 +80,13 @@ fn python_and_javascript_tools_are_built_and_called() {
             "py_divide",
             "py_fetch",
             "py_relay",
+            "py_careful",
             "js_word_stats",
             "js_greet",
             "js_divide",
             "js_relay",
             "js_fetch",
+            "js_careful",
             "pynotes_word-count",
             "pynotes_summarise",
             "jsnotes_word-count",
@@ -167,6 +169,13 @@ fn python_and_javascript_tools_are_built_and_called() {
     );
     assert_eq!(result_outcome(&r), "tool_failed", "{r}");
     assert!(result_text(&r).contains("invalid_arguments"), "{r}");
+
+    // `confirm` from both SDKs reaches the host's approval machinery: this client declared no
+    // way to ask its user, and no operator channel is configured, so nobody can be asked.
+    for tool in ["py_careful", "js_careful"] {
+        let r = call(&server, tool, json!({"step": "cleanup"}));
+        assert_eq!(result_outcome(&r), "approval_unavailable", "{tool}: {r}");
+    }
 
     for lang in ["py", "js"] {
         let r = call(

@@ -6,6 +6,8 @@ import {
   setting,
   caller,
   callTool,
+  confirm,
+  progress,
   request,
   ToolError,
   InvalidArguments,
@@ -128,5 +130,26 @@ tool(
   ({ url }) => {
     const response = request(url, { maxResponseBytes: 64 * 1024 });
     return { status: response.status, body: response.text(), truncated: response.truncated };
+  },
+);
+
+tool(
+  "js_careful",
+  {
+    description: "Reports progress, then asks a person before it runs `step` (an example: nothing changes).",
+    input: {
+      type: "object",
+      properties: { step: { type: "string" } },
+      required: ["step"],
+      additionalProperties: false,
+    },
+  },
+  ({ step }) => {
+    progress(0, 1, `about to run ${step}`);
+    if (!confirm(`Run ${step}?`, "An example: nothing is changed.")) {
+      return `${step}: skipped`;
+    }
+    progress(1, 1);
+    return `${step}: done`;
   },
 );

@@ -5,7 +5,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import List, Literal
 
-from airlock_sdk import WitWorld, InvalidArguments, ToolError, call_tool, caller, http, info, setting, tool
+from airlock_sdk import (
+    WitWorld,
+    InvalidArguments,
+    ToolError,
+    call_tool,
+    caller,
+    confirm,
+    http,
+    info,
+    progress,
+    setting,
+    tool,
+)
 
 __all__ = ["WitWorld"]
 
@@ -55,3 +67,13 @@ def py_relay(tool_name: str, arguments: dict) -> str:
     """Calls another tool of this Airlock, as the same caller, and returns its text."""
     out = call_tool(tool_name, arguments)
     return "\n".join(out.text)
+
+
+@tool
+def py_careful(step: str) -> str:
+    """Reports progress, then asks a person before it runs `step` (an example: nothing changes)."""
+    progress(0, 1, f"about to run {step}")
+    if not confirm(f"Run {step}?", "An example: nothing is changed."):
+        return f"{step}: skipped"
+    progress(1, 1)
+    return f"{step}: done"
