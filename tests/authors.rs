@@ -103,10 +103,14 @@ fn python_and_javascript_tools_are_built_and_called() {
     assert_eq!(py["inputSchema"]["properties"]["top"]["type"], "integer");
     assert_eq!(py["inputSchema"]["required"], json!(["text"]));
     assert_eq!(py["annotations"]["readOnlyHint"], true);
+    let greet = tool("py_greet");
     assert_eq!(
-        tool("py_greet")["inputSchema"]["properties"]["style"]["enum"],
+        greet["inputSchema"]["properties"]["style"]["enum"],
         json!(["plain", "loud"])
     );
+    // An Optional parameter may be left out; a tool returning `Output` declares no schema.
+    assert_eq!(greet["inputSchema"]["required"], json!([]));
+    assert!(greet["outputSchema"].is_null(), "{greet}");
     // Generic: from the WIT types, and its doc comments.
     let notes = tool("jsnotes_summarise");
     assert_eq!(
@@ -201,6 +205,10 @@ fn python_and_javascript_tools_are_built_and_called() {
             format!("{greeting}, anonymous"),
             "{lang}: {r}"
         );
+        if lang == "py" {
+            let r = call(&server, "py_greet", json!({"name": "ada"}));
+            assert_eq!(result_text(&r), "hi, ada", "{r}");
+        }
         // The tool's refusal and the host's are both `invalid_arguments`.
         let r = call(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 0}));
         assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");

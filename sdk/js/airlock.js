@@ -106,16 +106,19 @@ export function call(name, argumentsJson) {
   } catch (e) {
     throw { tag: "invalid-arguments", val: `not JSON: ${e}` };
   }
-  let value;
   try {
-    value = t.run(args);
+    const value = t.run(args);
+    if (value !== null && typeof value === "object" && typeof value.then === "function") {
+      throw new ToolError("the tool returned a Promise: tools are synchronous");
+    }
+    // The result's conversion too: a value JSON cannot hold is the tool's failure.
+    return toOutput(t.options, value);
   } catch (e) {
     if (e instanceof InvalidArguments) {
       throw { tag: "invalid-arguments", val: e.message };
     }
     throw { tag: "failed", val: e instanceof Error ? e.message : String(e) };
   }
-  return toOutput(t.options, value);
 }
 
 export function readResource(uri) {
@@ -296,20 +299,31 @@ export function request(url, options = {}) {
   } catch (e) {
     throw failed(e?.payload ?? e);
   }
+  let writeFailed = false;
   if (options.body !== undefined && options.body.length > 0) {
     const bytes = typeof options.body === "string" ? encoder.encode(options.body) : options.body;
     const stream = outgoing.write();
-    for (let i = 0; i < bytes.length; i += 4096) {
-      stream.blockingWriteAndFlush(bytes.subarray(i, i + 4096));
+    try {
+      for (let i = 0; i < bytes.length; i += 4096) {
+        stream.blockingWriteAndFlush(bytes.subarray(i, i + 4096));
+      }
+    } catch {
+      // The request was refused, or the server stopped reading: the response (or its error)
+      // below says which.
+      writeFailed = true;
     }
     stream[Symbol.dispose]?.();
   }
   try {
     OutgoingBody.finish(outgoing, undefined);
   } catch (e) {
-    throw failed(e?.payload ?? e);
+    if (!writeFailed) {
+      throw failed(e?.payload ?? e);
+    }
   }
-  future.subscribe().block();
+  const pollable = future.subscribe();
+  pollable.block();
+  pollable[Symbol.dispose]?.();
   const answer = future.get();
   if (answer === undefined || answer.tag !== "ok") {
     throw new HttpError("the response never arrived");
@@ -320,8 +334,11 @@ export function request(url, options = {}) {
   const response = answer.val.val;
   const status = response.status();
   const decoder = new TextDecoder();
-  const headers = response.headers().entries().map(([k, v]) => [k, decoder.decode(v)]);
-  const stream = response.consume().stream();
+  const received = response.headers();
+  const headers = received.entries().map(([k, v]) => [k, decoder.decode(v)]);
+  received[Symbol.dispose]?.();
+  const incoming = response.consume();
+  const stream = incoming.stream();
   const chunks = [];
   let size = 0;
   let truncated = false;
@@ -345,6 +362,11 @@ export function request(url, options = {}) {
     chunks.push(chunk);
     size += chunk.length;
   }
+  // Children before their parents: the host refuses to drop a parent first.
+  stream[Symbol.dispose]?.();
+  incoming[Symbol.dispose]?.();
+  response[Symbol.dispose]?.();
+  future[Symbol.dispose]?.();
   const body = new Uint8Array(size);
   let at = 0;
   for (const c of chunks) {

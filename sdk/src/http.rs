@@ -260,23 +260,35 @@ mod wasi {
             .body()
             .map_err(|_| HttpError::Failed("cannot open the request body".into()))?;
         let pending = outgoing_handler::handle(req, None).map_err(error)?;
+        // A write fails when the request was refused or the server stopped reading: the
+        // response (or its error code) below says which, so it is awaited all the same.
+        let mut write_failed = None;
         if !request.body.is_empty() {
             let stream = body
                 .write()
                 .map_err(|_| HttpError::Failed("cannot write the request body".into()))?;
             for chunk in request.body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| HttpError::Failed(format!("writing the body: {e:?}")))?;
+                if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                    write_failed = Some(format!("writing the body: {e:?}"));
+                    break;
+                }
             }
             drop(stream);
         }
-        OutgoingBody::finish(body, None).map_err(error)?;
+        if let Err(e) = OutgoingBody::finish(body, None)
+            && write_failed.is_none()
+        {
+            return Err(error(e));
+        }
         pending.subscribe().block();
         let response = match pending.get() {
             Some(Ok(Ok(r))) => r,
             Some(Ok(Err(e))) => return Err(error(e)),
-            _ => return Err(HttpError::Failed("the response never arrived".into())),
+            _ => {
+                return Err(HttpError::Failed(
+                    write_failed.unwrap_or_else(|| "the response never arrived".into()),
+                ));
+            }
         };
         let status = response.status();
         let headers = response

@@ -43,6 +43,7 @@ pub struct TestHost {
     questions: Vec<(String, String)>,
     nested: Vec<(String, serde_json::Value)>,
     requests: Vec<SentRequest>,
+    blocked: Vec<String>,
 }
 
 thread_local! {
@@ -96,7 +97,9 @@ impl TestHost {
     }
 
     /// Requests whose URL starts with `url_prefix` get this response; any other request is
-    /// refused as the host refuses what no grant allows (`HttpError::BlockedByPolicy`).
+    /// refused as the host refuses what no grant allows (`HttpError::BlockedByPolicy`). The
+    /// real host then ends the whole call as `blocked_by_policy`, whatever the tool does next:
+    /// [`TestHost::blocked`] lists such refusals, so a test can assert there were none.
     pub fn http_response(mut self, url_prefix: &str, status: u16, body: &str) -> Self {
         self.http.push((
             url_prefix.to_owned(),
@@ -166,6 +169,12 @@ impl TestHost {
     pub fn requests(&self) -> &[SentRequest] {
         &self.requests
     }
+
+    /// The URLs of the requests refused as no grant allowing them: under the real host, the
+    /// call would have ended there as `blocked_by_policy`.
+    pub fn blocked(&self) -> Vec<&str> {
+        self.blocked.iter().map(String::as_str).collect()
+    }
 }
 
 fn with<R>(f: impl FnOnce(&mut TestHost) -> R) -> R {
@@ -193,6 +202,9 @@ pub(crate) fn send(request: SentRequest) -> Result<Response, HttpError> {
                     request.url
                 )))
             });
+        if matches!(answer, Err(HttpError::BlockedByPolicy(_))) {
+            h.blocked.push(request.url.clone());
+        }
         h.requests.push(request);
         answer
     })

@@ -69,8 +69,9 @@ fn a_no_a_missing_role_and_a_refused_request_are_handled() {
         ToolError::failed("only ops may close tickets")
     );
     // No grant for the URL: the request is refused as the host would.
-    let (out, _) = base().run(|| Request::get("https://elsewhere.example/").send());
+    let (out, host) = base().run(|| Request::get("https://elsewhere.example/").send());
     assert!(matches!(out, Err(HttpError::BlockedByPolicy(_))), "{out:?}");
+    assert_eq!(host.blocked(), ["https://elsewhere.example/"]);
     // No setting.
     let (out, _) = TestHost::new().run(|| close_ticket(1));
     assert_eq!(out.unwrap_err(), ToolError::failed("no tracker configured"));

@@ -3,11 +3,12 @@ sdk/python (scripts/build-authors builds it; docs/authors.md walks through it)."
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import List, Literal
+from typing import List, Literal, Optional
 
 from airlock_sdk import (
     WitWorld,
     InvalidArguments,
+    Output,
     ToolError,
     call_tool,
     caller,
@@ -39,10 +40,10 @@ def py_word_stats(text: str, top: int = 3) -> Stats:
 
 
 @tool
-def py_greet(style: Literal["plain", "loud"] = "plain") -> str:
-    """Greets the caller with the configured greeting."""
-    greeting = f"{setting('greeting', 'hello')}, {caller().principal}"
-    return greeting.upper() if style == "loud" else greeting
+def py_greet(name: Optional[str], style: Literal["plain", "loud"] = "plain") -> Output:
+    """Greets `name`, or else the caller, with the configured greeting."""
+    greeting = f"{setting('greeting', 'hello')}, {name or caller().principal}"
+    return Output(text=[greeting.upper() if style == "loud" else greeting])
 
 
 @tool

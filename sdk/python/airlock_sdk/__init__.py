@@ -111,6 +111,8 @@ def tool(
 
 
 def _structured(hint: Any) -> bool:
+    if hint is Output:
+        return False
     origin = typing.get_origin(hint) or hint
     return dataclasses.is_dataclass(hint) or origin in (dict, list, tuple)
 
@@ -123,7 +125,7 @@ def _parameters_schema(f: Callable[..., Any], hints: Dict[str, Any]) -> Dict[str
         s = schema_of(hint)
         if p.default is not inspect.Parameter.empty:
             if p.default is not None:
-                s = dict(s, default=p.default)
+                s = dict(s, default=_to_json(p.default))
         elif not _optional(hint):
             required.append(p.name)
         properties[p.name] = s
@@ -253,7 +255,12 @@ def _argument(hint: Any, value: Any) -> Any:
         return None
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         hints = typing.get_type_hints(hint)
-        return hint(**{k: _argument(hints.get(k, Any), v) for k, v in value.items()})
+        fields = {k: _argument(hints.get(k, Any), v) for k, v in value.items()}
+        for f in dataclasses.fields(hint):
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name not in fields and no_default and _optional(hints.get(f.name, Any)):
+                fields[f.name] = None
+        return hint(**fields)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -304,17 +311,30 @@ class WitWorld(wit_world.WitWorld):
         if not isinstance(args, dict):
             raise Err(types.CallError_InvalidArguments("the arguments are not a JSON object"))
         hints = typing.get_type_hints(t.func)
+        kwargs = {k: _argument(hints.get(k, Any), v) for k, v in args.items()}
+        # An Optional parameter without a default may be left out: it is None then.
+        for p in inspect.signature(t.func).parameters.values():
+            if p.name not in kwargs and p.default is inspect.Parameter.empty:
+                if _optional(hints.get(p.name, Any)):
+                    kwargs[p.name] = None
         try:
-            value = t.func(**{k: _argument(hints.get(k, Any), v) for k, v in args.items()})
+            # The result's conversion too: a value JSON cannot hold is the tool's failure.
+            return _output(t, t.func(**kwargs))
         except InvalidArguments as e:
             raise Err(types.CallError_InvalidArguments(str(e)))
         except ToolError as e:
             raise Err(types.CallError_Failed(str(e)))
-        except Err:
-            raise
+        except Err as e:
+            # Only the world's own call errors pass as they are; a host import's error the
+            # tool did not handle is its failure.
+            if isinstance(
+                e.value,
+                (types.CallError_UnknownTool, types.CallError_InvalidArguments, types.CallError_Failed),
+            ):
+                raise
+            raise Err(types.CallError_Failed(f"unhandled host error: {e.value!r}"))
         except Exception as e:  # noqa: BLE001 - any other exception is the tool's failure
             raise Err(types.CallError_Failed(f"{type(e).__name__}: {e}"))
-        return _output(t, value)
 
     def read_resource(self, uri: str) -> List[types.EmbeddedResource]:
         raise Err(types.RequestError_NotFound(uri))

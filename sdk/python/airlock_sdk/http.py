@@ -126,16 +126,25 @@ def request(
         future = outgoing_handler.handle(req, None)
     except Err as e:
         raise _failed(e.value)
+    write_failed = False
     if body:
         stream = outgoing.write()
-        for i in range(0, len(body), 4096):
-            stream.blocking_write_and_flush(body[i : i + 4096])
+        try:
+            for i in range(0, len(body), 4096):
+                stream.blocking_write_and_flush(body[i : i + 4096])
+        except Err:
+            # The request was refused, or the server stopped reading: the response (or its
+            # error) below says which.
+            write_failed = True
         stream.__exit__(None, None, None)
     try:
         wasi.OutgoingBody.finish(outgoing, None)
     except Err as e:
-        raise _failed(e.value)
-    future.subscribe().block()
+        if not write_failed:
+            raise _failed(e.value)
+    pollable = future.subscribe()
+    pollable.block()
+    pollable.__exit__(None, None, None)
     answer = future.get()
     if answer is None or isinstance(answer, Err):
         raise HttpError("the response never arrived")
@@ -144,7 +153,9 @@ def request(
         raise _failed(inner.value)
     response = inner.value
     status = response.status()
-    got = [(k, v.decode("utf-8", errors="replace")) for k, v in response.headers().entries()]
+    fields = response.headers()
+    got = [(k, v.decode("utf-8", errors="replace")) for k, v in fields.entries()]
+    fields.__exit__(None, None, None)
     incoming = response.consume()
     stream = incoming.stream()
     data, truncated = bytearray(), False
@@ -161,6 +172,9 @@ def request(
             truncated = True
             break
         data += chunk
+    # Children before their parents: the host refuses to drop a parent first.
+    stream.__exit__(None, None, None)
+    incoming.__exit__(None, None, None)
     return Response(status=status, headers=got, body=bytes(data), truncated=truncated)
 
 
