@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -47,30 +47,12 @@ fn config(dir: &TempDir, web: &TestHttpServer) -> PathBuf {
     ))
 }
 
-fn call(server: &HttpServer, tool: &str, args: Value) -> Value {
-    let r = raw_mcp(
-        &server.addr,
-        "tools/call",
-        json!({"name": tool, "arguments": args}),
-        &[],
-    )
-    .expect("the server answers");
-    assert_eq!(r.status, 200, "{r:?}");
-    let m = sse_json(&r.body);
-    assert!(m["error"].is_null(), "{tool}: {m}");
-    m["result"].clone()
-}
-
 #[test]
 fn python_and_javascript_tools_are_built_and_called() {
     let dir = TempDir::new("authors");
     let web = TestHttpServer::start();
     let server = HttpServer::start_compiling(&config(&dir, &web));
-    let r = raw_mcp(&server.addr, "tools/list", json!({}), &[]).unwrap();
-    let listed = sse_json(&r.body)["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let listed = tools_listed(&server);
     let names: Vec<&str> = listed.iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -130,20 +112,20 @@ fn python_and_javascript_tools_are_built_and_called() {
     // host (and the call ends as blocked, whatever the tool made of the refusal).
     let p = web.port;
     let hello = json!({"status": 200, "body": "hello from the test server", "truncated": false});
-    let r = call(
+    let r = tool_result(
         &server,
         "py_fetch",
         json!({"url": format!("http://127.0.0.1:{p}/hello")}),
     );
     assert_eq!(r["structuredContent"]["result"], hello, "{r}");
-    let r = call(
+    let r = tool_result(
         &server,
         "js_fetch",
         json!({"url": format!("http://127.0.0.1:{p}/hello")}),
     );
     assert_eq!(r["structuredContent"], hello, "{r}");
     for tool in ["py_fetch", "js_fetch"] {
-        let r = call(
+        let r = tool_result(
             &server,
             tool,
             json!({"url": format!("http://localhost:{p}/hello")}),
@@ -153,20 +135,20 @@ fn python_and_javascript_tools_are_built_and_called() {
     assert_eq!(web.seen().len(), 2, "the refused requests never left");
 
     // Nested calls from both SDKs, across languages, as the same caller.
-    let r = call(
+    let r = tool_result(
         &server,
         "py_relay",
         json!({"tool_name": "js_greet", "arguments": {"loud": true}}),
     );
     assert_eq!(result_text(&r), "HOWDY, ANONYMOUS", "{r}");
-    let r = call(
+    let r = tool_result(
         &server,
         "js_relay",
         json!({"tool": "py_greet", "arguments": {"style": "plain"}}),
     );
     assert_eq!(result_text(&r), "hi, anonymous", "{r}");
     // A nested call's refusal comes back to the caller as its failure.
-    let r = call(
+    let r = tool_result(
         &server,
         "js_relay",
         json!({"tool": "py_divide", "arguments": {"a": 1, "b": "x"}}),
@@ -177,12 +159,12 @@ fn python_and_javascript_tools_are_built_and_called() {
     // `confirm` from both SDKs reaches the host's approval machinery: this client declared no
     // way to ask its user, and no operator channel is configured, so nobody can be asked.
     for tool in ["py_careful", "js_careful"] {
-        let r = call(&server, tool, json!({"step": "cleanup"}));
+        let r = tool_result(&server, tool, json!({"step": "cleanup"}));
         assert_eq!(result_outcome(&r), "approval_unavailable", "{tool}: {r}");
     }
 
     for lang in ["py", "js"] {
-        let r = call(
+        let r = tool_result(
             &server,
             &format!("{lang}_word_stats"),
             json!({"text": "b a b c a b", "top": 2}),
@@ -199,38 +181,38 @@ fn python_and_javascript_tools_are_built_and_called() {
         } else {
             json!({"loud": false})
         };
-        let r = call(&server, &format!("{lang}_greet"), args);
+        let r = tool_result(&server, &format!("{lang}_greet"), args);
         assert_eq!(
             result_text(&r),
             format!("{greeting}, anonymous"),
             "{lang}: {r}"
         );
         if lang == "py" {
-            let r = call(&server, "py_greet", json!({"name": "ada"}));
+            let r = tool_result(&server, "py_greet", json!({"name": "ada"}));
             assert_eq!(result_text(&r), "hi, ada", "{r}");
         }
         // The tool's refusal and the host's are both `invalid_arguments`.
-        let r = call(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 0}));
+        let r = tool_result(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 0}));
         assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");
         assert!(result_text(&r).contains("b must not be 0"), "{lang}: {r}");
-        let r = call(
+        let r = tool_result(
             &server,
             &format!("{lang}_divide"),
             json!({"a": "one", "b": 2}),
         );
         assert_eq!(result_outcome(&r), "invalid_arguments", "{lang}: {r}");
         assert!(result_text(&r).contains("/a"), "{lang}: {r}");
-        let r = call(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 4}));
+        let r = tool_result(&server, &format!("{lang}_divide"), json!({"a": 1, "b": 4}));
         assert_eq!(result_text(&r), "0.25", "{lang}: {r}");
 
         // The generic notes world: records, an enum, an option, a result, lists.
-        let r = call(
+        let r = tool_result(
             &server,
             &format!("{lang}notes_word-count"),
             json!({"text": "one two  three"}),
         );
         assert_eq!(r["structuredContent"]["result"], 3, "{lang}: {r}");
-        let r = call(
+        let r = tool_result(
             &server,
             &format!("{lang}notes_summarise"),
             json!({"notes": [
@@ -243,14 +225,14 @@ fn python_and_javascript_tools_are_built_and_called() {
             json!(["urgent"]),
             "{lang}: {r}"
         );
-        let r = call(
+        let r = tool_result(
             &server,
             &format!("{lang}notes_summarise"),
             json!({"notes": [], "min": "low"}),
         );
         assert_eq!(r["isError"], true, "{lang}: {r}");
         assert_eq!(result_text(&r), "no notes at that level", "{lang}: {r}");
-        let r = call(
+        let r = tool_result(
             &server,
             &format!("{lang}notes_summarise"),
             json!({"notes": [{"title": 1, "tags": []}], "min": "low"}),
@@ -300,34 +282,26 @@ fn airlock_new_writes_a_project_that_builds_and_answers() {
             "{lang}: ./build failed:\n{}",
             String::from_utf8_lossy(&built.stderr)
         );
-        let called = run_airlock(&[
-            "call",
-            "greet",
-            "--config",
-            project.join("airlock.toml").to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--audit-dir",
-            audit.to_str().unwrap(),
-            "--args",
-            r#"{"name": "ada"}"#,
-        ]);
+        let call = |args: &str| {
+            run_airlock(&[
+                "call",
+                "greet",
+                "--config",
+                project.join("airlock.toml").to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--audit-dir",
+                audit.to_str().unwrap(),
+                "--args",
+                args,
+            ])
+        };
+        let called = call(r#"{"name": "ada"}"#);
         let stdout = String::from_utf8_lossy(&called.stdout);
         assert!(called.status.success(), "{lang}: {called:?}");
         assert_eq!(stdout.trim(), "hello, ada!", "{lang}");
         // The tool's own refusal.
-        let refused = run_airlock(&[
-            "call",
-            "greet",
-            "--config",
-            project.join("airlock.toml").to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--audit-dir",
-            audit.to_str().unwrap(),
-            "--args",
-            r#"{"name": " "}"#,
-        ]);
+        let refused = call(r#"{"name": " "}"#);
         assert!(!refused.status.success(), "{lang}");
         assert!(
             String::from_utf8_lossy(&refused.stderr).contains("outcome: invalid_arguments"),

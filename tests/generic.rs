@@ -27,38 +27,11 @@ fn config(dir: &TempDir, extra: &str) -> PathBuf {
     ))
 }
 
-/// One `tools/call`: the JSON-RPC message.
-fn call(server: &HttpServer, tool: &str, args: Value) -> Value {
-    let r = raw_mcp(
-        &server.addr,
-        "tools/call",
-        json!({"name": tool, "arguments": args}),
-        &[],
-    )
-    .expect("the server answers");
-    assert_eq!(r.status, 200, "{r:?}");
-    sse_json(&r.body)
-}
-
-fn result(server: &HttpServer, tool: &str, args: Value) -> Value {
-    let m = call(server, tool, args);
-    assert!(m["error"].is_null(), "{m}");
-    m["result"].clone()
-}
-
-fn tools(server: &HttpServer) -> Vec<Value> {
-    let r = raw_mcp(&server.addr, "tools/list", json!({}), &[]).unwrap();
-    sse_json(&r.body)["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn every_exported_function_is_a_tool_with_a_schema_from_its_wit_types() {
     let dir = TempDir::new("generic-tools");
     let server = HttpServer::start(&config(&dir, ""));
-    let listed = tools(&server);
+    let listed = tools_listed(&server);
     let names: Vec<&str> = listed.iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -100,12 +73,12 @@ fn every_exported_function_is_a_tool_with_a_schema_from_its_wit_types() {
     assert!(tool("geo_ping")["outputSchema"].is_null());
 
     // Calls: arguments become component values, results structured content and text.
-    let r = result(&server, "geo_greet", json!({"name": "ada", "times": 2}));
+    let r = tool_result(&server, "geo_greet", json!({"name": "ada", "times": 2}));
     assert_eq!(r["structuredContent"]["result"], "hello, ada; hello, ada");
     assert_eq!(result_text(&r), "hello, ada; hello, ada");
-    let r = result(&server, "geo_sum", json!({"values": [1, 2, -5]}));
+    let r = tool_result(&server, "geo_sum", json!({"values": [1, 2, -5]}));
     assert_eq!(r["structuredContent"]["result"], -2);
-    let r = result(
+    let r = tool_result(
         &server,
         "geo_render",
         json!({"style": ["bold"], "tags": [["a", 1], ["b", 2]]}),
@@ -114,22 +87,22 @@ fn every_exported_function_is_a_tool_with_a_schema_from_its_wit_types() {
         r["structuredContent"]["result"],
         json!(["**a×1**", "**b×2**"])
     );
-    let r = result(&server, "geo_split", json!({"pair": "k=v"}));
+    let r = tool_result(&server, "geo_split", json!({"pair": "k=v"}));
     assert_eq!(r["structuredContent"]["result"], json!(["k", "v"]));
-    let r = result(&server, "geo_split", json!({"pair": "kv"}));
+    let r = tool_result(&server, "geo_split", json!({"pair": "kv"}));
     assert_eq!(r["structuredContent"]["result"], Value::Null);
-    let r = result(
+    let r = tool_result(
         &server,
         "geo_distance",
         json!({"a": {"x": 0, "y": 0}, "b": {"x": 3, "y": 4}}),
     );
     assert_eq!(r["structuredContent"]["result"], 5.0);
-    let r = result(&server, "area", json!({"s": {"rect": {"x": 2, "y": 3}}}));
+    let r = tool_result(&server, "area", json!({"s": {"rect": {"x": 2, "y": 3}}}));
     assert_eq!(r["structuredContent"]["result"], 6.0);
-    let r = result(&server, "area", json!({"s": "dot"}));
+    let r = tool_result(&server, "area", json!({"s": "dot"}));
     assert_eq!(r["structuredContent"]["result"], 0.0);
     // A top-level `result` that is `err` is the tool's reported failure.
-    let r = result(&server, "area", json!({"s": {"circle": -1}}));
+    let r = tool_result(&server, "area", json!({"s": {"circle": -1}}));
     assert_eq!(r["isError"], true, "{r}");
     assert_eq!(result_text(&r), "negative radius -1");
 
@@ -145,26 +118,26 @@ fn every_exported_function_is_a_tool_with_a_schema_from_its_wit_types() {
         ),
         ("geo_sum", json!({"values": [1], "extra": 1}), "extra"),
     ] {
-        let m = call(&server, tool, args.clone());
+        let m = tool_call(&server, tool, args.clone());
         let text = m.to_string();
         assert!(text.contains("invalid_arguments"), "{tool} {args}: {m}");
         assert!(text.contains(at), "{tool} {args}: {m}");
     }
 
     // A command: args and stdin in; stdout, stderr and exit code out.
-    let r = result(&server, "cmd", json!({"args": ["upper"], "stdin": "hello"}));
+    let r = tool_result(&server, "cmd", json!({"args": ["upper"], "stdin": "hello"}));
     assert_eq!(
         r["structuredContent"],
         json!({"stdout": "HELLO", "stderr": "", "exit_code": 0, "truncated": false})
     );
-    let r = result(&server, "cmd", json!({"args": ["count", "a", "b", "c"]}));
+    let r = tool_result(&server, "cmd", json!({"args": ["count", "a", "b", "c"]}));
     assert_eq!(r["structuredContent"]["stdout"], "3\n");
-    let r = result(&server, "cmd", json!({"args": ["fail", "3"]}));
+    let r = tool_result(&server, "cmd", json!({"args": ["fail", "3"]}));
     assert_eq!(r["isError"], true);
     assert_ne!(r["structuredContent"]["exit_code"], 0);
     assert_eq!(r["structuredContent"]["stderr"], "failing with 3\n");
     // Nothing ambient: no environment.
-    let r = result(&server, "cmd", json!({"args": ["env"]}));
+    let r = tool_result(&server, "cmd", json!({"args": ["env"]}));
     assert_eq!(r["structuredContent"]["stdout"], "");
 }
 
@@ -174,30 +147,30 @@ fn a_result_too_large_to_hold_is_stopped_and_others_are_unaffected() {
     let server = HttpServer::start(&config(&dir, ""));
     // 40 million bytes are 40 MB in the guest, but over a gigabyte as host values: the call
     // ends while they are copied, before the host holds them.
-    let r = result(&server, "geo_bytes", json!({"n": 40_000_000}));
+    let r = tool_result(&server, "geo_bytes", json!({"n": 40_000_000}));
     assert_eq!(result_outcome(&r), "output_too_large", "{r}");
     assert!(
         result_text(&r).contains("more at once than its limits allow"),
         "{r}"
     );
-    let r = result(&server, "geo_bytes", json!({"n": 4}));
+    let r = tool_result(&server, "geo_bytes", json!({"n": 4}));
     assert_eq!(r["structuredContent"]["result"], json!([0, 1, 2, 3]));
-    let r = result(&server, "geo_greet", json!({"name": "bo", "times": 1}));
+    let r = tool_result(&server, "geo_greet", json!({"name": "bo", "times": 1}));
     assert_eq!(r["structuredContent"]["result"], "hello, bo");
 
     // The output limit holds for generic results as for any.
     drop(server);
     let dir = TempDir::new("generic-output");
     let server = HttpServer::start(&config(&dir, "[tool.limits]\nmax_output_bytes = \"4 KiB\""));
-    let r = result(&server, "geo_bytes", json!({"n": 10_000}));
+    let r = tool_result(&server, "geo_bytes", json!({"n": 10_000}));
     assert_eq!(result_outcome(&r), "output_too_large", "{r}");
 
     // So do the kill switch and the audit log.
     let (ok, out) = ctl(&server, &["kill", "--tool", "geo_sum"]);
     assert!(ok, "{out}");
-    let r = result(&server, "geo_sum", json!({"values": [1]}));
+    let r = tool_result(&server, "geo_sum", json!({"values": [1]}));
     assert_eq!(result_outcome(&r), "disabled_by_operator", "{r}");
-    let r = result(&server, "geo_greet", json!({"name": "bo", "times": 1}));
+    let r = tool_result(&server, "geo_greet", json!({"name": "bo", "times": 1}));
     assert_eq!(r["structuredContent"]["result"], "hello, bo");
     let audit_dir = server.audit_dir.clone();
     drop(server);
@@ -318,7 +291,7 @@ fn serve_reloads_a_component_whose_file_changed() {
     std::fs::copy(wasm("generic"), &path).unwrap();
     let server =
         HttpServer::start(&dir.config("[[tool]]\nname = \"geo\"\ncomponent = \"generic.wasm\"\n"));
-    assert!(tools(&server).iter().any(|t| t["name"] == "geo_sum"));
+    assert!(tools_listed(&server).iter().any(|t| t["name"] == "geo_sum"));
     // The same content again is not a change.
     std::fs::write(&path, std::fs::read(wasm("generic")).unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -333,7 +306,7 @@ fn serve_reloads_a_component_whose_file_changed() {
     std::fs::rename(&tmp, &path).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let names: Vec<String> = tools(&server)
+        let names: Vec<String> = tools_listed(&server)
             .iter()
             .map(|t| t["name"].as_str().unwrap().to_owned())
             .collect();
@@ -352,6 +325,6 @@ fn serve_reloads_a_component_whose_file_changed() {
         "{}",
         server.log()
     );
-    let r = result(&server, "geo", json!({"args": ["count", "x"]}));
+    let r = tool_result(&server, "geo", json!({"args": ["count", "x"]}));
     assert_eq!(r["structuredContent"]["stdout"], "1\n");
 }

@@ -709,3 +709,32 @@ pub fn result_outcome(result: &Value) -> &str {
 pub fn result_text(result: &Value) -> &str {
     result["content"][0]["text"].as_str().unwrap_or("")
 }
+
+/// One unauthenticated `tools/call` over HTTP: the JSON-RPC message.
+pub fn tool_call(server: &HttpServer, tool: &str, args: Value) -> Value {
+    let r = raw_mcp(
+        &server.addr,
+        "tools/call",
+        serde_json::json!({"name": tool, "arguments": args}),
+        &[],
+    )
+    .expect("the server answers");
+    assert_eq!(r.status, 200, "{r:?}");
+    sse_json(&r.body)
+}
+
+/// The same, for a call that gets a result (not a JSON-RPC error): the result.
+pub fn tool_result(server: &HttpServer, tool: &str, args: Value) -> Value {
+    let m = tool_call(server, tool, args);
+    assert!(m["error"].is_null(), "{tool}: {m}");
+    m["result"].clone()
+}
+
+/// One unauthenticated `tools/list` over HTTP: the tools.
+pub fn tools_listed(server: &HttpServer) -> Vec<Value> {
+    let r = raw_mcp(&server.addr, "tools/list", serde_json::json!({}), &[]).unwrap();
+    sse_json(&r.body)["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .clone()
+}

@@ -90,13 +90,9 @@ pub struct Naming<'a> {
 /// and is not served as a generic component).
 pub fn targets_airlock_tool(component: &Component, engine: &Engine) -> bool {
     let ty = component.component_type();
-    let mut names = ty.exports(engine).map(|(name, _)| name);
-    let (mut describe, mut call) = (false, false);
-    for name in names.by_ref() {
-        describe |= name == "describe";
-        call |= name == "call";
-    }
-    describe && call
+    ["describe", "call"]
+        .iter()
+        .all(|wanted| ty.get_export(engine, wanted).is_some())
 }
 
 /// Every function `component` exports, as tools named per `naming`. A rename of a function
@@ -156,10 +152,10 @@ pub fn exports(
             }
         })
         .collect();
-    let servable_count = found.len();
-    if servable_count > naming.max_tools as usize {
+    if found.len() > naming.max_tools as usize {
         return Err(format!(
-            "exports {servable_count} functions, more than max_tools = {}",
+            "exports {} functions, more than max_tools = {}",
+            found.len(),
             naming.max_tools
         ));
     }

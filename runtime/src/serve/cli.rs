@@ -343,11 +343,7 @@ async fn start_serving(
     } = confined;
     warn_unreachable(&policy);
     let state_dir = policy.server.state_dir.clone();
-    let overrides = OverrideStore::open(&state_dir, reset_state)?;
-    let audit = AuditLog::open(&policy.audit, &state_dir)?;
-    let approvals =
-        crate::gate::approval::Approvals::open(&state_dir).map_err(anyhow::Error::msg)?;
-    let airlock = Airlock::load(policy, audit, OperatorState::new(overrides, approvals)).await?;
+    let airlock = load_with_state(policy, reset_state).await?;
     let live = Live::new(airlock, source, listen, plan);
     tokio::spawn(admin::serve(
         listener,
@@ -387,12 +383,8 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     confine::prepare_dirs(&policy)?;
     let state_dir = policy.server.state_dir.clone();
     let listener = admin::bind(&state_dir)?;
-    let overrides = OverrideStore::open(&state_dir, false)?;
-    let audit = AuditLog::open(&policy.audit, &state_dir)?;
-    let approvals =
-        crate::gate::approval::Approvals::open(&state_dir).map_err(anyhow::Error::msg)?;
     let principal = policy.auth.local_principal.clone();
-    let airlock = Airlock::load(policy, audit, OperatorState::new(overrides, approvals)).await?;
+    let airlock = load_with_state(policy, false).await?;
     let live = Live::new(airlock, source, None, None);
     let socket = admin::socket_path(&state_dir);
     tokio::spawn(admin::serve(listener, live.clone(), socket.clone()));
@@ -476,6 +468,17 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
             )
         }
     }
+}
+
+/// The host for `policy` with its state directory's operator overrides, approvals and audit
+/// log: what `serve` and `call` run under.
+async fn load_with_state(policy: Policy, reset_state: bool) -> Result<Airlock> {
+    let state_dir = policy.server.state_dir.clone();
+    let overrides = OverrideStore::open(&state_dir, reset_state)?;
+    let audit = AuditLog::open(&policy.audit, &state_dir)?;
+    let approvals =
+        crate::gate::approval::Approvals::open(&state_dir).map_err(anyhow::Error::msg)?;
+    Ok(Airlock::load(policy, audit, OperatorState::new(overrides, approvals)).await?)
 }
 
 /// The configuration file: `--config`, else $AIRLOCK_CONFIG, else none (the embedded default).
