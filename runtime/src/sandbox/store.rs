@@ -190,10 +190,12 @@ impl<T: Send + 'static> OpenHandles<T> {
 static GUEST_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
 /// Where a call moves once an epoch tick finds its guest code busy after [`LONG_RUNNING`]:
-/// threads under the kernel's `SCHED_IDLE` policy, which run only when no other thread of the
-/// machine wants the CPU, and which any waking thread preempts at once. A runaway call then
-/// takes only CPU nobody else wants, and the calls that finish in a few milliseconds (nearly
-/// all) are never slowed by it.
+/// threads at a low fair-scheduling weight ([`RUNAWAY_NICE`]), kept on half the CPUs.
+/// Beside Airlock's own short calls a runaway call then takes little CPU, and the calls that
+/// finish in a few milliseconds (nearly all) are barely slowed by it. It still gets its fair,
+/// small share when other processes keep the machine busy: a legitimately long call (a Python
+/// tool doing real work) finishes, slowed, instead of starving into its timeout, which is what
+/// `SCHED_IDLE` threads did beside any busy process (docs/performance.md).
 static RUNAWAY_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
 /// How long a call may have been running when an epoch tick finds its guest code busy, before
@@ -210,7 +212,7 @@ pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
     let runaway = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name("airlock-runaway")
-        .on_thread_start(move || idle_priority(cpus.as_ref()))
+        .on_thread_start(move || low_priority(cpus.as_ref()))
         .enable_all()
         .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -224,7 +226,7 @@ pub fn start_guest_pool(threads: usize) -> std::io::Result<()> {
 }
 
 /// The CPUs runaway calls run on: the last half of those this process may use (at least
-/// one). Kept on them, an idle-priority thread is never migrated onto the CPU where other work
+/// one). Kept on them, a low-priority thread is never migrated onto the CPU where other work
 /// is about to wake, which measurably delays it (docs/performance.md); the other CPUs never
 /// see runaway code at all.
 fn runaway_cpus() -> Option<libc::cpu_set_t> {
@@ -248,9 +250,13 @@ fn runaway_cpus() -> Option<libc::cpu_set_t> {
     }
 }
 
-/// Put the calling thread under `SCHED_IDLE` (allowed without privileges: it only lowers it),
-/// on `cpus` when given.
-fn idle_priority(cpus: Option<&libc::cpu_set_t>) {
+/// The nice value of the runaway pool's threads: a weight of 110 against 1024 for a thread at
+/// the default 0, so a long-running call gets about a tenth of a CPU that others want too.
+pub const RUNAWAY_NICE: libc::c_int = 10;
+
+/// Lower the calling thread's priority to [`RUNAWAY_NICE`] (allowed without privileges: it only
+/// lowers it), on `cpus` when given.
+fn low_priority(cpus: Option<&libc::cpu_set_t>) {
     if let Some(set) = cpus {
         // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
         // Failing leaves the thread where it was: slower for others, never wrong.
@@ -258,16 +264,19 @@ fn idle_priority(cpus: Option<&libc::cpu_set_t>) {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
         }
     }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
-    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // SAFETY: gettid has no preconditions; on Linux a thread id given to setpriority names that
+    // thread alone.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, RUNAWAY_NICE)
+    };
     if r != 0 {
         static WARNED: std::sync::Once = std::sync::Once::new();
         let e = std::io::Error::last_os_error();
         WARNED.call_once(|| {
             tracing::warn!(
-                "cannot lower the runaway pool's threads to SCHED_IDLE ({e}): long-running calls \
-                 compete with the others at normal priority"
+                "cannot lower the runaway pool's threads to nice {RUNAWAY_NICE} ({e}): \
+                 long-running calls compete with the others at normal priority"
             );
         });
     }
