@@ -127,6 +127,8 @@ pub struct AuthSettings {
     pub api_keys: Vec<ApiKey>,
     /// Role → the claim values that carry it.
     pub roles: BTreeMap<String, Vec<String>>,
+    /// Role → the data it may see (`[roles]` tables; the default clearance otherwise).
+    pub clearances: BTreeMap<String, crate::config::safety::Clearance>,
     /// The principal of stdio sessions.
     pub local_principal: Principal,
 }
@@ -239,6 +241,7 @@ pub(crate) fn resolve(
         jwt,
         api_keys,
         roles: roles.clone(),
+        clearances: BTreeMap::new(),
         local_principal: Principal {
             name: Arc::from(local),
             access: Access::All,

@@ -8,5 +8,6 @@ pub mod confine;
 pub mod grants;
 pub mod policy;
 pub mod risk;
+pub mod safety;
 pub mod secrets;
 pub mod tool_settings;

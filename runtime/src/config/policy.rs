@@ -8,6 +8,7 @@ use crate::config::bundled;
 use crate::config::confine::{self, ConfineSection, ConfineSettings};
 use crate::config::grants::{self, Grants, GrantsSection};
 use crate::config::risk::{self, ApprovalPolicy, ApprovalSection, Tier};
+use crate::config::safety;
 use crate::config::secrets::{self, SecretStore, SecretsSection};
 use crate::config::tool_settings;
 use crate::core::units::{ByteSize, Rate, Span};
@@ -77,9 +78,11 @@ struct ConfigFile {
     auth: AuthSection,
     #[serde(default)]
     rate_limits: RateLimitSettings,
-    /// Role → the claim values that carry it.
+    /// Role → the claim values that carry it (and its clearance).
     #[serde(default)]
-    roles: BTreeMap<String, Vec<String>>,
+    roles: BTreeMap<String, safety::RoleSection>,
+    #[serde(default)]
+    safety: safety::GlobalSafetySection,
     #[serde(default, rename = "tool")]
     tools: Vec<ToolSection>,
     #[serde(default)]
@@ -165,6 +168,10 @@ struct ToolSection {
     /// Plain settings the component's tools read at run time (never secret).
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    /// How sensitive its tools' data is.
+    data_class: Option<safety::DataClass>,
+    /// Its content-safety policy, over `[safety]`.
+    safety: Option<safety::SafetySection>,
 }
 
 /// What the audit record of a call keeps of its arguments.
@@ -371,6 +378,10 @@ pub struct ComponentEntry {
     pub docs: BTreeMap<String, String>,
     /// `[tool.settings]`, readable by the component's tools.
     pub settings: Arc<BTreeMap<String, String>>,
+    /// How sensitive its tools' data is: who may list and call them, and the DLP actions.
+    pub data_class: safety::DataClass,
+    /// Its content-safety checks, `[tool.safety]` over `[safety]`.
+    pub safety: safety::ToolSafety,
 }
 
 /// A validated configuration.
@@ -388,6 +399,8 @@ pub struct Policy {
     pub rate_limits: RateLimitSettings,
     pub components: Vec<ComponentEntry>,
     pub confine: ConfineSettings,
+    /// `[safety]`: the defaults of `[tool.safety]`, metadata checks, extra rules, DLP actions.
+    pub safety: safety::SafetySettings,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -480,7 +493,18 @@ impl Policy {
         if let Some(dir) = &dirs.audit_dir {
             audit.dir = dir.clone();
         }
-        let auth = auth::resolve(&file.auth, &file.roles, base).map_err(|(k, p)| err(k, p))?;
+        let claims: BTreeMap<String, Vec<String>> = file
+            .roles
+            .iter()
+            .map(|(r, s)| (r.clone(), s.claims().to_vec()))
+            .collect();
+        let mut auth = auth::resolve(&file.auth, &claims, base).map_err(|(k, p)| err(k, p))?;
+        auth.clearances = file
+            .roles
+            .iter()
+            .map(|(r, s)| (r.clone(), s.clearance()))
+            .collect();
+        let safety = safety::resolve_global(&file.safety).map_err(|(k, p)| err(k, p))?;
 
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
         for (i, t) in file.tools.iter().enumerate() {
@@ -542,6 +566,10 @@ impl Policy {
                 wit,
                 docs,
                 settings: Arc::new(t.settings.clone()),
+                data_class: t.data_class.unwrap_or(safety::DEFAULT_CLASS),
+                safety: safety
+                    .for_tool(t.safety.as_ref())
+                    .map_err(|(k, p)| err(key(&k), p))?,
             });
             for r in &t.roles {
                 if !auth.has_role(r) {
@@ -572,6 +600,7 @@ impl Policy {
             rate_limits: file.rate_limits.clone(),
             components,
             confine: confine::resolve(&file.confine).map_err(|(k, p)| err(k, p))?,
+            safety,
         })
     }
 }

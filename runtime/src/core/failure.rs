@@ -107,6 +107,28 @@ pub enum CallFailure {
     CallCycle { tool: String },
     #[error("arguments larger than {limit}")]
     ArgumentsTooLarge { limit: ByteSize },
+    /// The principal's roles do not clear it for the data class of the tool's component.
+    #[error("not cleared: principal {principal} may not use {tool}, whose data is {class}")]
+    NotCleared {
+        principal: String,
+        tool: String,
+        class: &'static str,
+    },
+    /// A nested call would carry data of a higher class into a tool of a lower one.
+    #[error(
+        "nested call to {tool} refused: the calls above it have seen {seen} data, and {tool} is {class}"
+    )]
+    ClassFlowRefused {
+        tool: String,
+        seen: &'static str,
+        class: &'static str,
+    },
+    /// An argument failed a content-safety check: the rule, and the JSON pointer.
+    #[error("rejected input: rule {rule} at {at}")]
+    RejectedInput { rule: &'static str, at: String },
+    /// What the tool returned matched a rule whose policy blocks: the result is withheld.
+    #[error("output blocked: what the tool returned matched rule {rule}; the result is withheld")]
+    OutputBlocked { rule: String },
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
     #[error("cpu budget exhausted")]
@@ -223,6 +245,10 @@ impl CallFailure {
             CallFailure::NestedBudgetExhausted { .. } => "nested_budget_exhausted",
             CallFailure::CallCycle { .. } => "call_cycle",
             CallFailure::ArgumentsTooLarge { .. } => "arguments_too_large",
+            CallFailure::NotCleared { .. } => "not_cleared",
+            CallFailure::ClassFlowRefused { .. } => "class_flow_refused",
+            CallFailure::RejectedInput { .. } => "rejected_input",
+            CallFailure::OutputBlocked { .. } => "output_blocked",
             CallFailure::InvalidArguments(_) => "invalid_arguments",
             CallFailure::CpuBudgetExhausted => "cpu_budget_exhausted",
             CallFailure::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
@@ -259,6 +285,10 @@ impl CallFailure {
             | CallFailure::ServerBusy { .. }
             | CallFailure::ToolBusy { .. }
             | CallFailure::ArgumentsTooLarge { .. }
+            | CallFailure::NotCleared { .. }
+            | CallFailure::ClassFlowRefused { .. }
+            | CallFailure::RejectedInput { .. }
+            | CallFailure::OutputBlocked { .. }
             | CallFailure::ApprovalDenied { .. }
             | CallFailure::ApprovalCancelled { .. }
             | CallFailure::ApprovalTimedOut { .. }

@@ -8,4 +8,5 @@ pub mod auth;
 pub mod journal;
 pub mod overrides;
 pub mod ratelimit;
+pub mod safety;
 pub mod verified_tokens;

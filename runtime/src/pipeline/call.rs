@@ -14,6 +14,7 @@
 //! caller, with the calling call as their parent.
 
 use crate::config::policy::{AuditArguments, ConfigError, Policy};
+use crate::config::safety::{Clearance, DataClass, MetadataPolicy};
 use crate::core::failure::CallFailure;
 use crate::core::ids::random_id;
 use crate::core::interaction::{Asking, Reply};
@@ -24,6 +25,7 @@ use crate::gate::audit::AuditLog;
 use crate::gate::auth::Authenticator;
 use crate::gate::overrides::Family;
 use crate::gate::ratelimit::RateLimits;
+use crate::gate::safety::{self, OutboundReport, OutboundScan, RuleSet};
 use crate::pipeline::catalog::{Catalog, CatalogTool, LoadedComponent};
 use crate::pipeline::operator_state::OperatorState;
 use crate::pipeline::running::Running;
@@ -38,7 +40,7 @@ use rmcp::model::{CallToolResult, JsonObject, Tool};
 use sha2::Digest;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +78,16 @@ pub struct Nesting {
     budget: u32,
     /// A call above runs in the shadow tier: so does this one, whatever its own tier.
     shadow: bool,
+    /// The highest data class any call of this tree has reached so far (a [`DataClass`] as a
+    /// number), shared by the whole tree: what a nested call may carry data into.
+    class_seen: Arc<AtomicU8>,
+}
+
+impl Nesting {
+    /// The highest data class the tree of calls has reached.
+    fn class_seen(&self) -> DataClass {
+        DataClass::ALL[usize::from(self.class_seen.load(Ordering::Relaxed)).min(3)]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +156,7 @@ impl Caller {
                     self.nesting.budget
                 },
                 shadow,
+                class_seen: self.nesting.class_seen.clone(),
             },
         }
     }
@@ -179,6 +192,8 @@ pub struct Airlock {
     shapes: Arc<Shapes>,
     /// Checks HTTP callers' credentials by this configuration's `[auth]`.
     authenticator: Authenticator,
+    /// The content-safety rules: built in, `[[safety.rules]]` and the DLP detectors.
+    rules: Arc<RuleSet>,
 }
 
 impl Airlock {
@@ -238,7 +253,13 @@ impl Airlock {
         })?;
         let shapes = Arc::new(shapes);
         let authenticator = Authenticator::new(&policy.auth);
+        let rules = RuleSet::new(&policy.safety.rules).map_err(|problem| ConfigError {
+            file: policy.origin.clone(),
+            key: "safety › rules".into(),
+            problem,
+        })?;
         let catalog = Catalog::load(policy, shapes.clone(), previous.map(|p| &p.catalog)).await?;
+        check_metadata(&catalog, &rules)?;
         // A bucket per tool, and one for each component's resources and prompts.
         let families: Vec<(String, Option<crate::core::units::Rate>)> = catalog
             .components
@@ -269,7 +290,46 @@ impl Airlock {
             audit,
             shapes,
             authenticator,
+            rules: Arc::new(rules),
         })
+    }
+
+    /// The version of the content-safety rules in force.
+    pub fn rules_version(&self) -> &str {
+        self.rules.version()
+    }
+
+    /// What `principal` may see: the highest clearance of its roles (everything for the local
+    /// principal and for everyone when `[auth] mode = "none"`).
+    pub fn clearance(&self, principal: &Principal) -> Clearance {
+        match &principal.access {
+            Access::All => Clearance {
+                class: DataClass::Restricted,
+                unredacted: false,
+            },
+            Access::Roles(roles) => {
+                let known = &self.catalog.policy.auth.clearances;
+                let mut c = Clearance {
+                    class: DataClass::Public,
+                    unredacted: false,
+                };
+                for r in roles.iter() {
+                    let of = known.get(r).copied().unwrap_or(Clearance {
+                        class: crate::config::safety::DEFAULT_CLASS,
+                        unredacted: false,
+                    });
+                    c.class = c.class.max(of.class);
+                    c.unredacted |= of.unredacted;
+                }
+                c
+            }
+        }
+    }
+
+    /// May `principal` reach `component`: its roles do, and they clear it for its data class.
+    fn reaches(&self, principal: &Principal, component: &LoadedComponent) -> bool {
+        principal.may_use(&component.entry.roles)
+            && self.clearance(principal).class >= component.entry.data_class
     }
 
     /// The audit log decisions go to.
@@ -310,7 +370,7 @@ impl Airlock {
         all.iter()
             .filter(|t| {
                 self.catalog.tool(&t.name).is_ok_and(|c| {
-                    principal.may_use(&c.component.entry.roles)
+                    self.reaches(principal, &c.component)
                         && overrides.tool_listed(&t.name, &c.component.entry.name)
                 })
             })
@@ -362,7 +422,7 @@ impl Airlock {
         family: Family,
     ) -> bool {
         let overrides = self.operator.overrides.current();
-        principal.may_use(&component.entry.roles)
+        self.reaches(principal, component)
             && !overrides.principals.contains(&*principal.name)
             && overrides.offer_listed(&component.entry.name, family)
     }
@@ -370,13 +430,10 @@ impl Airlock {
     /// Whether `principal` may read `uri` now: a component its roles reach serves it, and no
     /// kill covers it. What subscriptions are checked against, when made and at every update.
     pub fn may_read(&self, principal: &Principal, uri: &str) -> bool {
-        let Ok(component) = self
-            .catalog
-            .resource(uri, |c| principal.may_use(&c.entry.roles))
-        else {
+        let Ok(component) = self.catalog.resource(uri, |c| self.reaches(principal, c)) else {
             return false;
         };
-        principal.may_use(&component.entry.roles)
+        self.reaches(principal, component)
             && self
                 .operator
                 .overrides
@@ -459,6 +516,13 @@ impl Airlock {
             Ok(_) => result,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
+        let result = match result {
+            Ok(Response::Tool(mut t)) if caller.is_top_level() => {
+                self.annotate(&mut t, caller, &usage);
+                Ok(Response::Tool(t))
+            }
+            other => other,
+        };
         record(
             &shown,
             caller,
@@ -469,6 +533,35 @@ impl Airlock {
             &self.shapes,
         );
         result
+    }
+
+    /// The data class and what the content checks did, in a tool result's `_meta` (set by the
+    /// host alone: a tool's own keys of these names are replaced or removed).
+    fn annotate(&self, r: &mut CallToolResult, caller: &Caller, usage: &Usage) {
+        let meta = &mut r
+            .meta
+            .get_or_insert_with(|| rmcp::model::MetaObject(JsonObject::new()))
+            .0;
+        if let Some(class) = usage.class {
+            let class = class.max(caller.nesting.class_seen());
+            meta.insert(DATA_CLASS_META_KEY.into(), class.name().into());
+        }
+        meta.remove(SAFETY_META_KEY);
+        meta.remove(SPOTLIGHT_META_KEY);
+        let report = &usage.safety;
+        if !report.detections.is_empty() {
+            meta.insert(
+                SAFETY_META_KEY.into(),
+                serde_json::json!({
+                    "rules": self.rules.version(),
+                    "detections": report.detections,
+                    "more": report.more,
+                }),
+            );
+        }
+        if let Some(marker) = &usage.spotlight {
+            meta.insert(SPOTLIGHT_META_KEY.into(), marker.clone().into());
+        }
     }
 
     /// Write the call's audit record and wait until it is durable.
@@ -533,6 +626,11 @@ impl Airlock {
             fuel_used: usage.fuel_used,
             peak_memory: usage.peak_memory,
             output_bytes,
+            data_class: usage.class.map(|c| c.max(caller.nesting.class_seen())),
+            rules: self.rules.version(),
+            detections: &usage.safety.detections,
+            more_detections: usage.safety.more,
+            spotlight: usage.spotlight.is_some(),
         };
         self.audit.append("call", &record).await
     }
@@ -579,6 +677,30 @@ impl Airlock {
             component.approval.policy.tier
         });
         authorize(&caller.principal, &target)?;
+        let class = component.entry.data_class;
+        usage.class = Some(class);
+        let clearance = self.clearance(&caller.principal);
+        if clearance.class < class {
+            return Err(CallFailure::NotCleared {
+                principal: caller.principal.name.to_string(),
+                tool: target.name.to_owned(),
+                class: class.name(),
+            });
+        }
+        // Data flows down a tree of calls into each nested call's arguments: a call that has
+        // seen data of a class may not hand it to a tool of a lower one.
+        let seen = caller.nesting.class_seen();
+        if !caller.is_top_level() && seen > class {
+            return Err(CallFailure::ClassFlowRefused {
+                tool: target.name.to_owned(),
+                seen: seen.name(),
+                class: class.name(),
+            });
+        }
+        caller
+            .nesting
+            .class_seen
+            .fetch_max(class as u8, Ordering::Relaxed);
         self.check_kill(caller, &target)?;
         let name = target.name;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
@@ -586,6 +708,14 @@ impl Airlock {
         usage.audit_arguments = component.entry.audit_arguments;
         usage.redactor = Some(component.prepared.redactor.clone());
         let input = validate_input(&target, request)?;
+        if let Some(arguments) = request.arguments() {
+            safety::check_input(arguments, &component.entry.safety.input).map_err(|r| {
+                CallFailure::RejectedInput {
+                    rule: r.rule,
+                    at: r.at,
+                }
+            })?;
+        }
         if caller.is_top_level() {
             usage.ticket = ctx.interaction.redeem(
                 &self.operator.approvals,
@@ -640,22 +770,87 @@ impl Airlock {
         usage.stderr = report.stderr;
         let limits = &component.entry.limits;
         let (bytes, items) = (limits.max_output_bytes, limits.max_output_items);
-        match report.result? {
+        let answer = report.result.map_err(|f| {
+            if caller.is_top_level() {
+                self.scan_failure(f, component, clearance, usage)
+            } else {
+                f
+            }
+        });
+        let mut response = match answer? {
             Answer::Called(out) => {
                 let result = output::to_mcp(out, bytes, items)?;
                 if let Some(tool) = target.tool {
                     check_output(tool, &result)?;
                 }
-                Ok(Response::Tool(result))
+                Response::Tool(result)
             }
             Answer::Read(contents) => {
-                output::read_result(contents, bytes, items).map(Response::Resource)
+                Response::Resource(output::read_result(contents, bytes, items)?)
             }
             Answer::Prompted(prompt) => {
-                output::prompt_result(prompt, bytes, items).map(Response::Prompt)
+                Response::Prompt(output::prompt_result(prompt, bytes, items)?)
             }
-            Answer::Completed(c) => output::completion_result(c, bytes).map(Response::Completion),
+            Answer::Completed(c) => Response::Completion(output::completion_result(c, bytes)?),
             Answer::Described(_) => unreachable!("a request answers with output"),
+        };
+        // What reaches the model: only a top-level call's result does; a nested call's goes
+        // to the calling tool, and on to the model only through the top-level result.
+        if caller.is_top_level() {
+            let marker = random_id();
+            let report = OutboundScan {
+                rules: &self.rules,
+                policy: &component.entry.safety.output,
+                class,
+                unredacted: clearance.unredacted,
+                settings: &self.catalog.policy.safety,
+                marker: &marker,
+            }
+            .response(&mut response);
+            let blocked = report.blocked.clone();
+            if report.spotlighted {
+                usage.spotlight = Some(marker);
+            }
+            usage.safety = report;
+            if let Some(rule) = blocked {
+                return Err(CallFailure::OutputBlocked {
+                    rule: rule.to_string(),
+                });
+            }
+        }
+        Ok(response)
+    }
+
+    /// A tool's own failure text goes to the model as well: it is scanned as output is (a
+    /// block withholds it too).
+    fn scan_failure(
+        &self,
+        failure: CallFailure,
+        component: &LoadedComponent,
+        clearance: Clearance,
+        usage: &mut Usage,
+    ) -> CallFailure {
+        let (CallFailure::ToolFailed(mut text) | CallFailure::Trapped(mut text)) = failure.clone()
+        else {
+            return failure;
+        };
+        let scan = OutboundScan {
+            rules: &self.rules,
+            policy: &component.entry.safety.output,
+            class: component.entry.data_class,
+            unredacted: clearance.unredacted,
+            settings: &self.catalog.policy.safety,
+            marker: "",
+        };
+        let report = scan.failure_text(&mut text);
+        let blocked = report.blocked.clone();
+        usage.safety = report;
+        match (blocked, failure) {
+            (Some(rule), _) => CallFailure::OutputBlocked {
+                rule: rule.to_string(),
+            },
+            (None, CallFailure::ToolFailed(_)) => CallFailure::ToolFailed(text),
+            (None, _) => CallFailure::Trapped(text),
         }
     }
 
@@ -1824,6 +2019,113 @@ struct CallRecord<'a> {
     fuel_used: Option<u64>,
     peak_memory: usize,
     output_bytes: usize,
+    /// The highest data class the call (and any call beneath it) reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_class: Option<DataClass>,
+    /// The version of the content-safety rules the call was checked against.
+    rules: &'a str,
+    /// What the content checks found in the output, and did.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    detections: &'a [safety::Detection],
+    /// Detections past the listed ones, counted.
+    #[serde(skip_serializing_if = "is_zero")]
+    more_detections: usize,
+    /// The result's text was spotlighted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spotlight: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The `_meta` key carrying the data class of a call's result.
+pub const DATA_CLASS_META_KEY: &str = "airlock/data_class";
+/// The `_meta` key carrying what the content checks found in a result.
+pub const SAFETY_META_KEY: &str = "airlock/safety";
+/// The `_meta` key carrying the marker a spotlighted result's text is wrapped with.
+pub const SPOTLIGHT_META_KEY: &str = "airlock/spotlight";
+
+/// The tool metadata (names, titles, descriptions, schemas) of a catalog, against the rule
+/// set: a hidden character or an injection rule's match refuses the load (or is logged, as
+/// `[safety] metadata_invisible` and `metadata` say); a description over
+/// `max_description_bytes` is logged as suspicious.
+fn check_metadata(catalog: &Catalog, rules: &RuleSet) -> Result<(), ConfigError> {
+    let settings = &catalog.policy.safety;
+    let refuse = |key: String, problem: String| ConfigError {
+        file: catalog.policy.origin.clone(),
+        key,
+        problem,
+    };
+    for c in &catalog.components {
+        for name in c.tools.iter() {
+            let Ok(tool) = catalog.tool(name) else {
+                continue;
+            };
+            let t = &tool.tool;
+            let key = |what: &str| format!("tool \"{}\" › {name} › {what}", c.entry.name);
+            let schema = serde_json::Value::Object((*t.input_schema).clone()).to_string();
+            let output = t
+                .output_schema
+                .as_ref()
+                .map(|o| serde_json::Value::Object((**o).clone()).to_string());
+            let texts = [
+                ("name", Some(t.name.to_string())),
+                ("title", t.title.clone()),
+                ("description", t.description.as_ref().map(|d| d.to_string())),
+                ("inputSchema", Some(schema)),
+                ("outputSchema", output),
+            ];
+            for (what, text) in texts {
+                let Some(text) = text else { continue };
+                if let Some(rule) = safety::hidden_rule_in(&text) {
+                    let problem = format!(
+                        "rule {rule}: the tool's {what} hides characters a person does not see"
+                    );
+                    match settings.metadata_invisible {
+                        MetadataPolicy::Refuse => return Err(refuse(key(what), problem)),
+                        MetadataPolicy::Warn => tracing::warn!(
+                            target: "airlock::safety", tool = &**name, component = &*c.entry.name,
+                            rule, at = what, action = "flagged", "tool metadata: {problem}"
+                        ),
+                    }
+                }
+                for rule in rules.injection_rules_in(&text) {
+                    let problem = format!(
+                        "rule {rule}: the tool's {what} reads like instructions to the model"
+                    );
+                    match settings.metadata {
+                        MetadataPolicy::Refuse => return Err(refuse(key(what), problem)),
+                        MetadataPolicy::Warn => tracing::warn!(
+                            target: "airlock::safety", tool = &**name, component = &*c.entry.name,
+                            rule = &*rule, at = what, action = "flagged", "tool metadata: {problem}"
+                        ),
+                    }
+                }
+            }
+            if let Some(d) = &t.description
+                && d.len() as u64 > settings.max_description_bytes.bytes()
+            {
+                tracing::warn!(
+                    target: "airlock::safety", tool = &**name, component = &*c.entry.name,
+                    rule = "description-length", bytes = d.len(), action = "flagged",
+                    "tool metadata: a description this long is where hidden instructions hide"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn action_name(a: safety::Action) -> &'static str {
+    match a {
+        safety::Action::Flagged => "flagged",
+        safety::Action::Stripped => "stripped",
+        safety::Action::Redacted => "redacted",
+        safety::Action::Spotlighted => "spotlighted",
+        safety::Action::Blocked => "blocked",
+        safety::Action::Allowed => "allowed",
+    }
 }
 
 /// JSON with object keys sorted and no whitespace, so that equal arguments hash equally
@@ -1891,6 +2193,12 @@ struct Usage {
     peak_memory: usize,
     stdout: (Vec<u8>, u64),
     stderr: (Vec<u8>, u64),
+    /// The data class of the called tool.
+    class: Option<DataClass>,
+    /// What the outbound checks found and did.
+    safety: OutboundReport,
+    /// The marker spotlighting wrapped the result's text with.
+    spotlight: Option<String>,
 }
 
 /// A call's tool name and principal as its audit record and log event show them.
@@ -1936,6 +2244,24 @@ fn record(
             target: "airlock::call", request, tool, component, principal, call_id, outcome = f.kind(),
             duration_us, fuel_used, peak_memory, reason = %scrub(&f.to_string()), "call failed"
         ),
+    }
+    let rules = usage
+        .safety
+        .detections
+        .iter()
+        .map(|d| (&*d.rule, d.at.as_str(), d.action));
+    let rejected = match result {
+        Err(CallFailure::RejectedInput { rule, at }) => Some((*rule, at.as_str(), "rejected")),
+        _ => None,
+    };
+    for (rule, at, action) in rules
+        .map(|(r, at, a)| (r, at, action_name(a)))
+        .chain(rejected)
+    {
+        tracing::warn!(
+            target: "airlock::safety", request, tool, component, principal, call_id, rule,
+            at = %scrub(at), action, "content safety"
+        );
     }
     for (stream, (kept, discarded)) in [("stdout", &usage.stdout), ("stderr", &usage.stderr)] {
         if !kept.is_empty() || *discarded > 0 {
