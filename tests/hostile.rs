@@ -265,7 +265,12 @@ fn control_characters_from_tools_and_clients_never_reach_the_log_raw() {
     let forged = "x\n2026-12-01T00:00:00.000000Z  INFO airlock::call: forged\u{1b}[2J\u{9b}31m";
     for format in ["text", "json"] {
         let dir = TempDir::new(&format!("log-injection-{format}"));
-        let config = hostile_config(&dir, "");
+        // The content checks would refuse the escapes on the way in and strip them on the way
+        // out: off, so that the log's own escaping is what is tested.
+        let config = hostile_config(
+            &dir,
+            "[tool.safety]\ninput_encoding = \"off\"\ninvisible = \"off\"",
+        );
         let server = HttpServer::start_with_args(
             &config,
             &[],

@@ -341,6 +341,17 @@ fn data_classes_decide_who_lists_and_calls_and_what_dlp_redacts() {
     let text = r["structuredContent"].to_string();
     assert!(text.contains("[REDACTED:dlp-email]"), "{r}");
     assert!(text.contains("[REDACTED:dlp-phone]"), "{r}");
+    // Under any key, `data` included, at any depth.
+    let r = call_as(
+        &server,
+        READER_KEY,
+        "fixture_structured",
+        json!({"value": {"data": {"card": "4111 1111 1111 1111 123"}}}),
+    );
+    assert_eq!(
+        r["structuredContent"]["data"]["card"], "[REDACTED:dlp-payment-card]",
+        "{r}"
+    );
     let r = call_as(&server, ANALYST_KEY, "fixture_structured", shaped);
     assert!(
         r["structuredContent"]
@@ -385,11 +396,30 @@ fn nested_calls_carry_the_highest_class_seen() {
         .expect("a refused nested call");
     assert_eq!(
         refused["reason"],
-        "nested call to fixture_echo refused: the calls above it have seen restricted data, and fixture_echo is public"
+        "nested call to fixture_echo refused: restricted data may not flow into a public tool"
     );
     assert!(refused["parent_call_id"].is_string());
     // The public tool called directly is unaffected.
     assert_eq!(echo(&server, "hi")["_meta"]["airlock/data_class"], "public");
+    drop(server);
+
+    // Nor may a tool call one whose data is above its own: the result would flow into it.
+    let dir = TempDir::new("safety-nested-up");
+    let server = HttpServer::start(&dir.config(&format!(
+        "[[tool]]\nname = \"pub\"\ncomponent = \"{hostile}\"\ntools = [\"fixture_nest\"]\n\
+         data_class = \"public\"\n\
+         [[tool]]\nname = \"vault\"\ncomponent = \"{hostile}\"\ntools = [\"fixture_echo\"]\n\
+         data_class = \"restricted\"\n"
+    )));
+    let r = tool_result(
+        &server,
+        "fixture_nest",
+        json!({"tool": "fixture_echo", "arguments": {"message": "x"}}),
+    );
+    assert!(result_text(&r).contains("class_flow_refused"), "{r}");
+    let records = audit_records(&server.audit_dir);
+    assert!(records.iter().any(|r| r["reason"]
+        == "nested call to fixture_echo refused: restricted data may not flow into a public tool"));
 }
 
 #[test]
@@ -443,4 +473,93 @@ fn poisoned_tool_metadata_refuses_the_load_and_the_reload() {
         area["description"],
         "The area of a shape. A negative size is an error."
     );
+}
+
+/// A content scanner on loopback: its verdict depends on the words in what it is sent
+/// (`FLAGME`, `BLOCKME`, `SLOWME` past any timeout, `GARBAGE` for an answer without one).
+fn scanner() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let text = String::from_utf8_lossy(&body).into_owned();
+                log.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&text).unwrap_or(Value::Null));
+                let answer = if text.contains("SLOWME") {
+                    std::thread::sleep(std::time::Duration::from_secs(3));
+                    r#"{"verdict": "allow"}"#
+                } else if text.contains("BLOCKME") {
+                    r#"{"verdict": "block", "rule": "acme-leak"}"#
+                } else if text.contains("FLAGME") {
+                    r#"{"verdict": "flag", "rule": "Acme Flag!"}"#
+                } else if text.contains("GARBAGE") {
+                    "not json"
+                } else {
+                    r#"{"verdict": "allow"}"#
+                };
+                let mut out = stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn the_external_scanner_flags_blocks_and_fails_as_configured() {
+    let (port, seen) = scanner();
+    for on_error in ["block", "allow"] {
+        let dir = TempDir::new("safety-scanner");
+        let server = HttpServer::start(&config(
+            &dir,
+            &format!(
+                "[safety.scanner]\nurl = \"http://127.0.0.1:{port}/scan\"\ntimeout = \"500ms\"\non_error = \"{on_error}\""
+            ),
+            "data_class = \"confidential\"",
+        ));
+        let r = echo(&server, "a plain answer");
+        assert_eq!(r["content"][0]["text"], "a plain answer", "{r}");
+        assert!(r["_meta"]["airlock/safety"].is_null(), "{r}");
+        let r = echo(&server, "FLAGME");
+        assert_eq!(rules_found(&r), ["scanner-acme_flag_"], "{r}");
+        let r = echo(&server, "BLOCKME");
+        assert_eq!(result_outcome(&r), "output_blocked", "{r}");
+        assert!(result_text(&r).contains("scanner-acme-leak"), "{r}");
+        for word in ["SLOWME", "GARBAGE"] {
+            let r = echo(&server, word);
+            if on_error == "block" {
+                assert_eq!(result_outcome(&r), "output_blocked", "{r}");
+                assert!(result_text(&r).contains("scanner-unavailable"), "{r}");
+            } else {
+                assert_eq!(r["content"][0]["text"], word, "{r}");
+                assert_eq!(rules_found(&r), ["scanner-unavailable"], "{r}");
+            }
+        }
+    }
+    // The scanner saw the tool, its class and the result as it would be sent.
+    let first = seen.lock().unwrap()[0].clone();
+    assert_eq!(first["tool"], "fixture_echo");
+    assert_eq!(first["data_class"], "confidential");
+    assert_eq!(first["result"]["content"][0]["text"], "a plain answer");
 }

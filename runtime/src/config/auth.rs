@@ -269,7 +269,7 @@ fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (Strin
             (keys, None, Some(path))
         }
         (None, Some(url)) => {
-            check_jwks_url(url).map_err(|e| (key("jwks_url"), e))?;
+            check_host_url(url).map_err(|e| (key("jwks_url"), e))?;
             // Fetched when the server starts; nothing is accepted before that.
             (KeySet::default(), Some(url.clone()), None)
         }
@@ -387,8 +387,9 @@ pub fn parse_jwks(text: &str) -> Result<KeySet, String> {
     Ok(KeySet(keys))
 }
 
-/// `https://…`, or `http://` to a loopback address only.
-fn check_jwks_url(url: &str) -> Result<(), String> {
+/// A URL the host itself fetches from (a JWKS, the content scanner): `https://…`, or
+/// `http://` to a loopback address only.
+pub(crate) fn check_host_url(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     match uri.scheme_str() {

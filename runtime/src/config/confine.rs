@@ -191,6 +191,12 @@ impl Plan {
         if let Some(dir) = &policy.secrets.dir {
             plan.read.insert(resolved(dir));
         }
+        if let Some(scanner) = &policy.safety.scanner {
+            plan.connect.insert(scanner.port());
+            if scanner.by_name() {
+                plan.connect.insert(53);
+            }
+        }
         if let Some(jwt) = &policy.auth.jwt {
             if let Some(dir) = jwt.jwks_file.as_deref().and_then(parent) {
                 plan.read.insert(dir);

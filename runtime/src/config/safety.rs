@@ -2,7 +2,7 @@
 //! policy as written, and resolved with its defaults. The checks themselves are in
 //! `gate::safety`.
 
-use crate::core::units::ByteSize;
+use crate::core::units::{ByteSize, Span};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -186,6 +186,61 @@ pub struct GlobalSafetySection {
     rules: Vec<RuleSection>,
     #[serde(default)]
     dlp: BTreeMap<DataClass, BTreeMap<Detector, DlpAction>>,
+    scanner: Option<ScannerSection>,
+}
+
+/// `[safety.scanner]`: an external classifier every top-level result is also sent to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScannerSection {
+    url: String,
+    timeout: Option<Span>,
+    on_error: Option<OnError>,
+}
+
+/// What a scanner that does not answer in time (or answers nonsense) means for the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Fail closed: the result is withheld (`output_blocked`, rule `scanner-unavailable`).
+    Block,
+    /// Fail open: the result passes, flagged `scanner-unavailable`.
+    Allow,
+}
+
+/// `[safety.scanner]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannerSettings {
+    pub url: String,
+    pub timeout: Span,
+    pub on_error: OnError,
+}
+
+impl ScannerSettings {
+    /// The port the host connects to (for the confinement plan).
+    pub fn port(&self) -> u16 {
+        let uri: Option<http::Uri> = self.url.parse().ok();
+        uri.and_then(|u| {
+            u.port_u16().or(match u.scheme_str() {
+                Some("https") => Some(443),
+                _ => Some(80),
+            })
+        })
+        .unwrap_or(443)
+    }
+
+    /// Whether its host is a name (looked up over DNS) rather than an address.
+    pub fn by_name(&self) -> bool {
+        let uri: Option<http::Uri> = self.url.parse().ok();
+        uri.and_then(|u| {
+            u.host().map(|h| {
+                h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+            })
+        })
+        .unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +281,32 @@ pub struct ToolSafety {
     pub output: OutputPolicy,
 }
 
+/// The ids of the built-in rules (in `gate::safety`), which `[[safety.rules]]` may not reuse.
+pub const BUILTIN_RULE_IDS: &[&str] = &[
+    "instruction-override",
+    "new-instructions",
+    "role-reassignment",
+    "concealment",
+    "exfiltration-request",
+    "sensitive-file-request",
+    "role-marker",
+    "chat-template-token",
+    "system-prompt-marker",
+    "hidden-instruction-tag",
+    "tool-call-json",
+    "markdown-image-exfiltration",
+    "markdown-link-exfiltration",
+    "html-image-exfiltration",
+    "data-url",
+    "encoded-payload",
+    "unicode-tag",
+    "invisible-character",
+    "bidi-control",
+    "control-character",
+    "terminal-escape",
+    "unscannable-output",
+];
+
 /// The longest string argument by default.
 pub const DEFAULT_MAX_STRING_BYTES: ByteSize = ByteSize(64 << 10);
 /// Patterns in `[[safety.rules]]` are at most this long, and at most this many.
@@ -244,6 +325,8 @@ pub struct SafetySettings {
     /// `[[safety.rules]]`: (id, pattern), compiled into the rule set with the built-in ones.
     pub rules: Vec<(String, String)>,
     dlp: [[DlpAction; Detector::ALL.len()]; DataClass::ALL.len()],
+    /// `[safety.scanner]`, when there is one.
+    pub scanner: Option<ScannerSettings>,
 }
 
 impl Default for SafetySettings {
@@ -271,10 +354,10 @@ impl SafetySettings {
 
 fn overlay(base: &ToolSafety, s: &SafetySection, at: &str) -> Result<ToolSafety, (String, String)> {
     let max_string_bytes = s.max_string_bytes.unwrap_or(base.input.max_string_bytes);
-    if max_string_bytes.bytes() == 0 {
+    if !(1..=(16 << 20)).contains(&max_string_bytes.bytes()) {
         return Err((
             format!("{at} › max_string_bytes"),
-            "must be at least 1 byte".into(),
+            "must be between 1 byte and 16 MiB".into(),
         ));
     }
     Ok(ToolSafety {
@@ -350,10 +433,25 @@ pub fn resolve_global(section: &GlobalSafetySection) -> Result<SafetySettings, (
             .size_limit(8 << 20)
             .build()
             .map_err(|e| (format!("{at} › pattern"), e.to_string()))?;
-        if regex::bytes::Regex::new(&r.pattern).is_ok_and(|re| re.is_match(b"")) {
+        let hir = regex_syntax::ParserBuilder::new()
+            .unicode(false)
+            .utf8(false)
+            .build()
+            .parse(&r.pattern)
+            .map_err(|e| (format!("{at} › pattern"), e.to_string()))?;
+        if hir.properties().minimum_len().unwrap_or(0) == 0 {
             return Err((
                 format!("{at} › pattern"),
-                "matches the empty string, so it would match every text".into(),
+                "can match empty text, so it would match everywhere".into(),
+            ));
+        }
+        if crate::config::safety::BUILTIN_RULE_IDS.contains(&r.id.as_str())
+            || r.id.starts_with("dlp-")
+            || r.id.starts_with("scanner-")
+        {
+            return Err((
+                format!("{at} › id"),
+                format!("\"{}\" is the id of a built-in rule; choose another", r.id),
             ));
         }
         rules.push((r.id.clone(), r.pattern.clone()));
@@ -369,7 +467,31 @@ pub fn resolve_global(section: &GlobalSafetySection) -> Result<SafetySettings, (
                 .unwrap_or_else(|| d.default_action(class));
         }
     }
+    let scanner = match &section.scanner {
+        None => None,
+        Some(sc) => {
+            crate::config::auth::check_host_url(&sc.url)
+                .map_err(|e| ("safety › scanner › url".to_owned(), e))?;
+            let timeout = sc
+                .timeout
+                .unwrap_or(Span(std::time::Duration::from_secs(2)));
+            if !(std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(60))
+                .contains(&timeout.0)
+            {
+                return Err((
+                    "safety › scanner › timeout".into(),
+                    "must be between 10ms and 60s".into(),
+                ));
+            }
+            Some(ScannerSettings {
+                url: sc.url.clone(),
+                timeout,
+                on_error: sc.on_error.unwrap_or(OnError::Block),
+            })
+        }
+    };
     Ok(SafetySettings {
+        scanner,
         defaults,
         metadata: section.metadata.unwrap_or(MetadataPolicy::Refuse),
         metadata_invisible: section.metadata_invisible.unwrap_or(MetadataPolicy::Refuse),

@@ -114,14 +114,13 @@ pub enum CallFailure {
         tool: String,
         class: &'static str,
     },
-    /// A nested call would carry data of a higher class into a tool of a lower one.
-    #[error(
-        "nested call to {tool} refused: the calls above it have seen {seen} data, and {tool} is {class}"
-    )]
+    /// A nested call would carry data of a higher class into a tool of a lower one: the
+    /// calls above hand it data they have seen, or it hands its result to the calling tool.
+    #[error("nested call to {tool} refused: {from} data may not flow into a {into} tool")]
     ClassFlowRefused {
         tool: String,
-        seen: &'static str,
-        class: &'static str,
+        from: &'static str,
+        into: &'static str,
     },
     /// An argument failed a content-safety check: the rule, and the JSON pointer.
     #[error("rejected input: rule {rule} at {at}")]

@@ -42,65 +42,15 @@ impl Authenticator {
 
 /// GET the JWK set at `url` (10 s, 1 MiB at most).
 async fn fetch_jwks(url: &str) -> Result<KeySet, String> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
-    let https = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let io: Box<dyn AsyncIo> = if https {
-            let name =
-                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(crate::sandbox::egress::tls_config())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            Box::new(tls)
-        } else {
-            Box::new(tcp)
-        };
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let request = http::Request::get(path)
-            .header(
-                http::header::HOST,
-                uri.authority().map_or("", |a| a.as_str()),
-            )
-            .header(http::header::ACCEPT, "application/json")
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let body = Limited::new(response.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        parse_jwks(std::str::from_utf8(&body).map_err(|e| e.to_string())?)
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .map_err(|_| "timed out after 10 s".to_owned())?
+    let body = crate::gate::host_http::send(crate::gate::host_http::HostRequest {
+        url,
+        json: None,
+        timeout: Duration::from_secs(10),
+        max_answer_bytes: 1 << 20,
+    })
+    .await?;
+    parse_jwks(std::str::from_utf8(&body).map_err(|e| e.to_string())?)
 }
-
-trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncIo for T {}
 
 /// Why a request was not let in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,6 +5,7 @@
 pub mod approval;
 pub mod audit;
 pub mod auth;
+pub mod host_http;
 pub mod journal;
 pub mod overrides;
 pub mod ratelimit;

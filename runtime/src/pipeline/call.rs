@@ -3,12 +3,14 @@
 //! bottom; each step passes the request on or ends it with a [`CallFailure`].
 //!
 //! Steps: (authentication, in the transport) → the principal's rate limit → look up →
-//! authorize → operator kill switch → nesting caps (nested calls) → the tool's (or the entry's
+//! authorize (roles, the clearance of the tool's data class, the class calls above have seen)
+//! → operator kill switch → nesting caps (nested calls) → the tool's (or the entry's
 //! resources' or prompts') rate limit → validate input (size, the tool's input schema) →
-//! redeem a retry's ticket → approval (tier or rule) → admit (in-flight limits) → operator
-//! kill switch again, once the call is registered as running → execute in the sandbox (with
-//! the grants the operator's revocations and the tier leave) → check output (sizes, the tool's
-//! output schema) → redact secrets → audit record (durable before the response) → log event.
+//! content checks on the arguments → redeem a retry's ticket → approval (tier or rule) → admit
+//! (in-flight limits) → operator kill switch again, once the call is registered as running →
+//! execute in the sandbox (with the grants the operator's revocations and the tier leave) →
+//! check output (sizes, the tool's output schema) → content checks on the result (top-level
+//! calls) → redact secrets → audit record (durable before the response) → log event.
 //!
 //! A tool's `call-tool` import comes back in here: nested calls take every step, as the same
 //! caller, with the calling call as their parent.
@@ -81,6 +83,8 @@ pub struct Nesting {
     /// The highest data class any call of this tree has reached so far (a [`DataClass`] as a
     /// number), shared by the whole tree: what a nested call may carry data into.
     class_seen: Arc<AtomicU8>,
+    /// The data class of the calling tool (nested calls): the highest its result may carry.
+    caller_class: Option<DataClass>,
 }
 
 impl Nesting {
@@ -133,9 +137,10 @@ impl Caller {
         &self,
         tool: &Arc<str>,
         arguments_sha256: &str,
-        limits: &crate::config::policy::Limits,
+        entry: &crate::config::policy::ComponentEntry,
         shadow: bool,
     ) -> Caller {
+        let limits = &entry.limits;
         let depth = self.nesting.frames.len() as u32;
         let mut frames = self.nesting.frames.clone();
         frames.push(Frame {
@@ -157,6 +162,7 @@ impl Caller {
                 },
                 shadow,
                 class_seen: self.nesting.class_seen.clone(),
+                caller_class: Some(entry.data_class),
             },
         }
     }
@@ -324,6 +330,19 @@ impl Airlock {
                 c
             }
         }
+    }
+
+    /// Whether DLP redactions are lifted for `principal` on data of `class`: one of its roles
+    /// has `unredacted = true` and is itself cleared for that class.
+    fn unredacted_for(&self, principal: &Principal, class: DataClass) -> bool {
+        let Access::Roles(roles) = &principal.access else {
+            return false;
+        };
+        let known = &self.catalog.policy.auth.clearances;
+        roles
+            .iter()
+            .filter_map(|r| known.get(r))
+            .any(|c| c.unredacted && c.class >= class)
     }
 
     /// May `principal` reach `component`: its roles do, and they clear it for its data class.
@@ -687,20 +706,23 @@ impl Airlock {
                 class: class.name(),
             });
         }
-        // Data flows down a tree of calls into each nested call's arguments: a call that has
-        // seen data of a class may not hand it to a tool of a lower one.
+        // Data flows down a tree of calls into each nested call's arguments, and back up into
+        // the calling tool with its result: a call that has seen data of a class may not hand
+        // it to a tool of a lower one, and a tool may not call one whose data is above its own.
         let seen = caller.nesting.class_seen();
+        let refuse = |from: DataClass, into: DataClass| CallFailure::ClassFlowRefused {
+            tool: target.name.to_owned(),
+            from: from.name(),
+            into: into.name(),
+        };
         if !caller.is_top_level() && seen > class {
-            return Err(CallFailure::ClassFlowRefused {
-                tool: target.name.to_owned(),
-                seen: seen.name(),
-                class: class.name(),
-            });
+            return Err(refuse(seen, class));
         }
-        caller
-            .nesting
-            .class_seen
-            .fetch_max(class as u8, Ordering::Relaxed);
+        if let Some(calling) = caller.nesting.caller_class
+            && class > calling
+        {
+            return Err(refuse(class, calling));
+        }
         self.check_kill(caller, &target)?;
         let name = target.name;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
@@ -755,6 +777,11 @@ impl Airlock {
         // Checked again now that the call is registered: a kill given between the first check
         // and here either sees this call (and interrupts it) or is seen by this check.
         self.check_kill(caller, &target)?;
+        // From here the call runs: the tree has now reached its class.
+        caller
+            .nesting
+            .class_seen
+            .fetch_max(class as u8, Ordering::Relaxed);
         // A tool that can act outside its sandbox acts only once an intent record is durable:
         // should its own record fail later, the log still says it may have acted. Shadow
         // calls too: their GETs still reach the granted hosts.
@@ -772,7 +799,7 @@ impl Airlock {
         let (bytes, items) = (limits.max_output_bytes, limits.max_output_items);
         let answer = report.result.map_err(|f| {
             if caller.is_top_level() {
-                self.scan_failure(f, component, clearance, usage)
+                self.scan_failure(f, component, caller, usage)
             } else {
                 f
             }
@@ -797,16 +824,32 @@ impl Airlock {
         // What reaches the model: only a top-level call's result does; a nested call's goes
         // to the calling tool, and on to the model only through the top-level result.
         if caller.is_top_level() {
-            let marker = random_id();
-            let report = OutboundScan {
+            let policy = &component.entry.safety.output;
+            let marker = match policy.injection {
+                Some(crate::config::safety::Injection::Spotlight) => spotlight_marker()?,
+                _ => String::new(),
+            };
+            let class = class.max(caller.nesting.class_seen());
+            let mut report = OutboundScan {
                 rules: &self.rules,
-                policy: &component.entry.safety.output,
+                policy,
                 class,
-                unredacted: clearance.unredacted,
+                unredacted: self.unredacted_for(&caller.principal, class),
                 settings: &self.catalog.policy.safety,
                 marker: &marker,
             }
             .response(&mut response);
+            if let Some(scanner) = &self.catalog.policy.safety.scanner
+                && report.blocked.is_none()
+                && let Ok(result) = response.to_json_value()
+                && let Some(why) =
+                    safety::ask_scanner(scanner, target.name, class, &result, &mut report).await
+            {
+                tracing::warn!(
+                    target: "airlock::safety", tool = target.name, call_id = caller.call_id.as_str(),
+                    rule = "scanner-unavailable", reason = %why, "the content scanner did not answer"
+                );
+            }
             let blocked = report.blocked.clone();
             if report.spotlighted {
                 usage.spotlight = Some(marker);
@@ -827,18 +870,24 @@ impl Airlock {
         &self,
         failure: CallFailure,
         component: &LoadedComponent,
-        clearance: Clearance,
+        caller: &Caller,
         usage: &mut Usage,
     ) -> CallFailure {
-        let (CallFailure::ToolFailed(mut text) | CallFailure::Trapped(mut text)) = failure.clone()
+        let (principal, caller_class_seen) = (&caller.principal, caller.nesting.class_seen());
+        let (CallFailure::ToolFailed(mut text)
+        | CallFailure::Trapped(mut text)
+        | CallFailure::InvalidArguments(mut text)
+        | CallFailure::InvalidOutput(mut text)
+        | CallFailure::NotFound(mut text)) = failure.clone()
         else {
             return failure;
         };
+        let class = component.entry.data_class.max(caller_class_seen);
         let scan = OutboundScan {
             rules: &self.rules,
             policy: &component.entry.safety.output,
-            class: component.entry.data_class,
-            unredacted: clearance.unredacted,
+            class,
+            unredacted: self.unredacted_for(principal, class),
             settings: &self.catalog.policy.safety,
             marker: "",
         };
@@ -850,6 +899,9 @@ impl Airlock {
                 rule: rule.to_string(),
             },
             (None, CallFailure::ToolFailed(_)) => CallFailure::ToolFailed(text),
+            (None, CallFailure::InvalidArguments(_)) => CallFailure::InvalidArguments(text),
+            (None, CallFailure::InvalidOutput(_)) => CallFailure::InvalidOutput(text),
+            (None, CallFailure::NotFound(_)) => CallFailure::NotFound(text),
             (None, _) => CallFailure::Trapped(text),
         }
     }
@@ -1301,7 +1353,7 @@ impl CallServices for Services {
             let caller = self.caller.nested(
                 &self.tool,
                 &self.arguments_sha256,
-                &self.component.entry.limits,
+                &self.component.entry,
                 self.shadow,
             );
             // The nested call runs as its own task and ends (cancelled, and recorded as such)
@@ -1972,6 +2024,10 @@ fn redact(
     result: Result<Response, CallFailure>,
     usage: &mut Usage,
 ) -> Result<Response, CallFailure> {
+    // A detection's pointer names keys the tool chose.
+    for d in &mut usage.safety.detections {
+        redactor.redact_in_place(&mut d.at);
+    }
     for (captured, _) in [&mut usage.stdout, &mut usage.stderr] {
         if !captured.is_empty()
             && let Cow::Owned(clean) = redactor.redact(&String::from_utf8_lossy(captured))
@@ -2046,6 +2102,31 @@ pub const SAFETY_META_KEY: &str = "airlock/safety";
 /// The `_meta` key carrying the marker a spotlighted result's text is wrapped with.
 pub const SPOTLIGHT_META_KEY: &str = "airlock/spotlight";
 
+/// Every string in a schema, keys included.
+fn schema_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| schema_strings(x, out)),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                out.push(k.clone());
+                schema_strings(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A random marker for spotlighting (128 bits, hex). Without an entropy source there is none
+/// a tool could not guess, and the result is withheld rather than wrapped in a guessable one.
+fn spotlight_marker() -> Result<String, CallFailure> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|_| CallFailure::OutputBlocked {
+        rule: "spotlight-without-randomness".into(),
+    })?;
+    Ok(hex::encode(b))
+}
+
 /// The tool metadata (names, titles, descriptions, schemas) of a catalog, against the rule
 /// set: a hidden character or an injection rule's match refuses the load (or is logged, as
 /// `[safety] metadata_invisible` and `metadata` say); a description over
@@ -2064,20 +2145,26 @@ fn check_metadata(catalog: &Catalog, rules: &RuleSet) -> Result<(), ConfigError>
             };
             let t = &tool.tool;
             let key = |what: &str| format!("tool \"{}\" › {name} › {what}", c.entry.name);
-            let schema = serde_json::Value::Object((*t.input_schema).clone()).to_string();
-            let output = t
-                .output_schema
-                .as_ref()
-                .map(|o| serde_json::Value::Object((**o).clone()).to_string());
-            let texts = [
-                ("name", Some(t.name.to_string())),
-                ("title", t.title.clone()),
-                ("description", t.description.as_ref().map(|d| d.to_string())),
-                ("inputSchema", Some(schema)),
-                ("outputSchema", output),
-            ];
+            // Each string of the schemas (keys and descriptions) on its own, as a client shows
+            // them, not their JSON form with its escapes.
+            let mut texts: Vec<(&str, String)> = vec![("name", t.name.to_string())];
+            texts.extend(t.title.clone().map(|x| ("title", x)));
+            texts.extend(
+                t.description
+                    .as_ref()
+                    .map(|d| ("description", d.to_string())),
+            );
+            let mut strings = Vec::new();
+            schema_strings(
+                &serde_json::Value::Object((*t.input_schema).clone()),
+                &mut strings,
+            );
+            texts.extend(strings.drain(..).map(|x| ("inputSchema", x)));
+            if let Some(o) = &t.output_schema {
+                schema_strings(&serde_json::Value::Object((**o).clone()), &mut strings);
+                texts.extend(strings.drain(..).map(|x| ("outputSchema", x)));
+            }
             for (what, text) in texts {
-                let Some(text) = text else { continue };
                 if let Some(rule) = safety::hidden_rule_in(&text) {
                     let problem = format!(
                         "rule {rule}: the tool's {what} hides characters a person does not see"

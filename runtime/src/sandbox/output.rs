@@ -201,13 +201,18 @@ impl Response {
         matches!(self, Response::Tool(r) if r.is_error == Some(true))
     }
 
-    fn to_json(&self) -> Option<serde_json::Value> {
+    /// The response as JSON, as it will be sent.
+    pub fn to_json_value(&self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
-            Response::Tool(r) => serde_json::to_value(r).ok(),
-            Response::Resource(r) => serde_json::to_value(r).ok(),
-            Response::Prompt(r) => serde_json::to_value(r).ok(),
-            Response::Completion(r) => serde_json::to_value(r).ok(),
+            Response::Tool(r) => serde_json::to_value(r),
+            Response::Resource(r) => serde_json::to_value(r),
+            Response::Prompt(r) => serde_json::to_value(r),
+            Response::Completion(r) => serde_json::to_value(r),
         }
+    }
+
+    fn to_json(&self) -> Option<serde_json::Value> {
+        self.to_json_value().ok()
     }
 
     /// Secret values out of every piece of text (as [`redact`] does for tool results): binary
