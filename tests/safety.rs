@@ -217,6 +217,19 @@ fn output_is_stripped_redacted_blocked_or_spotlighted_as_the_policy_says() {
     let r = echo(&server, "a plain answer");
     assert_eq!(r["content"][0]["text"], "a plain answer");
     assert!(r["_meta"]["airlock/safety"].is_null(), "{r}");
+    // A large result is scanned off the serving threads, and arrives whole.
+    let r = tool_result(&server, "hostile_big_output", json!({"bytes": 300_000}));
+    assert_eq!(result_outcome(&r), "completed", "{r}");
+    assert_eq!(result_text(&r).len(), 300_000);
+    // The operator sees the detections per tool and rule.
+    let (ok, out) = ctl(&server, &["safety"]);
+    assert!(ok, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("fixture_echo") && l.contains("instruction-override"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("redacted"), "{out}");
+    assert!(out.contains("invisible-character"), "{out}");
     drop(server);
 
     // block: the result is withheld with a named outcome.

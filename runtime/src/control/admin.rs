@@ -32,6 +32,8 @@ pub enum Request {
     Reload,
     /// The calls waiting for an operator's answer.
     Approvals,
+    /// Content-safety detections per tool and rule since the start.
+    Detections,
     /// Approve or deny one, as `operator` (the name the four-eyes rule compares with the
     /// caller).
     Answer {
@@ -68,6 +70,9 @@ pub enum Answer {
     Answered {
         answered: crate::gate::approval::PendingView,
         approve: bool,
+    },
+    Detections {
+        detections: Vec<crate::gate::safety::TallyView>,
     },
 }
 
@@ -231,6 +236,9 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
         Request::Reload => Ok(Answer::Reloaded(live.reload(by).await?)),
         Request::Approvals => Ok(Answer::Approvals {
             approvals: operator.approvals.queue.list(),
+        }),
+        Request::Detections => Ok(Answer::Detections {
+            detections: operator.detections.list(),
         }),
         Request::Answer {
             id,

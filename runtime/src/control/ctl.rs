@@ -45,6 +45,9 @@ pub enum CtlCommand {
     },
     /// Load the configuration file again and, if it is valid, put it in force.
     Reload,
+    /// Content-safety detections since the start, per tool and rule: what was done and how
+    /// often (rejected inputs, flagged, stripped, redacted, spotlighted, blocked output).
+    Safety,
     /// Calls waiting for an operator's approval (`via = "operator"`).
     Approvals {
         #[command(subcommand)]
@@ -205,6 +208,7 @@ pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
             },
         },
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Safety => Request::Detections,
         CtlCommand::Approvals { command } => match command {
             ApprovalsCommand::List => Request::Approvals,
             ApprovalsCommand::Approve { id, operator } => Request::Answer {
@@ -280,26 +284,25 @@ fn print(request: &Request, answer: &Answer) {
                 }
             }
         }
-        Answer::Calls { calls } => {
-            if calls.is_empty() {
-                println!("no calls running");
-                return;
-            }
-            println!(
-                "{:<32}  {:<24}  {:<16}  {:>9}  {:>14}",
-                "CALL", "TOOL", "PRINCIPAL", "AGE", "FUEL USED"
-            );
-            for c in calls {
-                println!(
-                    "{:<32}  {:<24}  {:<16}  {:>7}ms  {:>14}",
+        Answer::Calls { calls } => print_table(
+            "no calls running",
+            &[
+                ("CALL", 32),
+                ("TOOL", 24),
+                ("PRINCIPAL", 16),
+                ("AGE", -9),
+                ("FUEL USED", -14),
+            ],
+            calls.iter().map(|c| {
+                vec![
                     shown(&c.call_id),
                     shown(&c.tool),
                     shown(&c.principal),
-                    c.age_ms,
-                    c.fuel_used
-                );
-            }
-        }
+                    format!("{}ms", c.age_ms),
+                    c.fuel_used.to_string(),
+                ]
+            }),
+        ),
         Answer::Changed(outcome) => {
             let what = match request {
                 Request::Change { change } => describe(change),
@@ -323,6 +326,25 @@ fn print(request: &Request, answer: &Answer) {
         Answer::Reloaded(r) => println!(
             "OK: reloaded {}: {} tools in {} components",
             r.origin, r.tools, r.components
+        ),
+        Answer::Detections { detections } => print_table(
+            "no content-safety detections since the start",
+            &[
+                ("TOOL", 24),
+                ("RULE", 28),
+                ("ACTION", 12),
+                ("COUNT", -8),
+                ("LAST", -12),
+            ],
+            detections.iter().map(|d| {
+                vec![
+                    shown(&d.tool),
+                    shown(&d.rule),
+                    d.action.clone(),
+                    d.count.to_string(),
+                    format!("{}s ago", d.last_ms_ago / 1000),
+                ]
+            }),
         ),
         Answer::Approvals { approvals } => {
             if approvals.is_empty() {
@@ -358,6 +380,42 @@ fn print(request: &Request, answer: &Answer) {
 
 /// Text from callers (principal names come from tokens) with control characters escaped, so
 /// that nothing printed can drive the operator's terminal.
+/// Print `rows` under `columns` (a header and a width each; a negative width aligns right),
+/// or `empty` when there are none.
+fn print_table(
+    empty: &str,
+    columns: &[(&str, isize)],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        println!("{empty}");
+        return;
+    }
+    let line = |cells: Vec<String>| {
+        columns
+            .iter()
+            .zip(cells)
+            .map(|(&(_, w), c)| {
+                let width = w.unsigned_abs();
+                if w < 0 {
+                    format!("{c:>width$}")
+                } else {
+                    format!("{c:<width$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!(
+        "{}",
+        line(columns.iter().map(|(h, _)| (*h).to_owned()).collect())
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
 pub(crate) fn shown(text: &str) -> String {
     text.chars()
         .flat_map(|c| {

@@ -918,6 +918,85 @@ impl OutboundScan<'_> {
     }
 }
 
+/// Detections counted per tool, rule and action since the server started (across reloads),
+/// for `airlock ctl safety`. Bounded: past [`MAX_TALLIES`] distinct rows, further ones are
+/// counted under the rule `(other)`.
+#[derive(Default)]
+pub struct DetectionCounts {
+    rows: std::sync::Mutex<std::collections::BTreeMap<TallyKey, Tally>>,
+}
+
+/// (tool, rule, action).
+type TallyKey = (Arc<str>, Arc<str>, &'static str);
+
+/// Distinct (tool, rule, action) rows a server keeps.
+pub const MAX_TALLIES: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    count: u64,
+    last: std::time::Instant,
+}
+
+/// One row of `airlock ctl safety`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TallyView {
+    pub tool: String,
+    pub rule: String,
+    pub action: String,
+    pub count: u64,
+    /// Milliseconds since the last one.
+    pub last_ms_ago: u64,
+}
+
+impl DetectionCounts {
+    /// Count one detection.
+    pub fn add(&self, tool: &str, rule: &str, action: &'static str) {
+        let Ok(mut rows) = self.rows.lock() else {
+            return;
+        };
+        let mut key = (Arc::from(tool), Arc::from(rule), action);
+        if !rows.contains_key(&key) && rows.len() >= MAX_TALLIES {
+            key.1 = Arc::from("(other)");
+        }
+        let now = std::time::Instant::now();
+        let t = rows.entry(key).or_insert(Tally {
+            count: 0,
+            last: now,
+        });
+        t.count += 1;
+        t.last = now;
+    }
+
+    /// Every row, by tool then rule.
+    pub fn list(&self) -> Vec<TallyView> {
+        let Ok(rows) = self.rows.lock() else {
+            return Vec::new();
+        };
+        rows.iter()
+            .map(|((tool, rule, action), t)| TallyView {
+                tool: tool.to_string(),
+                rule: rule.to_string(),
+                action: (*action).to_owned(),
+                count: t.count,
+                last_ms_ago: t.last.elapsed().as_millis() as u64,
+            })
+            .collect()
+    }
+}
+
+/// How an action is named in logs and `ctl safety`.
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Flagged => "flagged",
+        Action::Stripped => "stripped",
+        Action::Redacted => "redacted",
+        Action::Spotlighted => "spotlighted",
+        Action::Blocked => "blocked",
+        Action::Allowed => "allowed",
+    }
+}
+
 /// The longest answer read from the external scanner.
 const MAX_SCANNER_ANSWER_BYTES: usize = 64 << 10;
 

@@ -20,6 +20,8 @@ pub struct OperatorState {
     /// Components' signals (lists changed, a resource updated), for every session that
     /// listens. Bounded: a session that falls behind misses the oldest, never holds the rest up.
     pub signals: tokio::sync::broadcast::Sender<Signal>,
+    /// Content-safety detections per tool and rule since the start (`airlock ctl safety`).
+    pub detections: crate::gate::safety::DetectionCounts,
 }
 
 /// Signals kept for a session that has not read them yet; beyond this it misses the oldest.
@@ -33,6 +35,7 @@ impl OperatorState {
             approvals,
             reloads: std::sync::atomic::AtomicU64::new(0),
             signals: tokio::sync::broadcast::channel(SIGNALS_KEPT).0,
+            detections: Default::default(),
         })
     }
 
