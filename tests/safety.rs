@@ -409,7 +409,7 @@ fn nested_calls_carry_the_highest_class_seen() {
         .expect("a refused nested call");
     assert_eq!(
         refused["reason"],
-        "nested call to fixture_echo refused: restricted data may not flow into a public tool"
+        "nested call to fixture_echo refused: restricted data may not flow into a tool whose data class is public"
     );
     assert!(refused["parent_call_id"].is_string());
     // The public tool called directly is unaffected.
@@ -432,7 +432,7 @@ fn nested_calls_carry_the_highest_class_seen() {
     assert!(result_text(&r).contains("class_flow_refused"), "{r}");
     let records = audit_records(&server.audit_dir);
     assert!(records.iter().any(|r| r["reason"]
-        == "nested call to fixture_echo refused: restricted data may not flow into a public tool"));
+        == "nested call to fixture_echo refused: restricted data may not flow into a tool whose data class is public"));
 }
 
 #[test]
@@ -555,10 +555,13 @@ fn the_external_scanner_flags_blocks_and_fails_as_configured() {
         assert_eq!(r["content"][0]["text"], "a plain answer", "{r}");
         assert!(r["_meta"]["airlock/safety"].is_null(), "{r}");
         let r = echo(&server, "FLAGME");
-        assert_eq!(rules_found(&r), ["scanner-acme_flag_"], "{r}");
+        assert_eq!(rules_found(&r), ["scanner:acme_flag_"], "{r}");
         let r = echo(&server, "BLOCKME");
         assert_eq!(result_outcome(&r), "output_blocked", "{r}");
-        assert!(result_text(&r).contains("scanner-acme-leak"), "{r}");
+        assert_eq!(
+            result_text(&r),
+            "output blocked by rule scanner:acme-leak: the result is withheld"
+        );
         for word in ["SLOWME", "GARBAGE"] {
             let r = echo(&server, word);
             if on_error == "block" {
@@ -570,6 +573,31 @@ fn the_external_scanner_flags_blocks_and_fails_as_configured() {
             }
         }
     }
+    // The scanner is another party: it never sees a secret value the tool echoes.
+    let password = "hunter2-correct-horse-battery";
+    let dir = TempDir::new("safety-scanner-secret");
+    let secrets = dir.0.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("DB_PASSWORD"), password).unwrap();
+    let server = HttpServer::start(&config(
+        &dir,
+        &format!(
+            "[secrets]\ndir = \"{}\"\nfiles = [\"DB_PASSWORD\"]\n\
+             [safety.scanner]\nurl = \"http://127.0.0.1:{port}/scan\"",
+            secrets.display()
+        ),
+        "[tool.grants]\nsecrets = [{ name = \"DB_PASSWORD\", expose = \"env\" }]",
+    ));
+    let before = seen.lock().unwrap().len();
+    let r = tool_result(&server, "fixture_env", json!({"name": "DB_PASSWORD"}));
+    assert_eq!(result_text(&r), "value is [REDACTED]", "{r}");
+    let sent = seen.lock().unwrap()[before..].to_vec();
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].to_string().contains(password), "{sent:?}");
+    assert!(
+        sent[0].to_string().contains("value is [REDACTED]"),
+        "{sent:?}"
+    );
     // The scanner saw the tool, its class and the result as it would be sent.
     let first = seen.lock().unwrap()[0].clone();
     assert_eq!(first["tool"], "fixture_echo");

@@ -391,6 +391,11 @@ pub fn parse_jwks(text: &str) -> Result<KeySet, String> {
 /// `http://` to a loopback address only.
 pub(crate) fn check_host_url(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "\"{url}\" carries user information; credentials do not belong in a URL"
+        ));
+    }
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     match uri.scheme_str() {
         Some("https") if !host.is_empty() => Ok(()),

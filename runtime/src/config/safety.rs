@@ -78,8 +78,9 @@ impl Detector {
     }
 
     /// The default action for this detector in a tool of `class`: credentials and private
-    /// keys never reach a model; personal and payment data leave public and internal tools
-    /// redacted; confidential and restricted tools serve only principals cleared for them.
+    /// keys are redacted everywhere; personal data (email, phone) in public tools, and payment
+    /// and identity data (cards, IBANs, national IDs) in public and internal ones; confidential
+    /// and restricted tools serve only principals cleared for them.
     fn default_action(self, class: DataClass) -> DlpAction {
         match (self, class) {
             (Detector::CloudCredential | Detector::PrivateKey, _) => DlpAction::Redact,
@@ -305,6 +306,10 @@ pub const BUILTIN_RULE_IDS: &[&str] = &[
     "control-character",
     "terminal-escape",
     "unscannable-output",
+    "nfkc-changes",
+    "string-too-long",
+    "spotlight-without-randomness",
+    "scanner",
 ];
 
 /// The longest string argument by default.

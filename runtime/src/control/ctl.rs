@@ -378,8 +378,6 @@ fn print(request: &Request, answer: &Answer) {
     }
 }
 
-/// Text from callers (principal names come from tokens) with control characters escaped, so
-/// that nothing printed can drive the operator's terminal.
 /// Print `rows` under `columns` (a header and a width each; a negative width aligns right),
 /// or `empty` when there are none.
 fn print_table(
@@ -416,10 +414,12 @@ fn print_table(
     }
 }
 
+/// Text from callers (principal names come from tokens) with control and hidden characters (bidi, zero-width) escaped, so
+/// that nothing printed can drive the operator's terminal.
 pub(crate) fn shown(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
+            let escaped: Vec<char> = if c.is_control() || crate::gate::safety::is_hidden(c) {
                 c.escape_default().collect()
             } else {
                 vec![c]

@@ -116,7 +116,9 @@ pub enum CallFailure {
     },
     /// A nested call would carry data of a higher class into a tool of a lower one: the
     /// calls above hand it data they have seen, or it hands its result to the calling tool.
-    #[error("nested call to {tool} refused: {from} data may not flow into a {into} tool")]
+    #[error(
+        "nested call to {tool} refused: {from} data may not flow into a tool whose data class is {into}"
+    )]
     ClassFlowRefused {
         tool: String,
         from: &'static str,
@@ -126,7 +128,7 @@ pub enum CallFailure {
     #[error("rejected input: rule {rule} at {at}")]
     RejectedInput { rule: &'static str, at: String },
     /// What the tool returned matched a rule whose policy blocks: the result is withheld.
-    #[error("output blocked: what the tool returned matched rule {rule}; the result is withheld")]
+    #[error("output blocked by rule {rule}: the result is withheld")]
     OutputBlocked { rule: String },
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),

@@ -556,6 +556,11 @@ impl RuleSet {
     }
 }
 
+/// Whether `c` is a character the content checks treat as hidden (for escaping in displays).
+pub fn is_hidden(c: char) -> bool {
+    hidden_char(c).is_some()
+}
+
 /// The first hidden character in `text`, as a rule id (for tool metadata at load).
 pub fn hidden_rule_in(text: &str) -> Option<&'static str> {
     first_hidden(text).map(|(rule, _)| rule)
@@ -956,7 +961,9 @@ impl DetectionCounts {
             return;
         };
         let mut key = (Arc::from(tool), Arc::from(rule), action);
+        // Full: new rows are counted together (a few more rows, one per action, at most).
         if !rows.contains_key(&key) && rows.len() >= MAX_TALLIES {
+            key.0 = Arc::from("(other)");
             key.1 = Arc::from("(other)");
         }
         let now = std::time::Instant::now();
@@ -997,6 +1004,10 @@ pub fn action_name(a: Action) -> &'static str {
     }
 }
 
+/// The largest request sent to the external scanner; a larger result counts as the scanner
+/// being unavailable (`on_error`).
+pub const MAX_SCANNER_REQUEST_BYTES: usize = 16 << 20;
+
 /// The longest answer read from the external scanner.
 const MAX_SCANNER_ANSWER_BYTES: usize = 64 << 10;
 
@@ -1012,20 +1023,30 @@ pub async fn ask_scanner(
     result: &serde_json::Value,
     report: &mut OutboundReport,
 ) -> Option<String> {
-    let body = serde_json::json!({"tool": tool, "data_class": class.name(), "result": result});
-    let answer = crate::gate::host_http::send(crate::gate::host_http::HostRequest {
-        url: &scanner.url,
-        json: Some(body.to_string().into_bytes()),
-        timeout: scanner.timeout.0,
-        max_answer_bytes: MAX_SCANNER_ANSWER_BYTES,
-    })
-    .await
+    let body = serde_json::json!({"tool": tool, "data_class": class.name(), "result": result})
+        .to_string()
+        .into_bytes();
+    let answer = if body.len() > MAX_SCANNER_REQUEST_BYTES {
+        Err(format!(
+            "the result is larger than the {MAX_SCANNER_REQUEST_BYTES} bytes sent to a scanner"
+        ))
+    } else {
+        crate::gate::host_http::send(crate::gate::host_http::HostRequest {
+            url: &scanner.url,
+            json: Some(body),
+            timeout: scanner.timeout.0,
+            max_answer_bytes: MAX_SCANNER_ANSWER_BYTES,
+        })
+        .await
+    }
     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()));
     let verdict = answer.and_then(|v| {
-        let rule = v["rule"]
+        let rule = scanner_rule(v["rule"].as_str().unwrap_or(""));
+        match v["verdict"]
             .as_str()
-            .map_or("scanner".to_owned(), scanner_rule);
-        match v["verdict"].as_str() {
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("allow") => Ok(None),
             Some("flag") => Ok(Some((rule, Action::Flagged))),
             Some("block") => Ok(Some((rule, Action::Blocked))),
@@ -1049,8 +1070,10 @@ pub async fn ask_scanner(
     }
 }
 
-/// A scanner's rule name as Airlock records it: `scanner-` and at most 48 of a-z 0-9 - _ (other
-/// characters become `_`), so that a scanner cannot write arbitrary text into records.
+/// A scanner's rule name as Airlock records it: `scanner:` and at most 48 of a-z 0-9 - _
+/// (lowercased; other characters become `_`; `unnamed` when it gives none), so that a scanner
+/// cannot write arbitrary text into records, nor pass for a rule of Airlock's own (their ids
+/// have no colon; `scanner-unavailable` is Airlock's).
 fn scanner_rule(name: &str) -> String {
     let clean: String = name
         .chars()
@@ -1063,18 +1086,20 @@ fn scanner_rule(name: &str) -> String {
             }
         })
         .collect();
-    format!("scanner-{clean}")
+    if clean.is_empty() {
+        return "scanner:unnamed".to_owned();
+    }
+    format!("scanner:{clean}")
 }
 
 /// `text` as spotlighting sends it (documented in README.md, "Content safety"): the markers
 /// the tool's own text contains are defused (a non-breaking hyphen), so that only the host's
 /// read as markers.
 pub fn spotlighted(text: &str, marker: &str) -> String {
-    let text = if text.contains("untrusted-content") {
-        Cow::Owned(text.replace("untrusted-content", "untrusted\u{2011}content"))
-    } else {
-        Cow::Borrowed(text)
-    };
+    static LOOKALIKE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)untrusted[^a-z0-9]*content").expect("a valid pattern")
+    });
+    let text = LOOKALIKE.replace_all(text, "untrusted\u{2011}content");
     format!("<<<untrusted-content {marker}>>>\n{text}\n<<<end-untrusted-content {marker}>>>")
 }
 

@@ -805,30 +805,34 @@ impl Airlock {
         usage.stderr = report.stderr;
         let limits = &component.entry.limits;
         let (bytes, items) = (limits.max_output_bytes, limits.max_output_items);
-        let answer = report.result.map_err(|f| {
+        let converted = report.result.and_then(|answer| {
+            Ok(match answer {
+                Answer::Called(out) => {
+                    let result = output::to_mcp(out, bytes, items)?;
+                    if let Some(tool) = target.tool {
+                        check_output(tool, &result)?;
+                    }
+                    Response::Tool(result)
+                }
+                Answer::Read(contents) => {
+                    Response::Resource(output::read_result(contents, bytes, items)?)
+                }
+                Answer::Prompted(prompt) => {
+                    Response::Prompt(output::prompt_result(prompt, bytes, items)?)
+                }
+                Answer::Completed(c) => Response::Completion(output::completion_result(c, bytes)?),
+                Answer::Described(_) => unreachable!("a request answers with output"),
+            })
+        });
+        // A failure's text the tool wrote (its error, a panic, what the output checks quote of
+        // its output) reaches the model too.
+        let mut response = converted.map_err(|f| {
             if caller.is_top_level() {
                 self.scan_failure(f, component, caller, usage)
             } else {
                 f
             }
-        });
-        let mut response = match answer? {
-            Answer::Called(out) => {
-                let result = output::to_mcp(out, bytes, items)?;
-                if let Some(tool) = target.tool {
-                    check_output(tool, &result)?;
-                }
-                Response::Tool(result)
-            }
-            Answer::Read(contents) => {
-                Response::Resource(output::read_result(contents, bytes, items)?)
-            }
-            Answer::Prompted(prompt) => {
-                Response::Prompt(output::prompt_result(prompt, bytes, items)?)
-            }
-            Answer::Completed(c) => Response::Completion(output::completion_result(c, bytes)?),
-            Answer::Described(_) => unreachable!("a request answers with output"),
-        };
+        })?;
         // What reaches the model: only a top-level call's result does; a nested call's goes
         // to the calling tool, and on to the model only through the top-level result.
         if caller.is_top_level() {
@@ -877,9 +881,9 @@ impl Airlock {
             };
             if let Some(scanner) = &self.catalog.policy.safety.scanner
                 && report.blocked.is_none()
-                && let Ok(result) = response.to_json_value()
-                && let Some(why) =
-                    safety::ask_scanner(scanner, target.name, class, &result, &mut report).await
+                && let Some(why) = self
+                    .ask_scanner(scanner, target.name, class, &response, usage, &mut report)
+                    .await
             {
                 tracing::warn!(
                     target: "airlock::safety", tool = target.name, call_id = caller.call_id.as_str(),
@@ -898,6 +902,36 @@ impl Airlock {
             }
         }
         Ok(response)
+    }
+
+    /// The external scanner's verdict on `response`, as the client would get it: with the
+    /// component's secret values already replaced (the scanner is another party). Why it did
+    /// not answer, if it did not.
+    async fn ask_scanner(
+        &self,
+        scanner: &crate::config::safety::ScannerSettings,
+        tool: &str,
+        class: DataClass,
+        response: &Response,
+        usage: &Usage,
+        report: &mut OutboundReport,
+    ) -> Option<String> {
+        let mut result = match response.to_json_value() {
+            Ok(v) => v,
+            // Not sent is not scanned: as the scanner failing.
+            Err(e) => {
+                let action = match scanner.on_error {
+                    crate::config::safety::OnError::Block => safety::Action::Blocked,
+                    crate::config::safety::OnError::Allow => safety::Action::Flagged,
+                };
+                report.note(Arc::from("scanner-unavailable"), "/", action);
+                return Some(format!("the result could not be serialised: {e}"));
+            }
+        };
+        if let Some(redactor) = &usage.redactor {
+            redactor.redact_json(&mut result);
+        }
+        safety::ask_scanner(scanner, tool, class, &result, report).await
     }
 
     /// A tool's own failure text goes to the model as well: it is scanned as output is (a
