@@ -463,7 +463,7 @@ fn poisoned_tool_metadata_refuses_the_load_and_the_reload() {
     let (ok, out) = check(&entry(""), &state);
     assert!(!ok, "{out}");
     assert!(out.contains("rule hidden-instruction-tag"), "{out}");
-    assert!(out.contains("description"), "{out}");
+    assert!(out.contains("tool geo_area › /description"), "{out}");
     std::fs::write(&wit, &hidden).unwrap();
     let (ok, out) = check(&entry(""), &state);
     assert!(!ok && out.contains("rule unicode-tag"), "{out}");

@@ -527,10 +527,11 @@ impl RuleSet {
         wanted: impl Fn(&RuleKind) -> bool,
     ) -> Vec<(usize, Vec<std::ops::Range<usize>>)> {
         let bytes = text.as_bytes();
-        let matched = self.set.matches(bytes);
-        if !matched.matched_any() {
+        // The common case, nothing at all, without allocating the set's matches.
+        if !self.set.is_match(bytes) {
             return Vec::new();
         }
+        let matched = self.set.matches(bytes);
         matched
             .iter()
             .filter(|&i| wanted(&self.rules[i].kind))
@@ -772,6 +773,13 @@ impl OutboundScan<'_> {
         }
     }
 
+    /// Whether the checks could find anything in `text`: a hidden character, or a rule whose
+    /// action does something matching somewhere (unconfirmed).
+    fn may_act_on(&self, text: &str) -> bool {
+        (self.policy.invisible.is_some() && first_hidden(text).is_some())
+            || self.rules.set.is_match(text.as_bytes())
+    }
+
     /// Scan every string of a JSON value (keys too), `at` being its pointer. With `binary`,
     /// the values of `data` and `blob` keys are binary (base64) and passed over, as in content
     /// blocks; inside structured content nothing is passed over.
@@ -794,19 +802,28 @@ impl OutboundScan<'_> {
                 }
             }
             serde_json::Value::Object(o) => {
-                let keys: Vec<String> = o.keys().cloned().collect();
-                for k in keys {
+                // Values in place; keys are text too, but rewritten (and so cloned) only when
+                // one needs it: nearly never.
+                let mut rekey: Vec<String> = Vec::new();
+                for (k, value) in o.iter_mut() {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&pointer_token(k));
+                    if !(binary && matches!(k.as_str(), "blob" | "data")) {
+                        self.json(value, at, binary, report);
+                    }
+                    if self.may_act_on(k) {
+                        rekey.push(k.clone());
+                    }
+                    at.truncate(len);
+                }
+                for k in rekey {
                     let len = at.len();
                     at.push('/');
                     at.push_str(&pointer_token(&k));
-                    if !(binary && matches!(k.as_str(), "blob" | "data"))
-                        && let Some(value) = o.get_mut(&k)
-                    {
-                        self.json(value, at, binary, report);
-                    }
-                    // Keys are text too; a rewritten key replaces the old one (never another).
                     let mut key = k.clone();
                     self.text(&mut key, at, Wrapped::No, report);
+                    // A rewritten key replaces the old one (never another).
                     if key != k
                         && let Some(value) = o.remove(&k)
                     {

@@ -2172,21 +2172,6 @@ pub const SAFETY_META_KEY: &str = "airlock/safety";
 /// The `_meta` key carrying the marker a spotlighted result's text is wrapped with.
 pub const SPOTLIGHT_META_KEY: &str = "airlock/spotlight";
 
-/// Every string in a schema, keys included.
-fn schema_strings(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| schema_strings(x, out)),
-        serde_json::Value::Object(o) => {
-            for (k, x) in o {
-                out.push(k.clone());
-                schema_strings(x, out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Results up to this many bytes of text are scanned on the thread that serves the call.
 const INLINE_SCAN_BYTES: usize = 256 << 10;
 
@@ -2217,10 +2202,11 @@ fn spotlight_marker() -> Result<String, CallFailure> {
     Ok(hex::encode(b))
 }
 
-/// The tool metadata (names, titles, descriptions, schemas) of a catalog, against the rule
-/// set: a hidden character or an injection rule's match refuses the load (or is logged, as
-/// `[safety] metadata_invisible` and `metadata` say); a description over
-/// `max_description_bytes` is logged as suspicious.
+/// What a catalog offers (tools with their schemas and annotations, resources, templates and
+/// prompts with their arguments), against the rule set: every string of each, on its own (as
+/// a client shows it, not its JSON form with escapes). A hidden character or an injection
+/// rule's match refuses the load (or is logged, as `[safety] metadata_invisible` and
+/// `metadata` say); a description over `max_description_bytes` is logged as suspicious.
 fn check_metadata(catalog: &Catalog, rules: &RuleSet) -> Result<(), ConfigError> {
     let settings = &catalog.policy.safety;
     let refuse = |key: String, problem: String| ConfigError {
@@ -2228,70 +2214,101 @@ fn check_metadata(catalog: &Catalog, rules: &RuleSet) -> Result<(), ConfigError>
         key,
         problem,
     };
+    // (entry, what: "tool x", the item as JSON)
+    let mut offered: Vec<(&str, String, serde_json::Value)> = Vec::new();
     for c in &catalog.components {
         for name in c.tools.iter() {
-            let Ok(tool) = catalog.tool(name) else {
-                continue;
-            };
-            let t = &tool.tool;
-            let key = |what: &str| format!("tool \"{}\" › {name} › {what}", c.entry.name);
-            // Each string of the schemas (keys and descriptions) on its own, as a client shows
-            // them, not their JSON form with its escapes.
-            let mut texts: Vec<(&str, String)> = vec![("name", t.name.to_string())];
-            texts.extend(t.title.clone().map(|x| ("title", x)));
-            texts.extend(
-                t.description
-                    .as_ref()
-                    .map(|d| ("description", d.to_string())),
-            );
-            let mut strings = Vec::new();
-            schema_strings(
-                &serde_json::Value::Object((*t.input_schema).clone()),
-                &mut strings,
-            );
-            texts.extend(strings.drain(..).map(|x| ("inputSchema", x)));
-            if let Some(o) = &t.output_schema {
-                schema_strings(&serde_json::Value::Object((**o).clone()), &mut strings);
-                texts.extend(strings.drain(..).map(|x| ("outputSchema", x)));
-            }
-            for (what, text) in texts {
-                if let Some(rule) = safety::hidden_rule_in(&text) {
-                    let problem = format!(
-                        "rule {rule}: the tool's {what} hides characters a person does not see"
-                    );
-                    match settings.metadata_invisible {
-                        MetadataPolicy::Refuse => return Err(refuse(key(what), problem)),
-                        MetadataPolicy::Warn => tracing::warn!(
-                            target: "airlock::safety", tool = &**name, component = &*c.entry.name,
-                            rule, at = what, action = "flagged", "tool metadata: {problem}"
-                        ),
-                    }
-                }
-                for rule in rules.injection_rules_in(&text) {
-                    let problem = format!(
-                        "rule {rule}: the tool's {what} reads like instructions to the model"
-                    );
-                    match settings.metadata {
-                        MetadataPolicy::Refuse => return Err(refuse(key(what), problem)),
-                        MetadataPolicy::Warn => tracing::warn!(
-                            target: "airlock::safety", tool = &**name, component = &*c.entry.name,
-                            rule = &*rule, at = what, action = "flagged", "tool metadata: {problem}"
-                        ),
-                    }
-                }
-            }
-            if let Some(d) = &t.description
-                && d.len() as u64 > settings.max_description_bytes.bytes()
-            {
-                tracing::warn!(
-                    target: "airlock::safety", tool = &**name, component = &*c.entry.name,
-                    rule = "description-length", bytes = d.len(), action = "flagged",
-                    "tool metadata: a description this long is where hidden instructions hide"
-                );
+            if let Ok(tool) = catalog.tool(name) {
+                let v = serde_json::to_value(&tool.tool).unwrap_or_default();
+                offered.push((&c.entry.name, format!("tool {name}"), v));
             }
         }
     }
+    for r in catalog.resources() {
+        let v = serde_json::to_value(&r.item).unwrap_or_default();
+        offered.push((
+            &r.component.entry.name,
+            format!("resource {}", r.item.uri),
+            v,
+        ));
+    }
+    for t in catalog.templates() {
+        let v = serde_json::to_value(&t.item.1).unwrap_or_default();
+        let what = format!("resource template {}", t.item.1.uri_template);
+        offered.push((&t.component.entry.name, what, v));
+    }
+    for p in catalog.prompts() {
+        let v = serde_json::to_value(&p.item).unwrap_or_default();
+        offered.push((
+            &p.component.entry.name,
+            format!("prompt {}", p.item.name),
+            v,
+        ));
+    }
+    let mut strings = Vec::new();
+    for (entry, what, item) in &offered {
+        strings.clear();
+        item_strings(item, &mut String::new(), &mut strings);
+        for (at, text) in &strings {
+            let key = || format!("tool \"{entry}\" › {what} › {at}");
+            if let Some(rule) = safety::hidden_rule_in(text) {
+                let problem = format!("rule {rule}: {at} hides characters a person does not see");
+                match settings.metadata_invisible {
+                    MetadataPolicy::Refuse => return Err(refuse(key(), problem)),
+                    MetadataPolicy::Warn => tracing::warn!(
+                        target: "airlock::safety", component = *entry, item = %what, rule,
+                        at = %at, action = "flagged", "metadata: {problem}"
+                    ),
+                }
+            }
+            for rule in rules.injection_rules_in(text) {
+                let problem = format!("rule {rule}: {at} reads like instructions to the model");
+                match settings.metadata {
+                    MetadataPolicy::Refuse => return Err(refuse(key(), problem)),
+                    MetadataPolicy::Warn => tracing::warn!(
+                        target: "airlock::safety", component = *entry, item = %what,
+                        rule = &*rule, at = %at, action = "flagged", "metadata: {problem}"
+                    ),
+                }
+            }
+        }
+        if let Some(d) = item["description"].as_str()
+            && d.len() as u64 > settings.max_description_bytes.bytes()
+        {
+            tracing::warn!(
+                target: "airlock::safety", component = *entry, item = %what,
+                rule = "description-length", bytes = d.len(), action = "flagged",
+                "metadata: a description this long is where hidden instructions hide"
+            );
+        }
+    }
     Ok(())
+}
+
+/// Every string in `v` (keys too), with the JSON pointer of where it is.
+fn item_strings(v: &serde_json::Value, at: &mut String, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::String(s) => out.push((at.clone(), s.clone())),
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let len = at.len();
+                at.push_str(&format!("/{i}"));
+                item_strings(x, at, out);
+                at.truncate(len);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                let len = at.len();
+                at.push('/');
+                at.push_str(k);
+                out.push((at.clone(), k.clone()));
+                item_strings(x, at, out);
+                at.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// JSON with object keys sorted and no whitespace, so that equal arguments hash equally
