@@ -31,19 +31,22 @@ fn built() -> &'static Path {
 fn config(dir: &TempDir, web: &TestHttpServer) -> PathBuf {
     let notes_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/notes/wit");
     let w = |name: &str| built().join(format!("{name}.wasm")).display().to_string();
+    // The tests check what the tools answer, not how fast: beside the other test's cargo build
+    // on a small machine a Python call can take seconds, so the timeout is far from the default.
     dir.config(&format!(
         "[[tool]]\nname = \"py\"\ncomponent = \"{py}\"\n[tool.settings]\ngreeting = \"hi\"\n\
-         [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n\n\
+         [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n{slow}\n\
          [[tool]]\nname = \"js\"\ncomponent = \"{js}\"\n[tool.settings]\ngreeting = \"howdy\"\n\
-         [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n\n\
-         [[tool]]\nname = \"pynotes\"\ncomponent = \"{pyn}\"\nwit = \"{wit}\"\n\n\
-         [[tool]]\nname = \"jsnotes\"\ncomponent = \"{jsn}\"\nwit = \"{wit}\"\n",
+         [tool.grants]\nnet = [\"http://127.0.0.1:{port}\"]\n{slow}\n\
+         [[tool]]\nname = \"pynotes\"\ncomponent = \"{pyn}\"\nwit = \"{wit}\"\n{slow}\n\
+         [[tool]]\nname = \"jsnotes\"\ncomponent = \"{jsn}\"\nwit = \"{wit}\"\n{slow}",
         py = w("py_tool"),
         js = w("js_tool"),
         pyn = w("py_notes"),
         jsn = w("js_notes"),
         wit = notes_wit.display(),
         port = web.port,
+        slow = "[tool.limits]\ntimeout = \"2m\"\n",
     ))
 }
 
