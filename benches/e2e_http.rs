@@ -1,10 +1,11 @@
 //! End-to-end load run over Streamable HTTP: the release `airlock` binary with JWT
-//! authentication (an Ed25519 key generated here, a JWKS file) and the audit log durable or off,
-//! driven by C concurrent keep-alive connections each sending MCP 2026-07-28 `tools/call`s.
-//! Both servers run side by side and the runs alternate between them, round after round, so
-//! that the machine's changing load falls on both alike. Prints, per concurrency, the median
-//! calls/s and p50/p99 latency over the rounds, and the cost of durable audit (the median of
-//! each round's cost, with its range). The server's CPU time per call (user and system, all
+//! authentication (an Ed25519 key generated here, a JWKS file) and the audit log off, durable
+//! at the `"process"` level or at the `"machine"` level, driven by C concurrent keep-alive
+//! connections each sending MCP 2026-07-28 `tools/call`s. The three servers run side by side and
+//! the runs alternate between them, round after round, so that the machine's changing load
+//! falls on all alike. Prints, per concurrency, the median calls/s and p50/p99 latency over the
+//! rounds, and the cost of each durability level (the median of each round's cost against the
+//! audit-off run of the same round, with its range). The server's CPU time per call (user and system, all
 //! threads, from `/proc`) is printed beside, steadier than throughput on a shared machine, and
 //! the disks' cache flushes per call (from `/sys/block`): how many calls share a durable batch,
 //! and the cores the server and this client kept busy together.
@@ -27,14 +28,21 @@ use support::{load, start_http};
 const RESOURCE: &str = "https://airlock.bench/mcp";
 const ISSUER: &str = "https://idp.bench/";
 
+/// The audit settings of each server: off, and the two durability levels.
+const AUDIT: [(&str, &str); 3] = [
+    ("off", "mode = \"off\""),
+    ("process", "durability = \"process\""),
+    ("machine", "durability = \"machine\""),
+];
+
 /// Start the server; returns it and its `host:port`.
-fn start(dir: &Path, audit: &str) -> (Child, String) {
+fn start(dir: &Path, (audit, settings): (&str, &str)) -> (Child, String) {
     let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
     let config = dir.join(format!("airlock-{audit}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[server]\nmax_in_flight = 256\n[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\njwks_file = \"jwks.json\"\n[roles]\nusers = [\"bench\"]\n[audit]\nmode = \"{audit}\"\n[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\nroles = [\"users\"]\n[tool.limits]\nmax_in_flight = 256\n",
+            "[server]\nmax_in_flight = 256\n[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\njwks_file = \"jwks.json\"\n[roles]\nusers = [\"bench\"]\n[audit]\n{settings}\n[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\nroles = [\"users\"]\n[tool.limits]\nmax_in_flight = 256\n",
             wasm.display()
         ),
     )
@@ -129,12 +137,13 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "e2e HTTP tools/call (fixture_echo) with JWT auth, {calls} calls per run, {rounds} rounds alternating audit off and durable"
+        "e2e HTTP tools/call (fixture_echo) with JWT auth, {calls} calls per run, {rounds} rounds alternating audit off, durability process and durability machine"
     );
-    let servers: Vec<(&str, Child, String)> = ["off", "durable"]
+    let servers: Vec<(&str, Child, String)> = AUDIT
         .into_iter()
         .map(|audit| {
             let (child, addr) = start(&dir, audit);
+            let audit = audit.0;
             rt.block_on(load(&addr, Some(&token), 200, 4)); // warm-up
             (audit, child, addr)
         })
@@ -176,18 +185,20 @@ fn main() {
                 col(|r| r.5)
             );
         }
-        let costs: Vec<f64> = runs[0]
-            .iter()
-            .zip(&runs[1])
-            .map(|(off, on)| (1.0 - on.0 / off.0) * 100.0)
-            .collect();
-        let (lo, hi) = costs
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
-        println!(
-            "  durable audit costs {:.0}% of throughput at concurrency {c} (median of {rounds} rounds; {lo:.0}% to {hi:.0}%)",
-            median(costs.clone())
-        );
+        for (i, (audit, _, _)) in servers.iter().enumerate().skip(1) {
+            let costs: Vec<f64> = runs[0]
+                .iter()
+                .zip(&runs[i])
+                .map(|(off, on)| (1.0 - on.0 / off.0) * 100.0)
+                .collect();
+            let (lo, hi) = costs
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+            println!(
+                "  durability {audit} costs {:.0}% of throughput at concurrency {c} (median of {rounds} rounds; {lo:.0}% to {hi:.0}%)",
+                median(costs.clone())
+            );
+        }
     }
     for (_, mut child, _) in servers {
         let _ = child.kill();

@@ -13,8 +13,13 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 fn config(dir: &TempDir, extra: &str) -> PathBuf {
+    config_with(dir, "", extra)
+}
+
+/// The test config with `audit` added to its `[audit]` table and `extra` after the tool.
+fn config_with(dir: &TempDir, audit: &str, extra: &str) -> PathBuf {
     dir.config(&format!(
-        "[audit]\ncheckpoint_every = 3\n\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\naudit_arguments = \"redacted\"\n[tool.limits]\nfuel = 50_000_000\nmax_argument_bytes = \"1KiB\"\n{extra}",
+        "[audit]\ncheckpoint_every = 3\n{audit}\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\naudit_arguments = \"redacted\"\n[tool.limits]\nfuel = 50_000_000\nmax_argument_bytes = \"1KiB\"\n{extra}",
         hostile_wasm().display()
     ))
 }
@@ -236,8 +241,19 @@ fn traceparent_sets_the_correlation_id() {
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_record() {
+    kill_9_under_load("machine");
+}
+
+/// `durability = "process"` answers once a record is written, before it is flushed: a
+/// record in the kernel survives the process, so `kill -9` still loses nothing acknowledged.
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_record_with_process_durability() {
+    kill_9_under_load("process");
+}
+
+fn kill_9_under_load(durability: &str) {
     let dir = TempDir::new("audit-crash");
-    let cfg = config(&dir, "");
+    let cfg = config_with(&dir, &format!("durability = \"{durability}\"\n"), "");
     let mut server = HttpServer::start(&cfg);
     let audit_dir = server.audit_dir.clone();
     let addr = server.addr.clone();
@@ -271,6 +287,11 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    let (_, status) = common::ctl(&server, &["status"]);
+    assert!(
+        status.contains(&format!("audit       on, durability {durability}")),
+        "{status}"
+    );
     server.kill9();
     for w in workers {
         w.join().unwrap();
@@ -296,6 +317,19 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     for id in &answered {
         assert!(recorded.contains(id), "answered call {id} has no record");
     }
+    // The restart recorded that the log was not closed, right after the last record kept.
+    let records = audit_records(&audit_dir);
+    let unclean: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i]["event"] == "unclean_stop")
+        .collect();
+    assert_eq!(unclean.len(), 1, "{durability}");
+    let at = unclean[0];
+    assert_eq!(records[at]["kind"], "audit");
+    assert_eq!(records[at]["last"], records[at - 1]["seq"]);
+    assert!(
+        out.contains("1 unclean stop(s) recorded"),
+        "{durability}: {out}"
+    );
 }
 
 /// A small tmpfs mounted at a path for the life of the value (the test runs as root, as the
@@ -341,13 +375,25 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_audit_disk_refuses_calls_before_they_act_and_recovers_by_itself() {
+    full_audit_disk("machine");
+}
+
+/// The same with `durability = "process"`: the recovery writes again what was answered since
+/// the last flush, and flushes it.
+#[test]
+fn a_full_audit_disk_refuses_calls_and_recovers_with_process_durability() {
+    full_audit_disk("process");
+}
+
+fn full_audit_disk(durability: &str) {
     let dir = TempDir::new("audit-full");
     std::fs::create_dir_all(dir.0.join("data")).unwrap();
     let audit_dir = common::fresh_audit_dir();
     let disk = SmallDisk::mount(&audit_dir, "4m");
-    let config = dir.config(
-        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"data\", guest = \"/data\", mode = \"rw\" }]\n",
-    );
+    let config = dir.config(&format!(
+        "[audit]\ndurability = \"{durability}\"\n\
+         [[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{{ host = \"data\", guest = \"/data\", mode = \"rw\" }}]\n",
+    ));
     let server = HttpServer::start_in(&config, &[], &audit_dir);
     let write = |name: &str| {
         client(

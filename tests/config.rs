@@ -159,6 +159,26 @@ fn out_of_range_limit_is_rejected() {
 }
 
 #[test]
+fn audit_durability_keys_are_checked() {
+    let d = TempDir::new("cfg");
+    let tool = "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n";
+    let c = d.config(&format!("[audit]\ndurability = \"disk\"\n{tool}"));
+    assert_rejected(&c, &["unknown variant `disk`", "machine", "process"]);
+    let c = d.config(&format!(
+        "[audit]\ndurability = \"process\"\nflush_interval = \"2s\"\n{tool}"
+    ));
+    assert_rejected(&c, &["audit › flush_interval", "2 s is outside 1 ms..=1 s"]);
+    let c = d.config(&format!("[audit]\nflush_interval = \"5ms\"\n{tool}"));
+    assert_rejected(
+        &c,
+        &[
+            "audit › flush_interval",
+            "applies only with durability = \"process\"",
+        ],
+    );
+}
+
+#[test]
 fn http_refuses_non_loopback_addresses() {
     let dirs = own_serve_dirs();
     let mut args = vec!["serve", "--http", "0.0.0.0:0"];

@@ -91,6 +91,9 @@ pub struct Status {
     /// Why the audit log cannot be written now (calls are refused until it can).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_unavailable: Option<String>,
+    /// `[audit] durability` while the log is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_durability: Option<String>,
     pub overrides: Overrides,
 }
 
@@ -219,6 +222,7 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
                 approvals_waiting: operator.approvals.queue.list().len(),
                 audit: airlock.audit().is_on(),
                 audit_unavailable: airlock.audit().healthy().err().map(|e| e.0),
+                audit_durability: airlock.audit().durability().map(|d| d.name().to_owned()),
                 overrides: Overrides::clone(&operator.overrides.current()),
             }))
         }

@@ -253,7 +253,10 @@ fn print(request: &Request, answer: &Answer) {
                 (Some(why), _) => {
                     println!("audit       UNAVAILABLE, calls are refused until it recovers: {why}")
                 }
-                (None, true) => println!("audit       on"),
+                (None, true) => match &s.audit_durability {
+                    Some(level) => println!("audit       on, durability {level}"),
+                    None => println!("audit       on"),
+                },
                 (None, false) => println!("audit       OFF"),
             }
             let o = &s.overrides;

@@ -1,13 +1,21 @@
 //! The audit log: one JSON line per decision, hash-chained, group-committed by a single writer
-//! thread, with signed checkpoints and size-based rotation. Each batch is durable in the
-//! [`crate::gate::journal`] before its calls are answered; the log file is flushed in bulk.
+//! thread, with signed checkpoints and size-based rotation. How durable a batch is before its
+//! calls are answered is `[audit] durability`: with `"machine"` (the default) it is on stable
+//! storage, in the [`crate::gate::journal`], and the log file is flushed in bulk; with
+//! `"process"` it is written to the log (in the kernel: it survives `kill -9`), and the writer
+//! flushes the log at least every `flush_interval`.
+//!
+//! A clean stop ends the log with a checkpoint marked `"stop":true`. A start that finds any
+//! other last record writes an `unclean_stop` record naming the last record kept, so that a
+//! machine crash's loss (at most `flush_interval` of acknowledged records with `"process"`,
+//! none with `"machine"`) is visible where it happened.
 //!
 //! A line is `{"seq":N,"time":"…","prev":"<hash of N-1>","kind":…,<fields>,"hash":"<hash>"}`
 //! where `hash` is the sha256 of the line up to (not including) `,"hash"` closed by `}`. The
 //! previous hash inside each line chains the records; a checkpoint signs the chain's head with
 //! the ed25519 key kept in the state directory. [`verify`] checks all of it.
 
-use crate::config::audit::{AuditMode, AuditSettings};
+use crate::config::audit::{AuditMode, AuditSettings, Durability};
 use crate::gate::journal::Journal;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
@@ -50,6 +58,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: Option<mpsc::Sender<Pending>>,
+    /// `[audit] durability` (`None` when off).
+    durability: Option<Durability>,
     /// Why the writer cannot write now (`None`: healthy), shared with it.
     health: Arc<Health>,
 }
@@ -76,6 +86,7 @@ impl AuditLog {
     pub fn off() -> AuditLog {
         AuditLog {
             tx: None,
+            durability: None,
             health: Arc::default(),
         }
     }
@@ -97,12 +108,18 @@ impl AuditLog {
             .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
         Ok(AuditLog {
             tx: Some(tx),
+            durability: Some(settings.durability),
             health,
         })
     }
 
     pub fn is_on(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// How durable a record is before its call is answered (`None` when the log is off).
+    pub fn durability(&self) -> Option<Durability> {
+        self.durability
     }
 
     /// `Ok` while the writer can write (or the log is off); otherwise why not. Checked before
@@ -241,6 +258,8 @@ fn drain(rx: &mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, seal: &mut Opti
 struct Writer {
     dir: PathBuf,
     file: File,
+    /// `file`'s path.
+    path: PathBuf,
     file_bytes: u64,
     max_file_bytes: u64,
     checkpoint_every: u64,
@@ -262,6 +281,20 @@ struct Writer {
     /// When the log was last flushed: at least once a second, so that little of it depends
     /// on the journal at any time.
     flushed: Instant,
+    /// `[audit] durability`, and with `Process` the longest a written record waits for a flush.
+    durability: Durability,
+    flush_interval: Duration,
+    /// With `Process`: when the oldest record not yet flushed was written, and the bytes
+    /// written since the last flush. They are kept until flushed so that a recovery can write
+    /// them again: after a failed `fdatasync` the kernel may have dropped those pages, and a
+    /// second one would not say so.
+    unflushed_since: Option<Instant>,
+    unflushed: Vec<u8>,
+    /// The log's durable tail is a clean stop's checkpoint, or the log is empty (just opened
+    /// after a clean stop, or just sealed). With `Process` the next batch is then flushed before
+    /// it is answered: a machine crash must never leave a clean stop as the last durable record
+    /// when answered records followed it (the next start would see nothing amiss).
+    tail_is_stop: bool,
     /// Held (locked) for the writer's life: one writer per log.
     _lock: File,
 }
@@ -282,7 +315,12 @@ impl Writer {
                 dir.display()
             ))
         })?;
-        let (mut seq, mut head, path) = recover(dir)?;
+        let Tail {
+            mut seq,
+            mut head,
+            path,
+            stopped,
+        } = recover(dir)?;
         let path = path.unwrap_or_else(|| dir.join(file_name(seq + 1)));
         let mut file = OpenOptions::new()
             .create(true)
@@ -290,7 +328,7 @@ impl Writer {
             .open(&path)
             .map_err(fail)?;
         let mut journal = Journal::open(dir).map_err(fail)?;
-        replay(&journal, &mut file, &mut seq, &mut head)?;
+        let (replayed, stray) = replay(&journal, &mut file, &mut seq, &mut head)?;
         // Whatever the last process appended may still be only in the page cache (it was
         // killed): flush it before the journal that covers it is overwritten, and erase the
         // journal so that its frames never come back.
@@ -300,10 +338,16 @@ impl Writer {
         let file_bytes = file.metadata().map_err(fail)?.len();
         // The new file's directory entry must survive a crash too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
-        tracing::info!(dir = %dir.display(), next = seq + 1, "audit log open");
-        Ok(Writer {
+        tracing::info!(
+            dir = %dir.display(),
+            next = seq + 1,
+            durability = settings.durability.name(),
+            "audit log open"
+        );
+        let mut writer = Writer {
             dir: dir.clone(),
             file,
+            path,
             file_bytes,
             max_file_bytes: settings.max_file_bytes.bytes(),
             checkpoint_every: settings.checkpoint_every,
@@ -317,8 +361,50 @@ impl Writer {
             sealed: false,
             journal,
             flushed: Instant::now(),
+            durability: settings.durability,
+            flush_interval: settings.flush_interval,
+            unflushed_since: None,
+            unflushed: Vec::new(),
+            tail_is_stop: stopped,
             _lock: lock,
-        })
+        };
+        if seq > 0 && (!stopped || replayed > 0 || stray > 0) {
+            writer.record_unclean_stop()?;
+            writer.tail_is_stop = false;
+        }
+        Ok(writer)
+    }
+
+    /// The last process stopped without sealing the log (killed, or the machine stopped): say
+    /// so in the log, after the last record kept, durably. With `durability = "process"` a
+    /// machine crash may have lost the records acknowledged in the last `flush_interval`
+    /// before it; this record is where they would have been.
+    fn record_unclean_stop(&mut self) -> Result<(), AuditError> {
+        tracing::warn!(
+            last = self.seq,
+            "the audit log was not closed by a clean stop; its last record is {}: recorded",
+            self.seq
+        );
+        let record = format!(
+            "\"kind\":\"audit\",\"event\":\"unclean_stop\",\"last\":{}",
+            self.seq
+        );
+        let mut buf = Vec::new();
+        let (seq0, head0) = (self.seq, self.head.clone());
+        self.push_line(&mut buf, record.as_bytes());
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data())
+        {
+            (self.seq, self.head) = (seq0, head0);
+            return Err(AuditError(format!(
+                "{}: recording the unclean stop: {e}",
+                self.dir.display()
+            )));
+        }
+        self.file_bytes += buf.len() as u64;
+        Ok(())
     }
 
     fn run(mut self, rx: mpsc::Receiver<Pending>) {
@@ -326,10 +412,14 @@ impl Writer {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             // A broken writer wakes up to retry even when nothing arrives (calls are refused
-            // before they send anything).
-            let first = if self.broken.is_some() {
-                let wait = self.retry_at.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
+            // before they send anything); written records wait at most `flush_interval`.
+            let wake = if self.broken.is_some() {
+                Some(self.retry_at)
+            } else {
+                self.unflushed_since.map(|t| t + self.flush_interval)
+            };
+            let first = if let Some(at) = wake {
+                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(p) => Some(p),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -343,7 +433,10 @@ impl Writer {
             if self.broken.is_some() && Instant::now() >= self.retry_at {
                 self.try_recover(&mut buf);
             }
-            let Some(first) = first else { continue };
+            let Some(first) = first else {
+                self.flush_if_due();
+                continue;
+            };
             let mut seal = None;
             if first.seal {
                 seal = Some(first);
@@ -371,15 +464,58 @@ impl Writer {
             if let Some(p) = seal {
                 let _ = p.durable.send(self.seal(&mut buf));
             }
+            // After the answers: with `Process` they never wait for a flush.
+            self.flush_if_due();
         }
-        // Every handle is gone: seal on the way out, if there is time and no seal came last.
+        // Every handle is gone: seal on the way out, if there is time and no seal came last
+        // (a broken writer tries once more first).
+        if self.broken.is_some() {
+            self.try_recover(&mut buf);
+        }
         if !self.sealed {
             let _ = self.seal(&mut buf);
         }
     }
 
-    /// Mark the writer broken: calls are refused from now until a retry succeeds.
+    /// With `durability = "process"`: flush the log once its oldest unflushed record has waited
+    /// `flush_interval`. A failed flush breaks the writer like a failed write (calls are
+    /// refused until a retry flushes the log).
+    fn flush_if_due(&mut self) {
+        let Some(since) = self.unflushed_since else {
+            return;
+        };
+        if self.broken.is_some() || since.elapsed() < self.flush_interval {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => self.flushed(),
+            Err(e) => {
+                self.fail(format!(
+                    "flushing the audit log failed: {e} (records acknowledged since the last flush may be lost if the machine stops)"
+                ));
+            }
+        }
+    }
+
+    /// Everything written is on stable storage.
+    fn flushed(&mut self) {
+        self.unflushed_since = None;
+        self.unflushed.clear();
+        if self.unflushed.capacity() > 1 << 20 {
+            self.unflushed = Vec::new();
+        }
+    }
+
+    /// Mark the writer broken: calls are refused from now until a retry succeeds. With
+    /// `Process`, the records already answered are flushed at once rather than at the retry
+    /// (best effort: the retry writes them again and flushes in any case).
     fn fail(&mut self, why: String) -> AuditError {
+        if !self.unflushed.is_empty() {
+            let _ = self
+                .file
+                .set_len(self.file_bytes)
+                .and_then(|_| self.file.sync_data());
+        }
         if self.broken.is_none() {
             tracing::error!(
                 "{why}; calls are refused until the audit log can be written again (retrying)"
@@ -393,17 +529,30 @@ impl Writer {
     }
 
     /// Put the log back in a known state after a failed write: cut whatever a failed write
-    /// left after the last durable record, flush, and erase the journal (which may hold
-    /// frames of the failed batch, whose calls were told it failed). Then record the outage
-    /// itself. On success calls are admitted again; otherwise the next retry waits twice as
+    /// left after the last durable record (with `Process`, after the last flush, and write
+    /// again what was answered since), flush, and erase the journal (which may hold frames of
+    /// the failed batch, whose calls were told it failed). Then record the outage itself. On success calls are admitted again; otherwise the next retry waits twice as
     /// long, up to [`RETRY_MAX`].
     fn try_recover(&mut self, buf: &mut Vec<u8>) {
         let Some(why) = self.broken.clone() else {
             return;
         };
         let attempt = (|| -> std::io::Result<()> {
+            if !self.unflushed.is_empty() {
+                // In place, over the same blocks: nothing is cut, so a full disk cannot make
+                // this lose what it rewrites. (`file` appends wherever a write is aimed.)
+                use std::os::unix::fs::FileExt;
+                let at = self.file_bytes - self.unflushed.len() as u64;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)?
+                    .write_all_at(&self.unflushed, at)?;
+            }
             self.file.set_len(self.file_bytes)?;
             self.file.sync_data()?;
+            // A rotation may have failed after creating the next file.
+            File::open(&self.dir)?.sync_all()?;
+            self.flushed();
             self.journal.invalidate()?;
             self.journal.reset();
             if self.file_bytes >= self.max_file_bytes {
@@ -445,20 +594,22 @@ impl Writer {
         );
     }
 
-    /// Write a checkpoint and fsync it.
+    /// Write the checkpoint of a clean stop (`"stop":true`) and fsync it.
     fn seal(&mut self, buf: &mut Vec<u8>) -> Result<u64, AuditError> {
         if let Some(why) = &self.broken {
             return Err(AuditError(why.clone()));
         }
         buf.clear();
         let (seq0, head0) = (self.seq, self.head.clone());
-        self.push_checkpoint(buf);
+        self.push_checkpoint(buf, true);
         if let Err(e) = self.file.write_all(buf).and_then(|_| self.file.sync_data()) {
             (self.seq, self.head) = (seq0, head0);
             return Err(self.fail(format!("writing the audit log failed: {e}")));
         }
         self.file_bytes += buf.len() as u64;
         self.sealed = true;
+        self.tail_is_stop = true;
+        self.flushed();
         // The log is flushed: nothing journaled is needed any more, nor may it come back.
         if let Err(e) = self.journal.invalidate() {
             tracing::warn!("cannot erase the audit journal after a checkpoint: {e}");
@@ -479,7 +630,7 @@ impl Writer {
             self.push_line(buf, &p.body);
             seqs.push(self.seq);
             if self.seq.is_multiple_of(self.checkpoint_every) {
-                self.push_checkpoint(buf);
+                self.push_checkpoint(buf, false);
             }
         }
         let written = self.make_durable(buf);
@@ -498,9 +649,22 @@ impl Writer {
         Ok(seqs)
     }
 
-    /// Make `lines` durable and append them to the log. Through the journal, one in-place
-    /// write; a batch too large for it goes to the log with a flush.
+    /// Append `lines` to the log, as durably as `durability` asks before their calls are
+    /// answered. `Machine`: through the journal, one in-place write (a batch too large for it
+    /// goes to the log with a flush). `Process`: written to the log, flushed when due.
     fn make_durable(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if self.durability == Durability::Process {
+            self.file.write_all(lines)?;
+            if self.tail_is_stop {
+                self.file.sync_data()?;
+                self.tail_is_stop = false;
+                self.flushed();
+            } else {
+                self.unflushed.extend_from_slice(lines);
+                self.unflushed_since.get_or_insert_with(Instant::now);
+            }
+            return Ok(());
+        }
         if !Journal::fits(lines.len()) {
             self.file.write_all(lines)?;
             self.file.sync_data()?;
@@ -543,13 +707,15 @@ impl Writer {
         self.head = hash;
     }
 
-    /// Append a checkpoint signing the current head.
-    fn push_checkpoint(&mut self, buf: &mut Vec<u8>) {
+    /// Append a checkpoint signing the current head; `stop` marks the one a clean stop ends
+    /// the log with.
+    fn push_checkpoint(&mut self, buf: &mut Vec<u8>, stop: bool) {
         let signature = self.key.sign(&checkpoint_message(self.seq + 1, &self.head));
         let body = format!(
-            "\"kind\":\"checkpoint\",\"key\":\"{}\",\"signature\":\"{}\"",
+            "\"kind\":\"checkpoint\",\"key\":\"{}\",\"signature\":\"{}\"{}",
             hex::encode(self.key.verifying_key().as_bytes()),
-            hex::encode(signature.to_bytes())
+            hex::encode(signature.to_bytes()),
+            if stop { ",\"stop\":true" } else { "" }
         );
         self.push_line(buf, body.as_bytes());
     }
@@ -558,7 +724,7 @@ impl Writer {
     fn rotate(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
         buf.clear();
         let (seq0, head0) = (self.seq, self.head.clone());
-        self.push_checkpoint(buf);
+        self.push_checkpoint(buf, false);
         let sealed = self.file.write_all(buf).and_then(|_| self.file.sync_data());
         if let Err(e) = sealed {
             // Cut by the recovery; the checkpoint is written again with the same number.
@@ -568,8 +734,10 @@ impl Writer {
         self.file_bytes += buf.len() as u64;
         let path = self.dir.join(file_name(self.seq + 1));
         self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        self.path = path.clone();
         // The new file is the one a recovery would cut back: nothing of it is written yet.
         self.file_bytes = 0;
+        self.flushed();
         self.journal.reset();
         File::open(&self.dir)?.sync_all()?;
         tracing::info!(file = %path.display(), "audit log rotated");
@@ -579,13 +747,14 @@ impl Writer {
 
 /// Append to the log (`file`, whose last record is `seq` with hash `head`) the acknowledged
 /// records the journal holds beyond it, in order and chained; then flush it. A crash of the
-/// machine may have lost the log's unflushed tail, never the journal's.
+/// machine may have lost the log's unflushed tail, never the journal's. Returns how many
+/// records were put back, and how many journaled ones did not continue the log.
 fn replay(
     journal: &Journal,
     file: &mut File,
     seq: &mut u64,
     head: &mut String,
-) -> Result<(), AuditError> {
+) -> Result<(u64, usize), AuditError> {
     let fail = |e: std::io::Error| AuditError(format!("replaying the audit journal: {e}"));
     let mut ahead = std::collections::BTreeMap::new();
     for frame in journal.frames().map_err(fail)? {
@@ -628,12 +797,23 @@ fn replay(
             "the audit journal holds records that do not continue the log; ignored"
         );
     }
-    Ok(())
+    Ok((replayed, ahead.len()))
+}
+
+/// Where the chain continues, as [`recover`] found it.
+struct Tail {
+    /// The last complete record's sequence number and hash.
+    seq: u64,
+    head: String,
+    /// The file to append to (none yet: the first file is named after the next record).
+    path: Option<PathBuf>,
+    /// The last record is the checkpoint of a clean stop.
+    stopped: bool,
 }
 
 /// Find the chain's head: the last complete record of the newest file. A torn last line (a
-/// crash mid-write: never acknowledged) is cut off. Returns (seq, hash, file to append to).
-fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
+/// crash mid-write: never acknowledged) is cut off.
+fn recover(dir: &Path) -> Result<Tail, AuditError> {
     let files = log_files(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;
     // A newest file without a complete record (a machine crash right after a rotation lost
     // its content) is still where the chain continues, if its name says so.
@@ -673,9 +853,23 @@ fn recover(dir: &Path) -> Result<(u64, String, Option<PathBuf>), AuditError> {
         let next = empty_newest
             .filter(|p| p.file_name() == Some(std::ffi::OsStr::new(&file_name(record.seq + 1))))
             .unwrap_or(path);
-        return Ok((record.seq, record.hash, Some(next.clone())));
+        // A newest file left empty means a rotation after the last record, never a stop.
+        let stopped = record.kind == "checkpoint"
+            && record.value["stop"] == true
+            && next.as_path() == path.as_path();
+        return Ok(Tail {
+            seq: record.seq,
+            head: record.hash,
+            path: Some(next.clone()),
+            stopped,
+        });
     }
-    Ok((0, GENESIS.to_owned(), empty_newest.cloned()))
+    Ok(Tail {
+        seq: 0,
+        head: GENESIS.to_owned(),
+        path: empty_newest.cloned(),
+        stopped: true,
+    })
 }
 
 /// The chain fields of a line.
@@ -728,6 +922,10 @@ pub struct Verified {
     pub last_seq: u64,
     /// Whether the last record is a checkpoint (the log was closed cleanly or just rotated).
     pub sealed: bool,
+    /// Whether the last record is the checkpoint of a clean stop.
+    pub stopped: bool,
+    /// `unclean_stop` records: starts after a stop that did not close the log.
+    pub unclean_stops: u64,
 }
 
 /// Check `files` (in order) as one chain starting at record 1: every line's hash, sequence
@@ -795,6 +993,10 @@ pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
                 v.records += 1;
             }
             v.sealed = r.kind == "checkpoint";
+            v.stopped = v.sealed && r.value["stop"] == true;
+            if r.kind == "audit" && r.value["event"] == "unclean_stop" {
+                v.unclean_stops += 1;
+            }
             v.last_seq = r.seq;
             head = r.hash;
         }
@@ -855,6 +1057,8 @@ mod tests {
     fn settings(dir: &Path, checkpoint_every: u64, max: ByteSize) -> AuditSettings {
         AuditSettings {
             mode: AuditMode::Durable,
+            durability: Durability::Machine,
+            flush_interval: crate::config::audit::DEFAULT_FLUSH_INTERVAL,
             dir: dir.join("audit"),
             checkpoint_every,
             max_file_bytes: max,
@@ -914,8 +1118,9 @@ mod tests {
         let newest = files.last().unwrap();
         assert_eq!(newest.file_name().unwrap(), file_name(3).as_str());
         assert_eq!(std::fs::metadata(newest).unwrap().len(), 0);
-        let (seq, _, path) = recover(&s.dir).unwrap();
-        assert_eq!((seq, path.as_ref()), (2, Some(newest)));
+        let tail = recover(&s.dir).unwrap();
+        assert_eq!((tail.seq, tail.path.as_ref()), (2, Some(newest)));
+        assert!(!tail.stopped);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -954,11 +1159,79 @@ mod tests {
             + 40;
         std::fs::write(&path, &text[..cut]).unwrap();
         let w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
-        assert_eq!(w.seq, 15);
+        // The 15 records, then the start's record of the unclean stop.
+        assert_eq!(w.seq, 16);
         drop(w);
-        assert_eq!(std::fs::read(&path).unwrap(), text);
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(after[..text.len()], text[..]);
+        let last = std::str::from_utf8(&after[text.len()..]).unwrap();
+        let last: serde_json::Value = serde_json::from_str(last.trim_end()).unwrap();
+        assert_eq!(last["event"], "unclean_stop");
+        assert_eq!(last["last"], 15);
         let v = verify(&log_files(&s.dir).unwrap(), &public_key(&dir).unwrap()).unwrap();
-        assert_eq!(v.records, 15);
+        assert_eq!((v.records, v.unclean_stops, v.stopped), (16, 1, false));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `durability = "process"`: a batch is written to the log (no journal) and answered at
+    /// once; the log is flushed once the oldest unflushed record has waited `flush_interval`.
+    /// Stopped without a seal (as by `kill -9`), the next start keeps every written record and
+    /// records the unclean stop; a clean stop leaves none.
+    #[test]
+    fn process_durability_writes_then_flushes_within_the_interval() {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-audit-process-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = settings(&dir, 1000, ByteSize::mib(64));
+        s.durability = Durability::Process;
+        s.flush_interval = Duration::from_millis(5);
+        let key = signing_key(&dir).unwrap();
+        let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
+        let mut buf = Vec::new();
+        let record = |n: u64| Pending {
+            body: format!("\"kind\":\"call\",\"n\":{n}").into_bytes(),
+            seal: false,
+            durable: oneshot::channel().0,
+        };
+        // A new log's first batch is flushed before it is answered: until then the durable
+        // tail (nothing) would look like a clean stop.
+        w.commit(&[record(1)], &mut buf).unwrap();
+        assert_eq!(w.unflushed_since, None);
+        w.commit(&[record(2)], &mut buf).unwrap();
+        let since = w.unflushed_since.expect("written, not yet flushed");
+        w.commit(&[record(3)], &mut buf).unwrap();
+        assert_eq!(
+            w.unflushed_since,
+            Some(since),
+            "the oldest unflushed record counts"
+        );
+        assert_eq!(w.unflushed.iter().filter(|b| **b == b'\n').count(), 2);
+        w.flush_if_due();
+        assert!(w.unflushed_since.is_some(), "not due yet");
+        std::thread::sleep(Duration::from_millis(6));
+        w.flush_if_due();
+        assert_eq!(w.unflushed_since, None);
+        assert!(Journal::open(&s.dir).unwrap().frames().unwrap().is_empty());
+        w.commit(&[record(4)], &mut buf).unwrap();
+        drop(w);
+
+        let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
+        assert_eq!(w.seq, 5, "4 records and the unclean stop");
+        assert!(!w.tail_is_stop);
+        w.seal(&mut buf).unwrap();
+        drop(w);
+        let mut w = Writer::open(&s, key, Arc::default()).unwrap();
+        assert_eq!(w.seq, 6, "a clean stop adds nothing at the next start");
+        // After a clean stop the first batch is flushed before it is answered, the next not.
+        assert!(w.tail_is_stop);
+        w.commit(&[record(5)], &mut buf).unwrap();
+        assert_eq!((w.unflushed_since, w.tail_is_stop), (None, false));
+        w.commit(&[record(6)], &mut buf).unwrap();
+        assert!(w.unflushed_since.is_some());
+        drop(w);
+        let v = verify(&log_files(&s.dir).unwrap(), &public_key(&dir).unwrap()).unwrap();
+        assert_eq!((v.records, v.checkpoints, v.unclean_stops), (7, 1, 1));
+        assert!(!v.stopped);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

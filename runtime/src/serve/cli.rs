@@ -619,12 +619,21 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
                 v.checkpoints,
                 v.files,
                 v.last_seq,
-                if v.sealed {
+                if v.stopped {
+                    " (sealed by a clean stop)"
+                } else if v.sealed {
                     " (sealed by a checkpoint)"
                 } else {
                     " (not sealed: the log is in use, or its writer stopped without closing it)"
                 }
             );
+            if v.unclean_stops > 0 {
+                println!(
+                    "{} unclean stop(s) recorded (kind \"audit\", event \"unclean_stop\"): \
+                     each follows the last record its server kept",
+                    v.unclean_stops
+                );
+            }
             Ok(())
         }
         AuditCommand::Tail {
