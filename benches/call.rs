@@ -1,13 +1,14 @@
 //! Per-call cost inside the host: a fresh instance plus one call of a trivial tool, alone
 //! (`sandbox_run`) and through the whole pipeline (`pipeline_call`: admission, argument
-//! serialisation, sandbox, output conversion, log event), with the audit log off and with a
-//! durable (fsynced) audit record per call, and with the intent record a component that can act
-//! outside its sandbox adds; and the check of a call's arguments against the tool's input
+//! serialisation, sandbox, output conversion, log event), with the audit log off, with an audit
+//! record per call at each durability level (`process`: written; `machine`: on stable
+//! storage), and with the intent record a component that can act outside its sandbox adds; and the check of a call's arguments against the tool's input
 //! schema alone (`input_validation`); and a call of a generic component (typed exports,
 //! arguments and result converted between JSON and component values).
 //!
 //! Run: `cargo bench -p airlock-benches --bench call`
 
+use airlock::config::audit::Durability;
 use airlock::config::policy::{Dirs, Policy};
 use airlock::core::principal::{Access, Principal};
 use airlock::gate::audit::AuditLog;
@@ -21,14 +22,14 @@ use std::sync::Arc;
 
 /// The hostile fixture component as `fixture`; `grants` (TOML lines) added under
 /// `[tool.grants]`.
-fn load(audit: bool, grants: &str) -> (tokio::runtime::Runtime, Arc<Airlock>) {
+fn load(audit: Option<Durability>, grants: &str) -> (tokio::runtime::Runtime, Arc<Airlock>) {
     load_component("hostile", audit, grants)
 }
 
 /// The fixture `wasm` (a file of the build's wasm directory, without `.wasm`) as `fixture`.
 fn load_component(
     wasm: &str,
-    audit: bool,
+    audit: Option<Durability>,
     grants: &str,
 ) -> (tokio::runtime::Runtime, Arc<Airlock>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -43,7 +44,8 @@ fn load_component(
     let state = std::env::temp_dir().join("airlock-bench-state");
     let mut policy =
         Policy::parse(&config, "bench.toml", Path::new("."), &Dirs::state(&state)).unwrap();
-    let log = if audit {
+    let log = if let Some(durability) = audit {
+        policy.audit.durability = durability;
         // One log per server (each log has a single writer).
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         policy.audit.dir = std::env::temp_dir().join(format!(
@@ -62,7 +64,7 @@ fn load_component(
 }
 
 fn bench(c: &mut Criterion) {
-    let (rt, airlock) = load(false, "");
+    let (rt, airlock) = load(None, "");
     let tool = airlock.catalog().tool("fixture_echo").unwrap();
     let component = tool.component.clone();
     let signals = store::RunSignals::default();
@@ -116,7 +118,7 @@ fn bench(c: &mut Criterion) {
     );
     // A generic component (typed exports, no airlock:tool): the arguments converted to
     // component values and the result back to JSON around the same fresh instance.
-    let (rt, generic) = load_component("generic", false, "");
+    let (rt, generic) = load_component("generic", None, "");
     pipeline_call_of(
         c,
         "pipeline_call: Airlock::call, generic component (fixture_greet)",
@@ -125,8 +127,16 @@ fn bench(c: &mut Criterion) {
         "fixture_greet",
         r#"{"name":"hi","times":1}"#,
     );
-    // The same with a durable audit record per call (written and fsynced before returning).
-    let (rt, airlock) = load(true, "");
+    // The same with an audit record per call, written (not flushed) before returning.
+    let (rt, airlock) = load(Some(Durability::Process), "");
+    pipeline_call(
+        c,
+        "pipeline_call: Airlock::call, audit with durability process (fixture_echo)",
+        &rt,
+        &airlock,
+    );
+    // The same with a durable audit record per call (on stable storage before returning).
+    let (rt, airlock) = load(Some(Durability::Machine), "");
     pipeline_call(
         c,
         "pipeline_call: Airlock::call, durable audit (fixture_echo)",
@@ -135,7 +145,7 @@ fn bench(c: &mut Criterion) {
     );
     // A component that can act outside its sandbox (here: a net grant it does not use): a
     // durable intent record before the call, then its record.
-    let (rt, airlock) = load(true, "net = [\"http://127.0.0.1:9\"]");
+    let (rt, airlock) = load(Some(Durability::Machine), "net = [\"http://127.0.0.1:9\"]");
     pipeline_call(
         c,
         "pipeline_call: Airlock::call, durable audit + intent record (fixture_echo, net grant)",

@@ -2,8 +2,9 @@
 //! thread, with signed checkpoints and size-based rotation. How durable a batch is before its
 //! calls are answered is `[audit] durability`: with `"machine"` (the default) it is on stable
 //! storage, in the [`crate::gate::journal`], and the log file is flushed in bulk; with
-//! `"process"` it is written to the log (in the kernel: it survives `kill -9`), and the writer
-//! flushes the log at least every `flush_interval`.
+//! `"process"` the call's own task writes it to the log under the writer's lock (in the kernel:
+//! it survives `kill -9`; no hand-off to another thread and back, which costs more here than
+//! the write), and a flusher thread flushes the log once a record has waited `flush_interval`.
 //!
 //! A clean stop ends the log with a checkpoint marked `"stop":true`. A start that finds any
 //! other last record writes an `unclean_stop` record naming the last record kept, so that a
@@ -57,11 +58,46 @@ struct Pending {
 /// The handle calls append through. Cloning shares the one writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: Option<mpsc::Sender<Pending>>,
+    sink: Sink,
     /// `[audit] durability` (`None` when off).
     durability: Option<Durability>,
     /// Why the writer cannot write now (`None`: healthy), shared with it.
     health: Arc<Health>,
+}
+
+/// Where records go.
+#[derive(Clone)]
+enum Sink {
+    Off,
+    /// `"machine"`: to the writer thread, which group-commits through the journal and answers.
+    Thread(mpsc::Sender<Pending>),
+    /// `"process"`: written by the caller under the writer's lock; flushed by the flusher.
+    Inline(Arc<InlineHandle>),
+}
+
+/// The writer of a `"process"` log, shared by the callers and the flusher thread.
+struct Inline {
+    writer: std::sync::Mutex<Writer>,
+    /// Wakes the flusher: a record now waits for a flush, the writer broke, or the log closes
+    /// (all three seen under `writer`'s lock).
+    wake: std::sync::Condvar,
+}
+
+/// Held by the handles only: when the last one goes, the flusher flushes, seals and stops.
+struct InlineHandle(Arc<Inline>);
+
+impl Drop for InlineHandle {
+    fn drop(&mut self) {
+        lock(&self.0.writer).closing = true;
+        self.0.wake.notify_one();
+    }
+}
+
+/// The writer behind its lock. A panic while it was held (a bug) leaves the writer's state in
+/// doubt: it is taken as it is, and the chain's own checks show anything amiss at the next
+/// start; the flusher's failure handling still applies.
+fn lock(writer: &std::sync::Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The writer's health, read before every call: a call starts only while the writer can
@@ -85,7 +121,7 @@ impl AuditLog {
     /// A log that records nothing (`mode = "off"`).
     pub fn off() -> AuditLog {
         AuditLog {
-            tx: None,
+            sink: Sink::Off,
             durability: None,
             health: Arc::default(),
         }
@@ -101,20 +137,39 @@ impl AuditLog {
         let key = signing_key(state_dir)?;
         let health = Arc::new(Health::default());
         let writer = Writer::open(settings, key, health.clone())?;
-        let (tx, rx) = mpsc::channel::<Pending>();
-        std::thread::Builder::new()
-            .name("airlock-audit".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
+        let unstarted =
+            |e: std::io::Error| AuditError(format!("cannot start the audit writer: {e}"));
+        let sink = match settings.durability {
+            Durability::Machine => {
+                let (tx, rx) = mpsc::channel::<Pending>();
+                std::thread::Builder::new()
+                    .name("airlock-audit".into())
+                    .spawn(move || writer.run(rx))
+                    .map_err(unstarted)?;
+                Sink::Thread(tx)
+            }
+            Durability::Process => {
+                let inline = Arc::new(Inline {
+                    writer: std::sync::Mutex::new(writer),
+                    wake: std::sync::Condvar::new(),
+                });
+                let flusher = inline.clone();
+                std::thread::Builder::new()
+                    .name("airlock-audit-flush".into())
+                    .spawn(move || flush_loop(&flusher))
+                    .map_err(unstarted)?;
+                Sink::Inline(Arc::new(InlineHandle(inline)))
+            }
+        };
         Ok(AuditLog {
-            tx: Some(tx),
+            sink,
             durability: Some(settings.durability),
             health,
         })
     }
 
     pub fn is_on(&self) -> bool {
-        self.tx.is_some()
+        !matches!(self.sink, Sink::Off)
     }
 
     /// How durable a record is before its call is answered (`None` when the log is off).
@@ -140,9 +195,10 @@ impl AuditLog {
         }
     }
 
-    /// Append a record and wait until it is on disk. Returns its sequence number (0 when off).
+    /// Append a record and wait until it is written as durably as `durability` says. Returns
+    /// its sequence number (0 when off).
     pub async fn append<T: Serialize>(&self, kind: &str, record: &T) -> Result<u64, AuditError> {
-        if self.tx.is_none() {
+        if !self.is_on() {
             return Ok(0);
         }
         let mut body = Vec::with_capacity(512);
@@ -164,7 +220,11 @@ impl AuditLog {
     }
 
     async fn send(&self, body: Vec<u8>, seal: bool) -> Result<u64, AuditError> {
-        let Some(tx) = &self.tx else { return Ok(0) };
+        let tx = match &self.sink {
+            Sink::Off => return Ok(0),
+            Sink::Inline(inline) => return inline.0.write(&body, seal),
+            Sink::Thread(tx) => tx,
+        };
         let (durable, done) = oneshot::channel();
         tx.send(Pending {
             body,
@@ -175,6 +235,94 @@ impl AuditLog {
         done.await
             .map_err(|_| AuditError("the audit writer has stopped".into()))?
     }
+}
+
+impl Inline {
+    /// Write one record (or the stop's checkpoint) in the caller's thread. A write of a few
+    /// hundred bytes to the page cache takes microseconds; the flush is the flusher's.
+    fn write(&self, body: &[u8], seal: bool) -> Result<u64, AuditError> {
+        let mut w = lock(&self.writer);
+        let (was_unflushed, was_broken) = (w.unflushed_since.is_some(), w.broken.is_some());
+        let mut buf = std::mem::take(&mut w.scratch);
+        let written = if seal {
+            w.seal(&mut buf)
+        } else {
+            w.commit([body], &mut buf).map(|seqs| seqs[0])
+        };
+        w.scratch = buf;
+        // The flusher sleeps until something waits for it: the first unflushed record (its
+        // deadline), or a writer that just broke (its retry).
+        if (!was_unflushed && w.unflushed_since.is_some()) || (!was_broken && w.broken.is_some()) {
+            self.wake.notify_one();
+        }
+        written
+    }
+}
+
+/// The flusher of a `"process"` log: flushes once the oldest unflushed record has waited
+/// `flush_interval`, retries a broken writer, and on close flushes and seals. The flush itself
+/// runs without the lock, so calls keep writing meanwhile.
+fn flush_loop(inline: &Inline) {
+    let mut w = lock(&inline.writer);
+    loop {
+        let wake = if w.broken.is_some() {
+            Some(w.retry_at)
+        } else {
+            w.unflushed_since.map(|t| t + w.flush_interval)
+        };
+        if w.closing {
+            break;
+        }
+        w = match wake {
+            None => inline.wake.wait(w).unwrap_or_else(|p| p.into_inner()),
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                inline
+                    .wake
+                    .wait_timeout(w, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        if w.closing {
+            break;
+        }
+        if w.broken.is_some() {
+            if Instant::now() >= w.retry_at {
+                let mut buf = std::mem::take(&mut w.scratch);
+                w.try_recover(&mut buf);
+                w.scratch = buf;
+            }
+            continue;
+        }
+        if let Some(flush) = w.due_flush() {
+            drop(w);
+            let done = flush.file.sync_data();
+            w = lock(&inline.writer);
+            w.flush_done(flush, done);
+        }
+    }
+    // Closing: every handle is gone. Seal (which flushes), after one more try if broken.
+    let mut buf = std::mem::take(&mut w.scratch);
+    if w.broken.is_some() {
+        w.try_recover(&mut buf);
+    }
+    if !w.sealed {
+        let _ = w.seal(&mut buf);
+    }
+}
+
+/// A flush of a `"process"` log in progress, started under the lock and run without it.
+struct Flush {
+    /// The flusher's own descriptor of the log file: Linux reports a write-back error once
+    /// per open file, so a flush through the writers' descriptor could take an error that a
+    /// seal's or a rotation's flush then would not see (or the other way round).
+    file: Arc<File>,
+    /// Which file it was (a rotation in between flushed that file itself).
+    generation: u64,
+    /// The file's length when it started: what it makes durable. Then, when.
+    upto: u64,
+    started: Instant,
 }
 
 /// The ed25519 key signing checkpoints, created (mode 0600) on first start.
@@ -258,6 +406,9 @@ fn drain(rx: &mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, seal: &mut Opti
 struct Writer {
     dir: PathBuf,
     file: File,
+    /// The same file opened again for the flusher (`durability = "process"`), whose flush runs
+    /// unlocked (see [`Flush::file`]).
+    flush_file: Arc<File>,
     /// `file`'s path.
     path: PathBuf,
     file_bytes: u64,
@@ -290,6 +441,12 @@ struct Writer {
     /// second one would not say so.
     unflushed_since: Option<Instant>,
     unflushed: Vec<u8>,
+    /// Counts the files this writer has written (a flush knows whether it is still current).
+    generation: u64,
+    /// The buffer lines are built in by callers writing inline (`"process"`).
+    scratch: Vec<u8>,
+    /// Every handle is gone: the flusher seals and stops.
+    closing: bool,
     /// The log's durable tail is a clean stop's checkpoint, or the log is empty (just opened
     /// after a clean stop, or just sealed). With `Process` the next batch is then flushed before
     /// it is answered: a machine crash must never leave a clean stop as the last durable record
@@ -344,9 +501,11 @@ impl Writer {
             durability = settings.durability.name(),
             "audit log open"
         );
+        let flush_file = Arc::new(File::open(&path).map_err(fail)?);
         let mut writer = Writer {
             dir: dir.clone(),
             file,
+            flush_file,
             path,
             file_bytes,
             max_file_bytes: settings.max_file_bytes.bytes(),
@@ -365,6 +524,9 @@ impl Writer {
             flush_interval: settings.flush_interval,
             unflushed_since: None,
             unflushed: Vec::new(),
+            generation: 0,
+            scratch: Vec::with_capacity(4096),
+            closing: false,
             tail_is_stop: stopped,
             _lock: lock,
         };
@@ -412,14 +574,10 @@ impl Writer {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             // A broken writer wakes up to retry even when nothing arrives (calls are refused
-            // before they send anything); written records wait at most `flush_interval`.
-            let wake = if self.broken.is_some() {
-                Some(self.retry_at)
-            } else {
-                self.unflushed_since.map(|t| t + self.flush_interval)
-            };
-            let first = if let Some(at) = wake {
-                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            // before they send anything).
+            let first = if self.broken.is_some() {
+                let wait = self.retry_at.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
                     Ok(p) => Some(p),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -433,10 +591,7 @@ impl Writer {
             if self.broken.is_some() && Instant::now() >= self.retry_at {
                 self.try_recover(&mut buf);
             }
-            let Some(first) = first else {
-                self.flush_if_due();
-                continue;
-            };
+            let Some(first) = first else { continue };
             let mut seal = None;
             if first.seal {
                 seal = Some(first);
@@ -448,7 +603,7 @@ impl Writer {
                 drain(&rx, &mut batch, &mut seal);
             }
             if !batch.is_empty() {
-                match self.commit(&batch, &mut buf) {
+                match self.commit(batch.iter().map(|p| &p.body[..]), &mut buf) {
                     Ok(seqs) => {
                         for (p, seq) in batch.drain(..).zip(seqs) {
                             let _ = p.durable.send(Ok(seq));
@@ -464,8 +619,6 @@ impl Writer {
             if let Some(p) = seal {
                 let _ = p.durable.send(self.seal(&mut buf));
             }
-            // After the answers: with `Process` they never wait for a flush.
-            self.flush_if_due();
         }
         // Every handle is gone: seal on the way out, if there is time and no seal came last
         // (a broken writer tries once more first).
@@ -477,21 +630,49 @@ impl Writer {
         }
     }
 
-    /// With `durability = "process"`: flush the log once its oldest unflushed record has waited
-    /// `flush_interval`. A failed flush breaks the writer like a failed write (calls are
-    /// refused until a retry flushes the log).
-    fn flush_if_due(&mut self) {
-        let Some(since) = self.unflushed_since else {
-            return;
-        };
+    /// With `durability = "process"`: the flush to run now, if the oldest unflushed record
+    /// has waited `flush_interval` (and the writer is not broken).
+    fn due_flush(&self) -> Option<Flush> {
+        let since = self.unflushed_since?;
         if self.broken.is_some() || since.elapsed() < self.flush_interval {
+            return None;
+        }
+        Some(Flush {
+            file: self.flush_file.clone(),
+            generation: self.generation,
+            upto: self.file_bytes,
+            started: Instant::now(),
+        })
+    }
+
+    /// A flush from [`Writer::due_flush`] ended: what it covered is on stable storage, and what
+    /// was written meanwhile waits for the next one (counted from this one's start). A failed
+    /// flush breaks the writer like a failed write: calls are refused until a retry writes
+    /// the unflushed records again and flushes them.
+    fn flush_done(&mut self, flush: Flush, done: std::io::Result<()>) {
+        if flush.generation != self.generation {
+            // Rotated meanwhile, which flushed the file it was; an error is still an error.
+            if let Err(e) = done {
+                self.fail(format!("flushing the audit log failed: {e}"));
+            }
             return;
         }
-        match self.file.sync_data() {
-            Ok(()) => self.flushed(),
+        match done {
+            Ok(()) => {
+                // What was flushed by other means meanwhile (a seal) is gone from `unflushed`
+                // already: only the bytes before `upto` that are still in it are drained.
+                let start = self.file_bytes - self.unflushed.len() as u64;
+                let covered = flush.upto.saturating_sub(start) as usize;
+                self.unflushed.drain(..covered.min(self.unflushed.len()));
+                if self.unflushed.is_empty() {
+                    self.flushed();
+                } else {
+                    self.unflushed_since = Some(flush.started);
+                }
+            }
             Err(e) => {
                 self.fail(format!(
-                    "flushing the audit log failed: {e} (records acknowledged since the last flush may be lost if the machine stops)"
+                    "flushing the audit log failed: {e} (records answered since the last flush are written again before calls are admitted)"
                 ));
             }
         }
@@ -619,15 +800,20 @@ impl Writer {
 
     /// Write the batch (and any checkpoint it reaches), durably. Returns the sequence number
     /// of each of the batch's records.
-    fn commit(&mut self, batch: &[Pending], buf: &mut Vec<u8>) -> Result<Vec<u64>, AuditError> {
+    fn commit<'b>(
+        &mut self,
+        batch: impl IntoIterator<Item = &'b [u8]>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<u64>, AuditError> {
         if let Some(why) = &self.broken {
             return Err(AuditError(why.clone()));
         }
         let (seq0, head0) = (self.seq, self.head.clone());
         buf.clear();
-        let mut seqs = Vec::with_capacity(batch.len());
-        for p in batch {
-            self.push_line(buf, &p.body);
+        let batch = batch.into_iter();
+        let mut seqs = Vec::with_capacity(batch.size_hint().0);
+        for body in batch {
+            self.push_line(buf, body);
             seqs.push(self.seq);
             if self.seq.is_multiple_of(self.checkpoint_every) {
                 self.push_checkpoint(buf, false);
@@ -732,9 +918,13 @@ impl Writer {
             return Err(e);
         }
         self.file_bytes += buf.len() as u64;
+        // All of this file is durable, whatever happens to the next one.
+        self.flushed();
         let path = self.dir.join(file_name(self.seq + 1));
         self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        self.flush_file = Arc::new(File::open(&path)?);
         self.path = path.clone();
+        self.generation += 1;
         // The new file is the one a recovery would cut back: nothing of it is written yet.
         self.file_bytes = 0;
         self.flushed();
@@ -1107,12 +1297,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let s = settings(&dir, 1000, ByteSize(1));
         let mut w = Writer::open(&s, signing_key(&dir).unwrap(), Arc::default()).unwrap();
-        let record = Pending {
-            body: b"\"kind\":\"call\"".to_vec(),
-            seal: false,
-            durable: oneshot::channel().0,
-        };
-        w.commit(&[record], &mut Vec::new()).unwrap();
+        w.commit([&b"\"kind\":\"call\""[..]], &mut Vec::new())
+            .unwrap();
         drop(w);
         let files = log_files(&s.dir).unwrap();
         let newest = files.last().unwrap();
@@ -1136,14 +1322,10 @@ mod tests {
         let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
         let mut buf = Vec::new();
         for batch in 0..5 {
-            let records: Vec<Pending> = (0..3)
-                .map(|i| Pending {
-                    body: format!("\"kind\":\"call\",\"n\":{}", batch * 3 + i).into_bytes(),
-                    seal: false,
-                    durable: oneshot::channel().0,
-                })
+            let records: Vec<Vec<u8>> = (0..3)
+                .map(|i| format!("\"kind\":\"call\",\"n\":{}", batch * 3 + i).into_bytes())
                 .collect();
-            w.commit(&records, &mut buf).unwrap();
+            w.commit(records.iter().map(|r| &r[..]), &mut buf).unwrap();
         }
         let path = log_files(&s.dir).unwrap().pop().unwrap();
         drop(w);
@@ -1173,6 +1355,61 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Through the handle: records written inline are on file when `append` returns; the
+    /// flusher flushes them without being asked; dropping the last handle seals the log.
+    #[tokio::test]
+    async fn a_process_log_writes_inline_flushes_by_itself_and_seals_on_close() {
+        let dir = std::env::temp_dir().join(format!("airlock-audit-inline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = settings(&dir, 3, ByteSize::kib(4));
+        s.durability = Durability::Process;
+        s.flush_interval = Duration::from_millis(2);
+        let log = AuditLog::open(&s, &dir).unwrap();
+        assert_eq!(log.durability(), Some(Durability::Process));
+        let mut last = 0;
+        for i in 0..40 {
+            last = log
+                .append(
+                    "call",
+                    &serde_json::json!({ "i": i, "pad": "x".repeat(200) }),
+                )
+                .await
+                .unwrap();
+            let text: String = log_files(&s.dir)
+                .unwrap()
+                .iter()
+                .map(|f| std::fs::read_to_string(f).unwrap())
+                .collect();
+            assert!(
+                text.contains(&format!("\"seq\":{last},")),
+                "record {last} not written"
+            );
+        }
+        let Sink::Inline(inline) = &log.sink else {
+            panic!("a process log writes inline")
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&inline.0.writer).unflushed_since.is_some() {
+            assert!(Instant::now() < deadline, "never flushed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(log);
+        let key = public_key(&dir).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let v = loop {
+            let v = verify(&log_files(&s.dir).unwrap(), &key).unwrap();
+            if v.stopped {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "never sealed: {v:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(v.records, 40);
+        assert!(v.last_seq > last);
+        assert!(v.files > 1, "rotated: {v:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// `durability = "process"`: a batch is written to the log (no journal) and answered at
     /// once; the log is flushed once the oldest unflushed record has waited `flush_interval`.
     /// Stopped without a seal (as by `kill -9`), the next start keeps every written record and
@@ -1188,49 +1425,56 @@ mod tests {
         let key = signing_key(&dir).unwrap();
         let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
         let mut buf = Vec::new();
-        let record = |n: u64| Pending {
-            body: format!("\"kind\":\"call\",\"n\":{n}").into_bytes(),
-            seal: false,
-            durable: oneshot::channel().0,
-        };
+        let record = |n: u64| format!("\"kind\":\"call\",\"n\":{n}").into_bytes();
         // A new log's first batch is flushed before it is answered: until then the durable
         // tail (nothing) would look like a clean stop.
-        w.commit(&[record(1)], &mut buf).unwrap();
+        w.commit([&record(1)[..]], &mut buf).unwrap();
         assert_eq!(w.unflushed_since, None);
-        w.commit(&[record(2)], &mut buf).unwrap();
+        w.commit([&record(2)[..]], &mut buf).unwrap();
         let since = w.unflushed_since.expect("written, not yet flushed");
-        w.commit(&[record(3)], &mut buf).unwrap();
+        w.commit([&record(3)[..]], &mut buf).unwrap();
         assert_eq!(
             w.unflushed_since,
             Some(since),
             "the oldest unflushed record counts"
         );
         assert_eq!(w.unflushed.iter().filter(|b| **b == b'\n').count(), 2);
-        w.flush_if_due();
-        assert!(w.unflushed_since.is_some(), "not due yet");
+        assert!(w.due_flush().is_none(), "not due yet");
         std::thread::sleep(Duration::from_millis(6));
-        w.flush_if_due();
+        let flush = w.due_flush().expect("due");
+        // Written while the flush runs (unlocked): it waits for the next one.
+        w.commit([&record(4)[..]], &mut buf).unwrap();
+        let done = flush.file.sync_data();
+        let started = flush.started;
+        w.flush_done(flush, done);
+        assert_eq!(w.unflushed_since, Some(started));
+        assert_eq!(w.unflushed.iter().filter(|b| **b == b'\n').count(), 1);
+        std::thread::sleep(Duration::from_millis(6));
+        let flush = w.due_flush().expect("due");
+        let done = flush.file.sync_data();
+        w.flush_done(flush, done);
         assert_eq!(w.unflushed_since, None);
+        assert!(w.unflushed.is_empty());
         assert!(Journal::open(&s.dir).unwrap().frames().unwrap().is_empty());
-        w.commit(&[record(4)], &mut buf).unwrap();
+        w.commit([&record(5)[..]], &mut buf).unwrap();
         drop(w);
 
         let mut w = Writer::open(&s, key.clone(), Arc::default()).unwrap();
-        assert_eq!(w.seq, 5, "4 records and the unclean stop");
+        assert_eq!(w.seq, 6, "5 records and the unclean stop");
         assert!(!w.tail_is_stop);
         w.seal(&mut buf).unwrap();
         drop(w);
         let mut w = Writer::open(&s, key, Arc::default()).unwrap();
-        assert_eq!(w.seq, 6, "a clean stop adds nothing at the next start");
+        assert_eq!(w.seq, 7, "a clean stop adds nothing at the next start");
         // After a clean stop the first batch is flushed before it is answered, the next not.
         assert!(w.tail_is_stop);
-        w.commit(&[record(5)], &mut buf).unwrap();
+        w.commit([&record(6)[..]], &mut buf).unwrap();
         assert_eq!((w.unflushed_since, w.tail_is_stop), (None, false));
-        w.commit(&[record(6)], &mut buf).unwrap();
+        w.commit([&record(7)[..]], &mut buf).unwrap();
         assert!(w.unflushed_since.is_some());
         drop(w);
         let v = verify(&log_files(&s.dir).unwrap(), &public_key(&dir).unwrap()).unwrap();
-        assert_eq!((v.records, v.checkpoints, v.unclean_stops), (7, 1, 1));
+        assert_eq!((v.records, v.checkpoints, v.unclean_stops), (8, 1, 1));
         assert!(!v.stopped);
         std::fs::remove_dir_all(&dir).unwrap();
     }
