@@ -9,7 +9,10 @@
 //! Run: `cargo build --release -p airlock && cargo bench -p airlock-benches --bench call_floor`
 //! (`scripts/bench` does both). Environment: `FLOOR_PAIRS` ping/call pairs per round (default
 //! 2000), `FLOOR_ROUNDS` (default 5), `FLOOR_AUDIT` the servers to run (default
-//! `off,process,machine`). The servers log at their default level (`info`), to /dev/null.
+//! `off,process,machine`), `FLOOR_BINARIES` other `airlock` binaries to run the same servers of,
+//! interleaved with this build's (comma-separated paths: a before-and-after comparison on a
+//! machine whose speed drifts between runs). The servers log at their default level (`info`),
+//! to /dev/null.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -31,7 +34,7 @@ const AUDIT: [(&str, &str); 3] = [
 
 /// One server on stdio, initialised.
 struct Server {
-    name: &'static str,
+    name: String,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -40,9 +43,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path, (name, audit): (&'static str, &str)) -> Server {
+    fn start(dir: &Path, binary: &Path, name: String, audit: &str) -> Server {
         let wasm = Path::new(airlock::config::bundled::WASM_DIR).join("hostile.wasm");
-        let config = dir.join(format!("airlock-{name}.toml"));
+        let key: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let config = dir.join(format!("airlock-{key}.toml"));
         std::fs::write(
             &config,
             format!(
@@ -51,7 +58,7 @@ impl Server {
             ),
         )
         .unwrap();
-        let mut command = Command::new(binary());
+        let mut command = Command::new(binary);
         // SAFETY: prctl is async-signal-safe and touches nothing of the parent's: the server
         // dies with this bench.
         unsafe {
@@ -67,9 +74,9 @@ impl Server {
             .args(["serve", "--stdio", "--config"])
             .arg(&config)
             .arg("--state-dir")
-            .arg(dir.join(format!("state-{name}")))
+            .arg(dir.join(format!("state-{key}")))
             .arg("--audit-dir")
-            .arg(dir.join(format!("audit-{name}")))
+            .arg(dir.join(format!("audit-{key}")))
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -152,11 +159,29 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("airlock-floor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let chosen = std::env::var("FLOOR_AUDIT").unwrap_or_else(|_| "off,process,machine".into());
-    let mut servers: Vec<Server> = AUDIT
+    let mut binaries = vec![binary()];
+    if let Ok(others) = std::env::var("FLOOR_BINARIES") {
+        binaries.extend(
+            others
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| std::path::PathBuf::from(p.trim())),
+        );
+    }
+    let mut servers: Vec<Server> = Vec::new();
+    for (name, audit) in AUDIT
         .iter()
         .filter(|(name, _)| chosen.split(',').any(|c| c.trim() == *name))
-        .map(|a| Server::start(&dir, *a))
-        .collect();
+    {
+        for (i, bin) in binaries.iter().enumerate() {
+            let label = if i == 0 {
+                (*name).to_owned()
+            } else {
+                format!("{name} ({})", bin.display())
+            };
+            servers.push(Server::start(&dir, bin, label, audit));
+        }
+    }
     assert!(
         !servers.is_empty(),
         "FLOOR_AUDIT names none of off, process, machine"

@@ -42,7 +42,7 @@ fn start(dir: &Path, (audit, settings): (&str, &str)) -> (Child, String) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nmax_in_flight = 256\n[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\njwks_file = \"jwks.json\"\n[roles]\nusers = [\"bench\"]\n[audit]\n{settings}\n[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\nroles = [\"users\"]\n[tool.limits]\nmax_in_flight = 256\n",
+            "[server]\nmax_in_flight = 128\n[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\njwks_file = \"jwks.json\"\n[roles]\nusers = [\"bench\"]\n[audit]\n{settings}\n[[tool]]\nname = \"fixture\"\ncomponent = \"{}\"\nroles = [\"users\"]\n[tool.limits]\nmax_in_flight = 128\n",
             wasm.display()
         ),
     )

@@ -52,11 +52,16 @@ pub fn start_http(config: &Path, state_dir: &Path, audit_dir: &Path) -> (Child, 
         .expect("airlock starts");
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut lines = stderr.lines();
+    let mut said = String::new();
     let addr = loop {
-        let line = lines.next().expect("airlock prints its address").unwrap();
+        let Some(Ok(line)) = lines.next() else {
+            panic!("airlock stopped before printing its address:\n{said}");
+        };
         if let Some(url) = line.strip_prefix("airlock: serving MCP on http://") {
             break url.trim_end_matches("/mcp").to_owned();
         }
+        said.push_str(&line);
+        said.push('\n');
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});

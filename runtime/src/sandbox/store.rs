@@ -183,10 +183,11 @@ impl<T: Send + 'static> OpenHandles<T> {
     }
 }
 
-/// The threads guest code runs on, apart from the runtime that serves connections and runs
-/// the pipeline: a runaway guest (which yields only at epoch ticks) then never holds a thread
-/// that accepts, authenticates or answers, and with more guest threads than cores the kernel
-/// time-slices runaway and benign guests alike. Unset (library use), calls run inline.
+/// The threads guest code runs on once it yields, apart from the runtime that serves
+/// connections and runs the pipeline: a guest that keeps running (and yields only every
+/// [`GUEST_YIELD_FUEL`] or at epoch ticks) then never holds a thread that accepts,
+/// authenticates or answers, and with more guest threads than cores the kernel time-slices
+/// runaway and benign guests alike. Unset (library use), calls run inline.
 static GUEST_POOL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
 
 /// Where a call moves once an epoch tick finds its guest code busy after [`LONG_RUNNING`]:
@@ -282,10 +283,20 @@ fn low_priority(cpus: Option<&libc::cpu_set_t>) {
     }
 }
 
-/// Run `work` on the guest pool (inline without one); dropping the returned future stops it
-/// at its next poll.
+/// How much fuel a guest may burn between two yields ([`Store::fuel_async_yield_interval`]):
+/// a call runs on the thread that serves it until its first yield, so this bounds what guest
+/// code can hold a serving thread for (about a millisecond of wasm at most; a trivial tool
+/// uses under a tenth of it). A long computation pays one cheap yield per interval.
+pub const GUEST_YIELD_FUEL: u64 = 1_000_000;
+
+/// Run `work` for a call, dropping it stops the run at its next poll. It starts on the
+/// calling thread, and at its first yield (a wait for I/O or a person, an epoch tick, or
+/// [`GUEST_YIELD_FUEL`] spent) moves to the guest pool (stays inline without one). A call that
+/// ends without yielding, nearly every call, so never changes thread: handing it to a pool
+/// thread and its answer back costs two cross-thread wake-ups, which on a VM cost more than
+/// the call (docs/performance.md).
 /// Once `demote` is set (by the epoch callback of a call that keeps running), the work moves
-/// to the runaway pool at its next yield.
+/// on to the runaway pool at its next yield.
 pub async fn on_guest_pool<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
     demote: Arc<std::sync::atomic::AtomicBool>,
@@ -293,9 +304,14 @@ pub async fn on_guest_pool<T: Send + 'static>(
     let Some(pool) = GUEST_POOL.get() else {
         return Ok(work.await);
     };
+    let mut work = Box::pin(work);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(out) = first {
+        return Ok(out);
+    }
     let (answer, answered) = tokio::sync::oneshot::channel();
     pool.spawn(GuestJob {
-        work: Some(Box::pin(work)),
+        work: Some(work),
         demote,
         demoted: false,
         answer: Some(answer),
@@ -1193,7 +1209,11 @@ pub async fn run(
     let mut store = Store::new(&prepared.engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_hostcall_fuel(hostcall_budget(limits, called.is_none()));
-    let fuel_set = store.set_fuel(limits.fuel);
+    let fuel_set = store.set_fuel(limits.fuel).and_then(|()| {
+        // Yields every so much fuel, besides the epoch ticks: the first one moves a call that
+        // keeps running off the serving thread (`on_guest_pool`).
+        store.fuel_async_yield_interval(Some(GUEST_YIELD_FUEL))
+    });
     // Yield to the executor at every epoch tick: a busy guest then never holds a worker thread
     // for longer than a tick, and the deadline and cancellation below take effect at the yield.
     // The same tick publishes the fuel left, so an operator sees a running call's CPU use.
