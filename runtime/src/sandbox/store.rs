@@ -284,15 +284,23 @@ fn low_priority(cpus: Option<&libc::cpu_set_t>) {
 }
 
 /// How much fuel a guest may burn between two yields ([`Store::fuel_async_yield_interval`]):
-/// a call runs on the thread that serves it until its first yield, so this bounds what guest
-/// code can hold a serving thread for (about a millisecond of wasm at most; a trivial tool
-/// uses under a tenth of it). A long computation pays one cheap yield per interval.
+/// a call runs on the thread that serves it until its first yield, which comes after this
+/// much fuel or at the next epoch tick, whichever is first (typically about a millisecond of
+/// wasm; code that misses the cache often is bounded by the tick instead), plus any one
+/// synchronous host step in between (bounded by the limits: the hostcall budget, a random
+/// request of at most [`MAX_RANDOM_BYTES`]). A trivial tool uses under a tenth of it. A long
+/// computation pays one cheap yield per interval.
 pub const GUEST_YIELD_FUEL: u64 = 1_000_000;
 
+/// The most one `wasi:random` request may ask for (wasmtime-wasi allows 64 MiB, made in one
+/// host step); past it the call traps (`trapped`). Guest libraries ask for a few hundred bytes.
+pub const MAX_RANDOM_BYTES: u64 = 256 << 10;
+
 /// Run `work` for a call, dropping it stops the run at its next poll. It starts on the
-/// calling thread, and at its first yield (a wait for I/O or a person, an epoch tick, or
-/// [`GUEST_YIELD_FUEL`] spent) moves to the guest pool (stays inline without one). A call that
-/// ends without yielding, nearly every call, so never changes thread: handing it to a pool
+/// calling thread (in the guest pool's runtime context), and at its first yield (a wait for
+/// I/O or a person, an epoch tick, or [`GUEST_YIELD_FUEL`] spent) moves to the guest pool
+/// (stays inline without one). A call that ends without yielding, most calls, so never
+/// changes thread: handing it to a pool
 /// thread and its answer back costs two cross-thread wake-ups, which on a VM cost more than
 /// the call (docs/performance.md).
 /// Once `demote` is set (by the epoch callback of a call that keeps running), the work moves
@@ -305,9 +313,24 @@ pub async fn on_guest_pool<T: Send + 'static>(
         return Ok(work.await);
     };
     let mut work = Box::pin(work);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
-    if let std::task::Poll::Ready(out) = first {
-        return Ok(out);
+    // The first slice runs here, but in the pool's context: whatever it starts (an HTTP
+    // request's connection, a timer) belongs to the guest pool, not to the serving runtime.
+    // A panic in it ends the call as a host error, as it would on the pool.
+    let first = std::future::poll_fn(|cx| {
+        let _pool = pool.enter();
+        std::task::Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || work.as_mut().poll(cx),
+        )))
+    })
+    .await;
+    match first {
+        Ok(std::task::Poll::Ready(out)) => return Ok(out),
+        Ok(std::task::Poll::Pending) => {}
+        Err(_) => {
+            return Err(CallFailure::HostError(
+                "the guest task ended abnormally".into(),
+            ));
+        }
     }
     let (answer, answered) = tokio::sync::oneshot::channel();
     pool.spawn(GuestJob {
@@ -1442,6 +1465,7 @@ pub fn wasi_context(
 ) -> Result<WasiCtx, CallFailure> {
     let mut builder = WasiCtxBuilder::new();
     builder
+        .max_random_size(MAX_RANDOM_BYTES)
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)

@@ -800,7 +800,7 @@ pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
     let local = live.current().catalog().policy.auth.local_principal.clone();
     crate::serve::listener::ensure_fd_budget(&live.current().catalog().policy.fd_need(false))?;
     let service = McpServer::new(live, local)
-        .serve(rmcp::transport::stdio())
+        .serve(crate::serve::stdio::ends())
         .await
         .context("MCP initialisation on stdio failed")?;
     service

@@ -9,3 +9,4 @@ pub mod log;
 pub mod mcp;
 pub mod new;
 pub mod sessions;
+pub mod stdio;
