@@ -15,14 +15,13 @@
 //! to /dev/null.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "support.rs"]
 mod support;
-use support::binary;
+use support::{binary, dies_with_bench};
 
 /// The audit settings of each server: off, and the two durability levels ("machine" as the
 /// default of `mode = "durable"`).
@@ -59,17 +58,7 @@ impl Server {
         )
         .unwrap();
         let mut command = Command::new(binary);
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's: the server
-        // dies with this bench.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        dies_with_bench(&mut command);
         let mut child = command
             .args(["serve", "--stdio", "--config"])
             .arg(&config)

@@ -23,13 +23,12 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// Start `airlock serve --http 127.0.0.1:0` on `config`; returns it and its `host:port`.
-pub fn start_http(config: &Path, state_dir: &Path, audit_dir: &Path) -> (Child, String) {
-    let mut server = Command::new(binary());
-    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's. The server
-    // is killed when this bench dies, even by a signal that skips its clean-up.
+/// Make the process `command` starts die with this bench, even by a signal that skips its
+/// clean-up.
+pub fn dies_with_bench(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
     unsafe {
-        server.pre_exec(|| {
+        command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
                 Ok(())
             } else {
@@ -37,6 +36,12 @@ pub fn start_http(config: &Path, state_dir: &Path, audit_dir: &Path) -> (Child, 
             }
         });
     }
+}
+
+/// Start `airlock serve --http 127.0.0.1:0` on `config`; returns it and its `host:port`.
+pub fn start_http(config: &Path, state_dir: &Path, audit_dir: &Path) -> (Child, String) {
+    let mut server = Command::new(binary());
+    dies_with_bench(&mut server);
     let mut child = server
         .args(["serve", "--http", "127.0.0.1:0", "--config"])
         .arg(config)
