@@ -118,6 +118,7 @@ fn bench(c: &mut Criterion) {
                     Some((&granted, &prepared.grants)),
                     false,
                     None,
+                    prepared.limits.max_random_bytes.bytes(),
                     &stdout,
                     &stderr,
                     &denial,
@@ -130,8 +131,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
             let denial = DenialCell::default();
-            store::wasi_context(&prepared.name, None, false, None, &stdout, &stderr, &denial)
-                .unwrap()
+            store::wasi_context(
+                &prepared.name,
+                None,
+                false,
+                None,
+                prepared.limits.max_random_bytes.bytes(),
+                &stdout,
+                &stderr,
+                &denial,
+            )
+            .unwrap()
         })
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -671,6 +671,40 @@ fn a_call_holds_a_bounded_number_of_handles_of_any_kind() {
 }
 
 #[test]
+fn a_random_request_is_bounded() {
+    // wasmtime-wasi would make up to 64 MiB of random bytes in one host step, unpreempted:
+    // past `max_random_bytes` the call ends instead.
+    let dir = TempDir::new("random-cap");
+    let config = hostile_config(&dir, "max_random_bytes = \"4KiB\"");
+    let random = |count: u64| json!({"channel": "random", "size": 0, "count": count});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [], "then": [
+            {"id": "some", "tool": "hostile_channel_flood", "args": random(4096)},
+            {"id": "many", "tool": "hostile_channel_flood", "args": random(4097)},
+            {"id": "huge", "tool": "hostile_channel_flood", "args": random(64 << 20)},
+            {"id": "benign", "tool": "fixture_echo", "args": {"message": "still here"}}
+        ]}),
+    );
+    assert_eq!(
+        s.call("some")["text"],
+        "got 4096 random bytes",
+        "{}",
+        s.report
+    );
+    for id in ["many", "huge"] {
+        let c = s.call(id);
+        assert_eq!(outcome(c), "trapped", "{id}: {c}");
+        assert_eq!(
+            c["text"],
+            "tool trapped: the tool asked for more random bytes at once than its limit (max_random_bytes)"
+        );
+    }
+    assert_eq!(s.call("benign")["text"], "still here");
+}
+
+#[test]
 fn signals_and_questions_a_component_gives_are_bounded() {
     // A flood of list-changed signals (each would reach every listening session), more
     // requests in one `ask` than a call may ask in all, one key twice, and updates of a

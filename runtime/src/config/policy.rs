@@ -136,6 +136,7 @@ struct LimitsSection {
     max_requests_in_flight: Option<u32>,
     max_handles: Option<u32>,
     max_signals: Option<u32>,
+    max_random_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +251,9 @@ pub struct Limits {
     /// Signals (`list-changed`, `resource-updated`) one request may give: each reaches every
     /// listening session; past it the request ends (`signal_limit_exceeded`).
     pub max_signals: u32,
+    /// Random bytes one `wasi:random` request may ask for (each is made in one host step);
+    /// past it the call traps. Guest libraries ask for a few hundred bytes at a time.
+    pub max_random_bytes: ByteSize,
 }
 
 impl Limits {
@@ -299,6 +303,7 @@ impl Default for Limits {
             max_requests_in_flight: 16,
             max_handles: 4096,
             max_signals: 16,
+            max_random_bytes: ByteSize::kib(256),
         }
     }
 }
@@ -1135,6 +1140,12 @@ fn apply_limits(base: Limits, s: &LimitsSection) -> Result<Limits, (String, Stri
             s.max_signals.unwrap_or(base.max_signals),
             0,
             1_024,
+        )?,
+        max_random_bytes: range(
+            "max_random_bytes",
+            s.max_random_bytes.unwrap_or(base.max_random_bytes),
+            ByteSize::kib(1),
+            ByteSize::mib(64),
         )?,
     })
 }

@@ -288,13 +288,9 @@ fn low_priority(cpus: Option<&libc::cpu_set_t>) {
 /// much fuel or at the next epoch tick, whichever is first (typically about a millisecond of
 /// wasm; code that misses the cache often is bounded by the tick instead), plus any one
 /// synchronous host step in between (bounded by the limits: the hostcall budget, a random
-/// request of at most [`MAX_RANDOM_BYTES`]). A trivial tool uses under a tenth of it. A long
+/// request of at most `max_random_bytes`). A trivial tool uses under a tenth of it. A long
 /// computation pays one cheap yield per interval.
 pub const GUEST_YIELD_FUEL: u64 = 1_000_000;
-
-/// The most one `wasi:random` request may ask for (wasmtime-wasi allows 64 MiB, made in one
-/// host step); past it the call traps (`trapped`). Guest libraries ask for a few hundred bytes.
-pub const MAX_RANDOM_BYTES: u64 = 256 << 10;
 
 /// Run `work` for a call, dropping it stops the run at its next poll. It starts on the
 /// calling thread (in the guest pool's runtime context), and at its first yield (a wait for
@@ -1168,6 +1164,7 @@ pub async fn run(
         granted,
         shadow,
         command.as_ref(),
+        limits.max_random_bytes.bytes(),
         &stdout,
         &stderr,
         &denial,
@@ -1453,19 +1450,22 @@ fn spent_so_far(
 /// no args, no directories, no network, no name lookup), then, for a call (`describe()` gets
 /// nothing), what `grants` say: each filesystem grant as a preopen with its mode, TCP behind the socket check,
 /// secrets exposed as environment variables. A granted directory that can no longer be opened
-/// fails the call rather than running the tool without it.
+/// fails the call rather than running the tool without it. One `wasi:random` request may ask
+/// for at most `max_random` bytes (wasmtime-wasi's own bound is 64 MiB, made in one host step).
+#[allow(clippy::too_many_arguments)]
 pub fn wasi_context(
     component: &Arc<str>,
     grants: Option<(&LiveGrants, &Grants)>,
     shadow: bool,
     command: Option<&CommandInput>,
+    max_random: u64,
     stdout: &Capture,
     stderr: &Capture,
     denial: &DenialCell,
 ) -> Result<WasiCtx, CallFailure> {
     let mut builder = WasiCtxBuilder::new();
     builder
-        .max_random_size(MAX_RANDOM_BYTES)
+        .max_random_size(max_random)
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)
@@ -1718,6 +1718,14 @@ fn classify(err: wasmtime::Error, stage: Stage) -> CallFailure {
     {
         return CallFailure::Trapped(
             "the call holds more handles at once than its limit (max_handles)".into(),
+        );
+    }
+    // wasmtime-wasi's error for a `wasi:random` request over `max_random_size` (an untyped
+    // error; its text is what identifies it).
+    let cause = err.root_cause().to_string();
+    if cause.starts_with("requested len") && cause.contains("exceeds limit") {
+        return CallFailure::Trapped(
+            "the tool asked for more random bytes at once than its limit (max_random_bytes)".into(),
         );
     }
     // wasmtime's own error for a crossing over the store's hostcall budget (its type is
