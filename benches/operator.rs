@@ -112,6 +112,7 @@ fn interrupt_latency(rt: &tokio::runtime::Runtime, dir: &Path, tick_ms: u64, tri
                     scope: KillScope::Tool("hostile_spin".into()),
                     interrupt: true,
                 },
+                force: false,
             },
         );
         let body = running.join().unwrap();
@@ -124,6 +125,7 @@ fn interrupt_latency(rt: &tokio::runtime::Runtime, dir: &Path, tick_ms: u64, tri
                 change: Change::Revive {
                     scope: KillScope::Tool("hostile_spin".into()),
                 },
+                force: false,
             },
         );
     }

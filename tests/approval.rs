@@ -396,12 +396,45 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
         })
     };
 
+    // An operator watching sees each question as it arrives, without polling themselves.
+    let mut watch = std::process::Command::new(common::airlock())
+        .args([
+            "ctl",
+            "--state-dir",
+            server.state_dir.to_str().unwrap(),
+            "--json",
+            "approvals",
+            "watch",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut watched = std::io::BufReader::new(watch.stdout.take().unwrap());
     let pending = background("approve me");
     let waiting = waiting_approval(&server);
     assert_eq!(waiting["principal"], "alice");
     assert_eq!(waiting["tool"], "fixture_echo");
     assert_eq!(waiting["four_eyes"], true);
     let id = waiting["id"].as_str().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut watched, &mut line).unwrap();
+    let seen: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (&seen["event"], &seen["id"], &seen["tool"]),
+        (&json!("waiting"), &json!(id), &json!("fixture_echo")),
+        "{line}"
+    );
+    // And the server's log names it, with what to type.
+    assert!(
+        server.log().contains(&format!(
+            "{id} waiting: approval of fixture_echo by alice (call "
+        )) && server
+            .log()
+            .contains(&format!("`airlock ctl approvals approve {id}`")),
+        "{}",
+        server.log()
+    );
     let (ok, out) = ctl(&server, &["approvals", "approve", id, "--as", "alice"]);
     assert!(!ok);
     assert!(
@@ -414,6 +447,12 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
         out.contains("OK: approved approval of fixture_echo by alice"),
         "{out}"
     );
+    line.clear();
+    std::io::BufRead::read_line(&mut watched, &mut line).unwrap();
+    let gone: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(gone, json!({"event": "gone", "id": id}));
+    let _ = watch.kill();
+    let _ = watch.wait();
     let body = pending.join().unwrap();
     assert!(
         body.contains("waiting for an operator's approval of fixture_echo"),

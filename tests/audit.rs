@@ -438,6 +438,18 @@ fn full_audit_disk(durability: &str) {
     let (ok, status) = common::ctl(&server, &["status"]);
     assert!(ok, "{status}");
     assert!(status.contains("audit       UNAVAILABLE"), "{status}");
+    // A load balancer sees the server as not ready, and only the operator sees why.
+    let ready = common::raw_http(&server.addr, "GET /readyz HTTP/1.1\r\n", "").unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (503, "not ready\n"));
+    assert!(
+        status.contains("ready       NO: the audit log cannot be written: "),
+        "{status}"
+    );
+    assert!(
+        server
+            .log()
+            .contains("not ready: the audit log cannot be written")
+    );
     assert!(
         server
             .log()
@@ -462,6 +474,8 @@ fn full_audit_disk(durability: &str) {
     assert_eq!(common::outcome(write("after.txt").call("w")), "completed");
     assert!(dir.0.join("data/after.txt").exists());
     assert!(server.log().contains("the audit log is writable again"));
+    let ready = common::raw_http(&server.addr, "GET /readyz HTTP/1.1\r\n", "").unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
 
     // The chain is whole, and it says when it recovered.
     let records = audit_records(&audit_dir);

@@ -162,6 +162,44 @@ fn refused(r: &RawResponse, description: &str) {
 }
 
 #[test]
+fn health_and_readiness_answer_without_credentials_and_say_nothing_more() {
+    // A load balancer probes without a key; everything else still asks for one.
+    let f = start();
+    let get = |path: &str| {
+        common::raw_http(&f.server.addr, &format!("GET {path} HTTP/1.1\r\n"), "").unwrap()
+    };
+    let health = get("/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let ready = get("/readyz");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    for path in ["/mcp", "/", "/metrics", "/healthz/x"] {
+        assert_eq!(get(path).status, 401, "{path}");
+    }
+    let (ok, status) = common::ctl(&f.server, &["status"]);
+    assert!(ok && status.contains("ready       yes"), "{status}");
+}
+
+#[test]
+fn the_log_at_info_is_airlocks_own_lines_not_rmcps_chatter() {
+    // A session's start, its notifications and its end were each an rmcp line at info, with
+    // a `Debug` dump of the client's parameters: at info only Airlock's own lines remain.
+    let dir = TempDir::new("log-chatter");
+    let server =
+        HttpServer::start(&dir.config("[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n"));
+    let s = common::client(
+        "auto",
+        common::Transport::Http(&server.url),
+        json!({"calls": [{"id": "c", "tool": "text_stats", "args": {"text": "hi"}}]}),
+    );
+    assert_eq!(common::outcome(s.call("c")), "completed", "{}", s.report);
+    let log = server.log();
+    assert!(log.contains("serving MCP over Streamable HTTP"), "{log}");
+    for chatter in ["rmcp::", "InitializeRequestParams", "Service initialized"] {
+        assert!(!log.contains(chatter), "{chatter} in:\n{log}");
+    }
+}
+
+#[test]
 fn tokens_are_checked_claim_by_claim() {
     let f = start();
     let k = &f.keys;

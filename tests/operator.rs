@@ -95,10 +95,17 @@ fn kill_with_interrupt_stops_a_running_call_and_revive_restores_the_tool() {
     };
     let id = running_call(&server, "hostile_spin");
     let calls = ctl_ok(&server, &["calls"]);
+    // The call's target: its tool, and its arguments as the digest its audit record has.
+    let digest = hex::encode(Sha256::digest(b"{}"));
     assert!(
-        calls.contains(&id) && calls.contains("hostile_spin") && calls.contains("anonymous"),
+        calls.contains(&id)
+            && calls.contains("hostile_spin")
+            && calls.contains("anonymous")
+            && calls.contains(&digest[..12]),
         "{calls}"
     );
+    let running: Value = serde_json::from_str(&ctl_ok(&server, &["--json", "calls"])).unwrap();
+    assert_eq!(running["calls"][0]["arguments_sha256"], digest.as_str());
 
     let out = ctl_ok(&server, &["kill", "--tool", "hostile_spin", "--interrupt"]);
     assert!(out.contains("OK: tool hostile_spin disabled"), "{out}");
@@ -106,6 +113,14 @@ fn kill_with_interrupt_stops_a_running_call_and_revive_restores_the_tool() {
     let stopped = runner.join().unwrap();
     assert_eq!(outcome(&stopped), "stopped_by_operator", "{stopped}");
     assert_eq!(text(&stopped), "stopped by operator");
+    // The log says it in one readable line.
+    assert!(
+        server
+            .log()
+            .contains(": kill tool hostile_spin, interrupting, 1 running calls interrupted"),
+        "{}",
+        server.log()
+    );
 
     // The next call is refused before it runs, and the tool is no longer listed.
     let refused = call(&server, None, "hostile_spin", json!({}));
@@ -125,6 +140,26 @@ fn kill_with_interrupt_stops_a_running_call_and_revive_restores_the_tool() {
     assert!(
         !ok && out.contains("no tool or [[tool]] entry is named hostile_spn"),
         "{out}"
+    );
+    // With --json, the refusal is JSON too.
+    let out = common::run_airlock(&[
+        "ctl",
+        "--state-dir",
+        server.state_dir.to_str().unwrap(),
+        "--json",
+        "kill",
+        "--tool",
+        "hostile_spn",
+    ]);
+    assert!(!out.status.success());
+    let refusal: Value = serde_json::from_slice(&out.stdout).expect("a JSON refusal");
+    assert_eq!(refusal["ok"], false);
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("no tool or [[tool]] entry is named hostile_spn"),
+        "{refusal}"
     );
 
     // A revive that another kill still overrides says so.
@@ -192,6 +227,18 @@ fn kills_of_a_principal_and_of_everything_survive_a_restart() {
     {
         let server = HttpServer::start_in(&config, &[], &audit);
         ctl_ok(&server, &["kill", "--principal", "alice"]);
+        // A name no key, configuration or running call knows would protect nothing (a typo):
+        // refused, naming those it knows, unless forced (a token's subject not seen yet).
+        let (ok, out) = ctl(&server, &["kill", "--principal", "carol"]);
+        assert!(
+            !ok && out.contains(
+                "no API key, local principal or running call is named carol (known: alice, \
+                 bob, local); if it is a token's subject, kill it with --force"
+            ),
+            "{out}"
+        );
+        ctl_ok(&server, &["kill", "--principal", "carol", "--force"]);
+        ctl_ok(&server, &["revive", "--principal", "carol"]);
         let r = call(&server, Some(&alice), "fixture_echo", echo.clone());
         assert_eq!(
             text(&r),
@@ -229,6 +276,51 @@ fn kills_of_a_principal_and_of_everything_survive_a_restart() {
         outcome(&call(&server, Some(&alice), "fixture_echo", echo)),
         "disabled_by_operator"
     );
+}
+
+#[test]
+fn a_revoked_filesystem_grant_ends_calls_as_blocked_by_policy_until_restored() {
+    // Before the fix the revoked directory simply vanished from the guest, whose open then
+    // failed as "not found": a tool failure that outcome-based monitoring does not see.
+    let dir = TempDir::new("op-revoke-fs");
+    std::fs::create_dir_all(dir.0.join("reports")).unwrap();
+    std::fs::write(dir.0.join("reports/q3.txt"), "revenue 42\n").unwrap();
+    let server = HttpServer::start(&dir.config(
+        "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\n\
+         fs = [{ host = \"reports\", guest = \"/reports\", mode = \"ro\" }]\n",
+    ));
+    let read = || {
+        call(
+            &server,
+            None,
+            "files_read",
+            json!({"path": "/reports/q3.txt"}),
+        )
+    };
+    let list = || call(&server, None, "files_list", json!({"path": "/reports"}));
+    assert_eq!(text(&read()), "revenue 42\n");
+
+    ctl_ok(&server, &["revoke", "--tool", "files", "--fs", "/reports"]);
+    for (r, target) in [(read(), "/reports/q3.txt"), (list(), "/reports")] {
+        assert_eq!(outcome(&r), "blocked_by_policy", "{r}");
+        assert!(
+            text(&r).contains(&format!(
+                "access to {target} was granted by fs:/reports, which an operator revoked"
+            )),
+            "{r}"
+        );
+    }
+    // A path that was never granted is still the tool's own failure.
+    let r = call(&server, None, "files_read", json!({"path": "/elsewhere/x"}));
+    assert_eq!(outcome(&r), "tool_failed", "{r}");
+    assert!(
+        server.log().contains("grant_kind=\"fs\""),
+        "{}",
+        server.log()
+    );
+
+    ctl_ok(&server, &["restore", "--tool", "files", "--fs", "/reports"]);
+    assert_eq!(text(&read()), "revenue 42\n");
 }
 
 #[test]

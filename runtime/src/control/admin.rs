@@ -28,6 +28,10 @@ pub enum Request {
     Calls,
     Change {
         change: Change,
+        /// Accept a kill of a principal no key, configuration or running call names (a
+        /// token's subject the server has not seen).
+        #[serde(default)]
+        force: bool,
     },
     Reload,
     /// The calls waiting for an operator's answer.
@@ -95,6 +99,9 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_durability: Option<String>,
     pub overrides: Overrides,
+    /// Why the server should be sent no calls now (`/readyz` answers 503), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
 }
 
 /// The socket path of a state directory.
@@ -224,14 +231,15 @@ async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Re
                 audit_unavailable: airlock.audit().healthy().err().map(|e| e.0),
                 audit_durability: airlock.audit().durability().map(|d| d.name().to_owned()),
                 overrides: Overrides::clone(&operator.overrides.current()),
+                not_ready: live.not_ready(),
             }))
         }
         Request::Calls => Ok(Answer::Calls {
             calls: operator.running.list(),
         }),
-        Request::Change { change } => {
+        Request::Change { change, force } => {
             let airlock = live.current();
-            let outcome = operator::apply(&airlock, operator, &change, by).await?;
+            let outcome = operator::apply(&airlock, operator, &change, by, force).await?;
             if outcome.changed && matches!(change, Change::Kill { .. } | Change::Revive { .. }) {
                 live.tools_changed();
             }

@@ -3,6 +3,7 @@
 use crate::control::admin::{self, Answer, Request};
 use crate::control::operator::Change;
 use crate::core::kill_scope::KillScope;
+use crate::gate::approval::PendingView;
 use crate::gate::overrides::GrantRef;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -21,6 +22,10 @@ pub enum CtlCommand {
         /// Also stop the calls of that scope running now.
         #[arg(long)]
         interrupt: bool,
+        /// Kill a principal that no API key, configuration or running call names (a token's
+        /// subject the server has not seen yet).
+        #[arg(long)]
+        force: bool,
     },
     /// Undo a kill.
     Revive {
@@ -59,6 +64,9 @@ pub enum CtlCommand {
 pub enum ApprovalsCommand {
     /// What is waiting: id, tool, caller, the question, time left.
     List,
+    /// What is waiting now, then each new question as it arrives (and each that stops
+    /// waiting), until interrupted; with --json one JSON object per line.
+    Watch,
     /// Let the call go ahead.
     Approve {
         /// The id `list` shows.
@@ -180,19 +188,31 @@ impl WhichGrant {
 }
 
 pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
+    if let CtlCommand::Approvals {
+        command: ApprovalsCommand::Watch,
+    } = command
+    {
+        return watch_approvals(socket, json).await;
+    }
     let request = match command {
         CtlCommand::Status => Request::Status,
         CtlCommand::Calls => Request::Calls,
-        CtlCommand::Kill { scope, interrupt } => Request::Change {
+        CtlCommand::Kill {
+            scope,
+            interrupt,
+            force,
+        } => Request::Change {
             change: Change::Kill {
                 scope: scope.scope(),
                 interrupt,
             },
+            force,
         },
         CtlCommand::Revive { scope } => Request::Change {
             change: Change::Revive {
                 scope: scope.scope(),
             },
+            force: false,
         },
         CtlCommand::Revoke { grant, interrupt } => Request::Change {
             change: Change::Revoke {
@@ -200,17 +220,20 @@ pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
                 grant: grant.which.grant(),
                 interrupt,
             },
+            force: false,
         },
         CtlCommand::Restore { grant } => Request::Change {
             change: Change::Restore {
                 tool: grant.tool,
                 grant: grant.which.grant(),
             },
+            force: false,
         },
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Safety => Request::Detections,
         CtlCommand::Approvals { command } => match command {
             ApprovalsCommand::List => Request::Approvals,
+            ApprovalsCommand::Watch => unreachable!("answered above"),
             ApprovalsCommand::Approve { id, operator } => Request::Answer {
                 id,
                 approve: true,
@@ -244,6 +267,10 @@ fn print(request: &Request, answer: &Answer) {
             println!("airlock {}, up {} s", s.version, s.uptime_s);
             println!("config      {}", s.config);
             println!("tools       {} in {} components", s.tools, s.components);
+            match &s.not_ready {
+                None => println!("ready       yes"),
+                Some(why) => println!("ready       NO: {why}"),
+            }
             println!("running     {} calls", s.running_calls);
             println!(
                 "waiting     {} for an operator's approval",
@@ -292,6 +319,7 @@ fn print(request: &Request, answer: &Answer) {
             &[
                 ("CALL", 32),
                 ("TOOL", 24),
+                ("ARGUMENTS", 12),
                 ("PRINCIPAL", 16),
                 ("AGE", -9),
                 ("FUEL USED", -14),
@@ -300,15 +328,16 @@ fn print(request: &Request, answer: &Answer) {
                 vec![
                     shown(&c.call_id),
                     shown(&c.tool),
+                    shown(c.arguments_sha256.get(..12).unwrap_or("-")),
                     shown(&c.principal),
-                    format!("{}ms", c.age_ms),
+                    age(c.age_ms),
                     c.fuel_used.to_string(),
                 ]
             }),
         ),
         Answer::Changed(outcome) => {
             let what = match request {
-                Request::Change { change } => describe(change),
+                Request::Change { change, .. } => describe(change),
                 _ => String::new(),
             };
             if outcome.changed {
@@ -355,20 +384,7 @@ fn print(request: &Request, answer: &Answer) {
                 return;
             }
             for a in approvals {
-                println!(
-                    "{}  {} of {} by {}  (call {}, waiting {} s, {} s left{})",
-                    shown(&a.id),
-                    a.asking,
-                    shown(&a.tool),
-                    shown(&a.principal),
-                    shown(&a.call_id),
-                    a.age_ms / 1000,
-                    a.expires_in_ms / 1000,
-                    if a.four_eyes { ", four-eyes" } else { "" }
-                );
-                for line in a.message.lines() {
-                    println!("    {}", shown(line));
-                }
+                print_pending(a);
             }
         }
         Answer::Answered { answered, approve } => println!(
@@ -430,6 +446,77 @@ pub(crate) fn shown(text: &str) -> String {
             escaped
         })
         .collect()
+}
+
+fn print_pending(a: &PendingView) {
+    println!(
+        "{}  {} of {} by {}  (call {}, waiting {} s, {} s left{})",
+        shown(&a.id),
+        a.asking,
+        shown(&a.tool),
+        shown(&a.principal),
+        shown(&a.call_id),
+        a.age_ms / 1000,
+        a.expires_in_ms / 1000,
+        if a.four_eyes { ", four-eyes" } else { "" }
+    );
+    for line in a.message.lines() {
+        println!("    {}", shown(line));
+    }
+}
+
+/// How often `approvals watch` asks the server what is waiting.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `ctl approvals watch`: print what waits, then what starts and stops waiting, until the
+/// server goes away (an error) or the operator interrupts.
+async fn watch_approvals(socket: &Path, json: bool) -> Result<()> {
+    let mut shown_ids = std::collections::HashSet::new();
+    loop {
+        let approvals = match admin::request(socket, &Request::Approvals).await? {
+            Answer::Approvals { approvals } => approvals,
+            _ => anyhow::bail!("the server answered something other than its approvals"),
+        };
+        for a in &approvals {
+            if !shown_ids.insert(a.id.clone()) {
+                continue;
+            }
+            if json {
+                let mut line = serde_json::to_value(a)?;
+                line["event"] = "waiting".into();
+                println!("{line}");
+            } else {
+                print_pending(a);
+            }
+        }
+        let gone: Vec<String> = shown_ids
+            .iter()
+            .filter(|id| !approvals.iter().any(|a| &a.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            shown_ids.remove(&id);
+            if json {
+                println!("{}", serde_json::json!({"event": "gone", "id": id}));
+            } else {
+                println!(
+                    "{}  no longer waiting (answered, expired or abandoned)",
+                    shown(&id)
+                );
+            }
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// A call's age as a person reads it: `850ms`, `12.4s`, `3m05s`, `2h10m`.
+fn age(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
 }
 
 fn describe(change: &Change) -> String {

@@ -100,6 +100,17 @@ impl Live {
         &self.source
     }
 
+    /// Why this process should be sent no calls now, if so: the audit log cannot be written
+    /// (every call would be refused until it recovers). The components and the confinement
+    /// were checked before the process started serving (either failing stops the start), and
+    /// a reload only puts a configuration in force that loaded whole.
+    pub fn not_ready(&self) -> Option<String> {
+        self.audit
+            .healthy()
+            .err()
+            .map(|e| format!("the audit log cannot be written: {}", e.0))
+    }
+
     /// Tell every listening client that the tool list may have changed.
     pub fn tools_changed(&self) {
         self.tools_changed.send_modify(|n| *n += 1);

@@ -30,6 +30,38 @@ pub enum Change {
     },
 }
 
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scope = |s: &KillScope| match s {
+            KillScope::All => "all tools".to_owned(),
+            KillScope::Tool(t) => format!("tool {t}"),
+            KillScope::Principal(p) => format!("principal {p}"),
+            KillScope::Resources(c) => format!("the resources of {c}"),
+            KillScope::Prompts(c) => format!("the prompts of {c}"),
+        };
+        let interrupting = |i: bool| if i { ", interrupting" } else { "" };
+        match self {
+            Change::Kill {
+                scope: s,
+                interrupt,
+            } => {
+                write!(f, "kill {}{}", scope(s), interrupting(*interrupt))
+            }
+            Change::Revive { scope: s } => write!(f, "revive {}", scope(s)),
+            Change::Revoke {
+                tool,
+                grant,
+                interrupt,
+            } => write!(
+                f,
+                "revoke grant {grant} of tool {tool}{}",
+                interrupting(*interrupt)
+            ),
+            Change::Restore { tool, grant } => write!(f, "restore grant {grant} of tool {tool}"),
+        }
+    }
+}
+
 /// What a change did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeOutcome {
@@ -50,6 +82,11 @@ pub struct ChangeOutcome {
 pub enum CommandError {
     #[error("no tool or [[tool]] entry is named {0}")]
     UnknownTool(String),
+    #[error(
+        "no API key, local principal or running call is named {name} (known: {known}); if it \
+         is a token's subject, kill it with --force"
+    )]
+    UnknownPrincipal { name: String, known: String },
     #[error("[[tool]] {component} has no grant {grant}; its grants are: {available}")]
     UnknownGrant {
         component: String,
@@ -84,11 +121,12 @@ pub async fn apply(
     operator: &OperatorState,
     change: &Change,
     by: &str,
+    force: bool,
 ) -> Result<ChangeOutcome, CommandError> {
     let mut component = None;
     let (changed, interrupted) = match change {
         Change::Kill { scope, interrupt } => {
-            check_scope(airlock, scope)?;
+            check_scope(airlock, operator, scope, force)?;
             let changed = persist(operator, |o| o.set_kill(scope, true))?;
             let interrupted = if *interrupt {
                 operator.running.interrupt(|c| match scope {
@@ -133,7 +171,15 @@ pub async fn apply(
             (changed, Vec::new())
         }
     };
-    tracing::warn!(target: "airlock::operator", by, ?change, changed, interrupted = interrupted.len(), "operator action");
+    tracing::warn!(
+        target: "airlock::operator",
+        "operator {by}: {change}{}{}",
+        if changed { "" } else { " (already in force)" },
+        match interrupted.len() {
+            0 => String::new(),
+            n => format!(", {n} running calls interrupted"),
+        }
+    );
     let record = OperatorRecord {
         by,
         change,
@@ -172,10 +218,41 @@ fn persist(
     operator.overrides.update(f).map_err(CommandError::Persist)
 }
 
-/// A kill of a tool must name something that exists now (a typo would otherwise protect
-/// nothing); principals come from tokens and cannot be checked.
-fn check_scope(airlock: &Airlock, scope: &KillScope) -> Result<(), CommandError> {
+/// A kill must name something that exists now: a typo would otherwise protect nothing. A
+/// principal is known from the configuration (API keys, the local principal, `anonymous`
+/// without auth), from a running call, or from a kill in force; a token's subject the server
+/// has not seen needs `force`.
+fn check_scope(
+    airlock: &Airlock,
+    operator: &OperatorState,
+    scope: &KillScope,
+    force: bool,
+) -> Result<(), CommandError> {
     match scope {
+        KillScope::Principal(p) if !force => {
+            let auth = &airlock.catalog().policy.auth;
+            let mut known: Vec<String> = auth
+                .api_keys
+                .iter()
+                .map(|k| k.principal.to_string())
+                .chain([auth.local_principal.name.to_string()])
+                .chain(
+                    (auth.mode == crate::config::auth::AuthMode::None)
+                        .then(|| crate::core::principal::ANONYMOUS_PRINCIPAL.to_owned()),
+                )
+                .chain(operator.running.list().into_iter().map(|c| c.principal))
+                .chain(operator.overrides.current().principals.iter().cloned())
+                .collect();
+            known.sort();
+            known.dedup();
+            if known.iter().any(|k| k == p) {
+                return Ok(());
+            }
+            Err(CommandError::UnknownPrincipal {
+                name: p.clone(),
+                known: known.join(", "),
+            })
+        }
         KillScope::Tool(t) if component_of(airlock, t).is_none() => {
             Err(CommandError::UnknownTool(t.clone()))
         }

@@ -96,6 +96,7 @@ impl Denial {
             } => "tcp",
             Denial::Socket { .. } => "tcp",
             Denial::Revoked { grant, .. } if grant.starts_with("tcp:") => "tcp",
+            Denial::Revoked { grant, .. } if grant.starts_with("fs:") => "fs",
             Denial::Revoked { .. } => "net",
             Denial::Shadow { .. } => "tier",
             Denial::Sampling => "sample",
@@ -185,6 +186,10 @@ impl fmt::Display for Denial {
                 ),
                 SocketUse::Udp => write!(f, "UDP to {target} is not granted"),
             },
+            Denial::Revoked { grant, target } if grant.starts_with("fs:") => write!(
+                f,
+                "access to {target} was granted by {grant}, which an operator revoked"
+            ),
             Denial::Revoked { grant, target } => write!(
                 f,
                 "network egress to {target} was granted by {grant}, which an operator revoked"

@@ -995,6 +995,16 @@ impl Queue {
                 answer: tx,
             },
         );
+        drop(waiting);
+        tracing::warn!(
+            target: "airlock::approval",
+            "{id} waiting: {asking} of {tool} by {principal} (call {call}); answer with \
+             `airlock ctl approvals approve {id}` or `airlock ctl approvals deny {id}` within {timeout}",
+            asking = q.asking,
+            tool = q.tool,
+            call = call.call_id,
+            timeout = policy.timeout,
+        );
         Ok((id, rx))
     }
 

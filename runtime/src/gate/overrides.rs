@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 /// The file, in the state directory.
 pub const FILE: &str = "overrides.json";
+/// The directory shown to calls in place of a revoked filesystem grant (kept empty).
+const STANDIN_DIR: &str = "revoked-grant";
 const VERSION: u32 = 1;
 
 /// What an operator has switched off.
@@ -231,6 +233,8 @@ pub struct OverrideStore {
     current: ArcSwap<Overrides>,
     /// Serialises changes: read, change, persist, publish.
     change: Mutex<()>,
+    /// `<state_dir>/revoked-grant`, empty: shown to calls in place of a revoked `fs` grant.
+    standin: Option<PathBuf>,
 }
 
 impl OverrideStore {
@@ -243,6 +247,7 @@ impl OverrideStore {
                 ..Overrides::default()
             }),
             change: Mutex::new(()),
+            standin: None,
         }
     }
 
@@ -291,10 +296,33 @@ impl OverrideStore {
                 "operator overrides in force"
             );
         }
+        let standin = state_dir.join(STANDIN_DIR);
+        match std::fs::create_dir_all(&standin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StateError {
+                    path: standin,
+                    problem: format!("cannot create it: {e}"),
+                });
+            }
+        }
+        // It must be an empty directory (what a call sees of a revoked grant): anything else
+        // there is refused rather than shown.
+        let is_dir = std::fs::symlink_metadata(&standin).is_ok_and(|m| m.is_dir());
+        if !is_dir || !std::fs::read_dir(&standin).is_ok_and(|mut d| d.next().is_none()) {
+            return Err(StateError {
+                path: standin,
+                problem: "it must be an empty directory (what a call sees in place of a revoked \
+                          filesystem grant); remove what is there"
+                    .into(),
+            });
+        }
         Ok(OverrideStore {
             path: Some(path),
             current: ArcSwap::from_pointee(overrides),
             change: Mutex::new(()),
+            standin: Some(standin),
         })
     }
 
@@ -349,6 +377,10 @@ impl Revocations for OverrideStore {
             None => configured.clone(),
             Some(revoked) => Arc::new(without(configured, revoked)),
         }
+    }
+
+    fn standin_dir(&self) -> Option<&Path> {
+        self.standin.as_deref()
     }
 }
 

@@ -777,6 +777,7 @@ impl Airlock {
             family: target.offering.family(),
             component: component.prepared.name.clone(),
             principal: caller.principal.name.clone(),
+            arguments_sha256: Arc::from(usage.arguments_sha256.as_str()),
             started: Instant::now(),
             fuel_left: Arc::new(AtomicU64::new(component.entry.limits.fuel)),
             fuel_budget: component.entry.limits.fuel,

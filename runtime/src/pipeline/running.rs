@@ -17,6 +17,8 @@ pub struct Running {
     /// The `[[tool]]` entry.
     pub component: Arc<str>,
     pub principal: Arc<str>,
+    /// The sha256 of the call's arguments (canonical JSON), as its audit record has it.
+    pub arguments_sha256: Arc<str>,
     pub started: Instant,
     /// Fuel left, brought up to date by the store at every epoch tick.
     pub fuel_left: Arc<AtomicU64>,
@@ -32,6 +34,9 @@ pub struct CallView {
     pub tool: String,
     pub component: String,
     pub principal: String,
+    /// What the call was asked to do, as a digest (`ctl calls` shows no argument values).
+    #[serde(default)]
+    pub arguments_sha256: String,
     pub age_ms: u64,
     pub fuel_used: u64,
 }
@@ -78,6 +83,7 @@ impl RunningCalls {
                 tool: c.tool.to_string(),
                 component: c.component.to_string(),
                 principal: c.principal.to_string(),
+                arguments_sha256: c.arguments_sha256.to_string(),
                 age_ms: c.started.elapsed().as_millis() as u64,
                 fuel_used: c
                     .fuel_budget

@@ -53,6 +53,10 @@ pub struct CallFiles {
     /// them may still run on the blocking pool after the call (holding them); the trees are
     /// measured only once they are closed.
     quota_files: Vec<std::sync::Weak<std::fs::File>>,
+    /// The call's revoked filesystem grants (id, guest path), each mounted as an empty
+    /// stand-in, and the stand-ins' descriptors by table index to the index here.
+    revoked: Vec<(String, String)>,
+    standins: HashMap<u32, usize>,
 }
 
 impl CallFiles {
@@ -64,7 +68,32 @@ impl CallFiles {
             listings: OpenHandles::new(max_open),
             max_open,
             quota_files: Vec::new(),
+            revoked: Vec::new(),
+            standins: HashMap::new(),
         }
+    }
+
+    /// The grant `id`, mounted at `guest`, is revoked: its stand-in refuses every open.
+    pub fn add_revoked(&mut self, id: &str, guest: &str) {
+        self.revoked.push((id.to_owned(), guest.to_owned()));
+    }
+
+    /// Refuse an open or a listing through the stand-in of a revoked grant (the call ends
+    /// as blocked, naming the grant).
+    fn refuse_revoked(state: &mut HostState, fd: u32, path: &str) -> Result<(), types::ErrorCode> {
+        let Some(&r) = state.files.standins.get(&fd) else {
+            return Ok(());
+        };
+        let (grant, guest) = &state.files.revoked[r];
+        let target = match path {
+            "" | "." => guest.clone(),
+            p => format!("{}/{p}", guest.trim_end_matches('/')),
+        };
+        state.refuse(Denial::Revoked {
+            grant: grant.clone(),
+            target,
+        });
+        Err(types::ErrorCode::NotPermitted)
     }
 
     /// Whether the call may open one more file or listing (files and listings share the cap).
@@ -276,6 +305,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         state.charge(0);
         let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
         for (fd, guest) in &dirs {
+            if let Some(r) = state.files.revoked.iter().position(|(_, g)| g == guest) {
+                state.files.standins.insert(fd.rep(), r);
+                continue;
+            }
             match state.files.quotas.iter().position(|q| &q.guest == guest) {
                 Some(q) => {
                     state.files.under.insert(fd.rep(), q);
@@ -311,7 +344,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 state.charge(0);
-                if let Err(e) = CallFiles::refuse_open(state) {
+                if let Err(e) = CallFiles::refuse_revoked(state, fd.rep(), &path)
+                    .and_then(|()| CallFiles::refuse_open(state))
+                {
                     return Ok((Err(e),));
                 }
                 // A new entry costs its entry.
@@ -354,7 +389,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 state.charge(0);
-                if let Err(e) = CallFiles::refuse_open(state) {
+                if let Err(e) = CallFiles::refuse_revoked(state, fd.rep(), "")
+                    .and_then(|()| CallFiles::refuse_open(state))
+                {
                     return Ok((Err(e),));
                 }
                 let r = types::HostDescriptor::read_directory(&mut state.filesystem(), fd).await;

@@ -9,6 +9,11 @@ use std::sync::Arc;
 pub trait Revocations: Send + Sync {
     /// The grants of `component` left in force, out of those `configured`.
     fn grants_left(&self, component: &str, configured: &Arc<Grants>) -> Arc<Grants>;
+
+    /// An empty directory shown to a call in place of each revoked filesystem grant, so that
+    /// the guest's opens there reach the host and end as a revocation rather than failing in
+    /// the guest's libc as a path that does not exist. `None`: revoked grants are left out.
+    fn standin_dir(&self) -> Option<&std::path::Path>;
 }
 
 /// The grants of one component, with the revocations in force applied at every use.
@@ -48,5 +53,10 @@ impl LiveGrants {
     /// The grants as configured, before revocations.
     pub fn configured(&self) -> &Grants {
         &self.base
+    }
+
+    /// Where a revoked filesystem grant is shown instead ([`Revocations::standin_dir`]).
+    pub fn standin_dir(&self) -> Option<&std::path::Path> {
+        self.revocations.as_deref().and_then(|r| r.standin_dir())
     }
 }

@@ -500,7 +500,7 @@ impl HostState {
 
     /// Refuse something the call tried: logged, and the first refusal ends the call as blocked.
     pub(super) fn refuse(&self, d: Denial) {
-        egress::record_denial(&self.denial, &self.component, d);
+        egress::record_denial(&self.denial, &self.component, d.redacted(&self.redactor));
     }
 
     fn clean(&self, mut text: String) -> String {
@@ -1425,6 +1425,11 @@ fn call_files(
         })?;
         files.add_quota(&g.id, &g.guest, ledger);
     }
+    if let Some(now) = grants {
+        for g in revoked_fs(&prepared.grants, now) {
+            files.add_revoked(&g.id, &g.guest);
+        }
+    }
     Ok(files)
 }
 
@@ -1521,7 +1526,33 @@ fn grant(
                 ))
             })?;
     }
+    // A revoked filesystem grant is still mounted, as an empty read-only stand-in: the
+    // guest's opens there reach the host, which ends the call as blocked by the revocation.
+    if let Some(standin) = live.standin_dir() {
+        for g in revoked_fs(live.configured(), grants) {
+            builder
+                .preopened_dir(standin, &g.guest, FsPerms::ReadOnly)
+                .map_err(|e| {
+                    CallFailure::HostError(format!(
+                        "cannot mount the stand-in of revoked grant {} ({}): {e}",
+                        g.id,
+                        standin.display()
+                    ))
+                })?;
+        }
+    }
     Ok(())
+}
+
+/// The filesystem grants `configured` that are not in force now.
+fn revoked_fs<'a>(
+    configured: &'a Grants,
+    now: &'a Grants,
+) -> impl Iterator<Item = &'a crate::config::grants::FsGrant> {
+    configured
+        .fs
+        .iter()
+        .filter(|g| !now.fs.iter().any(|n| n.id == g.id))
 }
 
 async fn invoke(

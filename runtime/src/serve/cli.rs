@@ -226,8 +226,17 @@ pub fn main() -> ExitCode {
     {
         return fail(&anyhow::anyhow!("cannot start the guest threads: {e}"));
     }
+    // `ctl --json` answers in JSON whatever happens: a script reads one shape.
+    let json_errors = matches!(&cli.command, Command::Ctl { json: true, .. });
     match runtime.block_on(run(cli.command, confined)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json_errors => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "error": format!("{e:#}")})
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => fail(&e),
     }
 }

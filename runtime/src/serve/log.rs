@@ -138,10 +138,22 @@ fn directive(text: &str) -> tracing_subscriber::filter::Directive {
 /// Install the process's log: `json` or text, filtered by `RUST_LOG` (default `info`).
 pub fn init(json: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rmcp's own lines (a session started or ended, a notification received, each with a
+    // `Debug` dump of the client's parameters) are chatter per request at its `info`: shown
+    // only when the log is at `debug` or finer, or when RUST_LOG names rmcp itself.
+    let names_rmcp = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rmcp"));
+    if !names_rmcp
+        && filter
+            .max_level_hint()
+            .is_none_or(|l| l < LevelFilter::DEBUG)
+    {
+        filter = filter.add_directive(directive("rmcp=warn"));
+    }
     // rmcp logs whole session ids (a session's bearer capability) at info and in its spans:
     // those targets are held below the levels that would show them, whatever RUST_LOG says.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+    let filter = filter
         .add_directive(directive(
             "rmcp::transport::streamable_http_server::session::local=warn",
         ))

@@ -829,6 +829,25 @@ fn own_origins(local: SocketAddr) -> Vec<String> {
     origins
 }
 
+/// `/readyz`'s answer for `why` (not ready, and why), logging each change of readiness once.
+fn readiness_answer(
+    why: Option<String>,
+    last: &std::sync::Mutex<Option<String>>,
+) -> (http::StatusCode, &'static str) {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if *last != why {
+        match &why {
+            Some(reason) => tracing::warn!("not ready: {reason}"),
+            None => tracing::info!("ready again"),
+        }
+        *last = why.clone();
+    }
+    match why {
+        None => (http::StatusCode::OK, "ready\n"),
+        Some(_) => (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
 /// Serve MCP over Streamable HTTP at `http://<addr>/mcp` until `shutdown` fires.
 pub async fn serve_http(
     live: Arc<Live>,
@@ -904,7 +923,28 @@ pub async fn serve_http(
         let live = metadata_live.clone();
         async move { protected_resource_metadata(&live) }
     };
+    let ready_live = live.clone();
+    let ready_shutdown = shutdown.clone();
+    let last_ready = Arc::new(std::sync::Mutex::new(None::<String>));
+    let ready = move || {
+        let why = ready_live.not_ready().or_else(|| {
+            ready_shutdown
+                .is_cancelled()
+                .then(|| "the server is stopping".to_owned())
+        });
+        readiness_answer(why, &last_ready)
+    };
+    // Outside the auth layer: a load balancer probes without credentials. The answers say
+    // nothing beyond ready or not; the reason is logged and shown by `airlock ctl status`.
     let app = mcp
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { (http::StatusCode::OK, "ok\n") }),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(move || std::future::ready(ready())),
+        )
         .route(
             "/.well-known/oauth-protected-resource",
             axum::routing::get(serve.clone()),
