@@ -225,6 +225,7 @@ impl Plan {
         }
         plan.read_write.insert(PathBuf::from("/dev/null"));
         plan.bind.extend(listen.map(|a| a.port()));
+        plan.bind.extend(policy.metrics.listen.map(|a| a.port()));
         // Ephemeral ports: a tool's explicit bind of the unspecified address must reach the
         // host's socket check for listening, which refuses it by name; listening is refused
         // there, not by the kernel (landlock has no right for it).

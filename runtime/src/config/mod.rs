@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bundled;
 pub mod confine;
 pub mod grants;
+pub mod metrics;
 pub mod policy;
 pub mod risk;
 pub mod safety;

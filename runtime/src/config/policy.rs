@@ -7,6 +7,7 @@ use crate::config::auth::{self, AuthSection, AuthSettings};
 use crate::config::bundled;
 use crate::config::confine::{self, ConfineSection, ConfineSettings};
 use crate::config::grants::{self, Grants, GrantsSection};
+use crate::config::metrics::{self, MetricsSection, MetricsSettings};
 use crate::config::risk::{self, ApprovalPolicy, ApprovalSection, Tier};
 use crate::config::safety;
 use crate::config::secrets::{self, SecretStore, SecretsSection};
@@ -87,6 +88,8 @@ struct ConfigFile {
     tools: Vec<ToolSection>,
     #[serde(default)]
     confine: ConfineSection,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -406,6 +409,8 @@ pub struct Policy {
     pub confine: ConfineSettings,
     /// `[safety]`: the defaults of `[tool.safety]`, metadata checks, extra rules, DLP actions.
     pub safety: safety::SafetySettings,
+    /// `[metrics]`: the Prometheus listener, if any.
+    pub metrics: MetricsSettings,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -606,6 +611,7 @@ impl Policy {
             components,
             confine: confine::resolve(&file.confine).map_err(|(k, p)| err(k, p))?,
             safety,
+            metrics: metrics::resolve(&file.metrics).map_err(|(k, p)| err(k, p))?,
         })
     }
 }
@@ -808,6 +814,10 @@ impl Policy {
             max_in_flight: self.server.max_in_flight,
             connections: if http {
                 u64::from(self.server.max_connections)
+            } else {
+                0
+            } + if self.metrics.listen.is_some() {
+                u64::from(metrics::METRICS_MAX_CONNECTIONS)
             } else {
                 0
             },

@@ -433,6 +433,9 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
     if old.confine != new.confine {
         return Err(restart("[confine]"));
     }
+    if old.metrics != new.metrics {
+        return Err(restart("[metrics]"));
+    }
     if http_loopback == Some(false) && new.auth.mode == crate::config::auth::AuthMode::None {
         anyhow::bail!(
             "[auth] mode = \"none\" is refused: this server listens on a non-loopback address \

@@ -1008,6 +1008,16 @@ impl Queue {
         Ok((id, rx))
     }
 
+    /// How many wait now.
+    pub fn len(&self) -> usize {
+        lock(&self.waiting).len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn remove(&self, id: &str) {
         lock(&self.waiting).remove(id);
     }

@@ -247,7 +247,12 @@ impl Inline {
         let written = if seal {
             w.seal(&mut buf)
         } else {
-            w.commit([body], &mut buf).map(|seqs| seqs[0])
+            let started = Instant::now();
+            let written = w.commit([body], &mut buf).map(|seqs| seqs[0]);
+            let m = crate::core::metrics::metrics();
+            m.audit_write.observe(started.elapsed().as_secs_f64());
+            m.audit_batch.observe(1.0);
+            written
         };
         w.scratch = buf;
         // The flusher sleeps until something waits for it: the first unflushed record (its
@@ -297,7 +302,11 @@ fn flush_loop(inline: &Inline) {
         }
         if let Some(flush) = w.due_flush() {
             drop(w);
+            let started = Instant::now();
             let done = flush.file.sync_data();
+            crate::core::metrics::metrics()
+                .audit_flush
+                .observe(started.elapsed().as_secs_f64());
             w = lock(&inline.writer);
             w.flush_done(flush, done);
         }
@@ -603,7 +612,12 @@ impl Writer {
                 drain(&rx, &mut batch, &mut seal);
             }
             if !batch.is_empty() {
-                match self.commit(batch.iter().map(|p| &p.body[..]), &mut buf) {
+                let started = Instant::now();
+                let committed = self.commit(batch.iter().map(|p| &p.body[..]), &mut buf);
+                let m = crate::core::metrics::metrics();
+                m.audit_write.observe(started.elapsed().as_secs_f64());
+                m.audit_batch.observe(batch.len() as f64);
+                match committed {
                     Ok(seqs) => {
                         for (p, seq) in batch.drain(..).zip(seqs) {
                             let _ = p.durable.send(Ok(seq));

@@ -20,6 +20,7 @@ use crate::config::safety::{Clearance, DataClass, MetadataPolicy};
 use crate::core::failure::CallFailure;
 use crate::core::ids::random_id;
 use crate::core::interaction::{Asking, Reply};
+use crate::core::metrics::{CallLabels, ToolLabels, metrics};
 use crate::core::principal::{Access, Principal};
 use crate::core::redact::{Redactor, Shapes, rewrite_json_strings};
 use crate::gate::approval::{AskingCall, Interaction, Question};
@@ -519,9 +520,15 @@ impl Airlock {
             principal: secrets.redact(&caller.principal.name),
             request: request.offering().method(),
         };
+        usage.output_bytes = match &result {
+            Ok(r) => r.size(),
+            Err(_) => 0,
+        };
+        let audit_started = Instant::now();
         let audited = self
             .audit_call(&shown, arguments, caller, &result, started, &usage)
             .await;
+        metrics().step("audit", audit_started.elapsed());
         let result = match audited {
             Ok(_)
                 if usage.tier == Some(crate::config::risk::Tier::Shadow)
@@ -559,7 +566,65 @@ impl Airlock {
             secrets,
             &self.shapes,
         );
+        self.count(&request, &shown, caller, &result, started, &usage);
         result
+    }
+
+    /// The call in the metrics. The tool label is a name the catalog has (a tool's; the entry's
+    /// for reads, prompts and completions), never the client's text.
+    fn count(
+        &self,
+        request: &Request<'_>,
+        shown: &Shown<'_>,
+        caller: &Caller,
+        result: &Result<Response, CallFailure>,
+        started: Instant,
+        usage: &Usage,
+    ) {
+        let m = metrics();
+        let tool: Arc<str> = match (&usage.component, request.offering()) {
+            (Some(_), Offering::Tool) => Arc::from(&*shown.tool),
+            (Some(entry), _) => entry.clone(),
+            (None, _) => Arc::from("unknown"),
+        };
+        m.calls
+            .get_or_create(&CallLabels {
+                request: shown.request,
+                tool: tool.clone(),
+                outcome: match result {
+                    Ok(_) => "completed",
+                    Err(f) => f.kind(),
+                },
+                principal_class: self.principal_class(&caller.principal),
+            })
+            .inc();
+        m.step("total", started.elapsed());
+        let labels = ToolLabels { tool };
+        if let Some(fuel) = usage.fuel_used {
+            m.fuel_used.get_or_create(&labels).observe(fuel as f64);
+            m.memory_peak
+                .get_or_create(&labels)
+                .observe(usage.peak_memory as f64);
+        }
+        if result.is_ok() {
+            m.output_size
+                .get_or_create(&labels)
+                .observe(usage.output_bytes as f64);
+        }
+    }
+
+    /// What kind of principal `p` is, for the metrics: `local`, `anonymous`, `api_key`,
+    /// `unauthenticated` or `jwt` (names are unique across these sources).
+    fn principal_class(&self, p: &Principal) -> &'static str {
+        use crate::core::principal::{ANONYMOUS_PRINCIPAL, UNAUTHENTICATED_PRINCIPAL};
+        let auth = &self.catalog.policy.auth;
+        match &*p.name {
+            n if n == &*auth.local_principal.name => "local",
+            ANONYMOUS_PRINCIPAL => "anonymous",
+            UNAUTHENTICATED_PRINCIPAL => "unauthenticated",
+            n if auth.api_keys.iter().any(|k| &*k.principal == n) => "api_key",
+            _ => "jwt",
+        }
     }
 
     /// The data class and what the content checks did, in a tool result's `_meta` (set by the
@@ -623,7 +688,13 @@ impl Airlock {
             }
         };
         let (decision, outcome, reason, tool_error, output_bytes) = match result {
-            Ok(r) => ("completed", "completed", None, r.is_error(), r.size()),
+            Ok(r) => (
+                "completed",
+                "completed",
+                None,
+                r.is_error(),
+                usage.output_bytes,
+            ),
             Err(f) => (
                 f.decision(),
                 f.kind(),
@@ -683,6 +754,7 @@ impl Airlock {
         ctx: CallContext,
         usage: &mut Usage,
     ) -> Result<Response, CallFailure> {
+        let step = Instant::now();
         // The principal's bucket first: a flood of unknown names is limited as well.
         self.rate_limits.check_principal(&caller.principal.name)?;
         let target = self.target(request, &caller.principal)?;
@@ -761,10 +833,16 @@ impl Airlock {
             Some(_) => rule.needs_approval(target.name, request.arguments()),
             None => rule.approves_every_request(),
         };
+        metrics().step("checks", step.elapsed());
         if needed {
-            self.approve(&target, request.arguments(), caller, &ctx, usage)
-                .await?;
+            let step = Instant::now();
+            let approved = self
+                .approve(&target, request.arguments(), caller, &ctx, usage)
+                .await;
+            metrics().step("approval", step.elapsed());
+            approved?;
         }
+        let step = Instant::now();
         let permits = self.admit(&target).inspect_err(|_| {
             // Refused before it ran: the ticket the call redeemed may be presented again.
             if let Some(id) = &usage.ticket {
@@ -797,9 +875,13 @@ impl Airlock {
         if component.acts_outside {
             self.record_intent(&target, caller, usage).await?;
         }
+        metrics().step("admission", step.elapsed());
+        let step = Instant::now();
         let report = self
             .execute(&target, input, ctx, &running.call, caller, usage, permits)
             .await;
+        metrics().step("sandbox", step.elapsed());
+        let _output_step = OutputStep(Instant::now());
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
         usage.stdout = report.stdout;
@@ -2363,6 +2445,16 @@ struct IntentRecord<'a> {
     arguments_sha256: &'a str,
 }
 
+/// Records the output step's time (conversion, schema, content checks) when dropped: the step
+/// has several ways out.
+struct OutputStep(Instant);
+
+impl Drop for OutputStep {
+    fn drop(&mut self) {
+        metrics().step("output", self.0.elapsed());
+    }
+}
+
 /// What a call consumed, for its log event.
 #[derive(Default)]
 struct Usage {
@@ -2375,6 +2467,8 @@ struct Usage {
     redactor: Option<Arc<Redactor>>,
     fuel_used: Option<u64>,
     peak_memory: usize,
+    /// Bytes of the response as sent (0 for a failure).
+    output_bytes: usize,
     stdout: (Vec<u8>, u64),
     stderr: (Vec<u8>, u64),
     /// The data class of the called tool.

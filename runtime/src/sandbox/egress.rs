@@ -117,6 +117,7 @@ pub fn tcp_check(
                 what: "a TCP connection".into(),
                 target: address.to_string(),
             };
+            count_egress(&component, "none", "refused");
             record_denial(&denial, &component, d);
             return Box::pin(std::future::ready(false));
         }
@@ -149,7 +150,14 @@ pub fn tcp_check(
                 },
                 None => Denial::Socket { usage, target },
             };
+            if usage == SocketUse::Connect {
+                count_denied(&component, &d);
+            }
             record_denial(&denial, &component, d);
+        } else if usage == SocketUse::Connect {
+            let current = grants.current();
+            let grant = current.tcp.iter().find(|g| g.address == address);
+            count_egress(&component, grant.map_or("none", |g| &g.id), "allowed");
         }
         Box::pin(std::future::ready(allowed))
     }
@@ -162,6 +170,27 @@ type SendResult = Result<
     ),
     Error,
 >;
+
+/// One outgoing request or connect of `component` in the metrics.
+fn count_egress(component: &Arc<str>, grant: &str, outcome: &'static str) {
+    crate::core::metrics::metrics()
+        .egress
+        .get_or_create(&crate::core::metrics::EgressLabels {
+            component: component.clone(),
+            grant: Arc::from(grant),
+            outcome,
+        })
+        .inc();
+}
+
+/// A refused request or connect in the metrics: `revoked` with the grant an operator took
+/// away, else `refused`.
+fn count_denied(component: &Arc<str>, d: &Denial) {
+    match d {
+        Denial::Revoked { grant, .. } => count_egress(component, grant, "revoked"),
+        _ => count_egress(component, "none", "refused"),
+    }
+}
 
 /// Log a refusal of something `component` tried, and keep it if it is the call's first (which
 /// then ends the call as blocked).
@@ -316,6 +345,7 @@ impl WasiHttpHooks for EgressGate {
                 what,
                 target: target(uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(0)),
             };
+            count_egress(&self.component, "none", "refused");
             let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
             return Box::new(async move { Err(e) });
         }
@@ -326,6 +356,7 @@ impl WasiHttpHooks for EgressGate {
                 kind: HandleKind::HttpRequests,
                 limit,
             };
+            count_egress(&self.component, "none", "refused");
             let e = refuse(&self.denial, &self.component, d);
             return Box::new(async move { Err(e) });
         }
@@ -339,6 +370,7 @@ impl WasiHttpHooks for EgressGate {
             Ok(a) => a,
             Err(d) => {
                 let d = revoked(self.grants.configured(), &request).unwrap_or(d);
+                count_denied(&self.component, &d);
                 let e = refuse(&self.denial, &self.component, d.redacted(&self.redactor));
                 return Box::new(async move { Err(e) });
             }
@@ -356,7 +388,10 @@ impl WasiHttpHooks for EgressGate {
                 host,
                 port,
             } = admitted;
-            let addresses = resolve(&host, port, limits.timeout).await?;
+            let grant = &grants.net[covering[0]].id;
+            let addresses = resolve(&host, port, limits.timeout)
+                .await
+                .inspect_err(|_| count_egress(&component, grant, "failed"))?;
             let address = match pick_address(&grants, &covering, &addresses) {
                 Ok(a) => a,
                 Err((address, range)) => {
@@ -365,11 +400,12 @@ impl WasiHttpHooks for EgressGate {
                         address,
                         range,
                     };
+                    count_egress(&component, grant, "refused");
                     return Err(refuse(&denial, &component, d.redacted(&redactor)));
                 }
             };
-            tracing::debug!(target: "airlock::egress", %component, grant = %grants.net[covering[0]].id, %address, "egress allowed");
-            send(
+            tracing::debug!(target: "airlock::egress", %component, %grant, %address, "egress allowed");
+            let sent = send(
                 address,
                 https,
                 &host,
@@ -378,7 +414,13 @@ impl WasiHttpHooks for EgressGate {
                 grants.reflections.clone(),
                 held,
             )
-            .await
+            .await;
+            count_egress(
+                &component,
+                grant,
+                if sent.is_ok() { "completed" } else { "failed" },
+            );
+            sent
         })
     }
 }

@@ -511,17 +511,31 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             let live = start_serving(&config, reset_state, http, confined).await?;
             tracing::info!(tools = live.current().tools().len(), "loaded");
             let audit = live.current().audit().clone();
+            let shutdown = CancellationToken::new();
+            let metrics = match live.current().catalog().policy.metrics.listen {
+                Some(addr) => Some(crate::serve::metrics::bind(addr).await?),
+                None => None,
+            };
+            if let Some(listener) = metrics {
+                let (live, shutdown) = (live.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::serve::metrics::serve(listener, live, shutdown).await {
+                        tracing::error!("{e:#}");
+                    }
+                });
+            }
             let served = if stdio {
-                tokio::select! {
+                let served = tokio::select! {
                     r = crate::serve::mcp::serve_stdio(live.clone()) => r,
                     _ = shutdown_signal() => {
                         tracing::info!("shutting down");
                         Ok(())
                     }
-                }
+                };
+                shutdown.cancel();
+                served
             } else {
                 let addr = http.expect("clap requires --stdio or --http");
-                let shutdown = CancellationToken::new();
                 let trigger = shutdown.clone();
                 tokio::spawn(async move {
                     shutdown_signal().await;

@@ -24,6 +24,8 @@ use tokio_util::task::TaskTracker;
 /// The listener's limits (`[server]`).
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerLimits {
+    /// The listener's name in the metrics (`mcp`, `metrics`).
+    pub name: &'static str,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
@@ -171,12 +173,26 @@ pub async fn serve(
                 }
             },
         };
+        let m = crate::core::metrics::metrics();
+        let listener_label = crate::core::metrics::ListenerLabels {
+            listener: limits.name,
+        };
+        let refused = |reason| {
+            m.connections_refused
+                .get_or_create(&crate::core::metrics::RefusedLabels {
+                    listener: limits.name,
+                    reason,
+                })
+                .inc();
+        };
         let Ok(permit) = total.clone().try_acquire_owned() else {
+            refused("max_connections");
             refusals.note("the server's connection limit (max_connections) is reached");
             refuse(tcp, "too many connections to this server");
             continue;
         };
         let Some(slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
+            refused("max_connections_per_peer");
             refusals.note("a peer's connection limit (max_connections_per_peer) is reached");
             refuse(tcp, "too many connections from this address");
             continue;
@@ -187,8 +203,10 @@ pub async fn serve(
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let shutdown = shutdown.clone();
+        m.connections.get_or_create(&listener_label).inc();
+        m.connections_open.get_or_create(&listener_label).inc();
         tracker.spawn(async move {
-            let _held = (permit, slot);
+            let _held = (permit, slot, OpenConnection(limits.name));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -210,6 +228,18 @@ pub async fn serve(
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     Ok(())
+}
+
+/// Counts an open connection in the metrics while it lives.
+struct OpenConnection(&'static str);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::core::metrics::metrics()
+            .connections_open
+            .get_or_create(&crate::core::metrics::ListenerLabels { listener: self.0 })
+            .dec();
+    }
 }
 
 /// A request body that fails once its deadline passes before it has all arrived.

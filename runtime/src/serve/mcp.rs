@@ -716,6 +716,7 @@ async fn authenticate(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let started = std::time::Instant::now();
     let mut outcome = auth.authenticate(header);
     if outcome == Err(AuthError::UnknownKey) {
         // The issuer may have rotated its keys: fetch them again (at a bounded rate) and retry.
@@ -725,6 +726,7 @@ async fn authenticate(
             Err(e) => tracing::warn!(target: "airlock::auth", "cannot refresh the JWKS: {e}"),
         }
     }
+    crate::core::metrics::metrics().step("authenticate", started.elapsed());
     let error = match outcome {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
@@ -803,6 +805,9 @@ pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
         .serve(crate::serve::stdio::ends())
         .await
         .context("MCP initialisation on stdio failed")?;
+    let m = crate::core::metrics::metrics();
+    m.sessions_opened.inc();
+    m.sessions_open.set(1);
     service
         .waiting()
         .await
@@ -891,6 +896,14 @@ pub async fn serve_http(
     let mut manager = LocalSessionManager::default();
     manager.session_config.keep_alive = Some(server.session_idle_timeout.0);
     let sessions = Arc::new(manager);
+    let counted = sessions.clone();
+    crate::serve::metrics::on_scrape(move || {
+        if let Ok(open) = counted.sessions.try_read() {
+            crate::core::metrics::metrics()
+                .sessions_open
+                .set(open.len() as i64);
+        }
+    });
     let owners = SessionOwners::new(
         live.clone(),
         sessions.clone(),
@@ -954,6 +967,7 @@ pub async fn serve_http(
             axum::routing::get(serve),
         );
     let limits = ListenerLimits {
+        name: "mcp",
         header_timeout: server.http_header_timeout.0,
         body_timeout: server.http_body_timeout.0,
         max_connections: server.max_connections as usize,

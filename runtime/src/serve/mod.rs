@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod listener;
 pub mod log;
 pub mod mcp;
+pub mod metrics;
 pub mod new;
 pub mod sessions;
 pub mod stdio;

@@ -154,6 +154,7 @@ pub async fn bind_session(
                 method: &method,
             };
             sessions.record(&record).await;
+            count_refusal("not_owner");
             return not_found();
         }
     }
@@ -189,6 +190,7 @@ pub async fn bind_session(
                 .await;
             return refuse_session(&sessions, &principal, why).await;
         }
+        crate::core::metrics::metrics().sessions_opened.inc();
         let len = {
             let mut owners = sessions.owners();
             owners
@@ -201,6 +203,13 @@ pub async fn bind_session(
         }
     }
     response
+}
+
+fn count_refusal(reason: &'static str) {
+    crate::core::metrics::metrics()
+        .sessions_refused
+        .get_or_create(&crate::core::metrics::ReasonLabels { reason })
+        .inc();
 }
 
 /// The record of a session that was not opened, for the audit log.
@@ -218,6 +227,11 @@ async fn refuse_session(
     why: String,
 ) -> axum::response::Response {
     tracing::warn!(target: "airlock::auth", principal = %principal.name, "{why}");
+    count_refusal(if why.contains("max_sessions_per_principal") {
+        "max_sessions_per_principal"
+    } else {
+        "max_sessions"
+    });
     let record = SessionLimitRecord {
         event: "limit",
         principal: &principal.name,
