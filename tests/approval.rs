@@ -373,10 +373,15 @@ fn tickets_are_single_use_and_bound_to_caller_tool_arguments_and_time() {
 #[test]
 fn operator_approves_and_denies_through_ctl_with_four_eyes() {
     let dir = TempDir::new("approval-operator");
+    let hook = TestHttpServer::start();
     let config = with_api_keys(
         &dir,
-        &hostile_entry(
-            "[tool.approval]\nwhen = { tools = [\"fixture_echo\"] }\nvia = \"operator\"\nfour_eyes = true\ntimeout = \"30s\"\n",
+        &format!(
+            "[notify]\nurl = \"http://127.0.0.1:{}/hook/secret-token\"\n{}",
+            hook.port,
+            hostile_entry(
+                "[tool.approval]\nwhen = { tools = [\"fixture_echo\"] }\nvia = \"operator\"\nfour_eyes = true\ntimeout = \"30s\"\n",
+            )
         ),
     );
     let server = std::sync::Arc::new(HttpServer::start(&config));
@@ -424,6 +429,35 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
         (&seen["event"], &seen["id"], &seen["tool"]),
         (&json!("waiting"), &json!(id), &json!("fixture_echo")),
         "{line}"
+    );
+    // The [notify] webhook is told, once, with what the operator needs to answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let notified = loop {
+        if let Some(r) = hook.seen().into_iter().find(|r| r.method == "POST") {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notification reached the hook"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(notified.path, "/hook/secret-token");
+    let event: Value = serde_json::from_str(&notified.body).unwrap();
+    assert_eq!(
+        (
+            &event["event"],
+            &event["id"],
+            &event["principal"],
+            &event["tool"]
+        ),
+        (
+            &json!("approval_waiting"),
+            &json!(id),
+            &json!("alice"),
+            &json!("fixture_echo")
+        ),
+        "{event}"
     );
     // And the server's log names it, with what to type.
     assert!(

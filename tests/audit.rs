@@ -114,6 +114,82 @@ fn every_decision_is_recorded_and_the_chain_verifies() {
     assert!(text.starts_with("OK: 4 records, "), "{text}");
 }
 
+#[test]
+fn audit_search_and_tail_select_by_field_call_and_time_and_read_as_lines() {
+    let dir = TempDir::new("audit-search");
+    let s = session(&dir);
+    let audit_dir = s.audit_dir.clone().unwrap();
+    let audit = audit_dir.to_str().unwrap();
+    let search = |args: &[&str]| {
+        let mut all = vec!["audit", "search", "--audit-dir", audit];
+        all.extend_from_slice(args);
+        let out = run_airlock(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // JSON lines by default when stdout is not a terminal: the records as written.
+    let spun = search(&["--outcome", "cpu_budget_exhausted"]);
+    let lines: Vec<Value> = spun
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{spun}");
+    assert_eq!(lines[0]["tool"], "hostile_spin");
+    // A call id selects the call's records.
+    let call_id = s.call("echo")["meta"]["airlock/call_id"].as_str().unwrap();
+    let echo = search(&["--call", call_id, "--human"]);
+    assert_eq!(echo.lines().count(), 1, "{echo}");
+    assert!(
+        echo.contains("call       tools/call fixture_echo by local: completed  [call "),
+        "{echo}"
+    );
+    assert_eq!(
+        search(&["--tool", "fixture_echo", "--principal", "nobody"]),
+        ""
+    );
+    assert_eq!(search(&["--until", "2000-01-01T00:00:00Z"]), "");
+    let all = search(&["--since", "1d"]);
+    assert!(all.lines().count() >= 5, "{all}");
+    let bad = run_airlock(&[
+        "audit",
+        "search",
+        "--audit-dir",
+        audit,
+        "--since",
+        "yesterday",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains(
+            "--since: \"yesterday\" is neither a time (2026-12-01T09:30:00Z) nor a span before now"
+        ),
+        "{bad:?}"
+    );
+    // tail: the last selected record of the current file, readable, its reason included.
+    let out = run_airlock(&[
+        "audit",
+        "tail",
+        "--audit-dir",
+        audit,
+        "-n",
+        "1",
+        "--no-follow",
+        "--outcome",
+        "tool_failed",
+        "--human",
+    ]);
+    let tail = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(
+        tail.contains("fixture_fails by local: tool_failed — the fixture reports a failure"),
+        "{tail}"
+    );
+}
+
 /// Rewrite line `from` of `file` with `edit`, then recompute the hash of that line and the
 /// chain after it, as a forger who knows the format would.
 fn rechain(file: &Path, from: usize, edit: impl Fn(&str) -> String) {

@@ -179,6 +179,34 @@ fn audit_durability_keys_are_checked() {
 }
 
 #[test]
+fn metrics_and_notify_keys_are_checked() {
+    let d = TempDir::new("cfg");
+    let tool = "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n";
+    let c = d.config(&format!("[metrics]\nlisten = \"localhost\"\n{tool}"));
+    assert_rejected(
+        &c,
+        &["metrics › listen", "is not an address and port, such as \"127.0.0.1:9464\""],
+    );
+    let c = d.config(&format!("[metrics]\nport = 9464\n{tool}"));
+    assert_rejected(&c, &["unknown field `port`"]);
+    let c = d.config(&format!("[notify]\nurl = \"http://hooks.example.com/x\"\n{tool}"));
+    assert_rejected(
+        &c,
+        &["notify › url", "must be https:// (http:// only to a loopback address)"],
+    );
+    let c = d.config(&format!(
+        "[notify]\nurl = \"https://user:pw@hooks.example.com/x\"\n{tool}"
+    ));
+    assert_rejected(&c, &["notify › url", "carries user information"]);
+    let c = d.config(&format!(
+        "[notify]\nurl = \"https://hooks.example.com/x\"\ntimeout = \"5m\"\n{tool}"
+    ));
+    assert_rejected(&c, &["notify › timeout", "must be between 100ms and 60s"]);
+    let c = d.config(&format!("[notify]\ntimeout = \"5s\"\n{tool}"));
+    assert_rejected(&c, &["notify › timeout", "set without notify › url"]);
+}
+
+#[test]
 fn http_refuses_non_loopback_addresses() {
     let dirs = own_serve_dirs();
     let mut args = vec!["serve", "--http", "0.0.0.0:0"];

@@ -324,6 +324,54 @@ fn a_revoked_filesystem_grant_ends_calls_as_blocked_by_policy_until_restored() {
 }
 
 #[test]
+fn a_kill_is_posted_to_the_notify_webhook_and_a_failed_post_is_logged_without_the_path() {
+    let hook = TestHttpServer::start();
+    let dir = TempDir::new("op-notify");
+    let server = HttpServer::start(&dir.config(&format!(
+        "[notify]\nurl = \"http://127.0.0.1:{}/hook\"\ntimeout = \"2s\"\n\
+         [[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+        hook.port,
+        hostile_wasm().display()
+    )));
+    ctl_ok(&server, &["kill", "--tool", "hostile_spin"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let posted = loop {
+        if let Some(r) = hook.seen().into_iter().find(|r| r.path == "/hook") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the kill was not notified");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(posted.method, "POST");
+    let event: Value = serde_json::from_str(&posted.body).unwrap();
+    assert_eq!(event["event"], "kill");
+    assert_eq!(event["what"], "kill tool hostile_spin");
+    assert_eq!(event["scope"], json!({"tool": "hostile_spin"}));
+    assert!(event["by"].as_str().unwrap().starts_with("uid:"), "{event}");
+
+    // A webhook that does not answer: the kill still holds, and the log says so (its path,
+    // which may carry a token, is not logged).
+    let dead = TempDir::new("op-notify-dead");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = HttpServer::start(&dead.config(&format!(
+        "[notify]\nurl = \"http://127.0.0.1:{port}/hook/secret-token\"\n\
+         [[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n",
+        hostile_wasm().display()
+    )));
+    ctl_ok(&server, &["kill", "--tool", "hostile_spin"]);
+    let log = server.wait_for_log_count(
+        &format!("kill notification to http://127.0.0.1:{port} failed"),
+        1,
+    );
+    assert!(!log.contains("secret-token"), "{log}");
+    let r = call(&server, None, "hostile_spin", json!({}));
+    assert_eq!(outcome(&r), "disabled_by_operator", "{r}");
+}
+
+#[test]
 fn revoking_a_network_grant_denies_the_next_request_of_a_running_call() {
     let web = TestHttpServer::start();
     let dir = TempDir::new("op-revoke");

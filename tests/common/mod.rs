@@ -560,10 +560,13 @@ pub struct SeenRequest {
     pub path: String,
     /// Header names in lower case, with their values.
     pub headers: Vec<(String, String)>,
+    /// The request's body (as long as its Content-Length says).
+    pub body: String,
 }
 
 /// A small HTTP/1.1 server on 127.0.0.1 for egress tests. Routes:
-/// `/hello` (200, text), `/headers` (200, the request's headers, one per line),
+/// `/hello` (200, text), `/hook` (200, for webhooks; the body is kept), `/headers` (200, the
+/// request's headers, one per line),
 /// `/big` (200, 4096 bytes), `/redirect?to=URL` (302 to URL), `/reflect` (200, every request
 /// header value as is and encoded, in the body and an `X-Reflect` header), `/encoded` (the
 /// headers, labelled `Content-Encoding: gzip`), anything else 404.
@@ -613,6 +616,14 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut request_body = vec![0u8; length.min(1 << 20)];
+    let _ = std::io::Read::read_exact(&mut reader, &mut request_body);
+    let request_body = String::from_utf8_lossy(&request_body).into_owned();
     let (status, extra, body) = if path == "/hello" {
         (
             "200 OK",
@@ -663,6 +674,8 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
             format!("X-Reflect: {}\r\n", all.join(" | ")),
             lines.join("\n"),
         )
+    } else if path == "/hook" {
+        ("200 OK", String::new(), "ok".to_owned())
     } else if path == "/big" {
         ("200 OK", String::new(), "y".repeat(4096))
     } else if let Some(n) = path.strip_prefix("/bytes?n=") {
@@ -677,6 +690,7 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<SeenRequest>>) {
         method: method.clone(),
         path,
         headers,
+        body: request_body,
     });
     let body = if method == "HEAD" {
         String::new()

@@ -412,6 +412,32 @@ pub(crate) fn check_host_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// The port the host connects to for a URL `check_host_url` accepted (for the confinement
+/// plan).
+pub fn host_url_port(url: &str) -> u16 {
+    let uri: Option<http::Uri> = url.parse().ok();
+    uri.and_then(|u| {
+        u.port_u16().or(match u.scheme_str() {
+            Some("https") => Some(443),
+            _ => Some(80),
+        })
+    })
+    .unwrap_or(443)
+}
+
+/// Whether a URL's host is a name (looked up over DNS) rather than an address.
+pub fn host_url_by_name(url: &str) -> bool {
+    let uri: Option<http::Uri> = url.parse().ok();
+    uri.and_then(|u| {
+        u.host().map(|h| {
+            h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_err()
+        })
+    })
+    .unwrap_or(true)
+}
+
 impl AuthSettings {
     /// Every claim value that carries a role, for `scopes_supported`.
     pub fn claim_values(&self) -> Vec<String> {

@@ -197,6 +197,12 @@ impl Plan {
                 plan.connect.insert(53);
             }
         }
+        if let Some(notify) = &policy.notify {
+            plan.connect.insert(notify.port());
+            if notify.by_name() {
+                plan.connect.insert(53);
+            }
+        }
         if let Some(jwt) = &policy.auth.jwt {
             if let Some(dir) = jwt.jwks_file.as_deref().and_then(parent) {
                 plan.read.insert(dir);

@@ -7,6 +7,7 @@ pub mod bundled;
 pub mod confine;
 pub mod grants;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod risk;
 pub mod safety;

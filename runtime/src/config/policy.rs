@@ -8,6 +8,7 @@ use crate::config::bundled;
 use crate::config::confine::{self, ConfineSection, ConfineSettings};
 use crate::config::grants::{self, Grants, GrantsSection};
 use crate::config::metrics::{self, MetricsSection, MetricsSettings};
+use crate::config::notify::{self, NotifySection, NotifySettings};
 use crate::config::risk::{self, ApprovalPolicy, ApprovalSection, Tier};
 use crate::config::safety;
 use crate::config::secrets::{self, SecretStore, SecretsSection};
@@ -90,6 +91,8 @@ struct ConfigFile {
     confine: ConfineSection,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    notify: NotifySection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -411,6 +414,8 @@ pub struct Policy {
     pub safety: safety::SafetySettings,
     /// `[metrics]`: the Prometheus listener, if any.
     pub metrics: MetricsSettings,
+    /// `[notify]`: the webhook told of waiting approvals and kills, if any.
+    pub notify: Option<NotifySettings>,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -612,6 +617,7 @@ impl Policy {
             confine: confine::resolve(&file.confine).map_err(|(k, p)| err(k, p))?,
             safety,
             metrics: metrics::resolve(&file.metrics).map_err(|(k, p)| err(k, p))?,
+            notify: notify::resolve(&file.notify).map_err(|(k, p)| err(k, p))?,
         })
     }
 }

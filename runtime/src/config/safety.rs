@@ -220,27 +220,12 @@ pub struct ScannerSettings {
 impl ScannerSettings {
     /// The port the host connects to (for the confinement plan).
     pub fn port(&self) -> u16 {
-        let uri: Option<http::Uri> = self.url.parse().ok();
-        uri.and_then(|u| {
-            u.port_u16().or(match u.scheme_str() {
-                Some("https") => Some(443),
-                _ => Some(80),
-            })
-        })
-        .unwrap_or(443)
+        crate::config::auth::host_url_port(&self.url)
     }
 
     /// Whether its host is a name (looked up over DNS) rather than an address.
     pub fn by_name(&self) -> bool {
-        let uri: Option<http::Uri> = self.url.parse().ok();
-        uri.and_then(|u| {
-            u.host().map(|h| {
-                h.trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
-                    .is_err()
-            })
-        })
-        .unwrap_or(true)
+        crate::config::auth::host_url_by_name(&self.url)
     }
 }
 

@@ -75,6 +75,7 @@ impl Live {
         listen: Option<SocketAddr>,
         confined: Option<Plan>,
     ) -> Arc<Live> {
+        crate::gate::notify::configure(airlock.catalog().policy.notify.as_ref());
         Arc::new(Live {
             audit: airlock.audit().clone(),
             operator: airlock.operator().clone(),
@@ -156,6 +157,7 @@ impl Live {
             components: airlock.catalog().components.len(),
             tools: airlock.tools().len(),
         };
+        crate::gate::notify::configure(airlock.catalog().policy.notify.as_ref());
         self.current.store(Arc::new(airlock));
         self.operator()
             .reloads

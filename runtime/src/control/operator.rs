@@ -171,6 +171,16 @@ pub async fn apply(
             (changed, Vec::new())
         }
     };
+    if let Change::Kill { scope, .. } = change {
+        crate::gate::notify::send(serde_json::json!({
+            "event": "kill",
+            "scope": scope,
+            "what": change.to_string(),
+            "by": by,
+            "changed": changed,
+            "interrupted": interrupted,
+        }));
+    }
     tracing::warn!(
         target: "airlock::operator",
         "operator {by}: {change}{}{}",

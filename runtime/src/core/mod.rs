@@ -11,4 +11,5 @@ pub mod kill_scope;
 pub mod metrics;
 pub mod principal;
 pub mod redact;
+pub mod text;
 pub mod units;

@@ -1005,6 +1005,18 @@ impl Queue {
             call = call.call_id,
             timeout = policy.timeout,
         );
+        crate::gate::notify::send(serde_json::json!({
+            "event": "approval_waiting",
+            "id": id,
+            "asking": q.asking,
+            "tool": q.tool,
+            "principal": principal,
+            "call_id": call.call_id,
+            "arguments_sha256": call.digest,
+            "message": q.message,
+            "expires_in_ms": policy.timeout.0.as_millis() as u64,
+            "four_eyes": policy.four_eyes,
+        }));
         Ok((id, rx))
     }
 

@@ -17,6 +17,7 @@
 //! the ed25519 key kept in the state directory. [`verify`] checks all of it.
 
 use crate::config::audit::{AuditMode, AuditSettings, Durability};
+use crate::gate::audit_view::RecordFilter;
 use crate::gate::journal::Journal;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
@@ -1208,16 +1209,52 @@ pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
     Ok(v)
 }
 
-/// Print the last `lines` records of the log in `dir` and, with `follow`, every record written
-/// after them, across rotations.
-pub async fn tail(dir: &Path, lines: usize, follow: bool) -> std::io::Result<()> {
+/// One line of the log as `audit tail` and `audit search` print it, if `filter` selects it:
+/// the line itself, or with `human` one readable line. A line that is not a record (a torn
+/// write) is selected only by an empty filter, and shown as it is.
+fn shown_line(line: &str, filter: &RecordFilter, human: bool) -> Option<String> {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(r) if filter.matches(&r) => Some(if human {
+            crate::gate::audit_view::human(&r)
+        } else {
+            line.to_owned()
+        }),
+        Ok(_) => None,
+        Err(_) => filter
+            .is_empty()
+            .then(|| crate::core::text::escape_controls(line).into_owned()),
+    }
+}
+
+/// Print the last `lines` records of the log in `dir` that `filter` selects and, with
+/// `follow`, every selected record written after them, across rotations.
+pub async fn tail(
+    dir: &Path,
+    lines: usize,
+    follow: bool,
+    filter: &RecordFilter,
+    human: bool,
+) -> std::io::Result<()> {
     let mut current = log_files(dir)?.pop();
     let mut offset = 0u64;
+    let print_new = |text: &str| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for line in text.lines() {
+            if let Some(shown) = shown_line(line, filter, human) {
+                writeln!(out, "{shown}")?;
+            }
+        }
+        out.flush()
+    };
     if let Some(path) = &current {
         let text = read_complete(path, &mut offset)?;
-        let all: Vec<&str> = text.lines().collect();
-        for line in &all[all.len().saturating_sub(lines)..] {
-            println!("{line}");
+        let selected: Vec<String> = text
+            .lines()
+            .filter_map(|l| shown_line(l, filter, human))
+            .collect();
+        let mut out = std::io::stdout().lock();
+        for line in &selected[selected.len().saturating_sub(lines)..] {
+            writeln!(out, "{line}")?;
         }
     }
     if !follow {
@@ -1226,19 +1263,43 @@ pub async fn tail(dir: &Path, lines: usize, follow: bool) -> std::io::Result<()>
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         if let Some(path) = &current {
-            print!("{}", read_complete(path, &mut offset)?);
-            std::io::stdout().flush()?;
+            print_new(&read_complete(path, &mut offset)?)?;
         }
         // A newer file means the current one was sealed: finish it, then go on in the new one.
         let newest = log_files(dir)?.pop();
         if newest.is_some() && newest != current {
             if let Some(path) = &current {
-                print!("{}", read_complete(path, &mut offset)?);
+                print_new(&read_complete(path, &mut offset)?)?;
             }
             current = newest;
             offset = 0;
         }
     }
+}
+
+/// Print every record of `files` (oldest first) that `filter` selects, up to `limit`; how many
+/// were selected.
+pub fn search(
+    files: &[PathBuf],
+    filter: &RecordFilter,
+    human: bool,
+    limit: Option<usize>,
+) -> std::io::Result<usize> {
+    let mut out = std::io::stdout().lock();
+    let mut found = 0;
+    for path in files {
+        let reader = BufReader::new(File::open(path)?);
+        for line in reader.lines() {
+            if limit.is_some_and(|l| found >= l) {
+                return Ok(found);
+            }
+            if let Some(shown) = shown_line(&line?, filter, human) {
+                writeln!(out, "{shown}")?;
+                found += 1;
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The complete lines of `path` from `offset`, which moves past them.

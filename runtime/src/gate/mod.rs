@@ -4,9 +4,11 @@
 
 pub mod approval;
 pub mod audit;
+pub mod audit_view;
 pub mod auth;
 pub mod host_http;
 pub mod journal;
+pub mod notify;
 pub mod overrides;
 pub mod ratelimit;
 pub mod safety;

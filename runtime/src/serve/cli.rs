@@ -169,7 +169,7 @@ enum AuditCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Print the last records of the log and follow new ones.
+    /// Print the last records of the log and follow new ones (those the filters select).
     Tail {
         #[command(flatten)]
         config: ConfigArgs,
@@ -179,7 +179,76 @@ enum AuditCommand {
         /// Print and exit instead of following.
         #[arg(long)]
         no_follow: bool,
+        #[command(flatten)]
+        filter: RecordFilterArgs,
     },
+    /// Print the records of the whole log (sealed files and the current one, oldest first), or
+    /// of FILEs, that the filters select.
+    Search {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        filter: RecordFilterArgs,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Log files, oldest first (default: the configured log).
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Which records `audit tail` and `audit search` print, and how.
+#[derive(Args)]
+struct RecordFilterArgs {
+    /// Only the records of this tool.
+    #[arg(long)]
+    tool: Option<String>,
+    /// Only the records of this principal.
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only the records with this outcome (`completed`, `blocked_by_policy`, …).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only the records of this call: its own, its nested calls', and its request's.
+    #[arg(long)]
+    call: Option<String>,
+    /// From this time (RFC 3339, `2026-12-01T09:30:00Z`) or this long ago (`15m`, `2h`, `1d`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Up to this time, or this long ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// The records as they are, one JSON object per line (the default unless stdout is a
+    /// terminal).
+    #[arg(long, conflicts_with = "human")]
+    json: bool,
+    /// One readable line per record (the default on a terminal).
+    #[arg(long)]
+    human: bool,
+}
+
+impl RecordFilterArgs {
+    /// The filter, and whether to print for people.
+    fn resolve(self) -> Result<(crate::gate::audit_view::RecordFilter, bool)> {
+        use crate::gate::audit_view::parse_time;
+        let time = |t: Option<String>, flag: &str| {
+            t.map(|t| parse_time(&t).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+                .transpose()
+        };
+        let human =
+            self.human || (!self.json && std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        Ok((
+            crate::gate::audit_view::RecordFilter {
+                tool: self.tool,
+                principal: self.principal,
+                outcome: self.outcome,
+                call: self.call,
+                since: time(self.since, "since")?,
+                until: time(self.until, "until")?,
+            },
+            human,
+        ))
+    }
 }
 
 /// Entry point of the `airlock` binary.
@@ -382,8 +451,8 @@ async fn start_serving(
 /// as under `serve`, the host's second wall does not.
 async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Result<()> {
     use crate::core::failure::CallFailure;
+    use crate::core::text::escape_controls;
     use crate::pipeline::call::{CallContext, Caller};
-    use crate::serve::log::escape_controls;
     let arguments: rmcp::model::JsonObject = serde_json::from_str(args)
         .context("--args must be a JSON object, such as '{\"text\": \"hi\"}'")?;
     let source = config.source();
@@ -401,8 +470,8 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     let caller = Caller::new(principal.clone(), None);
     let (events, mut received) = tokio::sync::mpsc::channel(64);
     let printer = tokio::spawn(async move {
+        use crate::core::text::escape_controls;
         use crate::sandbox::store::GuestEvent;
-        use crate::serve::log::escape_controls;
         use airlock_host_api::LogLevel;
         while let Some(event) = received.recv().await {
             match event {
@@ -663,9 +732,37 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             config,
             lines,
             no_follow,
+            filter,
         } => {
+            let (filter, human) = filter.resolve()?;
             let policy = config.source().load()?;
-            audit::tail(&policy.audit.dir, lines, !no_follow).await?;
+            audit::tail(&policy.audit.dir, lines, !no_follow, &filter, human).await?;
+            Ok(())
+        }
+        AuditCommand::Search {
+            config,
+            filter,
+            limit,
+            files,
+        } => {
+            let (filter, human) = filter.resolve()?;
+            let files = if files.is_empty() {
+                let dir = config.source().load()?.audit.dir;
+                audit::log_files(&dir)
+                    .with_context(|| format!("cannot read the audit directory {}", dir.display()))?
+            } else {
+                files
+            };
+            let found = audit::search(&files, &filter, human, limit)?;
+            eprintln!(
+                "{found} records selected in {} files{}",
+                files.len(),
+                if limit.is_some_and(|l| found >= l) {
+                    " (stopped at --limit)"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
     }

@@ -3,41 +3,16 @@
 //! character reaches it raw: a newline cannot forge a log line, and an escape sequence cannot
 //! rewrite the operator's terminal.
 //!
-//! - Text: every field value is written through [`escape_controls`].
+//! - Text: every field value is written through `core::text::escape_controls`.
 //! - JSON: serde already escapes C0 controls; the writer also escapes C1 controls and bidi
 //!   overrides, as JSON `\u` escapes (valid wherever they occur, which is inside strings).
 
+use crate::core::text::{escape_controls, is_unsafe};
 use std::fmt::Write as _;
 use std::io::Write;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
-
-/// Whether `c` must not reach a log raw: C0 and C1 controls and DEL (a tab is harmless), and
-/// the bidi embeddings, overrides and isolates (which reorder what a reader sees).
-fn is_unsafe(c: char) -> bool {
-    (c.is_control() && c != '\t')
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
-}
-
-/// `text` with every unsafe character written as `\n`, `\r` or `\u{XXXX}`.
-pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(is_unsafe) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if is_unsafe(c) => {
-                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
 
 /// The text format's fields (`message` bare, the others `name=value`), escaped.
 pub struct EscapedFields;
@@ -170,22 +145,5 @@ pub fn init(json: bool) {
             .fmt_fields(EscapedFields)
             .with_writer(std::io::stderr)
             .init();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn controls_and_bidi_are_escaped_and_plain_text_is_not_copied() {
-        assert!(matches!(
-            escape_controls("plain text, tab\tok"),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        assert_eq!(
-            escape_controls("a\nforged INFO line\r\u{1b}[2J\u{9b}x\u{202e}y"),
-            "a\\nforged INFO line\\r\\u{001b}[2J\\u{009b}x\\u{202e}y"
-        );
     }
 }
