@@ -115,6 +115,97 @@ fn every_decision_is_recorded_and_the_chain_verifies() {
 }
 
 #[test]
+fn an_evidence_bundle_verifies_and_any_change_to_it_is_found() {
+    let dir = TempDir::new("audit-export");
+    let s = session(&dir);
+    let audit_dir = s.audit_dir.clone().unwrap();
+    let state = state_dir_for(&audit_dir);
+    let (audit, state) = (audit_dir.to_str().unwrap(), state.to_str().unwrap());
+    let config = dir.0.join("airlock.toml");
+    let bundle = dir.0.join("evidence.jsonl");
+    let export = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "export",
+            "--config",
+            config.to_str().unwrap(),
+            "--audit-dir",
+            audit,
+            "--state-dir",
+            state,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_airlock_text(&args)
+    };
+    let (ok, out) = export(&bundle, &["--since", "1h"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("records 1 to "), "{out}");
+    let (ok, text) = verify(&audit_dir, std::slice::from_ref(&bundle));
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with("OK: evidence bundle of records 1 to "),
+        "{text}"
+    );
+    // The header names the configuration and the overrides in force.
+    let lines: Vec<Value> = std::fs::read_to_string(&bundle)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let config_sha = hex::encode(Sha256::digest(std::fs::read(&config).unwrap()));
+    assert_eq!(lines[0]["config"]["sha256"], config_sha.as_str());
+    assert!(lines.iter().any(|r| r["tool"] == "fixture_echo"));
+
+    // Refused: an existing file, and a window without records.
+    let (ok, out) = export(&bundle, &["--since", "1h"]);
+    assert!(!ok && out.contains("cannot create"), "{out}");
+    let empty = dir.0.join("empty.jsonl");
+    let (ok, out) = export(
+        &empty,
+        &[
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "2000-01-02T00:00:00Z",
+        ],
+    );
+    assert!(
+        !ok && out.contains("the log has no records written between"),
+        "{out}"
+    );
+    assert!(!empty.exists());
+
+    // A record edited, or the bundle's summary: the signature no longer matches.
+    let original = std::fs::read_to_string(&bundle).unwrap();
+    let edited = dir.0.join("edited.jsonl");
+    std::fs::write(
+        &edited,
+        original.replacen("\"fixture_echo\"", "\"fixture_ech0\"", 1),
+    )
+    .unwrap();
+    let (ok, text) = verify(&audit_dir, std::slice::from_ref(&edited));
+    assert!(
+        !ok && text.contains("the bundle's signature does not match"),
+        "{text}"
+    );
+    // Checked against another key (a forger's), a true bundle does not pass either.
+    let other = run_airlock_text(&[
+        "audit",
+        "verify",
+        "--key",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(
+        !other.0 && other.1.contains("signature does not match"),
+        "{}",
+        other.1
+    );
+}
+
+#[test]
 fn audit_search_and_tail_select_by_field_call_and_time_and_read_as_lines() {
     let dir = TempDir::new("audit-search");
     let s = session(&dir);

@@ -185,14 +185,22 @@ fn metrics_and_notify_keys_are_checked() {
     let c = d.config(&format!("[metrics]\nlisten = \"localhost\"\n{tool}"));
     assert_rejected(
         &c,
-        &["metrics › listen", "is not an address and port, such as \"127.0.0.1:9464\""],
+        &[
+            "metrics › listen",
+            "is not an address and port, such as \"127.0.0.1:9464\"",
+        ],
     );
     let c = d.config(&format!("[metrics]\nport = 9464\n{tool}"));
     assert_rejected(&c, &["unknown field `port`"]);
-    let c = d.config(&format!("[notify]\nurl = \"http://hooks.example.com/x\"\n{tool}"));
+    let c = d.config(&format!(
+        "[notify]\nurl = \"http://hooks.example.com/x\"\n{tool}"
+    ));
     assert_rejected(
         &c,
-        &["notify › url", "must be https:// (http:// only to a loopback address)"],
+        &[
+            "notify › url",
+            "must be https:// (http:// only to a loopback address)",
+        ],
     );
     let c = d.config(&format!(
         "[notify]\nurl = \"https://user:pw@hooks.example.com/x\"\n{tool}"

@@ -336,7 +336,7 @@ struct Flush {
 }
 
 /// The ed25519 key signing checkpoints, created (mode 0600) on first start.
-fn signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
+pub fn signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
     let (seed, created) =
         crate::core::files::load_or_create(&state_dir.join(KEY_FILE)).map_err(AuditError)?;
     let key = SigningKey::from_bytes(&seed);
@@ -1133,19 +1133,98 @@ pub struct Verified {
     pub unclean_stops: u64,
 }
 
-/// Check `files` (in order) as one chain starting at record 1: every line's hash, sequence
-/// numbers without gaps or reordering, each `prev` equal to the previous line's hash, and every
-/// checkpoint's signature against `key` (hex public key). The error names the first bad record.
-pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
+/// A hex ed25519 public key.
+pub fn verifying_key(key: &str) -> Result<VerifyingKey, String> {
     let key: [u8; 32] = hex::decode(key.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("the public key is not 32 hex bytes")?;
-    let key = VerifyingKey::from_bytes(&key).map_err(|e| format!("bad public key: {e}"))?;
-    let mut v = Verified::default();
-    let mut head = GENESIS.to_owned();
+    VerifyingKey::from_bytes(&key).map_err(|e| format!("bad public key: {e}"))
+}
+
+/// A hash chain checked one record at a time: each line's hash, sequence numbers without gaps
+/// or reordering, each `prev` equal to the previous line's hash, and every checkpoint's
+/// signature.
+pub struct ChainCheck {
+    key: VerifyingKey,
+    /// The hash the next record must name as `prev` (`None`: whatever the first one names, for
+    /// a chain checked from the middle).
+    head: Option<String>,
+    pub found: Verified,
+}
+
+impl ChainCheck {
+    /// From record 1 (the genesis hash).
+    pub fn from_start(key: VerifyingKey) -> ChainCheck {
+        ChainCheck {
+            key,
+            head: Some(GENESIS.to_owned()),
+            found: Verified::default(),
+        }
+    }
+
+    /// From record `first` on, whatever it follows (an excerpt of a log).
+    pub fn from(key: VerifyingKey, first: u64) -> ChainCheck {
+        ChainCheck {
+            key,
+            head: None,
+            found: Verified {
+                last_seq: first.saturating_sub(1),
+                ..Verified::default()
+            },
+        }
+    }
+
+    /// Check the next record, `text` (one line without its newline), found `at` (for the
+    /// error).
+    pub fn push(&mut self, text: &str, at: &str) -> Result<(), String> {
+        let v = &mut self.found;
+        let expected = v.last_seq + 1;
+        let r = check_line(text).map_err(|e| format!("record {expected} ({at}): {e}"))?;
+        if r.seq != expected {
+            return Err(format!(
+                "record {expected} ({at}) is missing or out of order: found record {} instead",
+                r.seq
+            ));
+        }
+        if self.head.as_ref().is_some_and(|h| *h != r.prev) {
+            return Err(format!(
+                "record {expected} ({at}) does not follow record {}: the chain is broken",
+                v.last_seq
+            ));
+        }
+        if r.kind == "checkpoint" {
+            let signature = r.value["signature"]
+                .as_str()
+                .and_then(|s| hex::decode(s).ok())
+                .and_then(|b| Signature::from_slice(&b).ok())
+                .ok_or_else(|| format!("checkpoint {expected} ({at}) has no valid signature"))?;
+            self.key
+                .verify(&checkpoint_message(r.seq, &r.prev), &signature)
+                .map_err(|_| {
+                    format!("checkpoint {expected} ({at}) is not signed by the given key (forged)")
+                })?;
+            v.checkpoints += 1;
+        } else {
+            v.records += 1;
+        }
+        v.sealed = r.kind == "checkpoint";
+        v.stopped = v.sealed && r.value["stop"] == true;
+        if r.kind == "audit" && r.value["event"] == "unclean_stop" {
+            v.unclean_stops += 1;
+        }
+        v.last_seq = r.seq;
+        self.head = Some(r.hash);
+        Ok(())
+    }
+}
+
+/// Check `files` (in order) as one chain starting at record 1 ([`ChainCheck`]), every
+/// checkpoint's signature against `key` (hex public key). The error names the first bad record.
+pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
+    let mut chain = ChainCheck::from_start(verifying_key(key)?);
     for path in files {
-        v.files += 1;
+        chain.found.files += 1;
         let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut reader = BufReader::new(f);
         let mut line = String::new();
@@ -1159,54 +1238,17 @@ pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
                 break;
             }
             n += 1;
-            let expected = v.last_seq + 1;
             let at = format!("{} line {n}", path.display());
             let Some(text) = line.strip_suffix('\n') else {
                 return Err(format!(
-                    "record {expected} ({at}) is truncated: the line does not end"
+                    "record {} ({at}) is truncated: the line does not end",
+                    chain.found.last_seq + 1
                 ));
             };
-            let r = check_line(text).map_err(|e| format!("record {expected} ({at}): {e}"))?;
-            if r.seq != expected {
-                return Err(format!(
-                    "record {expected} ({at}) is missing or out of order: found record {} instead",
-                    r.seq
-                ));
-            }
-            if r.prev != head {
-                return Err(format!(
-                    "record {expected} ({at}) does not follow record {}: the chain is broken",
-                    v.last_seq
-                ));
-            }
-            if r.kind == "checkpoint" {
-                let signature = r.value["signature"]
-                    .as_str()
-                    .and_then(|s| hex::decode(s).ok())
-                    .and_then(|b| Signature::from_slice(&b).ok())
-                    .ok_or_else(|| {
-                        format!("checkpoint {expected} ({at}) has no valid signature")
-                    })?;
-                key.verify(&checkpoint_message(r.seq, &r.prev), &signature)
-                    .map_err(|_| {
-                        format!(
-                            "checkpoint {expected} ({at}) is not signed by the given key (forged)"
-                        )
-                    })?;
-                v.checkpoints += 1;
-            } else {
-                v.records += 1;
-            }
-            v.sealed = r.kind == "checkpoint";
-            v.stopped = v.sealed && r.value["stop"] == true;
-            if r.kind == "audit" && r.value["event"] == "unclean_stop" {
-                v.unclean_stops += 1;
-            }
-            v.last_seq = r.seq;
-            head = r.hash;
+            chain.push(text, &at)?;
         }
     }
-    Ok(v)
+    Ok(chain.found)
 }
 
 /// One line of the log as `audit tail` and `audit search` print it, if `filter` selects it:

@@ -6,6 +6,7 @@ pub mod approval;
 pub mod audit;
 pub mod audit_view;
 pub mod auth;
+pub mod evidence;
 pub mod host_http;
 pub mod journal;
 pub mod notify;

@@ -153,8 +153,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain and checkpoint signatures of FILEs (default: the configured log);
-    /// prints counts and OK, or the first broken, missing or reordered record, and fails.
+    /// Check the hash chain and checkpoint signatures of FILEs (default: the configured log), or
+    /// an evidence bundle (`audit export`) with its signature; prints counts and OK, or the
+    /// first broken, missing or reordered record, and fails.
     Verify {
         #[command(flatten)]
         config: ConfigArgs,
@@ -181,6 +182,22 @@ enum AuditCommand {
         no_follow: bool,
         #[command(flatten)]
         filter: RecordFilterArgs,
+    },
+    /// Write a signed evidence bundle: the records written between --since and --until (and
+    /// on to the checkpoint that signs them), the configuration's digest and the overrides in
+    /// force. `audit verify BUNDLE` checks it.
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// From this time (RFC 3339) or this long ago (`2h`).
+        #[arg(long)]
+        since: String,
+        /// Up to this time, or this long ago (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// The bundle to write (a new file).
+        #[arg(long, short)]
+        out: PathBuf,
     },
     /// Print the records of the whole log (sealed files and the current one, oldest first), or
     /// of FILEs, that the filters select.
@@ -703,6 +720,32 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
                 (files, key.unwrap_or_default())
             };
             anyhow::ensure!(!files.is_empty(), "no audit log files to verify");
+            if let [bundle] = files.as_slice()
+                && crate::gate::evidence::is_bundle(bundle)
+            {
+                let v = crate::gate::evidence::verify(bundle, &key)
+                    .map_err(|e| anyhow::anyhow!("evidence bundle broken: {e}"))?;
+                let s = &v.summary;
+                println!(
+                    "OK: evidence bundle of records {} to {} ({} records, {} checkpoints), \
+                     exported {} for {} to {}, configuration sha256 {}{}",
+                    s.first_seq,
+                    s.last_seq,
+                    s.records,
+                    s.checkpoints,
+                    v.header["created"].as_str().unwrap_or("?"),
+                    v.header["since"].as_str().unwrap_or("?"),
+                    v.header["until"].as_str().unwrap_or("?"),
+                    v.header["config"]["sha256"].as_str().unwrap_or("?"),
+                    if s.signed_head {
+                        ""
+                    } else {
+                        "; its last records are under no checkpoint (the log was still being \
+                         written): the bundle's signature alone vouches for them"
+                    }
+                );
+                return Ok(());
+            }
             let v = audit::verify(&files, &key)
                 .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))?;
             println!(
@@ -737,6 +780,62 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             let (filter, human) = filter.resolve()?;
             let policy = config.source().load()?;
             audit::tail(&policy.audit.dir, lines, !no_follow, &filter, human).await?;
+            Ok(())
+        }
+        AuditCommand::Export {
+            config,
+            since,
+            until,
+            out,
+        } => {
+            use crate::gate::audit_view::parse_time;
+            let since = parse_time(&since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            let until = match until {
+                Some(u) => parse_time(&u).map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+                None => std::time::SystemTime::now(),
+            };
+            anyhow::ensure!(since <= until, "--since is after --until");
+            let policy = config.source().load()?;
+            let files = audit::log_files(&policy.audit.dir).with_context(|| {
+                format!(
+                    "cannot read the audit directory {}",
+                    policy.audit.dir.display()
+                )
+            })?;
+            let overrides =
+                match std::fs::read(policy.server.state_dir.join(crate::gate::overrides::FILE)) {
+                    Ok(bytes) => serde_json::from_slice(&bytes)
+                        .context("the overrides file of the state directory is not valid JSON")?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
+                    Err(e) => return Err(anyhow::anyhow!("cannot read the overrides: {e}")),
+                };
+            let key = audit::signing_key(&policy.server.state_dir)?;
+            let s = crate::gate::evidence::export(
+                &files,
+                since,
+                until,
+                crate::gate::evidence::Context {
+                    config_origin: &policy.origin,
+                    config_sha256: &policy.sha256,
+                    overrides,
+                },
+                &key,
+                &out,
+            )
+            .map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {}: records {} to {} ({} records, {} checkpoints{})",
+                out.display(),
+                s.first_seq,
+                s.last_seq,
+                s.records,
+                s.checkpoints,
+                if s.signed_head {
+                    ", ending on a checkpoint"
+                } else {
+                    ", the last ones under no checkpoint yet"
+                }
+            );
             Ok(())
         }
         AuditCommand::Search {

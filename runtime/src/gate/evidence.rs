@@ -1,0 +1,262 @@
+//! Evidence bundles (`airlock audit export`): the records of a time window, exactly as the log
+//! holds them, with the checkpoints that sign them, the configuration's digest and the
+//! overrides in force, signed as a whole with the audit key. `airlock audit verify BUNDLE`
+//! checks the signature, the chain inside the window and every checkpoint.
+//!
+//! The file is JSON lines:
+//! 1. the header: `{"airlock_evidence":1, "created", "since", "until", "config", "overrides", "key"}`;
+//! 2. the records, byte for byte as in the log: from the first written at or after `since` to
+//!    the last written at or before `until`, then on to the next checkpoint (so that the
+//!    window's last record is under a signed head), or to the end of a log still being written;
+//! 3. the summary: `{"airlock_evidence_end": {"first_seq", "last_seq", "records",
+//!    "checkpoints", "signed_head"}}`;
+//! 4. `{"signature": hex}`: ed25519 over `airlock-evidence-bundle\0` and the sha256 of lines
+//!    1 to 3 (a domain of its own: no checkpoint signature can pass for it, nor the reverse).
+
+use crate::gate::audit::{ChainCheck, verifying_key};
+use crate::gate::audit_view::record_time;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+const FORMAT: u64 = 1;
+const DOMAIN: &[u8] = b"airlock-evidence-bundle\0";
+/// Records taken after the window while looking for the checkpoint that signs it (a log that
+/// checkpoints every `checkpoint_every` records, at most 1,000,000, has one sooner unless it
+/// is still being written).
+const MAX_AFTER: u64 = 1_000_000;
+
+/// What an export or a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: u64,
+    pub checkpoints: u64,
+    /// Whether the last record of the bundle is a checkpoint (the window's head is signed).
+    pub signed_head: bool,
+}
+
+/// What the bundle says about the server beside the records.
+pub struct Context<'a> {
+    /// Where the configuration came from, and its sha256.
+    pub config_origin: &'a str,
+    pub config_sha256: &'a str,
+    /// `overrides.json` as it is now (`null` when there is none).
+    pub overrides: Value,
+}
+
+/// Write the bundle of the records of `files` written between `since` and `until` to `out`
+/// (a new file: an existing one is not replaced).
+pub fn export(
+    files: &[PathBuf],
+    since: SystemTime,
+    until: SystemTime,
+    context: Context<'_>,
+    key: &SigningKey,
+    out: &Path,
+) -> Result<Summary, String> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let mut hash = Sha256::new();
+    let mut emit = |line: &str| -> Result<(), String> {
+        hash.update(line.as_bytes());
+        hash.update(b"\n");
+        writeln!(writer, "{line}").map_err(|e| format!("cannot write {}: {e}", out.display()))
+    };
+    let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    let header = json!({
+        "airlock_evidence": FORMAT,
+        "created": time(SystemTime::now()),
+        "since": time(since),
+        "until": time(until),
+        "config": {"origin": context.config_origin, "sha256": context.config_sha256},
+        "overrides": context.overrides,
+        "key": hex::encode(key.verifying_key().as_bytes()),
+    });
+    emit(&header.to_string())?;
+    let mut summary: Option<Summary> = None;
+    // Past `until`, records are taken up to the next checkpoint (the chain to it is what its
+    // signature covers), at most MAX_AFTER of them.
+    let mut closing = false;
+    let mut after = 0u64;
+    'files: for path in files {
+        let reader = BufReader::new(
+            std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+        for line in reader.lines() {
+            let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+            // A torn last line (a write cut by a crash) is not a record.
+            let Ok(r) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let (Some(at), Some(seq)) = (record_time(&r), r["seq"].as_u64()) else {
+                continue;
+            };
+            let checkpoint = r["kind"] == "checkpoint";
+            match &summary {
+                None if at < since => continue,
+                None if at > until => break 'files,
+                None => {}
+                // The window ended on a checkpoint: nothing more is needed.
+                Some(s) if at > until && s.signed_head => break 'files,
+                Some(_) if at > until => {
+                    closing = true;
+                    after += 1;
+                    if after > MAX_AFTER {
+                        break 'files;
+                    }
+                }
+                Some(_) => {}
+            }
+            emit(&line)?;
+            let s = summary.get_or_insert(Summary {
+                first_seq: seq,
+                last_seq: seq,
+                records: 0,
+                checkpoints: 0,
+                signed_head: false,
+            });
+            s.last_seq = seq;
+            s.signed_head = checkpoint;
+            if checkpoint {
+                s.checkpoints += 1;
+            } else {
+                s.records += 1;
+            }
+            if closing && checkpoint {
+                break 'files;
+            }
+        }
+    }
+    let Some(summary) = summary else {
+        drop(writer);
+        let _ = std::fs::remove_file(out);
+        return Err(format!(
+            "the log has no records written between {} and {}",
+            time(since),
+            time(until)
+        ));
+    };
+    let end = json!({"airlock_evidence_end": {
+        "first_seq": summary.first_seq,
+        "last_seq": summary.last_seq,
+        "records": summary.records,
+        "checkpoints": summary.checkpoints,
+        "signed_head": summary.signed_head,
+    }});
+    emit(&end.to_string())?;
+    let signature = key.sign(&message(&hash.finalize()));
+    writeln!(
+        writer,
+        "{}",
+        json!({"signature": hex::encode(signature.to_bytes())})
+    )
+    .and_then(|()| writer.flush())
+    .and_then(|()| writer.get_ref().sync_all())
+    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(summary)
+}
+
+fn message(digest: &[u8]) -> Vec<u8> {
+    let mut m = DOMAIN.to_vec();
+    m.extend_from_slice(digest);
+    m
+}
+
+/// Whether `path` is an evidence bundle (its first line is a bundle's header).
+pub fn is_bundle(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut first = String::new();
+    let _ = BufReader::new(std::io::Read::take(f, 64 << 10)).read_line(&mut first);
+    serde_json::from_str::<Value>(&first).is_ok_and(|v| v.get("airlock_evidence").is_some())
+}
+
+/// What a verified bundle holds.
+#[derive(Debug)]
+pub struct Verified {
+    pub summary: Summary,
+    pub header: Value,
+}
+
+/// Check the bundle at `path` against `key` (hex): its signature, then the chain of its records
+/// and every checkpoint in it, then that the summary says what the records are.
+pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
+    use std::io::Read;
+    let verifying = verifying_key(key)?;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map(|i| i + 1)
+        .ok_or("not an evidence bundle: too short")?;
+    let (body, last) = text.split_at(body_end);
+    let signature: Value =
+        serde_json::from_str(last.trim_end()).map_err(|_| "the last line is not its signature")?;
+    let signature = signature["signature"]
+        .as_str()
+        .and_then(|s| hex::decode(s).ok())
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .ok_or("the last line is not its signature")?;
+    verifying
+        .verify(&message(&Sha256::digest(body.as_bytes())), &signature)
+        .map_err(|_| {
+            "the bundle's signature does not match: it was changed after export, or signed by \
+             another key"
+                .to_owned()
+        })?;
+    let lines: Vec<&str> = body.lines().collect();
+    let (Some(first), Some(end)) = (lines.first(), lines.last()) else {
+        return Err("not an evidence bundle: no header".into());
+    };
+    let header: Value = serde_json::from_str(first).map_err(|e| format!("header: {e}"))?;
+    if header["airlock_evidence"].as_u64() != Some(FORMAT) {
+        return Err(format!(
+            "not an evidence bundle of format {FORMAT}: {}",
+            header["airlock_evidence"]
+        ));
+    }
+    let end: Value = serde_json::from_str(end).map_err(|e| format!("summary: {e}"))?;
+    let claimed = &end["airlock_evidence_end"];
+    let records = &lines[1..lines.len() - 1];
+    let first_seq = claimed["first_seq"]
+        .as_u64()
+        .ok_or("the summary has no first_seq")?;
+    let mut chain = ChainCheck::from(verifying, first_seq);
+    for (i, line) in records.iter().enumerate() {
+        chain.push(line, &format!("{} line {}", path.display(), i + 2))?;
+    }
+    let found = chain.found;
+    let summary = Summary {
+        first_seq,
+        last_seq: found.last_seq,
+        records: found.records,
+        checkpoints: found.checkpoints,
+        signed_head: found.sealed,
+    };
+    let said = Summary {
+        first_seq,
+        last_seq: claimed["last_seq"].as_u64().unwrap_or(0),
+        records: claimed["records"].as_u64().unwrap_or(0),
+        checkpoints: claimed["checkpoints"].as_u64().unwrap_or(0),
+        signed_head: claimed["signed_head"] == true,
+    };
+    if summary != said {
+        return Err(format!(
+            "the summary ({said:?}) does not match the records ({summary:?})"
+        ));
+    }
+    Ok(Verified { summary, header })
+}
