@@ -179,7 +179,7 @@ fn audit_durability_keys_are_checked() {
 }
 
 #[test]
-fn metrics_and_notify_keys_are_checked() {
+fn metrics_notify_and_telemetry_keys_are_checked() {
     let d = TempDir::new("cfg");
     let tool = "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n";
     let c = d.config(&format!("[metrics]\nlisten = \"localhost\"\n{tool}"));
@@ -212,6 +212,22 @@ fn metrics_and_notify_keys_are_checked() {
     assert_rejected(&c, &["notify › timeout", "must be between 100ms and 60s"]);
     let c = d.config(&format!("[notify]\ntimeout = \"5s\"\n{tool}"));
     assert_rejected(&c, &["notify › timeout", "set without notify › url"]);
+    let c = d.config(&format!(
+        "[telemetry]\notlp_endpoint = \"http://otel.example.com:4318\"\n{tool}"
+    ));
+    assert_rejected(
+        &c,
+        &[
+            "telemetry › otlp_endpoint",
+            "must be https:// (http:// only to a loopback address)",
+        ],
+    );
+    let c = d.config(&format!("[telemetry]\nservice_name = \"x\"\n{tool}"));
+    assert_rejected(&c, &["telemetry", "without otlp_endpoint"]);
+    let c = d.config(&format!(
+        "[telemetry]\notlp_endpoint = \"https://otel.example.com\"\nservice_name = \"a\\nb\"\n{tool}"
+    ));
+    assert_rejected(&c, &["telemetry › service_name", "control character"]);
 }
 
 #[test]

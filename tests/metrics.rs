@@ -205,7 +205,15 @@ fn prometheus_scrapes_calls_steps_egress_audit_and_connections() {
     assert_eq!(spun["metric"]["outcome"], "cpu_budget_exhausted", "{spun}");
 
     // Every step of the pipeline has its histogram.
-    for step in ["checks", "admission", "sandbox", "output", "audit", "total"] {
+    for step in [
+        "authorize",
+        "validate",
+        "admission",
+        "sandbox",
+        "output",
+        "audit",
+        "total",
+    ] {
         let r = prometheus.wait_for(
             &format!("airlock_call_step_seconds_count{{step=\"{step}\"}}"),
             |r| value(r) >= 4.0,

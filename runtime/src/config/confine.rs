@@ -203,6 +203,12 @@ impl Plan {
                 plan.connect.insert(53);
             }
         }
+        if let Some(telemetry) = &policy.telemetry {
+            plan.connect.insert(telemetry.port());
+            if telemetry.by_name() {
+                plan.connect.insert(53);
+            }
+        }
         if let Some(jwt) = &policy.auth.jwt {
             if let Some(dir) = jwt.jwks_file.as_deref().and_then(parent) {
                 plan.read.insert(dir);

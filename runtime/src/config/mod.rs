@@ -12,4 +12,5 @@ pub mod policy;
 pub mod risk;
 pub mod safety;
 pub mod secrets;
+pub mod telemetry;
 pub mod tool_settings;

@@ -12,6 +12,7 @@ use crate::config::notify::{self, NotifySection, NotifySettings};
 use crate::config::risk::{self, ApprovalPolicy, ApprovalSection, Tier};
 use crate::config::safety;
 use crate::config::secrets::{self, SecretStore, SecretsSection};
+use crate::config::telemetry::{self, TelemetrySection, TelemetrySettings};
 use crate::config::tool_settings;
 use crate::core::units::{ByteSize, Rate, Span};
 use serde::Deserialize;
@@ -93,6 +94,8 @@ struct ConfigFile {
     metrics: MetricsSection,
     #[serde(default)]
     notify: NotifySection,
+    #[serde(default)]
+    telemetry: TelemetrySection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -416,6 +419,8 @@ pub struct Policy {
     pub metrics: MetricsSettings,
     /// `[notify]`: the webhook told of waiting approvals and kills, if any.
     pub notify: Option<NotifySettings>,
+    /// `[telemetry]`: where traces are exported, if anywhere.
+    pub telemetry: Option<TelemetrySettings>,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -618,6 +623,7 @@ impl Policy {
             safety,
             metrics: metrics::resolve(&file.metrics).map_err(|(k, p)| err(k, p))?,
             notify: notify::resolve(&file.notify).map_err(|(k, p)| err(k, p))?,
+            telemetry: telemetry::resolve(&file.telemetry).map_err(|(k, p)| err(k, p))?,
         })
     }
 }

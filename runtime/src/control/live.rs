@@ -438,6 +438,9 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
     if old.metrics != new.metrics {
         return Err(restart("[metrics]"));
     }
+    if old.telemetry != new.telemetry {
+        return Err(restart("[telemetry]"));
+    }
     if http_loopback == Some(false) && new.auth.mode == crate::config::auth::AuthMode::None {
         anyhow::bail!(
             "[auth] mode = \"none\" is refused: this server listens on a non-loopback address \

@@ -198,7 +198,7 @@ fn exposed() -> &'static Exposed {
         );
         r.register_with_unit(
             "call_step",
-            "Time in each step of the call pipeline (checks, approval, admission, sandbox, output, audit) and in all (total); authenticate is per HTTP request",
+            "Time in each step of the call pipeline (authorize, validate, approval, admission, sandbox, output, audit) and in all (total); authenticate is per HTTP request",
             Unit::Seconds,
             m.call_steps.clone(),
         );

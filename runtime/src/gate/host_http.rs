@@ -1,4 +1,5 @@
-//! Requests the host itself makes (not a tool's egress): the JWKS fetch, the content scanner.
+//! Requests the host itself makes (not a tool's egress): the JWKS fetch, the content scanner,
+//! the `[notify]` webhook, trace exports.
 //! One connection per request, HTTP/1.1, TLS with the public roots for `https://`, a deadline
 //! over the whole exchange and a cap on the answer.
 
@@ -16,8 +17,36 @@ pub struct HostRequest<'a> {
 
 /// Send `request` and read the answer's body (a non-2xx status is an error).
 pub async fn send(request: HostRequest<'_>) -> Result<Vec<u8>, String> {
-    use http_body_util::{BodyExt, Full, Limited};
     let uri: http::Uri = request.url.parse().map_err(|_| "not a URL".to_owned())?;
+    let builder = http::Request::builder()
+        .uri(uri)
+        .header(http::header::ACCEPT, "application/json");
+    let built = match request.json {
+        None => builder.method(http::Method::GET).body(bytes::Bytes::new()),
+        Some(body) => builder
+            .method(http::Method::POST)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(bytes::Bytes::from(body)),
+    }
+    .map_err(|e| e.to_string())?;
+    let response = exchange(built, request.timeout, request.max_answer_bytes).await?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    Ok(response.into_body().to_vec())
+}
+
+/// Send `request` (its URI absolute: `http://` or `https://`) over a connection of its own
+/// and read the whole answer, whatever its status: the exchange within `timeout`, the body at
+/// most `max_answer_bytes`.
+pub async fn exchange(
+    request: http::Request<bytes::Bytes>,
+    timeout: Duration,
+    max_answer_bytes: usize,
+) -> Result<http::Response<bytes::Bytes>, String> {
+    use http_body_util::{BodyExt, Full, Limited};
+    let (mut parts, body) = request.into_parts();
+    let uri = parts.uri.clone();
     let https = uri.scheme_str() == Some("https");
     let host = uri
         .host()
@@ -45,42 +74,32 @@ pub async fn send(request: HostRequest<'_>) -> Result<Vec<u8>, String> {
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let builder = http::Request::builder()
-            .uri(path)
-            .header(
-                http::header::HOST,
-                uri.authority().map_or("", |a| a.as_str()),
-            )
-            .header(http::header::ACCEPT, "application/json");
-        let built = match request.json {
-            None => builder
-                .method(http::Method::GET)
-                .body(Full::new(bytes::Bytes::new())),
-            Some(body) => builder
-                .method(http::Method::POST)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(bytes::Bytes::from(body))),
-        }
-        .map_err(|e| e.to_string())?;
+        // HTTP/1.1 sends the path (origin form) and names the host in its own header.
+        parts.uri = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| "not a URL".to_owned())?;
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
+        );
         let response = sender
-            .send_request(built)
+            .send_request(http::Request::from_parts(parts, Full::new(body)))
             .await
             .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let body = Limited::new(response.into_body(), request.max_answer_bytes)
+        let (head, body) = response.into_parts();
+        let body = Limited::new(body, max_answer_bytes)
             .collect()
             .await
             .map_err(|e| format!("reading the body: {e}"))?
             .to_bytes();
-        Ok(body.to_vec())
+        Ok(http::Response::from_parts(head, body))
     };
-    let after = request.timeout;
-    tokio::time::timeout(after, work)
+    tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("timed out after {} ms", after.as_millis()))?
+        .map_err(|_| format!("timed out after {} ms", timeout.as_millis()))?
 }
 
 trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}

@@ -13,4 +13,5 @@ pub mod notify;
 pub mod overrides;
 pub mod ratelimit;
 pub mod safety;
+pub mod telemetry;
 pub mod verified_tokens;

@@ -44,7 +44,7 @@ use sha2::Digest;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -114,6 +114,19 @@ pub struct Caller {
     /// The calling tool's call, for nested calls.
     pub parent_call_id: Option<String>,
     pub nesting: Nesting,
+    /// The span this call's span continues: the client's `traceparent`, or the calling
+    /// tool's call.
+    pub trace_parent: Option<opentelemetry::trace::SpanContext>,
+    /// When the request that made this call was authenticated, and how long that took (HTTP).
+    pub authenticated: Option<Authenticated>,
+}
+
+/// When a request was authenticated and how long it took, carried from the HTTP layer to the
+/// call's trace.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated {
+    pub at: std::time::SystemTime,
+    pub took: std::time::Duration,
 }
 
 impl Caller {
@@ -121,15 +134,18 @@ impl Caller {
     /// trace context header.
     pub fn new(principal: Principal, traceparent: Option<&str>) -> Caller {
         let call_id = random_id();
-        let correlation_id = traceparent
-            .and_then(trace_id)
-            .unwrap_or_else(|| call_id.clone());
+        let trace_parent = traceparent.and_then(crate::gate::telemetry::parse_traceparent);
+        let correlation_id = trace_parent
+            .as_ref()
+            .map_or_else(|| call_id.clone(), |t| t.trace_id().to_string());
         Caller {
             principal,
             call_id,
             correlation_id,
             parent_call_id: None,
             nesting: Nesting::default(),
+            trace_parent,
+            authenticated: None,
         }
     }
 
@@ -154,6 +170,8 @@ impl Caller {
             call_id: random_id(),
             correlation_id: self.correlation_id.clone(),
             parent_call_id: Some(self.call_id.clone()),
+            trace_parent: self.trace_parent.clone(),
+            authenticated: None,
             nesting: Nesting {
                 frames,
                 budget: if depth == 0 {
@@ -172,21 +190,6 @@ impl Caller {
     pub fn is_top_level(&self) -> bool {
         self.nesting.frames.is_empty()
     }
-}
-
-/// The trace id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
-fn trace_id(header: &str) -> Option<String> {
-    let mut parts = header.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0'))
-    .then(|| trace.to_ascii_lowercase())
 }
 
 /// The host: a loaded catalog, the server-wide limits and the audit log.
@@ -495,12 +498,35 @@ impl Airlock {
             arguments_sha256: arguments_digest(request.bound().as_ref()),
             ..Usage::default()
         };
+        // While traces are exported the call is a span from the start (its id is the parent of
+        // what the call does); it is named and closed once the call is done.
+        let span = crate::gate::telemetry::tracer().map(|tracer| {
+            use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+            let start = caller.authenticated.map_or_else(SystemTime::now, |a| a.at);
+            let span = tracer
+                .span_builder(request.offering().method())
+                .with_kind(if caller.is_top_level() {
+                    SpanKind::Server
+                } else {
+                    SpanKind::Internal
+                })
+                .with_start_time(start)
+                .start_with_context(
+                    tracer,
+                    &crate::gate::telemetry::parent_context(caller.trace_parent.as_ref()),
+                );
+            usage.trace = Some(span.span_context().clone());
+            span
+        });
         // A call starts only while its record can be written: a broken audit writer refuses
         // calls before they act (and recovers by itself).
         let result = match self.audit.healthy() {
             Ok(()) => self.steps(&request, caller, ctx, &mut usage).await,
             Err(e) => Err(CallFailure::AuditUnavailable(e.0)),
         };
+        if let Some(from) = usage.output_from {
+            usage.mark("output", from);
+        }
         let result = match usage.redactor.clone() {
             Some(r) if !r.is_empty() => redact(&r, result, &mut usage),
             _ => result,
@@ -528,7 +554,7 @@ impl Airlock {
         let audited = self
             .audit_call(&shown, arguments, caller, &result, started, &usage)
             .await;
-        metrics().step("audit", audit_started.elapsed());
+        usage.mark("audit", audit_started);
         let result = match audited {
             Ok(_)
                 if usage.tier == Some(crate::config::risk::Tier::Shadow)
@@ -567,7 +593,69 @@ impl Airlock {
             &self.shapes,
         );
         self.count(&request, &shown, caller, &result, started, &usage);
+        if let Some(span) = span {
+            self.end_span(span, &shown, arguments, caller, &result, &usage);
+        }
         result
+    }
+
+    /// Close the call's span: its name and attributes (what the audit record says, argument
+    /// values only as `audit_arguments` keeps them), one child span per step, and an error
+    /// status for any outcome but `completed`.
+    fn end_span(
+        &self,
+        mut span: opentelemetry_sdk::trace::Span,
+        shown: &Shown<'_>,
+        arguments: Option<&JsonObject>,
+        caller: &Caller,
+        result: &Result<Response, CallFailure>,
+        usage: &Usage,
+    ) {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{Span as _, Status, Tracer as _};
+        let Some(tracer) = crate::gate::telemetry::tracer() else {
+            return;
+        };
+        let parent = crate::gate::telemetry::parent_context(usage.trace.as_ref());
+        let authenticated = caller
+            .authenticated
+            .map(|a| ("authenticate", a.at, a.at + a.took));
+        for (step, from, to) in authenticated.iter().chain(&usage.steps) {
+            tracer
+                .span_builder(*step)
+                .with_start_time(*from)
+                .start_with_context(tracer, &parent)
+                .end_with_timestamp(*to);
+        }
+        span.update_name(format!("{} {}", shown.request, shown.tool));
+        let outcome = match result {
+            Ok(_) => "completed",
+            Err(f) => f.kind(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("airlock.tool", shown.tool.to_string()),
+            KeyValue::new("airlock.principal", shown.principal.to_string()),
+            KeyValue::new("airlock.call_id", caller.call_id.clone()),
+            KeyValue::new("airlock.outcome", outcome),
+            KeyValue::new("airlock.arguments_sha256", usage.arguments_sha256.clone()),
+        ];
+        if let Some(c) = &usage.component {
+            attributes.push(KeyValue::new("airlock.component", c.to_string()));
+        }
+        if let Some(p) = &caller.parent_call_id {
+            attributes.push(KeyValue::new("airlock.parent_call_id", p.clone()));
+        }
+        if let Some(fuel) = usage.fuel_used {
+            attributes.push(KeyValue::new("airlock.fuel_used", fuel as i64));
+        }
+        if let Some(kept) = self.kept_arguments(arguments, usage.audit_arguments) {
+            attributes.push(KeyValue::new("airlock.arguments", kept.to_string()));
+        }
+        span.set_attributes(attributes);
+        if outcome != "completed" {
+            span.set_status(Status::error(outcome));
+        }
+        span.end();
     }
 
     /// The call in the metrics. The tool label is a name the catalog has (a tool's; the entry's
@@ -669,24 +757,8 @@ impl Airlock {
         if !self.audit.is_on() {
             return Ok(0);
         }
-        let empty = JsonObject::new();
-        let arguments = arguments.unwrap_or(&empty);
-        // Every string in the record is redacted against all of the server's secrets, whatever
-        // `audit_arguments` says; "redacted" takes secret shapes out as well.
         let secrets = &*self.catalog.redactor;
-        let kept = match usage.audit_arguments {
-            AuditArguments::None => None,
-            AuditArguments::Full => {
-                let mut v = serde_json::Value::Object(arguments.clone());
-                secrets.redact_json(&mut v);
-                Some(v)
-            }
-            AuditArguments::Redacted => {
-                let mut v = serde_json::Value::Object(arguments.clone());
-                self.scrub_json(&mut v, Some(secrets));
-                Some(v)
-            }
-        };
+        let kept = self.kept_arguments(arguments, usage.audit_arguments);
         let (decision, outcome, reason, tool_error, output_bytes) = match result {
             Ok(r) => (
                 "completed",
@@ -731,6 +803,31 @@ impl Airlock {
             spotlight: usage.spotlight.is_some(),
         };
         self.audit.append("call", &record).await
+    }
+
+    /// What a call's record (and its span) keeps of its arguments. Every string is redacted
+    /// against all of the server's secrets, whatever `audit_arguments` says; "redacted" takes
+    /// secret shapes out as well.
+    fn kept_arguments(
+        &self,
+        arguments: Option<&JsonObject>,
+        keep: AuditArguments,
+    ) -> Option<serde_json::Value> {
+        let secrets = &*self.catalog.redactor;
+        let value = || serde_json::Value::Object(arguments.cloned().unwrap_or_default());
+        match keep {
+            AuditArguments::None => None,
+            AuditArguments::Full => {
+                let mut v = value();
+                secrets.redact_json(&mut v);
+                Some(v)
+            }
+            AuditArguments::Redacted => {
+                let mut v = value();
+                self.scrub_json(&mut v, Some(secrets));
+                Some(v)
+            }
+        }
     }
 
     /// Secret values, then secret shapes, out of `text`.
@@ -807,6 +904,8 @@ impl Airlock {
         let name = target.name;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
         self.rate_limits.check_bucket(&target.rate_key())?;
+        usage.mark("authorize", step);
+        let step = Instant::now();
         usage.audit_arguments = component.entry.audit_arguments;
         usage.redactor = Some(component.prepared.redactor.clone());
         let input = validate_input(&target, request)?;
@@ -833,13 +932,13 @@ impl Airlock {
             Some(_) => rule.needs_approval(target.name, request.arguments()),
             None => rule.approves_every_request(),
         };
-        metrics().step("checks", step.elapsed());
+        usage.mark("validate", step);
         if needed {
             let step = Instant::now();
             let approved = self
                 .approve(&target, request.arguments(), caller, &ctx, usage)
                 .await;
-            metrics().step("approval", step.elapsed());
+            usage.mark("approval", step);
             approved?;
         }
         let step = Instant::now();
@@ -875,13 +974,14 @@ impl Airlock {
         if component.acts_outside {
             self.record_intent(&target, caller, usage).await?;
         }
-        metrics().step("admission", step.elapsed());
+        usage.mark("admission", step);
         let step = Instant::now();
         let report = self
             .execute(&target, input, ctx, &running.call, caller, usage, permits)
             .await;
-        metrics().step("sandbox", step.elapsed());
-        let _output_step = OutputStep(Instant::now());
+        usage.mark("sandbox", step);
+        // The output step ends when this returns (`serve` marks it).
+        usage.output_from = Some(Instant::now());
         usage.fuel_used = report.fuel_used;
         usage.peak_memory = report.peak_memory;
         usage.stdout = report.stdout;
@@ -1274,9 +1374,14 @@ impl Airlock {
             ctx.parent_clock,
             ctx.interaction.pause.clone(),
         );
+        // Calls this call's tool makes continue its span.
+        let mut calling = caller.clone();
+        if usage.trace.is_some() {
+            calling.trace_parent = usage.trace.clone();
+        }
         let services = Arc::new(Services {
             airlock: self.clone(),
-            caller: caller.clone(),
+            caller: calling,
             tool: Arc::from(target.name),
             arguments_sha256: arguments_sha256.to_owned(),
             component: target.component.clone(),
@@ -1301,6 +1406,10 @@ impl Airlock {
             fuel_left: Some(running.fuel_left.clone()),
             clock: Some(clock),
             demote: Some(demote.clone()),
+            traceparent: usage
+                .trace
+                .as_ref()
+                .map(crate::gate::telemetry::traceparent),
         };
         let (component, name, events, principal) = (
             target.component.clone(),
@@ -2445,16 +2554,6 @@ struct IntentRecord<'a> {
     arguments_sha256: &'a str,
 }
 
-/// Records the output step's time (conversion, schema, content checks) when dropped: the step
-/// has several ways out.
-struct OutputStep(Instant);
-
-impl Drop for OutputStep {
-    fn drop(&mut self) {
-        metrics().step("output", self.0.elapsed());
-    }
-}
-
 /// What a call consumed, for its log event.
 #[derive(Default)]
 struct Usage {
@@ -2469,6 +2568,13 @@ struct Usage {
     peak_memory: usize,
     /// Bytes of the response as sent (0 for a failure).
     output_bytes: usize,
+    /// The call's span, while traces are exported: the parent of its steps' spans, of its
+    /// nested calls' and of its tool's outgoing requests.
+    trace: Option<opentelemetry::trace::SpanContext>,
+    /// The steps done, with their times, for the call's trace (kept only while traced).
+    steps: Vec<(&'static str, SystemTime, SystemTime)>,
+    /// When the output step began (once the sandbox returned).
+    output_from: Option<Instant>,
     stdout: (Vec<u8>, u64),
     stderr: (Vec<u8>, u64),
     /// The data class of the called tool.
@@ -2477,6 +2583,18 @@ struct Usage {
     safety: OutboundReport,
     /// The marker spotlighting wrapped the result's text with.
     spotlight: Option<String>,
+}
+
+impl Usage {
+    /// A step of the pipeline ended: its time in the metrics and, while traced, in the trace.
+    fn mark(&mut self, step: &'static str, since: Instant) {
+        let took = since.elapsed();
+        metrics().step(step, took);
+        if self.trace.is_some() {
+            let end = SystemTime::now();
+            self.steps.push((step, end - took, end));
+        }
+    }
 }
 
 /// A call's tool name and principal as its audit record and log event show them.
@@ -2569,12 +2687,19 @@ mod tests {
 
     #[test]
     fn trace_ids_come_from_valid_traceparents_only() {
+        let trace_id = |h: &str| {
+            crate::gate::telemetry::parse_traceparent(h).map(|c| c.trace_id().to_string())
+        };
         assert_eq!(
             trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(
             trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
             None
         );
         assert_eq!(

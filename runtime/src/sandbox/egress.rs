@@ -41,6 +41,9 @@ pub struct EgressGate {
     /// Request and response body bytes the host carried for the call (TLS, scrubbing, caps):
     /// host work the call's fuel pays for.
     carried: Arc<AtomicU64>,
+    /// The call's W3C `traceparent`, set on every granted request (replacing the tool's own),
+    /// while traces are exported.
+    traceparent: Option<http::HeaderValue>,
 }
 
 /// One request of a call in flight, until its response (body included) is dropped.
@@ -67,8 +70,10 @@ impl EgressGate {
         denial: DenialCell,
         redactor: Arc<Redactor>,
         shadow: bool,
+        traceparent: Option<String>,
     ) -> Self {
         EgressGate {
+            traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(&t).ok()),
             grants,
             // A shadow call sends no request body at all.
             limits: if shadow {
@@ -367,7 +372,12 @@ impl WasiHttpHooks for EgressGate {
         // Looked up per request: a grant revoked while the call runs stops its next request.
         let grants = self.grants.current();
         let admitted = match admit(&grants, &mut request) {
-            Ok(a) => a,
+            Ok(a) => {
+                if let Some(t) = &self.traceparent {
+                    request.headers_mut().insert("traceparent", t.clone());
+                }
+                a
+            }
             Err(d) => {
                 let d = revoked(self.grants.configured(), &request).unwrap_or(d);
                 count_denied(&self.component, &d);

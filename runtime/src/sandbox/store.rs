@@ -1090,6 +1090,9 @@ pub struct RunSignals {
     /// Set once an epoch tick finds the call's guest code busy after [`LONG_RUNNING`] (see
     /// [`on_guest_pool`]).
     pub demote: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The W3C `traceparent` the tool's granted HTTP requests carry (the call's span), while
+    /// traces are exported.
+    pub traceparent: Option<String>,
 }
 
 /// The guest's answer to an [`Invocation`].
@@ -1201,6 +1204,7 @@ pub async fn run(
             denial.clone(),
             prepared.redactor.clone(),
             shadow,
+            signals.traceparent.clone(),
         ),
         denial,
         redactor: prepared.redactor.clone(),

@@ -598,6 +598,9 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             tracing::info!(tools = live.current().tools().len(), "loaded");
             let audit = live.current().audit().clone();
             let shutdown = CancellationToken::new();
+            if let Some(t) = &live.current().catalog().policy.telemetry {
+                crate::gate::telemetry::start(t, tokio::runtime::Handle::current())?;
+            }
             let metrics = match live.current().catalog().policy.metrics.listen {
                 Some(addr) => Some(crate::serve::metrics::bind(addr).await?),
                 None => None,
@@ -637,6 +640,12 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             if let Err(e) = audit.seal().await {
                 tracing::error!("cannot seal the audit log: {e}");
             }
+            // The last spans go out (waiting on a thread of its own: the export runs on this
+            // runtime).
+            let _ = tokio::task::spawn_blocking(|| {
+                crate::gate::telemetry::shutdown(Duration::from_secs(5))
+            })
+            .await;
             served
         }
         Command::Tools { config, json } => {

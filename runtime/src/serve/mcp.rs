@@ -200,12 +200,16 @@ impl McpServer {
             (None, None)
         };
 
-        let traceparent = context
-            .extensions
-            .get::<http::request::Parts>()
+        let parts = context.extensions.get::<http::request::Parts>();
+        let traceparent = parts
             .and_then(|p| p.headers.get("traceparent"))
             .and_then(|v| v.to_str().ok());
-        let caller = Caller::new(self.principal(context), traceparent);
+        let mut caller = Caller::new(self.principal(context), traceparent);
+        caller.authenticated = parts.and_then(|p| {
+            p.extensions
+                .get::<crate::pipeline::call::Authenticated>()
+                .copied()
+        });
         let (channel, caps) = client_channel(context);
         let interaction = Arc::new(Interaction::new(
             caller.principal.name.clone(),
@@ -716,7 +720,7 @@ async fn authenticate(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let started = std::time::Instant::now();
+    let (started, at) = (std::time::Instant::now(), std::time::SystemTime::now());
     let mut outcome = auth.authenticate(header);
     if outcome == Err(AuthError::UnknownKey) {
         // The issuer may have rotated its keys: fetch them again (at a bounded rate) and retry.
@@ -726,10 +730,14 @@ async fn authenticate(
             Err(e) => tracing::warn!(target: "airlock::auth", "cannot refresh the JWKS: {e}"),
         }
     }
-    crate::core::metrics::metrics().step("authenticate", started.elapsed());
+    let took = started.elapsed();
+    crate::core::metrics::metrics().step("authenticate", took);
     let error = match outcome {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
+            request
+                .extensions_mut()
+                .insert(crate::pipeline::call::Authenticated { at, took });
             return next.run(request).await;
         }
         Err(e) => e,
