@@ -203,6 +203,40 @@ fn an_evidence_bundle_verifies_and_any_change_to_it_is_found() {
         "{}",
         other.1
     );
+
+    // The export signs only what verifies: an edited record stops it, naming the record.
+    let log = audit_files(&audit_dir)[0].clone();
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(
+        &log,
+        text.replacen("\"fixture_echo\"", "\"fixture_ech0\"", 1),
+    )
+    .unwrap();
+    let (ok, out) = export(&dir.0.join("again.jsonl"), &["--since", "1h"]);
+    assert!(
+        !ok && out.contains("the log does not verify: record ")
+            && out.contains("its hash does not match its content (edited)")
+            && out.contains("nothing was exported"),
+        "{out}"
+    );
+    assert!(!dir.0.join("again.jsonl").exists());
+    // And a state directory without the audit key (a wrong --state-dir) is refused.
+    let elsewhere = TempDir::new("audit-export-nokey");
+    let (ok, out) = run_airlock_text(&[
+        "audit",
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--audit-dir",
+        audit,
+        "--state-dir",
+        elsewhere.0.to_str().unwrap(),
+        "--since",
+        "1h",
+        "--out",
+        dir.0.join("nokey.jsonl").to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("has no audit key"), "{out}");
 }
 
 #[test]

@@ -49,6 +49,12 @@ pub(crate) fn resolve(s: &TelemetrySection) -> Result<Option<TelemetrySettings>,
     };
     crate::config::auth::check_host_url(endpoint)
         .map_err(|e| ("telemetry › otlp_endpoint".to_owned(), e))?;
+    if endpoint.contains(['?', '#']) {
+        return Err((
+            "telemetry › otlp_endpoint".into(),
+            "must have no query or fragment (spans go to <endpoint>/v1/traces)".into(),
+        ));
+    }
     let base = endpoint.trim_end_matches('/');
     let traces_url = if base.ends_with("/v1/traces") {
         base.to_owned()

@@ -254,7 +254,8 @@ pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
     };
     let answer = admin::request(socket, &request).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        let text = serde_json::to_string_pretty(&answer)?;
+        println!("{}", crate::core::text::escape_json_controls(&text));
         return Ok(());
     }
     print(&request, &answer);
@@ -383,8 +384,11 @@ fn print(request: &Request, answer: &Answer) {
                 println!("nothing waiting for approval");
                 return;
             }
+            let mut out = std::io::stdout().lock();
             for a in approvals {
-                print_pending(a);
+                if print_pending(&mut out, a).is_err() {
+                    return;
+                }
             }
         }
         Answer::Answered { answered, approve } => println!(
@@ -448,8 +452,9 @@ pub(crate) fn shown(text: &str) -> String {
         .collect()
 }
 
-fn print_pending(a: &PendingView) {
-    println!(
+fn print_pending(out: &mut impl std::io::Write, a: &PendingView) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{}  {} of {} by {}  (call {}, waiting {} s, {} s left{})",
         shown(&a.id),
         a.asking,
@@ -459,10 +464,11 @@ fn print_pending(a: &PendingView) {
         a.age_ms / 1000,
         a.expires_in_ms / 1000,
         if a.four_eyes { ", four-eyes" } else { "" }
-    );
+    )?;
     for line in a.message.lines() {
-        println!("    {}", shown(line));
+        writeln!(out, "    {}", shown(line))?;
     }
+    Ok(())
 }
 
 /// How often `approvals watch` asks the server what is waiting.
@@ -471,6 +477,9 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// `ctl approvals watch`: print what waits, then what starts and stops waiting, until the
 /// server goes away (an error) or the operator interrupts.
 async fn watch_approvals(socket: &Path, json: bool) -> Result<()> {
+    use std::io::Write as _;
+    // A reader that goes away (`| head`) ends the watch with an error, not a panic.
+    let mut out = std::io::stdout();
     let mut shown_ids = std::collections::HashSet::new();
     loop {
         let approvals = match admin::request(socket, &Request::Approvals).await? {
@@ -484,9 +493,10 @@ async fn watch_approvals(socket: &Path, json: bool) -> Result<()> {
             if json {
                 let mut line = serde_json::to_value(a)?;
                 line["event"] = "waiting".into();
-                println!("{line}");
+                let text = line.to_string();
+                writeln!(out, "{}", crate::core::text::escape_json_controls(&text))?;
             } else {
-                print_pending(a);
+                print_pending(&mut out, a)?;
             }
         }
         let gone: Vec<String> = shown_ids
@@ -497,12 +507,13 @@ async fn watch_approvals(socket: &Path, json: bool) -> Result<()> {
         for id in gone {
             shown_ids.remove(&id);
             if json {
-                println!("{}", serde_json::json!({"event": "gone", "id": id}));
+                writeln!(out, "{}", serde_json::json!({"event": "gone", "id": id}))?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "{}  no longer waiting (answered, expired or abandoned)",
                     shown(&id)
-                );
+                )?;
             }
         }
         tokio::time::sleep(WATCH_EVERY).await;

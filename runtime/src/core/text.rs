@@ -30,6 +30,24 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// JSON text with every unsafe character but a newline written as a JSON `\uXXXX` escape:
+/// serde escapes C0 controls only, and in serialized JSON the others can only stand inside
+/// strings, where the escape means the same character.
+pub fn escape_json_controls(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.chars().any(|c| is_unsafe(c) && c != '\n') {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        if is_unsafe(c) && c != '\n' {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +62,10 @@ mod tests {
             escape_controls("a\nforged INFO line\r\u{1b}[2J\u{9b}x\u{202e}y"),
             "a\\nforged INFO line\\r\\u{001b}[2J\\u{009b}x\\u{202e}y"
         );
+        let json = serde_json::json!({"t": "x\u{9b}2J\u{202e}y\u{7f}"}).to_string();
+        let escaped = escape_json_controls(&json);
+        assert_eq!(escaped, r#"{"t":"x\u009b2J\u202ey\u007f"}"#);
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back["t"], "x\u{9b}2J\u{202e}y\u{7f}");
     }
 }

@@ -1013,7 +1013,8 @@ impl Queue {
             "principal": principal,
             "call_id": call.call_id,
             "arguments_sha256": call.digest,
-            "message": q.message,
+            // Not the question's text: it can quote the arguments and whatever the tool wrote,
+            // and the webhook is another party. `ctl approvals list` shows it.
             "expires_in_ms": policy.timeout.0.as_millis() as u64,
             "four_eyes": policy.four_eyes,
         }));

@@ -356,6 +356,19 @@ pub fn signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
     Ok(key)
 }
 
+/// The audit key of a state directory that has one (an export must not sign with a key made
+/// up for a wrong directory).
+pub fn existing_signing_key(state_dir: &Path) -> Result<SigningKey, AuditError> {
+    if !state_dir.join(KEY_FILE).is_file() {
+        return Err(AuditError(format!(
+            "{} has no audit key: is it the server's state directory (--state-dir, or the \
+             configuration's state_dir)?",
+            state_dir.display()
+        )));
+    }
+    signing_key(state_dir)
+}
+
 /// The public half of the state directory's audit key, hex.
 pub fn public_key(state_dir: &Path) -> Result<String, AuditError> {
     Ok(hex::encode(
@@ -1259,11 +1272,11 @@ fn shown_line(line: &str, filter: &RecordFilter, human: bool) -> Option<String> 
         Ok(r) if filter.matches(&r) => Some(if human {
             crate::gate::audit_view::human(&r)
         } else {
-            line.to_owned()
+            crate::core::text::escape_json_controls(line).into_owned()
         }),
         Ok(_) => None,
-        Err(_) => filter
-            .is_empty()
+        // Shown to a person reading everything; JSON output stays JSON.
+        Err(_) => (human && filter.is_empty())
             .then(|| crate::core::text::escape_controls(line).into_owned()),
     }
 }

@@ -13,9 +13,11 @@ pub struct RecordFilter {
     pub tool: Option<String>,
     pub principal: Option<String>,
     pub outcome: Option<String>,
-    /// A call id: the call's own records, its nested calls' (`parent_call_id`), and those of
-    /// its request (`correlation_id`).
+    /// A call id: the call's own records and its nested calls' (`parent_call_id`).
     pub call: Option<String>,
+    /// A correlation id (the client's W3C trace id, or the top-level call's id): every record
+    /// of that request. The client chooses it; `call` is the host's.
+    pub correlation: Option<String>,
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
 }
@@ -26,6 +28,7 @@ impl RecordFilter {
             && self.principal.is_none()
             && self.outcome.is_none()
             && self.call.is_none()
+            && self.correlation.is_none()
             && self.since.is_none()
             && self.until.is_none()
     }
@@ -37,12 +40,13 @@ impl RecordFilter {
         };
         if !(field("tool", &self.tool)
             && field("principal", &self.principal)
-            && field("outcome", &self.outcome))
+            && field("outcome", &self.outcome)
+            && field("correlation_id", &self.correlation))
         {
             return false;
         }
         if let Some(call) = &self.call
-            && !["call_id", "parent_call_id", "correlation_id"]
+            && !["call_id", "parent_call_id"]
                 .iter()
                 .any(|f| r[*f].as_str() == Some(call))
         {
@@ -180,9 +184,14 @@ mod tests {
         assert!(!f(&|f| f.tool = Some("files_write".into())));
         assert!(!f(&|f| f.principal = Some("bob".into())));
         assert!(f(&|f| f.outcome = Some("completed".into())));
-        for id in ["c1", "p0", "k9"] {
+        for id in ["c1", "p0"] {
             assert!(f(&|f| f.call = Some(id.into())), "{id}");
         }
+        assert!(
+            !f(&|f| f.call = Some("k9".into())),
+            "not by the client's id"
+        );
+        assert!(f(&|f| f.correlation = Some("k9".into())));
         assert!(!f(&|f| f.call = Some("c2".into())));
         let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
         assert!(f(&|f| f.since = Some(at("2026-12-01T09:00:00Z"))));

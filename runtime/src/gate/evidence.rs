@@ -59,11 +59,43 @@ pub fn export(
     key: &SigningKey,
     out: &Path,
 ) -> Result<Summary, String> {
+    if out.exists() {
+        return Err(format!("cannot create {}: it exists", out.display()));
+    }
+    // Written beside its name and linked into place once whole: an export that fails leaves
+    // nothing that looks like a bundle.
+    let partial = out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")
+    ));
+    let result = write_bundle(files, since, until, context, key, &partial).and_then(|s| {
+        std::fs::hard_link(&partial, out)
+            .map_err(|e| format!("cannot create {}: {e}", out.display()))
+            .map(|()| s)
+    });
+    let _ = std::fs::remove_file(&partial);
+    result
+}
+
+fn write_bundle(
+    files: &[PathBuf],
+    since: SystemTime,
+    until: SystemTime,
+    context: Context<'_>,
+    key: &SigningKey,
+    out: &Path,
+) -> Result<Summary, String> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(out)
         .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    // What is signed is checked first: a log edited after its last checkpoint, or damaged
+    // inside the window, is not vouched for.
+    let mut chain: Option<ChainCheck> = None;
+    let verifying = key.verifying_key();
+    // A line that is not a record: only the log's last line may be one (a write cut short).
+    let mut torn: Option<String> = None;
     let mut writer = std::io::BufWriter::new(file);
     let mut hash = Sha256::new();
     let mut emit = |line: &str| -> Result<(), String> {
@@ -93,17 +125,26 @@ pub fn export(
         );
         for line in reader.lines() {
             let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-            // A torn last line (a write cut by a crash) is not a record.
-            let Ok(r) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            let (Some(at), Some(seq)) = (record_time(&r), r["seq"].as_u64()) else {
+            if let Some(bad) = &torn {
+                return Err(format!(
+                    "the log is damaged ({bad}): `airlock audit verify` says where; nothing \
+                     was exported"
+                ));
+            }
+            let parsed = serde_json::from_str::<Value>(&line).ok();
+            let Some((r, at, seq)) = parsed.and_then(|r| {
+                let (at, seq) = (record_time(&r)?, r["seq"].as_u64()?);
+                Some((r, at, seq))
+            }) else {
+                if summary.is_some() {
+                    torn = Some(format!("a line of {} is not a record", path.display()));
+                }
                 continue;
             };
             let checkpoint = r["kind"] == "checkpoint";
             match &summary {
-                None if at < since => continue,
-                None if at > until => break 'files,
+                // A clock set back may have put later records inside the window.
+                None if at < since || at > until => continue,
                 None => {}
                 // The window ended on a checkpoint: nothing more is needed.
                 Some(s) if at > until && s.signed_head => break 'files,
@@ -116,6 +157,10 @@ pub fn export(
                 }
                 Some(_) => {}
             }
+            chain
+                .get_or_insert_with(|| ChainCheck::from(verifying, seq))
+                .push(&line, &format!("{} record {seq}", path.display()))
+                .map_err(|e| format!("the log does not verify: {e}; nothing was exported"))?;
             emit(&line)?;
             let s = summary.get_or_insert(Summary {
                 first_seq: seq,
@@ -137,8 +182,6 @@ pub fn export(
         }
     }
     let Some(summary) = summary else {
-        drop(writer);
-        let _ = std::fs::remove_file(out);
         return Err(format!(
             "the log has no records written between {} and {}",
             time(since),
@@ -176,9 +219,9 @@ pub fn is_bundle(path: &Path) -> bool {
     let Ok(f) = std::fs::File::open(path) else {
         return false;
     };
-    let mut first = String::new();
-    let _ = BufReader::new(std::io::Read::take(f, 64 << 10)).read_line(&mut first);
-    serde_json::from_str::<Value>(&first).is_ok_and(|v| v.get("airlock_evidence").is_some())
+    // The header's first key (serde_json writes keys in order).
+    let mut start = [0u8; 20];
+    std::io::Read::read_exact(&mut &f, &mut start).is_ok() && &start == b"{\"airlock_evidence\":"
 }
 
 /// What a verified bundle holds.
@@ -218,8 +261,8 @@ pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
                 .to_owned()
         })?;
     let lines: Vec<&str> = body.lines().collect();
-    let (Some(first), Some(end)) = (lines.first(), lines.last()) else {
-        return Err("not an evidence bundle: no header".into());
+    let [first, .., end] = lines.as_slice() else {
+        return Err("not an evidence bundle: no header and summary".into());
     };
     let header: Value = serde_json::from_str(first).map_err(|e| format!("header: {e}"))?;
     if header["airlock_evidence"].as_u64() != Some(FORMAT) {
@@ -233,6 +276,7 @@ pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
     let records = &lines[1..lines.len() - 1];
     let first_seq = claimed["first_seq"]
         .as_u64()
+        .filter(|&s| s > 0)
         .ok_or("the summary has no first_seq")?;
     let mut chain = ChainCheck::from(verifying, first_seq);
     for (i, line) in records.iter().enumerate() {

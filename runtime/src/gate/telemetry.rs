@@ -2,7 +2,9 @@
 //! exporter (HTTP, protobuf), whose requests go out on the process's runtime through the
 //! host's own HTTP client ([`crate::gate::host_http::exchange`]). The batch processor runs on
 //! a thread of its own: a collector that is slow or down costs calls nothing (spans wait in a
-//! bounded queue, and past it they are dropped, as the SDK counts and logs).
+//! bounded queue, and past it they are dropped; the SDK logs both, through `internal-logs`).
+//! The exports carry no header but their content's type: `OTEL_EXPORTER_OTLP_*HEADERS` from the
+//! environment (a token meant for another collector) are not sent.
 
 use crate::config::telemetry::TelemetrySettings;
 use opentelemetry::trace::{
@@ -137,6 +139,16 @@ impl opentelemetry_http::HttpClient for RuntimeClient {
         &self,
         request: http::Request<bytes::Bytes>,
     ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        // Only what describes the body: headers the SDK took from the environment stay here.
+        let (mut parts, body) = request.into_parts();
+        let keep = [http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING];
+        let headers = std::mem::take(&mut parts.headers);
+        for (name, value) in headers.iter() {
+            if keep.contains(name) {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+        }
+        let request = http::Request::from_parts(parts, body);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let timeout = self.timeout;
         self.runtime.spawn(async move {

@@ -594,7 +594,8 @@ impl Airlock {
         );
         self.count(&request, &shown, caller, &result, started, &usage);
         if let Some(span) = span {
-            self.end_span(span, &shown, arguments, caller, &result, &usage);
+            let label = catalog_label(&request, &shown, &usage);
+            self.end_span(span, &label, &shown, arguments, caller, &result, &usage);
         }
         result
     }
@@ -602,9 +603,11 @@ impl Airlock {
     /// Close the call's span: its name and attributes (what the audit record says, argument
     /// values only as `audit_arguments` keeps them), one child span per step, and an error
     /// status for any outcome but `completed`.
+    #[allow(clippy::too_many_arguments)]
     fn end_span(
         &self,
         mut span: opentelemetry_sdk::trace::Span,
+        label: &str,
         shown: &Shown<'_>,
         arguments: Option<&JsonObject>,
         caller: &Caller,
@@ -627,7 +630,8 @@ impl Airlock {
                 .start_with_context(tracer, &parent)
                 .end_with_timestamp(*to);
         }
-        span.update_name(format!("{} {}", shown.request, shown.tool));
+        // Named by what the catalog has (the client's text could name anything).
+        span.update_name(format!("{} {label}", shown.request));
         let outcome = match result {
             Ok(_) => "completed",
             Err(f) => f.kind(),
@@ -649,7 +653,17 @@ impl Airlock {
             attributes.push(KeyValue::new("airlock.fuel_used", fuel as i64));
         }
         if let Some(kept) = self.kept_arguments(arguments, usage.audit_arguments) {
-            attributes.push(KeyValue::new("airlock.arguments", kept.to_string()));
+            // Bounded: a span is held in memory until it is exported.
+            let mut text = kept.to_string();
+            if text.len() > MAX_SPAN_ARGUMENTS {
+                let cut = (0..=MAX_SPAN_ARGUMENTS)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                text.truncate(cut);
+                text.push_str("…(cut)");
+            }
+            attributes.push(KeyValue::new("airlock.arguments", text));
         }
         span.set_attributes(attributes);
         if outcome != "completed" {
@@ -670,11 +684,7 @@ impl Airlock {
         usage: &Usage,
     ) {
         let m = metrics();
-        let tool: Arc<str> = match (&usage.component, request.offering()) {
-            (Some(_), Offering::Tool) => Arc::from(&*shown.tool),
-            (Some(entry), _) => entry.clone(),
-            (None, _) => Arc::from("unknown"),
-        };
+        let tool = catalog_label(request, shown, usage);
         m.calls
             .get_or_create(&CallLabels {
                 request: shown.request,
@@ -2583,6 +2593,20 @@ struct Usage {
     safety: OutboundReport,
     /// The marker spotlighting wrapped the result's text with.
     spotlight: Option<String>,
+}
+
+/// The most of a call's kept arguments (as JSON text) its span carries.
+const MAX_SPAN_ARGUMENTS: usize = 4096;
+
+/// The name the metrics and the trace give what a request targets: a tool's name, the
+/// `[[tool]]` entry of a read, prompt or completion, or `unknown` when the catalog has none of
+/// that name (never the client's text: it could name anything).
+fn catalog_label(request: &Request<'_>, shown: &Shown<'_>, usage: &Usage) -> Arc<str> {
+    match (&usage.component, request.offering()) {
+        (Some(_), Offering::Tool) => Arc::from(&*shown.tool),
+        (Some(entry), _) => entry.clone(),
+        (None, _) => Arc::from("unknown"),
+    }
 }
 
 impl Usage {

@@ -200,8 +200,13 @@ fn count_denied(component: &Arc<str>, d: &Denial) {
 /// Log a refusal of something `component` tried, and keep it if it is the call's first (which
 /// then ends the call as blocked).
 pub fn record_denial(denial: &OnceLock<Denial>, component: &str, d: Denial) {
-    tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), target = d.target(), "{d}");
-    let _ = denial.set(d);
+    // Only the first is logged: it is the one that ends the call, and a guest that goes on
+    // trying (each try refused) must not flood the log.
+    if denial.set(d).is_ok()
+        && let Some(d) = denial.get()
+    {
+        tracing::warn!(target: "airlock::policy", component, grant_kind = d.grant_kind(), target = d.target(), "{d}");
+    }
 }
 
 /// A refused HTTP request: recorded, and the error wasi-http gives the guest.

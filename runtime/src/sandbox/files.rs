@@ -305,10 +305,14 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         state.charge(0);
         let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
         for (fd, guest) in &dirs {
+            // Table slots are reused once a handle is dropped: each descriptor handed out is
+            // tagged afresh, never by what an earlier one in its slot was.
             if let Some(r) = state.files.revoked.iter().position(|(_, g)| g == guest) {
                 state.files.standins.insert(fd.rep(), r);
+                state.files.under.remove(&fd.rep());
                 continue;
             }
+            state.files.standins.remove(&fd.rep());
             match state.files.quotas.iter().position(|q| &q.guest == guest) {
                 Some(q) => {
                     state.files.under.insert(fd.rep(), q);
@@ -370,6 +374,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 .await;
                 match &r {
                     Ok(child) => {
+                        state.files.standins.remove(&child.rep());
                         state.files.opened(&state.table, child, quota);
                         match quota {
                             Some(q) => state.files.under.insert(child.rep(), q),

@@ -226,9 +226,13 @@ struct RecordFilterArgs {
     /// Only the records with this outcome (`completed`, `blocked_by_policy`, …).
     #[arg(long)]
     outcome: Option<String>,
-    /// Only the records of this call: its own, its nested calls', and its request's.
+    /// Only the records of this call: its own and its nested calls'.
     #[arg(long)]
     call: Option<String>,
+    /// Only the records of this request: the correlation id (the client's W3C trace id, or
+    /// the top-level call's id).
+    #[arg(long)]
+    correlation: Option<String>,
     /// From this time (RFC 3339, `2026-12-01T09:30:00Z`) or this long ago (`15m`, `2h`, `1d`).
     #[arg(long)]
     since: Option<String>,
@@ -260,6 +264,7 @@ impl RecordFilterArgs {
                 principal: self.principal,
                 outcome: self.outcome,
                 call: self.call,
+                correlation: self.correlation,
                 since: time(self.since, "since")?,
                 until: time(self.until, "until")?,
             },
@@ -594,17 +599,19 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             reset_state,
         } => {
             let confined = confined.expect("serve confines itself before the runtime starts");
+            // What can fail to start comes before the audit log opens (a start that stops
+            // after it would leave the log unsealed): the metrics address, the exporter.
+            let metrics = match confined.policy.metrics.listen {
+                Some(addr) => Some(crate::serve::metrics::bind(addr).await?),
+                None => None,
+            };
+            if let Some(t) = &confined.policy.telemetry {
+                crate::gate::telemetry::start(t, tokio::runtime::Handle::current())?;
+            }
             let live = start_serving(&config, reset_state, http, confined).await?;
             tracing::info!(tools = live.current().tools().len(), "loaded");
             let audit = live.current().audit().clone();
             let shutdown = CancellationToken::new();
-            if let Some(t) = &live.current().catalog().policy.telemetry {
-                crate::gate::telemetry::start(t, tokio::runtime::Handle::current())?;
-            }
-            let metrics = match live.current().catalog().policy.metrics.listen {
-                Some(addr) => Some(crate::serve::metrics::bind(addr).await?),
-                None => None,
-            };
             if let Some(listener) = metrics {
                 let (live, shutdown) = (live.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -818,7 +825,7 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
                     Err(e) => return Err(anyhow::anyhow!("cannot read the overrides: {e}")),
                 };
-            let key = audit::signing_key(&policy.server.state_dir)?;
+            let key = audit::existing_signing_key(&policy.server.state_dir)?;
             let s = crate::gate::evidence::export(
                 &files,
                 since,

@@ -7,8 +7,7 @@
 //! - JSON: serde already escapes C0 controls; the writer also escapes C1 controls and bidi
 //!   overrides, as JSON `\u` escapes (valid wherever they occur, which is inside strings).
 
-use crate::core::text::{escape_controls, is_unsafe};
-use std::fmt::Write as _;
+use crate::core::text::{escape_controls, escape_json_controls};
 use std::io::Write;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
@@ -85,18 +84,8 @@ impl Write for JsonStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut err = std::io::stderr().lock();
         match std::str::from_utf8(buf) {
-            Ok(text) if text.chars().any(|c| is_unsafe(c) && c != '\n') => {
-                let mut out = String::with_capacity(text.len() + 8);
-                for c in text.chars() {
-                    if is_unsafe(c) && c != '\n' {
-                        let _ = write!(out, "\\u{:04x}", c as u32);
-                    } else {
-                        out.push(c);
-                    }
-                }
-                err.write_all(out.as_bytes())?;
-            }
-            _ => err.write_all(buf)?,
+            Ok(text) => err.write_all(escape_json_controls(text).as_bytes())?,
+            Err(_) => err.write_all(buf)?,
         }
         Ok(buf.len())
     }
@@ -118,13 +107,21 @@ pub fn init(json: bool) {
     // rmcp's own lines (a session started or ended, a notification received, each with a
     // `Debug` dump of the client's parameters) are chatter per request at its `info`: shown
     // only when the log is at `debug` or finer, or when RUST_LOG names rmcp itself.
-    let names_rmcp = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rmcp"));
-    if !names_rmcp
-        && filter
-            .max_level_hint()
-            .is_none_or(|l| l < LevelFilter::DEBUG)
-    {
-        filter = filter.add_directive(directive("rmcp=warn"));
+    // The level for targets RUST_LOG does not name (`RUST_LOG=info,airlock=debug` is `info`):
+    // rmcp gets the lower of it and `warn`, so that the log is never louder for it.
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let global = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains('='))
+        .filter_map(|d| d.parse::<LevelFilter>().ok())
+        .next_back()
+        .unwrap_or(LevelFilter::INFO);
+    if !spec.contains("rmcp") && global < LevelFilter::DEBUG {
+        filter = filter.add_directive(directive(&format!(
+            "rmcp={}",
+            global.min(LevelFilter::WARN)
+        )));
     }
     // rmcp logs whole session ids (a session's bearer capability) at info and in its spans:
     // those targets are held below the levels that would show them, whatever RUST_LOG says.

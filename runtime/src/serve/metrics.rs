@@ -60,7 +60,8 @@ pub async fn serve(
         header_timeout: Duration::from_secs(10),
         body_timeout: Duration::from_secs(10),
         max_connections: METRICS_MAX_CONNECTIONS as usize,
-        max_connections_per_peer: METRICS_MAX_CONNECTIONS as usize,
+        // One peer cannot hold every slot and lock the scraper out.
+        max_connections_per_peer: 2,
     };
     // Printed (not only logged) so scripts and tests can find an ephemeral port.
     eprintln!("airlock: serving metrics on http://{local}/metrics");
