@@ -403,11 +403,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// What a checkpoint signs: the chain's head at its sequence number.
-fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
+/// What a checkpoint signs: the chain's head at its sequence number, and whether it is the
+/// checkpoint of a clean stop (so that a log cut after an ordinary checkpoint cannot be made
+/// to read as stopped cleanly by adding `"stop":true` to it).
+fn checkpoint_message(seq: u64, prev: &str, stop: bool) -> Vec<u8> {
     let mut m = b"airlock-audit-checkpoint\0".to_vec();
     m.extend_from_slice(&seq.to_be_bytes());
     m.extend_from_slice(prev.as_bytes());
+    if stop {
+        m.extend_from_slice(b"\0stop");
+    }
     m
 }
 
@@ -924,7 +929,9 @@ impl Writer {
     /// Append a checkpoint signing the current head; `stop` marks the one a clean stop ends
     /// the log with.
     fn push_checkpoint(&mut self, buf: &mut Vec<u8>, stop: bool) {
-        let signature = self.key.sign(&checkpoint_message(self.seq + 1, &self.head));
+        let signature = self
+            .key
+            .sign(&checkpoint_message(self.seq + 1, &self.head, stop));
         let body = format!(
             "\"kind\":\"checkpoint\",\"key\":\"{}\",\"signature\":\"{}\"{}",
             hex::encode(self.key.verifying_key().as_bytes()),
@@ -1212,17 +1219,32 @@ impl ChainCheck {
                 .and_then(|s| hex::decode(s).ok())
                 .and_then(|b| Signature::from_slice(&b).ok())
                 .ok_or_else(|| format!("checkpoint {expected} ({at}) has no valid signature"))?;
-            self.key
-                .verify(&checkpoint_message(r.seq, &r.prev), &signature)
-                .map_err(|_| {
-                    format!("checkpoint {expected} ({at}) is not signed by the given key (forged)")
-                })?;
+            let claims_stop = r.value["stop"] == true;
+            let signed = |stop| {
+                self.key
+                    .verify(&checkpoint_message(r.seq, &r.prev, stop), &signature)
+                    .is_ok()
+            };
+            // A stop the signature does not cover (a log written before stops were signed,
+            // or a mark added later) is an ordinary checkpoint: the log is not shown as
+            // stopped cleanly.
+            let stop = if claims_stop && signed(true) {
+                true
+            } else if signed(false) {
+                false
+            } else {
+                return Err(format!(
+                    "checkpoint {expected} ({at}) is not signed by the given key (forged)"
+                ));
+            };
             v.checkpoints += 1;
+            v.sealed = true;
+            v.stopped = stop;
         } else {
             v.records += 1;
+            v.sealed = false;
+            v.stopped = false;
         }
-        v.sealed = r.kind == "checkpoint";
-        v.stopped = v.sealed && r.value["stop"] == true;
         if r.kind == "audit" && r.value["event"] == "unclean_stop" {
             v.unclean_stops += 1;
         }
@@ -1410,6 +1432,34 @@ mod tests {
         assert!(v.files > 1, "{v:?}");
         assert!(v.checkpoints >= 13, "{v:?}");
         assert!(v.sealed);
+        assert!(v.stopped, "a clean stop: {v:?}");
+
+        // A log cut after an ordinary checkpoint, with `"stop":true` added to it (its hash made
+        // again, as a forger would): it verifies, but not as stopped cleanly.
+        let files = log_files(&s.dir).unwrap();
+        let first = std::fs::read_to_string(&files[0]).unwrap();
+        let lines: Vec<&str> = first.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains("\"kind\":\"checkpoint\""))
+            .expect("a rotation checkpoint");
+        let forged_dir = dir.join("forged");
+        std::fs::create_dir_all(&forged_dir).unwrap();
+        let checkpoint = lines[at];
+        let cut = checkpoint.rfind(HASH_FIELD).unwrap();
+        let mut body = checkpoint[..cut].to_owned();
+        body.push_str(",\"stop\":true");
+        let mut hashed = body.clone();
+        hashed.push('}');
+        let forged_line = format!("{body}{HASH_FIELD}{}\"}}", sha256_hex(hashed.as_bytes()));
+        let mut forged = lines[..at].join("\n");
+        forged.push('\n');
+        forged.push_str(&forged_line);
+        forged.push('\n');
+        let forged_file = forged_dir.join(files[0].file_name().unwrap());
+        std::fs::write(&forged_file, forged).unwrap();
+        let cut_log = verify(&[forged_file], &public_key(&dir).unwrap()).unwrap();
+        assert!(cut_log.sealed && !cut_log.stopped, "{cut_log:?}");
 
         // Reopening continues the chain.
         let log = AuditLog::open(&s, &dir).unwrap();
