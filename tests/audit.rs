@@ -240,6 +240,64 @@ fn an_evidence_bundle_verifies_and_any_change_to_it_is_found() {
 }
 
 #[test]
+fn tail_reaches_back_across_rotated_files() {
+    // Small files: the log rotates every few records, so the last ten selected records span
+    // several files.
+    let dir = TempDir::new("audit-tail-rotated");
+    let config = dir.config(
+        "[audit]\nmax_file_bytes = \"4KiB\"\ncheckpoint_every = 5\n\
+         [[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+    );
+    let audit = common::fresh_audit_dir();
+    let state = state_dir_for(&audit);
+    let dirs = [
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--audit-dir",
+        audit.to_str().unwrap(),
+    ];
+    for _ in 0..12 {
+        let mut args = vec!["call", "text_stats", "--args", "{\"text\": \"hello\"}"];
+        args.extend_from_slice(&dirs);
+        let out = run_airlock(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(audit_files(&audit).len() >= 3, "{:?}", audit_files(&audit));
+    let mut args = vec![
+        "audit",
+        "tail",
+        "-n",
+        "10",
+        "--no-follow",
+        "--tool",
+        "text_stats",
+        "--json",
+    ];
+    args.extend_from_slice(&dirs);
+    let out = run_airlock(&args);
+    let tail = String::from_utf8(out.stdout).unwrap();
+    let seqs: Vec<u64> = tail
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs.len(), 10, "{tail}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {seqs:?}"
+    );
+}
+
+#[test]
 fn audit_search_and_tail_select_by_field_call_and_time_and_read_as_lines() {
     let dir = TempDir::new("audit-search");
     let s = session(&dir);

@@ -1312,7 +1312,8 @@ pub async fn tail(
     filter: &RecordFilter,
     human: bool,
 ) -> std::io::Result<()> {
-    let mut current = log_files(dir)?.pop();
+    let files = log_files(dir)?;
+    let mut current = files.last().cloned();
     let mut offset = 0u64;
     let print_new = |text: &str| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
@@ -1323,17 +1324,38 @@ pub async fn tail(
         }
         out.flush()
     };
-    if let Some(path) = &current {
-        let text = read_complete(path, &mut offset)?;
-        let selected: Vec<String> = text
+    // The last `lines` selected records, from the newest file back (a rotation, or a filter,
+    // may leave the newest one with fewer).
+    let mut selected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for (i, path) in files.iter().enumerate().rev() {
+        if selected.len() >= lines {
+            break;
+        }
+        let mut at = 0u64;
+        let text = read_complete(path, &mut at)?;
+        if i + 1 == files.len() {
+            offset = at;
+        }
+        let found: Vec<String> = text
             .lines()
             .filter_map(|l| shown_line(l, filter, human))
             .collect();
-        let mut out = std::io::stdout().lock();
-        for line in &selected[selected.len().saturating_sub(lines)..] {
-            writeln!(out, "{line}")?;
+        let wanted = lines - selected.len();
+        for line in found.into_iter().rev().take(wanted) {
+            selected.push_front(line);
         }
     }
+    if let Some(path) = files.last()
+        && offset == 0
+    {
+        // The newest file was not read above (nothing was wanted): follow from its end.
+        offset = read_complete(path, &mut 0)?.len() as u64;
+    }
+    let mut out = std::io::stdout().lock();
+    for line in &selected {
+        writeln!(out, "{line}")?;
+    }
+    drop(out);
     if !follow {
         return Ok(());
     }
@@ -1384,11 +1406,12 @@ fn read_complete(path: &Path, offset: &mut u64) -> std::io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(*offset))?;
-    let mut text = String::new();
-    f.read_to_string(&mut text)?;
-    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
-    *offset += text.len() as u64;
-    Ok(text)
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    // Only whole lines (a write may be in progress), decoded once whole.
+    bytes.truncate(bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
+    *offset += bytes.len() as u64;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
