@@ -505,7 +505,7 @@ impl Writer {
             mut head,
             path,
             stopped,
-        } = recover(dir)?;
+        } = recover(dir, &key.verifying_key())?;
         let path = path.unwrap_or_else(|| dir.join(file_name(seq + 1)));
         let mut file = OpenOptions::new()
             .create(true)
@@ -1038,7 +1038,7 @@ struct Tail {
 
 /// Find the chain's head: the last complete record of the newest file. A torn last line (a
 /// crash mid-write: never acknowledged) is cut off.
-fn recover(dir: &Path) -> Result<Tail, AuditError> {
+fn recover(dir: &Path, key: &VerifyingKey) -> Result<Tail, AuditError> {
     let files = log_files(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;
     // A newest file without a complete record (a machine crash right after a rotation lost
     // its content) is still where the chain continues, if its name says so.
@@ -1078,9 +1078,21 @@ fn recover(dir: &Path) -> Result<Tail, AuditError> {
         let next = empty_newest
             .filter(|p| p.file_name() == Some(std::ffi::OsStr::new(&file_name(record.seq + 1))))
             .unwrap_or(path);
-        // A newest file left empty means a rotation after the last record, never a stop.
+        // A newest file left empty means a rotation after the last record, never a stop; and
+        // a stop is one only when its checkpoint signs it (a log cut after an ordinary
+        // checkpoint marked `"stop":true` is not a clean stop: the start records it as
+        // unclean).
+        let signed_stop = record.value["signature"]
+            .as_str()
+            .and_then(|s| hex::decode(s).ok())
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .is_some_and(|sig| {
+                key.verify(&checkpoint_message(record.seq, &record.prev, true), &sig)
+                    .is_ok()
+            });
         let stopped = record.kind == "checkpoint"
             && record.value["stop"] == true
+            && signed_stop
             && next.as_path() == path.as_path();
         return Ok(Tail {
             seq: record.seq,
@@ -1327,6 +1339,7 @@ pub async fn tail(
     // The last `lines` selected records, from the newest file back (a rotation, or a filter,
     // may leave the newest one with fewer).
     let mut selected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut newest_read = false;
     for (i, path) in files.iter().enumerate().rev() {
         if selected.len() >= lines {
             break;
@@ -1334,7 +1347,7 @@ pub async fn tail(
         let mut at = 0u64;
         let text = read_complete(path, &mut at)?;
         if i + 1 == files.len() {
-            offset = at;
+            (offset, newest_read) = (at, true);
         }
         let found: Vec<String> = text
             .lines()
@@ -1346,10 +1359,10 @@ pub async fn tail(
         }
     }
     if let Some(path) = files.last()
-        && offset == 0
+        && !newest_read
     {
         // The newest file was not read above (nothing was wanted): follow from its end.
-        offset = read_complete(path, &mut 0)?.len() as u64;
+        read_complete(path, &mut offset)?;
     }
     let mut out = std::io::stdout().lock();
     for line in &selected {
@@ -1483,6 +1496,16 @@ mod tests {
         std::fs::write(&forged_file, forged).unwrap();
         let cut_log = verify(&[forged_file], &public_key(&dir).unwrap()).unwrap();
         assert!(cut_log.sealed && !cut_log.stopped, "{cut_log:?}");
+        // A server started on it does not take the mark for a clean stop either.
+        let forged_settings = AuditSettings {
+            dir: forged_dir.clone(),
+            ..settings(&dir, 3, ByteSize::kib(4))
+        };
+        let reopened = AuditLog::open(&forged_settings, &dir).unwrap();
+        reopened.seal().await.unwrap();
+        drop(reopened);
+        let after = verify(&log_files(&forged_dir).unwrap(), &public_key(&dir).unwrap()).unwrap();
+        assert_eq!(after.unclean_stops, 1, "{after:?}");
 
         // Reopening continues the chain.
         let log = AuditLog::open(&s, &dir).unwrap();
@@ -1507,7 +1530,7 @@ mod tests {
         let newest = files.last().unwrap();
         assert_eq!(newest.file_name().unwrap(), file_name(3).as_str());
         assert_eq!(std::fs::metadata(newest).unwrap().len(), 0);
-        let tail = recover(&s.dir).unwrap();
+        let tail = recover(&s.dir, &signing_key(&dir).unwrap().verifying_key()).unwrap();
         assert_eq!((tail.seq, tail.path.as_ref()), (2, Some(newest)));
         assert!(!tail.stopped);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -62,19 +62,32 @@ pub fn export(
     if out.exists() {
         return Err(format!("cannot create {}: it exists", out.display()));
     }
-    // Written beside its name and linked into place once whole: an export that fails leaves
-    // nothing that looks like a bundle.
+    // Written beside its name (its own: two exports at once do not share it) and linked into
+    // place once whole: an export that fails leaves nothing that looks like a bundle.
     let partial = out.with_file_name(format!(
-        ".{}.partial",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")
+        ".{}.{}-{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle"),
+        std::process::id(),
+        &crate::core::ids::random_id()[..8]
     ));
-    let result = write_bundle(files, since, until, context, key, &partial).and_then(|s| {
-        std::fs::hard_link(&partial, out)
-            .map_err(|e| format!("cannot create {}: {e}", out.display()))
-            .map(|()| s)
+    let result = write_bundle(files, since, until, context, key, &partial);
+    let placed = result.and_then(|s| {
+        // A link fails if `out` appeared meanwhile; a filesystem without links (vfat) gets a
+        // rename after the check above.
+        let linked = match std::fs::hard_link(&partial, out) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+            Err(_) if !out.exists() => std::fs::rename(&partial, out),
+            other => other,
+        };
+        linked.map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(s)
     });
+    // Ours only (its name is this export's); gone already after a rename.
     let _ = std::fs::remove_file(&partial);
-    result
+    placed
 }
 
 fn write_bundle(
@@ -120,11 +133,22 @@ fn write_bundle(
     let mut closing = false;
     let mut after = 0u64;
     'files: for path in files {
-        let reader = BufReader::new(
+        let mut reader = BufReader::new(
             std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
         );
-        for line in reader.lines() {
-            let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            let read = reader
+                .read_until(b'\n', &mut raw)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            // The end of the file, or a line still being written (a live log): not a record,
+            // and nothing after it in this file is either.
+            if read == 0 || raw.last() != Some(&b'\n') {
+                break;
+            }
+            raw.pop();
+            let line = String::from_utf8_lossy(&raw).into_owned();
             if let Some(bad) = &torn {
                 return Err(format!(
                     "the log is damaged ({bad}): `airlock audit verify` says where; nothing \

@@ -103,20 +103,30 @@ fn directive(text: &str) -> tracing_subscriber::filter::Directive {
 pub fn init(json: bool) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::filter::LevelFilter;
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let parsed = EnvFilter::try_from_default_env();
+    // RUST_LOG as it applies: absent or invalid, the filter is `info`.
+    let spec = match &parsed {
+        Ok(_) => std::env::var("RUST_LOG").unwrap_or_default(),
+        Err(_) => "info".to_owned(),
+    };
+    let mut filter = parsed.unwrap_or_else(|_| EnvFilter::new("info"));
     // rmcp's own lines (a session started or ended, a notification received, each with a
     // `Debug` dump of the client's parameters) are chatter per request at its `info`: shown
     // only when the log is at `debug` or finer, or when RUST_LOG names rmcp itself.
     // The level for targets RUST_LOG does not name (`RUST_LOG=info,airlock=debug` is `info`):
     // rmcp gets the lower of it and `warn`, so that the log is never louder for it.
-    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    // With no bare level, targets RUST_LOG does not name are off.
     let global = spec
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty() && !d.contains('='))
         .filter_map(|d| d.parse::<LevelFilter>().ok())
         .next_back()
-        .unwrap_or(LevelFilter::INFO);
+        .unwrap_or(if spec.trim().is_empty() {
+            LevelFilter::INFO
+        } else {
+            LevelFilter::OFF
+        });
     if !spec.contains("rmcp") && global < LevelFilter::DEBUG {
         filter = filter.add_directive(directive(&format!(
             "rmcp={}",
