@@ -267,10 +267,15 @@ impl Grants {
     /// Does a TCP grant allow connecting to `address`? An IPv4-mapped IPv6 address is the
     /// same socket as its IPv4 address; a NAT64 address is another route and is not.
     pub fn allows_tcp(&self, address: SocketAddr) -> bool {
+        self.tcp_grant(address).is_some()
+    }
+
+    /// The TCP grant of `address` (an IPv4-mapped address is its IPv4 address).
+    pub fn tcp_grant(&self, address: SocketAddr) -> Option<&TcpGrant> {
         let ip = address.ip().to_canonical();
         self.tcp
             .iter()
-            .any(|g| g.address.port() == address.port() && g.address.ip().to_canonical() == ip)
+            .find(|g| g.address.port() == address.port() && g.address.ip().to_canonical() == ip)
     }
 }
 

@@ -140,13 +140,7 @@ pub fn tcp_check(
         if !allowed {
             let target = address.to_string();
             let revoked = (usage == SocketUse::Connect)
-                .then(|| {
-                    grants
-                        .configured()
-                        .tcp
-                        .iter()
-                        .find(|g| g.address == address)
-                })
+                .then(|| grants.configured().tcp_grant(address))
                 .flatten();
             let d = match revoked {
                 Some(g) => Denial::Revoked {
@@ -161,7 +155,7 @@ pub fn tcp_check(
             record_denial(&denial, &component, d);
         } else if usage == SocketUse::Connect {
             let current = grants.current();
-            let grant = current.tcp.iter().find(|g| g.address == address);
+            let grant = current.tcp_grant(address);
             count_egress(&component, grant.map_or("none", |g| &g.id), "allowed");
         }
         Box::pin(std::future::ready(allowed))
