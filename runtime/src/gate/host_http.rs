@@ -15,6 +15,15 @@ pub struct HostRequest<'a> {
     pub max_answer_bytes: usize,
 }
 
+/// A URL's scheme and host, for log lines (its path and query may carry a token); `unknown`
+/// for text that is not a URL.
+pub fn shown_origin(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Send `request` and read the answer's body (a non-2xx status is an error).
 pub async fn send(request: HostRequest<'_>) -> Result<Vec<u8>, String> {
     let uri: http::Uri = request.url.parse().map_err(|_| "not a URL".to_owned())?;

@@ -20,14 +20,6 @@ pub fn configure(settings: Option<&NotifySettings>) {
     TARGET.store(settings.cloned().map(Arc::new));
 }
 
-/// The webhook's scheme and host, for log lines: its path may carry a token.
-fn shown(url: &str) -> String {
-    url.parse::<http::Uri>()
-        .ok()
-        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
-        .unwrap_or_else(|| "the [notify] url".into())
-}
-
 /// Send `event` (an object with an `"event"` name) to the webhook, if one is configured,
 /// without waiting for it.
 pub fn send(event: serde_json::Value) {
@@ -42,7 +34,7 @@ pub fn send(event: serde_json::Value) {
         tracing::warn!(
             target: "airlock::notify",
             "{name} notification dropped: {MAX_IN_FLIGHT} notifications are already on their way to {}",
-            shown(&target.url)
+            crate::gate::host_http::shown_origin(&target.url)
         );
         return;
     };
@@ -60,7 +52,7 @@ pub fn send(event: serde_json::Value) {
             tracing::warn!(
                 target: "airlock::notify",
                 "{name} notification to {} failed: {e}",
-                shown(&target.url)
+                crate::gate::host_http::shown_origin(&target.url)
             );
         }
     });

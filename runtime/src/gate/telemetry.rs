@@ -61,7 +61,7 @@ pub fn start(settings: &TelemetrySettings, runtime: tokio::runtime::Handle) -> a
     if PROVIDER.set(provider).is_err() || TRACER.set(tracer).is_err() {
         anyhow::bail!("traces are already being exported");
     }
-    tracing::info!(endpoint = %shown(&settings.traces_url), "exporting traces over OTLP");
+    tracing::info!(endpoint = %crate::gate::host_http::shown_origin(&settings.traces_url), "exporting traces over OTLP");
     Ok(())
 }
 
@@ -115,14 +115,6 @@ pub fn parent_context(span: Option<&SpanContext>) -> opentelemetry::Context {
         Some(s) => opentelemetry::Context::new().with_remote_span_context(s.clone()),
         None => opentelemetry::Context::new(),
     }
-}
-
-/// The collector's scheme and host, for log lines.
-fn shown(url: &str) -> String {
-    url.parse::<http::Uri>()
-        .ok()
-        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)))
-        .unwrap_or_else(|| "the [telemetry] endpoint".into())
 }
 
 /// The exporter's HTTP client: each request runs on the process's runtime (the batch

@@ -592,9 +592,9 @@ impl Airlock {
             secrets,
             &self.shapes,
         );
-        self.count(&request, &shown, caller, &result, started, &usage);
+        let label = catalog_label(&request, &shown, &usage);
+        self.count(&label, &shown, caller, &result, started, &usage);
         if let Some(span) = span {
-            let label = catalog_label(&request, &shown, &usage);
             self.end_span(span, &label, &shown, arguments, caller, &result, &usage);
         }
         result
@@ -676,7 +676,7 @@ impl Airlock {
     /// for reads, prompts and completions), never the client's text.
     fn count(
         &self,
-        request: &Request<'_>,
+        tool: &Arc<str>,
         shown: &Shown<'_>,
         caller: &Caller,
         result: &Result<Response, CallFailure>,
@@ -684,7 +684,6 @@ impl Airlock {
         usage: &Usage,
     ) {
         let m = metrics();
-        let tool = catalog_label(request, shown, usage);
         m.calls
             .get_or_create(&CallLabels {
                 request: shown.request,
@@ -697,7 +696,7 @@ impl Airlock {
             })
             .inc();
         m.step("total", started.elapsed());
-        let labels = ToolLabels { tool };
+        let labels = ToolLabels { tool: tool.clone() };
         if let Some(fuel) = usage.fuel_used {
             m.fuel_used.get_or_create(&labels).observe(fuel as f64);
             m.memory_peak
