@@ -36,9 +36,15 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
              without authentication beyond this machine; keep the port firewalled to the scraper"
         );
     }
-    tokio::net::TcpListener::bind(addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen for metrics on {addr} ([metrics] listen)"))
+        .with_context(|| format!("cannot listen for metrics on {addr} ([metrics] listen)"))?;
+    let local = listener.local_addr()?;
+    // Printed (not only logged) so scripts and tests can find an ephemeral port; at bind, so
+    // that it comes before the MCP listener's line.
+    eprintln!("airlock: serving metrics on http://{local}/metrics");
+    tracing::info!(address = %local, "serving metrics");
+    Ok(listener)
 }
 
 /// Serve `GET /metrics` on `listener` until `shutdown` fires.
@@ -47,7 +53,6 @@ pub async fn serve(
     live: Arc<Live>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let local = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -63,9 +68,6 @@ pub async fn serve(
         // One peer cannot hold every slot and lock the scraper out.
         max_connections_per_peer: 2,
     };
-    // Printed (not only logged) so scripts and tests can find an ephemeral port.
-    eprintln!("airlock: serving metrics on http://{local}/metrics");
-    tracing::info!(address = %local, "serving metrics");
     crate::serve::listener::serve(listener, app, limits, shutdown)
         .await
         .context("the metrics listener failed")
