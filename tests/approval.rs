@@ -750,10 +750,18 @@ fn a_tool_watching_cancelled_stops_cleanly_when_interrupted() {
         .unwrap()
         .body
     });
+    // Registered is not yet running: wait until its guest has run (fuel used, published at
+    // each epoch tick), by then it has asked `cancelled()` and gets its grace when stopped.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, out) = ctl(&server, &["calls"]);
-        if out.contains("fixture_until_cancelled") {
+        let (_, out) = ctl(&server, &["--json", "calls"]);
+        let running: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let started = running["calls"].as_array().is_some_and(|calls| {
+            calls.iter().any(|c| {
+                c["tool"] == "fixture_until_cancelled" && c["fuel_used"].as_u64() > Some(0)
+            })
+        });
+        if started {
             break;
         }
         assert!(Instant::now() < deadline, "the call never started");
