@@ -75,7 +75,10 @@ fn interrupt_latency(rt: &tokio::runtime::Runtime, dir: &Path, tick_ms: u64, tri
         &state,
         &dir.join(format!("audit-{tick_ms}")),
     );
-    let socket = admin::socket_path(&state);
+    let socket = admin::running(&state)
+        .pop()
+        .expect("the server listens on its admin socket")
+        .socket;
 
     // The tick's cost: one CPU-bound call that ends when its fuel runs out.
     let spin_fuel = r#"{}"#;
@@ -145,7 +148,10 @@ fn reload_under_load(rt: &tokio::runtime::Runtime, dir: &Path, clients: usize, r
     let state = dir.join("state-reload");
     let config = config(dir, 10, "");
     let (mut child, addr) = start_http(&config, &state, &dir.join("audit-reload"));
-    let socket = admin::socket_path(&state);
+    let socket = admin::running(&state)
+        .pop()
+        .expect("the server listens on its admin socket")
+        .socket;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..clients)
         .map(|_| {

@@ -154,7 +154,8 @@ fn a_cgroup_memory_limit_ends_the_host_by_the_kernel() {
         Some(9),
         "killed by the kernel's OOM killer: {status:?}"
     );
-    // The cgroup is named after the state directory; remove it now that it is empty.
+    // The cgroup is named after the state directory and the server's id on it (1: the only
+    // server); remove it now that it is empty.
     use sha2::Digest;
     let tag =
         hex::encode(&sha2::Sha256::digest(server.state_dir.as_os_str().as_encoded_bytes())[..6]);
@@ -168,7 +169,7 @@ fn a_cgroup_memory_limit_ends_the_host_by_the_kernel() {
             "-type",
             "d",
         ])
-        .args(["-name", &format!("airlock-{tag}"), "-delete"])
+        .args(["-name", &format!("airlock-{tag}-1"), "-delete"])
         .status();
 }
 

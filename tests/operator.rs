@@ -591,7 +591,23 @@ fn the_admin_socket_answers_only_its_own_uid() {
         std::env::temp_dir().join(format!("airlock-op-socket-{}/audit", std::process::id()));
     std::fs::create_dir_all(audit.parent().unwrap()).unwrap();
     let server = HttpServer::start_in(&hostile(&dir, ""), &[], &audit);
-    let socket = server.state_dir.join("admin.sock");
+    // Each server's own socket: `servers/<id>.sock` in the state directory.
+    let servers_dir = server.state_dir.join("servers");
+    let sockets: Vec<_> = std::fs::read_dir(&servers_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    let socket = sockets[0].clone();
+    assert!(socket.to_str().unwrap().ends_with(".sock"), "{socket:?}");
+    assert_eq!(
+        std::fs::metadata(&servers_dir)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
     let meta = std::fs::metadata(&socket).unwrap();
@@ -606,6 +622,7 @@ fn the_admin_socket_answers_only_its_own_uid() {
     // Open the directory and the socket up (as a careless chmod would) and connect as another
     // uid: the server itself refuses by the peer's credentials.
     std::fs::set_permissions(&server.state_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&servers_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = std::process::Command::new("python3")
         .arg("-c")

@@ -15,8 +15,6 @@ use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// The socket, in the state directory.
-pub const SOCKET: &str = "admin.sock";
 /// Longest request accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
 
@@ -82,6 +80,15 @@ pub enum Answer {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
+    /// The server's id on its state directory (`ctl --server`).
+    pub server: String,
+    pub pid: u32,
+    /// `stdio`, `http ADDR`, or `call TOOL`.
+    pub serving: String,
+    /// The directory of this server's audit chain (each server on a state directory writes
+    /// its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_chain: Option<String>,
     pub version: String,
     pub config: String,
     pub uptime_s: u64,
@@ -104,28 +111,63 @@ pub struct Status {
     pub not_ready: Option<String>,
 }
 
-/// The socket path of a state directory.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(SOCKET)
+/// The directory of the admin sockets in the state directory: one per serving process, so
+/// that several servers (one per MCP client on stdio, say) share one state directory.
+/// `<id>.sock` is a server's socket, `<id>.lock` is held by it while it runs.
+pub const SERVERS_DIR: &str = "servers";
+
+/// Most servers on one state directory at once.
+pub const MAX_SERVERS: u32 = 64;
+
+/// This process's admin socket, bound.
+pub struct Bound {
+    pub listener: std::os::unix::net::UnixListener,
+    /// The server's id among those on its state directory: the first number from 1 no running
+    /// server holds (a restart takes it again; so does the cgroup named after it).
+    pub id: String,
+    pub path: PathBuf,
+    /// `servers/<id>.lock`, locked for the process's life: what makes the id this server's.
+    _claim: std::fs::File,
 }
 
-/// Bind the admin socket: mode 0600, created under a temporary name and renamed into place so
-/// that it is never reachable with looser permissions. A live socket at the path means another
-/// server uses this state directory: that stops the start. Bound before the process confines
-/// itself (no unix socket can be made after that) and before any thread exists.
-pub fn bind(state_dir: &Path) -> Result<std::os::unix::net::UnixListener> {
-    let path = socket_path(state_dir);
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            bail!(
-                "{} is in use: another airlock serves with this state directory",
-                path.display()
-            );
-        }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+/// A server found on a state directory.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub id: String,
+    pub socket: PathBuf,
+}
+
+/// Claim the first free server id on `state_dir` and bind its admin socket,
+/// `<state_dir>/servers/<id>.sock`: mode 0600, created under a temporary name and renamed into
+/// place so that it is never reachable with looser permissions. Bound before the process
+/// confines itself (no unix socket can be made after that) and before any thread exists.
+pub fn bind(state_dir: &Path) -> Result<Bound> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = state_dir.join(SERVERS_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let (id, claim) = (1..=MAX_SERVERS)
+        .find_map(|n| {
+            let lock = claim_file(&dir, &n.to_string()).ok()?;
+            lock.try_lock().is_ok().then(|| (n.to_string(), lock))
+        })
+        .with_context(|| {
+            format!(
+                "{MAX_SERVERS} servers already serve with the state directory {}: no more may",
+                state_dir.display()
+            )
+        })?;
+    // The id is ours: a socket left under it is a dead server's.
+    let path = dir.join(format!("{id}.sock"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("cannot remove the stale socket {}: {e}", path.display()),
     }
-    let tmp = state_dir.join(format!(".{SOCKET}.{}", std::process::id()));
+    let tmp = dir.join(format!(".{id}.sock.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let listener = std::os::unix::net::UnixListener::bind(&tmp)
         .with_context(|| format!("cannot bind the admin socket {}", tmp.display()))?;
@@ -135,11 +177,67 @@ pub fn bind(state_dir: &Path) -> Result<std::os::unix::net::UnixListener> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .and_then(|_| std::fs::rename(&tmp, &path))
         .with_context(|| format!("cannot install the admin socket {}", path.display()))?;
-    Ok(listener)
+    Ok(Bound {
+        listener,
+        id,
+        path,
+        _claim: claim,
+    })
+}
+
+fn claim_file(dir: &Path, id: &str) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(dir.join(format!("{id}.lock")))
+}
+
+/// The servers on `state_dir` now, by id: every socket in its `servers` directory whose id a
+/// process holds. (By the lock, not by connecting: a confined server may not make a unix
+/// socket.) A socket whose id nobody holds (its server was killed) is removed.
+pub fn running(state_dir: &Path) -> Vec<Running> {
+    let dir = state_dir.join(SERVERS_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, Running)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n: u32 = name.strip_suffix(".sock")?.parse().ok()?;
+            let socket = e.path();
+            let lock = claim_file(&dir, &n.to_string()).ok()?;
+            if lock.try_lock().is_ok() {
+                let _ = std::fs::remove_file(&socket);
+                return None;
+            }
+            Some((
+                n,
+                Running {
+                    id: n.to_string(),
+                    socket,
+                },
+            ))
+        })
+        .collect();
+    found.sort_by_key(|(n, _)| *n);
+    found.into_iter().map(|(_, r)| r).collect()
+}
+
+/// What a server says of itself in `ctl status` and `ctl ls`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: String,
+    /// `stdio`, `http ADDR`, or `call TOOL` (`airlock call`).
+    pub serving: String,
+    /// Its audit chain's directory, when the log is on.
+    pub audit_chain: Option<PathBuf>,
 }
 
 /// Answer admin connections until the process ends.
-pub async fn serve(listener: std::os::unix::net::UnixListener, live: Arc<Live>, path: PathBuf) {
+pub async fn serve(bound: Bound, live: Arc<Live>, identity: Identity) {
+    let Bound { listener, path, .. } = bound;
+    let identity = Arc::new(identity);
     let listener = match UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -171,25 +269,35 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, live: Arc<Live>, 
             continue;
         }
         let live = live.clone();
+        let identity = identity.clone();
         tokio::spawn(async move {
             let by = match pid {
                 Some(pid) => format!("uid:{uid} pid:{pid}"),
                 None => format!("uid:{uid}"),
             };
-            if let Err(e) = connection(stream, &live, &by, started).await {
+            if let Err(e) = connection(stream, &live, &by, started, &identity).await {
                 tracing::warn!("admin socket: {e:#}");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, live: &Live, by: &str, started: Instant) -> Result<()> {
+async fn connection(
+    stream: UnixStream,
+    live: &Live,
+    by: &str,
+    started: Instant,
+    identity: &Identity,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
-    reader.read_line(&mut line).await?;
+    if reader.read_line(&mut line).await? == 0 {
+        // Closed without a request: `ctl` finding out which servers run.
+        return Ok(());
+    }
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => match handle(request, live, by, started).await {
+        Ok(request) => match handle(request, live, by, started, identity).await {
             Ok(answer) => Response {
                 ok: true,
                 result: Some(answer),
@@ -214,12 +322,25 @@ async fn connection(stream: UnixStream, live: &Live, by: &str, started: Instant)
     Ok(())
 }
 
-async fn handle(request: Request, live: &Live, by: &str, started: Instant) -> Result<Answer> {
+async fn handle(
+    request: Request,
+    live: &Live,
+    by: &str,
+    started: Instant,
+    identity: &Identity,
+) -> Result<Answer> {
     let operator = live.operator();
     match request {
         Request::Status => {
             let airlock = live.current();
             Ok(Answer::Status(Status {
+                server: identity.id.clone(),
+                pid: std::process::id(),
+                serving: identity.serving.clone(),
+                audit_chain: identity
+                    .audit_chain
+                    .as_ref()
+                    .map(|d| d.display().to_string()),
                 version: env!("CARGO_PKG_VERSION").into(),
                 config: airlock.catalog().policy.origin.clone(),
                 uptime_s: started.elapsed().as_secs(),
@@ -300,7 +421,7 @@ pub async fn request(path: &Path, request: &Request) -> Result<Answer> {
     }
     let stream = UnixStream::connect(path).await.with_context(|| {
         format!(
-            "cannot reach the admin socket {} (is airlock serving with this state directory?)",
+            "cannot reach the admin socket {} (did that server stop?)",
             path.display()
         )
     })?;

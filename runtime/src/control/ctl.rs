@@ -1,16 +1,92 @@
 //! `airlock ctl`: the operator's client of the admin socket.
 
-use crate::control::admin::{self, Answer, Request};
+use crate::control::admin::{self, Answer, Request, Running};
 use crate::control::operator::Change;
 use crate::core::kill_scope::KillScope;
 use crate::gate::approval::PendingView;
 use crate::gate::overrides::GrantRef;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use std::path::Path;
+use std::path::PathBuf;
+
+/// Where `ctl` sends its requests.
+pub enum Target {
+    /// One admin socket, named.
+    Socket(PathBuf),
+    /// The servers on a state directory.
+    StateDir { dir: PathBuf, chosen: Chosen },
+}
+
+/// Which of a state directory's servers.
+pub enum Chosen {
+    /// The only one; with several, all of them for what they share (overrides) or find by id
+    /// (approvals), and a refusal for the rest.
+    Default,
+    One(String),
+    All,
+}
+
+/// What a command reaches when the operator chose no server and several run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// What one server shows of itself (status, calls, reloads): the operator must choose.
+    One,
+    /// Every server: the overrides are shared, and each interrupts and records on its own;
+    /// approvals are per server, with ids no two share.
+    Every,
+}
+
+/// The servers `target` names for a command of `reach`.
+fn addressed(target: &Target, reach: Reach) -> Result<Vec<Running>> {
+    let (dir, chosen) = match target {
+        Target::Socket(path) => {
+            return Ok(vec![Running {
+                id: path.display().to_string(),
+                socket: path.clone(),
+            }]);
+        }
+        Target::StateDir { dir, chosen } => (dir, chosen),
+    };
+    let running = admin::running(dir);
+    let ids = || {
+        running
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if running.is_empty() {
+        bail!(
+            "no airlock serves with the state directory {} (no live admin socket in {})",
+            dir.display(),
+            dir.join(admin::SERVERS_DIR).display()
+        );
+    }
+    match chosen {
+        Chosen::One(id) => match running.iter().find(|r| r.id == *id) {
+            Some(r) => Ok(vec![r.clone()]),
+            None => bail!(
+                "no server {id} serves with the state directory {} (running: {})",
+                dir.display(),
+                ids()
+            ),
+        },
+        Chosen::All => Ok(running),
+        Chosen::Default if running.len() == 1 || reach == Reach::Every => Ok(running),
+        Chosen::Default => bail!(
+            "{} servers run with the state directory {} ({}): choose one with --server ID, or \
+             all with --all-servers (`airlock ctl ls` describes them)",
+            running.len(),
+            dir.display(),
+            ids()
+        ),
+    }
+}
 
 #[derive(Subcommand)]
 pub enum CtlCommand {
+    /// The servers on the state directory: id, pid, what each serves, calls, approvals.
+    Ls,
     /// The server: configuration, tools, calls running, overrides in force.
     Status,
     /// The calls running now: id, tool, principal, age, fuel used.
@@ -187,14 +263,16 @@ impl WhichGrant {
     }
 }
 
-pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
-    if let CtlCommand::Approvals {
-        command: ApprovalsCommand::Watch,
-    } = command
-    {
-        return watch_approvals(socket, json).await;
+pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> {
+    match command {
+        CtlCommand::Ls => return list_servers(&addressed(&target, Reach::Every)?, json).await,
+        CtlCommand::Approvals {
+            command: ApprovalsCommand::Watch,
+        } => return watch_approvals(&addressed(&target, Reach::Every)?, json).await,
+        _ => {}
     }
     let request = match command {
+        CtlCommand::Ls => unreachable!("answered above"),
         CtlCommand::Status => Request::Status,
         CtlCommand::Calls => Request::Calls,
         CtlCommand::Kill {
@@ -252,13 +330,121 @@ pub async fn run(socket: &Path, command: CtlCommand, json: bool) -> Result<()> {
             },
         },
     };
-    let answer = admin::request(socket, &request).await?;
+    let reach = match request {
+        Request::Change { .. } | Request::Approvals | Request::Answer { .. } => Reach::Every,
+        _ => Reach::One,
+    };
+    let mut servers = addressed(&target, reach)?;
+    if let Request::Answer { id, .. } = &request
+        && servers.len() > 1
+    {
+        // Only the server where it waits is asked (the others would record a refusal).
+        if let Some(holder) = holder_of(&servers, id).await {
+            servers = vec![holder];
+        }
+    }
+    let mut answers = Vec::with_capacity(servers.len());
+    for server in &servers {
+        answers.push(admin::request(&server.socket, &request).await);
+    }
+    if let [answer] = answers.as_slice() {
+        let answer = answer.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        if json {
+            let text = serde_json::to_string_pretty(answer)?;
+            println!("{}", crate::core::text::escape_json_controls(&text));
+        } else {
+            print(&request, answer);
+        }
+        return Ok(());
+    }
+    // Several servers: each one's answer under its id, and a failure if any failed.
+    let mut failed = Vec::new();
+    let mut shown_json = Vec::new();
+    for (server, answer) in servers.iter().zip(&answers) {
+        match answer {
+            Ok(answer) if json => {
+                shown_json.push(serde_json::json!({"server": server.id, "result": answer}))
+            }
+            Ok(answer) => {
+                println!("== server {}", server.id);
+                print(&request, answer);
+            }
+            Err(e) => {
+                if json {
+                    shown_json
+                        .push(serde_json::json!({"server": server.id, "error": format!("{e:#}")}));
+                } else {
+                    println!("== server {}\nFAILED: {e:#}", server.id);
+                }
+                failed.push(server.id.clone());
+            }
+        }
+    }
     if json {
-        let text = serde_json::to_string_pretty(&answer)?;
+        let text = serde_json::to_string_pretty(&shown_json)?;
+        println!("{}", crate::core::text::escape_json_controls(&text));
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} servers failed: {}",
+            failed.len(),
+            servers.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The server where approval `id` waits, if one does.
+async fn holder_of(servers: &[Running], id: &str) -> Option<Running> {
+    for server in servers {
+        if let Ok(Answer::Approvals { approvals }) =
+            admin::request(&server.socket, &Request::Approvals).await
+            && approvals.iter().any(|a| a.id == id)
+        {
+            return Some(server.clone());
+        }
+    }
+    None
+}
+
+/// `ctl ls`: each server's id, pid, what it serves, its calls and approvals.
+async fn list_servers(servers: &[Running], json: bool) -> Result<()> {
+    let mut statuses = Vec::with_capacity(servers.len());
+    for server in servers {
+        // One gone between the listing and the question is not running any more.
+        if let Ok(Answer::Status(s)) = admin::request(&server.socket, &Request::Status).await {
+            statuses.push(s);
+        }
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&statuses)?;
         println!("{}", crate::core::text::escape_json_controls(&text));
         return Ok(());
     }
-    print(&request, &answer);
+    print_table(
+        "no servers",
+        &[
+            ("SERVER", 16),
+            ("PID", -8),
+            ("SERVING", 24),
+            ("UP", -9),
+            ("CALLS", -6),
+            ("WAITING", -8),
+            ("AUDIT CHAIN", 0),
+        ],
+        statuses.iter().map(|s| {
+            vec![
+                shown(&s.server),
+                s.pid.to_string(),
+                shown(&s.serving),
+                age(s.uptime_s.saturating_mul(1000)),
+                s.running_calls.to_string(),
+                s.approvals_waiting.to_string(),
+                s.audit_chain.as_deref().map_or("off".into(), shown),
+            ]
+        }),
+    );
     Ok(())
 }
 
@@ -266,6 +452,12 @@ fn print(request: &Request, answer: &Answer) {
     match answer {
         Answer::Status(s) => {
             println!("airlock {}, up {} s", s.version, s.uptime_s);
+            println!(
+                "server      {} (pid {}, {})",
+                shown(&s.server),
+                s.pid,
+                shown(&s.serving)
+            );
             println!("config      {}", s.config);
             println!("tools       {} in {} components", s.tools, s.components);
             match &s.not_ready {
@@ -281,10 +473,15 @@ fn print(request: &Request, answer: &Answer) {
                 (Some(why), _) => {
                     println!("audit       UNAVAILABLE, calls are refused until it recovers: {why}")
                 }
-                (None, true) => match &s.audit_durability {
-                    Some(level) => println!("audit       on, durability {level}"),
-                    None => println!("audit       on"),
-                },
+                (None, true) => {
+                    match &s.audit_durability {
+                        Some(level) => println!("audit       on, durability {level}"),
+                        None => println!("audit       on"),
+                    }
+                    if let Some(chain) = &s.audit_chain {
+                        println!("chain       {}", shown(chain));
+                    }
+                }
                 (None, false) => println!("audit       OFF"),
             }
             let o = &s.overrides;
@@ -476,16 +673,31 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `ctl approvals watch`: print what waits, then what starts and stops waiting, until the
 /// server goes away (an error) or the operator interrupts.
-async fn watch_approvals(socket: &Path, json: bool) -> Result<()> {
+async fn watch_approvals(servers: &[Running], json: bool) -> Result<()> {
     use std::io::Write as _;
     // A reader that goes away (`| head`) ends the watch with an error, not a panic.
     let mut out = std::io::stdout();
     let mut shown_ids = std::collections::HashSet::new();
+    let mut watched: Vec<&Running> = servers.iter().collect();
     loop {
-        let approvals = match admin::request(socket, &Request::Approvals).await? {
-            Answer::Approvals { approvals } => approvals,
-            _ => anyhow::bail!("the server answered something other than its approvals"),
-        };
+        let mut approvals = Vec::new();
+        let mut gone_servers = Vec::new();
+        for (i, server) in watched.iter().enumerate() {
+            match admin::request(&server.socket, &Request::Approvals).await {
+                Ok(Answer::Approvals { approvals: a }) => approvals.extend(a),
+                Ok(_) => bail!("the server answered something other than its approvals"),
+                // The last server gone ends the watch with its error; one of several is
+                // dropped from it, said on stderr.
+                Err(e) if watched.len() == 1 => return Err(e),
+                Err(e) => {
+                    eprintln!("server {} left the watch: {e:#}", server.id);
+                    gone_servers.push(i);
+                }
+            }
+        }
+        for i in gone_servers.into_iter().rev() {
+            watched.remove(i);
+        }
         for a in &approvals {
             if !shown_ids.insert(a.id.clone()) {
                 continue;

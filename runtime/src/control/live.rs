@@ -215,6 +215,57 @@ impl Live {
         Ok(next)
     }
 
+    /// Put in force the overrides another server on the state directory (or a hand edit)
+    /// wrote, checked every `every`: a kill given to any server holds in all of them. Each
+    /// change taken up is logged and recorded in this server's audit chain; a file that cannot
+    /// be used is logged once and the overrides in force stay.
+    pub async fn watch_overrides(self: Arc<Live>, every: Duration) {
+        let mut unusable = false;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.operator.overrides.refresh() {
+                Ok(None) => unusable = false,
+                Ok(Some((before, now))) => {
+                    unusable = false;
+                    tracing::warn!(
+                        target: "airlock::operator",
+                        "overrides changed by another server on this state directory (or an \
+                         edit of the file): now {}",
+                        serde_json::to_string(&*now).unwrap_or_default()
+                    );
+                    let record = serde_json::json!({
+                        "action": "adopt",
+                        "by": "the state directory's overrides file (another server, or an edit)",
+                        "overrides": &*now,
+                    });
+                    if let Err(e) = self.current().audit().append("operator", &record).await {
+                        tracing::error!("the adopted overrides' audit record failed: {e}");
+                    }
+                    let listed = |o: &crate::gate::overrides::Overrides| {
+                        (
+                            o.all,
+                            o.tools.clone(),
+                            o.resources.clone(),
+                            o.prompts.clone(),
+                        )
+                    };
+                    if listed(&before) != listed(&now) {
+                        self.tools_changed();
+                    }
+                }
+                Err(e) if !unusable => {
+                    unusable = true;
+                    tracing::error!(
+                        "cannot use the operator state file {}: {}; the overrides in force stay",
+                        e.path.display(),
+                        e.problem
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Reload whenever the content of the configuration file or of a component file changes
     /// (checked every `every`; compared by sha256, so a touch is not a change). Failures are
     /// logged and recorded; the running policy stays.

@@ -321,8 +321,11 @@ pub enum TicketProblem {
     OtherArguments,
     #[error("it has expired; call again to be asked again")]
     Expired,
-    #[error("it was issued before this server restarted; call again to be asked again")]
-    BeforeRestart,
+    #[error(
+        "it was issued by another server process (another server on this state directory, or \
+         this one before a restart); call again to be asked again"
+    )]
+    OtherServer,
     #[error("it was already used")]
     Replayed,
 }

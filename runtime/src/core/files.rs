@@ -55,14 +55,30 @@ pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), String> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", &e))?;
             }
+            // Written whole under a name of this process's, then linked into place: a server
+            // starting at the same moment on the same state directory either links its own
+            // first or reads this one, and nobody reads a key half written.
+            let tmp = path.with_file_name(format!(
+                ".{}.{}.tmp",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+                std::process::id()
+            ));
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
+            options.write(true).create(true).truncate(true);
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(path).map_err(|e| fail("cannot create", &e))?;
-            f.write_all(hex::encode(key).as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| fail("cannot write", &e))?;
-            Ok((key, true))
+            let written = options.open(&tmp).and_then(|mut f| {
+                f.write_all(hex::encode(key).as_bytes())?;
+                f.sync_all()
+            });
+            let linked = written.and_then(|_| std::fs::hard_link(&tmp, path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok((key, true)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create(path).map(|(key, _)| (key, false))
+                }
+                Err(e) => Err(fail("cannot create", &e)),
+            }
         }
         Err(e) => Err(fail("cannot read", &e)),
     }

@@ -413,6 +413,7 @@ impl Interaction {
         let state = approvals.tickets.issue(Ticket {
             v: TICKET_VERSION,
             id: self.next_ticket().to_owned(),
+            server: String::new(),
             principal: self.principal.to_string(),
             tool: tool.to_owned(),
             arguments_sha256: digest.to_owned(),
@@ -789,7 +790,7 @@ impl Approvals {
             tickets: Tickets {
                 codec,
                 used: Mutex::new(HashMap::new()),
-                started_ms: now_ms(),
+                server: crate::core::ids::random_id(),
             },
             queue: Queue::default(),
         })
@@ -801,6 +802,8 @@ impl Approvals {
 struct Ticket {
     v: u8,
     id: String,
+    /// The issuing process ([`Tickets::issue`] fills it in).
+    server: String,
     principal: String,
     tool: String,
     arguments_sha256: String,
@@ -821,20 +824,23 @@ struct Pending {
     asking: Asking,
 }
 
-/// The ticket format: 2 names each question's client key and kind.
-const TICKET_VERSION: u8 = 2;
+/// The ticket format: 2 names each question's client key and kind, 3 the issuing process.
+const TICKET_VERSION: u8 = 3;
 
 /// Sealing and single use of tickets.
 pub struct Tickets {
     codec: RequestStateCodec,
     /// Ticket id → its expiry (ms); pruned as they expire.
     used: Mutex<HashMap<String, u64>>,
-    /// Tickets issued before this process started may have been used before it started.
-    started_ms: u64,
+    /// This process's id in its tickets: the record of used tickets is this process's memory,
+    /// so a ticket is redeemed only by the process that issued it (not by another server on
+    /// the state directory, nor after a restart), where that record holds.
+    server: String,
 }
 
 impl Tickets {
-    fn issue(&self, ticket: Ticket) -> Result<String, String> {
+    fn issue(&self, mut ticket: Ticket) -> Result<String, String> {
+        ticket.server.clone_from(&self.server);
         self.codec
             .seal_json(&ticket)
             .map_err(|e| format!("cannot seal the request state: {e}"))
@@ -877,8 +883,8 @@ impl Tickets {
         if now > t.expires_ms {
             return Err(TicketProblem::Expired);
         }
-        if t.issued_ms < self.started_ms {
-            return Err(TicketProblem::BeforeRestart);
+        if t.server != self.server {
+            return Err(TicketProblem::OtherServer);
         }
         {
             let mut used = lock(&self.used);
@@ -1102,6 +1108,7 @@ mod tests {
             .issue(Ticket {
                 v: TICKET_VERSION,
                 id: id.into(),
+                server: String::new(),
                 principal: "alice".into(),
                 tool: "write".into(),
                 arguments_sha256: "d1".into(),
@@ -1166,12 +1173,26 @@ mod tests {
         assert_eq!(e.unwrap_err(), TicketProblem::Forged);
         let other = Approvals::ephemeral();
         let e = other.tickets.redeem(
-            &retry(ticket(&a, "t4", now_ms() + 60_000), yes),
+            &retry(ticket(&a, "t4", now_ms() + 60_000), yes.clone()),
             "alice",
             "write",
             "d1",
         );
         assert_eq!(e.unwrap_err(), TicketProblem::Forged);
+        // Another process with the same key (another server on the state directory): its
+        // record of used tickets is not this one's, so it refuses the ticket.
+        let key = [7u8; 32];
+        let (first, second) = (
+            Approvals::with_key(&key).unwrap(),
+            Approvals::with_key(&key).unwrap(),
+        );
+        let e = second.tickets.redeem(
+            &retry(ticket(&first, "t5", now_ms() + 60_000), yes),
+            "alice",
+            "write",
+            "d1",
+        );
+        assert_eq!(e.unwrap_err(), TicketProblem::OtherServer);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct AuditLog {
     durability: Option<Durability>,
     /// Why the writer cannot write now (`None`: healthy), shared with it.
     health: Arc<Health>,
+    /// The directory of the chain this log writes (`None` when off).
+    chain: Option<Arc<Path>>,
 }
 
 /// Where records go.
@@ -125,6 +127,7 @@ impl AuditLog {
             sink: Sink::Off,
             durability: None,
             health: Arc::default(),
+            chain: None,
         }
     }
 
@@ -138,6 +141,7 @@ impl AuditLog {
         let key = signing_key(state_dir)?;
         let health = Arc::new(Health::default());
         let writer = Writer::open(settings, key, health.clone())?;
+        let chain: Arc<Path> = Arc::from(writer.dir.as_path());
         let unstarted =
             |e: std::io::Error| AuditError(format!("cannot start the audit writer: {e}"));
         let sink = match settings.durability {
@@ -166,7 +170,14 @@ impl AuditLog {
             sink,
             durability: Some(settings.durability),
             health,
+            chain: Some(chain),
         })
+    }
+
+    /// The directory of the chain this log writes: the audit directory, or `chains/N` in it
+    /// when other servers write the first ones.
+    pub fn chain_dir(&self) -> Option<&Path> {
+        self.chain.as_deref()
     }
 
     pub fn is_on(&self) -> bool {
@@ -376,6 +387,76 @@ pub fn public_key(state_dir: &Path) -> Result<String, AuditError> {
     ))
 }
 
+/// The directory of the chains after the first, in the audit directory: `chains/2`, `chains/3`…
+const CHAINS_DIR: &str = "chains";
+/// Most chains in one audit directory: servers writing to it at once.
+pub const MAX_CHAINS: u32 = 64;
+
+/// Take the first chain of `audit_dir` no other process writes: the directory itself, then
+/// `chains/2`, `chains/3`… Each server on an audit directory writes a chain of its own (one
+/// writer per chain, held by the lock returned), and a restarted server continues the first
+/// chain free, recovering whatever its last writer left.
+fn claim_chain(audit_dir: &Path) -> Result<(PathBuf, File), AuditError> {
+    for n in 1..=MAX_CHAINS {
+        let dir = chain_path(audit_dir, n);
+        let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        let lock = File::create(dir.join(".lock")).map_err(fail)?;
+        if lock.try_lock().is_ok() {
+            if n > 1 {
+                tracing::info!(
+                    chain = n,
+                    "the audit directory's first chain is written by another server: this one writes chain {n}"
+                );
+            }
+            return Ok((dir, lock));
+        }
+    }
+    Err(AuditError(format!(
+        "{} has {MAX_CHAINS} chains, each written by a running server: no more servers may \
+         write to it; give this one its own [audit] dir",
+        audit_dir.display()
+    )))
+}
+
+/// The directory of chain `n` (from 1) of `audit_dir`.
+fn chain_path(audit_dir: &Path, n: u32) -> PathBuf {
+    if n == 1 {
+        audit_dir.to_path_buf()
+    } else {
+        audit_dir.join(CHAINS_DIR).join(n.to_string())
+    }
+}
+
+/// The chains of `audit_dir` that hold records, as `(number, directory)`, first chain first.
+pub fn chains(audit_dir: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
+    let mut found = vec![(1, audit_dir.to_path_buf())];
+    match std::fs::read_dir(audit_dir.join(CHAINS_DIR)) {
+        Ok(entries) => {
+            for e in entries.filter_map(Result::ok) {
+                if let Some(n) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| (2..=MAX_CHAINS).contains(n))
+                {
+                    found.push((n, e.path()));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    found.sort();
+    let mut kept = Vec::with_capacity(found.len());
+    for (n, dir) in found {
+        if n == 1 || !log_files(&dir)?.is_empty() {
+            kept.push((n, dir));
+        }
+    }
+    Ok(kept)
+}
+
 fn file_name(first_seq: u64) -> String {
     format!("audit-{first_seq:012}.jsonl")
 }
@@ -490,16 +571,9 @@ impl Writer {
         key: SigningKey,
         health: Arc<Health>,
     ) -> Result<Writer, AuditError> {
-        let dir = &settings.dir;
+        let (dir, lock) = claim_chain(&settings.dir)?;
+        let dir = &dir;
         let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(dir).map_err(fail)?;
-        let lock = File::create(dir.join(".lock")).map_err(fail)?;
-        lock.try_lock().map_err(|_| {
-            AuditError(format!(
-                "{} is in use by another airlock process; give each server its own [audit] dir",
-                dir.display()
-            ))
-        })?;
         let Tail {
             mut seq,
             mut head,
@@ -1298,118 +1372,239 @@ pub fn verify(files: &[PathBuf], key: &str) -> Result<Verified, String> {
     Ok(chain.found)
 }
 
+/// A line to print, with its record's time.
+type Shown = (Option<SystemTime>, String);
+
 /// One line of the log as `audit tail` and `audit search` print it, if `filter` selects it:
-/// the line itself, or with `human` one readable line. A line that is not a record (a torn
-/// write) is selected only by an empty filter, and shown as it is.
-fn shown_line(line: &str, filter: &RecordFilter, human: bool) -> Option<String> {
+/// the line itself, or with `human` one readable line; with the record's time, by which lines
+/// of several chains are put in order (the readable line then starts with its chain's number,
+/// `c2`). A line that is not a record (a torn write) is selected only by an empty filter, and
+/// shown as it is.
+fn shown_line(line: &str, filter: &RecordFilter, human: bool, chain: Option<u32>) -> Option<Shown> {
     match serde_json::from_str::<serde_json::Value>(line) {
-        Ok(r) if filter.matches(&r) => Some(if human {
-            crate::gate::audit_view::human(&r)
-        } else {
-            crate::core::text::escape_json_controls(line).into_owned()
-        }),
+        Ok(r) if filter.matches(&r) => Some((
+            crate::gate::audit_view::record_time(&r),
+            if human {
+                match chain {
+                    Some(n) => format!("c{n:<3} {}", crate::gate::audit_view::human(&r)),
+                    None => crate::gate::audit_view::human(&r),
+                }
+            } else {
+                crate::core::text::escape_json_controls(line).into_owned()
+            },
+        )),
         Ok(_) => None,
         // Shown to a person reading everything; JSON output stays JSON.
         Err(_) => (human && filter.is_empty())
-            .then(|| crate::core::text::escape_controls(line).into_owned()),
+            .then(|| (None, crate::core::text::escape_controls(line).into_owned())),
     }
 }
 
-/// Print the last `lines` records of the log in `dir` that `filter` selects and, with
-/// `follow`, every selected record written after them, across rotations.
+/// Lines of several chains, each chain's in its order, merged by time (stable: a line without
+/// a time keeps its place after the line before it in its chain).
+fn by_time(mut lines: Vec<(Option<SystemTime>, usize, usize, String)>) -> Vec<String> {
+    lines.sort_by_key(|(time, chain, order, _)| (*time, *chain, *order));
+    lines.into_iter().map(|(.., l)| l).collect()
+}
+
+/// One chain followed by `audit tail`: its newest file and how far it was read.
+struct Followed {
+    dir: PathBuf,
+    /// The chain's number, shown when there are several.
+    chain: Option<u32>,
+    current: Option<PathBuf>,
+    offset: u64,
+}
+
+impl Followed {
+    /// The last `lines` records of the chain in `dir` that `filter` selects, and the chain
+    /// followed from its end.
+    fn start(
+        dir: PathBuf,
+        chain: Option<u32>,
+        lines: usize,
+        filter: &RecordFilter,
+        human: bool,
+    ) -> std::io::Result<(Followed, Vec<Shown>)> {
+        let files = log_files(&dir)?;
+        let mut offset = 0u64;
+        // The last `lines` selected records, from the newest file back (a rotation, or a
+        // filter, may leave the newest one with fewer).
+        let mut selected = std::collections::VecDeque::new();
+        let mut newest_read = false;
+        for (i, path) in files.iter().enumerate().rev() {
+            if selected.len() >= lines {
+                break;
+            }
+            let mut at = 0u64;
+            let text = read_complete(path, &mut at)?;
+            if i + 1 == files.len() {
+                (offset, newest_read) = (at, true);
+            }
+            let found: Vec<_> = text
+                .lines()
+                .filter_map(|l| shown_line(l, filter, human, chain))
+                .collect();
+            let wanted = lines - selected.len();
+            for line in found.into_iter().rev().take(wanted) {
+                selected.push_front(line);
+            }
+        }
+        if let Some(path) = files.last()
+            && !newest_read
+        {
+            // The newest file was not read above (nothing was wanted): follow from its end.
+            read_complete(path, &mut offset)?;
+        }
+        let followed = Followed {
+            dir,
+            chain,
+            current: files.last().cloned(),
+            offset,
+        };
+        Ok((followed, selected.into()))
+    }
+
+    /// The records written since the last look, across rotations.
+    fn new_lines(&mut self) -> std::io::Result<String> {
+        let mut text = match &self.current {
+            Some(path) => read_complete(path, &mut self.offset)?,
+            None => String::new(),
+        };
+        // A newer file means the current one was sealed: finish it, then go on in the new one.
+        let newest = log_files(&self.dir)?.pop();
+        if newest.is_some() && newest != self.current {
+            if let Some(path) = &self.current {
+                text.push_str(&read_complete(path, &mut self.offset)?);
+            }
+            self.current = newest;
+            self.offset = 0;
+            if let Some(path) = &self.current {
+                text.push_str(&read_complete(path, &mut self.offset)?);
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// Print the last `lines` records of the log in `audit_dir` (all its chains, by time) that
+/// `filter` selects and, with `follow`, every selected record written after them, across
+/// rotations and in chains that servers starting meanwhile begin.
 pub async fn tail(
-    dir: &Path,
+    audit_dir: &Path,
     lines: usize,
     follow: bool,
     filter: &RecordFilter,
     human: bool,
 ) -> std::io::Result<()> {
-    let files = log_files(dir)?;
-    let mut current = files.last().cloned();
-    let mut offset = 0u64;
-    let print_new = |text: &str| -> std::io::Result<()> {
-        let mut out = std::io::stdout().lock();
-        for line in text.lines() {
-            if let Some(shown) = shown_line(line, filter, human) {
-                writeln!(out, "{shown}")?;
-            }
-        }
-        out.flush()
-    };
-    // The last `lines` selected records, from the newest file back (a rotation, or a filter,
-    // may leave the newest one with fewer).
-    let mut selected: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    let mut newest_read = false;
-    for (i, path) in files.iter().enumerate().rev() {
-        if selected.len() >= lines {
-            break;
-        }
-        let mut at = 0u64;
-        let text = read_complete(path, &mut at)?;
-        if i + 1 == files.len() {
-            (offset, newest_read) = (at, true);
-        }
-        let found: Vec<String> = text
-            .lines()
-            .filter_map(|l| shown_line(l, filter, human))
-            .collect();
-        let wanted = lines - selected.len();
-        for line in found.into_iter().rev().take(wanted) {
-            selected.push_front(line);
-        }
+    let mut followed = Vec::new();
+    let mut first = Vec::new();
+    let all = chains(audit_dir)?;
+    let several = all.len() > 1;
+    for (c, (n, dir)) in all.into_iter().enumerate() {
+        let (f, last) = Followed::start(dir, several.then_some(n), lines, filter, human)?;
+        followed.push(f);
+        first.extend(
+            last.into_iter()
+                .enumerate()
+                .map(|(order, (time, line))| (time, c, order, line)),
+        );
     }
-    if let Some(path) = files.last()
-        && !newest_read
-    {
-        // The newest file was not read above (nothing was wanted): follow from its end.
-        read_complete(path, &mut offset)?;
-    }
+    let first = by_time(first);
     let mut out = std::io::stdout().lock();
-    for line in &selected {
+    for line in &first[first.len().saturating_sub(lines)..] {
         writeln!(out, "{line}")?;
     }
+    out.flush()?;
     drop(out);
     if !follow {
         return Ok(());
     }
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if let Some(path) = &current {
-            print_new(&read_complete(path, &mut offset)?)?;
-        }
-        // A newer file means the current one was sealed: finish it, then go on in the new one.
-        let newest = log_files(dir)?.pop();
-        if newest.is_some() && newest != current {
-            if let Some(path) = &current {
-                print_new(&read_complete(path, &mut offset)?)?;
+        // A chain begun since (another server started): followed from its beginning.
+        for (n, dir) in chains(audit_dir)? {
+            if !followed.iter().any(|f| f.dir == dir) {
+                followed.push(Followed {
+                    current: log_files(&dir)?.into_iter().next(),
+                    dir,
+                    chain: Some(n),
+                    offset: 0,
+                });
             }
-            current = newest;
-            offset = 0;
         }
+        let mut new = Vec::new();
+        for (c, f) in followed.iter_mut().enumerate() {
+            let text = f.new_lines()?;
+            new.extend(
+                text.lines()
+                    .filter_map(|l| shown_line(l, filter, human, f.chain))
+                    .enumerate()
+                    .map(|(order, (time, line))| (time, c, order, line)),
+            );
+        }
+        let mut out = std::io::stdout().lock();
+        for line in by_time(new) {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
     }
 }
 
-/// Print every record of `files` (oldest first) that `filter` selects, up to `limit`; how many
-/// were selected.
+/// Print every record of `chains` (each chain's number and files, oldest first; the chains
+/// merged by time) that `filter` selects, up to `limit`; how many were selected.
 pub fn search(
-    files: &[PathBuf],
+    chains: &[(u32, Vec<PathBuf>)],
     filter: &RecordFilter,
     human: bool,
     limit: Option<usize>,
 ) -> std::io::Result<usize> {
-    let mut out = std::io::stdout().lock();
-    let mut found = 0;
-    for path in files {
-        let reader = BufReader::new(File::open(path)?);
-        for line in reader.lines() {
-            if limit.is_some_and(|l| found >= l) {
-                return Ok(found);
-            }
-            if let Some(shown) = shown_line(&line?, filter, human) {
-                writeln!(out, "{shown}")?;
-                found += 1;
+    // Each chain's lines, its files opened one at a time.
+    type Lines<'a> = Box<dyn Iterator<Item = std::io::Result<String>> + 'a>;
+    let mut readers: Vec<Lines<'_>> = chains
+        .iter()
+        .map(|(_, files)| -> Lines<'_> {
+            Box::new(files.iter().flat_map(|path| -> Lines<'_> {
+                match File::open(path) {
+                    Ok(f) => Box::new(BufReader::new(f).lines()),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            }))
+        })
+        .collect();
+    // Each chain's next selected line.
+    let several = chains.len() > 1;
+    let next = |chain: &mut dyn Iterator<Item = std::io::Result<String>>, n: u32| {
+        for line in chain {
+            match line {
+                Ok(l) => {
+                    if let Some(shown) = shown_line(&l, filter, human, several.then_some(n)) {
+                        return Ok(Some(shown));
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
+        Ok(None)
+    };
+    let mut heads = Vec::with_capacity(readers.len());
+    for (r, (n, _)) in readers.iter_mut().zip(chains) {
+        heads.push(next(r, *n)?);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut found = 0;
+    while limit.is_none_or(|l| found < l) {
+        // The earliest head (a line without a time goes first: it follows its chain's last).
+        let Some(c) = (0..heads.len())
+            .filter(|&c| heads[c].is_some())
+            .min_by_key(|&c| heads[c].as_ref().map(|(time, _)| *time))
+        else {
+            break;
+        };
+        let (_, line) = heads[c].take().expect("a head was chosen");
+        writeln!(out, "{line}")?;
+        found += 1;
+        heads[c] = next(&mut readers[c], chains[c].0)?;
     }
     Ok(found)
 }

@@ -4,14 +4,21 @@
 //! checks the signature, the chain inside the window and every checkpoint.
 //!
 //! The file is JSON lines:
-//! 1. the header: `{"airlock_evidence":1, "created", "since", "until", "config", "overrides", "key"}`;
-//! 2. the records, byte for byte as in the log: from the first written at or after `since` to
-//!    the last written at or before `until`, then on to the next checkpoint (so that the
-//!    window's last record is under a signed head), or to the end of a log still being written;
-//! 3. the summary: `{"airlock_evidence_end": {"first_seq", "last_seq", "records",
-//!    "checkpoints", "signed_head"}}`;
-//! 4. `{"signature": hex}`: ed25519 over `airlock-evidence-bundle\0` and the sha256 of lines
-//!    1 to 3 (a domain of its own: no checkpoint signature can pass for it, nor the reverse).
+//! 1. the header: `{"airlock_evidence":2, "created", "since", "until", "config", "overrides", "key"}`;
+//! 2. for each chain of the audit directory with records in the window (each server on it
+//!    writes its own), first chain first:
+//!    - `{"airlock_evidence_chain": N}`;
+//!    - the records, byte for byte as in the log: from the first written at or after `since`
+//!      to the last written at or before `until`, then on to the next checkpoint (so that the
+//!      window's last record is under a signed head), or to the end of a log still being
+//!      written;
+//!    - the summary: `{"airlock_evidence_end": {"first_seq", "last_seq", "records",
+//!      "checkpoints", "signed_head"}}`;
+//! 3. `{"signature": hex}`: ed25519 over `airlock-evidence-bundle\0` and the sha256 of the
+//!    lines before it (a domain of its own: no checkpoint signature can pass for it, nor the
+//!    reverse).
+//!
+//! Format 1 (one chain, no `airlock_evidence_chain` line) is still verified.
 
 use crate::gate::audit::{ChainCheck, verifying_key};
 use crate::gate::audit_view::record_time;
@@ -22,7 +29,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-const FORMAT: u64 = 1;
+const FORMAT: u64 = 2;
 const DOMAIN: &[u8] = b"airlock-evidence-bundle\0";
 /// Records taken after the window while looking for the checkpoint that signs it (a log that
 /// checkpoints every `checkpoint_every` records, at most 1,000,000, has one sooner unless it
@@ -49,16 +56,19 @@ pub struct Context<'a> {
     pub overrides: Value,
 }
 
-/// Write the bundle of the records of `files` written between `since` and `until` to `out`
-/// (a new file: an existing one is not replaced).
+/// One chain's part of a bundle.
+pub type ChainSummary = (u32, Summary);
+
+/// Write the bundle of the records of `chains` (each chain's number and files, oldest first)
+/// written between `since` and `until` to `out` (a new file: an existing one is not replaced).
 pub fn export(
-    files: &[PathBuf],
+    chains: &[(u32, Vec<PathBuf>)],
     since: SystemTime,
     until: SystemTime,
     context: Context<'_>,
     key: &SigningKey,
     out: &Path,
-) -> Result<Summary, String> {
+) -> Result<Vec<ChainSummary>, String> {
     if out.exists() {
         return Err(format!("cannot create {}: it exists", out.display()));
     }
@@ -70,7 +80,7 @@ pub fn export(
         std::process::id(),
         &crate::core::ids::random_id()[..8]
     ));
-    let result = write_bundle(files, since, until, context, key, &partial);
+    let result = write_bundle(chains, since, until, context, key, &partial);
     let placed = result.and_then(|s| {
         // A link fails if `out` appeared meanwhile; a filesystem without links (vfat) gets a
         // rename after the check above.
@@ -91,24 +101,18 @@ pub fn export(
 }
 
 fn write_bundle(
-    files: &[PathBuf],
+    chains: &[(u32, Vec<PathBuf>)],
     since: SystemTime,
     until: SystemTime,
     context: Context<'_>,
     key: &SigningKey,
     out: &Path,
-) -> Result<Summary, String> {
+) -> Result<Vec<ChainSummary>, String> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(out)
         .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    // What is signed is checked first: a log edited after its last checkpoint, or damaged
-    // inside the window, is not vouched for.
-    let mut chain: Option<ChainCheck> = None;
-    let verifying = key.verifying_key();
-    // A line that is not a record: only the log's last line may be one (a write cut short).
-    let mut torn: Option<String> = None;
     let mut writer = std::io::BufWriter::new(file);
     let mut hash = Sha256::new();
     let mut emit = |line: &str| -> Result<(), String> {
@@ -116,7 +120,6 @@ fn write_bundle(
         hash.update(b"\n");
         writeln!(writer, "{line}").map_err(|e| format!("cannot write {}: {e}", out.display()))
     };
-    let time = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
     let header = json!({
         "airlock_evidence": FORMAT,
         "created": time(SystemTime::now()),
@@ -127,6 +130,64 @@ fn write_bundle(
         "key": hex::encode(key.verifying_key().as_bytes()),
     });
     emit(&header.to_string())?;
+    let mut summaries = Vec::new();
+    for (n, files) in chains {
+        // The chain's records are gathered first: a chain with none in the window is left out.
+        let mut lines = Vec::new();
+        let Some(summary) = chain_window(files, since, until, &key.verifying_key(), &mut lines)?
+        else {
+            continue;
+        };
+        emit(&json!({ "airlock_evidence_chain": n }).to_string())?;
+        for line in &lines {
+            emit(line)?;
+        }
+        let end = json!({"airlock_evidence_end": {
+            "first_seq": summary.first_seq,
+            "last_seq": summary.last_seq,
+            "records": summary.records,
+            "checkpoints": summary.checkpoints,
+            "signed_head": summary.signed_head,
+        }});
+        emit(&end.to_string())?;
+        summaries.push((*n, summary));
+    }
+    if summaries.is_empty() {
+        return Err(format!(
+            "the log has no records written between {} and {}",
+            time(since),
+            time(until)
+        ));
+    }
+    let signature = key.sign(&message(&hash.finalize()));
+    writeln!(
+        writer,
+        "{}",
+        json!({"signature": hex::encode(signature.to_bytes())})
+    )
+    .and_then(|()| writer.flush())
+    .and_then(|()| writer.get_ref().sync_all())
+    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(summaries)
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The records of one chain's `files` in the window, into `lines`, and what they are (`None`:
+/// the chain has none there). What is taken is verified first: a log edited after its last
+/// checkpoint, or damaged inside the window, is not vouched for.
+fn chain_window(
+    files: &[PathBuf],
+    since: SystemTime,
+    until: SystemTime,
+    verifying: &ed25519_dalek::VerifyingKey,
+    lines: &mut Vec<String>,
+) -> Result<Option<Summary>, String> {
+    let mut chain: Option<ChainCheck> = None;
+    // A line that is not a record: only the log's last line may be one (a write cut short).
+    let mut torn: Option<String> = None;
     let mut summary: Option<Summary> = None;
     // Past `until`, records are taken up to the next checkpoint (the chain to it is what its
     // signature covers), at most MAX_AFTER of them.
@@ -182,10 +243,10 @@ fn write_bundle(
                 Some(_) => {}
             }
             chain
-                .get_or_insert_with(|| ChainCheck::from(verifying, seq))
+                .get_or_insert_with(|| ChainCheck::from(*verifying, seq))
                 .push(&line, &format!("{} record {seq}", path.display()))
                 .map_err(|e| format!("the log does not verify: {e}; nothing was exported"))?;
-            emit(&line)?;
+            lines.push(line);
             let s = summary.get_or_insert(Summary {
                 first_seq: seq,
                 last_seq: seq,
@@ -205,30 +266,6 @@ fn write_bundle(
             }
         }
     }
-    let Some(summary) = summary else {
-        return Err(format!(
-            "the log has no records written between {} and {}",
-            time(since),
-            time(until)
-        ));
-    };
-    let end = json!({"airlock_evidence_end": {
-        "first_seq": summary.first_seq,
-        "last_seq": summary.last_seq,
-        "records": summary.records,
-        "checkpoints": summary.checkpoints,
-        "signed_head": summary.signed_head,
-    }});
-    emit(&end.to_string())?;
-    let signature = key.sign(&message(&hash.finalize()));
-    writeln!(
-        writer,
-        "{}",
-        json!({"signature": hex::encode(signature.to_bytes())})
-    )
-    .and_then(|()| writer.flush())
-    .and_then(|()| writer.get_ref().sync_all())
-    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(summary)
 }
 
@@ -251,12 +288,12 @@ pub fn is_bundle(path: &Path) -> bool {
 /// What a verified bundle holds.
 #[derive(Debug)]
 pub struct Verified {
-    pub summary: Summary,
+    pub chains: Vec<ChainSummary>,
     pub header: Value,
 }
 
-/// Check the bundle at `path` against `key` (hex): its signature, then the chain of its records
-/// and every checkpoint in it, then that the summary says what the records are.
+/// Check the bundle at `path` against `key` (hex): its signature, then for each chain in it
+/// the chain of its records and every checkpoint, and that its summary says what they are.
 pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
     use std::io::Read;
     let verifying = verifying_key(key)?;
@@ -284,27 +321,65 @@ pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
              another key"
                 .to_owned()
         })?;
-    let lines: Vec<&str> = body.lines().collect();
-    let [first, .., end] = lines.as_slice() else {
-        return Err("not an evidence bundle: no header and summary".into());
-    };
-    let header: Value = serde_json::from_str(first).map_err(|e| format!("header: {e}"))?;
-    if header["airlock_evidence"].as_u64() != Some(FORMAT) {
+    let mut lines = body.lines().enumerate();
+    let header: Value = lines
+        .next()
+        .ok_or("not an evidence bundle: no header")
+        .and_then(|(_, l)| {
+            serde_json::from_str(l).map_err(|_| "not an evidence bundle: no header")
+        })?;
+    let format = header["airlock_evidence"].as_u64();
+    if !matches!(format, Some(1 | 2)) {
         return Err(format!(
-            "not an evidence bundle of format {FORMAT}: {}",
+            "not an evidence bundle of format 1 or 2: {}",
             header["airlock_evidence"]
         ));
     }
-    let end: Value = serde_json::from_str(end).map_err(|e| format!("summary: {e}"))?;
+    let mut chains = Vec::new();
+    // Format 1: one section, with no chain line before it.
+    let mut section: Option<(u32, Vec<(usize, &str)>)> =
+        (format == Some(1)).then(|| (1, Vec::new()));
+    for (i, line) in lines {
+        match section.as_mut() {
+            None => {
+                let marker: Value = serde_json::from_str(line).unwrap_or_default();
+                let n = marker["airlock_evidence_chain"]
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| format!("line {}: not a chain's start", i + 1))?;
+                section = Some((n, Vec::new()));
+            }
+            Some((n, records)) if line.starts_with("{\"airlock_evidence_end\":") => {
+                let end: Value = serde_json::from_str(line).map_err(|e| format!("summary: {e}"))?;
+                let summary = check_section(path, &verifying, records, &end)
+                    .map_err(|e| format!("chain {n}: {e}"))?;
+                chains.push((*n, summary));
+                section = None;
+            }
+            Some((_, records)) => records.push((i, line)),
+        }
+    }
+    if section.is_some() || chains.is_empty() {
+        return Err("not an evidence bundle: a chain has no summary".into());
+    }
+    Ok(Verified { chains, header })
+}
+
+/// One chain's records (with their line index) against its summary.
+fn check_section(
+    path: &Path,
+    verifying: &ed25519_dalek::VerifyingKey,
+    records: &[(usize, &str)],
+    end: &Value,
+) -> Result<Summary, String> {
     let claimed = &end["airlock_evidence_end"];
-    let records = &lines[1..lines.len() - 1];
     let first_seq = claimed["first_seq"]
         .as_u64()
         .filter(|&s| s > 0)
         .ok_or("the summary has no first_seq")?;
-    let mut chain = ChainCheck::from(verifying, first_seq);
-    for (i, line) in records.iter().enumerate() {
-        chain.push(line, &format!("{} line {}", path.display(), i + 2))?;
+    let mut chain = ChainCheck::from(*verifying, first_seq);
+    for (i, line) in records {
+        chain.push(line, &format!("{} line {}", path.display(), i + 1))?;
     }
     let found = chain.found;
     let summary = Summary {
@@ -326,5 +401,5 @@ pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
             "the summary ({said:?}) does not match the records ({summary:?})"
         ));
     }
-    Ok(Verified { summary, header })
+    Ok(summary)
 }

@@ -1,7 +1,9 @@
 //! The operator's live overrides: tools, principals or everything killed, and single grants of
 //! single components revoked. They are read on every call (a lock-free snapshot), changed only
 //! from the admin plane, and persisted atomically in the state directory so that they survive
-//! restarts and reloads.
+//! restarts and reloads. Every server on a state directory shares them: a change is made under
+//! a lock on the file, to what the file holds then, and each server watches the file
+//! ([`OverrideStore::refresh`]) for the changes the others make.
 
 use crate::config::grants::Grants;
 use crate::core::kill_scope::KillScope;
@@ -16,6 +18,8 @@ use std::sync::{Arc, Mutex};
 
 /// The file, in the state directory.
 pub const FILE: &str = "overrides.json";
+/// Locked (`flock`) while a server changes the file: changes from servers sharing it queue.
+const LOCK_FILE: &str = "overrides.lock";
 /// The directory shown to calls in place of a revoked filesystem grant (kept empty).
 const STANDIN_DIR: &str = "revoked-grant";
 const VERSION: u32 = 1;
@@ -226,6 +230,9 @@ pub struct StateError {
     pub problem: String,
 }
 
+/// The overrides before and after another server's change was put in force.
+pub type Adopted = (Arc<Overrides>, Arc<Overrides>);
+
 /// The overrides in force, and their file.
 pub struct OverrideStore {
     /// `None`: kept in memory only (a library user without a state directory).
@@ -233,6 +240,8 @@ pub struct OverrideStore {
     current: ArcSwap<Overrides>,
     /// Serialises changes: read, change, persist, publish.
     change: Mutex<()>,
+    /// The file as last read or written (`None`: absent), to notice another server's change.
+    seen: Mutex<Option<Stamp>>,
     /// `<state_dir>/revoked-grant`, empty: shown to calls in place of a revoked `fs` grant.
     standin: Option<PathBuf>,
 }
@@ -247,6 +256,7 @@ impl OverrideStore {
                 ..Overrides::default()
             }),
             change: Mutex::new(()),
+            seen: Mutex::new(None),
             standin: None,
         }
     }
@@ -264,29 +274,14 @@ impl OverrideStore {
                 version: VERSION,
                 ..Overrides::default()
             };
+            let _locked = lock_file(&path).map_err(|e| fail(format!("cannot lock it: {e}")))?;
             persist(&path, &empty).map_err(|e| fail(format!("cannot reset it: {e}")))?;
             tracing::warn!(path = %path.display(), "operator state reset (--reset-state): every override is discarded");
             empty
         } else {
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let o: Overrides = serde_json::from_slice(&bytes)
-                        .map_err(|e| fail(format!("it is not valid: {e}")))?;
-                    if o.version != VERSION {
-                        return Err(fail(format!(
-                            "version {} is not the supported version {VERSION}",
-                            o.version
-                        )));
-                    }
-                    o
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Overrides {
-                    version: VERSION,
-                    ..Overrides::default()
-                },
-                Err(e) => return Err(fail(format!("it cannot be read: {e}"))),
-            }
+            read(&path).map_err(fail)?
         };
+        let seen = stamp(&path);
         if !overrides.is_empty() {
             tracing::warn!(
                 all = overrides.all,
@@ -322,8 +317,37 @@ impl OverrideStore {
             path: Some(path),
             current: ArcSwap::from_pointee(overrides),
             change: Mutex::new(()),
+            seen: Mutex::new(seen),
             standin: Some(standin),
         })
+    }
+
+    /// Put in force what the file holds now, if another server (or a hand edit) changed it
+    /// since this one last read or wrote it. Returns the overrides before and after such a
+    /// change; `Err` when the file cannot be used (the overrides in force stay).
+    pub fn refresh(&self) -> Result<Option<Adopted>, StateError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(path);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if now == *seen {
+            return Ok(None);
+        }
+        // Read whole: a change is renamed into place, never written in it.
+        let next = read(path).map_err(|problem| StateError {
+            path: path.clone(),
+            problem,
+        })?;
+        *seen = now;
+        let before = self.current.load_full();
+        if *before == next {
+            return Ok(None);
+        }
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        Ok(Some((before, next)))
     }
 
     /// The overrides in force now.
@@ -333,18 +357,77 @@ impl OverrideStore {
 
     /// Apply `change`, persist the result (durably) and only then put it in force. Returns
     /// whether anything changed; a failure to persist changes nothing.
+    /// The change applies to what the file holds under its lock, so that changes made by the
+    /// servers sharing it at the same time all stay.
     pub fn update(&self, change: impl FnOnce(&mut Overrides) -> bool) -> std::io::Result<bool> {
         let _one_at_a_time = self.change.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = Overrides::clone(&self.current.load());
-        if !change(&mut next) {
-            return Ok(false);
-        }
-        if let Some(path) = &self.path {
+        let Some(path) = &self.path else {
+            let mut next = Overrides::clone(&self.current.load());
+            let changed = change(&mut next);
+            self.current.store(Arc::new(next));
+            return Ok(changed);
+        };
+        let _locked = lock_file(path)?;
+        let mut next = read(path).map_err(std::io::Error::other)?;
+        let changed = change(&mut next);
+        if changed {
             persist(path, &next)?;
         }
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
+        // Another server's change read here is in force from now on too.
         self.current.store(Arc::new(next));
-        Ok(true)
+        Ok(changed)
     }
+}
+
+/// What identifies one version of the file: a change renames a new file into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| Stamp {
+        inode: m.ino(),
+        modified: m.modified().ok(),
+        len: m.len(),
+    })
+}
+
+/// The overrides in `path`; none when it does not exist.
+fn read(path: &Path) -> Result<Overrides, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let o: Overrides =
+                serde_json::from_slice(&bytes).map_err(|e| format!("it is not valid: {e}"))?;
+            if o.version != VERSION {
+                return Err(format!(
+                    "version {} is not the supported version {VERSION}",
+                    o.version
+                ));
+            }
+            Ok(o)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides {
+            version: VERSION,
+            ..Overrides::default()
+        }),
+        Err(e) => Err(format!("it cannot be read: {e}")),
+    }
+}
+
+/// Hold the lock of the state file beside `path` until the returned file is dropped.
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let lock_path = path.with_file_name(LOCK_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let f = options.open(&lock_path)?;
+    f.lock()?;
+    Ok(f)
 }
 
 /// Write `overrides` to a temporary file, fsync it, rename it over `path` and fsync the

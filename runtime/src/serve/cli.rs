@@ -73,11 +73,18 @@ enum Command {
         #[arg(long)]
         reset_state: bool,
     },
-    /// Operate a running server through its admin socket.
+    /// Operate running servers through their admin sockets.
     Ctl {
-        /// The admin socket (default: `admin.sock` in the state directory).
-        #[arg(long, global = true)]
+        /// One server's admin socket (default: found in the state directory's `servers`).
+        #[arg(long, global = true, conflicts_with_all = ["server", "all_servers"])]
         socket: Option<PathBuf>,
+        /// The server to act on, by the id `ctl ls` shows (needed when several serve with
+        /// the state directory, except for kill, revive, revoke, restore and answers).
+        #[arg(long, global = true, value_name = "ID", conflicts_with = "all_servers")]
+        server: Option<String>,
+        /// Act on every server on the state directory.
+        #[arg(long, global = true)]
+        all_servers: bool,
         /// Configuration file, to find the state directory (default: as for `serve`).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
@@ -387,7 +394,7 @@ struct Confined {
     /// The plan in force, when landlock holds in part or in full (a reload may not need more).
     plan: Option<Plan>,
     /// The admin socket, bound before confinement (no unix socket can be made after it).
-    admin: std::os::unix::net::UnixListener,
+    admin: admin::Bound,
     /// CPUs this process may use, read before landlock hides /proc/self/cgroup from the runtime.
     workers: usize,
 }
@@ -397,8 +404,6 @@ fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<
     let source = config.source();
     let policy = source.load()?;
     confine::prepare_dirs(&policy)?;
-    // The socket first: it is what finds another server on this state directory, before
-    // anything in it (the overrides, with --reset-state) is touched.
     let admin = admin::bind(&policy.server.state_dir)?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let plan = Plan::for_policy(&policy, source.config.as_deref(), http);
@@ -414,6 +419,7 @@ fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<
         &policy,
         &plan,
         crate::config::confine::mode_for(&policy, http),
+        &admin.id,
     )?;
     let plan = matches!(
         report.landlock,
@@ -433,24 +439,29 @@ async fn start_serving(
     reset_state: bool,
     listen: Option<SocketAddr>,
     confined: Confined,
-) -> Result<Arc<Live>> {
+) -> Result<(Arc<Live>, PathBuf)> {
     let source = config.source();
     let Confined {
         policy,
         plan,
-        admin: listener,
+        admin: bound,
         ..
     } = confined;
     warn_unreachable(&policy);
-    let state_dir = policy.server.state_dir.clone();
+    if reset_state {
+        refuse_reset_beside(&policy.server.state_dir, &bound.id)?;
+    }
     let airlock = load_with_state(policy, reset_state).await?;
+    let identity = admin::Identity {
+        id: bound.id.clone(),
+        serving: listen.map_or_else(|| "stdio".to_owned(), |a| format!("http {a}")),
+        audit_chain: airlock.audit().chain_dir().map(Path::to_path_buf),
+    };
+    let socket = bound.path.clone();
     let live = Live::new(airlock, source, listen, plan);
-    tokio::spawn(admin::serve(
-        listener,
-        live.clone(),
-        admin::socket_path(&state_dir),
-    ));
+    tokio::spawn(admin::serve(bound, live.clone(), identity));
     tokio::spawn(live.clone().watch_file(Duration::from_secs(1)));
+    tokio::spawn(live.clone().watch_overrides(OVERRIDES_WATCH));
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         let live = live.clone();
         tokio::spawn(async move {
@@ -462,7 +473,30 @@ async fn start_serving(
             }
         });
     }
-    Ok(live)
+    Ok((live, socket))
+}
+
+/// How often a server looks for overrides another server on its state directory wrote: the
+/// most a kill given to one takes to hold in the others (one `stat` each time).
+const OVERRIDES_WATCH: Duration = Duration::from_millis(250);
+
+/// `--reset-state` discards the overrides every server on the state directory shares: not
+/// while another one runs (its kills would be lifted under it).
+fn refuse_reset_beside(state_dir: &Path, me: &str) -> Result<()> {
+    let others: Vec<String> = admin::running(state_dir)
+        .into_iter()
+        .filter(|r| r.id != me)
+        .map(|r| r.id)
+        .collect();
+    if !others.is_empty() {
+        anyhow::bail!(
+            "--reset-state would discard the overrides that the other servers on {} share \
+             (running: {}); stop them first",
+            state_dir.display(),
+            others.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// `airlock call`: one call, as the local principal would make it over stdio, with the
@@ -481,13 +515,17 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     let policy = source.load()?;
     warn_unreachable(&policy);
     confine::prepare_dirs(&policy)?;
-    let state_dir = policy.server.state_dir.clone();
-    let listener = admin::bind(&state_dir)?;
+    let bound = admin::bind(&policy.server.state_dir)?;
     let principal = policy.auth.local_principal.clone();
     let airlock = load_with_state(policy, false).await?;
+    let identity = admin::Identity {
+        id: bound.id.clone(),
+        serving: format!("call {tool}"),
+        audit_chain: airlock.audit().chain_dir().map(Path::to_path_buf),
+    };
+    let socket = bound.path.clone();
     let live = Live::new(airlock, source, None, None);
-    let socket = admin::socket_path(&state_dir);
-    tokio::spawn(admin::serve(listener, live.clone(), socket.clone()));
+    tokio::spawn(admin::serve(bound, live.clone(), identity));
     let airlock = live.current();
     let caller = Caller::new(principal.clone(), None);
     let (events, mut received) = tokio::sync::mpsc::channel(64);
@@ -608,7 +646,7 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             if let Some(t) = &confined.policy.telemetry {
                 crate::gate::telemetry::start(t, tokio::runtime::Handle::current())?;
             }
-            let live = start_serving(&config, reset_state, http, confined).await?;
+            let (live, socket) = start_serving(&config, reset_state, http, confined).await?;
             tracing::info!(tools = live.current().tools().len(), "loaded");
             let audit = live.current().audit().clone();
             let shutdown = CancellationToken::new();
@@ -640,9 +678,7 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
                 });
                 crate::serve::mcp::serve_http(live.clone(), addr, shutdown).await
             };
-            let _ = std::fs::remove_file(admin::socket_path(
-                &live.current().catalog().policy.server.state_dir,
-            ));
+            let _ = std::fs::remove_file(&socket);
             // A clean stop leaves the audit log sealed by a signed checkpoint.
             if let Err(e) = audit.seal().await {
                 tracing::error!("cannot seal the audit log: {e}");
@@ -691,24 +727,43 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
         Command::Doctor { .. } => unreachable!("doctor runs before the runtime starts"),
         Command::Ctl {
             socket,
+            server,
+            all_servers,
             config,
             state_dir,
             json,
             command,
         } => {
-            let socket = match socket {
-                Some(s) => s,
-                None => {
-                    let dir = match state_dir {
+            use crate::control::ctl::{Chosen, Target};
+            let target = match socket {
+                Some(s) => Target::Socket(s),
+                None => Target::StateDir {
+                    dir: match state_dir {
                         Some(d) => d,
                         None => source(config.as_deref(), None).load()?.server.state_dir,
-                    };
-                    admin::socket_path(&dir)
-                }
+                    },
+                    chosen: match (server, all_servers) {
+                        (Some(id), _) => Chosen::One(id),
+                        (None, true) => Chosen::All,
+                        (None, false) => Chosen::Default,
+                    },
+                },
             };
-            crate::control::ctl::run(&socket, command, json).await
+            crate::control::ctl::run(target, command, json).await
         }
     }
+}
+
+/// The chains of an audit directory (each server on it writes its own), each with its files.
+fn audit_chains(dir: &Path) -> Result<Vec<(u32, Vec<PathBuf>)>> {
+    let read = |e: std::io::Error| {
+        anyhow::anyhow!("cannot read the audit directory {}: {e}", dir.display())
+    };
+    audit::chains(dir)
+        .map_err(read)?
+        .into_iter()
+        .map(|(n, chain)| Ok((n, audit::log_files(&chain).map_err(read)?)))
+        .collect()
 }
 
 async fn run_audit(command: AuditCommand) -> Result<()> {
@@ -719,71 +774,91 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             Ok(())
         }
         AuditCommand::Verify { config, key, files } => {
-            let (files, key) = if files.is_empty() || key.is_none() {
+            // Without files: every chain of the configured audit directory.
+            let (chains, key) = if files.is_empty() || key.is_none() {
                 let policy = config.source().load()?;
-                let files = if files.is_empty() {
-                    audit::log_files(&policy.audit.dir)
-                        .with_context(|| format!("cannot list {}", policy.audit.dir.display()))?
+                let chains = if files.is_empty() {
+                    audit_chains(&policy.audit.dir)?
                 } else {
-                    files
+                    vec![(1, files)]
                 };
                 let key = match key {
                     Some(k) => k,
                     None => audit::public_key(&policy.server.state_dir)?,
                 };
-                (files, key)
+                (chains, key)
             } else {
-                (files, key.unwrap_or_default())
+                (vec![(1, files)], key.unwrap_or_default())
             };
-            anyhow::ensure!(!files.is_empty(), "no audit log files to verify");
-            if let [bundle] = files.as_slice()
+            anyhow::ensure!(
+                chains.iter().any(|(_, files)| !files.is_empty()),
+                "no audit log files to verify"
+            );
+            if let [(_, files)] = chains.as_slice()
+                && let [bundle] = files.as_slice()
                 && crate::gate::evidence::is_bundle(bundle)
             {
                 let v = crate::gate::evidence::verify(bundle, &key)
                     .map_err(|e| anyhow::anyhow!("evidence bundle broken: {e}"))?;
-                let s = &v.summary;
                 println!(
-                    "OK: evidence bundle of records {} to {} ({} records, {} checkpoints), \
-                     exported {} for {} to {}, configuration sha256 {}{}",
-                    s.first_seq,
-                    s.last_seq,
-                    s.records,
-                    s.checkpoints,
+                    "OK: evidence bundle exported {} for {} to {}, configuration sha256 {}",
                     v.header["created"].as_str().unwrap_or("?"),
                     v.header["since"].as_str().unwrap_or("?"),
                     v.header["until"].as_str().unwrap_or("?"),
                     v.header["config"]["sha256"].as_str().unwrap_or("?"),
-                    if s.signed_head {
-                        ""
-                    } else {
-                        "; its last records are under no checkpoint (the log was still being \
-                         written): the bundle's signature alone vouches for them"
-                    }
                 );
+                for (n, s) in &v.chains {
+                    println!(
+                        "chain {n}: records {} to {} ({} records, {} checkpoints){}",
+                        s.first_seq,
+                        s.last_seq,
+                        s.records,
+                        s.checkpoints,
+                        if s.signed_head {
+                            ""
+                        } else {
+                            "; its last records are under no checkpoint (the log was still \
+                             being written): the bundle's signature alone vouches for them"
+                        }
+                    );
+                }
                 return Ok(());
             }
-            let v = audit::verify(&files, &key)
-                .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))?;
-            println!(
-                "OK: {} records, {} checkpoints, {} files, last record {}{}",
-                v.records,
-                v.checkpoints,
-                v.files,
-                v.last_seq,
-                if v.stopped {
-                    " (sealed by a clean stop)"
-                } else if v.sealed {
-                    " (sealed by a checkpoint)"
-                } else {
-                    " (not sealed: the log is in use, or its writer stopped without closing it)"
-                }
-            );
-            if v.unclean_stops > 0 {
+            let several = chains.len() > 1;
+            for (n, files) in &chains {
+                let v = audit::verify(files, &key).map_err(|e| {
+                    if several {
+                        anyhow::anyhow!("audit log broken: chain {n}: {e}")
+                    } else {
+                        anyhow::anyhow!("audit log broken: {e}")
+                    }
+                })?;
                 println!(
-                    "{} unclean stop(s) recorded (kind \"audit\", event \"unclean_stop\"): \
-                     each follows the last record its server kept",
-                    v.unclean_stops
+                    "{}OK: {} records, {} checkpoints, {} files, last record {}{}",
+                    if several {
+                        format!("chain {n}: ")
+                    } else {
+                        String::new()
+                    },
+                    v.records,
+                    v.checkpoints,
+                    v.files,
+                    v.last_seq,
+                    if v.stopped {
+                        " (sealed by a clean stop)"
+                    } else if v.sealed {
+                        " (sealed by a checkpoint)"
+                    } else {
+                        " (not sealed: the log is in use, or its writer stopped without closing it)"
+                    }
                 );
+                if v.unclean_stops > 0 {
+                    println!(
+                        "{} unclean stop(s) recorded (kind \"audit\", event \"unclean_stop\"): \
+                         each follows the last record its server kept",
+                        v.unclean_stops
+                    );
+                }
             }
             Ok(())
         }
@@ -812,12 +887,7 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             };
             anyhow::ensure!(since <= until, "--since is after --until");
             let policy = config.source().load()?;
-            let files = audit::log_files(&policy.audit.dir).with_context(|| {
-                format!(
-                    "cannot read the audit directory {}",
-                    policy.audit.dir.display()
-                )
-            })?;
+            let chains = audit_chains(&policy.audit.dir)?;
             let overrides =
                 match std::fs::read(policy.server.state_dir.join(crate::gate::overrides::FILE)) {
                     Ok(bytes) => serde_json::from_slice(&bytes)
@@ -826,8 +896,8 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
                     Err(e) => return Err(anyhow::anyhow!("cannot read the overrides: {e}")),
                 };
             let key = audit::existing_signing_key(&policy.server.state_dir)?;
-            let s = crate::gate::evidence::export(
-                &files,
+            let chains = crate::gate::evidence::export(
+                &chains,
                 since,
                 until,
                 crate::gate::evidence::Context {
@@ -839,19 +909,21 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
                 &out,
             )
             .map_err(anyhow::Error::msg)?;
-            println!(
-                "wrote {}: records {} to {} ({} records, {} checkpoints{})",
-                out.display(),
-                s.first_seq,
-                s.last_seq,
-                s.records,
-                s.checkpoints,
-                if s.signed_head {
-                    ", ending on a checkpoint"
-                } else {
-                    ", the last ones under no checkpoint yet"
-                }
-            );
+            println!("wrote {}", out.display());
+            for (n, s) in &chains {
+                println!(
+                    "chain {n}: records {} to {} ({} records, {} checkpoints{})",
+                    s.first_seq,
+                    s.last_seq,
+                    s.records,
+                    s.checkpoints,
+                    if s.signed_head {
+                        ", ending on a checkpoint"
+                    } else {
+                        ", the last ones under no checkpoint yet"
+                    }
+                );
+            }
             Ok(())
         }
         AuditCommand::Search {
@@ -861,17 +933,16 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             files,
         } => {
             let (filter, human) = filter.resolve()?;
-            let files = if files.is_empty() {
-                let dir = config.source().load()?.audit.dir;
-                audit::log_files(&dir)
-                    .with_context(|| format!("cannot read the audit directory {}", dir.display()))?
+            // Without files: every chain of the configured audit directory, merged by time.
+            let chains = if files.is_empty() {
+                audit_chains(&config.source().load()?.audit.dir)?
             } else {
-                files
+                vec![(1, files)]
             };
-            let found = audit::search(&files, &filter, human, limit)?;
+            let found = audit::search(&chains, &filter, human, limit)?;
             eprintln!(
                 "{found} records selected in {} files{}",
-                files.len(),
+                chains.iter().map(|(_, files)| files.len()).sum::<usize>(),
                 if limit.is_some_and(|l| found >= l) {
                     " (stopped at --limit)"
                 } else {

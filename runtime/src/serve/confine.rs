@@ -78,14 +78,25 @@ pub fn prepare_dirs(policy: &Policy) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`apply`] with the policy's cgroup limits, if any.
-pub fn apply_for(policy: &Policy, plan: &Plan, mode: ConfineMode) -> anyhow::Result<Report> {
-    let cgroup = policy
-        .confine
-        .cgroup
-        .as_ref()
-        .map(|c| (c, policy.server.state_dir.as_path()));
-    apply(plan, mode, cgroup)
+/// [`apply`] with the policy's cgroup limits, if any, for the server `server` (its id on the
+/// state directory: each server on it gets its cgroup, and its limits, of its own).
+pub fn apply_for(
+    policy: &Policy,
+    plan: &Plan,
+    mode: ConfineMode,
+    server: &str,
+) -> anyhow::Result<Report> {
+    use sha2::Digest;
+    let cgroup = policy.confine.cgroup.as_ref().map(|c| {
+        let dir = policy.server.state_dir.as_os_str().as_encoded_bytes();
+        let tag = hex::encode(&sha2::Sha256::digest(dir)[..6]);
+        (c, format!("airlock-{tag}-{server}"))
+    });
+    apply(
+        plan,
+        mode,
+        cgroup.as_ref().map(|(c, name)| (*c, name.as_str())),
+    )
 }
 
 /// Confine the calling process (which must have no other thread yet) by `plan`. With
@@ -94,7 +105,7 @@ pub fn apply_for(policy: &Policy, plan: &Plan, mode: ConfineMode) -> anyhow::Res
 pub fn apply(
     plan: &Plan,
     mode: ConfineMode,
-    cgroup: Option<(&CgroupLimits, &Path)>,
+    cgroup: Option<(&CgroupLimits, &str)>,
 ) -> anyhow::Result<Report> {
     if mode == ConfineMode::Off {
         tracing::warn!("[confine] mode = \"off\": the host process is not confined");
@@ -116,7 +127,7 @@ pub fn apply(
     }
     // The cgroup first: landlock then closes /sys/fs/cgroup to this process.
     let cgroup = match cgroup {
-        Some((limits, state_dir)) => cgroup_layer(limits, state_dir),
+        Some((limits, name)) => cgroup_layer(limits, name),
         None => Layer::Off,
     };
     let landlock = landlock_layer(plan);
@@ -153,17 +164,15 @@ pub fn apply(
     Ok(report)
 }
 
-/// Put this process in a cgroup of its own (named after the state directory, so a restart
-/// reuses it) with `limits`, on cgroup v2 where the controllers are there and v1 otherwise.
-fn cgroup_layer(limits: &CgroupLimits, state_dir: &Path) -> Layer {
+/// Put this process in the cgroup `name` (named after the state directory and the server's
+/// id on it, so a restart reuses it) with `limits`, on cgroup v2 where the controllers are
+/// there and v1 otherwise.
+fn cgroup_layer(limits: &CgroupLimits, name: &str) -> Layer {
     use cgroups_rs::CgroupPid;
     use cgroups_rs::fs::cgroup::get_cgroups_relative_paths;
     use cgroups_rs::fs::cpu::CpuController;
     use cgroups_rs::fs::memory::MemController;
     use cgroups_rs::fs::{Cgroup, hierarchies};
-    use sha2::Digest;
-    let tag = hex::encode(&sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes())[..6]);
-    let name = format!("airlock-{tag}");
     let hierarchy = hierarchies::auto();
     let version = if hierarchy.v2() { "v2" } else { "v1" };
     let result = (|| -> Result<String, String> {
@@ -187,8 +196,7 @@ fn cgroup_layer(limits: &CgroupLimits, state_dir: &Path) -> Layer {
             Cgroup::new(hierarchy, nested.trim_start_matches('/')).map_err(not_writable)?
         } else {
             let relative = get_cgroups_relative_paths().map_err(|e| e.to_string())?;
-            Cgroup::new_with_relative_paths(hierarchy, name.as_str(), relative)
-                .map_err(not_writable)?
+            Cgroup::new_with_relative_paths(hierarchy, name, relative).map_err(not_writable)?
         };
         let mut set = Vec::new();
         if let Some(m) = limits.memory {
