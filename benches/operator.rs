@@ -76,6 +76,7 @@ fn interrupt_latency(rt: &tokio::runtime::Runtime, dir: &Path, tick_ms: u64, tri
         &dir.join(format!("audit-{tick_ms}")),
     );
     let socket = admin::running(&state)
+        .expect("the state directory can be read")
         .pop()
         .expect("the server listens on its admin socket")
         .socket;
@@ -149,6 +150,7 @@ fn reload_under_load(rt: &tokio::runtime::Runtime, dir: &Path, clients: usize, r
     let config = config(dir, 10, "");
     let (mut child, addr) = start_http(&config, &state, &dir.join("audit-reload"));
     let socket = admin::running(&state)
+        .expect("the state directory can be read")
         .pop()
         .expect("the server listens on its admin socket")
         .socket;

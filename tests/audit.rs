@@ -145,7 +145,8 @@ fn an_evidence_bundle_verifies_and_any_change_to_it_is_found() {
     let (ok, text) = verify(&audit_dir, std::slice::from_ref(&bundle));
     assert!(ok, "{text}");
     assert!(
-        text.starts_with("OK: evidence bundle of records 1 to "),
+        text.starts_with("OK: evidence bundle exported ")
+            && text.contains("\nchain 1: records 1 to "),
         "{text}"
     );
     // The header names the configuration and the overrides in force.

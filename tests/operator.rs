@@ -596,6 +596,7 @@ fn the_admin_socket_answers_only_its_own_uid() {
     let sockets: Vec<_> = std::fs::read_dir(&servers_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
         .collect();
     assert_eq!(sockets.len(), 1, "{sockets:?}");
     let socket = sockets[0].clone();

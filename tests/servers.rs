@@ -228,17 +228,15 @@ fn several_stdio_servers_share_a_state_directory_and_its_overrides() {
     assert_eq!(b.call_outcome(), "completed");
 
     // The shared overrides are not discarded from under a running server.
-    let refused = run_airlock(&[
-        "serve",
-        "--stdio",
-        "--reset-state",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && err.contains("--reset-state would discard"),
-        "{err}"
+    refused_start(
+        &[
+            "serve",
+            "--stdio",
+            "--reset-state",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        "--reset-state would discard",
     );
 
     // A server killed outright leaves its id; the next server takes it again, and its chain,
@@ -340,6 +338,37 @@ fn several_stdio_servers_share_a_state_directory_and_its_overrides() {
         "{out}"
     );
     let _ = std::fs::remove_file(&bundle);
+
+    // The audit directory's chains are one key's: a server of another state directory (its
+    // own key) is refused there.
+    let other = fresh_audit_dir();
+    refused_start(
+        &[
+            "serve",
+            "--stdio",
+            "--state-dir",
+            state_dir_for(&other).to_str().unwrap(),
+            "--audit-dir",
+            audit_dir.to_str().unwrap(),
+        ],
+        "is signed by another key",
+    );
+
+    // A server of an earlier version (its socket `admin.sock` in the state directory) neither
+    // locks the overrides nor is found by ctl: a new server does not start beside it.
+    let legacy = std::os::unix::net::UnixListener::bind(state.join("admin.sock")).unwrap();
+    refused_start(
+        &["serve", "--stdio", "--state-dir", state.to_str().unwrap()],
+        "an airlock of an earlier version",
+    );
+    drop(legacy);
+}
+
+/// `airlock ARGS` (a start) stops, saying `why`.
+fn refused_start(args: &[&str], why: &str) {
+    let refused = run_airlock(args);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains(why), "{err}");
 }
 
 /// The records of one chain's files, in order.

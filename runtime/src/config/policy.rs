@@ -320,7 +320,7 @@ impl Default for Limits {
 /// Server-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
-    /// Operator state, the audit key, the admin socket: one serving process per directory.
+    /// Operator state (shared by the servers on it), the keys, each server's admin socket.
     pub state_dir: PathBuf,
     /// Compiled components (default `<state_dir>/cache`); servers may share it.
     pub cache_dir: PathBuf,

@@ -143,23 +143,49 @@ pub struct Running {
 /// confines itself (no unix socket can be made after that) and before any thread exists.
 pub fn bind(state_dir: &Path) -> Result<Bound> {
     use std::os::unix::fs::DirBuilderExt;
+    // A server of a version before several servers per state directory: it neither locks
+    // the overrides nor is found by `ctl`, so a kill would not reach it.
+    let legacy = state_dir.join(LEGACY_SOCKET);
+    if std::os::unix::net::UnixStream::connect(&legacy).is_ok() {
+        bail!(
+            "{} answers: an airlock of an earlier version serves with this state directory; \
+             stop it first (servers of this version share the directory, that one does not)",
+            legacy.display()
+        );
+    }
     let dir = state_dir.join(SERVERS_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let (id, claim) = (1..=MAX_SERVERS)
-        .find_map(|n| {
-            let lock = claim_file(&dir, &n.to_string()).ok()?;
-            lock.try_lock().is_ok().then(|| (n.to_string(), lock))
-        })
-        .with_context(|| {
-            format!(
-                "{MAX_SERVERS} servers already serve with the state directory {}: no more may",
-                state_dir.display()
-            )
-        })?;
+    let mut claimed = None;
+    for n in 1..=MAX_SERVERS {
+        let id = n.to_string();
+        let path = dir.join(format!("{id}.lock"));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let lock = options
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {
+                claimed = Some((id, lock));
+                break;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                bail!("cannot lock {}: {e}", path.display())
+            }
+        }
+    }
+    let (id, claim) = claimed.with_context(|| {
+        format!(
+            "{MAX_SERVERS} servers already serve with the state directory {}: no more may",
+            state_dir.display()
+        )
+    })?;
     // The id is ours: a socket left under it is a dead server's.
     let path = dir.join(format!("{id}.sock"));
     match std::fs::remove_file(&path) {
@@ -185,43 +211,67 @@ pub fn bind(state_dir: &Path) -> Result<Bound> {
     })
 }
 
-fn claim_file(dir: &Path, id: &str) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(dir.join(format!("{id}.lock")))
+/// The socket of servers before several per state directory, in the state directory itself.
+const LEGACY_SOCKET: &str = "admin.sock";
+
+/// The ids held now on `state_dir` (`<id>.lock` locked by a process), this process's own
+/// included: servers running, and servers starting that have no socket yet.
+pub fn claimed(state_dir: &Path) -> std::io::Result<Vec<String>> {
+    Ok(server_files(state_dir, ".lock")?
+        .into_iter()
+        .filter(|(_, lock)| is_held(lock))
+        .map(|(n, _)| n.to_string())
+        .collect())
 }
 
 /// The servers on `state_dir` now, by id: every socket in its `servers` directory whose id a
 /// process holds. (By the lock, not by connecting: a confined server may not make a unix
 /// socket.) A socket whose id nobody holds (its server was killed) is removed.
-pub fn running(state_dir: &Path) -> Vec<Running> {
-    let dir = state_dir.join(SERVERS_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
+pub fn running(state_dir: &Path) -> std::io::Result<Vec<Running>> {
+    let mut found = Vec::new();
+    for (n, socket) in server_files(state_dir, ".sock")? {
+        if is_held(&socket.with_file_name(format!("{n}.lock"))) {
+            found.push(Running {
+                id: n.to_string(),
+                socket,
+            });
+        } else {
+            let _ = std::fs::remove_file(&socket);
+        }
+    }
+    Ok(found)
+}
+
+/// The files `<id><suffix>` of the `servers` directory, by id (none when it does not exist).
+fn server_files(state_dir: &Path, suffix: &str) -> std::io::Result<Vec<(u32, PathBuf)>> {
+    let entries = match std::fs::read_dir(state_dir.join(SERVERS_DIR)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    let mut found: Vec<(u32, Running)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let n: u32 = name.strip_suffix(".sock")?.parse().ok()?;
-            let socket = e.path();
-            let lock = claim_file(&dir, &n.to_string()).ok()?;
-            if lock.try_lock().is_ok() {
-                let _ = std::fs::remove_file(&socket);
-                return None;
-            }
-            Some((
-                n,
-                Running {
-                    id: n.to_string(),
-                    socket,
-                },
-            ))
-        })
-        .collect();
-    found.sort_by_key(|(n, _)| *n);
-    found.into_iter().map(|(_, r)| r).collect()
+    let mut found = Vec::new();
+    for e in entries {
+        let e = e?;
+        if let Some(n) = id_of(&e.file_name(), suffix) {
+            found.push((n, e.path()));
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// The id in `name` (`<id><suffix>`), written as the server writes it (`7`, not `07`).
+fn id_of(name: &std::ffi::OsStr, suffix: &str) -> Option<u32> {
+    let name = name.to_str()?.strip_suffix(suffix)?;
+    let n: u32 = name.parse().ok()?;
+    ((1..=MAX_SERVERS).contains(&n) && n.to_string() == name).then_some(n)
+}
+
+/// Whether a process holds the lock file `path` (opened read-only: looking creates nothing,
+/// and a read-only state directory can be looked at).
+fn is_held(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
 /// What a server says of itself in `ctl status` and `ctl ls`.
@@ -293,7 +343,7 @@ async fn connection(
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
     if reader.read_line(&mut line).await? == 0 {
-        // Closed without a request: `ctl` finding out which servers run.
+        // Closed without a request (a client that only checked the socket): nothing to answer.
         return Ok(());
     }
     let response = match serde_json::from_str::<Request>(&line) {
@@ -361,7 +411,9 @@ async fn handle(
         Request::Change { change, force } => {
             let airlock = live.current();
             let outcome = operator::apply(&airlock, operator, &change, by, force).await?;
-            if outcome.changed && matches!(change, Change::Kill { .. } | Change::Revive { .. }) {
+            // Also when this server found the change already made: another server on the
+            // state directory made it, and this one's clients have not been told yet.
+            if matches!(change, Change::Kill { .. } | Change::Revive { .. }) {
                 live.tools_changed();
             }
             Ok(Answer::Changed(outcome))
@@ -404,10 +456,32 @@ async fn handle(
     }
 }
 
-/// Send one request to the admin socket at `path` and wait for the answer. The socket must
-/// belong to this uid: an answer from anyone else's socket could claim a kill that never
-/// happened.
+/// How long `ctl` waits for a server's answer: a reload compiles what changed; anything else
+/// is answered at once by a server that runs (one still loading, or stopped, is reported
+/// rather than waited for: the other servers' answers must not wait behind it).
+fn answer_wait(request: &Request) -> std::time::Duration {
+    match request {
+        Request::Reload => std::time::Duration::from_secs(600),
+        _ => std::time::Duration::from_secs(10),
+    }
+}
+
+/// Send one request to the admin socket at `path` and wait (a while: [`answer_wait`]) for the
+/// answer. The socket must belong to this uid: an answer from anyone else's socket could
+/// claim a kill that never happened.
 pub async fn request(path: &Path, request: &Request) -> Result<Answer> {
+    let wait = answer_wait(request);
+    match tokio::time::timeout(wait, exchange(path, request)).await {
+        Ok(answer) => answer,
+        Err(_) => bail!(
+            "no answer from {} within {} s (the server is still loading, or stopped)",
+            path.display(),
+            wait.as_secs()
+        ),
+    }
+}
+
+async fn exchange(path: &Path, request: &Request) -> Result<Answer> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     if let Ok(meta) = std::fs::symlink_metadata(path)

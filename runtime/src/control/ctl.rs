@@ -47,7 +47,12 @@ fn addressed(target: &Target, reach: Reach) -> Result<Vec<Running>> {
         }
         Target::StateDir { dir, chosen } => (dir, chosen),
     };
-    let running = admin::running(dir);
+    let running = admin::running(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list the servers in {}: {e}",
+            dir.join(admin::SERVERS_DIR).display()
+        )
+    })?;
     let ids = || {
         running
             .iter()
@@ -268,7 +273,7 @@ pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> 
         CtlCommand::Ls => return list_servers(&addressed(&target, Reach::Every)?, json).await,
         CtlCommand::Approvals {
             command: ApprovalsCommand::Watch,
-        } => return watch_approvals(&addressed(&target, Reach::Every)?, json).await,
+        } => return watch_approvals(&target, json).await,
         _ => {}
     }
     let request = match command {
@@ -343,10 +348,7 @@ pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> 
             servers = vec![holder];
         }
     }
-    let mut answers = Vec::with_capacity(servers.len());
-    for server in &servers {
-        answers.push(admin::request(&server.socket, &request).await);
-    }
+    let answers = ask_all(&servers, &request).await;
     if let [answer] = answers.as_slice() {
         let answer = answer.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
         if json {
@@ -395,26 +397,46 @@ pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> 
     Ok(())
 }
 
+/// Send `request` to every server at once (a slow one delays no other), each answer in the
+/// servers' order.
+async fn ask_all(servers: &[Running], request: &Request) -> Vec<Result<Answer>> {
+    let asked: Vec<_> = servers
+        .iter()
+        .map(|server| {
+            let (socket, request) = (server.socket.clone(), request.clone());
+            tokio::spawn(async move { admin::request(&socket, &request).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(asked.len());
+    for a in asked {
+        answers.push(a.await.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))));
+    }
+    answers
+}
+
 /// The server where approval `id` waits, if one does.
 async fn holder_of(servers: &[Running], id: &str) -> Option<Running> {
-    for server in servers {
-        if let Ok(Answer::Approvals { approvals }) =
-            admin::request(&server.socket, &Request::Approvals).await
-            && approvals.iter().any(|a| a.id == id)
-        {
-            return Some(server.clone());
-        }
-    }
-    None
+    let answers = ask_all(servers, &Request::Approvals).await;
+    servers
+        .iter()
+        .zip(answers)
+        .find_map(|(server, answer)| match answer {
+            Ok(Answer::Approvals { approvals }) if approvals.iter().any(|a| a.id == id) => {
+                Some(server.clone())
+            }
+            _ => None,
+        })
 }
 
 /// `ctl ls`: each server's id, pid, what it serves, its calls and approvals.
 async fn list_servers(servers: &[Running], json: bool) -> Result<()> {
     let mut statuses = Vec::with_capacity(servers.len());
-    for server in servers {
-        // One gone between the listing and the question is not running any more.
-        if let Ok(Answer::Status(s)) = admin::request(&server.socket, &Request::Status).await {
-            statuses.push(s);
+    for (server, answer) in servers.iter().zip(ask_all(servers, &Request::Status).await) {
+        match answer {
+            Ok(Answer::Status(s)) => statuses.push(s),
+            // Listed, but not answering: still loading, or stopped.
+            Ok(_) | Err(_) if json => {}
+            Ok(_) | Err(_) => eprintln!("server {} does not answer (still loading?)", server.id),
         }
     }
     if json {
@@ -673,30 +695,40 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `ctl approvals watch`: print what waits, then what starts and stops waiting, until the
 /// server goes away (an error) or the operator interrupts.
-async fn watch_approvals(servers: &[Running], json: bool) -> Result<()> {
+async fn watch_approvals(target: &Target, json: bool) -> Result<()> {
     use std::io::Write as _;
     // A reader that goes away (`| head`) ends the watch with an error, not a panic.
     let mut out = std::io::stdout();
     let mut shown_ids = std::collections::HashSet::new();
-    let mut watched: Vec<&Running> = servers.iter().collect();
+    // Servers that did not answer, said once each on stderr.
+    let mut silent = std::collections::HashSet::new();
     loop {
+        // The servers are listed again each round: one started since is watched too. The
+        // watch ends when none is left.
+        let servers = addressed(target, Reach::Every)?;
         let mut approvals = Vec::new();
-        let mut gone_servers = Vec::new();
-        for (i, server) in watched.iter().enumerate() {
-            match admin::request(&server.socket, &Request::Approvals).await {
-                Ok(Answer::Approvals { approvals: a }) => approvals.extend(a),
+        let mut answered = false;
+        for (server, answer) in servers
+            .iter()
+            .zip(ask_all(&servers, &Request::Approvals).await)
+        {
+            match answer {
+                Ok(Answer::Approvals { approvals: a }) => {
+                    answered = true;
+                    silent.remove(&server.id);
+                    approvals.extend(a);
+                }
                 Ok(_) => bail!("the server answered something other than its approvals"),
-                // The last server gone ends the watch with its error; one of several is
-                // dropped from it, said on stderr.
-                Err(e) if watched.len() == 1 => return Err(e),
+                Err(e) if servers.len() == 1 => return Err(e),
                 Err(e) => {
-                    eprintln!("server {} left the watch: {e:#}", server.id);
-                    gone_servers.push(i);
+                    if silent.insert(server.id.clone()) {
+                        eprintln!("server {}: {e:#}", server.id);
+                    }
                 }
             }
         }
-        for i in gone_servers.into_iter().rev() {
-            watched.remove(i);
+        if !answered {
+            bail!("no server answers");
         }
         for a in &approvals {
             if !shown_ids.insert(a.id.clone()) {

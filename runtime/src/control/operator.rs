@@ -171,7 +171,11 @@ pub async fn apply(
             (changed, Vec::new())
         }
     };
-    if let Change::Kill { scope, .. } = change {
+    // Once per kill: the other servers on the state directory find it made already (and
+    // notify only of the calls they interrupted).
+    if let Change::Kill { scope, .. } = change
+        && (changed || !interrupted.is_empty())
+    {
         crate::gate::notify::send(serde_json::json!({
             "event": "kill",
             "scope": scope,

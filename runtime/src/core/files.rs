@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::path::Path;
 
-/// Create the state directory (mode 0700) or check an existing one: it holds the admin socket
+/// Create the state directory (mode 0700) or check an existing one: it holds the admin sockets
 /// and the operator state, so nobody else may be able to write in it.
 pub fn private_state_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -55,16 +55,17 @@ pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), String> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", &e))?;
             }
-            // Written whole under a name of this process's, then linked into place: a server
-            // starting at the same moment on the same state directory either links its own
-            // first or reads this one, and nobody reads a key half written.
+            // Written whole under a name of its own, then linked into place: a server starting
+            // at the same moment on the same state directory either links its own first or
+            // reads this one, and nobody reads a key half written. What is returned is what
+            // the file holds (another server's key, if it linked first).
             let tmp = path.with_file_name(format!(
                 ".{}.{}.tmp",
                 path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-                std::process::id()
+                &crate::core::ids::random_id()[..12]
             ));
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
+            options.write(true).create_new(true);
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let written = options.open(&tmp).and_then(|mut f| {
                 f.write_all(hex::encode(key).as_bytes())?;
@@ -76,6 +77,30 @@ pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), String> {
                 Ok(()) => Ok((key, true)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     load_or_create(path).map(|(key, _)| (key, false))
+                }
+                // A filesystem (or a confinement) without links: created in place, never over
+                // another's.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    let mut options = std::fs::OpenOptions::new();
+                    options.write(true).create_new(true);
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    match options.open(path) {
+                        Ok(mut f) => {
+                            f.write_all(hex::encode(key).as_bytes())
+                                .and_then(|_| f.sync_all())
+                                .map_err(|e| fail("cannot write", &e))?;
+                            Ok((key, true))
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            load_or_create(path).map(|(key, _)| (key, false))
+                        }
+                        Err(e) => Err(fail("cannot create", &e)),
+                    }
                 }
                 Err(e) => Err(fail("cannot create", &e)),
             }

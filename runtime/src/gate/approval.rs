@@ -759,8 +759,8 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Tickets sealed with the key in `state_dir` (created on first start), so that a retry
-    /// may reach any server sharing that directory's key.
+    /// Tickets sealed with the key in `state_dir` (created on first start). Each names the
+    /// process that issued it, and only that one redeems it.
     pub fn open(state_dir: &std::path::Path) -> Result<Approvals, String> {
         let (key, _) = crate::core::files::load_or_create(&state_dir.join(STATE_KEY_FILE))?;
         Approvals::with_key(&key)

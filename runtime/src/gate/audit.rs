@@ -391,18 +391,53 @@ pub fn public_key(state_dir: &Path) -> Result<String, AuditError> {
 const CHAINS_DIR: &str = "chains";
 /// Most chains in one audit directory: servers writing to it at once.
 pub const MAX_CHAINS: u32 = 64;
+/// The public key of the audit directory's chains, written by the first server.
+const SIGNER_FILE: &str = "signer.pub";
 
 /// Take the first chain of `audit_dir` no other process writes: the directory itself, then
 /// `chains/2`, `chains/3`… Each server on an audit directory writes a chain of its own (one
 /// writer per chain, held by the lock returned), and a restarted server continues the first
 /// chain free, recovering whatever its last writer left.
-fn claim_chain(audit_dir: &Path) -> Result<(PathBuf, File), AuditError> {
+/// The chains of one directory are signed by one key: servers of another state directory
+/// (another key) are refused, since nobody could verify the directory as a whole.
+fn claim_chain(audit_dir: &Path, key: &VerifyingKey) -> Result<(PathBuf, File), AuditError> {
+    let fail = |e: std::io::Error| AuditError(format!("{}: {e}", audit_dir.display()));
+    std::fs::create_dir_all(audit_dir).map_err(fail)?;
+    let signer = audit_dir.join(SIGNER_FILE);
+    let ours = format!("{}\n", hex::encode(key.as_bytes()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&signer)
+        .and_then(|mut f| f.write_all(ours.as_bytes()).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let theirs = std::fs::read_to_string(&signer).map_err(fail)?;
+            // Empty: another server is writing it this instant, with this directory's key
+            // or not; its own check decides.
+            if !theirs.is_empty() && theirs != ours {
+                return Err(AuditError(format!(
+                    "{} is signed by another key ({}, a server of another state directory): \
+                     give each state directory its own [audit] dir",
+                    audit_dir.display(),
+                    theirs.trim()
+                )));
+            }
+        }
+        Err(e) => return Err(fail(e)),
+    }
     for n in 1..=MAX_CHAINS {
         let dir = chain_path(audit_dir, n);
         let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(&dir).map_err(fail)?;
         let lock = File::create(dir.join(".lock")).map_err(fail)?;
-        if lock.try_lock().is_ok() {
+        let claimed = match lock.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        };
+        if claimed {
             if n > 1 {
                 tracing::info!(
                     chain = n,
@@ -434,11 +469,13 @@ pub fn chains(audit_dir: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
     match std::fs::read_dir(audit_dir.join(CHAINS_DIR)) {
         Ok(entries) => {
             for e in entries.filter_map(Result::ok) {
-                if let Some(n) = e
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .filter(|n| (2..=MAX_CHAINS).contains(n))
+                let name = e.file_name();
+                let name = name.to_str().unwrap_or_default();
+                // Written as the writer writes it (`7`, not `07`): one directory per chain.
+                if let Some(n) = name
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (2..=MAX_CHAINS).contains(n) && n.to_string() == name)
                 {
                     found.push((n, e.path()));
                 }
@@ -571,7 +608,7 @@ impl Writer {
         key: SigningKey,
         health: Arc<Health>,
     ) -> Result<Writer, AuditError> {
-        let (dir, lock) = claim_chain(&settings.dir)?;
+        let (dir, lock) = claim_chain(&settings.dir, &key.verifying_key())?;
         let dir = &dir;
         let fail = |e: std::io::Error| AuditError(format!("{}: {e}", dir.display()));
         let Tail {
@@ -1400,18 +1437,30 @@ fn shown_line(line: &str, filter: &RecordFilter, human: bool, chain: Option<u32>
     }
 }
 
-/// Lines of several chains, each chain's in its order, merged by time (stable: a line without
-/// a time keeps its place after the line before it in its chain).
-fn by_time(mut lines: Vec<(Option<SystemTime>, usize, usize, String)>) -> Vec<String> {
-    lines.sort_by_key(|(time, chain, order, _)| (*time, *chain, *order));
-    lines.into_iter().map(|(.., l)| l).collect()
+/// Lines of several chains (each line's time, chain and place in it), merged by time; the
+/// lines of one chain stay as they are (a clock set back does not reorder a chain). A line
+/// without a time (a torn write) goes with the line before it in its chain.
+fn by_time(lines: Vec<(Option<SystemTime>, usize, usize, String)>) -> Vec<String> {
+    let mut keyed = Vec::with_capacity(lines.len());
+    let mut last: std::collections::HashMap<usize, Option<SystemTime>> = Default::default();
+    for (time, chain, order, line) in lines {
+        let time = match time {
+            Some(t) => *last.entry(chain).insert_entry(Some(t)).get(),
+            None => last.get(&chain).copied().flatten(),
+        };
+        keyed.push((time, chain, order, line));
+    }
+    if last.len() > 1 {
+        keyed.sort_by_key(|(time, chain, order, _)| (*time, *chain, *order));
+    }
+    keyed.into_iter().map(|(.., l)| l).collect()
 }
 
 /// One chain followed by `audit tail`: its newest file and how far it was read.
 struct Followed {
     dir: PathBuf,
     /// The chain's number, shown when there are several.
-    chain: Option<u32>,
+    number: u32,
     current: Option<PathBuf>,
     offset: u64,
 }
@@ -1421,6 +1470,7 @@ impl Followed {
     /// followed from its end.
     fn start(
         dir: PathBuf,
+        number: u32,
         chain: Option<u32>,
         lines: usize,
         filter: &RecordFilter,
@@ -1458,7 +1508,7 @@ impl Followed {
         }
         let followed = Followed {
             dir,
-            chain,
+            number,
             current: files.last().cloned(),
             offset,
         };
@@ -1471,17 +1521,19 @@ impl Followed {
             Some(path) => read_complete(path, &mut self.offset)?,
             None => String::new(),
         };
-        // A newer file means the current one was sealed: finish it, then go on in the new one.
-        let newest = log_files(&self.dir)?.pop();
-        if newest.is_some() && newest != self.current {
-            if let Some(path) = &self.current {
-                text.push_str(&read_complete(path, &mut self.offset)?);
+        // Newer files mean the current one was sealed: finish it, then read each newer one in
+        // turn (names sort by their first record).
+        let later: Vec<PathBuf> = log_files(&self.dir)?
+            .into_iter()
+            .filter(|f| self.current.as_ref().is_none_or(|c| f > c))
+            .collect();
+        for path in later {
+            if let Some(current) = &self.current {
+                text.push_str(&read_complete(current, &mut self.offset)?);
             }
-            self.current = newest;
             self.offset = 0;
-            if let Some(path) = &self.current {
-                text.push_str(&read_complete(path, &mut self.offset)?);
-            }
+            text.push_str(&read_complete(&path, &mut self.offset)?);
+            self.current = Some(path);
         }
         Ok(text)
     }
@@ -1502,7 +1554,7 @@ pub async fn tail(
     let all = chains(audit_dir)?;
     let several = all.len() > 1;
     for (c, (n, dir)) in all.into_iter().enumerate() {
-        let (f, last) = Followed::start(dir, several.then_some(n), lines, filter, human)?;
+        let (f, last) = Followed::start(dir, n, several.then_some(n), lines, filter, human)?;
         followed.push(f);
         first.extend(
             last.into_iter()
@@ -1526,19 +1578,21 @@ pub async fn tail(
         for (n, dir) in chains(audit_dir)? {
             if !followed.iter().any(|f| f.dir == dir) {
                 followed.push(Followed {
-                    current: log_files(&dir)?.into_iter().next(),
+                    current: None,
                     dir,
-                    chain: Some(n),
+                    number: n,
                     offset: 0,
                 });
             }
         }
         let mut new = Vec::new();
+        let several = followed.len() > 1;
         for (c, f) in followed.iter_mut().enumerate() {
             let text = f.new_lines()?;
+            let chain = several.then_some(f.number);
             new.extend(
                 text.lines()
-                    .filter_map(|l| shown_line(l, filter, human, f.chain))
+                    .filter_map(|l| shown_line(l, filter, human, chain))
                     .enumerate()
                     .map(|(order, (time, line))| (time, c, order, line)),
             );

@@ -132,16 +132,11 @@ fn write_bundle(
     emit(&header.to_string())?;
     let mut summaries = Vec::new();
     for (n, files) in chains {
-        // The chain's records are gathered first: a chain with none in the window is left out.
-        let mut lines = Vec::new();
-        let Some(summary) = chain_window(files, since, until, &key.verifying_key(), &mut lines)?
+        // A chain with no records in the window is left out.
+        let Some(summary) = chain_window(*n, files, since, until, &key.verifying_key(), &mut emit)?
         else {
             continue;
         };
-        emit(&json!({ "airlock_evidence_chain": n }).to_string())?;
-        for line in &lines {
-            emit(line)?;
-        }
         let end = json!({"airlock_evidence_end": {
             "first_seq": summary.first_seq,
             "last_seq": summary.last_seq,
@@ -175,15 +170,17 @@ fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// The records of one chain's `files` in the window, into `lines`, and what they are (`None`:
-/// the chain has none there). What is taken is verified first: a log edited after its last
-/// checkpoint, or damaged inside the window, is not vouched for.
+/// Emit the records of chain `n`'s `files` in the window, after the chain's start line, and
+/// say what they are (`None`: the chain has none there, and nothing was emitted). What is
+/// taken is verified first: a log edited after its last checkpoint, or damaged inside the
+/// window, is not vouched for.
 fn chain_window(
+    n: u32,
     files: &[PathBuf],
     since: SystemTime,
     until: SystemTime,
     verifying: &ed25519_dalek::VerifyingKey,
-    lines: &mut Vec<String>,
+    emit: &mut dyn FnMut(&str) -> Result<(), String>,
 ) -> Result<Option<Summary>, String> {
     let mut chain: Option<ChainCheck> = None;
     // A line that is not a record: only the log's last line may be one (a write cut short).
@@ -246,7 +243,10 @@ fn chain_window(
                 .get_or_insert_with(|| ChainCheck::from(*verifying, seq))
                 .push(&line, &format!("{} record {seq}", path.display()))
                 .map_err(|e| format!("the log does not verify: {e}; nothing was exported"))?;
-            lines.push(line);
+            if summary.is_none() {
+                emit(&json!({ "airlock_evidence_chain": n }).to_string())?;
+            }
+            emit(&line)?;
             let s = summary.get_or_insert(Summary {
                 first_seq: seq,
                 last_seq: seq,
@@ -350,6 +350,13 @@ pub fn verify(path: &Path, key: &str) -> Result<Verified, String> {
                 section = Some((n, Vec::new()));
             }
             Some((n, records)) if line.starts_with("{\"airlock_evidence_end\":") => {
+                // Each chain once, in order, with its records: an export writes no other.
+                if chains.last().is_some_and(|(last, _)| *last >= *n) {
+                    return Err(format!("chain {n} is out of order, or repeated"));
+                }
+                if records.is_empty() {
+                    return Err(format!("chain {n} has no records"));
+                }
                 let end: Value = serde_json::from_str(line).map_err(|e| format!("summary: {e}"))?;
                 let summary = check_section(path, &verifying, records, &end)
                     .map_err(|e| format!("chain {n}: {e}"))?;

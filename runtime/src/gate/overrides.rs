@@ -222,8 +222,9 @@ pub fn without(grants: &Grants, revoked: &Revoked) -> Grants {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "cannot use the operator state file {path}: {problem}. Airlock refuses to start without it \
-     (its overrides may disable tools or revoke grants); fix or remove it, or start with \
-     --reset-state to discard every override"
+     (its overrides may disable tools or revoke grants, in every server on its state \
+     directory); fix it, or start with --reset-state (no other server running) to discard \
+     every override"
 )]
 pub struct StateError {
     pub path: PathBuf,
@@ -240,8 +241,9 @@ pub struct OverrideStore {
     current: ArcSwap<Overrides>,
     /// Serialises changes: read, change, persist, publish.
     change: Mutex<()>,
-    /// The file as last read or written (`None`: absent), to notice another server's change.
-    seen: Mutex<Option<Stamp>>,
+    /// The file's content as last read or written (`None`: absent), to notice another
+    /// server's change.
+    seen: Mutex<Option<Vec<u8>>>,
     /// `<state_dir>/revoked-grant`, empty: shown to calls in place of a revoked `fs` grant.
     standin: Option<PathBuf>,
 }
@@ -275,13 +277,22 @@ impl OverrideStore {
                 ..Overrides::default()
             };
             let _locked = lock_file(&path).map_err(|e| fail(format!("cannot lock it: {e}")))?;
-            persist(&path, &empty).map_err(|e| fail(format!("cannot reset it: {e}")))?;
+            let written =
+                persist(&path, &empty).map_err(|e| fail(format!("cannot reset it: {e}")))?;
             tracing::warn!(path = %path.display(), "operator state reset (--reset-state): every override is discarded");
-            empty
+            (empty, Some(written))
         } else {
-            read(&path).map_err(fail)?
+            let bytes = read_bytes(&path).map_err(|e| fail(format!("it cannot be read: {e}")))?;
+            let overrides = match &bytes {
+                Some(b) => parse(b).map_err(fail)?,
+                None => Overrides {
+                    version: VERSION,
+                    ..Overrides::default()
+                },
+            };
+            (overrides, bytes)
         };
-        let seen = stamp(&path);
+        let (overrides, seen) = overrides;
         if !overrides.is_empty() {
             tracing::warn!(
                 all = overrides.all,
@@ -324,23 +335,34 @@ impl OverrideStore {
 
     /// Put in force what the file holds now, if another server (or a hand edit) changed it
     /// since this one last read or wrote it. Returns the overrides before and after such a
-    /// change; `Err` when the file cannot be used (the overrides in force stay).
+    /// change; `Err` when the file cannot be used (the overrides in force stay, and the next
+    /// change writes the file again from them).
     pub fn refresh(&self) -> Result<Option<Adopted>, StateError> {
         let Some(path) = &self.path else {
             return Ok(None);
         };
-        let _one_at_a_time = self.change.lock().unwrap_or_else(|p| p.into_inner());
-        let now = stamp(path);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if now == *seen {
-            return Ok(None);
-        }
-        // Read whole: a change is renamed into place, never written in it.
-        let next = read(path).map_err(|problem| StateError {
+        // A change under way reads the file itself: the next look is soon enough.
+        let _one_at_a_time = match self.change.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        let fail = |problem: String| StateError {
             path: path.clone(),
             problem,
-        })?;
-        *seen = now;
+        };
+        // Read whole: a change is renamed into place, never written in it.
+        let bytes = read_bytes(path).map_err(|e| fail(format!("it cannot be read: {e}")))?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if bytes == *seen {
+            return Ok(None);
+        }
+        // Gone after it was there: not "no overrides" (that would lift every kill).
+        let Some(bytes) = bytes else {
+            return Err(fail("it was removed".into()));
+        };
+        let next = parse(&bytes).map_err(fail)?;
+        *seen = Some(bytes);
         let before = self.current.load_full();
         if *before == next {
             return Ok(None);
@@ -350,15 +372,18 @@ impl OverrideStore {
         Ok(Some((before, next)))
     }
 
-    /// The overrides in force now.
+    /// The current overrides.
     pub fn current(&self) -> arc_swap::Guard<Arc<Overrides>> {
         self.current.load()
     }
 
     /// Apply `change`, persist the result (durably) and only then put it in force. Returns
     /// whether anything changed; a failure to persist changes nothing.
+    ///
     /// The change applies to what the file holds under its lock, so that changes made by the
-    /// servers sharing it at the same time all stay.
+    /// servers sharing it at the same time all stay. A file that was removed, or is not valid
+    /// (a bad hand edit), does not stop a kill: the change applies to the overrides in force
+    /// here, and the file is written again.
     pub fn update(&self, change: impl FnOnce(&mut Overrides) -> bool) -> std::io::Result<bool> {
         let _one_at_a_time = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let Some(path) = &self.path else {
@@ -368,71 +393,86 @@ impl OverrideStore {
             return Ok(changed);
         };
         let _locked = lock_file(path)?;
-        let mut next = read(path).map_err(std::io::Error::other)?;
+        let on_disk = read_bytes(path)?;
+        let (mut next, whole) = match on_disk.as_deref().map(parse) {
+            Some(Ok(o)) => (o, true),
+            Some(Err(problem)) => {
+                tracing::error!(
+                    path = %path.display(),
+                    "the operator state file is not valid ({problem}): the change applies to the overrides in force here, and the file is written again"
+                );
+                (Overrides::clone(&self.current.load()), false)
+            }
+            None => (Overrides::clone(&self.current.load()), false),
+        };
         let changed = change(&mut next);
-        if changed {
-            persist(path, &next)?;
-        }
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
+        let seen = if changed || !whole {
+            Some(persist(path, &next)?)
+        } else {
+            on_disk
+        };
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
         // Another server's change read here is in force from now on too.
         self.current.store(Arc::new(next));
         Ok(changed)
     }
 }
 
-/// What identifies one version of the file: a change renames a new file into place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| Stamp {
-        inode: m.ino(),
-        modified: m.modified().ok(),
-        len: m.len(),
-    })
-}
-
-/// The overrides in `path`; none when it does not exist.
-fn read(path: &Path) -> Result<Overrides, String> {
+/// The file's content; `None` when it does not exist.
+fn read_bytes(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let o: Overrides =
-                serde_json::from_slice(&bytes).map_err(|e| format!("it is not valid: {e}"))?;
-            if o.version != VERSION {
-                return Err(format!(
-                    "version {} is not the supported version {VERSION}",
-                    o.version
-                ));
-            }
-            Ok(o)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides {
-            version: VERSION,
-            ..Overrides::default()
-        }),
-        Err(e) => Err(format!("it cannot be read: {e}")),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-/// Hold the lock of the state file beside `path` until the returned file is dropped.
+fn parse(bytes: &[u8]) -> Result<Overrides, String> {
+    let o: Overrides =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not valid: {e}"))?;
+    if o.version != VERSION {
+        return Err(format!(
+            "version {} is not the supported version {VERSION}",
+            o.version
+        ));
+    }
+    Ok(o)
+}
+
+/// How long a change waits for another server's change of the file to end.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hold the lock of the state file beside `path` until the returned file is dropped; waited
+/// for at most [`LOCK_WAIT`].
 fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     let lock_path = path.with_file_name(LOCK_FILE);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(false);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let f = options.open(&lock_path)?;
-    f.lock()?;
-    Ok(f)
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::other(format!(
+                    "{} has been held by another process for over {} s (a server stopped while \
+                     changing the overrides?)",
+                    lock_path.display(),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 /// Write `overrides` to a temporary file, fsync it, rename it over `path` and fsync the
 /// directory: after a crash the file is either the old state or the new one.
-fn persist(path: &Path, overrides: &Overrides) -> std::io::Result<()> {
+fn persist(path: &Path, overrides: &Overrides) -> std::io::Result<Vec<u8>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("json.tmp");
@@ -451,7 +491,7 @@ fn persist(path: &Path, overrides: &Overrides) -> std::io::Result<()> {
     if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
         tracing::warn!(dir = %dir.display(), "cannot sync the state directory: {e}");
     }
-    Ok(())
+    Ok(text)
 }
 
 impl Revocations for OverrideStore {
@@ -499,6 +539,56 @@ mod tests {
         o.set_kill(&KillScope::All, false);
         o.set_kill(&KillScope::Tool("files".into()), false);
         assert!(o.kill_for("alice", "files_read", "files").is_none());
+    }
+
+    #[test]
+    fn servers_sharing_the_file_see_each_others_changes_and_lose_none() {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-overrides-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, b) = (
+            OverrideStore::open(&dir, false).unwrap(),
+            OverrideStore::open(&dir, false).unwrap(),
+        );
+        let kill = |s: &OverrideStore, t: &str| {
+            s.update(|o| o.set_kill(&KillScope::Tool(t.into()), true))
+                .unwrap()
+        };
+        assert!(kill(&a, "one"));
+        // b has not looked yet: its own change builds on the file, so a's kill stays.
+        assert!(kill(&b, "two"));
+        assert_eq!(b.current().tools, ["one", "two"].map(String::from).into());
+        let (before, now) = a.refresh().unwrap().expect("b's change is seen");
+        assert!(before.tools.contains("one") && !before.tools.contains("two"));
+        assert!(now.tools.contains("two"));
+        assert!(a.refresh().unwrap().is_none(), "nothing new");
+        // A kill already made elsewhere is no change, and is in force here after it.
+        assert!(!kill(&a, "two"));
+
+        // The file removed: not "no overrides" (that would lift every kill).
+        std::fs::remove_file(dir.join(FILE)).unwrap();
+        let e = a.refresh().unwrap_err();
+        assert!(e.problem.contains("removed"), "{e}");
+        assert!(a.current().tools.contains("one"), "the kills stay in force");
+        // The next change writes it again from what is in force.
+        assert!(kill(&a, "three"));
+        let again = OverrideStore::open(&dir, false).unwrap();
+        assert_eq!(
+            again.current().tools,
+            ["one", "three", "two"].map(String::from).into()
+        );
+        // A bad hand edit does not stop a kill either.
+        std::fs::write(dir.join(FILE), b"{oops").unwrap();
+        assert!(b.refresh().is_err());
+        assert!(kill(&b, "four"));
+        assert!(
+            OverrideStore::open(&dir, false)
+                .unwrap()
+                .current()
+                .tools
+                .contains("four")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -483,10 +483,11 @@ const OVERRIDES_WATCH: Duration = Duration::from_millis(250);
 /// `--reset-state` discards the overrides every server on the state directory shares: not
 /// while another one runs (its kills would be lifted under it).
 fn refuse_reset_beside(state_dir: &Path, me: &str) -> Result<()> {
-    let others: Vec<String> = admin::running(state_dir)
+    // By the ids held, so that a server still starting counts too.
+    let others: Vec<String> = admin::claimed(state_dir)
+        .with_context(|| format!("cannot list the servers on {}", state_dir.display()))?
         .into_iter()
-        .filter(|r| r.id != me)
-        .map(|r| r.id)
+        .filter(|id| id != me)
         .collect();
     if !others.is_empty() {
         anyhow::bail!(
@@ -500,9 +501,9 @@ fn refuse_reset_beside(state_dir: &Path, me: &str) -> Result<()> {
 }
 
 /// `airlock call`: one call, as the local principal would make it over stdio, with the
-/// configured audit log and operator state. The admin socket is served meanwhile, so an
-/// operator can approve the call (or stop it) with `airlock ctl`; it also keeps a server on
-/// the same state directory from running at the same time. Like `tools` and `check`, it does
+/// configured audit log and operator state. It is a server on its state directory meanwhile
+/// (an admin socket, an audit chain, the shared overrides watched), so an operator can approve
+/// the call (or stop it) with `airlock ctl`. Like `tools` and `check`, it does
 /// not confine its own process (landlock, seccomp): the component's sandbox and grants hold
 /// as under `serve`, the host's second wall does not.
 async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Result<()> {
@@ -526,6 +527,8 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     let socket = bound.path.clone();
     let live = Live::new(airlock, source, None, None);
     tokio::spawn(admin::serve(bound, live.clone(), identity));
+    // A kill given to another server on the state directory holds for this call too.
+    tokio::spawn(live.clone().watch_overrides(OVERRIDES_WATCH));
     let airlock = live.current();
     let caller = Caller::new(principal.clone(), None);
     let (events, mut received) = tokio::sync::mpsc::channel(64);
