@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{HttpServer, TempDir, TestHttpServer, hostile_wasm, raw_mcp, sse_json};
+use common::{
+    HttpServer, TempDir, TestHttpServer, free_port, hostile_wasm, raw_mcp, sse_json, stop_child,
+};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,17 +20,8 @@ struct Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Prometheus {

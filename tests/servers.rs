@@ -214,7 +214,8 @@ fn several_stdio_servers_share_a_state_directory_and_its_overrides() {
     assert_eq!(a.call_outcome(), "disabled_by_operator");
     until_outcome(&mut b, "disabled_by_operator");
     assert!(
-        b.log().contains("overrides changed by another server"),
+        b.log()
+            .contains("overrides changed by the state directory's overrides file"),
         "{}",
         b.log()
     );

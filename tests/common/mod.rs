@@ -752,3 +752,18 @@ pub fn tools_listed(server: &HttpServer) -> Vec<Value> {
         .unwrap()
         .clone()
 }
+
+/// A free TCP port on loopback (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// End a helper process the test started.
+pub fn stop_child(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

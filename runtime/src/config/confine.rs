@@ -203,6 +203,12 @@ impl Plan {
                 plan.connect.insert(53);
             }
         }
+        if let Some(fleet) = &policy.fleet {
+            plan.connect.insert(fleet.port);
+            if fleet.by_name() {
+                plan.connect.insert(53);
+            }
+        }
         if let Some(telemetry) = &policy.telemetry {
             plan.connect.insert(telemetry.port());
             if telemetry.by_name() {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bundled;
 pub mod confine;
+pub mod fleet;
 pub mod grants;
 pub mod metrics;
 pub mod notify;

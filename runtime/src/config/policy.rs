@@ -96,6 +96,8 @@ struct ConfigFile {
     notify: NotifySection,
     #[serde(default)]
     telemetry: TelemetrySection,
+    #[serde(default)]
+    fleet: crate::config::fleet::FleetSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,6 +423,8 @@ pub struct Policy {
     pub notify: Option<NotifySettings>,
     /// `[telemetry]`: where traces are exported, if anywhere.
     pub telemetry: Option<TelemetrySettings>,
+    /// `[fleet]`: the store replicas share their operator state through, if any.
+    pub fleet: Option<crate::config::fleet::FleetSettings>,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -610,6 +614,8 @@ impl Policy {
                 "no [[tool]] entries: there is nothing to serve".into(),
             ));
         }
+        let fleet =
+            crate::config::fleet::resolve(&file.fleet, &secrets).map_err(|(k, p)| err(k, p))?;
         Ok(Policy {
             origin: origin.to_owned(),
             sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
@@ -624,6 +630,7 @@ impl Policy {
             metrics: metrics::resolve(&file.metrics).map_err(|(k, p)| err(k, p))?,
             notify: notify::resolve(&file.notify).map_err(|(k, p)| err(k, p))?,
             telemetry: telemetry::resolve(&file.telemetry).map_err(|(k, p)| err(k, p))?,
+            fleet,
         })
     }
 }

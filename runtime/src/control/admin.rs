@@ -60,7 +60,7 @@ pub struct Response {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Answer {
-    Status(Status),
+    Status(Box<Status>),
     Calls {
         calls: Vec<CallView>,
     },
@@ -106,6 +106,9 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_durability: Option<String>,
     pub overrides: Overrides,
+    /// In a fleet: this replica's id and whether it is current (`[fleet]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
     /// Why the server should be sent no calls now (`/readyz` answers 503), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_ready: Option<String>,
@@ -383,7 +386,7 @@ async fn handle(
     match request {
         Request::Status => {
             let airlock = live.current();
-            Ok(Answer::Status(Status {
+            Ok(Answer::Status(Box::new(Status {
                 server: identity.id.clone(),
                 pid: std::process::id(),
                 serving: identity.serving.clone(),
@@ -403,7 +406,11 @@ async fn handle(
                 audit_durability: airlock.audit().durability().map(|d| d.name().to_owned()),
                 overrides: Overrides::clone(&operator.overrides.current()),
                 not_ready: live.not_ready(),
-            }))
+                fleet: operator.fleet.get().map(|f| match f.admits() {
+                    Ok(()) => format!("replica {}, current", f.replica),
+                    Err(e) => format!("replica {}, NOT CURRENT: {e}", f.replica),
+                }),
+            })))
         }
         Request::Calls => Ok(Answer::Calls {
             calls: operator.running.list(),

@@ -433,7 +433,7 @@ async fn list_servers(servers: &[Running], json: bool) -> Result<()> {
     let mut statuses = Vec::with_capacity(servers.len());
     for (server, answer) in servers.iter().zip(ask_all(servers, &Request::Status).await) {
         match answer {
-            Ok(Answer::Status(s)) => statuses.push(s),
+            Ok(Answer::Status(s)) => statuses.push(*s),
             // Listed, but not answering: still loading, or stopped.
             Ok(_) | Err(_) if json => {}
             Ok(_) | Err(_) => eprintln!("server {} does not answer (still loading?)", server.id),
@@ -485,6 +485,9 @@ fn print(request: &Request, answer: &Answer) {
             match &s.not_ready {
                 None => println!("ready       yes"),
                 Some(why) => println!("ready       NO: {why}"),
+            }
+            if let Some(fleet) = &s.fleet {
+                println!("fleet       {}", shown(fleet));
             }
             println!("running     {} calls", s.running_calls);
             println!(
@@ -567,6 +570,18 @@ fn print(request: &Request, answer: &Answer) {
             }
             if let Some(scope) = &outcome.still_disabled {
                 println!("but it stays disabled: {}", shown(&scope.to_string()));
+            }
+            if !outcome.laggards.is_empty() {
+                println!(
+                    "NOT APPLIED in time by {} replicas (they refuse calls until they are current): {}",
+                    outcome.laggards.len(),
+                    outcome
+                        .laggards
+                        .iter()
+                        .map(|r| shown(r))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             if !outcome.interrupted.is_empty() {
                 println!("interrupted {} running calls:", outcome.interrupted.len());

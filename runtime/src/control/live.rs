@@ -106,10 +106,11 @@ impl Live {
     /// were checked before the process started serving (either failing stops the start), and
     /// a reload only puts a configuration in force that loaded whole.
     pub fn not_ready(&self) -> Option<String> {
-        self.audit
-            .healthy()
-            .err()
-            .map(|e| format!("the audit log cannot be written: {}", e.0))
+        if let Err(e) = self.audit.healthy() {
+            return Some(format!("the audit log cannot be written: {}", e.0));
+        }
+        let fleet = self.operator.fleet.get()?;
+        fleet.admits().err().map(|e| e.0)
     }
 
     /// Tell every listening client that the tool list may have changed.
@@ -225,33 +226,13 @@ impl Live {
             tokio::time::sleep(every).await;
             match self.operator.overrides.refresh() {
                 Ok(None) => unusable = false,
-                Ok(Some((before, now))) => {
+                Ok(Some(adopted)) => {
                     unusable = false;
-                    tracing::warn!(
-                        target: "airlock::operator",
-                        "overrides changed by another server on this state directory (or an \
-                         edit of the file): now {}",
-                        serde_json::to_string(&*now).unwrap_or_default()
-                    );
-                    let record = serde_json::json!({
-                        "action": "adopt",
-                        "by": "the state directory's overrides file (another server, or an edit)",
-                        "overrides": &*now,
-                    });
-                    if let Err(e) = self.current().audit().append("operator", &record).await {
-                        tracing::error!("the adopted overrides' audit record failed: {e}");
-                    }
-                    let listed = |o: &crate::gate::overrides::Overrides| {
-                        (
-                            o.all,
-                            o.tools.clone(),
-                            o.resources.clone(),
-                            o.prompts.clone(),
-                        )
-                    };
-                    if listed(&before) != listed(&now) {
-                        self.tools_changed();
-                    }
+                    self.adopted(
+                        adopted,
+                        "the state directory's overrides file (another server, or an edit)",
+                    )
+                    .await;
                 }
                 Err(e) if !unusable => {
                     unusable = true;
@@ -264,6 +245,67 @@ impl Live {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Overrides another server put in force here: logged, recorded in this server's audit
+    /// chain (`"action":"adopt"`, `by` saying where they came from), and told to clients when
+    /// the lists changed.
+    pub async fn adopted(&self, (before, now): crate::gate::overrides::Adopted, by: &str) {
+        tracing::warn!(
+            target: "airlock::operator",
+            "overrides changed by {by}: now {}",
+            serde_json::to_string(&*now).unwrap_or_default()
+        );
+        let record = serde_json::json!({"action": "adopt", "by": by, "overrides": &*now});
+        if let Err(e) = self.current().audit().append("operator", &record).await {
+            tracing::error!("the adopted overrides' audit record failed: {e}");
+        }
+        let listed = |o: &crate::gate::overrides::Overrides| {
+            (
+                o.all,
+                o.tools.clone(),
+                o.resources.clone(),
+                o.prompts.clone(),
+            )
+        };
+        if listed(&before) != listed(&now) {
+            self.tools_changed();
+        }
+    }
+
+    /// Join the fleet `[fleet]` names, as replica `replica`: the overrides come from its store
+    /// from now on (the state directory's file keeps a copy), and calls are admitted only while
+    /// this replica is current. Returns whether there is a fleet.
+    pub fn join_fleet(self: &Arc<Live>, replica: String) -> anyhow::Result<bool> {
+        let Some(settings) = self.current().catalog().policy.fleet.clone() else {
+            return Ok(false);
+        };
+        let fleet =
+            crate::gate::fleet::Fleet::new(&settings, replica).map_err(anyhow::Error::msg)?;
+        tracing::info!(store = %settings.store, replica = %fleet.replica, "joining the fleet");
+        let _ = self.operator.fleet.set(fleet.clone());
+        let (adopting, interrupting) = (self.clone(), self.clone());
+        let by = format!("the fleet store {}", settings.store);
+        tokio::spawn(fleet.run(
+            self.operator.overrides.clone(),
+            move |adopted, version| {
+                let (live, by) = (adopting.clone(), format!("{by} (version {version})"));
+                tokio::spawn(async move { live.adopted(adopted, &by).await });
+            },
+            move |which| {
+                let stopped =
+                    crate::control::operator::interrupt_calls(&interrupting.operator, which);
+                if !stopped.is_empty() {
+                    tracing::warn!(
+                        target: "airlock::operator",
+                        "another replica's operator interrupted {} calls here: {}",
+                        stopped.len(),
+                        stopped.join(", ")
+                    );
+                }
+            },
+        ));
+        Ok(true)
     }
 
     /// Reload whenever the content of the configuration file or of a component file changes
@@ -485,6 +527,9 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
     }
     if old.confine != new.confine {
         return Err(restart("[confine]"));
+    }
+    if old.fleet != new.fleet {
+        return Err(restart("[fleet]"));
     }
     if old.metrics != new.metrics {
         return Err(restart("[metrics]"));

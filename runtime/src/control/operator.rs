@@ -3,6 +3,7 @@
 //! and recorded in the audit log with who gave it. The transport is in [`crate::control::admin`].
 
 use crate::core::kill_scope::KillScope;
+use crate::gate::fleet::Interrupt;
 use crate::gate::overrides::{Family, GrantRef, Overrides};
 use crate::pipeline::call::Airlock;
 use crate::pipeline::operator_state::OperatorState;
@@ -75,6 +76,11 @@ pub struct ChangeOutcome {
     /// After a revive: another kill that still disables the revived tool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub still_disabled: Option<KillScope>,
+    /// In a fleet: the live replicas that had not applied the change within `ack_timeout`
+    /// (each refuses calls by then: it has not confirmed the fleet's state for
+    /// `max_staleness`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub laggards: Vec<String>,
 }
 
 /// Why a command was refused.
@@ -95,6 +101,8 @@ pub enum CommandError {
     },
     #[error("cannot persist the operator state, nothing changed: {0}")]
     Persist(std::io::Error),
+    #[error("{0}")]
+    Fleet(String),
     #[error(
         "the change is in force, but its audit record could not be written (calls fail until \
          the audit log is back): {0}"
@@ -124,49 +132,52 @@ pub async fn apply(
     force: bool,
 ) -> Result<ChangeOutcome, CommandError> {
     let mut component = None;
+    let mut laggards = Vec::new();
     let (changed, interrupted) = match change {
         Change::Kill { scope, interrupt } => {
             check_scope(airlock, operator, scope, force)?;
-            let changed = persist(operator, |o| o.set_kill(scope, true))?;
-            let interrupted = if *interrupt {
-                operator.running.interrupt(|c| match scope {
-                    KillScope::All => true,
-                    KillScope::Tool(t) => {
-                        (c.family.is_none() && **t == *c.tool) || **t == *c.component
-                    }
-                    KillScope::Principal(p) => **p == *c.principal,
-                    KillScope::Resources(e) => {
-                        **e == *c.component && c.family == Some(Family::Resources)
-                    }
-                    KillScope::Prompts(e) => {
-                        **e == *c.component && c.family == Some(Family::Prompts)
-                    }
-                })
-            } else {
-                Vec::new()
-            };
+            let stop = interrupt.then(|| Interrupt::Kill(scope.clone()));
+            let changed =
+                persist(operator, |o| o.set_kill(scope, true), &stop, &mut laggards).await?;
+            let interrupted = stop
+                .map(|s| interrupt_calls(operator, &s))
+                .unwrap_or_default();
             (changed, interrupted)
         }
-        Change::Revive { scope } => (persist(operator, |o| o.set_kill(scope, false))?, Vec::new()),
+        Change::Revive { scope } => (
+            persist(operator, |o| o.set_kill(scope, false), &None, &mut laggards).await?,
+            Vec::new(),
+        ),
         Change::Revoke {
             tool,
             grant,
             interrupt,
         } => {
             let c = resolve_grant(airlock, tool, grant)?;
-            let changed = persist(operator, |o| o.set_revoked(&c, grant, true))?;
-            let interrupted = if *interrupt {
-                operator.running.interrupt(|r| *r.component == *c)
-            } else {
-                Vec::new()
-            };
+            let stop = interrupt.then(|| Interrupt::Component(c.clone()));
+            let changed = persist(
+                operator,
+                |o| o.set_revoked(&c, grant, true),
+                &stop,
+                &mut laggards,
+            )
+            .await?;
+            let interrupted = stop
+                .map(|s| interrupt_calls(operator, &s))
+                .unwrap_or_default();
             component = Some(c);
             (changed, interrupted)
         }
         Change::Restore { tool, grant } => {
             let c = component_of(airlock, tool)
                 .ok_or_else(|| CommandError::UnknownTool(tool.clone()))?;
-            let changed = persist(operator, |o| o.set_revoked(&c, grant, false))?;
+            let changed = persist(
+                operator,
+                |o| o.set_revoked(&c, grant, false),
+                &None,
+                &mut laggards,
+            )
+            .await?;
             component = Some(c);
             (changed, Vec::new())
         }
@@ -222,14 +233,46 @@ pub async fn apply(
         interrupted,
         component,
         still_disabled,
+        laggards,
     })
 }
 
-fn persist(
+/// Persist a change: in the state directory's file, or in a fleet through its store (where
+/// `interrupt` reaches the other replicas' calls, and `laggards` gets the replicas that did
+/// not apply it in time).
+async fn persist(
     operator: &OperatorState,
-    f: impl FnOnce(&mut Overrides) -> bool,
+    f: impl Fn(&mut Overrides) -> bool + Sync,
+    interrupt: &Option<Interrupt>,
+    laggards: &mut Vec<String>,
 ) -> Result<bool, CommandError> {
-    operator.overrides.update(f).map_err(CommandError::Persist)
+    match operator.fleet.get() {
+        None => operator.overrides.update(f).map_err(CommandError::Persist),
+        Some(fleet) => {
+            let done = fleet
+                .update(&operator.overrides, &f, interrupt.clone())
+                .await
+                .map_err(CommandError::Fleet)?;
+            *laggards = done.laggards;
+            Ok(done.changed)
+        }
+    }
+}
+
+/// Stop the calls running here that `which` covers; their ids.
+pub fn interrupt_calls(operator: &OperatorState, which: &Interrupt) -> Vec<String> {
+    match which {
+        Interrupt::Kill(scope) => operator.running.interrupt(|c| match scope {
+            KillScope::All => true,
+            KillScope::Tool(t) => (c.family.is_none() && **t == *c.tool) || **t == *c.component,
+            KillScope::Principal(p) => **p == *c.principal,
+            KillScope::Resources(e) => **e == *c.component && c.family == Some(Family::Resources),
+            KillScope::Prompts(e) => **e == *c.component && c.family == Some(Family::Prompts),
+        }),
+        Interrupt::Component(component) => {
+            operator.running.interrupt(|r| *r.component == **component)
+        }
+    }
 }
 
 /// A kill must name something that exists now: a typo would otherwise protect nothing. A

@@ -183,6 +183,10 @@ pub enum CallFailure {
     /// The call's audit record could not be made durable, so its result is withheld.
     #[error("the audit log is unavailable, so the result is withheld: {0}")]
     AuditUnavailable(String),
+    /// This replica could not confirm it has the fleet's current operator state (`[fleet]`):
+    /// a kill given elsewhere might not be in force here, so nothing starts.
+    #[error("fleet unavailable: {0}; no call starts here until it is current again")]
+    FleetUnavailable(String),
 }
 
 impl CallFailure {
@@ -269,6 +273,7 @@ impl CallFailure {
             CallFailure::ToolFailed(_) => "tool_failed",
             CallFailure::HostError(_) => "host_error",
             CallFailure::AuditUnavailable(_) => "audit_unavailable",
+            CallFailure::FleetUnavailable(_) => "fleet_unavailable",
         }
     }
 
@@ -281,6 +286,7 @@ impl CallFailure {
             | CallFailure::MissingCapability { .. }
             | CallFailure::NotAuthorized { .. }
             | CallFailure::Disabled { .. }
+            | CallFailure::FleetUnavailable(_)
             | CallFailure::StoppedByOperator
             | CallFailure::RateLimited { .. }
             | CallFailure::ServerBusy { .. }

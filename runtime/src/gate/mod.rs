@@ -7,6 +7,7 @@ pub mod audit;
 pub mod audit_view;
 pub mod auth;
 pub mod evidence;
+pub mod fleet;
 pub mod host_http;
 pub mod journal;
 pub mod notify;

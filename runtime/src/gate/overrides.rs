@@ -372,6 +372,25 @@ impl OverrideStore {
         Ok(Some((before, next)))
     }
 
+    /// Put `next` (the fleet store's overrides) in force, and keep the file as this server's
+    /// copy of them. Returns the overrides before and after, when they differ.
+    pub fn adopt(&self, mut next: Overrides) -> std::io::Result<Option<Adopted>> {
+        next.version = VERSION;
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        let before = self.current.load_full();
+        if *before == next {
+            return Ok(None);
+        }
+        if let Some(path) = &self.path {
+            let _locked = lock_file(path)?;
+            let written = persist(path, &next)?;
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(written);
+        }
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        Ok(Some((before, next)))
+    }
+
     /// The current overrides.
     pub fn current(&self) -> arc_swap::Guard<Arc<Overrides>> {
         self.current.load()

@@ -1244,6 +1244,12 @@ impl Airlock {
     /// The operator's kill switch: everything, the principal, the tool or its component, the
     /// component's resources or prompts.
     fn check_kill(&self, caller: &Caller, target: &Target<'_>) -> Result<(), CallFailure> {
+        // In a fleet, the overrides are only as good as this replica's last confirmation.
+        if let Some(fleet) = self.operator.fleet.get() {
+            fleet
+                .admits()
+                .map_err(|e| CallFailure::FleetUnavailable(e.0))?;
+        }
         let overrides = self.operator.overrides.current();
         let component = &target.component.entry.name;
         let principal = &caller.principal.name;

@@ -22,6 +22,8 @@ pub struct OperatorState {
     pub signals: tokio::sync::broadcast::Sender<Signal>,
     /// Content-safety detections per tool and rule since the start (`airlock ctl safety`).
     pub detections: crate::gate::safety::DetectionCounts,
+    /// The fleet store the overrides are shared through (`[fleet]`), once connected.
+    pub fleet: std::sync::OnceLock<Arc<crate::gate::fleet::Fleet>>,
 }
 
 /// Signals kept for a session that has not read them yet; beyond this it misses the oldest.
@@ -36,6 +38,7 @@ impl OperatorState {
             reloads: std::sync::atomic::AtomicU64::new(0),
             signals: tokio::sync::broadcast::channel(SIGNALS_KEPT).0,
             detections: Default::default(),
+            fleet: std::sync::OnceLock::new(),
         })
     }
 
