@@ -111,6 +111,20 @@ fn replicas_share_kills_through_redis_and_fail_closed_without_it() {
         until(r, "completed", Duration::from_secs(10));
     }
 
+    // Each replica is one of its own in the fleet.
+    let ids: std::collections::BTreeSet<String> = replicas
+        .iter()
+        .map(|r| {
+            let (ok, out) = ctl(r, &["--json", "status"]);
+            assert!(ok, "{out}");
+            let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let fleet = status["fleet"].as_str().unwrap().to_owned();
+            assert!(fleet.ends_with(", current"), "{fleet}");
+            fleet
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+
     // A kill on one replica: when ctl returns, no replica completes a call of the tool.
     let (ok, out) = ctl(&replicas[0], &["kill", "--tool", "text_stats"]);
     assert!(ok, "{out}");

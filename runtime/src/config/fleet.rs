@@ -102,6 +102,14 @@ pub(crate) fn resolve(
             "must be redis://HOST[:PORT][/DB] or rediss://… (TLS)".into(),
         ));
     };
+    if rest.contains('?') || rest.contains('#') {
+        return Err(err(
+            "store",
+            "must be redis://HOST[:PORT][/DB]: no query (set the user and password with \
+             fleet › username and password_secret)"
+                .into(),
+        ));
+    }
     if rest.contains('@') {
         return Err(err(
             "store",
@@ -117,23 +125,37 @@ pub(crate) fn resolve(
             db.parse::<i64>()
                 .ok()
                 .filter(|d| (0..=15).contains(d))
-                .ok_or_else(|| err("store", format!("database {db:?} is not 0..=15")))?,
+                .ok_or_else(|| err("store", "its database is not 0..=15".into()))?,
         ),
         None => (rest, 0),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h,
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| err("store", format!("port {p:?} is not a port")))?,
-        ),
-        _ => (authority, 6379),
+    // `[v6]:port`, `[v6]`, `host:port`, `host`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => (h, Some(p.strip_prefix(':').unwrap_or("bad"))),
+            None => ("", None),
+        },
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(err("store", "names no host".into()));
+    let port = match port {
+        None => 6379,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| err("store", "its port is not a port (1..=65535)".into()))?,
+    };
+    let host_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_');
+    // A bare IPv6 address must be in brackets (its colons would read as a port).
+    if host.is_empty() || !host.chars().all(host_chars) {
+        return Err(err(
+            "store",
+            "names no host (a name or an IP address; IPv6 in brackets)".into(),
+        ));
     }
     let password = match &s.password_secret {
         None => None,
@@ -222,6 +244,11 @@ mod tests {
             ("cache.internal", 6379, true)
         );
         assert!(s.by_name());
+        let s = resolve(&section("store = \"redis://[::1]\""), &none)
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 6379));
+        assert!(!s.by_name());
         for (text, problem) in [
             (
                 "store = \"redis://u:pw@h:6379\"",
@@ -230,6 +257,9 @@ mod tests {
             ("store = \"http://h\"", "must be redis://"),
             ("store = \"redis://h:0\"", "is not a port"),
             ("store = \"redis://h/99\"", "is not 0..=15"),
+            ("store = \"redis://h/0?pass=x\"", "no query"),
+            ("store = \"redis://h%20x\"", "names no host"),
+            ("store = \"redis://::1\"", "is not a port"),
             ("prefix = \"x\"", "store"),
             (
                 "store = \"redis://h\"\npassword_secret = \"NOPE\"",

@@ -469,6 +469,8 @@ async fn handle(
 fn answer_wait(request: &Request) -> std::time::Duration {
     match request {
         Request::Reload => std::time::Duration::from_secs(600),
+        // In a fleet a change waits for every replica, up to `ack_timeout` (at most 120 s).
+        Request::Change { .. } => std::time::Duration::from_secs(150),
         _ => std::time::Duration::from_secs(10),
     }
 }

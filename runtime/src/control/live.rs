@@ -308,6 +308,18 @@ impl Live {
         Ok(true)
     }
 
+    /// Wait (at most `within`) until this replica has the fleet's state: a one-off call made
+    /// at once would find it not yet read.
+    pub async fn fleet_current(&self, within: Duration) {
+        let Some(fleet) = self.operator.fleet.get() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + within;
+        while fleet.admits().is_err() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Reload whenever the content of the configuration file or of a component file changes
     /// (checked every `every`; compared by sha256, so a touch is not a change). Failures are
     /// logged and recorded; the running policy stays.

@@ -27,11 +27,11 @@ const CHANGE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 local v = 0
 if cur then v = cjson.decode(cur)['version'] end
-if tostring(v) ~= ARGV[1] then return {0, v} end
-local nv = v + 1
+if v ~= tonumber(ARGV[1]) then return {0, v} end
+local nv = string.format('%d', v + 1)
 redis.call('SET', KEYS[1], '{"version":' .. nv .. ',"overrides":' .. ARGV[2] .. '}')
 redis.call('PUBLISH', ARGV[3], '{"version":' .. nv .. ',"from":' .. ARGV[4] .. ',"interrupt":' .. ARGV[5] .. '}')
-return {1, nv}
+return {1, tonumber(nv)}
 "#;
 
 /// Put a replica's overrides back into a store that lost them (restarted without persistence:
@@ -103,7 +103,13 @@ pub struct Fleet {
     epoch: Instant,
     /// Said once per outage in the log.
     stale_logged: AtomicBool,
+    /// Serialises reading the store and putting what it holds in force (the run task's sync
+    /// and an operator's change), so that an older read never replaces a newer change.
+    applying: tokio::sync::Mutex<()>,
 }
+
+/// Versions beyond this are refused: Redis's Lua numbers are doubles, exact only up to 2^53.
+const MAX_VERSION: u64 = 1 << 53;
 
 fn key(settings: &FleetSettings, name: &str) -> String {
     format!("{}:{name}", settings.prefix)
@@ -147,6 +153,7 @@ impl Fleet {
             confirmed_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             stale_logged: AtomicBool::new(false),
+            applying: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -158,27 +165,26 @@ impl Fleet {
     /// has the fleet's current overrides (or `on_stale = "serve"`). Read on every call: two
     /// atomic loads.
     pub fn admits(&self) -> Result<(), Stale> {
+        let confirmed = self.confirmed_ms.load(Ordering::Acquire);
+        if confirmed == 0 {
+            // Even with on_stale = "serve": a replica that never read the fleet's state has
+            // none of its kills.
+            return Err(Stale(
+                "this replica has not read the fleet's operator state yet".into(),
+            ));
+        }
         if self.settings.on_stale == OnStale::Serve {
             return Ok(());
         }
-        let confirmed = self.confirmed_ms.load(Ordering::Acquire);
         let age = self.since_epoch_ms().saturating_sub(confirmed);
-        if confirmed != 0 && age <= self.settings.max_staleness.as_millis() as u64 {
+        if age <= self.settings.max_staleness.as_millis() as u64 {
             return Ok(());
         }
-        Err(Stale(if confirmed == 0 {
-            format!(
-                "this replica has not yet read the fleet's operator state from {}",
-                self.settings.store
-            )
-        } else {
-            format!(
-                "this replica could not confirm the fleet's operator state for {} ms (over \
-                 max_staleness, {} ms)",
-                age,
-                self.settings.max_staleness.as_millis()
-            )
-        }))
+        Err(Stale(format!(
+            "this replica could not confirm the fleet's operator state for longer than \
+             max_staleness ({} ms)",
+            self.settings.max_staleness.as_millis()
+        )))
     }
 
     /// The connection, made when there is none. Its commands time out at `max_staleness`.
@@ -208,13 +214,23 @@ impl Fleet {
             .await?;
         match text {
             None => Ok(State::default()),
-            Some(t) => serde_json::from_str(&t).map_err(|e| {
-                redis::RedisError::from((
-                    redis::ErrorKind::Parse,
-                    "the fleet's operator state is not valid",
-                    e.to_string(),
-                ))
-            }),
+            Some(t) => {
+                let state: State = serde_json::from_str(&t).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "the fleet's operator state is not valid",
+                        e.to_string(),
+                    ))
+                })?;
+                if state.version > MAX_VERSION {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "the fleet's operator state is not valid",
+                        format!("version {} is beyond 2^53", state.version),
+                    )));
+                }
+                Ok(state)
+            }
         }
     }
 
@@ -224,13 +240,24 @@ impl Fleet {
         &self,
         overrides: &OverrideStore,
     ) -> redis::RedisResult<Option<crate::gate::overrides::Adopted>> {
-        let state = self.read_state().await?;
-        let mut adopted = None;
+        let _one = self.applying.lock().await;
+        self.sync_locked(overrides).await
+    }
+
+    /// [`Fleet::sync`], under `applying`.
+    async fn sync_locked(
+        &self,
+        overrides: &OverrideStore,
+    ) -> redis::RedisResult<Option<crate::gate::overrides::Adopted>> {
+        // Taken before the read: what is confirmed is the store as it was then at the latest.
+        let asked = self.since_epoch_ms();
+        let mut state = self.read_state().await?;
         let applied = self.applied.load(Ordering::Acquire);
         // The store lost what it held (a restart without persistence), or holds nothing yet
         // while this replica has overrides (from before it joined): what this replica has in
         // force goes into the store, so that no override is lost; a replica that got there
-        // first with a newer version wins.
+        // first with a newer version wins. Then the store is read again (once: a store that
+        // keeps losing its state leaves this replica unconfirmed).
         let empty_store = state.version == 0 && !overrides.current().is_empty();
         if state.version < applied || empty_store {
             let applied = applied.max(1);
@@ -250,9 +277,16 @@ impl Fleet {
                     "the fleet store had lost the operator state (restarted without persistence?): this replica's overrides were put back"
                 );
             }
-            return Box::pin(self.sync(overrides)).await;
+            state = self.read_state().await?;
+            if state.version < applied {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the fleet store keeps losing the operator state",
+                )));
+            }
         }
-        if state.version != applied {
+        let mut adopted = None;
+        if state.version > applied {
             adopted = overrides.adopt(state.overrides).map_err(|e| {
                 redis::RedisError::from((
                     redis::ErrorKind::Io,
@@ -262,8 +296,7 @@ impl Fleet {
             })?;
             self.applied.store(state.version, Ordering::Release);
         }
-        self.confirmed_ms
-            .store(self.since_epoch_ms(), Ordering::Release);
+        self.confirmed_ms.store(asked, Ordering::Release);
         if self.stale_logged.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 version = state.version,
@@ -315,8 +348,15 @@ impl Fleet {
         };
         let from = serde_json::to_string(&self.replica).unwrap_or_default();
         let interrupt_json = serde_json::to_string(&interrupt).unwrap_or_else(|_| "null".into());
+        let one = self.applying.lock().await;
         for _ in 0..MAX_ATTEMPTS {
             let state = self.read_state().await.map_err(fail)?;
+            if state.version < self.applied.load(Ordering::Acquire) {
+                // The store lost what it held: put this replica's state back first, or the
+                // change would build on the loss.
+                self.sync_locked(overrides).await.map_err(fail)?;
+                continue;
+            }
             let mut next = state.overrides.clone();
             let changed = change(&mut next);
             let mut conn = self.connection().await.map_err(fail)?;
@@ -352,10 +392,17 @@ impl Fleet {
                 state.version
             };
             if version > self.applied.load(Ordering::Acquire) {
-                overrides.adopt(next).map_err(|e| e.to_string())?;
+                overrides.adopt(next).map_err(|e| {
+                    format!(
+                        "the change is in the fleet store (version {version}), but this replica \
+                         cannot keep it: {e}"
+                    )
+                })?;
                 self.applied.store(version, Ordering::Release);
                 let _ = self.heartbeat().await;
             }
+            // The others are waited for without holding up this replica's own confirmations.
+            drop(one);
             let laggards = self.wait_applied(version).await;
             return Ok(Changed {
                 changed,
@@ -472,13 +519,15 @@ impl Fleet {
                             tracing::warn!("fleet: an announcement that is not one was ignored");
                             continue;
                         };
+                        // Interrupted first: a store lost right after the announcement
+                        // does not keep the operator's interruption from these calls.
+                        if note.from != self.replica && let Some(i) = &note.interrupt {
+                            interrupt(i);
+                        }
                         if note.version > self.applied.load(Ordering::Acquire)
                             && !self.resync(&overrides, &adopted).await
                         {
                             break;
-                        }
-                        if note.from != self.replica && let Some(i) = &note.interrupt {
-                            interrupt(i);
                         }
                     }
                     _ = ticks.tick() => {

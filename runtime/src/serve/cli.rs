@@ -459,12 +459,13 @@ async fn start_serving(
     };
     let socket = bound.path.clone();
     let live = Live::new(airlock, source, listen, plan);
-    tokio::spawn(admin::serve(bound, live.clone(), identity));
-    tokio::spawn(live.clone().watch_file(Duration::from_secs(1)));
-    // In a fleet the store is where the overrides change; otherwise the shared file.
+    // In a fleet the store is where the overrides change (joined before the admin socket
+    // answers, so that no change goes to the file alone); otherwise the shared file.
     if !live.join_fleet(replica_id(&socket))? {
         tokio::spawn(live.clone().watch_overrides(OVERRIDES_WATCH));
     }
+    tokio::spawn(admin::serve(bound, live.clone(), identity));
+    tokio::spawn(live.clone().watch_file(Duration::from_secs(1)));
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         let live = live.clone();
         tokio::spawn(async move {
@@ -479,12 +480,17 @@ async fn start_serving(
     Ok((live, socket))
 }
 
-/// This server's id in a fleet: the machine's name and the server's id on its state directory
-/// (its admin socket's name), so that a restart takes the same id again.
+/// This server's id in a fleet: the machine's name, the server's id on its state directory
+/// (its admin socket's name) and a random part, since machines (containers) may share a name
+/// and state directories their ids.
 fn replica_id(socket: &Path) -> String {
     let host = rustix::system::uname();
     let id = socket.file_stem().and_then(|s| s.to_str()).unwrap_or("0");
-    format!("{}-{id}", host.nodename().to_string_lossy())
+    format!(
+        "{}-{id}-{}",
+        host.nodename().to_string_lossy(),
+        &crate::core::ids::random_id()[..8]
+    )
 }
 
 /// How often a server looks for overrides another server on its state directory wrote: the
@@ -537,11 +543,13 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     };
     let socket = bound.path.clone();
     let live = Live::new(airlock, source, None, None);
-    tokio::spawn(admin::serve(bound, live.clone(), identity));
     // A kill given to another server on the state directory (or replica) holds for this call.
-    if !live.join_fleet(replica_id(&socket))? {
+    if live.join_fleet(replica_id(&socket))? {
+        live.fleet_current(Duration::from_secs(10)).await;
+    } else {
         tokio::spawn(live.clone().watch_overrides(OVERRIDES_WATCH));
     }
+    tokio::spawn(admin::serve(bound, live.clone(), identity));
     let airlock = live.current();
     let caller = Caller::new(principal.clone(), None);
     let (events, mut received) = tokio::sync::mpsc::channel(64);
