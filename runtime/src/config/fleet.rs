@@ -18,6 +18,7 @@ pub(crate) struct FleetSection {
     max_staleness: Option<Span>,
     on_stale: Option<OnStale>,
     ack_timeout: Option<Span>,
+    rate_lease: Option<u32>,
 }
 
 /// What a replica does once it cannot confirm, for longer than `max_staleness`, that it has
@@ -49,6 +50,9 @@ pub struct FleetSettings {
     pub on_stale: OnStale,
     /// How long a change waits for every live replica to say it applied it.
     pub ack_timeout: Duration,
+    /// Most tokens of a shared rate-limit bucket a replica takes from the store at once and
+    /// spends locally (1: every call asks the store). See [`FleetSettings::lease_for`].
+    pub rate_lease: u32,
 }
 
 impl std::fmt::Debug for FleetSettings {
@@ -61,6 +65,7 @@ impl std::fmt::Debug for FleetSettings {
             .field("max_staleness", &self.max_staleness)
             .field("on_stale", &self.on_stale)
             .field("ack_timeout", &self.ack_timeout)
+            .field("rate_lease", &self.rate_lease)
             .finish()
     }
 }
@@ -69,6 +74,13 @@ impl FleetSettings {
     /// Whether the store's host is a name (looked up over DNS).
     pub fn by_name(&self) -> bool {
         self.host.parse::<std::net::IpAddr>().is_err()
+    }
+
+    /// The tokens a replica leases at once from a shared bucket of `capacity` (its burst):
+    /// at most `rate_lease`, and at most a sixteenth of the bucket, so that a small limit
+    /// is never split into per-replica shares (a bucket under 32 is never leased from).
+    pub fn lease_for(&self, capacity: u32) -> u32 {
+        self.rate_lease.min(capacity / 16).max(1)
     }
 }
 
@@ -83,7 +95,8 @@ pub(crate) fn resolve(
             || s.prefix.is_some()
             || s.max_staleness.is_some()
             || s.on_stale.is_some()
-            || s.ack_timeout.is_some();
+            || s.ack_timeout.is_some()
+            || s.rate_lease.is_some();
         if set {
             return Err(err(
                 "store",
@@ -201,6 +214,10 @@ pub(crate) fn resolve(
     if ack_timeout > Duration::from_secs(120) {
         return Err(err("ack_timeout", "must be at most 120s".into()));
     }
+    let rate_lease = s.rate_lease.unwrap_or(DEFAULT_RATE_LEASE);
+    if !(1..=1000).contains(&rate_lease) {
+        return Err(err("rate_lease", "must be between 1 and 1000".into()));
+    }
     Ok(Some(FleetSettings {
         store: store.clone(),
         host: host.to_owned(),
@@ -213,8 +230,12 @@ pub(crate) fn resolve(
         max_staleness,
         on_stale,
         ack_timeout,
+        rate_lease,
     }))
 }
+
+/// `rate_lease` unless set: a busy principal asks the store once per 8 calls.
+pub const DEFAULT_RATE_LEASE: u32 = 8;
 
 #[cfg(test)]
 mod tests {

@@ -22,8 +22,16 @@ const MAX_REQUEST: u64 = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
-    Status,
-    Calls,
+    Status {
+        /// In a fleet: every replica's.
+        #[serde(default)]
+        fleet: bool,
+    },
+    Calls {
+        /// In a fleet: every replica's.
+        #[serde(default)]
+        fleet: bool,
+    },
     Change {
         change: Change,
         /// Accept a kill of a principal no key, configuration or running call names (a
@@ -76,6 +84,18 @@ pub enum Answer {
     Detections {
         detections: Vec<crate::gate::safety::TallyView>,
     },
+    /// Every replica's answer (`--fleet`), and the live replicas that gave none in time.
+    Fleet {
+        replicas: Vec<ReplicaAnswer>,
+        not_answering: Vec<String>,
+    },
+}
+
+/// One replica's answer to `ctl … --fleet`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicaAnswer {
+    pub replica: String,
+    pub answer: Answer,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -300,6 +320,26 @@ pub async fn serve(bound: Bound, live: Arc<Live>, identity: Identity) {
     };
     let started = Instant::now();
     let me = rustix::process::geteuid().as_raw();
+    // In a fleet: `ctl … --fleet` on any replica asks this one too.
+    if let Some(fleet) = live.operator().fleet.get().cloned()
+        && let Some(mut asks) = fleet.take_asks()
+    {
+        let (live, identity) = (live.clone(), identity.clone());
+        tokio::spawn(async move {
+            while let Some(ask) = asks.recv().await {
+                let request = match ask.what.as_str() {
+                    "status" => Request::Status { fleet: false },
+                    "calls" => Request::Calls { fleet: false },
+                    _ => continue,
+                };
+                let answer = match handle(request, &live, "fleet", started, &identity).await {
+                    Ok(a) => serde_json::to_value(a).unwrap_or_default(),
+                    Err(_) => continue,
+                };
+                fleet.reply(&ask.reply, answer).await;
+            }
+        });
+    }
     tracing::info!(socket = %path.display(), "admin socket listening");
     loop {
         let stream = match listener.accept().await {
@@ -384,7 +424,27 @@ async fn handle(
 ) -> Result<Answer> {
     let operator = live.operator();
     match request {
-        Request::Status => {
+        Request::Status { fleet: true } | Request::Calls { fleet: true } => {
+            let fleet = operator.fleet.get().ok_or_else(|| {
+                anyhow::anyhow!("this server is not in a fleet (no [fleet] store)")
+            })?;
+            let what = if matches!(request, Request::Status { .. }) {
+                "status"
+            } else {
+                "calls"
+            };
+            let (answers, not_answering) = fleet.ask_all(what).await.map_err(anyhow::Error::msg)?;
+            let mut replicas: Vec<ReplicaAnswer> = answers
+                .into_iter()
+                .filter_map(|a| serde_json::from_value(a).ok())
+                .collect();
+            replicas.sort_by(|a, b| a.replica.cmp(&b.replica));
+            Ok(Answer::Fleet {
+                replicas,
+                not_answering,
+            })
+        }
+        Request::Status { .. } => {
             let airlock = live.current();
             Ok(Answer::Status(Box::new(Status {
                 server: identity.id.clone(),
@@ -400,7 +460,7 @@ async fn handle(
                 components: airlock.catalog().components.len(),
                 tools: airlock.tools().len(),
                 running_calls: operator.running.len(),
-                approvals_waiting: operator.approvals.queue.list().len(),
+                approvals_waiting: operator.approvals.queue.len(),
                 audit: airlock.audit().is_on(),
                 audit_unavailable: airlock.audit().healthy().err().map(|e| e.0),
                 audit_durability: airlock.audit().durability().map(|d| d.name().to_owned()),
@@ -412,7 +472,7 @@ async fn handle(
                 }),
             })))
         }
-        Request::Calls => Ok(Answer::Calls {
+        Request::Calls { .. } => Ok(Answer::Calls {
             calls: operator.running.list(),
         }),
         Request::Change { change, force } => {
@@ -427,7 +487,11 @@ async fn handle(
         }
         Request::Reload => Ok(Answer::Reloaded(live.reload(by).await?)),
         Request::Approvals => Ok(Answer::Approvals {
-            approvals: operator.approvals.queue.list(),
+            approvals: operator
+                .approvals
+                .list()
+                .await
+                .map_err(anyhow::Error::msg)?,
         }),
         Request::Detections => Ok(Answer::Detections {
             detections: operator.detections.list(),
@@ -441,8 +505,8 @@ async fn handle(
             let by = format!("operator {name} ({by})");
             match operator
                 .approvals
-                .queue
                 .answer(&id, approve, &name, by.clone(), reason)
+                .await
             {
                 Ok(answered) => Ok(Answer::Answered { answered, approve }),
                 Err(refused) => {

@@ -93,9 +93,17 @@ pub enum CtlCommand {
     /// The servers on the state directory: id, pid, what each serves, calls, approvals.
     Ls,
     /// The server: configuration, tools, calls running, overrides in force.
-    Status,
+    Status {
+        /// In a fleet: every live replica's status (asked through the fleet's store).
+        #[arg(long)]
+        fleet: bool,
+    },
     /// The calls running now: id, tool, principal, age, fuel used.
-    Calls,
+    Calls {
+        /// In a fleet: the calls running on every live replica.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Disable a tool, a principal or everything, for every call that starts from now on.
     Kill {
         #[command(flatten)]
@@ -278,8 +286,8 @@ pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> 
     }
     let request = match command {
         CtlCommand::Ls => unreachable!("answered above"),
-        CtlCommand::Status => Request::Status,
-        CtlCommand::Calls => Request::Calls,
+        CtlCommand::Status { fleet } => Request::Status { fleet },
+        CtlCommand::Calls { fleet } => Request::Calls { fleet },
         CtlCommand::Kill {
             scope,
             interrupt,
@@ -431,7 +439,10 @@ async fn holder_of(servers: &[Running], id: &str) -> Option<Running> {
 /// `ctl ls`: each server's id, pid, what it serves, its calls and approvals.
 async fn list_servers(servers: &[Running], json: bool) -> Result<()> {
     let mut statuses = Vec::with_capacity(servers.len());
-    for (server, answer) in servers.iter().zip(ask_all(servers, &Request::Status).await) {
+    for (server, answer) in servers
+        .iter()
+        .zip(ask_all(servers, &Request::Status { fleet: false }).await)
+    {
         match answer {
             Ok(Answer::Status(s)) => statuses.push(*s),
             // Listed, but not answering: still loading, or stopped.
@@ -625,6 +636,25 @@ fn print(request: &Request, answer: &Answer) {
                 }
             }
         }
+        Answer::Fleet {
+            replicas,
+            not_answering,
+        } => {
+            let one = match request {
+                Request::Calls { .. } => Request::Calls { fleet: false },
+                _ => Request::Status { fleet: false },
+            };
+            for r in replicas {
+                println!("== replica {}", shown(&r.replica));
+                print(&one, &r.answer);
+            }
+            for r in not_answering {
+                println!(
+                    "== replica {}\nNOT ANSWERING (live in the store, no answer in time)",
+                    shown(r)
+                );
+            }
+        }
         Answer::Answered { answered, approve } => println!(
             "OK: {} {} of {} by {}",
             if *approve { "approved" } else { "denied" },
@@ -699,6 +729,9 @@ fn print_pending(out: &mut impl std::io::Write, a: &PendingView) -> std::io::Res
         a.expires_in_ms / 1000,
         if a.four_eyes { ", four-eyes" } else { "" }
     )?;
+    if let Some(replica) = &a.replica {
+        writeln!(out, "    waiting on replica {}", shown(replica))?;
+    }
     for line in a.message.lines() {
         writeln!(out, "    {}", shown(line))?;
     }

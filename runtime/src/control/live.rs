@@ -284,7 +284,7 @@ impl Live {
             crate::gate::fleet::Fleet::new(&settings, replica).map_err(anyhow::Error::msg)?;
         tracing::info!(store = %settings.store, replica = %fleet.replica, "joining the fleet");
         let _ = self.operator.fleet.set(fleet.clone());
-        let (adopting, interrupting) = (self.clone(), self.clone());
+        let (adopting, interrupting, answering) = (self.clone(), self.clone(), self.clone());
         let by = format!("the fleet store {}", settings.store);
         tokio::spawn(fleet.run(
             self.operator.overrides.clone(),
@@ -304,6 +304,7 @@ impl Live {
                     );
                 }
             },
+            move |answer| answering.operator.approvals.deliver(answer),
         ));
         Ok(true)
     }

@@ -1,4 +1,19 @@
-//! Identifiers of calls, questions and tickets.
+//! Identifiers of calls, questions and tickets, and of this process in a fleet.
+
+/// This process's replica id in a fleet, as the audit records carry it: the JSON field with
+/// its trailing comma (`"replica":"ID",`), set once before the audit log opens.
+static REPLICA_FIELD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Name this process replica `id` in every audit record from now on (once).
+pub fn set_replica(id: &str) {
+    let quoted = serde_json::to_string(id).unwrap_or_else(|_| "\"?\"".into());
+    let _ = REPLICA_FIELD.set(format!("\"replica\":{quoted},"));
+}
+
+/// The audit records' replica field, in a fleet.
+pub fn replica_field() -> Option<&'static str> {
+    REPLICA_FIELD.get().map(String::as_str)
+}
 
 /// 128 random bits, hex.
 pub fn random_id() -> String {

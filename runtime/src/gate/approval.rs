@@ -11,6 +11,7 @@ use crate::core::failure::{CallFailure, TicketProblem};
 use crate::core::interaction::{Asking, Reply};
 use crate::core::units::Span;
 use crate::gate::audit::AuditLog;
+use crate::gate::fleet::{Answering, Fleet, FleetAnswer};
 use crate::sandbox::clock::Pause;
 #[allow(deprecated)]
 // Sampling and roots are deprecated by SEP-2577 but still in the protocol.
@@ -354,7 +355,7 @@ impl Interaction {
 
     /// Open the ticket a retry presented, once per call: it must be genuine, for this caller,
     /// tool and arguments, unexpired and unused. Its answers become this call's.
-    pub fn redeem(
+    pub async fn redeem(
         &self,
         approvals: &Approvals,
         tool: &str,
@@ -371,9 +372,8 @@ impl Interaction {
             return Ok(None);
         }
         let (id, answers) = approvals
-            .tickets
             .redeem(&retry, &self.principal, tool, digest)
-            .map_err(|problem| CallFailure::TicketRefused { problem })?;
+            .await?;
         *lock(&self.answers) = answers;
         *lock(&self.redeemed) = Some(id.clone());
         Ok(Some(id))
@@ -410,7 +410,7 @@ impl Interaction {
                 asking: q.asking,
             });
         }
-        let state = approvals.tickets.issue(Ticket {
+        let state = approvals.issue(Ticket {
             v: TICKET_VERSION,
             id: self.next_ticket().to_owned(),
             server: String::new(),
@@ -621,9 +621,12 @@ impl Interaction {
                     .queue
                     .enqueue(&question, &self.principal, call, policy)?;
                 let mut open = Open {
-                    queue: Some((&approvals.queue, id.clone())),
-                    record: Some(abandoned(&id)),
+                    queue: Some((approvals, id.clone())),
+                    record: None,
                 };
+                // In a fleet, posted where every replica's operator sees it (and can answer).
+                approvals.post(&id, policy.timeout.0).await?;
+                open.record = Some(abandoned(&id));
                 record("requested", &id, None, None).await?;
                 if let Some(events) = call.events {
                     let _ = events.try_send(crate::sandbox::store::GuestEvent::Progress {
@@ -672,7 +675,7 @@ impl Interaction {
 /// future dropped: stopped, cancelled, timed out), the queue entry goes and the record says
 /// the question was abandoned.
 struct Open<'a> {
-    queue: Option<(&'a Queue, String)>,
+    queue: Option<(&'a Approvals, String)>,
     record: Option<(AuditLog, serde_json::Value)>,
 }
 
@@ -685,8 +688,8 @@ impl Open<'_> {
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        if let Some((queue, id)) = &self.queue {
-            queue.remove(id);
+        if let Some((approvals, id)) = &self.queue {
+            approvals.withdraw(id);
         }
         if let Some((audit, record)) = self.record.take()
             && audit.is_on()
@@ -754,8 +757,12 @@ fn now_ms() -> u64 {
 /// The approval state a serving process keeps across reloads: the ticket key and the tickets
 /// already used, and the operator queue.
 pub struct Approvals {
-    pub tickets: Tickets,
+    tickets: Tickets,
     pub queue: Queue,
+    /// The fleet store (`[fleet]`) once joined: then tickets are sealed with the fleet's key
+    /// and redeemed once across it, and the operator queue is the fleet's. Shared with the
+    /// operator state.
+    pub fleet: Arc<std::sync::OnceLock<Arc<Fleet>>>,
 }
 
 impl Approvals {
@@ -789,12 +796,178 @@ impl Approvals {
         Ok(Approvals {
             tickets: Tickets {
                 codec,
+                fleet_codec: std::sync::OnceLock::new(),
                 used: Mutex::new(HashMap::new()),
                 server: crate::core::ids::random_id(),
             },
             queue: Queue::default(),
+            fleet: Arc::default(),
         })
     }
+
+    fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.get()
+    }
+
+    /// Seal `ticket`: with this process's key, or in a fleet the fleet's.
+    fn issue(&self, ticket: Ticket) -> Result<String, String> {
+        self.tickets.issue(self.fleet().map(|f| &**f), ticket)
+    }
+
+    /// Open the ticket `retry` presents and use it up: in a fleet, once across the fleet (an
+    /// atomic operation in the store).
+    async fn redeem(
+        &self,
+        retry: &Retry,
+        principal: &str,
+        tool: &str,
+        digest: &str,
+    ) -> Result<(String, HashMap<String, Answered>), CallFailure> {
+        let fleet = self.fleet();
+        let refused = |problem| CallFailure::TicketRefused { problem };
+        let (redeemed, expires_ms) = self
+            .tickets
+            .redeem(fleet.map(|f| &**f), retry, principal, tool, digest)
+            .map_err(refused)?;
+        if let Some(fleet) = fleet {
+            let first = fleet
+                .redeem_ticket(&redeemed.0, expires_ms)
+                .await
+                .map_err(|e| CallFailure::FleetUnavailable(e.0))?;
+            if !first {
+                return Err(refused(TicketProblem::Replayed));
+            }
+        }
+        Ok(redeemed)
+    }
+
+    /// Give back a redeemed ticket whose call was refused before it ran (the server was busy),
+    /// so that the client's next retry can use it.
+    pub fn release(&self, id: &str) {
+        match self.fleet() {
+            Some(fleet) => fleet.release_ticket(id),
+            None => self.tickets.release(id),
+        }
+    }
+
+    /// In a fleet, post question `id` (waiting in this replica's queue) to the fleet's queue;
+    /// a store that cannot take it refuses the call (no operator elsewhere could answer).
+    async fn post(&self, id: &str, timeout: Duration) -> Result<(), CallFailure> {
+        let Some(fleet) = self.fleet() else {
+            return Ok(());
+        };
+        let Some(view) = self.queue.view(id) else {
+            return Ok(());
+        };
+        let posted = Posted {
+            view: PendingView {
+                replica: Some(fleet.replica.clone()),
+                ..view
+            },
+            asked_ms: now_ms(),
+            expires_ms: now_ms() + timeout.as_millis() as u64,
+        };
+        let text = serde_json::to_string(&posted)
+            .map_err(|e| CallFailure::HostError(format!("cannot post a question: {e}")))?;
+        fleet
+            .post_question(id, &text, timeout)
+            .await
+            .map_err(|e| CallFailure::FleetUnavailable(e.0))
+    }
+
+    /// Question `id` no longer waits here.
+    fn withdraw(&self, id: &str) {
+        self.queue.remove(id);
+        if let Some(fleet) = self.fleet() {
+            fleet.withdraw_question(id);
+        }
+    }
+
+    /// Every question waiting for an operator, oldest first: this server's, and in a fleet
+    /// every replica's.
+    pub async fn list(&self) -> Result<Vec<PendingView>, String> {
+        let mut all = self.queue.list();
+        let Some(fleet) = self.fleet() else {
+            return Ok(all);
+        };
+        for v in &mut all {
+            v.replica = Some(fleet.replica.clone());
+        }
+        let now = now_ms();
+        for text in fleet.questions().await? {
+            let Ok(p) = serde_json::from_str::<Posted>(&text) else {
+                continue;
+            };
+            if all.iter().any(|v| v.id == p.view.id) {
+                continue;
+            }
+            all.push(PendingView {
+                age_ms: now.saturating_sub(p.asked_ms),
+                expires_in_ms: p.expires_ms.saturating_sub(now),
+                ..p.view
+            });
+        }
+        all.sort_by_key(|v| std::cmp::Reverse(v.age_ms));
+        Ok(all)
+    }
+
+    /// Answer question `id`, approving (`yes`) or denying it, as `operator` (`by` is what
+    /// the record names). In a fleet the answer is taken once, wherever the question waits.
+    pub async fn answer(
+        &self,
+        id: &str,
+        yes: bool,
+        operator: &str,
+        by: String,
+        reason: Option<String>,
+    ) -> Result<PendingView, AnswerRefused> {
+        let Some(fleet) = self.fleet() else {
+            return self.queue.answer(id, yes, operator, by, reason);
+        };
+        let answer = FleetAnswer {
+            id: id.to_owned(),
+            approve: yes,
+            by,
+            reason,
+        };
+        match fleet
+            .answer_question(&answer, operator)
+            .await
+            .map_err(AnswerRefused::Unavailable)?
+        {
+            Answering::Taken(view) => {
+                // Delivered at once when it waits here (the announcement finds it gone).
+                self.deliver(answer.clone());
+                serde_json::from_str::<Posted>(&view)
+                    .map(|p| p.view)
+                    .map_err(|e| {
+                        AnswerRefused::Unavailable(format!(
+                            "a question in the store is not valid: {e}"
+                        ))
+                    })
+            }
+            Answering::NotWaiting => Err(AnswerRefused::NotWaiting(id.to_owned())),
+            Answering::FourEyes => Err(AnswerRefused::FourEyes {
+                operator: operator.to_owned(),
+            }),
+        }
+    }
+
+    /// An answer another replica's operator gave (or this one's): to the call waiting here
+    /// for it, if one does.
+    pub fn deliver(&self, answer: FleetAnswer) {
+        self.queue
+            .deliver(&answer.id, answer.approve, answer.by, answer.reason);
+    }
+}
+
+/// A question as posted to the fleet's queue.
+#[derive(Debug, Serialize, Deserialize)]
+struct Posted {
+    #[serde(flatten)]
+    view: PendingView,
+    asked_ms: u64,
+    expires_ms: u64,
 }
 
 /// What a sealed request state says. Signed (HMAC-SHA256), not encrypted: it holds no secret.
@@ -828,8 +1001,10 @@ struct Pending {
 const TICKET_VERSION: u8 = 3;
 
 /// Sealing and single use of tickets.
-pub struct Tickets {
+struct Tickets {
     codec: RequestStateCodec,
+    /// In a fleet: the fleet's key, once read from the store.
+    fleet_codec: std::sync::OnceLock<RequestStateCodec>,
     /// Ticket id → its expiry (ms); pruned as they expire.
     used: Mutex<HashMap<String, u64>>,
     /// This process's id in its tickets: the record of used tickets is this process's memory,
@@ -838,35 +1013,59 @@ pub struct Tickets {
     server: String,
 }
 
+/// The issuer tickets of a fleet name: any replica redeems them (once, across the fleet).
+const FLEET_ISSUER: &str = "fleet";
+
 impl Tickets {
-    fn issue(&self, mut ticket: Ticket) -> Result<String, String> {
-        ticket.server.clone_from(&self.server);
-        self.codec
+    /// The codec and issuer name: this process's, or in a fleet the fleet's (none before the
+    /// replica has read the fleet's key).
+    fn sealer(&self, fleet: Option<&Fleet>) -> Option<(&RequestStateCodec, &str)> {
+        let Some(fleet) = fleet else {
+            return Some((&self.codec, &self.server));
+        };
+        let codec = match self.fleet_codec.get() {
+            Some(c) => c,
+            None => {
+                let key = fleet.ticket_key()?;
+                let codec = RequestStateCodec::try_new(key.to_vec()).ok()?;
+                self.fleet_codec.get_or_init(|| codec)
+            }
+        };
+        Some((codec, FLEET_ISSUER))
+    }
+
+    fn issue(&self, fleet: Option<&Fleet>, mut ticket: Ticket) -> Result<String, String> {
+        let (codec, server) = self
+            .sealer(fleet)
+            .ok_or("this replica has not read the fleet's ticket key yet")?;
+        ticket.server = server.to_owned();
+        codec
             .seal_json(&ticket)
             .map_err(|e| format!("cannot seal the request state: {e}"))
     }
 
-    /// Give back a redeemed ticket whose call was refused before it ran (the server was busy),
-    /// so that the client's next retry can use it.
-    pub fn release(&self, id: &str) {
+    fn release(&self, id: &str) {
         lock(&self.used).remove(id);
     }
 
+    /// Open the ticket: genuine, this caller's, tool's and arguments', unexpired, this
+    /// issuer's; and, outside a fleet, unused (marked used now). In a fleet the caller marks
+    /// it used in the store (by its id, until its expiry: returned too).
+    #[allow(clippy::type_complexity)]
     fn redeem(
         &self,
+        fleet: Option<&Fleet>,
         retry: &Retry,
         principal: &str,
         tool: &str,
         digest: &str,
-    ) -> Result<(String, HashMap<String, Answered>), TicketProblem> {
+    ) -> Result<((String, HashMap<String, Answered>), u64), TicketProblem> {
+        let (codec, server) = self.sealer(fleet).ok_or(TicketProblem::Forged)?;
         let state = retry
             .request_state
             .as_deref()
             .ok_or(TicketProblem::Forged)?;
-        let t: Ticket = self
-            .codec
-            .open_json(state)
-            .map_err(|_| TicketProblem::Forged)?;
+        let t: Ticket = codec.open_json(state).map_err(|_| TicketProblem::Forged)?;
         if t.v != TICKET_VERSION {
             return Err(TicketProblem::Forged);
         }
@@ -883,10 +1082,10 @@ impl Tickets {
         if now > t.expires_ms {
             return Err(TicketProblem::Expired);
         }
-        if t.server != self.server {
+        if t.server != server {
             return Err(TicketProblem::OtherServer);
         }
-        {
+        if fleet.is_none() {
             let mut used = lock(&self.used);
             used.retain(|_, expires| *expires >= now);
             if used.insert(t.id.clone(), t.expires_ms).is_some() {
@@ -909,7 +1108,7 @@ impl Tickets {
                 },
             );
         }
-        Ok((t.id, answers))
+        Ok(((t.id, answers), t.expires_ms))
     }
 }
 
@@ -927,6 +1126,9 @@ pub struct PendingView {
     pub expires_in_ms: u64,
     /// The operator who answers may not be the caller.
     pub four_eyes: bool,
+    /// In a fleet: the replica where the call waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 struct Waiting {
@@ -951,6 +1153,9 @@ pub enum AnswerRefused {
         "four-eyes rule: {operator} made this call and cannot approve it; another operator must"
     )]
     FourEyes { operator: String },
+    /// In a fleet: the store could not take the answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Queue {
@@ -995,6 +1200,7 @@ impl Queue {
                     age_ms: 0,
                     expires_in_ms: 0,
                     four_eyes: policy.four_eyes,
+                    replica: None,
                 },
                 since: Instant::now(),
                 timeout: policy.timeout.0,
@@ -1041,6 +1247,31 @@ impl Queue {
         lock(&self.waiting).remove(id);
     }
 
+    fn view(&self, id: &str) -> Option<PendingView> {
+        lock(&self.waiting).get(id).map(|w| w.view.clone())
+    }
+
+    /// Give the call waiting on `id` its answer; its view, or `None` when none waits here
+    /// (or the call ended a moment ago).
+    fn deliver(
+        &self,
+        id: &str,
+        yes: bool,
+        by: String,
+        reason: Option<String>,
+    ) -> Option<PendingView> {
+        let w = lock(&self.waiting).remove(id)?;
+        let reply = if yes {
+            let mut content = JsonObject::new();
+            content.insert("approve".into(), true.into());
+            Reply::Accept { content }
+        } else {
+            Reply::Decline
+        };
+        w.answer.send(Answered { reply, by, reason }).ok()?;
+        Some(w.view)
+    }
+
     /// Everything waiting, oldest first.
     pub fn list(&self) -> Vec<PendingView> {
         let mut all: Vec<PendingView> = lock(&self.waiting)
@@ -1067,28 +1298,20 @@ impl Queue {
         by: String,
         reason: Option<String>,
     ) -> Result<PendingView, AnswerRefused> {
-        let mut waiting = lock(&self.waiting);
-        let w = waiting
-            .get(id)
-            .ok_or_else(|| AnswerRefused::NotWaiting(id.to_owned()))?;
-        if yes && w.view.four_eyes && w.view.principal == operator {
-            return Err(AnswerRefused::FourEyes {
-                operator: operator.to_owned(),
-            });
+        {
+            let waiting = lock(&self.waiting);
+            let w = waiting
+                .get(id)
+                .ok_or_else(|| AnswerRefused::NotWaiting(id.to_owned()))?;
+            if yes && w.view.four_eyes && w.view.principal == operator {
+                return Err(AnswerRefused::FourEyes {
+                    operator: operator.to_owned(),
+                });
+            }
         }
-        let w = waiting.remove(id).expect("looked up above");
-        let reply = if yes {
-            let mut content = JsonObject::new();
-            content.insert("approve".into(), true.into());
-            Reply::Accept { content }
-        } else {
-            Reply::Decline
-        };
         // The call may have ended a moment ago; then this answer reached no one.
-        w.answer
-            .send(Answered { reply, by, reason })
-            .map_err(|_| AnswerRefused::NotWaiting(id.to_owned()))?;
-        Ok(w.view)
+        self.deliver(id, yes, by, reason)
+            .ok_or_else(|| AnswerRefused::NotWaiting(id.to_owned()))
     }
 }
 
@@ -1105,22 +1328,25 @@ mod tests {
 
     fn ticket(a: &Approvals, id: &str, expires_ms: u64) -> String {
         a.tickets
-            .issue(Ticket {
-                v: TICKET_VERSION,
-                id: id.into(),
-                server: String::new(),
-                principal: "alice".into(),
-                tool: "write".into(),
-                arguments_sha256: "d1".into(),
-                issued_ms: now_ms(),
-                expires_ms,
-                answers: BTreeMap::new(),
-                pending: vec![Pending {
-                    key: "k".into(),
-                    wire: "k".into(),
-                    asking: Asking::Confirm,
-                }],
-            })
+            .issue(
+                None,
+                Ticket {
+                    v: TICKET_VERSION,
+                    id: id.into(),
+                    server: String::new(),
+                    principal: "alice".into(),
+                    tool: "write".into(),
+                    arguments_sha256: "d1".into(),
+                    issued_ms: now_ms(),
+                    expires_ms,
+                    answers: BTreeMap::new(),
+                    pending: vec![Pending {
+                        key: "k".into(),
+                        wire: "k".into(),
+                        asking: Asking::Confirm,
+                    }],
+                },
+            )
             .unwrap()
     }
 
@@ -1130,7 +1356,9 @@ mod tests {
         let yes = serde_json::json!({"k": {"action": "accept", "content": {"approve": true}}});
         let t = ticket(&a, "t1", now_ms() + 60_000);
         let r = |p: &str, tool: &str, d: &str| {
-            a.tickets.redeem(&retry(t.clone(), yes.clone()), p, tool, d)
+            a.tickets
+                .redeem(None, &retry(t.clone(), yes.clone()), p, tool, d)
+                .map(|(r, _)| r)
         };
         assert_eq!(
             r("bob", "write", "d1").unwrap_err(),
@@ -1152,7 +1380,7 @@ mod tests {
             TicketProblem::Replayed
         );
         // A call refused before it ran gives its ticket back, once.
-        a.tickets.release(&id);
+        a.release(&id);
         assert!(r("alice", "write", "d1").is_ok());
         assert_eq!(
             r("alice", "write", "d1").unwrap_err(),
@@ -1162,17 +1390,18 @@ mod tests {
         let expired = ticket(&a, "t2", now_ms() - 1);
         let e = a
             .tickets
-            .redeem(&retry(expired, yes.clone()), "alice", "write", "d1");
+            .redeem(None, &retry(expired, yes.clone()), "alice", "write", "d1");
         assert_eq!(e.unwrap_err(), TicketProblem::Expired);
 
         let mut forged = ticket(&a, "t3", now_ms() + 60_000);
         forged.push('x');
         let e = a
             .tickets
-            .redeem(&retry(forged, yes.clone()), "alice", "write", "d1");
+            .redeem(None, &retry(forged, yes.clone()), "alice", "write", "d1");
         assert_eq!(e.unwrap_err(), TicketProblem::Forged);
         let other = Approvals::ephemeral();
         let e = other.tickets.redeem(
+            None,
             &retry(ticket(&a, "t4", now_ms() + 60_000), yes.clone()),
             "alice",
             "write",
@@ -1187,6 +1416,7 @@ mod tests {
             Approvals::with_key(&key).unwrap(),
         );
         let e = second.tickets.redeem(
+            None,
             &retry(ticket(&first, "t5", now_ms() + 60_000), yes),
             "alice",
             "write",

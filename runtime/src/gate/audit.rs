@@ -394,6 +394,13 @@ pub const MAX_CHAINS: u32 = 64;
 /// The public key of the audit directory's chains, written by the first server.
 const SIGNER_FILE: &str = "signer.pub";
 
+/// The key (hex) the chains of `audit_dir` are signed with, as its first server wrote it.
+pub fn signer_of(audit_dir: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(audit_dir.join(SIGNER_FILE))?
+        .trim()
+        .to_owned())
+}
+
 /// Take the first chain of `audit_dir` no other process writes: the directory itself, then
 /// `chains/2`, `chains/3`… Each server on an audit directory writes a chain of its own (one
 /// writer per chain, held by the lock returned), and a restarted server continues the first
@@ -1027,6 +1034,10 @@ impl Writer {
             now(),
             self.head
         );
+        // In a fleet, each record names the replica that wrote it (`audit merge`).
+        if let Some(field) = crate::core::ids::replica_field() {
+            buf.extend_from_slice(field.as_bytes());
+        }
         buf.extend_from_slice(body);
         buf.push(b'}');
         let hash = sha256_hex(&buf[start..]);

@@ -11,7 +11,14 @@
 //! - `P:replicas`: a sorted set, replica id → the time (ms) its presence expires (a heartbeat
 //!   pushes it on; an entry past it is not live);
 //! - `P:applied`: a hash, replica id → the version it has in force;
-//! - channel `P:changes`: `{"version": N, "from": ID, "interrupt": SCOPE|null, "revoked": …}`.
+//! - channel `P:changes`: `{"version": N, "from": ID, "interrupt": SCOPE|null}`;
+//! - `P:ticket-key`: the key every replica seals approval tickets with (the first replica's),
+//!   and `P:ticket:ID`, one per ticket redeemed, until the ticket expires (single use);
+//! - `P:question:ID`: a question waiting for an operator on some replica (its view, JSON),
+//!   until it times out, and `P:questions`, a sorted set of their ids by expiry; channel
+//!   `P:answers`: an operator's answer, for the replica where the question waits;
+//! - `P:rate:principal:NAME`, `P:rate:tool:NAME`: shared rate-limit buckets ([`TAKE`]);
+//! - channel `P:asks` and lists `P:reply:ID`: `ctl status --fleet` and `ctl calls --fleet`.
 
 use crate::config::fleet::{FleetSettings, OnStale};
 use crate::core::kill_scope::KillScope;
@@ -47,6 +54,45 @@ redis.call('PUBLISH', ARGV[3], '{"version":' .. ARGV[1] .. ',"from":' .. ARGV[4]
 return 1
 "#;
 
+/// Take up to `want` tokens from a token bucket, on the store's clock (no replica's clock
+/// matters). KEYS: bucket. ARGV: capacity, tokens refilled per ms, want. Returns the tokens
+/// taken and, when none, how long (ms) until one is there.
+const TAKE: &str = r#"
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[1], 't', 'n')
+local tokens = cap
+if b[1] and b[2] then
+  tokens = math.min(cap, tonumber(b[2]) + math.max(0, now - tonumber(b[1])) * rate)
+end
+local got = math.min(want, math.floor(tokens))
+tokens = tokens - got
+redis.call('HSET', KEYS[1], 't', string.format('%d', now), 'n', string.format('%.6f', tokens))
+redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate) + 1000)
+local wait = 0
+if got == 0 then wait = math.ceil((1 - tokens) / rate) end
+return {got, wait}
+"#;
+
+/// An operator's answer to a question waiting anywhere in the fleet: taken once (the entry
+/// goes), under the four-eyes rule, and announced to the replica where it waits. KEYS:
+/// question, questions. ARGV: id, approve (1|0), operator, channel, announcement (JSON).
+/// Returns {0, ''} when nothing waits, {2, ''} when the four-eyes rule refuses, else
+/// {1, the question's view}.
+const ANSWER: &str = r#"
+local q = redis.call('GET', KEYS[1])
+if not q then return {0, ''} end
+local v = cjson.decode(q)
+if ARGV[2] == '1' and v['four_eyes'] and v['principal'] == ARGV[3] then return {2, ''} end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {1, q}
+"#;
+
 /// Most attempts of one change against changes made at the same moment elsewhere.
 const MAX_ATTEMPTS: u32 = 16;
 
@@ -75,10 +121,42 @@ pub enum Interrupt {
     Component(String),
 }
 
+/// An operator's answer to a question, for the replica where it waits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetAnswer {
+    pub id: String,
+    pub approve: bool,
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+/// A question for every replica (`ctl status --fleet`, `ctl calls --fleet`): the replica
+/// answers with [`Fleet::reply`] to `reply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetAsk {
+    pub what: String,
+    pub reply: String,
+}
+
+/// Asks from other replicas kept for this replica's answerer; beyond it they go unanswered
+/// (the asking `ctl` names the replica as not answering).
+const ASKS_KEPT: usize = 16;
+
 /// Why a replica admits no calls now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Stale(pub String);
+
+/// What became of an operator's answer in the fleet's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answering {
+    /// This answer was taken; the question's view (JSON).
+    Taken(String),
+    /// Nothing waits under that id (answered, timed out, or never asked).
+    NotWaiting,
+    /// The operator is the caller and the question needs another's yes.
+    FourEyes,
+}
 
 /// What a change did across the fleet.
 #[derive(Debug, Clone)]
@@ -106,6 +184,11 @@ pub struct Fleet {
     /// Serialises reading the store and putting what it holds in force (the run task's sync
     /// and an operator's change), so that an older read never replaces a newer change.
     applying: tokio::sync::Mutex<()>,
+    /// The key approval tickets are sealed with in this fleet, once read from the store.
+    ticket_key: std::sync::OnceLock<[u8; 32]>,
+    /// Asks from `ctl … --fleet` on any replica, for this one's admin plane to answer.
+    asks: tokio::sync::mpsc::Sender<FleetAsk>,
+    asks_received: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FleetAsk>>>,
 }
 
 /// Versions beyond this are refused: Redis's Lua numbers are doubles, exact only up to 2^53.
@@ -144,6 +227,7 @@ impl Fleet {
         }
         let client = redis::Client::open(info.set_redis_settings(redis_info))
             .map_err(|e| format!("fleet › store: {e}"))?;
+        let (asks, asks_received) = tokio::sync::mpsc::channel(ASKS_KEPT);
         Ok(Arc::new(Fleet {
             settings: settings.clone(),
             replica,
@@ -154,6 +238,9 @@ impl Fleet {
             epoch: Instant::now(),
             stale_logged: AtomicBool::new(false),
             applying: tokio::sync::Mutex::new(()),
+            ticket_key: std::sync::OnceLock::new(),
+            asks,
+            asks_received: std::sync::Mutex::new(Some(asks_received)),
         }))
     }
 
@@ -285,6 +372,7 @@ impl Fleet {
                 )));
             }
         }
+        self.share_ticket_key().await?;
         let mut adopted = None;
         if state.version > applied {
             adopted = overrides.adopt(state.overrides).map_err(|e| {
@@ -305,6 +393,318 @@ impl Fleet {
         }
         self.heartbeat().await?;
         Ok(adopted)
+    }
+
+    /// Read the fleet's ticket key, putting this replica's own there when the store has none
+    /// (the first replica, or a store that lost its data: then a replica that joins later may
+    /// seal with another key, and its tickets are refused as forged elsewhere, until they
+    /// expire; the log says so).
+    async fn share_ticket_key(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection().await?;
+        let mine = match self.ticket_key.get() {
+            Some(k) => *k,
+            None => {
+                let mut k = [0u8; 32];
+                getrandom::getrandom(&mut k).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "no entropy for a ticket key",
+                        e.to_string(),
+                    ))
+                })?;
+                k
+            }
+        };
+        let (_, held): ((), String) = redis::pipe()
+            .cmd("SET")
+            .arg(key(&self.settings, "ticket-key"))
+            .arg(hex::encode(mine))
+            .arg("NX")
+            .cmd("GET")
+            .arg(key(&self.settings, "ticket-key"))
+            .query_async(&mut conn)
+            .await?;
+        let mut held_key = [0u8; 32];
+        if hex::decode_to_slice(held.as_bytes(), &mut held_key).is_err() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "the fleet's ticket key is not 32 bytes of hex",
+            )));
+        }
+        match self.ticket_key.get() {
+            None => {
+                let _ = self.ticket_key.set(held_key);
+            }
+            Some(k) if *k != held_key => tracing::error!(
+                "the fleet store's ticket key is not the one this replica seals with (the \
+                 store lost it and another replica put its own): tickets issued here are \
+                 refused elsewhere until this replica restarts"
+            ),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Tokens leased at once from a shared bucket of `capacity` (`rate_lease`).
+    pub fn lease_for(&self, capacity: u32) -> u32 {
+        self.settings.lease_for(capacity)
+    }
+
+    /// The key tickets are sealed with in this fleet, once this replica has read it.
+    pub fn ticket_key(&self) -> Option<&[u8; 32]> {
+        self.ticket_key.get()
+    }
+
+    /// The store could not be used for a call's check: the call is refused.
+    fn unavailable(&self, e: &redis::RedisError) -> Stale {
+        // The error names no store (`fleet_unavailable` reaches clients).
+        tracing::warn!(store = %self.settings.store, "fleet store: {e}");
+        Stale("the fleet store cannot be reached".into())
+    }
+
+    /// Redeem ticket `id` fleet-wide: true the first time, on any replica; false after.
+    pub async fn redeem_ticket(&self, id: &str, expires_ms: u64) -> Result<bool, Stale> {
+        let go = async {
+            let mut conn = self.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(key(&self.settings, &format!("ticket:{id}")))
+                .arg(&self.replica)
+                .arg("NX")
+                .arg("PXAT")
+                .arg(expires_ms.max(now_ms() + 1))
+                .query_async(&mut conn)
+                .await?;
+            redis::RedisResult::Ok(set.is_some())
+        };
+        go.await.map_err(|e| self.unavailable(&e))
+    }
+
+    /// Give back a redeemed ticket whose call did not run (best effort, in the background).
+    pub fn release_ticket(self: &Arc<Self>, id: &str) {
+        let (fleet, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            if let Ok(mut conn) = fleet.connection().await {
+                let _ = redis::cmd("DEL")
+                    .arg(key(&fleet.settings, &format!("ticket:{id}")))
+                    .query_async::<()>(&mut conn)
+                    .await;
+            }
+        });
+    }
+
+    /// Post a question waiting here for an operator, so that `ctl` on any replica lists and
+    /// answers it. `view` is its JSON (with `principal` and `four_eyes`); it expires with
+    /// the question.
+    pub async fn post_question(
+        &self,
+        id: &str,
+        view: &str,
+        timeout: Duration,
+    ) -> Result<(), Stale> {
+        let go = async {
+            let mut conn = self.connection().await?;
+            let expires = now_ms() + timeout.as_millis() as u64 + 1000;
+            redis::pipe()
+                .cmd("SET")
+                .arg(key(&self.settings, &format!("question:{id}")))
+                .arg(view)
+                .arg("PXAT")
+                .arg(expires)
+                .ignore()
+                .cmd("ZADD")
+                .arg(key(&self.settings, "questions"))
+                .arg(expires)
+                .arg(id)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(key(&self.settings, "questions"))
+                .arg("-inf")
+                .arg(now_ms())
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        };
+        go.await.map_err(|e| self.unavailable(&e))
+    }
+
+    /// Take a question that no longer waits out of the fleet's queue (in the background).
+    pub fn withdraw_question(self: &Arc<Self>, id: &str) {
+        let (fleet, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move {
+            if let Ok(mut conn) = fleet.connection().await {
+                let _ = redis::pipe()
+                    .cmd("DEL")
+                    .arg(key(&fleet.settings, &format!("question:{id}")))
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(key(&fleet.settings, "questions"))
+                    .arg(&id)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await;
+            }
+        });
+    }
+
+    /// Every question waiting in the fleet, as posted (JSON).
+    pub async fn questions(&self) -> Result<Vec<String>, String> {
+        let go = async {
+            let mut conn = self.connection().await?;
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(key(&self.settings, "questions"))
+                .arg(now_ms())
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = ids
+                .iter()
+                .map(|id| key(&self.settings, &format!("question:{id}")))
+                .collect();
+            let views: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            redis::RedisResult::Ok(views.into_iter().flatten().collect())
+        };
+        go.await
+            .map_err(|e| format!("the fleet's approval queue cannot be read: {e}"))
+    }
+
+    /// Answer a question waiting anywhere in the fleet, once ([`ANSWER`]): the question's view
+    /// when this answer is the one taken.
+    pub async fn answer_question(
+        &self,
+        answer: &FleetAnswer,
+        operator: &str,
+    ) -> Result<Answering, String> {
+        let note = serde_json::to_string(answer).map_err(|e| e.to_string())?;
+        let go = async {
+            let mut conn = self.connection().await?;
+            let (status, view): (u8, String) = redis::Script::new(ANSWER)
+                .key(key(&self.settings, &format!("question:{}", answer.id)))
+                .key(key(&self.settings, "questions"))
+                .arg(&answer.id)
+                .arg(if answer.approve { "1" } else { "0" })
+                .arg(operator)
+                .arg(key(&self.settings, "answers"))
+                .arg(&note)
+                .invoke_async(&mut conn)
+                .await?;
+            redis::RedisResult::Ok(match status {
+                1 => Answering::Taken(view),
+                2 => Answering::FourEyes,
+                _ => Answering::NotWaiting,
+            })
+        };
+        go.await
+            .map_err(|e| format!("the fleet's approval queue cannot be reached: {e}"))
+    }
+
+    /// Take up to `want` tokens from the shared bucket `bucket` (of `capacity`, refilled at
+    /// `per_ms` tokens a millisecond): the tokens taken and, when none, the wait for one.
+    pub async fn take_tokens(
+        &self,
+        bucket: &str,
+        capacity: u32,
+        per_ms: f64,
+        want: u32,
+    ) -> Result<(u32, Duration), Stale> {
+        let go = async {
+            let mut conn = self.connection().await?;
+            let (got, wait): (u32, u64) = redis::Script::new(TAKE)
+                .key(key(&self.settings, &format!("rate:{bucket}")))
+                .arg(capacity)
+                .arg(format!("{per_ms:.9}"))
+                .arg(want)
+                .invoke_async(&mut conn)
+                .await?;
+            redis::RedisResult::Ok((got, Duration::from_millis(wait)))
+        };
+        go.await.map_err(|e| self.unavailable(&e))
+    }
+
+    /// The asks of `ctl … --fleet` this replica should answer; taken once, by the admin
+    /// plane.
+    pub fn take_asks(&self) -> Option<tokio::sync::mpsc::Receiver<FleetAsk>> {
+        self.asks_received.lock().ok()?.take()
+    }
+
+    /// Answer an ask ([`FleetAsk::reply`]) with this replica's `answer` (JSON).
+    pub async fn reply(&self, reply: &str, answer: serde_json::Value) {
+        let body = serde_json::json!({"replica": self.replica, "answer": answer}).to_string();
+        if let Ok(mut conn) = self.connection().await {
+            let _ = redis::pipe()
+                .cmd("RPUSH")
+                .arg(reply)
+                .arg(body)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(reply)
+                .arg(10_000)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await;
+        }
+    }
+
+    /// Ask every live replica (this one too) `what` (`status`, `calls`) and wait (at most
+    /// `ack_timeout`) for their answers: each answer under its replica's id, and the live
+    /// replicas that did not answer.
+    pub async fn ask_all(
+        &self,
+        what: &str,
+    ) -> Result<(Vec<serde_json::Value>, Vec<String>), String> {
+        let fail = |e: redis::RedisError| format!("the fleet store cannot be reached: {e}");
+        let live = self.live().await.map_err(fail)?;
+        let id = crate::core::ids::random_id();
+        let reply = key(&self.settings, &format!("reply:{id}"));
+        let ask = serde_json::to_string(&FleetAsk {
+            what: what.to_owned(),
+            reply: reply.clone(),
+        })
+        .map_err(|e| e.to_string())?;
+        let mut conn = self.connection().await.map_err(fail)?;
+        redis::cmd("PUBLISH")
+            .arg(key(&self.settings, "asks"))
+            .arg(ask)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(fail)?;
+        let deadline = Instant::now() + self.settings.ack_timeout;
+        let mut answers: Vec<String> = Vec::new();
+        while Instant::now() < deadline {
+            let n: usize = redis::cmd("LLEN")
+                .arg(&reply)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            if n >= live.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (got,): (Vec<String>,) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(&reply)
+            .arg(0)
+            .arg(-1)
+            .cmd("DEL")
+            .arg(&reply)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        answers.extend(got);
+        let answers: Vec<serde_json::Value> = answers
+            .iter()
+            .filter_map(|a| serde_json::from_str(a).ok())
+            .collect();
+        let missing = live
+            .into_iter()
+            .filter(|r| !answers.iter().any(|a| a["replica"] == r.as_str()))
+            .collect();
+        Ok((answers, missing))
     }
 
     /// Say this replica is live (until `max_staleness` × 2 from now) and what it applied.
@@ -472,15 +872,17 @@ impl Fleet {
         overrides: Arc<OverrideStore>,
         adopted: impl Fn(crate::gate::overrides::Adopted, u64) + Send + 'static,
         interrupt: impl Fn(&Interrupt) + Send + 'static,
+        answered: impl Fn(FleetAnswer) + Send + 'static,
     ) {
         use futures_util::StreamExt;
         let beat = self.settings.max_staleness / 4;
         let channel = key(&self.settings, "changes");
+        let (answers, asks) = (key(&self.settings, "answers"), key(&self.settings, "asks"));
         let mut backoff = Duration::from_millis(50);
         loop {
             let subscribed = tokio::time::timeout(self.settings.max_staleness, async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
+                pubsub.subscribe(&[&channel, &answers, &asks]).await?;
                 redis::RedisResult::Ok(pubsub)
             })
             .await;
@@ -515,6 +917,21 @@ impl Fleet {
                             break;
                         };
                         let Ok(text) = message.get_payload::<String>() else { continue };
+                        if message.get_channel_name() == answers {
+                            if let Ok(a) = serde_json::from_str::<FleetAnswer>(&text) {
+                                answered(a);
+                            }
+                            continue;
+                        }
+                        if message.get_channel_name() == asks {
+                            if let Ok(a) = serde_json::from_str::<FleetAsk>(&text)
+                                && a.reply.starts_with(&format!("{}:reply:", self.settings.prefix))
+                                && self.asks.try_send(a).is_err()
+                            {
+                                tracing::warn!("fleet: too many asks from ctl at once; one went unanswered");
+                            }
+                            continue;
+                        }
                         let Ok(note) = serde_json::from_str::<Announced>(&text) else {
                             tracing::warn!("fleet: an announcement that is not one was ignored");
                             continue;

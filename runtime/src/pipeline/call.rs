@@ -862,7 +862,10 @@ impl Airlock {
     ) -> Result<Response, CallFailure> {
         let step = Instant::now();
         // The principal's bucket first: a flood of unknown names is limited as well.
-        self.rate_limits.check_principal(&caller.principal.name)?;
+        let fleet = self.operator.fleet.get().map(|f| &**f);
+        self.rate_limits
+            .check_principal(fleet, &caller.principal.name)
+            .await?;
         let target = self.target(request, &caller.principal)?;
         let component = target.component;
         usage.component = Some(component.prepared.name.clone());
@@ -912,7 +915,9 @@ impl Airlock {
         self.check_kill(caller, &target)?;
         let name = target.name;
         check_nesting(caller, name, &usage.arguments_sha256, &ctx.interaction)?;
-        self.rate_limits.check_bucket(&target.rate_key())?;
+        self.rate_limits
+            .check_bucket(fleet, &target.rate_key())
+            .await?;
         usage.mark("authorize", step);
         let step = Instant::now();
         usage.audit_arguments = component.entry.audit_arguments;
@@ -927,11 +932,14 @@ impl Airlock {
             })?;
         }
         if caller.is_top_level() {
-            usage.ticket = ctx.interaction.redeem(
-                &self.operator.approvals,
-                &target.ticket_label(),
-                &usage.arguments_sha256,
-            )?;
+            usage.ticket = ctx
+                .interaction
+                .redeem(
+                    &self.operator.approvals,
+                    &target.ticket_label(),
+                    &usage.arguments_sha256,
+                )
+                .await?;
         }
         // Before admission: a call waiting for a person holds no in-flight slot, so pending
         // approvals cannot starve the server. A tool's rule decides for its calls; an entry
@@ -954,7 +962,7 @@ impl Airlock {
         let permits = self.admit(&target).inspect_err(|_| {
             // Refused before it ran: the ticket the call redeemed may be presented again.
             if let Some(id) = &usage.ticket {
-                self.operator.approvals.tickets.release(id);
+                self.operator.approvals.release(id);
             }
         })?;
         let running = self.operator.running.register(Running {

@@ -22,8 +22,9 @@ pub struct OperatorState {
     pub signals: tokio::sync::broadcast::Sender<Signal>,
     /// Content-safety detections per tool and rule since the start (`airlock ctl safety`).
     pub detections: crate::gate::safety::DetectionCounts,
-    /// The fleet store the overrides are shared through (`[fleet]`), once connected.
-    pub fleet: std::sync::OnceLock<Arc<crate::gate::fleet::Fleet>>,
+    /// The fleet store the overrides, approvals and rate limits are shared through
+    /// (`[fleet]`), once joined (the approvals' own link).
+    pub fleet: Arc<std::sync::OnceLock<Arc<crate::gate::fleet::Fleet>>>,
 }
 
 /// Signals kept for a session that has not read them yet; beyond this it misses the oldest.
@@ -32,13 +33,13 @@ const SIGNALS_KEPT: usize = 256;
 impl OperatorState {
     pub fn new(overrides: OverrideStore, approvals: Approvals) -> Arc<OperatorState> {
         Arc::new(OperatorState {
+            fleet: approvals.fleet.clone(),
             overrides: Arc::new(overrides),
             running: RunningCalls::default(),
             approvals,
             reloads: std::sync::atomic::AtomicU64::new(0),
             signals: tokio::sync::broadcast::channel(SIGNALS_KEPT).0,
             detections: Default::default(),
-            fleet: std::sync::OnceLock::new(),
         })
     }
 

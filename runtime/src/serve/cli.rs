@@ -160,17 +160,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain and checkpoint signatures of FILEs (default: the configured log), or
-    /// an evidence bundle (`audit export`) with its signature; prints counts and OK, or the
-    /// first broken, missing or reordered record, and fails.
+    /// Check the hash chain and checkpoint signatures of FILEs (default: the configured log),
+    /// of every chain of audit DIRectories (a fleet's replicas' logs, say), or of an evidence
+    /// bundle (`audit export`) with its signature; prints counts and OK, or the first broken,
+    /// missing or reordered record, and fails.
     Verify {
         #[command(flatten)]
         config: ConfigArgs,
-        /// The checkpoint public key, hex (default: the state directory's key).
+        /// A checkpoint public key, hex (default: the state directory's key). Several: each
+        /// directory must be signed by one of them.
         #[arg(long)]
-        key: Option<String>,
-        /// Log files, oldest first.
+        key: Vec<String>,
+        /// Log files (oldest first, one chain), or audit directories.
         files: Vec<PathBuf>,
+    },
+    /// Print the records of several audit directories (the replicas of a fleet, each its own
+    /// chains) as one stream ordered by time; each record names its replica. Filters as for
+    /// `audit search`.
+    Merge {
+        #[command(flatten)]
+        filter: RecordFilterArgs,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The audit directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// Print the public key that verifies checkpoints (created on first use).
     Key {
@@ -451,6 +466,11 @@ async fn start_serving(
     if reset_state {
         refuse_reset_beside(&policy.server.state_dir, &bound.id)?;
     }
+    // Named before the audit log opens: every record carries it.
+    let replica = replica_id(&bound.path);
+    if policy.fleet.is_some() {
+        crate::core::ids::set_replica(&replica);
+    }
     let airlock = load_with_state(policy, reset_state).await?;
     let identity = admin::Identity {
         id: bound.id.clone(),
@@ -461,7 +481,7 @@ async fn start_serving(
     let live = Live::new(airlock, source, listen, plan);
     // In a fleet the store is where the overrides change (joined before the admin socket
     // answers, so that no change goes to the file alone); otherwise the shared file.
-    if !live.join_fleet(replica_id(&socket))? {
+    if !live.join_fleet(replica)? {
         tokio::spawn(live.clone().watch_overrides(OVERRIDES_WATCH));
     }
     tokio::spawn(admin::serve(bound, live.clone(), identity));
@@ -535,6 +555,10 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     confine::prepare_dirs(&policy)?;
     let bound = admin::bind(&policy.server.state_dir)?;
     let principal = policy.auth.local_principal.clone();
+    let replica = replica_id(&bound.path);
+    if policy.fleet.is_some() {
+        crate::core::ids::set_replica(&replica);
+    }
     let airlock = load_with_state(policy, false).await?;
     let identity = admin::Identity {
         id: bound.id.clone(),
@@ -544,7 +568,7 @@ async fn call_one(config: &ConfigArgs, tool: &str, args: &str, json: bool) -> Re
     let socket = bound.path.clone();
     let live = Live::new(airlock, source, None, None);
     // A kill given to another server on the state directory (or replica) holds for this call.
-    if live.join_fleet(replica_id(&socket))? {
+    if live.join_fleet(replica)? {
         live.fleet_current(Duration::from_secs(10)).await;
     } else {
         tokio::spawn(live.clone().watch_overrides(OVERRIDES_WATCH));
@@ -790,6 +814,71 @@ fn audit_chains(dir: &Path) -> Result<Vec<(u32, Vec<PathBuf>)>> {
         .collect()
 }
 
+/// Verify one chain (`files`, oldest first) with `key`, and say so (after `label`).
+fn verify_chain(files: &[PathBuf], key: &str, label: &str) -> Result<()> {
+    let v =
+        audit::verify(files, key).map_err(|e| anyhow::anyhow!("audit log broken: {label}{e}"))?;
+    println!(
+        "{label}OK: {} records, {} checkpoints, {} files, last record {}{}",
+        v.records,
+        v.checkpoints,
+        v.files,
+        v.last_seq,
+        if v.stopped {
+            " (sealed by a clean stop)"
+        } else if v.sealed {
+            " (sealed by a checkpoint)"
+        } else {
+            " (not sealed: the log is in use, or its writer stopped without closing it)"
+        }
+    );
+    if v.unclean_stops > 0 {
+        println!(
+            "{} unclean stop(s) recorded (kind \"audit\", event \"unclean_stop\"): \
+             each follows the last record its server kept",
+            v.unclean_stops
+        );
+    }
+    Ok(())
+}
+
+/// `audit verify DIR…`: every chain of each audit directory (a fleet's replicas'), each
+/// directory with the key it names (`signer.pub`), which must be one of `keys` when any are
+/// given.
+fn verify_dirs(dirs: &[PathBuf], keys: &[String]) -> Result<()> {
+    let keys: Vec<String> = keys.iter().map(|k| k.trim().to_ascii_lowercase()).collect();
+    for dir in dirs {
+        let signer = audit::signer_of(dir).with_context(|| {
+            format!(
+                "{} names no signing key (signer.pub): is it an audit directory?",
+                dir.display()
+            )
+        })?;
+        if !keys.is_empty() && !keys.contains(&signer.to_ascii_lowercase()) {
+            anyhow::bail!(
+                "audit log broken: {} is signed by {signer}, not by any --key given",
+                dir.display()
+            );
+        }
+        let chains = audit_chains(dir)?;
+        anyhow::ensure!(
+            chains.iter().any(|(_, files)| !files.is_empty()),
+            "{} holds no audit log files",
+            dir.display()
+        );
+        for (n, files) in &chains {
+            verify_chain(files, &signer, &format!("{} chain {n}: ", dir.display()))?;
+        }
+    }
+    if keys.is_empty() {
+        eprintln!(
+            "note: each directory was checked with the key it names itself (signer.pub); \
+             give the replicas' keys with --key to pin them"
+        );
+    }
+    Ok(())
+}
+
 async fn run_audit(command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Key { config } => {
@@ -798,7 +887,17 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             Ok(())
         }
         AuditCommand::Verify { config, key, files } => {
+            let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+                files.into_iter().partition(|p| p.is_dir());
+            if !dirs.is_empty() {
+                anyhow::ensure!(
+                    files.is_empty(),
+                    "give audit directories or log files, not both"
+                );
+                return verify_dirs(&dirs, &key);
+            }
             // Without files: every chain of the configured audit directory.
+            let key = key.into_iter().next();
             let (chains, key) = if files.is_empty() || key.is_none() {
                 let policy = config.source().load()?;
                 let chains = if files.is_empty() {
@@ -850,40 +949,34 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
             }
             let several = chains.len() > 1;
             for (n, files) in &chains {
-                let v = audit::verify(files, &key).map_err(|e| {
-                    if several {
-                        anyhow::anyhow!("audit log broken: chain {n}: {e}")
-                    } else {
-                        anyhow::anyhow!("audit log broken: {e}")
-                    }
-                })?;
-                println!(
-                    "{}OK: {} records, {} checkpoints, {} files, last record {}{}",
-                    if several {
-                        format!("chain {n}: ")
-                    } else {
-                        String::new()
-                    },
-                    v.records,
-                    v.checkpoints,
-                    v.files,
-                    v.last_seq,
-                    if v.stopped {
-                        " (sealed by a clean stop)"
-                    } else if v.sealed {
-                        " (sealed by a checkpoint)"
-                    } else {
-                        " (not sealed: the log is in use, or its writer stopped without closing it)"
-                    }
-                );
-                if v.unclean_stops > 0 {
-                    println!(
-                        "{} unclean stop(s) recorded (kind \"audit\", event \"unclean_stop\"): \
-                         each follows the last record its server kept",
-                        v.unclean_stops
-                    );
+                let label = if several {
+                    format!("chain {n}: ")
+                } else {
+                    String::new()
+                };
+                verify_chain(files, &key, &label)?;
+            }
+            Ok(())
+        }
+        AuditCommand::Merge {
+            filter,
+            limit,
+            dirs,
+        } => {
+            let (filter, human) = filter.resolve()?;
+            let mut chains = Vec::new();
+            for dir in &dirs {
+                anyhow::ensure!(dir.is_dir(), "{} is not an audit directory", dir.display());
+                for (_, files) in audit_chains(dir)? {
+                    chains.push((chains.len() as u32 + 1, files));
                 }
             }
+            let found = audit::search(&chains, &filter, human, limit)?;
+            eprintln!(
+                "{found} records of {} chains in {} directories",
+                chains.len(),
+                dirs.len()
+            );
             Ok(())
         }
         AuditCommand::Tail {
