@@ -475,9 +475,30 @@ fn a_fleet_behind_haproxy_holds_kills_tickets_approvals_and_rate_limits_under_lo
         .collect();
     let mut verify = vec!["audit", "verify"];
     verify.extend(&dirs_args);
+    // A directory's own signer.pub proves nothing: each replica's key is given.
     let (ok, out) = run_airlock_text(&verify);
+    assert!(!ok && out.contains("--key"), "{out}");
+    let keys: Vec<String> = replicas
+        .iter()
+        .map(|r| {
+            let (ok, out) =
+                run_airlock_text(&["audit", "key", "--state-dir", r.state_dir.to_str().unwrap()]);
+            assert!(ok, "{out}");
+            out.trim().to_owned()
+        })
+        .collect();
+    let mut pinned = vec!["audit", "verify"];
+    for k in &keys {
+        pinned.extend(["--key", k.as_str()]);
+    }
+    pinned.extend(&dirs_args);
+    let (ok, out) = run_airlock_text(&pinned);
     assert!(ok, "{out}");
     assert_eq!(out.matches("OK: ").count(), 3, "{out}");
+    let mut wrong = vec!["audit", "verify", "--key", keys[0].as_str()];
+    wrong.extend(&dirs_args);
+    let (ok, out) = run_airlock_text(&wrong);
+    assert!(!ok && out.contains("not by any --key given"), "{out}");
     let mut merge = vec!["audit", "merge", "--json"];
     merge.extend(&dirs_args);
     let (ok, out) = run_airlock_text(&merge);
@@ -534,4 +555,8 @@ fn a_fleet_behind_haproxy_holds_kills_tickets_approvals_and_rate_limits_under_lo
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The store lost its record of used tickets with the rest: a ticket issued before is
+    // refused, not taken a second time.
+    let replayed = call_at(&replicas[0].addr, ALICE, retry).unwrap();
+    assert_eq!(result_outcome(&replayed), "ticket_refused", "{replayed}");
 }

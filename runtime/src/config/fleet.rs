@@ -234,8 +234,8 @@ pub(crate) fn resolve(
     }))
 }
 
-/// `rate_lease` unless set: a busy principal asks the store once per 8 calls.
-pub const DEFAULT_RATE_LEASE: u32 = 8;
+/// `rate_lease` unless set: a busy principal asks the store once per 16 calls.
+pub const DEFAULT_RATE_LEASE: u32 = 16;
 
 #[cfg(test)]
 mod tests {

@@ -433,11 +433,17 @@ async fn handle(
             } else {
                 "calls"
             };
-            let (answers, not_answering) = fleet.ask_all(what).await.map_err(anyhow::Error::msg)?;
-            let mut replicas: Vec<ReplicaAnswer> = answers
-                .into_iter()
-                .filter_map(|a| serde_json::from_value(a).ok())
-                .collect();
+            let (answers, mut not_answering) =
+                fleet.ask_all(what).await.map_err(anyhow::Error::msg)?;
+            let mut replicas = Vec::with_capacity(answers.len());
+            for a in answers {
+                let replica = a["replica"].as_str().unwrap_or("?").to_owned();
+                match serde_json::from_value::<ReplicaAnswer>(a) {
+                    Ok(r) => replicas.push(r),
+                    Err(_) => not_answering
+                        .push(format!("{replica} (an answer this version cannot read)")),
+                }
+            }
             replicas.sort_by(|a, b| a.replica.cmp(&b.replica));
             Ok(Answer::Fleet {
                 replicas,
@@ -533,8 +539,11 @@ async fn handle(
 fn answer_wait(request: &Request) -> std::time::Duration {
     match request {
         Request::Reload => std::time::Duration::from_secs(600),
-        // In a fleet a change waits for every replica, up to `ack_timeout` (at most 120 s).
-        Request::Change { .. } => std::time::Duration::from_secs(150),
+        // In a fleet a change waits for every replica, up to `ack_timeout` (at most 120 s),
+        // and so does a question to every replica.
+        Request::Change { .. }
+        | Request::Status { fleet: true }
+        | Request::Calls { fleet: true } => std::time::Duration::from_secs(150),
         _ => std::time::Duration::from_secs(10),
     }
 }

@@ -304,7 +304,10 @@ impl Live {
                     );
                 }
             },
-            move |answer| answering.operator.approvals.deliver(answer),
+            move |id| {
+                let live = answering.clone();
+                tokio::spawn(async move { live.operator.approvals.announced(&id).await });
+            },
         ));
         Ok(true)
     }

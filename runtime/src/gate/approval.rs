@@ -640,12 +640,15 @@ impl Interaction {
                 }
                 let waited = self
                     .pause
-                    .during(tokio::time::timeout(policy.timeout.0, rx))
+                    .during(tokio::time::timeout(
+                        policy.timeout.0,
+                        approvals.answer_for(&id, rx),
+                    ))
                     .await;
                 open.settle();
                 drop(open);
                 match waited {
-                    Ok(Ok(a)) => {
+                    Ok(Some(a)) => {
                         record(
                             reply_event(&a.reply, question.asking),
                             &id,
@@ -796,7 +799,6 @@ impl Approvals {
         Ok(Approvals {
             tickets: Tickets {
                 codec,
-                fleet_codec: std::sync::OnceLock::new(),
                 used: Mutex::new(HashMap::new()),
                 server: crate::core::ids::random_id(),
             },
@@ -843,10 +845,44 @@ impl Approvals {
 
     /// Give back a redeemed ticket whose call was refused before it ran (the server was busy),
     /// so that the client's next retry can use it.
-    pub fn release(&self, id: &str) {
+    pub async fn release(&self, id: &str) {
         match self.fleet() {
-            Some(fleet) => fleet.release_ticket(id),
+            Some(fleet) => fleet.release_ticket(id).await,
             None => self.tickets.release(id),
+        }
+    }
+
+    /// The answer to question `id` (waiting here): from this replica's operator, or in a
+    /// fleet from any replica's, woken by the fleet's announcement and looked for every
+    /// [`ANSWER_POLL`] should an announcement be lost. `None`: the queue dropped it.
+    async fn answer_for(&self, id: &str, mut rx: oneshot::Receiver<Answered>) -> Option<Answered> {
+        let Some(fleet) = self.fleet() else {
+            return rx.await.ok();
+        };
+        let mut every = tokio::time::interval(ANSWER_POLL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                a = &mut rx => return a.ok(),
+                _ = every.tick() => {
+                    if let Some(a) = fleet.taken_answer(id).await {
+                        self.deliver(a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fleet announced an answer to question `id`: delivered if it waits here.
+    pub async fn announced(&self, id: &str) {
+        if self.queue.view(id).is_none() {
+            return;
+        }
+        if let Some(fleet) = self.fleet()
+            && let Some(a) = fleet.taken_answer(id).await
+        {
+            self.deliver(a);
         }
     }
 
@@ -936,8 +972,12 @@ impl Approvals {
             .map_err(AnswerRefused::Unavailable)?
         {
             Answering::Taken(view) => {
-                // Delivered at once when it waits here (the announcement finds it gone).
-                self.deliver(answer.clone());
+                // Delivered at once when it waits here (kept in the store until then).
+                if self.queue.view(id).is_some()
+                    && let Some(a) = fleet.taken_answer(id).await
+                {
+                    self.deliver(a);
+                }
                 serde_json::from_str::<Posted>(&view)
                     .map(|p| p.view)
                     .map_err(|e| {
@@ -955,11 +995,15 @@ impl Approvals {
 
     /// An answer another replica's operator gave (or this one's): to the call waiting here
     /// for it, if one does.
-    pub fn deliver(&self, answer: FleetAnswer) {
+    fn deliver(&self, answer: FleetAnswer) {
         self.queue
             .deliver(&answer.id, answer.approve, answer.by, answer.reason);
     }
 }
+
+/// How often a call waiting for an operator in a fleet looks in the store for its answer,
+/// besides being woken when one is given.
+const ANSWER_POLL: Duration = Duration::from_millis(500);
 
 /// A question as posted to the fleet's queue.
 #[derive(Debug, Serialize, Deserialize)]
@@ -1003,8 +1047,6 @@ const TICKET_VERSION: u8 = 3;
 /// Sealing and single use of tickets.
 struct Tickets {
     codec: RequestStateCodec,
-    /// In a fleet: the fleet's key, once read from the store.
-    fleet_codec: std::sync::OnceLock<RequestStateCodec>,
     /// Ticket id → its expiry (ms); pruned as they expire.
     used: Mutex<HashMap<String, u64>>,
     /// This process's id in its tickets: the record of used tickets is this process's memory,
@@ -1017,31 +1059,31 @@ struct Tickets {
 const FLEET_ISSUER: &str = "fleet";
 
 impl Tickets {
-    /// The codec and issuer name: this process's, or in a fleet the fleet's (none before the
-    /// replica has read the fleet's key).
-    fn sealer(&self, fleet: Option<&Fleet>) -> Option<(&RequestStateCodec, &str)> {
+    /// Run `f` with the codec, the issuer name and the time before which no ticket is taken:
+    /// this process's, or in a fleet the fleet's (none before the replica has read the
+    /// fleet's key; a store that lost its data may give the fleet a new key or epoch, so it
+    /// is not kept).
+    fn sealed<R>(
+        &self,
+        fleet: Option<&Fleet>,
+        f: impl FnOnce(&RequestStateCodec, &str, u64) -> R,
+    ) -> Option<R> {
         let Some(fleet) = fleet else {
-            return Some((&self.codec, &self.server));
+            return Some(f(&self.codec, &self.server, 0));
         };
-        let codec = match self.fleet_codec.get() {
-            Some(c) => c,
-            None => {
-                let key = fleet.ticket_key()?;
-                let codec = RequestStateCodec::try_new(key.to_vec()).ok()?;
-                self.fleet_codec.get_or_init(|| codec)
-            }
-        };
-        Some((codec, FLEET_ISSUER))
+        let (key, epoch) = fleet.ticket_key()?;
+        let codec = RequestStateCodec::try_new(key.to_vec()).ok()?;
+        Some(f(&codec, FLEET_ISSUER, epoch))
     }
 
     fn issue(&self, fleet: Option<&Fleet>, mut ticket: Ticket) -> Result<String, String> {
-        let (codec, server) = self
-            .sealer(fleet)
-            .ok_or("this replica has not read the fleet's ticket key yet")?;
-        ticket.server = server.to_owned();
-        codec
-            .seal_json(&ticket)
-            .map_err(|e| format!("cannot seal the request state: {e}"))
+        self.sealed(fleet, |codec, server, _| {
+            ticket.server = server.to_owned();
+            codec
+                .seal_json(&ticket)
+                .map_err(|e| format!("cannot seal the request state: {e}"))
+        })
+        .ok_or("this replica has not read the fleet's ticket key yet")?
     }
 
     fn release(&self, id: &str) {
@@ -1060,7 +1102,33 @@ impl Tickets {
         tool: &str,
         digest: &str,
     ) -> Result<((String, HashMap<String, Answered>), u64), TicketProblem> {
-        let (codec, server) = self.sealer(fleet).ok_or(TicketProblem::Forged)?;
+        self.sealed(fleet, |codec, server, epoch| {
+            self.open(
+                fleet.is_some(),
+                codec,
+                server,
+                epoch,
+                retry,
+                principal,
+                tool,
+                digest,
+            )
+        })
+        .unwrap_or(Err(TicketProblem::Forged))
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn open(
+        &self,
+        in_fleet: bool,
+        codec: &RequestStateCodec,
+        server: &str,
+        epoch: u64,
+        retry: &Retry,
+        principal: &str,
+        tool: &str,
+        digest: &str,
+    ) -> Result<((String, HashMap<String, Answered>), u64), TicketProblem> {
         let state = retry
             .request_state
             .as_deref()
@@ -1085,7 +1153,12 @@ impl Tickets {
         if t.server != server {
             return Err(TicketProblem::OtherServer);
         }
-        if fleet.is_none() {
+        // Issued before the fleet store's record of redeemed tickets begins (it lost its
+        // data): it might have been redeemed already.
+        if t.issued_ms < epoch {
+            return Err(TicketProblem::Expired);
+        }
+        if !in_fleet {
             let mut used = lock(&self.used);
             used.retain(|_, expires| *expires >= now);
             if used.insert(t.id.clone(), t.expires_ms).is_some() {
@@ -1380,7 +1453,7 @@ mod tests {
             TicketProblem::Replayed
         );
         // A call refused before it ran gives its ticket back, once.
-        a.release(&id);
+        a.tickets.release(&id);
         assert!(r("alice", "write", "d1").is_ok());
         assert_eq!(
             r("alice", "write", "d1").unwrap_err(),

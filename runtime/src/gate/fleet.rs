@@ -14,9 +14,12 @@
 //! - channel `P:changes`: `{"version": N, "from": ID, "interrupt": SCOPE|null}`;
 //! - `P:ticket-key`: the key every replica seals approval tickets with (the first replica's),
 //!   and `P:ticket:ID`, one per ticket redeemed, until the ticket expires (single use);
+//! - `P:ticket-epoch`: when the ticket key was put in the store (its record of redeemed
+//!   tickets is complete from then on);
 //! - `P:question:ID`: a question waiting for an operator on some replica (its view, JSON),
-//!   until it times out, and `P:questions`, a sorted set of their ids by expiry; channel
-//!   `P:answers`: an operator's answer, for the replica where the question waits;
+//!   until it times out, and `P:questions`, a sorted set of their ids by expiry;
+//!   `P:answer:ID`: an operator's answer, for the replica where the question waits, woken by
+//!   its id on channel `P:answers`;
 //! - `P:rate:principal:NAME`, `P:rate:tool:NAME`: shared rate-limit buckets ([`TAKE`]);
 //! - channel `P:asks` and lists `P:reply:ID`: `ctl status --fleet` and `ctl calls --fleet`.
 
@@ -69,29 +72,55 @@ if b[1] and b[2] then
   tokens = math.min(cap, tonumber(b[2]) + math.max(0, now - tonumber(b[1])) * rate)
 end
 local got = math.min(want, math.floor(tokens))
+if got == 0 then
+  -- Nothing taken, nothing written: refused attempts, however frequent, never hold back the
+  -- refill (a slow bucket's refill per attempt would round away).
+  return {0, math.ceil((1 - tokens) / rate)}
+end
 tokens = tokens - got
-redis.call('HSET', KEYS[1], 't', string.format('%d', now), 'n', string.format('%.6f', tokens))
+redis.call('HSET', KEYS[1], 't', string.format('%d', now), 'n', string.format('%.17g', tokens))
 redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate) + 1000)
-local wait = 0
-if got == 0 then wait = math.ceil((1 - tokens) / rate) end
-return {got, wait}
+return {got, 0}
 "#;
 
 /// An operator's answer to a question waiting anywhere in the fleet: taken once (the entry
-/// goes), under the four-eyes rule, and announced to the replica where it waits. KEYS:
-/// question, questions. ARGV: id, approve (1|0), operator, channel, announcement (JSON).
-/// Returns {0, ''} when nothing waits, {2, ''} when the four-eyes rule refuses, else
-/// {1, the question's view}.
+/// goes), under the four-eyes rule, kept (until the question would have expired) for the
+/// replica where it waits, which is woken on the answers channel (and looks for it anyway,
+/// should the wake-up be lost). KEYS: question, questions, answer. ARGV: id, approve (1|0),
+/// operator, channel, the answer (JSON). Returns {0, ''} when nothing waits, {2, ''} when the
+/// four-eyes rule refuses, else {1, the question's view}.
 const ANSWER: &str = r#"
 local q = redis.call('GET', KEYS[1])
 if not q then return {0, ''} end
 local v = cjson.decode(q)
 if ARGV[2] == '1' and v['four_eyes'] and v['principal'] == ARGV[3] then return {2, ''} end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 1000 then ttl = 1000 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ttl)
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {1, q}
 "#;
+
+/// The fleet's ticket key, and the time (store clock, ms) from which the store's record of
+/// redeemed tickets is complete: a store that lost its data (restarted without persistence)
+/// lost that record too, so tickets issued before the key was put back are refused. KEYS:
+/// key, epoch. ARGV: the key this replica would put there.
+const TICKET_KEY: &str = r#"
+local k = redis.call('GET', KEYS[1])
+if not k then
+  k = ARGV[1]
+  redis.call('SET', KEYS[1], k)
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+end
+return {k, redis.call('GET', KEYS[2]) or '0'}
+"#;
+
+/// How long past its own expiry a redeemed ticket stays marked in the store: replicas' clocks
+/// (which check expiry) and the store's (which drops the mark) may disagree by this much.
+const TICKET_MARK_MARGIN_MS: u64 = 5 * 60 * 1000;
 
 /// Most attempts of one change against changes made at the same moment elsewhere.
 const MAX_ATTEMPTS: u32 = 16;
@@ -184,8 +213,9 @@ pub struct Fleet {
     /// Serialises reading the store and putting what it holds in force (the run task's sync
     /// and an operator's change), so that an older read never replaces a newer change.
     applying: tokio::sync::Mutex<()>,
-    /// The key approval tickets are sealed with in this fleet, once read from the store.
-    ticket_key: std::sync::OnceLock<[u8; 32]>,
+    /// The key approval tickets are sealed with in this fleet, and the time (ms) before which
+    /// no ticket is taken, as last read from the store.
+    ticket_key: std::sync::Mutex<Option<([u8; 32], u64)>>,
     /// Asks from `ctl … --fleet` on any replica, for this one's admin plane to answer.
     asks: tokio::sync::mpsc::Sender<FleetAsk>,
     asks_received: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FleetAsk>>>,
@@ -238,7 +268,7 @@ impl Fleet {
             epoch: Instant::now(),
             stale_logged: AtomicBool::new(false),
             applying: tokio::sync::Mutex::new(()),
-            ticket_key: std::sync::OnceLock::new(),
+            ticket_key: std::sync::Mutex::new(None),
             asks,
             asks_received: std::sync::Mutex::new(Some(asks_received)),
         }))
@@ -395,14 +425,12 @@ impl Fleet {
         Ok(adopted)
     }
 
-    /// Read the fleet's ticket key, putting this replica's own there when the store has none
-    /// (the first replica, or a store that lost its data: then a replica that joins later may
-    /// seal with another key, and its tickets are refused as forged elsewhere, until they
-    /// expire; the log says so).
+    /// Read the fleet's ticket key and epoch ([`TICKET_KEY`]), putting this replica's key
+    /// there when the store has none (the first replica, or a store that lost its data).
     async fn share_ticket_key(&self) -> redis::RedisResult<()> {
         let mut conn = self.connection().await?;
-        let mine = match self.ticket_key.get() {
-            Some(k) => *k,
+        let mine = match self.ticket_key() {
+            Some((k, _)) => k,
             None => {
                 let mut k = [0u8; 32];
                 getrandom::getrandom(&mut k).map_err(|e| {
@@ -415,44 +443,34 @@ impl Fleet {
                 k
             }
         };
-        let (_, held): ((), String) = redis::pipe()
-            .cmd("SET")
-            .arg(key(&self.settings, "ticket-key"))
+        let (held, epoch): (String, String) = redis::Script::new(TICKET_KEY)
+            .key(key(&self.settings, "ticket-key"))
+            .key(key(&self.settings, "ticket-epoch"))
             .arg(hex::encode(mine))
-            .arg("NX")
-            .cmd("GET")
-            .arg(key(&self.settings, "ticket-key"))
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         let mut held_key = [0u8; 32];
-        if hex::decode_to_slice(held.as_bytes(), &mut held_key).is_err() {
+        let epoch = epoch.parse::<u64>();
+        if hex::decode_to_slice(held.as_bytes(), &mut held_key).is_err() || epoch.is_err() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
-                "the fleet's ticket key is not 32 bytes of hex",
+                "the fleet's ticket key is not 32 bytes of hex with its epoch",
             )));
         }
-        match self.ticket_key.get() {
-            None => {
-                let _ = self.ticket_key.set(held_key);
-            }
-            Some(k) if *k != held_key => tracing::error!(
-                "the fleet store's ticket key is not the one this replica seals with (the \
-                 store lost it and another replica put its own): tickets issued here are \
-                 refused elsewhere until this replica restarts"
-            ),
-            Some(_) => {}
-        }
+        *self.ticket_key.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((held_key, epoch.unwrap_or(u64::MAX)));
         Ok(())
+    }
+
+    /// The key tickets are sealed with in this fleet and the time (ms) before which none is
+    /// taken, once this replica has read them.
+    pub fn ticket_key(&self) -> Option<([u8; 32], u64)> {
+        *self.ticket_key.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tokens leased at once from a shared bucket of `capacity` (`rate_lease`).
     pub fn lease_for(&self, capacity: u32) -> u32 {
         self.settings.lease_for(capacity)
-    }
-
-    /// The key tickets are sealed with in this fleet, once this replica has read it.
-    pub fn ticket_key(&self) -> Option<&[u8; 32]> {
-        self.ticket_key.get()
     }
 
     /// The store could not be used for a call's check: the call is refused.
@@ -471,7 +489,7 @@ impl Fleet {
                 .arg(&self.replica)
                 .arg("NX")
                 .arg("PXAT")
-                .arg(expires_ms.max(now_ms() + 1))
+                .arg(expires_ms.max(now_ms()) + TICKET_MARK_MARGIN_MS)
                 .query_async(&mut conn)
                 .await?;
             redis::RedisResult::Ok(set.is_some())
@@ -479,17 +497,15 @@ impl Fleet {
         go.await.map_err(|e| self.unavailable(&e))
     }
 
-    /// Give back a redeemed ticket whose call did not run (best effort, in the background).
-    pub fn release_ticket(self: &Arc<Self>, id: &str) {
-        let (fleet, id) = (self.clone(), id.to_owned());
-        tokio::spawn(async move {
-            if let Ok(mut conn) = fleet.connection().await {
-                let _ = redis::cmd("DEL")
-                    .arg(key(&fleet.settings, &format!("ticket:{id}")))
-                    .query_async::<()>(&mut conn)
-                    .await;
-            }
-        });
+    /// Give back a redeemed ticket whose call did not run (best effort: a store that cannot
+    /// be reached keeps it used, and the client is asked again).
+    pub async fn release_ticket(&self, id: &str) {
+        if let Ok(mut conn) = self.connection().await {
+            let _ = redis::cmd("DEL")
+                .arg(key(&self.settings, &format!("ticket:{id}")))
+                .query_async::<()>(&mut conn)
+                .await;
+        }
     }
 
     /// Post a question waiting here for an operator, so that `ctl` on any replica lists and
@@ -584,6 +600,7 @@ impl Fleet {
             let (status, view): (u8, String) = redis::Script::new(ANSWER)
                 .key(key(&self.settings, &format!("question:{}", answer.id)))
                 .key(key(&self.settings, "questions"))
+                .key(key(&self.settings, &format!("answer:{}", answer.id)))
                 .arg(&answer.id)
                 .arg(if answer.approve { "1" } else { "0" })
                 .arg(operator)
@@ -599,6 +616,19 @@ impl Fleet {
         };
         go.await
             .map_err(|e| format!("the fleet's approval queue cannot be reached: {e}"))
+    }
+
+    /// The answer an operator gave (on any replica) to question `id`, if one did: taken from
+    /// the store, so that it is delivered once.
+    pub async fn taken_answer(&self, id: &str) -> Option<FleetAnswer> {
+        let mut conn = self.connection().await.ok()?;
+        let text: Option<String> = redis::cmd("GETDEL")
+            .arg(key(&self.settings, &format!("answer:{id}")))
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let answer: FleetAnswer = serde_json::from_str(&text?).ok()?;
+        (answer.id == id).then_some(answer)
     }
 
     /// Take up to `want` tokens from the shared bucket `bucket` (of `capacity`, refilled at
@@ -827,7 +857,7 @@ impl Fleet {
                 Err(e) if Instant::now() >= deadline => {
                     return vec![format!("(the store could not be read: {e})")];
                 }
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
     }
@@ -872,7 +902,7 @@ impl Fleet {
         overrides: Arc<OverrideStore>,
         adopted: impl Fn(crate::gate::overrides::Adopted, u64) + Send + 'static,
         interrupt: impl Fn(&Interrupt) + Send + 'static,
-        answered: impl Fn(FleetAnswer) + Send + 'static,
+        answered: impl Fn(String) + Send + 'static,
     ) {
         use futures_util::StreamExt;
         let beat = self.settings.max_staleness / 4;
@@ -918,9 +948,9 @@ impl Fleet {
                         };
                         let Ok(text) = message.get_payload::<String>() else { continue };
                         if message.get_channel_name() == answers {
-                            if let Ok(a) = serde_json::from_str::<FleetAnswer>(&text) {
-                                answered(a);
-                            }
+                            // Only a wake-up: the answer itself is read from where the
+                            // ANSWER script kept it.
+                            answered(text);
                             continue;
                         }
                         if message.get_channel_name() == asks {

@@ -959,12 +959,16 @@ impl Airlock {
             approved?;
         }
         let step = Instant::now();
-        let permits = self.admit(&target).inspect_err(|_| {
-            // Refused before it ran: the ticket the call redeemed may be presented again.
-            if let Some(id) = &usage.ticket {
-                self.operator.approvals.release(id);
+        let permits = match self.admit(&target) {
+            Ok(p) => p,
+            Err(e) => {
+                // Refused before it ran: the ticket the call redeemed may be presented again.
+                if let Some(id) = &usage.ticket {
+                    self.operator.approvals.release(id).await;
+                }
+                return Err(e);
             }
-        })?;
+        };
         let running = self.operator.running.register(Running {
             call_id: caller.call_id.clone(),
             tool: Arc::from(name),

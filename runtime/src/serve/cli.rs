@@ -167,8 +167,8 @@ enum AuditCommand {
     Verify {
         #[command(flatten)]
         config: ConfigArgs,
-        /// A checkpoint public key, hex (default: the state directory's key). Several: each
-        /// directory must be signed by one of them.
+        /// A checkpoint public key, hex (default for files: the state directory's key).
+        /// Audit directories need theirs given: each must be signed by one of them.
         #[arg(long)]
         key: Vec<String>,
         /// Log files (oldest first, one chain), or audit directories.
@@ -842,11 +842,26 @@ fn verify_chain(files: &[PathBuf], key: &str, label: &str) -> Result<()> {
     Ok(())
 }
 
-/// `audit verify DIR…`: every chain of each audit directory (a fleet's replicas'), each
-/// directory with the key it names (`signer.pub`), which must be one of `keys` when any are
-/// given.
+/// `audit verify --key K… DIR…`: every chain of each audit directory (a fleet's replicas'),
+/// each with the key it names (`signer.pub`), which must be one of `keys`: a directory's own
+/// file is no proof (whoever rewrote its records could have rewritten it too).
 fn verify_dirs(dirs: &[PathBuf], keys: &[String]) -> Result<()> {
     let keys: Vec<String> = keys.iter().map(|k| k.trim().to_ascii_lowercase()).collect();
+    if keys.is_empty() {
+        let named: Vec<String> = dirs
+            .iter()
+            .map(|d| match audit::signer_of(d) {
+                Ok(k) => format!("{}: {k}", d.display()),
+                Err(e) => format!("{}: no signer.pub ({e})", d.display()),
+            })
+            .collect();
+        anyhow::bail!(
+            "give the key of each directory's server with --key (`airlock audit key` on its \
+             machine prints it); the directories name these, which prove nothing by \
+             themselves:\n  {}",
+            named.join("\n  ")
+        );
+    }
     for dir in dirs {
         let signer = audit::signer_of(dir).with_context(|| {
             format!(
@@ -854,7 +869,7 @@ fn verify_dirs(dirs: &[PathBuf], keys: &[String]) -> Result<()> {
                 dir.display()
             )
         })?;
-        if !keys.is_empty() && !keys.contains(&signer.to_ascii_lowercase()) {
+        if !keys.contains(&signer.to_ascii_lowercase()) {
             anyhow::bail!(
                 "audit log broken: {} is signed by {signer}, not by any --key given",
                 dir.display()
@@ -869,12 +884,6 @@ fn verify_dirs(dirs: &[PathBuf], keys: &[String]) -> Result<()> {
         for (n, files) in &chains {
             verify_chain(files, &signer, &format!("{} chain {n}: ", dir.display()))?;
         }
-    }
-    if keys.is_empty() {
-        eprintln!(
-            "note: each directory was checked with the key it names itself (signer.pub); \
-             give the replicas' keys with --key to pin them"
-        );
     }
     Ok(())
 }
