@@ -98,7 +98,7 @@ fn interrupt_latency(rt: &tokio::runtime::Runtime, dir: &Path, tick_ms: u64, tri
         let running = std::thread::spawn(move || call(&a, "hostile_spin", "{}"));
         // Wait until the call is registered and has run for a moment.
         loop {
-            if let Answer::Calls { calls } = ask(rt, &socket, Request::Calls)
+            if let Answer::Calls { calls } = ask(rt, &socket, Request::Calls { fleet: false })
                 && calls
                     .iter()
                     .any(|c| c.tool == "hostile_spin" && c.age_ms >= 5)

@@ -270,8 +270,8 @@ fn several_stdio_servers_share_a_state_directory_and_its_overrides() {
         2,
         "{text}"
     );
-    let chain_1 = chain_records(&audit_dir);
-    let chain_2 = chain_records(&audit_dir.join("chains/2"));
+    let chain_1 = audit_records(&audit_dir);
+    let chain_2 = audit_records(&audit_dir.join("chains/2"));
     assert!(
         chain_1
             .iter()
@@ -370,18 +370,4 @@ fn refused_start(args: &[&str], why: &str) {
     let refused = run_airlock(args);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains(why), "{err}");
-}
-
-/// The records of one chain's files, in order.
-fn chain_records(dir: &Path) -> Vec<Value> {
-    audit_files(dir)
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }

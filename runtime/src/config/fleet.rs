@@ -256,6 +256,12 @@ mod tests {
             ("127.0.0.1", 6380, 2, false)
         );
         assert_eq!(s.max_staleness, Duration::from_secs(2));
+        assert_eq!(s.rate_lease, DEFAULT_RATE_LEASE);
+        // A bucket is leased from by at most a sixteenth, never below one token.
+        assert_eq!(
+            (s.lease_for(10_000), s.lease_for(64), s.lease_for(20)),
+            (16, 4, 1)
+        );
         assert_eq!(s.on_stale, OnStale::Refuse);
         let s = resolve(&section("store = \"rediss://cache.internal\""), &none)
             .unwrap()
@@ -279,6 +285,7 @@ mod tests {
             ("store = \"redis://h:0\"", "is not a port"),
             ("store = \"redis://h/99\"", "is not 0..=15"),
             ("store = \"redis://h/0?pass=x\"", "no query"),
+            ("store = \"redis://h\"\nrate_lease = 0", "rate_lease"),
             ("store = \"redis://h%20x\"", "names no host"),
             ("store = \"redis://::1\"", "is not a port"),
             ("prefix = \"x\"", "store"),
