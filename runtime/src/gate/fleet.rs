@@ -8,9 +8,10 @@
 //! Keys, under the fleet's prefix `P`:
 //! - `P:state`: `{"version": N, "overrides": {…}}`, written only by [`CHANGE`] (compare the
 //!   version, write, publish), so no two changes can both build on one version;
-//! - `P:replicas`: a sorted set, replica id → the time (ms) its presence expires (a heartbeat
-//!   pushes it on; an entry past it is not live);
-//! - `P:applied`: a hash, replica id → the version it has in force;
+//! - `P:replicas`: a sorted set, replica id → the time (ms, the store's clock) its presence
+//!   expires (a heartbeat pushes it on; an entry past it is not live);
+//! - `P:applied`: a hash, replica id → the version it has in force (replicas no longer live
+//!   are pruned every [`PRUNE_EVERY`] heartbeats);
 //! - channel `P:changes`: `{"version": N, "from": ID, "interrupt": SCOPE|null}`;
 //! - `P:ticket-key`: the key every replica seals approval tickets with (the first replica's),
 //!   and `P:ticket:ID`, one per ticket redeemed, until the ticket expires (single use);
@@ -122,6 +123,40 @@ return {k, redis.call('GET', KEYS[2]) or '0'}
 /// (which check expiry) and the store's (which drops the mark) may disagree by this much.
 const TICKET_MARK_MARGIN_MS: u64 = 5 * 60 * 1000;
 
+/// Say a replica is live and what it applied, on the store's clock (replicas' clocks may
+/// disagree); drop the presences that expired; every [`PRUNE_EVERY`] beats also forget the
+/// applied versions of replicas no longer live (ids are new at each start, so the hash would
+/// grow by one field per start). KEYS: replicas, applied. ARGV: replica id, version applied,
+/// presence lifetime (ms), prune (1|0).
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+if ARGV[4] == '1' then
+  local live = {}
+  for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now), '+inf')) do live[r] = true end
+  for _, r in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if not live[r] then redis.call('HDEL', KEYS[2], r) end
+  end
+end
+return 1
+"#;
+
+/// The live replicas (presence not expired on the store's clock) and the version each
+/// applied (false: none). KEYS: replicas, applied.
+const LIVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now), '+inf')
+if #live == 0 then return {{}, {}} end
+return {live, redis.call('HMGET', KEYS[2], unpack(live))}
+"#;
+
+/// Heartbeats between two prunings of the applied versions ([`HEARTBEAT`]).
+const PRUNE_EVERY: u32 = 64;
+
 /// Most attempts of one change against changes made at the same moment elsewhere.
 const MAX_ATTEMPTS: u32 = 16;
 
@@ -219,6 +254,8 @@ pub struct Fleet {
     /// Asks from `ctl … --fleet` on any replica, for this one's admin plane to answer.
     asks: tokio::sync::mpsc::Sender<FleetAsk>,
     asks_received: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FleetAsk>>>,
+    /// Heartbeats so far (a pruning every [`PRUNE_EVERY`]).
+    beats: std::sync::atomic::AtomicU32,
 }
 
 /// Versions beyond this are refused: Redis's Lua numbers are doubles, exact only up to 2^53.
@@ -271,6 +308,7 @@ impl Fleet {
             ticket_key: std::sync::Mutex::new(None),
             asks,
             asks_received: std::sync::Mutex::new(Some(asks_received)),
+            beats: std::sync::atomic::AtomicU32::new(0),
         }))
     }
 
@@ -740,24 +778,15 @@ impl Fleet {
     /// Say this replica is live (until `max_staleness` × 2 from now) and what it applied.
     async fn heartbeat(&self) -> redis::RedisResult<()> {
         let mut conn = self.connection().await?;
-        let expires = now_ms() + 2 * self.settings.max_staleness.as_millis() as u64;
-        redis::pipe()
-            .cmd("ZADD")
-            .arg(key(&self.settings, "replicas"))
-            .arg(expires)
-            .arg(&self.replica)
-            .ignore()
-            .cmd("HSET")
-            .arg(key(&self.settings, "applied"))
+        let prune = self.beats.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
+        redis::Script::new(HEARTBEAT)
+            .key(key(&self.settings, "replicas"))
+            .key(key(&self.settings, "applied"))
             .arg(&self.replica)
             .arg(self.applied.load(Ordering::Acquire))
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(key(&self.settings, "replicas"))
-            .arg("-inf")
-            .arg(now_ms())
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .arg(2 * self.settings.max_staleness.as_millis() as u64)
+            .arg(if prune { "1" } else { "0" })
+            .invoke_async::<()>(&mut conn)
             .await
     }
 
@@ -864,33 +893,34 @@ impl Fleet {
 
     /// The live replicas that have not applied `version`.
     async fn behind(&self, version: u64) -> redis::RedisResult<Vec<String>> {
-        let live = self.live().await?;
-        if live.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.connection().await?;
-        let applied: Vec<Option<u64>> = redis::cmd("HMGET")
-            .arg(key(&self.settings, "applied"))
-            .arg(&live)
-            .query_async(&mut conn)
-            .await?;
-        Ok(live
+        Ok(self
+            .live_applied()
+            .await?
             .into_iter()
-            .zip(applied)
             .filter(|(_, a)| a.is_none_or(|a| a < version))
             .map(|(id, _)| id)
             .collect())
     }
 
+    /// The replicas whose presence has not expired, with the version each applied.
+    async fn live_applied(&self) -> redis::RedisResult<Vec<(String, Option<u64>)>> {
+        let mut conn = self.connection().await?;
+        let (live, applied): (Vec<String>, Vec<Option<u64>>) = redis::Script::new(LIVE)
+            .key(key(&self.settings, "replicas"))
+            .key(key(&self.settings, "applied"))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(live.into_iter().zip(applied).collect())
+    }
+
     /// The replicas whose presence has not expired.
     pub async fn live(&self) -> redis::RedisResult<Vec<String>> {
-        let mut conn = self.connection().await?;
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(key(&self.settings, "replicas"))
-            .arg(now_ms())
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
+        Ok(self
+            .live_applied()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Keep this replica current until the process ends: follow the changes channel, confirm
