@@ -705,15 +705,11 @@ fn full_audit_disk(durability: &str) {
         status.contains("ready       NO: the audit log cannot be written: "),
         "{status}"
     );
-    assert!(
-        server
-            .log()
-            .contains("not ready: the audit log cannot be written")
-    );
-    assert!(
-        server
-            .log()
-            .contains("calls are refused until the audit log can be written again")
+    // The server's log is read from its stderr in the background: waited for, not sampled.
+    server.wait_for_log_count("not ready: the audit log cannot be written", 1);
+    server.wait_for_log_count(
+        "calls are refused until the audit log can be written again",
+        1,
     );
 
     // Space comes back: the writer recovers by itself, without a restart.

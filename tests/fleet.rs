@@ -560,3 +560,48 @@ fn a_fleet_behind_haproxy_holds_kills_tickets_approvals_and_rate_limits_under_lo
     let replayed = call_at(&replicas[0].addr, ALICE, retry).unwrap();
     assert_eq!(result_outcome(&replayed), "ticket_refused", "{replayed}");
 }
+
+#[test]
+fn on_stale_serve_keeps_serving_under_the_last_overrides_but_not_what_needs_the_store() {
+    let redis = Redis::start(free_port());
+    let port = redis.port;
+    let dir = TempDir::new("fleet-serve");
+    let config = dir.config(&format!(
+        "[fleet]\nstore = \"redis://127.0.0.1:{port}\"\nmax_staleness = \"500ms\"\n\
+         on_stale = \"serve\"\nprefix = \"fleet-serve-{}\"\n\
+         [[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n\
+         [[tool]]\nname = \"time\"\ncomponent = \"bundled:time\"\nrate_limit = \"600/m\"\n",
+        std::process::id()
+    ));
+    let server = HttpServer::start(&config);
+    until(&server, "completed", Duration::from_secs(10));
+    let (ok, out) = ctl(&server, &["kill", "--tool", "text_transform"]);
+    assert!(ok, "{out}");
+    redis.stop();
+    // Past max_staleness without the store: still serving, under the kill it had.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(outcome_of(&server), "completed", "{}", server.log());
+    assert_eq!(ready(&server), 200);
+    let killed = tool_result(
+        &server,
+        "text_transform",
+        json!({"text": "a b", "op": "upper"}),
+    );
+    assert_eq!(result_outcome(&killed), "disabled_by_operator", "{killed}");
+    // A shared rate limit needs the store: refused, not served from a local bucket.
+    let limited = tool_result(&server, "time_now", json!({}));
+    assert_eq!(result_outcome(&limited), "fleet_unavailable", "{limited}");
+    // No change can be made while the store is away.
+    let (ok, out) = ctl(&server, &["revive", "--tool", "text_transform"]);
+    assert!(!ok && out.contains("cannot be reached"), "{out}");
+    let _redis = Redis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = tool_result(&server, "time_now", json!({}));
+        if result_outcome(&r) == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

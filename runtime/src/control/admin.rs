@@ -514,7 +514,25 @@ async fn handle(
                 .answer(&id, approve, &name, by.clone(), reason)
                 .await
             {
-                Ok(answered) => Ok(Answer::Answered { answered, approve }),
+                Ok(answered) => {
+                    // In a fleet the call may wait on another replica, which records the
+                    // answer it receives; this one records that its operator gave it.
+                    if operator.fleet.get().is_some() {
+                        let record = serde_json::json!({
+                            "event": "answer_given", "ticket": id, "by": by, "approve": approve,
+                            "waiting_on": answered.replica,
+                        });
+                        let audit = live.current().audit().clone();
+                        if audit.is_on() {
+                            audit.append("approval", &record).await.map_err(|e| {
+                                anyhow::anyhow!(
+                                    "the answer was given, but its audit record failed: {e}"
+                                )
+                            })?;
+                        }
+                    }
+                    Ok(Answer::Answered { answered, approve })
+                }
                 Err(refused) => {
                     // A refused answer is recorded too: someone tried.
                     let record = serde_json::json!({

@@ -419,6 +419,7 @@ impl Interaction {
             arguments_sha256: digest.to_owned(),
             issued_ms: now_ms(),
             expires_ms: now_ms() + timeout.unwrap_or(Duration::from_secs(300)).as_millis() as u64,
+            epoch: String::new(),
             answers: lock(&self.answers)
                 .iter()
                 .map(|(k, a)| (k.clone(), a.clone()))
@@ -640,15 +641,12 @@ impl Interaction {
                 }
                 let waited = self
                     .pause
-                    .during(tokio::time::timeout(
-                        policy.timeout.0,
-                        approvals.answer_for(&id, rx),
-                    ))
+                    .during(approvals.answer_for(&id, rx, policy.timeout.0))
                     .await;
                 open.settle();
                 drop(open);
                 match waited {
-                    Ok(Some(a)) => {
+                    Some(a) => {
                         record(
                             reply_event(&a.reply, question.asking),
                             &id,
@@ -827,20 +825,31 @@ impl Approvals {
     ) -> Result<(String, HashMap<String, Answered>), CallFailure> {
         let fleet = self.fleet();
         let refused = |problem| CallFailure::TicketRefused { problem };
-        let (redeemed, expires_ms) = self
+        if let Some(fleet) = fleet
+            && fleet.ticket_key().is_none()
+        {
+            return Err(CallFailure::FleetUnavailable(
+                "this replica has not read the fleet's ticket key yet".into(),
+            ));
+        }
+        let opened = self
             .tickets
             .redeem(fleet.map(|f| &**f), retry, principal, tool, digest)
             .map_err(refused)?;
         if let Some(fleet) = fleet {
-            let first = fleet
-                .redeem_ticket(&redeemed.0, expires_ms)
+            match fleet
+                .redeem_ticket(&opened.id, &opened.epoch, opened.lifetime)
                 .await
-                .map_err(|e| CallFailure::FleetUnavailable(e.0))?;
-            if !first {
-                return Err(refused(TicketProblem::Replayed));
+                .map_err(|e| CallFailure::FleetUnavailable(e.0))?
+            {
+                Some(true) => {}
+                Some(false) => return Err(refused(TicketProblem::Replayed)),
+                // Issued before the store's record of redeemed tickets began (it lost its
+                // data): it may have been redeemed already.
+                None => return Err(refused(TicketProblem::Expired)),
             }
         }
-        Ok(redeemed)
+        Ok((opened.id, opened.answers))
     }
 
     /// Give back a redeemed ticket whose call was refused before it ran (the server was busy),
@@ -855,10 +864,18 @@ impl Approvals {
     /// The answer to question `id` (waiting here): from this replica's operator, or in a
     /// fleet from any replica's, woken by the fleet's announcement and looked for every
     /// [`ANSWER_POLL`] should an announcement be lost. `None`: the queue dropped it.
-    async fn answer_for(&self, id: &str, mut rx: oneshot::Receiver<Answered>) -> Option<Answered> {
+    /// `None` once `timeout` has passed with no answer (in a fleet, the question leaves the
+    /// store's queue then, or its answer, given at the last moment, is taken).
+    async fn answer_for(
+        &self,
+        id: &str,
+        mut rx: oneshot::Receiver<Answered>,
+        timeout: Duration,
+    ) -> Option<Answered> {
         let Some(fleet) = self.fleet() else {
-            return rx.await.ok();
+            return tokio::time::timeout(timeout, rx).await.ok()?.ok();
         };
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut every = tokio::time::interval(ANSWER_POLL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
@@ -869,6 +886,10 @@ impl Approvals {
                     if let Some(a) = fleet.taken_answer(id).await {
                         self.deliver(a);
                     }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.queue.remove(id);
+                    return fleet.close_question(id).await.map(Answered::from);
                 }
             }
         }
@@ -1001,6 +1022,24 @@ impl Approvals {
     }
 }
 
+impl From<FleetAnswer> for Answered {
+    fn from(a: FleetAnswer) -> Answered {
+        answered(a.approve, a.by, a.reason)
+    }
+}
+
+/// An operator's approval or denial.
+fn answered(yes: bool, by: String, reason: Option<String>) -> Answered {
+    let reply = if yes {
+        let mut content = JsonObject::new();
+        content.insert("approve".into(), true.into());
+        Reply::Accept { content }
+    } else {
+        Reply::Decline
+    };
+    Answered { reply, by, reason }
+}
+
 /// How often a call waiting for an operator in a fleet looks in the store for its answer,
 /// besides being woken when one is given.
 const ANSWER_POLL: Duration = Duration::from_millis(500);
@@ -1026,6 +1065,9 @@ struct Ticket {
     arguments_sha256: String,
     issued_ms: u64,
     expires_ms: u64,
+    /// In a fleet: the epoch of the store's record of redeemed tickets it was issued under.
+    #[serde(default)]
+    epoch: String,
     answers: BTreeMap<String, Answered>,
     /// The questions the client was asked; its `inputResponses` answer them.
     pending: Vec<Pending>,
@@ -1041,8 +1083,9 @@ struct Pending {
     asking: Asking,
 }
 
-/// The ticket format: 2 names each question's client key and kind, 3 the issuing process.
-const TICKET_VERSION: u8 = 3;
+/// The ticket format: 2 names each question's client key and kind, 3 the issuing process, 4
+/// the fleet's epoch.
+const TICKET_VERSION: u8 = 4;
 
 /// Sealing and single use of tickets.
 struct Tickets {
@@ -1059,26 +1102,26 @@ struct Tickets {
 const FLEET_ISSUER: &str = "fleet";
 
 impl Tickets {
-    /// Run `f` with the codec, the issuer name and the time before which no ticket is taken:
-    /// this process's, or in a fleet the fleet's (none before the replica has read the
-    /// fleet's key; a store that lost its data may give the fleet a new key or epoch, so it
-    /// is not kept).
+    /// Run `f` with the codec, the issuer name and the epoch: this process's, or in a fleet
+    /// the fleet's (none before the replica has read the fleet's key; a store that lost its
+    /// data gives the fleet a new epoch, so it is not kept).
     fn sealed<R>(
         &self,
         fleet: Option<&Fleet>,
-        f: impl FnOnce(&RequestStateCodec, &str, u64) -> R,
+        f: impl FnOnce(&RequestStateCodec, &str, &str) -> R,
     ) -> Option<R> {
         let Some(fleet) = fleet else {
-            return Some(f(&self.codec, &self.server, 0));
+            return Some(f(&self.codec, &self.server, ""));
         };
         let (key, epoch) = fleet.ticket_key()?;
         let codec = RequestStateCodec::try_new(key.to_vec()).ok()?;
-        Some(f(&codec, FLEET_ISSUER, epoch))
+        Some(f(&codec, FLEET_ISSUER, &epoch))
     }
 
     fn issue(&self, fleet: Option<&Fleet>, mut ticket: Ticket) -> Result<String, String> {
-        self.sealed(fleet, |codec, server, _| {
+        self.sealed(fleet, |codec, server, epoch| {
             ticket.server = server.to_owned();
+            epoch.clone_into(&mut ticket.epoch);
             codec
                 .seal_json(&ticket)
                 .map_err(|e| format!("cannot seal the request state: {e}"))
@@ -1093,7 +1136,6 @@ impl Tickets {
     /// Open the ticket: genuine, this caller's, tool's and arguments', unexpired, this
     /// issuer's; and, outside a fleet, unused (marked used now). In a fleet the caller marks
     /// it used in the store (by its id, until its expiry: returned too).
-    #[allow(clippy::type_complexity)]
     fn redeem(
         &self,
         fleet: Option<&Fleet>,
@@ -1101,7 +1143,7 @@ impl Tickets {
         principal: &str,
         tool: &str,
         digest: &str,
-    ) -> Result<((String, HashMap<String, Answered>), u64), TicketProblem> {
+    ) -> Result<Opened, TicketProblem> {
         self.sealed(fleet, |codec, server, epoch| {
             self.open(
                 fleet.is_some(),
@@ -1117,18 +1159,18 @@ impl Tickets {
         .unwrap_or(Err(TicketProblem::Forged))
     }
 
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         in_fleet: bool,
         codec: &RequestStateCodec,
         server: &str,
-        epoch: u64,
+        epoch: &str,
         retry: &Retry,
         principal: &str,
         tool: &str,
         digest: &str,
-    ) -> Result<((String, HashMap<String, Answered>), u64), TicketProblem> {
+    ) -> Result<Opened, TicketProblem> {
         let state = retry
             .request_state
             .as_deref()
@@ -1153,9 +1195,9 @@ impl Tickets {
         if t.server != server {
             return Err(TicketProblem::OtherServer);
         }
-        // Issued before the fleet store's record of redeemed tickets begins (it lost its
-        // data): it might have been redeemed already.
-        if t.issued_ms < epoch {
+        // Issued under another epoch of the fleet store's record of redeemed tickets (the
+        // store lost its data since): it might have been redeemed already.
+        if t.epoch != epoch {
             return Err(TicketProblem::Expired);
         }
         if !in_fleet {
@@ -1181,8 +1223,23 @@ impl Tickets {
                 },
             );
         }
-        Ok(((t.id, answers), t.expires_ms))
+        Ok(Opened {
+            id: t.id,
+            answers,
+            epoch: t.epoch,
+            lifetime: Duration::from_millis(t.expires_ms.saturating_sub(t.issued_ms)),
+        })
     }
+}
+
+/// A ticket opened: its id and answers, and (for a fleet's record of redeemed tickets) its
+/// epoch and lifetime.
+#[derive(Debug)]
+struct Opened {
+    id: String,
+    answers: HashMap<String, Answered>,
+    epoch: String,
+    lifetime: Duration,
 }
 
 /// A question waiting for an operator, as `ctl approvals list` shows it.
@@ -1334,14 +1391,7 @@ impl Queue {
         reason: Option<String>,
     ) -> Option<PendingView> {
         let w = lock(&self.waiting).remove(id)?;
-        let reply = if yes {
-            let mut content = JsonObject::new();
-            content.insert("approve".into(), true.into());
-            Reply::Accept { content }
-        } else {
-            Reply::Decline
-        };
-        w.answer.send(Answered { reply, by, reason }).ok()?;
+        w.answer.send(answered(yes, by, reason)).ok()?;
         Some(w.view)
     }
 
@@ -1412,6 +1462,7 @@ mod tests {
                     arguments_sha256: "d1".into(),
                     issued_ms: now_ms(),
                     expires_ms,
+                    epoch: String::new(),
                     answers: BTreeMap::new(),
                     pending: vec![Pending {
                         key: "k".into(),
@@ -1431,7 +1482,7 @@ mod tests {
         let r = |p: &str, tool: &str, d: &str| {
             a.tickets
                 .redeem(None, &retry(t.clone(), yes.clone()), p, tool, d)
-                .map(|(r, _)| r)
+                .map(|o| (o.id, o.answers))
         };
         assert_eq!(
             r("bob", "write", "d1").unwrap_err(),

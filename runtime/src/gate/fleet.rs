@@ -28,8 +28,8 @@ use crate::config::fleet::{FleetSettings, OnStale};
 use crate::core::kill_scope::KillScope;
 use crate::gate::overrides::{OverrideStore, Overrides};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Compare the version, write the new state, announce it. KEYS: state. ARGV: expected version,
@@ -104,24 +104,67 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {1, q}
 "#;
 
-/// The fleet's ticket key, and the time (store clock, ms) from which the store's record of
-/// redeemed tickets is complete: a store that lost its data (restarted without persistence)
-/// lost that record too, so tickets issued before the key was put back are refused. KEYS:
-/// key, epoch. ARGV: the key this replica would put there.
+/// The fleet's ticket key and epoch: the epoch names the store's record of redeemed tickets
+/// (a random token), and a store that lost either key (restarted without persistence, say)
+/// lost that record too, so a new epoch starts and tickets of the old one are refused. No
+/// clock is compared. KEYS: key, epoch. ARGV: the key this replica would put there, a new
+/// epoch.
 const TICKET_KEY: &str = r#"
 local k = redis.call('GET', KEYS[1])
-if not k then
-  k = ARGV[1]
-  redis.call('SET', KEYS[1], k)
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+local e = redis.call('GET', KEYS[2])
+if not k or not e then
+  if not k then
+    k = ARGV[1]
+    redis.call('SET', KEYS[1], k)
+  end
+  e = ARGV[2]
+  redis.call('SET', KEYS[2], e)
 end
-return {k, redis.call('GET', KEYS[2]) or '0'}
+return {k, e}
 "#;
 
-/// How long past its own expiry a redeemed ticket stays marked in the store: replicas' clocks
-/// (which check expiry) and the store's (which drops the mark) may disagree by this much.
+/// Redeem a ticket of epoch ARGV[1] once: -1 when the store's epoch is another (the ticket
+/// predates the store's record), 0 when it was redeemed already, 1 now. KEYS: epoch, the
+/// ticket's mark. ARGV: the ticket's epoch, the replica, the mark's lifetime (ms).
+const REDEEM: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+"#;
+
+/// How long past its own lifetime a redeemed ticket stays marked in the store: replicas'
+/// clocks (which check expiry) may run behind the ticket's issuer by this much.
 const TICKET_MARK_MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// The questions waiting in the fleet: the ones whose keys have not expired (on the store's
+/// clock); the ids of the others leave the set. At most ARGV[1]. KEYS: questions. ARGV:
+/// most, key prefix of a question.
+const QUESTIONS: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+  local q = redis.call('GET', ARGV[2] .. id)
+  if q then table.insert(out, q) else redis.call('ZREM', KEYS[1], id) end
+end
+return out
+"#;
+
+/// A question's wait ended here (its time is up): take it out of the queue, unless an
+/// operator's answer took it first, and return that answer (so that it is neither lost nor
+/// given to no one). KEYS: question, questions, answer. ARGV: id.
+const CLOSE: &str = r#"
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[3])
+  return false
+end
+return redis.call('GETDEL', KEYS[3])
+"#;
+
+/// How much before the call stops waiting a question leaves the fleet's queue.
+const QUESTION_MARGIN: Duration = Duration::from_millis(500);
+
+/// Questions listed at most (every replica's queue together).
+const MAX_LISTED: usize = 10_000;
 
 /// Say a replica is live and what it applied, on the store's clock (replicas' clocks may
 /// disagree); drop the presences that expired; every [`PRUNE_EVERY`] beats also forget the
@@ -150,12 +193,32 @@ const LIVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now), '+inf')
-if #live == 0 then return {{}, {}} end
-return {live, redis.call('HMGET', KEYS[2], unpack(live))}
+local applied = {}
+for i, r in ipairs(live) do applied[i] = redis.call('HGET', KEYS[2], r) end
+return {live, applied}
 "#;
 
 /// Heartbeats between two prunings of the applied versions ([`HEARTBEAT`]).
 const PRUNE_EVERY: u32 = 64;
+
+/// The scripts, hashed once (each call sends `EVALSHA`, and the script itself only when the
+/// store does not know it yet).
+static CHANGE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CHANGE));
+static RESEED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESEED));
+static TAKE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE));
+static ANSWER_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ANSWER));
+static TICKET_KEY_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(TICKET_KEY));
+static REDEEM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REDEEM));
+static HEARTBEAT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HEARTBEAT));
+static LIVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LIVE));
+static QUESTIONS_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(QUESTIONS));
+static CLOSE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLOSE));
+
+/// An invocation of one of the scripts above.
+fn script(s: &redis::Script) -> redis::ScriptInvocation<'_> {
+    s.prepare_invoke()
+}
 
 /// Most attempts of one change against changes made at the same moment elsewhere.
 const MAX_ATTEMPTS: u32 = 16;
@@ -250,7 +313,7 @@ pub struct Fleet {
     applying: tokio::sync::Mutex<()>,
     /// The key approval tickets are sealed with in this fleet, and the time (ms) before which
     /// no ticket is taken, as last read from the store.
-    ticket_key: std::sync::Mutex<Option<([u8; 32], u64)>>,
+    ticket_key: std::sync::Mutex<Option<([u8; 32], String)>>,
     /// Asks from `ctl … --fleet` on any replica, for this one's admin plane to answer.
     asks: tokio::sync::mpsc::Sender<FleetAsk>,
     asks_received: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FleetAsk>>>,
@@ -418,7 +481,7 @@ impl Fleet {
             let applied = applied.max(1);
             let body = serde_json::to_string(&*overrides.current()).unwrap_or_default();
             let mut conn = self.connection().await?;
-            let put: u8 = redis::Script::new(RESEED)
+            let put: u8 = script(&RESEED_SCRIPT)
                 .key(key(&self.settings, "state"))
                 .arg(applied)
                 .arg(body)
@@ -464,46 +527,44 @@ impl Fleet {
     }
 
     /// Read the fleet's ticket key and epoch ([`TICKET_KEY`]), putting this replica's key
-    /// there when the store has none (the first replica, or a store that lost its data).
+    /// and a new epoch there when the store lacks them (the first replica, or a store that
+    /// lost its data).
     async fn share_ticket_key(&self) -> redis::RedisResult<()> {
         let mut conn = self.connection().await?;
-        let mine = match self.ticket_key() {
-            Some((k, _)) => k,
-            None => {
-                let mut k = [0u8; 32];
-                getrandom::getrandom(&mut k).map_err(|e| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "no entropy for a ticket key",
-                        e.to_string(),
-                    ))
-                })?;
-                k
-            }
-        };
-        let (held, epoch): (String, String) = redis::Script::new(TICKET_KEY)
+        let mut fresh = [0u8; 32];
+        getrandom::getrandom(&mut fresh).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no entropy for a ticket key",
+                e.to_string(),
+            ))
+        })?;
+        let mine = self.ticket_key().map_or(fresh, |(k, _)| k);
+        let (held, epoch): (String, String) = script(&TICKET_KEY_SCRIPT)
             .key(key(&self.settings, "ticket-key"))
             .key(key(&self.settings, "ticket-epoch"))
             .arg(hex::encode(mine))
+            .arg(crate::core::ids::random_id())
             .invoke_async(&mut conn)
             .await?;
         let mut held_key = [0u8; 32];
-        let epoch = epoch.parse::<u64>();
-        if hex::decode_to_slice(held.as_bytes(), &mut held_key).is_err() || epoch.is_err() {
+        if hex::decode_to_slice(held.as_bytes(), &mut held_key).is_err() || epoch.is_empty() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
                 "the fleet's ticket key is not 32 bytes of hex with its epoch",
             )));
         }
-        *self.ticket_key.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((held_key, epoch.unwrap_or(u64::MAX)));
+        *self.ticket_key.lock().unwrap_or_else(|p| p.into_inner()) = Some((held_key, epoch));
         Ok(())
     }
 
-    /// The key tickets are sealed with in this fleet and the time (ms) before which none is
-    /// taken, once this replica has read them.
-    pub fn ticket_key(&self) -> Option<([u8; 32], u64)> {
-        *self.ticket_key.lock().unwrap_or_else(|p| p.into_inner())
+    /// The key tickets are sealed with in this fleet and the epoch of the store's record of
+    /// redeemed tickets, once this replica has read them.
+    pub fn ticket_key(&self) -> Option<([u8; 32], String)> {
+        self.ticket_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Tokens leased at once from a shared bucket of `capacity` (`rate_lease`).
@@ -518,19 +579,30 @@ impl Fleet {
         Stale("the fleet store cannot be reached".into())
     }
 
-    /// Redeem ticket `id` fleet-wide: true the first time, on any replica; false after.
-    pub async fn redeem_ticket(&self, id: &str, expires_ms: u64) -> Result<bool, Stale> {
+    /// Redeem ticket `id` (of `epoch`, valid for `lifetime`) fleet-wide, once: `Some(true)`
+    /// the first time, on any replica; `Some(false)` after; `None` when the store's record of
+    /// redeemed tickets is another epoch's (the ticket predates it: refused).
+    pub async fn redeem_ticket(
+        &self,
+        id: &str,
+        epoch: &str,
+        lifetime: Duration,
+    ) -> Result<Option<bool>, Stale> {
         let go = async {
             let mut conn = self.connection().await?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(key(&self.settings, &format!("ticket:{id}")))
+            let redeemed: i8 = script(&REDEEM_SCRIPT)
+                .key(key(&self.settings, "ticket-epoch"))
+                .key(key(&self.settings, &format!("ticket:{id}")))
+                .arg(epoch)
                 .arg(&self.replica)
-                .arg("NX")
-                .arg("PXAT")
-                .arg(expires_ms.max(now_ms()) + TICKET_MARK_MARGIN_MS)
-                .query_async(&mut conn)
+                .arg(lifetime.as_millis() as u64 + TICKET_MARK_MARGIN_MS)
+                .invoke_async(&mut conn)
                 .await?;
-            redis::RedisResult::Ok(set.is_some())
+            redis::RedisResult::Ok(match redeemed {
+                -1 => None,
+                1 => Some(true),
+                _ => Some(false),
+            })
         };
         go.await.map_err(|e| self.unavailable(&e))
     }
@@ -557,28 +629,41 @@ impl Fleet {
     ) -> Result<(), Stale> {
         let go = async {
             let mut conn = self.connection().await?;
-            let expires = now_ms() + timeout.as_millis() as u64 + 1000;
+            // On the store's clock, ending a little before the call stops waiting: an answer
+            // given in time reaches the call, one given after finds nothing to answer.
+            let lifetime = timeout.saturating_sub(QUESTION_MARGIN).max(QUESTION_MARGIN);
             redis::pipe()
                 .cmd("SET")
                 .arg(key(&self.settings, &format!("question:{id}")))
                 .arg(view)
-                .arg("PXAT")
-                .arg(expires)
+                .arg("PX")
+                .arg(lifetime.as_millis() as u64)
                 .ignore()
                 .cmd("ZADD")
                 .arg(key(&self.settings, "questions"))
-                .arg(expires)
-                .arg(id)
-                .ignore()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(key(&self.settings, "questions"))
-                .arg("-inf")
                 .arg(now_ms())
+                .arg(id)
                 .ignore()
                 .query_async::<()>(&mut conn)
                 .await
         };
         go.await.map_err(|e| self.unavailable(&e))
+    }
+
+    /// The call's wait for question `id` ended: out of the fleet's queue it goes, unless an
+    /// operator answered it meanwhile: then that answer ([`CLOSE`]).
+    pub async fn close_question(&self, id: &str) -> Option<FleetAnswer> {
+        let mut conn = self.connection().await.ok()?;
+        let text: Option<String> = script(&CLOSE_SCRIPT)
+            .key(key(&self.settings, &format!("question:{id}")))
+            .key(key(&self.settings, "questions"))
+            .key(key(&self.settings, &format!("answer:{id}")))
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await
+            .ok()?;
+        let answer: FleetAnswer = serde_json::from_str(&text?).ok()?;
+        (answer.id == id).then_some(answer)
     }
 
     /// Take a question that no longer waits out of the fleet's queue (in the background).
@@ -600,26 +685,16 @@ impl Fleet {
         });
     }
 
-    /// Every question waiting in the fleet, as posted (JSON).
+    /// Every question waiting in the fleet, as posted (JSON), at most [`MAX_LISTED`].
     pub async fn questions(&self) -> Result<Vec<String>, String> {
         let go = async {
             let mut conn = self.connection().await?;
-            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(key(&self.settings, "questions"))
-                .arg(now_ms())
-                .arg("+inf")
-                .query_async(&mut conn)
-                .await?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = ids
-                .iter()
-                .map(|id| key(&self.settings, &format!("question:{id}")))
-                .collect();
-            let views: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            redis::RedisResult::Ok(views.into_iter().flatten().collect())
+            script(&QUESTIONS_SCRIPT)
+                .key(key(&self.settings, "questions"))
+                .arg(MAX_LISTED)
+                .arg(key(&self.settings, "question:"))
+                .invoke_async::<Vec<String>>(&mut conn)
+                .await
         };
         go.await
             .map_err(|e| format!("the fleet's approval queue cannot be read: {e}"))
@@ -635,7 +710,7 @@ impl Fleet {
         let note = serde_json::to_string(answer).map_err(|e| e.to_string())?;
         let go = async {
             let mut conn = self.connection().await?;
-            let (status, view): (u8, String) = redis::Script::new(ANSWER)
+            let (status, view): (u8, String) = script(&ANSWER_SCRIPT)
                 .key(key(&self.settings, &format!("question:{}", answer.id)))
                 .key(key(&self.settings, "questions"))
                 .key(key(&self.settings, &format!("answer:{}", answer.id)))
@@ -680,7 +755,7 @@ impl Fleet {
     ) -> Result<(u32, Duration), Stale> {
         let go = async {
             let mut conn = self.connection().await?;
-            let (got, wait): (u32, u64) = redis::Script::new(TAKE)
+            let (got, wait): (u32, u64) = script(&TAKE_SCRIPT)
                 .key(key(&self.settings, &format!("rate:{bucket}")))
                 .arg(capacity)
                 .arg(format!("{per_ms:.9}"))
@@ -779,7 +854,7 @@ impl Fleet {
     async fn heartbeat(&self) -> redis::RedisResult<()> {
         let mut conn = self.connection().await?;
         let prune = self.beats.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
-        redis::Script::new(HEARTBEAT)
+        script(&HEARTBEAT_SCRIPT)
             .key(key(&self.settings, "replicas"))
             .key(key(&self.settings, "applied"))
             .arg(&self.replica)
@@ -821,7 +896,7 @@ impl Fleet {
             let mut conn = self.connection().await.map_err(fail)?;
             let version = if changed {
                 let body = serde_json::to_string(&next).map_err(|e| e.to_string())?;
-                let (written, version): (u8, u64) = redis::Script::new(CHANGE)
+                let (written, version): (u8, u64) = script(&CHANGE_SCRIPT)
                     .key(key(&self.settings, "state"))
                     .arg(state.version)
                     .arg(body)
@@ -905,7 +980,7 @@ impl Fleet {
     /// The replicas whose presence has not expired, with the version each applied.
     async fn live_applied(&self) -> redis::RedisResult<Vec<(String, Option<u64>)>> {
         let mut conn = self.connection().await?;
-        let (live, applied): (Vec<String>, Vec<Option<u64>>) = redis::Script::new(LIVE)
+        let (live, applied): (Vec<String>, Vec<Option<u64>>) = script(&LIVE_SCRIPT)
             .key(key(&self.settings, "replicas"))
             .key(key(&self.settings, "applied"))
             .invoke_async(&mut conn)

@@ -905,6 +905,10 @@ async fn run_audit(command: AuditCommand) -> Result<()> {
                 );
                 return verify_dirs(&dirs, &key);
             }
+            anyhow::ensure!(
+                key.len() <= 1,
+                "log files are one chain: give one --key (several are for audit directories)"
+            );
             // Without files: every chain of the configured audit directory.
             let key = key.into_iter().next();
             let (chains, key) = if files.is_empty() || key.is_none() {
