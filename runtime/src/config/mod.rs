@@ -7,6 +7,7 @@ pub mod bundled;
 pub mod confine;
 pub mod fleet;
 pub mod grants;
+pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

@@ -98,6 +98,8 @@ struct ConfigFile {
     telemetry: TelemetrySection,
     #[serde(default)]
     fleet: crate::config::fleet::FleetSection,
+    #[serde(default)]
+    trust: crate::config::lock::TrustSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -425,6 +427,8 @@ pub struct Policy {
     pub telemetry: Option<TelemetrySettings>,
     /// `[fleet]`: the store replicas share their operator state through, if any.
     pub fleet: Option<crate::config::fleet::FleetSettings>,
+    /// `[trust]` and the lock of approved tool metadata (`airlock.lock`).
+    pub trust: crate::config::lock::TrustSettings,
 }
 
 const EMBEDDED: &str = "<embedded default>";
@@ -616,6 +620,8 @@ impl Policy {
         }
         let fleet =
             crate::config::fleet::resolve(&file.fleet, &secrets).map_err(|(k, p)| err(k, p))?;
+        let trust = crate::config::lock::resolve(&file.trust, config)
+            .map_err(|p| err("trust › lock".into(), p))?;
         Ok(Policy {
             origin: origin.to_owned(),
             sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
@@ -631,6 +637,7 @@ impl Policy {
             notify: notify::resolve(&file.notify).map_err(|(k, p)| err(k, p))?,
             telemetry: telemetry::resolve(&file.telemetry).map_err(|(k, p)| err(k, p))?,
             fleet,
+            trust,
         })
     }
 }
@@ -665,6 +672,10 @@ fn own_files(
     let mut own: Vec<(String, PathBuf)> = Vec::new();
     if let Some(c) = config {
         own.push(("the configuration file".into(), c.to_path_buf()));
+        own.push((
+            "the lock of approved tool metadata".into(),
+            crate::config::lock::path_for(c),
+        ));
     }
     for c in components {
         if let ComponentSource::File(path) = &c.source {

@@ -44,6 +44,17 @@ pub enum Request {
     Approvals,
     /// Content-safety detections per tool and rule since the start.
     Detections,
+    /// The tools held for review (`airlock.lock`) and what changed in each.
+    Catalog,
+    /// `ctl catalog approve` wrote `tool`, described as `metadata_sha256`, into the lock:
+    /// reload, check that it serves, and record the approval.
+    CatalogApproved {
+        tool: String,
+        metadata_sha256: String,
+        /// What the lock approved before, if anything (for the record).
+        #[serde(default)]
+        previous_metadata_sha256: Option<String>,
+    },
     /// Approve or deny one, as `operator` (the name the four-eyes rule compares with the
     /// caller).
     Answer {
@@ -84,11 +95,32 @@ pub enum Answer {
     Detections {
         detections: Vec<crate::gate::safety::TallyView>,
     },
+    /// The tools held for review, and the lock file (none: the embedded default).
+    Catalog {
+        held_tools: Vec<HeldView>,
+        lock_file: Option<String>,
+    },
+    /// A held tool approved: it serves again.
+    CatalogApproved {
+        approved: String,
+        metadata_sha256: String,
+    },
     /// Every replica's answer (`--fleet`), and the live replicas that gave none in time.
     Fleet {
         replicas: Vec<ReplicaAnswer>,
         not_answering: Vec<String>,
     },
+}
+
+/// A tool held for review, as `ctl catalog diff` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldView {
+    pub tool: String,
+    pub why: String,
+    /// As its component describes it now.
+    pub current: crate::config::lock::LockedTool,
+    /// As the lock approved it, if it does.
+    pub locked: Option<crate::config::lock::LockedTool>,
 }
 
 /// One replica's answer to `ctl … --fleet`.
@@ -499,6 +531,79 @@ async fn handle(
                 .await
                 .map_err(anyhow::Error::msg)?,
         }),
+        Request::Catalog => {
+            let airlock = live.current();
+            let catalog = airlock.catalog();
+            Ok(Answer::Catalog {
+                held_tools: catalog
+                    .held()
+                    .iter()
+                    .map(|(tool, h)| HeldView {
+                        tool: tool.clone(),
+                        why: h.why.clone(),
+                        current: h.current.clone(),
+                        locked: h.locked.clone(),
+                    })
+                    .collect(),
+                lock_file: catalog
+                    .policy
+                    .trust
+                    .lock_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            })
+        }
+        Request::CatalogApproved {
+            tool,
+            metadata_sha256,
+            previous_metadata_sha256,
+        } => {
+            // Reloaded here unless the lock's watcher got there first.
+            if let Some(h) = live.current().catalog().held().get(&tool) {
+                anyhow::ensure!(
+                    h.current.metadata_sha256 == metadata_sha256,
+                    "tool {tool} describes itself differently again since it was approved; look \
+                     at `airlock ctl catalog diff` once more"
+                );
+                live.reload(&format!("catalog-approve ({by})")).await?;
+            }
+            let airlock = live.current();
+            let catalog = airlock.catalog();
+            if let Some(h) = catalog.held().get(&tool) {
+                anyhow::bail!("tool {tool} is still held after the reload: {}", h.why);
+            }
+            let now = catalog
+                .lockable()
+                .tools
+                .get(&tool)
+                .ok_or_else(|| anyhow::anyhow!("no component declares tool {tool} now"))?;
+            anyhow::ensure!(
+                now.metadata_sha256 == metadata_sha256,
+                "tool {tool} serves as described by {}, not as approved ({metadata_sha256})",
+                now.metadata_sha256
+            );
+            let record = serde_json::json!({
+                "action": "catalog_approve",
+                "by": by,
+                "tool": tool,
+                "component": now.component,
+                "component_sha256": now.component_sha256,
+                "metadata_sha256": metadata_sha256,
+                "previous_metadata_sha256": previous_metadata_sha256,
+            });
+            if airlock.audit().is_on() {
+                airlock
+                    .audit()
+                    .append("operator", &record)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the approval's audit record failed: {e}"))?;
+            }
+            tracing::warn!(target: "airlock::operator", %tool, by, "catalog change approved; the tool serves");
+            Ok(Answer::CatalogApproved {
+                approved: tool,
+                metadata_sha256,
+            })
+        }
         Request::Detections => Ok(Answer::Detections {
             detections: operator.detections.list(),
         }),
@@ -556,7 +661,8 @@ async fn handle(
 /// rather than waited for: the other servers' answers must not wait behind it).
 fn answer_wait(request: &Request) -> std::time::Duration {
     match request {
-        Request::Reload => std::time::Duration::from_secs(600),
+        // An approval reloads too.
+        Request::Reload | Request::CatalogApproved { .. } => std::time::Duration::from_secs(600),
         // In a fleet a change waits for every replica, up to `ack_timeout` (at most 120 s),
         // and so does a question to every replica.
         Request::Change { .. }

@@ -142,6 +142,12 @@ pub enum CtlCommand {
     /// Content-safety detections since the start, per tool and rule: what was done and how
     /// often (rejected inputs, flagged, stripped, redacted, spotlighted, blocked output).
     Safety,
+    /// Tools held for review: their description, schemas or hints are not what `airlock.lock`
+    /// approved (a component update redescribed them).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Calls waiting for an operator's approval (`via = "operator"`).
     Approvals {
         #[command(subcommand)]
@@ -276,8 +282,21 @@ impl WhichGrant {
     }
 }
 
+/// `ctl catalog …`.
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// Each held tool: why, and each changed field as the lock approved it and as it is now.
+    Diff,
+    /// Approve TOOL as it describes itself now: this command writes it into `airlock.lock`,
+    /// then the server reloads, serves it again and records the approval.
+    Approve { tool: String },
+}
+
 pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> {
     match command {
+        CtlCommand::Catalog {
+            command: CatalogCommand::Approve { tool },
+        } => return approve_tool(&target, &tool, json).await,
         CtlCommand::Ls => return list_servers(&addressed(&target, Reach::Every)?, json).await,
         CtlCommand::Approvals {
             command: ApprovalsCommand::Watch,
@@ -321,6 +340,12 @@ pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> 
             force: false,
         },
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Catalog {
+            command: CatalogCommand::Diff,
+        } => Request::Catalog,
+        CtlCommand::Catalog {
+            command: CatalogCommand::Approve { .. },
+        } => unreachable!("answered above"),
         CtlCommand::Safety => Request::Detections,
         CtlCommand::Approvals { command } => match command {
             ApprovalsCommand::List => Request::Approvals,
@@ -601,10 +626,26 @@ fn print(request: &Request, answer: &Answer) {
                 }
             }
         }
-        Answer::Reloaded(r) => println!(
-            "OK: reloaded {}: {} tools in {} components",
-            r.origin, r.tools, r.components
-        ),
+        Answer::Reloaded(r) => {
+            println!(
+                "OK: reloaded {}: {} tools in {} components",
+                r.origin, r.tools, r.components
+            );
+            if !r.held.is_empty() {
+                println!(
+                    "held for review (`airlock ctl catalog diff`): {}",
+                    r.held
+                        .iter()
+                        .map(|t| shown(t))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Answer::Catalog { held_tools, .. } => print_held(held_tools),
+        Answer::CatalogApproved { approved, .. } => {
+            println!("OK: approved {}; it serves again", shown(approved))
+        }
         Answer::Detections { detections } => print_table(
             "no content-safety detections since the start",
             &[
@@ -663,6 +704,118 @@ fn print(request: &Request, answer: &Answer) {
             shown(&answered.principal)
         ),
     }
+}
+
+/// `ctl catalog diff`: each held tool, why, and each pinned field that changed, as the lock
+/// approved it and as it is now (escaped: a description is the component's text).
+fn print_held(held: &[admin::HeldView]) {
+    if held.is_empty() {
+        println!("no tools held for review");
+        return;
+    }
+    let text = |v: Option<&serde_json::Value>| match v {
+        None => "(none)".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => serde_json::to_string_pretty(v).unwrap_or_default(),
+    };
+    for h in held {
+        println!(
+            "== tool {} (component {}, sha256 {})",
+            shown(&h.tool),
+            shown(&h.current.component),
+            shown(h.current.component_sha256.get(..16).unwrap_or("-"))
+        );
+        println!("held: {}", shown(&h.why));
+        let fields = match &h.locked {
+            Some(l) => crate::config::lock::changed_fields(&l.metadata, &h.current.metadata),
+            None => h
+                .current
+                .metadata
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
+        };
+        for f in fields {
+            println!("-- {f}");
+            let approved = h.locked.as_ref().and_then(|l| l.metadata.get(&f));
+            for line in text(approved).lines() {
+                println!("  approved | {}", shown(line));
+            }
+            for line in text(h.current.metadata.get(&f)).lines() {
+                println!("  now      | {}", shown(line));
+            }
+        }
+    }
+    println!("approve one with `airlock ctl catalog approve TOOL`");
+}
+
+/// `ctl catalog approve TOOL`: write the tool as it is now into the server's lock file, then
+/// have the server reload, check and record it.
+async fn approve_tool(target: &Target, tool: &str, json: bool) -> Result<()> {
+    use crate::config::lock;
+    let servers = addressed(target, Reach::One)?;
+    let [server] = servers.as_slice() else {
+        bail!("choose one server with --server ID");
+    };
+    let (held, lock_file) = match admin::request(&server.socket, &Request::Catalog).await? {
+        Answer::Catalog {
+            held_tools,
+            lock_file,
+        } => (held_tools, lock_file),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let Some(h) = held.into_iter().find(|h| h.tool == tool) else {
+        bail!("tool {} is not held for review", shown(tool));
+    };
+    let Some(lock_file) = lock_file else {
+        bail!("the server runs the embedded default configuration: there is no lock to update");
+    };
+    let path = std::path::PathBuf::from(&lock_file);
+    // Put back as it was should the server not take the approval.
+    let before = std::fs::read(&path).ok();
+    let mut current = lock::read(&path).map_err(anyhow::Error::msg)?.map_or_else(
+        || lock::Lock {
+            version: lock::LOCK_VERSION,
+            tools: Default::default(),
+        },
+        |(l, _)| l,
+    );
+    let metadata_sha256 = h.current.metadata_sha256.clone();
+    let previous_metadata_sha256 = h.locked.map(|l| l.metadata_sha256);
+    current.tools.insert(tool.to_owned(), h.current);
+    lock::write(&path, &current).map_err(anyhow::Error::msg)?;
+    let answer = match admin::request(
+        &server.socket,
+        &Request::CatalogApproved {
+            tool: tool.to_owned(),
+            metadata_sha256,
+            previous_metadata_sha256,
+        },
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            let restored = match &before {
+                Some(bytes) => std::fs::write(&path, bytes),
+                None => std::fs::remove_file(&path),
+            };
+            match restored {
+                Ok(()) => bail!("{e:#}; {} was put back as it was", shown(&lock_file)),
+                Err(r) => bail!(
+                    "{e:#}; and {} could not be put back as it was: {r}",
+                    shown(&lock_file)
+                ),
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!("{} updated", shown(&lock_file));
+        print(&Request::Catalog, &answer);
+    }
+    Ok(())
 }
 
 /// Print `rows` under `columns` (a header and a width each; a negative width aligns right),

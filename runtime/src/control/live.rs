@@ -50,6 +50,9 @@ pub struct Reloaded {
     pub origin: String,
     pub components: usize,
     pub tools: usize,
+    /// Tools held for review (`airlock.lock`): not listed, not called.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// The serving process's policy and what outlives it.
@@ -147,6 +150,10 @@ impl Live {
                 .as_ref()
                 .map(|next| tier_changes(&running, next))
                 .unwrap_or_default(),
+            held: result
+                .as_ref()
+                .map(|next| next.catalog().held().keys().map(String::as_str).collect())
+                .unwrap_or_default(),
         };
         self.audit
             .append("operator", &record)
@@ -157,6 +164,7 @@ impl Live {
             origin: airlock.catalog().policy.origin.clone(),
             components: airlock.catalog().components.len(),
             tools: airlock.tools().len(),
+            held: airlock.catalog().held().keys().cloned().collect(),
         };
         crate::gate::notify::configure(airlock.catalog().policy.notify.as_ref());
         self.current.store(Arc::new(airlock));
@@ -350,8 +358,16 @@ impl Live {
                 ComponentSource::File(p) => Some((p, hex::encode(c.digest), "component-change")),
                 ComponentSource::Bundled(_) => None,
             });
+            // The lock of approved tool metadata: its absence is loaded as no digest.
+            let lock = policy.trust.lock_file.iter().map(|p| {
+                (
+                    p,
+                    policy.trust.lock_sha256.clone().unwrap_or_default(),
+                    "lock-change",
+                )
+            });
             let mut changed = None;
-            for (path, loaded, by) in config.chain(components) {
+            for (path, loaded, by) in config.chain(components).chain(lock) {
                 let now = stamp(path);
                 if last.get(path) == Some(&now) {
                     continue;
@@ -364,7 +380,12 @@ impl Live {
                     std::fs::read(&file).map(|b| hex::encode(Sha256::digest(&b)))
                 })
                 .await;
-                if matches!(&digest, Ok(Ok(d)) if *d == loaded) {
+                let same = match &digest {
+                    Ok(Ok(d)) => *d == loaded,
+                    Ok(Err(e)) => e.kind() == std::io::ErrorKind::NotFound && loaded.is_empty(),
+                    Err(_) => false,
+                };
+                if same {
                     continue;
                 }
                 changed.get_or_insert((path.clone(), by));
@@ -393,6 +414,9 @@ struct ReloadRecord<'a> {
     /// Components whose risk tier the reload changes (promotions and demotions).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tiers: Vec<TierChange>,
+    /// Tools the new configuration holds for review (`airlock.lock`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    held: Vec<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -336,6 +336,13 @@ fn component_of(airlock: &Airlock, name: &str) -> Option<String> {
         .tool(name)
         .ok()
         .map(|t| t.component.entry.name.clone())
+        // A tool held for review can be killed too (its approval would serve it again).
+        .or_else(|| {
+            catalog
+                .held()
+                .get(name)
+                .map(|h| h.current.component.clone())
+        })
 }
 
 /// The component whose grant `grant` names; the grant must exist in its configuration.

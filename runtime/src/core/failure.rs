@@ -27,6 +27,13 @@ pub enum CallFailure {
     /// An operator's kill switch covers the call.
     #[error("disabled by operator: {scope}")]
     Disabled { scope: KillScope },
+    /// The tool's description, schemas or hints differ from what the operator approved
+    /// (`airlock.lock`), or the lock is required and does not name it: it is not listed and
+    /// not called until an operator approves it.
+    #[error(
+        "held for review: tool {tool} {why}; an operator approves it with `airlock ctl catalog approve {tool}`"
+    )]
+    HeldForReview { tool: String, why: String },
     /// An operator stopped the call while it ran (`airlock ctl … --interrupt`).
     #[error("stopped by operator")]
     StoppedByOperator,
@@ -233,6 +240,7 @@ impl CallFailure {
             CallFailure::MissingCapability { .. } => "missing_client_capability",
             CallFailure::NotAuthorized { .. } => "not_authorized",
             CallFailure::Disabled { .. } => "disabled_by_operator",
+            CallFailure::HeldForReview { .. } => "held_for_review",
             CallFailure::StoppedByOperator => "stopped_by_operator",
             CallFailure::RateLimited { .. } => "rate_limited",
             CallFailure::ServerBusy { .. } => "server_busy",
@@ -286,6 +294,7 @@ impl CallFailure {
             | CallFailure::MissingCapability { .. }
             | CallFailure::NotAuthorized { .. }
             | CallFailure::Disabled { .. }
+            | CallFailure::HeldForReview { .. }
             | CallFailure::FleetUnavailable(_)
             | CallFailure::StoppedByOperator
             | CallFailure::RateLimited { .. }

@@ -2,6 +2,7 @@
 //! may use them; they use nothing of Airlock's. `metrics` is the one piece of shared state:
 //! the process's counters, which every layer records into.
 
+pub mod canonical;
 pub mod denial;
 pub mod failure;
 pub mod files;

@@ -17,6 +17,7 @@
 
 use crate::config::policy::{AuditArguments, ConfigError, Policy};
 use crate::config::safety::{Clearance, DataClass, MetadataPolicy};
+use crate::core::canonical::write_canonical_object;
 use crate::core::failure::CallFailure;
 use crate::core::ids::random_id;
 use crate::core::interaction::{Asking, Reply};
@@ -789,6 +790,7 @@ impl Airlock {
             principal: &shown.principal,
             tool: &shown.tool,
             component: usage.component.as_deref(),
+            component_sha256: usage.component_sha256.as_deref(),
             call_id: &caller.call_id,
             parent_call_id: caller.parent_call_id.as_deref(),
             correlation_id: &caller.correlation_id,
@@ -869,6 +871,7 @@ impl Airlock {
         let target = self.target(request, &caller.principal)?;
         let component = target.component;
         usage.component = Some(component.prepared.name.clone());
+        usage.component_sha256 = Some(component.sha256.clone());
         let shadow = match target.tool {
             Some(_) => {
                 caller.nesting.shadow
@@ -1198,7 +1201,7 @@ impl Airlock {
         };
         Ok(match request {
             Request::Tool { name, .. } => {
-                let tool = catalog.tool(name)?;
+                let tool = catalog.tool_for(name, principal)?;
                 Target {
                     component: &tool.component,
                     tool: Some(tool),
@@ -2338,6 +2341,9 @@ struct CallRecord<'a> {
     principal: &'a str,
     tool: &'a str,
     component: Option<&'a str>,
+    /// The sha256 of the component that served the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component_sha256: Option<&'a str>,
     call_id: &'a str,
     parent_call_id: Option<&'a str>,
     correlation_id: &'a str,
@@ -2530,43 +2536,6 @@ fn item_strings(v: &serde_json::Value, at: &mut String, out: &mut Vec<(String, S
     }
 }
 
-/// JSON with object keys sorted and no whitespace, so that equal arguments hash equally
-/// whatever order the client sent them in.
-fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
-    match v {
-        serde_json::Value::Object(o) => write_canonical_object(o, out),
-        serde_json::Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(b']');
-        }
-        scalar => {
-            // Serialising a JSON value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, scalar);
-        }
-    }
-}
-
-fn write_canonical_object(o: &JsonObject, out: &mut Vec<u8>) {
-    let mut keys: Vec<&String> = o.keys().collect();
-    keys.sort();
-    out.push(b'{');
-    for (i, k) in keys.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut *out, k);
-        out.push(b':');
-        write_canonical(&o[k], out);
-    }
-    out.push(b'}');
-}
-
 /// The audit record written before a tool that can act outside its sandbox runs.
 #[derive(serde::Serialize)]
 struct IntentRecord<'a> {
@@ -2590,6 +2559,8 @@ struct Usage {
     approved_by: Option<String>,
     audit_arguments: AuditArguments,
     component: Option<Arc<str>>,
+    /// The component's sha256 (provenance in the record).
+    component_sha256: Option<Arc<str>>,
     redactor: Option<Arc<Redactor>>,
     fuel_used: Option<u64>,
     peak_memory: usize,
@@ -2713,6 +2684,7 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::canonical::write_canonical;
 
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {

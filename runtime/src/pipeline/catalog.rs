@@ -3,6 +3,7 @@
 //! once at load), and the name index.
 
 use crate::config::grants::FsMode;
+use crate::config::lock::{Lock, LockMode, LockedTool, TrustSettings};
 use crate::config::policy::{ComponentEntry, ComponentSource, ConfigError, Policy};
 use crate::core::failure::CallFailure;
 use crate::core::redact::{Redactor, Shapes};
@@ -13,11 +14,52 @@ use crate::sandbox::store::{
 };
 use airlock_host_api::{Offer, Tool as ToolWorld, ToolPre, ToolSpec};
 use rmcp::model::{JsonObject, Prompt, Resource, ResourceTemplate, Tool, ToolAnnotations};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
+
+/// Why the lock holds `tool` (described now as `current`), if it does.
+fn held_because(
+    trust: &TrustSettings,
+    entry: &str,
+    tool: &str,
+    current: &LockedTool,
+) -> Option<String> {
+    let locked = trust.lock.as_ref().and_then(|l| l.tools.get(tool));
+    match (locked, trust.lock_mode) {
+        (Some(l), _) if l.metadata_sha256 == current.metadata_sha256 => None,
+        (Some(l), _) => {
+            let fields = crate::config::lock::changed_fields(&l.metadata, &current.metadata);
+            Some(format!(
+                "changed since airlock.lock approved it ({}: {})",
+                if fields.len() == 1 { "this differs" } else { "these differ" },
+                fields.join(", ")
+            ))
+        }
+        // A tool that appears in a component the lock approved with other tools is a change
+        // of that component too (a new tool, or one renamed to slip past its old entry).
+        (None, LockMode::Check)
+            if trust
+                .lock
+                .as_ref()
+                .is_some_and(|l| l.tools.values().any(|t| t.component == entry)) =>
+        {
+            Some(format!(
+                "is new in [[tool]] \"{entry}\", which airlock.lock approved without it"
+            ))
+        }
+        (None, LockMode::Check) => None,
+        (None, LockMode::Required) if trust.lock.is_none() => Some(
+            "is not in airlock.lock, which does not exist (lock = \"required\"; `airlock lock` writes it)"
+                .into(),
+        ),
+        (None, LockMode::Required) => {
+            Some("is not in airlock.lock (lock = \"required\")".into())
+        }
+    }
+}
 
 /// A component ready to be called.
 pub struct LoadedComponent {
@@ -37,6 +79,22 @@ pub struct LoadedComponent {
     /// Its grants let it act outside its sandbox (write files, reach the network): its calls
     /// write an intent record before they run.
     pub acts_outside: bool,
+    /// Its sha256, hex (every call's audit record names it).
+    pub sha256: Arc<str>,
+}
+
+/// A tool held for review: its metadata is not what `airlock.lock` approved (or the lock is
+/// required and does not name it). Not listed, not called.
+#[derive(Debug, Clone)]
+pub struct HeldTool {
+    /// Why, as the caller and the operator read it.
+    pub why: String,
+    /// The tool as its component describes it now.
+    pub current: LockedTool,
+    /// As the lock approved it, if it does.
+    pub locked: Option<LockedTool>,
+    /// The roles of its `[[tool]]` entry: only a caller they reach learns it is held.
+    pub roles: Vec<String>,
 }
 
 /// One MCP tool and the component that serves it.
@@ -69,6 +127,10 @@ pub struct Catalog {
     prompts: Vec<Served<Prompt>>,
     /// Every secret of the policy: what no record, log line or result may carry.
     pub redactor: Arc<Redactor>,
+    /// Tools held for review, by name.
+    held: BTreeMap<String, HeldTool>,
+    /// Every tool as `airlock lock` would record it, held ones included.
+    lockable: Lock,
     _engines: Engines,
 }
 
@@ -98,6 +160,11 @@ impl Catalog {
         let mut templates: Vec<Served<(UriTemplate, ResourceTemplate)>> = Vec::new();
         let mut prompts: Vec<Served<Prompt>> = Vec::new();
         let redactor = Arc::new(policy.secrets.redactor());
+        let mut held: BTreeMap<String, HeldTool> = BTreeMap::new();
+        let mut lockable = Lock {
+            version: crate::config::lock::LOCK_VERSION,
+            tools: BTreeMap::new(),
+        };
         for entry in &policy.components {
             let key = || format!("tool \"{}\" › component", entry.name);
             let engine = engines.for_stack(entry.limits.wasm_stack).clone();
@@ -221,8 +288,18 @@ impl Catalog {
                 acts_outside: entry.grants.fs.iter().any(|g| g.mode == FsMode::Rw)
                     || !entry.grants.net.is_empty()
                     || !entry.grants.tcp.is_empty(),
+                sha256: Arc::from(hex::encode(entry.digest).as_str()),
             });
             for tool in declared {
+                if let Some(first) = held.get(tool.name.as_ref()) {
+                    return Err(fail(
+                        key(),
+                        format!(
+                            "tool name \"{}\" is declared by both \"{}\" and \"{}\"; tool names must be unique",
+                            tool.name, first.current.component, entry.name
+                        ),
+                    ));
+                }
                 if let Some(other) = tools.get(tool.name.as_ref()) {
                     return Err(fail(
                         key(),
@@ -238,6 +315,37 @@ impl Catalog {
                 }
                 let (input, output) = compile_schemas(&tool)
                     .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
+                let current = LockedTool::of(
+                    &entry.name,
+                    &component.sha256,
+                    &serde_json::to_value(&tool).unwrap_or_default(),
+                );
+                lockable
+                    .tools
+                    .insert(tool.name.to_string(), current.clone());
+                if let Some(why) = held_because(&policy.trust, &entry.name, &tool.name, &current) {
+                    tracing::warn!(
+                        tool = %tool.name,
+                        component = %entry.name,
+                        "held for review (not listed, not called): {why}; `airlock ctl catalog diff` shows the change"
+                    );
+                    let locked = policy
+                        .trust
+                        .lock
+                        .as_ref()
+                        .and_then(|l| l.tools.get(tool.name.as_ref()))
+                        .cloned();
+                    held.insert(
+                        tool.name.to_string(),
+                        HeldTool {
+                            why,
+                            current,
+                            locked,
+                            roles: entry.roles.clone(),
+                        },
+                    );
+                    continue;
+                }
                 listed.push(tool.clone());
                 tools.insert(
                     tool.name.to_string(),
@@ -302,15 +410,49 @@ impl Catalog {
             templates,
             prompts,
             redactor,
+            held,
+            lockable,
             _engines: engines,
         })
     }
 
-    /// The tool called `name`.
+    /// The tool called `name`: unknown, or held for review, is a refusal.
     pub fn tool(&self, name: &str) -> Result<&CatalogTool, CallFailure> {
         self.tools
             .get(name)
-            .ok_or_else(|| CallFailure::UnknownTool(shown_uri(name).to_owned()))
+            .ok_or_else(|| match self.held.get(name) {
+                Some(h) => CallFailure::HeldForReview {
+                    tool: name.to_owned(),
+                    why: h.why.clone(),
+                },
+                None => CallFailure::UnknownTool(shown_uri(name).to_owned()),
+            })
+    }
+
+    /// The tool called `name`, for `principal`: a held tool is `held_for_review` only to a
+    /// caller its entry's roles reach (to others it is unknown, as any tool they cannot list).
+    pub fn tool_for(
+        &self,
+        name: &str,
+        principal: &crate::core::principal::Principal,
+    ) -> Result<&CatalogTool, CallFailure> {
+        self.tool(name)
+            .map_err(|e| match (&e, self.held.get(name)) {
+                (CallFailure::HeldForReview { .. }, Some(h)) if !principal.may_use(&h.roles) => {
+                    CallFailure::UnknownTool(shown_uri(name).to_owned())
+                }
+                _ => e,
+            })
+    }
+
+    /// The tools held for review, by name.
+    pub fn held(&self) -> &BTreeMap<String, HeldTool> {
+        &self.held
+    }
+
+    /// Every tool as `airlock lock` records it (held ones as they are now).
+    pub fn lockable(&self) -> &Lock {
+        &self.lockable
     }
 
     /// The `tools/list` answer.

@@ -138,6 +138,18 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Write `airlock.lock` beside the configuration: each tool's component digest and its
+    /// metadata (name, title, description, schemas, hints) as its component describes it now,
+    /// the approved baseline a later change is held against. Shows what changed first.
+    Lock {
+        /// Configuration file (default: as for `serve`; the embedded default has no lock).
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Show what would change and exit 1 if anything would, without writing.
+        #[arg(long)]
+        check: bool,
+    },
     /// What confinement this machine can enforce for a configuration, and what each tool
     /// reaches; exits 1 when required confinement could not hold.
     Doctor {
@@ -769,6 +781,52 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
                 c.templates().len(),
                 c.prompts().len()
             );
+            Ok(())
+        }
+        Command::Lock {
+            config,
+            state_dir,
+            check,
+        } => {
+            use crate::config::lock;
+            let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
+            let catalog = airlock.catalog();
+            let Some(path) = catalog.policy.trust.lock_file.clone() else {
+                anyhow::bail!(
+                    "the embedded default configuration has no lock: give a configuration file"
+                );
+            };
+            let old = catalog.policy.trust.lock.clone().unwrap_or(lock::Lock {
+                version: lock::LOCK_VERSION,
+                tools: Default::default(),
+            });
+            let new = catalog.lockable().clone();
+            let d = lock::diff(&old, &new);
+            for t in &d.added {
+                println!("+ {t}: new");
+            }
+            for (t, fields) in &d.changed {
+                println!("~ {t}: {} changed", fields.join(", "));
+            }
+            for t in &d.rebuilt {
+                println!("~ {t}: component rebuilt, metadata unchanged");
+            }
+            for t in &d.removed {
+                println!("- {t}: no longer served");
+            }
+            if d.is_empty() {
+                println!(
+                    "{} is up to date ({} tools)",
+                    path.display(),
+                    new.tools.len()
+                );
+                return Ok(());
+            }
+            if check {
+                anyhow::bail!("{} is not up to date (see above)", path.display());
+            }
+            lock::write(&path, &new).map_err(anyhow::Error::msg)?;
+            println!("wrote {} ({} tools)", path.display(), new.tools.len());
             Ok(())
         }
         Command::Audit { command } => run_audit(command).await,
