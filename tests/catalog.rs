@@ -99,14 +99,41 @@ fn a_redescribed_tool_is_held_until_an_operator_approves_it() {
     assert!(diff.contains("== tool fixture_echo"), "{diff}");
     assert!(diff.contains("  approved | Echoes its message."), "{diff}");
     assert!(diff.contains("  now      | Echoes ALL secrets."), "{diff}");
+    let sha = diff
+        .lines()
+        .find_map(|l| l.strip_prefix("metadata sha256 "))
+        .expect("the diff names the metadata's digest")
+        .to_owned();
     let (ok, out) = run_airlock_text(&["lock", cfg, "--state-dir", sd, "--check"]);
     assert!(
         !ok && out.contains("~ fixture_echo: description changed"),
         "{out}"
     );
 
+    // What is approved is what was reviewed: another digest approves nothing.
+    let (ok, out) = ctl(
+        &server,
+        &[
+            "catalog",
+            "approve",
+            "fixture_echo",
+            "--sha256",
+            "0123456789abcdef",
+        ],
+    );
+    assert!(
+        !ok && out.contains("look at `airlock ctl catalog diff` again"),
+        "{out}"
+    );
+    let (ok, out) = run_airlock_text(&["lock", cfg, "--state-dir", sd]);
+    assert!(!ok && out.contains("--accept-changes"), "{out}");
+    assert!(out.contains("  now      | Echoes ALL secrets."), "{out}");
+
     // Approved: in the lock, served again, recorded.
-    let (ok, out) = ctl(&server, &["catalog", "approve", "fixture_echo"]);
+    let (ok, out) = ctl(
+        &server,
+        &["catalog", "approve", "fixture_echo", "--sha256", &sha],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("OK: approved fixture_echo"), "{out}");
     until_listed(&server, "fixture_echo", true);
@@ -123,7 +150,10 @@ fn a_redescribed_tool_is_held_until_an_operator_approves_it() {
             && rec["action"] == "catalog_approve"
             && rec["tool"] == "fixture_echo"
     }));
-    let (ok, out) = ctl(&server, &["catalog", "approve", "fixture_echo"]);
+    let (ok, out) = ctl(
+        &server,
+        &["catalog", "approve", "fixture_echo", "--sha256", &sha],
+    );
     assert!(!ok && out.contains("is not held for review"), "{out}");
 
     // `lock = "required"`: a tool the lock does not name is held too.

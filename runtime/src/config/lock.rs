@@ -137,9 +137,11 @@ pub fn read(path: &Path) -> Result<Option<(Lock, String)>, String> {
                 path.display()
             ));
         }
-        Ok(_) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        Ok(_) => {
+            crate::core::files::trusted_file(path).map_err(|p| format!("the lock {p}"))?;
+            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
     };
-    crate::core::files::trusted_file(path).map_err(|p| format!("the lock {p}"))?;
     let lock: Lock = serde_json::from_slice(&bytes).map_err(|e| {
         format!(
             "{} is not a lock file: {e} (remove it and run `airlock lock` to write it again)",
@@ -187,6 +189,34 @@ pub fn write(path: &Path, lock: &Lock) -> Result<(), String> {
     Ok(())
 }
 
+/// Change the lock at `path` (an empty one when there is none) with `change`, one process at
+/// a time (an exclusive `flock` on a file beside it, so that two operators' approvals, or an
+/// approval and `airlock lock`, never overwrite each other), and write it.
+pub fn edit<R>(path: &Path, change: impl FnOnce(&mut Lock) -> R) -> Result<R, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let guard_path = path.with_file_name(format!(".{LOCK_FILE}.edit"));
+    let guard = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&guard_path)
+        .map_err(|e| format!("cannot open {}: {e}", guard_path.display()))?;
+    guard
+        .lock()
+        .map_err(|e| format!("cannot lock {}: {e}", guard_path.display()))?;
+    let mut lock = read(path)?.map_or_else(
+        || Lock {
+            version: LOCK_VERSION,
+            tools: BTreeMap::new(),
+        },
+        |(l, _)| l,
+    );
+    let result = change(&mut lock);
+    write(path, &lock)?;
+    Ok(result)
+}
+
 /// What differs between two locks, by tool.
 #[derive(Debug, Default)]
 pub struct LockDiff {
@@ -213,9 +243,13 @@ pub fn diff(old: &Lock, new: &Lock) -> LockDiff {
     for (name, n) in &new.tools {
         match old.tools.get(name) {
             None => d.added.push(name.clone()),
-            Some(o) if o.metadata_sha256 != n.metadata_sha256 => d
-                .changed
-                .push((name.clone(), changed_fields(&o.metadata, &n.metadata))),
+            Some(o) if o.metadata_sha256 != n.metadata_sha256 || o.component != n.component => {
+                let mut fields = changed_fields(&o.metadata, &n.metadata);
+                if o.component != n.component {
+                    fields.insert(0, "component".to_owned());
+                }
+                d.changed.push((name.clone(), fields))
+            }
             Some(o) if o.component_sha256 != n.component_sha256 => d.rebuilt.push(name.clone()),
             Some(_) => {}
         }

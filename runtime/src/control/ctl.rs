@@ -287,16 +287,22 @@ impl WhichGrant {
 pub enum CatalogCommand {
     /// Each held tool: why, and each changed field as the lock approved it and as it is now.
     Diff,
-    /// Approve TOOL as it describes itself now: this command writes it into `airlock.lock`,
+    /// Approve TOOL as `catalog diff` showed it: this command writes it into `airlock.lock`,
     /// then the server reloads, serves it again and records the approval.
-    Approve { tool: String },
+    Approve {
+        tool: String,
+        /// The metadata sha256 `catalog diff` showed for it (its first 8 hex digits or more):
+        /// should the tool have changed again since, nothing is approved.
+        #[arg(long)]
+        sha256: String,
+    },
 }
 
 pub async fn run(target: Target, command: CtlCommand, json: bool) -> Result<()> {
     match command {
         CtlCommand::Catalog {
-            command: CatalogCommand::Approve { tool },
-        } => return approve_tool(&target, &tool, json).await,
+            command: CatalogCommand::Approve { tool, sha256 },
+        } => return approve_tool(&target, &tool, &sha256, json).await,
         CtlCommand::Ls => return list_servers(&addressed(&target, Reach::Every)?, json).await,
         CtlCommand::Approvals {
             command: ApprovalsCommand::Watch,
@@ -713,11 +719,6 @@ fn print_held(held: &[admin::HeldView]) {
         println!("no tools held for review");
         return;
     }
-    let text = |v: Option<&serde_json::Value>| match v {
-        None => "(none)".to_owned(),
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => serde_json::to_string_pretty(v).unwrap_or_default(),
-    };
     for h in held {
         println!(
             "== tool {} (component {}, sha256 {})",
@@ -726,32 +727,47 @@ fn print_held(held: &[admin::HeldView]) {
             shown(h.current.component_sha256.get(..16).unwrap_or("-"))
         );
         println!("held: {}", shown(&h.why));
-        let fields = match &h.locked {
-            Some(l) => crate::config::lock::changed_fields(&l.metadata, &h.current.metadata),
-            None => h
-                .current
-                .metadata
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default(),
-        };
-        for f in fields {
-            println!("-- {f}");
-            let approved = h.locked.as_ref().and_then(|l| l.metadata.get(&f));
-            for line in text(approved).lines() {
-                println!("  approved | {}", shown(line));
-            }
-            for line in text(h.current.metadata.get(&f)).lines() {
-                println!("  now      | {}", shown(line));
-            }
+        println!(
+            "metadata sha256 {}",
+            shown(h.current.metadata_sha256.get(..16).unwrap_or("-"))
+        );
+        print_metadata_changes(h.locked.as_ref().map(|l| &l.metadata), &h.current.metadata);
+    }
+    println!("approve one with `airlock ctl catalog approve TOOL --sha256 FIRST-16-DIGITS`");
+}
+
+/// Each pinned field of a tool's metadata that differs between `approved` (none: all of
+/// them) and `now`, as approved and as it is now (escaped: it is the component's text).
+pub(crate) fn print_metadata_changes(
+    approved: Option<&serde_json::Value>,
+    now: &serde_json::Value,
+) {
+    let text = |v: Option<&serde_json::Value>| match v {
+        None => "(none)".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => serde_json::to_string_pretty(v).unwrap_or_default(),
+    };
+    let fields = match approved {
+        Some(a) => crate::config::lock::changed_fields(a, now),
+        None => now
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default(),
+    };
+    for f in fields {
+        println!("-- {f}");
+        for line in text(approved.and_then(|a| a.get(&f))).lines() {
+            println!("  approved | {}", shown(line));
+        }
+        for line in text(now.get(&f)).lines() {
+            println!("  now      | {}", shown(line));
         }
     }
-    println!("approve one with `airlock ctl catalog approve TOOL`");
 }
 
 /// `ctl catalog approve TOOL`: write the tool as it is now into the server's lock file, then
 /// have the server reload, check and record it.
-async fn approve_tool(target: &Target, tool: &str, json: bool) -> Result<()> {
+async fn approve_tool(target: &Target, tool: &str, sha256: &str, json: bool) -> Result<()> {
     use crate::config::lock;
     let servers = addressed(target, Reach::One)?;
     let [server] = servers.as_slice() else {
@@ -770,20 +786,25 @@ async fn approve_tool(target: &Target, tool: &str, json: bool) -> Result<()> {
     let Some(lock_file) = lock_file else {
         bail!("the server runs the embedded default configuration: there is no lock to update");
     };
+    let now = &h.current.metadata_sha256;
+    if sha256.len() < 8 || !now.starts_with(&sha256.to_ascii_lowercase()) {
+        bail!(
+            "tool {} describes itself as metadata sha256 {} now, not as the {} you give: look at \
+             `airlock ctl catalog diff` again (what you reviewed is what is approved)",
+            shown(tool),
+            &now[..16.min(now.len())],
+            shown(sha256)
+        );
+    }
     let path = std::path::PathBuf::from(&lock_file);
-    // Put back as it was should the server not take the approval.
-    let before = std::fs::read(&path).ok();
-    let mut current = lock::read(&path).map_err(anyhow::Error::msg)?.map_or_else(
-        || lock::Lock {
-            version: lock::LOCK_VERSION,
-            tools: Default::default(),
-        },
-        |(l, _)| l,
-    );
     let metadata_sha256 = h.current.metadata_sha256.clone();
+    let previous = h.locked.clone();
     let previous_metadata_sha256 = h.locked.map(|l| l.metadata_sha256);
-    current.tools.insert(tool.to_owned(), h.current);
-    lock::write(&path, &current).map_err(anyhow::Error::msg)?;
+    let entry = h.current;
+    lock::edit(&path, |l| {
+        l.tools.insert(tool.to_owned(), entry);
+    })
+    .map_err(anyhow::Error::msg)?;
     let answer = match admin::request(
         &server.socket,
         &Request::CatalogApproved {
@@ -796,14 +817,22 @@ async fn approve_tool(target: &Target, tool: &str, json: bool) -> Result<()> {
     {
         Ok(a) => a,
         Err(e) => {
-            let restored = match &before {
-                Some(bytes) => std::fs::write(&path, bytes),
-                None => std::fs::remove_file(&path),
-            };
+            // Only this approval is undone: whatever else changed in the lock meanwhile stays.
+            let restored = lock::edit(&path, |l| match previous {
+                Some(p) => {
+                    l.tools.insert(tool.to_owned(), p);
+                }
+                None => {
+                    l.tools.remove(tool);
+                }
+            });
             match restored {
-                Ok(()) => bail!("{e:#}; {} was put back as it was", shown(&lock_file)),
+                Ok(()) => bail!(
+                    "{e:#}; the approval was taken out of {} again",
+                    shown(&lock_file)
+                ),
                 Err(r) => bail!(
-                    "{e:#}; and {} could not be put back as it was: {r}",
+                    "{e:#}; and the approval could not be taken out of {} again: {r}",
                     shown(&lock_file)
                 ),
             }

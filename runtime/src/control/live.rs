@@ -154,6 +154,10 @@ impl Live {
                 .as_ref()
                 .map(|next| next.catalog().held().keys().map(String::as_str).collect())
                 .unwrap_or_default(),
+            lock_sha256: result
+                .as_ref()
+                .ok()
+                .and_then(|next| next.catalog().policy.trust.lock_sha256.as_deref()),
         };
         self.audit
             .append("operator", &record)
@@ -417,6 +421,9 @@ struct ReloadRecord<'a> {
     /// Tools the new configuration holds for review (`airlock.lock`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     held: Vec<&'a str>,
+    /// sha256 of the lock of approved tool metadata in force, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_sha256: Option<&'a str>,
 }
 
 #[derive(Serialize)]

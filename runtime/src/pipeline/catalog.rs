@@ -29,6 +29,11 @@ fn held_because(
 ) -> Option<String> {
     let locked = trust.lock.as_ref().and_then(|l| l.tools.get(tool));
     match (locked, trust.lock_mode) {
+        // Served by another entry now (with its grants and roles): not what was approved.
+        (Some(l), _) if l.component != entry => Some(format!(
+            "moved from [[tool]] \"{}\" to \"{entry}\" since airlock.lock approved it",
+            l.component
+        )),
         (Some(l), _) if l.metadata_sha256 == current.metadata_sha256 => None,
         (Some(l), _) => {
             let fields = crate::config::lock::changed_fields(&l.metadata, &current.metadata);
@@ -401,6 +406,14 @@ impl Catalog {
             }
             components.push(component);
         }
+        if policy.trust.lock_file.is_some()
+            && policy.trust.lock.is_none()
+            && policy.trust.lock_mode == LockMode::Check
+        {
+            tracing::info!(
+                "no airlock.lock beside the configuration: tool descriptions are not pinned (`airlock lock` writes it)"
+            );
+        }
         Ok(Catalog {
             policy,
             components,
@@ -430,7 +443,8 @@ impl Catalog {
     }
 
     /// The tool called `name`, for `principal`: a held tool is `held_for_review` only to a
-    /// caller its entry's roles reach (to others it is unknown, as any tool they cannot list).
+    /// caller its entry's roles reach (to others it is `not_authorized`, as it would be if
+    /// it served: what they are told does not change when it is held).
     pub fn tool_for(
         &self,
         name: &str,
@@ -439,7 +453,10 @@ impl Catalog {
         self.tool(name)
             .map_err(|e| match (&e, self.held.get(name)) {
                 (CallFailure::HeldForReview { .. }, Some(h)) if !principal.may_use(&h.roles) => {
-                    CallFailure::UnknownTool(shown_uri(name).to_owned())
+                    CallFailure::NotAuthorized {
+                        principal: principal.name.to_string(),
+                        tool: name.to_owned(),
+                    }
                 }
                 _ => e,
             })

@@ -149,6 +149,10 @@ enum Command {
         /// Show what would change and exit 1 if anything would, without writing.
         #[arg(long)]
         check: bool,
+        /// Write even though tools already in the lock changed (their changes are shown
+        /// first): without it such a lock is not written.
+        #[arg(long)]
+        accept_changes: bool,
     },
     /// What confinement this machine can enforce for a configuration, and what each tool
     /// reaches; exits 1 when required confinement could not hold.
@@ -787,6 +791,7 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             config,
             state_dir,
             check,
+            accept_changes,
         } => {
             use crate::config::lock;
             let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
@@ -807,6 +812,10 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             }
             for (t, fields) in &d.changed {
                 println!("~ {t}: {} changed", fields.join(", "));
+                crate::control::ctl::print_metadata_changes(
+                    old.tools.get(t).map(|l| &l.metadata),
+                    &new.tools[t].metadata,
+                );
             }
             for t in &d.rebuilt {
                 println!("~ {t}: component rebuilt, metadata unchanged");
@@ -825,7 +834,14 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             if check {
                 anyhow::bail!("{} is not up to date (see above)", path.display());
             }
-            lock::write(&path, &new).map_err(anyhow::Error::msg)?;
+            if !d.changed.is_empty() && !accept_changes {
+                anyhow::bail!(
+                    "tools the lock approved describe themselves differently now (above): \
+                     review the changes, then write the lock with --accept-changes (or approve \
+                     them one at a time with `airlock ctl catalog approve`)"
+                );
+            }
+            lock::edit(&path, |l| *l = new.clone()).map_err(anyhow::Error::msg)?;
             println!("wrote {} ({} tools)", path.display(), new.tools.len());
             Ok(())
         }
