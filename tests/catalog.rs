@@ -52,7 +52,7 @@ fn a_redescribed_tool_is_held_until_an_operator_approves_it() {
     let lock: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&lock_file).unwrap()).unwrap();
     assert_eq!(
-        lock["tools"]["fixture_echo"]["metadata"]["description"],
+        lock["pinned"]["fixture_echo"]["metadata"]["description"],
         "Echoes its message."
     );
     let (ok, out) = run_airlock_text(&["lock", cfg, "--state-dir", sd, "--check"]);
@@ -63,7 +63,7 @@ fn a_redescribed_tool_is_held_until_an_operator_approves_it() {
     let r = tool_result(&server, "fixture_echo", json!({"message": "hi"}));
     assert_eq!(result_outcome(&r), "completed", "{r}");
     // Provenance: the call's record names the component's digest.
-    let digest = lock["tools"]["fixture_echo"]["component_sha256"].clone();
+    let digest = lock["pinned"]["fixture_echo"]["component_sha256"].clone();
     assert!(audit_records(&server.audit_dir).iter().any(|rec| {
         rec["kind"] == "call" && rec["tool"] == "fixture_echo" && rec["component_sha256"] == digest
     }));
@@ -142,7 +142,7 @@ fn a_redescribed_tool_is_held_until_an_operator_approves_it() {
     let lock: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&lock_file).unwrap()).unwrap();
     assert_eq!(
-        lock["tools"]["fixture_echo"]["metadata"]["description"],
+        lock["pinned"]["fixture_echo"]["metadata"]["description"],
         "Echoes ALL secrets."
     );
     assert!(audit_records(&server.audit_dir).iter().any(|rec| {

@@ -118,9 +118,9 @@ pub struct HeldView {
     pub tool: String,
     pub why: String,
     /// As its component describes it now.
-    pub current: crate::config::lock::LockedTool,
+    pub current: crate::config::lock::Pinned,
     /// As the lock approved it, if it does.
-    pub locked: Option<crate::config::lock::LockedTool>,
+    pub locked: Option<crate::config::lock::Pinned>,
 }
 
 /// One replica's answer to `ctl … --fleet`.
@@ -574,9 +574,9 @@ async fn handle(
             }
             let now = catalog
                 .lockable()
-                .tools
+                .pinned
                 .get(&tool)
-                .ok_or_else(|| anyhow::anyhow!("no component declares tool {tool} now"))?;
+                .ok_or_else(|| anyhow::anyhow!("no component declares {tool} now"))?;
             anyhow::ensure!(
                 now.metadata_sha256 == metadata_sha256,
                 "tool {tool} serves as described by {}, not as approved ({metadata_sha256})",

@@ -802,7 +802,7 @@ async fn approve_tool(target: &Target, tool: &str, sha256: &str, json: bool) -> 
     let previous_metadata_sha256 = h.locked.map(|l| l.metadata_sha256);
     let entry = h.current;
     lock::edit(&path, |l| {
-        l.tools.insert(tool.to_owned(), entry);
+        l.pinned.insert(tool.to_owned(), entry);
     })
     .map_err(anyhow::Error::msg)?;
     let answer = match admin::request(
@@ -820,10 +820,10 @@ async fn approve_tool(target: &Target, tool: &str, sha256: &str, json: bool) -> 
             // Only this approval is undone: whatever else changed in the lock meanwhile stays.
             let restored = lock::edit(&path, |l| match previous {
                 Some(p) => {
-                    l.tools.insert(tool.to_owned(), p);
+                    l.pinned.insert(tool.to_owned(), p);
                 }
                 None => {
-                    l.tools.remove(tool);
+                    l.pinned.remove(tool);
                 }
             });
             match restored {

@@ -3,7 +3,7 @@
 //! once at load), and the name index.
 
 use crate::config::grants::FsMode;
-use crate::config::lock::{Lock, LockMode, LockedTool, TrustSettings};
+use crate::config::lock::{Lock, LockMode, Pinned, TrustSettings};
 use crate::config::policy::{ComponentEntry, ComponentSource, ConfigError, Policy};
 use crate::core::failure::CallFailure;
 use crate::core::redact::{Redactor, Shapes};
@@ -20,14 +20,53 @@ use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
+/// Pin a prompt, resource or template (`key`, described now as `metadata`) of `entry`: into
+/// what `airlock lock` would write, and, if the lock holds it, into `held` (logged). True when
+/// held: then it is not served.
+fn pin_offer(
+    trust: &TrustSettings,
+    held: &mut BTreeMap<String, HeldTool>,
+    lockable: &mut Lock,
+    entry: &ComponentEntry,
+    sha256: &str,
+    key: String,
+    metadata: serde_json::Value,
+) -> bool {
+    let current = Pinned::whole(&entry.name, sha256, metadata);
+    lockable.pinned.insert(key.clone(), current.clone());
+    let Some(why) = held_because(trust, &entry.name, &key, &current) else {
+        return false;
+    };
+    tracing::warn!(
+        item = %key,
+        component = %entry.name,
+        "held for review (not listed, not served): {why}; `airlock ctl catalog diff` shows the change"
+    );
+    let locked = trust
+        .lock
+        .as_ref()
+        .and_then(|l| l.pinned.get(&key))
+        .cloned();
+    held.insert(
+        key,
+        HeldTool {
+            why,
+            current,
+            locked,
+            roles: entry.roles.clone(),
+        },
+    );
+    true
+}
+
 /// Why the lock holds `tool` (described now as `current`), if it does.
 fn held_because(
     trust: &TrustSettings,
     entry: &str,
     tool: &str,
-    current: &LockedTool,
+    current: &Pinned,
 ) -> Option<String> {
-    let locked = trust.lock.as_ref().and_then(|l| l.tools.get(tool));
+    let locked = trust.lock.as_ref().and_then(|l| l.pinned.get(tool));
     match (locked, trust.lock_mode) {
         // Served by another entry now (with its grants and roles): not what was approved.
         (Some(l), _) if l.component != entry => Some(format!(
@@ -49,7 +88,7 @@ fn held_because(
             if trust
                 .lock
                 .as_ref()
-                .is_some_and(|l| l.tools.values().any(|t| t.component == entry)) =>
+                .is_some_and(|l| l.pinned.values().any(|t| t.component == entry)) =>
         {
             Some(format!(
                 "is new in [[tool]] \"{entry}\", which airlock.lock approved without it"
@@ -88,16 +127,17 @@ pub struct LoadedComponent {
     pub sha256: Arc<str>,
 }
 
-/// A tool held for review: its metadata is not what `airlock.lock` approved (or the lock is
-/// required and does not name it). Not listed, not called.
+/// A tool, prompt, resource or resource template held for review: its metadata is not what
+/// `airlock.lock` approved (or the lock is required and does not name it). Not listed, not
+/// called (a held prompt or resource is not found).
 #[derive(Debug, Clone)]
 pub struct HeldTool {
     /// Why, as the caller and the operator read it.
     pub why: String,
     /// The tool as its component describes it now.
-    pub current: LockedTool,
+    pub current: Pinned,
     /// As the lock approved it, if it does.
-    pub locked: Option<LockedTool>,
+    pub locked: Option<Pinned>,
     /// The roles of its `[[tool]]` entry: only a caller they reach learns it is held.
     pub roles: Vec<String>,
 }
@@ -168,7 +208,7 @@ impl Catalog {
         let mut held: BTreeMap<String, HeldTool> = BTreeMap::new();
         let mut lockable = Lock {
             version: crate::config::lock::LOCK_VERSION,
-            tools: BTreeMap::new(),
+            pinned: BTreeMap::new(),
         };
         for entry in &policy.components {
             let key = || format!("tool \"{}\" › component", entry.name);
@@ -320,13 +360,13 @@ impl Catalog {
                 }
                 let (input, output) = compile_schemas(&tool)
                     .map_err(|p| fail(key(), format!("{}: {p}", entry.source)))?;
-                let current = LockedTool::of(
+                let current = Pinned::of(
                     &entry.name,
                     &component.sha256,
                     &serde_json::to_value(&tool).unwrap_or_default(),
                 );
                 lockable
-                    .tools
+                    .pinned
                     .insert(tool.name.to_string(), current.clone());
                 if let Some(why) = held_because(&policy.trust, &entry.name, &tool.name, &current) {
                     tracing::warn!(
@@ -338,7 +378,7 @@ impl Catalog {
                         .trust
                         .lock
                         .as_ref()
-                        .and_then(|l| l.tools.get(tool.name.as_ref()))
+                        .and_then(|l| l.pinned.get(tool.name.as_ref()))
                         .cloned();
                     held.insert(
                         tool.name.to_string(),
@@ -375,12 +415,38 @@ impl Catalog {
                         ),
                     ));
                 }
+                let metadata = serde_json::to_value(&r).unwrap_or_default();
+                let key = crate::config::lock::key_of("resource", &r.uri);
+                if pin_offer(
+                    &policy.trust,
+                    &mut held,
+                    &mut lockable,
+                    entry,
+                    &component.sha256,
+                    key,
+                    metadata,
+                ) {
+                    continue;
+                }
                 resources.push(Served {
                     component: component.clone(),
                     item: r,
                 });
             }
             for t in offered.templates {
+                let metadata = serde_json::to_value(&t.1).unwrap_or_default();
+                let key = crate::config::lock::key_of("template", &t.1.uri_template);
+                if pin_offer(
+                    &policy.trust,
+                    &mut held,
+                    &mut lockable,
+                    entry,
+                    &component.sha256,
+                    key,
+                    metadata,
+                ) {
+                    continue;
+                }
                 templates.push(Served {
                     component: component.clone(),
                     item: t,
@@ -398,6 +464,19 @@ impl Catalog {
                             p.name, other.component.entry.name, entry.name
                         ),
                     ));
+                }
+                let metadata = serde_json::to_value(&p).unwrap_or_default();
+                let key = crate::config::lock::key_of("prompt", &p.name);
+                if pin_offer(
+                    &policy.trust,
+                    &mut held,
+                    &mut lockable,
+                    entry,
+                    &component.sha256,
+                    key,
+                    metadata,
+                ) {
+                    continue;
                 }
                 prompts.push(Served {
                     component: component.clone(),

@@ -803,7 +803,7 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             };
             let old = catalog.policy.trust.lock.clone().unwrap_or(lock::Lock {
                 version: lock::LOCK_VERSION,
-                tools: Default::default(),
+                pinned: Default::default(),
             });
             let new = catalog.lockable().clone();
             let d = lock::diff(&old, &new);
@@ -813,8 +813,8 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             for (t, fields) in &d.changed {
                 println!("~ {t}: {} changed", fields.join(", "));
                 crate::control::ctl::print_metadata_changes(
-                    old.tools.get(t).map(|l| &l.metadata),
-                    &new.tools[t].metadata,
+                    old.pinned.get(t).map(|l| &l.metadata),
+                    &new.pinned[t].metadata,
                 );
             }
             for t in &d.rebuilt {
@@ -825,9 +825,9 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             }
             if d.is_empty() {
                 println!(
-                    "{} is up to date ({} tools)",
+                    "{} is up to date ({} entries)",
                     path.display(),
-                    new.tools.len()
+                    new.pinned.len()
                 );
                 return Ok(());
             }
@@ -842,7 +842,7 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
                 );
             }
             lock::edit(&path, |l| *l = new.clone()).map_err(anyhow::Error::msg)?;
-            println!("wrote {} ({} tools)", path.display(), new.tools.len());
+            println!("wrote {} ({} entries)", path.display(), new.pinned.len());
             Ok(())
         }
         Command::Audit { command } => run_audit(command).await,
