@@ -88,7 +88,7 @@ fn a_redescribed_tool_is_held_until_an_operator_approves_it() {
     assert_eq!(
         result_text(&held),
         "held for review: tool fixture_echo changed since airlock.lock approved it (this differs: \
-         description); an operator approves it with `airlock ctl catalog approve fixture_echo`"
+         description); an operator reviews it with `airlock ctl catalog diff` before approving it"
     );
     let ok_call = tool_result(&server, "text_stats", json!({"text": "a b"}));
     assert_eq!(result_outcome(&ok_call), "completed");

@@ -31,7 +31,7 @@ pub enum CallFailure {
     /// (`airlock.lock`), or the lock is required and does not name it: it is not listed and
     /// not called until an operator approves it.
     #[error(
-        "held for review: tool {tool} {why}; an operator approves it with `airlock ctl catalog approve {tool}`"
+        "held for review: tool {tool} {why}; an operator reviews it with `airlock ctl catalog diff` before approving it"
     )]
     HeldForReview { tool: String, why: String },
     /// An operator stopped the call while it ran (`airlock ctl … --interrupt`).
