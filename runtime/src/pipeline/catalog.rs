@@ -402,6 +402,18 @@ impl Catalog {
                     },
                 );
             }
+            // Prompts, resources and templates as the lock pins them; true: held, not served.
+            let mut pin = |kind: &str, name: &str, item: serde_json::Result<serde_json::Value>| {
+                pin_offer(
+                    &policy.trust,
+                    &mut held,
+                    &mut lockable,
+                    entry,
+                    &component.sha256,
+                    crate::config::lock::key_of(kind, name),
+                    item.unwrap_or_default(),
+                )
+            };
             for r in offered.resources {
                 if let Some(other) = resources
                     .iter()
@@ -415,17 +427,7 @@ impl Catalog {
                         ),
                     ));
                 }
-                let metadata = serde_json::to_value(&r).unwrap_or_default();
-                let key = crate::config::lock::key_of("resource", &r.uri);
-                if pin_offer(
-                    &policy.trust,
-                    &mut held,
-                    &mut lockable,
-                    entry,
-                    &component.sha256,
-                    key,
-                    metadata,
-                ) {
+                if pin("resource", &r.uri, serde_json::to_value(&r)) {
                     continue;
                 }
                 resources.push(Served {
@@ -434,17 +436,7 @@ impl Catalog {
                 });
             }
             for t in offered.templates {
-                let metadata = serde_json::to_value(&t.1).unwrap_or_default();
-                let key = crate::config::lock::key_of("template", &t.1.uri_template);
-                if pin_offer(
-                    &policy.trust,
-                    &mut held,
-                    &mut lockable,
-                    entry,
-                    &component.sha256,
-                    key,
-                    metadata,
-                ) {
+                if pin("template", &t.1.uri_template, serde_json::to_value(&t.1)) {
                     continue;
                 }
                 templates.push(Served {
@@ -465,17 +457,7 @@ impl Catalog {
                         ),
                     ));
                 }
-                let metadata = serde_json::to_value(&p).unwrap_or_default();
-                let key = crate::config::lock::key_of("prompt", &p.name);
-                if pin_offer(
-                    &policy.trust,
-                    &mut held,
-                    &mut lockable,
-                    entry,
-                    &component.sha256,
-                    key,
-                    metadata,
-                ) {
+                if pin("prompt", &p.name, serde_json::to_value(&p)) {
                     continue;
                 }
                 prompts.push(Served {
