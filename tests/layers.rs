@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 /// Bottom to top. A new folder under `runtime/src` must be placed here.
-const LAYERS: [&str; 7] = [
-    "core", "config", "sandbox", "gate", "pipeline", "control", "serve",
+const LAYERS: [&str; 8] = [
+    "core", "supply", "config", "sandbox", "gate", "pipeline", "control", "serve",
 ];
 
 fn rank(layer: &str) -> Option<usize> {

@@ -7,15 +7,18 @@
 //! layers below it (checked by `tests/layers.rs`; `docs/architecture.md` explains each):
 //!
 //! 1. [`core`]: shared types (ids, principals, outcomes, units, redaction).
-//! 2. [`config`]: the configuration model, validation and secrets.
-//! 3. [`sandbox`]: the engine, components, the store per call, grants, egress.
-//! 4. [`gate`]: authentication, rate limits, overrides, approvals, the audit log.
-//! 5. [`pipeline`]: the call path, composing gate and sandbox.
-//! 6. [`control`]: the operator plane: commands, live reload, the admin socket, `ctl`.
-//! 7. [`serve`]: the MCP transports, the command line, `doctor`, confinement.
+//! 2. [`supply`]: where components come from (OCI registries, `https://`) and who signed them.
+//! 3. [`config`]: the configuration model, validation and secrets.
+//! 4. [`sandbox`]: the engine, components, the store per call, grants, egress.
+//! 5. [`gate`]: authentication, rate limits, overrides, approvals, the audit log.
+//! 6. [`pipeline`]: the call path, composing gate and sandbox.
+//! 7. [`control`]: the operator plane: commands, live reload, the admin socket, `ctl`.
+//! 8. [`serve`]: the MCP transports, the command line, `doctor`, confinement.
 
 // In layer order (blank lines keep rustfmt from sorting them).
 pub mod core;
+
+pub mod supply;
 
 pub mod config;
 

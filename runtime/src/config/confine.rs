@@ -187,6 +187,31 @@ impl Plan {
             }
             plan.connect
                 .extend(c.grants.tcp.iter().map(|g| g.address.port()));
+            // A reload may pull a component its cache does not hold.
+            match &c.source {
+                ComponentSource::Oci { reference, .. } => {
+                    if let Ok(r) = crate::supply::oci::parse(reference) {
+                        plan.connect.insert(policy.trust.registries.port_of(&r));
+                        let host = r.resolve_registry();
+                        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                        if host.parse::<std::net::IpAddr>().is_err() {
+                            plan.connect.insert(53);
+                        }
+                    }
+                }
+                ComponentSource::Https(url) => {
+                    if let Ok(uri) = url.parse::<http::Uri>() {
+                        plan.connect.insert(uri.port_u16().unwrap_or(443));
+                        if uri
+                            .host()
+                            .is_none_or(|h| h.parse::<std::net::IpAddr>().is_err())
+                        {
+                            plan.connect.insert(53);
+                        }
+                    }
+                }
+                ComponentSource::File(_) | ComponentSource::Bundled(_) => {}
+            }
         }
         if let Some(dir) = &policy.secrets.dir {
             plan.read.insert(resolved(dir));

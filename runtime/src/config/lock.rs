@@ -4,9 +4,14 @@
 //! approves the change (`airlock ctl catalog approve`) or writes the lock again (`airlock
 //! lock`). The lock sits beside the configuration and is the operator's to commit.
 
+use crate::config::secrets::SecretStore;
+use crate::core::units::{ByteSize, Span};
+use crate::supply::oci::Registries;
+use crate::supply::signature::TrustedKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The lock's file name, beside the configuration file.
 pub const LOCK_FILE: &str = "airlock.lock";
@@ -31,11 +36,53 @@ pub enum LockMode {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TrustSection {
     lock: Option<LockMode>,
+    /// Every component must be signed by a key in `keys` (a `[[tool]]` may say otherwise).
+    #[serde(default)]
+    require_signatures: bool,
+    /// An `oci://` source must name a digest, not only a tag.
+    #[serde(default)]
+    require_digests: bool,
+    /// The public keys allowed to sign components, by name (the signer a call record shows).
+    #[serde(default)]
+    keys: BTreeMap<String, PathBuf>,
+    /// How to reach each registry, by host (`registry.example` or `HOST:PORT`).
+    #[serde(default)]
+    registries: BTreeMap<String, RegistrySection>,
+    /// The longest one pull (or tag lookup) from a registry or an `https://` source may take.
+    fetch_timeout: Option<Span>,
+    /// The largest component pulled from a registry or an `https://` source.
+    max_fetch_size: Option<ByteSize>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrySection {
+    username: Option<String>,
+    /// The name of the `[secrets]` entry holding the password or token.
+    password_secret: Option<String>,
+    /// Speak plain HTTP to it (a registry on this machine; digests and signatures are still
+    /// checked, but the connection is readable by anyone on the path).
+    #[serde(default)]
+    plain_http: bool,
+}
+
+/// `[trust] fetch_timeout` and `max_fetch_size` by default.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_FETCH_SIZE: u64 = 256 << 20;
 
 /// `[trust]` and the lock file, resolved.
 #[derive(Debug, Clone, Default)]
 pub struct TrustSettings {
+    /// Whether a component must be signed, unless its `[[tool]]` says otherwise.
+    pub require_signatures: bool,
+    pub require_digests: bool,
+    /// The keys `[trust.keys]` names, read, with their files.
+    pub keys: Vec<TrustedKey>,
+    pub key_files: Vec<(String, PathBuf)>,
+    pub registries: Registries,
+    pub max_fetch_size: u64,
+    /// The digest each `oci://` tag of this load named (from the lock, or resolved now).
+    pub resolved_tags: BTreeMap<String, String>,
     pub lock_mode: LockMode,
     /// Where the lock is (beside the configuration file); `None` for the embedded default.
     pub lock_file: Option<PathBuf>,
@@ -53,6 +100,10 @@ pub struct Lock {
     /// What is pinned, by key: a tool's name, `prompt:NAME`, `resource:URI` or
     /// `template:URI-TEMPLATE` (tool names cannot hold a colon).
     pub pinned: BTreeMap<String, Pinned>,
+    /// The digest each `oci://` tag resolved to when first pulled: later loads use it, so a
+    /// tag moved in the registry changes nothing until `airlock lock --update-tags`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, String>,
 }
 
 /// The lock's key of a prompt, a resource or a resource template.
@@ -114,18 +165,115 @@ pub fn metadata_of(tool: &serde_json::Value) -> serde_json::Value {
     serde_json::Value::Object(kept)
 }
 
-/// `[trust]` with the lock beside `config` (the configuration file, if any), read now.
-pub(crate) fn resolve(s: &TrustSection, config: Option<&Path>) -> Result<TrustSettings, String> {
+/// `[trust]` with the lock beside `config` (the configuration file, if any), read now; paths
+/// relative to `base`. An error names its key.
+pub(crate) fn resolve(
+    s: &TrustSection,
+    config: Option<&Path>,
+    base: &Path,
+    secrets: &SecretStore,
+) -> Result<TrustSettings, (String, String)> {
     let lock_file = config.map(path_for);
     let (lock, lock_sha256) = match &lock_file {
-        Some(p) => read(p)?.map_or((None, None), |(l, d)| (Some(l), Some(d))),
+        Some(p) => read(p)
+            .map_err(|e| ("trust › lock".to_owned(), e))?
+            .map_or((None, None), |(l, d)| (Some(l), Some(d))),
         None => (None, None),
     };
+    let mut keys = Vec::new();
+    let mut key_files = Vec::new();
+    for (name, path) in &s.keys {
+        let at = format!("trust › keys › {name}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err((at, "a key's name is 1 to 64 of A-Z a-z 0-9 _ - .".into()));
+        }
+        let path = base.join(path);
+        crate::core::files::trusted_file(&path)
+            .map_err(|p| (at.clone(), format!("the key {p}")))?;
+        keys.push(TrustedKey::read(name, &path).map_err(|e| (at, e))?);
+        key_files.push((name.clone(), path));
+    }
+    if s.require_signatures && keys.is_empty() {
+        return Err((
+            "trust › require_signatures".into(),
+            "no key in [trust.keys] could verify a signature".into(),
+        ));
+    }
+    let mut registries = Registries {
+        timeout: s.fetch_timeout.map_or(DEFAULT_FETCH_TIMEOUT, |t| t.0),
+        ..Registries::default()
+    };
+    for (host, r) in &s.registries {
+        let at = |k: &str| format!("trust › registries › {host} › {k}");
+        match (&r.username, &r.password_secret) {
+            (Some(user), Some(secret)) => {
+                let password = secrets.get(secret).cloned().ok_or_else(|| {
+                    (
+                        at("password_secret"),
+                        format!("names {secret}, which [secrets] does not declare"),
+                    )
+                })?;
+                registries
+                    .credentials
+                    .insert(host.clone(), (user.clone(), password));
+            }
+            (None, None) => {}
+            _ => {
+                return Err((
+                    at("username"),
+                    "username and password_secret come together".into(),
+                ));
+            }
+        }
+        if r.plain_http {
+            registries.plain_http.push(host.clone());
+        }
+    }
+    if registries.timeout.is_zero() {
+        return Err(("trust › fetch_timeout".into(), "must be more than 0".into()));
+    }
     Ok(TrustSettings {
+        require_signatures: s.require_signatures,
+        require_digests: s.require_digests,
+        keys,
+        key_files,
+        registries,
+        max_fetch_size: s
+            .max_fetch_size
+            .map_or(DEFAULT_MAX_FETCH_SIZE, |b| b.bytes()),
+        resolved_tags: BTreeMap::new(),
         lock_mode: s.lock.unwrap_or_default(),
         lock_file,
         lock,
         lock_sha256,
+    })
+}
+
+/// Record in the lock the `oci://` tags this load resolved that it does not name yet, so that
+/// later loads use the same digests.
+pub(crate) fn record_tags(trust: &TrustSettings) -> Result<(), String> {
+    let recorded = trust.lock.as_ref().map(|l| &l.sources);
+    let new: Vec<(&String, &String)> = trust
+        .resolved_tags
+        .iter()
+        .filter(|(tag, digest)| recorded.and_then(|r| r.get(*tag)) != Some(*digest))
+        .collect();
+    let Some(path) = &trust.lock_file else {
+        return Ok(());
+    };
+    if new.is_empty() {
+        return Ok(());
+    }
+    edit(path, |l| {
+        for (tag, digest) in new {
+            tracing::info!(tag = %tag, digest = %digest, lock = %path.display(), "recorded the digest of a tag");
+            l.sources.insert(tag.clone(), digest.clone());
+        }
     })
 }
 
@@ -218,7 +366,7 @@ pub fn edit<R>(path: &Path, change: impl FnOnce(&mut Lock) -> R) -> Result<R, St
     let mut lock = read(path)?.map_or_else(
         || Lock {
             version: LOCK_VERSION,
-            pinned: BTreeMap::new(),
+            ..Lock::default()
         },
         |(l, _)| l,
     );
@@ -305,10 +453,12 @@ mod tests {
         let old = Lock {
             version: LOCK_VERSION,
             pinned: [("t".to_owned(), la), ("gone".to_owned(), lb.clone())].into(),
+            sources: BTreeMap::new(),
         };
         let new = Lock {
             version: LOCK_VERSION,
             pinned: [("t".to_owned(), lc), ("new".to_owned(), lb)].into(),
+            sources: BTreeMap::new(),
         };
         let d = diff(&old, &new);
         assert_eq!(d.added, ["new"]);

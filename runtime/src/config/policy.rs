@@ -158,6 +158,8 @@ struct ToolSection {
     name: String,
     component: String,
     sha256: Option<String>,
+    /// Overrides `[trust] require_signatures` for this component.
+    require_signatures: Option<bool>,
     #[serde(default)]
     limits: LimitsSection,
     #[serde(default)]
@@ -358,6 +360,14 @@ pub enum ComponentSource {
     File(PathBuf),
     /// One of the example components compiled into the binary (`bundled:<name>`).
     Bundled(&'static str),
+    /// An artifact in an OCI registry: the reference as configured (after `oci://`) and the
+    /// manifest digest it was pulled by.
+    Oci {
+        reference: String,
+        digest: String,
+    },
+    /// A file fetched from an `https://` URL (always pinned by sha256).
+    Https(String),
 }
 
 impl fmt::Display for ComponentSource {
@@ -365,6 +375,12 @@ impl fmt::Display for ComponentSource {
         match self {
             ComponentSource::File(p) => write!(f, "{}", p.display()),
             ComponentSource::Bundled(n) => write!(f, "bundled:{n}"),
+            // The digest it was pulled by, when the reference names only a tag.
+            ComponentSource::Oci { reference, digest } => match reference.contains('@') {
+                true => write!(f, "oci://{reference}"),
+                false => write!(f, "oci://{reference}@{digest}"),
+            },
+            ComponentSource::Https(url) => write!(f, "{url}"),
         }
     }
 }
@@ -378,6 +394,8 @@ pub struct ComponentEntry {
     /// sha256 of `bytes` (checked against the pin when there is one).
     pub digest: [u8; 32],
     pub pinned: bool,
+    /// The name of the trusted key whose signature verified (`[trust.keys]`).
+    pub signer: Option<String>,
     pub limits: Limits,
     pub grants: Grants,
     pub audit_arguments: AuditArguments,
@@ -534,6 +552,9 @@ impl Policy {
             .collect();
         let safety = safety::resolve_global(&file.safety).map_err(|(k, p)| err(k, p))?;
 
+        let mut trust = crate::config::lock::resolve(&file.trust, config, base, &secrets)
+            .map_err(|(k, p)| err(k, p))?;
+        let fetch_cache = server.cache_dir.join("components");
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
         for (i, t) in file.tools.iter().enumerate() {
             let key = |k: &str| format!("tool \"{}\" (entry {}) › {k}", t.name, i + 1);
@@ -546,13 +567,54 @@ impl Policy {
             }
             let limits = apply_limits(defaults, &t.limits)
                 .map_err(|(k, p)| err(key(&format!("limits › {k}")), p))?;
-            let (source, bytes) =
-                read_component(&t.component, base).map_err(|p| err(key("component"), p))?;
+            let pin = match &t.sha256 {
+                None => None,
+                Some(pin) => Some(parse_digest(pin).map_err(|p| err(key("sha256"), p))?),
+            };
+            let require_signatures = t.require_signatures.unwrap_or(trust.require_signatures);
+            if require_signatures && trust.keys.is_empty() {
+                return Err(err(
+                    key("require_signatures"),
+                    "no key in [trust.keys] could verify a signature".into(),
+                ));
+            }
+            let read = read_component(
+                &t.component,
+                pin.as_ref(),
+                base,
+                &fetch_cache,
+                &trust,
+                require_signatures || !trust.keys.is_empty(),
+            )
+            .map_err(|p| err(key("component"), p))?;
+            let (source, bytes) = (read.source, read.bytes);
+            if let Some((tag, digest)) = read.resolved_tag {
+                trust.resolved_tags.insert(tag, digest);
+            }
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            let pinned = match &t.sha256 {
+            let signer = match verify_signature(&read.signature, &bytes, &trust.keys) {
+                Ok(k) => Some(k.name.clone()),
+                Err(why) if require_signatures => {
+                    return Err(err(
+                        key("component"),
+                        format!(
+                            "{source} (sha256 {}) is not signed by a trusted key: {why}",
+                            hex::encode(digest)
+                        ),
+                    ));
+                }
+                Err(why) => {
+                    if !trust.keys.is_empty()
+                        && !matches!(why, crate::supply::signature::Unsigned::Missing(_))
+                    {
+                        tracing::warn!(tool = %t.name, component = %source, reason = %why, "component signature not verified (not required)");
+                    }
+                    None
+                }
+            };
+            let pinned = match pin {
                 None => false,
-                Some(pin) => {
-                    let want = parse_digest(pin).map_err(|p| err(key("sha256"), p))?;
+                Some(want) => {
                     if want != digest {
                         return Err(err(
                             key("sha256"),
@@ -582,6 +644,7 @@ impl Policy {
                 bytes,
                 digest,
                 pinned,
+                signer,
                 limits,
                 grants,
                 audit_arguments: t.audit_arguments.unwrap_or_default(),
@@ -610,7 +673,13 @@ impl Policy {
         }
         check_nested_writable(&components).map_err(|(k, p)| err(k, p))?;
         check_shared_quotas(&components).map_err(|(k, p)| err(k, p))?;
-        let own = own_files(config, &components, &server, &audit, &secrets, &auth);
+        let mut own = own_files(config, &components, &server, &audit, &secrets, &auth);
+        own.extend(trust.key_files.iter().map(|(name, path)| {
+            (
+                format!("the signing key \"{name}\" of [trust.keys]"),
+                path.clone(),
+            )
+        }));
         check_own_files(&components, &own).map_err(|(k, p)| err(k, p))?;
         if components.is_empty() {
             return Err(err(
@@ -620,8 +689,7 @@ impl Policy {
         }
         let fleet =
             crate::config::fleet::resolve(&file.fleet, &secrets).map_err(|(k, p)| err(k, p))?;
-        let trust = crate::config::lock::resolve(&file.trust, config)
-            .map_err(|p| err("trust › lock".into(), p))?;
+        crate::config::lock::record_tags(&trust).map_err(|p| err("trust › lock".into(), p))?;
         Ok(Policy {
             origin: origin.to_owned(),
             sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
@@ -1213,7 +1281,53 @@ fn parse_digest(pin: &str) -> Result<[u8; 32], String> {
         .map_err(|_| format!("\"{pin}\" is not 64 hex characters (a sha256 digest)"))
 }
 
-fn read_component(spec: &str, base: &Path) -> Result<(ComponentSource, Arc<[u8]>), String> {
+/// A component's bytes, read or fetched, with what can prove who signed it.
+struct ReadComponent {
+    source: ComponentSource,
+    bytes: Arc<[u8]>,
+    signature: Signature,
+    /// An `oci://` tag and the digest it named (recorded in the lock).
+    resolved_tag: Option<(String, String)>,
+}
+
+/// Where a component's signature is, if anywhere.
+enum Signature {
+    /// None exists; why.
+    None(String),
+    /// A `cosign sign-blob` signature (a file beside the component, or `URL.sig`).
+    Detached(Vec<u8>),
+    /// The cosign signatures in the registry beside the manifest `digest`.
+    Registry {
+        digest: String,
+        found: Vec<crate::supply::signature::RegistrySignature>,
+    },
+}
+
+/// The key whose signature of `bytes` verifies.
+fn verify_signature<'k>(
+    signature: &Signature,
+    bytes: &[u8],
+    keys: &'k [crate::supply::signature::TrustedKey],
+) -> Result<&'k crate::supply::signature::TrustedKey, crate::supply::signature::Unsigned> {
+    use crate::supply::signature::{self as sig, Unsigned};
+    match signature {
+        Signature::None(why) => Err(Unsigned::Missing(why.clone())),
+        Signature::Detached(text) => sig::verify_detached(keys, bytes, text),
+        Signature::Registry { digest, found } => sig::verify_registry(keys, digest, found),
+    }
+}
+
+/// Read the component `spec` names: `bundled:NAME`, `oci://…`, `https://…` or a file (relative
+/// to `base`). Fetched ones are cached under `fetch_cache`. With `signatures`, also what
+/// signs it.
+fn read_component(
+    spec: &str,
+    pin: Option<&[u8; 32]>,
+    base: &Path,
+    fetch_cache: &Path,
+    trust: &crate::config::lock::TrustSettings,
+    signatures: bool,
+) -> Result<ReadComponent, String> {
     if let Some(name) = spec.strip_prefix("bundled:") {
         let (name, bytes) = bundled::component(name).ok_or_else(|| {
             format!(
@@ -1221,13 +1335,152 @@ fn read_component(spec: &str, base: &Path) -> Result<(ComponentSource, Arc<[u8]>
                 bundled::NAMES.join(", ")
             )
         })?;
-        return Ok((ComponentSource::Bundled(name), Arc::from(bytes)));
+        return Ok(ReadComponent {
+            source: ComponentSource::Bundled(name),
+            bytes: Arc::from(bytes),
+            signature: Signature::None("bundled examples are not signed".into()),
+            resolved_tag: None,
+        });
+    }
+    if let Some(reference) = spec.strip_prefix("oci://") {
+        let parsed = crate::supply::oci::parse(reference)?;
+        let (digest, resolved_tag) = match parsed.digest() {
+            Some(d) => (d.to_owned(), None),
+            None if trust.require_digests => {
+                return Err(format!(
+                    "{spec} names a tag, and [trust] require_digests is set: name the digest \
+                     (oci://{}@sha256:…)",
+                    parsed.whole()
+                ));
+            }
+            None => {
+                let recorded = trust
+                    .lock
+                    .as_ref()
+                    .and_then(|l| l.sources.get(spec))
+                    .cloned();
+                let digest = match recorded {
+                    Some(d) => d,
+                    None => crate::supply::oci::resolve_tag(&parsed, &trust.registries)?,
+                };
+                (digest.clone(), Some((spec.to_owned(), digest)))
+            }
+        };
+        let pulled = crate::supply::oci::pull(
+            &parsed,
+            &digest,
+            fetch_cache,
+            &trust.registries,
+            signatures,
+            trust.max_fetch_size,
+        )?;
+        return Ok(ReadComponent {
+            source: ComponentSource::Oci {
+                reference: reference.to_owned(),
+                digest: digest.clone(),
+            },
+            bytes: Arc::from(pulled.bytes),
+            signature: Signature::Registry {
+                digest,
+                found: pulled.signatures,
+            },
+            resolved_tag,
+        });
+    }
+    if spec.starts_with("https://") {
+        let Some(pin) = pin else {
+            return Err(format!(
+                "{spec}: an https:// source needs a sha256 pin (set sha256 = \"…\" beside it)"
+            ));
+        };
+        let (bytes, sig) = crate::supply::https::fetch(
+            spec,
+            pin,
+            fetch_cache,
+            trust.registries.timeout,
+            trust.max_fetch_size,
+            signatures,
+        )?;
+        return Ok(ReadComponent {
+            source: ComponentSource::Https(spec.to_owned()),
+            bytes: Arc::from(bytes),
+            signature: match sig {
+                Some(s) => Signature::Detached(s),
+                None => Signature::None(format!("no {spec}.sig")),
+            },
+            resolved_tag: None,
+        });
+    }
+    if spec.contains("://") {
+        return Err(format!(
+            "\"{spec}\": a component is a file, bundled:NAME, oci://REGISTRY/REPOSITORY:TAG or \
+             an https:// URL"
+        ));
     }
     let path = base.join(spec);
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("cannot read component {}: {e}", path.display()))?;
     crate::core::files::trusted_file(&path).map_err(|p| format!("the component {p}"))?;
-    Ok((ComponentSource::File(path), Arc::from(bytes)))
+    let sig_path = detached_signature_path(&path);
+    let signature = match signatures {
+        false => Signature::None("not looked for".into()),
+        true => match std::fs::metadata(&sig_path) {
+            Err(_) => Signature::None(format!("no {}", sig_path.display())),
+            Ok(_) => Signature::Detached(crate::supply::signature::read_small(&sig_path)?),
+        },
+    };
+    Ok(ReadComponent {
+        source: ComponentSource::File(path),
+        bytes: Arc::from(bytes),
+        signature,
+        resolved_tag: None,
+    })
+}
+
+/// What `airlock verify-component` found of one component.
+pub struct VerifiedComponent {
+    pub source: ComponentSource,
+    pub sha256: [u8; 32],
+    /// The name of the key whose signature verified, or why none did.
+    pub signer: Result<String, crate::supply::signature::Unsigned>,
+}
+
+/// Read (or fetch) the component `spec` names, as a `[[tool]]` entry would, check it against
+/// `pin` and its signatures against `trust.keys`. Fetched files go to `cache`.
+pub fn verify_component(
+    spec: &str,
+    pin: Option<&str>,
+    cache: &Path,
+    trust: &crate::config::lock::TrustSettings,
+) -> Result<VerifiedComponent, String> {
+    let pin = pin.map(parse_digest).transpose()?;
+    let read = read_component(spec, pin.as_ref(), Path::new("."), cache, trust, true)?;
+    let sha256: [u8; 32] = Sha256::digest(&read.bytes).into();
+    if let Some(want) = pin
+        && want != sha256
+    {
+        return Err(format!(
+            "{} has sha256 {}, not the pinned {}",
+            read.source,
+            hex::encode(sha256),
+            hex::encode(want)
+        ));
+    }
+    let signer =
+        verify_signature(&read.signature, &read.bytes, &trust.keys).map(|k| k.name.clone());
+    Ok(VerifiedComponent {
+        source: read.source,
+        sha256,
+        signer,
+    })
+}
+
+/// Where the detached signature of the component file `path` is: `PATH.sig`, as
+/// `cosign sign-blob --output-signature` and `airlock sign` write it.
+pub fn detached_signature_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]

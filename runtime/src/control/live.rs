@@ -360,7 +360,9 @@ impl Live {
                 .map(|p| (p, policy.sha256.clone(), "file-change"));
             let components = policy.components.iter().filter_map(|c| match &c.source {
                 ComponentSource::File(p) => Some((p, hex::encode(c.digest), "component-change")),
-                ComponentSource::Bundled(_) => None,
+                // Fetched ones are pinned by digest: they change only with the configuration
+                // or the lock.
+                _ => None,
             });
             // The lock of approved tool metadata: its absence is loaded as no digest.
             let lock = policy.trust.lock_file.iter().map(|p| {

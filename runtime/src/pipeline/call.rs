@@ -791,6 +791,7 @@ impl Airlock {
             tool: &shown.tool,
             component: usage.component.as_deref(),
             component_sha256: usage.component_sha256.as_deref(),
+            signer: usage.signer.as_deref(),
             call_id: &caller.call_id,
             parent_call_id: caller.parent_call_id.as_deref(),
             correlation_id: &caller.correlation_id,
@@ -872,6 +873,7 @@ impl Airlock {
         let component = target.component;
         usage.component = Some(component.prepared.name.clone());
         usage.component_sha256 = Some(component.sha256.clone());
+        usage.signer.clone_from(&component.signer);
         let shadow = match target.tool {
             Some(_) => {
                 caller.nesting.shadow
@@ -2344,6 +2346,9 @@ struct CallRecord<'a> {
     /// The sha256 of the component that served the call.
     #[serde(skip_serializing_if = "Option::is_none")]
     component_sha256: Option<&'a str>,
+    /// The trusted key that signed it (`[trust.keys]`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signer: Option<&'a str>,
     call_id: &'a str,
     parent_call_id: Option<&'a str>,
     correlation_id: &'a str,
@@ -2561,6 +2566,7 @@ struct Usage {
     component: Option<Arc<str>>,
     /// The component's sha256 (provenance in the record).
     component_sha256: Option<Arc<str>>,
+    signer: Option<Arc<str>>,
     redactor: Option<Arc<Redactor>>,
     fuel_used: Option<u64>,
     peak_memory: usize,

@@ -125,6 +125,8 @@ pub struct LoadedComponent {
     pub acts_outside: bool,
     /// Its sha256, hex (every call's audit record names it).
     pub sha256: Arc<str>,
+    /// The trusted key that signed it, if one did (named in every call's record).
+    pub signer: Option<Arc<str>>,
 }
 
 /// A tool, prompt, resource or resource template held for review: its metadata is not what
@@ -209,6 +211,7 @@ impl Catalog {
         let mut lockable = Lock {
             version: crate::config::lock::LOCK_VERSION,
             pinned: BTreeMap::new(),
+            sources: policy.trust.resolved_tags.clone(),
         };
         for entry in &policy.components {
             let key = || format!("tool \"{}\" › component", entry.name);
@@ -334,6 +337,7 @@ impl Catalog {
                     || !entry.grants.net.is_empty()
                     || !entry.grants.tcp.is_empty(),
                 sha256: Arc::from(hex::encode(entry.digest).as_str()),
+                signer: entry.signer.as_deref().map(Arc::from),
             });
             for tool in declared {
                 if let Some(first) = held.get(tool.name.as_ref()) {
@@ -623,7 +627,9 @@ fn instantiable(
             ComponentSource::File(path) => path
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            bundled => bundled.to_string(),
+            // Not the digest: a new build must not redescribe the tools by itself.
+            ComponentSource::Oci { reference, .. } => format!("oci://{reference}"),
+            other => other.to_string(),
         };
         let naming = generic::Naming {
             entry: &entry.name,

@@ -153,6 +153,52 @@ enum Command {
         /// first): without it such a lock is not written.
         #[arg(long)]
         accept_changes: bool,
+        /// Ask the registries again which digest each oci:// tag names (a tag is otherwise
+        /// resolved once, and its digest kept in the lock).
+        #[arg(long)]
+        update_tags: bool,
+    },
+    /// Make a key pair for signing components: PREFIX.key (private, PKCS#8 PEM, mode 0600)
+    /// and PREFIX.pub (what `[trust.keys]` names). Cosign reads both.
+    Keygen {
+        /// Path prefix of the two files.
+        prefix: PathBuf,
+    },
+    /// Sign a component with a private key: a file (writes FILE.sig, what `cosign sign-blob`
+    /// writes) or an artifact in a registry (pushes a cosign signature beside it).
+    Sign {
+        /// The private key (`airlock keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// A component file, or oci://REGISTRY/REPOSITORY:TAG (or @sha256:…).
+        target: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Push a component file to a registry in the CNCF Wasm OCI layout; prints its digest.
+    Publish {
+        /// The component file.
+        file: PathBuf,
+        /// oci://REGISTRY/REPOSITORY:TAG
+        target: String,
+        /// Sign it too, with this private key.
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Fetch a component as serve would (a file, oci://… or https://…), and report its digest
+    /// and which key signed it; exits 1 when no given key verifies its signature.
+    VerifyComponent {
+        source: String,
+        /// A public key allowed to sign it (PEM); repeat for more.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The sha256 it must have (required for https:// sources).
+        #[arg(long)]
+        sha256: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// What confinement this machine can enforce for a configuration, and what each tool
     /// reaches; exits 1 when required confinement could not hold.
@@ -792,9 +838,33 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             state_dir,
             check,
             accept_changes,
+            update_tags,
         } => {
             use crate::config::lock;
-            let airlock = load(source(config.as_deref(), state_dir).load()?).await?;
+            let source = source(config.as_deref(), state_dir);
+            // Tags are resolved again when the lock does not record them: set the recorded
+            // digests aside for this load, and put them back if it fails.
+            let set_aside = match (&source.config, update_tags && !check) {
+                (Some(c), true) => {
+                    let path = lock::path_for(c);
+                    let old = lock::edit(&path, |l| std::mem::take(&mut l.sources))
+                        .map_err(anyhow::Error::msg)?;
+                    Some((path, old))
+                }
+                _ => None,
+            };
+            let loaded = match source.load() {
+                Ok(policy) => load(policy).await,
+                Err(e) => Err(e),
+            };
+            let airlock = match (loaded, set_aside) {
+                (Ok(a), _) => a,
+                (Err(e), Some((path, old))) => {
+                    lock::edit(&path, |l| l.sources = old).map_err(anyhow::Error::msg)?;
+                    return Err(e);
+                }
+                (Err(e), None) => return Err(e),
+            };
             let catalog = airlock.catalog();
             let Some(path) = catalog.policy.trust.lock_file.clone() else {
                 anyhow::bail!(
@@ -803,7 +873,7 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             };
             let old = catalog.policy.trust.lock.clone().unwrap_or(lock::Lock {
                 version: lock::LOCK_VERSION,
-                pinned: Default::default(),
+                ..Default::default()
             });
             let new = catalog.lockable().clone();
             let d = lock::diff(&old, &new);
@@ -823,7 +893,14 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             for t in &d.removed {
                 println!("- {t}: no longer served");
             }
-            if d.is_empty() {
+            for (tag, digest) in &new.sources {
+                match old.sources.get(tag) {
+                    Some(was) if was == digest => {}
+                    Some(was) => println!("~ {tag}: {was} → {digest}"),
+                    None => println!("+ {tag}: {digest}"),
+                }
+            }
+            if d.is_empty() && old.sources == new.sources {
                 println!(
                     "{} is up to date ({} entries)",
                     path.display(),
@@ -847,6 +924,24 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
         }
         Command::Audit { command } => run_audit(command).await,
         Command::Doctor { .. } => unreachable!("doctor runs before the runtime starts"),
+        Command::Keygen { prefix } => keygen(&prefix),
+        Command::Sign {
+            key,
+            target,
+            registry,
+        } => sign(&key, &target, &registry),
+        Command::Publish {
+            file,
+            target,
+            sign: key,
+            registry,
+        } => publish(&file, &target, key.as_deref(), &registry),
+        Command::VerifyComponent {
+            source,
+            keys,
+            sha256,
+            registry,
+        } => verify_component(&source, &keys, sha256.as_deref(), &registry),
         Command::Ctl {
             socket,
             server,
@@ -873,6 +968,188 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             };
             crate::control::ctl::run(target, command, json).await
         }
+    }
+}
+
+/// How the commands for authors reach a registry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to the registry (a registry on this machine).
+    #[arg(long)]
+    plain_http: bool,
+    /// The registry user; the password or token is read from AIRLOCK_REGISTRY_PASSWORD
+    /// (never from the command line, where other users could read it).
+    #[arg(long)]
+    username: Option<String>,
+}
+
+impl RegistryArgs {
+    fn registries(&self, target: &str) -> Result<crate::supply::oci::Registries> {
+        let mut r = crate::supply::oci::Registries {
+            timeout: crate::config::lock::DEFAULT_FETCH_TIMEOUT,
+            ..Default::default()
+        };
+        let Some(spec) = target.strip_prefix("oci://") else {
+            return Ok(r);
+        };
+        let host = crate::supply::oci::parse(spec)
+            .map_err(anyhow::Error::msg)?
+            .resolve_registry()
+            .to_owned();
+        if self.plain_http {
+            r.plain_http.push(host.clone());
+        }
+        if let Some(user) = &self.username {
+            let password = std::env::var("AIRLOCK_REGISTRY_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("--username needs the password in AIRLOCK_REGISTRY_PASSWORD")
+            })?;
+            r.credentials.insert(
+                host,
+                (
+                    user.clone(),
+                    crate::core::redact::SecretValue::new(password),
+                ),
+            );
+        }
+        Ok(r)
+    }
+}
+
+fn keygen(prefix: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = crate::supply::signature::SignerKey::generate().map_err(anyhow::Error::msg)?;
+    let private = append_extension(prefix, "key");
+    let public = append_extension(prefix, "pub");
+    // Never over an existing key: losing one is losing every signature made with it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private)
+        .and_then(|mut f| f.write_all(key.private_pem().map_err(std::io::Error::other)?.as_bytes()))
+        .with_context(|| format!("cannot write {}", private.display()))?;
+    std::fs::write(&public, key.public_pem().map_err(anyhow::Error::msg)?)
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    println!(
+        "wrote {} (private: keep it secret) and {} (name it in [trust.keys])",
+        private.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+fn append_extension(path: &Path, ext: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(ext);
+    PathBuf::from(name)
+}
+
+fn sign(key: &Path, target: &str, registry: &RegistryArgs) -> Result<()> {
+    use crate::supply::{oci, signature};
+    use base64::Engine as _;
+    let key = signature::SignerKey::read(key).map_err(anyhow::Error::msg)?;
+    let Some(spec) = target.strip_prefix("oci://") else {
+        let path = Path::new(target);
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {target}"))?;
+        oci::check_component(&bytes).map_err(|e| anyhow::anyhow!("{target}: {e}"))?;
+        let sig_path = crate::config::policy::detached_signature_path(path);
+        std::fs::write(&sig_path, key.sign(&bytes) + "\n")
+            .with_context(|| format!("cannot write {}", sig_path.display()))?;
+        println!(
+            "signed {target} (sha256 {}): {}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            sig_path.display()
+        );
+        return Ok(());
+    };
+    let registries = registry.registries(target)?;
+    let reference = oci::parse(spec).map_err(anyhow::Error::msg)?;
+    let digest = match reference.digest() {
+        Some(d) => d.to_owned(),
+        None => oci::resolve_tag(&reference, &registries).map_err(anyhow::Error::msg)?,
+    };
+    let repository = format!("{}/{}", reference.registry(), reference.repository());
+    let payload = signature::simple_signing_payload(&repository, &digest);
+    let new = signature::RegistrySignature {
+        payload: base64::engine::general_purpose::STANDARD.encode(&payload),
+        signature: key.sign(&payload),
+    };
+    oci::push_signature(&reference, &digest, new, &registries).map_err(anyhow::Error::msg)?;
+    println!(
+        "signed oci://{repository}@{digest} (tag {})",
+        signature::signature_tag(&digest)
+    );
+    Ok(())
+}
+
+fn publish(
+    file: &Path,
+    target: &str,
+    sign_with: Option<&Path>,
+    registry: &RegistryArgs,
+) -> Result<()> {
+    use crate::supply::oci;
+    let Some(spec) = target.strip_prefix("oci://") else {
+        anyhow::bail!("{target}: publish to oci://REGISTRY/REPOSITORY:TAG");
+    };
+    let reference = oci::parse(spec).map_err(anyhow::Error::msg)?;
+    if reference.digest().is_some() {
+        anyhow::bail!("{target}: publish to a tag (the registry gives the digest)");
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let registries = registry.registries(target)?;
+    let digest = oci::push(&reference, &bytes, &registries).map_err(anyhow::Error::msg)?;
+    let repository = format!("{}/{}", reference.registry(), reference.repository());
+    println!("published oci://{}  digest {digest}", reference.whole());
+    println!("pin it as: component = \"oci://{repository}@{digest}\"");
+    if let Some(key) = sign_with {
+        sign(key, &format!("oci://{repository}@{digest}"), registry)?;
+    }
+    Ok(())
+}
+
+fn verify_component(
+    source: &str,
+    keys: &[PathBuf],
+    sha256: Option<&str>,
+    registry: &RegistryArgs,
+) -> Result<()> {
+    let mut trust = crate::config::lock::TrustSettings {
+        registries: registry.registries(source)?,
+        max_fetch_size: crate::config::lock::DEFAULT_MAX_FETCH_SIZE,
+        ..Default::default()
+    };
+    for path in keys {
+        let name = path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        trust.keys.push(
+            crate::supply::signature::TrustedKey::read(&name, path).map_err(anyhow::Error::msg)?,
+        );
+    }
+    // A cache of its own, dropped after: what is verified is what the source serves now.
+    let cache = std::env::temp_dir().join(format!(
+        "airlock-verify-{}-{}",
+        std::process::id(),
+        crate::core::ids::random_id()
+    ));
+    let found = crate::config::policy::verify_component(source, sha256, &cache, &trust);
+    let _ = std::fs::remove_dir_all(&cache);
+    let found = found.map_err(anyhow::Error::msg)?;
+    println!("{}", found.source);
+    println!("  sha256  {}", hex::encode(found.sha256));
+    match found.signer {
+        Ok(name) => {
+            println!("  signer  {name}");
+            Ok(())
+        }
+        Err(why) => anyhow::bail!(
+            "{source} (sha256 {}) is not signed by a given key: {why}",
+            hex::encode(found.sha256)
+        ),
     }
 }
 

@@ -1,0 +1,527 @@
+//! Components in OCI registries (`oci://REGISTRY/REPOSITORY:TAG` or `…@sha256:…`), in the
+//! CNCF Wasm OCI artifact layout: an image manifest whose config is
+//! `application/vnd.wasm.config.v0+json` and whose one layer is the component,
+//! `application/wasm`. Pulled artifacts are cached by manifest digest, checked again on every
+//! read, so a restart with the registry down serves what was pulled before.
+
+use crate::core::redact::SecretValue;
+use crate::supply::signature::{self, RegistrySignature};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciImageManifest;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The CNCF layout's config and layer media types, and the older wasm-to-oci layer type
+/// (read, never written).
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+const LEGACY_LAYER_MEDIA_TYPE: &str = oci_client::manifest::WASM_LAYER_MEDIA_TYPE;
+/// The largest manifest or signature blob believed (real ones are a few KiB).
+const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// How Airlock reaches registries: credentials per registry host (from `[secrets]`), the
+/// hosts spoken to over plain HTTP, and the time a whole pull may take.
+#[derive(Clone, Default)]
+pub struct Registries {
+    pub credentials: BTreeMap<String, (String, SecretValue)>,
+    pub plain_http: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registries")
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("plain_http", &self.plain_http)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Registries {
+    fn client(&self) -> Client {
+        crate::supply::install_crypto();
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(self.plain_http.clone()),
+            // The Mozilla roots (as the rest of Airlock's outbound TLS): nothing read from
+            // the system's store, which confinement does not open.
+            tls_certs_only: webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|c| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Der,
+                    data: c.to_vec(),
+                })
+                .collect(),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(30)),
+            platform_resolver: None,
+            ..ClientConfig::default()
+        })
+    }
+
+    fn auth(&self, reference: &Reference) -> RegistryAuth {
+        match self.credentials.get(reference.resolve_registry()) {
+            Some((user, password)) => {
+                RegistryAuth::Basic(user.clone(), password.expose().to_owned())
+            }
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// The registry's port, for confinement.
+    pub fn port_of(&self, reference: &Reference) -> u16 {
+        let registry = reference.resolve_registry();
+        match registry.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+            Some(p) => p,
+            None if self.plain_http.iter().any(|h| h == registry) => 80,
+            None => 443,
+        }
+    }
+}
+
+/// `REGISTRY/REPOSITORY:TAG` or `…@sha256:HEX` (after `oci://`).
+pub fn parse(spec: &str) -> Result<Reference, String> {
+    if !spec.contains('/') {
+        return Err(format!(
+            "\"oci://{spec}\" names no registry: write oci://REGISTRY/REPOSITORY:TAG"
+        ));
+    }
+    let reference: Reference = spec
+        .parse()
+        .map_err(|e| format!("\"oci://{spec}\" is not an OCI reference: {e}"))?;
+    if let Some(d) = reference.digest()
+        && !is_sha256(d)
+    {
+        return Err(format!(
+            "\"oci://{spec}\": only sha256 digests are accepted"
+        ));
+    }
+    if reference.tag().is_none() && reference.digest().is_none() {
+        return Err(format!("\"oci://{spec}\" names neither a tag nor a digest"));
+    }
+    Ok(reference)
+}
+
+fn is_sha256(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// What a pull gave.
+#[derive(Debug)]
+pub struct Pulled {
+    pub bytes: Vec<u8>,
+    /// The artifact's manifest digest, `sha256:HEX`.
+    pub digest: String,
+    /// Its cosign signatures, when asked for (empty: none in the registry).
+    pub signatures: Vec<RegistrySignature>,
+    /// Served from the cache without asking the registry.
+    pub from_cache: bool,
+}
+
+fn err(reference: &Reference, what: &str, e: impl std::fmt::Display) -> String {
+    format!("oci://{}: {what}: {e}", reference.whole())
+}
+
+/// The digest the tag of `reference` names now, asked of the registry.
+pub fn resolve_tag(reference: &Reference, registries: &Registries) -> Result<String, String> {
+    let client = registries.client();
+    let auth = registries.auth(reference);
+    let digest = crate::supply::block_on(registries.timeout, async {
+        client.fetch_manifest_digest(reference, &auth).await
+    })
+    .map_err(|e| err(reference, "cannot resolve the tag", e))?
+    .map_err(|e| err(reference, "cannot resolve the tag", e))?;
+    if !is_sha256(&digest) {
+        return Err(err(
+            reference,
+            "the registry answered a digest that is not sha256",
+            digest,
+        ));
+    }
+    Ok(digest)
+}
+
+/// The artifact `digest` of `reference`'s repository: from the cache in `cache_dir` if it
+/// is there and intact, else from the registry (then cached). With `signatures`, its cosign
+/// signatures too (cached once found). No larger than `max_bytes`.
+pub fn pull(
+    reference: &Reference,
+    digest: &str,
+    cache_dir: &Path,
+    registries: &Registries,
+    signatures: bool,
+    max_bytes: u64,
+) -> Result<Pulled, String> {
+    let dir = cache_path(cache_dir, digest);
+    let pinned = reference.clone_with_digest(digest.to_owned());
+    let cached = read_cache(&dir, digest);
+    let (bytes, from_cache) = match cached {
+        Some(bytes) => (bytes, true),
+        None => (fetch(&pinned, digest, &dir, registries, max_bytes)?, false),
+    };
+    let mut found = Vec::new();
+    if signatures {
+        let file = dir.join("signatures.json");
+        found = match std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<RegistrySignature>>(&b).ok())
+        {
+            Some(s) if !s.is_empty() => s,
+            _ => match fetch_signatures(&pinned, digest, registries) {
+                Ok(s) => {
+                    if !s.is_empty() {
+                        let text = serde_json::to_vec(&s).map_err(|e| e.to_string())?;
+                        write_atomic(&file, &text)?;
+                    }
+                    s
+                }
+                // A registry that is down leaves the signatures unknown: none is trusted.
+                Err(e) if from_cache => {
+                    tracing::warn!(reference = %pinned.whole(), error = %e, "cannot fetch signatures");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            },
+        };
+    }
+    Ok(Pulled {
+        bytes,
+        digest: digest.to_owned(),
+        signatures: found,
+        from_cache,
+    })
+}
+
+/// `<cache>/oci/sha256/<hex>`.
+fn cache_path(cache_dir: &Path, digest: &str) -> PathBuf {
+    cache_dir
+        .join("oci")
+        .join("sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The cached component of manifest `digest`, if the manifest's digest and the layer's are
+/// still right.
+fn read_cache(dir: &Path, digest: &str) -> Option<Vec<u8>> {
+    let manifest = std::fs::read(dir.join("manifest.json")).ok()?;
+    if sha256_of(&manifest) != digest {
+        return None;
+    }
+    let layer = component_layer(&manifest).ok()?;
+    let bytes = std::fs::read(dir.join("component.wasm")).ok()?;
+    (sha256_of(&bytes) == layer.digest).then_some(bytes)
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// The one component layer of a CNCF Wasm artifact's manifest.
+fn component_layer(manifest: &[u8]) -> Result<oci_client::manifest::OciDescriptor, String> {
+    let m: OciImageManifest = serde_json::from_slice(manifest)
+        .map_err(|e| format!("its manifest is not an OCI image manifest ({e})"))?;
+    let wasm: Vec<_> = m
+        .layers
+        .iter()
+        .filter(|l| {
+            l.media_type == WASM_LAYER_MEDIA_TYPE || l.media_type == LEGACY_LAYER_MEDIA_TYPE
+        })
+        .collect();
+    match (wasm.as_slice(), m.layers.len()) {
+        ([one], 1) => Ok((*one).clone()),
+        _ => Err(format!(
+            "it is not a Wasm component artifact: one layer of type {WASM_LAYER_MEDIA_TYPE} \
+             expected, found [{}] (config {})",
+            m.layers
+                .iter()
+                .map(|l| l.media_type.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            m.config.media_type
+        )),
+    }
+}
+
+fn fetch(
+    pinned: &Reference,
+    digest: &str,
+    dir: &Path,
+    registries: &Registries,
+    max_bytes: u64,
+) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt as _;
+    let client = registries.client();
+    let auth = registries.auth(pinned);
+    let (manifest, bytes) = crate::supply::block_on(registries.timeout, async {
+        let (manifest, got) = client
+            .pull_manifest_raw(
+                pinned,
+                &auth,
+                &[
+                    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+                    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+                ],
+            )
+            .await
+            .map_err(|e| err(pinned, "cannot pull the manifest", e))?;
+        if manifest.len() > MAX_MANIFEST_BYTES {
+            return Err(err(pinned, "the manifest is too large", manifest.len()));
+        }
+        // The registry's word is not enough: the bytes must hash to the digest asked for.
+        let actual = sha256_of(&manifest);
+        if actual != digest {
+            return Err(err(
+                pinned,
+                "the registry served a manifest of another digest",
+                format!("{actual} (got {got})"),
+            ));
+        }
+        let layer =
+            component_layer(&manifest).map_err(|e| format!("oci://{}: {e}", pinned.whole()))?;
+        if layer.size < 0 || layer.size as u64 > max_bytes {
+            return Err(err(
+                pinned,
+                "the component is too large",
+                format!("{} bytes; the limit is {max_bytes}", layer.size),
+            ));
+        }
+        let mut stream = client
+            .pull_blob_stream(pinned, &layer)
+            .await
+            .map_err(|e| err(pinned, "cannot pull the component", e))?
+            .stream;
+        let mut bytes = Vec::with_capacity(layer.size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| err(pinned, "cannot pull the component", e))?;
+            if (bytes.len() + chunk.len()) as u64 > layer.size as u64 {
+                return Err(err(
+                    pinned,
+                    "the component is larger than its manifest says",
+                    layer.size,
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if sha256_of(&bytes) != layer.digest {
+            return Err(err(
+                pinned,
+                "the component does not match its layer digest",
+                &layer.digest,
+            ));
+        }
+        Ok::<_, String>((manifest, bytes))
+    })
+    .map_err(|e| err(pinned, "cannot pull", e))??;
+    check_component(&bytes).map_err(|e| format!("oci://{}: {e}", pinned.whole()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // The component first: a manifest in the cache means its component is whole.
+    write_atomic(&dir.join("component.wasm"), &bytes)?;
+    write_atomic(&dir.join("manifest.json"), &manifest)?;
+    Ok(bytes)
+}
+
+/// A Wasm component's header: `\0asm`, then the component layer's version.
+pub fn check_component(bytes: &[u8]) -> Result<(), String> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0x00, 0x01, 0x00]) => Ok(()),
+        Some([0, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00]) => {
+            Err("it is a core Wasm module, not a component".into())
+        }
+        _ => Err("it is not a Wasm component".into()),
+    }
+}
+
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+            )
+        }),
+        _ => false,
+    }
+}
+
+/// The cosign signatures stored beside artifact `digest` (none: an empty list).
+pub fn fetch_signatures(
+    reference: &Reference,
+    digest: &str,
+    registries: &Registries,
+) -> Result<Vec<RegistrySignature>, String> {
+    use base64::Engine as _;
+    let client = registries.client();
+    let auth = registries.auth(reference);
+    let tag = Reference::with_tag(
+        reference.registry().to_owned(),
+        reference.repository().to_owned(),
+        signature::signature_tag(digest),
+    );
+    crate::supply::block_on(registries.timeout, async {
+        let manifest = match client
+            .pull_manifest_raw(&tag, &auth, &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE])
+            .await
+        {
+            Ok((m, _)) => m,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(err(&tag, "cannot fetch the signatures", e)),
+        };
+        if manifest.len() > MAX_MANIFEST_BYTES {
+            return Err(err(
+                &tag,
+                "the signature manifest is too large",
+                manifest.len(),
+            ));
+        }
+        let m: OciImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
+            err(
+                &tag,
+                "the signature manifest is not an OCI image manifest",
+                e,
+            )
+        })?;
+        let mut found = Vec::new();
+        for layer in m.layers.iter().take(64) {
+            if layer.media_type != signature::SIMPLE_SIGNING_MEDIA_TYPE {
+                continue;
+            }
+            let Some(sig) = layer
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(signature::SIGNATURE_ANNOTATION))
+            else {
+                continue;
+            };
+            if layer.size < 0 || layer.size as u64 > signature::MAX_SIGNATURE_BYTES {
+                continue;
+            }
+            let mut payload = Vec::new();
+            client
+                .pull_blob(&tag, layer, &mut payload)
+                .await
+                .map_err(|e| err(&tag, "cannot fetch a signature payload", e))?;
+            if sha256_of(&payload) != layer.digest {
+                continue;
+            }
+            found.push(RegistrySignature {
+                payload: base64::engine::general_purpose::STANDARD.encode(&payload),
+                signature: sig.clone(),
+            });
+        }
+        Ok(found)
+    })
+    .map_err(|e| err(&tag, "cannot fetch the signatures", e))?
+}
+
+/// Push `component` to `reference` (a tag) in the CNCF layout; its manifest digest.
+pub fn push(
+    reference: &Reference,
+    component: &[u8],
+    registries: &Registries,
+) -> Result<String, String> {
+    check_component(component)?;
+    let client = registries.client();
+    let auth = registries.auth(reference);
+    let layer = ImageLayer::new(component.to_vec(), WASM_LAYER_MEDIA_TYPE.into(), None);
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [layer.sha256_digest()],
+    });
+    let config = Config::new(
+        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+        WASM_CONFIG_MEDIA_TYPE.into(),
+        None,
+    );
+    let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+    manifest.artifact_type = Some(WASM_CONFIG_MEDIA_TYPE.into());
+    crate::supply::block_on(registries.timeout, async {
+        client
+            .push(reference, &[layer], config, &auth, Some(manifest))
+            .await
+            .map_err(|e| err(reference, "cannot push", e))?;
+        client
+            .fetch_manifest_digest(reference, &auth)
+            .await
+            .map_err(|e| err(reference, "cannot read back the pushed digest", e))
+    })
+    .map_err(|e| err(reference, "cannot push", e))?
+}
+
+/// Add a cosign signature (`payload` signed as `signature`) beside artifact `digest`,
+/// keeping the signatures already there.
+pub fn push_signature(
+    reference: &Reference,
+    digest: &str,
+    new: RegistrySignature,
+    registries: &Registries,
+) -> Result<(), String> {
+    use base64::Engine as _;
+    let mut all = fetch_signatures(reference, digest, registries)?;
+    all.retain(|s| s.payload != new.payload || s.signature != new.signature);
+    all.push(new);
+    let mut layers = Vec::new();
+    for s in &all {
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(&s.payload)
+            .map_err(|e| e.to_string())?;
+        layers.push(ImageLayer::new(
+            payload,
+            signature::SIMPLE_SIGNING_MEDIA_TYPE.into(),
+            Some(BTreeMap::from([(
+                signature::SIGNATURE_ANNOTATION.to_owned(),
+                s.signature.clone(),
+            )])),
+        ));
+    }
+    let config = serde_json::json!({
+        "architecture": "",
+        "os": "",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.sha256_digest()).collect::<Vec<_>>()},
+    });
+    let config = Config::new(
+        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+        oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.into(),
+        None,
+    );
+    let tag = Reference::with_tag(
+        reference.registry().to_owned(),
+        reference.repository().to_owned(),
+        signature::signature_tag(digest),
+    );
+    let client = registries.client();
+    let auth = registries.auth(reference);
+    crate::supply::block_on(registries.timeout, async {
+        client
+            .push(&tag, &layers, config, &auth, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| err(&tag, "cannot push the signature", e))
+    })
+    .map_err(|e| err(&tag, "cannot push the signature", e))?
+}
+
+/// Write `bytes` to `path` through a temporary file beside it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
