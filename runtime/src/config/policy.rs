@@ -1371,7 +1371,7 @@ fn read_component(
             &digest,
             fetch_cache,
             &trust.registries,
-            signatures,
+            signatures.then_some(trust.keys.as_slice()),
             trust.max_fetch_size,
         )?;
         return Ok(ReadComponent {

@@ -152,13 +152,15 @@ pub fn resolve_tag(reference: &Reference, registries: &Registries) -> Result<Str
 
 /// The artifact `digest` of `reference`'s repository: from the cache in `cache_dir` if it
 /// is there and intact, else from the registry (then cached). With `signatures`, its cosign
-/// signatures too (cached once found). No larger than `max_bytes`.
+/// signatures too: the cached ones if one of them verifies with `keys`, else the registry's
+/// (cached when found; the cached ones when the registry cannot be reached). No larger than
+/// `max_bytes`.
 pub fn pull(
     reference: &Reference,
     digest: &str,
     cache_dir: &Path,
     registries: &Registries,
-    signatures: bool,
+    signatures: Option<&[signature::TrustedKey]>,
     max_bytes: u64,
 ) -> Result<Pulled, String> {
     let dir = cache_path(cache_dir, digest);
@@ -169,14 +171,16 @@ pub fn pull(
         None => (fetch(&pinned, digest, &dir, registries, max_bytes)?, false),
     };
     let mut found = Vec::new();
-    if signatures {
+    if let Some(keys) = signatures {
         let file = dir.join("signatures.json");
-        found = match std::fs::read(&file)
+        let cached = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice::<Vec<RegistrySignature>>(&b).ok())
-        {
-            Some(s) if !s.is_empty() => s,
-            _ => match fetch_signatures(&pinned, digest, registries) {
+            .unwrap_or_default();
+        found = if signature::verify_registry(keys, digest, &cached).is_ok() {
+            cached
+        } else {
+            match fetch_signatures(&pinned, digest, registries) {
                 Ok(s) => {
                     if !s.is_empty() {
                         let text = serde_json::to_vec(&s).map_err(|e| e.to_string())?;
@@ -184,13 +188,13 @@ pub fn pull(
                     }
                     s
                 }
-                // A registry that is down leaves the signatures unknown: none is trusted.
+                // The registry is down: what was cached is all there is to check.
                 Err(e) if from_cache => {
                     tracing::warn!(reference = %pinned.whole(), error = %e, "cannot fetch signatures");
-                    Vec::new()
+                    cached
                 }
                 Err(e) => return Err(e),
-            },
+            }
         };
     }
     Ok(Pulled {
