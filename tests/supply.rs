@@ -314,6 +314,50 @@ fn signed_components_from_a_registry_serve_by_tag_and_digest_and_from_the_cache(
         lock["sources"][format!("oci://{reg}/tools/echo:1.0")],
         digest.as_str()
     );
+
+    // Signed, the moved tag is taken: --check shows it and writes nothing, then the update.
+    airlock_ok(&[
+        "sign",
+        "--key",
+        &team_key,
+        &format!("oci://{reg}/tools/echo:1.0"),
+        "--plain-http",
+    ]);
+    let before = std::fs::read(dir.0.join("airlock.lock")).unwrap();
+    let (_, out) = run_airlock_text(&[
+        "lock",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(
+        std::fs::read(dir.0.join("airlock.lock")).unwrap(),
+        before,
+        "{out}"
+    );
+    let out = airlock_ok(&[
+        "lock",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--update-tags",
+    ]);
+    let tag_line = format!("~ oci://{reg}/tools/echo:1.0: {digest} → ");
+    assert!(out.contains(&tag_line), "{out}");
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.0.join("airlock.lock")).unwrap())
+            .unwrap();
+    let moved_to = lock["sources"][format!("oci://{reg}/tools/echo:1.0")]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(moved_to, digest);
+    let server = HttpServer::start_in(&config, &[], &audit);
+    let listed = tools_listed(&server);
+    let echo = listed.iter().find(|t| t["name"] == "fixture_echo").unwrap();
+    assert_eq!(echo["description"], "Echoes ALL secrets.");
+    drop(server);
     drop(registry);
 }
 
@@ -339,11 +383,14 @@ fn unsigned_untrusted_misattributed_and_tampered_components_do_not_load() {
         }
         published_digest(&airlock_ok(&args))
     };
+    // Each case its own bytes (so its own digest, and its own cached signatures).
     let a = redescribed(&dir.0, "a.wasm", b"Echoes its message!");
     let b = redescribed(&dir.0, "b.wasm", b"Echoes its message?");
+    let c = redescribed(&dir.0, "c.wasm", b"Echoes its message;");
+    let d = redescribed(&dir.0, "d.wasm", b"Echoes its message,");
 
     // Missing: no signature in the registry.
-    let unsigned = publish(&a, "unsigned:1", None);
+    let unsigned = publish(&c, "unsigned:1", None);
     let (ok, err) = load(&format!("oci://{reg}/tools/unsigned:1"), "", true);
     assert!(!ok, "{err}");
     assert!(
@@ -361,7 +408,7 @@ fn unsigned_untrusted_misattributed_and_tampered_components_do_not_load() {
     assert!(ok, "{err}");
 
     // Signed by a key [trust.keys] does not list.
-    publish(&a, "untrusted:1", Some(&other_key));
+    publish(&d, "untrusted:1", Some(&other_key));
     let (ok, err) = load(&format!("oci://{reg}/tools/untrusted:1"), "", true);
     assert!(
         !ok && err.contains("none verifying with a key in [trust.keys]"),
@@ -493,6 +540,36 @@ fn what_is_not_a_pinned_component_is_refused_by_name() {
     );
     assert!(ok, "{err}");
 
+    // A cached component changed on disk is not served: pulled again while the registry is
+    // up, refused while it is down.
+    let cached = state
+        .join("cache/components/oci/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+        .join("component.wasm");
+    let tamper = || {
+        let mut bytes = std::fs::read(&cached).unwrap();
+        let at = bytes
+            .windows(19)
+            .position(|w| w == b"Echoes its message.")
+            .unwrap();
+        bytes[at] = b'e';
+        std::fs::write(&cached, bytes).unwrap();
+    };
+    tamper();
+    let (ok, err) = load(&format!("oci://{reg}/x/echo@{digest}"), "", "");
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(&wasm).unwrap(),
+        "pulled again"
+    );
+    tamper();
+    let port: u16 = reg.rsplit_once(':').unwrap().1.parse().unwrap();
+    drop(registry);
+    let (ok, err) = load(&format!("oci://{reg}/x/echo@{digest}"), "", "");
+    assert!(!ok && err.contains("cannot pull the manifest"), "{err}");
+    let registry = Registry::start_on(&dir.0, port);
+
     // https:// only with a sha256 pin; pinned and cached, it loads without the network.
     let (ok, err) = load("https://components.invalid/echo.wasm", "", "");
     assert!(!ok && err.contains("needs a sha256 pin"), "{err}");
@@ -506,5 +583,20 @@ fn what_is_not_a_pinned_component_is_refused_by_name() {
     std::fs::write(cache.join(format!("{hex_sha}.wasm")), &bytes).unwrap();
     let (ok, err) = load("https://components.invalid/echo.wasm", &pin, "");
     assert!(ok, "{err}");
+    // With keys listed but signatures not required, a signature that cannot be fetched
+    // does not stop the load; required, it does, and says why.
+    airlock_ok(&["keygen", dir.0.join("team").to_str().unwrap()]);
+    let keys = "[trust.keys]\nteam = \"team.pub\"\n";
+    let (ok, err) = load("https://components.invalid/echo.wasm", &pin, keys);
+    assert!(ok, "{err}");
+    let (ok, err) = load(
+        "https://components.invalid/echo.wasm",
+        &format!("{pin}require_signatures = true\n"),
+        keys,
+    );
+    assert!(
+        !ok && err.contains("is not signed by a trusted key: the signatures could not be fetched"),
+        "{err}"
+    );
     drop(registry);
 }

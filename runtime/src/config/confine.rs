@@ -216,6 +216,12 @@ impl Plan {
         if let Some(dir) = &policy.secrets.dir {
             plan.read.insert(resolved(dir));
         }
+        // The keys that verify signatures are read again at every reload.
+        for (_, key) in &policy.trust.key_files {
+            if let Some(dir) = parent(key) {
+                plan.read.insert(dir);
+            }
+        }
         if let Some(scanner) = &policy.safety.scanner {
             plan.connect.insert(scanner.port());
             if scanner.by_name() {

@@ -83,6 +83,8 @@ pub struct TrustSettings {
     pub max_fetch_size: u64,
     /// The digest each `oci://` tag of this load named (from the lock, or resolved now).
     pub resolved_tags: BTreeMap<String, String>,
+    /// Tags were resolved again rather than read from the lock.
+    pub resolve_tags: bool,
     pub lock_mode: LockMode,
     /// Where the lock is (beside the configuration file); `None` for the embedded default.
     pub lock_file: Option<PathBuf>,
@@ -231,6 +233,15 @@ pub(crate) fn resolve(
             }
         }
         if r.plain_http {
+            // A password over plain HTTP is readable on the path, and the registry can send
+            // it on to any host it names as its token realm.
+            if r.username.is_some() && !crate::supply::oci::is_loopback(host) {
+                return Err((
+                    at("plain_http"),
+                    "credentials over plain HTTP are refused (except to a registry on this machine)"
+                        .into(),
+                ));
+            }
             registries.plain_http.push(host.clone());
         }
     }
@@ -247,6 +258,7 @@ pub(crate) fn resolve(
             .max_fetch_size
             .map_or(DEFAULT_MAX_FETCH_SIZE, |b| b.bytes()),
         resolved_tags: BTreeMap::new(),
+        resolve_tags: false,
         lock_mode: s.lock.unwrap_or_default(),
         lock_file,
         lock,
@@ -254,14 +266,15 @@ pub(crate) fn resolve(
     })
 }
 
-/// Record in the lock the `oci://` tags this load resolved that it does not name yet, so that
-/// later loads use the same digests.
-pub(crate) fn record_tags(trust: &TrustSettings) -> Result<(), String> {
+/// Record in the lock the `oci://` tags a load resolved that it does not name yet, so that
+/// later loads use the same digests (`serve` does, at start and reload). A tag the lock
+/// names meanwhile keeps the digest written there.
+pub fn record_tags(trust: &TrustSettings) -> Result<(), String> {
     let recorded = trust.lock.as_ref().map(|l| &l.sources);
     let new: Vec<(&String, &String)> = trust
         .resolved_tags
         .iter()
-        .filter(|(tag, digest)| recorded.and_then(|r| r.get(*tag)) != Some(*digest))
+        .filter(|(tag, _)| recorded.is_none_or(|r| !r.contains_key(*tag)))
         .collect();
     let Some(path) = &trust.lock_file else {
         return Ok(());
@@ -272,7 +285,9 @@ pub(crate) fn record_tags(trust: &TrustSettings) -> Result<(), String> {
     edit(path, |l| {
         for (tag, digest) in new {
             tracing::info!(tag = %tag, digest = %digest, lock = %path.display(), "recorded the digest of a tag");
-            l.sources.insert(tag.clone(), digest.clone());
+            l.sources
+                .entry(tag.clone())
+                .or_insert_with(|| digest.clone());
         }
     })
 }
@@ -312,6 +327,14 @@ pub fn read(path: &Path) -> Result<Option<(Lock, String)>, String> {
             path.display(),
             lock.version
         ));
+    }
+    for (tag, digest) in &lock.sources {
+        if !crate::supply::oci::is_sha256(digest) {
+            return Err(format!(
+                "{}: the digest recorded for {tag} is not sha256:<64 hex digits> (edited by hand?)",
+                path.display()
+            ));
+        }
     }
     for (name, t) in &lock.pinned {
         if crate::core::canonical::sha256(&t.metadata) != t.metadata_sha256 {

@@ -457,6 +457,9 @@ pub struct Dirs {
     pub state_dir: Option<PathBuf>,
     pub audit_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
+    /// Ask the registries what each `oci://` tag names now, instead of using the digest the
+    /// lock recorded (`airlock lock --update-tags`).
+    pub resolve_tags: bool,
 }
 
 impl Dirs {
@@ -554,6 +557,7 @@ impl Policy {
 
         let mut trust = crate::config::lock::resolve(&file.trust, config, base, &secrets)
             .map_err(|(k, p)| err(k, p))?;
+        trust.resolve_tags = dirs.resolve_tags;
         let fetch_cache = server.cache_dir.join("components");
         let mut components: Vec<ComponentEntry> = Vec::with_capacity(file.tools.len());
         for (i, t) in file.tools.iter().enumerate() {
@@ -598,7 +602,7 @@ impl Policy {
                     return Err(err(
                         key("component"),
                         format!(
-                            "{source} (sha256 {}) is not signed by a trusted key: {why}",
+                            "{source} (component sha256 {}) is not signed by a trusted key: {why}",
                             hex::encode(digest)
                         ),
                     ));
@@ -689,7 +693,6 @@ impl Policy {
         }
         let fleet =
             crate::config::fleet::resolve(&file.fleet, &secrets).map_err(|(k, p)| err(k, p))?;
-        crate::config::lock::record_tags(&trust).map_err(|p| err("trust › lock".into(), p))?;
         Ok(Policy {
             origin: origin.to_owned(),
             sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
@@ -1301,6 +1304,8 @@ enum Signature {
         digest: String,
         found: Vec<crate::supply::signature::RegistrySignature>,
     },
+    /// Where they are could not be asked.
+    Unavailable(String),
 }
 
 /// The key whose signature of `bytes` verifies.
@@ -1314,6 +1319,7 @@ fn verify_signature<'k>(
         Signature::None(why) => Err(Unsigned::Missing(why.clone())),
         Signature::Detached(text) => sig::verify_detached(keys, bytes, text),
         Signature::Registry { digest, found } => sig::verify_registry(keys, digest, found),
+        Signature::Unavailable(why) => Err(Unsigned::Unavailable(why.clone())),
     }
 }
 
@@ -1354,11 +1360,14 @@ fn read_component(
                 ));
             }
             None => {
-                let recorded = trust
-                    .lock
-                    .as_ref()
-                    .and_then(|l| l.sources.get(spec))
-                    .cloned();
+                let recorded = match trust.resolve_tags {
+                    true => None,
+                    false => trust
+                        .lock
+                        .as_ref()
+                        .and_then(|l| l.sources.get(spec))
+                        .cloned(),
+                };
                 let digest = match recorded {
                     Some(d) => d,
                     None => crate::supply::oci::resolve_tag(&parsed, &trust.registries)?,
@@ -1380,9 +1389,9 @@ fn read_component(
                 digest: digest.clone(),
             },
             bytes: Arc::from(pulled.bytes),
-            signature: Signature::Registry {
-                digest,
-                found: pulled.signatures,
+            signature: match pulled.signatures {
+                Ok(found) => Signature::Registry { digest, found },
+                Err(e) => Signature::Unavailable(e),
             },
             resolved_tag,
         });
@@ -1399,14 +1408,15 @@ fn read_component(
             fetch_cache,
             trust.registries.timeout,
             trust.max_fetch_size,
-            signatures,
+            signatures.then_some(trust.keys.as_slice()),
         )?;
         return Ok(ReadComponent {
             source: ComponentSource::Https(spec.to_owned()),
             bytes: Arc::from(bytes),
             signature: match sig {
-                Some(s) => Signature::Detached(s),
-                None => Signature::None(format!("no {spec}.sig")),
+                Ok(Some(s)) => Signature::Detached(s),
+                Ok(None) => Signature::None(format!("no signature at {spec}.sig")),
+                Err(e) => Signature::Unavailable(e),
             },
             resolved_tag: None,
         });

@@ -44,6 +44,15 @@ impl Source {
     }
 }
 
+/// Record in `airlock.lock` the digests of the `oci://` tags `policy` resolved and the lock
+/// does not name yet. Best effort: a lock that cannot be written (a read-only configuration
+/// directory, confinement) is logged, and the tag is resolved again at the next start.
+pub fn record_tags(policy: &Policy) {
+    if let Err(e) = crate::config::lock::record_tags(&policy.trust) {
+        tracing::warn!(error = %e, "cannot record the digests of oci:// tags in the lock (run `airlock lock`)");
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reloaded {
@@ -184,6 +193,7 @@ impl Live {
     /// hold up the runtime's workers, which serve calls meanwhile.
     async fn prepare(&self, running: Arc<Airlock>) -> anyhow::Result<Airlock> {
         let policy = self.source.load()?;
+        record_tags(&policy);
         for warning in policy.grants_beside_audit_log() {
             tracing::warn!("{warning}");
         }

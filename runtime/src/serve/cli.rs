@@ -480,6 +480,7 @@ struct Confined {
 fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<Confined> {
     let source = config.source();
     let policy = source.load()?;
+    crate::control::live::record_tags(&policy);
     confine::prepare_dirs(&policy)?;
     let admin = admin::bind(&policy.server.state_dir)?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -841,30 +842,10 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             update_tags,
         } => {
             use crate::config::lock;
-            let source = source(config.as_deref(), state_dir);
-            // Tags are resolved again when the lock does not record them: set the recorded
-            // digests aside for this load, and put them back if it fails.
-            let set_aside = match (&source.config, update_tags && !check) {
-                (Some(c), true) => {
-                    let path = lock::path_for(c);
-                    let old = lock::edit(&path, |l| std::mem::take(&mut l.sources))
-                        .map_err(anyhow::Error::msg)?;
-                    Some((path, old))
-                }
-                _ => None,
-            };
-            let loaded = match source.load() {
-                Ok(policy) => load(policy).await,
-                Err(e) => Err(e),
-            };
-            let airlock = match (loaded, set_aside) {
-                (Ok(a), _) => a,
-                (Err(e), Some((path, old))) => {
-                    lock::edit(&path, |l| l.sources = old).map_err(anyhow::Error::msg)?;
-                    return Err(e);
-                }
-                (Err(e), None) => return Err(e),
-            };
+            let mut source = source(config.as_deref(), state_dir);
+            // Nothing is written before the end: a load that fails leaves the lock as it was.
+            source.dirs.resolve_tags = update_tags;
+            let airlock = load(source.load()?).await?;
             let catalog = airlock.catalog();
             let Some(path) = catalog.policy.trust.lock_file.clone() else {
                 anyhow::bail!(
@@ -1000,6 +981,9 @@ impl RegistryArgs {
             r.plain_http.push(host.clone());
         }
         if let Some(user) = &self.username {
+            if self.plain_http && !crate::supply::oci::is_loopback(&host) {
+                anyhow::bail!("--username with --plain-http would send the password in the clear");
+            }
             let password = std::env::var("AIRLOCK_REGISTRY_PASSWORD").map_err(|_| {
                 anyhow::anyhow!("--username needs the password in AIRLOCK_REGISTRY_PASSWORD")
             })?;
@@ -1029,7 +1013,11 @@ fn keygen(prefix: &Path) -> Result<()> {
         .open(&private)
         .and_then(|mut f| f.write_all(key.private_pem().map_err(std::io::Error::other)?.as_bytes()))
         .with_context(|| format!("cannot write {}", private.display()))?;
-    std::fs::write(&public, key.public_pem().map_err(anyhow::Error::msg)?)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&public)
+        .and_then(|mut f| f.write_all(key.public_pem().map_err(std::io::Error::other)?.as_bytes()))
         .with_context(|| format!("cannot write {}", public.display()))?;
     println!(
         "wrote {} (private: keep it secret) and {} (name it in [trust.keys])",
@@ -1048,7 +1036,6 @@ fn append_extension(path: &Path, ext: &str) -> PathBuf {
 
 fn sign(key: &Path, target: &str, registry: &RegistryArgs) -> Result<()> {
     use crate::supply::{oci, signature};
-    use base64::Engine as _;
     let key = signature::SignerKey::read(key).map_err(anyhow::Error::msg)?;
     let Some(spec) = target.strip_prefix("oci://") else {
         let path = Path::new(target);
@@ -1070,15 +1057,37 @@ fn sign(key: &Path, target: &str, registry: &RegistryArgs) -> Result<()> {
         Some(d) => d.to_owned(),
         None => oci::resolve_tag(&reference, &registries).map_err(anyhow::Error::msg)?,
     };
+    // What is signed is pulled first and checked (the manifest hashes to the digest, the
+    // layer to the manifest's, a component), and its sha256 shown: a registry that answers
+    // a tag with another artifact's digest gets no signature unseen.
+    let cache = std::env::temp_dir().join(format!(
+        "airlock-sign-{}-{}",
+        std::process::id(),
+        crate::core::ids::random_id()
+    ));
+    let pulled = oci::pull(
+        &reference,
+        &digest,
+        &cache,
+        &registries,
+        None,
+        crate::config::lock::DEFAULT_MAX_FETCH_SIZE,
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+    let pulled = pulled.map_err(anyhow::Error::msg)?;
     let repository = format!("{}/{}", reference.registry(), reference.repository());
     let payload = signature::simple_signing_payload(&repository, &digest);
-    let new = signature::RegistrySignature {
-        payload: base64::engine::general_purpose::STANDARD.encode(&payload),
-        signature: key.sign(&payload),
-    };
-    oci::push_signature(&reference, &digest, new, &registries).map_err(anyhow::Error::msg)?;
+    oci::push_signature(
+        &reference,
+        &digest,
+        &payload,
+        &key.sign(&payload),
+        &registries,
+    )
+    .map_err(anyhow::Error::msg)?;
     println!(
-        "signed oci://{repository}@{digest} (tag {})",
+        "signed oci://{repository}@{digest} (component sha256 {}; tag {})",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pulled.bytes)),
         signature::signature_tag(&digest)
     );
     Ok(())

@@ -15,17 +15,36 @@ fn cache_path(cache_dir: &Path, sha256: &[u8; 32]) -> PathBuf {
         .join(format!("{}.wasm", hex::encode(sha256)))
 }
 
+/// Refuse a URL that is not `https://`, or that carries credentials (they would be in every
+/// log line and error that names the source).
+pub fn check_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err(format!("\"{url}\": only https:// URLs are fetched"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "\"{}\": no credentials in the URL (they would be logged)",
+            parsed.host_str().unwrap_or_default()
+        ));
+    }
+    Ok(parsed)
+}
+
 /// The component at `url`, whose sha256 must be `sha256`: from the cache if it is there,
-/// else fetched (at most `max_bytes`, within `timeout`) and cached. With `signature`, the
-/// detached signature at `URL.sig` too (`None`: there is none).
+/// else fetched (at most `max_bytes`, within `timeout`) and cached. With `keys`, also its
+/// detached signature at the URL with `.sig` added to the path (`Ok(None)`: there is none;
+/// `Err`: the server could not say): the cached one if it verifies with `keys`, else the
+/// server's (cached), else the cached one to fail verification with its reason.
 pub fn fetch(
     url: &str,
     sha256: &[u8; 32],
     cache_dir: &Path,
     timeout: Duration,
     max_bytes: u64,
-    signature: bool,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    keys: Option<&[crate::supply::signature::TrustedKey]>,
+) -> Result<(Vec<u8>, Result<Option<Vec<u8>>, String>), String> {
+    let parsed = check_url(url)?;
     let path = cache_path(cache_dir, sha256);
     let sig_path = path.with_extension("wasm.sig");
     let cached = std::fs::read(&path)
@@ -34,8 +53,8 @@ pub fn fetch(
     let bytes = match cached {
         Some(b) => b,
         None => {
-            let bytes =
-                get(url, timeout, max_bytes)?.ok_or_else(|| format!("{url}: not found (404)"))?;
+            let bytes = get(&parsed, timeout, max_bytes)?
+                .ok_or_else(|| format!("{url}: not found (404)"))?;
             let actual: [u8; 32] = sha2::Sha256::digest(&bytes).into();
             if actual != *sha256 {
                 return Err(format!(
@@ -51,25 +70,38 @@ pub fn fetch(
             bytes
         }
     };
-    if !signature {
-        return Ok((bytes, None));
+    let Some(keys) = keys else {
+        return Ok((bytes, Ok(None)));
+    };
+    let cached_sig = crate::supply::signature::read_small(&sig_path).ok();
+    if let Some(sig) = &cached_sig
+        && crate::supply::signature::verify_detached(keys, &bytes, sig).is_ok()
+    {
+        return Ok((bytes, Ok(cached_sig)));
     }
-    if let Ok(sig) = crate::supply::signature::read_small(&sig_path) {
-        return Ok((bytes, Some(sig)));
-    }
-    let sig = get(
-        &format!("{url}.sig"),
+    let mut sig_url = parsed.clone();
+    sig_url.set_path(&format!("{}.sig", parsed.path()));
+    let fetched = match get(
+        &sig_url,
         timeout,
         crate::supply::signature::MAX_SIGNATURE_BYTES,
-    )?;
-    if let Some(s) = &sig {
-        crate::supply::oci::write_atomic(&sig_path, s)?;
-    }
-    Ok((bytes, sig))
+    ) {
+        Ok(Some(sig)) => {
+            crate::supply::oci::write_atomic(&sig_path, &sig)?;
+            Ok(Some(sig))
+        }
+        Ok(None) => Ok(cached_sig),
+        Err(_) if cached_sig.is_some() => Ok(cached_sig),
+        Err(e) => Err(e),
+    };
+    Ok((bytes, fetched))
 }
 
-/// The body at `url` (`None`: 404), at most `max_bytes`.
-fn get(url: &str, timeout: Duration, max_bytes: u64) -> Result<Option<Vec<u8>>, String> {
+/// The body at `url` (`None`: 404), at most `max_bytes`. Errors name the host only (the
+/// path and query may carry a token).
+fn get(url: &reqwest::Url, timeout: Duration, max_bytes: u64) -> Result<Option<Vec<u8>>, String> {
+    let shown = format!("https://{}", url.host_str().unwrap_or_default());
+    let url = url.clone();
     crate::supply::install_crypto();
     let mut roots = Vec::new();
     for c in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
@@ -81,27 +113,31 @@ fn get(url: &str, timeout: Duration, max_bytes: u64) -> Result<Option<Vec<u8>>, 
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::limited(5))
         .build()
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     crate::supply::block_on(timeout, async {
         let mut response = client
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{shown}: {}", e.without_url()))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !response.status().is_success() {
-            return Err(format!("{url}: HTTP {}", response.status()));
+            return Err(format!("{shown}: HTTP {}", response.status()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("{shown}: {}", e.without_url()))?
+        {
             if (body.len() + chunk.len()) as u64 > max_bytes {
-                return Err(format!("{url}: larger than {max_bytes} bytes"));
+                return Err(format!("{shown}: larger than {max_bytes} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(Some(body))
     })
-    .map_err(|e| format!("{url}: {e}"))?
+    .map_err(|e| format!("{shown}: {e}"))?
 }

@@ -6,7 +6,7 @@
 
 use crate::core::redact::SecretValue;
 use crate::supply::signature::{self, RegistrySignature};
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
@@ -86,9 +86,14 @@ impl Registries {
 
 /// `REGISTRY/REPOSITORY:TAG` or `…@sha256:HEX` (after `oci://`).
 pub fn parse(spec: &str) -> Result<Reference, String> {
-    if !spec.contains('/') {
+    // The registry is always named: a short name would silently mean Docker Hub.
+    let first = spec.split('/').next().unwrap_or_default();
+    let names_registry =
+        spec.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if !names_registry {
         return Err(format!(
-            "\"oci://{spec}\" names no registry: write oci://REGISTRY/REPOSITORY:TAG"
+            "\"oci://{spec}\" names no registry: write oci://REGISTRY/REPOSITORY:TAG \
+             (the registry a host name, HOST:PORT or localhost)"
         ));
     }
     let reference: Reference = spec
@@ -107,7 +112,21 @@ pub fn parse(spec: &str) -> Result<Reference, String> {
     Ok(reference)
 }
 
-fn is_sha256(digest: &str) -> bool {
+/// A registry host on this machine (`localhost`, `127.x.y.z`, `[::1]`, with or without a port).
+pub fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+pub fn is_sha256(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|h| {
         h.len() == 64
             && h.bytes()
@@ -121,8 +140,9 @@ pub struct Pulled {
     pub bytes: Vec<u8>,
     /// The artifact's manifest digest, `sha256:HEX`.
     pub digest: String,
-    /// Its cosign signatures, when asked for (empty: none in the registry).
-    pub signatures: Vec<RegistrySignature>,
+    /// Its cosign signatures, when asked for (empty: none in the registry; `Err`: the
+    /// registry could not say).
+    pub signatures: Result<Vec<RegistrySignature>, String>,
     /// Served from the cache without asking the registry.
     pub from_cache: bool,
 }
@@ -170,39 +190,50 @@ pub fn pull(
         Some(bytes) => (bytes, true),
         None => (fetch(&pinned, digest, &dir, registries, max_bytes)?, false),
     };
-    let mut found = Vec::new();
-    if let Some(keys) = signatures {
-        let file = dir.join("signatures.json");
-        let cached = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Vec<RegistrySignature>>(&b).ok())
-            .unwrap_or_default();
-        found = if signature::verify_registry(keys, digest, &cached).is_ok() {
-            cached
-        } else {
-            match fetch_signatures(&pinned, digest, registries) {
-                Ok(s) => {
-                    if !s.is_empty() {
-                        let text = serde_json::to_vec(&s).map_err(|e| e.to_string())?;
-                        write_atomic(&file, &text)?;
-                    }
-                    s
-                }
-                // The registry is down: what was cached is all there is to check.
-                Err(e) if from_cache => {
-                    tracing::warn!(reference = %pinned.whole(), error = %e, "cannot fetch signatures");
-                    cached
-                }
-                Err(e) => return Err(e),
-            }
-        };
-    }
+    let found = match signatures {
+        None => Ok(Vec::new()),
+        Some(keys) => signatures_of(&pinned, digest, &dir, registries, keys),
+    };
     Ok(Pulled {
         bytes,
         digest: digest.to_owned(),
         signatures: found,
         from_cache,
     })
+}
+
+/// The cached signatures of artifact `digest` if one of them verifies with `keys`, else the
+/// registry's (cached when there are any), else, when the registry cannot say, the cached ones
+/// (which then fail verification with their reason) or the error.
+fn signatures_of(
+    pinned: &Reference,
+    digest: &str,
+    dir: &Path,
+    registries: &Registries,
+    keys: &[signature::TrustedKey],
+) -> Result<Vec<RegistrySignature>, String> {
+    let file = dir.join("signatures.json");
+    let cached = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<RegistrySignature>>(&b).ok())
+        .unwrap_or_default();
+    if signature::verify_registry(keys, digest, &cached).is_ok() {
+        return Ok(cached);
+    }
+    match fetch_signatures(pinned, digest, registries) {
+        Ok(s) => {
+            if !s.is_empty() {
+                let text = serde_json::to_vec(&s).map_err(|e| e.to_string())?;
+                write_atomic(&file, &text)?;
+            }
+            Ok(s)
+        }
+        Err(e) if !cached.is_empty() => {
+            tracing::warn!(reference = %pinned.whole(), error = %e, "cannot fetch signatures; checking the cached ones");
+            Ok(cached)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `<cache>/oci/sha256/<hex>`.
@@ -303,7 +334,8 @@ fn fetch(
             .await
             .map_err(|e| err(pinned, "cannot pull the component", e))?
             .stream;
-        let mut bytes = Vec::with_capacity(layer.size as usize);
+        // Grown as bytes arrive, not sized by what the registry claims.
+        let mut bytes = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| err(pinned, "cannot pull the component", e))?;
             if (bytes.len() + chunk.len()) as u64 > layer.size as u64 {
@@ -358,7 +390,78 @@ fn is_not_found(e: &OciDistributionError) -> bool {
     }
 }
 
-/// The cosign signatures stored beside artifact `digest` (none: an empty list).
+/// The tag cosign keeps the signatures of artifact `digest` under, in `reference`'s repository.
+fn signature_reference(reference: &Reference, digest: &str) -> Reference {
+    Reference::with_tag(
+        reference.registry().to_owned(),
+        reference.repository().to_owned(),
+        signature::signature_tag(digest),
+    )
+}
+
+/// The manifest of the signature tag `tag` (`None`: there is none). Either manifest media
+/// type: older cosign writes Docker's.
+async fn signature_manifest(
+    client: &Client,
+    auth: &RegistryAuth,
+    tag: &Reference,
+) -> Result<Option<OciImageManifest>, String> {
+    let manifest = match client
+        .pull_manifest_raw(
+            tag,
+            auth,
+            &[
+                oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+                oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+            ],
+        )
+        .await
+    {
+        Ok((m, _)) => m,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(err(tag, "cannot fetch the signatures", e)),
+    };
+    if manifest.len() > MAX_MANIFEST_BYTES {
+        return Err(err(
+            tag,
+            "the signature manifest is too large",
+            manifest.len(),
+        ));
+    }
+    serde_json::from_slice(&manifest)
+        .map(Some)
+        .map_err(|e| err(tag, "the signature manifest is not an image manifest", e))
+}
+
+/// A blob of at most `max` bytes whose sha256 is `layer`'s digest (`None`: it is not).
+async fn small_blob(
+    client: &Client,
+    reference: &Reference,
+    layer: &oci_client::manifest::OciDescriptor,
+    max: u64,
+) -> Result<Option<Vec<u8>>, String> {
+    use futures_util::StreamExt as _;
+    if layer.size < 0 || layer.size as u64 > max {
+        return Ok(None);
+    }
+    let mut stream = client
+        .pull_blob_stream(reference, layer)
+        .await
+        .map_err(|e| err(reference, "cannot fetch a blob", e))?
+        .stream;
+    let mut bytes = Vec::with_capacity(layer.size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| err(reference, "cannot fetch a blob", e))?;
+        if (bytes.len() + chunk.len()) as u64 > layer.size as u64 {
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((sha256_of(&bytes) == layer.digest).then_some(bytes))
+}
+
+/// The cosign signatures stored beside artifact `digest` (none: an empty list). Layers that
+/// are not simple-signing ones, or whose blob does not match, are passed over.
 pub fn fetch_signatures(
     reference: &Reference,
     digest: &str,
@@ -367,34 +470,11 @@ pub fn fetch_signatures(
     use base64::Engine as _;
     let client = registries.client();
     let auth = registries.auth(reference);
-    let tag = Reference::with_tag(
-        reference.registry().to_owned(),
-        reference.repository().to_owned(),
-        signature::signature_tag(digest),
-    );
+    let tag = signature_reference(reference, digest);
     crate::supply::block_on(registries.timeout, async {
-        let manifest = match client
-            .pull_manifest_raw(&tag, &auth, &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE])
-            .await
-        {
-            Ok((m, _)) => m,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(err(&tag, "cannot fetch the signatures", e)),
+        let Some(m) = signature_manifest(&client, &auth, &tag).await? else {
+            return Ok(Vec::new());
         };
-        if manifest.len() > MAX_MANIFEST_BYTES {
-            return Err(err(
-                &tag,
-                "the signature manifest is too large",
-                manifest.len(),
-            ));
-        }
-        let m: OciImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
-            err(
-                &tag,
-                "the signature manifest is not an OCI image manifest",
-                e,
-            )
-        })?;
         let mut found = Vec::new();
         for layer in m.layers.iter().take(64) {
             if layer.media_type != signature::SIMPLE_SIGNING_MEDIA_TYPE {
@@ -407,17 +487,11 @@ pub fn fetch_signatures(
             else {
                 continue;
             };
-            if layer.size < 0 || layer.size as u64 > signature::MAX_SIGNATURE_BYTES {
+            let Some(payload) =
+                small_blob(&client, &tag, layer, signature::MAX_SIGNATURE_BYTES).await?
+            else {
                 continue;
-            }
-            let mut payload = Vec::new();
-            client
-                .pull_blob(&tag, layer, &mut payload)
-                .await
-                .map_err(|e| err(&tag, "cannot fetch a signature payload", e))?;
-            if sha256_of(&payload) != layer.digest {
-                continue;
-            }
+            };
             found.push(RegistrySignature {
                 payload: base64::engine::general_purpose::STANDARD.encode(&payload),
                 signature: sig.clone(),
@@ -428,7 +502,56 @@ pub fn fetch_signatures(
     .map_err(|e| err(&tag, "cannot fetch the signatures", e))?
 }
 
-/// Push `component` to `reference` (a tag) in the CNCF layout; its manifest digest.
+/// Push `blobs` then the manifest `manifest` (serialized here, so its digest is computed
+/// here, not taken from the registry) to `reference`; the manifest's digest.
+async fn push_manifest(
+    client: &Client,
+    auth: &RegistryAuth,
+    reference: &Reference,
+    blobs: Vec<(Vec<u8>, String)>,
+    manifest: &OciImageManifest,
+) -> Result<String, String> {
+    client
+        .store_auth_if_needed(reference.resolve_registry(), auth)
+        .await;
+    for (bytes, digest) in blobs {
+        client
+            .push_blob(reference, bytes, &digest)
+            .await
+            .map_err(|e| err(reference, "cannot push a blob", e))?;
+    }
+    let body = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+    let digest = sha256_of(&body);
+    let content_type = manifest
+        .media_type
+        .as_deref()
+        .unwrap_or(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE)
+        .parse()
+        .map_err(|_| "a manifest media type is a header value".to_owned())?;
+    client
+        .push_manifest_raw(reference, body, content_type)
+        .await
+        .map_err(|e| err(reference, "cannot push the manifest", e))?;
+    Ok(digest)
+}
+
+fn descriptor(
+    media_type: &str,
+    bytes: &[u8],
+    annotations: Option<BTreeMap<String, String>>,
+) -> oci_client::manifest::OciDescriptor {
+    oci_client::manifest::OciDescriptor {
+        media_type: media_type.to_owned(),
+        digest: sha256_of(bytes),
+        size: bytes.len() as i64,
+        urls: None,
+        annotations,
+        artifact_type: None,
+    }
+}
+
+/// Push `component` to `reference` (a tag) in the CNCF layout; the digest of the manifest
+/// pushed (what a signature must name).
 pub fn push(
     reference: &Reference,
     component: &[u8],
@@ -437,82 +560,92 @@ pub fn push(
     check_component(component)?;
     let client = registries.client();
     let auth = registries.auth(reference);
-    let layer = ImageLayer::new(component.to_vec(), WASM_LAYER_MEDIA_TYPE.into(), None);
-    let config = serde_json::json!({
+    let layer = descriptor(WASM_LAYER_MEDIA_TYPE, component, None);
+    let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "wasm",
         "os": "wasip2",
-        "layerDigests": [layer.sha256_digest()],
-    });
-    let config = Config::new(
-        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
-        WASM_CONFIG_MEDIA_TYPE.into(),
-        None,
-    );
-    let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
-    manifest.artifact_type = Some(WASM_CONFIG_MEDIA_TYPE.into());
+        "layerDigests": [layer.digest],
+    }))
+    .map_err(|e| e.to_string())?;
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.into()),
+        config: descriptor(WASM_CONFIG_MEDIA_TYPE, &config, None),
+        layers: vec![layer.clone()],
+        subject: None,
+        artifact_type: Some(WASM_CONFIG_MEDIA_TYPE.into()),
+        annotations: None,
+    };
+    let config_digest = manifest.config.digest.clone();
     crate::supply::block_on(registries.timeout, async {
-        client
-            .push(reference, &[layer], config, &auth, Some(manifest))
-            .await
-            .map_err(|e| err(reference, "cannot push", e))?;
-        client
-            .fetch_manifest_digest(reference, &auth)
-            .await
-            .map_err(|e| err(reference, "cannot read back the pushed digest", e))
+        push_manifest(
+            &client,
+            &auth,
+            reference,
+            vec![
+                (component.to_vec(), layer.digest.clone()),
+                (config, config_digest),
+            ],
+            &manifest,
+        )
+        .await
     })
     .map_err(|e| err(reference, "cannot push", e))?
 }
 
 /// Add a cosign signature (`payload` signed as `signature`) beside artifact `digest`,
-/// keeping the signatures already there.
+/// keeping every layer the signature tag already has as it is.
 pub fn push_signature(
     reference: &Reference,
     digest: &str,
-    new: RegistrySignature,
+    payload: &[u8],
+    signature_b64: &str,
     registries: &Registries,
 ) -> Result<(), String> {
-    use base64::Engine as _;
-    let mut all = fetch_signatures(reference, digest, registries)?;
-    all.retain(|s| s.payload != new.payload || s.signature != new.signature);
-    all.push(new);
-    let mut layers = Vec::new();
-    for s in &all {
-        let payload = base64::engine::general_purpose::STANDARD
-            .decode(&s.payload)
-            .map_err(|e| e.to_string())?;
-        layers.push(ImageLayer::new(
-            payload,
-            signature::SIMPLE_SIGNING_MEDIA_TYPE.into(),
-            Some(BTreeMap::from([(
-                signature::SIGNATURE_ANNOTATION.to_owned(),
-                s.signature.clone(),
-            )])),
-        ));
-    }
-    let config = serde_json::json!({
-        "architecture": "",
-        "os": "",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.sha256_digest()).collect::<Vec<_>>()},
-    });
-    let config = Config::new(
-        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
-        oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.into(),
-        None,
-    );
-    let tag = Reference::with_tag(
-        reference.registry().to_owned(),
-        reference.repository().to_owned(),
-        signature::signature_tag(digest),
-    );
     let client = registries.client();
     let auth = registries.auth(reference);
+    let tag = signature_reference(reference, digest);
     crate::supply::block_on(registries.timeout, async {
-        client
-            .push(&tag, &layers, config, &auth, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| err(&tag, "cannot push the signature", e))
+        let existing = signature_manifest(&client, &auth, &tag).await?;
+        let mut layers = existing.as_ref().map(|m| m.layers.clone()).unwrap_or_default();
+        let new = descriptor(
+            signature::SIMPLE_SIGNING_MEDIA_TYPE,
+            payload,
+            Some(BTreeMap::from([(
+                signature::SIGNATURE_ANNOTATION.to_owned(),
+                signature_b64.to_owned(),
+            )])),
+        );
+        if layers.iter().any(|l| l.digest == new.digest && l.annotations == new.annotations) {
+            return Ok(());
+        }
+        layers.push(new.clone());
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()},
+        }))
+        .map_err(|e| e.to_string())?;
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.into()),
+            config: descriptor(oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE, &config, None),
+            layers,
+            subject: None,
+            artifact_type: None,
+            annotations: existing.and_then(|m| m.annotations),
+        };
+        let config_digest = manifest.config.digest.clone();
+        push_manifest(
+            &client,
+            &auth,
+            &tag,
+            vec![(payload.to_vec(), new.digest), (config, config_digest)],
+            &manifest,
+        )
+        .await
+        .map(|_| ())
     })
     .map_err(|e| err(&tag, "cannot push the signature", e))?
 }
@@ -520,8 +653,15 @@ pub fn push_signature(
 /// Write `bytes` to `path` through a temporary file beside it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp)
+    let tmp = path.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        crate::core::ids::random_id()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path));
     written.map_err(|e| {

@@ -76,6 +76,8 @@ pub enum Unsigned {
     OtherDigest(String),
     /// A signature that cannot be read at all.
     Malformed(String),
+    /// Where the signatures are could not be asked (a registry or server down or refusing).
+    Unavailable(String),
 }
 
 impl std::fmt::Display for Unsigned {
@@ -91,6 +93,7 @@ impl std::fmt::Display for Unsigned {
                 write!(f, "the signature is for another artifact ({d})")
             }
             Unsigned::Malformed(why) => write!(f, "unreadable signature: {why}"),
+            Unsigned::Unavailable(why) => write!(f, "the signatures could not be fetched: {why}"),
         }
     }
 }
@@ -131,13 +134,22 @@ pub fn verify_registry<'k>(
             signature_tag(digest)
         )));
     }
+    // Every signature is tried: a junk one must not hide a good one after it.
     let mut other = None;
+    let mut malformed = None;
     let mut untrusted = 0;
     for s in signatures {
-        let payload = base64::engine::general_purpose::STANDARD
-            .decode(&s.payload)
-            .map_err(|_| Unsigned::Malformed("the payload is not base64".into()))?;
-        let signature = decode_signature(s.signature.as_bytes())?;
+        let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(&s.payload) else {
+            malformed = Some(Unsigned::Malformed("a payload is not base64".into()));
+            continue;
+        };
+        let signature = match decode_signature(s.signature.as_bytes()) {
+            Ok(sig) => sig,
+            Err(e) => {
+                malformed = Some(e);
+                continue;
+            }
+        };
         let Some(key) = keys.iter().find(|k| k.verifies(&payload, &signature)) else {
             untrusted += 1;
             continue;
@@ -147,15 +159,16 @@ pub fn verify_registry<'k>(
             Some(d) if d == digest => return Ok(key),
             Some(d) => other = Some(d),
             None => {
-                return Err(Unsigned::Malformed(
-                    "the payload is not a cosign simple-signing document".into(),
+                malformed = Some(Unsigned::Malformed(
+                    "a signed payload is not a cosign simple-signing document".into(),
                 ));
             }
         }
     }
-    Err(match other {
-        Some(d) => Unsigned::OtherDigest(d),
-        None => Unsigned::Untrusted(untrusted),
+    Err(match (other, malformed) {
+        (Some(d), _) => Unsigned::OtherDigest(d),
+        (None, Some(m)) if untrusted == 0 => m,
+        _ => Unsigned::Untrusted(untrusted),
     })
 }
 
@@ -333,7 +346,9 @@ mod tests {
             signature: signer.sign(&payload),
         };
         assert_eq!(
-            verify_registry(&keys, &d, &[good.clone()]).unwrap().name,
+            verify_registry(&keys, &d, std::slice::from_ref(&good))
+                .unwrap()
+                .name,
             "team"
         );
         let other = format!("sha256:{}", "b".repeat(64));
