@@ -159,7 +159,7 @@ enum Command {
         update_tags: bool,
     },
     /// Make a key pair for signing components: PREFIX.key (private, PKCS#8 PEM, mode 0600)
-    /// and PREFIX.pub (what `[trust.keys]` names). Cosign reads both.
+    /// and PREFIX.pub (what `[trust.keys]` names; cosign verifies with it too).
     Keygen {
         /// Path prefix of the two files.
         prefix: PathBuf,

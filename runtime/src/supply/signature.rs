@@ -8,7 +8,9 @@
 //!   `sha256-<hex>.sig` beside the artifact, the signature in the layer's
 //!   `dev.cosignproject.cosign/signature` annotation.
 //!
-//! `airlock sign` writes both; `cosign verify --key` and `cosign verify-blob --key` accept them.
+//! `airlock sign` writes both; cosign 2.x verifies them with `--key` and
+//! `--insecure-ignore-tlog=true` (Airlock does not consult a transparency log). Cosign 3's
+//! bundle format is not read.
 
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
