@@ -15,6 +15,10 @@ fn cache_path(cache_dir: &Path, sha256: &[u8; 32]) -> PathBuf {
         .join(format!("{}.wasm", hex::encode(sha256)))
 }
 
+/// A detached signature as found: `Ok(None)` when there is none, `Err` when the server could
+/// not say.
+pub type DetachedSignature = Result<Option<Vec<u8>>, String>;
+
 /// Refuse a URL that is not `https://`, or that carries credentials (they would be in every
 /// log line and error that names the source).
 pub fn check_url(url: &str) -> Result<reqwest::Url, String> {
@@ -43,7 +47,7 @@ pub fn fetch(
     timeout: Duration,
     max_bytes: u64,
     keys: Option<&[crate::supply::signature::TrustedKey]>,
-) -> Result<(Vec<u8>, Result<Option<Vec<u8>>, String>), String> {
+) -> Result<(Vec<u8>, DetachedSignature), String> {
     let parsed = check_url(url)?;
     let path = cache_path(cache_dir, sha256);
     let sig_path = path.with_extension("wasm.sig");
