@@ -271,6 +271,13 @@ fn signed_components_from_a_registry_serve_by_tag_and_digest_and_from_the_cache(
         digest.as_str()
     );
     drop(server);
+    // The operator pins the tools' metadata too.
+    airlock_ok(&[
+        "lock",
+        config.to_str().unwrap(),
+        "--state-dir",
+        dir.0.join("state").to_str().unwrap(),
+    ]);
 
     // The registry is down: a restart serves from the cache, signatures included.
     let port: u16 = reg.rsplit_once(':').unwrap().1.parse().unwrap();
@@ -284,12 +291,12 @@ fn signed_components_from_a_registry_serve_by_tag_and_digest_and_from_the_cache(
     // `lock --update-tags` refuses the unsigned build and keeps the lock as it was.
     let registry = Registry::start_on(&dir.0, port);
     let moved = redescribed(&dir.0, "moved.wasm", b"Echoes ALL secrets.");
-    airlock_ok(&[
+    let moved_digest = published_digest(&airlock_ok(&[
         "publish",
         moved.to_str().unwrap(),
         &format!("oci://{reg}/tools/echo:1.0"),
         "--plain-http",
-    ]);
+    ]));
     let server = HttpServer::start_in(&config, &[], &audit);
     let listed = tools_listed(&server);
     let echo = listed.iter().find(|t| t["name"] == "fixture_echo").unwrap();
@@ -315,44 +322,57 @@ fn signed_components_from_a_registry_serve_by_tag_and_digest_and_from_the_cache(
         digest.as_str()
     );
 
-    // Signed, the moved tag is taken: --check shows it and writes nothing, then the update.
-    airlock_ok(&[
+    // Signed (by digest: a tag is refused), the moved tag can be taken. --check shows it and
+    // writes nothing; the changed description must be accepted explicitly.
+    let (ok, out) = run_airlock_text(&[
         "sign",
         "--key",
         &team_key,
         &format!("oci://{reg}/tools/echo:1.0"),
         "--plain-http",
     ]);
-    let before = std::fs::read(dir.0.join("airlock.lock")).unwrap();
-    let (_, out) = run_airlock_text(&[
-        "lock",
-        config.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--check",
+    assert!(!ok && out.contains("names a tag: sign a digest"), "{out}");
+    airlock_ok(&[
+        "sign",
+        "--key",
+        &team_key,
+        &format!("oci://{reg}/tools/echo@{moved_digest}"),
+        "--plain-http",
     ]);
-    assert_eq!(
-        std::fs::read(dir.0.join("airlock.lock")).unwrap(),
-        before,
+    let lock_file = dir.0.join("airlock.lock");
+    let before = std::fs::read(&lock_file).unwrap();
+    let cfg = config.to_str().unwrap();
+    let sd = state.to_str().unwrap();
+    let tag_line = format!("~ oci://{reg}/tools/echo:1.0: {digest} → {moved_digest}");
+    let (ok, out) = run_airlock_text(&["lock", cfg, "--state-dir", sd, "--check", "--update-tags"]);
+    assert!(!ok && out.contains(&tag_line), "{out}");
+    assert_eq!(std::fs::read(&lock_file).unwrap(), before, "--check wrote");
+    let (ok, out) = run_airlock_text(&["lock", cfg, "--state-dir", sd, "--update-tags"]);
+    assert!(
+        !ok && out.contains("description changed")
+            && out.contains("airlock lock --update-tags --accept-changes"),
         "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&lock_file).unwrap(),
+        before,
+        "refused, yet wrote"
     );
     let out = airlock_ok(&[
         "lock",
-        config.to_str().unwrap(),
+        cfg,
         "--state-dir",
-        state.to_str().unwrap(),
+        sd,
         "--update-tags",
+        "--accept-changes",
     ]);
-    let tag_line = format!("~ oci://{reg}/tools/echo:1.0: {digest} → ");
     assert!(out.contains(&tag_line), "{out}");
     let lock: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.0.join("airlock.lock")).unwrap())
-            .unwrap();
-    let moved_to = lock["sources"][format!("oci://{reg}/tools/echo:1.0")]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_ne!(moved_to, digest);
+        serde_json::from_str(&std::fs::read_to_string(&lock_file).unwrap()).unwrap();
+    assert_eq!(
+        lock["sources"][format!("oci://{reg}/tools/echo:1.0")],
+        moved_digest.as_str()
+    );
     let server = HttpServer::start_in(&config, &[], &audit);
     let listed = tools_listed(&server);
     let echo = listed.iter().find(|t| t["name"] == "fixture_echo").unwrap();
@@ -460,6 +480,7 @@ fn unsigned_untrusted_misattributed_and_tampered_components_do_not_load() {
     std::fs::remove_file(dir.0.join("local.wasm.sig")).unwrap();
     let (ok, err) = load("local.wasm", "", true);
     assert!(!ok && err.contains("no signature (no "), "{err}");
+
     drop(registry);
 }
 
@@ -477,6 +498,8 @@ impl Add for String {
 #[test]
 fn what_is_not_a_pinned_component_is_refused_by_name() {
     let dir = TempDir::new("supply-refuse");
+    airlock_ok(&["keygen", dir.0.join("team").to_str().unwrap()]);
+    let keys = "[trust.keys]\nteam = \"team.pub\"\n";
     let registry = Registry::start(&dir.0);
     let reg = registry.addr.clone();
     let state = dir.0.join("state");
@@ -563,9 +586,22 @@ fn what_is_not_a_pinned_component_is_refused_by_name() {
         std::fs::read(&wasm).unwrap(),
         "pulled again"
     );
-    tamper();
+    // The registry down: signatures that cannot be fetched stop only a load that requires
+    // them.
     let port: u16 = reg.rsplit_once(':').unwrap().1.parse().unwrap();
     drop(registry);
+    let (ok, err) = load(&format!("oci://{reg}/x/echo@{digest}"), "", keys);
+    assert!(ok, "{err}");
+    let (ok, err) = load(
+        &format!("oci://{reg}/x/echo@{digest}"),
+        "require_signatures = true\n",
+        keys,
+    );
+    assert!(
+        !ok && err.contains("the signatures could not be fetched"),
+        "{err}"
+    );
+    tamper();
     let (ok, err) = load(&format!("oci://{reg}/x/echo@{digest}"), "", "");
     assert!(!ok && err.contains("cannot pull the manifest"), "{err}");
     let registry = Registry::start_on(&dir.0, port);
@@ -579,14 +615,25 @@ fn what_is_not_a_pinned_component_is_refused_by_name() {
     std::fs::create_dir_all(&cache).unwrap();
     let pin = format!("sha256 = \"{hex_sha}\"\n");
     let (ok, err) = load("https://components.invalid/echo.wasm", &pin, "");
-    assert!(!ok && err.contains("components.invalid"), "{err}");
+    assert!(
+        !ok && err.contains("› component: https://components.invalid:"),
+        "{err}"
+    );
+    // No credentials in a URL (they would be in every log line naming it).
+    let (ok, err) = load(
+        "https://user:hunter2@components.invalid/echo.wasm",
+        &pin,
+        "",
+    );
+    assert!(
+        !ok && err.contains("no credentials in the URL") && !err.contains("hunter2"),
+        "{err}"
+    );
     std::fs::write(cache.join(format!("{hex_sha}.wasm")), &bytes).unwrap();
     let (ok, err) = load("https://components.invalid/echo.wasm", &pin, "");
     assert!(ok, "{err}");
     // With keys listed but signatures not required, a signature that cannot be fetched
     // does not stop the load; required, it does, and says why.
-    airlock_ok(&["keygen", dir.0.join("team").to_str().unwrap()]);
-    let keys = "[trust.keys]\nteam = \"team.pub\"\n";
     let (ok, err) = load("https://components.invalid/echo.wasm", &pin, keys);
     assert!(ok, "{err}");
     let (ok, err) = load(
@@ -598,5 +645,27 @@ fn what_is_not_a_pinned_component_is_refused_by_name() {
         !ok && err.contains("is not signed by a trusted key: the signatures could not be fetched"),
         "{err}"
     );
+    // A registry must be named; credentials never go over plain HTTP to another machine.
+    let (ok, err) = load("oci://team/echo:1", "", "");
+    assert!(!ok && err.contains("names no registry"), "{err}");
+    let config = dir.config(
+        "[trust.registries.\"registry.example\"]\n\
+         username = \"u\"\npassword_secret = \"REG\"\nplain_http = true\n\
+         [[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n",
+    );
+    let (ok, err) = check(&config, &state);
+    assert!(
+        !ok && err.contains("plain_http") && err.contains("credentials over plain HTTP"),
+        "{err}"
+    );
+    let (ok, out) = run_airlock_text(&[
+        "publish",
+        wasm.to_str().unwrap(),
+        "oci://registry.example/x/echo:1",
+        "--plain-http",
+        "--username",
+        "u",
+    ]);
+    assert!(!ok && out.contains("password in the clear"), "{out}");
     drop(registry);
 }

@@ -200,7 +200,8 @@ impl Plan {
                     }
                 }
                 ComponentSource::Https(url) => {
-                    if let Ok(uri) = url.parse::<http::Uri>() {
+                    let without_query = url.split('?').next().unwrap_or_default();
+                    if let Ok(uri) = without_query.parse::<http::Uri>() {
                         plan.connect.insert(uri.port_u16().unwrap_or(443));
                         if uri
                             .host()
@@ -220,6 +221,14 @@ impl Plan {
         for (_, key) in &policy.trust.key_files {
             if let Some(dir) = parent(key) {
                 plan.read.insert(dir);
+            }
+            // And the directory the path names (a Kubernetes Secret's files are symlinks
+            // into a directory that is replaced when it is updated).
+            if let Some(named) = std::path::absolute(key)
+                .ok()
+                .and_then(|k| k.parent().map(Path::to_path_buf))
+            {
+                plan.read.insert(named);
             }
         }
         if let Some(scanner) = &policy.safety.scanner {

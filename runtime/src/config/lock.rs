@@ -212,6 +212,18 @@ pub(crate) fn resolve(
     };
     for (host, r) in &s.registries {
         let at = |k: &str| format!("trust › registries › {host} › {k}");
+        if r.plain_http {
+            // A password over plain HTTP is readable on the path, and the registry can send
+            // it on to any host it names as its token realm.
+            if r.username.is_some() && !crate::supply::oci::is_loopback(host) {
+                return Err((
+                    at("plain_http"),
+                    "credentials over plain HTTP are refused (except to a registry on this machine)"
+                        .into(),
+                ));
+            }
+            registries.plain_http.push(host.clone());
+        }
         match (&r.username, &r.password_secret) {
             (Some(user), Some(secret)) => {
                 let password = secrets.get(secret).cloned().ok_or_else(|| {
@@ -231,18 +243,6 @@ pub(crate) fn resolve(
                     "username and password_secret come together".into(),
                 ));
             }
-        }
-        if r.plain_http {
-            // A password over plain HTTP is readable on the path, and the registry can send
-            // it on to any host it names as its token realm.
-            if r.username.is_some() && !crate::supply::oci::is_loopback(host) {
-                return Err((
-                    at("plain_http"),
-                    "credentials over plain HTTP are refused (except to a registry on this machine)"
-                        .into(),
-                ));
-            }
-            registries.plain_http.push(host.clone());
         }
     }
     if registries.timeout.is_zero() {
@@ -268,8 +268,8 @@ pub(crate) fn resolve(
 
 /// Record in the lock the `oci://` tags a load resolved that it does not name yet, so that
 /// later loads use the same digests (`serve` does, at start and reload). A tag the lock
-/// names meanwhile keeps the digest written there.
-pub fn record_tags(trust: &TrustSettings) -> Result<(), String> {
+/// names meanwhile keeps the digest written there. Whether it wrote.
+pub fn record_tags(trust: &TrustSettings) -> Result<bool, String> {
     let recorded = trust.lock.as_ref().map(|l| &l.sources);
     let new: Vec<(&String, &String)> = trust
         .resolved_tags
@@ -277,10 +277,10 @@ pub fn record_tags(trust: &TrustSettings) -> Result<(), String> {
         .filter(|(tag, _)| recorded.is_none_or(|r| !r.contains_key(*tag)))
         .collect();
     let Some(path) = &trust.lock_file else {
-        return Ok(());
+        return Ok(false);
     };
     if new.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     edit(path, |l| {
         for (tag, digest) in new {
@@ -289,7 +289,8 @@ pub fn record_tags(trust: &TrustSettings) -> Result<(), String> {
                 .entry(tag.clone())
                 .or_insert_with(|| digest.clone());
         }
-    })
+    })?;
+    Ok(true)
 }
 
 /// The lock file beside `config`.

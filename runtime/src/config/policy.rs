@@ -366,7 +366,8 @@ pub enum ComponentSource {
         reference: String,
         digest: String,
     },
-    /// A file fetched from an `https://` URL (always pinned by sha256).
+    /// A file fetched from an `https://` URL (always pinned by sha256), as shown: its query,
+    /// which may carry a token, elided.
     Https(String),
 }
 
@@ -1397,9 +1398,10 @@ fn read_component(
         });
     }
     if spec.starts_with("https://") {
+        let shown = crate::supply::https::shown(&crate::supply::https::check_url(spec)?);
         let Some(pin) = pin else {
             return Err(format!(
-                "{spec}: an https:// source needs a sha256 pin (set sha256 = \"…\" beside it)"
+                "{shown}: an https:// source needs a sha256 pin (set sha256 = \"…\" beside it)"
             ));
         };
         let (bytes, sig) = crate::supply::https::fetch(
@@ -1411,11 +1413,11 @@ fn read_component(
             signatures.then_some(trust.keys.as_slice()),
         )?;
         return Ok(ReadComponent {
-            source: ComponentSource::Https(spec.to_owned()),
+            source: ComponentSource::Https(shown.clone()),
             bytes: Arc::from(bytes),
             signature: match sig {
                 Ok(Some(s)) => Signature::Detached(s),
-                Ok(None) => Signature::None(format!("no signature at {spec}.sig")),
+                Ok(None) => Signature::None(format!("no signature at {shown}.sig")),
                 Err(e) => Signature::Unavailable(e),
             },
             resolved_tag: None,

@@ -45,11 +45,29 @@ impl Source {
 }
 
 /// Record in `airlock.lock` the digests of the `oci://` tags `policy` resolved and the lock
-/// does not name yet. Best effort: a lock that cannot be written (a read-only configuration
-/// directory, confinement) is logged, and the tag is resolved again at the next start.
-pub fn record_tags(policy: &Policy) {
-    if let Err(e) = crate::config::lock::record_tags(&policy.trust) {
-        tracing::warn!(error = %e, "cannot record the digests of oci:// tags in the lock (run `airlock lock`)");
+/// does not name yet, and take the lock as written into `policy` (so that its own write is
+/// not seen as a change). Best effort: a lock that cannot be written (a read-only
+/// configuration directory, confinement) is logged, and the tag is resolved again at the
+/// next start.
+pub fn record_tags(policy: &mut Policy) {
+    match crate::config::lock::record_tags(&policy.trust) {
+        Ok(false) => {}
+        Ok(true) => match policy
+            .trust
+            .lock_file
+            .as_deref()
+            .map(crate::config::lock::read)
+        {
+            Some(Ok(Some((lock, sha256)))) => {
+                policy.trust.lock = Some(lock);
+                policy.trust.lock_sha256 = Some(sha256);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot read the lock back"),
+            _ => {}
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the digests of oci:// tags in the lock (run `airlock lock`)")
+        }
     }
 }
 
@@ -192,8 +210,7 @@ impl Live {
     /// Parse, check and compile the configuration, on a blocking thread: compiling must not
     /// hold up the runtime's workers, which serve calls meanwhile.
     async fn prepare(&self, running: Arc<Airlock>) -> anyhow::Result<Airlock> {
-        let policy = self.source.load()?;
-        record_tags(&policy);
+        let mut policy = self.source.load()?;
         for warning in policy.grants_beside_audit_log() {
             tracing::warn!("{warning}");
         }
@@ -221,6 +238,8 @@ impl Live {
                 );
             }
         }
+        // Past the checks that refuse a reload outright: what the tags named is recorded.
+        record_tags(&mut policy);
         let handle = tokio::runtime::Handle::current();
         let previous = running.clone();
         let next = tokio::task::spawn_blocking(move || handle.block_on(previous.successor(policy)))

@@ -479,8 +479,8 @@ struct Confined {
 /// Load the configuration, create the directories it names, and confine the process by it.
 fn confine_for_serving(config: &ConfigArgs, http: Option<SocketAddr>) -> Result<Confined> {
     let source = config.source();
-    let policy = source.load()?;
-    crate::control::live::record_tags(&policy);
+    let mut policy = source.load()?;
+    crate::control::live::record_tags(&mut policy);
     confine::prepare_dirs(&policy)?;
     let admin = admin::bind(&policy.server.state_dir)?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -881,6 +881,9 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
                     None => println!("+ {tag}: {digest}"),
                 }
             }
+            for tag in old.sources.keys().filter(|t| !new.sources.contains_key(*t)) {
+                println!("- {tag}: no longer used");
+            }
             if d.is_empty() && old.sources == new.sources {
                 println!(
                     "{} is up to date ({} entries)",
@@ -893,13 +896,38 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
                 anyhow::bail!("{} is not up to date (see above)", path.display());
             }
             if !d.changed.is_empty() && !accept_changes {
+                if update_tags {
+                    anyhow::bail!(
+                        "with the tags as they are now, tools the lock approved describe \
+                         themselves differently (above): review the changes, then run `airlock \
+                         lock --update-tags --accept-changes`"
+                    );
+                }
                 anyhow::bail!(
                     "tools the lock approved describe themselves differently now (above): \
                      review the changes, then write the lock with --accept-changes (or approve \
                      them one at a time with `airlock ctl catalog approve`)"
                 );
             }
-            lock::edit(&path, |l| *l = new.clone()).map_err(anyhow::Error::msg)?;
+            // Only over the lock this was computed from: an approval or a recorded tag
+            // since then is not overwritten unseen.
+            let read = catalog.policy.trust.lock.clone();
+            lock::edit(&path, |l| {
+                let untouched = match &read {
+                    Some(r) => r == l,
+                    None => l.pinned.is_empty() && l.sources.is_empty(),
+                };
+                if !untouched {
+                    return Err(format!(
+                        "{} changed while this ran; run it again",
+                        path.display()
+                    ));
+                }
+                *l = new.clone();
+                Ok(())
+            })
+            .map_err(anyhow::Error::msg)?
+            .map_err(anyhow::Error::msg)?;
             println!("wrote {} ({} entries)", path.display(), new.pinned.len());
             Ok(())
         }
@@ -1005,6 +1033,15 @@ fn keygen(prefix: &Path) -> Result<()> {
     let key = crate::supply::signature::SignerKey::generate().map_err(anyhow::Error::msg)?;
     let private = append_extension(prefix, "key");
     let public = append_extension(prefix, "pub");
+    for path in [&private, &public] {
+        if std::fs::symlink_metadata(path).is_ok() {
+            anyhow::bail!(
+                "{} exists: a key pair is never written over another (losing a key loses every \
+                 signature made with it)",
+                path.display()
+            );
+        }
+    }
     // Never over an existing key: losing one is losing every signature made with it.
     std::fs::OpenOptions::new()
         .write(true)
@@ -1053,13 +1090,15 @@ fn sign(key: &Path, target: &str, registry: &RegistryArgs) -> Result<()> {
     };
     let registries = registry.registries(target)?;
     let reference = oci::parse(spec).map_err(anyhow::Error::msg)?;
-    let digest = match reference.digest() {
-        Some(d) => d.to_owned(),
-        None => oci::resolve_tag(&reference, &registries).map_err(anyhow::Error::msg)?,
+    // A digest, never a tag: whoever can move a tag would choose what gets signed.
+    let Some(digest) = reference.digest().map(str::to_owned) else {
+        anyhow::bail!(
+            "{target} names a tag: sign a digest (oci://…@sha256:…, as `airlock publish` \
+             prints it), so that what is signed is the artifact you checked"
+        );
     };
-    // What is signed is pulled first and checked (the manifest hashes to the digest, the
-    // layer to the manifest's, a component), and its sha256 shown: a registry that answers
-    // a tag with another artifact's digest gets no signature unseen.
+    // It is pulled first and checked (the manifest hashes to the digest, the layer to the
+    // manifest's, a component), and its component sha256 shown.
     let cache = std::env::temp_dir().join(format!(
         "airlock-sign-{}-{}",
         std::process::id(),

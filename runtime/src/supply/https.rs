@@ -22,9 +22,11 @@ pub type DetachedSignature = Result<Option<Vec<u8>>, String>;
 /// Refuse a URL that is not `https://`, or that carries credentials (they would be in every
 /// log line and error that names the source).
 pub fn check_url(url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    // The URL itself is not repeated in errors: it could hold the credentials refused here.
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("an https:// source is not a URL: {e}"))?;
     if parsed.scheme() != "https" {
-        return Err(format!("\"{url}\": only https:// URLs are fetched"));
+        return Err("only https:// URLs are fetched".into());
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!(
@@ -49,6 +51,7 @@ pub fn fetch(
     keys: Option<&[crate::supply::signature::TrustedKey]>,
 ) -> Result<(Vec<u8>, DetachedSignature), String> {
     let parsed = check_url(url)?;
+    let url = &shown(&parsed);
     let path = cache_path(cache_dir, sha256);
     let sig_path = path.with_extension("wasm.sig");
     let cached = std::fs::read(&path)
@@ -91,7 +94,10 @@ pub fn fetch(
         crate::supply::signature::MAX_SIGNATURE_BYTES,
     ) {
         Ok(Some(sig)) => {
-            crate::supply::oci::write_atomic(&sig_path, &sig)?;
+            // The cache is a convenience: a signature that cannot be kept is still checked.
+            if let Err(e) = crate::supply::oci::write_atomic(&sig_path, &sig) {
+                tracing::warn!(error = %e, "cannot cache a component signature");
+            }
             Ok(Some(sig))
         }
         Ok(None) => Ok(cached_sig),
@@ -99,6 +105,20 @@ pub fn fetch(
         Err(e) => Err(e),
     };
     Ok((bytes, fetched))
+}
+
+/// `url` as logs and errors show it: without its query, which may carry a token.
+pub fn shown(url: &reqwest::Url) -> String {
+    let mut shown = format!(
+        "https://{}{}",
+        url.host_str().unwrap_or_default(),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    );
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
 }
 
 /// The body at `url` (`None`: 404), at most `max_bytes`. Errors name the host only (the

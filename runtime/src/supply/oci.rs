@@ -476,7 +476,9 @@ pub fn fetch_signatures(
             return Ok(Vec::new());
         };
         let mut found = Vec::new();
-        for layer in m.layers.iter().take(64) {
+        // The newest 64 (a signature is appended): a tag grown past that cannot hide a new
+        // one, and cannot make a load fetch without end.
+        for layer in m.layers.iter().rev().take(64) {
             if layer.media_type != signature::SIMPLE_SIGNING_MEDIA_TYPE {
                 continue;
             }
@@ -668,4 +670,65 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot write {}: {e}", path.display())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_name_their_registry_and_only_sha256_digests() {
+        let r = parse("registry.example/team/tool:1.2.0").unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("registry.example", "team/tool", Some("1.2.0"))
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse(&format!("127.0.0.1:5000/tool@{d}")).unwrap();
+        assert_eq!(r.digest(), Some(d.as_str()));
+        assert!(parse("localhost/tool:1").is_ok());
+        // A short name would mean Docker Hub.
+        for short in ["team/tool:1", "tool:1"] {
+            assert!(
+                parse(short).unwrap_err().contains("names no registry"),
+                "{short}"
+            );
+        }
+        assert!(parse(&format!("r.example/t@sha512:{}", "a".repeat(128))).is_err());
+        assert!(is_sha256(&d));
+        assert!(!is_sha256(&format!("sha256:{}", "A".repeat(64))));
+        assert!(!is_sha256("sha256:abc"));
+    }
+
+    #[test]
+    fn loopback_registries() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "localhost.evil:5000",
+            "10.0.0.1:5000",
+            "registry.example",
+            "::1",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn component_headers() {
+        assert!(check_component(b"\0asm\x0d\0\x01\0rest").is_ok());
+        assert!(
+            check_component(b"\0asm\x01\0\0\0")
+                .unwrap_err()
+                .contains("core Wasm module")
+        );
+        assert!(check_component(b"PK\x03\x04").is_err());
+    }
 }

@@ -362,6 +362,25 @@ mod tests {
             verify_registry(&keys, &d, &[]).unwrap_err(),
             Unsigned::Missing(_)
         ));
+        // Junk before a good signature does not hide it; junk alone is named as such.
+        let junk = RegistrySignature {
+            payload: "%%%".into(),
+            signature: "%%%".into(),
+        };
+        let good_again = RegistrySignature {
+            payload: base64::engine::general_purpose::STANDARD.encode(&payload),
+            signature: signer.sign(&payload),
+        };
+        assert_eq!(
+            verify_registry(&keys, &d, &[junk.clone(), good_again])
+                .unwrap()
+                .name,
+            "team"
+        );
+        assert!(matches!(
+            verify_registry(&keys, &d, &[junk]).unwrap_err(),
+            Unsigned::Malformed(_)
+        ));
         assert_eq!(signature_tag(&d), format!("sha256-{}.sig", "a".repeat(64)));
         // A private key round-trips through PEM.
         let pem = signer.private_pem().unwrap();
