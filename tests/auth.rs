@@ -757,6 +757,30 @@ fn sessions_are_capped_per_principal_with_a_named_refusal() {
     );
     // Another principal is not affected.
     assert_eq!(open("ak-other-key-0123456789").status, 200);
+
+    // With API keys only, a client without one is told there is no OAuth to try.
+    let r = common::raw_http(
+        &server.addr,
+        "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n",
+        "{}",
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer realm=\"airlock\"")
+            && challenge.contains("no OAuth authorization server"),
+        "{r:?}"
+    );
+    assert!(r.body.contains("Authorization: Bearer KEY"), "{r:?}");
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let r = common::raw_http(&server.addr, &format!("GET {path} HTTP/1.1\r\n"), "").unwrap();
+        assert_eq!(r.status, 404, "{path}: {r:?}");
+        assert!(r.body.contains("API key"), "{path}: {r:?}");
+    }
     let records = common::audit_records(&server.audit_dir);
     assert!(
         records

@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{HttpServer, TempDir, Transport, client, hostile_config, raw_post};
+use common::{
+    HttpServer, TempDir, Transport, airlock, client, fresh_audit_dir, hostile_config, raw_http,
+    raw_post, run_airlock, shared_cache_dir, state_dir_for, stop_child,
+};
 use serde_json::json;
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
@@ -225,4 +228,62 @@ fn sdk_schemas_carry_no_nonstandard_number_formats() {
     assert_eq!(size["minimum"], 0, "{flood}");
     assert!(size.get("format").is_none(), "{flood}");
     assert!(!flood.to_string().contains("\"uint"), "{flood}");
+}
+
+#[test]
+fn http_listens_on_localhost_by_name() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("http-localhost");
+    let config = dir.config("[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n");
+    let audit = fresh_audit_dir();
+    let mut child = std::process::Command::new(airlock())
+        .args(["serve", "--http", "localhost:0", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(state_dir_for(&audit))
+        .arg("--cache-dir")
+        .arg(shared_cache_dir())
+        .arg("--audit-dir")
+        .arg(&audit)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on a thread to the end: a server whose stderr is closed cannot log.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("airlock: serving MCP on ") {
+                let _ = tx.send(seen.clone());
+            }
+        }
+    });
+    let seen = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("airlock serves");
+    let url = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("airlock: serving MCP on "))
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(
+        !seen.contains("allowed_hosts"),
+        "no Host warning on loopback: {seen}"
+    );
+    let addr = url.trim_start_matches("http://").trim_end_matches("/mcp");
+    let r = raw_http(addr, "GET /healthz HTTP/1.1\r\n", "").unwrap();
+    assert_eq!(r.status, 200);
+    stop_child(&mut child);
+    let out = run_airlock(&["serve", "--http", "nowhere:80"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not IP:PORT, [IPv6]:PORT or localhost:PORT"),
+        "{err}"
+    );
 }

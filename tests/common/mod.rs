@@ -354,6 +354,7 @@ impl HttpServer {
         });
         let addr = url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .trim_end_matches("/mcp")
             .to_owned();
         HttpServer {

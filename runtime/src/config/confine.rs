@@ -217,6 +217,14 @@ impl Plan {
         if let Some(dir) = &policy.secrets.dir {
             plan.read.insert(resolved(dir));
         }
+        // The TLS certificate and key are read again when they change.
+        if let Some(tls) = &policy.server.tls {
+            for file in [&tls.cert, &tls.key] {
+                if let Some(dir) = parent(file) {
+                    plan.read.insert(dir);
+                }
+            }
+        }
         // The keys that verify signatures are read again at every reload.
         for (_, key) in &policy.trust.key_files {
             if let Some(dir) = parent(key) {

@@ -15,4 +15,5 @@ pub mod risk;
 pub mod safety;
 pub mod secrets;
 pub mod telemetry;
+pub mod tls;
 pub mod tool_settings;

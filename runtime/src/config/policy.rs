@@ -118,6 +118,11 @@ struct ServerSection {
     max_connections_per_peer: Option<u32>,
     http_header_timeout: Option<Span>,
     http_body_timeout: Option<Span>,
+    /// TLS on the MCP listener.
+    tls: Option<crate::config::tls::TlsSection>,
+    /// A TLS-terminating proxy is in front: no warning for a plain non-loopback listener.
+    #[serde(default)]
+    behind_proxy: bool,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -352,6 +357,10 @@ pub struct ServerSettings {
     pub http_header_timeout: Span,
     /// Time to receive a request's body.
     pub http_body_timeout: Span,
+    /// `[server.tls]`: the listener speaks TLS with these.
+    pub tls: Option<crate::config::tls::TlsSettings>,
+    /// `[server] behind_proxy`: a proxy terminates TLS in front of a plain listener.
+    pub behind_proxy: bool,
 }
 
 /// Where a component's bytes came from.
@@ -523,15 +532,8 @@ impl Policy {
             problem,
         };
         let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            let message = e.message().to_owned();
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            err(String::new(), format!("{message}{at}"))
+            let (key, problem) = explain_toml_error(text, &e);
+            err(key, problem)
         })?;
 
         let server = resolve_server(&file.server, base, dirs).map_err(|(k, p)| err(k, p))?;
@@ -742,6 +744,10 @@ fn own_files(
     auth: &AuthSettings,
 ) -> Vec<(String, PathBuf)> {
     let mut own: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(tls) = &server.tls {
+        own.push(("the TLS certificate".into(), tls.cert.clone()));
+        own.push(("the TLS key".into(), tls.key.clone()));
+    }
     if let Some(c) = config {
         own.push(("the configuration file".into(), c.to_path_buf()));
         own.push((
@@ -1077,6 +1083,12 @@ fn resolve_server(
         max_connections_per_peer,
         http_header_timeout,
         http_body_timeout,
+        tls: s
+            .tls
+            .as_ref()
+            .map(|t| crate::config::tls::resolve(t, base))
+            .transpose()?,
+        behind_proxy: s.behind_proxy,
     })
 }
 
@@ -1275,6 +1287,92 @@ fn check_entry_name(name: &str) -> Result<(), String> {
             "\"{name}\" must be 1 to 64 characters from A-Z a-z 0-9 _ - ."
         ))
     }
+}
+
+/// A TOML or shape error as the operator reads it: the key at fault (from the table header
+/// and the `key =` before the error's position) and the problem in the file's terms, not
+/// the parser's Rust types.
+fn explain_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
+    let Some(span) = e.span() else {
+        return (String::new(), plain_types(e.message()));
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default().trim();
+    let message = plain_types(e.message());
+    // `[tool]` where `[[tool]]` was meant: one table where a list of them is expected.
+    if line.starts_with('[') && !line.starts_with("[[") && message.contains("expected a list") {
+        let name = line.trim_matches(|c| c == '[' || c == ']').trim();
+        return (
+            name.replace('.', " › "),
+            format!(
+                "[{name}] declares one table, but there can be several: write [[{name}]] \
+                 (two brackets), once per entry (line {line_no})"
+            ),
+        );
+    }
+    // The table the error is in: the last header above it.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    // The key: the first `name =` on its line, and the last one before the error when that
+    // is another (a key of an inline table: `fs = [{ …, mode = "rx" }]`).
+    let before = &text[line_start..start];
+    let name_before = |eq: usize| {
+        let name = before[..eq]
+            .trim_end()
+            .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
+            .next()?
+            .trim_matches('"');
+        (!name.is_empty()).then(|| name.to_owned())
+    };
+    let first = before.find('=').and_then(name_before);
+    let last = before.rfind('=').and_then(name_before);
+    let inner = last.filter(|l| first.as_ref() != Some(l));
+    let path: Vec<String> = table
+        .iter()
+        .flat_map(|t| t.split('.').map(|p| p.trim().trim_matches('"').to_owned()))
+        .chain(first)
+        .chain(inner)
+        .collect();
+    (path.join(" › "), format!("{message} (line {line_no})"))
+}
+
+/// The parser's words for types, in the words of the file.
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_owned();
+    for (rust, plain) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list ([…])"),
+        ("expected a map", "expected a table ({ … } or a [section])"),
+        ("invalid type: map", "found a table"),
+        ("invalid type: sequence", "found a list"),
+        ("expected a string", "expected a string (in quotes)"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    // `expected struct FsGrantSection`: the name of a Rust type means a table here.
+    if let Some(at) = m.find("expected struct ") {
+        let end = m[at + 16..]
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .map_or(m.len(), |i| at + 16 + i);
+        m.replace_range(at..end, "expected a table ({ … })");
+    }
+    m.replace("invalid type: ", "wrong type: ")
 }
 
 fn parse_digest(pin: &str) -> Result<[u8; 32], String> {
@@ -1546,6 +1644,40 @@ mod tests {
         let e = parse("[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:json\"\n")
             .unwrap_err();
         assert!(e.problem.contains("already named"), "{e}");
+    }
+
+    #[test]
+    fn shape_errors_name_the_key_in_the_file_s_terms() {
+        let e = parse("[tool]\nname = \"t\"\ncomponent = \"bundled:text\"\n").unwrap_err();
+        assert_eq!(e.key, "tool");
+        assert!(e.problem.contains("write [[tool]]"), "{}", e.problem);
+        let e = parse(
+            "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.limits]\ntimeout = 5\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "tool › limits › timeout");
+        assert!(
+            e.problem.contains("expected a string (in quotes)"),
+            "{}",
+            e.problem
+        );
+        let e = parse(
+            "[server]\nmax_sessions = -1\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server › max_sessions");
+        assert!(e.problem.contains("from 0 to 4294967295"), "{}", e.problem);
+        let e = parse(
+            "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.grants]\nfs = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "tool › grants › fs");
+        assert!(!e.problem.contains("Section"), "{}", e.problem);
+        let e = parse(
+            "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n[tool.grants]\nfs = [{host = \"x\", guest = \"/x\", mode = \"rx\"}]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "tool › grants › fs › mode");
     }
 
     #[test]

@@ -401,8 +401,15 @@ impl Live {
                     "lock-change",
                 )
             });
+            // The TLS certificate and key: a renewed certificate is served without a restart.
+            let tls = policy.server.tls.iter().flat_map(|t| {
+                [
+                    (&t.cert, t.cert_sha256.clone(), "tls-change"),
+                    (&t.key, t.key_sha256.clone(), "tls-change"),
+                ]
+            });
             let mut changed = None;
-            for (path, loaded, by) in config.chain(components).chain(lock) {
+            for (path, loaded, by) in config.chain(components).chain(lock).chain(tls) {
                 let now = stamp(path);
                 if last.get(path) == Some(&now) {
                     continue;
@@ -598,6 +605,18 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
             "[server] sessions or connections (max_sessions, max_sessions_per_principal, \
              session_idle_timeout, max_connections, max_connections_per_peer, \
              http_header_timeout, http_body_timeout)",
+        ));
+    }
+    // The files may change (they are reloaded); whether there is TLS, and which files, not.
+    let tls_files = |p: &Policy| {
+        p.server
+            .tls
+            .as_ref()
+            .map(|t| (t.cert.clone(), t.key.clone()))
+    };
+    if tls_files(old) != tls_files(new) || old.server.behind_proxy != new.server.behind_proxy {
+        return Err(restart(
+            "[server.tls] (on or off, or its files) or behind_proxy",
         ));
     }
     if old.audit != new.audit {

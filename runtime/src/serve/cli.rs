@@ -65,8 +65,9 @@ enum Command {
         /// Speak MCP on stdin/stdout.
         #[arg(long, conflicts_with = "http", required_unless_present = "http")]
         stdio: bool,
-        /// Serve Streamable HTTP at http://ADDR/mcp (loopback only), e.g. 127.0.0.1:8787.
-        #[arg(long, value_name = "ADDR")]
+        /// Serve Streamable HTTP at http://ADDR/mcp, e.g. 127.0.0.1:8787 or localhost:8787
+        /// (other addresses need authentication).
+        #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
         http: Option<SocketAddr>,
         /// Discard the operator overrides in the state directory (kills, revocations) and start
         /// clean. Needed when the state file is unreadable: airlock will not guess.
@@ -206,7 +207,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
         /// Check as for `serve --http ADDR` (the listen port, and confinement required).
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
         http: Option<SocketAddr>,
         /// Confine this process as serve would, then try to read a file, connect to a port and
         /// start a process outside what is allowed, and report what the kernel did.
@@ -978,6 +979,23 @@ async fn run(command: Command, confined: Option<Confined>) -> Result<()> {
             crate::control::ctl::run(target, command, json).await
         }
     }
+}
+
+/// `--http ADDR`: `IP:PORT`, `[IPv6]:PORT`, or `localhost:PORT` (the IPv4 loopback address,
+/// which the default `allowed_hosts` names along with `localhost`).
+fn listen_addr(text: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("\"{port}\" is not a port (0 to 65535)"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(format!(
+        "\"{text}\" is not IP:PORT, [IPv6]:PORT or localhost:PORT (for example 127.0.0.1:8787)"
+    ))
 }
 
 /// How the commands for authors reach a registry.

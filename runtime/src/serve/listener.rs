@@ -132,12 +132,18 @@ pub fn ensure_fd_budget(need: &FdNeed) -> Result<()> {
     Ok(())
 }
 
+/// The TLS configuration a new connection gets (the one in force: a renewed certificate is
+/// served from the next handshake on).
+pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
 /// Serve `app` on `listener` until `shutdown` fires, then let open connections finish (up to
-/// a few seconds).
+/// a few seconds). With `tls`, every connection is a TLS one, its handshake within the header
+/// timeout.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: ListenerLimits,
+    tls: Option<TlsSource>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let body_timeout = limits.body_timeout;
@@ -205,22 +211,32 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         m.connections.get_or_create(&listener_label).inc();
         m.connections_open.get_or_create(&listener_label).inc();
+        let tls = tls.as_ref().map(|config| config());
         tracker.spawn(async move {
             let _held = (permit, slot, OpenConnection(limits.name));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true);
-            let connection = builder
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+            match tls {
+                None => serve_connection(tcp, service, limits, shutdown).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    // A client that starts a handshake and stalls holds its slot no longer
+                    // than one that sends half a request.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, service, limits, shutdown).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(target: "airlock::http", peer = %peer, "TLS handshake failed: {e}");
+                            crate::core::metrics::metrics()
+                                .connections_refused
+                                .get_or_create(&crate::core::metrics::RefusedLabels {
+                                    listener: limits.name,
+                                    reason: "tls_handshake",
+                                })
+                                .inc();
+                        }
+                        Err(_) => {
+                            tracing::debug!(target: "airlock::http", peer = %peer, "TLS handshake timed out");
+                        }
+                    }
                 }
             }
         });
@@ -228,6 +244,33 @@ pub async fn serve(
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     Ok(())
+}
+
+/// Serve HTTP/1.1 on one connection (plain or TLS) until it ends or `shutdown` fires.
+async fn serve_connection<I>(
+    io: I,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
+    }
 }
 
 /// Counts an open connection in the metrics while it lives.

@@ -750,7 +750,17 @@ async fn authenticate(
         .map(|j| format!("resource_metadata=\"{}\"", j.metadata_url()))
         .unwrap_or_else(|| "realm=\"airlock\"".to_owned());
     let quoted = |s: &str| s.replace(['"', '\\'], "'");
+    let api_keys_only = auth.settings().jwt.is_none();
     let (status, challenge) = match &error {
+        // No OAuth here: the challenge says so, so that a client does not start a login
+        // that cannot work.
+        AuthError::Missing if api_keys_only => (
+            http::StatusCode::UNAUTHORIZED,
+            format!(
+                "Bearer {resource}, error_description=\"{}\"",
+                quoted(NO_OAUTH)
+            ),
+        ),
         AuthError::Missing => (http::StatusCode::UNAUTHORIZED, format!("Bearer {resource}")),
         AuthError::UnknownKey => (
             http::StatusCode::UNAUTHORIZED,
@@ -768,7 +778,11 @@ async fn authenticate(
             format!("Bearer {resource}, error=\"insufficient_scope\""),
         ),
     };
-    let body = serde_json::json!({ "error": error.to_string() }).to_string();
+    let body = match api_keys_only {
+        true => serde_json::json!({ "error": error.to_string(), "hint": NO_OAUTH }),
+        false => serde_json::json!({ "error": error.to_string() }),
+    }
+    .to_string();
     let mut response = axum::response::Response::new(axum::body::Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -782,13 +796,69 @@ async fn authenticate(
     response
 }
 
+/// Airlock is never an OAuth authorization server (RFC 8414): a 404 that says where to look.
+async fn no_authorization_server() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        http::StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "error": "Airlock is not an OAuth authorization server: with JWT authentication, \
+                      /.well-known/oauth-protected-resource names the one to use; otherwise \
+                      it takes API keys (Authorization: Bearer KEY)"
+        })),
+    )
+        .into_response()
+}
+
+/// Why clients of `local` would be refused by the `Host` check (`[server] allowed_hosts`),
+/// if they would: said at start, rather than found out from a client's 403.
+fn allowed_hosts_warning(local: SocketAddr, allowed: &[String]) -> Option<String> {
+    let is_loopback_name = |h: &str| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let names = |ip: std::net::IpAddr| [ip.to_string(), format!("[{ip}]")];
+    let ip = local.ip();
+    if ip.is_unspecified() {
+        return allowed.iter().all(|h| is_loopback_name(h)).then(|| {
+            format!(
+                "listening on {local} (every address), but [server] allowed_hosts names only \
+                 loopback hosts ({}): clients on other machines will get 403 (Host not \
+                 allowed); add the names and addresses they use",
+                allowed.join(", ")
+            )
+        });
+    }
+    let covered = names(ip).iter().any(|n| allowed.contains(n))
+        || (ip.is_loopback() && allowed.iter().any(|h| h == "localhost"));
+    (!covered).then(|| {
+        format!(
+            "listening on {local}, but [server] allowed_hosts ({}) names neither {ip} nor a \
+             name for it: clients will get 403 (Host not allowed) unless they use a name it \
+             lists",
+            allowed.join(", ")
+        )
+    })
+}
+
+/// What a client is told when it looks for OAuth where there is none.
+const NO_OAUTH: &str = "this server has no OAuth authorization server: it takes an API key, \
+     sent as `Authorization: Bearer KEY` (the operator issues keys)";
+
 /// RFC 9728 metadata of the policy in force (404 without JWT authentication).
 fn protected_resource_metadata(live: &Live) -> axum::response::Response {
     use axum::response::IntoResponse;
     let airlock = live.current();
     let auth = &airlock.catalog().policy.auth;
     let Some(jwt) = &auth.jwt else {
-        return http::StatusCode::NOT_FOUND.into_response();
+        // A client that finds no metadata may try an OAuth login anyway: say there is none.
+        return (
+            http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": NO_OAUTH})),
+        )
+            .into_response();
     };
     axum::Json(serde_json::json!({
         "resource": jwt.resource,
@@ -826,18 +896,18 @@ pub async fn serve_stdio(live: Arc<Live>) -> Result<()> {
 /// The listener's own loopback origins (a page Airlock's own port would serve), accepted
 /// besides `allowed_origins`: they cannot be another site's. None for a listener that is not
 /// reachable on loopback.
-fn own_origins(local: SocketAddr) -> Vec<String> {
+fn own_origins(local: SocketAddr, scheme: &str) -> Vec<String> {
     let ip = local.ip();
     if !(ip.is_loopback() || ip.is_unspecified()) {
         return Vec::new();
     }
     let port = local.port();
-    let mut origins = vec![format!("http://localhost:{port}")];
+    let mut origins = vec![format!("{scheme}://localhost:{port}")];
     if ip.is_ipv4() || ip.is_unspecified() {
-        origins.push(format!("http://127.0.0.1:{port}"));
+        origins.push(format!("{scheme}://127.0.0.1:{port}"));
     }
     if ip.is_ipv6() {
-        origins.push(format!("http://[::1]:{port}"));
+        origins.push(format!("{scheme}://[::1]:{port}"));
     }
     origins
 }
@@ -892,8 +962,23 @@ pub async fn serve_http(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    if let Some(warning) = allowed_hosts_warning(local, &server.allowed_hosts) {
+        tracing::warn!("{warning}");
+    }
     let mut origins = server.allowed_origins.clone();
-    origins.extend(own_origins(local));
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    origins.extend(own_origins(local, scheme));
+    if server.tls.is_none() && !local.ip().is_loopback() && !server.behind_proxy {
+        tracing::warn!(
+            "serving plain HTTP on {local}, which is not a loopback address: tokens and tool \
+             data cross the network unencrypted; configure [server.tls], or set [server] \
+             behind_proxy = true if a TLS proxy is in front"
+        );
+    }
     let mut config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(server.allowed_hosts.clone())
         .with_allowed_origins(origins)
@@ -973,6 +1058,14 @@ pub async fn serve_http(
         .route(
             "/.well-known/oauth-protected-resource/{*path}",
             axum::routing::get(serve),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(no_authorization_server),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server/{*path}",
+            axum::routing::get(no_authorization_server),
         );
     let limits = ListenerLimits {
         name: "mcp",
@@ -982,9 +1075,44 @@ pub async fn serve_http(
         max_connections_per_peer: server.max_connections_per_peer as usize,
     };
     // Printed (not only logged) so scripts and tests can find an ephemeral port.
-    eprintln!("airlock: serving MCP on http://{local}/mcp");
-    tracing::info!(address = %local, "serving MCP over Streamable HTTP");
-    crate::serve::listener::serve(listener, app, limits, shutdown)
+    eprintln!("airlock: serving MCP on {scheme}://{local}/mcp");
+    tracing::info!(address = %local, tls = server.tls.is_some(), "serving MCP over Streamable HTTP");
+    let tls = server.tls.as_ref().map(|started| {
+        let live = live.clone();
+        let started = started.config.clone();
+        // The configuration in force, so that a reloaded certificate serves new connections
+        // (a reload cannot turn TLS off; were it gone, the one started with goes on).
+        let source: crate::serve::listener::TlsSource = Arc::new(move || {
+            live.current()
+                .catalog()
+                .policy
+                .server
+                .tls
+                .as_ref()
+                .map_or_else(|| started.clone(), |t| t.config.clone())
+        });
+        source
+    });
+    crate::serve::listener::serve(listener, app, limits, tls, shutdown)
         .await
         .context("the HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_hosts_warning;
+
+    #[test]
+    fn a_bind_address_the_host_check_refuses_is_warned_of() {
+        let default: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        let at = |a: &str| a.parse().unwrap();
+        assert!(allowed_hosts_warning(at("127.0.0.1:8787"), &default).is_none());
+        assert!(allowed_hosts_warning(at("[::1]:8787"), &default).is_none());
+        let w = allowed_hosts_warning(at("0.0.0.0:8787"), &default).unwrap();
+        assert!(w.contains("every address"), "{w}");
+        assert!(allowed_hosts_warning(at("10.0.0.5:8787"), &default).is_some());
+        let listed = vec!["mcp.internal".to_owned(), "10.0.0.5".to_owned()];
+        assert!(allowed_hosts_warning(at("10.0.0.5:8787"), &listed).is_none());
+        assert!(allowed_hosts_warning(at("0.0.0.0:8787"), &listed).is_none());
+    }
 }

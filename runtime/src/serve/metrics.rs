@@ -68,7 +68,7 @@ pub async fn serve(
         // One peer cannot hold every slot and lock the scraper out.
         max_connections_per_peer: 2,
     };
-    crate::serve::listener::serve(listener, app, limits, shutdown)
+    crate::serve::listener::serve(listener, app, limits, None, shutdown)
         .await
         .context("the metrics listener failed")
 }
