@@ -766,13 +766,16 @@ fn sessions_are_capped_per_principal_with_a_named_refusal() {
     )
     .expect("an answer");
     assert_eq!(r.status, 401);
-    let challenge = r.header("www-authenticate").unwrap_or_default();
-    assert!(
-        challenge.starts_with("Bearer realm=\"airlock\"")
-            && challenge.contains("no OAuth authorization server"),
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"airlock\""),
         "{r:?}"
     );
-    assert!(r.body.contains("Authorization: Bearer KEY"), "{r:?}");
+    assert!(
+        r.body.contains("no OAuth authorization server")
+            && r.body.contains("Authorization: Bearer KEY"),
+        "{r:?}"
+    );
     for path in [
         "/.well-known/oauth-authorization-server",
         "/.well-known/oauth-protected-resource/mcp",

@@ -219,6 +219,18 @@ fn mcp_over_tls_with_a_renewed_certificate_served_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Turning TLS off is not a reload: refused, and TLS goes on.
+    dir.config("[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n");
+    server.wait_for_log_count("[server.tls] (on or off, or its files) changed", 1);
+    let (answer, _) = tls_request(
+        &server.addr,
+        &dir.0,
+        &rustls::version::TLS13,
+        &get("/healthz"),
+    )
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[test]

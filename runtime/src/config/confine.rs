@@ -223,6 +223,14 @@ impl Plan {
                 if let Some(dir) = parent(file) {
                     plan.read.insert(dir);
                 }
+                // And the directory as named: a Kubernetes Secret's files are symlinks into a
+                // directory that is replaced at each rotation.
+                if let Some(named) = std::path::absolute(file)
+                    .ok()
+                    .and_then(|f| f.parent().map(Path::to_path_buf))
+                {
+                    plan.read.insert(named);
+                }
             }
         }
         // The keys that verify signatures are read again at every reload.

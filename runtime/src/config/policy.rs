@@ -1296,39 +1296,59 @@ fn explain_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
     let Some(span) = e.span() else {
         return (String::new(), plain_types(e.message()));
     };
-    let start = span.start.min(text.len());
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
     let line_no = text[..start].matches('\n').count() + 1;
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or_default().trim();
     let message = plain_types(e.message());
+    // A header's name: between the brackets, before any comment.
+    let header = |l: &str| {
+        let l = l.trim_start_matches('[');
+        l[..l.find(']').unwrap_or(l.len())].trim().to_owned()
+    };
     // `[tool]` where `[[tool]]` was meant: one table where a list of them is expected.
+    const TABLE_LISTS: [&str; 3] = ["tool", "auth.api_keys", "safety.rules"];
     if line.starts_with('[') && !line.starts_with("[[") && message.contains("expected a list") {
-        let name = line.trim_matches(|c| c == '[' || c == ']').trim();
-        return (
-            name.replace('.', " › "),
-            format!(
-                "[{name}] declares one table, but there can be several: write [[{name}]] \
-                 (two brackets), once per entry (line {line_no})"
-            ),
-        );
+        let name = header(line);
+        if TABLE_LISTS.contains(&name.as_str()) {
+            return (
+                name.replace('.', " › "),
+                format!(
+                    "[{name}] declares one table, but there can be several: write [[{name}]] \
+                     (two brackets), once per entry (line {line_no})"
+                ),
+            );
+        }
     }
-    // The table the error is in: the last header above it.
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    // The table the error is in: its own header line, or the last header above it.
+    let table = if line.starts_with('[') {
+        Some(header(line))
+    } else {
+        text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(header)
+    };
     // The key: the first `name =` on its line, and the last one before the error when that
     // is another (a key of an inline table: `fs = [{ …, mode = "rx" }]`).
-    let before = &text[line_start..start];
+    let before = if line.starts_with('[') {
+        ""
+    } else {
+        &text[line_start..start]
+    };
     let name_before = |eq: usize| {
         let name = before[..eq]
             .trim_end()
             .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
             .next()?
             .trim_matches('"');
-        (!name.is_empty()).then(|| name.to_owned())
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        (!name.is_empty() && name.chars().all(plain)).then(|| name.to_owned())
     };
     let first = before.find('=').and_then(name_before);
     let last = before.rfind('=').and_then(name_before);
@@ -1678,6 +1698,29 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "tool › grants › fs › mode");
+        // An error at a header names that table; a comment after it is not part of the name.
+        let e = parse("[server.tls] # on\ncert = \"c.pem\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n")
+            .unwrap_err();
+        assert!(
+            e.key.starts_with("server › tls"),
+            "{} / {}",
+            e.key,
+            e.problem
+        );
+        assert!(e.problem.contains("missing field `key`"), "{}", e.problem);
+        // A list field written as a table gets no [[…]] advice.
+        let e =
+            parse("[server.allowed_hosts]\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n")
+                .unwrap_err();
+        assert!(
+            !e.problem.contains("[[server.allowed_hosts]]"),
+            "{}",
+            e.problem
+        );
+        // Multi-byte text before the error does not trip the key's extraction.
+        let e = parse("# Grüße, 日本\n[server]\nmax_sessions = \"ü\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "server › max_sessions");
     }
 
     #[test]

@@ -57,10 +57,34 @@ impl std::fmt::Debug for TlsSettings {
 /// The largest certificate or key file read.
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+/// Read a PEM file; with `private`, only if the file opened (not the path looked up again)
+/// belongs to this process's user or root and no one else may read it.
+fn read_pem(path: &Path, what: &str, private: bool) -> Result<Vec<u8>, String> {
     use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     let file = std::fs::File::open(path)
         .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
+    if private {
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(format!(
+                "{} belongs to uid {}, not to this process (uid {me}) or root",
+                path.display(),
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(format!(
+                "{} may be read by other users (mode {:o}): make it readable by its owner \
+                 only (chmod 600)",
+                path.display(),
+                meta.mode() & 0o777
+            ));
+        }
+    }
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -83,26 +107,8 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
     crate::core::files::trusted_file(&cert)
         .map_err(|p| (at("cert"), format!("the certificate {p}")))?;
     crate::core::files::trusted_file(&key).map_err(|p| (at("key"), format!("the key {p}")))?;
-    // Like a secret: nobody but Airlock's user reads it.
-    {
-        use std::os::unix::fs::MetadataExt;
-        let mode = std::fs::metadata(&key)
-            .map_err(|e| (at("key"), format!("{}: {e}", key.display())))?
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err((
-                at("key"),
-                format!(
-                    "{} may be read by other users (mode {:o}): make it readable by its owner \
-                     only (chmod 600)",
-                    key.display(),
-                    mode & 0o777
-                ),
-            ));
-        }
-    }
-    let cert_pem = read_pem(&cert, "certificate").map_err(|e| (at("cert"), e))?;
-    let key_pem = read_pem(&key, "key").map_err(|e| (at("key"), e))?;
+    let cert_pem = read_pem(&cert, "certificate", false).map_err(|e| (at("cert"), e))?;
+    let key_pem = read_pem(&key, "key", true).map_err(|e| (at("key"), e))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| {

@@ -369,14 +369,22 @@ impl Live {
     /// (checked every `every`; compared by sha256, so a touch is not a change). Failures are
     /// logged and recorded; the running policy stays.
     pub async fn watch_file(self: Arc<Live>, every: Duration) {
-        let stamp = |p: &PathBuf| -> Option<(SystemTime, u64)> {
+        // The change time and mode too: a `chmod 600` after a key is written changes neither
+        // its modification time nor its length.
+        type Stamp = (SystemTime, u64, i64, u32);
+        let stamp = |p: &PathBuf| -> Option<Stamp> {
+            use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
+            Some((m.modified().ok()?, m.len(), m.ctime(), m.mode()))
         };
         // The first look at each file compares its content with what was loaded: it may have
         // changed between the load and this task's start.
-        let mut last: std::collections::HashMap<PathBuf, Option<(SystemTime, u64)>> =
+        let mut last: std::collections::HashMap<PathBuf, Option<Stamp>> =
             std::collections::HashMap::new();
+        // A certificate renewal whose reload failed (half-written files, a JWKS briefly down)
+        // is tried again every 30 s while the files differ from what is loaded: otherwise the
+        // old certificate would serve until it expires.
+        let mut retry_tls_at: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(every).await;
             let running = self.current();
@@ -433,13 +441,35 @@ impl Live {
                 changed.get_or_insert((path.clone(), by));
             }
             drop(running);
+            if changed.is_none() && retry_tls_at.is_some_and(|at| std::time::Instant::now() >= at) {
+                changed = policy_tls_files(&self.current())
+                    .into_iter()
+                    .next()
+                    .map(|p| (p, "tls-change"));
+            }
             let Some((path, by)) = changed else { continue };
             tracing::info!(path = %path.display(), "{by}; reloading");
+            retry_tls_at = None;
             if let Err(e) = self.reload(by).await {
                 tracing::error!("reload refused, the running configuration stays: {e:#}");
+                if by == "tls-change" {
+                    retry_tls_at = Some(std::time::Instant::now() + Duration::from_secs(30));
+                }
             }
         }
     }
+}
+
+/// The TLS files of the configuration in force.
+fn policy_tls_files(running: &Airlock) -> Vec<PathBuf> {
+    running
+        .catalog()
+        .policy
+        .server
+        .tls
+        .iter()
+        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .collect()
 }
 
 /// The operator record of a reload attempt.
@@ -614,10 +644,8 @@ fn restart_only(old: &Policy, new: &Policy, http_loopback: Option<bool>) -> anyh
             .as_ref()
             .map(|t| (t.cert.clone(), t.key.clone()))
     };
-    if tls_files(old) != tls_files(new) || old.server.behind_proxy != new.server.behind_proxy {
-        return Err(restart(
-            "[server.tls] (on or off, or its files) or behind_proxy",
-        ));
+    if tls_files(old) != tls_files(new) {
+        return Err(restart("[server.tls] (on or off, or its files)"));
     }
     if old.audit != new.audit {
         return Err(restart("[audit]"));

@@ -95,8 +95,13 @@ impl RefusalLog {
     }
 }
 
-/// Answer a refused connection with 503 and close it, without waiting on the client long.
-fn refuse(mut tcp: tokio::net::TcpStream, why: &'static str) {
+/// Answer a refused connection with 503 and close it, without waiting on the client long. A
+/// TLS listener's is closed at once: a plain-text answer would be noise to a TLS client, and
+/// a handshake would cost what the refusal saves.
+fn refuse(mut tcp: tokio::net::TcpStream, tls: bool, why: &'static str) {
+    if tls {
+        return;
+    }
     tokio::spawn(async move {
         let body = format!("{why}; try again later\n");
         let answer = format!(
@@ -194,13 +199,13 @@ pub async fn serve(
         let Ok(permit) = total.clone().try_acquire_owned() else {
             refused("max_connections");
             refusals.note("the server's connection limit (max_connections) is reached");
-            refuse(tcp, "too many connections to this server");
+            refuse(tcp, tls.is_some(), "too many connections to this server");
             continue;
         };
         let Some(slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
             refused("max_connections_per_peer");
             refusals.note("a peer's connection limit (max_connections_per_peer) is reached");
-            refuse(tcp, "too many connections from this address");
+            refuse(tcp, tls.is_some(), "too many connections from this address");
             continue;
         };
         // Small JSON-RPC responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
@@ -223,18 +228,22 @@ pub async fn serve(
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
                     {
                         Ok(Ok(stream)) => serve_connection(stream, service, limits, shutdown).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(target: "airlock::http", peer = %peer, "TLS handshake failed: {e}");
+                        // Counted, and logged at debug only: anyone can fail a handshake.
+                        failed => {
+                            let reason = match failed {
+                                Ok(Err(e)) => {
+                                    tracing::debug!(target: "airlock::http", peer = %peer, "TLS handshake failed: {e}");
+                                    "tls_handshake"
+                                }
+                                _ => "tls_handshake_timeout",
+                            };
                             crate::core::metrics::metrics()
                                 .connections_refused
                                 .get_or_create(&crate::core::metrics::RefusedLabels {
                                     listener: limits.name,
-                                    reason: "tls_handshake",
+                                    reason,
                                 })
                                 .inc();
-                        }
-                        Err(_) => {
-                            tracing::debug!(target: "airlock::http", peer = %peer, "TLS handshake timed out");
                         }
                     }
                 }

@@ -141,6 +141,13 @@ pub fn init(json: bool) {
         ))
         .add_directive(directive("rmcp::transport::worker=debug"))
         .add_directive(directive("rmcp::transport::common::server_side_http=off"));
+    // rustls warns of what a TLS client sends (an unexpected message, an alert): anyone who
+    // can connect could fill the log. Failed handshakes are counted in the metrics instead.
+    let filter = if spec.contains("rustls") {
+        filter
+    } else {
+        filter.add_directive(directive("rustls=error"))
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

@@ -752,15 +752,8 @@ async fn authenticate(
     let quoted = |s: &str| s.replace(['"', '\\'], "'");
     let api_keys_only = auth.settings().jwt.is_none();
     let (status, challenge) = match &error {
-        // No OAuth here: the challenge says so, so that a client does not start a login
-        // that cannot work.
-        AuthError::Missing if api_keys_only => (
-            http::StatusCode::UNAUTHORIZED,
-            format!(
-                "Bearer {resource}, error_description=\"{}\"",
-                quoted(NO_OAUTH)
-            ),
-        ),
+        // No error details in the challenge of a request without credentials (RFC 6750
+        // §3); the body says there is no OAuth here.
         AuthError::Missing => (http::StatusCode::UNAUTHORIZED, format!("Bearer {resource}")),
         AuthError::UnknownKey => (
             http::StatusCode::UNAUTHORIZED,
@@ -813,16 +806,29 @@ async fn no_authorization_server() -> axum::response::Response {
 /// Why clients of `local` would be refused by the `Host` check (`[server] allowed_hosts`),
 /// if they would: said at start, rather than found out from a client's 403.
 fn allowed_hosts_warning(local: SocketAddr, allowed: &[String]) -> Option<String> {
-    let is_loopback_name = |h: &str| {
-        let h = h.trim_start_matches('[').trim_end_matches(']');
+    // Entries as the Host check reads them: any case, with or without a port, IPv6 in
+    // brackets or not.
+    let host_of = |entry: &String| -> String {
+        let e = entry.trim().to_ascii_lowercase();
+        if let Some(rest) = e.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or_default().to_owned();
+        }
+        match e.rsplit_once(':') {
+            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+                h.to_owned()
+            }
+            _ => e,
+        }
+    };
+    let hosts: Vec<String> = allowed.iter().map(host_of).collect();
+    let is_loopback_name = |h: &String| {
         h == "localhost"
             || h.parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     };
-    let names = |ip: std::net::IpAddr| [ip.to_string(), format!("[{ip}]")];
     let ip = local.ip();
     if ip.is_unspecified() {
-        return allowed.iter().all(|h| is_loopback_name(h)).then(|| {
+        return hosts.iter().all(is_loopback_name).then(|| {
             format!(
                 "listening on {local} (every address), but [server] allowed_hosts names only \
                  loopback hosts ({}): clients on other machines will get 403 (Host not \
@@ -831,8 +837,10 @@ fn allowed_hosts_warning(local: SocketAddr, allowed: &[String]) -> Option<String
             )
         });
     }
-    let covered = names(ip).iter().any(|n| allowed.contains(n))
-        || (ip.is_loopback() && allowed.iter().any(|h| h == "localhost"));
+    let covered = hosts
+        .iter()
+        .any(|h| h.parse::<std::net::IpAddr>().is_ok_and(|a| a == ip))
+        || (ip.is_loopback() && hosts.iter().any(|h| h == "localhost"));
     (!covered).then(|| {
         format!(
             "listening on {local}, but [server] allowed_hosts ({}) names neither {ip} nor a \
@@ -1113,6 +1121,9 @@ mod tests {
         assert!(allowed_hosts_warning(at("10.0.0.5:8787"), &default).is_some());
         let listed = vec!["mcp.internal".to_owned(), "10.0.0.5".to_owned()];
         assert!(allowed_hosts_warning(at("10.0.0.5:8787"), &listed).is_none());
+        let spelled = vec!["10.0.0.5:8787".to_owned(), "[FD00::1]".to_owned()];
+        assert!(allowed_hosts_warning(at("10.0.0.5:8787"), &spelled).is_none());
+        assert!(allowed_hosts_warning(at("[fd00::1]:8787"), &spelled).is_none());
         assert!(allowed_hosts_warning(at("0.0.0.0:8787"), &listed).is_none());
     }
 }
