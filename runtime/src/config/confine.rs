@@ -217,35 +217,16 @@ impl Plan {
         if let Some(dir) = &policy.secrets.dir {
             plan.read.insert(resolved(dir));
         }
-        // The TLS certificate and key are read again when they change.
-        if let Some(tls) = &policy.server.tls {
-            for file in [&tls.cert, &tls.key] {
-                if let Some(dir) = parent(file) {
-                    plan.read.insert(dir);
-                }
-                // And the directory as named: a Kubernetes Secret's files are symlinks into a
-                // directory that is replaced at each rotation.
-                if let Some(named) = std::path::absolute(file)
-                    .ok()
-                    .and_then(|f| f.parent().map(Path::to_path_buf))
-                {
-                    plan.read.insert(named);
-                }
-            }
-        }
-        // The keys that verify signatures are read again at every reload.
-        for (_, key) in &policy.trust.key_files {
-            if let Some(dir) = parent(key) {
-                plan.read.insert(dir);
-            }
-            // And the directory the path names (a Kubernetes Secret's files are symlinks
-            // into a directory that is replaced when it is updated).
-            if let Some(named) = std::path::absolute(key)
+        // Files read again at reloads: the TLS certificate and key (when they change), the
+        // keys that verify signatures. Their directories as resolved and as named: a
+        // Kubernetes Secret's files are symlinks into a directory replaced at each rotation.
+        let tls_files = policy.server.tls.iter().flat_map(|t| [&t.cert, &t.key]);
+        let key_files = policy.trust.key_files.iter().map(|(_, key)| key);
+        for file in tls_files.chain(key_files) {
+            let named = std::path::absolute(file)
                 .ok()
-                .and_then(|k| k.parent().map(Path::to_path_buf))
-            {
-                plan.read.insert(named);
-            }
+                .and_then(|f| f.parent().map(Path::to_path_buf));
+            plan.read.extend(parent(file).into_iter().chain(named));
         }
         if let Some(scanner) = &policy.safety.scanner {
             plan.connect.insert(scanner.port());

@@ -60,7 +60,6 @@ const MAX_PEM_BYTES: u64 = 1 << 20;
 /// Read a PEM file; with `private`, only if the file opened (not the path looked up again)
 /// belongs to this process's user or root and no one else may read it.
 fn read_pem(path: &Path, what: &str, private: bool) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let file = std::fs::File::open(path)
         .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
@@ -85,17 +84,8 @@ fn read_pem(path: &Path, what: &str, private: bool) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(format!(
-            "the {what} {} is larger than {MAX_PEM_BYTES} bytes",
-            path.display()
-        ));
-    }
-    Ok(bytes)
+    crate::core::files::read_at_most(file, MAX_PEM_BYTES, path)
+        .map_err(|e| format!("the {what} {e}"))
 }
 
 /// Read and check `[server.tls]` (paths relative to `base`). Errors name the key.

@@ -109,6 +109,20 @@ pub fn load_or_create(path: &Path) -> Result<([u8; 32], bool), String> {
     }
 }
 
+/// All of the open `file` (at `path`, for messages), if it is at most `max` bytes: what is
+/// read to learn that is never more than one byte past the limit.
+pub fn read_at_most(file: std::fs::File, max: u64, path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(bytes)
+}
+
 /// A file Airlock trusts (its configuration, a component, the JWKS) must not be writable by
 /// anyone but Airlock's own user or root: whoever can rewrite it controls what Airlock
 /// does. The file and the directory holding it (which decides who may replace it) are

@@ -279,19 +279,8 @@ impl SignerKey {
 
 /// A small file, whole (keys and signatures; a larger one is not what it claims to be).
 pub fn read_small(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SIGNATURE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
-        return Err(format!(
-            "{} is larger than {MAX_SIGNATURE_BYTES} bytes",
-            path.display()
-        ));
-    }
-    Ok(bytes)
+    crate::core::files::read_at_most(file, MAX_SIGNATURE_BYTES, path)
 }
 
 #[cfg(test)]
