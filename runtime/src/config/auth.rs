@@ -1,8 +1,9 @@
 //! Who may call: `[auth]` and `[roles]`, resolved. Over HTTP Airlock is an OAuth 2.1 resource
 //! server (bearer JWTs checked against a JWKS) and accepts hashed API keys for service
-//! principals; stdio sessions are the configured local principal. A principal's roles decide
-//! which tools it may list and call. Checking credentials is the gate layer's
-//! authenticator.
+//! principals; client certificates (mutual TLS) can name service principals too. Tokens may be
+//! sender-constrained: bound to a client certificate (RFC 8705) or to a DPoP key (RFC 9449).
+//! stdio sessions are the configured local principal. A principal's roles decide which tools
+//! it may list and call. Checking credentials is the gate layer's authenticator.
 
 use crate::core::principal::{Access, Principal, RESERVED_PRINCIPALS};
 use crate::core::units::Span;
@@ -39,6 +40,33 @@ pub(crate) struct AuthSection {
     local_principal: Option<String>,
     #[serde(default)]
     api_keys: Vec<ApiKeySection>,
+    /// Client certificates (`[server.tls] client_ca`) that name service principals.
+    #[serde(default)]
+    client_certs: Vec<ClientCertSection>,
+    /// Refuse tokens that are not bound to the sender (DPoP or a client certificate), and API
+    /// keys (bearer credentials).
+    #[serde(default)]
+    require_sender_constraint: bool,
+    /// Every JWT must come with a DPoP proof of the key it is bound to.
+    #[serde(default)]
+    require_dpop: bool,
+    /// How old a DPoP proof may be (its `iat`), and how long its `jti` is remembered.
+    dpop_proof_lifetime: Option<Span>,
+    /// Most DPoP proofs remembered within that lifetime (replay detection); past it, new
+    /// proofs are refused until old ones age out.
+    dpop_max_proofs: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientCertSection {
+    principal: String,
+    /// The certificate's subject, RFC 4514 (`CN=billing,O=Example Corp`).
+    subject: Option<String>,
+    /// The certificate's SPIFFE id (its one URI SAN).
+    spiffe_id: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +89,34 @@ pub enum AuthMode {
     Jwt,
     /// API keys only.
     ApiKey,
+    /// Client certificates only (`[[auth.client_certs]]`, over mutual TLS).
+    ClientCert,
+}
+
+/// What in a client certificate names a principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertName {
+    /// The subject, as RFC 4514 renders it (the form a certificate's subject is compared in).
+    Subject(String),
+    /// The SPIFFE id: the certificate's only URI SAN.
+    SpiffeId(String),
+}
+
+/// A client certificate's principal.
+#[derive(Debug, Clone)]
+pub struct ClientCertPrincipal {
+    pub name: CertName,
+    pub principal: Arc<str>,
+    pub roles: Arc<[String]>,
+}
+
+/// DPoP (RFC 9449) settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopSettings {
+    /// Every JWT must be DPoP-bound and come with a proof.
+    pub required: bool,
+    pub proof_lifetime: Duration,
+    pub max_proofs: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +187,11 @@ pub struct AuthSettings {
     pub clearances: BTreeMap<String, crate::config::safety::Clearance>,
     /// The principal of stdio sessions.
     pub local_principal: Principal,
+    /// Client certificates that name principals.
+    pub client_certs: Vec<ClientCertPrincipal>,
+    /// Only sender-constrained tokens (and client certificates) are accepted.
+    pub require_sender_constraint: bool,
+    pub dpop: DpopSettings,
 }
 
 const ALLOWED_ALGORITHMS: [(&str, Algorithm); 3] = [
@@ -197,6 +258,94 @@ pub(crate) fn resolve(
             roles: known_roles(&k.roles, format!("{at} › roles"))?.into(),
         });
     }
+    let mut client_certs: Vec<ClientCertPrincipal> = Vec::with_capacity(section.client_certs.len());
+    for (i, c) in section.client_certs.iter().enumerate() {
+        let at = format!("auth › client_certs[{i}]");
+        if mode == AuthMode::None {
+            return Err((
+                at,
+                "client certificates need mode = \"client-cert\", \"jwt\" or \"api-key\"".into(),
+            ));
+        }
+        let name = match (&c.subject, &c.spiffe_id) {
+            (Some(s), None) => {
+                CertName::Subject(canonical_subject(s).map_err(|p| (format!("{at} › subject"), p))?)
+            }
+            (None, Some(id)) => {
+                if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                    return Err((
+                        format!("{at} › spiffe_id"),
+                        format!("\"{id}\" is not a SPIFFE id (spiffe://TRUST-DOMAIN/PATH)"),
+                    ));
+                }
+                CertName::SpiffeId(id.clone())
+            }
+            _ => {
+                return Err((
+                    at,
+                    "give exactly one of subject and spiffe_id".into(),
+                ));
+            }
+        };
+        if client_certs.iter().any(|o| o.name == name) {
+            return Err((at, "another entry names the same certificate".into()));
+        }
+        if c.roles.is_empty() {
+            return Err((
+                format!("{at} › roles"),
+                "a certificate without roles can call nothing".into(),
+            ));
+        }
+        client_certs.push(ClientCertPrincipal {
+            name,
+            principal: Arc::from(c.principal.as_str()),
+            roles: known_roles(&c.roles, format!("{at} › roles"))?.into(),
+        });
+    }
+    if mode == AuthMode::ClientCert && client_certs.is_empty() {
+        return Err((
+            key("mode"),
+            "\"client-cert\" needs at least one [[auth.client_certs]]".into(),
+        ));
+    }
+    if section.require_sender_constraint {
+        if mode == AuthMode::None || mode == AuthMode::ApiKey {
+            return Err((
+                key("require_sender_constraint"),
+                "needs mode = \"jwt\" or \"client-cert\": API keys are bearer credentials".into(),
+            ));
+        }
+        if !api_keys.is_empty() {
+            return Err((
+                key("require_sender_constraint"),
+                "API keys are bearer credentials, which this refuses: remove [[auth.api_keys]] \
+                 or give those principals client certificates"
+                    .into(),
+            ));
+        }
+    }
+    if section.require_dpop && mode != AuthMode::Jwt {
+        return Err((
+            key("require_dpop"),
+            "DPoP binds JWTs: needs mode = \"jwt\"".into(),
+        ));
+    }
+    let proof_lifetime = section
+        .dpop_proof_lifetime
+        .map_or(Duration::from_secs(60), |s| s.0);
+    if proof_lifetime < Duration::from_secs(1) || proof_lifetime > Duration::from_secs(600) {
+        return Err((
+            key("dpop_proof_lifetime"),
+            "must be between 1s and 10m".into(),
+        ));
+    }
+    let max_proofs = section.dpop_max_proofs.unwrap_or(100_000);
+    if !(1..=10_000_000).contains(&max_proofs) {
+        return Err((
+            key("dpop_max_proofs"),
+            "must be between 1 and 10000000".into(),
+        ));
+    }
     if mode == AuthMode::ApiKey && api_keys.is_empty() {
         return Err((
             key("mode"),
@@ -224,6 +373,22 @@ pub(crate) fn resolve(
             format!("\"{local}\" is a name Airlock gives to other callers; choose another"),
         ));
     }
+    for (i, c) in client_certs.iter().enumerate() {
+        if RESERVED_PRINCIPALS.contains(&&*c.principal)
+            || *c.principal == *local
+            || api_keys.iter().any(|k| k.principal == c.principal)
+        {
+            return Err((
+                format!("auth › client_certs[{i}] › principal"),
+                format!(
+                    "\"{}\" is the name of the local principal, an API key's principal or one \
+                     Airlock gives to other callers; a certificate's principal must be a name \
+                     of its own",
+                    c.principal
+                ),
+            ));
+        }
+    }
     for (i, k) in api_keys.iter().enumerate() {
         if RESERVED_PRINCIPALS.contains(&&*k.principal) || *k.principal == *local {
             return Err((
@@ -246,7 +411,42 @@ pub(crate) fn resolve(
             name: Arc::from(local),
             access: Access::All,
         },
+        client_certs,
+        require_sender_constraint: section.require_sender_constraint,
+        dpop: DpopSettings {
+            required: section.require_dpop,
+            proof_lifetime,
+            max_proofs: max_proofs as usize,
+        },
     })
+}
+
+/// A subject as written in the configuration, in the form a certificate's subject is
+/// rendered in for comparison (RFC 4514; spaces after the commas allowed).
+pub fn canonical_subject(written: &str) -> Result<String, String> {
+    use std::str::FromStr as _;
+    // RFC 4514 has no space after a separator, which people write anyway.
+    let mut compact = String::with_capacity(written.len());
+    let mut escaped = false;
+    let mut after_comma = false;
+    for c in written.trim().chars() {
+        if after_comma && c == ' ' {
+            continue;
+        }
+        after_comma = c == ',' && !escaped;
+        escaped = c == '\\' && !escaped;
+        compact.push(c);
+    }
+    let name = x509_cert::name::RdnSequence::from_str(&compact).map_err(|_| {
+        format!(
+            "\"{written}\" is not a distinguished name (RFC 4514, most specific first: \
+             CN=billing,O=Example Corp)"
+        )
+    })?;
+    if name.0.is_empty() {
+        return Err("an empty subject names no certificate".into());
+    }
+    Ok(name.to_string())
 }
 
 fn resolve_jwt(section: &AuthSection, base: &Path) -> Result<JwtSettings, (String, String)> {

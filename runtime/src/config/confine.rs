@@ -217,10 +217,15 @@ impl Plan {
         if let Some(dir) = &policy.secrets.dir {
             plan.read.insert(resolved(dir));
         }
-        // Files read again at reloads: the TLS certificate and key (when they change), the
-        // keys that verify signatures. Their directories as resolved and as named: a
-        // Kubernetes Secret's files are symlinks into a directory replaced at each rotation.
-        let tls_files = policy.server.tls.iter().flat_map(|t| [&t.cert, &t.key]);
+        // Files read again at reloads: the TLS certificate, key and client CA (when they
+        // change), the keys that verify signatures. Their directories as resolved and as
+        // named: a Kubernetes Secret's files are symlinks into a directory replaced at each
+        // rotation.
+        let tls_files = policy
+            .server
+            .tls
+            .iter()
+            .flat_map(|t| t.files().into_iter().map(|(p, _)| p));
         let key_files = policy.trust.key_files.iter().map(|(_, key)| key);
         for file in tls_files.chain(key_files) {
             let named = std::path::absolute(file)

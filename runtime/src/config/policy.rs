@@ -551,6 +551,13 @@ impl Policy {
             .map(|(r, s)| (r.clone(), s.claims().to_vec()))
             .collect();
         let mut auth = auth::resolve(&file.auth, &claims, base).map_err(|(k, p)| err(k, p))?;
+        let mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !auth.client_certs.is_empty() && !mutual_tls {
+            return Err(err(
+                "auth › client_certs".into(),
+                "client certificates need mutual TLS: set [server.tls] client_ca".into(),
+            ));
+        }
         auth.clearances = file
             .roles
             .iter()
@@ -747,6 +754,9 @@ fn own_files(
     if let Some(tls) = &server.tls {
         own.push(("the TLS certificate".into(), tls.cert.clone()));
         own.push(("the TLS key".into(), tls.key.clone()));
+        if let Some((ca, _, _)) = &tls.client_ca {
+            own.push(("the TLS client CA".into(), ca.clone()));
+        }
     }
     if let Some(c) = config {
         own.push(("the configuration file".into(), c.to_path_buf()));

@@ -2,6 +2,10 @@
 //! key is treated like a secret (readable by Airlock's user only, in no grant). Only TLS 1.3
 //! and 1.2 are spoken. A change of either file reloads them; turning TLS on or off needs a
 //! restart.
+//!
+//! With `client_ca`, clients may (`client_auth = "optional"`) or must (`"required"`, the
+//! default) show a certificate that CA signed: it can name a service principal
+//! (`[[auth.client_certs]]`) and binds certificate-bound tokens (RFC 8705).
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -16,6 +20,21 @@ pub(crate) struct TlsSection {
     cert: PathBuf,
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
     key: PathBuf,
+    /// The CA certificates (PEM) that sign client certificates: mutual TLS.
+    client_ca: Option<PathBuf>,
+    /// Whether a client must show a certificate; only with `client_ca`.
+    client_auth: Option<ClientAuth>,
+}
+
+/// `[server.tls] client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// A client without a certificate is let through the handshake (and authenticates
+    /// otherwise); one with a certificate the CA did not sign is refused.
+    Optional,
+    /// The handshake fails without a certificate the CA signed.
+    Required,
 }
 
 /// `[server.tls]`, loaded.
@@ -26,6 +45,8 @@ pub struct TlsSettings {
     /// sha256 of each file as loaded, hex (a change of either is a reload).
     pub cert_sha256: String,
     pub key_sha256: String,
+    /// `client_ca`, the sha256 of what was loaded from it, and `client_auth`.
+    pub client_ca: Option<(PathBuf, String, ClientAuth)>,
     /// What the listener hands each connection.
     pub config: Arc<rustls::ServerConfig>,
 }
@@ -33,13 +54,16 @@ pub struct TlsSettings {
 /// The same files with the same contents (the rustls configuration follows from them).
 impl PartialEq for TlsSettings {
     fn eq(&self, other: &Self) -> bool {
-        (&self.cert, &self.key, &self.cert_sha256, &self.key_sha256)
-            == (
-                &other.cert,
-                &other.key,
-                &other.cert_sha256,
-                &other.key_sha256,
-            )
+        self.files() == other.files() && self.client_ca == other.client_ca
+    }
+}
+
+impl TlsSettings {
+    /// Every file read, and the sha256 of what was loaded from it (a change is a reload).
+    pub fn files(&self) -> Vec<(&PathBuf, &String)> {
+        let mut files = vec![(&self.cert, &self.cert_sha256), (&self.key, &self.key_sha256)];
+        files.extend(self.client_ca.iter().map(|(p, sha, _)| (p, sha)));
+        files
     }
 }
 
@@ -50,6 +74,7 @@ impl std::fmt::Debug for TlsSettings {
         f.debug_struct("TlsSettings")
             .field("cert", &self.cert)
             .field("key", &self.key)
+            .field("client_ca", &self.client_ca)
             .finish_non_exhaustive()
     }
 }
@@ -120,10 +145,61 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| (at("cert"), e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| (at("cert"), e.to_string()))?;
+    let client_ca = match (&s.client_ca, s.client_auth) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err((
+                at("client_auth"),
+                "needs client_ca: the CA certificates that sign client certificates".into(),
+            ));
+        }
+        (Some(ca), auth) => {
+            let path = base.join(ca);
+            crate::core::files::trusted_file(&path)
+                .map_err(|p| (at("client_ca"), format!("the client CA {p}")))?;
+            let pem = read_pem(&path, "client CA", false).map_err(|e| (at("client_ca"), e))?;
+            Some((path, pem, auth.unwrap_or(ClientAuth::Required)))
+        }
+    };
+    let builder = match &client_ca {
+        None => builder.with_no_client_auth(),
+        Some((path, pem, auth)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| {
+                    (
+                        at("client_ca"),
+                        format!("{} is not PEM certificates: {e}", path.display()),
+                    )
+                })?;
+                roots.add(c).map_err(|e| {
+                    (
+                        at("client_ca"),
+                        format!("{} holds a certificate that is not a CA's: {e}", path.display()),
+                    )
+                })?;
+            }
+            if roots.is_empty() {
+                return Err((
+                    at("client_ca"),
+                    format!("{} holds no certificate", path.display()),
+                ));
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match auth {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                ClientAuth::Required => verifier,
+            }
+            .build()
+            .map_err(|e| (at("client_ca"), e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(chain, private)
         .map_err(|e| {
             (
@@ -137,6 +213,8 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
         key,
         cert_sha256: hex::encode(sha2::Sha256::digest(&cert_pem)),
         key_sha256: hex::encode(sha2::Sha256::digest(&key_pem)),
+        client_ca: client_ca
+            .map(|(path, pem, auth)| (path, hex::encode(sha2::Sha256::digest(&pem)), auth)),
         config: Arc::new(config),
     })
 }

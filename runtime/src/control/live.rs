@@ -409,13 +409,14 @@ impl Live {
                     "lock-change",
                 )
             });
-            // The TLS certificate and key: a renewed certificate is served without a restart.
-            let tls = policy.server.tls.iter().flat_map(|t| {
-                [
-                    (&t.cert, t.cert_sha256.clone(), "tls-change"),
-                    (&t.key, t.key_sha256.clone(), "tls-change"),
-                ]
-            });
+            // The TLS certificate, key and client CA: a renewed certificate is served without
+            // a restart.
+            let mut tls: Vec<(&PathBuf, String, &str)> = Vec::new();
+            if let Some(t) = &policy.server.tls {
+                for (path, sha) in t.files() {
+                    tls.push((path, sha.clone(), "tls-change"));
+                }
+            }
             let mut changed = None;
             for (path, loaded, by) in config.chain(components).chain(lock).chain(tls) {
                 let now = stamp(path);
@@ -468,7 +469,7 @@ fn policy_tls_files(running: &Airlock) -> Vec<PathBuf> {
         .server
         .tls
         .iter()
-        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .flat_map(|t| t.files().into_iter().map(|(p, _)| p.clone()))
         .collect()
 }
 

@@ -24,7 +24,7 @@ pub struct CallLabels {
     pub tool: Arc<str>,
     /// The named outcome (`completed`, `blocked_by_policy`, …).
     pub outcome: &'static str,
-    /// `local`, `anonymous`, `api_key`, `jwt` or `unauthenticated`.
+    /// `local`, `anonymous`, `api_key`, `client_cert`, `jwt` or `unauthenticated`.
     pub principal_class: &'static str,
 }
 

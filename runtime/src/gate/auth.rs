@@ -1,10 +1,15 @@
-//! Authentication: who is calling, from the `Authorization` header of an HTTP request, by
-//! the `[auth]` settings in force ([`crate::config::auth`]): an API key, or a JWT verified
-//! against the JWKS (fetched again, at a bounded rate, when a token names an unknown key).
+//! Authentication: who is calling, from the `Authorization` header of an HTTP request and the
+//! connection's client certificate, by the `[auth]` settings in force
+//! ([`crate::config::auth`]): an API key, a JWT verified against the JWKS (fetched again, at a
+//! bounded rate, when a token names an unknown key), or a client certificate. A JWT bound to
+//! its sender (`cnf`) counts only with the client certificate (RFC 8705) or a DPoP proof of
+//! the key (RFC 9449) it names.
 
 use crate::config::auth::{AuthMode, AuthSettings, JwtSettings, KeySet, parse_jwks};
 use crate::core::principal::{ANONYMOUS_PRINCIPAL, Access, Principal, RESERVED_PRINCIPALS};
-use crate::gate::verified_tokens::VerifiedTokens;
+use crate::gate::client_cert::ClientCertificate;
+use crate::gate::dpop::{Proof, ProofWindow, RequestTarget, Reuse, SeenProofs};
+use crate::gate::verified_tokens::{Binding, VerifiedToken, VerifiedTokens};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -18,10 +23,52 @@ pub struct Authenticator {
     last_fetch: Mutex<Option<Instant>>,
     /// Tokens already verified, so a client's repeated token is not verified again.
     verified: VerifiedTokens,
+    /// DPoP proofs already used (kept across reloads).
+    seen_proofs: Arc<SeenProofs>,
+}
+
+/// What an HTTP request presents to be let in.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// The `DPoP` header; `Err` when there is more than one, or it is not text.
+    pub dpop: Result<Option<&'a str>, ()>,
+    /// The client certificate of the connection (mutual TLS).
+    pub client_cert: Option<&'a ClientCertificate>,
+    /// The request, for what a DPoP proof must name.
+    pub target: RequestTarget<'a>,
+}
+
+impl<'a> Credentials<'a> {
+    /// Only an `Authorization` header (tests, tools).
+    pub fn header(authorization: Option<&'a str>) -> Credentials<'a> {
+        Credentials {
+            authorization,
+            dpop: Ok(None),
+            client_cert: None,
+            target: RequestTarget {
+                method: "POST",
+                scheme: "http",
+                authority: "localhost",
+                path: "/mcp",
+            },
+        }
+    }
+}
+
+/// A request let in: its principal, and the DPoP proof it used (which a fleet also records,
+/// so that no replica accepts it again).
+#[derive(Debug)]
+pub struct Admitted {
+    pub principal: Principal,
+    pub proof: Option<Proof>,
 }
 
 impl Authenticator {
-    pub fn new(settings: &AuthSettings) -> Authenticator {
+    /// `seen_proofs`: those of the configuration this one replaces, so that a reload does not
+    /// let a proof be used twice.
+    pub fn new(settings: &AuthSettings, seen_proofs: Option<Arc<SeenProofs>>) -> Authenticator {
         let keys = settings
             .jwt
             .as_ref()
@@ -31,7 +78,13 @@ impl Authenticator {
             keys: RwLock::new(keys),
             last_fetch: Mutex::new(None),
             verified: VerifiedTokens::default(),
+            seen_proofs: seen_proofs.unwrap_or_default(),
         }
+    }
+
+    /// The DPoP proofs used so far (for the configuration that replaces this one).
+    pub fn seen_proofs(&self) -> Arc<SeenProofs> {
+        self.seen_proofs.clone()
     }
 
     /// The settings this authenticator checks by.
@@ -68,6 +121,24 @@ pub enum AuthError {
     /// A valid token that carries none of the roles any tool is granted to (403).
     #[error("the token carries no role that grants any tool")]
     InsufficientScope,
+    /// A DPoP proof that is missing or does not hold (401 `invalid_dpop_proof`).
+    #[error("invalid DPoP proof: {0}")]
+    InvalidDpopProof(String),
+    /// A client certificate, and no other credentials, that `[[auth.client_certs]]` does not
+    /// map to a principal (401).
+    #[error("the client certificate ({0}) names no principal in [[auth.client_certs]]")]
+    UnknownCertificate(String),
+    /// `dpop_max_proofs` proofs are within their lifetime: no new one can be remembered, so
+    /// none is accepted (503, until some age out).
+    #[error("too many DPoP proofs within dpop_proof_lifetime (dpop_max_proofs); try again")]
+    ProofsFull,
+}
+
+/// How the `Authorization` header presents a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
 }
 
 impl Authenticator {
@@ -96,24 +167,56 @@ impl Authenticator {
     }
 
     /// Identify the caller of an HTTP request from its `Authorization` header (the only place
-    /// a token is taken from).
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+    /// a token is taken from) or, without one, its client certificate.
+    pub fn authenticate(&self, presented: &Credentials<'_>) -> Result<Admitted, AuthError> {
         if self.settings.mode == AuthMode::None {
-            return Ok(Principal {
-                name: Arc::from(ANONYMOUS_PRINCIPAL),
-                access: Access::All,
+            return Ok(Admitted {
+                principal: Principal {
+                    name: Arc::from(ANONYMOUS_PRINCIPAL),
+                    access: Access::All,
+                },
+                proof: None,
             });
         }
-        let token = authorization
+        let Some((scheme, token)) = presented
+            .authorization
             .and_then(|h| {
                 let (scheme, rest) = h.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+                    Scheme::Bearer
+                } else if scheme.eq_ignore_ascii_case("dpop") {
+                    Scheme::Dpop
+                } else {
+                    return None;
+                };
+                Some((scheme, rest.trim()))
             })
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Missing)?;
+            .filter(|(_, t)| !t.is_empty())
+        else {
+            return match presented.client_cert {
+                Some(cert) => self.certificate_principal(cert).map(|principal| Admitted {
+                    principal,
+                    proof: None,
+                }),
+                None => Err(AuthError::Missing),
+            };
+        };
+        if self.settings.mode == AuthMode::ClientCert {
+            return Err(AuthError::InvalidToken(
+                "this server authenticates by client certificate only; it takes no tokens".into(),
+            ));
+        }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(p) = self.api_key(&digest) {
-            return Ok(p);
+        if let Some(principal) = self.api_key(&digest) {
+            if scheme == Scheme::Dpop {
+                return Err(AuthError::InvalidToken(
+                    "an API key is not DPoP-bound: send it as Authorization: Bearer".into(),
+                ));
+            }
+            return Ok(Admitted {
+                principal,
+                proof: None,
+            });
         }
         let jwt = self
             .settings
@@ -121,23 +224,121 @@ impl Authenticator {
             .as_ref()
             .filter(|_| token.split('.').count() == 3)
             .ok_or_else(|| AuthError::InvalidToken("not a known API key or a JWT".into()))?;
-        let principal = match self.verified.get(&digest) {
-            Some(p) => p,
+        let verified = match self.verified.get(&digest) {
+            Some(v) => v,
             None => {
                 let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-                let (principal, exp) = self.check_jwt(jwt, &keys, token)?;
+                let (verified, exp) = self.check_jwt(jwt, &keys, token)?;
                 let good_until = exp.saturating_add(jwt.leeway.as_secs());
                 self.verified
-                    .insert(digest, principal.clone(), good_until, || {
+                    .insert(digest, verified.clone(), good_until, || {
                         Arc::ptr_eq(&keys, &self.keys.read().unwrap_or_else(|p| p.into_inner()))
                     });
-                principal
+                verified
             }
         };
-        match &principal.access {
-            Access::Roles(r) if r.is_empty() => Err(AuthError::InsufficientScope),
-            _ => Ok(principal),
+        let proof = self.check_binding(jwt, &verified.bound_to, scheme, token, presented)?;
+        let principal = verified.principal;
+        if let Access::Roles(r) = &principal.access
+            && r.is_empty()
+        {
+            return Err(AuthError::InsufficientScope);
         }
+        // Last: a proof is spent only by a request that is let in.
+        if let Some(p) = &proof {
+            self.seen_proofs
+                .first_use(p, self.settings.dpop.max_proofs)
+                .map_err(|e| match e {
+                    Reuse::Replayed => {
+                        AuthError::InvalidDpopProof("the proof was used before (jti)".into())
+                    }
+                    Reuse::Full => AuthError::ProofsFull,
+                })?;
+        }
+        Ok(Admitted { principal, proof })
+    }
+
+    /// Check that the sender holds what the token is bound to, and that the configuration's
+    /// demands on binding are met; returns the DPoP proof checked, if any.
+    fn check_binding(
+        &self,
+        jwt: &JwtSettings,
+        bound_to: &Binding,
+        scheme: Scheme,
+        token: &str,
+        presented: &Credentials<'_>,
+    ) -> Result<Option<Proof>, AuthError> {
+        let invalid = |m: &str| Err(AuthError::InvalidToken(m.to_owned()));
+        if let Some(certificate) = &bound_to.certificate
+            && presented.client_cert.map(|c| &c.sha256) != Some(certificate)
+        {
+            return invalid(
+                "the token is bound to a client certificate (cnf.x5t#S256) this connection \
+                 did not present",
+            );
+        }
+        let proof = match (&bound_to.dpop_key, scheme) {
+            (Some(key), Scheme::Dpop) => {
+                let proof_header = presented.dpop.map_err(|()| {
+                    AuthError::InvalidDpopProof("more than one DPoP header, or not text".into())
+                })?;
+                let proof_header = proof_header.ok_or_else(|| {
+                    AuthError::InvalidDpopProof("no DPoP header with the request".into())
+                })?;
+                let algorithms: Vec<_> = jwt.validations.iter().map(|(a, _)| *a).collect();
+                let window = ProofWindow {
+                    lifetime: self.settings.dpop.proof_lifetime,
+                    leeway: jwt.leeway,
+                };
+                let proof = crate::gate::dpop::verify(
+                    proof_header,
+                    presented.target,
+                    token,
+                    &algorithms,
+                    window,
+                )
+                .map_err(AuthError::InvalidDpopProof)?;
+                if *proof.jkt != **key {
+                    return invalid("the token is bound to another DPoP key (cnf.jkt)");
+                }
+                Some(proof)
+            }
+            (Some(_), Scheme::Bearer) => {
+                return invalid(
+                    "the token is DPoP-bound: send it as Authorization: DPoP, with a DPoP proof",
+                );
+            }
+            (None, Scheme::Dpop) => return invalid("the token is not DPoP-bound (no cnf.jkt)"),
+            (None, Scheme::Bearer) => None,
+        };
+        if self.settings.dpop.required && bound_to.dpop_key.is_none() {
+            return invalid("DPoP is required: the token must be DPoP-bound (cnf.jkt)");
+        }
+        if self.settings.require_sender_constraint && !bound_to.is_bound() {
+            return invalid(
+                "only sender-constrained tokens are accepted: bound to a DPoP key or a client \
+                 certificate (cnf)",
+            );
+        }
+        Ok(proof)
+    }
+
+    /// The principal `[[auth.client_certs]]` maps a client certificate to.
+    fn certificate_principal(&self, cert: &ClientCertificate) -> Result<Principal, AuthError> {
+        self.settings
+            .client_certs
+            .iter()
+            .find(|c| cert.carries(&c.name))
+            .map(|c| Principal {
+                name: c.principal.clone(),
+                access: Access::Roles(c.roles.clone()),
+            })
+            .ok_or_else(|| {
+                AuthError::UnknownCertificate(match &cert.spiffe_id {
+                    Some(id) => format!("subject {}, SPIFFE id {id}", cert.subject),
+                    None => format!("subject {}", cert.subject),
+                })
+            })
     }
 
     /// The principal whose key hashes to the token's digest, compared in constant time.
@@ -155,13 +356,13 @@ impl Authenticator {
         })
     }
 
-    /// Verify a JWT in full; returns its principal and `exp`.
+    /// Verify a JWT in full; returns its principal, what it is bound to, and `exp`.
     fn check_jwt(
         &self,
         jwt: &JwtSettings,
         keys: &KeySet,
         token: &str,
-    ) -> Result<(Principal, u64), AuthError> {
+    ) -> Result<(VerifiedToken, u64), AuthError> {
         let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
@@ -212,6 +413,11 @@ impl Authenticator {
         if RESERVED_PRINCIPALS.contains(&sub)
             || *self.settings.local_principal.name == *sub
             || self.settings.api_keys.iter().any(|k| *k.principal == *sub)
+            || self
+                .settings
+                .client_certs
+                .iter()
+                .any(|c| *c.principal == *sub)
         {
             return Err(invalid(
                 "the token's subject (sub) is the name of a principal that is not a JWT subject",
@@ -234,6 +440,52 @@ impl Authenticator {
             name: Arc::from(sub),
             access: Access::Roles(roles),
         };
-        Ok((principal, exp))
+        let bound_to = binding(&claims["cnf"])?;
+        Ok((
+            VerifiedToken {
+                principal,
+                bound_to,
+            },
+            exp,
+        ))
     }
+}
+
+/// A token's `cnf` claim: what it is bound to. A confirmation method Airlock cannot check
+/// makes the token invalid (it would otherwise be taken as a bearer token).
+fn binding(cnf: &serde_json::Value) -> Result<Binding, AuthError> {
+    use base64::Engine as _;
+    let invalid = |m: &str| AuthError::InvalidToken(m.to_owned());
+    let cnf = match cnf {
+        serde_json::Value::Null => return Ok(Binding::default()),
+        serde_json::Value::Object(o) => o,
+        _ => return Err(invalid("the token's cnf claim is not an object")),
+    };
+    let mut bound = Binding::default();
+    for (method, value) in cnf {
+        match method.as_str() {
+            "x5t#S256" => {
+                let digest = value
+                    .as_str()
+                    .and_then(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).ok())
+                    .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                    .ok_or_else(|| invalid("the token's cnf.x5t#S256 is not a base64url sha256"))?;
+                bound.certificate = Some(digest);
+            }
+            "jkt" => {
+                let jkt = value
+                    .as_str()
+                    .filter(|v| v.len() == 43)
+                    .ok_or_else(|| invalid("the token's cnf.jkt is not a base64url sha256"))?;
+                bound.dpop_key = Some(Arc::from(jkt));
+            }
+            other => {
+                return Err(invalid(&format!(
+                    "the token is bound by a confirmation method Airlock cannot check (cnf.{})",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(bound)
 }

@@ -767,6 +767,28 @@ impl Fleet {
         go.await.map_err(|e| self.unavailable(&e))
     }
 
+    /// Record the first use of something single-use (a DPoP proof, by `id`) fleet-wide until
+    /// `until` (seconds since the epoch): `Ok(false)` when a replica recorded it before.
+    pub async fn first_use(&self, kind: &str, id: &[u8; 32], until: u64) -> Result<bool, Stale> {
+        let ttl_ms = until
+            .saturating_sub(crate::gate::verified_tokens::now_secs())
+            .saturating_add(1)
+            .saturating_mul(1000);
+        let go = async {
+            let mut conn = self.connection().await?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(key(&self.settings, &format!("{kind}:{}", hex::encode(id))))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await?;
+            redis::RedisResult::Ok(set.is_some())
+        };
+        go.await.map_err(|e| self.unavailable(&e))
+    }
+
     /// The asks of `ctl … --fleet` this replica should answer; taken once, by the admin
     /// plane.
     pub fn take_asks(&self) -> Option<tokio::sync::mpsc::Receiver<FleetAsk>> {

@@ -6,6 +6,8 @@ pub mod approval;
 pub mod audit;
 pub mod audit_view;
 pub mod auth;
+pub mod client_cert;
+pub mod dpop;
 pub mod evidence;
 pub mod fleet;
 pub mod host_http;

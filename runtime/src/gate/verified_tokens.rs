@@ -15,8 +15,31 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Most tokens remembered; past it, expired entries are dropped, then all of them.
 const CAPACITY: usize = 4096;
 
+/// Who a verified token names, and what it is bound to.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub principal: Principal,
+    pub bound_to: Binding,
+}
+
+/// A token's confirmation (`cnf`): what the sender must also show for the token to count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// `x5t#S256`: the sha256 of the client certificate (RFC 8705).
+    pub certificate: Option<[u8; 32]>,
+    /// `jkt`: the thumbprint of the DPoP key (RFC 9449), base64url.
+    pub dpop_key: Option<std::sync::Arc<str>>,
+}
+
+impl Binding {
+    /// Is the token bound to its sender at all?
+    pub fn is_bound(&self) -> bool {
+        self.certificate.is_some() || self.dpop_key.is_some()
+    }
+}
+
 struct Entry {
-    principal: Principal,
+    token: VerifiedToken,
     /// `exp` plus the leeway, in seconds since the epoch.
     good_until: u64,
 }
@@ -39,8 +62,8 @@ pub fn now_secs() -> u64 {
 }
 
 impl VerifiedTokens {
-    /// The principal of a token verified before and not yet expired.
-    pub fn get(&self, digest: &[u8; 32]) -> Option<Principal> {
+    /// A token verified before and not yet expired.
+    pub fn get(&self, digest: &[u8; 32]) -> Option<VerifiedToken> {
         let mut entries = self.lock();
         let entry = entries.get(digest)?;
         if now_secs() > entry.good_until {
@@ -48,7 +71,7 @@ impl VerifiedTokens {
             entries.remove(digest);
             return None;
         }
-        Some(entry.principal.clone())
+        Some(entry.token.clone())
     }
 
     /// Remember a verified token, if `keys_unchanged` still holds once the cache is locked: a
@@ -57,7 +80,7 @@ impl VerifiedTokens {
     pub fn insert(
         &self,
         digest: [u8; 32],
-        principal: Principal,
+        token: VerifiedToken,
         good_until: u64,
         keys_unchanged: impl FnOnce() -> bool,
     ) {
@@ -74,10 +97,7 @@ impl VerifiedTokens {
         }
         entries.insert(
             digest,
-            Entry {
-                principal,
-                good_until,
-            },
+            Entry { token, good_until },
         );
     }
 
@@ -97,10 +117,13 @@ mod tests {
     use crate::core::principal::Access;
     use std::sync::Arc;
 
-    fn principal(name: &str) -> Principal {
-        Principal {
-            name: Arc::from(name),
-            access: Access::Roles(Arc::from(vec!["r".to_owned()])),
+    fn principal(name: &str) -> VerifiedToken {
+        VerifiedToken {
+            principal: Principal {
+                name: Arc::from(name),
+                access: Access::Roles(Arc::from(vec!["r".to_owned()])),
+            },
+            bound_to: Binding::default(),
         }
     }
 
@@ -111,7 +134,7 @@ mod tests {
         cache.insert([2; 32], principal("bob"), now_secs() - 1, || true);
         cache.insert([4; 32], principal("eve"), now_secs() + 60, || false);
         assert!(cache.get(&[4; 32]).is_none(), "verified with replaced keys");
-        assert_eq!(&*cache.get(&[1; 32]).unwrap().name, "alice");
+        assert_eq!(&*cache.get(&[1; 32]).unwrap().principal.name, "alice");
         assert!(cache.get(&[2; 32]).is_none(), "expired entry is not used");
         assert!(cache.get(&[3; 32]).is_none());
         cache.clear();

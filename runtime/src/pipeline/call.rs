@@ -263,7 +263,10 @@ impl Airlock {
             problem: e.to_string(),
         })?;
         let shapes = Arc::new(shapes);
-        let authenticator = Authenticator::new(&policy.auth);
+        let authenticator = Authenticator::new(
+            &policy.auth,
+            previous.map(|p| p.authenticator.seen_proofs()),
+        );
         let rules = RuleSet::new(&policy.safety.rules).map_err(|problem| ConfigError {
             file: policy.origin.clone(),
             key: "safety › rules".into(),
@@ -712,7 +715,7 @@ impl Airlock {
     }
 
     /// What kind of principal `p` is, for the metrics: `local`, `anonymous`, `api_key`,
-    /// `unauthenticated` or `jwt` (names are unique across these sources).
+    /// `client_cert`, `unauthenticated` or `jwt` (names are unique across these sources).
     fn principal_class(&self, p: &Principal) -> &'static str {
         use crate::core::principal::{ANONYMOUS_PRINCIPAL, UNAUTHENTICATED_PRINCIPAL};
         let auth = &self.catalog.policy.auth;
@@ -721,6 +724,7 @@ impl Airlock {
             ANONYMOUS_PRINCIPAL => "anonymous",
             UNAUTHENTICATED_PRINCIPAL => "unauthenticated",
             n if auth.api_keys.iter().any(|k| &*k.principal == n) => "api_key",
+            n if auth.client_certs.iter().any(|c| &*c.principal == n) => "client_cert",
             _ => "jwt",
         }
     }

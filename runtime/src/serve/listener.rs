@@ -6,6 +6,7 @@
 //! cannot take more than its share.
 
 use crate::config::policy::FdNeed;
+use crate::gate::client_cert::ClientCertificate;
 use anyhow::Result;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -212,7 +213,7 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let shutdown = shutdown.clone();
         m.connections.get_or_create(&listener_label).inc();
         m.connections_open.get_or_create(&listener_label).inc();
@@ -220,14 +221,24 @@ pub async fn serve(
         tracker.spawn(async move {
             let _held = (permit, slot, OpenConnection(limits.name));
             match tls {
-                None => serve_connection(tcp, service, limits, shutdown).await,
+                None => serve_connection(tcp, app, None, limits, shutdown).await,
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     // A client that starts a handshake and stalls holds its slot no longer
                     // than one that sends half a request.
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
                     {
-                        Ok(Ok(stream)) => serve_connection(stream, service, limits, shutdown).await,
+                        Ok(Ok(stream)) => {
+                            // The certificate the client showed (mutual TLS; rustls checked
+                            // it), read once for every request on the connection.
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|leaf| Arc::new(ClientCertificate::from_der(leaf)));
+                            serve_connection(stream, app, cert, limits, shutdown).await
+                        }
                         // Counted, and logged at debug only: anyone can fail a handshake.
                         failed => {
                             let reason = match failed {
@@ -255,15 +266,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serve HTTP/1.1 on one connection (plain or TLS) until it ends or `shutdown` fires.
+/// Serve HTTP/1.1 on one connection (plain or TLS) until it ends or `shutdown` fires. Each
+/// request carries the connection's client certificate, if any, in its extensions.
 async fn serve_connection<I>(
     io: I,
-    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    app: axum::Router,
+    client_cert: Option<Arc<ClientCertificate>>,
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let service =
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            if let Some(cert) = &client_cert {
+                request.extensions_mut().insert(cert.clone());
+            }
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -8,7 +8,9 @@ use crate::control::live::Live;
 use crate::core::failure::CallFailure;
 use crate::core::principal::{Access, Principal};
 use crate::gate::approval::{ClientCaps, ClientChannel, Elicitor, Interaction, Retry};
-use crate::gate::auth::AuthError;
+use crate::gate::auth::{Admitted, AuthError, Credentials};
+use crate::gate::client_cert::ClientCertificate;
+use crate::gate::dpop::RequestTarget;
 use crate::pipeline::call::{CallContext, Caller, Completing, Request};
 use crate::sandbox::output::Response;
 use crate::sandbox::store::{GuestEvent, Signal};
@@ -716,24 +718,72 @@ async fn authenticate(
 ) -> axum::response::Response {
     let airlock = live.current();
     let auth = airlock.authenticator();
-    let header = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let server = &airlock.catalog().policy.server;
+    let headers = request.headers();
+    let mut dpop = headers.get_all("dpop").iter();
+    let presented = Credentials {
+        authorization: headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        dpop: match (dpop.next(), dpop.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v.to_str().map(Some).map_err(|_| ()),
+            (Some(_), Some(_)) => Err(()),
+        },
+        client_cert: request
+            .extensions()
+            .get::<Arc<ClientCertificate>>()
+            .map(|c| &**c),
+        target: RequestTarget {
+            method: request.method().as_str(),
+            // How the client reached this server: over TLS, its own or a proxy's.
+            scheme: if server.tls.is_some() || server.behind_proxy {
+                "https"
+            } else {
+                "http"
+            },
+            authority: headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                .unwrap_or_default(),
+            path: request
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map_or_else(|| request.uri().path(), |o| o.0.path()),
+        },
+    };
     let (started, at) = (std::time::Instant::now(), std::time::SystemTime::now());
-    let mut outcome = auth.authenticate(header);
-    if outcome == Err(AuthError::UnknownKey) {
+    let mut outcome = auth.authenticate(&presented);
+    if matches!(outcome, Err(AuthError::UnknownKey)) {
         // The issuer may have rotated its keys: fetch them again (at a bounded rate) and retry.
         match auth.refresh_keys(false).await {
-            Ok(true) => outcome = auth.authenticate(header),
+            Ok(true) => outcome = auth.authenticate(&presented),
             Ok(false) => {}
             Err(e) => tracing::warn!(target: "airlock::auth", "cannot refresh the JWKS: {e}"),
         }
     }
+    // In a fleet, a proof one replica accepted is refused by every other.
+    if let (Ok(Admitted { proof: Some(p), .. }), Some(fleet)) =
+        (&outcome, airlock.operator().fleet.get())
+    {
+        match fleet.first_use("dpop", &p.replay_key, p.live_until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                outcome = Err(AuthError::InvalidDpopProof(
+                    "the proof was used before (jti)".into(),
+                ));
+            }
+            Err(_) => outcome = Err(AuthError::ProofsFull),
+        }
+    }
+    let dpop_scheme = presented
+        .authorization
+        .is_some_and(|h| h.len() > 5 && h[..5].eq_ignore_ascii_case("dpop "));
     let took = started.elapsed();
     crate::core::metrics::metrics().step("authenticate", took);
     let error = match outcome {
-        Ok(principal) => {
+        Ok(Admitted { principal, .. }) => {
             request.extensions_mut().insert(principal);
             request
                 .extensions_mut()
@@ -751,25 +801,53 @@ async fn authenticate(
         .unwrap_or_else(|| "realm=\"airlock\"".to_owned());
     let quoted = |s: &str| s.replace(['"', '\\'], "'");
     let api_keys_only = auth.settings().jwt.is_none();
+    // The scheme the client is answered in: DPoP when it used DPoP or DPoP is required
+    // (RFC 9449 §7.1), with the algorithms a proof may use.
+    let settings = auth.settings();
+    let challenge_scheme = match (dpop_scheme || settings.dpop.required, &settings.jwt) {
+        (true, Some(jwt)) => {
+            let algs: Vec<String> = jwt
+                .validations
+                .iter()
+                .map(|(a, _)| format!("{a:?}"))
+                .collect();
+            format!("DPoP algs=\"{}\",", algs.join(" "))
+        }
+        _ => "Bearer".to_owned(),
+    };
     let (status, challenge) = match &error {
         // No error details in the challenge of a request without credentials (RFC 6750
         // §3); the body says there is no OAuth here.
-        AuthError::Missing => (http::StatusCode::UNAUTHORIZED, format!("Bearer {resource}")),
+        AuthError::Missing | AuthError::UnknownCertificate(_) => (
+            http::StatusCode::UNAUTHORIZED,
+            format!("{challenge_scheme} {resource}"),
+        ),
         AuthError::UnknownKey => (
             http::StatusCode::UNAUTHORIZED,
-            format!("Bearer {resource}, error=\"invalid_token\", error_description=\"{error}\""),
+            format!(
+                "{challenge_scheme} {resource}, error=\"invalid_token\", error_description=\"{error}\""
+            ),
         ),
         AuthError::InvalidToken(why) => (
             http::StatusCode::UNAUTHORIZED,
             format!(
-                "Bearer {resource}, error=\"invalid_token\", error_description=\"{}\"",
+                "{challenge_scheme} {resource}, error=\"invalid_token\", error_description=\"{}\"",
+                quoted(why)
+            ),
+        ),
+        AuthError::InvalidDpopProof(why) => (
+            http::StatusCode::UNAUTHORIZED,
+            format!(
+                "{challenge_scheme} {resource}, error=\"invalid_dpop_proof\", error_description=\"{}\"",
                 quoted(why)
             ),
         ),
         AuthError::InsufficientScope => (
             http::StatusCode::FORBIDDEN,
-            format!("Bearer {resource}, error=\"insufficient_scope\""),
+            format!("{challenge_scheme} {resource}, error=\"insufficient_scope\""),
         ),
+        // Not the client's fault: it may try again shortly.
+        AuthError::ProofsFull => (http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
     };
     let body = match api_keys_only {
         true => serde_json::json!({ "error": error.to_string(), "hint": NO_OAUTH }),
@@ -783,7 +861,12 @@ async fn authenticate(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+    if status == http::StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    } else if let Ok(v) = http::HeaderValue::from_str(&challenge) {
         headers.insert(http::header::WWW_AUTHENTICATE, v);
     }
     response
@@ -872,6 +955,19 @@ fn protected_resource_metadata(live: &Live) -> axum::response::Response {
         "resource": jwt.resource,
         "authorization_servers": jwt.authorization_servers,
         "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": jwt
+            .validations
+            .iter()
+            .map(|(a, _)| format!("{a:?}"))
+            .collect::<Vec<_>>(),
+        "dpop_bound_access_tokens_required": auth.dpop.required,
+        "tls_client_certificate_bound_access_tokens": airlock
+            .catalog()
+            .policy
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some()),
         "resource_name": "Airlock",
         "scopes_supported": if matches!(jwt.roles_claim.as_str(), "scope" | "scp") {
             auth.claim_values()
