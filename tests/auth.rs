@@ -82,6 +82,11 @@ struct Fixture {
 }
 
 fn start() -> Fixture {
+    start_with("")
+}
+
+/// The fixture's server, with `auth` added to its `[auth]` table.
+fn start_with(auth: &str) -> Fixture {
     let keys = keys();
     let dir = TempDir::new("auth");
     std::fs::write(dir.0.join("jwks.json"), jwks(&keys).to_string()).unwrap();
@@ -92,6 +97,7 @@ resource = "{RESOURCE}"
 issuer = "{ISSUER}"
 jwks_file = "jwks.json"
 max_token_lifetime = "1h"
+{auth}
 [[auth.api_keys]]
 principal = "ci-bot"
 sha256 = "{}"
@@ -451,6 +457,32 @@ fn bad_auth_configuration_stops_the_start() {
             "[auth]\nlocal_principal = \"anonymous\"\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
             "auth › local_principal: \"anonymous\" is a name Airlock gives to other callers",
         ),
+        // Sender-constrained tokens only: an API key is a bearer credential.
+        (
+            "[auth]\nmode = \"api-key\"\nrequire_sender_constraint = true\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › require_sender_constraint: needs mode = \"jwt\" or \"client-cert\"",
+        ),
+        (
+            "[auth]\nrequire_dpop = true\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › require_dpop: DPoP binds JWTs: needs mode = \"jwt\"",
+        ),
+        (
+            "[auth]\nmode = \"api-key\"\ndpop_proof_lifetime = \"1h\"\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › dpop_proof_lifetime: must be between 1s and 10m",
+        ),
+        // Client certificates name principals only over mutual TLS.
+        (
+            "[auth]\nmode = \"client-cert\"\n[[auth.client_certs]]\nprincipal = \"billing\"\nspiffe_id = \"spiffe://example.org/billing\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › client_certs: client certificates need mutual TLS: set [server.tls] client_ca",
+        ),
+        (
+            "[auth]\nmode = \"client-cert\"\n[[auth.client_certs]]\nprincipal = \"billing\"\nsubject = \"not a name\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › client_certs[0] › subject: \"not a name\" is not a distinguished name",
+        ),
+        (
+            "[auth]\nmode = \"client-cert\"\n[[auth.client_certs]]\nprincipal = \"billing\"\nspiffe_id = \"https://example.org/billing\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › client_certs[0] › spiffe_id: \"https://example.org/billing\" is not a SPIFFE id",
+        ),
     ];
     for (config, problem) in cases {
         let cfg = dir.config(config);
@@ -790,5 +822,310 @@ fn sessions_are_capped_per_principal_with_a_named_refusal() {
             .iter()
             .any(|r| r["kind"] == "session" && r["event"] == "limit" && r["principal"] == "ci-bot"),
         "{records:?}"
+    );
+}
+
+/// A client's DPoP key (ECDSA P-256): its PKCS#8, public JWK and RFC 7638 thumbprint.
+struct DpopKey {
+    pkcs8: Vec<u8>,
+    jwk: Value,
+    jkt: String,
+}
+
+fn dpop_key() -> DpopKey {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let (x, y) = (B64.encode(&point[1..33]), B64.encode(&point[33..65]));
+    // RFC 7638: the required members in lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    DpopKey {
+        pkcs8: pkcs8.as_ref().to_vec(),
+        jwk: json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
+        jkt: B64.encode(Sha256::digest(canonical.as_bytes())),
+    }
+}
+
+/// A DPoP proof by `key` with these claims.
+fn proof_with(key: &DpopKey, claims: &Value) -> String {
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(serde_json::from_value(key.jwk.clone()).unwrap());
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(&key.pkcs8)).unwrap()
+}
+
+static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A fresh proof for `POST /mcp` on `f`'s server with `token`.
+fn proof(f: &Fixture, key: &DpopKey, token: &str) -> String {
+    proof_with(key, &proof_claims(f, token))
+}
+
+fn proof_claims(f: &Fixture, token: &str) -> Value {
+    let n = JTI.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    json!({
+        "jti": format!("proof-{n}-{}", now()),
+        "htm": "POST",
+        "htu": format!("http://{}/mcp", f.server.addr),
+        "iat": now(),
+        "ath": B64.encode(Sha256::digest(token.as_bytes())),
+    })
+}
+
+fn list_dpop(f: &Fixture, scheme: &str, token: &str, proof: Option<&str>) -> RawResponse {
+    let authorization = format!("{scheme} {token}");
+    let mut headers = vec![("Authorization", authorization.as_str())];
+    if let Some(p) = proof {
+        headers.push(("DPoP", p));
+    }
+    raw_mcp(&f.server.addr, "tools/list", json!({}), &headers).unwrap()
+}
+
+/// Assert a 401 in the DPoP scheme with `error` and `description`.
+fn dpop_refused(r: &RawResponse, error: &str, description: &str) {
+    assert_eq!(r.status, 401, "{description}: {r:?}");
+    let challenge = r
+        .header("WWW-Authenticate")
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        challenge.starts_with("DPoP algs=\"RS256 ES256 EdDSA\", resource_metadata=")
+            && challenge.contains(&format!("error=\"{error}\""))
+            && challenge.contains(&format!("error_description=\"{description}")),
+        "{description}: {challenge}"
+    );
+}
+
+#[test]
+fn a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request() {
+    let f = start();
+    let key = dpop_key();
+    let mut c = claims("alice", &["analysts"]);
+    c["cnf"] = json!({"jkt": key.jkt});
+    let token = ed_token(&f.keys, &c);
+
+    // Token and proof: in, once.
+    let good = proof(&f, &key, &token);
+    assert_eq!(list_dpop(&f, "DPoP", &token, Some(&good)).status, 200);
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &token, Some(&good)),
+        "invalid_dpop_proof",
+        "the proof was used before (jti)",
+    );
+
+    // Each claim is checked.
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut c = proof_claims(&f, &token);
+        edit(&mut c);
+        proof_with(&key, &c)
+    };
+    for (edit, description) in [
+        (
+            &(|c: &mut Value| c["htm"] = json!("GET")) as &dyn Fn(&mut Value),
+            "the proof is for another method (htm is not POST)",
+        ),
+        (
+            &|c: &mut Value| c["htu"] = json!("http://other.test/mcp"),
+            "the proof is for another URL (htu)",
+        ),
+        (
+            &|c: &mut Value| c["htu"] = json!(format!("https://{}/mcp", f.server.addr)),
+            "the proof is for another URL (htu)",
+        ),
+        (
+            &|c: &mut Value| c["iat"] = json!(now() - 600),
+            "the proof is older than 60 s (iat)",
+        ),
+        (
+            &|c: &mut Value| c["iat"] = json!(now() + 600),
+            "the proof was made in the future (iat)",
+        ),
+        (
+            &|c: &mut Value| c["ath"] = json!(B64.encode(Sha256::digest(b"another token"))),
+            "the proof is not for this access token (ath)",
+        ),
+        (
+            &|c: &mut Value| {
+                c.as_object_mut().unwrap().remove("jti");
+            },
+            "the proof has no jti",
+        ),
+    ] {
+        dpop_refused(
+            &list_dpop(&f, "DPoP", &token, Some(&with(edit))),
+            "invalid_dpop_proof",
+            &format!("{description}"),
+        );
+    }
+
+    // A proof by another key: the token is bound to this one.
+    let other = dpop_key();
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &token, Some(&proof(&f, &other, &token))),
+        "invalid_token",
+        "the token is bound to another DPoP key (cnf.jkt)",
+    );
+    // A proof whose jwk is not the key that signed it.
+    let mut h = Header::new(Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(serde_json::from_value(key.jwk.clone()).unwrap());
+    let forged = jsonwebtoken::encode(
+        &h,
+        &proof_claims(&f, &token),
+        &EncodingKey::from_ec_der(&other.pkcs8),
+    )
+    .unwrap();
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &token, Some(&forged)),
+        "invalid_dpop_proof",
+        "the proof's signature does not verify with its jwk",
+    );
+    // Not a DPoP proof at all (a plain JWT).
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &token, Some(&token)),
+        "invalid_dpop_proof",
+        "the proof's typ is not dpop+jwt",
+    );
+    // No proof, or two.
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &token, None),
+        "invalid_dpop_proof",
+        "no DPoP header with the request",
+    );
+    let authorization = format!("DPoP {token}");
+    let (p1, p2) = (proof(&f, &key, &token), proof(&f, &key, &token));
+    let r = raw_mcp(
+        &f.server.addr,
+        "tools/list",
+        json!({}),
+        &[
+            ("Authorization", authorization.as_str()),
+            ("DPoP", p1.as_str()),
+            ("DPoP", p2.as_str()),
+        ],
+    )
+    .unwrap();
+    dpop_refused(
+        &r,
+        "invalid_dpop_proof",
+        "more than one DPoP header",
+    );
+
+    // The bound token as a bearer token: refused, with or without a proof.
+    refused(
+        &list_dpop(&f, "Bearer", &token, Some(&proof(&f, &key, &token))),
+        "the token is DPoP-bound: send it as Authorization: DPoP",
+    );
+    // An unbound token in the DPoP scheme.
+    let plain = ed_token(&f.keys, &claims("alice", &["analysts"]));
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &plain, Some(&proof(&f, &key, &plain))),
+        "invalid_token",
+        "the token is not DPoP-bound (no cnf.jkt)",
+    );
+    // A token bound to a client certificate, over a connection without one.
+    let mut c = claims("alice", &["analysts"]);
+    c["cnf"] = json!({"x5t#S256": B64.encode([7u8; 32])});
+    refused(
+        &list(&f, &ed_token(&f.keys, &c)),
+        "the token is bound to a client certificate (cnf.x5t#S256) this connection did not present",
+    );
+    // A confirmation method Airlock cannot check is not taken as no binding.
+    let mut c = claims("alice", &["analysts"]);
+    c["cnf"] = json!({"jwk": key.jwk});
+    refused(
+        &list(&f, &ed_token(&f.keys, &c)),
+        "the token is bound by a confirmation method Airlock cannot check (cnf.jwk)",
+    );
+
+    // The benign client goes on: a fresh proof is accepted, and so are plain bearer tokens
+    // (DPoP is not required here).
+    assert_eq!(
+        list_dpop(&f, "DPoP", &token, Some(&proof(&f, &key, &token))).status,
+        200
+    );
+    assert_eq!(list(&f, &plain).status, 200);
+    let refusals = f.server.log();
+    assert!(
+        refusals.contains("the proof was used before (jti)"),
+        "{refusals}"
+    );
+}
+
+#[test]
+fn dpop_or_any_sender_constraint_can_be_required() {
+    let f = start_with("require_dpop = true\ndpop_proof_lifetime = \"30s\"\n");
+    let key = dpop_key();
+    let plain = ed_token(&f.keys, &claims("alice", &["analysts"]));
+    // Without credentials, the challenge is DPoP's.
+    let r = raw_mcp(&f.server.addr, "tools/list", json!({}), &[]).unwrap();
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("WWW-Authenticate")
+            .unwrap()
+            .starts_with("DPoP algs=\"RS256 ES256 EdDSA\", resource_metadata="),
+        "{r:?}"
+    );
+    dpop_refused(
+        &list_dpop(&f, "Bearer", &plain, None),
+        "invalid_token",
+        "DPoP is required: the token must be DPoP-bound (cnf.jkt)",
+    );
+    let mut c = claims("alice", &["analysts"]);
+    c["cnf"] = json!({"jkt": key.jkt});
+    let bound = ed_token(&f.keys, &c);
+    assert_eq!(
+        list_dpop(&f, "DPoP", &bound, Some(&proof(&f, &key, &bound))).status,
+        200
+    );
+    let mut old = proof_claims(&f, &bound);
+    old["iat"] = json!(now() - 90);
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &bound, Some(&proof_with(&key, &old))),
+        "invalid_dpop_proof",
+        "the proof is older than 30 s (iat)",
+    );
+    // The metadata says so.
+    let meta = raw_http(
+        &f.server.addr,
+        "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\n",
+        "",
+    )
+    .unwrap();
+    let meta: Value = serde_json::from_str(&meta.body).unwrap();
+    assert_eq!(meta["dpop_bound_access_tokens_required"], json!(true));
+    assert_eq!(
+        meta["dpop_signing_alg_values_supported"],
+        json!(["RS256", "ES256", "EdDSA"])
+    );
+    drop(f);
+
+    // require_sender_constraint: no plain bearer token (nor API key) at all.
+    let keys = keys();
+    let dir = TempDir::new("auth-constrained");
+    std::fs::write(dir.0.join("jwks.json"), jwks(&keys).to_string()).unwrap();
+    let config = dir.config(&format!(
+        "[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\n\
+         jwks_file = \"jwks.json\"\nrequire_sender_constraint = true\n\
+         [roles]\nreaders = [\"analysts\"]\n\
+         [[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n"
+    ));
+    let server = HttpServer::start(&config);
+    let f = Fixture {
+        _dir: dir,
+        server,
+        keys,
+    };
+    refused(
+        &list(&f, &ed_token(&f.keys, &claims("alice", &["analysts"]))),
+        "only sender-constrained tokens are accepted",
+    );
+    let mut c = claims("alice", &["analysts"]);
+    c["cnf"] = json!({"jkt": key.jkt});
+    let bound = ed_token(&f.keys, &c);
+    assert_eq!(
+        list_dpop(&f, "DPoP", &bound, Some(&proof(&f, &key, &bound))).status,
+        200
     );
 }

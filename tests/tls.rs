@@ -1,13 +1,15 @@
 //! TLS on the MCP listener (`[server.tls]`): a real TLS client (rustls, trusting a CA made
 //! here with openssl) reaches `/healthz` and speaks MCP over TLS 1.3 and 1.2; plain HTTP to
 //! the port gets nothing; a renewed certificate is served without a restart; a key other
-//! users may read, and a grant that would expose it, stop the start.
+//! users may read, and a grant that would expose it, stop the start. Mutual TLS: client
+//! certificates name principals (SPIFFE id, subject), bind tokens (RFC 8705), and one another
+//! CA signed gets no handshake.
 
 mod common;
 
 use common::*;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -30,6 +32,16 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA (`ca.pem`), and a server certificate for localhost and 127.0.0.1 signed by it
 /// (`NAME.pem`, `NAME.key`, mode 0600).
 fn make_ca(dir: &Path) {
+    make_named_ca(dir, "ca");
+}
+
+/// A CA of its own (`NAME.pem`, `NAME.key`).
+fn make_named_ca(dir: &Path, name: &str) {
+    let (key, pem, subject) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN=airlock test {name}"),
+    );
     openssl(
         dir,
         &[
@@ -41,18 +53,38 @@ fn make_ca(dir: &Path) {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            "ca.key",
+            &key,
             "-out",
-            "ca.pem",
+            &pem,
             "-days",
             "2",
             "-subj",
-            "/CN=airlock test CA",
+            &subject,
         ],
     );
 }
 
 fn make_server_cert(dir: &Path, name: &str, cn: &str) {
+    make_cert(
+        dir,
+        "ca",
+        name,
+        &format!("/CN={cn}"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    );
+}
+
+/// A client certificate signed by CA `ca`, with `subject` and extensions `ext`.
+fn make_client_cert(dir: &Path, ca: &str, name: &str, subject: &str, san: Option<&str>) {
+    let mut ext = "extendedKeyUsage=clientAuth\n".to_owned();
+    if let Some(san) = san {
+        ext.push_str(&format!("subjectAltName={san}\n"));
+    }
+    make_cert(dir, ca, name, subject, &ext);
+}
+
+/// A certificate `NAME.pem` (key `NAME.key`, mode 0600) signed by CA `ca`.
+fn make_cert(dir: &Path, ca: &str, name: &str, subject: &str, ext: &str) {
     openssl(
         dir,
         &[
@@ -67,14 +99,10 @@ fn make_server_cert(dir: &Path, name: &str, cn: &str) {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            &format!("/CN={cn}"),
+            subject,
         ],
     );
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
     openssl(
         dir,
         &[
@@ -83,9 +111,9 @@ fn make_server_cert(dir: &Path, name: &str, cn: &str) {
             "-in",
             &format!("{name}.csr"),
             "-CA",
-            "ca.pem",
+            &format!("{ca}.pem"),
             "-CAkey",
-            "ca.key",
+            &format!("{ca}.key"),
             "-CAcreateserial",
             "-out",
             &format!("{name}.pem"),
@@ -111,6 +139,17 @@ fn tls_request(
     version: &'static rustls::SupportedProtocolVersion,
     request: &str,
 ) -> Result<(String, Vec<u8>), String> {
+    tls_request_as(addr, dir, version, None, request)
+}
+
+/// [`tls_request`], showing client certificate `client` (`NAME.pem`, `NAME.key`) if given.
+fn tls_request_as(
+    addr: &str,
+    dir: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+    client: Option<&str>,
+    request: &str,
+) -> Result<(String, Vec<u8>), String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -120,8 +159,18 @@ fn tls_request(
     ))
     .with_protocol_versions(&[version])
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some(name) => {
+            let chain = CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     let conn =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
             .map_err(|e| e.to_string())?;
@@ -283,4 +332,210 @@ fn an_exposed_tls_key_stops_the_start() {
         !ok && err.contains("server › tls › key") && err.contains("does not fit"),
         "{err}"
     );
+}
+
+/// An MCP 2026-07-28 request over TLS as `client` (a certificate name) with extra headers:
+/// the HTTP status and the whole response, or why the connection failed.
+fn mcp_over_tls(
+    server: &HttpServer,
+    dir: &Path,
+    client: Option<&str>,
+    method: &str,
+    params: serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    let mut params = params;
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let name = params["name"]
+        .as_str()
+        .map(|n| format!("Mcp-Name: {n}\r\n"))
+        .unwrap_or_default();
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: {method}\r\n{name}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (answer, _) =
+        tls_request_as(&server.addr, dir, &rustls::version::TLS13, client, &request)?;
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {answer}"))?;
+    Ok((status, answer))
+}
+
+/// A JWT signed by `key` (Ed25519, PKCS#8) as kid `k1`, for `sub` with role claim `analysts`
+/// and `cnf`.
+fn bound_token(key: &[u8], sub: &str, cnf: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({
+        "iss": "https://idp.test/", "aud": "https://localhost/mcp", "sub": sub,
+        "roles": ["analysts"], "iat": now, "exp": now + 600, "cnf": cnf
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(key),
+    )
+    .unwrap()
+}
+
+#[test]
+fn client_certificates_name_principals_and_bind_tokens() {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = TempDir::new("mtls");
+    make_ca(&dir.0);
+    make_server_cert(&dir.0, "server", "airlock");
+    make_named_ca(&dir.0, "clients");
+    make_named_ca(&dir.0, "rogue");
+    make_client_cert(
+        &dir.0,
+        "clients",
+        "billing",
+        "/CN=billing-7f3a",
+        Some("URI:spiffe://example.org/ns/prod/sa/billing"),
+    );
+    make_client_cert(&dir.0, "clients", "reporting", "/O=Example Corp/CN=reporting", None);
+    make_client_cert(&dir.0, "clients", "stranger", "/CN=stranger", None);
+    make_client_cert(&dir.0, "rogue", "forged", "/CN=reporting", None);
+    let rng = ring::rand::SystemRandom::new();
+    let signing = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let public = ring::signature::Ed25519KeyPair::from_pkcs8(signing.as_ref())
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    std::fs::write(
+        dir.0.join("jwks.json"),
+        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64.encode(&public), "kid": "k1"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let tool = "[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n";
+    let mtls = |client_auth: &str| {
+        format!(
+            "[server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+             client_ca = \"clients.pem\"\nclient_auth = \"{client_auth}\"\n\
+             [auth]\nmode = \"jwt\"\nresource = \"https://localhost/mcp\"\n\
+             issuer = \"https://idp.test/\"\njwks_file = \"jwks.json\"\n\
+             [[auth.client_certs]]\nprincipal = \"billing\"\n\
+             spiffe_id = \"spiffe://example.org/ns/prod/sa/billing\"\nroles = [\"readers\"]\n\
+             [[auth.client_certs]]\nprincipal = \"reporting\"\n\
+             subject = \"CN=reporting, O=Example Corp\"\nroles = [\"readers\"]\n\
+             [roles]\nreaders = [\"analysts\"]\n{tool}"
+        )
+    };
+    let server = HttpServer::start(&dir.config(&mtls("optional")));
+    let call = |client: Option<&str>, headers: &[(&str, &str)]| {
+        mcp_over_tls(
+            &server,
+            &dir.0,
+            client,
+            "tools/call",
+            serde_json::json!({"name": "text_stats", "arguments": {"text": "a b"}}),
+            headers,
+        )
+    };
+
+    // A certificate names its principal by SPIFFE id or by subject.
+    for who in ["billing", "reporting"] {
+        let (status, answer) = call(Some(who), &[]).unwrap();
+        assert_eq!(status, 200, "{who}: {answer}");
+    }
+    let records = audit_records(&server.audit_dir);
+    for who in ["billing", "reporting"] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r["principal"] == who && r["outcome"] == "completed"),
+            "{who}: {records:?}"
+        );
+    }
+    // A certificate the CA signed that names no principal, and no certificate at all.
+    let (status, answer) = call(Some("stranger"), &[]).unwrap();
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer.contains("the client certificate (subject CN=stranger) names no principal"),
+        "{answer}"
+    );
+    let (status, _) = call(None, &[]).unwrap();
+    assert_eq!(status, 401);
+    // A certificate of another CA does not get through the handshake, whatever it says.
+    assert!(call(Some("forged"), &[]).is_err());
+
+    // A certificate-bound token (RFC 8705): only with that certificate.
+    let billing_der = CertificateDer::pem_file_iter(dir.0.join("billing.pem"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    use sha2::Digest as _;
+    let token = bound_token(
+        signing.as_ref(),
+        "alice",
+        serde_json::json!({"x5t#S256": b64.encode(sha2::Sha256::digest(&billing_der))}),
+    );
+    let bearer = format!("Bearer {token}");
+    let (status, answer) = call(Some("billing"), &[("Authorization", &bearer)]).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let records = audit_records(&server.audit_dir);
+    assert!(
+        records.iter().any(|r| r["principal"] == "alice"),
+        "the token, not the certificate, names the caller: {records:?}"
+    );
+    for other in [Some("reporting"), Some("stranger"), None] {
+        let (status, answer) = call(other, &[("Authorization", &bearer)]).unwrap();
+        assert_eq!(status, 401, "{other:?}: {answer}");
+        assert!(
+            answer.contains("error=\"invalid_token\"")
+                && answer.contains("the token is bound to a client certificate (cnf.x5t#S256)"),
+            "{other:?}: {answer}"
+        );
+    }
+    // The metadata says certificate-bound tokens are supported.
+    let (answer, _) = tls_request(
+        &server.addr,
+        &dir.0,
+        &rustls::version::TLS13,
+        &get("/.well-known/oauth-protected-resource/mcp"),
+    )
+    .unwrap();
+    assert!(
+        answer.contains("\"tls_client_certificate_bound_access_tokens\":true"),
+        "{answer}"
+    );
+    drop(server);
+
+    // client_auth = "required": no certificate, no handshake; the benign client is served.
+    let server = HttpServer::start(&dir.config(&mtls("required")));
+    assert!(
+        tls_request(&server.addr, &dir.0, &rustls::version::TLS13, &get("/healthz")).is_err(),
+        "a client without a certificate got through"
+    );
+    let (status, answer) = mcp_over_tls(
+        &server,
+        &dir.0,
+        Some("billing"),
+        "tools/list",
+        serde_json::json!({}),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("text_stats"), "{answer}");
 }
