@@ -1006,11 +1006,7 @@ fn a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request() {
         ],
     )
     .unwrap();
-    dpop_refused(
-        &r,
-        "invalid_dpop_proof",
-        "more than one DPoP header",
-    );
+    dpop_refused(&r, "invalid_dpop_proof", "more than one DPoP header");
 
     // The bound token as a bearer token: refused, with or without a proof.
     refused(

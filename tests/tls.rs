@@ -355,15 +355,17 @@ fn mcp_over_tls(
         .unwrap_or_default();
     let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
         .to_string();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let request = format!(
         "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
          Mcp-Method: {method}\r\n{name}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let (answer, _) =
-        tls_request_as(&server.addr, dir, &rustls::version::TLS13, client, &request)?;
+    let (answer, _) = tls_request_as(&server.addr, dir, &rustls::version::TLS13, client, &request)?;
     let status = answer
         .get(9..12)
         .and_then(|s| s.parse().ok())
@@ -409,7 +411,13 @@ fn client_certificates_name_principals_and_bind_tokens() {
         "/CN=billing-7f3a",
         Some("URI:spiffe://example.org/ns/prod/sa/billing"),
     );
-    make_client_cert(&dir.0, "clients", "reporting", "/O=Example Corp/CN=reporting", None);
+    make_client_cert(
+        &dir.0,
+        "clients",
+        "reporting",
+        "/O=Example Corp/CN=reporting",
+        None,
+    );
     make_client_cert(&dir.0, "clients", "stranger", "/CN=stranger", None);
     make_client_cert(&dir.0, "rogue", "forged", "/CN=reporting", None);
     let rng = ring::rand::SystemRandom::new();
@@ -524,7 +532,13 @@ fn client_certificates_name_principals_and_bind_tokens() {
     // client_auth = "required": no certificate, no handshake; the benign client is served.
     let server = HttpServer::start(&dir.config(&mtls("required")));
     assert!(
-        tls_request(&server.addr, &dir.0, &rustls::version::TLS13, &get("/healthz")).is_err(),
+        tls_request(
+            &server.addr,
+            &dir.0,
+            &rustls::version::TLS13,
+            &get("/healthz")
+        )
+        .is_err(),
         "a client without a certificate got through"
     );
     let (status, answer) = mcp_over_tls(

@@ -281,10 +281,7 @@ pub(crate) fn resolve(
                 CertName::SpiffeId(id.clone())
             }
             _ => {
-                return Err((
-                    at,
-                    "give exactly one of subject and spiffe_id".into(),
-                ));
+                return Err((at, "give exactly one of subject and spiffe_id".into()));
             }
         };
         if client_certs.iter().any(|o| o.name == name) {
@@ -650,5 +647,30 @@ impl AuthSettings {
     /// Is `role` declared in `[roles]`?
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.contains_key(role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_subject;
+
+    #[test]
+    fn subjects_are_compared_in_one_written_form() {
+        // Spaces after commas are dropped; RFC 4514 order (most specific first) is kept.
+        assert_eq!(
+            canonical_subject("CN=billing, O=Example Corp").unwrap(),
+            canonical_subject("CN=billing,O=Example Corp").unwrap()
+        );
+        assert_eq!(
+            canonical_subject("CN=billing,O=Example Corp").unwrap(),
+            "CN=billing,O=Example Corp"
+        );
+        // An escaped comma is part of the value.
+        assert_eq!(
+            canonical_subject("CN=Doe\\, Jane,O=Example").unwrap(),
+            "CN=Doe\\, Jane,O=Example"
+        );
+        assert!(canonical_subject("billing").is_err());
+        assert!(canonical_subject("").is_err());
     }
 }

@@ -61,7 +61,10 @@ impl PartialEq for TlsSettings {
 impl TlsSettings {
     /// Every file read, and the sha256 of what was loaded from it (a change is a reload).
     pub fn files(&self) -> Vec<(&PathBuf, &String)> {
-        let mut files = vec![(&self.cert, &self.cert_sha256), (&self.key, &self.key_sha256)];
+        let mut files = vec![
+            (&self.cert, &self.cert_sha256),
+            (&self.key, &self.key_sha256),
+        ];
         files.extend(self.client_ca.iter().map(|(p, sha, _)| (p, sha)));
         files
     }
@@ -178,7 +181,10 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
                 roots.add(c).map_err(|e| {
                     (
                         at("client_ca"),
-                        format!("{} holds a certificate that is not a CA's: {e}", path.display()),
+                        format!(
+                            "{} holds a certificate that is not a CA's: {e}",
+                            path.display()
+                        ),
                     )
                 })?;
             }
@@ -188,8 +194,10 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
                     format!("{} holds no certificate", path.display()),
                 ));
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
             let verifier = match auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 ClientAuth::Required => verifier,
@@ -199,14 +207,12 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, private)
-        .map_err(|e| {
-            (
-                at("key"),
-                format!("the key does not fit the certificate, or is unusable: {e}"),
-            )
-        })?;
+    let mut config = builder.with_single_cert(chain, private).map_err(|e| {
+        (
+            at("key"),
+            format!("the key does not fit the certificate, or is unusable: {e}"),
+        )
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsSettings {
         cert,

@@ -467,7 +467,11 @@ fn binding(cnf: &serde_json::Value) -> Result<Binding, AuthError> {
             "x5t#S256" => {
                 let digest = value
                     .as_str()
-                    .and_then(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).ok())
+                    .and_then(|v| {
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .decode(v)
+                            .ok()
+                    })
                     .and_then(|d| <[u8; 32]>::try_from(d).ok())
                     .ok_or_else(|| invalid("the token's cnf.x5t#S256 is not a base64url sha256"))?;
                 bound.certificate = Some(digest);

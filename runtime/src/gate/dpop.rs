@@ -182,11 +182,23 @@ fn same_url(htu: &str, target: RequestTarget<'_>) -> bool {
     let Some(authority) = uri.authority() else {
         return false;
     };
-    let default_port = |s: &str| if s.eq_ignore_ascii_case("https") { 443 } else { 80 };
+    let default_port = |s: &str| {
+        if s.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        }
+    };
     let Ok(requested) = target.authority.parse::<http::uri::Authority>() else {
         return false;
     };
-    let path = |p: &str| if p.is_empty() { "/".to_owned() } else { p.to_owned() };
+    let path = |p: &str| {
+        if p.is_empty() {
+            "/".to_owned()
+        } else {
+            p.to_owned()
+        }
+    };
     scheme.eq_ignore_ascii_case(target.scheme)
         && authority.host().eq_ignore_ascii_case(requested.host())
         && authority.port_u16().unwrap_or(default_port(scheme))
@@ -221,7 +233,10 @@ impl SeenProofs {
     pub fn first_use(&self, proof: &Proof, capacity: usize) -> Result<(), Reuse> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_secs();
-        if live.get(&proof.replay_key).is_some_and(|until| *until >= now) {
+        if live
+            .get(&proof.replay_key)
+            .is_some_and(|until| *until >= now)
+        {
             return Err(Reuse::Replayed);
         }
         if live.len() >= capacity {

@@ -95,10 +95,7 @@ impl VerifiedTokens {
                 entries.clear();
             }
         }
-        entries.insert(
-            digest,
-            Entry { token, good_until },
-        );
+        entries.insert(digest, Entry { token, good_until });
     }
 
     /// Forget every token (the keys they were verified with may be gone).
