@@ -955,7 +955,7 @@ fn a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request() {
         dpop_refused(
             &list_dpop(&f, "DPoP", &token, Some(&with(edit))),
             "invalid_dpop_proof",
-            &format!("{description}"),
+            description,
         );
     }
 
