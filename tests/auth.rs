@@ -7,7 +7,8 @@ mod common;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::{
-    HttpServer, RawResponse, TempDir, audit_records, hostile_wasm, raw_http, raw_mcp, sse_json,
+    DpopKey, HttpServer, RawResponse, TempDir, audit_records, dpop_key, hostile_wasm, proof_with,
+    raw_http, raw_mcp, sse_json,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
@@ -823,37 +824,6 @@ fn sessions_are_capped_per_principal_with_a_named_refusal() {
             .any(|r| r["kind"] == "session" && r["event"] == "limit" && r["principal"] == "ci-bot"),
         "{records:?}"
     );
-}
-
-/// A client's DPoP key (ECDSA P-256): its PKCS#8, public JWK and RFC 7638 thumbprint.
-struct DpopKey {
-    pkcs8: Vec<u8>,
-    jwk: Value,
-    jkt: String,
-}
-
-fn dpop_key() -> DpopKey {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let point = pair.public_key().as_ref();
-    let (x, y) = (B64.encode(&point[1..33]), B64.encode(&point[33..65]));
-    // RFC 7638: the required members in lexicographic order, no whitespace.
-    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    DpopKey {
-        pkcs8: pkcs8.as_ref().to_vec(),
-        jwk: json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
-        jkt: B64.encode(Sha256::digest(canonical.as_bytes())),
-    }
-}
-
-/// A DPoP proof by `key` with these claims.
-fn proof_with(key: &DpopKey, claims: &Value) -> String {
-    let mut h = Header::new(Algorithm::ES256);
-    h.typ = Some("dpop+jwt".into());
-    h.jwk = Some(serde_json::from_value(key.jwk.clone()).unwrap());
-    jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_der(&key.pkcs8)).unwrap()
 }
 
 static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -515,6 +515,53 @@ fn client_certificates_name_principals_and_bind_tokens() {
             "{other:?}: {answer}"
         );
     }
+    // A DPoP-bound token over TLS: the proof names the https URL, once.
+    let key = dpop_key();
+    let token = bound_token(
+        signing.as_ref(),
+        "alice",
+        serde_json::json!({"jkt": key.jkt}),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let proof = |jti: &str, htu: &str| {
+        proof_with(
+            &key,
+            &serde_json::json!({
+                "jti": jti, "htm": "POST", "htu": htu, "iat": now,
+                "ath": b64.encode(sha2::Sha256::digest(token.as_bytes())),
+            }),
+        )
+    };
+    let dpop = format!("DPoP {token}");
+    let good = proof("tls-1", "https://localhost/mcp");
+    let (status, answer) = call(
+        Some("reporting"),
+        &[("Authorization", &dpop), ("DPoP", &good)],
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    for (proof, why) in [
+        (good.clone(), "the proof was used before (jti)"),
+        (
+            proof("tls-2", "http://localhost/mcp"),
+            "the proof is for another URL (htu)",
+        ),
+    ] {
+        let (status, answer) = call(
+            Some("reporting"),
+            &[("Authorization", &dpop), ("DPoP", &proof)],
+        )
+        .unwrap();
+        assert_eq!(status, 401, "{answer}");
+        assert!(
+            answer.contains("error=\"invalid_dpop_proof\"") && answer.contains(why),
+            "{why}: {answer}"
+        );
+    }
+
     // The metadata says certificate-bound tokens are supported.
     let (answer, _) = tls_request(
         &server.addr,

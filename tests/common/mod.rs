@@ -768,3 +768,51 @@ pub fn stop_child(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A client's DPoP key (ECDSA P-256): its PKCS#8, public JWK and RFC 7638 thumbprint.
+pub struct DpopKey {
+    pub pkcs8: Vec<u8>,
+    pub jwk: Value,
+    pub jkt: String,
+}
+
+pub fn dpop_key() -> DpopKey {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    use sha2::Digest as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+        &rng,
+    )
+    .unwrap();
+    let point = pair.public_key().as_ref();
+    let (x, y) = (b64.encode(&point[1..33]), b64.encode(&point[33..65]));
+    // RFC 7638: the required members in lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    DpopKey {
+        pkcs8: pkcs8.as_ref().to_vec(),
+        jwk: serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y}),
+        jkt: b64.encode(sha2::Sha256::digest(canonical.as_bytes())),
+    }
+}
+
+/// A DPoP proof by `key` with these claims.
+pub fn proof_with(key: &DpopKey, claims: &Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.typ = Some("dpop+jwt".into());
+    h.jwk = Some(serde_json::from_value(key.jwk.clone()).unwrap());
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(&key.pkcs8),
+    )
+    .unwrap()
+}
