@@ -83,11 +83,6 @@ struct Fixture {
 }
 
 fn start() -> Fixture {
-    start_with("")
-}
-
-/// The fixture's server, with `auth` added to its `[auth]` table.
-fn start_with(auth: &str) -> Fixture {
     let keys = keys();
     let dir = TempDir::new("auth");
     std::fs::write(dir.0.join("jwks.json"), jwks(&keys).to_string()).unwrap();
@@ -98,7 +93,6 @@ resource = "{RESOURCE}"
 issuer = "{ISSUER}"
 jwks_file = "jwks.json"
 max_token_lifetime = "1h"
-{auth}
 [[auth.api_keys]]
 principal = "ci-bot"
 sha256 = "{}"
@@ -469,7 +463,15 @@ fn bad_auth_configuration_stops_the_start() {
         ),
         (
             "[auth]\nmode = \"api-key\"\ndpop_proof_lifetime = \"1h\"\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
-            "auth › dpop_proof_lifetime: must be between 1s and 10m",
+            "auth › dpop_proof_lifetime: DPoP binds JWTs: needs mode = \"jwt\"",
+        ),
+        (
+            "[auth]\nmode = \"jwt\"\nrequire_dpop = true\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › require_dpop: API keys are bearer credentials",
+        ),
+        (
+            "[auth]\nmode = \"client-cert\"\n[[auth.api_keys]]\nprincipal = \"x\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nroles = [\"r\"]\n[roles]\nr = [\"v\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n",
+            "auth › api_keys[0]: API keys need mode = \"jwt\" or \"api-key\"",
         ),
         // Client certificates name principals only over mutual TLS.
         (
@@ -883,6 +885,14 @@ fn a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request() {
         "invalid_dpop_proof",
         "the proof was used before (jti)",
     );
+    // A reload does not forget it.
+    let (ok, reloaded) = common::ctl(&f.server, &["reload"]);
+    assert!(ok, "{reloaded}");
+    dpop_refused(
+        &list_dpop(&f, "DPoP", &token, Some(&good)),
+        "invalid_dpop_proof",
+        "the proof was used before (jti)",
+    );
 
     // Each claim is checked.
     let with = |edit: &dyn Fn(&mut Value)| {
@@ -1019,9 +1029,28 @@ fn a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request() {
     );
 }
 
+/// A server taking JWTs only (no API keys), with `auth` added to its `[auth]` table.
+fn start_jwt_only(auth: &str) -> Fixture {
+    let keys = keys();
+    let dir = TempDir::new("auth-jwt");
+    std::fs::write(dir.0.join("jwks.json"), jwks(&keys).to_string()).unwrap();
+    let config = dir.config(&format!(
+        "[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\n\
+         jwks_file = \"jwks.json\"\n{auth}\
+         [roles]\nreaders = [\"analysts\"]\n\
+         [[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n"
+    ));
+    let server = HttpServer::start(&config);
+    Fixture {
+        _dir: dir,
+        server,
+        keys,
+    }
+}
+
 #[test]
 fn dpop_or_any_sender_constraint_can_be_required() {
-    let f = start_with("require_dpop = true\ndpop_proof_lifetime = \"30s\"\n");
+    let f = start_jwt_only("require_dpop = true\ndpop_proof_lifetime = \"30s\"\n");
     let key = dpop_key();
     let plain = ed_token(&f.keys, &claims("alice", &["analysts"]));
     // Without credentials, the challenge is DPoP's.
@@ -1068,21 +1097,7 @@ fn dpop_or_any_sender_constraint_can_be_required() {
     drop(f);
 
     // require_sender_constraint: no plain bearer token (nor API key) at all.
-    let keys = keys();
-    let dir = TempDir::new("auth-constrained");
-    std::fs::write(dir.0.join("jwks.json"), jwks(&keys).to_string()).unwrap();
-    let config = dir.config(&format!(
-        "[auth]\nmode = \"jwt\"\nresource = \"{RESOURCE}\"\nissuer = \"{ISSUER}\"\n\
-         jwks_file = \"jwks.json\"\nrequire_sender_constraint = true\n\
-         [roles]\nreaders = [\"analysts\"]\n\
-         [[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n"
-    ));
-    let server = HttpServer::start(&config);
-    let f = Fixture {
-        _dir: dir,
-        server,
-        keys,
-    };
+    let f = start_jwt_only("require_sender_constraint = true\n");
     refused(
         &list(&f, &ed_token(&f.keys, &claims("alice", &["analysts"]))),
         "only sender-constrained tokens are accepted",

@@ -55,6 +55,8 @@ pub(crate) struct AuthSection {
     /// Most DPoP proofs remembered within that lifetime (replay detection); past it, new
     /// proofs are refused until old ones age out.
     dpop_max_proofs: Option<u32>,
+    /// Most of them one principal may have (so that one caller cannot fill the store).
+    dpop_max_proofs_per_principal: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +119,7 @@ pub struct DpopSettings {
     pub required: bool,
     pub proof_lifetime: Duration,
     pub max_proofs: usize,
+    pub max_proofs_per_principal: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +230,7 @@ pub(crate) fn resolve(
     let mut api_keys = Vec::with_capacity(section.api_keys.len());
     for (i, k) in section.api_keys.iter().enumerate() {
         let at = format!("auth › api_keys[{i}]");
-        if mode == AuthMode::None {
+        if mode == AuthMode::None || mode == AuthMode::ClientCert {
             return Err((at, "API keys need mode = \"jwt\" or \"api-key\"".into()));
         }
         let digest: [u8; 32] = hex::decode(&k.sha256)
@@ -287,6 +290,19 @@ pub(crate) fn resolve(
         if client_certs.iter().any(|o| o.name == name) {
             return Err((at, "another entry names the same certificate".into()));
         }
+        let roles: Arc<[String]> = known_roles(&c.roles, format!("{at} › roles"))?.into();
+        if client_certs
+            .iter()
+            .any(|o| *o.principal == *c.principal && o.roles != roles)
+        {
+            return Err((
+                format!("{at} › roles"),
+                format!(
+                    "another entry gives principal \"{}\" other roles: one principal, one set of roles",
+                    c.principal
+                ),
+            ));
+        }
         if c.roles.is_empty() {
             return Err((
                 format!("{at} › roles"),
@@ -296,7 +312,7 @@ pub(crate) fn resolve(
         client_certs.push(ClientCertPrincipal {
             name,
             principal: Arc::from(c.principal.as_str()),
-            roles: known_roles(&c.roles, format!("{at} › roles"))?.into(),
+            roles,
         });
     }
     if mode == AuthMode::ClientCert && client_certs.is_empty() {
@@ -321,10 +337,26 @@ pub(crate) fn resolve(
             ));
         }
     }
-    if section.require_dpop && mode != AuthMode::Jwt {
+    let dpop_keys = [
+        ("require_dpop", section.require_dpop),
+        ("dpop_proof_lifetime", section.dpop_proof_lifetime.is_some()),
+        ("dpop_max_proofs", section.dpop_max_proofs.is_some()),
+        (
+            "dpop_max_proofs_per_principal",
+            section.dpop_max_proofs_per_principal.is_some(),
+        ),
+    ];
+    if let Some((name, _)) = dpop_keys.iter().find(|(_, set)| *set)
+        && mode != AuthMode::Jwt
+    {
+        return Err((key(name), "DPoP binds JWTs: needs mode = \"jwt\"".into()));
+    }
+    if section.require_dpop && !api_keys.is_empty() {
         return Err((
             key("require_dpop"),
-            "DPoP binds JWTs: needs mode = \"jwt\"".into(),
+            "API keys are bearer credentials, which DPoP is meant to replace: remove \
+             [[auth.api_keys]] (or use require_sender_constraint with client certificates)"
+                .into(),
         ));
     }
     let proof_lifetime = section
@@ -337,10 +369,24 @@ pub(crate) fn resolve(
         ));
     }
     let max_proofs = section.dpop_max_proofs.unwrap_or(100_000);
-    if !(1..=10_000_000).contains(&max_proofs) {
+    if !(1..=1_000_000).contains(&max_proofs) {
         return Err((
             key("dpop_max_proofs"),
-            "must be between 1 and 10000000".into(),
+            "must be between 1 and 1000000".into(),
+        ));
+    }
+    let max_proofs_per_principal = section
+        .dpop_max_proofs_per_principal
+        .unwrap_or(10_000)
+        .min(max_proofs);
+    if max_proofs_per_principal == 0
+        || section
+            .dpop_max_proofs_per_principal
+            .is_some_and(|n| n > max_proofs)
+    {
+        return Err((
+            key("dpop_max_proofs_per_principal"),
+            format!("must be between 1 and dpop_max_proofs ({max_proofs})"),
         ));
     }
     if mode == AuthMode::ApiKey && api_keys.is_empty() {
@@ -414,6 +460,7 @@ pub(crate) fn resolve(
             required: section.require_dpop,
             proof_lifetime,
             max_proofs: max_proofs as usize,
+            max_proofs_per_principal: max_proofs_per_principal as usize,
         },
     })
 }

@@ -8,7 +8,9 @@
 use crate::config::auth::{AuthMode, AuthSettings, JwtSettings, KeySet, parse_jwks};
 use crate::core::principal::{ANONYMOUS_PRINCIPAL, Access, Principal, RESERVED_PRINCIPALS};
 use crate::gate::client_cert::ClientCertificate;
-use crate::gate::dpop::{Proof, ProofWindow, RequestTarget, Reuse, SeenProofs};
+use crate::gate::dpop::{
+    DPOP_ALGORITHMS, Proof, ProofCaps, ProofWindow, RequestTarget, Reuse, SeenProofs,
+};
 use crate::gate::verified_tokens::{Binding, VerifiedToken, VerifiedTokens};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex, RwLock};
@@ -78,7 +80,19 @@ impl Authenticator {
             keys: RwLock::new(keys),
             last_fetch: Mutex::new(None),
             verified: VerifiedTokens::default(),
-            seen_proofs: seen_proofs.unwrap_or_default(),
+            seen_proofs: {
+                let seen = seen_proofs.unwrap_or_default();
+                if let Some(jwt) = &settings.jwt {
+                    seen.widen(
+                        settings
+                            .dpop
+                            .proof_lifetime
+                            .saturating_add(jwt.leeway)
+                            .as_secs(),
+                    );
+                }
+                seen
+            },
         }
     }
 
@@ -128,10 +142,11 @@ pub enum AuthError {
     /// map to a principal (401).
     #[error("the client certificate ({0}) names no principal in [[auth.client_certs]]")]
     UnknownCertificate(String),
-    /// `dpop_max_proofs` proofs are within their lifetime: no new one can be remembered, so
-    /// none is accepted (503, until some age out).
-    #[error("too many DPoP proofs within dpop_proof_lifetime (dpop_max_proofs); try again")]
-    ProofsFull,
+    /// `dpop_max_proofs` proofs (or `dpop_max_proofs_per_principal` of this principal's) are
+    /// within their lifetime: no new one can be remembered, so none is accepted (503, until
+    /// some age out). Also: a fleet's store cannot be reached to record the proof.
+    #[error("too many DPoP proofs within dpop_proof_lifetime ({0}); try again")]
+    ProofsFull(&'static str),
 }
 
 /// How the `Authorization` header presents a token.
@@ -246,13 +261,18 @@ impl Authenticator {
         }
         // Last: a proof is spent only by a request that is let in.
         if let Some(p) = &proof {
+            let caps = ProofCaps {
+                total: self.settings.dpop.max_proofs,
+                per_principal: self.settings.dpop.max_proofs_per_principal,
+            };
             self.seen_proofs
-                .first_use(p, self.settings.dpop.max_proofs)
+                .first_use(p, &principal.name, caps)
                 .map_err(|e| match e {
                     Reuse::Replayed => {
                         AuthError::InvalidDpopProof("the proof was used before (jti)".into())
                     }
-                    Reuse::Full => AuthError::ProofsFull,
+                    Reuse::Full => AuthError::ProofsFull("dpop_max_proofs"),
+                    Reuse::PrincipalFull => AuthError::ProofsFull("dpop_max_proofs_per_principal"),
                 })?;
         }
         Ok(Admitted { principal, proof })
@@ -285,7 +305,6 @@ impl Authenticator {
                 let proof_header = proof_header.ok_or_else(|| {
                     AuthError::InvalidDpopProof("no DPoP header with the request".into())
                 })?;
-                let algorithms: Vec<_> = jwt.validations.iter().map(|(a, _)| *a).collect();
                 let window = ProofWindow {
                     lifetime: self.settings.dpop.proof_lifetime,
                     leeway: jwt.leeway,
@@ -294,7 +313,7 @@ impl Authenticator {
                     proof_header,
                     presented.target,
                     token,
-                    &algorithms,
+                    &DPOP_ALGORITHMS,
                     window,
                 )
                 .map_err(AuthError::InvalidDpopProof)?;
@@ -323,22 +342,30 @@ impl Authenticator {
         Ok(proof)
     }
 
-    /// The principal `[[auth.client_certs]]` maps a client certificate to.
+    /// The principal `[[auth.client_certs]]` maps a client certificate to: exactly one entry
+    /// must name it (one that two entries name, by subject and by SPIFFE id, is ambiguous).
     fn certificate_principal(&self, cert: &ClientCertificate) -> Result<Principal, AuthError> {
-        self.settings
+        let mut named = self
+            .settings
             .client_certs
             .iter()
-            .find(|c| cert.carries(&c.name))
-            .map(|c| Principal {
+            .filter(|c| cert.carries(&c.name));
+        match (named.next(), named.next()) {
+            (Some(c), None) => Ok(Principal {
                 name: c.principal.clone(),
                 access: Access::Roles(c.roles.clone()),
-            })
-            .ok_or_else(|| {
-                AuthError::UnknownCertificate(match &cert.spiffe_id {
+            }),
+            (first, _) => {
+                let shown = match &cert.spiffe_id {
                     Some(id) => format!("subject {}, SPIFFE id {id}", cert.subject),
                     None => format!("subject {}", cert.subject),
-                })
-            })
+                };
+                Err(AuthError::UnknownCertificate(match first {
+                    None => shown,
+                    Some(_) => format!("{shown}: named by more than one entry"),
+                }))
+            }
+        }
     }
 
     /// The principal whose key hashes to the token's digest, compared in constant time.

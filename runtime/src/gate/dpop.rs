@@ -12,9 +12,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The algorithms a proof may be signed with: the client's key, whatever the issuer signs
+/// tokens with.
+pub const DPOP_ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
 /// The largest `DPoP` header read (an RSA-4096 key in a proof is about 1 KiB).
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
@@ -213,13 +218,55 @@ pub enum Reuse {
     Replayed,
     /// `dpop_max_proofs` proofs are live: none can be remembered until some age out.
     Full,
+    /// This principal has `dpop_max_proofs_per_principal` proofs live (one caller cannot take
+    /// the store from the others).
+    PrincipalFull,
+}
+
+/// How many proofs may be live at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofCaps {
+    pub total: usize,
+    pub per_principal: usize,
 }
 
 /// The proofs seen and still within their lifetime. Shared by every configuration a process
 /// runs (a reload must not forget them).
 #[derive(Default)]
 pub struct SeenProofs {
-    live: Mutex<HashMap<[u8; 32], u64>>,
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    /// Each live proof: until when it is remembered, and whose it is.
+    proofs: HashMap<[u8; 32], (u64, Arc<str>)>,
+    /// The same, soonest expiry first: expired proofs are dropped from the front, with no
+    /// scan of the rest.
+    by_expiry: BinaryHeap<Reverse<(u64, [u8; 32])>>,
+    per_principal: HashMap<Arc<str>, usize>,
+    /// The widest acceptance window (proof lifetime plus leeway, in seconds) of any
+    /// configuration so far.
+    window: u64,
+}
+
+impl Live {
+    fn expire(&mut self, now: u64) {
+        while let Some(Reverse((until, key))) = self.by_expiry.peek().copied() {
+            if until >= now {
+                break;
+            }
+            self.by_expiry.pop();
+            if let Some((_, principal)) = self.proofs.remove(&key)
+                && let Some(n) = self.per_principal.get_mut(&principal)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_principal.remove(&principal);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SeenProofs {
@@ -229,24 +276,58 @@ impl std::fmt::Debug for SeenProofs {
 }
 
 impl SeenProofs {
-    /// Record the first use of `proof`, or say why it cannot be used.
-    pub fn first_use(&self, proof: &Proof, capacity: usize) -> Result<(), Reuse> {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_secs();
-        if live
-            .get(&proof.replay_key)
-            .is_some_and(|until| *until >= now)
-        {
+    /// Record the first use of `proof` by `principal`, or say why it cannot be used.
+    pub fn first_use(
+        &self,
+        proof: &Proof,
+        principal: &Arc<str>,
+        caps: ProofCaps,
+    ) -> Result<(), Reuse> {
+        let mut live = self.lock();
+        live.expire(now_secs());
+        if live.proofs.contains_key(&proof.replay_key) {
             return Err(Reuse::Replayed);
         }
-        if live.len() >= capacity {
-            live.retain(|_, until| *until >= now);
-            if live.len() >= capacity {
-                return Err(Reuse::Full);
-            }
+        if live.proofs.len() >= caps.total {
+            return Err(Reuse::Full);
         }
-        live.insert(proof.replay_key, proof.live_until);
+        let mine = live.per_principal.get(principal).copied().unwrap_or(0);
+        if mine >= caps.per_principal {
+            return Err(Reuse::PrincipalFull);
+        }
+        live.proofs
+            .insert(proof.replay_key, (proof.live_until, principal.clone()));
+        live.by_expiry
+            .push(Reverse((proof.live_until, proof.replay_key)));
+        *live.per_principal.entry(principal.clone()).or_insert(0) += 1;
         Ok(())
+    }
+
+    /// A configuration accepts proofs for `window` seconds (lifetime plus leeway). When a
+    /// reload widens it, the proofs remembered are kept that much longer: each stays
+    /// remembered for as long as it could be accepted again.
+    pub fn widen(&self, window: u64) {
+        let mut live = self.lock();
+        if window <= live.window {
+            return;
+        }
+        let more = window - live.window;
+        live.window = window;
+        if live.proofs.is_empty() {
+            return;
+        }
+        let Live {
+            proofs, by_expiry, ..
+        } = &mut *live;
+        by_expiry.clear();
+        for (key, (until, _)) in proofs.iter_mut() {
+            *until = until.saturating_add(more);
+            by_expiry.push(Reverse((*until, *key)));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -295,12 +376,52 @@ mod tests {
             replay_key: [n; 32],
             live_until: until,
         };
+        let (alice, bob): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("bob"));
+        let caps = ProofCaps {
+            total: 3,
+            per_principal: 2,
+        };
         let later = now_secs() + 60;
-        assert_eq!(seen.first_use(&proof(1, later), 2), Ok(()));
-        assert_eq!(seen.first_use(&proof(1, later), 2), Err(Reuse::Replayed));
-        assert_eq!(seen.first_use(&proof(2, now_secs() - 5), 2), Ok(()));
-        // Full: the expired one makes room.
-        assert_eq!(seen.first_use(&proof(3, later), 2), Ok(()));
-        assert_eq!(seen.first_use(&proof(4, later), 2), Err(Reuse::Full));
+        assert_eq!(seen.first_use(&proof(1, later), &alice, caps), Ok(()));
+        assert_eq!(
+            seen.first_use(&proof(1, later), &bob, caps),
+            Err(Reuse::Replayed)
+        );
+        assert_eq!(
+            seen.first_use(&proof(2, now_secs() - 5), &alice, caps),
+            Ok(())
+        );
+        // The expired one makes room, for alice too.
+        assert_eq!(seen.first_use(&proof(3, later), &alice, caps), Ok(()));
+        assert_eq!(
+            seen.first_use(&proof(4, later), &alice, caps),
+            Err(Reuse::PrincipalFull)
+        );
+        assert_eq!(seen.first_use(&proof(5, later), &bob, caps), Ok(()));
+        assert_eq!(
+            seen.first_use(&proof(6, later), &bob, caps),
+            Err(Reuse::Full)
+        );
+    }
+
+    #[test]
+    fn a_wider_window_keeps_proofs_longer() {
+        let seen = SeenProofs::default();
+        seen.widen(90);
+        let alice: Arc<str> = Arc::from("alice");
+        let caps = ProofCaps {
+            total: 10,
+            per_principal: 10,
+        };
+        // Remembered under the 90 s window until 1 s ago: forgotten.
+        let old = Proof {
+            jkt: String::new(),
+            replay_key: [1; 32],
+            live_until: now_secs() - 1,
+        };
+        seen.first_use(&old, &alice, caps).unwrap();
+        seen.widen(600);
+        // Kept 510 s longer under the wider window: still a replay.
+        assert_eq!(seen.first_use(&old, &alice, caps), Err(Reuse::Replayed));
     }
 }

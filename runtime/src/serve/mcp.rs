@@ -10,7 +10,7 @@ use crate::core::principal::{Access, Principal};
 use crate::gate::approval::{ClientCaps, ClientChannel, Elicitor, Interaction, Retry};
 use crate::gate::auth::{Admitted, AuthError, Credentials};
 use crate::gate::client_cert::ClientCertificate;
-use crate::gate::dpop::RequestTarget;
+use crate::gate::dpop::{DPOP_ALGORITHMS, RequestTarget};
 use crate::pipeline::call::{CallContext, Caller, Completing, Request};
 use crate::sandbox::output::Response;
 use crate::sandbox::store::{GuestEvent, Signal};
@@ -774,7 +774,7 @@ async fn authenticate(
                     "the proof was used before (jti)".into(),
                 ));
             }
-            Err(_) => outcome = Err(AuthError::ProofsFull),
+            Err(_) => outcome = Err(AuthError::ProofsFull("the fleet store cannot be reached")),
         }
     }
     let dpop_scheme = presented
@@ -804,16 +804,11 @@ async fn authenticate(
     // The scheme the client is answered in: DPoP when it used DPoP or DPoP is required
     // (RFC 9449 §7.1), with the algorithms a proof may use.
     let settings = auth.settings();
-    let challenge_scheme = match (dpop_scheme || settings.dpop.required, &settings.jwt) {
-        (true, Some(jwt)) => {
-            let algs: Vec<String> = jwt
-                .validations
-                .iter()
-                .map(|(a, _)| format!("{a:?}"))
-                .collect();
-            format!("DPoP algs=\"{}\",", algs.join(" "))
-        }
-        _ => "Bearer".to_owned(),
+    let challenge_scheme = if (dpop_scheme || settings.dpop.required) && settings.jwt.is_some() {
+        let algs: Vec<String> = DPOP_ALGORITHMS.iter().map(|a| format!("{a:?}")).collect();
+        format!("DPoP algs=\"{}\",", algs.join(" "))
+    } else {
+        "Bearer".to_owned()
     };
     let (status, challenge) = match &error {
         // No error details in the challenge of a request without credentials (RFC 6750
@@ -847,7 +842,7 @@ async fn authenticate(
             format!("{challenge_scheme} {resource}, error=\"insufficient_scope\""),
         ),
         // Not the client's fault: it may try again shortly.
-        AuthError::ProofsFull => (http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
+        AuthError::ProofsFull(_) => (http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
     };
     let body = match api_keys_only {
         true => serde_json::json!({ "error": error.to_string(), "hint": NO_OAUTH }),
@@ -955,10 +950,9 @@ fn protected_resource_metadata(live: &Live) -> axum::response::Response {
         "resource": jwt.resource,
         "authorization_servers": jwt.authorization_servers,
         "bearer_methods_supported": ["header"],
-        "dpop_signing_alg_values_supported": jwt
-            .validations
+        "dpop_signing_alg_values_supported": DPOP_ALGORITHMS
             .iter()
-            .map(|(a, _)| format!("{a:?}"))
+            .map(|a| format!("{a:?}"))
             .collect::<Vec<_>>(),
         "dpop_bound_access_tokens_required": auth.dpop.required,
         "tls_client_certificate_bound_access_tokens": airlock
