@@ -434,12 +434,13 @@ fn client_certificates_name_principals_and_bind_tokens() {
     )
     .unwrap();
     let tool = "[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n";
-    let mtls = |client_auth: &str| {
+    let jwt = "mode = \"jwt\"\nresource = \"https://localhost/mcp\"\n\
+               issuer = \"https://idp.test/\"\njwks_file = \"jwks.json\"\n";
+    let mtls = |client_auth: &str, auth: &str| {
         format!(
             "[server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
              client_ca = \"clients.pem\"\nclient_auth = \"{client_auth}\"\n\
-             [auth]\nmode = \"jwt\"\nresource = \"https://localhost/mcp\"\n\
-             issuer = \"https://idp.test/\"\njwks_file = \"jwks.json\"\n\
+             [auth]\n{auth}\
              [[auth.client_certs]]\nprincipal = \"billing\"\n\
              spiffe_id = \"spiffe://example.org/ns/prod/sa/billing\"\nroles = [\"readers\"]\n\
              [[auth.client_certs]]\nprincipal = \"reporting\"\n\
@@ -447,7 +448,7 @@ fn client_certificates_name_principals_and_bind_tokens() {
              [roles]\nreaders = [\"analysts\"]\n{tool}"
         )
     };
-    let server = HttpServer::start(&dir.config(&mtls("optional")));
+    let server = HttpServer::start(&dir.config(&mtls("optional", jwt)));
     let call = |client: Option<&str>, headers: &[(&str, &str)]| {
         mcp_over_tls(
             &server,
@@ -577,7 +578,8 @@ fn client_certificates_name_principals_and_bind_tokens() {
     drop(server);
 
     // client_auth = "required": no certificate, no handshake; the benign client is served.
-    let server = HttpServer::start(&dir.config(&mtls("required")));
+    // With mode = "client-cert": certificates only.
+    let server = HttpServer::start(&dir.config(&mtls("required", "mode = \"client-cert\"\n")));
     assert!(
         tls_request(
             &server.addr,
@@ -599,4 +601,19 @@ fn client_certificates_name_principals_and_bind_tokens() {
     .unwrap();
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("text_stats"), "{answer}");
+    // A token is no way in on a certificates-only server, even beside a good certificate.
+    let (status, answer) = mcp_over_tls(
+        &server,
+        &dir.0,
+        Some("billing"),
+        "tools/list",
+        serde_json::json!({}),
+        &[("Authorization", &bearer)],
+    )
+    .unwrap();
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer.contains("this server authenticates by client certificate only"),
+        "{answer}"
+    );
 }
