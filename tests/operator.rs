@@ -232,8 +232,9 @@ fn kills_of_a_principal_and_of_everything_survive_a_restart() {
         let (ok, out) = ctl(&server, &["kill", "--principal", "carol"]);
         assert!(
             !ok && out.contains(
-                "no API key, local principal or running call is named carol (known: alice, \
-                 bob, local); if it is a token's subject, kill it with --force"
+                "no API key, client certificate, local principal or running call is named \
+                 carol (known: alice, bob, local); if it is a token's subject, kill it with \
+                 --force"
             ),
             "{out}"
         );

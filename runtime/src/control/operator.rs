@@ -89,8 +89,8 @@ pub enum CommandError {
     #[error("no tool or [[tool]] entry is named {0}")]
     UnknownTool(String),
     #[error(
-        "no API key, local principal or running call is named {name} (known: {known}); if it \
-         is a token's subject, kill it with --force"
+        "no API key, client certificate, local principal or running call is named {name} \
+         (known: {known}); if it is a token's subject, kill it with --force"
     )]
     UnknownPrincipal { name: String, known: String },
     #[error("[[tool]] {component} has no grant {grant}; its grants are: {available}")]
@@ -292,6 +292,7 @@ fn check_scope(
                 .api_keys
                 .iter()
                 .map(|k| k.principal.to_string())
+                .chain(auth.client_certs.iter().map(|c| c.principal.to_string()))
                 .chain([auth.local_principal.name.to_string()])
                 .chain(
                     (auth.mode == crate::config::auth::AuthMode::None)
