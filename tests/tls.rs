@@ -613,7 +613,8 @@ fn client_certificates_name_principals_and_bind_tokens() {
     .unwrap();
     assert_eq!(status, 401, "{answer}");
     assert!(
-        answer.contains("this server authenticates by client certificate only"),
+        answer.contains("this server authenticates by client certificate only")
+            && answer.contains("it takes client certificates (mutual TLS)"),
         "{answer}"
     );
 }

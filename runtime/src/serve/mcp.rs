@@ -845,7 +845,10 @@ async fn authenticate(
         AuthError::ProofsFull(_) => (http::StatusCode::SERVICE_UNAVAILABLE, String::new()),
     };
     let body = match api_keys_only {
-        true => serde_json::json!({ "error": error.to_string(), "hint": NO_OAUTH }),
+        true => serde_json::json!({
+            "error": error.to_string(),
+            "hint": no_oauth(auth.settings().mode)
+        }),
         false => serde_json::json!({ "error": error.to_string() }),
     }
     .to_string();
@@ -875,7 +878,7 @@ async fn no_authorization_server() -> axum::response::Response {
         axum::Json(serde_json::json!({
             "error": "Airlock is not an OAuth authorization server: with JWT authentication, \
                       /.well-known/oauth-protected-resource names the one to use; otherwise \
-                      it takes API keys (Authorization: Bearer KEY)"
+                      it takes API keys (Authorization: Bearer KEY) or client certificates"
         })),
     )
         .into_response()
@@ -930,8 +933,24 @@ fn allowed_hosts_warning(local: SocketAddr, allowed: &[String]) -> Option<String
 }
 
 /// What a client is told when it looks for OAuth where there is none.
-const NO_OAUTH: &str = "this server has no OAuth authorization server: it takes an API key, \
-     sent as `Authorization: Bearer KEY` (the operator issues keys)";
+/// What a server without JWT authentication takes instead of OAuth, said to clients that look
+/// for an OAuth flow.
+fn no_oauth(mode: AuthMode) -> &'static str {
+    match mode {
+        AuthMode::ClientCert => {
+            "this server has no OAuth authorization server: it takes client certificates \
+             (mutual TLS) that its operator maps to principals"
+        }
+        AuthMode::None => {
+            "this server has no OAuth authorization server and asks loopback clients for no \
+             credentials"
+        }
+        AuthMode::ApiKey | AuthMode::Jwt => {
+            "this server has no OAuth authorization server: it takes an API key, sent as \
+             `Authorization: Bearer KEY` (the operator issues keys)"
+        }
+    }
+}
 
 /// RFC 9728 metadata of the policy in force (404 without JWT authentication).
 fn protected_resource_metadata(live: &Live) -> axum::response::Response {
@@ -942,7 +961,7 @@ fn protected_resource_metadata(live: &Live) -> axum::response::Response {
         // A client that finds no metadata may try an OAuth login anyway: say there is none.
         return (
             http::StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({"error": NO_OAUTH})),
+            axum::Json(serde_json::json!({"error": no_oauth(auth.mode)})),
         )
             .into_response();
     };
