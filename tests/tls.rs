@@ -440,12 +440,17 @@ fn client_certificates_name_principals_and_bind_tokens() {
         format!(
             "[server.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
              client_ca = \"clients.pem\"\nclient_auth = \"{client_auth}\"\n\
-             [auth]\n{auth}\
+             {}[auth]\n{auth}\
              [[auth.client_certs]]\nprincipal = \"billing\"\n\
              spiffe_id = \"spiffe://example.org/ns/prod/sa/billing\"\nroles = [\"readers\"]\n\
              [[auth.client_certs]]\nprincipal = \"reporting\"\n\
              subject = \"CN=reporting, O=Example Corp\"\nroles = [\"readers\"]\n\
-             [roles]\nreaders = [\"analysts\"]\n{tool}"
+             [roles]\nreaders = [\"analysts\"]\n{tool}",
+            if client_auth == "required" {
+                "client_crl = \"clients.crl\"\n"
+            } else {
+                ""
+            }
         )
     };
     let server = HttpServer::start(&dir.config(&mtls("optional", jwt)));
@@ -578,7 +583,32 @@ fn client_certificates_name_principals_and_bind_tokens() {
     drop(server);
 
     // client_auth = "required": no certificate, no handshake; the benign client is served.
-    // With mode = "client-cert": certificates only.
+    // With mode = "client-cert": certificates only; and the CA's revocation list, which
+    // revokes `reporting`.
+    std::fs::write(
+        dir.0.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+         default_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("index.txt"), "").unwrap();
+    std::fs::write(dir.0.join("crlnumber"), "1000\n").unwrap();
+    let ca = [
+        "-config",
+        "ca.cnf",
+        "-keyfile",
+        "clients.key",
+        "-cert",
+        "clients.pem",
+    ];
+    openssl(
+        &dir.0,
+        &[&["ca"][..], &ca, &["-revoke", "reporting.pem"]].concat(),
+    );
+    openssl(
+        &dir.0,
+        &[&["ca"][..], &ca, &["-gencrl", "-out", "clients.crl"]].concat(),
+    );
     let server = HttpServer::start(&dir.config(&mtls("required", "mode = \"client-cert\"\n")));
     assert!(
         tls_request(
@@ -601,6 +631,18 @@ fn client_certificates_name_principals_and_bind_tokens() {
     .unwrap();
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("text_stats"), "{answer}");
+    let revoked = mcp_over_tls(
+        &server,
+        &dir.0,
+        Some("reporting"),
+        "tools/list",
+        serde_json::json!({}),
+        &[],
+    );
+    assert!(
+        revoked.is_err(),
+        "a revoked certificate got through: {revoked:?}"
+    );
     // A token is no way in on a certificates-only server, even beside a good certificate.
     let (status, answer) = mcp_over_tls(
         &server,

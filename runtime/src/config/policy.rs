@@ -757,6 +757,9 @@ fn own_files(
         if let Some((ca, _, _)) = &tls.client_ca {
             own.push(("the TLS client CA".into(), ca.clone()));
         }
+        if let Some((crl, _)) = &tls.client_crl {
+            own.push(("the TLS client CRL".into(), crl.clone()));
+        }
     }
     if let Some(c) = config {
         own.push(("the configuration file".into(), c.to_path_buf()));

@@ -8,7 +8,7 @@
 //! (`[[auth.client_certs]]`) and binds certificate-bound tokens (RFC 8705).
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +24,9 @@ pub(crate) struct TlsSection {
     client_ca: Option<PathBuf>,
     /// Whether a client must show a certificate; only with `client_ca`.
     client_auth: Option<ClientAuth>,
+    /// Certificate revocation lists (PEM) of the client CA: a revoked client certificate gets
+    /// no handshake.
+    client_crl: Option<PathBuf>,
 }
 
 /// `[server.tls] client_auth`.
@@ -47,6 +50,8 @@ pub struct TlsSettings {
     pub key_sha256: String,
     /// `client_ca`, the sha256 of what was loaded from it, and `client_auth`.
     pub client_ca: Option<(PathBuf, String, ClientAuth)>,
+    /// `client_crl`, and the sha256 of what was loaded from it.
+    pub client_crl: Option<(PathBuf, String)>,
     /// What the listener hands each connection.
     pub config: Arc<rustls::ServerConfig>,
 }
@@ -54,7 +59,9 @@ pub struct TlsSettings {
 /// The same files with the same contents (the rustls configuration follows from them).
 impl PartialEq for TlsSettings {
     fn eq(&self, other: &Self) -> bool {
-        self.files() == other.files() && self.client_ca == other.client_ca
+        self.files() == other.files()
+            && self.client_ca == other.client_ca
+            && self.client_crl == other.client_crl
     }
 }
 
@@ -66,6 +73,7 @@ impl TlsSettings {
             (&self.key, &self.key_sha256),
         ];
         files.extend(self.client_ca.iter().map(|(p, sha, _)| (p, sha)));
+        files.extend(self.client_crl.iter().map(|(p, sha)| (p, sha)));
         files
     }
 }
@@ -167,6 +175,37 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
             Some((path, pem, auth.unwrap_or(ClientAuth::Required)))
         }
     };
+    let client_crl = match (&s.client_crl, &client_ca) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err((
+                at("client_crl"),
+                "needs client_ca: the revocation lists are the client CA's".into(),
+            ));
+        }
+        (Some(crl), Some(_)) => {
+            let path = base.join(crl);
+            crate::core::files::trusted_file(&path)
+                .map_err(|p| (at("client_crl"), format!("the client CRL {p}")))?;
+            let pem = read_pem(&path, "client CRL", false).map_err(|e| (at("client_crl"), e))?;
+            let crls: Vec<CertificateRevocationListDer<'static>> =
+                CertificateRevocationListDer::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        (
+                            at("client_crl"),
+                            format!("{} is not PEM revocation lists: {e}", path.display()),
+                        )
+                    })?;
+            if crls.is_empty() {
+                return Err((
+                    at("client_crl"),
+                    format!("{} holds no revocation list (X509 CRL)", path.display()),
+                ));
+            }
+            Some((path, pem, crls))
+        }
+    };
     let builder = match &client_ca {
         None => builder.with_no_client_auth(),
         Some((path, pem, auth)) => {
@@ -198,6 +237,14 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
                 Arc::new(roots),
                 provider,
             );
+            // Revocation is checked for the client's certificate: the CA's list says whether
+            // it was revoked (intermediates' status is not asked for).
+            let verifier = match &client_crl {
+                Some((_, _, crls)) => verifier
+                    .with_crls(crls.iter().cloned())
+                    .only_check_end_entity_revocation(),
+                None => verifier,
+            };
             let verifier = match auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 ClientAuth::Required => verifier,
@@ -221,6 +268,8 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
         key_sha256: hex::encode(sha2::Sha256::digest(&key_pem)),
         client_ca: client_ca
             .map(|(path, pem, auth)| (path, hex::encode(sha2::Sha256::digest(&pem)), auth)),
+        client_crl: client_crl
+            .map(|(path, pem, _)| (path, hex::encode(sha2::Sha256::digest(&pem)))),
         config: Arc::new(config),
     })
 }
