@@ -605,3 +605,119 @@ fn on_stale_serve_keeps_serving_under_the_last_overrides_but_not_what_needs_the_
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One MCP 2026-07-28 `tools/list` to `addr`, naming `host` in its `Host` header, with
+/// `headers`: the HTTP status and the response.
+fn list_as_host(addr: &str, host: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: tools/list\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+#[test]
+fn a_dpop_proof_one_replica_accepted_is_refused_by_every_other() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let redis = Redis::start(free_port());
+    let (signing, jwks) = token_issuer();
+    let dirs: Vec<TempDir> = (0..2)
+        .map(|i| TempDir::new(&format!("fleet-dpop-{i}")))
+        .collect();
+    let replicas: Vec<HttpServer> = dirs
+        .iter()
+        .map(|d| {
+            std::fs::write(d.0.join("jwks.json"), &jwks).unwrap();
+            HttpServer::start(&d.config(&format!(
+                "[fleet]\nstore = \"redis://127.0.0.1:{}\"\nprefix = \"fleet-dpop-{}\"\n\
+                 [auth]\nmode = \"jwt\"\nresource = \"https://mcp.test/mcp\"\n\
+                 issuer = \"https://idp.test/\"\njwks_file = \"jwks.json\"\n\
+                 [roles]\nreaders = [\"analysts\"]\n\
+                 [[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n",
+                redis.port,
+                std::process::id()
+            )))
+        })
+        .collect();
+    let key = dpop_key();
+    let token = bound_token(
+        &signing,
+        "https://mcp.test/mcp",
+        "alice",
+        serde_json::json!({"jkt": key.jkt}),
+    );
+    // Both replicas behind one name (as behind a load balancer): the proof names it.
+    let host = replicas[0].addr.clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let proof = |jti: &str| {
+        proof_with(
+            &key,
+            &serde_json::json!({"jti": jti, "htm": "POST", "htu": format!("http://{host}/mcp"),
+                "iat": now, "ath": b64.encode(sha2::Sha256::digest(token.as_bytes()))}),
+        )
+    };
+    let authorization = format!("DPoP {token}");
+    let once = proof("fleet-1");
+    let headers = [
+        ("Authorization", authorization.as_str()),
+        ("DPoP", once.as_str()),
+    ];
+    let (status, answer) = list_as_host(&replicas[0].addr, &host, &headers);
+    assert_eq!(status, 200, "{answer}");
+    // The same proof at the other replica: refused, though that replica never saw it.
+    let (status, answer) = list_as_host(&replicas[1].addr, &host, &headers);
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer.contains("error=\"invalid_dpop_proof\"")
+            && answer.contains("the proof was used before (jti)"),
+        "{answer}"
+    );
+    // A fresh proof works at either.
+    let fresh = proof("fleet-2");
+    let (status, answer) = list_as_host(
+        &replicas[1].addr,
+        &host,
+        &[("Authorization", &authorization), ("DPoP", &fresh)],
+    );
+    assert_eq!(status, 200, "{answer}");
+    // Without the store, a proof cannot be recorded, so none is accepted (fail closed).
+    redis.stop();
+    let (status, answer) = list_as_host(
+        &replicas[1].addr,
+        &host,
+        &[
+            ("Authorization", &authorization),
+            ("DPoP", &proof("fleet-3")),
+        ],
+    );
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.contains("the fleet store cannot be reached"),
+        "{answer}"
+    );
+}

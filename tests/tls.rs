@@ -373,27 +373,6 @@ fn mcp_over_tls(
     Ok((status, answer))
 }
 
-/// A JWT signed by `key` (Ed25519, PKCS#8) as kid `k1`, for `sub` with role claim `analysts`
-/// and `cnf`.
-fn bound_token(key: &[u8], sub: &str, cnf: serde_json::Value) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-    header.kid = Some("k1".into());
-    let claims = serde_json::json!({
-        "iss": "https://idp.test/", "aud": "https://localhost/mcp", "sub": sub,
-        "roles": ["analysts"], "iat": now, "exp": now + 600, "cnf": cnf
-    });
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ed_der(key),
-    )
-    .unwrap()
-}
-
 #[test]
 fn client_certificates_name_principals_and_bind_tokens() {
     use base64::Engine as _;
@@ -420,19 +399,8 @@ fn client_certificates_name_principals_and_bind_tokens() {
     );
     make_client_cert(&dir.0, "clients", "stranger", "/CN=stranger", None);
     make_client_cert(&dir.0, "rogue", "forged", "/CN=reporting", None);
-    let rng = ring::rand::SystemRandom::new();
-    let signing = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let public = ring::signature::Ed25519KeyPair::from_pkcs8(signing.as_ref())
-        .unwrap()
-        .public_key()
-        .as_ref()
-        .to_vec();
-    std::fs::write(
-        dir.0.join("jwks.json"),
-        serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64.encode(&public), "kid": "k1"}]})
-            .to_string(),
-    )
-    .unwrap();
+    let (signing, jwks) = token_issuer();
+    std::fs::write(dir.0.join("jwks.json"), jwks).unwrap();
     let tool = "[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n";
     let jwt = "mode = \"jwt\"\nresource = \"https://localhost/mcp\"\n\
                issuer = \"https://idp.test/\"\njwks_file = \"jwks.json\"\n";
@@ -500,7 +468,8 @@ fn client_certificates_name_principals_and_bind_tokens() {
         .to_vec();
     use sha2::Digest as _;
     let token = bound_token(
-        signing.as_ref(),
+        &signing,
+        "https://localhost/mcp",
         "alice",
         serde_json::json!({"x5t#S256": b64.encode(sha2::Sha256::digest(&billing_der))}),
     );
@@ -524,7 +493,8 @@ fn client_certificates_name_principals_and_bind_tokens() {
     // A DPoP-bound token over TLS: the proof names the https URL, once.
     let key = dpop_key();
     let token = bound_token(
-        signing.as_ref(),
+        &signing,
+        "https://localhost/mcp",
         "alice",
         serde_json::json!({"jkt": key.jkt}),
     );

@@ -816,3 +816,40 @@ pub fn proof_with(key: &DpopKey, claims: &Value) -> String {
     )
     .unwrap()
 }
+
+/// A token issuer's Ed25519 key (PKCS#8) and its JWK set (kid `k1`), as JSON.
+pub fn token_issuer() -> (Vec<u8>, String) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let signing = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let public = ring::signature::Ed25519KeyPair::from_pkcs8(signing.as_ref())
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&public);
+    let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"}]});
+    (signing.as_ref().to_vec(), jwks.to_string())
+}
+
+/// A JWT of [`token_issuer`]'s key (issuer `https://idp.test/`) for `aud`, `sub` with role
+/// claim `analysts`, and `cnf`.
+pub fn bound_token(key: &[u8], aud: &str, sub: &str, cnf: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({
+        "iss": "https://idp.test/", "aud": aud, "sub": sub,
+        "roles": ["analysts"], "iat": now, "exp": now + 600, "cnf": cnf
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(key),
+    )
+    .unwrap()
+}
