@@ -376,7 +376,6 @@ fn mcp_over_tls(
 #[test]
 fn client_certificates_name_principals_and_bind_tokens() {
     use base64::Engine as _;
-    use ring::signature::KeyPair as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let dir = TempDir::new("mtls");
     make_ca(&dir.0);
