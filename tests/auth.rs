@@ -828,6 +828,13 @@ fn sessions_are_capped_per_principal_with_a_named_refusal() {
     );
 }
 
+/// A token of alice's bound to `key` (`cnf.jkt`).
+fn dpop_bound_token(f: &Fixture, key: &DpopKey) -> String {
+    let mut c = claims("alice", &["analysts"]);
+    c["cnf"] = json!({"jkt": key.jkt});
+    ed_token(&f.keys, &c)
+}
+
 static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A fresh proof for `POST /mcp` on `f`'s server with `token`.
@@ -873,9 +880,7 @@ fn dpop_refused(r: &RawResponse, error: &str, description: &str) {
 fn a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request() {
     let f = start();
     let key = dpop_key();
-    let mut c = claims("alice", &["analysts"]);
-    c["cnf"] = json!({"jkt": key.jkt});
-    let token = ed_token(&f.keys, &c);
+    let token = dpop_bound_token(&f, &key);
 
     // Token and proof: in, once.
     let good = proof(&f, &key, &token);
@@ -1067,9 +1072,7 @@ fn dpop_or_any_sender_constraint_can_be_required() {
         "invalid_token",
         "DPoP is required: the token must be DPoP-bound (cnf.jkt)",
     );
-    let mut c = claims("alice", &["analysts"]);
-    c["cnf"] = json!({"jkt": key.jkt});
-    let bound = ed_token(&f.keys, &c);
+    let bound = dpop_bound_token(&f, &key);
     assert_eq!(
         list_dpop(&f, "DPoP", &bound, Some(&proof(&f, &key, &bound))).status,
         200
@@ -1102,9 +1105,7 @@ fn dpop_or_any_sender_constraint_can_be_required() {
         &list(&f, &ed_token(&f.keys, &claims("alice", &["analysts"]))),
         "only sender-constrained tokens are accepted",
     );
-    let mut c = claims("alice", &["analysts"]);
-    c["cnf"] = json!({"jkt": key.jkt});
-    let bound = ed_token(&f.keys, &c);
+    let bound = dpop_bound_token(&f, &key);
     assert_eq!(
         list_dpop(&f, "DPoP", &bound, Some(&proof(&f, &key, &bound))).status,
         200

@@ -609,31 +609,8 @@ fn on_stale_serve_keeps_serving_under_the_last_overrides_but_not_what_needs_the_
 /// One MCP 2026-07-28 `tools/list` to `addr`, naming `host` in its `Host` header, with
 /// `headers`: the HTTP status and the response.
 fn list_as_host(addr: &str, host: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientCapabilities": {}}}})
-    .to_string();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
-         Mcp-Method: tools/list\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+    let r = raw_send(addr, &mcp_request(host, "tools/list", json!({}), headers)).unwrap();
+    (r.status, format!("{}\r\n\r\n{}", r.head, r.body))
 }
 
 #[test]

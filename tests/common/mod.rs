@@ -456,16 +456,30 @@ impl RawResponse {
 
 /// Send one raw HTTP/1.1 request (`Connection: close`) and read the whole response.
 pub fn raw_http(addr: &str, request_head: &str, body: &str) -> Option<RawResponse> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "{request_head}Host: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    raw_send(addr, &close_request(request_head, addr, body))
+}
+
+/// `request_head` (request line and headers) completed with `Host`, `Content-Length`,
+/// `Connection: close` and `body`.
+pub fn close_request(request_head: &str, host: &str, body: &str) -> String {
+    format!(
+        "{request_head}Host: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .ok()?;
+}
+
+/// Send a whole raw request to `addr` and read the whole response.
+pub fn raw_send(addr: &str, request: &str) -> Option<RawResponse> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     s.read_to_string(&mut response).ok()?;
+    parse_response(&response)
+}
+
+/// A raw HTTP/1.1 response, split.
+pub fn parse_response(response: &str) -> Option<RawResponse> {
     let status = response.get(9..12)?.parse().ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     Some(RawResponse {
@@ -480,9 +494,19 @@ pub fn raw_http(addr: &str, request_head: &str, body: &str) -> Option<RawRespons
 pub fn raw_mcp(
     addr: &str,
     method: &str,
-    mut params: Value,
+    params: Value,
     headers: &[(&str, &str)],
 ) -> Option<RawResponse> {
+    raw_send(addr, &mcp_request(addr, method, params, headers))
+}
+
+/// The raw HTTP/1.1 text of [`raw_mcp`]'s request, naming `host` in its `Host` header.
+pub fn mcp_request(
+    host: &str,
+    method: &str,
+    mut params: Value,
+    headers: &[(&str, &str)],
+) -> String {
     // `_meta` keys the caller set (capabilities, a progress token) are kept.
     let mut meta = serde_json::json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -504,11 +528,11 @@ pub fn raw_mcp(
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
-    raw_http(
-        addr,
+    close_request(
         &format!(
             "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {method}\r\n{name}{extra}"
         ),
+        host,
         &body,
     )
 }

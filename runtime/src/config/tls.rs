@@ -124,31 +124,43 @@ fn read_pem(path: &Path, what: &str, private: bool) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("the {what} {e}"))
 }
 
+/// The PEM objects (certificates, revocation lists) of a trusted file read for `[server.tls]
+/// key`: its path, its text (for the digest) and the objects, at least one. `what` names one
+/// in errors, `plural` several.
+#[allow(clippy::type_complexity)]
+fn read_pem_objects<T: PemObject>(
+    path: PathBuf,
+    key: &str,
+    what: &str,
+    plural: &str,
+) -> Result<(PathBuf, Vec<u8>, Vec<T>), (String, String)> {
+    let at = format!("server › tls › {key}");
+    crate::core::files::trusted_file(&path).map_err(|p| (at.clone(), format!("the {what} {p}")))?;
+    let pem = read_pem(&path, what, false).map_err(|e| (at.clone(), e))?;
+    let objects: Vec<T> = T::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            (
+                at.clone(),
+                format!("{} is not PEM {plural}: {e}", path.display()),
+            )
+        })?;
+    if objects.is_empty() {
+        return Err((at, format!("{} holds no {what}", path.display())));
+    }
+    Ok((path, pem, objects))
+}
+
 /// Read and check `[server.tls]` (paths relative to `base`). Errors name the key.
 pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (String, String)> {
     use sha2::Digest as _;
     let cert = base.join(&s.cert);
     let key = base.join(&s.key);
     let at = |k: &str| format!("server › tls › {k}");
-    crate::core::files::trusted_file(&cert)
-        .map_err(|p| (at("cert"), format!("the certificate {p}")))?;
     crate::core::files::trusted_file(&key).map_err(|p| (at("key"), format!("the key {p}")))?;
-    let cert_pem = read_pem(&cert, "certificate", false).map_err(|e| (at("cert"), e))?;
+    let (cert, cert_pem, chain) =
+        read_pem_objects::<CertificateDer<'static>>(cert, "cert", "certificate", "certificates")?;
     let key_pem = read_pem(&key, "key", true).map_err(|e| (at("key"), e))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            (
-                at("cert"),
-                format!("{} is not PEM certificates: {e}", cert.display()),
-            )
-        })?;
-    if chain.is_empty() {
-        return Err((
-            at("cert"),
-            format!("{} holds no certificate", cert.display()),
-        ));
-    }
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         (
             at("key"),
@@ -168,11 +180,13 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
             ));
         }
         (Some(ca), auth) => {
-            let path = base.join(ca);
-            crate::core::files::trusted_file(&path)
-                .map_err(|p| (at("client_ca"), format!("the client CA {p}")))?;
-            let pem = read_pem(&path, "client CA", false).map_err(|e| (at("client_ca"), e))?;
-            Some((path, pem, auth.unwrap_or(ClientAuth::Required)))
+            let (path, pem, roots) = read_pem_objects::<CertificateDer<'static>>(
+                base.join(ca),
+                "client_ca",
+                "client CA certificate",
+                "certificates",
+            )?;
+            Some((path, pem, roots, auth.unwrap_or(ClientAuth::Required)))
         }
     };
     let client_crl = match (&s.client_crl, &client_ca) {
@@ -183,41 +197,19 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
                 "needs client_ca: the revocation lists are the client CA's".into(),
             ));
         }
-        (Some(crl), Some(_)) => {
-            let path = base.join(crl);
-            crate::core::files::trusted_file(&path)
-                .map_err(|p| (at("client_crl"), format!("the client CRL {p}")))?;
-            let pem = read_pem(&path, "client CRL", false).map_err(|e| (at("client_crl"), e))?;
-            let crls: Vec<CertificateRevocationListDer<'static>> =
-                CertificateRevocationListDer::pem_slice_iter(&pem)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| {
-                        (
-                            at("client_crl"),
-                            format!("{} is not PEM revocation lists: {e}", path.display()),
-                        )
-                    })?;
-            if crls.is_empty() {
-                return Err((
-                    at("client_crl"),
-                    format!("{} holds no revocation list (X509 CRL)", path.display()),
-                ));
-            }
-            Some((path, pem, crls))
-        }
+        (Some(crl), Some(_)) => Some(read_pem_objects::<CertificateRevocationListDer<'static>>(
+            base.join(crl),
+            "client_crl",
+            "client revocation list (X509 CRL)",
+            "revocation lists",
+        )?),
     };
     let builder = match &client_ca {
         None => builder.with_no_client_auth(),
-        Some((path, pem, auth)) => {
+        Some((path, _, certificates, auth)) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(pem) {
-                let c = c.map_err(|e| {
-                    (
-                        at("client_ca"),
-                        format!("{} is not PEM certificates: {e}", path.display()),
-                    )
-                })?;
-                roots.add(c).map_err(|e| {
+            for c in certificates {
+                roots.add(c.clone()).map_err(|e| {
                     (
                         at("client_ca"),
                         format!(
@@ -226,12 +218,6 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
                         ),
                     )
                 })?;
-            }
-            if roots.is_empty() {
-                return Err((
-                    at("client_ca"),
-                    format!("{} holds no certificate", path.display()),
-                ));
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -267,7 +253,7 @@ pub(crate) fn resolve(s: &TlsSection, base: &Path) -> Result<TlsSettings, (Strin
         cert_sha256: hex::encode(sha2::Sha256::digest(&cert_pem)),
         key_sha256: hex::encode(sha2::Sha256::digest(&key_pem)),
         client_ca: client_ca
-            .map(|(path, pem, auth)| (path, hex::encode(sha2::Sha256::digest(&pem)), auth)),
+            .map(|(path, pem, _, auth)| (path, hex::encode(sha2::Sha256::digest(&pem)), auth)),
         client_crl: client_crl
             .map(|(path, pem, _)| (path, hex::encode(sha2::Sha256::digest(&pem)))),
         config: Arc::new(config),
