@@ -10,7 +10,7 @@ use airlock::config::policy::{Dirs, Policy};
 use airlock::gate::audit::AuditLog;
 use airlock::pipeline::call::Airlock;
 use airlock::pipeline::operator_state::OperatorState;
-use airlock::sandbox::capture::Capture;
+use airlock::sandbox::capture::{Capture, HostMeter};
 use airlock::sandbox::egress::{self, DenialCell};
 use airlock::sandbox::live_grants::LiveGrants;
 use airlock::sandbox::store;
@@ -111,7 +111,10 @@ fn bench(c: &mut Criterion) {
         "wasi_context: build with grants (2 dirs, net, tcp, env secret)",
         |b| {
             b.iter(|| {
-                let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
+                let (stdout, stderr) = (
+                    Capture::new(cap, HostMeter::default()),
+                    Capture::new(cap, HostMeter::default()),
+                );
                 let denial = DenialCell::default();
                 store::wasi_context(
                     &prepared.name,
@@ -129,7 +132,10 @@ fn bench(c: &mut Criterion) {
     );
     c.bench_function("wasi_context: build without grants (baseline)", |b| {
         b.iter(|| {
-            let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
+            let (stdout, stderr) = (
+                Capture::new(cap, HostMeter::default()),
+                Capture::new(cap, HostMeter::default()),
+            );
             let denial = DenialCell::default();
             store::wasi_context(
                 &prepared.name,

@@ -278,6 +278,79 @@ fn no_grant_may_expose_a_file_airlock_reads_or_trusts() {
 }
 
 #[test]
+fn no_grant_may_hold_a_link_on_the_way_to_airlocks_own_files() {
+    // The configuration is read through a symlink in app/, the real file lives in etc/: a
+    // grant over app/ would let a tool replace the link with a configuration of its own.
+    let dir = TempDir::new("fs-own-links");
+    let state = common::shared_state_dir();
+    for d in ["app", "etc", "bin"] {
+        std::fs::create_dir_all(dir.0.join(d)).unwrap();
+    }
+    let app = dir.0.join("app").canonicalize().unwrap();
+    let real = dir.0.join("etc/airlock.toml");
+    let link = app.join("airlock.toml");
+    std::fs::write(
+        &real,
+        format!(
+            "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{{ host = \"{}\", guest = \"/app\", mode = \"rw\" }}]\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let (ok, err) = common::check(&link, &state);
+    assert!(!ok);
+    assert!(
+        err.contains("would expose airlock's own files: the configuration file")
+            && err.contains(&link.display().to_string()),
+        "{err}"
+    );
+    // A component reached through a link in a granted directory, likewise.
+    std::fs::copy(common::hostile_wasm(), dir.0.join("bin/h.wasm")).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("bin/h.wasm"), app.join("h.wasm")).unwrap();
+    let config = dir.config(&format!(
+        "[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\n[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{{ host = \"{}\", guest = \"/app\", mode = \"ro\" }}]\n",
+        app.join("h.wasm").display(),
+        app.display()
+    ));
+    let (ok, err) = common::check(&config, &state);
+    assert!(!ok);
+    assert!(
+        err.contains("tool \"files\" (entry 2) › grants › fs[0] › host")
+            && err.contains("the component file of tool \"hostile\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_trusted_file_another_user_may_replace_stops_the_load() {
+    use std::os::unix::fs::PermissionsExt;
+    // Tests run as root, so files can be given away; elsewhere this case cannot be set up.
+    if rustix::process::geteuid().as_raw() != 0 {
+        return;
+    }
+    let dir = TempDir::new("fs-other-uid");
+    let config = dir.config("[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\n");
+    std::os::unix::fs::chown(&config, Some(4242), None).unwrap();
+    let (ok, err) = common::check(&config, &common::shared_state_dir());
+    assert!(!ok);
+    assert!(err.contains("which belongs to uid 4242"), "{err}");
+    // A link to a good file, in a directory another user owns: that user could repoint it.
+    std::os::unix::fs::chown(&config, Some(0), None).unwrap();
+    let theirs = dir.0.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(4242), None).unwrap();
+    std::os::unix::fs::symlink(&config, theirs.join("airlock.toml")).unwrap();
+    let (ok, err) = common::check(&theirs.join("airlock.toml"), &common::shared_state_dir());
+    assert!(!ok);
+    assert!(
+        err.contains("which belongs to uid 4242") && err.contains("theirs"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_trusted_file_others_may_write_stops_the_load() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("fs-loose-config");

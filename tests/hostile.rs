@@ -230,6 +230,80 @@ fn server_in_flight_limit_answers_busy() {
 }
 
 #[test]
+fn one_principal_cannot_take_every_server_slot() {
+    // Alice holds her two slots with slow calls; her third call is refused by name, while
+    // Bob, on the same server with slots to spare, is served.
+    use sha2::Digest;
+    let (alice, bob) = ("ak-alice-0123456789abcdef", "ak-bob-0123456789abcdef");
+    let digest = |k: &str| hex::encode(sha2::Sha256::digest(k));
+    let dir = TempDir::new("busy-principal");
+    let config = dir.config(&format!(
+        "[server]\nmax_in_flight = 4\nmax_in_flight_per_principal = 2\n[auth]\nmode = \"api-key\"\n\
+         [[auth.api_keys]]\nprincipal = \"alice\"\nsha256 = \"{}\"\nroles = [\"users\"]\n\
+         [[auth.api_keys]]\nprincipal = \"bob\"\nsha256 = \"{}\"\nroles = [\"users\"]\n\
+         [roles]\nusers = [\"people\"]\n[[tool]]\nname = \"hostile\"\ncomponent = \"{}\"\nroles = [\"users\"]\n\
+         [tool.limits]\ntimeout = \"10s\"\n",
+        digest(alice),
+        digest(bob),
+        common::hostile_wasm().display()
+    ));
+    let server = HttpServer::start(&config);
+    let call = |addr: &str, key: &str, tool: &str, args: Value| {
+        let auth = format!("Bearer {key}");
+        let r = common::raw_mcp(
+            addr,
+            "tools/call",
+            json!({"name": tool, "arguments": args}),
+            &[("Authorization", &auth)],
+        )
+        .expect("an answer");
+        assert_eq!(r.status, 200, "{r:?}");
+        common::sse_json(&r.body)["result"].clone()
+    };
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                call(&addr, alice, "hostile_sleep", json!({"ms": 3000}))["content"][0]["text"]
+                    .clone()
+            })
+        })
+        .collect();
+    // Both slow calls are running once `ctl calls` lists them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, out) = common::ctl(&server, &["calls"]);
+        if out.matches("hostile_sleep").count() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let third = call(&server.addr, alice, "fixture_echo", json!({"message": "x"}));
+    assert_eq!(
+        third["_meta"]["airlock/outcome"], "principal_busy",
+        "{third}"
+    );
+    assert_eq!(
+        third["content"][0]["text"],
+        "principal busy: alice already has 2 calls in flight (max_in_flight_per_principal), try again shortly"
+    );
+    let other = call(&server.addr, bob, "fixture_echo", json!({"message": "bob"}));
+    assert_eq!(other["content"][0]["text"], "bob", "{other}");
+    for s in slow {
+        assert_eq!(s.join().unwrap(), "slept 3000 ms");
+    }
+    // Her slots are hers again.
+    let after = call(
+        &server.addr,
+        alice,
+        "fixture_echo",
+        json!({"message": "again"}),
+    );
+    assert_eq!(after["content"][0]["text"], "again", "{after}");
+}
+
+#[test]
 fn hostile_calls_over_http_get_the_same_outcomes() {
     let dir = TempDir::new("hostile-http");
     let config = hostile_config(&dir, "memory = \"32MiB\"");
@@ -646,6 +720,45 @@ fn log_messages_the_host_handles_are_charged_to_the_calls_fuel() {
     assert_eq!(s.call("few")["text"], "sent 4 on log", "{}", s.report);
     let many = s.call("many");
     assert_eq!(outcome(many), "cpu_budget_exhausted", "{many}");
+}
+
+#[test]
+fn stdout_and_random_bytes_the_host_serves_are_charged_to_the_calls_fuel() {
+    // A tool with no grants at all can make the host copy its stdout or draw random bytes
+    // in a loop; the guest's own work per 64 KiB is a few hundred instructions, the host's
+    // is charged by the byte, so 64 MiB of either is past 50 million fuel and 64 KiB is not.
+    let dir = TempDir::new("wasi-charge");
+    let config = hostile_config(
+        &dir,
+        "fuel = 50_000_000
+capture_bytes = \"4KiB\"",
+    );
+    let stdout = |count: u64| json!({"channel": "stdout", "size": 65_536, "count": count});
+    let random = |size: u64| json!({"channel": "random_loop", "size": size, "count": 65_536});
+    let s = client(
+        "auto",
+        Transport::Stdio(Some(&config)),
+        json!({"calls": [
+            {"id": "stdout_small", "tool": "hostile_channel_flood", "args": stdout(1)},
+            {"id": "stdout_big", "tool": "hostile_channel_flood", "args": stdout(1024)},
+            {"id": "random_small", "tool": "hostile_channel_flood", "args": random(1)},
+            {"id": "random_big", "tool": "hostile_channel_flood", "args": random(1024)},
+            {"id": "during", "tool": "fixture_echo", "args": {"message": "during"}, "delay_ms": 30}
+        ], "then": [{"id": "after", "tool": "fixture_echo", "args": {"message": "after"}}]}),
+    );
+    assert_eq!(
+        s.call("stdout_small")["text"],
+        "wrote 1 times",
+        "{}",
+        s.report
+    );
+    assert_eq!(s.call("random_small")["text"], "got 65536 random bytes");
+    for id in ["stdout_big", "random_big"] {
+        let c = s.call(id);
+        assert_eq!(outcome(c), "cpu_budget_exhausted", "{id}: {c}");
+    }
+    assert_eq!(s.call("during")["text"], "during");
+    assert_eq!(s.call("after")["text"], "after");
 }
 
 #[test]

@@ -108,6 +108,7 @@ struct ServerSection {
     state_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     max_in_flight: Option<u32>,
+    max_in_flight_per_principal: Option<u32>,
     epoch_tick: Option<Span>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -337,6 +338,9 @@ pub struct ServerSettings {
     pub cache_dir: PathBuf,
     /// Calls running at once across all tools.
     pub max_in_flight: u32,
+    /// Top-level calls one principal may have running at once, so that no one principal
+    /// can take every slot of `max_in_flight`.
+    pub max_in_flight_per_principal: u32,
     /// Interval of the epoch ticker: the granularity of timeouts and cancellation.
     pub epoch_tick: Duration,
     /// `Host` header values accepted on HTTP (DNS-rebinding defense).
@@ -694,6 +698,7 @@ impl Policy {
                 path.clone(),
             )
         }));
+        let own = resolved_with_links(own);
         check_own_files(&components, &own).map_err(|(k, p)| err(k, p))?;
         if components.is_empty() {
             return Err(err(
@@ -740,8 +745,7 @@ impl Policy {
 
 /// Every file and directory Airlock reads or trusts, named for error messages: the
 /// configuration, the component files, the JWKS file, the state directory (keys, overrides,
-/// the admin socket), the compile cache, the audit log and the secrets directory. Paths are
-/// resolved (symlinks followed) where they exist.
+/// the admin socket), the compile cache, the audit log and the secrets directory, as named.
 fn own_files(
     config: Option<&Path>,
     components: &[ComponentEntry],
@@ -790,8 +794,18 @@ fn own_files(
     if let Some(dir) = &secrets.dir {
         own.push(("the secrets directory".into(), dir.clone()));
     }
+    own
+}
+
+/// Each of Airlock's own files as resolved, and each symlink on the way to it: a grant over
+/// the directory of a link would let a tool replace the link and choose what Airlock reads.
+fn resolved_with_links(own: Vec<(String, PathBuf)>) -> Vec<(String, PathBuf)> {
     own.into_iter()
-        .map(|(what, p)| (what, grants::comparable(&p)))
+        .flat_map(|(what, p)| {
+            let links = crate::core::files::links_on_the_way(&p);
+            let resolved = (what.clone(), grants::comparable(&p));
+            std::iter::once(resolved).chain(links.into_iter().map(move |l| (what.clone(), l)))
+        })
         .collect()
 }
 
@@ -1007,6 +1021,16 @@ fn resolve_server(
             format!("{max_in_flight} is outside 1..=1000"),
         ));
     }
+    // Half the server by default: one principal can never leave the others nothing.
+    let max_in_flight_per_principal = s
+        .max_in_flight_per_principal
+        .unwrap_or(max_in_flight.div_ceil(2));
+    if !(1..=max_in_flight).contains(&max_in_flight_per_principal) {
+        return Err((
+            "server › max_in_flight_per_principal".into(),
+            format!("{max_in_flight_per_principal} is outside 1..=max_in_flight ({max_in_flight})"),
+        ));
+    }
     let epoch_tick = s.epoch_tick.map_or(Duration::from_millis(10), |t| t.0);
     if epoch_tick < Duration::from_millis(1) || epoch_tick > Duration::from_millis(100) {
         return Err((
@@ -1086,6 +1110,7 @@ fn resolve_server(
         state_dir,
         cache_dir,
         max_in_flight,
+        max_in_flight_per_principal,
         epoch_tick,
         allowed_hosts,
         allowed_origins,

@@ -615,7 +615,7 @@ fn print(request: &Request, answer: &Answer) {
             }
             if !outcome.laggards.is_empty() {
                 println!(
-                    "NOT APPLIED in time by {} replicas (they refuse calls until they are current): {}",
+                    "NOT APPLIED in time by {} replicas (they refuse calls until they are current, unless [fleet] on_stale = \"serve\"): {}",
                     outcome.laggards.len(),
                     outcome
                         .laggards

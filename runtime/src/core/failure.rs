@@ -47,6 +47,10 @@ pub enum CallFailure {
     #[error("server busy: {limit} calls already in flight, try again shortly")]
     ServerBusy { limit: u32 },
     #[error(
+        "principal busy: {principal} already has {limit} calls in flight (max_in_flight_per_principal), try again shortly"
+    )]
+    PrincipalBusy { principal: String, limit: u32 },
+    #[error(
         "tool {tool} busy: {limit} calls of component {component} already in flight, try again shortly"
     )]
     ToolBusy {
@@ -244,6 +248,7 @@ impl CallFailure {
             CallFailure::StoppedByOperator => "stopped_by_operator",
             CallFailure::RateLimited { .. } => "rate_limited",
             CallFailure::ServerBusy { .. } => "server_busy",
+            CallFailure::PrincipalBusy { .. } => "principal_busy",
             CallFailure::ToolBusy { .. } => "tool_busy",
             CallFailure::InputRequired => "input_required",
             CallFailure::ApprovalDenied { .. } => "approval_denied",
@@ -299,6 +304,7 @@ impl CallFailure {
             | CallFailure::StoppedByOperator
             | CallFailure::RateLimited { .. }
             | CallFailure::ServerBusy { .. }
+            | CallFailure::PrincipalBusy { .. }
             | CallFailure::ToolBusy { .. }
             | CallFailure::ArgumentsTooLarge { .. }
             | CallFailure::NotCleared { .. }

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 /// Create the state directory (mode 0700) or check an existing one: it holds the admin sockets
 /// and the operator state, so nobody else may be able to write in it.
@@ -134,7 +134,17 @@ pub fn trusted_file(path: &Path) -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = resolved.parent().unwrap_or(Path::new("/"));
-    for (what, p) in [("", resolved.as_path()), ("directory ", dir)] {
+    // A symlink on the way decides what Airlock reads as much as the file does: whoever may
+    // replace it (its directory's writers) may point it elsewhere.
+    let links = links_on_the_way(path);
+    let link_dirs = links
+        .iter()
+        .filter_map(|l| l.parent())
+        .map(|d| ("directory ", d));
+    for (what, p) in [("", resolved.as_path()), ("directory ", dir)]
+        .into_iter()
+        .chain(link_dirs)
+    {
         let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
         let owner = meta.uid();
         if owner != me && owner != 0 {
@@ -157,6 +167,63 @@ pub fn trusted_file(path: &Path) -> Result<(), String> {
                 meta.mode() & 0o7777
             ));
         }
+        // In a sticky directory, the owner of a link may still replace it.
+        if sticky_dir {
+            for link in links.iter().filter(|l| l.parent() == Some(p)) {
+                let owner = std::fs::symlink_metadata(link)
+                    .map_err(|e| format!("{}: {e}", link.display()))?
+                    .uid();
+                if owner != me && owner != 0 {
+                    return Err(format!(
+                        "{} is reached through the link {}, which belongs to uid {owner}, not to \
+                         this process (uid {me}) or root: that user could point it elsewhere",
+                        path.display(),
+                        link.display()
+                    ));
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Every symlink followed on the way to `path`, each named by its resolved directory and its
+/// own name (what a grant would be compared with). Whoever can replace one of them chooses
+/// what Airlock reads, so each counts as one of Airlock's own files. Links that point to
+/// links are followed too, up to the kernel's own limit of 40.
+pub fn links_on_the_way(path: &Path) -> Vec<PathBuf> {
+    let mut links = Vec::new();
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    resolve_noting_links(&absolute, &mut links, 0);
+    links
+}
+
+/// `path` (absolute) resolved the way the kernel does, with each link it passes pushed to
+/// `links`. A part that does not exist is kept as written.
+fn resolve_noting_links(path: &Path, links: &mut Vec<PathBuf>, depth: u32) -> PathBuf {
+    let mut at = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::RootDir | Component::Prefix(_) => at = PathBuf::from("/"),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                at.pop();
+            }
+            Component::Normal(name) => {
+                let next = at.join(name);
+                let is_link =
+                    std::fs::symlink_metadata(&next).is_ok_and(|m| m.file_type().is_symlink());
+                match std::fs::read_link(&next) {
+                    Ok(target) if is_link && depth < 40 => {
+                        links.push(next);
+                        // An absolute target replaces `at`; a relative one is read from it.
+                        let target = at.join(target);
+                        at = resolve_noting_links(&target, links, depth + 1);
+                    }
+                    _ => at = next,
+                }
+            }
+        }
+    }
+    at
 }

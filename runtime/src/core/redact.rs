@@ -150,7 +150,8 @@ impl Shapes {
 
 /// The forms an injected secret can come back in from a server that echoes its request: the
 /// value as is, base64 (standard and URL-safe alphabets, at each of the three alignments it
-/// can have inside a longer encoding), hex and percent-encoding (upper and lower case).
+/// can have inside a longer encoding), hex, and the value escaped (percent-encoding of any of
+/// its other bytes, in either case; form encoding; backslash escapes).
 /// Compiled once, at load, into one matcher.
 #[derive(Clone)]
 pub struct Reflections {
@@ -178,20 +179,29 @@ impl Reflections {
     pub fn of<'a>(
         values: impl IntoIterator<Item = &'a SecretValue>,
     ) -> Result<Option<Reflections>, String> {
-        let mut forms: Vec<Vec<u8>> = values
-            .into_iter()
-            .flat_map(|v| encoded_forms(v.expose().as_bytes()))
-            .collect();
+        // (shortest match, longest match, pattern) of every form.
+        let mut forms: Vec<(usize, usize, String)> = Vec::new();
+        for v in values {
+            let value = v.expose().as_bytes();
+            forms.extend(
+                encoded_forms(value)
+                    .iter()
+                    .map(|f| (f.len(), f.len(), regex::escape(&String::from_utf8_lossy(f)))),
+            );
+            if let Some(escaped) = escaped_form(value) {
+                forms.push(escaped);
+            }
+        }
         if forms.is_empty() {
             return Ok(None);
         }
         // Longest first: a form containing another is replaced whole.
-        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
         forms.dedup();
-        let longest = forms[0].len();
+        let longest = forms.iter().map(|f| f.1).max().unwrap_or(0);
         let pattern = forms
             .iter()
-            .map(|f| regex::escape(&String::from_utf8_lossy(f)))
+            .map(|f| f.2.as_str())
             .collect::<Vec<_>>()
             .join("|");
         let matcher = regex::bytes::RegexBuilder::new(&pattern)
@@ -249,30 +259,36 @@ fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
     let hex = hex::encode(value);
     forms.push(hex.to_ascii_uppercase().into_bytes());
     forms.push(hex.into_bytes());
-    // Percent-encoding of everything but the unreserved characters, and of everything but
-    // letters and digits (what many encoders do), in upper and lower case.
-    for keep in [
-        (|b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-            as fn(u8) -> bool,
-        |b: u8| b.is_ascii_alphanumeric(),
-    ] {
-        let (mut upper, mut lower) = (String::new(), String::new());
-        for &b in value {
-            if keep(b) {
-                upper.push(b as char);
-                lower.push(b as char);
-            } else {
-                upper.push_str(&format!("%{b:02X}"));
-                lower.push_str(&format!("%{b:02x}"));
-            }
-        }
-        forms.push(upper.into_bytes());
-        forms.push(lower.into_bytes());
-    }
     forms.retain(|f| f.len() >= 8);
     forms.sort();
     forms.dedup();
     forms
+}
+
+/// The value as escaping encoders leave it, as one pattern (shortest and longest match, the
+/// pattern): letters and digits as they are; every other byte as itself, as `%XX` in either
+/// case (whichever bytes an encoder chose to keep: `quote`, `encodeURIComponent`, form
+/// encoding), behind a backslash (JSON's `\/`), and a space also as `+`. `None` for a value
+/// under 8 bytes, which would match ordinary text.
+fn escaped_form(value: &[u8]) -> Option<(usize, usize, String)> {
+    if value.len() < 8 || value.iter().all(u8::is_ascii_alphanumeric) {
+        return None;
+    }
+    let mut pattern = String::from("(?:");
+    for &b in value {
+        if b.is_ascii_alphanumeric() {
+            pattern.push(b as char);
+            continue;
+        }
+        let literal = match b {
+            0x20..=0x7e => regex::escape(&(b as char).to_string()),
+            _ => format!("(?-u:\\x{b:02X})"),
+        };
+        let plus = if b == b' ' { "|\\+" } else { "" };
+        pattern.push_str(&format!("(?:\\\\?{literal}|%(?i:{b:02x}){plus})"));
+    }
+    pattern.push(')');
+    Some((value.len(), 3 * value.len(), pattern))
 }
 
 #[cfg(test)]
@@ -353,6 +369,11 @@ mod tests {
             hex::encode_upper("tok/3n+val:ue-1"),
             "q=tok%2F3n%2Bval%3Aue-1".to_owned(),
             "q=tok%2f3n%2bval%3aue-1".to_owned(),
+            // Python's quote() keeps `/`; encodeURIComponent keeps `-`; mixed case.
+            "q=tok/3n%2Bval%3aue-1".to_owned(),
+            "q=tok%2F3n%2Bval%3Aue%2D1".to_owned(),
+            // JSON's escaped slash.
+            r#"{"q":"tok\/3n+val:ue-1"}"#.to_owned(),
         ] {
             let out = r.scrub(text.as_bytes());
             assert!(

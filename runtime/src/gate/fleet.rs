@@ -1095,13 +1095,20 @@ impl Fleet {
                         };
                         // Interrupted first: a store lost right after the announcement
                         // does not keep the operator's interruption from these calls.
-                        if note.from != self.replica && let Some(i) = &note.interrupt {
+                        let remote = note.interrupt.as_ref().filter(|_| note.from != self.replica);
+                        if let Some(i) = remote {
                             interrupt(i);
                         }
                         if note.version > self.applied.load(Ordering::Acquire)
                             && !self.resync(&overrides, &adopted).await
                         {
                             break;
+                        }
+                        // And again once the kill is in force here: a call admitted between
+                        // the first stop and the kill taking effect passed its own check
+                        // before the kill was seen, and is stopped now.
+                        if let Some(i) = remote {
+                            interrupt(i);
                         }
                     }
                     _ = ticks.tick() => {

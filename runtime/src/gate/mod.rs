@@ -11,6 +11,7 @@ pub mod dpop;
 pub mod evidence;
 pub mod fleet;
 pub mod host_http;
+pub mod in_flight;
 pub mod journal;
 pub mod notify;
 pub mod overrides;

@@ -193,11 +193,20 @@ impl Caller {
     }
 }
 
+/// A call's in-flight slots, given back together when its run is over.
+struct Permits {
+    _server: OwnedSemaphorePermit,
+    _principal: Option<crate::gate::in_flight::PrincipalSlot>,
+    _component: OwnedSemaphorePermit,
+}
+
 /// The host: a loaded catalog, the server-wide limits and the audit log.
 pub struct Airlock {
     catalog: Catalog,
     operator: Arc<OperatorState>,
     in_flight: Arc<Semaphore>,
+    /// Shared across reloads, as `in_flight` is.
+    principal_slots: Arc<crate::gate::in_flight::PrincipalSlots>,
     rate_limits: RateLimits,
     audit: AuditLog,
     shapes: Arc<Shapes>,
@@ -257,6 +266,15 @@ impl Airlock {
             || Arc::new(Semaphore::new(policy.server.max_in_flight as usize)),
             |p| p.in_flight.clone(),
         );
+        let principal_slots = previous.map_or_else(
+            || {
+                crate::gate::in_flight::PrincipalSlots::new(
+                    policy.server.max_in_flight_per_principal,
+                )
+            },
+            |p| p.principal_slots.clone(),
+        );
+        principal_slots.set_limit(policy.server.max_in_flight_per_principal);
         let shapes = Shapes::new(&policy.audit.redact_patterns).map_err(|e| ConfigError {
             file: policy.origin.clone(),
             key: "audit › redact_patterns".into(),
@@ -300,6 +318,7 @@ impl Airlock {
             catalog,
             operator,
             in_flight,
+            principal_slots,
             rate_limits,
             audit,
             shapes,
@@ -968,7 +987,7 @@ impl Airlock {
             approved?;
         }
         let step = Instant::now();
-        let permits = match self.admit(&target) {
+        let permits = match self.admit(&target, caller) {
             Ok(p) => p,
             Err(e) => {
                 // Refused before it ran: the ticket the call redeemed may be presented again.
@@ -1365,8 +1384,9 @@ impl Airlock {
         text
     }
 
-    /// Take a server-wide and a per-component in-flight slot, or refuse at once.
-    fn admit(&self, target: &Target<'_>) -> Result<[OwnedSemaphorePermit; 2], CallFailure> {
+    /// Take a server-wide, a per-principal (top-level calls) and a per-component in-flight
+    /// slot, or refuse at once.
+    fn admit(&self, target: &Target<'_>, caller: &Caller) -> Result<Permits, CallFailure> {
         let server =
             self.in_flight
                 .clone()
@@ -1374,6 +1394,19 @@ impl Airlock {
                 .map_err(|_| CallFailure::ServerBusy {
                     limit: self.catalog.policy.server.max_in_flight,
                 })?;
+        // A nested call runs within its caller's slot: it is bounded by the nesting caps, and
+        // refusing it here would fail a call already admitted.
+        let principal = match caller.is_top_level() {
+            true => Some(
+                self.principal_slots
+                    .take(&caller.principal.name)
+                    .ok_or_else(|| CallFailure::PrincipalBusy {
+                        principal: caller.principal.name.to_string(),
+                        limit: self.principal_slots.limit(),
+                    })?,
+            ),
+            false => None,
+        };
         let component = target
             .component
             .in_flight
@@ -1384,7 +1417,11 @@ impl Airlock {
                 component: target.component.entry.name.clone(),
                 limit: target.component.entry.limits.max_in_flight,
             })?;
-        Ok([server, component])
+        Ok(Permits {
+            _server: server,
+            _principal: principal,
+            _component: component,
+        })
     }
 
     /// Run the call's guest. `permits` (its in-flight slots) go with the run and are given back
@@ -1398,7 +1435,7 @@ impl Airlock {
         running: &Running,
         caller: &Caller,
         usage: &Usage,
-        permits: [OwnedSemaphorePermit; 2],
+        permits: Permits,
     ) -> RunReport<Answer> {
         let (arguments_sha256, shadow) = (
             usage.arguments_sha256.as_str(),

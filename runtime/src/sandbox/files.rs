@@ -11,6 +11,7 @@
 
 use crate::core::denial::{Denial, HandleKind};
 use crate::core::failure::CallFailure;
+use crate::sandbox::capture::HostMeter;
 use crate::sandbox::quota::{ENTRY_BYTES, Ledger, Writing};
 use crate::sandbox::store::{HostState, OpenHandles, end_run};
 use bytes::Bytes;
@@ -20,7 +21,9 @@ use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::ReaddirIterator;
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
-use wasmtime_wasi::p2::{DynOutputStream, FsResult, OutputStream, Pollable, StreamError};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, FsResult, InputStream, OutputStream, Pollable, StreamError,
+};
 
 /// The interfaces shadowed here, at the version wasmtime-wasi links (components importing any
 /// 0.2.x version are linked to it).
@@ -453,6 +456,41 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         },
     )?;
 
+    // Reads cost the host as writes do: charged to the call's fuel, by call and by byte.
+    inst.func_wrap_async(
+        "[method]descriptor.read",
+        |mut store, (fd, len, offset): (Resource<Descriptor>, u64, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let r = types::HostDescriptor::read(&mut state.filesystem(), fd, len, offset).await;
+                state.charge(r.as_ref().map_or(0, |(bytes, _)| bytes.len()));
+                let sent: Sent<(Vec<u8>, bool)> = Ok((to_guest(state, r)?,));
+                sent
+            })
+        },
+    )?;
+
+    inst.func_wrap(
+        "[method]descriptor.read-via-stream",
+        |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
+            let state = store.data_mut();
+            state.charge(0);
+            let r = types::HostDescriptor::read_via_stream(&mut state.filesystem(), fd, offset);
+            let r = match r {
+                Ok(stream) => {
+                    let inner = state.table.delete(stream)?;
+                    let charged: DynInputStream = Box::new(ChargedInput {
+                        inner,
+                        meter: state.meter.clone(),
+                    });
+                    Ok(state.table.push(charged)?)
+                }
+                Err(e) => Err(e),
+            };
+            Ok((to_guest(state, r)?,))
+        },
+    )?;
+
     inst.func_wrap(
         "[method]descriptor.write-via-stream",
         |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
@@ -475,6 +513,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 )?),
                 (r, _) => r,
             };
+            let r = state.charged_output(r)?;
             Ok((to_guest(state, r)?,))
         },
     )?;
@@ -490,6 +529,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
                 (Ok(stream), Some(q)) => Ok(state.metered(stream, q, Growth::Append)?),
                 (r, _) => r,
             };
+            let r = state.charged_output(r)?;
             Ok((to_guest(state, r)?,))
         },
     )?;
@@ -651,6 +691,22 @@ impl CallFiles {
 }
 
 impl HostState {
+    /// Put a file's output stream (just made) behind the call's fuel meter.
+    fn charged_output(
+        &mut self,
+        made: FsResult<Resource<DynOutputStream>>,
+    ) -> wasmtime::Result<FsResult<Resource<DynOutputStream>>> {
+        let Ok(stream) = made else {
+            return Ok(made);
+        };
+        let inner = self.table.delete(stream)?;
+        let charged: DynOutputStream = Box::new(ChargedOutput {
+            inner,
+            meter: self.meter.clone(),
+        });
+        Ok(Ok(self.table.push(charged)?))
+    }
+
     /// Put `stream` (just made by wasmtime-wasi for a file under the grant `q`) behind a meter.
     fn metered(
         &mut self,
@@ -721,6 +777,89 @@ impl OutputStream for MeteredStream {
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
         self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+/// A file's input stream whose reads are charged to the call's fuel.
+struct ChargedInput {
+    inner: DynInputStream,
+    meter: HostMeter,
+}
+
+#[async_trait::async_trait]
+impl Pollable for ChargedInput {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for ChargedInput {
+    fn read(&mut self, size: usize) -> Result<Bytes, StreamError> {
+        let bytes = self.inner.read(size)?;
+        self.meter.charge_transfer(bytes.len());
+        Ok(bytes)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> Result<Bytes, StreamError> {
+        let bytes = self.inner.blocking_read(size).await?;
+        self.meter.charge_transfer(bytes.len());
+        Ok(bytes)
+    }
+
+    fn skip(&mut self, nelem: usize) -> Result<usize, StreamError> {
+        let skipped = self.inner.skip(nelem)?;
+        self.meter.charge_transfer(0);
+        Ok(skipped)
+    }
+
+    async fn blocking_skip(&mut self, nelem: usize) -> Result<usize, StreamError> {
+        let skipped = self.inner.blocking_skip(nelem).await?;
+        self.meter.charge_transfer(0);
+        Ok(skipped)
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+/// A file's output stream whose writes are charged to the call's fuel (a quota, where the
+/// grant has one, is charged by the `MeteredStream` inside).
+struct ChargedOutput {
+    inner: DynOutputStream,
+    meter: HostMeter,
+}
+
+#[async_trait::async_trait]
+impl Pollable for ChargedOutput {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for ChargedOutput {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.meter.charge_transfer(bytes.len());
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        self.inner.check_write()
+    }
+
+    fn write_zeroes(&mut self, nelem: usize) -> Result<(), StreamError> {
+        self.meter.charge_transfer(nelem);
+        self.inner.write_zeroes(nelem)
     }
 
     async fn cancel(&mut self) {

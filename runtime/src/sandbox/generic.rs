@@ -87,12 +87,13 @@ pub struct Naming<'a> {
 }
 
 /// Whether the component exports anything of the `airlock:tool` world (it then must fit it,
-/// and is not served as a generic component).
+/// and is not served as a generic component): a broken build that exports `call` without
+/// `describe` is a load error that says so, not a generic tool named after `call`.
 pub fn targets_airlock_tool(component: &Component, engine: &Engine) -> bool {
     let ty = component.component_type();
     ["describe", "call"]
         .iter()
-        .all(|wanted| ty.get_export(engine, wanted).is_some())
+        .any(|wanted| ty.get_export(engine, wanted).is_some())
 }
 
 /// Every function `component` exports, as tools named per `naming`. A rename of a function

@@ -9,7 +9,7 @@ use crate::core::interaction::Reply;
 use crate::core::principal::{Access, Principal};
 use crate::core::redact::{Redactor, Shapes};
 use crate::core::units::ByteSize;
-use crate::sandbox::capture::Capture;
+use crate::sandbox::capture::{Capture, HostMeter};
 use crate::sandbox::clock::Clock;
 use crate::sandbox::egress::{self, DenialCell, EgressGate};
 use crate::sandbox::files::CallFiles;
@@ -122,6 +122,9 @@ pub struct HostState {
     /// Host work done for the call through its imports, in fuel, counted against its budget
     /// at every epoch tick and at its end.
     host_work: u64,
+    /// Host work done for the call by wasmtime-wasi's own imports (its stdout, stderr,
+    /// random bytes and file streams), in fuel, counted with `host_work`.
+    pub(super) meter: HostMeter,
     /// The TCP sockets the call holds open.
     sockets: OpenHandles<wasmtime_wasi::p2::TcpSocket>,
     /// Whether the call may create TCP sockets at all.
@@ -1133,7 +1136,11 @@ pub async fn run(
             .max(limits.max_output_bytes.as_usize() / 4),
         None => limits.capture_bytes.as_usize(),
     };
-    let (stdout, stderr) = (Capture::new(cap), Capture::new(cap));
+    let meter = HostMeter::default();
+    let (stdout, stderr) = (
+        Capture::new(cap, meter.clone()),
+        Capture::new(cap, meter.clone()),
+    );
     let denial = DenialCell::default();
     let (live, called, services, shadow, caller) = match &invocation {
         Invocation::Describe => (
@@ -1222,6 +1229,7 @@ pub async fn run(
         },
         signals_left: limits.max_signals,
         host_work: 0,
+        meter: meter.clone(),
         sockets: OpenHandles::new(limits.max_open_sockets),
         tcp_granted: !shadow && granted_tcp,
         sample_granted,
@@ -1247,6 +1255,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let carried = store.data().gate.carried();
     let carried_at_end = carried.clone();
+    let meter_at_end = meter.clone();
     let budget = limits.fuel;
     store.epoch_deadline_callback(move |ctx| {
         // The callback runs only while guest code runs: a call waiting on I/O or on a person
@@ -1265,6 +1274,7 @@ pub async fn run(
             ctx.get_fuel().unwrap_or(0),
             ctx.data().host_work,
             &carried,
+            &meter,
         );
         if spent >= budget {
             return Err(wasmtime::Error::from(Trap::OutOfFuel));
@@ -1324,6 +1334,7 @@ pub async fn run(
             store.get_fuel().unwrap_or(0),
             store.data().host_work,
             &carried_at_end,
+            &meter_at_end,
         )),
     };
     let fuel_used = spent.map(|s| s.min(limits.fuel));
@@ -1438,16 +1449,18 @@ fn call_files(
 }
 
 /// Fuel a call has spent of `budget`: its guest's (what `left` says is gone) and the host's
-/// work for it (through imports, and HTTP body bytes carried).
+/// work for it (through imports, HTTP body bytes carried, and its streams and random bytes).
 fn spent_so_far(
     budget: u64,
     left: u64,
     host_work: u64,
     carried: &std::sync::atomic::AtomicU64,
+    meter: &HostMeter,
 ) -> u64 {
     budget
         .saturating_sub(left)
         .saturating_add(host_work)
+        .saturating_add(meter.fuel())
         .saturating_add(
             carried
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -1473,7 +1486,12 @@ pub fn wasi_context(
     denial: &DenialCell,
 ) -> Result<WasiCtx, CallFailure> {
     let mut builder = WasiCtxBuilder::new();
+    // Both generators are the host's secure one: a guest asking for "insecure" bytes gets
+    // bytes no worse, and both are charged to the call.
+    let meter = stdout.meter();
     builder
+        .secure_random(meter.random(wasmtime_wasi::thread_rng()))
+        .insecure_random(meter.random(wasmtime_wasi::thread_rng()))
         .max_random_size(max_random)
         .stdout(stdout.clone())
         .stderr(stderr.clone())

@@ -234,14 +234,19 @@ fn landlock_layer(plan: &Plan) -> Layer {
     // path it cannot open).
     let abi = ABI::V4;
     let tcp = AccessNet::BindTcp | AccessNet::ConnectTcp;
+    // No abstract unix sockets and no signals outside this process: scopes, from ABI 6. They
+    // are asked for only where the kernel has them, so that a kernel with ABI 4 or 5 enforces
+    // all that was asked (the plan) instead of reporting the whole ruleset as partial.
+    let scoped = landlock_abi() >= 6;
     let result = (|| -> Result<landlock::RestrictionStatus, landlock::RulesetError> {
-        let mut created = Ruleset::default()
+        let mut ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(abi))?
-            .handle_access(tcp)?
-            // No abstract unix sockets and no signals outside this process (ABI 6; best
-            // effort below it).
-            .scope(Scope::AbstractUnixSocket | Scope::Signal)?
+            .handle_access(tcp)?;
+        if scoped {
+            ruleset = ruleset.scope(Scope::AbstractUnixSocket | Scope::Signal)?;
+        }
+        let mut created = ruleset
             .create()?
             .add_rules(path_beneath_rules(&plan.read, AccessFs::from_read(abi)))?
             .add_rules(path_beneath_rules(
@@ -257,11 +262,16 @@ fn landlock_layer(plan: &Plan) -> Layer {
         created.restrict_self()
     })();
     let summary = format!(
-        "{} read, {} read-write paths; bind {:?}; connect {:?}",
+        "{} read, {} read-write paths; bind {:?}; connect {:?}{}",
         plan.read.len(),
         plan.read_write.len(),
         plan.bind,
-        plan.connect
+        plan.connect,
+        if scoped {
+            ""
+        } else {
+            "; no scopes (abstract sockets, signals: ABI 6)"
+        }
     );
     match result {
         Ok(status) => match status.ruleset {
@@ -461,4 +471,20 @@ pub fn probe(outside_file: &Path, outside_port: u16) -> Vec<(String, Result<Stri
             verdict(std::process::Command::new("/bin/true").status()),
         ),
     ]
+}
+
+/// The kernel's landlock ABI version (0: none).
+pub(crate) fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag only
+    // returns the ABI version (or -1 with errno); it creates nothing and touches no memory.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    v.max(0)
 }

@@ -9,22 +9,6 @@ use crate::serve::confine;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// The kernel's landlock ABI version (0: none).
-fn landlock_abi() -> i64 {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag only
-    // returns the ABI version (or -1 with errno); it creates nothing and touches no memory.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    v.max(0)
-}
-
 fn status_field(name: &str) -> Option<String> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
@@ -90,7 +74,7 @@ pub fn run(
 ) -> anyhow::Result<bool> {
     let mode = mode_for(policy, http);
     let plan = Plan::for_policy(policy, config, http);
-    let abi = landlock_abi();
+    let abi = crate::serve::confine::landlock_abi();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("config      {}", policy.origin);
     println!(

@@ -127,19 +127,30 @@ pub fn init(json: bool) {
         } else {
             LevelFilter::OFF
         });
-    if !spec.contains("rmcp") && global < LevelFilter::DEBUG {
+    let rmcp_named = spec.contains("rmcp");
+    if !rmcp_named && global < LevelFilter::DEBUG {
         filter = filter.add_directive(directive(&format!(
             "rmcp={}",
             global.min(LevelFilter::WARN)
         )));
     }
-    // rmcp logs whole session ids (a session's bearer capability) at info and in its spans:
-    // those targets are held below the levels that would show them, whatever RUST_LOG says.
+    // rmcp logs whole session ids (a session's bearer capability) at info, in an error when a
+    // session fails to close, and in its workers' TRACE spans: those targets are held below
+    // the levels that would show them, whatever RUST_LOG says. The worker's own lines (a
+    // session's end, at debug) stay at rmcp's level unless RUST_LOG names rmcp.
+    let worker = if rmcp_named {
+        LevelFilter::DEBUG
+    } else {
+        global.min(LevelFilter::WARN)
+    };
     let filter = filter
         .add_directive(directive(
             "rmcp::transport::streamable_http_server::session::local=warn",
         ))
-        .add_directive(directive("rmcp::transport::worker=debug"))
+        .add_directive(directive(&format!("rmcp::transport::worker={worker}")))
+        .add_directive(directive(
+            "rmcp::transport::streamable_http_server::tower=off",
+        ))
         .add_directive(directive("rmcp::transport::common::server_side_http=off"));
     // rustls warns of what a TLS client sends (an unexpected message, an alert): anyone who
     // can connect could fill the log. Failed handshakes are counted in the metrics instead.
