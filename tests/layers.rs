@@ -44,34 +44,48 @@ struct Uses {
 
 /// Every layer named by a `crate::<layer>` path in `text`, with its line number; and the
 /// lines that use a form the check cannot read.
-fn uses(text: &str) -> Uses {
+///
+/// `layer_root` says the file is a layer's `mod.rs`, where `super::` is the crate root and so
+/// could reach any layer unseen.
+fn uses(text: &str, layer_root: bool) -> Uses {
     let mut found = Vec::new();
     let mut unreadable = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = code(line);
         let mut rest = line;
+        // `$crate::` (a macro's own crate) is read like `crate::`: a macro in a low layer
+        // that expands to a path up is as much a violation as the path itself.
         while let Some(i) = rest.find("crate::") {
             let after = &rest[i + "crate::".len()..];
-            // `$crate::` in a macro is the macro's own crate, not a path into a layer.
-            let dollar = i > 0 && rest.as_bytes()[i - 1] == b'$';
-            if !dollar {
-                if after.starts_with('{') {
-                    unreadable.push((n + 1, "write `use crate::<layer>::…` once per layer"));
-                }
-                let name: String = after
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.push((n + 1, name));
-                }
+            if after.starts_with('{') {
+                unreadable.push((n + 1, "write `use crate::<layer>::…` once per layer"));
+            }
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.push((n + 1, name));
             }
             rest = after;
         }
-        if line.contains("super::super") {
+        // Forms that reach a layer under another name, so the paths above would miss them.
+        let hidden = [
+            ("super::super", "`super::super` can leave a layer; name it by `crate::`"),
+            ("crate as ", "an alias of the crate hides which layer a path reaches; use `crate::`"),
+            ("extern crate", "`extern crate` can alias this crate; use `crate::`"),
+            ("#[path", "`#[path]` can put another layer's file in this one"),
+            ("include!", "`include!` can put another layer's code in this one"),
+        ];
+        for (form, why) in hidden {
+            if line.contains(form) {
+                unreadable.push((n + 1, why));
+            }
+        }
+        if layer_root && line.contains("super::") && !line.contains("super::super") {
             unreadable.push((
                 n + 1,
-                "`super::super` can leave a layer; name it by `crate::`",
+                "`super::` in a layer's mod.rs is the crate root; name it by `crate::`",
             ));
         }
     }
@@ -109,7 +123,8 @@ fn no_module_uses_a_layer_above_its_own() {
         };
         seen_layers |= 1 << own;
         let text = std::fs::read_to_string(file).expect("a readable source file");
-        let Uses { found, unreadable } = uses(&text);
+        let layer_root = relative.file_name().is_some_and(|f| f == "mod.rs");
+        let Uses { found, unreadable } = uses(&text, layer_root);
         for (line, name) in found {
             match rank(&name) {
                 Some(target) if target > own => problems.push(format!(
@@ -141,11 +156,19 @@ fn no_module_uses_a_layer_above_its_own() {
 
 #[test]
 fn the_check_sees_an_upward_path() {
-    // The reader itself: a path up a layer is found, a comment and `$crate` are not.
+    // The reader itself: a path up a layer is found (also through `$crate`), a comment is
+    // not, and forms that hide the layer are refused.
     let Uses { found, unreadable } = uses(
-        "use crate::gate::audit::AuditLog;\n// crate::serve::cli\nlet x = $crate::x;\nuse crate::{core::ids, gate::auth};\n",
+        "use crate::gate::audit::AuditLog;\n// crate::serve::cli\nlet x = $crate::serve::x;\nuse crate::{core::ids, gate::auth};\n",
+        false,
     );
     let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(names, ["gate"]);
+    assert_eq!(names, ["gate", "serve"]);
     assert_eq!(unreadable.len(), 1);
+    let hiding = "use crate as c;\nuse super::serve::cli;\n#[path = \"../serve/cli.rs\"]\nmod x;\n";
+    let Uses { unreadable, .. } = uses(hiding, true);
+    let lines: Vec<usize> = unreadable.iter().map(|(n, _)| *n).collect();
+    assert_eq!(lines, [1, 2, 3]);
+    // Outside a layer's mod.rs, `super::` is the layer itself.
+    assert!(uses("use super::files;\n", false).unreadable.is_empty());
 }
