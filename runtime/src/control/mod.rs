@@ -1,4 +1,4 @@
-//! Layer 6: the operator plane. Operator commands (kill, revoke, …), live reload, the admin
+//! Layer 7: the operator plane. Operator commands (kill, revoke, …), live reload, the admin
 //! socket server, and `airlock ctl`, its client. Never reachable through MCP.
 
 pub mod admin;

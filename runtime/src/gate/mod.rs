@@ -1,6 +1,9 @@
-//! Layer 4: the per-call controls other than the sandbox. Authentication, rate limits, the
-//! operator's kill switch and revocations, approvals and their tickets, and the audit log
-//! with its journal.
+//! Layer 5: the per-call controls other than the sandbox. Authentication (API keys, JWTs and
+//! the verified-token cache, client certificates, DPoP), rate limits, each principal's
+//! in-flight slots, the operator's kill switch and revocations (on one machine or shared by a
+//! fleet), approvals and their tickets, content safety, the audit log with its journal, its
+//! readable view and evidence bundles, and the host's own outgoing requests (the `[notify]`
+//! webhook, OpenTelemetry traces).
 
 pub mod approval;
 pub mod audit;

@@ -1,6 +1,6 @@
-//! Layer 5: the call path. [`call::Airlock::call`] composes the gate and the sandbox in one
+//! Layer 6: the call path. [`call::Airlock::call`] composes the gate and the sandbox in one
 //! readable sequence of steps, over the loaded [`catalog`] and the [`operator_state`] every
-//! call obeys.
+//! call obeys, with the calls in progress registered in [`running`].
 
 pub mod call;
 pub mod catalog;

@@ -1,5 +1,6 @@
-//! Layer 7 (top): the process. The MCP transports (stdio and Streamable HTTP), the command
-//! line, `doctor`, and the host's confinement of itself.
+//! Layer 8 (top): the process. The MCP transports (stdio and Streamable HTTP, with its
+//! listener and sessions), the process's log, the `[metrics]` listener, the command line,
+//! `airlock new`, `doctor`, and the host's confinement of itself.
 
 pub mod cli;
 pub mod confine;

@@ -1,6 +1,7 @@
-//! Where a component's bytes come from and who signed them: OCI registries, `https://` URLs,
-//! the cache of what was fetched, and signatures. Below the configuration (which names the
-//! sources and the trusted keys) and above only `core`.
+//! Layer 2: where a component's bytes come from and who signed them: OCI registries (`oci`),
+//! `https://` URLs (`https`), the cache of what was fetched, and signatures (`signature`).
+//! Below the configuration (which names the sources and the trusted keys) and above only
+//! `core`.
 
 pub mod https;
 pub mod oci;
