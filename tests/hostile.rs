@@ -410,6 +410,9 @@ fn every_channel_a_tool_makes_the_host_carry_is_bounded() {
                 {"id": "error", "tool": "hostile_channel_flood", "args": flood("error", 8 << 20, 0)},
                 {"id": "confirm", "tool": "hostile_channel_flood", "args": flood("confirm", 100_000, 0)},
                 {"id": "items", "tool": "hostile_channel_flood", "args": flood("items", 400_000, 0)},
+                {"id": "elicit", "tool": "hostile_channel_flood", "args": flood("elicit", 100_000, 0)},
+                {"id": "some_items", "tool": "hostile_channel_flood", "args": flood("items", 101, 0)},
+                {"id": "enough_items", "tool": "hostile_channel_flood", "args": flood("items", 100, 0)},
                 {"id": "during", "tool": "fixture_echo", "args": {"message": "during"}, "delay_ms": 30}
             ],
             "then": [{"id": "after", "tool": "fixture_echo", "args": {"message": "after"}}],
@@ -438,6 +441,15 @@ fn every_channel_a_tool_makes_the_host_carry_is_bounded() {
     let confirm = s.call("confirm");
     assert_eq!(outcome(confirm), "question_too_large", "{confirm}");
     assert_eq!(confirm["text"], "the tool's question is larger than 1 KiB");
+    let elicit = s.call("elicit");
+    assert_eq!(outcome(elicit), "question_too_large", "{elicit}");
+    assert_eq!(elicit["text"], "the tool's question is larger than 1 KiB");
+    // One item past max_output_items is refused; exactly the cap is a result.
+    let some = s.call("some_items");
+    assert_eq!(outcome(some), "output_too_large", "{some}");
+    assert_eq!(some["text"], "output has more than 100 content items");
+    let enough = s.call("enough_items");
+    assert_eq!(enough["content"].as_array().map(Vec::len), Some(100), "{enough}");
     // 400,000 items are more than the host holds for one result: stopped while copied.
     let items = s.call("items");
     assert_eq!(outcome(items), "output_too_large", "{items}");
