@@ -449,7 +449,11 @@ fn every_channel_a_tool_makes_the_host_carry_is_bounded() {
     assert_eq!(outcome(some), "output_too_large", "{some}");
     assert_eq!(some["text"], "output has more than 100 content items");
     let enough = s.call("enough_items");
-    assert_eq!(enough["content"].as_array().map(Vec::len), Some(100), "{enough}");
+    assert_eq!(
+        enough["content"].as_array().map(Vec::len),
+        Some(100),
+        "{enough}"
+    );
     // 400,000 items are more than the host holds for one result: stopped while copied.
     let items = s.call("items");
     assert_eq!(outcome(items), "output_too_large", "{items}");

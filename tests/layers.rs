@@ -71,11 +71,26 @@ fn uses(text: &str, layer_root: bool) -> Uses {
         }
         // Forms that reach a layer under another name, so the paths above would miss them.
         let hidden = [
-            ("super::super", "`super::super` can leave a layer; name it by `crate::`"),
-            ("crate as ", "an alias of the crate hides which layer a path reaches; use `crate::`"),
-            ("extern crate", "`extern crate` can alias this crate; use `crate::`"),
-            ("#[path", "`#[path]` can put another layer's file in this one"),
-            ("include!", "`include!` can put another layer's code in this one"),
+            (
+                "super::super",
+                "`super::super` can leave a layer; name it by `crate::`",
+            ),
+            (
+                "crate as ",
+                "an alias of the crate hides which layer a path reaches; use `crate::`",
+            ),
+            (
+                "extern crate",
+                "`extern crate` can alias this crate; use `crate::`",
+            ),
+            (
+                "#[path",
+                "`#[path]` can put another layer's file in this one",
+            ),
+            (
+                "include!",
+                "`include!` can put another layer's code in this one",
+            ),
         ];
         for (form, why) in hidden {
             if line.contains(form) {

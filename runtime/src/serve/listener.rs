@@ -3,7 +3,7 @@
 //! headers (which on a keep-alive connection counts from the end of the previous response, so
 //! it is the idle timeout too), and the time to send a request's body. A client that sends half
 //! a request and waits holds a connection for the header timeout at most, and one address
-//! cannot take more than its share.
+//! cannot take more than its share (an IPv6 peer is its /64).
 
 use crate::config::policy::FdNeed;
 use crate::gate::client_cert::ClientCertificate;
@@ -42,8 +42,26 @@ struct PeerSlot {
     ip: IpAddr,
 }
 
+/// The address a peer is counted under: an IPv4 address (also written IPv4-mapped), or an
+/// IPv6 address's /64. One host is usually given a whole /64, and can pick any address in it,
+/// so counting exact IPv6 addresses would give it 2^64 shares.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
 impl Peers {
     fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let ip = peer_key(ip);
         let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= max {
@@ -348,5 +366,42 @@ impl http_body::Body for Deadline {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_peer() {
+        let peers = Arc::new(Peers::default());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:0:0:9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let first = peers.take(a, 2).expect("a first connection");
+        let _second = peers.take(b, 2).expect("the same /64, second connection");
+        assert!(
+            peers.take(b, 2).is_none(),
+            "a third from the /64 is over the cap"
+        );
+        assert!(
+            peers.take(other, 2).is_some(),
+            "another /64 has its own share"
+        );
+        drop(first);
+        assert!(
+            peers.take(a, 2).is_some(),
+            "a slot given back is free again"
+        );
+        // IPv4, and IPv4 written IPv4-mapped, are one address.
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let _one = peers.take(v4, 1).expect("an IPv4 peer");
+        assert!(peers.take(mapped, 1).is_none(), "the same address, mapped");
+        assert_eq!(
+            peer_key("192.0.2.8".parse().unwrap()),
+            "192.0.2.8".parse::<IpAddr>().unwrap()
+        );
     }
 }
