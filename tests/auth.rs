@@ -1111,3 +1111,64 @@ fn dpop_or_any_sender_constraint_can_be_required() {
         200
     );
 }
+
+#[test]
+fn a_flood_of_bad_credentials_is_counted_not_logged_line_by_line() {
+    // Anyone can send bad credentials: each refusal is counted in the metrics by reason, and
+    // the log gets one line a second at most, carrying the count since the last one.
+    let dir = TempDir::new("auth-refusal-flood");
+    let config = dir.config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[auth]\nmode = \"api-key\"\n\
+         [[auth.api_keys]]\nprincipal = \"ci-bot\"\nsha256 = \"{}\"\nroles = [\"readers\"]\n\
+         [roles]\nreaders = [\"analysts\"]\n[[tool]]\nname = \"text\"\ncomponent = \"bundled:text\"\nroles = [\"readers\"]\n",
+        hex::encode(Sha256::digest(API_KEY)),
+    ));
+    let server = HttpServer::start(&config);
+    let started = std::time::Instant::now();
+    let flood = 60;
+    for i in 0..flood {
+        let r = raw_mcp(
+            &server.addr,
+            "tools/list",
+            json!({}),
+            &[("Authorization", &format!("Bearer ak-wrong-{i}"))],
+        )
+        .unwrap();
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    // The benign client is unaffected.
+    let ok = raw_mcp(
+        &server.addr,
+        "tools/list",
+        json!({}),
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+    )
+    .unwrap();
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let log = server.log();
+    let lines = log.matches("request refused").count();
+    assert!(
+        (1..=seconds + 2).contains(&lines),
+        "{lines} refusal lines for {flood} refusals in {seconds} s:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("request refused") && l.ends_with("refused=1")),
+        "the first refusal is logged at once:\n{log}"
+    );
+    let metrics = log
+        .lines()
+        .find_map(|l| l.strip_prefix("airlock: serving metrics on http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics listener in:\n{log}"))
+        .to_owned();
+    let scraped = common::raw_http(&metrics, "GET /metrics HTTP/1.1\r\n", "").unwrap();
+    assert!(
+        scraped.body.contains(&format!(
+            "airlock_auth_refused_total{{reason=\"invalid_token\"}} {flood}"
+        )),
+        "{}",
+        scraped.body
+    );
+}

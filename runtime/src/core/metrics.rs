@@ -135,6 +135,7 @@ pub struct Metrics {
     pub sessions_open: Gauge,
     pub sessions_opened: Counter,
     pub sessions_refused: Family<ReasonLabels, Counter>,
+    pub auth_refused: Family<ReasonLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections: Family<ListenerLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
@@ -184,6 +185,7 @@ fn exposed() -> &'static Exposed {
             sessions_open: Gauge::default(),
             sessions_opened: Counter::default(),
             sessions_refused: Family::default(),
+            auth_refused: Family::default(),
             connections_open: Family::default(),
             connections: Family::default(),
             connections_refused: Family::default(),
@@ -275,6 +277,11 @@ fn exposed() -> &'static Exposed {
             "sessions_refused",
             "Sessions refused, by reason (max_sessions, max_sessions_per_principal, not_owner)",
             m.sessions_refused.clone(),
+        );
+        r.register(
+            "auth_refused",
+            "HTTP requests refused by authentication, by reason (missing, invalid_token, unknown_key, insufficient_scope, invalid_dpop_proof, unknown_certificate, proofs_full)",
+            m.auth_refused.clone(),
         );
         r.register(
             "http_connections_open",

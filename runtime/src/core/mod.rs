@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod principal;
 pub mod redact;
 pub mod text;
+pub mod throttle;
 pub mod units;

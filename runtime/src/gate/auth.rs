@@ -149,6 +149,21 @@ pub enum AuthError {
     ProofsFull(&'static str),
 }
 
+impl AuthError {
+    /// The refusal's kind, as the metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::UnknownKey => "unknown_key",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
+            Self::UnknownCertificate(_) => "unknown_certificate",
+            Self::ProofsFull(_) => "proofs_full",
+        }
+    }
+}
+
 /// How the `Authorization` header presents a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scheme {

@@ -6,6 +6,7 @@
 //! cannot take more than its share (an IPv6 peer is its /64).
 
 use crate::config::policy::FdNeed;
+use crate::core::throttle::LogThrottle;
 use crate::gate::client_cert::ClientCertificate;
 use anyhow::Result;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -13,10 +14,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -87,28 +87,13 @@ impl Drop for PeerSlot {
     }
 }
 
-/// `RefusalLog::last_ms` before the first refusal.
-const NEVER: u64 = u64::MAX;
-
 /// Refusals are logged at most once a second (a flood of them must not flood the log).
-struct RefusalLog {
-    refused: AtomicU64,
-    last_ms: AtomicU64,
-    started: Instant,
-}
+#[derive(Default)]
+struct RefusalLog(LogThrottle);
 
 impl RefusalLog {
     fn note(&self, why: &str) {
-        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if (last == NEVER || now.saturating_sub(last) >= 1000)
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.refused.store(0, Ordering::Relaxed);
+        if let Some(n) = self.0.admit() {
             tracing::warn!(target: "airlock::http", refused = n, "connections refused: {why}");
         }
     }
@@ -184,11 +169,7 @@ pub async fn serve(
     ));
     let total = Arc::new(Semaphore::new(limits.max_connections));
     let peers = Arc::new(Peers::default());
-    let refusals = RefusalLog {
-        refused: AtomicU64::new(0),
-        last_ms: AtomicU64::new(NEVER),
-        started: Instant::now(),
-    };
+    let refusals = RefusalLog::default();
     let tracker = TaskTracker::new();
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {

@@ -792,7 +792,18 @@ async fn authenticate(
         }
         Err(e) => e,
     };
-    tracing::warn!(target: "airlock::auth", reason = %error, "request refused");
+    // Anyone can send bad credentials as fast as the connection caps allow: one line a second
+    // (with the count since the last), every refusal in the metrics.
+    static REFUSALS: crate::core::throttle::LogThrottle = crate::core::throttle::LogThrottle::new();
+    crate::core::metrics::metrics()
+        .auth_refused
+        .get_or_create(&crate::core::metrics::ReasonLabels {
+            reason: error.kind(),
+        })
+        .inc();
+    if let Some(refused) = REFUSALS.admit() {
+        tracing::warn!(target: "airlock::auth", reason = %error, refused, "request refused");
+    }
     let resource = auth
         .settings()
         .jwt

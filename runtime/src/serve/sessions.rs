@@ -141,11 +141,15 @@ pub async fn bind_session(
             let owner = owner.as_deref().unwrap_or("unknown");
             let short = short_id(id);
             let method = request.method().as_str().to_owned();
-            tracing::warn!(
-                target: "airlock::auth",
-                principal = %principal.name, owner, session = %short, method,
-                "request on another principal's session refused"
-            );
+            static REFUSALS: crate::core::throttle::LogThrottle =
+                crate::core::throttle::LogThrottle::new();
+            if let Some(refused) = REFUSALS.admit() {
+                tracing::warn!(
+                    target: "airlock::auth",
+                    principal = %principal.name, owner, session = %short, method, refused,
+                    "request on another principal's session refused"
+                );
+            }
             let record = SessionRecord {
                 event: "refused",
                 principal: &principal.name,
@@ -226,7 +230,10 @@ async fn refuse_session(
     principal: &Principal,
     why: String,
 ) -> axum::response::Response {
-    tracing::warn!(target: "airlock::auth", principal = %principal.name, "{why}");
+    static REFUSALS: crate::core::throttle::LogThrottle = crate::core::throttle::LogThrottle::new();
+    if let Some(refused) = REFUSALS.admit() {
+        tracing::warn!(target: "airlock::auth", principal = %principal.name, refused, "{why}");
+    }
     count_refusal(if why.contains("max_sessions_per_principal") {
         "max_sessions_per_principal"
     } else {
