@@ -275,6 +275,48 @@ fn no_grant_may_expose_a_file_airlock_reads_or_trusts() {
             && err.contains("the component file of tool \"hostile\""),
         "{err}"
     );
+    // The JWKS file, a tool's WIT and a signing key of [trust.keys], each in a granted
+    // directory: whoever writes them decides who is authenticated, what a component's
+    // functions mean, and which components are trusted.
+    let trusted = dir.0.join("trusted");
+    std::fs::create_dir_all(&trusted).unwrap();
+    std::fs::write(
+        trusted.join("jwks.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    )
+    .unwrap();
+    let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/generic/wit/world.wit");
+    std::fs::copy(&wit, trusted.join("world.wit")).unwrap();
+    std::fs::copy(
+        std::path::Path::new(airlock::config::bundled::WASM_DIR).join("generic.wasm"),
+        dir.0.join("generic.wasm"),
+    )
+    .unwrap();
+    let (ok, out) = common::run_airlock_text(&["keygen", trusted.join("team").to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let grant = "[[tool]]\nname = \"files\"\ncomponent = \"bundled:files\"\n[tool.grants]\nfs = [{ host = \"trusted\", guest = \"/t\", mode = \"ro\" }]\n";
+    for (section, what) in [
+        (
+            "[auth]\nmode = \"jwt\"\nresource = \"https://airlock.test/mcp\"\nissuer = \"https://issuer.test\"\njwks_file = \"trusted/jwks.json\"\n",
+            "the JWKS file",
+        ),
+        (
+            "[[tool]]\nname = \"geo\"\ncomponent = \"generic.wasm\"\nwit = \"trusted/world.wit\"\n",
+            "the WIT of tool \"geo\"",
+        ),
+        (
+            "[trust.keys]\nteam = \"trusted/team.pub\"\n",
+            "the signing key \"team\" of [trust.keys]",
+        ),
+    ] {
+        let config = dir.config(&format!("{section}{grant}"));
+        let (ok, err) = common::check(&config, &state);
+        assert!(
+            !ok && err.contains("would expose airlock's own files") && err.contains(what),
+            "{what}: {err}"
+        );
+    }
 }
 
 #[test]
