@@ -45,11 +45,37 @@ enum Expose {
 }
 
 /// `"https://api.example.com"` or `{ url = "…", methods = ["GET"], addresses = ["10.0.0.0/8"] }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// Read by hand rather than `untagged`, so that a wrong value is told what is expected (not
+/// the name of a Rust type) and a mistake inside the table is named as such.
+#[derive(Debug, Clone)]
 enum NetGrantSection {
     Url(String),
     Full(NetGrantTable),
+}
+
+impl<'de> Deserialize<'de> for NetGrantSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = NetGrantSection;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a URL in quotes (\"https://api.example.com\") or a table ({ url = \"…\", methods = [\"GET\"] })",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(NetGrantSection::Url(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                NetGrantTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(NetGrantSection::Full)
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

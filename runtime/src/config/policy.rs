@@ -1736,6 +1736,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "tool › grants › fs › mode");
+        // Keys that take one of two forms say both, never a Rust type's name.
+        let tool = "[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n";
+        for (config, key, expected) in [
+            (
+                format!("{tool}[tool.grants]\nnet = [5]\n"),
+                "tool › grants › net",
+                "expected a URL in quotes (\"https://api.example.com\") or a table ({ url = \"…\", methods = [\"GET\"] })",
+            ),
+            (
+                format!("[roles]\nr = 5\n{tool}"),
+                "roles › r",
+                "expected a list of claim values ([\"analysts\"]) or a table",
+            ),
+            (
+                format!("{tool}[tool.safety]\noutput = \"blok\"\n"),
+                "tool › safety › output",
+                "unknown variant `blok`, expected one of `flag`, `redact`, `block`, `spotlight`, or `off`",
+            ),
+        ] {
+            let e = parse(&config).unwrap_err();
+            assert_eq!(e.key, key, "{}", e.problem);
+            assert!(e.problem.contains(expected), "{}", e.problem);
+            assert!(!e.problem.contains("untagged"), "{}", e.problem);
+        }
+        assert!(parse(&format!("{tool}[tool.safety]\noutput = \"off\"\ninvisible = \"strip\"\n[tool.grants]\nnet = [\"https://a.example\", {{ url = \"https://b.example\", methods = [\"GET\"] }}]\n[roles]\nr = [\"x\"]\ns = {{ claims = [\"y\"] }}\n")).is_ok());
         // An error at a header names that table; a comment after it is not part of the name.
         let e = parse("[server.tls] # on\ncert = \"c.pem\"\n[[tool]]\nname = \"t\"\ncomponent = \"bundled:text\"\n")
             .unwrap_err();

@@ -129,24 +129,32 @@ pub enum MetadataPolicy {
     Refuse,
 }
 
-/// `"off"` or a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// `"off"` or one of a setting's words. Read by hand rather than `untagged`, so that a wrong
+/// word is told the words it may be (not the name of a Rust type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrOff<T> {
-    Off(Off),
+    Off,
     On(T),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Off {
-    Off,
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OrOff<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        if word == "off" {
+            return Ok(OrOff::Off);
+        }
+        T::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(word))
+            .map(OrOff::On)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{}, or `off`", e.to_string().trim_end()))
+            })
+    }
 }
 
 impl<T> OrOff<T> {
     fn on(self) -> Option<T> {
         match self {
-            OrOff::Off(_) => None,
+            OrOff::Off => None,
             OrOff::On(v) => Some(v),
         }
     }
@@ -491,12 +499,41 @@ pub fn resolve_global(section: &GlobalSafetySection) -> Result<SafetySettings, (
     })
 }
 
-/// A role in `[roles]`: its claim values, or a table with a clearance as well.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// A role in `[roles]`: its claim values, or a table with a clearance as well. Read by hand
+/// rather than `untagged`, so that a wrong value is told what is expected.
+#[derive(Debug, Clone)]
 pub enum RoleSection {
     Claims(Vec<String>),
     Table(RoleTable),
+}
+
+impl<'de> Deserialize<'de> for RoleSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = RoleSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of claim values ([\"analysts\"]) or a table ({ claims = […], clearance = \"internal\" })",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RoleSection::Claims)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RoleTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RoleSection::Table)
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
