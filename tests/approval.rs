@@ -525,6 +525,19 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
         out.contains(&format!("no approval {id} is waiting")),
         "{out}"
     );
+    // Each answer is one operator line in the log, with who gave it and why.
+    let log = server.log();
+    assert!(
+        log.contains("operator bob (uid:")
+            && log.contains("approved approval of fixture_echo by alice"),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("operator carol (uid:")
+            && l.contains("denied approval of fixture_echo by alice")
+            && l.contains("not today")),
+        "{log}"
+    );
 
     let events: Vec<(String, String)> = approval_events(&server.audit_dir)
         .iter()

@@ -614,12 +614,27 @@ async fn handle(
             reason,
         } => {
             let by = format!("operator {name} ({by})");
+            let said = reason
+                .as_deref()
+                .map(|r| crate::core::text::escape_controls(r).into_owned());
             match operator
                 .approvals
                 .answer(&id, approve, &name, by.clone(), reason)
                 .await
             {
                 Ok(answered) => {
+                    // One line per operator answer, like every other operator action.
+                    tracing::warn!(
+                        target: "airlock::operator",
+                        ticket = %id, tool = %answered.tool, principal = %answered.principal,
+                        reason = said.as_deref().unwrap_or(""),
+                        "{}: {} {} of {} by {}",
+                        crate::core::text::escape_controls(&by),
+                        if approve { "approved" } else { "denied" },
+                        answered.asking,
+                        answered.tool,
+                        answered.principal,
+                    );
                     // In a fleet the call may wait on another replica, which records the
                     // answer it receives; this one records that its operator gave it.
                     if operator.fleet.get().is_some() {
