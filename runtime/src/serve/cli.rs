@@ -362,6 +362,15 @@ impl RecordFilterArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    // A command whose output is piped into `head` ends quietly when the reader goes, as other
+    // command-line tools do, instead of panicking on the failed write. `serve` keeps SIGPIPE
+    // ignored: a client that goes away is an error it handles, not its end.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // SAFETY: before any thread is started; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Command::Doctor {
         config,
         http,
