@@ -359,7 +359,29 @@ impl RecordFilterArgs {
 }
 
 /// Entry point of the `airlock` binary.
+/// Started with stdin, stdout or stderr closed, the process would hand that number to the
+/// next file it opens (the audit log, a client's socket) and then write log lines or MCP
+/// messages into it. Each closed one is opened on `/dev/null` first, as daemons do.
+fn hold_standard_descriptors() {
+    for fd in 0..=2 {
+        // SAFETY: fcntl(F_GETFD) only asks whether `fd` is open; before any thread exists.
+        let closed = unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF);
+        if closed {
+            // open() returns the lowest free number, which is `fd`; it stays open for good.
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                std::mem::forget(null);
+            }
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
+    hold_standard_descriptors();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     // A command whose output is piped into `head` ends quietly when the reader goes, as other
@@ -427,7 +449,10 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("airlock: error: {e:#}");
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "airlock: error: {e:#}");
+    }
     ExitCode::FAILURE
 }
 

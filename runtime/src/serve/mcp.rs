@@ -1203,7 +1203,14 @@ pub async fn serve_http(
         max_connections_per_peer: server.max_connections_per_peer as usize,
     };
     // Printed (not only logged) so scripts and tests can find an ephemeral port.
-    eprintln!("airlock: serving MCP on {scheme}://{local}/mcp");
+    // A closed stderr must not stop the server (eprintln! would panic on it).
+    {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "airlock: serving MCP on {scheme}://{local}/mcp"
+        );
+    }
     tracing::info!(address = %local, tls = server.tls.is_some(), "serving MCP over Streamable HTTP");
     let tls = server.tls.as_ref().map(|started| {
         let live = live.clone();

@@ -42,7 +42,14 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let local = listener.local_addr()?;
     // Printed (not only logged) so scripts and tests can find an ephemeral port; at bind, so
     // that it comes before the MCP listener's line.
-    eprintln!("airlock: serving metrics on http://{local}/metrics");
+    // A closed stderr must not stop the server (eprintln! would panic on it).
+    {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "airlock: serving metrics on http://{local}/metrics"
+        );
+    }
     tracing::info!(address = %local, "serving metrics");
     Ok(listener)
 }
