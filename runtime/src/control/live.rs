@@ -198,6 +198,7 @@ impl Live {
             held: airlock.catalog().held().keys().cloned().collect(),
         };
         crate::gate::notify::configure(airlock.catalog().policy.notify.as_ref());
+        airlock.take_over_from(&running);
         self.current.store(Arc::new(airlock));
         self.operator()
             .reloads

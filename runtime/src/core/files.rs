@@ -194,13 +194,18 @@ pub fn trusted_file(path: &Path) -> Result<(), String> {
 pub fn links_on_the_way(path: &Path) -> Vec<PathBuf> {
     let mut links = Vec::new();
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    resolve_noting_links(&absolute, &mut links, 0);
+    let mut budget = MAX_LINKS_FOLLOWED;
+    resolve_noting_links(&absolute, &mut links, &mut budget);
     links
 }
 
+/// Links followed in one resolution at most, as the kernel allows (ELOOP past it): without a
+/// total, links that each name the previous one twice would be followed 2^depth times.
+const MAX_LINKS_FOLLOWED: u32 = 40;
+
 /// `path` (absolute) resolved the way the kernel does, with each link it passes pushed to
 /// `links`. A part that does not exist is kept as written.
-fn resolve_noting_links(path: &Path, links: &mut Vec<PathBuf>, depth: u32) -> PathBuf {
+fn resolve_noting_links(path: &Path, links: &mut Vec<PathBuf>, budget: &mut u32) -> PathBuf {
     let mut at = PathBuf::from("/");
     for part in path.components() {
         match part {
@@ -214,11 +219,12 @@ fn resolve_noting_links(path: &Path, links: &mut Vec<PathBuf>, depth: u32) -> Pa
                 let is_link =
                     std::fs::symlink_metadata(&next).is_ok_and(|m| m.file_type().is_symlink());
                 match std::fs::read_link(&next) {
-                    Ok(target) if is_link && depth < 40 => {
+                    Ok(target) if is_link && *budget > 0 => {
+                        *budget -= 1;
                         links.push(next);
                         // An absolute target replaces `at`; a relative one is read from it.
                         let target = at.join(target);
-                        at = resolve_noting_links(&target, links, depth + 1);
+                        at = resolve_noting_links(&target, links, budget);
                     }
                     _ => at = next,
                 }

@@ -196,7 +196,7 @@ impl Caller {
 /// A call's in-flight slots, given back together when its run is over.
 struct Permits {
     _server: OwnedSemaphorePermit,
-    _principal: Option<crate::gate::in_flight::PrincipalSlot>,
+    _principal: crate::gate::in_flight::PrincipalSlot,
     _component: OwnedSemaphorePermit,
 }
 
@@ -228,24 +228,35 @@ impl Airlock {
     }
 
     /// The host for `policy` that replaces this one (a reload): the same audit log and
-    /// operator state, and this one's in-flight slots and rate buckets, resized where the new
-    /// limits differ, so that calls still running and recent calls keep counting.
+    /// operator state, and this one's in-flight slots and rate buckets, so that calls still
+    /// running and recent calls keep counting. The new limits on the shared slots apply only
+    /// once it is put in force ([`Airlock::take_over_from`]): a reload refused after this
+    /// must leave the running host's limits as they were.
     pub async fn successor(&self, policy: Policy) -> Result<Airlock, ConfigError> {
-        let next = Airlock::build(
+        Airlock::build(
             policy,
             self.audit.clone(),
             self.operator.clone(),
             Some(self),
         )
-        .await?;
-        let old = &self.catalog;
+        .await
+    }
+
+    /// Put this host's limits on the in-flight slots it shares with `old` (the one it
+    /// replaces): resized where they differ. Called as it is put in force, never before.
+    pub fn take_over_from(&self, old: &Airlock) {
         resize(
-            &next.in_flight,
-            old.policy.server.max_in_flight,
-            next.catalog.policy.server.max_in_flight,
+            &self.in_flight,
+            old.catalog.policy.server.max_in_flight,
+            self.catalog.policy.server.max_in_flight,
         );
-        for c in &next.catalog.components {
-            if let Some(was) = old.components.iter().find(|o| o.entry.name == c.entry.name) {
+        for c in &self.catalog.components {
+            if let Some(was) = old
+                .catalog
+                .components
+                .iter()
+                .find(|o| o.entry.name == c.entry.name)
+            {
                 resize(
                     &c.in_flight,
                     was.entry.limits.max_in_flight,
@@ -253,7 +264,8 @@ impl Airlock {
                 );
             }
         }
-        Ok(next)
+        self.principal_slots
+            .set_limit(self.catalog.policy.server.max_in_flight_per_principal);
     }
 
     async fn build(
@@ -266,6 +278,7 @@ impl Airlock {
             || Arc::new(Semaphore::new(policy.server.max_in_flight as usize)),
             |p| p.in_flight.clone(),
         );
+        // Shared with the host this one replaces; its limit changes in `take_over_from`.
         let principal_slots = previous.map_or_else(
             || {
                 crate::gate::in_flight::PrincipalSlots::new(
@@ -274,7 +287,6 @@ impl Airlock {
             },
             |p| p.principal_slots.clone(),
         );
-        principal_slots.set_limit(policy.server.max_in_flight_per_principal);
         let shapes = Shapes::new(&policy.audit.redact_patterns).map_err(|e| ConfigError {
             file: policy.origin.clone(),
             key: "audit › redact_patterns".into(),
@@ -1394,19 +1406,16 @@ impl Airlock {
                 .map_err(|_| CallFailure::ServerBusy {
                     limit: self.catalog.policy.server.max_in_flight,
                 })?;
-        // A nested call runs within its caller's slot: it is bounded by the nesting caps, and
-        // refusing it here would fail a call already admitted.
-        let principal = match caller.is_top_level() {
-            true => Some(
-                self.principal_slots
-                    .take(&caller.principal.name)
-                    .ok_or_else(|| CallFailure::PrincipalBusy {
-                        principal: caller.principal.name.to_string(),
-                        limit: self.principal_slots.limit(),
-                    })?,
-            ),
-            false => None,
-        };
+        // Nested calls count too: each holds a server slot, so a principal whose calls nest
+        // would otherwise hold (1 + max_depth) times its share. Like `server_busy`, the
+        // refusal of a nested call is its caller's to handle.
+        let principal = self
+            .principal_slots
+            .take(&caller.principal.name)
+            .ok_or_else(|| CallFailure::PrincipalBusy {
+                principal: caller.principal.name.to_string(),
+                limit: self.principal_slots.limit(),
+            })?;
         let component = target
             .component
             .in_flight

@@ -36,7 +36,12 @@ pub struct HostMeter(Arc<AtomicU64>);
 
 impl HostMeter {
     fn charge(&self, fuel: u64) {
-        self.0.fetch_add(fuel, Ordering::Relaxed);
+        // Saturating: a charge near u64::MAX must not wrap the meter back towards zero.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |spent| {
+                Some(spent.saturating_add(fuel))
+            });
     }
 
     /// Charge one transfer of `bytes` the host makes for the guest (a stream read or write).

@@ -811,15 +811,16 @@ impl InputStream for ChargedInput {
         Ok(bytes)
     }
 
+    // A file stream skips by reading: the bytes skipped are host work like bytes read.
     fn skip(&mut self, nelem: usize) -> Result<usize, StreamError> {
         let skipped = self.inner.skip(nelem)?;
-        self.meter.charge_transfer(0);
+        self.meter.charge_transfer(skipped);
         Ok(skipped)
     }
 
     async fn blocking_skip(&mut self, nelem: usize) -> Result<usize, StreamError> {
         let skipped = self.inner.blocking_skip(nelem).await?;
-        self.meter.charge_transfer(0);
+        self.meter.charge_transfer(skipped);
         Ok(skipped)
     }
 
@@ -858,8 +859,11 @@ impl OutputStream for ChargedOutput {
     }
 
     fn write_zeroes(&mut self, nelem: usize) -> Result<(), StreamError> {
+        // Charged once written: `nelem` is the guest's number, and only a write the stream
+        // accepted (at most what `check_write` allows) did the work.
+        self.inner.write_zeroes(nelem)?;
         self.meter.charge_transfer(nelem);
-        self.inner.write_zeroes(nelem)
+        Ok(())
     }
 
     async fn cancel(&mut self) {

@@ -16,8 +16,9 @@ fn status_field(name: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
 }
 
-/// The cgroup version and whether this process could create a cgroup under its own.
-fn cgroups() -> String {
+/// The cgroup version and whether this process could create a cgroup under its own (where
+/// serve creates its own), and that answer.
+fn cgroups() -> (String, bool) {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
         let own = std::fs::read_to_string("/proc/self/cgroup")
@@ -28,7 +29,8 @@ fn cgroups() -> String {
             })
             .unwrap_or_default();
         let dir = root.join(own.trim_start_matches('/'));
-        return format!("v2 (unified); {}", writable(&dir));
+        let (text, ok) = writable(&dir);
+        return (format!("v2 (unified); {text}"), ok);
     }
     if root.join("memory").exists() {
         let own = std::fs::read_to_string("/proc/self/cgroup")
@@ -45,23 +47,26 @@ fn cgroups() -> String {
             })
             .unwrap_or_default();
         let dir = root.join("memory").join(own.trim_start_matches('/'));
-        return format!(
-            "v1 hierarchies (memory at {}); {}",
-            dir.display(),
-            writable(&dir)
+        let (text, ok) = writable(&dir);
+        return (
+            format!("v1 hierarchies (memory at {}); {text}", dir.display()),
+            ok,
         );
     }
-    "none found under /sys/fs/cgroup".into()
+    ("none found under /sys/fs/cgroup".into(), false)
 }
 
-fn writable(dir: &Path) -> String {
+fn writable(dir: &Path) -> (String, bool) {
     let probe = dir.join(format!("airlock-doctor-{}", std::process::id()));
     match std::fs::create_dir(&probe) {
         Ok(()) => {
             let _ = std::fs::remove_dir(&probe);
-            format!("{} is writable (a cgroup can be created)", dir.display())
+            (
+                format!("{} is writable (a cgroup can be created)", dir.display()),
+                true,
+            )
         }
-        Err(e) => format!("{} is NOT writable: {e}", dir.display()),
+        Err(e) => (format!("{} is NOT writable: {e}", dir.display()), false),
     }
 }
 
@@ -96,7 +101,8 @@ pub fn run(
         None => "NOT AVAILABLE".to_owned(),
     };
     println!("seccomp     {seccomp}");
-    println!("cgroups     {}", cgroups());
+    let (cgroup_text, cgroup_creatable) = cgroups();
+    println!("cgroups     {cgroup_text}");
     println!();
     println!("what serve would enforce:");
     for p in &plan.read {
@@ -139,7 +145,12 @@ pub fn run(
             }
         }
     }
-    let would_hold = abi >= 4 && status_field("Seccomp:").is_some();
+    // [confine.cgroup] asks for limits serve could not set where no cgroup can be created.
+    let cgroup_holds = policy.confine.cgroup.is_none() || cgroup_creatable;
+    if !cgroup_holds {
+        println!("  cgroup      [confine.cgroup] is set, but no cgroup can be created here");
+    }
+    let would_hold = abi >= 4 && status_field("Seccomp:").is_some() && cgroup_holds;
     if !probe {
         if !would_hold {
             println!();
