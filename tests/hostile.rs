@@ -946,3 +946,40 @@ fn arguments_and_structured_output_are_checked_against_the_tools_schemas() {
     );
     assert_eq!(s.call("after")["text"], "after", "{}", s.report);
 }
+
+#[test]
+fn nested_calls_count_against_their_principals_share() {
+    // A share of one: the top-level call holds it, so its nested call is refused by name (as
+    // `server_busy` would refuse it), and the caller sees the outcome. With a share of two the
+    // same nesting runs. Without this, a principal whose calls nest would hold (1 + max_depth)
+    // times its share of the server's slots.
+    for (share, expected) in [
+        (
+            1,
+            "call 1 refused: principal_busy: principal busy: local already has 1 calls in flight",
+        ),
+        (2, "hi"),
+    ] {
+        let dir = TempDir::new("nested-share");
+        let config = hostile_config_with_server(
+            &dir,
+            &format!("max_in_flight = 4\nmax_in_flight_per_principal = {share}"),
+            "",
+        );
+        let s = client(
+            "auto",
+            Transport::Stdio(Some(&config)),
+            json!({"calls": [{"id": "nest", "tool": "fixture_nest",
+                "args": {"tool": "fixture_echo", "arguments": {"message": "hi"}}}]}),
+        );
+        let text = s.call("nest")["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            text.starts_with(expected),
+            "share {share}: {text}\n{}",
+            s.report
+        );
+    }
+}

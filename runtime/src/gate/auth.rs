@@ -150,17 +150,33 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every kind of refusal, as the metrics label it.
+    pub const KINDS: [&'static str; 7] = [
+        "missing",
+        "invalid_token",
+        "unknown_key",
+        "insufficient_scope",
+        "invalid_dpop_proof",
+        "unknown_certificate",
+        "proofs_full",
+    ];
+
+    /// The refusal's place in [`AuthError::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Self::Missing => 0,
+            Self::InvalidToken(_) => 1,
+            Self::UnknownKey => 2,
+            Self::InsufficientScope => 3,
+            Self::InvalidDpopProof(_) => 4,
+            Self::UnknownCertificate(_) => 5,
+            Self::ProofsFull(_) => 6,
+        }
+    }
+
     /// The refusal's kind, as the metrics label it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::InvalidToken(_) => "invalid_token",
-            Self::UnknownKey => "unknown_key",
-            Self::InsufficientScope => "insufficient_scope",
-            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
-            Self::UnknownCertificate(_) => "unknown_certificate",
-            Self::ProofsFull(_) => "proofs_full",
-        }
+        Self::KINDS[self.kind_index()]
     }
 }
 

@@ -794,14 +794,16 @@ async fn authenticate(
     };
     // Anyone can send bad credentials as fast as the connection caps allow: one line a second
     // (with the count since the last), every refusal in the metrics.
-    static REFUSALS: crate::core::throttle::LogThrottle = crate::core::throttle::LogThrottle::new();
+    // One throttle per kind: a flood of one kind does not hide the first of another.
+    static REFUSALS: [crate::core::throttle::LogThrottle; AuthError::KINDS.len()] =
+        [const { crate::core::throttle::LogThrottle::new() }; AuthError::KINDS.len()];
     crate::core::metrics::metrics()
         .auth_refused
         .get_or_create(&crate::core::metrics::ReasonLabels {
             reason: error.kind(),
         })
         .inc();
-    if let Some(refused) = REFUSALS.admit() {
+    if let Some(refused) = REFUSALS[error.kind_index()].admit() {
         tracing::warn!(target: "airlock::auth", reason = %error, refused, "request refused");
     }
     let resource = auth

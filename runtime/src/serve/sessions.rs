@@ -230,11 +230,14 @@ async fn refuse_session(
     principal: &Principal,
     why: String,
 ) -> axum::response::Response {
-    static REFUSALS: crate::core::throttle::LogThrottle = crate::core::throttle::LogThrottle::new();
-    if let Some(refused) = REFUSALS.admit() {
+    // One throttle per cap: a flood against one does not hide the first refusal of the other.
+    static REFUSALS: [crate::core::throttle::LogThrottle; 2] =
+        [const { crate::core::throttle::LogThrottle::new() }; 2];
+    let per_principal = why.contains("max_sessions_per_principal");
+    if let Some(refused) = REFUSALS[usize::from(per_principal)].admit() {
         tracing::warn!(target: "airlock::auth", principal = %principal.name, refused, "{why}");
     }
-    count_refusal(if why.contains("max_sessions_per_principal") {
+    count_refusal(if per_principal {
         "max_sessions_per_principal"
     } else {
         "max_sessions"
