@@ -961,7 +961,7 @@ fn nested_calls_count_against_their_principals_share() {
         (2, "hi"),
     ] {
         let dir = TempDir::new("nested-share");
-        let config = hostile_config_with_server(
+        let config = common::hostile_config_with_server(
             &dir,
             &format!("max_in_flight = 4\nmax_in_flight_per_principal = {share}"),
             "",
