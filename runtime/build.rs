@@ -24,13 +24,18 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
 
-    // A target directory of its own: the outer build holds a lock on its own one.
+    // A target directory of its own: the outer build holds a lock on its own one. One per
+    // checkout: two checkouts sharing a target directory (a worktree of an older commit) would
+    // otherwise overwrite each other's fixtures, and the build script of the one built first
+    // would not run again to put its own back.
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    // Named by the checkout's path with `/` as `_` (scripts/conformance finds it the same way).
+    let checkout = root.to_string_lossy().replace('/', "_");
     let target_dir = out_dir
         .ancestors()
         .nth(4)
         .unwrap_or(&out_dir)
-        .join("airlock-wasm");
+        .join(format!("airlock-wasm{checkout}"));
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
