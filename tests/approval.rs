@@ -374,10 +374,15 @@ fn tickets_are_single_use_and_bound_to_caller_tool_arguments_and_time() {
 fn operator_approves_and_denies_through_ctl_with_four_eyes() {
     let dir = TempDir::new("approval-operator");
     let hook = TestHttpServer::start();
+    // A secret of the policy, which an operator's careless reason quotes below.
+    let secrets = dir.0.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("DEPLOY_KEY"), "dk-5512abcdef99\n").unwrap();
     let config = with_api_keys(
         &dir,
         &format!(
-            "[notify]\nurl = \"http://127.0.0.1:{}/hook/secret-token\"\n{}",
+            "[secrets]\ndir = \"{}\"\nfiles = [\"DEPLOY_KEY\"]\n[notify]\nurl = \"http://127.0.0.1:{}/hook/secret-token\"\n{}",
+            secrets.display(),
             hook.port,
             hostile_entry(
                 "[tool.approval]\nwhen = { tools = [\"fixture_echo\"] }\nvia = \"operator\"\nfour_eyes = true\ntimeout = \"30s\"\n",
@@ -504,7 +509,7 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
             "deny",
             &id,
             "--reason",
-            "not today",
+            "not today, dk-5512abcdef99",
             "--as",
             "carol",
         ],
@@ -516,9 +521,16 @@ fn operator_approves_and_denies_through_ctl_with_four_eyes() {
         "{body}"
     );
     assert!(
-        body.contains("(not today): tool fixture_echo was not run"),
+        body.contains("(not today, ") && body.contains("): tool fixture_echo was not run"),
         "{body}"
     );
+    // The secret the reason quoted is in no result, record or log line.
+    assert!(!body.contains("dk-5512abcdef99"), "{body}");
+    assert!(!server.log().contains("dk-5512abcdef99"));
+    for f in common::audit_files(&server.audit_dir) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        assert!(!text.contains("dk-5512abcdef99"), "{}", f.display());
+    }
     let (ok, out) = ctl(&server, &["approvals", "approve", &id]);
     assert!(!ok);
     assert!(

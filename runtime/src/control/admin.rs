@@ -613,6 +613,11 @@ async fn handle(
             operator: name,
             reason,
         } => {
+            // What the operator typed reaches the caller's result, the audit log and the log:
+            // redacted against every secret of the policy, as every other such string is.
+            let redactor = live.current().catalog().redactor.clone();
+            let name = redactor.redact(&name).into_owned();
+            let reason = reason.map(|r| redactor.redact(&r).into_owned());
             let by = format!("operator {name} ({by})");
             let said = reason
                 .as_deref()
